@@ -1,0 +1,14 @@
+"""The ``duplex`` command line: one typer app, each component contributes its sub-commands."""
+
+from __future__ import annotations
+
+import typer
+
+from duplex.model import cli as model_cli
+
+app = typer.Typer(name="duplex", help="Serve full-duplex conversation models.", no_args_is_help=True)
+app.add_typer(model_cli.app, name="model")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,181 @@
+"""Model configuration and presets.
+
+One typed config describes the whole early-fusion streaming MoE model. Everything else — the module
+shapes, the analytic parameter count, the size planner, the checkpoint metadata — is derived from it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ModelError(ValueError):
+    """Bad input to the model package: the message names the field or tensor that is wrong."""
+
+
+class ModelConfig(BaseModel):
+    """Shape of a duplex model. Frozen: a config is a value, shared by model, checkpoint and planner."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    name: str = "custom"
+    """Preset name this config came from (informational)."""
+
+    # --- audio / time axis -------------------------------------------------------------------------
+    sample_rate: int = Field(16000, ge=8000, le=48000)
+    """Input and output audio sample rate (Hz). Input is PCM16 mono at this rate."""
+    frame_ms: int = Field(40, ge=10, le=200)
+    """One sequence position per audio frame of this many milliseconds."""
+    feedback_delay_frames: int = Field(5, ge=1, le=32)
+    """The model sees its own outputs (audio code, text, control) this many frames late. Because of it a
+    whole chunk of up to this many frames is computed in ONE forward pass; larger chunks run as sub-steps."""
+
+    # --- transformer -------------------------------------------------------------------------------
+    d_model: int = Field(256, ge=8)
+    """Residual stream width."""
+    n_layers: int = Field(4, ge=1)
+    """Transformer blocks."""
+    n_heads: int = Field(4, ge=1)
+    """Query heads."""
+    n_kv_heads: int = Field(2, ge=1)
+    """Key/value heads (grouped-query attention); must divide n_heads."""
+    window: int = Field(320, ge=8)
+    """Attention window in frames: each position attends to itself and the window-1 before it. It bounds
+    the KV cache, so a session of any length holds constant memory."""
+    rope_theta: float = 10000.0
+    """Rotary embedding base."""
+
+    # --- mixture of experts -----------------------------------------------------------------------
+    n_experts: int = Field(8, ge=1)
+    """Routed experts per MoE layer."""
+    top_k: int = Field(2, ge=1)
+    """Experts each token is routed to."""
+    expert_hidden: int = Field(256, ge=1)
+    """Hidden width of each SwiGLU expert."""
+    shared_expert_hidden: int = Field(256, ge=0)
+    """Hidden width of the always-on shared expert (0 = none)."""
+    router_aux_loss_coef: float = Field(0.01, ge=0.0)
+    """Weight of the load-balancing auxiliary loss during training."""
+
+    # --- vocabularies and inputs ------------------------------------------------------------------
+    audio_codes: int = Field(1024, ge=2)
+    """Model audio codes per frame (the codec's codebook size). Code 0 is silence."""
+    text_vocab: int = Field(260, ge=4)
+    """Text tokens: bytes 0-255, then PAD=256, EOT=257 (two reserved). Larger vocabularies are allowed
+    for planning presets."""
+    control_classes: int = Field(4, ge=2)
+    """Per-frame floor control: 0 listen, 1 speak, 2 backchannel, 3 yield (stopped for a barge-in)."""
+    text_in_slots: int = Field(4, ge=0)
+    """Typed-text / tool-result tokens the model can read per frame (0 disables text input)."""
+    video_size: int = Field(32, ge=0)
+    """Side of the square RGB video frame the patch projection takes (0 disables video)."""
+    video_patch: int = Field(8, ge=1)
+    """Patch side for the video projection."""
+
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Parameter dtype used by the planner and when loading for serving."""
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ModelError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ModelError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
+        if (self.d_model // self.n_heads) % 2:
+            raise ModelError("head dimension d_model/n_heads must be even for rotary embeddings")
+        if self.top_k > self.n_experts:
+            raise ModelError(f"top_k ({self.top_k}) must not exceed n_experts ({self.n_experts})")
+        if (self.sample_rate * self.frame_ms) % 1000:
+            raise ModelError(f"frame_ms={self.frame_ms} is not a whole number of samples at {self.sample_rate} Hz")
+        if self.video_size and self.video_size % self.video_patch:
+            raise ModelError(f"video_size ({self.video_size}) must be a multiple of video_patch ({self.video_patch})")
+        if self.text_vocab < 258:
+            raise ModelError(f"text_vocab ({self.text_vocab}) must hold 256 bytes + PAD + EOT")
+        return self
+
+    # --- derived ------------------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def frame_samples(self) -> int:
+        """Audio samples per frame (640 at 16 kHz / 40 ms)."""
+        return self.sample_rate * self.frame_ms // 1000
+
+    @property
+    def cache_len(self) -> int:
+        """KV ring-buffer length: the window plus the largest one-pass chunk, so that writing a chunk's
+        keys never evicts a key an earlier query of the same chunk still needs."""
+        return self.window + self.feedback_delay_frames
+
+    @property
+    def pad_token(self) -> int:
+        return 256
+
+    @property
+    def eot_token(self) -> int:
+        return 257
+
+    @property
+    def video_patches(self) -> int:
+        return (self.video_size // self.video_patch) ** 2 if self.video_size else 0
+
+    @property
+    def dtype_bytes(self) -> int:
+        return 4 if self.dtype == "float32" else 2
+
+    def frames_per_chunk(self, chunk_ms: int) -> int:
+        """Frames in a chunk of ``chunk_ms``; the chunk must be a whole number of frames in 80–400 ms."""
+        if not 80 <= chunk_ms <= 400:
+            raise ModelError(f"chunk_ms={chunk_ms} is outside the supported 80–400 ms")
+        if chunk_ms % self.frame_ms:
+            raise ModelError(f"chunk_ms={chunk_ms} is not a multiple of frame_ms={self.frame_ms}")
+        return chunk_ms // self.frame_ms
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.model_validate(json.loads(text))
+
+
+PRESETS: dict[str, ModelConfig] = {
+    # Sized for the 2-core CPU budget in DESIGN.md: 5 new positions per 200 ms chunk, a 12.8 s window and
+    # 4 layers keep 64 sessions' step inside 25 % of the chunk. 8.8 M parameters (4.1 M active): small
+    # enough to ship as a bfloat16 checkpoint under 20 MB.
+    "tiny": ModelConfig(name="tiny"),
+    # A planning shape for the reference 276B-total / 12B-active system. Never instantiated here.
+    "tml-interaction-small": ModelConfig(
+        name="tml-interaction-small",
+        d_model=6144,
+        n_layers=48,
+        n_heads=48,
+        n_kv_heads=8,
+        window=1500,
+        n_experts=160,
+        top_k=2,
+        expert_hidden=1888,
+        shared_expert_hidden=2176,
+        audio_codes=2048,
+        text_vocab=131072,
+        text_in_slots=8,
+        video_size=224,
+        video_patch=14,
+        feedback_delay_frames=5,
+        dtype="bfloat16",
+    ),
+}
+
+
+def get_preset(name: str) -> ModelConfig:
+    """The preset called ``name``; a clear error listing the known presets otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise ModelError(f"unknown preset {name!r}; known presets: {known}") from None

@@ -1,0 +1,167 @@
+"""Mixture-of-experts feed-forward: router, expert weights, three exact execution strategies.
+
+Routing: softmax over the router logits (float32), the top-k experts per token, their probabilities
+renormalised to sum to 1. Capacity: none — the layer is *dropless*. Every token reaches all of its top-k
+experts however unbalanced a batch is, so a session's output never depends on which other sessions share
+its step (capacity-based dropping would couple them). Balance is encouraged during training only, by the
+Switch-Transformer auxiliary loss ``E * sum_e(f_e * P_e)`` (f_e: share of assignments to expert e, P_e: its
+mean router probability), weighted by ``router_aux_loss_coef``.
+
+Expert parallelism: a module may hold only a contiguous range ``[first, first + n_local)`` of the experts;
+it then returns the contribution of its own experts only, and the shard group sums the ranks' parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .layers import SwiGLU
+
+MoeImpl = Literal["loop", "bmm", "grouped"]
+
+
+@dataclass
+class Routing:
+    """Top-k routing decision for N tokens: ``experts`` (N, k) int64, ``weights`` (N, k), and the aux loss."""
+
+    experts: Tensor
+    weights: Tensor
+    aux_loss: Tensor
+
+
+def route(logits: Tensor, top_k: int) -> Routing:
+    """Route N tokens given router ``logits`` (N, E)."""
+    probs = logits.float().softmax(dim=-1)
+    weights, experts = probs.topk(top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    n_experts = logits.shape[-1]
+    share = torch.bincount(experts.flatten(), minlength=n_experts).float() / max(experts.numel(), 1)
+    aux = n_experts * (share * probs.mean(dim=0)).sum()
+    return Routing(experts, weights.to(logits.dtype), aux)
+
+
+@dataclass
+class Dispatch:
+    """Token→expert assignments sorted by expert (local experts only): the rows of ``x`` to gather, their
+    routing weights, and how many rows each local expert gets."""
+
+    token_ids: Tensor  # (M,) row of x for each assignment
+    weights: Tensor  # (M,)
+    counts: Tensor  # (n_local,) int64, on CPU
+    local_experts: Tensor  # (M,) local expert index of each assignment
+
+
+def dispatch(routing: Routing, first: int, n_local: int) -> Dispatch:
+    """Sort the assignments that fall on experts ``[first, first + n_local)`` by expert."""
+    flat_e = routing.experts.flatten() - first  # (N*k,)
+    keep = (flat_e >= 0) & (flat_e < n_local)
+    flat_e = flat_e[keep]
+    order = torch.argsort(flat_e, stable=True)
+    k = routing.experts.shape[1]
+    token_ids = torch.arange(routing.experts.numel(), device=flat_e.device)[keep][order] // k
+    counts = torch.bincount(flat_e, minlength=n_local).cpu()
+    return Dispatch(token_ids, routing.weights.flatten()[keep][order], counts, flat_e[order])
+
+
+class Experts(nn.Module):
+    """A contiguous range of SwiGLU experts with stacked weights: w13 (E, d, 2h), w2 (E, h, d)."""
+
+    def __init__(self, cfg: ModelConfig, first: int = 0, n_local: int | None = None, impl: MoeImpl = "grouped"):
+        super().__init__()
+        self.first = first
+        self.n_local = cfg.n_experts if n_local is None else n_local
+        self.hidden = cfg.expert_hidden
+        self.impl: MoeImpl = impl
+        self.w13 = nn.Parameter(torch.empty(self.n_local, cfg.d_model, 2 * cfg.expert_hidden))
+        self.w2 = nn.Parameter(torch.empty(self.n_local, cfg.expert_hidden, cfg.d_model))
+        nn.init.normal_(self.w13, std=cfg.d_model**-0.5)
+        nn.init.normal_(self.w2, std=cfg.expert_hidden**-0.5)
+
+    def _act(self, h: Tensor) -> Tensor:
+        gate, up = torch.split(h, self.hidden, dim=-1)
+        return F.silu(gate) * up
+
+    def _loop(self, xs: Tensor, d: Dispatch) -> Tensor:
+        out = torch.empty_like(xs)
+        start = 0
+        for e, c in enumerate(d.counts.tolist()):
+            if c:
+                seg = slice(start, start + c)
+                out[seg] = self._act(xs[seg] @ self.w13[e]) @ self.w2[e]
+                start += c
+        return out
+
+    def _bmm(self, xs: Tensor, d: Dispatch) -> Tensor:
+        counts = d.counts.tolist()
+        cap = max(counts)
+        starts = torch.cumsum(d.counts, 0) - d.counts
+        slot = torch.arange(xs.shape[0]) - starts.repeat_interleave(d.counts)  # row within expert
+        slot = slot.to(xs.device)
+        padded = xs.new_zeros(self.n_local, cap, xs.shape[1])
+        padded[d.local_experts, slot] = xs
+        y = torch.bmm(self._act(torch.bmm(padded, self.w13)), self.w2)  # (E, cap, d)
+        return y[d.local_experts, slot]
+
+    def _grouped(self, xs: Tensor, d: Dispatch) -> Tensor:
+        offs = torch.cumsum(d.counts, 0).to(device=xs.device, dtype=torch.int32)
+        h = torch._grouped_mm(xs, self.w13, offs=offs)
+        return torch._grouped_mm(self._act(h), self.w2, offs=offs)
+
+    def forward(self, x: Tensor, routing: Routing) -> Tensor:
+        """Weighted sum of this module's experts' outputs for every token: x (N, d) → (N, d)."""
+        d = dispatch(routing, self.first, self.n_local)
+        out = torch.zeros_like(x)
+        if d.token_ids.numel() == 0:
+            return out
+        xs = x[d.token_ids]  # (M, d) gathered, sorted by expert
+        ys = IMPLS[self.impl](self, xs, d)
+        out.index_add_(0, d.token_ids, ys * d.weights[:, None])
+        return out
+
+
+IMPLS: dict[str, Callable[[Experts, Tensor, Dispatch], Tensor]] = {
+    "loop": Experts._loop,  # one GEMM pair per expert
+    "bmm": Experts._bmm,  # experts padded to the fullest one, two batched GEMMs
+    "grouped": Experts._grouped,  # torch._grouped_mm over the expert-sorted rows, no padding
+}
+
+
+ExpertRunner = Callable[[int, Tensor, Routing], Tensor]
+"""Computes the routed-expert part of layer ``i`` for tokens x under a routing (local or across ranks)."""
+
+
+class MoE(nn.Module):
+    """Router + routed experts + optional shared expert. The routed part can be delegated to a shard group."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, experts: Experts | None) -> None:
+        super().__init__()
+        self.layer, self.top_k = layer, cfg.top_k
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = experts
+        self.shared: nn.Module | None = None
+        if cfg.shared_expert_hidden:
+            self.shared = SwiGLU(cfg.d_model, cfg.shared_expert_hidden)
+        self.runner: ExpertRunner | None = None
+        """Set by the expert-parallel group on rank 0; None runs the local experts directly."""
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (..., d) → (output (..., d), aux loss)."""
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        routing = route(self.router(flat), self.top_k)
+        if self.runner is not None:
+            y = self.runner(self.layer, flat, routing)
+        elif self.experts is not None:
+            y = self.experts(flat, routing)
+        else:
+            raise RuntimeError("MoE layer has neither local experts nor a shard group attached")
+        if self.shared is not None:
+            y = y + self.shared(flat)
+        return y.reshape(shape), routing.aux_loss

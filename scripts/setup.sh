@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs everything duplex needs on a fresh Debian machine: the Debian packages the tests start for real,
+# torch (the CPU build), the project with its dev tools, and the cached kube-apiserver build. Idempotent:
+# a second run only checks.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+
+apt_packages=(redis-server espeak-ng sox)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+# torch first and pinned: a looser spec would pull a multi-GB CUDA build
+python3 -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13') else 1)" 2>/dev/null \
+  || python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e "$root[dev]"
+echo "setup: done"

@@ -1,0 +1,131 @@
+"""Typed specs of the serving processes. Each is the single source for its process's CLI flags, the matching
+part of the ``DuplexModel`` CRD schema and the Helm values — never three copies."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ResourceSpec(_Spec):
+    """Container resources (Kubernetes quantities)."""
+
+    cpu: str = "2"
+    """CPU request and limit."""
+    memory: str = "4Gi"
+    """Memory request and limit."""
+
+
+class EngineSpec(_Spec):
+    """A model replica: rank 0 batches sessions and steps the model; ranks 1..N-1 hold the other experts."""
+
+    backend: Literal["torch", "tensorrt-llm"] = "torch"
+    """``torch`` runs everywhere; ``tensorrt-llm`` uses TensorRT-LLM's fused MoE/attention on GPU images."""
+    image: str = "duplex:latest"
+    """Container image of the engine."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs; auto = cuda when a GPU is visible."""
+    resources: ResourceSpec = ResourceSpec()
+    """Resources of each rank's container."""
+    gpus_per_shard: int = Field(0, ge=0)
+    """GPUs (``nvidia.com/gpu``) per rank; 0 = CPU."""
+    gpu_memory_gib: float = Field(80.0, gt=0)
+    """Memory of each GPU, for ``shards: auto``."""
+    shards: int | Literal["auto"] = 1
+    """Ranks per replica (expert-parallel world size); ``auto`` asks the size planner."""
+    chunk_ms: int = Field(200, ge=80, le=400)
+    """Micro-turn length: audio per client chunk and per model step."""
+    max_sessions: int = Field(64, ge=1)
+    """Concurrent sessions per replica; beyond it the gateway answers RESOURCE_EXHAUSTED."""
+    port: int = Field(7070, ge=1, le=65535)
+    """gRPC port of rank 0."""
+    metrics_port: int = Field(9090, ge=0, le=65535)
+    """Prometheus port (0 = off)."""
+    host: str = "0.0.0.0"
+    """Address the gRPC and metrics servers bind to (``127.0.0.1`` for local use)."""
+    cohorts: int = Field(4, ge=1, le=64)
+    """Phase cohorts: the slots are split into this many contiguous blocks, each stepped at its own phase
+    of the chunk period, so a chunk waits at most about ``chunk_ms / cohorts`` for its step."""
+    grace_ms: float = Field(15.0, ge=0.0)
+    """How long past its phase tick a cohort waits for late members before stepping without them."""
+    lost_after_chunks: int = Field(3, ge=1)
+    """A member that has missed this many steps in a row gets silence processed in place of its oldest
+    missing chunk (the client is warned; the real chunk is dropped when it finally arrives)."""
+    migrate_after_misses: int = Field(3, ge=1)
+    """A session whose chunks miss its cohort's step this many times in a row moves to a better-phased cohort."""
+    max_pending_chunks: int = Field(8, ge=2)
+    """Received-but-unprocessed chunks per session; beyond it the engine stops reading the client's stream
+    (HTTP/2 flow control pushes back on a client that sends faster than real time)."""
+    max_send_backlog: int = Field(50, ge=2)
+    """Server events waiting to be written to a client; a client that does not read for this long is
+    closed with RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    """Largest accepted client message; larger ones fail with RESOURCE_EXHAUSTED."""
+    served_model_name: str = ""
+    """Name clients pass in ``SessionStart.model`` ("" = the model's preset name)."""
+    torch_threads: int = Field(0, ge=0)
+    """Intra-op threads of the step thread (0 = torch's default)."""
+    tools: list[str] = Field(default_factory=lambda: ["clock", "calculator"])
+    """Tools a session may ask for in ``SessionStart.tools``; others are rejected with INVALID_ARGUMENT."""
+
+
+class GatewaySpec(_Spec):
+    """Front door: auth, admission, routing to the least-loaded engine replica, relay."""
+
+    replicas: int = Field(1, ge=1)
+    """Gateway pods."""
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Kubernetes Service type of the public endpoint."""
+    auth_secret: str | None = None
+    """Secret holding API keys (key ``keys``, one per line); unset = open, for local use only."""
+    tls_secret: str | None = None
+    """Secret with ``tls.crt``/``tls.key`` for the public endpoint."""
+    port: int = Field(8080, ge=1, le=65535)
+    """Public gRPC port."""
+    metrics_port: int = Field(9091, ge=0, le=65535)
+    """Prometheus port (0 = off)."""
+    host: str = "0.0.0.0"
+    """Address the gRPC and metrics servers bind to."""
+    engines: list[str] = Field(default_factory=list)
+    """Engine replicas (rank 0 ``HOST:PORT`` each) to route conversations to."""
+    api_keys_file: str | None = None
+    """File with one API key per line (the mounted ``auth_secret``); ``#`` comments and blank lines ignored."""
+    open_access: bool = False
+    """Accept unauthenticated clients. Required to start without ``api_keys_file``; for local use only."""
+    drain_grace_s: float = Field(30.0, ge=0.0)
+    """On SIGTERM: stop taking new conversations and give live ones this long to finish."""
+    retry_after_s: float = Field(1.0, gt=0.0)
+    """Retry hint sent with RESOURCE_EXHAUSTED when every replica is full."""
+    health_interval_s: float = Field(0.5, gt=0.0)
+    """How often the router polls each replica's health and load."""
+    max_message_bytes: int = Field(1 << 20, ge=1024)
+    """Largest accepted client message."""
+
+
+class RedisSpec(_Spec):
+    """Redis for the background agent's job streams."""
+
+    managed: bool = True
+    """Deploy a Redis next to the model; false = use ``url`` / ``url_secret``."""
+    url: str | None = None
+    """External Redis URL (``redis://host:port/db``)."""
+    url_secret: str | None = None
+    """Secret with key ``url`` holding the external Redis URL."""
+    image: str = "redis:7"
+    """Image of the managed Redis (used when ``managed`` is true)."""
+
+
+class AgentSpec(_Spec):
+    """Background agent: Redis Streams workers running slow tools, results injected into the talk."""
+
+    workers: int = Field(1, ge=0)
+    """Agent worker pods (0 = no background agent)."""
+    tools: list[str] = Field(default_factory=lambda: ["clock", "calculator"])
+    """Tools sessions may call."""
+    redis: RedisSpec = RedisSpec()
+    """Where job streams live."""
