@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -82,3 +83,112 @@ def plan_cmd(
         f"{p.bytes_per_shard / GIB:.2f} GiB (weights {p.weight_bytes_per_shard[0] / GIB:.2f} + KV "
         f"{p.kv_bytes / GIB:.2f}) + {p.headroom_bytes / GIB:.2f} GiB headroom of {gpu_memory_gib} GiB"
     )
+
+
+@app.command()
+def train(
+    corpus: Annotated[Path, typer.Option(help="Corpus directory from `duplex corpus make`.")],
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    minutes: Annotated[float, typer.Option(help="Wall-clock cap in minutes.")] = 60.0,
+    steps: Annotated[int, typer.Option(help="Optimizer steps (the schedule spans them).")] = 3000,
+    batch: Annotated[int, typer.Option(help="Crops per step.")] = 8,
+    crop_s: Annotated[float, typer.Option(help="Crop length in seconds.")] = 24.0,
+    eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
+    seed: Annotated[int, typer.Option(help="Seed: same seed and steps, same checkpoint.")] = 0,
+) -> None:
+    """Train the tiny reference model on CPU (resumes from <out>.state.pt when present)."""
+    from .train import TrainSettings
+    from .train import train as run
+
+    if not (corpus / "manifest.json").is_file():
+        raise typer.BadParameter(f"{corpus} has no manifest.json: not a corpus", param_hint="--corpus")
+    try:
+        settings = TrainSettings(
+            corpus=corpus,
+            out=out,
+            minutes=minutes,
+            steps=steps,
+            batch=batch,
+            crop_s=crop_s,
+            eval_every=eval_every,
+            seed=seed,
+        )
+        result = run(settings, log=console.print)
+    except ModelError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    console.print(
+        f"trained {result['steps']} steps in {result['minutes']:.1f} min; best validation score "
+        f"{result['best_score']:.3f}; checkpoint {out}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (.safetensors) to evaluate.")],
+    corpus: Annotated[Path, typer.Option(help="Corpus directory.")],
+    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    baseline: Annotated[
+        list[str], typer.Option(help="Also score: vad (silero-vad server VAD), oracle (the target track itself).")
+    ] = [],  # noqa: B006
+    chunk_ms: Annotated[int, typer.Option(help="Serving chunk size.")] = 200,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Write all metrics to this JSON file.")] = None,
+) -> None:
+    """Turn-taking metrics through the real streaming path, scored on output audio (FD-bench style)."""
+    from . import checkpoint as ckpt
+    from .codec import Codec
+    from .data import load_split
+    from .evaluate import run_model, run_vad_baseline, score
+    from .model import DuplexModel
+
+    unknown = [b for b in baseline if b not in ("vad", "oracle")]
+    if unknown:
+        raise typer.BadParameter(f"unknown baseline(s) {unknown}; choose vad or oracle", param_hint="--baseline")
+    try:
+        model = ckpt.load(checkpoint)
+        assert isinstance(model, DuplexModel)
+        convs = load_split(corpus, split)
+        results = [score("duplex", convs, run_model(model.eval(), Codec(model.cfg), convs, chunk_ms), chunk_ms)]
+    except ModelError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if "vad" in baseline:
+        results.append(score("silero-vad server VAD", convs, run_vad_baseline(convs), chunk_ms))
+    if "oracle" in baseline:
+        results.append(score("target track (oracle)", convs, [c.model.numpy() for c in convs], chunk_ms))
+    table = Table(title=f"turn-taking on {corpus} ({split}, {len(convs)} conversations)")
+    keys = [
+        "tor",
+        "latency_p50",
+        "latency_p95",
+        "latency_mean",
+        "false_takeover",
+        "interrupts_user",
+        "overlap",
+        "barge_in_stop_p50",
+        "barge_in_within_chunk",
+        "barge_ins_evaluated",
+        "backchannel_rate",
+    ]
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r.system, justify="right")
+    for k in keys:
+        table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
+    console.print(table)
+    if as_json is not None:
+        as_json.write_text(
+            json.dumps(
+                {
+                    "split": split,
+                    "corpus": str(corpus),
+                    "checkpoint": str(checkpoint),
+                    "systems": [r.summary() for r in results],
+                },
+                indent=2,
+            )
+        )
+
+
+def _fmt(v: object) -> str:
+    return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))

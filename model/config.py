@@ -66,6 +66,8 @@ class ModelConfig(BaseModel):
     text_vocab: int = Field(260, ge=4)
     """Text tokens: bytes 0-255, then PAD=256, EOT=257 (two reserved). Larger vocabularies are allowed
     for planning presets."""
+    silent_codes: int = Field(64, ge=1)
+    """Audio codes [0, silent_codes) are silence (the codec's energy-0 codes); see ``decide``."""
     control_classes: int = Field(4, ge=2)
     """Per-frame floor control: 0 listen, 1 speak, 2 backchannel, 3 yield (stopped for a barge-in)."""
     text_in_slots: int = Field(4, ge=0)

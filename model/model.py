@@ -61,6 +61,23 @@ class Block(nn.Module):
         return x + self.moe(self.moe_norm(x))[0]
 
 
+def decide(
+    cfg: ModelConfig, audio_logits: Tensor, text_logits: Tensor, control: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy per-frame decisions, with the audio gated by the model's own floor decision.
+
+    The control head alone decides *when* the model holds the floor (learned, never a rule on the input).
+    The audio code is then taken consistent with it: silence (code 0) while it listens or yields, the best
+    non-silent code while it speaks or back-channels — so a "speak" decision is never voiced as silence and
+    a "listen" decision never leaks sound. ``control`` may be logits or probabilities (B, T, classes).
+    """
+    ctrl = control.argmax(-1)
+    speaking = (ctrl == SPEAK) | (ctrl == BACKCHANNEL)
+    voiced = audio_logits[..., cfg.silent_codes :].argmax(-1) + cfg.silent_codes
+    audio = torch.where(speaking, voiced, torch.zeros_like(voiced))
+    return audio, text_logits.argmax(-1), ctrl
+
+
 def delay(targets: Tensor, frames: int, bos: int) -> Tensor:
     """Teacher forcing input: targets (B, T) shifted right by ``frames``, BOS-filled → what ``step`` feeds back."""
     out = torch.full_like(targets, bos)
@@ -239,10 +256,8 @@ class DuplexModel(nn.Module):
         for i, block in enumerate(self.layers):
             x = block.step(x, pos, st.k[i][rows], st.v[i][rows], ring_idx, mask)
         h = self.out_norm(x)
-        audio = self.audio_head(h).argmax(-1)
-        text = self.text_head(h).argmax(-1)
         probs = self.control_head(h).float().softmax(-1)
-        control = probs.argmax(-1)
+        audio, text, control = decide(self.cfg, self.audio_head(h), self.text_head(h), probs)
         new_fb = feedback.scatter(2, fb_idx[:, None, :].expand(-1, 3, -1), torch.stack([audio, text, control], dim=1))
         if active is None:
             st.feedback[rows] = new_fb

@@ -1,1 +1,7 @@
-"""duplex.operator"""
+"""duplex.operator: the DuplexModel CRD and its kopf operator.
+
+Public surface: ``spec.DuplexModelSpec`` (the typed spec), ``crd.crd_manifest()`` (``duplex crd``),
+``schema.openapi_schema`` / ``schema.values_json_schema`` (CRD and Helm values schemas from one generator),
+``render.render_children`` (pure spec -> manifests), ``handlers`` (import to register the kopf handlers;
+``duplex operator`` runs them). See docs/operator.md.
+"""

@@ -20,4 +20,8 @@ fi
 python3 -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13') else 1)" 2>/dev/null \
   || python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e "$root[dev]"
+
+# kube-apiserver + kube-controller-manager built from Debian's kubernetes source package, cached outside
+# the repository (${DUPLEX_CACHE:-~/.cache/duplex}); the operator's integration tests run against them
+bash "$root/scripts/kube-build.sh"
 echo "setup: done"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from duplex.model.config import ModelConfig, ModelError
-from duplex.model.model import DuplexModel, StepOutput, delay
+from duplex.model.model import BACKCHANNEL, SPEAK, DuplexModel, StepOutput, decide, delay
 
 Speechy = Callable[..., torch.Tensor]
 
@@ -36,8 +36,22 @@ def test_step_equals_teacher_forced_forward(
             delay(stream.control, D, tiny.control_classes),
         )
     torch.testing.assert_close(full.control.float().softmax(-1), stream.control_probs, rtol=1e-4, atol=1e-5)
-    assert torch.equal(full.audio.argmax(-1), stream.audio_codes)
-    assert torch.equal(full.text.argmax(-1), stream.text_tokens)
+    audio, text, control = decide(tiny, full.audio, full.text, full.control)
+    assert torch.equal(audio, stream.audio_codes)
+    assert torch.equal(text, stream.text_tokens)
+    assert torch.equal(control, stream.control)
+
+
+def test_audio_is_gated_by_the_floor_decision(tiny: ModelConfig) -> None:
+    g = torch.Generator().manual_seed(0)
+    audio_logits = torch.randn(2, 50, tiny.audio_codes, generator=g)
+    audio_logits[..., 0] += 100.0  # the audio head alone would always say "silence"
+    control = torch.randn(2, 50, tiny.control_classes, generator=g)
+    audio, _, ctrl = decide(tiny, audio_logits, torch.randn(2, 50, tiny.text_vocab), control)
+    speaking = (ctrl == SPEAK) | (ctrl == BACKCHANNEL)
+    assert speaking.any() and (~speaking).any()
+    assert (audio[speaking] >= tiny.silent_codes).all()
+    assert (audio[~speaking] == 0).all()
 
 
 def test_text_and_video_inputs_reach_the_output(tiny_model: DuplexModel, tiny: ModelConfig, speechy: Speechy) -> None:

@@ -1,0 +1,110 @@
+"""``duplex corpus``: make a synthetic speech-conversation corpus, and check one."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from duplex.model.corpus.check import check_conversation
+from duplex.model.corpus.conversation import Timing
+from duplex.model.corpus.make import SPLITS, assign_splits, make_corpus
+
+app = typer.Typer(name="corpus", help="Synthetic two-party speech conversations (espeak-ng) for turn-taking.",
+                  no_args_is_help=True)
+console = Console()
+
+
+def _writable_dir(out: Path, force: bool) -> None:
+    """Fail early, naming --out, if the corpus cannot be written there."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise typer.BadParameter(f"cannot write to {out}: {err.strerror or err}", param_hint="'--out'") from err
+    if (out / "manifest.json").exists() and not force:
+        raise typer.BadParameter(f"{out} already holds a corpus (manifest.json); pass --force to overwrite it",
+                                 param_hint="'--out'")
+
+
+@app.command("make")
+def make(
+    out: Annotated[Path, typer.Option("--out", help="Directory to write the corpus into.")],
+    conversations: Annotated[int, typer.Option("--conversations", min=1, max=1_000_000,
+                                               help="Number of conversations.")],
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Corpus seed; same seed, same bytes.")] = 0,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Rendering processes.")] = 2,
+    min_duration: Annotated[float, typer.Option("--min-duration", min=5.0, max=3600.0,
+                                                help="Shortest conversation, seconds.")] = 45.0,
+    max_duration: Annotated[float, typer.Option("--max-duration", min=5.0, max=3600.0,
+                                                help="Longest conversation, seconds.")] = 90.0,
+    validation_fraction: Annotated[float, typer.Option("--validation-fraction", min=0.0, max=0.5)] = 0.1,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.5)] = 0.1,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing corpus in --out.")] = False,
+    reply_gap: Annotated[str, typer.Option("--reply-gap", help="MIN,MAX seconds between the user's end of turn "
+                                           "and the target model's reply.")] = "0.15,0.30",
+) -> None:
+    """Render conversations to user.wav / user_clean.wav / model.wav / events.json plus manifest.json."""
+    if min_duration > max_duration:
+        raise typer.BadParameter(f"{min_duration} is longer than --max-duration {max_duration}",
+                                 param_hint="'--min-duration'")
+    try:
+        assign_splits(conversations, seed, validation_fraction, test_fraction)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="'--validation-fraction' / '--test-fraction'") from err
+    try:
+        lo, hi = (float(x) for x in reply_gap.split(","))
+        if not 0 <= lo <= hi <= 2:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"{reply_gap!r} is not MIN,MAX with 0 <= MIN <= MAX <= 2 seconds",
+                                 param_hint="'--reply-gap'") from None
+    _writable_dir(out, force)
+    columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[audio]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("conversations", total=conversations, audio="0.0 min audio")
+        audio = [0.0]
+
+        def done(entry: dict[str, Any]) -> None:
+            audio[0] += float(entry["duration_s"])
+            progress.update(task, advance=1, audio=f"{audio[0] / 60:.1f} min audio")
+
+        report = make_corpus(out, conversations, seed, workers, min_duration, max_duration, validation_fraction,
+                             test_fraction, on_done=done, timing=Timing(reply_gap=(lo, hi)))
+    table = Table(title=f"corpus {out}")
+    for column in ("split", "conversations", "audio (min)", "user voices"):
+        table.add_column(column)
+    for split in SPLITS:
+        row = report.manifest["totals"]["splits"][split]
+        table.add_row(split, str(row["conversations"]), f"{row['duration_s'] / 60:.1f}", str(len(row["user_voices"])))
+    console.print(table)
+    console.print(f"{report.audio_seconds:.1f} s of audio in {report.wall_seconds:.1f} s wall, "
+                  f"{report.worker_cpu_seconds:.1f} CPU-s in workers: "
+                  f"{report.audio_per_cpu_second:.0f} s of audio per CPU-second")
+
+
+@app.command("check")
+def check(corpus: Annotated[Path, typer.Argument(help="A corpus directory (with manifest.json).")]) -> None:
+    """Check that every conversation's labels agree with its audio; exit 1 if any does not."""
+    manifest_path = corpus / "manifest.json"
+    if not manifest_path.is_file():
+        raise typer.BadParameter(f"{manifest_path} not found", param_hint="'CORPUS'")
+    manifest = json.loads(manifest_path.read_text())
+    bad = 0
+    for entry in manifest["conversations"]:
+        problems = check_conversation(corpus / entry["path"])
+        bad += bool(problems)
+        for problem in problems:
+            console.print(f"[red]{entry['id']}[/red]: {problem}")
+    console.print(f"{len(manifest['conversations']) - bad} of {len(manifest['conversations'])} conversations agree "
+                  "with their labels")
+    if bad:
+        raise typer.Exit(1)

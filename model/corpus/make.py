@@ -1,0 +1,160 @@
+"""Build a corpus: split assignment, voice hold-out, parallel rendering and ``manifest.json``.
+
+Determinism: the bytes of a corpus depend only on ``seed``, the conversation count and the duration
+and split settings — not on ``workers``. Two things make that true: every conversation draws from its own
+seeded generator, and every conversation is rendered in a *fresh* process (a pool with
+``maxtasksperchild=1``), because espeak-ng carries state from one utterance to the next (see tts.py).
+
+Voice hold-out: user voices are espeak-ng variants (timbres) crossed with accents. A fixed set of variants
+is reserved for the test split — fixed across seeds, so test voices stay unseen by *every* training corpus
+this tool makes, and corpora made with different seeds can be merged without leaking test voices.
+Validation uses the training variants: new conversations in known voices, the memorisation check of
+FINDINGS.md.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from duplex.model.corpus.conversation import FORMAT, ConversationSpec, Timing, generate
+from duplex.model.corpus.tts import MODEL_VOICE, USER_VARIANTS, Espeak
+
+SPLITS = ("train", "validation", "test")
+EVENT_TYPES = ("user_speech", "pause", "user_turn", "user_turn_end", "model_turn", "backchannel", "barge_in",
+               "silence", "noise", "gain_change")
+VOICE_SPLIT_SEED = 20261125
+TEST_VARIANT_FRACTION = 0.15
+
+
+def voice_split() -> dict[str, tuple[str, ...]]:
+    """Variants allowed per split: a fixed ~15 % of variants (at least one) is reserved for ``test``."""
+    order = np.random.default_rng(VOICE_SPLIT_SEED).permutation(len(USER_VARIANTS))
+    n_test = max(1, round(TEST_VARIANT_FRACTION * len(USER_VARIANTS)))
+    test = tuple(sorted(USER_VARIANTS[i] for i in order[:n_test]))
+    seen = tuple(sorted(USER_VARIANTS[i] for i in order[n_test:]))
+    return {"train": seen, "validation": seen, "test": test}
+
+
+def assign_splits(n: int, seed: int, validation_fraction: float, test_fraction: float) -> list[str]:
+    """Split labels for conversations 0..n-1, shuffled by ``seed``.
+
+    A non-zero fraction gets at least one conversation once there are three or more, so even a tiny
+    corpus has every split.
+    """
+    def count(fraction: float) -> int:
+        k = round(n * fraction)
+        return max(k, 1) if fraction > 0 and n >= 3 else k
+
+    n_val, n_test = count(validation_fraction), count(test_fraction)
+    n_train = n - n_val - n_test
+    if n_train < 1:
+        raise ValueError(f"{n} conversations leave none for training with these split fractions")
+    labels = ["train"] * n_train + ["validation"] * n_val + ["test"] * n_test
+    order = np.random.default_rng([seed, 2]).permutation(n)
+    return [labels[i] for i in order]
+
+
+@dataclass(frozen=True)
+class CorpusReport:
+    """What was made, and how fast (worker CPU seconds are measured inside each rendering process)."""
+
+    out: Path
+    manifest: dict[str, Any]
+    audio_seconds: float
+    worker_cpu_seconds: float
+    wall_seconds: float
+
+    @property
+    def audio_per_cpu_second(self) -> float:
+        return self.audio_seconds / max(self.worker_cpu_seconds, 1e-9)
+
+
+def _context() -> Any:
+    """Fresh processes for conversations, created by ``fork`` while this process has never loaded espeak-ng
+    (cheap: nothing is re-imported), else by a ``forkserver``, whose children start from a clean library
+    state (on Python 3.11 each of them re-runs the main script, ~1 CPU-s when that is the duplex CLI)."""
+    if not Espeak.loaded():
+        return mp.get_context("fork")
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["duplex.model.corpus.conversation"])
+    return context
+
+
+def _render_one(job: tuple[ConversationSpec, str]) -> dict[str, Any]:
+    """Pool task: render and write one conversation; returns its manifest entry plus its CPU time."""
+    spec, out = job
+    conversation = generate(spec)
+    conversation.write(Path(out) / spec.conversation_id)
+    doc = conversation.doc
+    counts = Counter(e["type"] for e in doc["events"])
+    return {
+        "id": spec.conversation_id, "split": spec.split, "path": spec.conversation_id,
+        "user_voice": doc["user_voice"], "duration_s": doc["duration_s"], "num_samples": doc["num_samples"],
+        "event_counts": {t: counts.get(t, 0) for t in EVENT_TYPES},
+        "_cpu_s": time.process_time(),
+    }
+
+
+def make_corpus(out: Path, conversations: int, seed: int = 0, workers: int = 2, min_duration_s: float = 45.0,
+                max_duration_s: float = 90.0, validation_fraction: float = 0.1, test_fraction: float = 0.1,
+                on_done: Callable[[dict[str, Any]], None] | None = None,
+                timing: Timing | None = None) -> CorpusReport:
+    """Render ``conversations`` conversations into ``out`` (one folder each) and write ``manifest.json``."""
+    if conversations < 1:
+        raise ValueError("conversations must be at least 1")
+    if not 0 < min_duration_s <= max_duration_s:
+        raise ValueError("need 0 < min_duration_s <= max_duration_s")
+    min_duration_s, max_duration_s = float(min_duration_s), float(max_duration_s)  # 15 and 15.0: same bytes
+    validation_fraction, test_fraction = float(validation_fraction), float(test_fraction)
+    started = time.perf_counter()
+    splits = assign_splits(conversations, seed, validation_fraction, test_fraction)
+    variants = voice_split()
+    timing = timing or Timing()
+    jobs = [(ConversationSpec(f"conv-{i:06d}", seed, i, split, variants[split], min_duration_s, max_duration_s,
+                              timing), str(out)) for i, split in enumerate(splits)]
+    entries = []
+    with _context().Pool(min(workers, conversations), maxtasksperchild=1) as pool:
+        for entry in pool.imap_unordered(_render_one, jobs):
+            entries.append(entry)
+            if on_done is not None:
+                on_done(entry)
+    entries.sort(key=lambda e: str(e["id"]))
+    cpu = sum(float(e.pop("_cpu_s")) for e in entries)
+    manifest = _manifest(entries, seed, conversations, min_duration_s, max_duration_s, validation_fraction,
+                         test_fraction, variants)
+    manifest["settings"]["timing"] = asdict(timing)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    audio = sum(float(e["duration_s"]) for e in entries)
+    return CorpusReport(out, manifest, audio, cpu, time.perf_counter() - started)
+
+
+def _manifest(entries: list[dict[str, Any]], seed: int, conversations: int, min_duration_s: float,
+              max_duration_s: float, validation_fraction: float, test_fraction: float,
+              variants: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    by_split = {s: {"conversations": sum(e["split"] == s for e in entries),
+                    "duration_s": round(sum(e["duration_s"] for e in entries if e["split"] == s), 3),
+                    "user_voices": sorted({e["user_voice"]["name"] for e in entries if e["split"] == s})}
+                for s in SPLITS}
+    events = {t: sum(e["event_counts"][t] for e in entries) for t in EVENT_TYPES}
+    return {
+        "format": FORMAT, "seed": seed, "sample_rate": 16_000,
+        "settings": {"conversations": conversations, "min_duration_s": min_duration_s,
+                     "max_duration_s": max_duration_s, "validation_fraction": validation_fraction,
+                     "test_fraction": test_fraction},
+        "model_voice": MODEL_VOICE.to_json(),
+        "voice_split": {"unit": "espeak-ng variant", "test_variants": list(variants["test"]),
+                        "train_validation_variants": list(variants["train"])},
+        "totals": {"conversations": len(entries),
+                   "duration_s": round(sum(e["duration_s"] for e in entries), 3),
+                   "splits": by_split, "event_counts": events},
+        "conversations": entries,
+    }

@@ -1,0 +1,238 @@
+"""Training the reference checkpoint on CPU: teacher forcing on corpus conversations.
+
+The model reads the user track and its own target outputs delayed by ``feedback_delay_frames`` (exactly
+what ``step`` feeds back while serving) and learns to produce the target model track: floor control,
+codec codes and the words. Deterministic for a seed and a step count; resumable (``--resume``) from the
+state file written next to the checkpoint; the best checkpoint by a streaming validation score is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import Tensor
+
+from . import checkpoint
+from .codec import Codec
+from .config import ModelConfig, ModelError, get_preset
+from .data import Conversation, Targets, load_conversation, load_split, split_ids, targets
+from .evaluate import Metrics, run_model, score
+from .model import BACKCHANNEL, SPEAK, DuplexModel, delay
+
+
+class TrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    corpus: Path
+    """Corpus directory written by ``duplex corpus make``."""
+    out: Path
+    """Checkpoint to write (the best by validation); ``<out>.state.pt`` holds the resumable state."""
+    preset: str = "tiny"
+    """Model preset."""
+    steps: int = Field(3000, ge=1)
+    """Optimizer steps; the learning-rate schedule spans them (determinism is per seed and step count)."""
+    minutes: float = Field(60.0, gt=0)
+    """Wall-clock cap: training stops early (keeping the best checkpoint) when it is reached."""
+    batch: int = Field(8, ge=1)
+    """Crops per step."""
+    crop_s: float = Field(24.0, gt=1)
+    """Length of each training crop in seconds."""
+    lr: float = Field(2e-3, gt=0)
+    """Peak AdamW learning rate (cosine decay to 10 %, 150-step warm-up)."""
+    weight_decay: float = Field(0.05, ge=0)
+    feedback_dropout: float = Field(0.1, ge=0, lt=1)
+    """Share of own-output feedback frames replaced by BOS, so the model does not over-trust its past."""
+    session_steps: int | None = Field(None, ge=1)
+    """Stop this session after this many steps (the schedule still spans ``steps``); resume later."""
+    eval_every: int = Field(250, ge=1)
+    """Validate (streaming, on the validation split) every this many steps."""
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+    """torch CPU threads."""
+
+
+CLASS_WEIGHT = torch.tensor([1.0, 1.0, 3.0, 3.0])  # listen, speak, backchannel, yield
+
+
+@dataclass
+class Example:
+    user: Tensor
+    """(T*S,) int16 microphone track (half the memory of float32; hours of audio stay resident)."""
+    t: Targets
+
+
+def to_example(c: Conversation, cfg: ModelConfig, codec: Codec) -> Example:
+    return Example((c.user * 32768).round().clamp(-32768, 32767).to(torch.int16), targets(c, cfg, codec))
+
+
+def prepare(corpus: Path, split: str, cfg: ModelConfig, codec: Codec, progress: Progress) -> list[Example]:
+    """Labels for a split, one conversation at a time (the float tracks are dropped as we go)."""
+    ids = split_ids(corpus, split)
+    task = progress.add_task(f"labels ({split})", total=len(ids), info="")
+    out = []
+    for cid in ids:
+        out.append(to_example(load_conversation(corpus / cid), cfg, codec))
+        progress.advance(task)
+    return out
+
+
+def _crop(x: Tensor, start: int, n: int, frames: int, fill: float) -> Tensor:
+    """x[start:start+n] padded with ``fill`` to ``frames``."""
+    return torch.cat([x[start : start + n], torch.full((frames - n,), fill, dtype=x.dtype)])
+
+
+def make_batch(examples: list[Example], rng: random.Random, size: int, frames: int, S: int) -> dict[str, Tensor]:
+    audio, control, codes, text, weight = [], [], [], [], []
+    for _ in range(size):
+        ex = examples[rng.randrange(len(examples))]
+        T = ex.t.control.shape[0]
+        n = min(frames, T)
+        start = rng.randrange(0, T - n + 1)
+        gain = 10 ** (rng.uniform(-6, 6) / 20)
+        a = torch.zeros(frames * S)
+        a[: n * S] = (ex.user[start * S : (start + n) * S].float() * (gain / 32768)).clamp(-1, 1)
+        audio.append(a)
+        control.append(_crop(ex.t.control, start, n, frames, 0))
+        codes.append(_crop(ex.t.audio, start, n, frames, 0))
+        text.append(_crop(ex.t.text, start, n, frames, 256))
+        weight.append(_crop(ex.t.weight, start, n, frames, 0.0))
+    return {
+        "audio": torch.stack(audio),
+        "control": torch.stack(control),
+        "codes": torch.stack(codes),
+        "text": torch.stack(text),
+        "weight": torch.stack(weight),
+    }
+
+
+def loss_fn(
+    model: DuplexModel, b: dict[str, Tensor], gen: torch.Generator, dropout: float
+) -> tuple[Tensor, dict[str, float]]:
+    cfg = model.cfg
+    D = cfg.feedback_delay_frames
+    own = [
+        delay(b["codes"], D, cfg.audio_codes),
+        delay(b["text"], D, cfg.pad_token),
+        delay(b["control"], D, cfg.control_classes),
+    ]
+    if dropout:
+        drop = torch.rand(b["control"].shape, generator=gen) < dropout
+        own = [
+            torch.where(drop, torch.full_like(x, bos), x)
+            for x, bos in zip(own, (cfg.audio_codes, cfg.pad_token, cfg.control_classes), strict=True)
+        ]
+    out = model(b["audio"], *own)
+    w = b["weight"] * CLASS_WEIGHT[b["control"]]
+    ctrl = (F.cross_entropy(out.control.transpose(1, 2), b["control"], reduction="none") * w).sum() / w.sum()
+    speaking = ((b["control"] == SPEAK) | (b["control"] == BACKCHANNEL)).float() * (b["weight"] > 0)
+    aud = (
+        F.cross_entropy(out.audio.transpose(1, 2), b["codes"], reduction="none") * speaking
+    ).sum() / speaking.sum().clamp(min=1)
+    tw = torch.where(b["text"] == cfg.pad_token, 0.1, 1.0) * (b["weight"] > 0)
+    txt = (F.cross_entropy(out.text.transpose(1, 2), b["text"], reduction="none") * tw).sum() / tw.sum()
+    total = ctrl + 0.5 * aud + 0.3 * txt + cfg.router_aux_loss_coef * out.aux_loss
+    parts = {"loss": total, "control": ctrl, "audio": aud, "text": txt}
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def validation_score(m: Metrics) -> float:
+    """One number to keep the best checkpoint by: take turns, quickly, without talking over the user."""
+    latency = m.latency_p50 if m.latency_p50 is not None else 3.0
+    barge = m.barge_in_within_chunk if m.barge_in_within_chunk is not None else 0.0
+    return m.tor - 2.0 * m.false_takeover - m.interrupts_user - m.overlap - latency + 0.5 * barge
+
+
+def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    gen = torch.Generator().manual_seed(s.seed)
+    cfg = get_preset(s.preset)
+    codec = Codec(cfg)
+    model = DuplexModel(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
+    state_path = s.out.with_suffix(".state.pt")
+    step, best, history = 0, -math.inf, []
+    if state_path.exists():
+        st = torch.load(state_path, weights_only=False)
+        if st["settings"]["seed"] != s.seed or st["settings"]["preset"] != s.preset:
+            raise ModelError(f"{state_path} was written with another seed/preset; delete it to start afresh")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step, best, history = st["step"], st["best"], st["history"]
+        rng.setstate(st["rng"])
+        gen.set_state(st["gen"])
+        log(f"resumed from {state_path} at step {step}")
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    )
+    t0 = time.monotonic()
+    with Progress(*columns) as progress:
+        train_ex = prepare(s.corpus, "train", cfg, codec, progress)
+        val_convs = load_split(s.corpus, "validation")
+        frames = int(s.crop_s * 1000 / cfg.frame_ms)
+        task = progress.add_task("training", total=s.steps, completed=step, info="")
+        model.train()
+        stop_at = s.steps if s.session_steps is None else min(s.steps, step + s.session_steps)
+        while step < stop_at:
+            if (time.monotonic() - t0) / 60 > s.minutes:
+                log(f"time cap of {s.minutes} min reached at step {step}")
+                break
+            frac = step / s.steps
+            lr = s.lr * min(1.0, (step + 1) / 150) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = make_batch(train_ex, rng, s.batch, frames, cfg.frame_samples)
+            loss, parts = loss_fn(model, batch, gen, s.feedback_dropout)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            progress.update(task, advance=1, info=f"loss {parts['loss']:.3f} ctl {parts['control']:.3f}")
+            if step % s.eval_every == 0 or step == s.steps:
+                model.eval()
+                m = score("duplex", val_convs, run_model(model, codec, val_convs))
+                model.train()
+                v = validation_score(m)
+                history.append({"step": step, **parts, "val_score": v, **m.summary()})
+                shown = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in m.summary().items()}
+                log(f"step {step}: {json.dumps(shown)} score {v:.3f}")
+                if v > best:
+                    best = v
+                    meta = {
+                        "train_settings": s.model_dump_json(),
+                        "step": str(step),
+                        "validation": json.dumps(m.summary()),
+                    }
+                    checkpoint.save(model, s.out, metadata=meta, dtype=torch.bfloat16)
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "opt": opt.state_dict(),
+                        "step": step,
+                        "best": best,
+                        "history": history,
+                        "rng": rng.getstate(),
+                        "gen": gen.get_state(),
+                        "settings": s.model_dump(mode="json"),
+                    },
+                    state_path,
+                )
+    return {"steps": step, "best_score": best, "history": history, "minutes": (time.monotonic() - t0) / 60}

@@ -1,0 +1,145 @@
+"""Names, labels and owner references of the objects the operator creates.
+
+Every child carries ``duplex.ai/model=<name>`` (to list and prune them) and an owner reference to its
+DuplexModel (so deleting the model garbage-collects them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+GROUP = "duplex.ai"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DuplexModel"
+PLURAL = "duplexmodels"
+SINGULAR = "duplexmodel"
+SHORT_NAMES = ["dm"]
+
+MANAGED_BY = "duplex-operator"
+"""Value of ``app.kubernetes.io/managed-by`` on every child; the operator watches children by it."""
+MODEL_LABEL = f"{GROUP}/model"
+REPLICA_LABEL = f"{GROUP}/replica"
+COMPONENT_LABEL = "app.kubernetes.io/component"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
+
+RENDEZVOUS_PORT = 29500
+"""torch.distributed rendezvous port on rank 0 (the leader)."""
+REDIS_PORT = 6379
+CONFIG_DIR = "/etc/duplex"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """Identity of one DuplexModel: enough to name its children and to own them."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: Any) -> ModelRef:
+        meta = body["metadata"]
+        return cls(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+    # --- child names --------------------------------------------------------------------------------
+    @property
+    def config_map(self) -> str:
+        return f"{self.name}-config"
+
+    def engine(self, replica: int) -> str:
+        """StatefulSet (and headless Service) of one replica; its pods are ``<this>-<rank>``."""
+        return f"{self.name}-engine-{replica}"
+
+    def leader(self, replica: int) -> str:
+        """ClusterIP Service in front of rank 0 of one replica: rendezvous without cluster DNS."""
+        return f"{self.name}-engine-{replica}-leader"
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.name}-gateway"
+
+    @property
+    def endpoint_service(self) -> str:
+        """The public Service: named like the model itself."""
+        return self.name
+
+    @property
+    def agent(self) -> str:
+        return f"{self.name}-agent"
+
+    @property
+    def redis(self) -> str:
+        return f"{self.name}-redis"
+
+    @property
+    def engine_pdb(self) -> str:
+        return f"{self.name}-engine"
+
+    @property
+    def gateway_pdb(self) -> str:
+        return f"{self.name}-gateway"
+
+    @property
+    def hpa(self) -> str:
+        return self.name
+
+    @property
+    def engine_selector(self) -> str:
+        """Label selector of all engine pods (the scale subresource's ``status.selector``)."""
+        return f"{MODEL_LABEL}={self.name},{COMPONENT_LABEL}=engine"
+
+    # --- metadata -----------------------------------------------------------------------------------
+    def labels(self, component: str, **extra: str) -> dict[str, str]:
+        return {
+            "app.kubernetes.io/name": "duplex",
+            "app.kubernetes.io/instance": self.name,
+            COMPONENT_LABEL: component,
+            MANAGED_BY_LABEL: MANAGED_BY,
+            MODEL_LABEL: self.name,
+            **extra,
+        }
+
+    def selector(self, component: str, **extra: str) -> dict[str, str]:
+        """The stable subset of ``labels`` used in selectors (selectors are immutable)."""
+        return {MODEL_LABEL: self.name, COMPONENT_LABEL: component, **extra}
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def metadata(self, name: str, component: str, **extra_labels: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self.labels(component, **extra_labels),
+            "ownerReferences": [self.owner_reference()],
+        }
+
+
+def service_env_prefix(service: str) -> str:
+    """Prefix of the ``<SVC>_SERVICE_HOST`` variables Kubernetes injects for ``service``."""
+    return re.sub(r"[^A-Z0-9]", "_", service.upper())
+
+
+def service_host_ref(service: str) -> str:
+    """``$(X_SERVICE_HOST)``: expanded by the kubelet in env values and args to the Service's ClusterIP."""
+    return f"$({service_env_prefix(service)}_SERVICE_HOST)"
+
+
+def rank_from_hostname(hostname: str) -> int:
+    """Rank of a StatefulSet pod: the ordinal after the last dash (``m-engine-0-3`` -> 3). What the engine's
+    ``--rank-from-hostname`` does."""
+    tail = hostname.rsplit("-", 1)[-1]
+    if not tail.isdigit():
+        raise ValueError(f"hostname {hostname!r} does not end in a StatefulSet ordinal")
+    return int(tail)

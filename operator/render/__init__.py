@@ -1,0 +1,45 @@
+"""Pure render functions: (model identity, resolved spec, API versions) -> Kubernetes manifests.
+
+No I/O here; the handlers apply what these return. Children are returned in apply order: config and
+Services before the workloads that read their ``*_SERVICE_HOST`` variables.
+"""
+
+from __future__ import annotations
+
+from ..naming import ModelRef
+from ..resolve import Resolved
+from .agent import agent_deployment
+from .autoscaling import ApiVersions, engine_pdb, gateway_pdb, hpa
+from .common import Manifest
+from .configmap import config_hash, engine_config_map
+from .engine import engine_headless_service, engine_leader_service, engine_statefulset
+from .gateway import gateway_deployment, gateway_service
+from .redis import redis_deployment, redis_service, wants_managed_redis
+
+
+def render_children(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> list[Manifest]:
+    """Every child of one DuplexModel, in apply order."""
+    spec = resolved.spec
+    cm = engine_config_map(ref, resolved)
+    digest = config_hash(cm)
+    out: list[Manifest] = [cm]
+    if wants_managed_redis(spec):
+        out.append(redis_service(ref))
+    for i in range(spec.replicas):
+        out += [engine_headless_service(ref, resolved, i), engine_leader_service(ref, resolved, i)]
+    out.append(gateway_service(ref, spec))
+    if wants_managed_redis(spec):
+        out.append(redis_deployment(ref, spec))
+    out += [engine_statefulset(ref, resolved, i, digest) for i in range(spec.replicas)]
+    out.append(gateway_deployment(ref, resolved, digest))
+    if spec.agent.workers > 0:
+        out.append(agent_deployment(ref, spec, digest))
+    out.append(engine_pdb(ref, apis))
+    if spec.gateway.replicas > 1:
+        out.append(gateway_pdb(ref, apis))
+    if spec.autoscaling.enabled:
+        out.append(hpa(ref, resolved, apis))
+    return out
+
+
+__all__ = ["ApiVersions", "Manifest", "render_children"]

@@ -1,0 +1,82 @@
+"""PodDisruptionBudgets and the HorizontalPodAutoscaler, in whichever API versions the server offers
+(Kubernetes 1.20: ``policy/v1beta1``, ``autoscaling/v2beta2``; current: ``policy/v1``, ``autoscaling/v2``).
+
+The HPA scales the DuplexModel itself through its scale subresource (``spec.replicas``), so a scale-up
+adds whole shard groups. Metric: ``duplex_active_sessions`` (Pods metric, via a custom-metrics adapter).
+Rank 0 exports the replica's live sessions and the other ranks 0, so the average over a replica's pods is
+sessions / shards: the target is divided by the shard count accordingly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..naming import API_VERSION, KIND, ModelRef
+from ..resolve import Resolved
+from .common import Manifest
+
+SESSIONS_METRIC = "duplex_active_sessions"
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiVersions:
+    """API versions to render version-dependent kinds in (found by discovery at operator start)."""
+
+    pdb: str = "policy/v1"
+    """``policy/v1`` (Kubernetes >= 1.21) or ``policy/v1beta1``."""
+    hpa: str = "autoscaling/v2"
+    """``autoscaling/v2`` (Kubernetes >= 1.23) or ``autoscaling/v2beta2``."""
+
+    @classmethod
+    def from_served(cls, served: set[str]) -> ApiVersions:
+        """Pick from the ``group/version`` strings the server lists in discovery."""
+        pdb = "policy/v1" if "policy/v1" in served else "policy/v1beta1"
+        hpa = "autoscaling/v2" if "autoscaling/v2" in served else "autoscaling/v2beta2"
+        return cls(pdb=pdb, hpa=hpa)
+
+
+def engine_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
+    """At most one engine rank down at a time: one voluntary eviction takes out at most one replica."""
+    return {
+        "apiVersion": apis.pdb,
+        "kind": "PodDisruptionBudget",
+        "metadata": ref.metadata(ref.engine_pdb, "engine"),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": ref.selector("engine")}},
+    }
+
+
+def gateway_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
+    return {
+        "apiVersion": apis.pdb,
+        "kind": "PodDisruptionBudget",
+        "metadata": ref.metadata(ref.gateway_pdb, "gateway"),
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": ref.selector("gateway")}},
+    }
+
+
+def _quantity(value: float) -> str:
+    """Canonical form (the API server rewrites ``24000m`` as ``24``; drift checks compare strings)."""
+    milli = round(value * 1000)
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def hpa(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> Manifest:
+    auto = resolved.spec.autoscaling
+    per_pod = auto.target_sessions_per_replica / resolved.shards
+    return {
+        "apiVersion": apis.hpa,
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": ref.metadata(ref.hpa, "engine"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": ref.name},
+            "minReplicas": auto.min_replicas,
+            "maxReplicas": auto.max_replicas,
+            "metrics": [{
+                "type": "Pods",
+                "pods": {
+                    "metric": {"name": SESSIONS_METRIC},
+                    "target": {"type": "AverageValue", "averageValue": _quantity(per_pod)},
+                },
+            }],
+        },
+    }

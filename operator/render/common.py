@@ -1,0 +1,34 @@
+"""Small pieces every renderer uses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..naming import CONFIG_DIR
+
+Manifest = dict[str, Any]
+"""A Kubernetes object as a plain dict (what the API takes as JSON)."""
+
+
+def config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, volumeMount) of the model's ConfigMap at ``/etc/duplex``."""
+    return (
+        {"name": "config", "configMap": {"name": config_map}},
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+    )
+
+
+def secret_volume(name: str, secret: str, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return (
+        {"name": name, "secret": {"secretName": secret}},
+        {"name": name, "mountPath": path, "readOnly": True},
+    )
+
+
+def env(name: str, value: str) -> dict[str, Any]:
+    return {"name": name, "value": value}
+
+
+def key(manifest: Manifest) -> tuple[str, str, str]:
+    """(apiVersion, kind, name): identity of a child inside one namespace."""
+    return manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]

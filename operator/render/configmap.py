@@ -1,0 +1,46 @@
+"""The ConfigMap every process of a model reads: ``engine.json``, ``gateway.json``, ``agent.json``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from ..naming import CONFIG_DIR, ModelRef
+from ..resolve import Resolved
+from .common import Manifest
+
+
+def engine_config(resolved: Resolved) -> dict[str, object]:
+    """What ``duplex engine --config`` reads: the ModelSource and the EngineSpec (snake_case, as the
+    serving specs parse it), with ``shards`` resolved to a number."""
+    spec = resolved.spec
+    engine = spec.engine.model_dump(mode="json")
+    engine["shards"] = resolved.shards
+    return {"model": spec.model.model_dump(mode="json"), "engine": engine}
+
+
+def engine_config_map(ref: ModelRef, resolved: Resolved) -> Manifest:
+    spec = resolved.spec
+    gateway = spec.gateway.model_dump(mode="json")
+    if spec.gateway.auth_secret:
+        gateway["api_keys_file"] = f"{CONFIG_DIR}/auth/keys"  # where gateway.py mounts the Secret
+    else:
+        gateway["open_access"] = True  # no auth Secret: the documented "open, for local use" mode
+    data = {
+        "engine.json": engine_config(resolved),
+        "gateway.json": {"gateway": gateway, "slo": spec.slo.model_dump(mode="json"),
+                         "max_sessions_per_engine": spec.engine.max_sessions, "chunk_ms": spec.engine.chunk_ms},
+        "agent.json": {"agent": spec.agent.model_dump(mode="json")},
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": ref.metadata(ref.config_map, "config"),
+        "data": {k: json.dumps(v, sort_keys=True, indent=2) + "\n" for k, v in data.items()},
+    }
+
+
+def config_hash(config_map: Manifest) -> str:
+    """Digest of the ConfigMap's data; put on pod templates so a config change rolls the pods."""
+    blob = json.dumps(config_map["data"], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,95 @@
+"""The gateway: a Deployment in front of the engine replicas and the public Service (named like the
+model). Engine addresses reach the gateway as leader-Service ClusterIPs, so routing needs no cluster DNS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef, service_host_ref
+from ..resolve import Resolved
+from ..spec import DuplexModelSpec
+from .common import Manifest, config_volume, env, secret_volume
+
+AUTH_DIR = f"{CONFIG_DIR}/auth"
+TLS_DIR = f"{CONFIG_DIR}/tls"
+
+
+def engine_addresses(ref: ModelRef, resolved: Resolved) -> str:
+    """``$(X_SERVICE_HOST):port,...`` for every replica's rank 0."""
+    port = resolved.spec.engine.port
+    return ",".join(f"{service_host_ref(ref.leader(i))}:{port}" for i in range(resolved.spec.replicas))
+
+
+def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    gw = resolved.spec.gateway
+    args = ["gateway", "--engines", "$(DUPLEX_ENGINES)", "--config", f"{CONFIG_DIR}/gateway.json"]
+    volumes, mounts = [config_volume(ref.config_map)[0]], [config_volume(ref.config_map)[1]]
+    if gw.auth_secret:
+        v, m = secret_volume("auth", gw.auth_secret, AUTH_DIR)
+        volumes.append(v)
+        mounts.append(m)
+    if gw.tls_secret:
+        v, m = secret_volume("tls", gw.tls_secret, TLS_DIR)
+        volumes.append(v)
+        mounts.append(m)
+        # Mounted for the gateway to terminate TLS (tls.crt / tls.key); the gateway CLI has no TLS flag yet.
+    ports = [{"name": "grpc", "containerPort": gw.port, "protocol": "TCP"}]
+    if gw.metrics_port:
+        ports.append({"name": "metrics", "containerPort": gw.metrics_port, "protocol": "TCP"})
+    container: dict[str, Any] = {
+        "name": "gateway",
+        "image": resolved.spec.engine.image,
+        "command": ["duplex"],
+        "args": args,
+        "env": [
+            env("DUPLEX_ENGINES", engine_addresses(ref, resolved)),
+            env("DUPLEX_ENGINE_SERVICES", ",".join(ref.leader(i) for i in range(resolved.spec.replicas))),
+        ],
+        "ports": ports,
+        "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5},
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
+        "volumeMounts": mounts,
+    }
+    return container, volumes
+
+
+def gateway_deployment(ref: ModelRef, resolved: Resolved, config_digest: str) -> Manifest:
+    container, volumes = gateway_container(ref, resolved)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ref.metadata(ref.gateway, "gateway"),
+        "spec": {
+            "replicas": resolved.spec.gateway.replicas,
+            "selector": {"matchLabels": ref.selector("gateway")},
+            "template": {
+                "metadata": {"labels": ref.labels("gateway"),
+                             "annotations": {CONFIG_HASH_ANNOTATION: config_digest}},
+                "spec": {"containers": [container], "volumes": volumes, "enableServiceLinks": True},
+            },
+        },
+    }
+
+
+def gateway_service(ref: ModelRef, spec: DuplexModelSpec) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ref.metadata(ref.endpoint_service, "gateway"),
+        "spec": {
+            "type": spec.gateway.service_type,
+            "selector": ref.selector("gateway"),
+            "ports": [{"name": "grpc", "port": spec.gateway.port, "targetPort": "grpc", "protocol": "TCP"}],
+        },
+    }
+
+
+def endpoint(ref: ModelRef, spec: DuplexModelSpec, service: dict[str, Any] | None = None) -> str:
+    """Where clients connect: the load balancer's address once it has one, else the Service's DNS name."""
+    port = spec.gateway.port
+    if service is not None and spec.gateway.service_type == "LoadBalancer":
+        for ingress in (service.get("status") or {}).get("loadBalancer", {}).get("ingress") or []:
+            host = ingress.get("hostname") or ingress.get("ip")
+            if host:
+                return f"{host}:{port}"
+    return f"{ref.endpoint_service}.{ref.namespace}.svc:{port}"

@@ -1,0 +1,198 @@
+"""Kubernetes structural OpenAPI schemas generated from the typed pydantic specs.
+
+One generator serves the ``DuplexModel`` CRD (``openapi_schema``) and the Helm chart's ``values.schema.json``
+(``values_json_schema``), so the CRD, the Helm values and the CLI flags never drift apart.
+
+Field names: Python code uses snake_case (the pydantic models); Kubernetes objects use camelCase. The
+conversion is mechanical (``camelize`` / ``snakeize``) because every mapping in the specs is a field map —
+no spec has free-form dict fields (``test_schema.py`` checks the round trip over every field).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.alias_generators import to_camel
+
+Json = dict[str, Any]
+
+_DROP_KEYS = {"title", "additionalProperties", "$defs", "examples"}
+
+
+def camel(name: str) -> str:
+    """``gpu_memory_gib`` -> ``gpuMemoryGib``; ``turn_taking_p50_s`` -> ``turnTakingP50S``."""
+    return to_camel(name)
+
+
+_SNAKE_RE = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+def snake(name: str) -> str:
+    """Inverse of :func:`camel` for the names the specs use."""
+    return _SNAKE_RE.sub("_", name).lower()
+
+
+def camelize(data: Any) -> Any:
+    """Recursively turn the keys of a snake_case spec dump into camelCase (values untouched)."""
+    if isinstance(data, dict):
+        return {camel(k): camelize(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [camelize(v) for v in data]
+    return data
+
+
+def snakeize(data: Any) -> Any:
+    """Recursively turn camelCase keys back into the snake_case field names of the specs."""
+    if isinstance(data, dict):
+        return {snake(k): snakeize(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [snakeize(v) for v in data]
+    return data
+
+
+def _models_in(model: type[BaseModel], found: dict[str, type[BaseModel]]) -> dict[str, type[BaseModel]]:
+    """All pydantic models reachable from ``model``'s fields, by class name (the JSON schema $def name)."""
+    found[model.__name__] = model
+    for field in model.model_fields.values():
+        for arg in _flatten(field.annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel) and arg.__name__ not in found:
+                _models_in(arg, found)
+    return found
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    args = typing.get_args(annotation)
+    if not args or typing.get_origin(annotation) is Literal:
+        return [annotation]
+    out: list[Any] = []
+    for a in args:
+        out.extend(_flatten(a))
+    return out
+
+
+def _factory_defaults(models: dict[str, type[BaseModel]]) -> dict[tuple[str, str], Any]:
+    """Defaults given by ``default_factory`` (pydantic leaves them out of the JSON schema)."""
+    out: dict[tuple[str, str], Any] = {}
+    for name, m in models.items():
+        for fname, field in m.model_fields.items():
+            if field.default_factory is not None:
+                value = field.default_factory()  # type: ignore[call-arg]
+                out[(name, fname)] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+    return out
+
+
+def _is_null(s: Json) -> bool:
+    return s.get("type") == "null"
+
+
+def _convert(node: Json, defs: Json, model_name: str | None, factory: dict[tuple[str, str], Any],
+             openapi: bool, camel_case: bool) -> Json:
+    """Turn one pydantic JSON-schema node into a structural OpenAPI v3 (or plain JSON-schema) node."""
+    node = copy.deepcopy(node)
+    ref = node.pop("$ref", None)
+    if ref is None and "allOf" in node and len(node["allOf"]) == 1 and "$ref" in node["allOf"][0]:
+        ref = node.pop("allOf")[0]["$ref"]
+    if ref is not None:
+        target_name = ref.rsplit("/", 1)[-1]
+        target = _convert(defs[target_name], defs, target_name, factory, openapi, camel_case)
+        description = node.get("description", target.get("description"))
+        had_default = "default" in node
+        node = {**target, **({"description": description} if description else {})}
+        if had_default:
+            # A nested object with a default defaults to {}: the API server then fills in its fields' defaults.
+            node["default"] = {}
+        return node
+
+    if "anyOf" in node:
+        branches = [b for b in node["anyOf"] if not _is_null(b)]
+        nullable = len(branches) < len(node["anyOf"])
+        types_ = {b.get("type") for b in branches}
+        base = {k: v for k, v in node.items() if k != "anyOf"}
+        if types_ == {"integer", "string"}:
+            # int | Literal["auto"]: Kubernetes' int-or-string.
+            strings = [v for b in branches if b.get("type") == "string" for v in (b.get("enum") or [b.get("const")])]
+            if openapi:
+                # Structural schemas allow no typed anyOf branches here: the string choices become a
+                # pattern (which integers are not checked against).
+                base["x-kubernetes-int-or-string"] = True
+                base["pattern"] = "^(" + "|".join(re.escape(v) for v in strings) + ")$"
+            else:
+                base["oneOf"] = [{"type": "integer"}, {"type": "string", "enum": strings}]
+            node = base
+        elif len(branches) == 1:
+            node = {**_convert(branches[0], defs, model_name, factory, openapi, camel_case), **base}
+        else:
+            raise ValueError(f"cannot express union {node} in a structural schema")
+        if nullable:
+            if openapi:
+                node["nullable"] = True
+            elif "type" in node:
+                node["type"] = [node["type"], "null"]
+            if node.get("default", 0) is None:
+                node.pop("default")
+        return _finish(node, openapi)
+
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if node.get("type") == "object" and "properties" in node:
+        props: Json = {}
+        for fname, sub in node["properties"].items():
+            conv = _convert(sub, defs, None, factory, openapi, camel_case)
+            if model_name is not None and (model_name, fname) in factory and "default" not in conv:
+                value = factory[(model_name, fname)]
+                if conv.get("type") == "object" and isinstance(value, dict):
+                    value = {}  # as for plain nested defaults: the server fills in the fields' defaults
+                conv["default"] = camelize(value) if camel_case else value
+            props[camel(fname) if camel_case else fname] = conv
+        node["properties"] = props
+        if "required" in node:
+            node["required"] = [camel(r) if camel_case else r for r in node["required"]]
+        if not openapi:
+            node["additionalProperties"] = False
+    if node.get("type") == "array" and "items" in node:
+        node["items"] = _convert(node["items"], defs, None, factory, openapi, camel_case)
+    if "default" in node and camel_case:
+        node["default"] = camelize(node["default"])
+    return _finish(node, openapi)
+
+
+def _finish(node: Json, openapi: bool) -> Json:
+    if openapi and node.get("default") == "":
+        node.pop("default")  # Kubernetes 1.20 reads an empty-string default as null and rejects it
+    for k in _DROP_KEYS:
+        if k == "additionalProperties" and not openapi:
+            continue
+        node.pop(k, None)
+    if openapi:
+        for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+            if bound in node and not isinstance(node[bound], bool):
+                node[plain] = node.pop(bound)
+                node[bound] = True
+    return node
+
+
+def openapi_schema(model: type[BaseModel], camel_case: bool = True) -> Json:
+    """Structural OpenAPI v3 schema (CRD ``openAPIV3Schema`` flavour) of a pydantic model: $refs inlined,
+    ``int | 'auto'`` as ``x-kubernetes-int-or-string``, descriptions, defaults, bounds and enums kept."""
+    raw = model.model_json_schema(mode="validation")
+    defs = raw.get("$defs", {})
+    factory = _factory_defaults(_models_in(model, {}))
+    return _convert(raw, defs, model.__name__, factory, openapi=True, camel_case=camel_case)
+
+
+def values_json_schema(model: type[BaseModel], camel_case: bool = True) -> Json:
+    """JSON Schema (draft 2020-12 keywords, as Helm's ``values.schema.json`` accepts) of a pydantic model,
+    from the same generator as the CRD: unknown keys rejected, defaults and bounds kept."""
+    raw = model.model_json_schema(mode="validation")
+    defs = raw.get("$defs", {})
+    factory = _factory_defaults(_models_in(model, {}))
+    out = _convert(raw, defs, model.__name__, factory, openapi=False, camel_case=camel_case)
+    out.pop("default", None)
+    return {"$schema": "https://json-schema.org/draft-07/schema#", **out}
+
+
+__all__ = ["camel", "camelize", "openapi_schema", "snake", "snakeize", "values_json_schema"]

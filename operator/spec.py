@@ -1,0 +1,81 @@
+"""The ``DuplexModel`` spec: the serving specs (``ModelSource``, ``EngineSpec``, ``GatewaySpec``,
+``AgentSpec``) composed with what only the operator needs (replicas, autoscaling, SLO).
+
+The CRD schema, the Helm values schema and the CLI all come from these classes. In Kubernetes objects the
+field names are camelCase (``gpuMemoryGib``); in Python they are the snake_case attribute names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from duplex.model.spec import ModelSource
+from duplex.serving.spec import AgentSpec, EngineSpec, GatewaySpec
+
+from .schema import camelize, snakeize
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _nested(cls: type[_M]) -> Any:
+    """Default of a nested spec field: a fresh instance with all of its own defaults."""
+    return Field(default_factory=lambda: cls.model_validate({}))
+
+
+class AutoscalingSpec(_Spec):
+    """Horizontal scaling of engine replicas (shard groups) on live sessions."""
+
+    enabled: bool = False
+    """Create a HorizontalPodAutoscaler that sets ``replicas`` through the DuplexModel's scale subresource."""
+    min_replicas: int = Field(1, ge=1)
+    """Fewest engine replicas the autoscaler keeps."""
+    max_replicas: int = Field(4, ge=1)
+    """Most engine replicas the autoscaler creates."""
+    target_sessions_per_replica: int = Field(48, ge=1)
+    """Average live sessions per replica the autoscaler aims for (metric ``duplex_active_sessions``)."""
+
+
+class SloSpec(_Spec):
+    """Turn-taking latency objectives (time from the end of user speech to the first model audio)."""
+
+    turn_taking_p50_s: float = Field(0.30, gt=0)
+    """Target median turn-taking latency in seconds."""
+    turn_taking_p95_s: float = Field(0.45, gt=0)
+    """Target 95th-percentile turn-taking latency in seconds."""
+
+
+class DuplexModelSpec(_Spec):
+    """A served full-duplex model: ``replicas`` shard groups of ``engine.shards`` ranks, a gateway in front
+    and a background agent beside it."""
+
+    model: ModelSource = _nested(ModelSource)
+    """Which weights to serve."""
+    engine: EngineSpec = _nested(EngineSpec)
+    """Engine ranks (one StatefulSet per replica, one pod per shard)."""
+    replicas: int = Field(1, ge=0)
+    """Engine replicas (independent shard groups). Written by the autoscaler when autoscaling is enabled."""
+    autoscaling: AutoscalingSpec = _nested(AutoscalingSpec)
+    """Scale replicas on live sessions."""
+    gateway: GatewaySpec = _nested(GatewaySpec)
+    """Public endpoint: auth, admission, routing."""
+    agent: AgentSpec = _nested(AgentSpec)
+    """Background agent workers and their Redis."""
+    slo: SloSpec = _nested(SloSpec)
+    """Latency objectives the load test gates on."""
+
+    @classmethod
+    def from_k8s(cls, spec: dict[str, Any] | None) -> DuplexModelSpec:
+        """Parse the camelCase ``spec`` of a DuplexModel object."""
+        return cls.model_validate(snakeize(dict(spec or {})))
+
+    def to_k8s(self) -> dict[str, Any]:
+        """The camelCase ``spec`` of a DuplexModel object (every field, defaults included)."""
+        result: dict[str, Any] = camelize(self.model_dump(mode="json", exclude_none=True))
+        return result

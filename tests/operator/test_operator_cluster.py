@@ -1,0 +1,287 @@
+"""The operator against a real control plane (etcd + kube-apiserver 1.20 + kube-controller-manager).
+
+No kubelet runs: the StatefulSet/Deployment controllers create pods, and tests mark them ready by patching
+their status. Every wait is a poll with a deadline.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from duplex_cluster_plugin import OperatorProcess
+from duplex_controlplane import wait_until
+from kubernetes.client.exceptions import ApiException
+
+from duplex.operator.kube import Kube
+
+API = "/apis/duplex.ai/v1alpha1"
+MODEL_LABEL = "duplex.ai/model"
+TIMEOUT = 30.0
+
+pytestmark = pytest.mark.usefixtures("duplex_operator")
+
+
+def create_model(kube: Kube, ns: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    body = {"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {"name": name}, "spec": spec}
+    out: dict[str, Any] = kube.request("POST", f"{API}/namespaces/{ns}/duplexmodels", body=body)
+    return out
+
+
+def model(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    m = kube.get_model(ns, name)
+    assert m is not None
+    return m
+
+
+def condition(m: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in (m.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def children(kube: Kube, ns: str, name: str) -> dict[str, list[str]]:
+    kinds = [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"),
+             ("policy/v1beta1", "PodDisruptionBudget"), ("autoscaling/v2beta2", "HorizontalPodAutoscaler")]
+    return {kind: sorted(o["metadata"]["name"] for o in kube.list_children(av, kind, ns, name)) for av, kind in kinds}
+
+
+def expected_children(name: str, replicas: int, hpa: bool = False) -> dict[str, list[str]]:
+    return {
+        "ConfigMap": [f"{name}-config"],
+        "Service": sorted([name, f"{name}-redis"] + [f"{name}-engine-{i}{s}" for i in range(replicas)
+                                                      for s in ("", "-leader")]),
+        "StatefulSet": [f"{name}-engine-{i}" for i in range(replicas)],
+        "Deployment": sorted([f"{name}-agent", f"{name}-gateway", f"{name}-redis"]),
+        "PodDisruptionBudget": [f"{name}-engine"],
+        "HorizontalPodAutoscaler": [name] if hpa else [],
+    }
+
+
+def pods(kube: Kube, ns: str, selector: str) -> list[dict[str, Any]]:
+    return kube.list_objects("v1", "Pod", ns, selector)
+
+
+def mark_ready(kube: Kube, ns: str, pod: dict[str, Any]) -> None:
+    """What a kubelet would report for a running, ready pod."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status = {"phase": "Running", "startTime": now, "conditions": [
+        {"type": t, "status": "True", "lastTransitionTime": now}
+        for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}
+    kube.request("PATCH", f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}/status",
+                 body={"status": status}, content_type="application/merge-patch+json")
+
+
+def mark_all_ready(kube: Kube, ns: str, name: str) -> None:
+    for p in pods(kube, ns, f"{MODEL_LABEL}={name}"):
+        if p["metadata"].get("deletionTimestamp") is None:
+            mark_ready(kube, ns, p)
+
+
+def patch_model(kube: Kube, ns: str, name: str, patch: dict[str, Any]) -> None:
+    kube.request("PATCH", f"{API}/namespaces/{ns}/duplexmodels/{name}", body=patch,
+                 content_type="application/merge-patch+json")
+
+
+# --- CRD ---------------------------------------------------------------------------------------------
+
+def test_crd_applies_defaults(kube: Kube, namespace: str) -> None:
+    created = create_model(kube, namespace, "defaults", {"engine": {"shards": 2}})
+    spec = created["spec"]
+    assert spec["engine"]["shards"] == 2
+    assert spec["engine"]["chunkMs"] == 200 and spec["engine"]["backend"] == "torch"
+    assert spec["replicas"] == 1 and spec["slo"] == {"turnTakingP50S": 0.3, "turnTakingP95S": 0.45}
+    assert spec["agent"]["tools"] == ["clock", "calculator"] and spec["agent"]["redis"]["managed"] is True
+    assert spec["model"]["preset"] == "tiny"
+
+
+@pytest.mark.parametrize(("spec", "field"), [
+    ({"engine": {"chunkMs": 50}}, "spec.engine.chunkMs"),
+    ({"engine": {"backend": "onnx"}}, "spec.engine.backend"),
+    ({"engine": {"shards": "many"}}, "spec.engine.shards"),
+    ({"replicas": -1}, "spec.replicas"),
+])
+def test_crd_rejects_schema_violations(kube: Kube, namespace: str, spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(ApiException) as err:
+        create_model(kube, namespace, "bad", spec)
+    assert err.value.status == 422
+    assert field in (err.value.body or "")
+
+
+def test_invalid_spec_is_conditioned_and_creates_nothing(kube: Kube, namespace: str) -> None:
+    create_model(kube, namespace, "odd", {"engine": {"shards": 3}})  # tiny has 8 experts
+    wait_until(lambda: condition(model(kube, namespace, "odd"), "Degraded").get("reason") == "InvalidSpec",
+               TIMEOUT, "Degraded=InvalidSpec")
+    m = model(kube, namespace, "odd")
+    degraded = condition(m, "Degraded")
+    assert degraded["status"] == "True" and "spec.engine.shards" in degraded["message"]
+    assert "not divisible by 3" in degraded["message"]
+    assert condition(m, "Ready")["status"] == "False"
+    assert m["status"]["observedGeneration"] == m["metadata"]["generation"]
+    assert all(v == [] for v in children(kube, namespace, "odd").values())
+    # fixing the field brings the children
+    patch_model(kube, namespace, "odd", {"spec": {"engine": {"shards": 4}}})
+    wait_until(lambda: children(kube, namespace, "odd")["StatefulSet"] == ["odd-engine-0"], TIMEOUT, "children")
+    wait_until(lambda: condition(model(kube, namespace, "odd"), "Degraded").get("status") == "False", TIMEOUT,
+               "Degraded=False")
+
+
+def test_model_that_cannot_fit_is_conditioned(kube: Kube, namespace: str) -> None:
+    create_model(kube, namespace, "huge", {"model": {"preset": "tml-interaction-small"},
+                                            "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 8}})
+    wait_until(lambda: condition(model(kube, namespace, "huge"), "Degraded").get("reason") == "InvalidSpec",
+               TIMEOUT, "Degraded=InvalidSpec")
+    assert "spec.engine.gpuMemoryGib" in condition(model(kube, namespace, "huge"), "Degraded")["message"]
+    assert children(kube, namespace, "huge")["StatefulSet"] == []
+
+
+# --- children, readiness -------------------------------------------------------------------------------
+
+def test_children_ranks_owner_refs_and_ready(kube: Kube, namespace: str) -> None:
+    uid = create_model(kube, namespace, "talk", {"engine": {"shards": 2}, "replicas": 2,
+                                                 "autoscaling": {"enabled": True}})["metadata"]["uid"]
+    want = expected_children("talk", 2, hpa=True)
+    wait_until(lambda: children(kube, namespace, "talk") == want, TIMEOUT, "all children")
+    for av, kind in [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"),
+                     ("policy/v1beta1", "PodDisruptionBudget"), ("autoscaling/v2beta2", "HorizontalPodAutoscaler")]:
+        for obj in kube.list_children(av, kind, namespace, "talk"):
+            refs = obj["metadata"]["ownerReferences"]
+            assert [(r["kind"], r["name"], r["uid"], r["controller"]) for r in refs] == [
+                ("DuplexModel", "talk", uid, True)], (kind, obj["metadata"]["name"])
+    sts = kube.get("apps/v1", "StatefulSet", namespace, "talk-engine-1")
+    assert sts is not None
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["DUPLEX_WORLD_SIZE"] == "2" and env["DUPLEX_REPLICA"] == "1"
+    assert env["DUPLEX_LEADER_HOST"] == "$(TALK_ENGINE_1_LEADER_SERVICE_HOST)"
+    assert "--rank-from-hostname" in container["args"]
+    leader = kube.get("v1", "Service", namespace, "talk-engine-1-leader")
+    assert leader is not None and leader["spec"]["clusterIP"].startswith("198.18.")
+    # the StatefulSet controller creates the ranks: pod ordinal = rank
+    wait_until(lambda: sorted(p["metadata"]["name"] for p in pods(kube, namespace, "duplex.ai/replica=1"))
+               == ["talk-engine-1-0", "talk-engine-1-1"], TIMEOUT, "rank pods")
+    # status is written after the children are applied: wait for it before reading it
+    wait_until(lambda: condition(model(kube, namespace, "talk"), "Ready") != {}, TIMEOUT, "status")
+    m = model(kube, namespace, "talk")
+    assert condition(m, "Ready")["status"] == "False"
+    assert m["status"]["shardPlan"]["shards"] == 2 and m["status"]["endpoint"] == f"talk.{namespace}.svc:8080"
+    # 2 replicas x 2 ranks + gateway + agent + redis
+    wait_until(lambda: len(pods(kube, namespace, f"{MODEL_LABEL}=talk")) == 7, TIMEOUT, "all pods")
+    mark_all_ready(kube, namespace, "talk")
+    wait_until(lambda: condition(model(kube, namespace, "talk"), "Ready").get("status") == "True", TIMEOUT, "Ready")
+    m = model(kube, namespace, "talk")
+    assert m["status"]["readyReplicas"] == 2
+    assert condition(m, "Progressing")["status"] == "False" and condition(m, "Degraded")["status"] == "False"
+    assert condition(m, "Ready")["observedGeneration"] == m["metadata"]["generation"]
+    # scale subresource: what the HPA reads and writes
+    scale = kube.request("GET", f"{API}/namespaces/{namespace}/duplexmodels/talk/scale")
+    assert scale["spec"]["replicas"] == 2 and scale["status"]["replicas"] == 2
+    assert scale["status"]["selector"] == "duplex.ai/model=talk,app.kubernetes.io/component=engine"
+
+
+# --- drift, scale, delete, restart ---------------------------------------------------------------------
+
+def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
+    create_model(kube, namespace, "drift", {"engine": {"shards": 2}})
+    wait_until(lambda: children(kube, namespace, "drift") == expected_children("drift", 1), TIMEOUT, "children")
+    # deleted by hand
+    kube.delete("apps/v1", "StatefulSet", namespace, "drift-engine-0")
+    kube.delete("v1", "Service", namespace, "drift-engine-0-leader")
+    kube.delete("v1", "ConfigMap", namespace, "drift-config")
+    wait_until(lambda: children(kube, namespace, "drift") == expected_children("drift", 1), TIMEOUT, "recreated")
+    # edited by hand
+    kube.request("PATCH", f"/apis/apps/v1/namespaces/{namespace}/statefulsets/drift-engine-0",
+                 body={"spec": {"replicas": 5}}, content_type="application/merge-patch+json")
+    kube.request("PATCH", f"/apis/apps/v1/namespaces/{namespace}/deployments/drift-gateway",
+                 body={"spec": {"template": {"spec": {"containers": [{"name": "gateway", "image": "evil:1"}]}}}},
+                 content_type="application/strategic-merge-patch+json")
+
+    def repaired() -> bool:
+        sts = kube.get("apps/v1", "StatefulSet", namespace, "drift-engine-0")
+        gw = kube.get("apps/v1", "Deployment", namespace, "drift-gateway")
+        assert sts is not None and gw is not None
+        return bool(sts["spec"]["replicas"] == 2 and gw["spec"]["template"]["spec"]["containers"][0]["image"]
+                    == "duplex:latest")
+
+    wait_until(repaired, TIMEOUT, "hand edits reverted")
+
+
+def test_scale_changes_roll(kube: Kube, namespace: str) -> None:
+    create_model(kube, namespace, "sc", {"engine": {"shards": 2}, "replicas": 1})
+    wait_until(lambda: children(kube, namespace, "sc") == expected_children("sc", 1), TIMEOUT, "children")
+    kube.request("PATCH", f"{API}/namespaces/{namespace}/duplexmodels/sc/scale", body={"spec": {"replicas": 3}},
+                 content_type="application/merge-patch+json")  # what the HPA does
+    wait_until(lambda: children(kube, namespace, "sc") == expected_children("sc", 3), TIMEOUT, "scaled up")
+    gw = kube.get("apps/v1", "Deployment", namespace, "sc-gateway")
+    assert gw is not None
+    engines = next(e["value"] for e in gw["spec"]["template"]["spec"]["containers"][0]["env"]
+                   if e["name"] == "DUPLEX_ENGINES")
+    assert engines.count(":7070") == 3
+    patch_model(kube, namespace, "sc", {"spec": {"replicas": 1, "engine": {"shards": 4}}})
+    wait_until(lambda: children(kube, namespace, "sc") == expected_children("sc", 1), TIMEOUT, "scaled down")
+
+    def resharded() -> bool:
+        sts = kube.get("apps/v1", "StatefulSet", namespace, "sc-engine-0")
+        return sts is not None and sts["spec"]["replicas"] == 4
+    wait_until(resharded, TIMEOUT, "4 ranks")
+    wait_until(lambda: len(pods(kube, namespace, "duplex.ai/replica=0")) == 4, TIMEOUT, "4 rank pods")
+    wait_until(lambda: model(kube, namespace, "sc")["status"].get("shardPlan", {}).get("shards") == 4, TIMEOUT,
+               "status shards")
+
+
+def test_delete_garbage_collects_everything(kube: Kube, namespace: str) -> None:
+    create_model(kube, namespace, "gone", {"engine": {"shards": 2}})
+    wait_until(lambda: children(kube, namespace, "gone") == expected_children("gone", 1), TIMEOUT, "children")
+    wait_until(lambda: len(pods(kube, namespace, f"{MODEL_LABEL}=gone")) == 5, TIMEOUT, "pods")
+    kube.request("DELETE", f"{API}/namespaces/{namespace}/duplexmodels/gone")
+    wait_until(lambda: all(v == [] for v in children(kube, namespace, "gone").values()), 60, "children collected")
+    wait_until(lambda: pods(kube, namespace, f"{MODEL_LABEL}=gone") == [], 60, "pods collected")
+
+
+def test_operator_restart_creates_no_duplicates(kube: Kube, namespace: str, duplex_operator: OperatorProcess) -> None:
+    create_model(kube, namespace, "rs", {"engine": {"shards": 2}, "replicas": 2})
+    want = expected_children("rs", 2)
+    wait_until(lambda: children(kube, namespace, "rs") == want, TIMEOUT, "children")
+    uids = {(av, k, o["metadata"]["name"]): o["metadata"]["uid"]
+            for av, k in [("v1", "Service"), ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment")]
+            for o in kube.list_children(av, k, namespace, "rs")}
+    duplex_operator.stop()
+    # while it is down, a child disappears; the restarted operator must put it back, and only it
+    kube.delete("apps/v1", "Deployment", namespace, "rs-agent")
+    duplex_operator.start()
+    wait_until(lambda: children(kube, namespace, "rs") == want, TIMEOUT, "agent restored after restart")
+    after = {(av, k, o["metadata"]["name"]): o["metadata"]["uid"]
+             for av, k in [("v1", "Service"), ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment")]
+             for o in kube.list_children(av, k, namespace, "rs")}
+    changed = {key for key in uids if uids[key] != after.get(key)}
+    assert changed == {("apps/v1", "Deployment", "rs-agent")}
+    assert len(pods(kube, namespace, "duplex.ai/replica=0")) == 2
+
+
+def test_twenty_models_reconcile(kube: Kube, namespace: str, record_property: Any) -> None:
+    n = 20
+    start = time.monotonic()
+    for i in range(n):
+        create_model(kube, namespace, f"m{i:02d}", {"engine": {"shards": 2}})
+
+    def all_present() -> bool:
+        sts = kube.list_objects("apps/v1", "StatefulSet", namespace, "app.kubernetes.io/managed-by=duplex-operator")
+        deps = kube.list_objects("apps/v1", "Deployment", namespace, "app.kubernetes.io/managed-by=duplex-operator")
+        return len(sts) == n and len(deps) == 3 * n
+
+    wait_until(all_present, 60, f"{n} models' children", interval=0.05)
+    elapsed = time.monotonic() - start
+    record_property("twenty_models_reconcile_s", round(elapsed, 2))
+    print(f"\n{n} DuplexModels: all children present after {elapsed:.2f} s")
+    for i in range(n):
+        assert children(kube, namespace, f"m{i:02d}") == expected_children(f"m{i:02d}", 1)
+    assert elapsed < 30
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_examples_are_accepted_by_the_api_server(kube: Kube, namespace: str, path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    out = kube.request("POST", f"{API}/namespaces/{namespace}/duplexmodels", body=doc, query={"dryRun": "All"})
+    assert out["spec"]["engine"]["chunkMs"] in (doc["spec"].get("engine", {}).get("chunkMs"), 200)

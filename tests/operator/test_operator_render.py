@@ -1,0 +1,375 @@
+"""Pure render tests: spec -> manifests, validated against current Kubernetes schemas (kubernetes-validate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import types
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from duplex.cli import app
+from duplex.model.config import get_preset
+from duplex.model.spec import ModelSource
+from duplex.operator.crd import crd_manifest
+from duplex.operator.naming import ModelRef, rank_from_hostname, service_env_prefix
+from duplex.operator.render import ApiVersions, render_children
+from duplex.operator.render.common import Manifest
+from duplex.operator.resolve import InvalidSpec, parse_spec, resolve
+from duplex.operator.schema import openapi_schema, values_json_schema
+from duplex.operator.spec import DuplexModelSpec
+from duplex.operator.status import compute_status, observe, shard_plan_status
+from duplex.serving.spec import AgentSpec, EngineSpec, GatewaySpec
+
+K8S_VERSION = kubernetes_validate.latest_version()  # the newest schemas the installed package ships
+REF = ModelRef(name="talk", namespace="prod", uid="0f0e-uid")
+CURRENT = ApiVersions()
+K120 = ApiVersions.from_served({"policy/v1beta1", "autoscaling/v1", "autoscaling/v2beta1", "autoscaling/v2beta2"})
+
+SPECS: dict[str, dict[str, Any]] = {
+    "minimal": {},
+    "sharded": {"engine": {"shards": 4}, "replicas": 3},
+    "autoscaled-auth-tls": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+                            "replicas": 2, "gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls",
+                                                       "serviceType": "LoadBalancer"}},
+    "external-redis-secret": {"agent": {"workers": 3, "redis": {"managed": False, "urlSecret": "redis-url"}}},
+    "no-agent": {"agent": {"workers": 0}},
+    "gpu-autoshard": {"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+                      "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32}},
+    "tensorrt-llm": {"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+                     "engine": {"backend": "tensorrt-llm", "shards": 16, "gpusPerShard": 1, "gpuMemoryGib": 141}},
+}
+
+
+def render(raw: dict[str, Any], apis: ApiVersions = CURRENT) -> list[Manifest]:
+    return render_children(REF, resolve(parse_spec(raw)), apis)
+
+
+def by_kind(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_rendered_manifest_is_valid_for_current_kubernetes(name: str) -> None:
+    for m in render(SPECS[name]):
+        kubernetes_validate.validate(m, K8S_VERSION, strict=True)
+
+
+def test_crd_is_valid_for_current_kubernetes() -> None:
+    kubernetes_validate.validate(crd_manifest(), K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_child_is_owned_and_labelled(name: str) -> None:
+    for m in render(SPECS[name]):
+        meta = m["metadata"]
+        assert meta["namespace"] == "prod"
+        assert meta["ownerReferences"] == [{"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel",
+                                            "name": "talk", "uid": "0f0e-uid", "controller": True,
+                                            "blockOwnerDeletion": True}]
+        assert meta["labels"]["duplex.ai/model"] == "talk"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "duplex-operator"
+
+
+def test_one_statefulset_per_replica_with_rank_and_leader_wiring() -> None:
+    out = render(SPECS["sharded"])
+    sts = by_kind(out, "StatefulSet")
+    assert [s["metadata"]["name"] for s in sts] == ["talk-engine-0", "talk-engine-1", "talk-engine-2"]
+    for i, s in enumerate(sts):
+        spec = s["spec"]
+        assert spec["replicas"] == 4  # pods = ranks 0..3
+        assert spec["serviceName"] == f"talk-engine-{i}"
+        assert spec["podManagementPolicy"] == "Parallel"
+        c = spec["template"]["spec"]["containers"][0]
+        assert c["command"] == ["duplex"]
+        assert c["args"][:5] == ["engine", "--rank-from-hostname", "--world-size", "4", "--leader"]
+        env = env_of(c)
+        assert env["DUPLEX_WORLD_SIZE"] == "4"
+        assert env["DUPLEX_LEADER_SERVICE"] == f"talk-engine-{i}-leader"
+        assert env["DUPLEX_LEADER_HOST"] == f"$(TALK_ENGINE_{i}_LEADER_SERVICE_HOST)"
+        assert env["DUPLEX_LEADER_DNS"] == f"talk-engine-{i}-0.talk-engine-{i}.prod.svc"
+        assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    services = {s["metadata"]["name"]: s for s in by_kind(out, "Service")}
+    assert services["talk-engine-1"]["spec"]["clusterIP"] == "None"
+    leader = services["talk-engine-1-leader"]["spec"]
+    assert leader["selector"] == {"statefulset.kubernetes.io/pod-name": "talk-engine-1-0"}
+    assert leader["publishNotReadyAddresses"] is True
+    # Services come before the workloads that read their *_SERVICE_HOST variables.
+    order = [m["kind"] for m in out]
+    assert max(i for i, k in enumerate(order) if k == "Service") < order.index("StatefulSet")
+
+
+def test_config_map_is_what_the_serving_specs_parse() -> None:
+    cm = by_kind(render(SPECS["sharded"]), "ConfigMap")[0]["data"]
+    engine_json = json.loads(cm["engine.json"])
+    assert EngineSpec.model_validate(engine_json["engine"]).shards == 4
+    ModelSource.model_validate(engine_json["model"])
+    assert GatewaySpec.model_validate(json.loads(cm["gateway.json"])["gateway"]).open_access is True
+    AgentSpec.model_validate(json.loads(cm["agent.json"])["agent"])
+
+
+def test_engine_readiness_probe_checks_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        c = by_kind(render({"engine": {"port": port}}), "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+        code = c["readinessProbe"]["exec"]["command"][2]
+
+        def probe(hostname: str) -> None:
+            monkeypatch.setattr(os, "uname", lambda: types.SimpleNamespace(nodename=hostname))
+            exec(code, {})
+
+        probe("talk-engine-0-1")  # rank 1: ready while running
+        with pytest.raises(OSError):
+            probe("talk-engine-0-0")  # rank 0, nothing listening yet: not ready
+        listener.listen()
+        probe("talk-engine-0-0")  # rank 0 serving: ready
+
+
+def test_rank_comes_from_the_pod_ordinal() -> None:
+    assert rank_from_hostname("talk-engine-12-3") == 3
+    assert service_env_prefix("talk-engine-0-leader") == "TALK_ENGINE_0_LEADER"
+    with pytest.raises(ValueError, match="ordinal"):
+        rank_from_hostname("talk-engine")
+
+
+def test_gpu_and_tensorrt_llm_rendering() -> None:
+    out = render(SPECS["tensorrt-llm"])
+    c = by_kind(out, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "duplex:latest-tensorrt-llm"
+    assert env_of(c)["DUPLEX_BACKEND"] == "tensorrt-llm"
+    cm = by_kind(out, "ConfigMap")[0]
+    engine_json = json.loads(cm["data"]["engine.json"])
+    assert engine_json["engine"]["backend"] == "tensorrt-llm" and engine_json["engine"]["shards"] == 16
+    assert engine_json["model"]["preset"] == "tml-interaction-small"
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    pod = by_kind(out, "StatefulSet")[0]["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    explicit = render({**SPECS["tensorrt-llm"], "engine": {**SPECS["tensorrt-llm"]["engine"], "image": "me/trt:1"}})
+    assert by_kind(explicit, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "me/trt:1"
+
+
+def test_shards_auto_asks_the_planner() -> None:
+    resolved = resolve(parse_spec(SPECS["gpu-autoshard"]))
+    cfg = get_preset("tml-interaction-small")
+    assert resolved.shards_source == "planner"
+    assert resolved.plan is not None and resolved.shards == resolved.plan.shards
+    assert resolved.shards > 1 and cfg.n_experts % resolved.shards == 0
+    sts = by_kind(render(SPECS["gpu-autoshard"]), "StatefulSet")[0]
+    assert sts["spec"]["replicas"] == resolved.shards
+
+
+def test_version_dependent_kinds_follow_discovery() -> None:
+    spec = SPECS["autoscaled-auth-tls"]
+    old = render(spec, K120)
+    assert {m["apiVersion"] for m in by_kind(old, "PodDisruptionBudget")} == {"policy/v1beta1"}
+    assert by_kind(old, "HorizontalPodAutoscaler")[0]["apiVersion"] == "autoscaling/v2beta2"
+    new = render(spec)
+    assert by_kind(new, "HorizontalPodAutoscaler")[0]["apiVersion"] == "autoscaling/v2"
+    hpa = by_kind(new, "HorizontalPodAutoscaler")[0]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "name": "talk"}
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
+
+
+def test_gateway_auth_tls_and_engine_addresses() -> None:
+    out = render(SPECS["autoscaled-auth-tls"])
+    dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-gateway")
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert {v["name"] for v in pod["volumes"]} == {"config", "auth", "tls"}
+    assert {"name": "tls", "mountPath": "/etc/duplex/tls", "readOnly": True} in c["volumeMounts"]
+    gateway_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
+    assert gateway_json["api_keys_file"] == "/etc/duplex/auth/keys" and gateway_json["open_access"] is False
+    assert env_of(c)["DUPLEX_ENGINES"] == (
+        "$(TALK_ENGINE_0_LEADER_SERVICE_HOST):7070,$(TALK_ENGINE_1_LEADER_SERVICE_HOST):7070")
+    svc = next(m for m in by_kind(out, "Service") if m["metadata"]["name"] == "talk")
+    assert svc["spec"]["type"] == "LoadBalancer"
+
+
+def test_redis_managed_external_and_absent() -> None:
+    managed = render({})
+    names = {m["metadata"]["name"] for m in by_kind(managed, "Deployment")}
+    assert names == {"talk-gateway", "talk-agent", "talk-redis"}
+    external = render(SPECS["external-redis-secret"])
+    assert "talk-redis" not in {m["metadata"]["name"] for m in external}
+    agent = next(m for m in by_kind(external, "Deployment") if m["metadata"]["name"] == "talk-agent")
+    assert agent["spec"]["replicas"] == 3
+    env = agent["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env == [{"name": "DUPLEX_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "redis-url", "key": "url"}}}]
+    none = render(SPECS["no-agent"])
+    assert {m["metadata"]["name"] for m in by_kind(none, "Deployment")} == {"talk-gateway"}
+
+
+def test_config_change_changes_the_pod_template_hash() -> None:
+    a = by_kind(render({}), "StatefulSet")[0]["spec"]["template"]["metadata"]["annotations"]
+    b = by_kind(render({"engine": {"chunkMs": 160}}), "StatefulSet")[0]["spec"]["template"]["metadata"]["annotations"]
+    assert a["duplex.ai/config-hash"] != b["duplex.ai/config-hash"]
+
+
+def test_render_is_deterministic() -> None:
+    assert render(SPECS["sharded"]) == render(SPECS["sharded"])
+
+
+@pytest.mark.parametrize(("raw", "field", "text"), [
+    ({"engine": {"shards": 3}}, "spec.engine.shards", "not divisible by 3"),
+    ({"model": {"preset": "nope"}}, "spec.model.preset", "unknown preset"),
+    ({"model": {"preset": "tml-interaction-small"}, "engine": {"shards": 1, "gpusPerShard": 1, "gpuMemoryGib": 80}},
+     "spec.engine.gpuMemoryGib", "does not fit"),
+    ({"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+      "engine": {"shards": 2, "gpusPerShard": 1, "gpuMemoryGib": 80}}, "spec.engine.shards", "at least"),
+    ({"model": {"preset": "tml-interaction-small"}, "engine": {"shards": "auto", "gpusPerShard": 1,
+                                                              "gpuMemoryGib": 1}},
+     "spec.engine.gpuMemoryGib", "shards: auto"),
+    ({"engine": {"backend": "tensorrt-llm"}}, "spec.engine.gpusPerShard", "GPUs"),
+    ({"engine": {"chunkMs": 100}}, "spec.engine.chunkMs", "multiple"),
+    ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.maxReplicas", "below"),
+    ({"agent": {"redis": {"managed": False}}}, "spec.agent.redis", "url"),
+    ({"engine": {"chunkMs": 20}}, "spec.engine.chunkMs", "greater than or equal"),
+    ({"engine": {"bogus": 1}}, "spec.engine.bogus", "Extra inputs"),
+])
+def test_invalid_specs_name_the_field(raw: dict[str, Any], field: str, text: str) -> None:
+    with pytest.raises(InvalidSpec) as err:
+        resolve(parse_spec(raw))
+    assert any(p.field == field and text in p.message for p in err.value.problems), err.value.problems
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        out.append((path, node))
+        for k, v in node.get("properties", {}).items():
+            out += _walk(v, f"{path}.{k}")
+        if "items" in node:
+            out += _walk(node["items"], f"{path}[]")
+    return out
+
+
+def test_crd_schema_is_structural() -> None:
+    schema = openapi_schema(DuplexModelSpec)
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "allOf" not in node and "const" not in node, path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), path
+        assert "anyOf" not in node, path
+    assert schema["properties"]["engine"]["properties"]["shards"]["x-kubernetes-int-or-string"] is True
+    chunk = schema["properties"]["engine"]["properties"]["chunkMs"]
+    assert (chunk["default"], chunk["minimum"], chunk["maximum"]) == (200, 80, 400)
+    assert chunk["description"].startswith("Micro-turn")
+    assert schema["properties"]["engine"]["properties"]["backend"]["enum"] == ["torch", "tensorrt-llm"]
+    assert schema["properties"]["agent"]["properties"]["tools"]["default"] == ["clock", "calculator"]
+    assert schema["properties"]["slo"]["properties"]["turnTakingP50S"]["default"] == 0.30
+
+
+def test_crd_has_subresources_and_printer_columns() -> None:
+    version = crd_manifest()["spec"]["versions"][0]
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    assert "status" in version["subresources"]
+    cols = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert cols["Ready"] == ".status.readyReplicas" and cols["Shards"] == ".status.shardPlan.shards"
+    assert cols["P50"] == ".status.measuredTurnTakingP50S" and "Endpoint" in cols and "Age" in cols
+
+
+def test_camel_case_round_trip_covers_every_field() -> None:
+    spec = DuplexModelSpec()
+    k8s = spec.to_k8s()
+    assert "gpuMemoryGib" in k8s["engine"] and "turnTakingP95S" in k8s["slo"]
+    assert DuplexModelSpec.from_k8s(k8s) == spec
+    props = set(openapi_schema(DuplexModelSpec)["properties"]["engine"]["properties"])
+    assert set(k8s["engine"]) <= props
+
+
+def test_values_schema_for_helm_shares_the_generator() -> None:
+    vs = values_json_schema(DuplexModelSpec)
+    assert vs["additionalProperties"] is False
+    assert vs["properties"]["engine"]["properties"]["chunkMs"]["maximum"] == 400
+    assert vs["properties"]["engine"]["properties"]["shards"]["oneOf"][1]["enum"] == ["auto"]
+
+
+# --- examples and CLI ---------------------------------------------------------------------------------
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def test_examples_are_numbered_and_present() -> None:
+    names = [p.name for p in EXAMPLES]
+    assert names[:3] == ["01-tiny-cpu.yaml", "02-autoshard-gpu.yaml", "03-tensorrt-llm.yaml"]
+    assert all(n[:2].isdigit() for n in names)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_render_to_valid_manifests(path: Path) -> None:
+    doc = yaml.safe_load(path.read_text())
+    assert (doc["apiVersion"], doc["kind"]) == ("duplex.ai/v1alpha1", "DuplexModel")
+    if "invalid" in path.name:
+        with pytest.raises(InvalidSpec):
+            resolve(parse_spec(doc["spec"]))
+        return
+    for m in render(doc["spec"]):
+        kubernetes_validate.validate(m, K8S_VERSION, strict=True)
+
+
+def test_autoshard_example_records_the_planners_choice() -> None:
+    doc = yaml.safe_load((EXAMPLES[1]).read_text())
+    resolved = resolve(parse_spec(doc["spec"]))
+    status = shard_plan_status(resolved)
+    assert status.source == "planner" and status.shards == resolved.shards
+    assert status.bytes_per_shard <= 80 * 1024**3
+
+
+def test_cli_prints_the_crd_and_values_schema() -> None:
+    runner = CliRunner()
+    out = runner.invoke(app, ["crd"])
+    assert out.exit_code == 0, out.output
+    assert yaml.safe_load(out.output) == crd_manifest()
+    out = runner.invoke(app, ["crd", "--values-schema"])
+    assert out.exit_code == 0 and json.loads(out.output)["properties"]["replicas"]["minimum"] == 0
+    out = runner.invoke(app, ["crd", "--peering"])
+    assert [d["metadata"]["name"] for d in yaml.safe_load_all(out.output)] == [
+        "duplexmodels.duplex.ai", "clusterkopfpeerings.kopf.dev"]
+
+
+# --- status (pure) ------------------------------------------------------------------------------------
+
+def _workload(name: str, desired: int, ready: int, replica: int | None = None) -> dict[str, Any]:
+    labels = {"duplex.ai/replica": str(replica)} if replica is not None else {}
+    return {"metadata": {"name": name, "generation": 2, "labels": labels},
+            "spec": {"replicas": desired},
+            "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": desired}}
+
+
+def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_status_ready_when_every_rank_and_deployment_is_ready() -> None:
+    resolved = resolve(parse_spec({"engine": {"shards": 2}, "replicas": 2}))
+    deps = [_workload(n, 1, 1) for n in ("talk-gateway", "talk-agent", "talk-redis")]
+    sts = [_workload("talk-engine-0", 2, 2, 0), _workload("talk-engine-1", 2, 1, 1)]
+    partial = compute_status(REF, resolved, observe(sts, deps, "talk.prod.svc:8080"), 3, None)
+    assert _conditions(partial)["Ready"] == ("False", "WaitingForPods")
+    assert _conditions(partial)["Degraded"] == ("True", "ReplicasUnavailable")
+    assert partial["readyReplicas"] == 1 and "replica=1" in partial["conditions"][0]["message"]
+    sts[1] = _workload("talk-engine-1", 2, 2, 1)
+    ready = compute_status(REF, resolved, observe(sts, deps, "talk.prod.svc:8080"), 3, partial)
+    assert _conditions(ready) == {"Ready": ("True", "AllReplicasReady"), "Progressing": ("False", "Complete"),
+                                  "Degraded": ("False", "AsExpected")}
+    assert ready["readyReplicas"] == 2 and ready["observedGeneration"] == 3
+    assert all(c["observedGeneration"] == 3 for c in ready["conditions"])
+    assert "" not in [v for c in ready["conditions"] for v in c.values()]  # 1.20 rejects empty strings
+
+
+def test_status_keeps_transition_time_while_unchanged() -> None:
+    resolved = resolve(parse_spec({}))
+    first = compute_status(REF, resolved, observe([], [], "e"), 1, None)
+    first["conditions"][0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    again = compute_status(REF, resolved, observe([], [], "e"), 1, first)
+    assert again["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
