@@ -27,9 +27,11 @@ def machine() -> str:
         pass
     import torch
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
-        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+        f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
+        f"load average at the end {load} (shared machine)"
     )
 
 

@@ -149,7 +149,9 @@ def loss_fn(
 def validation_score(m: Metrics) -> float:
     """One number to keep the best checkpoint by: take turns, quickly, without talking over the user."""
     latency = m.latency_p50 if m.latency_p50 is not None else 3.0
-    barge = m.barge_in_within_chunk if m.barge_in_within_chunk is not None else 0.0
+    # barge-ins only count in proportion to how many could be judged (the model was speaking at the time)
+    judged = m.barge_ins_evaluated / m.barge_ins if m.barge_ins else 0.0
+    barge = (m.barge_in_within_chunk or 0.0) * judged
     return m.tor - 2.0 * m.false_takeover - m.interrupts_user - m.overlap - latency + 0.5 * barge
 
 
@@ -206,6 +208,9 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
             opt.step()
             step += 1
             progress.update(task, advance=1, info=f"loss {parts['loss']:.3f} ctl {parts['control']:.3f}")
+            if not progress.console.is_terminal and step % 25 == 0:  # a log file gets a line now and then
+                log(f"step {step}/{s.steps} {time.monotonic() - t0:.0f}s loss {parts['loss']:.3f} "
+                    f"control {parts['control']:.3f} audio {parts['audio']:.3f} text {parts['text']:.3f}")
             if step % s.eval_every == 0 or step == s.steps:
                 model.eval()
                 m = score("duplex", val_convs, run_model(model, codec, val_convs))

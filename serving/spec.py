@@ -54,10 +54,17 @@ class EngineSpec(_Spec):
     grace_ms: float = Field(15.0, ge=0.0)
     """How long past its phase tick a cohort waits for late members before stepping without them."""
     lost_after_chunks: int = Field(3, ge=1)
-    """A member that has missed this many steps in a row gets silence processed in place of its oldest
-    missing chunk (the client is warned; the real chunk is dropped when it finally arrives)."""
+    """A session more than this many chunks behind its cohort's steps (its client sent nothing meanwhile) gets
+    silence processed in place of its oldest missing chunk (the client is warned; the real chunk is dropped
+    when it finally arrives)."""
     migrate_after_misses: int = Field(3, ge=1)
     """A session whose chunks miss its cohort's step this many times in a row moves to a better-phased cohort."""
+    split_after_ms: float = Field(8.0, ge=0.0)
+    """While the step thread has spare time (see ``split_below_load``), members whose chunks have waited this
+    long for the rest of their cohort are stepped without them: an extra step that trades idle compute for
+    latency at low load. 0 = never."""
+    split_below_load: float = Field(0.3, ge=0.0, le=1.0)
+    """Share of the last two chunk periods the step thread may have been busy for ``split_after_ms`` to apply."""
     max_pending_chunks: int = Field(8, ge=2)
     """Received-but-unprocessed chunks per session; beyond it the engine stops reading the client's stream
     (HTTP/2 flow control pushes back on a client that sends faster than real time)."""

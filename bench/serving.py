@@ -1,0 +1,210 @@
+"""Serving benchmark: N concurrent real-time conversations against ``duplex up``.
+
+    python bench/serving.py --cohorts 4,2         # N in 8,16,32,48,64; writes docs/benchmarks.md ## Serving
+    python bench/serving.py --sessions 64 --seconds 10 --no-write
+
+Per audio chunk it measures, on the client's clock:
+  round trip      = client receives the output of chunk k − client sent chunk k
+  model compute   = the engine's step + decode time for the batch chunk k was in (ChunkTiming.compute_ms)
+  system-added    = round trip − model compute (phase wait for its cohort + queueing behind other cohorts'
+                    steps + gRPC/gateway/serialization)
+  relay overhead  = system-added − queue wait (ChunkTiming.queue_wait_ms): gateway, gRPC and Python only
+A load level is *real-time* when every chunk came back, none was substituted, and the chunk round trip
+p99 ≤ chunk_ms / 2 (DESIGN.md). Sessions start at random phases within one chunk period (``--aligned``
+starts them together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from duplex.serving import client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import machine, write_section
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Level:
+    n: int
+    chunks: int
+    missing: int
+    substituted: int
+    rtt_p50: float
+    rtt_p99: float
+    sys_p50: float
+    sys_p99: float
+    relay_p50: float
+    relay_p99: float
+    wait_p50: float
+    step_p50: float
+    step_p99: float
+    batch_p50: float
+    cohorts: int = 0
+    phases: str = "random"
+
+    @property
+    def realtime(self) -> bool:
+        return self.missing == 0 and self.substituted == 0 and self.rtt_p99 <= CHUNK_MS / 2
+
+
+CHUNK_MS = 200
+
+
+def speechlike(seconds: float, seed: int) -> np.ndarray:
+    """Alternating 1–2 s voiced bursts and pauses (a stand-in for a user talking)."""
+    rng = np.random.default_rng(seed)
+    sr, out, t = 16000, [], 0.0
+    while t < seconds:
+        dur = rng.uniform(0.6, 1.6)
+        n = int(dur * sr)
+        if len(out) % 2 == 0:
+            f0 = rng.uniform(100, 220)
+            tt = np.arange(n) / sr
+            sig = np.sin(2 * np.pi * f0 * tt) + 0.5 * np.sin(4 * np.pi * f0 * tt)
+            out.append((sig * 0.2 * 32767).astype(np.int16))
+        else:
+            out.append(np.zeros(n, dtype=np.int16))
+        t += dur
+    return np.concatenate(out)[: int(seconds * sr)]
+
+
+async def run_level(target: str, n: int, seconds: float, aligned: bool) -> Level:
+    chunk_samples = 16000 * CHUNK_MS // 1000
+    async with grpc.aio.insecure_channel(target) as ch:
+        async def one(i: int) -> client.Conversation:
+            if not aligned:
+                await asyncio.sleep(random.uniform(0, CHUNK_MS / 1000))
+            chunks = client.split_chunks(speechlike(seconds, i), chunk_samples)
+            return await client.converse(ch, chunks, chunk_ms=CHUNK_MS)
+
+        convs = await asyncio.gather(*(one(i) for i in range(n)))
+    rtt, sysadd, relay, wait = [], [], [], []
+    steps: dict[tuple[int, int], tuple[float, int]] = {}
+    missing = substituted = total = 0
+    for c in convs:
+        expected = len(c.sent_us)
+        got = c.of("audio")
+        missing += expected - len(got) + (0 if c.code == grpc.StatusCode.OK else 1)
+        for r in got:
+            a = r.event.audio
+            t = a.timing
+            total += 1
+            if t.substituted:
+                substituted += 1
+                continue
+            rt = (r.t_us - c.sent_us[a.seq]) / 1e3
+            rtt.append(rt)
+            sysadd.append(rt - t.compute_ms)
+            relay.append(rt - t.compute_ms - t.queue_wait_ms)
+            wait.append(t.queue_wait_ms)
+            steps[(t.cohort, t.step_start_us)] = (t.compute_ms, t.batch_size)
+    step_ms = [s[0] for s in steps.values()] or [0.0]
+    batch = [s[1] for s in steps.values()] or [0]
+
+    def p(x: list[float], q: float) -> float:
+        return float(np.percentile(x, q)) if x else float("nan")
+
+    return Level(n, total, missing, substituted, p(rtt, 50), p(rtt, 99), p(sysadd, 50), p(sysadd, 99),
+                 p(relay, 50), p(relay, 99), p(wait, 50), p(step_ms, 50), p(step_ms, 99), p(batch, 50))
+
+
+def start_up(max_sessions: int, cohorts: int) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-c", "from duplex.cli import main; main()", "up", "--port", "0",
+           "--max-sessions", str(max_sessions), "--cohorts", str(cohorts)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        m = re.search(r"ready at (\S+)", line)
+        if m:
+            return proc, m.group(1)
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise SystemExit("duplex up did not become ready")
+
+
+def table(levels: list[Level]) -> str:
+    head = ("| phases | cohorts | sessions | real-time | chunk round trip p50 / p99 ms | system-added p50 / p99 ms | "
+            "relay overhead p50 / p99 ms | queue wait p50 ms | step p50 / p99 ms | rows/step p50 |\n"
+            "|:---|---:|---:|:---:|---:|---:|---:|---:|---:|---:|\n")
+    rows = "".join(
+        f"| {lv.phases} | {lv.cohorts} | {lv.n} | {'yes' if lv.realtime else 'no'} | "
+        f"{lv.rtt_p50:.1f} / {lv.rtt_p99:.1f} | "
+        f"{lv.sys_p50:.1f} / {lv.sys_p99:.1f} | {lv.relay_p50:.1f} / {lv.relay_p99:.1f} | {lv.wait_p50:.1f} | "
+        f"{lv.step_p50:.1f} / {lv.step_p99:.1f} | {lv.batch_p50:.0f} |\n" for lv in levels)
+    return head + rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sessions", default="8,16,32,48,64", help="comma-separated load levels")
+    ap.add_argument("--seconds", type=float, default=8.0, help="audio per conversation")
+    ap.add_argument("--phases", default="random", help="random,aligned: sessions start at random phases within "
+                    "one chunk period, or all at once")
+    ap.add_argument("--cohorts", default="4", help="comma-separated phase cohort counts to compare (up --cohorts)")
+    ap.add_argument("--target", default="", help="use a running gateway instead of starting duplex up")
+    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    args = ap.parse_args()
+    levels_n = [int(x) for x in args.sessions.split(",")]
+    random.seed(0)
+    levels: list[Level] = []
+    runs = [(c, ph) for ph in args.phases.split(",") for c in (int(x) for x in args.cohorts.split(","))]
+    for cohorts, phases in runs:
+        proc = None
+        target = args.target
+        if not target:
+            proc, target = start_up(max(levels_n), cohorts)
+        try:
+            for n in levels_n:
+                lv = asyncio.run(run_level(target, n, args.seconds, phases == "aligned"))
+                lv.cohorts, lv.phases = cohorts, phases
+                levels.append(lv)
+                print(f"{phases} C={cohorts} N={n}: realtime={lv.realtime} rtt p50/p99 "
+                      f"{lv.rtt_p50:.1f}/{lv.rtt_p99:.1f} ms, "
+                      f"system-added p50/p99 {lv.sys_p50:.1f}/{lv.sys_p99:.1f} ms, relay p50/p99 "
+                      f"{lv.relay_p50:.1f}/{lv.relay_p99:.1f} ms, step p50 {lv.step_p50:.1f} ms "
+                      f"({lv.batch_p50:.0f} rows), missing {lv.missing}, substituted {lv.substituted}", flush=True)
+        finally:
+            if proc is not None:
+                proc.send_signal(2)
+                proc.wait(timeout=30)
+    first = (levels[0].cohorts, levels[0].phases)
+    ok = [lv.n for lv in levels if lv.realtime and (lv.cohorts, lv.phases) == first]
+    best = max(ok) if ok else 0
+    print(f"largest real-time N ({first[1]} phases, {first[0]} cohorts): {best}")
+    low = [lv.n for lv in levels if (lv.cohorts, lv.phases) == first and lv.sys_p99 <= 20.0]
+    low_n = max(low) if low else 0
+    cmd = "python bench/serving.py " + " ".join(sys.argv[1:])
+    shipped = (ROOT / "model" / "checkpoints" / "tiny.safetensors").exists()
+    weights = "shipped checkpoint" if shipped else "random weights"
+    text = (f"Command: `{cmd.strip()}` — `duplex up` (embedded engine + gateway, tiny preset, "
+            f"{weights}"
+            f") and the clients on one machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of speech-like "
+            f"audio per conversation. Phases: `random` = each session starts at a random offset within one chunk "
+            "period (independent clients), `aligned` = all start together. "
+            "Definitions in `bench/serving.py`; system-added = round trip − model compute.\n\n"
+            f"{table(levels)}\nLargest real-time N with {first[1]} phases and {first[0]} cohorts (every chunk "
+            "back, none "
+            f"substituted, round trip p99 ≤ {CHUNK_MS // 2} ms): **{best}** (target ≥ 64). Largest N with "
+            f"system-added p99 ≤ 20 ms: **{low_n}** (target: at capacity).\n\n")
+    if not args.no_write:
+        write_section("Serving", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The engine's gRPC server (grpc.aio): ``Duplex.Converse`` for conversations, ``Replica.GetLoad`` for the
+gateway's router, standard health and reflection. I/O lives here; batching lives in ``scheduler``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from duplex.model.codec import Codec
+from duplex.model.model import DuplexModel
+from duplex.model.runtime import load_part
+from duplex.model.spec import ModelSource
+from duplex.v1 import duplex_pb2 as pb
+
+from ..logs import session_var
+from ..metrics import EngineMetrics, MetricsServer
+from ..spec import EngineSpec
+from . import validate as v
+from .scheduler import Scheduler
+from .session import InputChunk, Session
+
+log = logging.getLogger(__name__)
+
+SERVICE = "duplex.v1.Duplex"
+MAX_TEXT_QUEUE = 16384
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0)]
+
+
+class EngineServer:
+    """Rank 0 of a replica: the model, the scheduler and the gRPC server around them."""
+
+    def __init__(self, spec: EngineSpec, source: ModelSource, model: DuplexModel | None = None,
+                 bind_port: int | None = None) -> None:
+        """``bind_port`` overrides ``spec.port`` (0 = any free port: tests, ``duplex up``)."""
+        self.spec, self.source = spec, source
+        self.bind_port = spec.port if bind_port is None else bind_port
+        part = model if model is not None else load_part(source, device=spec.device)
+        assert isinstance(part, DuplexModel)
+        self.model = part
+        self.cfg = part.cfg
+        self.model_name = spec.served_model_name or source.preset
+        self.cfg.frames_per_chunk(spec.chunk_ms)  # validate early: a clear error before binding a port
+        self.metrics = EngineMetrics()
+        self.health = health.aio.HealthServicer()
+        self.port = 0
+        self.draining = False
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: MetricsServer | None = None
+        self.scheduler: Scheduler | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.scheduler = Scheduler(self.model, Codec(self.cfg), self.spec, self.spec.chunk_ms, self.metrics, loop)
+        self.scheduler.on_fatal = self._fatal
+        self.scheduler.start()
+        server = grpc.aio.server(options=server_options(self.spec.max_message_bytes))
+        handler = grpc.stream_stream_rpc_method_handler(
+            self.converse, request_deserializer=v.parse_event,
+            response_serializer=pb.ServerEvent.SerializeToString)
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Converse": handler}),))
+        get_load = grpc.unary_unary_rpc_method_handler(
+            self.get_load, request_deserializer=pb.LoadRequest.FromString,
+            response_serializer=pb.ReplicaLoad.SerializeToString)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("duplex.v1.Replica", {"GetLoad": get_load}),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (SERVICE, "duplex.v1.Replica", health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server)
+        self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
+        if not self.port:
+            raise OSError(f"engine: cannot bind {self.spec.host}:{self.bind_port}")
+        await server.start()
+        self._server = server
+        self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
+        for name in ("", SERVICE):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("engine serving %s on %s:%d (%d slots in %d cohorts, chunk %d ms)", self.model_name,
+                 self.spec.host, self.port, self.scheduler.capacity, len(self.scheduler.cohorts), self.spec.chunk_ms)
+        return self.port
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.error("engine step thread died (%s): marking NOT_SERVING", exc)
+        self._tasks.add(asyncio.ensure_future(self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)))
+
+    async def stop(self, grace: float = 5.0) -> None:
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+
+    async def wait(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def get_load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.ReplicaLoad:
+        """``Replica.GetLoad``: what the gateway's router balances on."""
+        sched = self.scheduler
+        assert sched is not None
+        return pb.ReplicaLoad(active_sessions=sched.active_count(), capacity=sched.capacity, model=self.model_name,
+                              chunk_ms=self.spec.chunk_ms, step_ms_p50=sched.step_ms_p50(), draining=self.draining)
+
+    # ----- Converse ----------------------------------------------------------------------------------
+    async def converse(self, requests: AsyncIterator[pb.ClientEvent | v.Undecodable],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerEvent]:
+        assert self.scheduler is not None
+        sched = self.scheduler
+        it = aiter(requests)
+        first = await anext(it, None)
+        if first is None:
+            return
+        try:
+            kind = v.event_kind(first)
+            if kind != "start" or not isinstance(first, pb.ClientEvent):
+                raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"{kind} before session start: the first ClientEvent must be `start`")
+            if self.draining:
+                raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
+            neg = v.check_start(first.start, self.cfg, self.model_name, self.spec.chunk_ms, self.spec.tools)
+        except v.InputError as e:
+            self.metrics.errors.labels(e.code.name).inc()
+            await context.abort(e.code, e.message)
+        sid = neg.session_id or uuid.uuid4().hex[:12]
+        session = Session(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog)
+        if not sched.admit(session):
+            self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
+                                trailing_metadata=(("retry-after-ms", "1000"),))
+        session.on_close = lambda: sched.leave(session)
+        token = session_var.set(sid)
+        reader: asyncio.Task[None] | None = None
+        try:
+            log.info("session started (peer %s)", context.peer())
+            if neg.instructions:
+                sched.add_text(session, list(neg.instructions.encode()))
+            fmt = pb.AudioFormat(sample_rate=self.cfg.sample_rate, channels=1, encoding=pb.PCM16_LE)
+            yield pb.ServerEvent(ready=pb.SessionReady(
+                session_id=sid, model=self.model_name, input_format=fmt, output_format=fmt,
+                chunk_ms=neg.chunk_ms, frame_ms=self.cfg.frame_ms, chunk_samples=neg.chunk_samples,
+                tools=neg.tools, replica=f"{self.spec.host}:{self.port}"))
+            reader = asyncio.create_task(self._read(it, session))
+            while True:
+                while session.outbox and session.closing is None:
+                    yield session.outbox.popleft()
+                if session.closing is not None or (session.finished and not session.outbox):
+                    break
+                session.wake.clear()
+                await session.wake.wait()
+            if session.closing is not None:
+                session.outbox.clear()
+                self.metrics.errors.labels(session.closing.code.name).inc()
+                log.info("session closed: %s %s", session.closing.code.name, session.closing.message)
+                await context.abort(session.closing.code, session.closing.message)
+            log.info("session finished")
+        finally:
+            if reader is not None:
+                reader.cancel()
+            sched.leave(session)
+            session_var.reset(token)
+
+    async def _read(self, it: AsyncIterator[pb.ClientEvent | v.Undecodable], session: Session) -> None:
+        assert self.scheduler is not None
+        sched = self.scheduler
+        expected_seq, last_video = 0, -1
+        try:
+            async for ev in it:
+                if session.closing is not None:
+                    return
+                kind = v.event_kind(ev)
+                assert isinstance(ev, pb.ClientEvent)
+                if kind == "audio":
+                    recv = time.monotonic()
+                    samples = v.check_audio(ev.audio, expected_seq, session.chunk_samples)
+                    expected_seq += 1
+                    chunk = InputChunk(ev.audio.seq, samples, ev.audio.client_time_us, recv, sched.wall_us(recv))
+                    while sched.pending_of(session) >= self.spec.max_pending_chunks and session.closing is None:
+                        session.room.clear()  # backpressure: stop reading until a step consumes a chunk
+                        if sched.pending_of(session) >= self.spec.max_pending_chunks:
+                            await session.room.wait()
+                    if not sched.submit(session, chunk):
+                        session.deliver([pb.ServerEvent(warning=pb.Warning(
+                            code="LATE_CHUNK_DROPPED", seq=chunk.seq,
+                            message=f"audio chunk {chunk.seq} arrived after silence was processed in its place"))],
+                            False)
+                elif kind == "text":
+                    tokens = v.check_text(ev.text)
+                    if len(session.text_queue) + len(tokens) > MAX_TEXT_QUEUE:
+                        raise v.InputError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                           f"text.text: more than {MAX_TEXT_QUEUE} bytes of typed text waiting")
+                    sched.add_text(session, tokens)
+                elif kind == "video":
+                    sched.set_video(session, v.check_video(ev.video, last_video, self.cfg.video_size))
+                    last_video = int(ev.video.seq)
+                elif kind == "end":
+                    break
+                else:
+                    raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION, "start: the session already started")
+            sched.end(session)
+        except v.InputError as e:
+            session.close(e.code, e.message)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError:
+            sched.leave(session)
+        except Exception as e:  # never let a reader bug hang the stream
+            log.exception("reader failed")
+            session.close(grpc.StatusCode.INTERNAL, f"engine error reading the stream: {e}")

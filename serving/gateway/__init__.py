@@ -1,0 +1,1 @@
+"""The gateway: API-key auth, admission, least-loaded routing to engine replicas, relay, graceful drain."""

@@ -1,0 +1,102 @@
+"""Least-loaded routing over engine replicas, from their health and ``Replica.GetLoad`` answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from duplex.v1 import duplex_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Replica:
+    address: str
+    channel: grpc.aio.Channel
+    healthy: bool = False
+    others: int = 0
+    """Sessions on the replica that this gateway did not open (other gateways), as of the last report."""
+    capacity: int = 0
+    open: int = 0
+    """Conversations this gateway is relaying to the replica right now (exact, no polling lag)."""
+
+    @property
+    def used(self) -> int:
+        return self.others + self.open
+
+    @property
+    def load(self) -> float:
+        return self.used / self.capacity if self.capacity else 1.0
+
+    @property
+    def free(self) -> int:
+        return self.capacity - self.used
+
+
+class Router:
+    def __init__(self, addresses: list[str], interval_s: float, max_message_bytes: int) -> None:
+        opts = [("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes)]
+        self.replicas = [Replica(a, grpc.aio.insecure_channel(a, options=opts)) for a in addresses]
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        await self.poll_once()
+        self._task = asyncio.create_task(self._loop())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for r in self.replicas:
+            await r.channel.close()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        await asyncio.gather(*(self._poll(r) for r in self.replicas))
+        if any(r.healthy for r in self.replicas):
+            self.ready.set()
+
+    async def _poll(self, r: Replica) -> None:
+        try:
+            h = await health_pb2_grpc.HealthStub(r.channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+            get_load = r.channel.unary_unary("/duplex.v1.Replica/GetLoad",
+                                             request_serializer=pb.LoadRequest.SerializeToString,
+                                             response_deserializer=pb.ReplicaLoad.FromString)
+            load: pb.ReplicaLoad = await get_load(pb.LoadRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError as e:
+            if r.healthy:
+                log.warning("replica %s unhealthy: %s", r.address, e.code().name, extra={"replica": r.address})
+            r.healthy = False
+            return
+        r.healthy = h.status == health_pb2.HealthCheckResponse.SERVING and not load.draining
+        r.others, r.capacity = max(0, load.active_sessions - r.open), load.capacity
+
+    def pick(self) -> Replica | None:
+        """The healthy replica with the lowest load that has a free slot; None = all full (or none healthy)."""
+        candidates = [r for r in self.replicas if r.healthy and r.free > 0]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda r: r.load)
+        best.open += 1
+        return best
+
+    def release(self, replica: Replica) -> None:
+        replica.open = max(0, replica.open - 1)
+
+    def healthy_count(self) -> int:
+        return sum(r.healthy for r in self.replicas)
+
+    def total_capacity(self) -> tuple[int, int]:
+        return (sum(r.used for r in self.replicas if r.healthy),
+                sum(r.capacity for r in self.replicas if r.healthy))

@@ -1,0 +1,138 @@
+"""The gateway's gRPC server: authenticated front door that relays each conversation, byte for byte, to the
+least-loaded engine replica (the engine validates the messages; the gateway never parses audio)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..metrics import GatewayMetrics, MetricsServer
+from ..spec import GatewaySpec
+from .auth import KeyRing
+from .interceptors import AuthInterceptor, MetricsInterceptor
+from .routing import Router
+
+log = logging.getLogger(__name__)
+
+SERVICE = "duplex.v1.Duplex"
+METHOD = f"/{SERVICE}/Converse"
+
+
+class GatewayServer:
+    def __init__(self, spec: GatewaySpec, keys: KeyRing | None = None, bind_port: int | None = None) -> None:
+        self.spec = spec
+        self.keys = keys if keys is not None else KeyRing.from_file(spec.api_keys_file, spec.open_access)
+        self.bind_port = spec.port if bind_port is None else bind_port
+        self.metrics = GatewayMetrics()
+        self.health = health.aio.HealthServicer()
+        self.router = Router(spec.engines, spec.health_interval_s, spec.max_message_bytes)
+        self.port = 0
+        self.draining = False
+        self.active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._server: grpc.aio.Server | None = None
+        self._metrics_server: MetricsServer | None = None
+        self._health_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> int:
+        if not self.spec.engines:
+            raise ValueError("gateway: no engines configured (engines: [HOST:PORT, ...])")
+        server = grpc.aio.server(
+            interceptors=(AuthInterceptor(self.keys, self.metrics), MetricsInterceptor(self.metrics)),
+            options=[("grpc.max_receive_message_length", self.spec.max_message_bytes),
+                     ("grpc.max_send_message_length", self.spec.max_message_bytes), ("grpc.so_reuseport", 0)])
+        handler = grpc.stream_stream_rpc_method_handler(self.converse)  # raw bytes both ways
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Converse": handler}),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
+        if not self.port:
+            raise OSError(f"gateway: cannot bind {self.spec.host}:{self.bind_port}")
+        await self.router.start()
+        await server.start()
+        self._server = server
+        self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
+        self._health_task = asyncio.create_task(self._track_health())
+        log.info("gateway on %s:%d → %s", self.spec.host, self.port, ", ".join(self.spec.engines))
+        return self.port
+
+    async def _track_health(self) -> None:
+        while self._server is not None and not self.draining:
+            ok = self.router.healthy_count() > 0
+            self.metrics.replicas_healthy.set(self.router.healthy_count())
+            status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ("", SERVICE):
+                await self.health.set(name, status)
+            await asyncio.sleep(self.spec.health_interval_s)
+
+    async def drain(self, grace: float | None = None) -> None:
+        """Graceful shutdown: refuse new conversations, let live ones finish for ``grace`` s, then stop."""
+        grace = self.spec.drain_grace_s if grace is None else grace
+        self.draining = True
+        await self.health.enter_graceful_shutdown()
+        log.info("gateway draining: %d live conversation(s), up to %.0f s", self.active, grace)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout=grace)
+        except TimeoutError:
+            log.warning("gateway drain: %d conversation(s) still live after %.0f s; cancelling", self.active, grace)
+        await self.stop(0.5)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        self.draining = True
+        if self._server is not None:
+            server, self._server = self._server, None
+            await server.stop(grace)
+        await self.router.close()
+        if self._health_task is not None:
+            self._health_task.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+
+    async def converse(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext,
+                       ) -> AsyncIterator[bytes]:
+        it = aiter(requests)
+        first = await anext(it, None)  # the SessionStart, relayed as is (answering before reading it can
+        if first is None:              # reach the client as INTERNAL instead of our status)
+            return
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
+        replica = self.router.pick()
+        if replica is None:
+            if not self.router.healthy_count():
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy engine replica")
+            used, cap = self.router.total_capacity()
+            ms = int(self.spec.retry_after_s * 1000)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"all engine replicas are full ({used}/{cap} sessions); retry after {ms} ms",
+                                trailing_metadata=(("retry-after-ms", str(ms)),))
+        assert replica is not None
+        self.active += 1
+        self._idle.clear()
+        t0 = time.monotonic()
+
+        async def upstream() -> AsyncIterator[bytes]:
+            yield first
+            async for raw in it:
+                yield raw
+
+        call = replica.channel.stream_stream(METHOD)(upstream())
+        try:
+            async for raw in call:
+                yield raw
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ())
+        finally:
+            call.cancel()
+            self.router.release(replica)
+            self.active -= 1
+            if not self.active:
+                self._idle.set()
+            log.debug("relay to %s ended after %.1f s", replica.address, time.monotonic() - t0)

@@ -1,0 +1,73 @@
+"""Prometheus metrics of the serving processes. Each server owns a registry (several servers may share one
+process, e.g. ``duplex up`` and the tests) and exposes it on its own ``metrics_port``."""
+
+from __future__ import annotations
+
+import threading
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+_MS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+_TURN = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+class EngineMetrics:
+    """What an engine replica exports (names prefixed ``duplex_engine_``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.active_sessions = Gauge("duplex_engine_active_sessions", "Conversations holding a slot", registry=r)
+        self.capacity = Gauge("duplex_engine_capacity_sessions", "Slots of this replica", registry=r)
+        self.step_seconds = Histogram("duplex_engine_step_seconds", "Model step + decode of one cohort",
+                                      buckets=_MS, registry=r)
+        self.batch_size = Histogram("duplex_engine_step_batch_rows", "Rows (slots) per model step",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.queue_wait_seconds = Histogram("duplex_engine_queue_wait_seconds",
+                                            "Chunk received → the step that consumes it starts",
+                                            buckets=_MS, registry=r)
+        self.turn_latency_seconds = Histogram(
+            "duplex_engine_turn_latency_seconds",
+            "End of user speech → model turn start, on the audio time axis as the server sees it",
+            buckets=_TURN, registry=r)
+        self.chunks = Counter("duplex_engine_chunks_total", "Audio chunks processed", ["kind"], registry=r)
+        self.errors = Counter("duplex_engine_errors_total", "Conversations ended with an error", ["code"],
+                              registry=r)
+        self.migrations = Counter("duplex_engine_cohort_migrations_total", "Sessions moved to another cohort",
+                                  registry=r)
+
+
+class GatewayMetrics:
+    """What a gateway exports (names prefixed ``duplex_gateway_``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.active_streams = Gauge("duplex_gateway_active_streams", "Conversations being relayed", registry=r)
+        self.rpcs = Counter("duplex_gateway_rpcs_total", "Finished RPCs", ["method", "code"], registry=r)
+        self.rpc_seconds = Histogram("duplex_gateway_rpc_seconds", "RPC duration", ["method"],
+                                     buckets=(0.01, 0.1, 1, 10, 60, 300, 1800), registry=r)
+        self.errors = Counter("duplex_gateway_errors_total", "RPCs that ended with an error", ["code"], registry=r)
+        self.replicas_healthy = Gauge("duplex_gateway_replicas_healthy", "Engine replicas answering health",
+                                      registry=r)
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint of one registry; ``port=0`` means off."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        if port:
+            self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_port) if self._server else 0
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

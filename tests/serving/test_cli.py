@@ -1,0 +1,179 @@
+"""The commands as a user runs them, in subprocesses: ``duplex up`` + ``duplex talk``, and ``duplex engine``
++ ``duplex gateway`` from a rendered config, each stopped by a signal."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import wave
+from pathlib import Path
+
+import grpc
+import pytest
+
+from duplex.serving import client
+
+from .conftest import tone, wait_serving
+
+DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
+
+
+class Proc:
+    """A subprocess whose output lines are collected by a thread, so tests can wait for a line."""
+
+    def __init__(self, args: list[str], stream: str = "stdout") -> None:
+        self.p = subprocess.Popen([*DUPLEX, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        for s in (self.p.stdout, self.p.stderr):
+            threading.Thread(target=self._pump, args=(s,), daemon=True).start()
+
+    def _pump(self, s: object) -> None:
+        for line in s:  # type: ignore[attr-defined]
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, deadline_s: float = 60.0) -> re.Match[str]:
+        end = time.monotonic() + deadline_s
+        for old in self.seen:
+            if m := re.search(pattern, old):
+                return m
+        while time.monotonic() < end:
+            try:
+                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no line matching {pattern!r}; got:\n{''.join(self.seen)[-3000:]}")
+
+    def stop(self, sig: int, deadline_s: float = 30.0) -> int:
+        self.p.send_signal(sig)
+        return self.p.wait(timeout=deadline_s)
+
+
+def write_wav(path: Path, seconds: float) -> None:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(22050)  # talk resamples to 16 kHz
+        w.writeframes(tone(seconds, sr=22050).tobytes())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def test_up_and_talk(tmp_path: Path) -> None:
+    mport = free_port()
+    up = Proc(["up", "--port", "0", "--metrics-port", str(mport)])
+    try:
+        addr = up.wait_for(r"ready at (\S+)").group(1)
+        wav = tmp_path / "in.wav"
+        write_wav(wav, 1.5)
+        out, tl, png = tmp_path / "out.wav", tmp_path / "t.json", tmp_path / "t.png"
+        r = subprocess.run([*DUPLEX, "talk", "--target", addr, "--input", str(wav), "--output", str(out),
+                                     "--timeline", str(tl), "--plot", str(png), "--fast"],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        with wave.open(str(out)) as w:
+            assert w.getframerate() == 16000 and w.getnframes() >= int(1.5 * 16000)
+        timeline = json.loads(tl.read_text())
+        assert timeline["status"] == "OK"
+        seqs = [e["audio"].get("seq", "0") for e in timeline["events"] if "audio" in e]
+        assert [int(s) for s in seqs] == list(range(8))
+        assert "ready" in timeline["events"][0]
+        assert png.stat().st_size > 1000
+        engine_metrics, gateway_metrics = scrape(mport), scrape(mport + 1)
+        assert "duplex_engine_step_seconds_count" in engine_metrics
+        assert 'duplex_engine_chunks_total{kind="on_time"} 8.0' in engine_metrics
+        assert "duplex_engine_active_sessions 0.0" in engine_metrics
+        assert "duplex_engine_queue_wait_seconds_bucket" in engine_metrics
+        assert 'duplex_gateway_rpcs_total{code="OK",method="/duplex.v1.Duplex/Converse"} 1.0' in gateway_metrics
+    finally:
+        code = up.stop(signal.SIGINT)
+    assert code == 0
+    up.wait_for("duplex up: stopped", 5)
+
+
+def test_engine_and_gateway_from_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "engine.json"
+    cfg.write_text(json.dumps({"engine": {"host": "127.0.0.1", "metrics_port": 0, "max_sessions": 4},
+                               "model": {"preset": "tiny", "seed": 3}}))
+    keys = tmp_path / "keys"
+    keys.write_text("k-123\n")
+    engine = Proc(["engine", "--config", str(cfg), "--port", "0"])
+    gateway = None
+    try:
+        eaddr = engine.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
+        gateway = Proc(["gateway", "--engines", eaddr, "--port", "0", "--set", "gateway.host=127.0.0.1",
+                        "--set", "gateway.metrics_port=0", "--set", f"gateway.api_keys_file={keys}"])
+        gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
+        wait_serving(gaddr)
+
+        async def talk() -> client.Conversation:
+            async with grpc.aio.insecure_channel(gaddr) as ch:
+                return await client.converse(ch, client.split_chunks(tone(0.4), 3200), realtime=False,
+                                             metadata=(("x-api-key", "k-123"),))
+
+        import asyncio
+
+        conv = asyncio.run(talk())
+        assert conv.code == grpc.StatusCode.OK and conv.audio_seqs() == [0, 1]
+    finally:
+        if gateway is not None:
+            assert gateway.stop(signal.SIGTERM) == 0
+            gateway.wait_for("draining", 5)
+        assert engine.stop(signal.SIGTERM) == 0
+
+
+def test_gateway_refuses_to_start_open_by_accident() -> None:
+    r = subprocess.run([*DUPLEX, "gateway", "--engines", "127.0.0.1:1", "--port", "0"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "open_access" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--help-spec"])
+def test_engine_spec_flags_are_listed(flag: str) -> None:
+    r = subprocess.run([*DUPLEX, "engine", flag], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0
+    assert "EngineSpec.cohorts" in r.stdout and "ModelSource.preset" in r.stdout
+
+
+def test_sharded_replica_two_ranks(tmp_path: Path) -> None:
+    """Rank 1 holds half the experts; rank 0 serves gRPC; stopping rank 0 releases rank 1."""
+    leader = f"127.0.0.1:{free_port()}"
+    rank1 = Proc(["engine", "--world-size", "2", "--rank", "1", "--leader", leader])
+    rank0 = Proc(["engine", "--world-size", "2", "--rank", "0", "--leader", leader, "--port", "0",
+                  "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"])
+    try:
+        addr = rank0.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
+        rank1.wait_for("rank 1/2 serving experts")
+
+        async def talk() -> client.Conversation:
+            async with grpc.aio.insecure_channel(addr) as ch:
+                return await client.converse(ch, client.split_chunks(tone(0.6), 3200), realtime=False)
+
+        import asyncio
+
+        conv = asyncio.run(talk())
+        assert conv.code == grpc.StatusCode.OK and conv.audio_seqs() == [0, 1, 2]
+    finally:
+        assert rank0.stop(signal.SIGTERM) == 0
+    assert rank1.p.wait(timeout=30) == 0
