@@ -64,10 +64,11 @@ class AudioEmbed(nn.Module):
 
     def features(self, frames: Tensor) -> Tensor:
         """Fixed features: log-mel (40) and log-energy (1) per frame, scaled to roughly unit range."""
-        spec = torch.fft.rfft(frames * self.window, dim=-1).abs().pow(2)  # (B, T, S/2+1)
-        logmel = torch.log(spec @ self.mel + 1e-8)
-        energy = torch.log(frames.pow(2).mean(-1, keepdim=True) + 1e-8)
-        return torch.cat([logmel, energy], dim=-1) / 10.0
+        x = frames.float()  # FFTs have no bfloat16 kernels (CPU or cuFFT): fixed features run in float32
+        spec = torch.fft.rfft(x * self.window.float(), dim=-1).abs().pow(2)  # (B, T, S/2+1)
+        logmel = torch.log(spec @ self.mel.float() + 1e-8)
+        energy = torch.log(x.pow(2).mean(-1, keepdim=True) + 1e-8)
+        return (torch.cat([logmel, energy], dim=-1) / 10.0).to(frames.dtype)
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.raw(frames) + self.feat(self.features(frames))

@@ -18,9 +18,12 @@ Metrics (times in seconds):
   latency_*           onset - user end of speech, clipped at 0, over turns taken (p50, p95, mean)
   false_takeover      share of mid-turn pauses in which the model starts a turn (a segment ≥ 0.8 s; shorter
                       bursts are back-channels) — talking over a user who had not finished
+  pause_onsets        share of mid-turn pauses in which ANY model audio starts (back-channels included: the
+                      corpus' ideal listener back-channels in ~40 % of them; a cascade's cut-short answers count)
   interrupts_user     share of user clauses inside which the model starts a turn (≥ 0.8 s)
   barge_in_stop_*     for barge-ins while the model was speaking: its speech offset - user onset
-  barge_in_within_chunk  share of those stopped within one chunk (as heard: chunk delay + one chunk)
+  barge_in_within_chunk  share of those whose audio stops within one chunk of the user's onset on the model's
+                      own time axis (as heard: ≤ the chunk delay + one chunk)
   backchannel_rate    share of the corpus' back-channel opportunities with a short (< 0.8 s) model burst
   overlap             share of the user's speech time (outside barge-ins) during which the model's audio is
                       speech: catches a system that babbles in short bursts, which the turn metrics ignore
@@ -55,6 +58,7 @@ class Metrics:
     latency_mean: float | None
     pauses: int
     false_takeover: float
+    pause_onsets: float
     interrupts_user: float
     barge_ins: int
     barge_ins_evaluated: int
@@ -131,7 +135,7 @@ def score(
     system: str, convs: list[Conversation], outputs: list[npt.NDArray[np.float32]], chunk_ms: int = 200
 ) -> Metrics:
     lat: list[float] = []
-    turns = taken = pauses = false_to = clauses = interrupts = 0
+    turns = taken = pauses = false_to = pause_on = clauses = interrupts = 0
     barges = barge_eval = bc_opps = bc_hits = 0
     stops: list[float] = []
     user_time = overlap_time = 0.0
@@ -156,6 +160,8 @@ def score(
                 pauses += 1
                 if any(e["start"] <= a < e["end"] + 0.2 and b - a >= TURN_MIN_S for a, b in onsets):
                     false_to += 1
+                if any(e["start"] <= a < e["end"] + 0.2 for a, _ in onsets):
+                    pause_on += 1
             elif kind == "user_speech" and e.get("turn") not in barge_users:
                 user_time += e["end"] - e["start"]
                 overlap_time += float(talking[int(e["start"] * 100) : int(e["end"] * 100)].sum()) / 100
@@ -184,6 +190,7 @@ def score(
         latency_mean=statistics.fmean(lat) if lat else None,
         pauses=pauses,
         false_takeover=false_to / pauses if pauses else 0.0,
+        pause_onsets=pause_on / pauses if pauses else 0.0,
         interrupts_user=interrupts / clauses if clauses else 0.0,
         barge_ins=barges,
         barge_ins_evaluated=barge_eval,

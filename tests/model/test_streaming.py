@@ -173,3 +173,19 @@ def test_bad_inputs_name_the_problem(tiny_model: DuplexModel, tiny: ModelConfig,
     with pytest.raises(ModelError, match="batch, samples"):
         tiny_model.step(state, good[0])
     assert int(state.next_pos.sum()) == 0  # nothing was committed by the rejected calls
+
+
+def test_bfloat16_path_steps(tiny_model: DuplexModel, tiny: ModelConfig, speechy: Speechy) -> None:
+    """The dtype path GPUs use (bfloat16 weights, caches and activations) runs the same code on CPU."""
+    import copy
+
+    bf = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    state = bf.new_state(2)
+    assert state.k[0].dtype == torch.bfloat16
+    audio = speechy(2, 10, tiny)
+    outs = [bf.step(state, audio[:, i : i + 3200].to(torch.bfloat16)) for i in (0, 3200)]
+    ref = run_stream(tiny_model, audio, 5)
+    probs = torch.cat([o.control_probs for o in outs], 1)
+    assert torch.isfinite(probs).all()
+    # same inputs in the first chunk: only bf16 rounding apart (later chunks feed back diverging decisions)
+    assert (probs[:, :5] - ref.control_probs[:, :5]).abs().max() < 0.05

@@ -1,0 +1,96 @@
+"""Turn-taking of the shipped reference checkpoint on a corpus split, against the server-VAD cascade.
+
+    python bench/turn_taking.py --corpus DIR [--split test] [--checkpoint model/checkpoints/tiny.safetensors]
+
+Same code as ``duplex model eval``: the model runs through the real streaming step + codec, its audio placed
+one chunk late (as heard); every system is scored on its output audio by the same detector. Writes the
+"Turn-taking (reference checkpoint)" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import command, machine, write_section
+
+from duplex.model import checkpoint
+from duplex.model.codec import Codec
+from duplex.model.data import load_split
+from duplex.model.evaluate import Metrics, run_model, run_vad_baseline, score
+from duplex.model.model import DuplexModel
+from duplex.model.runtime import SHIPPED
+
+ROWS = [
+    ("tor", "take-over rate at user end of turn", "≥ 0.95"),
+    ("latency_p50", "turn-taking latency p50 (s, as heard)", "≤ 0.30"),
+    ("latency_p95", "turn-taking latency p95 (s, as heard)", ""),
+    ("latency_mean", "turn-taking latency mean (s, as heard)", ""),
+    ("false_takeover", "false take-over in mid-turn pauses", "≤ 0.10"),
+    ("pause_onsets", "pauses in which any system audio starts (back-channels too)", ""),
+    ("interrupts_user", "turns started inside user speech", ""),
+    ("overlap", "share of user speech talked over", ""),
+    ("barge_in_stop_p50", "barge-in: audio stops after user onset, p50 (s, as heard)", ""),
+    ("barge_in_within_chunk", "barge-in: model audio stops ≤ 1 chunk after user onset (model time)", "≥ 0.95"),
+    ("barge_ins_evaluated", "barge-ins judged (model was speaking)", ""),
+    ("backchannel_rate", "back-channel opportunities taken", ""),
+]
+
+
+def fmt(v: object) -> str:
+    return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", type=Path, required=True)
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--checkpoint", type=Path, default=SHIPPED / "tiny.safetensors")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    model = checkpoint.load(args.checkpoint)
+    assert isinstance(model, DuplexModel)
+    convs = load_split(args.corpus, args.split)
+    t0 = time.perf_counter()
+    ours = score("duplex tiny, 200 ms chunks", convs, run_model(model.eval(), Codec(model.cfg), convs))
+    wall = time.perf_counter() - t0
+    fast = score("duplex tiny, 80 ms chunks", convs, run_model(model, Codec(model.cfg), convs, 80), 80)
+    vad = score("silero-vad server VAD", convs, run_vad_baseline(convs))
+    oracle = score("target track", convs, [c.model.numpy() for c in convs])
+    systems: list[Metrics] = [ours, fast, vad, oracle]
+    hours = sum(c.user.shape[0] for c in convs) / 16000 / 3600
+    lines = ["| metric | target | " + " | ".join(m.system for m in systems) + " |", "|---|---|" + "---|" * len(systems)]
+    lines += [f"| {label} | {target} | " + " | ".join(fmt(getattr(m, key)) for m in systems) + " |"
+              for key, label, target in ROWS]
+    ratio = ours.latency_p50 / vad.latency_p50 if ours.latency_p50 and vad.latency_p50 else None
+    body = "\n".join([
+        f"Command: `{command()}`  ", f"Machine: {machine()}  ",
+        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; checkpoint `{args.checkpoint}`; "
+        f"split `{args.split}` of `{args.corpus}`: {len(convs)} conversations, {hours:.2f} h, user voices never "
+        f"heard in training; {ours.turns} user turns, {ours.pauses} mid-turn pauses, {ours.barge_ins} barge-ins. "
+        f"Streaming the whole split through the model took {wall:.0f} s.",
+        "",
+        *lines,
+        "",
+        f"**Latency ratio against the server-VAD cascade (p50): {fmt(ratio)}** (target ≤ 0.6); its pause "
+        f"take-over rate is {fmt(vad.false_takeover)} against our {fmt(ours.false_takeover)}. As heard = the "
+        "model's audio placed one 200 ms chunk late (a chunk's output exists only once the chunk has arrived); "
+        "the VAD answers with zero delay after its 500 ms of silence, before any ASR/LLM/TTS time. The target "
+        "track is the corpus' ground truth through the same detector (no chunk delay). The model computes the "
+        "same frame-by-frame decisions at any chunk size (streaming equals the full pass); an 80 ms chunk only "
+        "shortens the delivery delay, at 2.5× the steps per second.",
+    ])
+    print(body)
+    if args.json:
+        args.json.write_text(json.dumps([m.summary() for m in systems], indent=2))
+    if not args.no_write:
+        write_section("Turn-taking (reference checkpoint)", body)
+
+
+if __name__ == "__main__":
+    main()
