@@ -34,6 +34,18 @@ def _writable_dir(out: Path, force: bool) -> None:
                                  param_hint="'--out'")
 
 
+def _seconds_range(text: str, hint: str, low: float) -> tuple[float, float]:
+    """Parse MIN,MAX seconds with low <= MIN <= MAX <= 2, naming the option when it is not."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+        if not low <= lo <= hi <= 2:
+            raise ValueError
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not MIN,MAX with {low} <= MIN <= MAX <= 2 seconds",
+                                 param_hint=hint) from None
+    return lo, hi
+
+
 @app.command("make")
 def make(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the corpus into.")],
@@ -50,6 +62,8 @@ def make(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing corpus in --out.")] = False,
     reply_gap: Annotated[str, typer.Option("--reply-gap", help="MIN,MAX seconds between the user's end of turn "
                                            "and the target model's reply.")] = "0.15,0.30",
+    barge_reaction: Annotated[str, typer.Option("--barge-reaction", help="MIN,MAX seconds from a user's barge-in "
+                                                "onset until the target model has stopped.")] = "0.12,0.20",
 ) -> None:
     """Render conversations to user.wav / user_clean.wav / model.wav / events.json plus manifest.json."""
     if min_duration > max_duration:
@@ -59,13 +73,8 @@ def make(
         assign_splits(conversations, seed, validation_fraction, test_fraction)
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="'--validation-fraction' / '--test-fraction'") from err
-    try:
-        lo, hi = (float(x) for x in reply_gap.split(","))
-        if not 0 <= lo <= hi <= 2:
-            raise ValueError
-    except ValueError:
-        raise typer.BadParameter(f"{reply_gap!r} is not MIN,MAX with 0 <= MIN <= MAX <= 2 seconds",
-                                 param_hint="'--reply-gap'") from None
+    gap = _seconds_range(reply_gap, "'--reply-gap'", 0.0)
+    reaction = _seconds_range(barge_reaction, "'--barge-reaction'", 0.04)
     _writable_dir(out, force)
     columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[audio]}"),
                TimeElapsedColumn())
@@ -78,7 +87,7 @@ def make(
             progress.update(task, advance=1, audio=f"{audio[0] / 60:.1f} min audio")
 
         report = make_corpus(out, conversations, seed, workers, min_duration, max_duration, validation_fraction,
-                             test_fraction, on_done=done, timing=Timing(reply_gap=(lo, hi)))
+                             test_fraction, on_done=done, timing=Timing(reply_gap=gap, barge_reaction=reaction))
     table = Table(title=f"corpus {out}")
     for column in ("split", "conversations", "audio (min)", "user voices"):
         table.add_column(column)

@@ -240,6 +240,9 @@ def test_cli_check_passes_on_the_corpus(corpus: Path) -> None:
         (["--conversations", "2", "--workers", "0"], "--workers"),
         (["--conversations", "2", "--min-duration", "30", "--max-duration", "20"], "--min-duration"),
         (["--conversations", "2", "--seed", "-1"], "--seed"),
+        (["--conversations", "2", "--reply-gap", "0.3"], "--reply-gap"),
+        (["--conversations", "2", "--reply-gap", "0.3,0.1"], "--reply-gap"),
+        (["--conversations", "2", "--barge-reaction", "0.01,0.1"], "--barge-reaction"),
     ],
 )
 def test_cli_rejects_bad_input_naming_the_option(tmp_path: Path, args: list[str], option: str) -> None:

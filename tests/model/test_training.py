@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from duplex.model.codec import Codec
 from duplex.model.config import ModelConfig
+from duplex.model.corpus.conversation import Timing
 from duplex.model.corpus.make import make_corpus
 from duplex.model.data import Conversation, load_split, targets
 from duplex.model.evaluate import run_model, run_vad_baseline, score
@@ -110,3 +111,15 @@ def test_evaluation_produces_every_metric(corpus: Path, tiny_model: DuplexModel)
     assert oracle.latency_p50 is not None and 0.1 < oracle.latency_p50 < 0.35
     # the server-VAD cascade needs its 500 ms of silence before it can answer
     assert vad_m.latency_p50 is not None and vad_m.latency_p50 >= 0.5
+
+
+def test_timing_options_shape_the_ground_truth(tmp_path: Path) -> None:
+    """--reply-gap / --barge-reaction set the target model's reply gap and barge-in reaction."""
+    out = tmp_path / "fast"
+    make_corpus(out, 3, seed=3, workers=2, min_duration_s=20, max_duration_s=25, validation_fraction=0.0,
+                test_fraction=0.0, timing=Timing(reply_gap=(0.0, 0.05), barge_reaction=(0.06, 0.08)))
+    events = [e for c in load_split(out, "train") for e in c.events]
+    gaps = [e["gap_s"] for e in events if e["type"] == "model_turn" and "gap_s" in e]
+    reactions = [e["reaction_s"] for e in events if e["type"] == "barge_in"]
+    assert gaps and all(g <= 0.05 + 1e-3 for g in gaps)
+    assert all(0.06 - 1e-3 <= r <= 0.08 + 1e-3 for r in reactions)
