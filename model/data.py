@@ -40,6 +40,8 @@ class Conversation:
     model: Tensor
     """(T*S,) float32 target model track."""
     events: list[dict[str, Any]]
+    user_clean: Tensor | None = None
+    """(T*S,) the dry user speech (no noise, room or gain), when loaded."""
 
     @property
     def frames(self) -> int:
@@ -66,11 +68,12 @@ def read_wav(path: Path) -> Tensor:
     return torch.from_numpy(pcm.astype(np.float32) / 32768.0)
 
 
-def load_conversation(directory: Path, frame_samples: int = 640) -> Conversation:
+def load_conversation(directory: Path, frame_samples: int = 640, clean: bool = False) -> Conversation:
     doc = json.loads((directory / "events.json").read_text())
     user, model = read_wav(directory / "user.wav"), read_wav(directory / "model.wav")
     n = min(len(user), len(model)) // frame_samples * frame_samples
-    return Conversation(doc["id"], doc.get("split", "?"), user[:n], model[:n], doc["events"])
+    dry = read_wav(directory / "user_clean.wav")[:n] if clean and (directory / "user_clean.wav").is_file() else None
+    return Conversation(doc["id"], doc.get("split", "?"), user[:n], model[:n], doc["events"], dry)
 
 
 def split_ids(corpus: Path, split: str) -> list[str]:

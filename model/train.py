@@ -62,6 +62,8 @@ class TrainSettings(BaseModel):
     """torch CPU threads."""
 
 
+CLEAN_SHARE = 0.25
+"""Share of training crops that use the dry user track with a faint hiss instead of the noisy mix."""
 CLASS_WEIGHT = torch.tensor([1.0, 1.0, 3.0, 3.0])  # listen, speak, backchannel, yield
 
 
@@ -70,10 +72,17 @@ class Example:
     user: Tensor
     """(T*S,) int16 microphone track (half the memory of float32; hours of audio stay resident)."""
     t: Targets
+    clean: Tensor | None = None
+    """(T*S,) int16 dry user speech: sometimes trained on instead, so a noiseless microphone is no surprise."""
+
+
+def _int16(x: Tensor) -> Tensor:
+    return (x * 32768).round().clamp(-32768, 32767).to(torch.int16)
 
 
 def to_example(c: Conversation, cfg: ModelConfig, codec: Codec) -> Example:
-    return Example((c.user * 32768).round().clamp(-32768, 32767).to(torch.int16), targets(c, cfg, codec))
+    clean = None if c.user_clean is None else _int16(c.user_clean)
+    return Example(_int16(c.user), targets(c, cfg, codec), clean)
 
 
 def prepare(corpus: Path, split: str, cfg: ModelConfig, codec: Codec, progress: Progress) -> list[Example]:
@@ -82,7 +91,7 @@ def prepare(corpus: Path, split: str, cfg: ModelConfig, codec: Codec, progress: 
     task = progress.add_task(f"labels ({split})", total=len(ids), info="")
     out = []
     for cid in ids:
-        out.append(to_example(load_conversation(corpus / cid), cfg, codec))
+        out.append(to_example(load_conversation(corpus / cid, clean=True), cfg, codec))
         progress.advance(task)
     return out
 
@@ -101,7 +110,12 @@ def make_batch(examples: list[Example], rng: random.Random, size: int, frames: i
         start = rng.randrange(0, T - n + 1)
         gain = 10 ** (rng.uniform(-6, 6) / 20)
         a = torch.zeros(frames * S)
-        a[: n * S] = (ex.user[start * S : (start + n) * S].float() * (gain / 32768)).clamp(-1, 1)
+        if ex.clean is not None and rng.random() < CLEAN_SHARE:  # a quiet microphone: dry speech, faint hiss
+            hiss = 10 ** (rng.uniform(-90, -50) / 20)
+            noise = torch.randn(n * S, generator=torch.Generator().manual_seed(rng.randrange(2**31))) * hiss
+            a[: n * S] = (ex.clean[start * S : (start + n) * S].float() * (gain / 32768) + noise).clamp(-1, 1)
+        else:
+            a[: n * S] = (ex.user[start * S : (start + n) * S].float() * (gain / 32768)).clamp(-1, 1)
         audio.append(a)
         control.append(_crop(ex.t.control, start, n, frames, 0))
         codes.append(_crop(ex.t.audio, start, n, frames, 0))
