@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -20,7 +21,7 @@ from report import command, machine, write_section
 
 from duplex.model import checkpoint
 from duplex.model.codec import Codec
-from duplex.model.data import load_split
+from duplex.model.data import load_conversation, split_ids
 from duplex.model.evaluate import Metrics, run_model, run_vad_baseline, score
 from duplex.model.model import DuplexModel
 from duplex.model.runtime import SHIPPED
@@ -55,14 +56,17 @@ def main() -> None:
     args = ap.parse_args()
     model = checkpoint.load(args.checkpoint)
     assert isinstance(model, DuplexModel)
-    convs = load_split(args.corpus, args.split)
+    convs = [load_conversation(args.corpus / cid, clean=True) for cid in split_ids(args.corpus, args.split)]
     t0 = time.perf_counter()
     ours = score("duplex tiny, 200 ms chunks", convs, run_model(model.eval(), Codec(model.cfg), convs))
     wall = time.perf_counter() - t0
     fast = score("duplex tiny, 80 ms chunks", convs, run_model(model, Codec(model.cfg), convs, 80), 80)
+    # the same conversations through a noiseless microphone (the dry user track): no noise, room or gain steps
+    dry_convs = [replace(c, user=c.user_clean) for c in convs if c.user_clean is not None]
+    dry = score("duplex tiny, dry mic", dry_convs, run_model(model, Codec(model.cfg), dry_convs))
     vad = score("silero-vad server VAD", convs, run_vad_baseline(convs))
     oracle = score("target track", convs, [c.model.numpy() for c in convs])
-    systems: list[Metrics] = [ours, fast, vad, oracle]
+    systems: list[Metrics] = [ours, fast, dry, vad, oracle]
     hours = sum(c.user.shape[0] for c in convs) / 16000 / 3600
     lines = ["| metric | target | " + " | ".join(m.system for m in systems) + " |", "|---|---|" + "---|" * len(systems)]
     lines += [f"| {label} | {target} | " + " | ".join(fmt(getattr(m, key)) for m in systems) + " |"
