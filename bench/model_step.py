@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -20,10 +22,8 @@ from duplex.model.model import DuplexModel
 from duplex.model.moe import Experts, MoeImpl
 from duplex.model.state import StreamState
 
-try:
-    from report import command, machine, write_section
-except ImportError:  # run as a module
-    from bench.report import command, machine, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import command, machine, write_section
 
 CHUNK_MS = 200
 
