@@ -69,6 +69,9 @@ class ExpertGroup:
         """Release the other ranks from ``serve_experts`` (idempotent)."""
         if not self.stopped:
             dist.broadcast(torch.tensor([_STOP, 0, 0, 0], dtype=torch.long, device=self.device), src=0)
+            # wait until every rank has the stop: a rank 0 that exits while a peer still reads from it makes
+            # gloo abort that peer (SIGABRT)
+            dist.barrier()
             self.stopped = True
             for block in self.model.layers:
                 block.moe.runner = None
@@ -85,6 +88,7 @@ def serve_experts(shard: ExpertShard) -> int:
         dist.broadcast(header, src=0)
         cmd, layer, n, k = header.tolist()
         if cmd == _STOP:
+            dist.barrier()  # pairs with ExpertGroup.stop
             return served
         x = torch.empty(n, d, dtype=dtype, device=device)
         experts = torch.empty(n, k, dtype=torch.long, device=device)

@@ -5,12 +5,10 @@ renders ``{"engine": EngineSpec, "model": ModelSource}`` or ``{"gateway": Gatewa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from pydantic import BaseModel
 from duplex.model.spec import ModelSource
 
 from . import logs
+from .process import GatewayProcess, serve_until_signal
 from .spec import EngineSpec, GatewaySpec
 
 log = logging.getLogger("duplex.serving")
@@ -59,16 +58,6 @@ def _rank_from_hostname() -> int:
     if not m:
         raise typer.BadParameter(f"--rank-from-hostname: hostname {socket.gethostname()!r} has no -ORDINAL suffix")
     return int(m.group(1))
-
-
-async def _serve_until_signal(stop: Any) -> None:
-    loop = asyncio.get_running_loop()
-    ev = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, ev.set)
-    await ev.wait()
-    await stop()
 
 
 def engine(
@@ -118,7 +107,7 @@ def engine(
     async def main() -> None:
         server = EngineServer(spec, source, model=part, bind_port=port)  # type: ignore[arg-type]
         await server.start()
-        await _serve_until_signal(lambda: server.stop(5.0))
+        await serve_until_signal(lambda: server.stop(5.0))
 
     try:
         asyncio.run(main())
@@ -148,7 +137,7 @@ def gateway(
     async def main() -> None:
         server = GatewayServer(spec, bind_port=port)
         await server.start()
-        await _serve_until_signal(server.drain)
+        await serve_until_signal(server.drain)
 
     try:
         asyncio.run(main())
@@ -168,7 +157,6 @@ def up(
     """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway."""
     logs.setup(json_lines=False)
     from .engine.server import EngineServer
-    from .gateway.server import GatewayServer
 
     async def main() -> None:
         espec = EngineSpec.model_validate(dict(host="127.0.0.1", max_sessions=max_sessions, chunk_ms=chunk_ms,
@@ -179,18 +167,28 @@ def up(
         gspec = GatewaySpec.model_validate(dict(host="127.0.0.1", engines=[f"127.0.0.1:{eport}"], open_access=True,
                                                 metrics_port=metrics_port + 1 if metrics_port else 0,
                                                 drain_grace_s=2.0))
-        gw = GatewayServer(gspec, bind_port=port)
-        gport = await gw.start()
+        gw = GatewayProcess(gspec, port)  # its own process: the relay does not share the step thread's GIL
+        try:
+            gport = await asyncio.to_thread(gw.start)
+        except (ValueError, OSError):
+            await engine_server.stop(1.0)
+            raise
         print(f"duplex up: ready at 127.0.0.1:{gport} (engine 127.0.0.1:{eport}); Ctrl-C to stop", flush=True)
 
         async def stop() -> None:
-            await gw.drain()
+            if gw.proc.exitcode is not None:
+                print(f"duplex up: the gateway exited (code {gw.proc.exitcode}); stopping", flush=True)
+            await asyncio.to_thread(gw.stop, gspec.drain_grace_s + 5.0)
             await engine_server.stop(1.0)
             print("duplex up: stopped", flush=True)
 
-        await _serve_until_signal(stop)
+        await serve_until_signal(stop, also=asyncio.to_thread(gw.wait))
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except (ValueError, OSError) as e:
+        typer.echo(f"duplex up: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def talk(
@@ -202,6 +200,8 @@ def talk(
     fast: bool = typer.Option(False, help="Send as fast as the server takes it instead of real-time pace"),
     api_key: str = typer.Option(os.environ.get("DUPLEX_API_KEY", ""), help="API key (or $DUPLEX_API_KEY)"),
     chunk_ms: int = typer.Option(200, help="Chunk length (must match the server)"),
+    ca_cert: Path | None = typer.Option(None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False,
+                                        help="PEM CA bundle: connect with TLS"),
 ) -> None:
     """Hold one conversation from a WAV file and record it."""
     import grpc
@@ -215,7 +215,7 @@ def talk(
     md = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     async def main() -> client.Conversation:
-        async with grpc.aio.insecure_channel(target) as ch:
+        async with client.channel(target, str(ca_cert) if ca_cert is not None else None) as ch:
             return await client.converse(ch, chunks, chunk_ms=chunk_ms, realtime=not fast, metadata=md,
                                          start=client.start_event(chunk_ms=chunk_ms))
 

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -67,6 +68,15 @@ class Conversation:
         return out
 
 
+def channel(target: str, ca_file: str | None = None) -> grpc.aio.Channel:
+    """A channel to a gateway or engine: TLS verified against the PEM CA bundle ``ca_file`` when given, else
+    plaintext."""
+    if ca_file is None:
+        return grpc.aio.insecure_channel(target)
+    root = Path(ca_file).read_bytes()
+    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
+
+
 def start_event(model: str = "", chunk_ms: int = 0, sample_rate: int = 16000, instructions: str = "",
                 tools: Sequence[str] = (), session_id: str = "") -> pb.ClientEvent:
     fmt = pb.AudioFormat(sample_rate=sample_rate, channels=1, encoding=pb.PCM16_LE)
@@ -89,9 +99,15 @@ def split_chunks(samples: np.ndarray, chunk_samples: int) -> list[bytes]:
 
 async def converse(channel: grpc.aio.Channel, chunks: Sequence[bytes], chunk_ms: int = 200, realtime: bool = True,
                    start: pb.ClientEvent | None = None, metadata: Sequence[tuple[str, str]] = (),
-                   extra: Sequence[tuple[int, pb.ClientEvent]] = (), start_delay_s: float = 0.0) -> Conversation:
+                   extra: Sequence[tuple[int, pb.ClientEvent]] = (), start_delay_s: float = 0.0,
+                   follow_hint: bool = True, stamp_start: bool = True) -> Conversation:
     """Hold one conversation: send ``start``, then the chunks (paced at ``chunk_ms`` if ``realtime``), then
-    EndOfStream; ``extra`` events are sent right before the chunk with the given index."""
+    EndOfStream; ``extra`` events are sent right before the chunk with the given index.
+
+    A real-time client follows the server's phase hint (``SessionReady.send_at_client_us``): it starts
+    sending at that time of its clock, so its chunks reach the engine just before their batch's step.
+    ``follow_hint=False`` sends at once (a free-running client); ``start_delay_s`` delays either further.
+    ``stamp_start`` puts the client's clock into ``start`` (when it has none), which asks for the hint."""
     conv = Conversation()
     converse_rpc = channel.stream_stream("/duplex.v1.Duplex/Converse",
                                          request_serializer=pb.ClientEvent.SerializeToString,
@@ -102,14 +118,21 @@ async def converse(channel: grpc.aio.Channel, chunks: Sequence[bytes], chunk_ms:
 
     ready = asyncio.Event()
     over: list[bool] = []
+    send_from: list[float] = []
+    """Monotonic time to send the first chunk at (set when ``ready`` arrives)."""
 
     async def requests() -> object:
-        yield start if start is not None else start_event(chunk_ms=chunk_ms)
+        first = pb.ClientEvent()
+        first.CopyFrom(start if start is not None else start_event(chunk_ms=chunk_ms))
+        if stamp_start and first.HasField("start") and not first.start.client_time_us:
+            first.start.client_time_us = now_us()
+        yield first
         await ready.wait()  # stream audio only once the session is negotiated
         if over:
             return
-        if start_delay_s:
-            await asyncio.sleep(start_delay_s)
+        delay = send_from[0] - time.monotonic() if send_from else 0.0
+        if delay + start_delay_s > 0:
+            await asyncio.sleep(delay + start_delay_s)
         t0 = time.monotonic()
         conv.start_us = now_us()
         for seq, pcm in enumerate(chunks):
@@ -129,6 +152,9 @@ async def converse(channel: grpc.aio.Channel, chunks: Sequence[bytes], chunk_ms:
         async for ev in call:
             conv.received.append(Received(now_us(), ev))
             if ev.HasField("ready"):
+                at = ev.ready.send_at_client_us
+                hint = (at - now_us()) / 1e6 if realtime and follow_hint and at else 0.0
+                send_from.append(time.monotonic() + hint)
                 ready.set()
         conv.code = grpc.StatusCode.OK
     except grpc.aio.AioRpcError as e:

@@ -102,6 +102,12 @@ class GatewaySpec(_Spec):
     """Engine replicas (rank 0 ``HOST:PORT`` each) to route conversations to."""
     api_keys_file: str | None = None
     """File with one API key per line (the mounted ``auth_secret``); ``#`` comments and blank lines ignored."""
+    tls_cert_file: str | None = None
+    """PEM certificate chain of the public endpoint (the mounted ``tls_secret``'s ``tls.crt``); with
+    ``tls_key_file`` the gateway serves TLS."""
+    tls_key_file: str | None = None
+    """PEM private key of the public endpoint (the mounted ``tls_secret``'s ``tls.key``); set together with
+    ``tls_cert_file``."""
     open_access: bool = False
     """Accept unauthenticated clients. Required to start without ``api_keys_file``; for local use only."""
     drain_grace_s: float = Field(30.0, ge=0.0)

@@ -24,57 +24,57 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64uplex/v1/duplex.proto\x12\tduplex.v1\"`\n\x0b\x41udioFormat\x12\x13\n\x0bsample_rate\x18\x01 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12*\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x18.duplex.v1.AudioEncoding\"\x90\x01\n\x0cSessionStart\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x16.duplex.v1.AudioFormat\x12\x10\n\x08\x63hunk_ms\x18\x03 \x01(\x05\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\r\n\x05tools\x18\x05 \x03(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\">\n\nAudioChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63lient_time_us\x18\x03 \x01(\x03\"]\n\nVideoFrame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03rgb\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x16\n\x0e\x63lient_time_us\x18\x05 \x01(\x03\"1\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\x0e\x63lient_time_us\x18\x02 \x01(\x03\"\r\n\x0b\x45ndOfStream\"\xdd\x01\n\x0b\x43lientEvent\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.duplex.v1.SessionStartH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.duplex.v1.AudioChunkH\x00\x12&\n\x05video\x18\x03 \x01(\x0b\x32\x15.duplex.v1.VideoFrameH\x00\x12$\n\x04text\x18\x04 \x01(\x0b\x32\x14.duplex.v1.TextInputH\x00\x12%\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x16.duplex.v1.EndOfStreamH\x00\x42\x07\n\x05\x65vent\"\xe9\x01\n\x0cSessionReady\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x0cinput_format\x18\x03 \x01(\x0b\x32\x16.duplex.v1.AudioFormat\x12-\n\routput_format\x18\x04 \x01(\x0b\x32\x16.duplex.v1.AudioFormat\x12\x10\n\x08\x63hunk_ms\x18\x05 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x06 \x01(\x05\x12\x15\n\rchunk_samples\x18\x07 \x01(\x05\x12\r\n\x05tools\x18\x08 \x03(\t\x12\x0f\n\x07replica\x18\t \x01(\t\"\xeb\x01\n\x0b\x43hunkTiming\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x16\n\x0e\x63lient_time_us\x18\x02 \x01(\x03\x12\x16\n\x0eserver_recv_us\x18\x03 \x01(\x03\x12\x15\n\rstep_start_us\x18\x04 \x01(\x03\x12\x16\n\x0eserver_send_us\x18\x05 \x01(\x03\x12\x15\n\rqueue_wait_ms\x18\x06 \x01(\x02\x12\x12\n\ncompute_ms\x18\x07 \x01(\x02\x12\x12\n\nbatch_size\x18\x08 \x01(\x05\x12\x0e\n\x06\x63ohort\x18\t \x01(\x05\x12\x0c\n\x04late\x18\n \x01(\x08\x12\x13\n\x0bsubstituted\x18\x0b \x01(\x08\"\x87\x01\n\nModelAudio\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x0f\n\x07samples\x18\x03 \x01(\x05\x12\x15\n\routput_sample\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontrol\x18\x05 \x03(\x05\x12&\n\x06timing\x18\x06 \x01(\x0b\x32\x16.duplex.v1.ChunkTiming\"5\n\tTextDelta\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\x83\x01\n\tTurnEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.duplex.v1.TurnEventType\x12\r\n\x05\x66rame\x18\x03 \x01(\x05\x12\x15\n\routput_sample\x18\x04 \x01(\x04\x12\x1b\n\x13truncated_at_sample\x18\x05 \x01(\x04\"`\n\nAgentEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.duplex.v1.AgentState\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"5\n\x07Warning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa6\x02\n\x0bServerEvent\x12(\n\x05ready\x18\x01 \x01(\x0b\x32\x17.duplex.v1.SessionReadyH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.duplex.v1.ModelAudioH\x00\x12$\n\x04text\x18\x03 \x01(\x0b\x32\x14.duplex.v1.TextDeltaH\x00\x12$\n\x04turn\x18\x04 \x01(\x0b\x32\x14.duplex.v1.TurnEventH\x00\x12&\n\x05\x61gent\x18\x05 \x01(\x0b\x32\x15.duplex.v1.AgentEventH\x00\x12%\n\x07warning\x18\x06 \x01(\x0b\x32\x12.duplex.v1.WarningH\x00\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.duplex.v1.ErrorH\x00\x42\x07\n\x05\x65vent\"\r\n\x0bLoadRequest\"\x80\x01\n\x0bReplicaLoad\x12\x17\n\x0f\x61\x63tive_sessions\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x63hunk_ms\x18\x04 \x01(\x05\x12\x13\n\x0bstep_ms_p50\x18\x05 \x01(\x02\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08*=\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08PCM16_LE\x10\x01*y\n\rTurnEventType\x12\x1a\n\x16TURN_EVENT_UNSPECIFIED\x10\x00\x12\x14\n\x10MODEL_TURN_START\x10\x01\x12\x12\n\x0eMODEL_TURN_END\x10\x02\x12\x0f\n\x0b\x42\x41\x43KCHANNEL\x10\x03\x12\x11\n\rUSER_BARGE_IN\x10\x04*X\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x32H\n\x06\x44uplex\x12>\n\x08\x43onverse\x12\x16.duplex.v1.ClientEvent\x1a\x16.duplex.v1.ServerEvent(\x01\x30\x01\x32\x44\n\x07Replica\x12\x39\n\x07GetLoad\x12\x16.duplex.v1.LoadRequest\x1a\x16.duplex.v1.ReplicaLoadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64uplex/v1/duplex.proto\x12\tduplex.v1\"`\n\x0b\x41udioFormat\x12\x13\n\x0bsample_rate\x18\x01 \x01(\x05\x12\x10\n\x08\x63hannels\x18\x02 \x01(\x05\x12*\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x18.duplex.v1.AudioEncoding\"\xa8\x01\n\x0cSessionStart\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x06\x66ormat\x18\x02 \x01(\x0b\x32\x16.duplex.v1.AudioFormat\x12\x10\n\x08\x63hunk_ms\x18\x03 \x01(\x05\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12\r\n\x05tools\x18\x05 \x03(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63lient_time_us\x18\x07 \x01(\x03\">\n\nAudioChunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x16\n\x0e\x63lient_time_us\x18\x03 \x01(\x03\"]\n\nVideoFrame\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03rgb\x18\x02 \x01(\x0c\x12\r\n\x05width\x18\x03 \x01(\x05\x12\x0e\n\x06height\x18\x04 \x01(\x05\x12\x16\n\x0e\x63lient_time_us\x18\x05 \x01(\x03\"1\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x16\n\x0e\x63lient_time_us\x18\x02 \x01(\x03\"\r\n\x0b\x45ndOfStream\"\xdd\x01\n\x0b\x43lientEvent\x12(\n\x05start\x18\x01 \x01(\x0b\x32\x17.duplex.v1.SessionStartH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.duplex.v1.AudioChunkH\x00\x12&\n\x05video\x18\x03 \x01(\x0b\x32\x15.duplex.v1.VideoFrameH\x00\x12$\n\x04text\x18\x04 \x01(\x0b\x32\x14.duplex.v1.TextInputH\x00\x12%\n\x03\x65nd\x18\x05 \x01(\x0b\x32\x16.duplex.v1.EndOfStreamH\x00\x42\x07\n\x05\x65vent\"\x84\x02\n\x0cSessionReady\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12,\n\x0cinput_format\x18\x03 \x01(\x0b\x32\x16.duplex.v1.AudioFormat\x12-\n\routput_format\x18\x04 \x01(\x0b\x32\x16.duplex.v1.AudioFormat\x12\x10\n\x08\x63hunk_ms\x18\x05 \x01(\x05\x12\x10\n\x08\x66rame_ms\x18\x06 \x01(\x05\x12\x15\n\rchunk_samples\x18\x07 \x01(\x05\x12\r\n\x05tools\x18\x08 \x03(\t\x12\x0f\n\x07replica\x18\t \x01(\t\x12\x19\n\x11send_at_client_us\x18\n \x01(\x03\"\xeb\x01\n\x0b\x43hunkTiming\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x16\n\x0e\x63lient_time_us\x18\x02 \x01(\x03\x12\x16\n\x0eserver_recv_us\x18\x03 \x01(\x03\x12\x15\n\rstep_start_us\x18\x04 \x01(\x03\x12\x16\n\x0eserver_send_us\x18\x05 \x01(\x03\x12\x15\n\rqueue_wait_ms\x18\x06 \x01(\x02\x12\x12\n\ncompute_ms\x18\x07 \x01(\x02\x12\x12\n\nbatch_size\x18\x08 \x01(\x05\x12\x0e\n\x06\x63ohort\x18\t \x01(\x05\x12\x0c\n\x04late\x18\n \x01(\x08\x12\x13\n\x0bsubstituted\x18\x0b \x01(\x08\"\x87\x01\n\nModelAudio\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0b\n\x03pcm\x18\x02 \x01(\x0c\x12\x0f\n\x07samples\x18\x03 \x01(\x05\x12\x15\n\routput_sample\x18\x04 \x01(\x04\x12\x0f\n\x07\x63ontrol\x18\x05 \x03(\x05\x12&\n\x06timing\x18\x06 \x01(\x0b\x32\x16.duplex.v1.ChunkTiming\"5\n\tTextDelta\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\"\x83\x01\n\tTurnEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x04type\x18\x02 \x01(\x0e\x32\x18.duplex.v1.TurnEventType\x12\r\n\x05\x66rame\x18\x03 \x01(\x05\x12\x15\n\routput_sample\x18\x04 \x01(\x04\x12\x1b\n\x13truncated_at_sample\x18\x05 \x01(\x04\"`\n\nAgentEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.duplex.v1.AgentState\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"5\n\x07Warning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x04\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa6\x02\n\x0bServerEvent\x12(\n\x05ready\x18\x01 \x01(\x0b\x32\x17.duplex.v1.SessionReadyH\x00\x12&\n\x05\x61udio\x18\x02 \x01(\x0b\x32\x15.duplex.v1.ModelAudioH\x00\x12$\n\x04text\x18\x03 \x01(\x0b\x32\x14.duplex.v1.TextDeltaH\x00\x12$\n\x04turn\x18\x04 \x01(\x0b\x32\x14.duplex.v1.TurnEventH\x00\x12&\n\x05\x61gent\x18\x05 \x01(\x0b\x32\x15.duplex.v1.AgentEventH\x00\x12%\n\x07warning\x18\x06 \x01(\x0b\x32\x12.duplex.v1.WarningH\x00\x12!\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x10.duplex.v1.ErrorH\x00\x42\x07\n\x05\x65vent\"\r\n\x0bLoadRequest\"\x80\x01\n\x0bReplicaLoad\x12\x17\n\x0f\x61\x63tive_sessions\x18\x01 \x01(\x05\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\x05\x12\r\n\x05model\x18\x03 \x01(\t\x12\x10\n\x08\x63hunk_ms\x18\x04 \x01(\x05\x12\x13\n\x0bstep_ms_p50\x18\x05 \x01(\x02\x12\x10\n\x08\x64raining\x18\x06 \x01(\x08*=\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08PCM16_LE\x10\x01*y\n\rTurnEventType\x12\x1a\n\x16TURN_EVENT_UNSPECIFIED\x10\x00\x12\x14\n\x10MODEL_TURN_START\x10\x01\x12\x12\n\x0eMODEL_TURN_END\x10\x02\x12\x0f\n\x0b\x42\x41\x43KCHANNEL\x10\x03\x12\x11\n\rUSER_BARGE_IN\x10\x04*X\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\x08\n\x04\x44ONE\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x32H\n\x06\x44uplex\x12>\n\x08\x43onverse\x12\x16.duplex.v1.ClientEvent\x1a\x16.duplex.v1.ServerEvent(\x01\x30\x01\x32\x44\n\x07Replica\x12\x39\n\x07GetLoad\x12\x16.duplex.v1.LoadRequest\x1a\x16.duplex.v1.ReplicaLoadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'duplex.v1.duplex_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AUDIOENCODING']._serialized_start=2168
-  _globals['_AUDIOENCODING']._serialized_end=2229
-  _globals['_TURNEVENTTYPE']._serialized_start=2231
-  _globals['_TURNEVENTTYPE']._serialized_end=2352
-  _globals['_AGENTSTATE']._serialized_start=2354
-  _globals['_AGENTSTATE']._serialized_end=2442
+  _globals['_AUDIOENCODING']._serialized_start=2219
+  _globals['_AUDIOENCODING']._serialized_end=2280
+  _globals['_TURNEVENTTYPE']._serialized_start=2282
+  _globals['_TURNEVENTTYPE']._serialized_end=2403
+  _globals['_AGENTSTATE']._serialized_start=2405
+  _globals['_AGENTSTATE']._serialized_end=2493
   _globals['_AUDIOFORMAT']._serialized_start=37
   _globals['_AUDIOFORMAT']._serialized_end=133
   _globals['_SESSIONSTART']._serialized_start=136
-  _globals['_SESSIONSTART']._serialized_end=280
-  _globals['_AUDIOCHUNK']._serialized_start=282
-  _globals['_AUDIOCHUNK']._serialized_end=344
-  _globals['_VIDEOFRAME']._serialized_start=346
-  _globals['_VIDEOFRAME']._serialized_end=439
-  _globals['_TEXTINPUT']._serialized_start=441
-  _globals['_TEXTINPUT']._serialized_end=490
-  _globals['_ENDOFSTREAM']._serialized_start=492
-  _globals['_ENDOFSTREAM']._serialized_end=505
-  _globals['_CLIENTEVENT']._serialized_start=508
-  _globals['_CLIENTEVENT']._serialized_end=729
-  _globals['_SESSIONREADY']._serialized_start=732
-  _globals['_SESSIONREADY']._serialized_end=965
-  _globals['_CHUNKTIMING']._serialized_start=968
-  _globals['_CHUNKTIMING']._serialized_end=1203
-  _globals['_MODELAUDIO']._serialized_start=1206
-  _globals['_MODELAUDIO']._serialized_end=1341
-  _globals['_TEXTDELTA']._serialized_start=1343
-  _globals['_TEXTDELTA']._serialized_end=1396
-  _globals['_TURNEVENT']._serialized_start=1399
-  _globals['_TURNEVENT']._serialized_end=1530
-  _globals['_AGENTEVENT']._serialized_start=1532
-  _globals['_AGENTEVENT']._serialized_end=1628
-  _globals['_WARNING']._serialized_start=1630
-  _globals['_WARNING']._serialized_end=1683
-  _globals['_ERROR']._serialized_start=1685
-  _globals['_ERROR']._serialized_end=1723
-  _globals['_SERVEREVENT']._serialized_start=1726
-  _globals['_SERVEREVENT']._serialized_end=2020
-  _globals['_LOADREQUEST']._serialized_start=2022
-  _globals['_LOADREQUEST']._serialized_end=2035
-  _globals['_REPLICALOAD']._serialized_start=2038
-  _globals['_REPLICALOAD']._serialized_end=2166
-  _globals['_DUPLEX']._serialized_start=2444
-  _globals['_DUPLEX']._serialized_end=2516
-  _globals['_REPLICA']._serialized_start=2518
-  _globals['_REPLICA']._serialized_end=2586
+  _globals['_SESSIONSTART']._serialized_end=304
+  _globals['_AUDIOCHUNK']._serialized_start=306
+  _globals['_AUDIOCHUNK']._serialized_end=368
+  _globals['_VIDEOFRAME']._serialized_start=370
+  _globals['_VIDEOFRAME']._serialized_end=463
+  _globals['_TEXTINPUT']._serialized_start=465
+  _globals['_TEXTINPUT']._serialized_end=514
+  _globals['_ENDOFSTREAM']._serialized_start=516
+  _globals['_ENDOFSTREAM']._serialized_end=529
+  _globals['_CLIENTEVENT']._serialized_start=532
+  _globals['_CLIENTEVENT']._serialized_end=753
+  _globals['_SESSIONREADY']._serialized_start=756
+  _globals['_SESSIONREADY']._serialized_end=1016
+  _globals['_CHUNKTIMING']._serialized_start=1019
+  _globals['_CHUNKTIMING']._serialized_end=1254
+  _globals['_MODELAUDIO']._serialized_start=1257
+  _globals['_MODELAUDIO']._serialized_end=1392
+  _globals['_TEXTDELTA']._serialized_start=1394
+  _globals['_TEXTDELTA']._serialized_end=1447
+  _globals['_TURNEVENT']._serialized_start=1450
+  _globals['_TURNEVENT']._serialized_end=1581
+  _globals['_AGENTEVENT']._serialized_start=1583
+  _globals['_AGENTEVENT']._serialized_end=1679
+  _globals['_WARNING']._serialized_start=1681
+  _globals['_WARNING']._serialized_end=1734
+  _globals['_ERROR']._serialized_start=1736
+  _globals['_ERROR']._serialized_end=1774
+  _globals['_SERVEREVENT']._serialized_start=1777
+  _globals['_SERVEREVENT']._serialized_end=2071
+  _globals['_LOADREQUEST']._serialized_start=2073
+  _globals['_LOADREQUEST']._serialized_end=2086
+  _globals['_REPLICALOAD']._serialized_start=2089
+  _globals['_REPLICALOAD']._serialized_end=2217
+  _globals['_DUPLEX']._serialized_start=2495
+  _globals['_DUPLEX']._serialized_end=2567
+  _globals['_REPLICA']._serialized_start=2569
+  _globals['_REPLICA']._serialized_end=2637
 # @@protoc_insertion_point(module_scope)

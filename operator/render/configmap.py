@@ -8,6 +8,7 @@ import json
 from ..naming import CONFIG_DIR, ModelRef
 from ..resolve import Resolved
 from .common import Manifest
+from .gateway import TLS_DIR
 
 
 def engine_config(resolved: Resolved) -> dict[str, object]:
@@ -26,6 +27,9 @@ def engine_config_map(ref: ModelRef, resolved: Resolved) -> Manifest:
         gateway["api_keys_file"] = f"{CONFIG_DIR}/auth/keys"  # where gateway.py mounts the Secret
     else:
         gateway["open_access"] = True  # no auth Secret: the documented "open, for local use" mode
+    if spec.gateway.tls_secret:
+        gateway["tls_cert_file"] = f"{TLS_DIR}/tls.crt"  # where gateway.py mounts the Secret
+        gateway["tls_key_file"] = f"{TLS_DIR}/tls.key"
     data = {
         "engine.json": engine_config(resolved),
         "gateway.json": {"gateway": gateway, "slo": spec.slo.model_dump(mode="json"),

@@ -28,11 +28,10 @@ def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any]
         v, m = secret_volume("auth", gw.auth_secret, AUTH_DIR)
         volumes.append(v)
         mounts.append(m)
-    if gw.tls_secret:
+    if gw.tls_secret:  # configmap.py points tls_cert_file / tls_key_file at tls.crt / tls.key here
         v, m = secret_volume("tls", gw.tls_secret, TLS_DIR)
         volumes.append(v)
         mounts.append(m)
-        # Mounted for the gateway to terminate TLS (tls.crt / tls.key); the gateway CLI has no TLS flag yet.
     ports = [{"name": "grpc", "containerPort": gw.port, "protocol": "TCP"}]
     if gw.metrics_port:
         ports.append({"name": "metrics", "containerPort": gw.metrics_port, "protocol": "TCP"})

@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 VOICED_RMS = 0.01
 """Input frames louder than this (-40 dBFS RMS) count as user speech for the turn-latency metric."""
+SEND_LEAD_S = 0.003
+"""A steered client is told to send so that its chunks arrive this long before its cohort's tick (the
+loopback/LAN transit and the client's timer jitter fit in it; the cohort steps once all members are in)."""
 
 
 @dataclass
@@ -76,10 +79,12 @@ class Cohort:
     """Monotonic time of the next tick; the deadline is ``due + grace``."""
     split_for: float = -1.0
     """The tick (``due``) for which a split step already ran."""
+    reserved: int = 0
+    """Slots promised to new sessions that were told to send at this cohort's phase (``steer``)."""
 
     @property
     def room(self) -> int:
-        return self.size - len(self.members)
+        return self.size - len(self.members) - self.reserved
 
 
 @dataclass
@@ -102,6 +107,8 @@ class _Job:
     text_in: torch.Tensor | None
     video: torch.Tensor | None
     video_rows: torch.Tensor | None
+    first: int = 0
+    """Offset of ``rows[0]`` within the cohort's block (catch-up steps run on a sub-range)."""
     start_mono: float = 0.0
     start_wall_us: int = 0
 
@@ -166,6 +173,41 @@ class Scheduler:
             self.metrics.active_sessions.set(len(self.sessions))
             return True
 
+    def steer(self, session: Session, not_before: float) -> float | None:
+        """Reserve a cohort for a new (admitted) session and return the phase hint: the monotonic time, not
+        before ``not_before``, at which its first chunk should arrive so that every chunk arrives just
+        before that cohort's tick (None: nothing to reserve).
+
+        The cohort with the most room is chosen (the soonest among equals), so steered sessions spread
+        evenly over the period and each step's members arrive together instead of waiting for each other.
+        """
+        with self.lock:
+            open_ = [c for c in self.cohorts if c.room > 0]
+            if not open_ or session.cohort is not None or session.reserved is not None:
+                return None
+
+            def arrive_at(c: Cohort) -> float:
+                return self._tick_after(c.phase_s, not_before + SEND_LEAD_S) - SEND_LEAD_S
+
+            cohort = min(open_, key=lambda c: (-c.room, arrive_at(c)))
+            cohort.reserved += 1
+            session.reserved = cohort.index
+            return arrive_at(cohort)
+
+    def _release(self, s: Session) -> Cohort | None:
+        """Drop a session's reservation; returns the cohort it had reserved."""
+        if s.reserved is None:
+            return None
+        c = self.cohorts[s.reserved]
+        c.reserved -= 1
+        s.reserved = None
+        return c
+
+    def _reserved_fits(self, c: Cohort, phase: float) -> bool:
+        """Did a steered session's first chunk arrive near its reserved cohort's tick (it followed the hint)?"""
+        early = (c.phase_s - phase) % self.period  # arrival before the tick
+        return early <= self.period / (2 * len(self.cohorts)) or self.period - early <= self.grace
+
     def submit(self, session: Session, chunk: InputChunk) -> bool:
         """Queue a validated chunk. False = it came after silence was substituted for it (dropped)."""
         with self.lock:
@@ -189,6 +231,8 @@ class Scheduler:
         """The client finished sending: process what is queued, then close the stream with OK."""
         with self.lock:
             session.ended = True
+            if session.cohort is None and session not in self.unplaced:
+                self.unplaced.append(session)  # no audio at all: housekeeping finishes it
             self.lock.notify()
 
     def leave(self, session: Session) -> None:
@@ -287,17 +331,22 @@ class Scheduler:
         for s in self.leaving:
             if s in self.unplaced:
                 self.unplaced.remove(s)
+            self._release(s)
             self._unplace(s)
         self.leaving.clear()
         for s in list(self.unplaced):
             if not s.pending:
                 continue
             s.arrival_phase_s = (s.pending[0].recv_mono - self.t0) % self.period
-            cohort = self._best_cohort(s.arrival_phase_s)
+            cohort = self._release(s)
+            if cohort is None or not self._reserved_fits(cohort, s.arrival_phase_s):
+                cohort = self._best_cohort(s.arrival_phase_s)
             if cohort is None:  # cannot happen: admission keeps sessions <= capacity
                 continue
             self.unplaced.remove(s)
             self._place(s, cohort)
+            log.debug("placed in cohort %d (phase %.1f ms, cohort phase %.1f ms, %d members)", cohort.index,
+                     s.arrival_phase_s * 1e3, cohort.phase_s * 1e3, len(cohort.members), extra={"session": s.id})
             self.state.reset(s.slot)
             self.codec_state.reset(s.slot)
         for c in self.cohorts:
@@ -313,6 +362,7 @@ class Scheduler:
         for s in list(self.unplaced):
             if s.ended and not s.pending:
                 self.unplaced.remove(s)
+                self._release(s)
                 self.sessions.discard(s)
                 self.metrics.active_sessions.set(len(self.sessions))
                 delivery.append((s, [], True))
@@ -367,7 +417,9 @@ class Scheduler:
                           for m in c.members)
             oldest = min((m.pending[0].recv_mono for m in c.members if m.pending), default=now)
             split_at = oldest + split_after
-            can_split = split_after > 0 and spare and c.split_for != c.due  # at most one split per tick
+            # at most one split per tick, and none while a member is behind: then the cohort keeps to its regular
+            # deadline steps, which are what judge that member's chunks lost
+            can_split = split_after > 0 and spare and c.split_for != c.due and all(m.owed <= 0 for m in c.members)
             split = any_pending and can_split and now >= split_at
             if all_in or catchup or split or (any_pending and now >= deadline):
                 regular = all_in or now >= deadline
@@ -400,18 +452,21 @@ class Scheduler:
         videos: list[torch.Tensor] = []
         video_rows: list[int] = []
         rows: list[_Row | None] = []
+        overdue_before = c.due + self.grace - self.period  # received before the last regular step's deadline
         for i, m in enumerate(c.members):
             if regular:
                 m.owed += 1  # every regular step expects one chunk from every member
             if m.pending:
                 chunk = m.pending.popleft()
                 audio[i] = chunk.audio
-                late = m.owed > 1 if regular else m.owed > 0
+                missed = not regular and chunk.recv_mono < overdue_before
+                late = (m.owed > 1 if regular else m.owed > 0) or missed
                 m.owed -= 1
-                if not m.pending and m.owed > 0:
-                    # it has caught up with everything it sent: its chunks now simply arrive at a later
-                    # phase (after a stall, or a cohort step it keeps missing) — re-base instead of counting
-                    # those steps towards loss
+                if not m.pending and (m.owed > 0 or (m.owed < 0 and (regular or missed))):
+                    # it has caught up with everything it sent, so it is exactly at its phase now: re-base.
+                    # Owing more: after a stall or a cohort step it keeps missing (not counted towards loss).
+                    # Owing less: a chunk that missed its step and was caught up, or an on-time one after
+                    # an old burst, is not a chunk of the next tick (the cohort must wait for that one).
                     m.owed = 0
                 if regular:
                     m.late_streak = 0
@@ -439,18 +494,24 @@ class Scheduler:
                 videos.append(m.video)
                 video_rows.append(i)
                 m.video = None
+        first = 0
         if regular:
             c.due = self._tick_after(c.phase_s, max(time.monotonic() - self.grace, c.due) + 1e-6)
+        elif (on := active.nonzero().flatten()).numel():  # a catch-up or split step: only the rows it spans
+            first, last = int(on[0]), int(on[-1]) + 1
+            rows, audio, active = rows[first:last], audio[first:last], active[first:last]
+            text_in = None if text_in is None else text_in[first:last]
+            video_rows = [r - first for r in video_rows]
         job = _Job(c, regular, rows, audio, active, text_in,
                    torch.stack(videos) if videos else None,
-                   torch.tensor(video_rows, dtype=torch.long) if videos else None)
+                   torch.tensor(video_rows, dtype=torch.long) if videos else None, first=first)
         job.start_mono = time.monotonic()
         job.start_wall_us = self.wall_us(job.start_mono)
         return job
 
     def _compute(self, job: _Job) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float]:
         c, n = job.cohort, job.audio.shape[0]
-        rows = slice(c.start, c.start + n)
+        rows = slice(c.start + job.first, c.start + job.first + n)
         all_active = bool(job.active.all())
         out = self.model.step(self.state, job.audio, rows=rows, active=None if all_active else job.active,
                               text_in=job.text_in, video=job.video, video_rows=job.video_rows)

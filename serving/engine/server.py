@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "duplex.v1.Duplex"
 MAX_TEXT_QUEUE = 16384
+GIL_SWITCH_S = 0.0005
+STEER_MARGIN_S = 0.03
+"""A steered client's first chunk is due at least this long after its start arrived (room for the
+SessionReady to reach it)."""
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -63,6 +68,9 @@ class EngineServer:
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
+        # the step thread runs the model's Python between torch kernels; with the default 5 ms GIL switch
+        # interval a chunk that arrives meanwhile can sit that long before the event loop may read it
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.scheduler = Scheduler(self.model, Codec(self.cfg), self.spec, self.spec.chunk_ms, self.metrics, loop)
         self.scheduler.on_fatal = self._fatal
         self.scheduler.start()
@@ -80,7 +88,10 @@ class EngineServer:
         names = (SERVICE, "duplex.v1.Replica", health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
+        try:
+            self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.port = 0
         if not self.port:
             raise OSError(f"engine: cannot bind {self.spec.host}:{self.bind_port}")
         await server.start()
@@ -124,6 +135,7 @@ class EngineServer:
         sched = self.scheduler
         it = aiter(requests)
         first = await anext(it, None)
+        started = time.monotonic()
         if first is None:
             return
         try:
@@ -134,6 +146,7 @@ class EngineServer:
             if self.draining:
                 raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
             neg = v.check_start(first.start, self.cfg, self.model_name, self.spec.chunk_ms, self.spec.tools)
+            client_us = first.start.client_time_us
         except v.InputError as e:
             self.metrics.errors.labels(e.code.name).inc()
             await context.abort(e.code, e.message)
@@ -152,10 +165,19 @@ class EngineServer:
             if neg.instructions:
                 sched.add_text(session, list(neg.instructions.encode()))
             fmt = pb.AudioFormat(sample_rate=self.cfg.sample_rate, channels=1, encoding=pb.PCM16_LE)
+            send_at_client_us = 0
+            if client_us > 0:
+                # the hint is an absolute time on the client's clock: the start's arrival maps the client's
+                # clock onto ours (transit included, as the audio's will be), so neither the Ready's transit
+                # nor the client's reaction to it shifts the phase
+                arrive = sched.steer(session, not_before=started + STEER_MARGIN_S)
+                if arrive is not None:
+                    send_at_client_us = client_us + round((arrive - started) * 1e6)
             yield pb.ServerEvent(ready=pb.SessionReady(
                 session_id=sid, model=self.model_name, input_format=fmt, output_format=fmt,
                 chunk_ms=neg.chunk_ms, frame_ms=self.cfg.frame_ms, chunk_samples=neg.chunk_samples,
-                tools=neg.tools, replica=f"{self.spec.host}:{self.port}"))
+                tools=neg.tools, replica=f"{self.spec.host}:{self.port}",
+                send_at_client_us=send_at_client_us))
             reader = asyncio.create_task(self._read(it, session))
             while True:
                 while session.outbox and session.closing is None:

@@ -54,6 +54,8 @@ class Session:
         self.pending: collections.deque[InputChunk] = collections.deque()
         self.cohort: int | None = None
         self.slot: int = -1
+        self.reserved: int | None = None
+        """The cohort promised by the phase hint, until the first chunk places the session."""
         self.next_seq = 0
         """Sequence number of the next chunk a step will consume."""
         self.owed = 0

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -22,6 +23,31 @@ log = logging.getLogger(__name__)
 
 SERVICE = "duplex.v1.Duplex"
 METHOD = f"/{SERVICE}/Converse"
+
+
+def _read_pem(field: str, path: str) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"gateway: {field} {path!r} cannot be read: {e.strerror or e}") from None
+    if b"-----BEGIN" not in data:
+        raise ValueError(f"gateway: {field} {path!r} is not PEM (no '-----BEGIN' line)")
+    return data
+
+
+def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
+    """Server credentials from ``tls_cert_file`` + ``tls_key_file``; None (plaintext) when neither is set.
+    Raises ValueError naming the field when only one is set or a file is unreadable or not PEM."""
+    cert_file, key_file = spec.tls_cert_file, spec.tls_key_file
+    if not cert_file and not key_file:
+        return None
+    if not cert_file or not key_file:
+        have, missing = ("tls_cert_file", "tls_key_file") if cert_file else ("tls_key_file", "tls_cert_file")
+        raise ValueError(f"gateway: {have} is set but {missing} is not; set both tls_cert_file and tls_key_file "
+                         "to serve TLS, or neither for plaintext")
+    cert = _read_pem("tls_cert_file", cert_file)
+    key = _read_pem("tls_key_file", key_file)
+    return grpc.ssl_server_credentials([(key, cert)])
 
 
 class GatewayServer:
@@ -44,6 +70,7 @@ class GatewayServer:
     async def start(self) -> int:
         if not self.spec.engines:
             raise ValueError("gateway: no engines configured (engines: [HOST:PORT, ...])")
+        credentials = load_tls(self.spec)
         server = grpc.aio.server(
             interceptors=(AuthInterceptor(self.keys, self.metrics), MetricsInterceptor(self.metrics)),
             options=[("grpc.max_receive_message_length", self.spec.max_message_bytes),
@@ -53,7 +80,14 @@ class GatewayServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
+        addr = f"{self.spec.host}:{self.bind_port}"  # health and reflection share the port (and its TLS)
+        try:
+            if credentials is not None:
+                self.port = server.add_secure_port(addr, credentials)
+            else:
+                self.port = server.add_insecure_port(addr)
+        except RuntimeError:  # grpc's "Failed to bind"
+            self.port = 0
         if not self.port:
             raise OSError(f"gateway: cannot bind {self.spec.host}:{self.bind_port}")
         await self.router.start()
@@ -61,7 +95,8 @@ class GatewayServer:
         self._server = server
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
-        log.info("gateway on %s:%d → %s", self.spec.host, self.port, ", ".join(self.spec.engines))
+        log.info("gateway on %s:%d (%s) → %s", self.spec.host, self.port,
+                 "TLS" if credentials is not None else "plaintext, no TLS", ", ".join(self.spec.engines))
         return self.port
 
     async def _track_health(self) -> None:

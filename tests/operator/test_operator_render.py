@@ -190,6 +190,10 @@ def test_gateway_auth_tls_and_engine_addresses() -> None:
     assert {"name": "tls", "mountPath": "/etc/duplex/tls", "readOnly": True} in c["volumeMounts"]
     gateway_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert gateway_json["api_keys_file"] == "/etc/duplex/auth/keys" and gateway_json["open_access"] is False
+    assert (gateway_json["tls_cert_file"], gateway_json["tls_key_file"]) == (
+        "/etc/duplex/tls/tls.crt", "/etc/duplex/tls/tls.key")
+    plain = json.loads(by_kind(render({}), "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
+    assert plain["tls_cert_file"] is None and plain["tls_key_file"] is None
     assert env_of(c)["DUPLEX_ENGINES"] == (
         "$(TALK_ENGINE_0_LEADER_SERVICE_HOST):7070,$(TALK_ENGINE_1_LEADER_SERVICE_HOST):7070")
     svc = next(m for m in by_kind(out, "Service") if m["metadata"]["name"] == "talk")

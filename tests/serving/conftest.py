@@ -60,9 +60,12 @@ class Stack:
         return self.engine.scheduler.active_count()
 
 
-def wait_serving(addr: str, deadline_s: float = 30.0) -> None:
+def wait_serving(addr: str, deadline_s: float = 30.0, ca: Path | None = None) -> None:
+    """Poll the health service until SERVING (over TLS verified against ``ca`` when given)."""
     end = time.monotonic() + deadline_s
-    with grpc.insecure_channel(addr) as ch:
+    channel = grpc.insecure_channel(addr) if ca is None else \
+        grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
+    with channel as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:

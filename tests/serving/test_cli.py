@@ -109,6 +109,19 @@ def test_up_and_talk(tmp_path: Path) -> None:
         code = up.stop(signal.SIGINT)
     assert code == 0
     up.wait_for("duplex up: stopped", 5)
+    host, port = addr.rsplit(":", 1)
+    with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
+        pass  # the gateway's own process is gone too
+
+
+def test_up_on_a_busy_port_says_so() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = subprocess.run([*DUPLEX, "up", "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert f"duplex up: gateway: cannot bind 127.0.0.1:{port}" in r.stderr
 
 
 def test_engine_and_gateway_from_config(tmp_path: Path) -> None:

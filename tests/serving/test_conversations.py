@@ -40,6 +40,25 @@ async def test_one_conversation(stack: Stack) -> None:
     await eventually(lambda: stack.active() == 0, what="slot released")
 
 
+async def test_phase_hint_on_the_clients_clock(stack: Stack) -> None:
+    """A start carrying the client's clock gets a send time on that clock (≥ 30 ms ahead, within one chunk
+    period more) and `converse` starts sending at it; a start without a clock gets no hint (0)."""
+    chunks = client.split_chunks(tone(0.6), CHUNK)
+    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+        before = client.now_us()
+        conv = await client.converse(ch, chunks, metadata=AUTH)
+        check_complete(conv, 3)
+        assert conv.ready is not None
+        at = conv.ready.send_at_client_us
+        assert before + 30_000 <= at <= client.now_us()
+        assert at - before <= 30_000 + 200_000 + 500_000, "due within a period of the margin (+ slack for CI)"
+        assert conv.start_us >= at, "chunk 0 is never sent before the hinted time"
+        bare = await client.converse(ch, chunks, metadata=AUTH, start=client.start_event(), follow_hint=False,
+                                     stamp_start=False)
+    check_complete(bare, 3)
+    assert bare.ready is not None and bare.ready.send_at_client_us == 0
+
+
 async def test_sixteen_concurrent_and_a_late_joiner(stack: Stack) -> None:
     chunks = client.split_chunks(tone(2.4), CHUNK)
     async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:

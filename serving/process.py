@@ -1,0 +1,105 @@
+"""Process lifecycle shared by the serving commands: serve until SIGINT/SIGTERM, and the gateway in a process
+of its own for ``duplex up``.
+
+Why a separate process: on a small host the gateway's relay (two gRPC hops per chunk) would otherwise share
+one interpreter lock with the engine's event loop and its step thread. Measured on the 2-core VM
+(``bench/serving.py``, docs/benchmarks.md): with the gateway in its own process 80 steered sessions stay
+real-time; in one process the relay's p99 grows past 100 ms at 80.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+
+from . import logs
+from .spec import GatewaySpec
+
+
+async def serve_until_signal(stop: Callable[[], Awaitable[object]], also: Awaitable[object] | None = None) -> None:
+    """Wait for SIGINT/SIGTERM (or for ``also`` to finish), then run ``stop``."""
+    loop = asyncio.get_running_loop()
+    ev = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, ev.set)
+    waiters: list[asyncio.Future[object]] = [asyncio.ensure_future(ev.wait())]
+    if also is not None:
+        waiters.append(asyncio.ensure_future(also))
+    _, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    for p in pending:
+        p.cancel()
+    await stop()
+
+
+def _gateway_main(spec_json: str, port: int, conn: Connection) -> None:
+    """Child process: run the gateway, report its port (or the error) through ``conn``, drain on a signal or
+    when the parent goes away (its end of the pipe closes)."""
+    logs.setup(json_lines=False)
+    from .gateway.server import GatewayServer
+
+    async def main() -> None:
+        gw = GatewayServer(GatewaySpec.model_validate_json(spec_json), bind_port=port)
+        try:
+            bound = await gw.start()
+        except (ValueError, OSError) as e:
+            conn.send(("error", str(e)))
+            return
+        conn.send(("ready", bound))
+        loop, gone = asyncio.get_running_loop(), asyncio.Event()
+
+        def watch_parent() -> None:  # a daemon thread: never holds up the exit
+            with contextlib.suppress(EOFError, OSError):
+                conn.recv()
+            loop.call_soon_threadsafe(gone.set)
+
+        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+        await serve_until_signal(gw.drain, also=gone.wait())
+
+    asyncio.run(main())
+
+
+class GatewayProcess:
+    """A gateway in a child process (spawned, so it shares nothing with the engine's interpreter)."""
+
+    def __init__(self, spec: GatewaySpec, port: int) -> None:
+        self.spec, self.port = spec, port
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_gateway_main, args=(spec.model_dump_json(), port, child),
+                                name="duplex-gateway", daemon=True)
+
+    def start(self, timeout_s: float = 60.0) -> int:
+        """Start it and return the bound port; raises the gateway's own error if it cannot start."""
+        self.proc.start()
+        if not self._conn.poll(timeout_s):
+            self.proc.kill()
+            raise OSError(f"gateway process did not start within {timeout_s:.0f} s")
+        try:
+            kind, value = self._conn.recv()
+        except EOFError:
+            self.proc.join(5)
+            raise OSError(f"gateway process exited with code {self.proc.exitcode} before it was ready") from None
+        if kind == "error":
+            self.proc.join(5)
+            raise ValueError(value)
+        return int(value)
+
+    def wait(self) -> int | None:
+        """Block until the process exits; its exit code."""
+        self.proc.join()
+        return self.proc.exitcode
+
+    def stop(self, timeout_s: float) -> None:
+        """SIGTERM = drain (live conversations get ``drain_grace_s``), then make sure it is gone."""
+        if self.proc.is_alive():
+            self.proc.terminate()
+            self.proc.join(timeout_s)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
