@@ -55,6 +55,10 @@ def event_kind(ev: pb.ClientEvent | Undecodable) -> str:
     return kind
 
 
+MAX_CLIENT_TIME_US = 1 << 62
+"""Client clock readings must leave room for the phase hint's offset within int64."""
+
+
 def check_start(start: pb.SessionStart, cfg: ModelConfig, model_name: str, chunk_ms: int,
                 tools: list[str]) -> Negotiated:
     if start.model and start.model != model_name:
@@ -80,6 +84,10 @@ def check_start(start: pb.SessionStart, cfg: ModelConfig, model_name: str, chunk
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.instructions: longer than {MAX_TEXT_BYTES} bytes")
     if len(start.session_id) > 128:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, "start.session_id: longer than 128 characters")
+    if not 0 <= start.client_time_us < MAX_CLIENT_TIME_US:
+        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"start.client_time_us {start.client_time_us}: must be a clock reading in µs, "
+                         f"0 <= t < 2**62 (0 = no phase hint)")
     samples = cfg.frames_per_chunk(chunk_ms) * cfg.frame_samples
     return Negotiated(model_name, chunk_ms, samples, list(start.tools), start.instructions, start.session_id)
 

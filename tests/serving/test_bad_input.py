@@ -71,6 +71,10 @@ CASES: dict[str, tuple[list[bytes | pb.ClientEvent], grpc.StatusCode, str]] = {
     "second_start": ([START, audio(0), START], grpc.StatusCode.FAILED_PRECONDITION, "already started"),
     "unknown_model": ([client.start_event(model="gpt-9")], grpc.StatusCode.NOT_FOUND, "start.model"),
     "unknown_tool": ([client.start_event(tools=["rm-rf"])], grpc.StatusCode.INVALID_ARGUMENT, "start.tools"),
+    "client_clock_out_of_range": ([pb.ClientEvent(start=pb.SessionStart(client_time_us=(1 << 63) - 1))],
+                                  grpc.StatusCode.INVALID_ARGUMENT, "start.client_time_us"),
+    "client_clock_negative": ([pb.ClientEvent(start=pb.SessionStart(client_time_us=-5))],
+                              grpc.StatusCode.INVALID_ARGUMENT, "start.client_time_us"),
     "video_wrong_size": ([START, pb.ClientEvent(video=pb.VideoFrame(seq=0, rgb=b"\x00" * 12, width=2, height=2))],
                          grpc.StatusCode.INVALID_ARGUMENT, "video.width/height"),
 }
