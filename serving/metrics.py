@@ -36,6 +36,14 @@ class EngineMetrics:
                               registry=r)
         self.migrations = Counter("duplex_engine_cohort_migrations_total", "Sessions moved to another cohort",
                                   registry=r)
+        self.steps = Counter("duplex_engine_steps_total",
+                             "Model steps by kind: regular (a cohort's tick), catchup (late or burst chunks), "
+                             "split (spare compute: the waiting members of a cohort without the rest)",
+                             ["kind"], registry=r)
+        self.placements = Counter("duplex_engine_placements_total",
+                                  "New sessions placed in a cohort: hint (arrived at the hinted phase), arrival "
+                                  "(ignored or missed the hint), no_hint (sent no client clock)",
+                                  ["how"], registry=r)
 
 
 class GatewayMetrics:

@@ -338,13 +338,16 @@ class Scheduler:
             if not s.pending:
                 continue
             s.arrival_phase_s = (s.pending[0].recv_mono - self.t0) % self.period
-            cohort = self._release(s)
-            if cohort is None or not self._reserved_fits(cohort, s.arrival_phase_s):
+            reserved = self._release(s)
+            cohort = reserved if reserved is not None and self._reserved_fits(reserved, s.arrival_phase_s) else None
+            how = "no_hint" if reserved is None else "hint" if cohort is not None else "arrival"
+            if cohort is None:
                 cohort = self._best_cohort(s.arrival_phase_s)
             if cohort is None:  # cannot happen: admission keeps sessions <= capacity
                 continue
             self.unplaced.remove(s)
             self._place(s, cohort)
+            self.metrics.placements.labels(how).inc()
             log.debug("placed in cohort %d (phase %.1f ms, cohort phase %.1f ms, %d members)", cohort.index,
                      s.arrival_phase_s * 1e3, cohort.phase_s * 1e3, len(cohort.members), extra={"session": s.id})
             self.state.reset(s.slot)
@@ -391,7 +394,7 @@ class Scheduler:
 
     def _pick(self, now: float) -> tuple[_Job | None, float | None]:
         """The most urgent cohort that should step now, or the time to look again."""
-        best: tuple[float, Cohort, bool] | None = None
+        best: tuple[float, Cohort, str] | None = None
         wake: float | None = None
         split_after = self.spec.split_after_ms / 1000.0
         spare = self._load(now) < self.spec.split_below_load
@@ -423,16 +426,18 @@ class Scheduler:
             split = any_pending and can_split and now >= split_at
             if all_in or catchup or split or (any_pending and now >= deadline):
                 regular = all_in or now >= deadline
-                if split and not (regular or catchup):
+                kind = "regular" if regular else "catchup" if catchup else "split"
+                if kind == "split":
                     c.split_for = c.due
                 if best is None or oldest < best[0]:
-                    best = (oldest, c, regular)
+                    best = (oldest, c, kind)
             elif any_pending:
                 soonest = min(deadline, split_at) if can_split else deadline
                 wake = soonest if wake is None else min(wake, soonest)
         if best is None:
             return None, wake
-        return self._gather(best[1], best[2]), wake
+        self.metrics.steps.labels(best[2]).inc()
+        return self._gather(best[1], best[2] == "regular"), wake
 
     def _load(self, now: float) -> float:
         """Share of the last two chunk periods the step thread spent computing."""

@@ -36,6 +36,10 @@ def session(sched: Scheduler, name: str) -> Session:
     return s
 
 
+def sample(sched: Scheduler, name: str, **labels: str) -> float:
+    return sched.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
 def chunk(sched: Scheduler, s: Session, seq: int, at: float) -> None:
     c = InputChunk(seq, torch.zeros(sched.chunk_samples), 0, at, sched.wall_us(at))
     assert sched.submit(s, c)
@@ -62,6 +66,7 @@ def test_phase_hint_spreads_new_sessions_evenly_over_the_cohorts(make: Any) -> N
         assert s.cohort == reserved and s.reserved is None
     assert [c.reserved for c in sched.cohorts] == [0, 0, 0, 0]
     assert [len(c.members) for c in sched.cohorts] == [2, 2, 2, 2]
+    assert sample(sched, "duplex_engine_placements_total", how="hint") == 8
 
 
 def test_a_session_that_ignores_the_hint_is_placed_by_its_arrival(make: Any) -> None:
@@ -76,6 +81,7 @@ def test_a_session_that_ignores_the_hint_is_placed_by_its_arrival(make: Any) -> 
     assert s.cohort is not None and s.cohort != reserved.index
     assert sched._wait_for(sched.cohorts[s.cohort], s.arrival_phase_s) <= sched.period / 4
     assert reserved.reserved == 0, "the unused reservation is released"
+    assert sample(sched, "duplex_engine_placements_total", how="arrival") == 1
 
 
 def test_leaving_before_any_audio_releases_the_reservation(make: Any) -> None:
@@ -131,3 +137,6 @@ def test_a_burst_does_not_leave_a_session_ahead_for_good(make: Any) -> None:
     chunk(sched, a, 3, tick - 0.002)
     job, _ = sched._pick(tick - 0.001)
     assert job is not None and job.regular and all(r is not None for r in job.rows)
+    assert sample(sched, "duplex_engine_steps_total", kind="regular") == 3
+    assert sample(sched, "duplex_engine_steps_total", kind="catchup") == 1
+    assert sample(sched, "duplex_engine_placements_total", how="no_hint") == 2
