@@ -5,12 +5,15 @@ capacity is split into C cohorts of contiguous slots; cohort i ticks at phase i�
 period, as soon as every member's next chunk is in, or at its deadline ``tick + grace`` without the late
 ones. A new session joins the cohort (with room) whose tick comes soonest after its first chunk arrived,
 so a chunk waits at most ≈ P / C for its step — never for a global tick — and a lone session not at all.
+Better still, ``steer`` reserves the cohort with the most room for a new session and tells its client when
+to send (the phase hint in SessionReady): a steered cohort's members arrive together and wait for no one.
 Sessions are packed at the front of their cohort's block, so one ``model.step`` runs on the contiguous rows
 ``start .. start+n`` through views.
 
 Late-chunk policy (docs/serving.md has the long form):
   * A member missing at a deadline step is computed as an inactive row (nothing committed). When its chunk
-    arrives the cohort runs a catch-up step at once, with only the members holding overdue chunks active.
+    arrives the cohort runs a catch-up step at once, with only the members holding overdue chunks active,
+    on the smallest slot range that holds them.
     The same holds for a chunk of a session that joined the cohort just after its step.
   * Each member keeps ``owed`` = its cohort's regular steps since it joined − chunks it consumed. While a
     client sends nothing, every regular step adds one; once it owes more than ``lost_after_chunks``, silence
@@ -22,8 +25,8 @@ Late-chunk policy (docs/serving.md has the long form):
     time) also triggers an immediate catch-up step.
   * Split steps (latency at low load): while the step thread was busy less than ``split_below_load`` of the
     last two periods, members whose chunks have waited ``split_after_ms`` for the rest of their cohort are
-    stepped without them (at most once per cohort and tick); they are then ahead (owe −1) and do not hold
-    back the cohort's regular step.
+    stepped without them (at most once per cohort and tick, never while a member is behind); they are then
+    ahead (owe −1) for this tick only and do not hold back its regular step.
   * A session that misses ``migrate_after_misses`` regular steps in a row, or whose chunks wait on average
     more than P / (2C) for their step, is moved (``state.move``) to the cohort whose step comes soonest after
     its chunks' arrival phase, when that at least halves its wait.
