@@ -10,6 +10,7 @@ import logging
 import os
 import re
 import socket
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,16 @@ def _rank_from_hostname() -> int:
     if not m:
         raise typer.BadParameter(f"--rank-from-hostname: hostname {socket.gethostname()!r} has no -ORDINAL suffix")
     return int(m.group(1))
+
+
+def _run_server(command: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run a server's main coroutine; a bad setting or an unusable port (ValueError/OSError) becomes
+    ``duplex COMMAND: message`` and exit status 2 instead of a traceback."""
+    try:
+        asyncio.run(main)
+    except (ValueError, OSError) as e:
+        typer.echo(f"duplex {command}: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def engine(
@@ -139,11 +150,7 @@ def gateway(
         await server.start()
         await serve_until_signal(server.drain)
 
-    try:
-        asyncio.run(main())
-    except (ValueError, OSError) as e:
-        typer.echo(f"duplex gateway: {e}", err=True)
-        raise typer.Exit(2) from None
+    _run_server("gateway", main())
 
 
 def up(
@@ -184,11 +191,7 @@ def up(
 
         await serve_until_signal(stop, also=asyncio.to_thread(gw.wait))
 
-    try:
-        asyncio.run(main())
-    except (ValueError, OSError) as e:
-        typer.echo(f"duplex up: {e}", err=True)
-        raise typer.Exit(2) from None
+    _run_server("up", main())
 
 
 def talk(

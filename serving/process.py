@@ -3,8 +3,8 @@ of its own for ``duplex up``.
 
 Why a separate process: on a small host the gateway's relay (two gRPC hops per chunk) would otherwise share
 one interpreter lock with the engine's event loop and its step thread. Measured on the 2-core VM
-(``bench/serving.py``, docs/benchmarks.md): with the gateway in its own process 80 steered sessions stay
-real-time; in one process the relay's p99 grows past 100 ms at 80.
+(``bench/serving.py``, docs/serving.md § Limits): with the gateway in its own process 80 steered sessions
+stayed real-time in three runs; with both in one process 80 did not in three runs (relay p99 44–113 ms).
 """
 
 from __future__ import annotations

@@ -35,23 +35,22 @@ class ApiVersions:
         return cls(pdb=pdb, hpa=hpa)
 
 
-def engine_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
-    """At most one engine rank down at a time: one voluntary eviction takes out at most one replica."""
+def _pdb(ref: ModelRef, apis: ApiVersions, name: str, component: str, budget: dict[str, int]) -> Manifest:
     return {
         "apiVersion": apis.pdb,
         "kind": "PodDisruptionBudget",
-        "metadata": ref.metadata(ref.engine_pdb, "engine"),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": ref.selector("engine")}},
+        "metadata": ref.metadata(name, component),
+        "spec": {**budget, "selector": {"matchLabels": ref.selector(component)}},
     }
+
+
+def engine_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
+    """At most one engine rank down at a time: one voluntary eviction takes out at most one replica."""
+    return _pdb(ref, apis, ref.engine_pdb, "engine", {"maxUnavailable": 1})
 
 
 def gateway_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
-    return {
-        "apiVersion": apis.pdb,
-        "kind": "PodDisruptionBudget",
-        "metadata": ref.metadata(ref.gateway_pdb, "gateway"),
-        "spec": {"minAvailable": 1, "selector": {"matchLabels": ref.selector("gateway")}},
-    }
+    return _pdb(ref, apis, ref.gateway_pdb, "gateway", {"minAvailable": 1})
 
 
 def _quantity(value: float) -> str:
