@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from duplex.loadtest import cli as loadtest_cli
 from duplex.model import cli as model_cli
 from duplex.model.corpus import cli as corpus_cli
 from duplex.operator import cli as operator_cli
@@ -14,6 +15,7 @@ app.add_typer(model_cli.app, name="model")
 app.add_typer(corpus_cli.app, name="corpus")
 operator_cli.register(app)  # duplex crd, duplex operator
 serving_cli.register(app)  # duplex engine, gateway, up, talk
+loadtest_cli.register(app)  # duplex loadtest
 
 
 def main() -> None:
