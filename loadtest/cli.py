@@ -84,7 +84,7 @@ def loadtest(
                                        help="Corpus (duplex corpus make); default: a small one built on first use"),
     split: str | None = typer.Option(None, help="Use only this split of --corpus"),
     chunk_ms: int = typer.Option(200, help="Chunk length (must match the server)"),
-    seed: int = typer.Option(0, help="Seeds the users' choice of conversations"),
+    seed: int = typer.Option(0, help="User i starts with conversation SEED + i of the corpus"),
     find_capacity: bool = typer.Option(False, help="Ramp users (double, then bisect) until the SLO breaks"),
     max_users: int = typer.Option(256, min=1, help="--find-capacity: never run more users than this"),
     max_steps: int = typer.Option(8, min=1, help="--find-capacity: at most this many runs"),

@@ -23,9 +23,9 @@ import grpc.experimental.gevent  # noqa: E402
 
 grpc.experimental.gevent.init_gevent()
 
+import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import random  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -42,6 +42,7 @@ from duplex.loadtest.record import Recorder, RunConfig  # noqa: E402
 CONFIG = RunConfig.model_validate_json(Path(os.environ["DUPLEX_LOADTEST_CONFIG"]).read_text())
 CONVERSATIONS: list[ScriptedConversation] = load_corpus(Path(CONFIG.corpus), CONFIG.split)
 RECORDER = Recorder()
+USER_INDEX = itertools.count()
 
 REQUEST_OF: dict[str, tuple[str, str, str | None]] = {
     # measurement kind: (request_type, name, failure message or None)
@@ -67,6 +68,16 @@ def _record(request_type: str, name: str, response_time: float, response_length:
     RECORDER.request(request_type, name, response_time / 1000, exception)
 
 
+@events.test_start.add_listener
+def _start(**_: Any) -> None:
+    RECORDER.start()
+
+
+@events.test_stopping.add_listener
+def _stopping(**_: Any) -> None:
+    RECORDER.stop()
+
+
 @events.quitting.add_listener
 def _write(environment: Environment, **_: Any) -> None:
     Path(CONFIG.record).write_text(json.dumps(RECORDER.to_json()))
@@ -90,7 +101,9 @@ class ConversationUser(User):
         self.rpc = converse_rpc(self.channel)
         key = os.environ.get("DUPLEX_API_KEY", "")
         self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
-        self.rng = random.Random(CONFIG.seed * 100_003 + id(self))
+        # user i starts with conversation seed + i and goes on through the corpus: every run with the same
+        # settings says the same things in the same order
+        self.next_conversation = CONFIG.seed + next(USER_INDEX)
 
     def on_stop(self) -> None:
         self.channel.close()
@@ -103,7 +116,8 @@ class ConversationUser(User):
 
     @task
     def converse(self) -> None:
-        conv = self.rng.choice(CONVERSATIONS)
+        conv = CONVERSATIONS[self.next_conversation % len(CONVERSATIONS)]
+        self.next_conversation += 1
         started = time.monotonic()
         RECORDER.conversations_started += 1
         try:

@@ -26,7 +26,7 @@ class RunConfig(BaseModel):
     record: str
     """Where the Locust process writes its record (JSON) when it quits."""
     seed: int = 0
-    """Seeds each user's choice of conversations."""
+    """User i starts with conversation ``seed + i`` of the corpus and goes on in corpus order."""
 
 
 @dataclass
@@ -34,6 +34,9 @@ class Recorder:
     """Collects one Locust process's events (single process: greenlets share it without locks)."""
 
     started: float = field(default_factory=time.time)
+    """When the users began (Locust's ``test_start``); event times count from here."""
+    stopped: float | None = None
+    """When Locust began stopping the users (``test_stopping``): later lags are its shutdown's, not pacing."""
     events: list[tuple[float, str, str, float, str | None]] = field(default_factory=list)
     """(seconds since the start, request type, name, value in seconds, failure message or None)."""
     lags: list[tuple[float, float]] = field(default_factory=list)
@@ -46,14 +49,21 @@ class Recorder:
         self.events.append((time.time() - self.started, request_type, name, value_s,
                             None if exception is None else str(exception)))
 
+    def start(self) -> None:
+        self.started = time.time()
+
+    def stop(self) -> None:
+        self.stopped = time.time()
+
     def lag(self, seconds: float) -> None:
-        self.lags.append((time.time() - self.started, seconds))
+        if self.stopped is None:
+            self.lags.append((time.time() - self.started, seconds))
 
     def to_json(self) -> dict[str, Any]:
         lags = np.asarray([lag for _, lag in self.lags] or [0.0])
         worst = sorted(self.lags, key=lambda tl: -tl[1])[:10]
         return {"format": "duplex-loadtest-record/1", "started_unix": self.started,
-                "duration_s": time.time() - self.started,
+                "duration_s": (self.stopped or time.time()) - self.started,
                 "events": [{"t": round(t, 4), "type": k, "name": n, "value_s": round(v, 6), "failure": f}
                            for t, k, n, v, f in self.events],
                 "client_lag_max": float(lags.max()), "client_lag_p99": float(np.percentile(lags, 99)),
