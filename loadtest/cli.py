@@ -17,8 +17,16 @@ from rich.table import Table
 
 from . import report
 from .record import RunConfig
-from .run import Capacity, LoadSpec, LocustFailed, Step, find_capacity, parse_duration, replicas_from_metrics, \
-    run_locust
+from .run import (
+    Capacity,
+    LoadSpec,
+    LocustFailed,
+    Step,
+    find_capacity,
+    parse_duration,
+    replicas_from_metrics,
+    run_locust,
+)
 
 EXIT_BREACH, EXIT_USAGE, EXIT_LAG = 1, 2, 3
 console = Console(stderr=True)
@@ -35,21 +43,24 @@ def _table(stats: dict[str, Any]) -> Table:
     def s(v: float | None) -> str:
         return "–" if v is None else f"{v:.3f} s"
 
-    rows = [("turn-taking p50 / p95", f"{s(stats['turn_latency_p50'])} / {s(stats['turn_latency_p95'])}"),
-            ("barge-in p50", s(stats["barge_in_p50"])),
-            ("turns (missed)", f"{stats['turns']} ({stats['turns_missed']})"),
-            ("barge-ins (ignored)", f"{stats['barge_ins']} ({stats['barge_ins_ignored']})"),
-            ("back-channels", str(stats["backchannels"])),
-            ("conversations / errors", f"{stats['conversations_started']} / {stats['errors']}"),
-            ("client lag max", s(stats["client_lag_max"]))]
+    rows = [
+        ("turn-taking p50 / p95", f"{s(stats['turn_latency_p50'])} / {s(stats['turn_latency_p95'])}"),
+        ("barge-in p50", s(stats["barge_in_p50"])),
+        ("turns (missed)", f"{stats['turns']} ({stats['turns_missed']})"),
+        ("barge-ins (ignored)", f"{stats['barge_ins']} ({stats['barge_ins_ignored']})"),
+        ("back-channels", str(stats["backchannels"])),
+        ("conversations / errors", f"{stats['conversations_started']} / {stats['errors']}"),
+        ("client lag max", s(stats["client_lag_max"])),
+    ]
     for k, v in rows:
         table.add_row(k, v)
     return table
 
 
 def _one_run(spec: LoadSpec, meta: dict[str, Any], label: str) -> dict[str, Any]:
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
-                  transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as progress:
         task = progress.add_task(label, total=spec.run_time_s)
         record = run_locust(spec, on_tick=lambda t: progress.update(task, completed=min(t, spec.run_time_s)))
     return report.summarise(record, **meta)
@@ -76,12 +87,15 @@ def loadtest(
     json_out: Path | None = typer.Option(None, "--json", help="Write the figures (stats.json)"),
     html: Path | None = typer.Option(None, help="Write Locust's HTML report"),
     plot: Path | None = typer.Option(None, help="Write a PNG: latency over time and its histogram"),
-    ca_cert: Path | None = typer.Option(None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False,
-                                        help="PEM CA bundle: connect with TLS"),
-    api_key: str = typer.Option(os.environ.get("DUPLEX_API_KEY", ""), help="API key (or $DUPLEX_API_KEY)",
-                                show_default=False),
-    corpus: Path | None = typer.Option(None, file_okay=False,
-                                       help="Corpus (duplex corpus make); default: a small one built on first use"),
+    ca_cert: Path | None = typer.Option(
+        None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False, help="PEM CA bundle: connect with TLS"
+    ),
+    api_key: str = typer.Option(
+        os.environ.get("DUPLEX_API_KEY", ""), help="API key (or $DUPLEX_API_KEY)", show_default=False
+    ),
+    corpus: Path | None = typer.Option(
+        None, file_okay=False, help="Corpus (duplex corpus make); default: a small one built on first use"
+    ),
     split: str | None = typer.Option(None, help="Use only this split of --corpus"),
     chunk_ms: int = typer.Option(200, help="Chunk length (must match the server)"),
     seed: int = typer.Option(0, help="User i starts with conversation SEED + i of the corpus"),
@@ -90,8 +104,9 @@ def loadtest(
     max_steps: int = typer.Option(8, min=1, help="--find-capacity: at most this many runs"),
     replicas: int = typer.Option(0, min=0, help="Engine replicas behind --target (0: from --metrics-url, else 1)"),
     metrics_url: str = typer.Option("", help="The gateway's Prometheus URL, to read its healthy replicas"),
-    rescore: Path | None = typer.Option(None, exists=True, dir_okay=False,
-                                        help="Gate a stats.json written earlier against these targets; no load"),
+    rescore: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="Gate a stats.json written earlier against these targets; no load"
+    ),
 ) -> None:
     """Hold real-time conversations against a deployment and fail when the latency SLO is breached."""
     targets = report.Targets(slo_p50, slo_p95, slo_barge_in_p50, max_error_rate, max_client_lag)
@@ -114,14 +129,25 @@ def loadtest(
         load_corpus(corpus, split)  # fail here, naming --corpus, rather than in every Locust user
     except ValueError as e:
         raise _fail(str(e)) from None
-    config = RunConfig(corpus=str(corpus), split=split, chunk_ms=chunk_ms,
-                       ca_cert=str(ca_cert) if ca_cert else None, record="", seed=seed)
+    config = RunConfig(
+        corpus=str(corpus),
+        split=split,
+        chunk_ms=chunk_ms,
+        ca_cert=str(ca_cert) if ca_cert else None,
+        record="",
+        seed=seed,
+    )
 
     def spec(n: int, html_path: Path | None) -> LoadSpec:
         return LoadSpec(target, n, spawn_rate, run_time_s, config, html_path, api_key)
 
-    meta = {"target": target, "run_time_s": run_time_s, "spawn_rate": spawn_rate, "chunk_ms": chunk_ms,
-            "corpus": str(corpus)}
+    meta = {
+        "target": target,
+        "run_time_s": run_time_s,
+        "spawn_rate": spawn_rate,
+        "chunk_ms": chunk_ms,
+        "corpus": str(corpus),
+    }
     try:
         if not find_capacity:
             stats = _one_run(spec(users, html), {**meta, "users": users}, f"{users} users")
@@ -132,8 +158,17 @@ def loadtest(
     _finish(stats, targets, json_out, plot)
 
 
-def _capacity(spec: Any, meta: dict[str, Any], targets: report.Targets, start: int, max_users: int, max_steps: int,
-              replicas: int, metrics_url: str, html: Path | None) -> dict[str, Any]:
+def _capacity(
+    spec: Any,
+    meta: dict[str, Any],
+    targets: report.Targets,
+    start: int,
+    max_users: int,
+    max_steps: int,
+    replicas: int,
+    metrics_url: str,
+    html: Path | None,
+) -> dict[str, Any]:
     if replicas == 0:
         replicas = replicas_from_metrics(metrics_url) if metrics_url else 1
     runs: dict[int, dict[str, Any]] = {}
@@ -146,20 +181,36 @@ def _capacity(spec: Any, meta: dict[str, Any], targets: report.Targets, start: i
         return Step(n, code == 0, code != EXIT_LAG, stats)
 
     found: Capacity = find_capacity(step, start, max_users, max_steps, replicas)
-    console.print(f"capacity: {found.users} users ({found.per_replica:g} per replica, {replicas} replica(s)); "
-                  f"search stopped by {found.limited_by}", markup=False)
+    console.print(
+        f"capacity: {found.users} users ({found.per_replica:g} per replica, {replicas} replica(s)); "
+        f"search stopped by {found.limited_by}",
+        markup=False,
+    )
     best = runs.get(found.users) or next(iter(runs.values()))
     if html is not None and found.users:
         run_locust(spec(found.users, html))  # the report of the capacity found, as a run of its own
-    return {**best, "capacity": {"users": found.users, "replicas": replicas, "per_replica": found.per_replica,
-                                 "limited_by": found.limited_by,
-                                 "steps": [{"users": s.users, "passed": s.passed, "valid": s.valid,
-                                            "turn_latency_p50": s.stats.get("turn_latency_p50"),
-                                            "turn_latency_p95": s.stats.get("turn_latency_p95"),
-                                            "barge_in_p50": s.stats.get("barge_in_p50"),
-                                            "error_rate": s.stats.get("error_rate"),
-                                            "client_lag_max": s.stats.get("client_lag_max")}
-                                           for s in found.steps]}}
+    return {
+        **best,
+        "capacity": {
+            "users": found.users,
+            "replicas": replicas,
+            "per_replica": found.per_replica,
+            "limited_by": found.limited_by,
+            "steps": [
+                {
+                    "users": s.users,
+                    "passed": s.passed,
+                    "valid": s.valid,
+                    "turn_latency_p50": s.stats.get("turn_latency_p50"),
+                    "turn_latency_p95": s.stats.get("turn_latency_p95"),
+                    "barge_in_p50": s.stats.get("barge_in_p50"),
+                    "error_rate": s.stats.get("error_rate"),
+                    "client_lag_max": s.stats.get("client_lag_max"),
+                }
+                for s in found.steps
+            ],
+        },
+    }
 
 
 def _finish(stats: dict[str, Any], targets: report.Targets, json_out: Path | None, plot: Path | None) -> None:

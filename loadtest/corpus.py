@@ -44,8 +44,10 @@ def load_conversation(directory: Path) -> ScriptedConversation:
     doc = json.loads((directory / "events.json").read_text())
     wav = read_wav(directory / doc.get("files", {}).get("user", "user.wav"))
     if wav.rate != SAMPLE_RATE or wav.channels != 1 or wav.sample_width != 2:
-        raise ValueError(f"{directory}/user.wav: need PCM16 mono {SAMPLE_RATE} Hz "
-                         f"(got {wav.rate} Hz, {wav.channels} channel(s), {8 * wav.sample_width}-bit)")
+        raise ValueError(
+            f"{directory}/user.wav: need PCM16 mono {SAMPLE_RATE} Hz "
+            f"(got {wav.rate} Hz, {wav.channels} channel(s), {8 * wav.sample_width}-bit)"
+        )
     events = doc["events"]
     ends = sorted(float(e["start"]) for e in events if e["type"] == "user_turn_end")
     starts = sorted(float(e["start"]) for e in events if e["type"] == "user_speech")

@@ -42,14 +42,20 @@ class Outcome:
 
 
 def converse_rpc(channel: grpc.Channel) -> grpc.StreamStreamMultiCallable:
-    return channel.stream_stream(CONVERSE, request_serializer=pb.ClientEvent.SerializeToString,
-                                 response_deserializer=pb.ServerEvent.FromString)
+    return channel.stream_stream(
+        CONVERSE, request_serializer=pb.ClientEvent.SerializeToString, response_deserializer=pb.ServerEvent.FromString
+    )
 
 
-def hold_conversation(rpc: grpc.StreamStreamMultiCallable, conv: ScriptedConversation, chunk_ms: int,
-                      metadata: Sequence[tuple[str, str]], on_measure: Callable[[Measurement], None],
-                      on_lag: Callable[[float], None] = lambda _: None,
-                      clock_us: Callable[[], int] = monotonic_us) -> Outcome:
+def hold_conversation(
+    rpc: grpc.StreamStreamMultiCallable,
+    conv: ScriptedConversation,
+    chunk_ms: int,
+    metadata: Sequence[tuple[str, str]],
+    on_measure: Callable[[Measurement], None],
+    on_lag: Callable[[float], None] = lambda _: None,
+    clock_us: Callable[[], int] = monotonic_us,
+) -> Outcome:
     """Stream ``conv``'s user track at live-microphone pace and report every measurement as it completes.
 
     The schedule follows the server's phase hint (``SessionReady.send_at_client_us``, on this client's

@@ -158,11 +158,15 @@ class Listener:
         """Everything the script and the deadlines decide up to time ``t`` (before the frame at ``t``)."""
         while True:
             end = self.script.turn_ends[self._next_end] if self._next_end < len(self.script.turn_ends) else None
-            begin = (self.script.speech_starts[self._next_start]
-                     if self._next_start < len(self.script.speech_starts) else None)
+            begin = (
+                self.script.speech_starts[self._next_start]
+                if self._next_start < len(self.script.speech_starts)
+                else None
+            )
             deadline = self._turn_deadline()
-            barge_deadline = (self.pending_barge_in + BARGE_IN_MAX_S if self.pending_barge_in is not None
-                              else float("inf"))
+            barge_deadline = (
+                self.pending_barge_in + BARGE_IN_MAX_S if self.pending_barge_in is not None else float("inf")
+            )
             due = min(x for x in (end, begin, deadline, barge_deadline) if x is not None)
             if due > t:
                 return

@@ -27,6 +27,7 @@ import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -62,25 +63,37 @@ class StreamError(Exception):
     """A conversation that ended with a gRPC error."""
 
 
-@events.request.add_listener
-def _record(request_type: str, name: str, response_time: float, response_length: int,
-            exception: BaseException | None = None, **_: Any) -> None:
+def _record(
+    request_type: str,
+    name: str,
+    response_time: float,
+    response_length: int,
+    exception: BaseException | None = None,
+    **_: Any,
+) -> None:
     RECORDER.request(request_type, name, response_time / 1000, exception)
 
 
-@events.test_start.add_listener
 def _start(**_: Any) -> None:
     RECORDER.start()
 
 
-@events.test_stopping.add_listener
 def _stopping(**_: Any) -> None:
     RECORDER.stop()
 
 
-@events.quitting.add_listener
 def _write(environment: Environment, **_: Any) -> None:
     Path(CONFIG.record).write_text(json.dumps(RECORDER.to_json()))
+
+
+def _listen(hook: Any, listener: Callable[..., None]) -> None:
+    hook.add_listener(listener)  # Locust's EventHook is untyped: reached through Any for mypy --strict
+
+
+_listen(events.request, _record)
+_listen(events.test_start, _start)
+_listen(events.test_stopping, _stopping)
+_listen(events.quitting, _write)
 
 
 def _channel(target: str) -> grpc.Channel:
@@ -111,8 +124,13 @@ class ConversationUser(User):
     def _fire(self, m: Measurement) -> None:
         request_type, name, failure = REQUEST_OF[m.kind]
         self.environment.events.request.fire(
-            request_type=request_type, name=name, response_time=m.value_s * 1000, response_length=0,
-            exception=MeasurementFailure(failure) if failure else None, context={"at_s": m.at_s})
+            request_type=request_type,
+            name=name,
+            response_time=m.value_s * 1000,
+            response_length=0,
+            exception=MeasurementFailure(failure) if failure else None,
+            context={"at_s": m.at_s},
+        )
 
     @task
     def converse(self) -> None:
@@ -121,8 +139,7 @@ class ConversationUser(User):
         started = time.monotonic()
         RECORDER.conversations_started += 1
         try:
-            outcome = hold_conversation(self.rpc, conv, CONFIG.chunk_ms, self.metadata, self._fire,
-                                        on_lag=RECORDER.lag)
+            outcome = hold_conversation(self.rpc, conv, CONFIG.chunk_ms, self.metadata, self._fire, on_lag=RECORDER.lag)
         except ValueError as e:  # the server disagrees with the settings (e.g. chunk_ms)
             self._error("INVALID_ARGUMENT", str(e), started)
             return
@@ -134,5 +151,10 @@ class ConversationUser(User):
 
     def _error(self, code: str, details: str, started: float) -> None:
         self.environment.events.request.fire(
-            request_type="error", name=code, response_time=(time.monotonic() - started) * 1000,
-            response_length=0, exception=StreamError(f"{code}: {details}"), context={})
+            request_type="error",
+            name=code,
+            response_time=(time.monotonic() - started) * 1000,
+            response_length=0,
+            exception=StreamError(f"{code}: {details}"),
+            context={},
+        )

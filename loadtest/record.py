@@ -46,8 +46,9 @@ class Recorder:
     warnings: int = 0
 
     def request(self, request_type: str, name: str, value_s: float, exception: BaseException | None) -> None:
-        self.events.append((time.time() - self.started, request_type, name, value_s,
-                            None if exception is None else str(exception)))
+        self.events.append(
+            (time.time() - self.started, request_type, name, value_s, None if exception is None else str(exception))
+        )
 
     def start(self) -> None:
         self.started = time.time()
@@ -62,11 +63,19 @@ class Recorder:
     def to_json(self) -> dict[str, Any]:
         lags = np.asarray([lag for _, lag in self.lags] or [0.0])
         worst = sorted(self.lags, key=lambda tl: -tl[1])[:10]
-        return {"format": "duplex-loadtest-record/1", "started_unix": self.started,
-                "duration_s": (self.stopped or time.time()) - self.started,
-                "events": [{"t": round(t, 4), "type": k, "name": n, "value_s": round(v, 6), "failure": f}
-                           for t, k, n, v, f in self.events],
-                "client_lag_max": float(lags.max()), "client_lag_p99": float(np.percentile(lags, 99)),
-                "client_lag_worst": [{"t": round(t, 3), "lag_s": round(lag, 4)} for t, lag in worst],
-                "chunks_sent": len(self.lags), "conversations_started": self.conversations_started,
-                "conversations_finished": self.conversations_finished, "warnings": self.warnings}
+        return {
+            "format": "duplex-loadtest-record/1",
+            "started_unix": self.started,
+            "duration_s": (self.stopped or time.time()) - self.started,
+            "events": [
+                {"t": round(t, 4), "type": k, "name": n, "value_s": round(v, 6), "failure": f}
+                for t, k, n, v, f in self.events
+            ],
+            "client_lag_max": float(lags.max()),
+            "client_lag_p99": float(np.percentile(lags, 99)),
+            "client_lag_worst": [{"t": round(t, 3), "lag_s": round(lag, 4)} for t, lag in worst],
+            "chunks_sent": len(self.lags),
+            "conversations_started": self.conversations_started,
+            "conversations_finished": self.conversations_finished,
+            "warnings": self.warnings,
+        }

@@ -41,9 +41,11 @@ def summarise(record: dict[str, Any], **meta: Any) -> dict[str, Any]:
     started = record["conversations_started"]
     return {
         **meta,
-        "turn_latency_p50": _percentile(turns, 50), "turn_latency_p95": _percentile(turns, 95),
+        "turn_latency_p50": _percentile(turns, 50),
+        "turn_latency_p95": _percentile(turns, 95),
         "turn_latency_mean": float(np.mean(turns)) if turns else None,
-        "barge_in_p50": _percentile(barge_ins, 50), "barge_in_p95": _percentile(barge_ins, 95),
+        "barge_in_p50": _percentile(barge_ins, 50),
+        "barge_in_p95": _percentile(barge_ins, 95),
         "turns": len(turns),
         "turns_missed": sum(e["type"] == "turn" and e["failure"] is not None for e in events),
         "barge_ins": len(barge_ins),
@@ -60,8 +62,11 @@ def summarise(record: dict[str, Any], **meta: Any) -> dict[str, Any]:
         "client_lag_p99": record["client_lag_p99"],
         "client_lag_worst": record["client_lag_worst"],
         "duration_s": record["duration_s"],
-        "samples": [{k: e[k] for k in ("t", "type", "value_s")} for e in events
-                    if e["type"] in ("turn", "barge_in") and e["failure"] is None],
+        "samples": [
+            {k: e[k] for k in ("t", "type", "value_s")}
+            for e in events
+            if e["type"] in ("turn", "barge_in") and e["failure"] is None
+        ],
     }
 
 
@@ -69,9 +74,11 @@ def lag_verdict(stats: dict[str, Any], targets: Targets) -> str | None:
     """Why the run cannot be reported (its clients fell behind their microphone), or None."""
     lag = float(stats["client_lag_max"])
     if lag > targets.max_client_lag_s:
-        return (f"client_lag_max {lag:.3f} s > {targets.max_client_lag_s:.3f} s: the load generator fell behind "
-                "real time, so its latencies are not a listener's; use fewer users per load-test process or a "
-                "bigger load-test machine")
+        return (
+            f"client_lag_max {lag:.3f} s > {targets.max_client_lag_s:.3f} s: the load generator fell behind "
+            "real time, so its latencies are not a listener's; use fewer users per load-test process or a "
+            "bigger load-test machine"
+        )
     return None
 
 
@@ -79,8 +86,11 @@ def breaches(stats: dict[str, Any], targets: Targets) -> list[str]:
     """Every target the run breached, each naming its figure; a target with nothing measured is breached too
     (a gate that passes without evidence is no gate)."""
     out = []
-    checks = (("turn_latency_p50", targets.turn_p50_s, "turns"), ("turn_latency_p95", targets.turn_p95_s, "turns"),
-              ("barge_in_p50", targets.barge_in_p50_s, "barge-ins"))
+    checks = (
+        ("turn_latency_p50", targets.turn_p50_s, "turns"),
+        ("turn_latency_p95", targets.turn_p95_s, "turns"),
+        ("barge_in_p50", targets.barge_in_p50_s, "barge-ins"),
+    )
     for key, limit, what in checks:
         if limit is None:
             continue
@@ -91,8 +101,10 @@ def breaches(stats: dict[str, Any], targets: Targets) -> list[str]:
             out.append(f"{key} {value:.3f} s > target {limit:.3f} s")
     if targets.max_error_rate is not None and stats["error_rate"] > targets.max_error_rate:
         codes = ", ".join(stats["error_codes"])
-        out.append(f"error_rate {stats['error_rate']:.3f} ({stats['errors']} of {stats['conversations_started']} "
-                   f"conversations: {codes}) > target {targets.max_error_rate:.3f}")
+        out.append(
+            f"error_rate {stats['error_rate']:.3f} ({stats['errors']} of {stats['conversations_started']} "
+            f"conversations: {codes}) > target {targets.max_error_rate:.3f}"
+        )
     return out
 
 

@@ -59,9 +59,27 @@ def run_locust(spec: LoadSpec, on_tick: Callable[[float], None] = lambda _: None
         config_path = Path(tmp) / "config.json"
         config_path.write_text(config.model_dump_json())
         log_path = Path(tmp) / "locust.log"
-        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-               "-u", str(spec.users), "-r", str(spec.spawn_rate), "-t", f"{max(1, round(spec.run_time_s))}s",
-               "-H", spec.target, "--loglevel", "WARNING", "--exit-code-on-error", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--only-summary",
+            "-u",
+            str(spec.users),
+            "-r",
+            str(spec.spawn_rate),
+            "-t",
+            f"{max(1, round(spec.run_time_s))}s",
+            "-H",
+            spec.target,
+            "--loglevel",
+            "WARNING",
+            "--exit-code-on-error",
+            "0",
+        ]
         if spec.html is not None:
             cmd += ["--html", str(spec.html)]
         env = {**os.environ, "DUPLEX_LOADTEST_CONFIG": str(config_path), "DUPLEX_API_KEY": spec.api_key}

@@ -14,8 +14,9 @@ FRAMES = 5  # 40 ms frames
 L, S, B, Y = LISTEN, SPEAK, BACKCHANNEL, YIELD
 
 
-def play(listener: Listener, chunks: Sequence[Sequence[int]], delay_s: float = 0.05,
-         arrivals: Sequence[float] | None = None) -> list[Measurement]:
+def play(
+    listener: Listener, chunks: Sequence[Sequence[int]], delay_s: float = 0.05, arrivals: Sequence[float] | None = None
+) -> list[Measurement]:
     """Feed model chunk k at its live-client arrival: sent at (k+1)·chunk (once captured) + ``delay_s``."""
     out: list[Measurement] = []
     for k, controls in enumerate(chunks):
@@ -78,8 +79,7 @@ def test_barge_in_latency_runs_from_the_users_onset_to_the_last_model_speech_hea
     # the model speaks from 0.25 (chunk 0); the user starts over it at 0.9; chunk 4 (arrives 1.05)
     # stops after two frames: speech ends at 1.05 + 0.08
     got = play(listener, [[S] * FRAMES, [S] * FRAMES, [S] * FRAMES, [S] * FRAMES, [S, S, Y, L, L]])
-    assert got == [Measurement("turn", 0.1, pytest.approx(0.15)),
-                   Measurement("barge_in", 0.9, pytest.approx(0.23))]
+    assert got == [Measurement("turn", 0.1, pytest.approx(0.15)), Measurement("barge_in", 0.9, pytest.approx(0.23))]
 
 
 def test_model_speech_that_goes_on_is_an_ignored_barge_in() -> None:

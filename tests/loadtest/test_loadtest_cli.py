@@ -31,8 +31,7 @@ a few hundred ms; the command's default bound (0.1 s) is meant for a load-test m
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[str]:
     """``duplex up --port 0`` in a subprocess; its address from the "ready at" line (read with a deadline)."""
-    proc = subprocess.Popen([*DUPLEX, "up", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen([*DUPLEX, "up", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
     seen, end = [], time.monotonic() + 120
@@ -59,12 +58,38 @@ def run(gateway: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, s
     """One real load run with loose targets; the default corpus is built into an empty cache on first use."""
     out = tmp_path_factory.mktemp("load")
     env = {**os.environ, "DUPLEX_CACHE": str(out / "cache")}
-    r = subprocess.run([*DUPLEX, "loadtest", "--target", gateway, "--users", str(USERS), "--spawn-rate", str(USERS),
-                        "--run-time", f"{RUN_TIME_S}s", "--slo-p50", "4.0", "--slo-p95", "4.9",
-                        "--max-error-rate", "0.2", "--max-client-lag", str(LAG_BOUND_S),
-                        "--json", str(out / "stats.json"), "--html", str(out / "report.html"),
-                        "--plot", str(out / "latency.png")],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            *DUPLEX,
+            "loadtest",
+            "--target",
+            gateway,
+            "--users",
+            str(USERS),
+            "--spawn-rate",
+            str(USERS),
+            "--run-time",
+            f"{RUN_TIME_S}s",
+            "--slo-p50",
+            "4.0",
+            "--slo-p95",
+            "4.9",
+            "--max-error-rate",
+            "0.2",
+            "--max-client-lag",
+            str(LAG_BOUND_S),
+            "--json",
+            str(out / "stats.json"),
+            "--html",
+            str(out / "report.html"),
+            "--plot",
+            str(out / "latency.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     return out, r
 
 
@@ -90,20 +115,24 @@ def test_a_loose_slo_passes_and_the_figures_are_plausible(run: tuple[Path, subpr
 @pytest.mark.slow
 def test_an_impossible_slo_fails_naming_the_target(run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
     out, _ = run
-    result = CliRunner().invoke(app, ["loadtest", "--rescore", str(out / "stats.json"), "--slo-p50", "0.001",
-                                      "--max-client-lag", str(LAG_BOUND_S)])
+    result = CliRunner().invoke(
+        app,
+        ["loadtest", "--rescore", str(out / "stats.json"), "--slo-p50", "0.001", "--max-client-lag", str(LAG_BOUND_S)],
+    )
     assert result.exit_code == 1
     assert re.search(r"SLO breached: turn_latency_p50 \d\.\d{3} s > target 0\.001 s", result.output)
-    strict_lag = CliRunner().invoke(app, ["loadtest", "--rescore", str(out / "stats.json"),
-                                          "--max-client-lag", "0"])
+    strict_lag = CliRunner().invoke(app, ["loadtest", "--rescore", str(out / "stats.json"), "--max-client-lag", "0"])
     assert strict_lag.exit_code == 3 and "client_lag_max" in strict_lag.output
 
 
-@pytest.mark.parametrize(("args", "named"), [
-    (["--users", "2"], "--target"),
-    (["--target", "127.0.0.1:1", "--run-time", "soon"], "--run-time"),
-    (["--target", "127.0.0.1:1", "--corpus", "."], "--corpus"),
-])
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--users", "2"], "--target"),
+        (["--target", "127.0.0.1:1", "--run-time", "soon"], "--run-time"),
+        (["--target", "127.0.0.1:1", "--corpus", "."], "--corpus"),
+    ],
+)
 def test_bad_settings_are_refused_naming_the_option(args: list[str], named: str, tmp_path: Path) -> None:
     if "--corpus" in args:
         args = [*args[:-1], str(tmp_path)]  # a folder without manifest.json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -10,22 +11,41 @@ from duplex.loadtest.report import Targets, breaches, lag_verdict, summarise
 from duplex.loadtest.run import Step, find_capacity, parse_duration
 
 
-def record(turns: list[float], barge_ins: list[float] = (), missed: int = 0, errors: tuple[str, ...] = (),
-           started: int = 10, lag_max: float = 0.01) -> dict[str, Any]:
-    events = [{"t": float(i), "type": "turn", "name": "turn-taking", "value_s": v, "failure": None}
-              for i, v in enumerate(turns)]
+def record(
+    turns: list[float],
+    barge_ins: Sequence[float] = (),
+    missed: int = 0,
+    errors: tuple[str, ...] = (),
+    started: int = 10,
+    lag_max: float = 0.01,
+) -> dict[str, Any]:
+    events = [
+        {"t": float(i), "type": "turn", "name": "turn-taking", "value_s": v, "failure": None}
+        for i, v in enumerate(turns)
+    ]
     events += [{"t": 1.0, "type": "barge_in", "name": "stop", "value_s": v, "failure": None} for v in barge_ins]
     events += [{"t": 2.0, "type": "turn", "name": "turn-taking", "value_s": 0.0, "failure": "no reply"}] * missed
     events += [{"t": 3.0, "type": "error", "name": code, "value_s": 1.0, "failure": f"{code}: x"} for code in errors]
     events += [{"t": 4.0, "type": "backchannel", "name": "backchannel", "value_s": 0.0, "failure": None}]
-    return {"events": events, "conversations_started": started, "conversations_finished": started - len(errors),
-            "warnings": 0, "chunks_sent": 100, "client_lag_max": lag_max, "client_lag_p99": lag_max / 2,
-            "client_lag_worst": [], "duration_s": 20.0}
+    return {
+        "events": events,
+        "conversations_started": started,
+        "conversations_finished": started - len(errors),
+        "warnings": 0,
+        "chunks_sent": 100,
+        "client_lag_max": lag_max,
+        "client_lag_p99": lag_max / 2,
+        "client_lag_worst": [],
+        "duration_s": 20.0,
+    }
 
 
 def test_summary_holds_the_figures_the_gate_reads() -> None:
-    stats = summarise(record([0.3, 0.5, 0.4, 0.35, 2.0], barge_ins=[0.2, 0.3], missed=2, errors=("UNAVAILABLE",)),
-                      users=8, target="h:1")
+    stats = summarise(
+        record([0.3, 0.5, 0.4, 0.35, 2.0], barge_ins=[0.2, 0.3], missed=2, errors=("UNAVAILABLE",)),
+        users=8,
+        target="h:1",
+    )
     assert stats["users"] == 8 and stats["target"] == "h:1"
     assert stats["turns"] == 5 and stats["turns_missed"] == 2
     assert stats["turn_latency_p50"] == pytest.approx(0.4)
