@@ -143,6 +143,9 @@ class ConversationUser(User):
         except ValueError as e:  # the server disagrees with the settings (e.g. chunk_ms)
             self._error("INVALID_ARGUMENT", str(e), started)
             return
+        except Exception as e:  # a client-side failure still ends the conversation as an `error`, counted
+            self._error(f"CLIENT_{type(e).__name__}", str(e), started)
+            return
         RECORDER.warnings += outcome.warnings
         if outcome.code != grpc.StatusCode.OK:
             self._error(outcome.code.name, outcome.details, started)
