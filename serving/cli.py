@@ -196,8 +196,15 @@ def up(
 
 def talk(
     target: str = typer.Option("127.0.0.1:8080", help="Gateway or engine HOST:PORT"),
-    input: Path = typer.Option(..., exists=True, dir_okay=False, help="WAV to say (resampled to 16 kHz mono)"),
-    output: Path = typer.Option(..., help="Where to write the model's audio (WAV, same time axis as input)"),
+    input: Path = typer.Option(..., exists=True, dir_okay=False,
+                               help="Audio file to say (any rate/channels libsndfile reads; converted to 16 kHz "
+                                    "mono with soxr HQ, and says so)"),
+    output: Path = typer.Option(..., help="Where to write the model's audio (16 kHz mono WAV, sample 0 = "
+                                          "capture start of the input's first chunk)"),
+    model_time: bool = typer.Option(False, "--model-time",
+                                    help="Place the model's audio by each chunk's output_sample (the model's "
+                                         "clock, in step with the input) instead of as heard (when it arrived): "
+                                         "two runs of one input then compare byte for byte"),
     timeline: Path | None = typer.Option(None, help="JSON timeline of every server event (client clock)"),
     plot: Path | None = typer.Option(None, help="PNG of user and model speech on one time axis"),
     fast: bool = typer.Option(False, help="Send as fast as the server takes it instead of real-time pace"),
@@ -206,14 +213,26 @@ def talk(
     ca_cert: Path | None = typer.Option(None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False,
                                         help="PEM CA bundle: connect with TLS"),
 ) -> None:
-    """Hold one conversation from a WAV file and record it."""
+    """Hold one conversation from an audio file and record the model's side.
+
+    Chunk k of the input is sent when a microphone would hand it over (capture start + (k+1) x chunk_ms).
+    The output WAV shares the input's time axis; by default the model's audio is placed as heard (where each
+    chunk arrived, so latency can be read off the two tracks); --model-time places it by output_sample."""
     import grpc
+
+    from duplex.model.audio_io import AudioFileError
 
     from . import client
     from . import talk as talk_mod
 
     sr = 16000
-    user = talk_mod.read_wav(input, sr)
+    try:
+        user, note = talk_mod.load_input(input, sr)
+    except AudioFileError as e:
+        typer.echo(f"duplex talk: --input: {e}", err=True)
+        raise typer.Exit(2) from None
+    if note is not None:
+        typer.echo(f"duplex talk: {note}", err=True)
     chunks = client.split_chunks(user, sr * chunk_ms // 1000)
     md = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
@@ -226,9 +245,10 @@ def talk(
     if conv.code != grpc.StatusCode.OK:
         typer.echo(f"duplex talk: {conv.code.name}: {conv.details}", err=True)
         raise typer.Exit(1)
-    talk_mod.save(conv, user, sr, output, timeline, plot)
+    talk_mod.save(conv, user, sr, output, timeline, plot, model_time)
     turns = len(conv.of("turn"))
-    typer.echo(f"duplex talk: {len(conv.of('audio'))} chunks, {turns} turn events → {output}")
+    placed = "model time" if model_time else "as heard"
+    typer.echo(f"duplex talk: {len(conv.of('audio'))} chunks, {turns} turn events → {output} ({placed})")
 
 
 def register(app: typer.Typer) -> None:
