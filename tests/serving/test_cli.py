@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 import urllib.request
-import wave
 from pathlib import Path
 
 import grpc
 import pytest
 
+from duplex.model.audio_io import read_wav, write_wav
 from duplex.serving import client
 
 from .conftest import tone, wait_serving
@@ -60,14 +60,6 @@ class Proc:
         return self.p.wait(timeout=deadline_s)
 
 
-def write_wav(path: Path, seconds: float) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(22050)  # talk resamples to 16 kHz
-        w.writeframes(tone(seconds, sr=22050).tobytes())
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,14 +77,15 @@ def test_up_and_talk(tmp_path: Path) -> None:
     try:
         addr = up.wait_for(r"ready at (\S+)").group(1)
         wav = tmp_path / "in.wav"
-        write_wav(wav, 1.5)
+        write_wav(wav, tone(1.5, sr=22050), 22050)  # talk resamples to 16 kHz
         out, tl, png = tmp_path / "out.wav", tmp_path / "t.json", tmp_path / "t.png"
         r = subprocess.run([*DUPLEX, "talk", "--target", addr, "--input", str(wav), "--output", str(out),
                                      "--timeline", str(tl), "--plot", str(png), "--fast"],
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        with wave.open(str(out)) as w:
-            assert w.getframerate() == 16000 and w.getnframes() >= int(1.5 * 16000)
+        assert "duplex talk: converting in.wav 22050 Hz mono → 16000 Hz mono (soxr HQ)" in r.stderr
+        recorded = read_wav(out)
+        assert recorded.rate == 16000 and recorded.channels == 1 and len(recorded.samples) >= int(1.5 * 16000)
         timeline = json.loads(tl.read_text())
         assert timeline["status"] == "OK"
         seqs = [e["audio"].get("seq", "0") for e in timeline["events"] if "audio" in e]
@@ -105,6 +98,12 @@ def test_up_and_talk(tmp_path: Path) -> None:
         assert "duplex_engine_active_sessions 0.0" in engine_metrics
         assert "duplex_engine_queue_wait_seconds_bucket" in engine_metrics
         assert 'duplex_gateway_rpcs_total{code="OK",method="/duplex.v1.Duplex/Converse"} 1.0' in gateway_metrics
+        model_time = tmp_path / "model_time.wav"
+        r = subprocess.run([*DUPLEX, "talk", "--target", addr, "--input", str(wav), "--output", str(model_time),
+                            "--model-time", "--fast"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().endswith("(model time)")
+        assert len(read_wav(model_time).samples) == 8 * 3200  # to the last chunk's end, not to an arrival time
     finally:
         code = up.stop(signal.SIGINT)
     assert code == 0
