@@ -202,9 +202,11 @@ def talk(
     output: Path = typer.Option(..., help="Where to write the model's audio (16 kHz mono WAV, sample 0 = "
                                           "capture start of the input's first chunk)"),
     model_time: bool = typer.Option(False, "--model-time",
-                                    help="Place the model's audio by each chunk's output_sample (the model's "
-                                         "clock, in step with the input) instead of as heard (when it arrived): "
-                                         "two runs of one input then compare byte for byte"),
+                                    help="Place the model's audio by each chunk's output_sample (model time: in "
+                                         "step with the input, no delivery delay) instead of as heard (the "
+                                         "default: where each chunk arrived on the client clock). Arrival times "
+                                         "then do not enter the file: runs with the same outputs give the same "
+                                         "bytes"),
     timeline: Path | None = typer.Option(None, help="JSON timeline of every server event (client clock)"),
     plot: Path | None = typer.Option(None, help="PNG of user and model speech on one time axis"),
     fast: bool = typer.Option(False, help="Send as fast as the server takes it instead of real-time pace"),

@@ -129,12 +129,25 @@ def channel(target: str, ca_file: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
 
 
-def start_event(model: str = "", chunk_ms: int = 0, sample_rate: int = 16000, instructions: str = "",
-                tools: Sequence[str] = (), session_id: str = "") -> pb.ClientEvent:
+def start_event(
+    model: str = "",
+    chunk_ms: int = 0,
+    sample_rate: int = 16000,
+    instructions: str = "",
+    tools: Sequence[str] = (),
+    session_id: str = "",
+) -> pb.ClientEvent:
     fmt = pb.AudioFormat(sample_rate=sample_rate, channels=1, encoding=pb.PCM16_LE)
-    return pb.ClientEvent(start=pb.SessionStart(model=model, format=fmt, chunk_ms=chunk_ms,
-                                                instructions=instructions, tools=list(tools),
-                                                session_id=session_id))
+    return pb.ClientEvent(
+        start=pb.SessionStart(
+            model=model,
+            format=fmt,
+            chunk_ms=chunk_ms,
+            instructions=instructions,
+            tools=list(tools),
+            session_id=session_id,
+        )
+    )
 
 
 def audio_event(seq: int, pcm: bytes, t_us: int | None = None) -> pb.ClientEvent:
@@ -149,10 +162,19 @@ def split_chunks(samples: np.ndarray, chunk_samples: int) -> list[bytes]:
     return [padded[i * chunk_samples : (i + 1) * chunk_samples].tobytes() for i in range(n)]
 
 
-async def converse(channel: grpc.aio.Channel, chunks: Sequence[bytes], chunk_ms: int = 200, realtime: bool = True,
-                   start: pb.ClientEvent | None = None, metadata: Sequence[tuple[str, str]] = (),
-                   extra: Sequence[tuple[int, pb.ClientEvent]] = (), start_delay_s: float = 0.0,
-                   follow_hint: bool = True, stamp_start: bool = True, clock: Clock | None = None) -> Conversation:
+async def converse(
+    channel: grpc.aio.Channel,
+    chunks: Sequence[bytes],
+    chunk_ms: int = 200,
+    realtime: bool = True,
+    start: pb.ClientEvent | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    extra: Sequence[tuple[int, pb.ClientEvent]] = (),
+    start_delay_s: float = 0.0,
+    follow_hint: bool = True,
+    stamp_start: bool = True,
+    clock: Clock | None = None,
+) -> Conversation:
     """Hold one conversation: send ``start``, then the chunks, then EndOfStream; ``extra`` events are sent
     right before the chunk with the given index.
 
@@ -166,9 +188,11 @@ async def converse(channel: grpc.aio.Channel, chunks: Sequence[bytes], chunk_ms:
     clk = clock if clock is not None else SystemClock()
     chunk_us = chunk_ms * 1000
     conv = Conversation(chunk_us=chunk_us)
-    converse_rpc = channel.stream_stream("/duplex.v1.Duplex/Converse",
-                                         request_serializer=pb.ClientEvent.SerializeToString,
-                                         response_deserializer=pb.ServerEvent.FromString)
+    converse_rpc = channel.stream_stream(
+        "/duplex.v1.Duplex/Converse",
+        request_serializer=pb.ClientEvent.SerializeToString,
+        response_deserializer=pb.ServerEvent.FromString,
+    )
     extra_at: dict[int, list[pb.ClientEvent]] = {}
     for i, ev in extra:
         extra_at.setdefault(i, []).append(ev)

@@ -55,12 +55,18 @@ def timeline(conv: Conversation) -> dict[str, object]:
             d["audio"]["silent"] = not r.event.audio.pcm
         events.append({"t": round((r.t_us - conv.start_us) / 1e6, 4), **d})
     sent = {str(k): round((v - conv.start_us) / 1e6, 4) for k, v in conv.sent_us.items()}
-    return {"start_us": conv.start_us, "status": conv.code.name, "details": conv.details, "sent": sent,
-            "events": events}
+    return {
+        "start_us": conv.start_us,
+        "status": conv.code.name,
+        "details": conv.details,
+        "sent": sent,
+        "events": events,
+    }
 
 
-def plot(path: Path, user: np.ndarray, model: np.ndarray, sample_rate: int, conv: Conversation,
-         model_time: bool = False) -> None:
+def plot(
+    path: Path, user: np.ndarray, model: np.ndarray, sample_rate: int, conv: Conversation, model_time: bool = False
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,8 +76,13 @@ def plot(path: Path, user: np.ndarray, model: np.ndarray, sample_rate: int, conv
     t_user = np.arange(len(user)) / sample_rate
     t_model = np.arange(len(model)) / sample_rate
     ax.plot(t_user, user / 32768.0 + 1.2, lw=0.4, color="tab:blue", label="user (sent)")
-    ax.plot(t_model, model / 32768.0 - 1.2, lw=0.4, color="tab:orange",
-            label="model (model time)" if model_time else "model (as heard)")
+    ax.plot(
+        t_model,
+        model / 32768.0 - 1.2,
+        lw=0.4,
+        color="tab:orange",
+        label="model (model time)" if model_time else "model (as heard)",
+    )
     for r in conv.of("turn"):
         t = r.event.turn.output_sample / sample_rate if model_time else (r.t_us - conv.start_us) / 1e6
         ax.axvline(t, color="gray", lw=0.6, ls=":")
@@ -93,8 +104,15 @@ def track_length(conv: Conversation, user: np.ndarray, sample_rate: int, model_t
     return max(len(user), int((last - conv.start_us) * sample_rate / 1e6) + 1) + sample_rate
 
 
-def save(conv: Conversation, user: np.ndarray, sample_rate: int, output: Path, timeline_path: Path | None,
-         plot_path: Path | None, model_time: bool = False) -> None:
+def save(
+    conv: Conversation,
+    user: np.ndarray,
+    sample_rate: int,
+    output: Path,
+    timeline_path: Path | None,
+    plot_path: Path | None,
+    model_time: bool = False,
+) -> None:
     model = conv.output_track(sample_rate, track_length(conv, user, sample_rate, model_time), model_time)
     write_wav(output, model, sample_rate)
     if timeline_path is not None:

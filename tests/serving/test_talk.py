@@ -89,11 +89,26 @@ def test_a_16k_mono_pcm16_input_is_read_as_it_is(tmp_path: Path) -> None:
 def test_talk_says_it_converts_the_input(stack: Stack, tmp_path: Path, rate: int) -> None:
     wav, out = tmp_path / f"in{rate}.wav", tmp_path / "out.wav"
     stereo_tone(wav, rate, 300.0, seconds=0.6)
-    r = CliRunner().invoke(app, ["talk", "--target", stack.gateway_addr, "--api-key", API_KEY, "--input",
-                                 str(wav), "--output", str(out), "--fast"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "talk",
+            "--target",
+            stack.gateway_addr,
+            "--api-key",
+            API_KEY,
+            "--input",
+            str(wav),
+            "--output",
+            str(out),
+            "--fast",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    assert f"duplex talk: converting in{rate}.wav {rate} Hz stereo → 16000 Hz mono (soxr HQ, channels averaged)" \
+    assert (
+        f"duplex talk: converting in{rate}.wav {rate} Hz stereo → 16000 Hz mono (soxr HQ, channels averaged)"
         in r.stderr
+    )
     assert "converting" not in r.stdout
     recorded = read_wav(out)
     assert (recorded.rate, recorded.channels, recorded.sample_width) == (SR, 1, 2)
@@ -102,8 +117,9 @@ def test_talk_says_it_converts_the_input(stack: Stack, tmp_path: Path, rate: int
 def test_talk_names_an_input_that_is_not_audio(tmp_path: Path) -> None:
     bad = tmp_path / "notes.wav"
     bad.write_text("not audio at all\n")
-    r = CliRunner().invoke(app, ["talk", "--target", "127.0.0.1:1", "--input", str(bad), "--output",
-                                 str(tmp_path / "o.wav")])
+    r = CliRunner().invoke(
+        app, ["talk", "--target", "127.0.0.1:1", "--input", str(bad), "--output", str(tmp_path / "o.wav")]
+    )
     assert r.exit_code == 2
     assert "duplex talk: --input:" in r.stderr and "notes.wav" in r.stderr and "not a readable audio file" in r.stderr
 
@@ -112,8 +128,9 @@ def test_talk_names_an_input_that_is_not_audio(tmp_path: Path) -> None:
 def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """A spoken question (espeak-ng, real TTS) and then silence, so the model takes the turn and speaks."""
     raw = tmp_path_factory.mktemp("talk") / "q.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), "Hello, could you tell me what time it is?"],
-                   check=True)
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-w", str(raw), "Hello, could you tell me what time it is?"], check=True
+    )
     said = read_wav(raw, SR, mono=True).samples
     return np.concatenate([said, np.zeros(3 * SR, np.int16)])
 
@@ -160,8 +177,9 @@ async def test_free_running_client_keeps_the_capture_axis(stack: Stack) -> None:
     """Without the hint the first chunk goes out at once; the axis still starts one chunk before it."""
     clock = SteppingClock(client.now_us())
     async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
-        conv = await client.converse(ch, client.split_chunks(np.zeros(3 * CHUNK, np.int16), CHUNK), metadata=AUTH,
-                                     clock=clock, follow_hint=False)
+        conv = await client.converse(
+            ch, client.split_chunks(np.zeros(3 * CHUNK, np.int16), CHUNK), metadata=AUTH, clock=clock, follow_hint=False
+        )
     assert conv.code == grpc.StatusCode.OK
     ready_at = next(r.t_us for r in conv.received if r.event.HasField("ready"))
     assert conv.sent_us[0] == ready_at == conv.start_us + 200_000
@@ -179,8 +197,9 @@ def expected_model_time(conv: client.Conversation, length: int) -> bytes:
     return out.tobytes()
 
 
-async def test_model_time_recording_is_the_pcm_at_output_sample(stack: Stack, speech: np.ndarray,
-                                                                 tmp_path: Path) -> None:
+async def test_model_time_recording_is_the_pcm_at_output_sample(
+    stack: Stack, speech: np.ndarray, tmp_path: Path
+) -> None:
     conv = await hold(stack, speech)
     audio = [r.event.audio for r in conv.of("audio")]
     assert sum(bool(a.pcm) for a in audio) > 0, "the model must speak for this test to mean anything"
@@ -215,8 +234,9 @@ def one_slot_stack(tiny_model: Any) -> Iterator[Stack]:
     stop_stack(s)
 
 
-async def test_two_runs_of_one_input_give_the_same_model_time_bytes(one_slot_stack: Stack, speech: np.ndarray,
-                                                                     tmp_path: Path) -> None:
+async def test_two_runs_of_one_input_give_the_same_model_time_bytes(
+    one_slot_stack: Stack, speech: np.ndarray, tmp_path: Path
+) -> None:
     first, second = await hold(one_slot_stack, speech), await hold(one_slot_stack, speech)
     talk.save(first, speech, SR, tmp_path / "1.wav", None, None, model_time=True)
     talk.save(second, speech, SR, tmp_path / "2.wav", None, None, model_time=True)
