@@ -95,13 +95,14 @@ def plot(
 
 
 def track_length(conv: Conversation, user: np.ndarray, sample_rate: int, model_time: bool) -> int:
-    """Samples in the recording: the input and all the model's audio. As heard, one second more (the tail
-    still playing when the stream ended); in model time exactly to the last chunk's end, so the length
-    depends on the outputs only."""
-    if model_time:
-        return max([len(user), *(at + a.samples for at, a in conv.placements(sample_rate, model_time=True))])
-    last = max((r.t_us for r in conv.received), default=conv.start_us)
-    return max(len(user), int((last - conv.start_us) * sample_rate / 1e6) + 1) + sample_rate
+    """Samples in the recording: the input and all the model's audio, to the end of its last chunk. As heard
+    that end can lie well after the last arrival (chunks that came in a burst play one after another), and
+    the recording also reaches the last event's arrival; in model time it depends on the outputs only."""
+    ends = [len(user), *(at + a.samples for at, a in conv.placements(sample_rate, model_time))]
+    if not model_time:
+        last = max((r.t_us for r in conv.received), default=conv.start_us)
+        ends.append(int((last - conv.start_us) * sample_rate / 1e6) + 1)
+    return max(ends)
 
 
 def save(

@@ -200,8 +200,11 @@ def expected_model_time(conv: client.Conversation, length: int) -> bytes:
 async def test_model_time_recording_is_the_pcm_at_output_sample(
     stack: Stack, speech: np.ndarray, tmp_path: Path
 ) -> None:
-    conv = await hold(stack, speech)
+    # the stepping clock sends ahead of real time: no chunk can be late on a loaded machine, so none is
+    # substituted and the model hears exactly ``speech``
+    conv = await hold(stack, speech, SteppingClock(client.now_us()))
     audio = [r.event.audio for r in conv.of("audio")]
+    assert not any(a.timing.substituted for a in audio)
     assert sum(bool(a.pcm) for a in audio) > 0, "the model must speak for this test to mean anything"
     n = len(audio) * CHUNK
 
@@ -237,7 +240,8 @@ def one_slot_stack(tiny_model: Any) -> Iterator[Stack]:
 async def test_two_runs_of_one_input_give_the_same_model_time_bytes(
     one_slot_stack: Stack, speech: np.ndarray, tmp_path: Path
 ) -> None:
-    first, second = await hold(one_slot_stack, speech), await hold(one_slot_stack, speech)
+    first = await hold(one_slot_stack, speech, SteppingClock(client.now_us()))
+    second = await hold(one_slot_stack, speech, SteppingClock(client.now_us()))
     talk.save(first, speech, SR, tmp_path / "1.wav", None, None, model_time=True)
     talk.save(second, speech, SR, tmp_path / "2.wav", None, None, model_time=True)
     assert (tmp_path / "1.wav").read_bytes() == (tmp_path / "2.wav").read_bytes()
