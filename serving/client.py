@@ -96,7 +96,7 @@ class Conversation:
         As heard (default): when the chunk arrived, or when the previous one finished playing if that is later
         — what a listener heard, network and batching delays included. Model time: at its ``output_sample``,
         the place the model gave it in its own output stream (sample 0 = the model's audio alongside the
-        user's sample 0); arrival times do not move it, so two runs of one input compare byte for byte."""
+        user's sample 0); arrival times do not move it, so runs with the same outputs compare byte for byte."""
         placed = []
         cursor = 0
         for r in self.of("audio"):
