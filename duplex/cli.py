@@ -7,6 +7,7 @@ import typer
 from duplex.model import cli as model_cli
 from duplex.model.corpus import cli as corpus_cli
 from duplex.operator import cli as operator_cli
+from duplex.serving.agent import cli as agent_cli
 from duplex.serving import cli as serving_cli
 
 app = typer.Typer(name="duplex", help="Serve full-duplex conversation models.", no_args_is_help=True)
@@ -14,6 +15,7 @@ app.add_typer(model_cli.app, name="model")
 app.add_typer(corpus_cli.app, name="corpus")
 operator_cli.register(app)  # duplex crd, duplex operator
 serving_cli.register(app)  # duplex engine, gateway, up, talk
+agent_cli.register(app)  # duplex agent
 
 
 def main() -> None:
