@@ -7,8 +7,8 @@ import typer
 from duplex.model import cli as model_cli
 from duplex.model.corpus import cli as corpus_cli
 from duplex.operator import cli as operator_cli
-from duplex.serving.agent import cli as agent_cli
 from duplex.serving import cli as serving_cli
+from duplex.serving.agent import cli as agent_cli
 
 app = typer.Typer(name="duplex", help="Serve full-duplex conversation models.", no_args_is_help=True)
 app.add_typer(model_cli.app, name="model")
