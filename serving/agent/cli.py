@@ -67,7 +67,7 @@ async def _serve(spec: AgentSpec, url: str) -> None:
         metrics.close()
         print("duplex agent: stopped", flush=True)
 
-    await serve_until_signal(stop, also=run)
+    await serve_until_signal(stop, also=asyncio.shield(run))  # a signal cancels the waiter, not the worker
 
 
 def register(app: typer.Typer) -> None:

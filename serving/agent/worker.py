@@ -123,7 +123,7 @@ class AgentWorker:
             free = await self._free_slots()
             if self._stopping.is_set():
                 return
-            if loop.time() >= next_claim:
+            if history is None and loop.time() >= next_claim:  # claiming first would re-read claims as own
                 next_claim = loop.time() + self.spec.claim_idle_ms / 2000
                 _, claimed, *_ = await r.xautoclaim(jobs, WORKER_GROUP, self.consumer,
                                                     min_idle_time=self.spec.claim_idle_ms, count=free)
