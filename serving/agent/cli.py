@@ -54,8 +54,11 @@ async def _serve(spec: AgentSpec, url: str) -> None:
 
     async def announce() -> None:
         await worker.ready.wait()
-        print(f"duplex agent: ready, consuming {StreamNames(spec.stream_prefix).jobs} as {worker.consumer} "
-              f"(tools: {', '.join(worker.registry.names())}; metrics port {metrics.port})", flush=True)
+        print(
+            f"duplex agent: ready, consuming {StreamNames(spec.stream_prefix).jobs} as {worker.consumer} "
+            f"(tools: {', '.join(worker.registry.names())}; metrics port {metrics.port})",
+            flush=True,
+        )
 
     announcer = asyncio.create_task(announce())
 

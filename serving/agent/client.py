@@ -15,13 +15,14 @@ import collections
 import contextlib
 import logging
 from collections.abc import Callable, Collection
+from typing import Any
 
 from pydantic import ValidationError
 
 from duplex.serving.spec import AgentSpec
 
 from .protocol import ENGINE_GROUP, AgentJob, AgentState, AgentUpdate, StreamNames
-from .streams import REDIS_DOWN, Backoff, connect, ensure_group, entry_data, is_nogroup
+from .streams import REDIS_DOWN, Backoff, connect, ensure_group, entry_data, is_nogroup, read_entries
 from .tools import InvalidArguments, ToolRegistry, registry_for
 from .worker import wall_ms
 
@@ -33,10 +34,17 @@ _FINISHED_REMEMBERED = 4096
 class AgentClient:
     """One engine replica's connection to the agent."""
 
-    def __init__(self, redis_url: str, replica_id: str, on_event: Callable[[AgentUpdate], None],
-                 spec: AgentSpec | None = None, allowed_tools: Collection[str] | None = None,
-                 registry: ToolRegistry | None = None, submit_timeout_s: float = 0.25,
-                 now_ms: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self,
+        redis_url: str,
+        replica_id: str,
+        on_event: Callable[[AgentUpdate], None],
+        spec: AgentSpec | None = None,
+        allowed_tools: Collection[str] | None = None,
+        registry: ToolRegistry | None = None,
+        submit_timeout_s: float = 0.25,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
         self.spec = spec or AgentSpec()
         self.replica_id = replica_id
         self.on_event = on_event
@@ -70,8 +78,15 @@ class AgentClient:
 
     # --- engine API ------------------------------------------------------------------------------------------
 
-    def check(self, session_id: str, call_id: str, tool: str, arguments_json: str, deadline_s: float,
-              session_tools: Collection[str] | None = None) -> str | None:
+    def check(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        arguments_json: str,
+        deadline_s: float,
+        session_tools: Collection[str] | None = None,
+    ) -> str | None:
         """Why this call cannot be queued, or None. ``session_tools``: the session's ``SessionStart.tools``
         (None = every tool of the deployment)."""
         if not session_id:
@@ -93,33 +108,64 @@ class AgentClient:
             return str(e)
         return None
 
-    async def submit(self, session_id: str, call_id: str, tool: str, arguments_json: str, deadline_s: float,
-                     session_tools: Collection[str] | None = None) -> None:
+    async def submit(
+        self,
+        session_id: str,
+        call_id: str,
+        tool: str,
+        arguments_json: str,
+        deadline_s: float,
+        session_tools: Collection[str] | None = None,
+    ) -> None:
         """Queue one tool call. Every outcome arrives through ``on_event``: QUEUED (then RUNNING and one DONE
         or FAILED from a worker), or FAILED at once when the call is invalid or Redis does not take it."""
         problem = self.check(session_id, call_id, tool, arguments_json, deadline_s, session_tools)
         if problem is not None:
-            self._deliver(AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.FAILED,
-                                      detail=problem))
+            self._deliver(
+                AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.FAILED, detail=problem)
+            )
             return
         now = self.now_ms()
         try:
-            job = AgentJob(session_id=session_id, call_id=call_id, tool=tool, arguments=arguments_json or "{}",
-                           deadline_ms=now + int(deadline_s * 1000), enqueued_ms=now, reply_to=self.results_stream)
+            job = AgentJob(
+                session_id=session_id,
+                call_id=call_id,
+                tool=tool,
+                arguments=arguments_json or "{}",
+                deadline_ms=now + int(deadline_s * 1000),
+                enqueued_ms=now,
+                reply_to=self.results_stream,
+            )
         except ValidationError as e:  # lengths beyond check(): name the field
             field = ".".join(str(x) for x in e.errors()[0]["loc"])
-            self._deliver(AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.FAILED,
-                                      detail=f"{field}: {e.errors()[0]['msg']}"))
+            self._deliver(
+                AgentUpdate(
+                    session_id=session_id,
+                    call_id=call_id,
+                    tool=tool,
+                    state=AgentState.FAILED,
+                    detail=f"{field}: {e.errors()[0]['msg']}",
+                )
+            )
             return
         try:
             await asyncio.wait_for(
-                self._redis.xadd(self.names.jobs, {"data": job.model_dump_json()}, maxlen=self.spec.jobs_maxlen,
-                                 approximate=True),
-                self.submit_timeout_s)
+                self._redis.xadd(
+                    self.names.jobs, {"data": job.model_dump_json()}, maxlen=self.spec.jobs_maxlen, approximate=True
+                ),
+                self.submit_timeout_s,
+            )
         except (*REDIS_DOWN, TimeoutError) as e:
             reason = str(e) or type(e).__name__
-            self._deliver(AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.FAILED,
-                                      detail=f"agent unavailable: {reason}"))
+            self._deliver(
+                AgentUpdate(
+                    session_id=session_id,
+                    call_id=call_id,
+                    tool=tool,
+                    state=AgentState.FAILED,
+                    detail=f"agent unavailable: {reason}",
+                )
+            )
             return
         self._deliver(AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.QUEUED))
 
@@ -128,8 +174,10 @@ class AgentClient:
         for key in [k for k in self._last_state if k[0] == session_id]:
             del self._last_state[key]
         try:
-            await asyncio.wait_for(self._redis.set(self.names.cancelled(session_id), "1",
-                                                   px=self.spec.cancel_ttl_s * 1000), self.submit_timeout_s)
+            await asyncio.wait_for(
+                self._redis.set(self.names.cancelled(session_id), "1", px=self.spec.cancel_ttl_s * 1000),
+                self.submit_timeout_s,
+            )
         except (*REDIS_DOWN, TimeoutError) as e:
             log.warning("could not cancel the jobs of session %s: %s", session_id, e)
 
@@ -166,11 +214,17 @@ class AgentClient:
                 self.connected.set()
                 history: str | None = "0"  # updates delivered to this replica before a restart, then new ones
                 while True:
-                    resp = await r.xreadgroup(ENGINE_GROUP, self.replica_id, {stream: history or ">"}, count=100,
-                                              block=None if history else self.spec.block_ms)
-                    entries = resp[0][1] if resp else []
+                    entries = read_entries(
+                        await r.xreadgroup(
+                            ENGINE_GROUP,
+                            self.replica_id,
+                            {stream: history or ">"},
+                            count=100,
+                            block=None if history else self.spec.block_ms,
+                        )
+                    )
                     if history is not None:
-                        history = entries[-1][0].decode() if entries else None
+                        history = entries[-1][0] if entries else None
                     for eid, fields in entries:
                         if fields:
                             self._deliver_raw(eid, fields)
@@ -184,10 +238,10 @@ class AgentClient:
                     raise
                 log.warning("results group missing (redis restarted empty?): recreating it")
 
-    def _deliver_raw(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    def _deliver_raw(self, entry_id: str, fields: dict[Any, Any]) -> None:
         try:
             update = AgentUpdate.model_validate_json(entry_data(fields))
         except (KeyError, ValidationError) as e:
-            log.error("malformed update %s on %s: %s", entry_id.decode(), self.results_stream, e)
+            log.error("malformed update %s on %s: %s", entry_id, self.results_stream, e)
             return
         self._deliver(update)

@@ -11,16 +11,27 @@ class AgentMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.queue_depth = Gauge("duplex_agent_queue_depth", "Jobs queued and not yet delivered to any worker",
-                                 registry=r)
-        self.pending = Gauge("duplex_agent_pending_jobs", "Jobs delivered to a worker and not yet acknowledged",
-                             registry=r)
+        self.queue_depth = Gauge(
+            "duplex_agent_queue_depth", "Jobs queued and not yet delivered to any worker", registry=r
+        )
+        self.pending = Gauge(
+            "duplex_agent_pending_jobs", "Jobs delivered to a worker and not yet acknowledged", registry=r
+        )
         self.running = Gauge("duplex_agent_running_jobs", "Jobs this process is running", registry=r)
-        self.job_seconds = Histogram("duplex_agent_job_seconds", "Queued → result written, by tool and outcome",
-                                     ["tool", "state"], buckets=_JOB, registry=r)
-        self.retries = Counter("duplex_agent_retries_total",
-                               "Jobs run again after an earlier delivery did not finish", ["tool"], registry=r)
-        self.dead_letters = Counter("duplex_agent_dead_letters_total", "Jobs moved to the dead-letter stream",
-                                    registry=r)
-        self.reconnects = Counter("duplex_agent_redis_reconnects_total", "Failed tries to reach Redis",
-                                  registry=r)
+        self.job_seconds = Histogram(
+            "duplex_agent_job_seconds",
+            "Queued → result written, by tool and outcome",
+            ["tool", "state"],
+            buckets=_JOB,
+            registry=r,
+        )
+        self.retries = Counter(
+            "duplex_agent_retries_total",
+            "Jobs run again after an earlier delivery did not finish",
+            ["tool"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "duplex_agent_dead_letters_total", "Jobs moved to the dead-letter stream", registry=r
+        )
+        self.reconnects = Counter("duplex_agent_redis_reconnects_total", "Failed tries to reach Redis", registry=r)

@@ -78,8 +78,9 @@ class AgentUpdate(_Record):
 
     def event(self) -> duplex_pb2.AgentEvent:
         """The update as the gRPC stream's ``AgentEvent``."""
-        return duplex_pb2.AgentEvent(job_id=self.call_id, tool=self.tool, state=int(self.state),
-                                     detail=self.detail)
+        return duplex_pb2.AgentEvent(
+            job_id=self.call_id, tool=self.tool, state=duplex_pb2.AgentState.ValueType(self.state), detail=self.detail
+        )
 
 
 @dataclass(frozen=True)

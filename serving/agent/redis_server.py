@@ -38,8 +38,9 @@ class RedisServer:
     def __init__(self, port: int = 0, data_dir: Path | None = None, host: str = "127.0.0.1") -> None:
         exe = shutil.which("redis-server")
         if exe is None:
-            raise RedisServerError("redis-server not found on PATH (Debian package redis-server; "
-                                   "bash scripts/setup.sh installs it)")
+            raise RedisServerError(
+                "redis-server not found on PATH (Debian package redis-server; bash scripts/setup.sh installs it)"
+            )
         self.exe, self.host, self.data_dir = exe, host, data_dir
         self.port = port or free_port(host)
         self.proc: subprocess.Popen[bytes] | None = None

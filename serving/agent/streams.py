@@ -26,8 +26,13 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 def connect(url: str, connect_timeout_s: float = 1.0) -> Redis:
     """A client that fails fast instead of retrying inside redis-py: the callers own the backoff."""
-    return Redis.from_url(url, socket_connect_timeout=connect_timeout_s, socket_timeout=None,
-                          retry=Retry(NoBackoff(), 0), health_check_interval=0)
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=connect_timeout_s,
+        socket_timeout=None,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
 
 
 async def ensure_group(r: Redis, stream: str, group: str) -> None:
@@ -71,6 +76,28 @@ def entry_data(fields: dict[Any, Any]) -> bytes:
     if value is None:
         raise KeyError("entry has no 'data' field")
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+Entry = tuple[str, dict[Any, Any]]
+"""A stream entry: its id and its fields (an empty dict for an entry trimmed away meanwhile)."""
+
+
+def _entry(raw: Any) -> Entry:
+    eid, fields = raw[0], raw[1]
+    return (eid.decode() if isinstance(eid, bytes) else str(eid)), dict(fields or {})
+
+
+def read_entries(resp: Any) -> list[Entry]:
+    """The entries of a one-stream ``XREADGROUP`` answer (RESP2 list or RESP3 map form)."""
+    if not resp:
+        return []
+    streams = list(resp.values()) if isinstance(resp, dict) else [s[1] for s in resp]
+    return [_entry(e) for e in streams[0]]
+
+
+def claimed_entries(resp: Any) -> list[Entry]:
+    """The claimed entries of an ``XAUTOCLAIM`` answer."""
+    return [_entry(e) for e in (resp[1] if resp else [])]
 
 
 @dataclass

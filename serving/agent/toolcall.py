@@ -83,17 +83,19 @@ class ToolCallParser:
             start = self._buf.find(OPEN)
             if start < 0:
                 # keep only a tail that may still become the opening marker
-                keep = next((k for k in range(min(len(OPEN) - 1, len(self._buf)), 0, -1)
-                             if OPEN.startswith(self._buf[-k:])), 0)
-                self._buf = self._buf[len(self._buf) - keep:] if keep else ""
+                keep = next(
+                    (k for k in range(min(len(OPEN) - 1, len(self._buf)), 0, -1) if OPEN.startswith(self._buf[-k:])), 0
+                )
+                self._buf = self._buf[len(self._buf) - keep :] if keep else ""
                 return calls
             self._buf = self._buf[start:]
             call, consumed = self._parse_call(self._buf)
             if call is None:  # incomplete
                 if len(self._buf) > self.max_call_chars:
-                    calls.append(ToolCall(self._next_id(), "", "",
-                                          f"call longer than {self.max_call_chars} characters"))
-                    self._buf = self._buf[len(OPEN):]
+                    calls.append(
+                        ToolCall(self._next_id(), "", "", f"call longer than {self.max_call_chars} characters")
+                    )
+                    self._buf = self._buf[len(OPEN) :]
                     continue
                 return calls
             calls.append(call)
@@ -118,10 +120,13 @@ class ToolCallParser:
         end = _json_object_end(buf[pos:])
         if end is None:
             return None, 0
-        arguments, pos = buf[pos:pos + end], pos + end
+        arguments, pos = buf[pos : pos + end], pos + end
         if len(buf) - pos < len(CLOSE):
-            return (None, 0) if CLOSE.startswith(buf[pos:]) else (
-                ToolCall(self._next_id(), tool, arguments, "expected ']]' after the arguments"), pos)
+            return (
+                (None, 0)
+                if CLOSE.startswith(buf[pos:])
+                else (ToolCall(self._next_id(), tool, arguments, "expected ']]' after the arguments"), pos)
+            )
         if not buf.startswith(CLOSE, pos):
             return ToolCall(self._next_id(), tool, arguments, "expected ']]' after the arguments"), pos
         pos += len(CLOSE)

@@ -25,7 +25,17 @@ from duplex.serving.spec import AgentSpec
 
 from .metrics import AgentMetrics
 from .protocol import WORKER_GROUP, AgentJob, AgentState, AgentUpdate, StreamNames
-from .streams import FINISH_LUA, REDIS_DOWN, Backoff, connect, ensure_group, entry_data, is_nogroup
+from .streams import (
+    FINISH_LUA,
+    REDIS_DOWN,
+    Backoff,
+    claimed_entries,
+    connect,
+    ensure_group,
+    entry_data,
+    is_nogroup,
+    read_entries,
+)
 from .tools import InvalidArguments, ToolError, ToolRegistry
 
 log = logging.getLogger("duplex.agent")
@@ -42,8 +52,15 @@ def default_consumer() -> str:
 class AgentWorker:
     """A pool of ``spec.concurrency`` concurrent jobs in one process."""
 
-    def __init__(self, spec: AgentSpec, redis_url: str, registry: ToolRegistry, consumer: str | None = None,
-                 metrics: AgentMetrics | None = None, now_ms: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self,
+        spec: AgentSpec,
+        redis_url: str,
+        registry: ToolRegistry,
+        consumer: str | None = None,
+        metrics: AgentMetrics | None = None,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
         self.spec, self.registry = spec, registry
         self.names = StreamNames(spec.stream_prefix)
         self.consumer = consumer or default_consumer()
@@ -125,25 +142,29 @@ class AgentWorker:
                 return
             if history is None and loop.time() >= next_claim:  # claiming first would re-read claims as own
                 next_claim = loop.time() + self.spec.claim_idle_ms / 2000
-                _, claimed, *_ = await r.xautoclaim(jobs, WORKER_GROUP, self.consumer,
-                                                    min_idle_time=self.spec.claim_idle_ms, count=free)
-                fresh = [(eid, f) for eid, f in claimed if f and eid.decode() not in self._running]
+                claimed = claimed_entries(
+                    await r.xautoclaim(
+                        jobs, WORKER_GROUP, self.consumer, min_idle_time=self.spec.claim_idle_ms, count=free
+                    )
+                )
+                fresh = [(eid, f) for eid, f in claimed if f and eid not in self._running]
                 for eid, fields in fresh:
-                    log.info("claimed job %s idle > %d ms", eid.decode(), self.spec.claim_idle_ms)
-                    self._start(eid.decode(), fields, None)
+                    log.info("claimed job %s idle > %d ms", eid, self.spec.claim_idle_ms)
+                    self._start(eid, fields, None)
                 if fresh:
                     continue
             block = None if history is not None else min(self.spec.block_ms, self.spec.claim_idle_ms // 2 or 1)
-            resp = await r.xreadgroup(WORKER_GROUP, self.consumer, {jobs: history or ">"}, count=free, block=block)
-            entries = resp[0][1] if resp else []
+            entries = read_entries(
+                await r.xreadgroup(WORKER_GROUP, self.consumer, {jobs: history or ">"}, count=free, block=block)
+            )
             if history is not None:
                 if not entries:
                     history = None
                     continue
-                history = entries[-1][0].decode()
+                history = entries[-1][0]
             for eid, fields in entries:
-                if eid.decode() not in self._running and fields:
-                    self._start(eid.decode(), fields, 1 if history is None else None)
+                if eid not in self._running and fields:
+                    self._start(eid, fields, 1 if history is None else None)
 
     def _start(self, entry_id: str, fields: dict[Any, Any], delivered: int | None) -> None:
         task = asyncio.create_task(self._handle(entry_id, fields, delivered), name=f"agent-job-{entry_id}")
@@ -180,8 +201,12 @@ class AgentWorker:
         except (KeyError, ValidationError) as e:
             log.error("job %s is malformed (%s): dead-lettered", entry_id, e)
             async with r.pipeline(transaction=True) as p:
-                p.xadd(self.names.dead, {"data": repr(fields)[:4096], "entry": entry_id},
-                       maxlen=self.spec.dead_letter_maxlen, approximate=True)
+                p.xadd(
+                    self.names.dead,
+                    {"data": repr(fields)[:4096], "entry": entry_id},
+                    maxlen=self.spec.dead_letter_maxlen,
+                    approximate=True,
+                )
                 p.xack(self.names.jobs, WORKER_GROUP, entry_id)
                 await p.execute()
             self.metrics.dead_letters.inc()
@@ -242,27 +267,35 @@ class AgentWorker:
                 await self._redis.xclaim(self.names.jobs, WORKER_GROUP, self.consumer, 0, [entry_id], justid=True)
 
     async def _publish(self, job: AgentJob, state: AgentState, detail: str = "") -> None:
-        update = AgentUpdate(session_id=job.session_id, call_id=job.call_id, tool=job.tool, state=state,
-                             detail=detail)
-        await self._redis.xadd(job.reply_to, {"data": update.model_dump_json()}, maxlen=self.spec.results_maxlen,
-                               approximate=True)
+        update = AgentUpdate(session_id=job.session_id, call_id=job.call_id, tool=job.tool, state=state, detail=detail)
+        await self._redis.xadd(
+            job.reply_to, {"data": update.model_dump_json()}, maxlen=self.spec.results_maxlen, approximate=True
+        )
 
     async def _dead_letter(self, entry_id: str, job: AgentJob, why: str) -> None:
         log.error("job %s (%s, call %s) dead-lettered: %s", entry_id, job.tool, job.key, why)
         dead = job.model_dump_json()
-        if await self._finish_job(entry_id, job, AgentState.FAILED,
-                                  f"{job.tool} failed on every try ({why})", dead_letter=dead):
+        if await self._finish_job(
+            entry_id, job, AgentState.FAILED, f"{job.tool} failed on every try ({why})", dead_letter=dead
+        ):
             self.metrics.dead_letters.inc()
 
-    async def _finish_job(self, entry_id: str, job: AgentJob, state: AgentState, detail: str,
-                          dead_letter: str = "") -> bool:
+    async def _finish_job(
+        self, entry_id: str, job: AgentJob, state: AgentState, detail: str, dead_letter: str = ""
+    ) -> bool:
         """Write the terminal update (once per call), then ack — retried until Redis takes it, so a finished
         job is never lost; returns whether this call published the update."""
-        update = AgentUpdate(session_id=job.session_id, call_id=job.call_id, tool=job.tool, state=state,
-                             detail=detail)
+        update = AgentUpdate(session_id=job.session_id, call_id=job.call_id, tool=job.tool, state=state, detail=detail)
         keys = [self.names.done(job.key), job.reply_to, self.names.jobs, self.names.dead]
-        argv = [self.spec.result_ttl_s * 1000, self.spec.results_maxlen, WORKER_GROUP, entry_id,
-                update.model_dump_json(), dead_letter, self.spec.dead_letter_maxlen]
+        argv: list[str | int] = [
+            self.spec.result_ttl_s * 1000,
+            self.spec.results_maxlen,
+            WORKER_GROUP,
+            entry_id,
+            update.model_dump_json(),
+            dead_letter,
+            self.spec.dead_letter_maxlen,
+        ]
         backoff = Backoff(self._backoff.initial_s, self._backoff.max_s)
         while True:
             try:
@@ -274,7 +307,8 @@ class AgentWorker:
                 await backoff.wait(e)
         if published:
             self.metrics.job_seconds.labels(job.tool, state.name).observe(
-                max(0.0, (self.now_ms() - job.enqueued_ms) / 1000) if job.enqueued_ms else 0.0)
+                max(0.0, (self.now_ms() - job.enqueued_ms) / 1000) if job.enqueued_ms else 0.0
+            )
         return published
 
     async def _stats_loop(self, interval_s: float = 2.0) -> None:

@@ -1,4 +1,5 @@
-"""Test-only tools, loaded through the plugin interface (``agent.plugins: ["agent.agent_test_tools:TOOLS"]``, with tests/ on the path)."""
+"""Test-only tools, loaded through the plugin interface: ``agent.plugins: ["agent.agent_test_tools:TOOLS"]``
+(with tests/ on the Python path)."""
 
 from __future__ import annotations
 

@@ -31,10 +31,18 @@ def prefix() -> str:
 
 def fast_spec(prefix: str, **overrides: object) -> AgentSpec:
     """Short timers so crash recovery happens within a test's deadline."""
-    base: dict[str, object] = dict(stream_prefix=prefix, tools=["calculator", "clock", "sleep", "explode"],
-                                   plugins=["agent.agent_test_tools:TOOLS"], claim_idle_ms=300, block_ms=50,
-                                   reconnect_initial_ms=20, reconnect_max_ms=200, max_deliveries=3,
-                                   metrics_port=0, drain_grace_s=2.0)
+    base: dict[str, object] = dict(
+        stream_prefix=prefix,
+        tools=["calculator", "clock", "sleep", "explode"],
+        plugins=["agent.agent_test_tools:TOOLS"],
+        claim_idle_ms=300,
+        block_ms=50,
+        reconnect_initial_ms=20,
+        reconnect_max_ms=200,
+        max_deliveries=3,
+        metrics_port=0,
+        drain_grace_s=2.0,
+    )
     base.update(overrides)
     return AgentSpec.model_validate(base)
 

@@ -78,17 +78,21 @@ async def test_job_end_to_end(agent: Agent) -> None:
     assert pending["pending"] == 0  # acknowledged once the result was written
 
 
-@pytest.mark.parametrize(("tool", "arguments", "session_tools", "needle"), [
-    ("nope", "{}", None, "unknown tool 'nope'"),
-    ("http_get", '{"url": "http://example.invalid/"}', None, "unknown tool 'http_get'"),  # not in the deployment
-    ("clock", "{}", ["calculator"], "tool 'clock' is not granted to this session"),
-    ("calculator", "{not json", None, "invalid arguments for calculator: not JSON"),
-    ("calculator", '{"expression": "__import__(1)"}', None, "expression"),
-    ("clock", '{"timezone": "Mars/Olympus"}', None, "timezone"),
-    ("sleep", '{"seconds": -1}', None, "seconds"),
-])
-async def test_invalid_call_fails_before_queueing(agent: Agent, tool: str, arguments: str,
-                                                  session_tools: list[str] | None, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("tool", "arguments", "session_tools", "needle"),
+    [
+        ("nope", "{}", None, "unknown tool 'nope'"),
+        ("http_get", '{"url": "http://example.invalid/"}', None, "unknown tool 'http_get'"),  # not in the deployment
+        ("clock", "{}", ["calculator"], "tool 'clock' is not granted to this session"),
+        ("calculator", "{not json", None, "invalid arguments for calculator: not JSON"),
+        ("calculator", '{"expression": "__import__(1)"}', None, "expression"),
+        ("clock", '{"timezone": "Mars/Olympus"}', None, "timezone"),
+        ("sleep", '{"seconds": -1}', None, "seconds"),
+    ],
+)
+async def test_invalid_call_fails_before_queueing(
+    agent: Agent, tool: str, arguments: str, session_tools: list[str] | None, needle: str
+) -> None:
     await agent.client.submit("s1", "bad", tool, arguments, 10, session_tools=session_tools)
     assert agent.updates.of("bad") == [FAILED]  # delivered at once, synchronously with submit
     final = agent.updates.final("bad")

@@ -8,10 +8,14 @@ import pytest
 
 from duplex.serving.agent.toolcall import ToolCall, ToolCallParser, result_text
 
-TEXT = ('Let me check. [[call calculator {"expression": "(2 + 3) * 4"}]] and the time '
-        '[[call clock {"timezone": "Europe/Paris", "note": "]] } { [[call x {} \\" ]]"}]] done.')
-WANT = [ToolCall("m1", "calculator", '{"expression": "(2 + 3) * 4"}'),
-        ToolCall("m2", "clock", '{"timezone": "Europe/Paris", "note": "]] } { [[call x {} \\" ]]"}')]
+TEXT = (
+    'Let me check. [[call calculator {"expression": "(2 + 3) * 4"}]] and the time '
+    '[[call clock {"timezone": "Europe/Paris", "note": "]] } { [[call x {} \\" ]]"}]] done.'
+)
+WANT = [
+    ToolCall("m1", "calculator", '{"expression": "(2 + 3) * 4"}'),
+    ToolCall("m2", "clock", '{"timezone": "Europe/Paris", "note": "]] } { [[call x {} \\" ]]"}'),
+]
 
 
 def feed_all(parser: ToolCallParser, pieces: list[str]) -> list[ToolCall]:
@@ -31,19 +35,23 @@ def test_split_at_every_position() -> None:
 def test_one_character_at_a_time_and_unicode() -> None:
     text = 'héllo [[call calculator {"expression": "1+1", "n": "ünï ✓"}]]'
     assert feed_all(ToolCallParser(), list(text)) == [
-        ToolCall("m1", "calculator", '{"expression": "1+1", "n": "ünï ✓"}')]
+        ToolCall("m1", "calculator", '{"expression": "1+1", "n": "ünï ✓"}')
+    ]
     assert json.loads(WANT[1].arguments_json)["note"] == ']] } { [[call x {} " ]]'
 
 
-@pytest.mark.parametrize(("text", "error"), [
-    ("[[call Calc {}]]", "tool name expected"),
-    ("[[call calculator{}]]", "expected a space after tool name 'calculator'"),
-    ("[[call calculator [1]]]", "expected a JSON object"),
-    ('[[call calculator {"a": 1} ]]', "expected ']]' after the arguments"),
-    ('[[call calculator {"a": 1}]', None),  # incomplete: waits for more
-    ('[[call calculator {"a": tru}]]', "arguments are not valid JSON"),
-    ('[[call calculator {"a": 1]]]', "arguments are not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("[[call Calc {}]]", "tool name expected"),
+        ("[[call calculator{}]]", "expected a space after tool name 'calculator'"),
+        ("[[call calculator [1]]]", "expected a JSON object"),
+        ('[[call calculator {"a": 1} ]]', "expected ']]' after the arguments"),
+        ('[[call calculator {"a": 1}]', None),  # incomplete: waits for more
+        ('[[call calculator {"a": tru}]]', "arguments are not valid JSON"),
+        ('[[call calculator {"a": 1]]]', "arguments are not valid JSON"),
+    ],
+)
 def test_malformed_calls_are_reported(text: str, error: str | None) -> None:
     parser = ToolCallParser()
     calls = parser.feed(text)
@@ -52,7 +60,7 @@ def test_malformed_calls_are_reported(text: str, error: str | None) -> None:
         return
     assert len(calls) == 1 and calls[0].error is not None and error in calls[0].error
     # parsing resumes: a good call after the bad one is found
-    assert parser.feed(' ok [[call clock {}]]') == [ToolCall("m2", "clock", "{}")]
+    assert parser.feed(" ok [[call clock {}]]") == [ToolCall("m2", "clock", "{}")]
 
 
 def test_buffer_is_bounded() -> None:
@@ -70,4 +78,4 @@ def test_result_text() -> None:
     text = result_text("c7", "http_get", "FAILED", 'url: "x" ]] refused\n')
     assert text == '[[result c7 http_get FAILED "url: \\"x\\" ]] refused\\n"]]'
     # the detail is a JSON string: it reads back exactly
-    assert json.loads(text[len("[[result c7 http_get FAILED "):-2]) == 'url: "x" ]] refused\n'
+    assert json.loads(text[len("[[result c7 http_get FAILED ") : -2]) == 'url: "x" ]] refused\n'

@@ -34,8 +34,13 @@ class WorkerProcess:
     def __init__(self, url: str, spec: AgentSpec, config: Path) -> None:
         config.write_text(json.dumps({"agent": spec.model_dump(mode="json")}))
         env = {**os.environ, "PYTHONPATH": str(TESTS)}
-        self.proc = subprocess.Popen([str(DUPLEX), "agent", "--redis-url", url, "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+        self.proc = subprocess.Popen(
+            [str(DUPLEX), "agent", "--redis-url", url, "--config", str(config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
 
     async def ready(self, timeout_s: float = 30.0) -> None:
         assert self.proc.stdout is not None
@@ -65,8 +70,8 @@ async def client_updates(redis_server: RedisServer, prefix: str) -> AsyncIterato
 
 
 async def test_worker_killed_mid_job_is_reclaimed_exactly_one_done(
-        redis_server: RedisServer, prefix: str, tmp_path: Path,
-        client_updates: tuple[AgentClient, Updates]) -> None:
+    redis_server: RedisServer, prefix: str, tmp_path: Path, client_updates: tuple[AgentClient, Updates]
+) -> None:
     client, updates = client_updates
     spec = fast_spec(prefix, claim_idle_ms=500)
     first = WorkerProcess(redis_server.url, spec, tmp_path / "agent.json")
@@ -95,9 +100,9 @@ async def test_worker_killed_mid_job_is_reclaimed_exactly_one_done(
     await r.aclose()
 
 
-async def test_sigterm_stops_taking_jobs_and_exits_zero(redis_server: RedisServer, prefix: str,
-                                                        tmp_path: Path,
-                                                        client_updates: tuple[AgentClient, Updates]) -> None:
+async def test_sigterm_stops_taking_jobs_and_exits_zero(
+    redis_server: RedisServer, prefix: str, tmp_path: Path, client_updates: tuple[AgentClient, Updates]
+) -> None:
     client, updates = client_updates
     worker = WorkerProcess(redis_server.url, fast_spec(prefix), tmp_path / "agent.json")
     try:
@@ -114,12 +119,20 @@ async def test_sigterm_stops_taking_jobs_and_exits_zero(redis_server: RedisServe
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     config = tmp_path / "agent.json"
     config.write_text(json.dumps({"agent": {"concurrency": 0}}))
-    out = subprocess.run([str(DUPLEX), "agent", "--redis-url", "redis://127.0.0.1:1/0", "--config", str(config)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(DUPLEX), "agent", "--redis-url", "redis://127.0.0.1:1/0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "concurrency" in out.stderr
     config.write_text(json.dumps({"agent": {"tools": ["nope"]}}))
-    out = subprocess.run([str(DUPLEX), "agent", "--redis-url", "redis://127.0.0.1:1/0", "--config", str(config)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [str(DUPLEX), "agent", "--redis-url", "redis://127.0.0.1:1/0", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "agent.tools: unknown tool(s) 'nope'" in out.stderr
 
 

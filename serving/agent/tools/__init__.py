@@ -13,15 +13,27 @@ from .clock import Clock
 from .doc_search import DocSearch
 from .http_get import HttpGet, HttpPolicy
 
-__all__ = ["Arguments", "InvalidArguments", "Tool", "ToolError", "ToolRegistry", "builtin_tools", "load_plugin",
-           "registry_for"]
+__all__ = [
+    "Arguments",
+    "InvalidArguments",
+    "Tool",
+    "ToolError",
+    "ToolRegistry",
+    "builtin_tools",
+    "load_plugin",
+    "registry_for",
+]
 
 
 def builtin_tools(spec: AgentSpec) -> list[Tool[Any]]:
     """The built-in tools, configured from the agent spec."""
-    policy = HttpPolicy(allow_hosts=list(spec.http_allow_hosts), allow_private=spec.http_allow_private,
-                        max_bytes=spec.http_max_bytes, timeout_s=spec.http_timeout_s,
-                        max_redirects=spec.http_max_redirects)
+    policy = HttpPolicy(
+        allow_hosts=list(spec.http_allow_hosts),
+        allow_private=spec.http_allow_private,
+        max_bytes=spec.http_max_bytes,
+        timeout_s=spec.http_timeout_s,
+        max_redirects=spec.http_max_redirects,
+    )
     return [Calculator(), Clock(), DocSearch(Path(spec.docs_root) if spec.docs_root else None), HttpGet(policy)]
 
 
@@ -32,6 +44,7 @@ def registry_for(spec: AgentSpec, extra: list[Tool[Any]] | None = None) -> ToolR
     known = {t.name for t in tools}
     unknown = [n for n in spec.tools if n not in known]
     if unknown:
-        raise ValueError(f"agent.tools: unknown tool(s) {', '.join(map(repr, unknown))} "
-                         f"(known: {', '.join(sorted(known))})")
+        raise ValueError(
+            f"agent.tools: unknown tool(s) {', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})"
+        )
     return ToolRegistry(t for t in tools if t.name in spec.tools)

@@ -19,8 +19,13 @@ from .base import Arguments, Tool, ToolError
 MAX_EXPONENT = 1000
 MAX_MAGNITUDE = 1e300
 _BINARY: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
 }
 _UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 
@@ -72,7 +77,7 @@ def evaluate(node: ast.AST) -> int | float:
     """Evaluate a tree that passed ``_check_tree``."""
     if isinstance(node, ast.Expression):
         return evaluate(node.body)
-    if isinstance(node, ast.Constant):
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
         return _bounded(node.value)
     if isinstance(node, ast.UnaryOp):
         return _bounded(_UNARY[type(node.op)](evaluate(node.operand)))

@@ -40,8 +40,14 @@ def _inside(root: Path, p: Path) -> bool:
     return p == root or p.is_relative_to(root)
 
 
-def search(root: Path, query: str, folder: str = "", max_results: int = 3, max_file_bytes: int = 1 << 20,
-           snippet_chars: int = 160) -> list[Hit]:
+def search(
+    root: Path,
+    query: str,
+    folder: str = "",
+    max_results: int = 3,
+    max_file_bytes: int = 1 << 20,
+    snippet_chars: int = 160,
+) -> list[Hit]:
     """The ranked hits of ``query`` under ``root/folder``; raises ToolError for a folder outside the root."""
     root = root.resolve()
     base = (root / folder).resolve()
@@ -67,7 +73,7 @@ def search(root: Path, query: str, folder: str = "", max_results: int = 3, max_f
             continue
         first = min(m.start() for p in patterns if (m := p.search(text)))
         start = max(0, first - snippet_chars // 3)
-        snippet = " ".join(text[start:start + snippet_chars].split())
+        snippet = " ".join(text[start : start + snippet_chars].split())
         hits.append(Hit(str(path.relative_to(root)), score, sum(1 for c in counts if c), snippet))
     hits.sort(key=lambda h: (-h.distinct, -h.score, h.path))
     return hits[:max_results]

@@ -31,9 +31,14 @@ def refused_reason(ip: IPAddress) -> str | None:
     """Why an address must not be contacted, or None if it is a public unicast address."""
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return refused_reason(ip.ipv4_mapped)
-    for attr, what in (("is_unspecified", "unspecified"), ("is_loopback", "loopback"),
-                       ("is_link_local", "link-local"), ("is_multicast", "multicast"),
-                       ("is_private", "private"), ("is_reserved", "reserved")):
+    for attr, what in (
+        ("is_unspecified", "unspecified"),
+        ("is_loopback", "loopback"),
+        ("is_link_local", "link-local"),
+        ("is_multicast", "multicast"),
+        ("is_private", "private"),
+        ("is_reserved", "reserved"),
+    ):
         if getattr(ip, attr):
             return what
     if not ip.is_global:
@@ -115,8 +120,7 @@ class HttpGet(Tool[HttpGetArguments]):
         return host, port, addresses[0]
 
     async def run(self, args: HttpGetArguments) -> str:
-        async with httpx.AsyncClient(follow_redirects=False, trust_env=False,
-                                     timeout=self.policy.timeout_s) as client:
+        async with httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self.policy.timeout_s) as client:
             url = args.url
             for _ in range(self.policy.max_redirects + 1):
                 status, location, body = await self._fetch_once(client, url)
