@@ -64,7 +64,7 @@ class Updates:
     def final(self, call_id: str) -> AgentUpdate | None:
         return next((u for u in self.items if u.call_id == call_id and u.state.terminal), None)
 
-    async def wait(self, pred: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
+    async def wait(self, pred: Callable[[], bool], timeout_s: float = 30.0, what: str = "") -> None:
         async def loop() -> None:
             while not pred():
                 self._changed.clear()
@@ -75,14 +75,14 @@ class Updates:
         except TimeoutError:
             raise AssertionError(f"timed out waiting for {what or pred}: {self.items}") from None
 
-    async def wait_final(self, call_id: str, timeout_s: float = 15.0) -> AgentUpdate:
+    async def wait_final(self, call_id: str, timeout_s: float = 30.0) -> AgentUpdate:
         await self.wait(lambda: self.final(call_id) is not None, timeout_s, f"a result of {call_id}")
         final = self.final(call_id)
         assert final is not None
         return final
 
 
-async def poll(pred: Callable[[], object], timeout_s: float = 15.0, what: str = "") -> None:
+async def poll(pred: Callable[[], object], timeout_s: float = 30.0, what: str = "") -> None:
     """Poll a real observable state (e.g. a Redis key) until it holds, failing after ``timeout_s``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

@@ -42,7 +42,7 @@ class WorkerProcess:
             text=True,
         )
 
-    async def ready(self, timeout_s: float = 30.0) -> None:
+    async def ready(self, timeout_s: float = 120.0) -> None:
         assert self.proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), timeout_s)
         assert "duplex agent: ready" in line, line + (self.proc.stderr.read() if self.proc.stderr else "")
@@ -85,7 +85,7 @@ async def test_worker_killed_mid_job_is_reclaimed_exactly_one_done(
         second = WorkerProcess(redis_server.url, spec, tmp_path / "agent2.json")
         try:
             await second.ready()
-            final = await updates.wait_final("slow", timeout_s=30)
+            final = await updates.wait_final("slow", timeout_s=60)
             assert final.state == AgentState.DONE and final.detail == "slept 1.0"
         finally:
             second.close()
@@ -160,10 +160,10 @@ async def test_redis_outage_fail_soft_then_recover(tmp_path: Path, prefix: str) 
         await poll(lambda: worker.metrics.reconnects._value.get() > 0, what="the worker to notice")
 
         server.start()  # same port, same data
-        final = await updates.wait_final("inflight", timeout_s=30)  # written after the restart, not lost
+        final = await updates.wait_final("inflight", timeout_s=60)  # written after the restart, not lost
         assert final.state == AgentState.DONE and final.detail == "slept 0.5"
         await client.submit("s1", "after", "calculator", '{"expression": "2**10"}', 30)
-        assert (await updates.wait_final("after", timeout_s=30)).detail == "1024"
+        assert (await updates.wait_final("after", timeout_s=60)).detail == "1024"
         assert [u.call_id for u in updates.items if u.state.terminal] == ["before", "during", "inflight", "after"]
     finally:
         worker.stop()
