@@ -66,7 +66,7 @@ async def agent(redis_server: RedisServer, prefix: str) -> AsyncIterator[Agent]:
 
 
 async def test_job_end_to_end(agent: Agent) -> None:
-    agent.start_worker("w1")
+    worker = agent.start_worker("w1")
     await agent.client.submit("s1", "c1", "calculator", json.dumps({"expression": "(2 + 3) * -4 ** 2"}), 10)
     final = await agent.updates.wait_final("c1")
     assert final.state == DONE and final.detail == "-80" and final.session_id == "s1"
@@ -76,6 +76,8 @@ async def test_job_end_to_end(agent: Agent) -> None:
     names = StreamNames(agent.spec.stream_prefix)
     pending = await agent.redis.xpending(names.jobs, WORKER_GROUP)
     assert pending["pending"] == 0  # acknowledged once the result was written
+    labels = {"tool": "calculator", "state": "DONE"}
+    assert worker.metrics.registry.get_sample_value("duplex_agent_job_seconds_count", labels) == 1
 
 
 @pytest.mark.parametrize(

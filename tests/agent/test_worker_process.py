@@ -77,7 +77,7 @@ async def test_worker_killed_mid_job_is_reclaimed_exactly_one_done(
     first = WorkerProcess(redis_server.url, spec, tmp_path / "agent.json")
     try:
         await first.ready()
-        await client.submit("s1", "slow", "sleep", '{"seconds": 1.0}', 30)
+        await client.submit("s1", "slow", "sleep", '{"seconds": 3.0}', 60)
         await updates.wait(lambda: AgentState.RUNNING in updates.of("slow"), what="the first worker to start")
         first.kill()  # SIGKILL mid-job: no result, the delivery stays pending under a dead consumer
         assert first.proc.returncode == -signal.SIGKILL
@@ -86,7 +86,7 @@ async def test_worker_killed_mid_job_is_reclaimed_exactly_one_done(
         try:
             await second.ready()
             final = await updates.wait_final("slow", timeout_s=60)
-            assert final.state == AgentState.DONE and final.detail == "slept 1.0"
+            assert final.state == AgentState.DONE and final.detail == "slept 3.0"
         finally:
             second.close()
     finally:
@@ -148,7 +148,7 @@ async def test_redis_outage_fail_soft_then_recover(tmp_path: Path, prefix: str) 
     try:
         await client.submit("s1", "before", "calculator", '{"expression": "6*7"}', 30)
         assert (await updates.wait_final("before")).detail == "42"
-        await client.submit("s1", "inflight", "sleep", '{"seconds": 0.5}', 60)
+        await client.submit("s1", "inflight", "sleep", '{"seconds": 2.0}', 60)
         await updates.wait(lambda: AgentState.RUNNING in updates.of("inflight"), what="the in-flight job to start")
         server.stop()  # Redis down while the job runs: its result cannot be written yet
 
@@ -161,7 +161,7 @@ async def test_redis_outage_fail_soft_then_recover(tmp_path: Path, prefix: str) 
 
         server.start()  # same port, same data
         final = await updates.wait_final("inflight", timeout_s=60)  # written after the restart, not lost
-        assert final.state == AgentState.DONE and final.detail == "slept 0.5"
+        assert final.state == AgentState.DONE and final.detail == "slept 2.0"
         await client.submit("s1", "after", "calculator", '{"expression": "2**10"}', 30)
         assert (await updates.wait_final("after", timeout_s=60)).detail == "1024"
         assert [u.call_id for u in updates.items if u.state.terminal] == ["before", "during", "inflight", "after"]
