@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from redis.asyncio import Redis
 
 from duplex.serving.agent.client import AgentClient
 from duplex.serving.agent.protocol import WORKER_GROUP, AgentState, StreamNames
-from duplex.serving.agent.redis_server import RedisServer
+from duplex.serving.agent.redis_server import RedisServer, free_port
 from duplex.serving.agent.tools import registry_for
 from duplex.serving.agent.worker import AgentWorker
 from duplex.serving.spec import AgentSpec
@@ -31,11 +32,11 @@ DUPLEX = Path(sys.executable).with_name("duplex")
 class WorkerProcess:
     """``duplex agent`` in a child process with the test tools on its path; ready once it says so."""
 
-    def __init__(self, url: str, spec: AgentSpec, config: Path) -> None:
+    def __init__(self, url: str, spec: AgentSpec, config: Path, *extra: str) -> None:
         config.write_text(json.dumps({"agent": spec.model_dump(mode="json")}))
         env = {**os.environ, "PYTHONPATH": str(TESTS)}
         self.proc = subprocess.Popen(
-            [str(DUPLEX), "agent", "--redis-url", url, "--config", str(config)],
+            [str(DUPLEX), "agent", "--redis-url", url, "--config", str(config), *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -104,9 +105,28 @@ async def test_sigterm_stops_taking_jobs_and_exits_zero(
     redis_server: RedisServer, prefix: str, tmp_path: Path, client_updates: tuple[AgentClient, Updates]
 ) -> None:
     client, updates = client_updates
-    worker = WorkerProcess(redis_server.url, fast_spec(prefix), tmp_path / "agent.json")
+    port = free_port()
+    worker = WorkerProcess(
+        redis_server.url,
+        fast_spec(prefix, host="127.0.0.1"),
+        tmp_path / "agent.json",
+        "--set",
+        "agent.concurrency=2",
+        "--metrics-port",
+        str(port),
+    )
     try:
         await worker.ready()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        for name in (
+            "duplex_agent_queue_depth",
+            "duplex_agent_pending_jobs",
+            "duplex_agent_job_seconds",
+            "duplex_agent_retries_total",
+            "duplex_agent_dead_letters_total",
+        ):
+            assert name in text
         await client.submit("s1", "short", "sleep", '{"seconds": 0.3}', 30)
         await updates.wait(lambda: AgentState.RUNNING in updates.of("short"), what="the job to start")
         worker.proc.send_signal(signal.SIGTERM)  # the running job finishes within drain_grace_s
