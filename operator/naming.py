@@ -135,11 +135,3 @@ def service_host_ref(service: str) -> str:
     """``$(X_SERVICE_HOST)``: expanded by the kubelet in env values and args to the Service's ClusterIP."""
     return f"$({service_env_prefix(service)}_SERVICE_HOST)"
 
-
-def rank_from_hostname(hostname: str) -> int:
-    """Rank of a StatefulSet pod: the ordinal after the last dash (``m-engine-0-3`` -> 3). What the engine's
-    ``--rank-from-hostname`` does."""
-    tail = hostname.rsplit("-", 1)[-1]
-    if not tail.isdigit():
-        raise ValueError(f"hostname {hostname!r} does not end in a StatefulSet ordinal")
-    return int(tail)

@@ -10,17 +10,17 @@ import dataclasses
 import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from duplex.model.planner import kv_bytes_per_session, shard_weight_bytes
+from duplex.serving.spec import SPEC_CONFIG
 
 from .naming import REPLICA_LABEL, ModelRef
 from .resolve import Resolved, SpecProblem
-from .schema import camelize
 
 
 class _Status(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = SPEC_CONFIG
 
 
 class Condition(_Status):
@@ -222,6 +222,9 @@ def compute_status(ref: ModelRef, resolved: Resolved, observed: Observed, genera
         degraded = _condition(prev, "Degraded", True, "ApplyFailed",
                               f"{apply_error}. The operator retries; check its RBAC and the events of this object.",
                               gen)
+    elif resolved.unavailable:
+        degraded = _condition(prev, "Degraded", True, "FeatureUnavailable",
+                              "; ".join(map(str, resolved.unavailable)), gen)
     elif 0 < ready_replicas < spec.replicas and not rolling:
         degraded = _condition(prev, "Degraded", True, "ReplicasUnavailable",
                               f"only {ready_replicas}/{spec.replicas} replicas ready; " + "; ".join(waiting), gen)
@@ -242,7 +245,7 @@ def compute_status(ref: ModelRef, resolved: Resolved, observed: Observed, genera
 
 def dump(status: DuplexModelStatus) -> dict[str, Any]:
     """camelCase dict for the status subresource (None fields dropped)."""
-    out: dict[str, Any] = _drop_empty_strings(camelize(status.model_dump(mode="json", exclude_none=True)))
+    out: dict[str, Any] = _drop_empty_strings(status.model_dump(mode="json", by_alias=True, exclude_none=True))
     return out
 
 

@@ -1,14 +1,13 @@
 """``duplex engine | gateway | up | talk``. Flags come from the specs: ``--config FILE.json`` (the operator
 renders ``{"engine": EngineSpec, "model": ModelSource}`` or ``{"gateway": GatewaySpec}``) plus
-``--set FIELD=VALUE`` overrides of any spec field (``duplex engine --help-spec`` lists them)."""
+``--set SECTION.FIELD=VALUE`` overrides of any spec field (``duplex engine --help-spec`` lists them), both
+read by :func:`duplex.serving.settings.load_section`."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
 import socket
 from collections.abc import Coroutine
 from pathlib import Path
@@ -21,44 +20,54 @@ from duplex.model.spec import ModelSource
 
 from . import logs
 from .process import GatewayProcess, serve_until_signal
+from .ranks import rank_from_hostname
+from .settings import ConfigError, fields_help, load_section
 from .spec import EngineSpec, GatewaySpec
 
 log = logging.getLogger("duplex.serving")
 
 
-def _fields_help(*models: type[BaseModel]) -> str:
-    lines = []
-    for m in models:
-        for name, f in m.model_fields.items():
-            lines.append(f"{m.__name__}.{name} (default {f.default!r}): {f.description or ''}")
-    return "\n".join(lines)
+CONFIG_SECTIONS: dict[str, dict[str, type[BaseModel]]] = {
+    "engine": {"engine": EngineSpec, "model": ModelSource},
+    "gateway": {"gateway": GatewaySpec},
+}
+"""Sections each command reads from ``--config`` and ``--set`` (the operator's ConfigMap holds only these)."""
 
 
-def _apply(data: dict[str, Any], sets: list[str], section: str) -> dict[str, Any]:
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {item!r}: expected FIELD=VALUE")
-        parts = key.split(".")
-        target = data.setdefault(parts[0] if len(parts) > 1 else section, {})
-        field = parts[-1]
-        try:
-            target[field] = json.loads(value)
-        except json.JSONDecodeError:
-            target[field] = value
-    return data
+def load_command_config(command: str, config: Path | None, sets: list[str]) -> dict[str, BaseModel]:
+    """Every section ``command`` reads; a bad file or ``--set`` exits 2 with ``duplex COMMAND: ...field...``."""
+    sections = CONFIG_SECTIONS[command]
+    try:
+        return {name: load_section(config, sets, name, model, known_sections=sections) for name, model in
+                sections.items()}
+    except ConfigError as e:
+        typer.echo(f"duplex {command}: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
-def _load(config: Path | None, sets: list[str], section: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(config.read_text()) if config else {}
-    return _apply(data, sets, section)
+def _hostname_rank() -> int:
+    try:
+        return rank_from_hostname(socket.gethostname())
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--rank-from-hostname") from None
 
 
-def _rank_from_hostname() -> int:
-    m = re.search(r"-(\d+)$", socket.gethostname())
-    if not m:
-        raise typer.BadParameter(f"--rank-from-hostname: hostname {socket.gethostname()!r} has no -ORDINAL suffix")
-    return int(m.group(1))
+def _serve_experts(part: object, rank: int, world_size: int, spec: EngineSpec) -> None:
+    """Rank > 0: answer rank 0's MoE requests, exporting expert timings and process metrics on /metrics."""
+    from duplex.model import parallel
+    from duplex.model.model import ExpertShard
+
+    from .metrics import MetricsServer, RankMetrics
+
+    assert isinstance(part, ExpertShard)
+    metrics = RankMetrics(rank, world_size)
+    metrics.time_experts(part)
+    server = MetricsServer(metrics.registry, spec.host, spec.metrics_port)
+    log.info("rank %d/%d serving experts (metrics on port %d)", rank, world_size, server.port)
+    try:
+        parallel.serve_experts(part)
+    finally:
+        server.close()
 
 
 def _run_server(command: str, main: Coroutine[Any, Any, None]) -> None:
@@ -76,21 +85,22 @@ def engine(
     set_: list[str] = typer.Option([], "--set", help="Override a field: engine.max_sessions=32, model.seed=1"),
     rank: int = typer.Option(0, help="Rank in the replica's shard group"),
     world_size: int = typer.Option(1, help="Ranks in the shard group"),
-    rank_from_hostname: bool = typer.Option(False, help="Take the rank from the StatefulSet ordinal"),
+    from_hostname: bool = typer.Option(False, "--rank-from-hostname",
+                                       help="Take the rank from the StatefulSet ordinal"),
     leader: str = typer.Option("", help="HOST:PORT of rank 0's rendezvous (world_size > 1)"),
     port: int | None = typer.Option(None, help="gRPC port (overrides engine.port; 0 = any)"),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
 ) -> None:
     """Run one rank of an engine replica (rank 0 serves gRPC; other ranks hold experts)."""
     if help_spec:
-        typer.echo(_fields_help(EngineSpec, ModelSource))
+        typer.echo(fields_help(EngineSpec, ModelSource))
         raise typer.Exit()
     logs.setup()
-    data = _load(config, set_, "engine")
-    spec = EngineSpec.model_validate(data.get("engine", {}))
-    source = ModelSource.model_validate(data.get("model", {}))
-    if rank_from_hostname:
-        rank = _rank_from_hostname()
+    loaded = load_command_config("engine", config, set_)
+    spec, source = loaded["engine"], loaded["model"]
+    assert isinstance(spec, EngineSpec) and isinstance(source, ModelSource)
+    if from_hostname:
+        rank = _hostname_rank()
     from duplex.model.runtime import load_part
 
     part = load_part(source, rank=rank, world_size=world_size, device=spec.device)
@@ -102,11 +112,7 @@ def engine(
             raise typer.BadParameter("--leader HOST:PORT is required when --world-size > 1")
         parallel.init_group(rank, world_size, leader)
         if rank > 0:
-            from duplex.model.model import ExpertShard
-
-            assert isinstance(part, ExpertShard)
-            log.info("rank %d/%d serving experts", rank, world_size)
-            parallel.serve_experts(part)
+            _serve_experts(part, rank, world_size, spec)
             return
         from duplex.model.model import DuplexModel
 
@@ -136,11 +142,11 @@ def gateway(
 ) -> None:
     """Run the gateway: auth, admission, least-loaded routing, relay; drains on SIGTERM."""
     if help_spec:
-        typer.echo(_fields_help(GatewaySpec))
+        typer.echo(fields_help(GatewaySpec))
         raise typer.Exit()
     logs.setup()
-    data = _load(config, set_, "gateway")
-    spec = GatewaySpec.model_validate(data.get("gateway", {}))
+    spec = load_command_config("gateway", config, set_)["gateway"]
+    assert isinstance(spec, GatewaySpec)
     if engines:
         spec = spec.model_copy(update={"engines": [e.strip() for e in engines.split(",") if e.strip()]})
     from .gateway.server import GatewayServer

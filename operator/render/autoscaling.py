@@ -2,20 +2,23 @@
 (Kubernetes 1.20: ``policy/v1beta1``, ``autoscaling/v2beta2``; current: ``policy/v1``, ``autoscaling/v2``).
 
 The HPA scales the DuplexModel itself through its scale subresource (``spec.replicas``), so a scale-up
-adds whole shard groups. Metric: ``duplex_active_sessions`` (Pods metric, via a custom-metrics adapter).
-Rank 0 exports the replica's live sessions and the other ranks 0, so the average over a replica's pods is
-sessions / shards: the target is divided by the shard count accordingly.
+adds whole shard groups. Metric: ``duplex_engine_active_sessions`` (``serving.metrics.ACTIVE_SESSIONS``, a
+Pods metric served by a custom-metrics adapter such as prometheus-adapter: docs/operator.md). Rank 0 exports
+the replica's live sessions and the other ranks 0, so the average over a replica's pods is sessions / shards:
+the target is divided by the shard count accordingly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from duplex.serving.metrics import ACTIVE_SESSIONS
+
 from ..naming import API_VERSION, KIND, ModelRef
 from ..resolve import Resolved
 from .common import Manifest
 
-SESSIONS_METRIC = "duplex_active_sessions"
+SESSIONS_METRIC = ACTIVE_SESSIONS
 
 
 @dataclasses.dataclass(frozen=True)
