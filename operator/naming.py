@@ -39,6 +39,7 @@ class ModelRef:
     name: str
     namespace: str
     uid: str
+    """The DuplexModel's uid; empty when rendering offline, before the object exists."""
 
     @classmethod
     def from_body(cls, body: Any) -> ModelRef:
@@ -118,12 +119,10 @@ class ModelRef:
         }
 
     def metadata(self, name: str, component: str, **extra_labels: str) -> dict[str, Any]:
-        return {
-            "name": name,
-            "namespace": self.namespace,
-            "labels": self.labels(component, **extra_labels),
-            "ownerReferences": [self.owner_reference()],
-        }
+        meta: dict[str, Any] = {"name": name, "namespace": self.namespace, "labels": self.labels(component, **extra_labels)}
+        if self.uid:  # offline (``duplex render``) the model has no uid yet: no owner reference to point at it
+            meta["ownerReferences"] = [self.owner_reference()]
+        return meta
 
 
 def service_env_prefix(service: str) -> str:

@@ -37,6 +37,18 @@ class ApiVersions:
         hpa = "autoscaling/v2" if "autoscaling/v2" in served else "autoscaling/v2beta2"
         return cls(pdb=pdb, hpa=hpa)
 
+    @classmethod
+    def for_kube_version(cls, version: str) -> ApiVersions:
+        """What a cluster of ``version`` (``1.20``, ``v1.29.3``) serves, for rendering without one."""
+        try:
+            major, minor = (int(p) for p in version.lstrip("v").split(".")[:2])
+        except ValueError:
+            raise ValueError(f"--kube-version {version!r}: expected MAJOR.MINOR, e.g. 1.29") from None
+        if (major, minor) < (1, 20):
+            raise ValueError(f"--kube-version {version!r}: Kubernetes 1.20 or newer is required")
+        return cls(pdb="policy/v1" if minor >= 21 or major > 1 else "policy/v1beta1",
+                   hpa="autoscaling/v2" if minor >= 23 or major > 1 else "autoscaling/v2beta2")
+
 
 def _pdb(ref: ModelRef, apis: ApiVersions, name: str, component: str, budget: dict[str, int]) -> Manifest:
     return {
