@@ -119,7 +119,11 @@ class ModelRef:
         }
 
     def metadata(self, name: str, component: str, **extra_labels: str) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": name, "namespace": self.namespace, "labels": self.labels(component, **extra_labels)}
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": self.labels(component, **extra_labels),
+        }
         if self.uid:  # offline (``duplex render``) the model has no uid yet: no owner reference to point at it
             meta["ownerReferences"] = [self.owner_reference()]
         return meta
@@ -133,4 +137,3 @@ def service_env_prefix(service: str) -> str:
 def service_host_ref(service: str) -> str:
     """``$(X_SERVICE_HOST)``: expanded by the kubelet in env values and args to the Service's ClusterIP."""
     return f"$({service_env_prefix(service)}_SERVICE_HOST)"
-

@@ -59,8 +59,9 @@ def _is_null(s: Json) -> bool:
     return s.get("type") == "null"
 
 
-def _convert(node: Json, defs: Json, model_name: str | None, factory: dict[tuple[str, str], Any],
-             openapi: bool, camel_case: bool) -> Json:
+def _convert(
+    node: Json, defs: Json, model_name: str | None, factory: dict[tuple[str, str], Any], openapi: bool, camel_case: bool
+) -> Json:
     """Turn one pydantic JSON-schema node into a structural OpenAPI v3 (or plain JSON-schema) node."""
     node = copy.deepcopy(node)
     ref = node.pop("$ref", None)

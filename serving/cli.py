@@ -38,8 +38,9 @@ def load_command_config(command: str, config: Path | None, sets: list[str]) -> d
     """Every section ``command`` reads; a bad file or ``--set`` exits 2 with ``duplex COMMAND: ...field...``."""
     sections = CONFIG_SECTIONS[command]
     try:
-        return {name: load_section(config, sets, name, model, known_sections=sections) for name, model in
-                sections.items()}
+        return {
+            name: load_section(config, sets, name, model, known_sections=sections) for name, model in sections.items()
+        }
     except ConfigError as e:
         typer.echo(f"duplex {command}: {e}", err=True)
         raise typer.Exit(2) from None
@@ -85,8 +86,9 @@ def engine(
     set_: list[str] = typer.Option([], "--set", help="Override a field: engine.max_sessions=32, model.seed=1"),
     rank: int = typer.Option(0, help="Rank in the replica's shard group"),
     world_size: int = typer.Option(1, help="Ranks in the shard group"),
-    from_hostname: bool = typer.Option(False, "--rank-from-hostname",
-                                       help="Take the rank from the StatefulSet ordinal"),
+    from_hostname: bool = typer.Option(
+        False, "--rank-from-hostname", help="Take the rank from the StatefulSet ordinal"
+    ),
     leader: str = typer.Option("", help="HOST:PORT of rank 0's rendezvous (world_size > 1)"),
     port: int | None = typer.Option(None, help="gRPC port (overrides engine.port; 0 = any)"),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
@@ -135,7 +137,7 @@ def engine(
 
 def gateway(
     config: Path | None = typer.Option(None, help='JSON {"gateway": GatewaySpec}'),
-    set_: list[str] = typer.Option([], "--set", help="Override a field: gateway.engines=[\"h:7070\"]"),
+    set_: list[str] = typer.Option([], "--set", help='Override a field: gateway.engines=["h:7070"]'),
     engines: str = typer.Option("", help="Comma-separated engine HOST:PORT list (overrides gateway.engines)"),
     port: int | None = typer.Option(None, help="Public gRPC port (overrides gateway.port; 0 = any)"),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
@@ -172,14 +174,27 @@ def up(
     from .engine.server import EngineServer
 
     async def main() -> None:
-        espec = EngineSpec.model_validate(dict(host="127.0.0.1", max_sessions=max_sessions, chunk_ms=chunk_ms,
-                                               metrics_port=metrics_port, torch_threads=torch_threads,
-                                               cohorts=cohorts))
+        espec = EngineSpec.model_validate(
+            dict(
+                host="127.0.0.1",
+                max_sessions=max_sessions,
+                chunk_ms=chunk_ms,
+                metrics_port=metrics_port,
+                torch_threads=torch_threads,
+                cohorts=cohorts,
+            )
+        )
         engine_server = EngineServer(espec, ModelSource.model_validate({}), bind_port=0)
         eport = await engine_server.start()
-        gspec = GatewaySpec.model_validate(dict(host="127.0.0.1", engines=[f"127.0.0.1:{eport}"], open_access=True,
-                                                metrics_port=metrics_port + 1 if metrics_port else 0,
-                                                drain_grace_s=2.0))
+        gspec = GatewaySpec.model_validate(
+            dict(
+                host="127.0.0.1",
+                engines=[f"127.0.0.1:{eport}"],
+                open_access=True,
+                metrics_port=metrics_port + 1 if metrics_port else 0,
+                drain_grace_s=2.0,
+            )
+        )
         gw = GatewayProcess(gspec, port)  # its own process: the relay does not share the step thread's GIL
         try:
             gport = await asyncio.to_thread(gw.start)
@@ -209,8 +224,9 @@ def talk(
     fast: bool = typer.Option(False, help="Send as fast as the server takes it instead of real-time pace"),
     api_key: str = typer.Option(os.environ.get("DUPLEX_API_KEY", ""), help="API key (or $DUPLEX_API_KEY)"),
     chunk_ms: int = typer.Option(200, help="Chunk length (must match the server)"),
-    ca_cert: Path | None = typer.Option(None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False,
-                                        help="PEM CA bundle: connect with TLS"),
+    ca_cert: Path | None = typer.Option(
+        None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False, help="PEM CA bundle: connect with TLS"
+    ),
 ) -> None:
     """Hold one conversation from a WAV file and record it."""
     import grpc
@@ -225,8 +241,14 @@ def talk(
 
     async def main() -> client.Conversation:
         async with client.channel(target, str(ca_cert) if ca_cert is not None else None) as ch:
-            return await client.converse(ch, chunks, chunk_ms=chunk_ms, realtime=not fast, metadata=md,
-                                         start=client.start_event(chunk_ms=chunk_ms))
+            return await client.converse(
+                ch,
+                chunks,
+                chunk_ms=chunk_ms,
+                realtime=not fast,
+                metadata=md,
+                start=client.start_event(chunk_ms=chunk_ms),
+            )
 
     conv = asyncio.run(main())
     if conv.code != grpc.StatusCode.OK:

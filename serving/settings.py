@@ -56,8 +56,9 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 def _errors(e: ValidationError, origin: str, section: str | None = None) -> ConfigError:
     """One line naming every bad field; ``section`` prefixes locations that lack it (a section validated alone)."""
     prefix: tuple[str, ...] = (section,) if section else ()
-    return ConfigError("; ".join(f"{origin}: {_field_path((*prefix, *err['loc']))}: {err['msg']}"
-                                 for err in e.errors()))
+    return ConfigError(
+        "; ".join(f"{origin}: {_field_path((*prefix, *err['loc']))}: {err['msg']}" for err in e.errors())
+    )
 
 
 def _section_args(sets: list[str], section: str, known: Collection[str]) -> list[str]:
@@ -69,21 +70,24 @@ def _section_args(sets: list[str], section: str, known: Collection[str]) -> list
         if not sep or not dot or not field:
             raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE, e.g. {section}.{key or 'field'}=...")
         if head not in {section, *known}:
-            raise ConfigError(f"--set {item!r}: unknown section {head!r} (this command reads "
-                              f"{', '.join(sorted({section, *known}))})")
+            raise ConfigError(
+                f"--set {item!r}: unknown section {head!r} (this command reads {', '.join(sorted({section, *known}))})"
+            )
         if head == section:
             args.append(f"--{section}.{'.'.join(to_camel(p) for p in field.split('.'))}={value}")
     return args
 
 
-def load_section(config: Path | None, sets: list[str], section: str, model: type[_M],
-                 known_sections: Collection[str] = ()) -> _M:
+def load_section(
+    config: Path | None, sets: list[str], section: str, model: type[_M], known_sections: Collection[str] = ()
+) -> _M:
     """The ``section`` of ``config`` (absent: all defaults) with the ``--set`` items for it applied on top.
 
     ``known_sections``: the other sections this command reads, whose ``--set`` items are skipped here; an
     item for any other section is an error. Raises :class:`ConfigError` naming the file, flag and field."""
     settings_cls: type[_Sections] = create_model(  # one field, named like the section
-        f"{model.__name__}Settings", __base__=_Sections, **{section: (model, Field(default_factory=model))})
+        f"{model.__name__}Settings", __base__=_Sections, **{section: (model, Field(default_factory=model))}
+    )
     file_section: dict[str, Any] = {}
     if config is not None:
         if not config.is_file():
@@ -98,8 +102,9 @@ def load_section(config: Path | None, sets: list[str], section: str, model: type
         except ValidationError as e:
             raise _errors(e, f"--config {config}", section) from None
     try:
-        cli = CliSettingsSource(settings_cls, cli_parse_args=_section_args(sets, section, known_sections),
-                                cli_exit_on_error=False)
+        cli = CliSettingsSource(
+            settings_cls, cli_parse_args=_section_args(sets, section, known_sections), cli_exit_on_error=False
+        )
         loaded = settings_cls(_cli_settings_source=cli, **{section: file_section})
     except SettingsError as e:
         raise ConfigError(f"--set: {e}") from None
@@ -114,6 +119,7 @@ def fields_help(*models: type[BaseModel]) -> str:
     lines = []
     for m in models:
         for name, f in m.model_fields.items():
-            lines.append(f"{m.__name__}.{name} (default {f.get_default(call_default_factory=True)!r}): "
-                         f"{f.description or ''}")
+            lines.append(
+                f"{m.__name__}.{name} (default {f.get_default(call_default_factory=True)!r}): {f.description or ''}"
+            )
     return "\n".join(lines)

@@ -8,8 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, alias_generator=to_camel,
-                         populate_by_name=True)
+SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, alias_generator=to_camel, populate_by_name=True)
 """Every spec: unknown fields rejected, field docs from docstrings, camelCase names in Kubernetes objects
 (``gpuMemoryGib``; ``by_alias`` dumps) and snake_case ones in Python, config files and ``--set``."""
 

@@ -46,8 +46,10 @@ class ApiVersions:
             raise ValueError(f"--kube-version {version!r}: expected MAJOR.MINOR, e.g. 1.29") from None
         if (major, minor) < (1, 20):
             raise ValueError(f"--kube-version {version!r}: Kubernetes 1.20 or newer is required")
-        return cls(pdb="policy/v1" if minor >= 21 or major > 1 else "policy/v1beta1",
-                   hpa="autoscaling/v2" if minor >= 23 or major > 1 else "autoscaling/v2beta2")
+        return cls(
+            pdb="policy/v1" if minor >= 21 or major > 1 else "policy/v1beta1",
+            hpa="autoscaling/v2" if minor >= 23 or major > 1 else "autoscaling/v2beta2",
+        )
 
 
 def _pdb(ref: ModelRef, apis: ApiVersions, name: str, component: str, budget: dict[str, int]) -> Manifest:
@@ -85,12 +87,14 @@ def hpa(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> Manifest:
             "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": ref.name},
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": [{
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": SESSIONS_METRIC},
-                    "target": {"type": "AverageValue", "averageValue": _quantity(per_pod)},
-                },
-            }],
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": SESSIONS_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": _quantity(per_pod)},
+                    },
+                }
+            ],
         },
     }

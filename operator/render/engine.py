@@ -66,9 +66,11 @@ def rank0_serving_check(port: int) -> str:
     """Readiness of a rank: rank 0 is ready once its gRPC port accepts (it serves only after the shard group
     has assembled and the weights are loaded); ranks > 0 hold experts only and are ready while running. So a
     replica is ready exactly when all of its pods are. The rank comes from the one hostname parser."""
-    return ("import os, socket; from duplex.serving.ranks import rank_from_hostname; "
-            f"rank_from_hostname(os.uname().nodename) != 0 or "
-            f"socket.create_connection(('127.0.0.1', {port}), 2).close()")
+    return (
+        "import os, socket; from duplex.serving.ranks import rank_from_hostname; "
+        f"rank_from_hostname(os.uname().nodename) != 0 or "
+        f"socket.create_connection(('127.0.0.1', {port}), 2).close()"
+    )
 
 
 def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[str, Any]:
@@ -77,9 +79,12 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     args = [
         "engine",
         "--rank-from-hostname",
-        "--world-size", str(resolved.shards),
-        "--leader", f"$({LEADER_ADDR_ENV})",
-        "--config", f"{CONFIG_DIR}/engine.json",
+        "--world-size",
+        str(resolved.shards),
+        "--leader",
+        f"$({LEADER_ADDR_ENV})",
+        "--config",
+        f"{CONFIG_DIR}/engine.json",
     ]
     envs: list[dict[str, Any]] = [env(LEADER_ADDR_ENV, f"{service_host_ref(ref.leader(replica))}:{RENDEZVOUS_PORT}")]
     if spec.agent.workers > 0:
@@ -103,8 +108,12 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     }
     if eng.metrics_port:
         ports.append({"name": "metrics", "containerPort": eng.metrics_port, "protocol": "TCP"})
-    container["readinessProbe"] = {"exec": {"command": ["python3", "-c", rank0_serving_check(eng.port)]},
-                                   "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3}
+    container["readinessProbe"] = {
+        "exec": {"command": ["python3", "-c", rank0_serving_check(eng.port)]},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
     if eng.gpus_per_shard:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     return container
@@ -137,8 +146,10 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
             "template": {
                 "metadata": {
                     "labels": ref.labels("engine", **extra),
-                    "annotations": {CONFIG_HASH_ANNOTATION: config_digest,
-                                    **prometheus_annotations(spec.engine.metrics_port)},
+                    "annotations": {
+                        CONFIG_HASH_ANNOTATION: config_digest,
+                        **prometheus_annotations(spec.engine.metrics_port),
+                    },
                 },
                 "spec": pod_spec,
             },
@@ -146,5 +157,4 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
     }
 
 
-__all__ = ["engine_container", "engine_headless_service", "engine_leader_service",
-           "engine_statefulset"]
+__all__ = ["engine_container", "engine_headless_service", "engine_leader_service", "engine_statefulset"]

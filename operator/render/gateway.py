@@ -61,9 +61,13 @@ def gateway_deployment(ref: ModelRef, resolved: Resolved, config_digest: str) ->
             "replicas": resolved.spec.gateway.replicas,
             "selector": {"matchLabels": ref.selector("gateway")},
             "template": {
-                "metadata": {"labels": ref.labels("gateway"),
-                             "annotations": {CONFIG_HASH_ANNOTATION: config_digest,
-                                             **prometheus_annotations(resolved.spec.gateway.metrics_port)}},
+                "metadata": {
+                    "labels": ref.labels("gateway"),
+                    "annotations": {
+                        CONFIG_HASH_ANNOTATION: config_digest,
+                        **prometheus_annotations(resolved.spec.gateway.metrics_port),
+                    },
+                },
                 "spec": {"containers": [container], "volumes": volumes, "enableServiceLinks": True},
             },
         },

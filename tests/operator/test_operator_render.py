@@ -36,15 +36,21 @@ K120 = ApiVersions.from_served({"policy/v1beta1", "autoscaling/v1", "autoscaling
 SPECS: dict[str, dict[str, Any]] = {
     "minimal": {},
     "sharded": {"engine": {"shards": 4}, "replicas": 3},
-    "autoscaled-auth-tls": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
-                            "replicas": 2, "gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls",
-                                                       "serviceType": "LoadBalancer"}},
+    "autoscaled-auth-tls": {
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+        "replicas": 2,
+        "gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls", "serviceType": "LoadBalancer"},
+    },
     "external-redis-secret": {"agent": {"workers": 3, "redis": {"managed": False, "urlSecret": "redis-url"}}},
     "managed-redis": {"agent": {"workers": 1}},
-    "gpu-autoshard": {"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
-                      "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32}},
-    "gpu-16-shards": {"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
-                      "engine": {"device": "cuda", "shards": 16, "gpusPerShard": 1, "gpuMemoryGib": 141}},
+    "gpu-autoshard": {
+        "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+        "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32},
+    },
+    "gpu-16-shards": {
+        "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+        "engine": {"device": "cuda", "shards": 16, "gpusPerShard": 1, "gpuMemoryGib": 141},
+    },
 }
 TENSORRT_LLM = {**SPECS["gpu-16-shards"], "engine": {**SPECS["gpu-16-shards"]["engine"], "backend": "tensorrt-llm"}}
 
@@ -76,9 +82,16 @@ def test_every_child_is_owned_and_labelled(name: str) -> None:
     for m in render(SPECS[name]):
         meta = m["metadata"]
         assert meta["namespace"] == "prod"
-        assert meta["ownerReferences"] == [{"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel",
-                                            "name": "talk", "uid": "0f0e-uid", "controller": True,
-                                            "blockOwnerDeletion": True}]
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "name": "talk",
+                "uid": "0f0e-uid",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         assert meta["labels"]["duplex.ai/model"] == "talk"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "duplex-operator"
 
@@ -200,11 +213,14 @@ def test_gateway_auth_tls_and_engine_addresses() -> None:
     gateway_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert gateway_json["api_keys_file"] == "/etc/duplex/auth/keys" and gateway_json["open_access"] is False
     assert (gateway_json["tls_cert_file"], gateway_json["tls_key_file"]) == (
-        "/etc/duplex/tls/tls.crt", "/etc/duplex/tls/tls.key")
+        "/etc/duplex/tls/tls.crt",
+        "/etc/duplex/tls/tls.key",
+    )
     plain = json.loads(by_kind(render({}), "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert plain["tls_cert_file"] is None and plain["tls_key_file"] is None
     assert env_of(c)["DUPLEX_ENGINES"] == (
-        "$(TALK_ENGINE_0_LEADER_SERVICE_HOST):7070,$(TALK_ENGINE_1_LEADER_SERVICE_HOST):7070")
+        "$(TALK_ENGINE_0_LEADER_SERVICE_HOST):7070,$(TALK_ENGINE_1_LEADER_SERVICE_HOST):7070"
+    )
     svc = next(m for m in by_kind(out, "Service") if m["metadata"]["name"] == "talk")
     assert svc["spec"]["type"] == "LoadBalancer"
 
@@ -222,7 +238,9 @@ def test_redis_managed_external_and_absent() -> None:
     none = render({})  # agent workers default to 0: no agent, no Redis, no DUPLEX_REDIS_URL
     assert {m["metadata"]["name"] for m in by_kind(none, "Deployment")} == {"talk-gateway"}
     assert "talk-redis" not in {m["metadata"]["name"] for m in by_kind(none, "Service")}
-    assert "DUPLEX_REDIS_URL" not in env_of(by_kind(none, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0])
+    assert "DUPLEX_REDIS_URL" not in env_of(
+        by_kind(none, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    )
 
 
 def test_config_change_changes_the_pod_template_hash() -> None:
@@ -235,23 +253,47 @@ def test_render_is_deterministic() -> None:
     assert render(SPECS["sharded"]) == render(SPECS["sharded"])
 
 
-@pytest.mark.parametrize(("raw", "field", "text"), [
-    ({"engine": {"shards": 3}}, "spec.engine.shards", "not divisible by 3"),
-    ({"model": {"preset": "nope"}}, "spec.model.preset", "unknown preset"),
-    ({"model": {"preset": "tml-interaction-small"}, "engine": {"shards": 1, "gpusPerShard": 1, "gpuMemoryGib": 80}},
-     "spec.engine.gpuMemoryGib", "does not fit"),
-    ({"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
-      "engine": {"shards": 2, "gpusPerShard": 1, "gpuMemoryGib": 80}}, "spec.engine.shards", "at least"),
-    ({"model": {"preset": "tml-interaction-small"}, "engine": {"shards": "auto", "gpusPerShard": 1,
-                                                              "gpuMemoryGib": 1}},
-     "spec.engine.gpuMemoryGib", "shards: auto"),
-    ({"engine": {"backend": "tensorrt-llm"}}, "spec.engine.backend", "tensorrt-llm is not available"),
-    ({"engine": {"chunkMs": 100}}, "spec.engine.chunkMs", "multiple"),
-    ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.maxReplicas", "below"),
-    ({"agent": {"workers": 1, "redis": {"managed": False}}}, "spec.agent.redis", "url"),
-    ({"engine": {"chunkMs": 20}}, "spec.engine.chunkMs", "greater than or equal"),
-    ({"engine": {"bogus": 1}}, "spec.engine.bogus", "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    ("raw", "field", "text"),
+    [
+        ({"engine": {"shards": 3}}, "spec.engine.shards", "not divisible by 3"),
+        ({"model": {"preset": "nope"}}, "spec.model.preset", "unknown preset"),
+        (
+            {
+                "model": {"preset": "tml-interaction-small"},
+                "engine": {"shards": 1, "gpusPerShard": 1, "gpuMemoryGib": 80},
+            },
+            "spec.engine.gpuMemoryGib",
+            "does not fit",
+        ),
+        (
+            {
+                "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+                "engine": {"shards": 2, "gpusPerShard": 1, "gpuMemoryGib": 80},
+            },
+            "spec.engine.shards",
+            "at least",
+        ),
+        (
+            {
+                "model": {"preset": "tml-interaction-small"},
+                "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 1},
+            },
+            "spec.engine.gpuMemoryGib",
+            "shards: auto",
+        ),
+        ({"engine": {"backend": "tensorrt-llm"}}, "spec.engine.backend", "tensorrt-llm is not available"),
+        ({"engine": {"chunkMs": 100}}, "spec.engine.chunkMs", "multiple"),
+        (
+            {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+            "spec.autoscaling.maxReplicas",
+            "below",
+        ),
+        ({"agent": {"workers": 1, "redis": {"managed": False}}}, "spec.agent.redis", "url"),
+        ({"engine": {"chunkMs": 20}}, "spec.engine.chunkMs", "greater than or equal"),
+        ({"engine": {"bogus": 1}}, "spec.engine.bogus", "Extra inputs"),
+    ],
+)
 def test_invalid_specs_name_the_field(raw: dict[str, Any], field: str, text: str) -> None:
     with pytest.raises(InvalidSpec) as err:
         resolve(parse_spec(raw))
@@ -352,16 +394,21 @@ def test_cli_prints_the_crd_and_values_schema() -> None:
     assert out.exit_code == 0 and json.loads(out.output)["properties"]["replicas"]["minimum"] == 0
     out = runner.invoke(app, ["crd", "--peering"])
     assert [d["metadata"]["name"] for d in yaml.safe_load_all(out.output)] == [
-        "duplexmodels.duplex.ai", "clusterkopfpeerings.kopf.dev"]
+        "duplexmodels.duplex.ai",
+        "clusterkopfpeerings.kopf.dev",
+    ]
 
 
 # --- status (pure) ------------------------------------------------------------------------------------
 
+
 def _workload(name: str, desired: int, ready: int, replica: int | None = None) -> dict[str, Any]:
     labels = {"duplex.ai/replica": str(replica)} if replica is not None else {}
-    return {"metadata": {"name": name, "generation": 2, "labels": labels},
-            "spec": {"replicas": desired},
-            "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": desired}}
+    return {
+        "metadata": {"name": name, "generation": 2, "labels": labels},
+        "spec": {"replicas": desired},
+        "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": desired},
+    }
 
 
 def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -378,8 +425,11 @@ def test_status_ready_when_every_rank_and_deployment_is_ready() -> None:
     assert partial["readyReplicas"] == 1 and "replica=1" in partial["conditions"][0]["message"]
     sts[1] = _workload("talk-engine-1", 2, 2, 1)
     ready = compute_status(REF, resolved, observe(sts, deps, "talk.prod.svc:8080"), 3, partial)
-    assert _conditions(ready) == {"Ready": ("True", "AllReplicasReady"), "Progressing": ("False", "Complete"),
-                                  "Degraded": ("False", "AsExpected")}
+    assert _conditions(ready) == {
+        "Ready": ("True", "AllReplicasReady"),
+        "Progressing": ("False", "Complete"),
+        "Degraded": ("False", "AsExpected"),
+    }
     assert ready["readyReplicas"] == 2 and ready["observedGeneration"] == 3
     assert all(c["observedGeneration"] == 3 for c in ready["conditions"])
     assert "" not in [v for c in ready["conditions"] for v in c.values()]  # 1.20 rejects empty strings
@@ -391,3 +441,24 @@ def test_status_keeps_transition_time_while_unchanged() -> None:
     first["conditions"][0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
     again = compute_status(REF, resolved, observe([], [], "e"), 1, first)
     assert again["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_status_degraded_names_agent_workers_until_the_agent_ships() -> None:
+    resolved = resolve(parse_spec({"agent": {"workers": 2}}))
+    status = compute_status(REF, resolved, observe([], [], "e"), 1, None)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "FeatureUnavailable")
+    assert degraded["message"].startswith("spec.agent.workers: the background agent is not available")
+    assert _conditions(compute_status(REF, resolve(parse_spec({})), observe([], [], "e"), 1, None))["Degraded"] == (
+        "False",
+        "AsExpected",
+    )
+
+
+def test_api_versions_for_a_kube_version() -> None:
+    assert ApiVersions.for_kube_version("1.20") == K120
+    assert ApiVersions.for_kube_version("v1.22.3") == ApiVersions(pdb="policy/v1", hpa="autoscaling/v2beta2")
+    assert ApiVersions.for_kube_version("1.33") == CURRENT
+    for bad in ("x", "1.19"):
+        with pytest.raises(ValueError, match="--kube-version"):
+            ApiVersions.for_kube_version(bad)

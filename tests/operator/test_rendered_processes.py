@@ -39,8 +39,10 @@ SPECS: list[dict[str, Any]] = [
     {"gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls"}},
     {"agent": {"workers": 2}},
     {"agent": {"workers": 1, "redis": {"managed": False, "urlSecret": "redis-url"}}},
-    {"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
-     "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32}},
+    {
+        "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+        "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32},
+    },
 ]
 
 
@@ -49,8 +51,12 @@ def render(raw: dict[str, Any]) -> list[Manifest]:
 
 
 def containers(manifests: list[Manifest]) -> list[dict[str, Any]]:
-    return [c for m in manifests if m["kind"] in ("StatefulSet", "Deployment")
-            for c in m["spec"]["template"]["spec"]["containers"]]
+    return [
+        c
+        for m in manifests
+        if m["kind"] in ("StatefulSet", "Deployment")
+        for c in m["spec"]["template"]["spec"]["containers"]
+    ]
 
 
 def envvars_the_cli_reads(subcommand: str) -> set[str]:
@@ -76,7 +82,8 @@ def test_every_rendered_duplex_variable_is_read(raw: dict[str, Any]) -> None:
                 assert parse_spec(raw).agent.workers > 0, f"{name} rendered without agent workers"
                 continue
             assert f"$({name})" in expanded or name in envvars_the_cli_reads(subcommand), (
-                f"{c['name']}: {name} is rendered but `duplex {subcommand}` never reads it")
+                f"{c['name']}: {name} is rendered but `duplex {subcommand}` never reads it"
+            )
 
 
 @pytest.mark.parametrize("raw", SPECS, ids=lambda r: json.dumps(r, sort_keys=True))
@@ -108,8 +115,16 @@ def test_render_cli_prints_the_children_offline(tmp_path: Path) -> None:
     import kubernetes_validate
 
     manifest = tmp_path / "m.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel",
-                                        "metadata": {"name": "talk", "namespace": "ignored"}, "spec": SPECS[1]}))
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "talk", "namespace": "ignored"},
+                "spec": SPECS[1],
+            }
+        )
+    )
     runner = CliRunner()
     out = runner.invoke(app, ["render", "-f", str(manifest), "-n", "prod"])
     assert out.exit_code == 0, out.output
@@ -129,16 +144,40 @@ def test_render_cli_prints_the_children_offline(tmp_path: Path) -> None:
     assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(old.stdout)} == {"ignored"}
 
 
-@pytest.mark.parametrize(("doc", "text"), [
-    ({"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {"name": "m"},
-      "spec": {"engine": {"shards": 3}}}, "spec.engine.shards"),
-    ({"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {"name": "m"},
-      "spec": {"engine": {"chunkMs": 20}}}, "spec.engine.chunkMs"),
-    ({"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {"name": "m"},
-      "spec": {"engine": {"backend": "tensorrt-llm", "gpusPerShard": 1}}}, "spec.engine.backend"),
-    ({"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {}}, "metadata.name"),
-    ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}}, "kind DuplexModel"),
-])
+@pytest.mark.parametrize(
+    ("doc", "text"),
+    [
+        (
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "m"},
+                "spec": {"engine": {"shards": 3}},
+            },
+            "spec.engine.shards",
+        ),
+        (
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "m"},
+                "spec": {"engine": {"chunkMs": 20}},
+            },
+            "spec.engine.chunkMs",
+        ),
+        (
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "m"},
+                "spec": {"engine": {"backend": "tensorrt-llm", "gpusPerShard": 1}},
+            },
+            "spec.engine.backend",
+        ),
+        ({"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {}}, "metadata.name"),
+        ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}}, "kind DuplexModel"),
+    ],
+)
 def test_render_cli_names_the_bad_field(doc: dict[str, Any], text: str, tmp_path: Path) -> None:
     manifest = tmp_path / "m.yaml"
     manifest.write_text(yaml.safe_dump(doc))
@@ -148,6 +187,7 @@ def test_render_cli_names_the_bad_field(doc: dict[str, Any], text: str, tmp_path
 
 
 # --- the processes themselves --------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -190,10 +230,31 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
     ports = [free_port(), free_port()]
     args = c["args"]
     assert args[:2] == ["engine", "--rank-from-hostname"] and "--config" in args
-    procs = [subprocess.Popen([*DUPLEX, "engine", "--rank", str(rank), "--world-size", "2", "--leader", leader,
-                               "--config", str(engine_json), "--port", "0", "--set", "engine.host=127.0.0.1",
-                               "--set", f"engine.metrics_port={ports[rank]}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for rank in (1, 0)]
+    procs = [
+        subprocess.Popen(
+            [
+                *DUPLEX,
+                "engine",
+                "--rank",
+                str(rank),
+                "--world-size",
+                "2",
+                "--leader",
+                leader,
+                "--config",
+                str(engine_json),
+                "--port",
+                "0",
+                "--set",
+                "engine.host=127.0.0.1",
+                "--set",
+                f"engine.metrics_port={ports[rank]}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for rank in (1, 0)
+    ]
     try:
         rank0, rank1 = scrape(ports[0], proc=procs[1]), scrape(ports[1], proc=procs[0])
         assert f"\n{metric} 0.0" in rank0  # rank 0: the replica's live sessions (none yet)
