@@ -46,7 +46,7 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-        self.dynamic = DynamicClient(api)  # type: ignore[no-untyped-call]
+        self.dynamic: Any = DynamicClient(api)  # type: ignore[no-untyped-call]  # the package ships no types
         self._resources: dict[tuple[str, str], Resource] = {}
         self._guard = threading.Lock()  # discovery is shared by the reconcile threads
 

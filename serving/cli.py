@@ -63,7 +63,11 @@ def _serve_experts(part: object, rank: int, world_size: int, spec: EngineSpec) -
     assert isinstance(part, ExpertShard)
     metrics = RankMetrics(rank, world_size)
     metrics.time_experts(part)
-    server = MetricsServer(metrics.registry, spec.host, spec.metrics_port)
+    try:
+        server = MetricsServer(metrics.registry, spec.host, spec.metrics_port)
+    except OSError as e:
+        typer.echo(f"duplex engine: rank {rank}: metrics on {spec.host}:{spec.metrics_port}: {e}", err=True)
+        raise typer.Exit(2) from None
     log.info("rank %d/%d serving experts (metrics on port %d)", rank, world_size, server.port)
     try:
         parallel.serve_experts(part)

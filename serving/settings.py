@@ -85,9 +85,8 @@ def load_section(
 
     ``known_sections``: the other sections this command reads, whose ``--set`` items are skipped here; an
     item for any other section is an error. Raises :class:`ConfigError` naming the file, flag and field."""
-    settings_cls: type[_Sections] = create_model(  # one field, named like the section
-        f"{model.__name__}Settings", __base__=_Sections, **{section: (model, Field(default_factory=model))}
-    )
+    fields: dict[str, Any] = {section: (model, Field(default_factory=model))}  # one field, named like the section
+    settings_cls = create_model(f"{model.__name__}Settings", __base__=_Sections, **fields)
     file_section: dict[str, Any] = {}
     if config is not None:
         if not config.is_file():
@@ -102,10 +101,11 @@ def load_section(
         except ValidationError as e:
             raise _errors(e, f"--config {config}", section) from None
     try:
-        cli = CliSettingsSource(
+        cli: CliSettingsSource[Any] = CliSettingsSource(
             settings_cls, cli_parse_args=_section_args(sets, section, known_sections), cli_exit_on_error=False
         )
-        loaded = settings_cls(_cli_settings_source=cli, **{section: file_section})
+        init: dict[str, Any] = {section: file_section, "_cli_settings_source": cli}
+        loaded = settings_cls(**init)
     except SettingsError as e:
         raise ConfigError(f"--set: {e}") from None
     except ValidationError as e:
