@@ -462,3 +462,17 @@ def test_api_versions_for_a_kube_version() -> None:
     for bad in ("x", "1.19"):
         with pytest.raises(ValueError, match="--kube-version"):
             ApiVersions.for_kube_version(bad)
+
+
+def test_operator_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplex.operator.settings import load_operator_settings
+
+    monkeypatch.setenv("DUPLEX_OPERATOR_WORKERS", "3")
+    monkeypatch.setenv("DUPLEX_OPERATOR_RESYNC_SECONDS", "7.5")
+    monkeypatch.setenv("DUPLEX_KUBECONFIG", "/etc/kube/config")
+    settings = load_operator_settings()
+    assert (settings.workers, settings.resync_seconds, settings.kubeconfig) == (3, 7.5, "/etc/kube/config")
+    monkeypatch.setenv("DUPLEX_OPERATOR_WORKERS", "many")
+    out = CliRunner().invoke(app, ["operator", "--all-namespaces", "--standalone"])
+    assert out.exit_code == 2
+    assert "DUPLEX_OPERATOR_WORKERS: Input should be a valid integer" in out.stderr

@@ -290,3 +290,23 @@ def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
         [*DUPLEX, "engine", "--config", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_load_section_layers_set_over_the_file(tmp_path: Path) -> None:
+    """The shared loader other commands call: file section, then --set on top (nested fields, lists)."""
+    from duplex.model.spec import ModelSource
+    from duplex.serving.settings import ConfigError, load_section
+    from duplex.serving.spec import EngineSpec, GatewaySpec
+
+    cfg = tmp_path / "engine.json"
+    cfg.write_text(
+        json.dumps({"engine": {"max_sessions": 4, "resources": {"cpu": "3", "memory": "1Gi"}}, "model": {"seed": 3}})
+    )
+    sets = ["engine.max_sessions=32", "engine.resources.cpu=4", 'engine.tools=["clock"]', "model.seed=5"]
+    spec = load_section(cfg, sets, "engine", EngineSpec, known_sections=["model"])
+    assert (spec.max_sessions, spec.resources.cpu, spec.resources.memory, spec.tools) == (32, "4", "1Gi", ["clock"])
+    assert load_section(cfg, sets, "model", ModelSource, known_sections=["engine"]).seed == 5
+    assert load_section(cfg, [], "model", ModelSource).seed == 3
+    assert load_section(None, ["gateway.engines=a:1,b:2"], "gateway", GatewaySpec).engines == ["a:1", "b:2"]
+    with pytest.raises(ConfigError, match="unknown section 'model'"):
+        load_section(cfg, sets, "engine", EngineSpec)
