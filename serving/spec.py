@@ -6,10 +6,15 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, alias_generator=to_camel, populate_by_name=True)
+"""Every spec: unknown fields rejected, field docs from docstrings, camelCase names in Kubernetes objects
+(``gpuMemoryGib``; ``by_alias`` dumps) and snake_case ones in Python, config files and ``--set``."""
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = SPEC_CONFIG
 
 
 class ResourceSpec(_Spec):
@@ -136,8 +141,8 @@ class RedisSpec(_Spec):
 class AgentSpec(_Spec):
     """Background agent: Redis Streams workers running slow tools, results injected into the talk."""
 
-    workers: int = Field(1, ge=0)
-    """Agent worker pods (0 = no background agent)."""
+    workers: int = Field(0, ge=0)
+    """Agent worker pods (0 = no background agent: the default until ``duplex agent`` ships)."""
     tools: list[str] = Field(default_factory=lambda: ["clock", "calculator"])
     """Tools sessions may call."""
     redis: RedisSpec = RedisSpec()
