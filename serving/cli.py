@@ -22,7 +22,7 @@ from . import logs
 from .process import GatewayProcess, serve_until_signal
 from .ranks import rank_from_hostname
 from .settings import ConfigError, fields_help, load_section
-from .spec import EngineSpec, GatewaySpec
+from .spec import AgentSpec, EngineSpec, GatewaySpec
 
 log = logging.getLogger("duplex.serving")
 
@@ -30,6 +30,7 @@ log = logging.getLogger("duplex.serving")
 CONFIG_SECTIONS: dict[str, dict[str, type[BaseModel]]] = {
     "engine": {"engine": EngineSpec, "model": ModelSource},
     "gateway": {"gateway": GatewaySpec},
+    "agent": {"agent": AgentSpec},
 }
 """Sections each command reads from ``--config`` and ``--set`` (the operator's ConfigMap holds only these)."""
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import typer
 
 from duplex.serving import logs
-from duplex.serving.cli import _fields_help, _load, _run_server
+from duplex.serving.cli import _run_server, load_command_config
 from duplex.serving.metrics import MetricsServer
 from duplex.serving.process import serve_until_signal
+from duplex.serving.settings import fields_help
 from duplex.serving.spec import AgentSpec
 
 from .protocol import StreamNames
@@ -29,15 +30,11 @@ def agent(
 ) -> None:
     """Run a background-agent worker pool: consume jobs from Redis Streams, run tools, publish results."""
     if help_spec:
-        typer.echo(_fields_help(AgentSpec))
+        typer.echo(fields_help(AgentSpec))
         raise typer.Exit()
     logs.setup()
-    data = _load(config, set_, "agent")
-    try:
-        spec = AgentSpec.model_validate(data.get("agent", {}))
-    except ValueError as e:
-        typer.echo(f"duplex agent: {e}", err=True)
-        raise typer.Exit(2) from None
+    spec = load_command_config("agent", config, set_)["agent"]
+    assert isinstance(spec, AgentSpec)
     if metrics_port is not None:
         spec = spec.model_copy(update={"metrics_port": metrics_port})
     url = redis_url or spec.redis.url or os.environ.get("DUPLEX_REDIS_URL", "")
