@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from duplex.model.corpus.audio import read_wav
+from duplex.model.audio_io import read_wav
 
 from .listener import Script
 
@@ -42,12 +42,8 @@ def cache_dir() -> Path:
 def load_conversation(directory: Path) -> ScriptedConversation:
     """Read ``user.wav`` and ``events.json`` of one corpus conversation (layout: docs/corpus.md)."""
     doc = json.loads((directory / "events.json").read_text())
-    wav = read_wav(directory / doc.get("files", {}).get("user", "user.wav"))
-    if wav.rate != SAMPLE_RATE or wav.channels != 1 or wav.sample_width != 2:
-        raise ValueError(
-            f"{directory}/user.wav: need PCM16 mono {SAMPLE_RATE} Hz "
-            f"(got {wav.rate} Hz, {wav.channels} channel(s), {8 * wav.sample_width}-bit)"
-        )
+    # any rate or layout libsndfile reads is converted (soxr, channels averaged): a corpus is 16 kHz mono
+    wav = read_wav(directory / doc.get("files", {}).get("user", "user.wav"), sample_rate=SAMPLE_RATE, mono=True)
     events = doc["events"]
     ends = sorted(float(e["start"]) for e in events if e["type"] == "user_turn_end")
     starts = sorted(float(e["start"]) for e in events if e["type"] == "user_speech")

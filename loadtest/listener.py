@@ -63,11 +63,10 @@ class SendSchedule:
 
     @classmethod
     def from_hint(cls, send_at_client_us: int, now_us: int, chunk_ms: int) -> SendSchedule:
-        """Follow the server's phase hint (chunk 0 leaves at ``send_at_client_us``: capture began one chunk
-        earlier); without a hint (0) capture begins now and chunk 0 leaves one chunk later."""
+        """Chunk 0 leaves at the server's phase hint ``send_at_client_us``, or now without one (0), and its
+        capture began one chunk earlier — the shared client's rule (``serving/client.py``)."""
         chunk_us = chunk_ms * 1000
-        start = send_at_client_us - chunk_us if send_at_client_us > 0 else now_us
-        return cls(start, chunk_us)
+        return cls((send_at_client_us if send_at_client_us > 0 else now_us) - chunk_us, chunk_us)
 
     def due_us(self, k: int) -> int:
         """Client time at which chunk ``k`` is complete and leaves."""

@@ -36,10 +36,10 @@ def test_send_schedule_follows_the_hint_like_a_live_microphone() -> None:
     assert sched.axis_s(5_300_000) == pytest.approx(0.5)
 
 
-def test_send_schedule_without_a_hint_starts_capturing_now() -> None:
+def test_send_schedule_without_a_hint_sends_chunk_0_now_as_a_captured_chunk() -> None:
     sched = SendSchedule.from_hint(send_at_client_us=0, now_us=1_000_000, chunk_ms=80)
-    assert sched.capture_start_us == 1_000_000
-    assert sched.due_us(0) == 1_080_000  # never at the start of its period
+    assert sched.capture_start_us == 920_000  # chunk 0 leaves at the end of its period, never at its start
+    assert [sched.due_us(k) for k in range(2)] == [1_000_000, 1_080_000]
 
 
 def test_turn_latency_is_heard_onset_minus_captured_end_of_speech() -> None:
