@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import invariant
 from .config import ModelConfig
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoint names) that honours batch-invariant steps."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return invariant.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -63,10 +71,10 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.groups = cfg.n_heads // cfg.n_kv_heads
         self.window, self.theta = cfg.window, cfg.rope_theta
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.wq = Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
     def _qkv(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape  # batch, new frames, d_model
@@ -111,8 +119,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, hidden: int) -> None:
         super().__init__()
-        self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)  # gate and up projections, concatenated
-        self.w2 = nn.Linear(hidden, d_model, bias=False)
+        self.w13 = Linear(d_model, 2 * hidden, bias=False)  # gate and up projections, concatenated
+        self.w2 = Linear(hidden, d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)
