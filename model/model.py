@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from . import invariant
 from .config import ModelConfig, ModelError
 from .embed import FusedInput
-from .layers import Attention, Linear, RMSNorm, sliding_window_mask
+from .layers import Attention, Linear, RMSNorm, StepGeometry, sliding_window_mask
 from .moe import Experts, MoE, MoeImpl
 from .state import StreamState
 
@@ -57,8 +57,8 @@ class Block(nn.Module):
         y, aux = self.moe(self.moe_norm(x))
         return x + y, aux
 
-    def step(self, x: Tensor, pos: Tensor, k: Tensor, v: Tensor, ring_idx: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attn.step(self.attn_norm(x), pos, k, v, ring_idx, mask)
+    def step(self, x: Tensor, k: Tensor, v: Tensor, geo: StepGeometry) -> Tensor:
+        x = x + self.attn.step(self.attn_norm(x), k, v, geo)
         return x + self.moe(self.moe_norm(x))[0]
 
 
@@ -272,8 +272,9 @@ class DuplexModel(nn.Module):
         ring_pos = st.ring_pos[rows] if active is None else st.ring_pos[rows].clone()
         ring_pos.scatter_(1, ring_idx, pos)
         mask = sliding_window_mask(pos, ring_pos, cfg.window)  # (n, F, R)
+        geo = self.layers[0].attn.geometry(pos, ring_idx, mask, x.dtype)  # shared by every layer
         for i, block in enumerate(self.layers):
-            x = block.step(x, pos, st.k[i][rows], st.v[i][rows], ring_idx, mask)
+            x = block.step(x, st.k[i][rows], st.v[i][rows], geo)
         h = self.out_norm(x)
         probs = self.control_head(h).float().softmax(-1)
         audio, text, control = decide(self.cfg, self.audio_head(h), self.text_head(h), probs)

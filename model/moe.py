@@ -57,7 +57,7 @@ class Dispatch:
     weights: Tensor  # (M,)
     counts: Tensor  # (n_local,) int64, on CPU
     local_experts: Tensor  # (M,) local expert index of each assignment
-    choice: Tensor  # (M,) which of its token's top-k choices each assignment is (0 = the most probable)
+    assignment: Tensor  # (M,) token * k + choice: which of its token's top-k choices each assignment is
 
 
 def dispatch(routing: Routing, first: int, n_local: int) -> Dispatch:
@@ -69,7 +69,7 @@ def dispatch(routing: Routing, first: int, n_local: int) -> Dispatch:
     k = routing.experts.shape[1]
     assignment = torch.arange(routing.experts.numel(), device=flat_e.device)[keep][order]  # token * k + choice
     counts = torch.bincount(flat_e, minlength=n_local).cpu()
-    return Dispatch(assignment // k, routing.weights.flatten()[keep][order], counts, flat_e[order], assignment % k)
+    return Dispatch(assignment // k, routing.weights.flatten()[keep][order], counts, flat_e[order], assignment)
 
 
 class Experts(nn.Module):
@@ -135,14 +135,15 @@ class Experts(nn.Module):
         if d.token_ids.numel() == 0:
             return torch.zeros_like(x)
         xs = x[d.token_ids]  # (M, d) gathered, sorted by expert
-        if not invariant.enabled():
+        if invariant.enabled():
+            ys = self._grouped_padded(xs, d)
+        else:
             ys = IMPLS[self.impl](self, xs, d)
-            return torch.zeros_like(x).index_add_(0, d.token_ids, ys * d.weights[:, None])
-        ys = self._grouped_padded(xs, d) * d.weights[:, None]
-        # sum each token's contributions in its own top-k order, not in an order the batch sets
+        # Each assignment's weighted output lands in its (token, choice) row — a row copy, not a scatter-add
+        # — and a token's k contributions are summed in its own top-k order, never in an order the batch sets.
         k = routing.experts.shape[1]
-        parts = x.new_zeros(x.shape[0], k, x.shape[1])
-        parts[d.token_ids, d.choice] = ys
+        parts = x.new_zeros(x.shape[0] * k, x.shape[1]).index_copy_(0, d.assignment, ys * d.weights[:, None])
+        parts = parts.view(x.shape[0], k, x.shape[1])
         out = parts[:, 0]
         for j in range(1, k):
             out = out + parts[:, j]
