@@ -5,8 +5,8 @@ CPU kernels are not. Measured on the 2-core machines here (torch 2.13 CPU, probe
 ``bench/batch_invariance_probe.py``), a row is bit-identical alone and among others for the elementwise ops,
 RMSNorm, softmax, rfft, embedding lookups, ``scaled_dot_product_attention`` (each batch element is its own
 problem) and the codec — and NOT for matrix products: ``X @ W`` takes a small-M kernel with another
-reduction order when X has 1–3, 5–7 or 9–11 rows, and gives one and the same result per row for every
-M >= 12 (checked up to 700), at any row index. So a session stepped alone (5 frames = 5 rows) rounds
+reduction order when X has few rows (1–3 with one thread; 1–3, 5–7 and 9–11 with two), and gives one and
+the same result per row for every M >= 12 (checked up to 700), at any row index. So a session stepped alone (5 frames = 5 rows) rounds
 differently than the same session inside a batch of 16 (80 rows); and a MoE expert's GEMM has as many
 rows as tokens routed to it, a count the other sessions decide.
 
