@@ -6,9 +6,9 @@ CPU kernels are not. Measured on the 2-core machines here (torch 2.13 CPU, probe
 RMSNorm, softmax, rfft, embedding lookups, ``scaled_dot_product_attention`` (each batch element is its own
 problem) and the codec — and NOT for matrix products: ``X @ W`` takes a small-M kernel with another
 reduction order when X has few rows (1–3 with one thread; 1–3, 5–7 and 9–11 with two), and gives one and
-the same result per row for every M >= 12 (checked up to 700), at any row index. So a session stepped alone (5 frames = 5 rows) rounds
-differently than the same session inside a batch of 16 (80 rows); and a MoE expert's GEMM has as many
-rows as tokens routed to it, a count the other sessions decide.
+the same result per row for every M >= 12 (checked up to 700), at any row index. So a session stepped
+alone (5 frames = 5 rows) rounds differently than the same session inside a batch of 16 (80 rows); and a
+MoE expert's GEMM has as many rows as tokens routed to it, a count the other sessions decide.
 
 The fix is the cheapest one that makes every GEMM's row count irrelevant: pad each product to at least
 ``MIN_GEMM_ROWS`` rows (zeros, sliced off after) — dense layers when the whole step has fewer rows, and

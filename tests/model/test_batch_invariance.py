@@ -155,7 +155,7 @@ def test_outputs_are_bit_identical_alone_and_in_a_crowd(
         assert torch.equal(among[name], ref), f"{name} differs alone vs among others (seed {seed})"
 
 
-def test_batch_invariant_mode_is_a_no_op_for_values(
+def test_batch_invariant_mode_computes_the_same_function(
     tiny_model: DuplexModel, tiny: ModelConfig, speechy: Speechy
 ) -> None:
     """The invariant kernels compute the same function: a 64-session step agrees with the fast path."""
