@@ -1,9 +1,14 @@
 """Step latency of the tiny model per 200 ms chunk on CPU, by batch size, and the MoE execution strategies.
 
     python bench/model_step.py [--batches 1,8,32,64,128] [--repeats 30] [--write]
+    python bench/model_step.py --batch-invariant [--batches 16,64] [--repeats 40] [--write]
+    python bench/model_step.py --profile [--batches 16,48,64]
 
 Each session is put an hour deep (positions ~90 000, ring cache full) so attention runs over the whole
 window, as in steady state. "step" is the model; "decode" the codec turning its codes into audio.
+``--batch-invariant`` times ``step(batch_invariant=True)`` against the default, interleaved step by step
+in one run (the machines are shared: compare the ratio, not the absolutes). ``--profile`` prints where a
+full-cache step spends its time (torch.profiler, top ops by self CPU time).
 """
 
 from __future__ import annotations
@@ -58,6 +63,60 @@ def time_step(model: DuplexModel, codec: Codec, batch: int, repeats: int) -> tup
     return steps, decodes
 
 
+def time_invariance(model: DuplexModel, batch: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Step ms without and with ``batch_invariant``, alternating every step so load hits both alike."""
+    F = model.cfg.frames_per_chunk(CHUNK_MS)
+    states = {False: deep_state(model, batch), True: deep_state(model, batch)}
+    audio = torch.randn(batch, F * model.cfg.frame_samples) * 0.1
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(repeats + 2):
+        for flag in (False, True) if i % 2 else (True, False):
+            t0 = time.perf_counter()
+            model.step(states[flag], audio, batch_invariant=flag)
+            if i >= 2:  # warm-up
+                times[flag].append((time.perf_counter() - t0) * 1e3)
+    return times[False], times[True]
+
+
+def profile_steps(model: DuplexModel, batch: int, repeats: int) -> str:
+    """torch.profiler table of ``repeats`` full-cache steps at ``batch`` sessions."""
+    F = model.cfg.frames_per_chunk(CHUNK_MS)
+    st = deep_state(model, batch)
+    audio = torch.randn(batch, F * model.cfg.frame_samples) * 0.1
+    for _ in range(3):
+        model.step(st, audio)
+    with torch.profiler.profile() as prof:
+        for _ in range(repeats):
+            model.step(st, audio)
+    table: str = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    return table
+
+
+def invariance_main(model: DuplexModel, batches: list[int], repeats: int, write: bool) -> None:
+    rows = []
+    for b in batches:
+        fast, inv = time_invariance(model, b, repeats)
+        ratio = statistics.median(inv) / statistics.median(fast)
+        rows.append((b, statistics.median(fast), statistics.median(inv), ratio))
+        print(
+            f"batch {b:4d}: step p50 {rows[-1][1]:6.1f} ms default, {rows[-1][2]:6.1f} ms batch-invariant: ×{ratio:.2f}"
+        )
+    if write:
+        body = [
+            f"Command: `{command()}`  ",
+            f"Machine: {machine()}  ",
+            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            "",
+            "`step(batch_invariant=True)` against the default, full 320-frame window, 200 ms chunks, the two",
+            "variants alternating step by step in one run (read the ratio; the absolutes carry the shared load):",
+            "",
+            "| sessions | default step p50 ms | batch-invariant step p50 ms | cost |",
+            "|---|---|---|---|",
+        ]
+        body += [f"| {b} | {f:.1f} | {i:.1f} | {r - 1:+.0%} |" for b, f, i, r in rows]
+        write_section("Batch-invariance cost (tiny, CPU)", "\n".join(body))
+
+
 def set_impl(model: DuplexModel, impl: MoeImpl) -> None:
     for m in model.modules():
         if isinstance(m, Experts):
@@ -73,10 +132,21 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32,64,96,128")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
+    ap.add_argument("--batch-invariant", action="store_true", help="cost of step(batch_invariant=True)")
+    ap.add_argument("--profile", action="store_true", help="torch.profiler tables of full-cache steps")
     args = ap.parse_args()
     torch.manual_seed(0)
     cfg = get_preset("tiny")
     model = DuplexModel(cfg).eval()
+    batches = [int(x) for x in args.batches.split(",")]
+    if args.batch_invariant:
+        invariance_main(model, batches, args.repeats, args.write)
+        return
+    if args.profile:
+        for b in batches:
+            print(f"--- {b} sessions, full cache, {args.repeats} steps")
+            print(profile_steps(model, b, args.repeats))
+        return
     codec = Codec(cfg)
     budget = 0.25 * CHUNK_MS
 
@@ -100,7 +170,7 @@ def main() -> None:
 
     # 2. batch sweep with the fastest exact strategy
     rows = []
-    for b in [int(x) for x in args.batches.split(",")]:
+    for b in batches:
         steps, decodes = time_step(model, codec, b, args.repeats)
         total = [s + d for s, d in zip(steps, decodes, strict=True)]
         rows.append(

@@ -57,7 +57,7 @@ class CodecState:
         self.phase[slot] = 0.0
         self.amp[slot] = 0.0
         self.f0[slot] = 0.0
-        self.noise_pos[slot] = (slot * 7919) % NOISE_LEN
+        self.noise_pos[slot] = 0  # not slot-dependent: a session's audio must not depend on its slot
 
     def move(self, src: int, dst: int) -> None:
         for t in (self.phase, self.amp, self.f0, self.noise_pos):

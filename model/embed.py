@@ -19,7 +19,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import invariant
 from .config import ModelConfig
+from .layers import Linear
 
 N_MELS = 40
 
@@ -49,8 +51,8 @@ class AudioEmbed(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.frame_samples, self.sample_rate = cfg.frame_samples, cfg.sample_rate
-        self.raw = nn.Linear(cfg.frame_samples, cfg.d_model, bias=False)
-        self.feat = nn.Linear(N_MELS + 1, cfg.d_model)
+        self.raw = Linear(cfg.frame_samples, cfg.d_model, bias=False)
+        self.feat = Linear(N_MELS + 1, cfg.d_model)
         self.window: Tensor
         self.mel: Tensor
         self.reset_buffers()
@@ -66,7 +68,7 @@ class AudioEmbed(nn.Module):
         """Fixed features: log-mel (40) and log-energy (1) per frame, scaled to roughly unit range."""
         x = frames.float()  # FFTs have no bfloat16 kernels (CPU or cuFFT): fixed features run in float32
         spec = torch.fft.rfft(x * self.window.float(), dim=-1).abs().pow(2)  # (B, T, S/2+1)
-        logmel = torch.log(spec @ self.mel.float() + 1e-8)
+        logmel = torch.log(invariant.matmul(spec, self.mel.float()) + 1e-8)
         energy = torch.log(x.pow(2).mean(-1, keepdim=True) + 1e-8)
         return (torch.cat([logmel, energy], dim=-1) / 10.0).to(frames.dtype)
 
@@ -80,7 +82,7 @@ class VideoEmbed(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.patch = cfg.video_patch
-        self.proj = nn.Linear(3 * cfg.video_patch**2, cfg.d_model)
+        self.proj = Linear(3 * cfg.video_patch**2, cfg.d_model)
         self.pos = nn.Parameter(torch.randn(cfg.video_patches, cfg.d_model) * 0.02)
 
     def forward(self, video: Tensor) -> Tensor:

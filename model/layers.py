@@ -6,11 +6,21 @@ Hkv key/value heads, G = H / Hkv queries per KV head, D head dim, R ring length 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import invariant
 from .config import ModelConfig
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same checkpoint names) that honours batch-invariant steps."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return invariant.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -51,6 +61,28 @@ def sliding_window_mask(q_pos: Tensor, k_pos: Tensor, window: int) -> Tensor:
     return (k <= q) & (k > q - window) & (k >= 0)
 
 
+@dataclass
+class StepGeometry:
+    """What every layer of one streaming sub-step shares, built once per sub-step rather than per layer:
+    the rotary tables of the new positions, where their keys go in the ring, and the attention bias."""
+
+    cos: Tensor
+    """(B, 1, F, D/2) rotary cosines of the new frames' absolute positions."""
+    sin: Tensor
+    """(B, 1, F, D/2) rotary sines."""
+    ring_idx: Tensor
+    """(B, Hkv, F, D) ring entry of each new key/value, expanded for ``scatter_``."""
+    bias: Tensor
+    """(B, 1, G*F, R) additive attention bias over the ring: 0 may attend, -inf may not (what SDPA builds
+    from a boolean mask on every call; built here once for all layers)."""
+
+
+def attention_bias(mask: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
+    """Boolean mask (B, T, S) → additive bias (B, 1, G*T, S) for grouped queries folded into rows g*T + t."""
+    bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+    return bias[:, None].repeat(1, 1, groups, 1)
+
+
 class Attention(nn.Module):
     """Causal sliding-window grouped-query attention.
 
@@ -63,47 +95,51 @@ class Attention(nn.Module):
         self.n_heads, self.n_kv, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
         self.groups = cfg.n_heads // cfg.n_kv_heads
         self.window, self.theta = cfg.window, cfg.rope_theta
-        self.wq = nn.Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
+        self.wq = Linear(cfg.d_model, cfg.n_heads * cfg.head_dim, bias=False)
+        self.wk = Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wv = Linear(cfg.d_model, cfg.n_kv_heads * cfg.head_dim, bias=False)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.d_model, bias=False)
 
-    def _qkv(self, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def geometry(self, pos: Tensor, ring_idx: Tensor, mask: Tensor, dtype: torch.dtype) -> StepGeometry:
+        """The shared per-sub-step tensors for positions ``pos`` (B, F) written at ``ring_idx`` (B, F), with
+        ``mask`` (B, F, R) from the ring's positions after the write."""
+        cos, sin = rotary(pos, self.head_dim, self.theta, dtype)  # (B, F, D/2)
+        idx = ring_idx[:, None, :, None].expand(-1, self.n_kv, -1, self.head_dim)
+        return StepGeometry(cos[:, None], sin[:, None], idx, attention_bias(mask, self.groups, dtype))
+
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape  # batch, new frames, d_model
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.wv(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        cos, sin = rotary(pos, self.head_dim, self.theta, x.dtype)  # (B or 1, T, D/2)
-        cos, sin = cos[:, None], sin[:, None]
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-        """q (B, H, T, D), k/v (B, Hkv, S, D), mask (B or 1, T, S) → (B, T, H*D)."""
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor) -> Tensor:
+        """q (B, H, T, D), k/v (B, Hkv, S, D), bias (B or 1, 1, G*T, S) → (B, T, H*D)."""
         B, _, T, D = q.shape
         qg = q.reshape(B, self.n_kv, self.groups * T, D)  # head h = kv*G + g → rows g*T + t
-        m = mask[:, None].repeat(1, 1, self.groups, 1)  # (B, 1, G*T, S)
-        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=m)  # (B, Hkv, G*T, D)
+        o = F.scaled_dot_product_attention(qg, k, v, attn_mask=bias)  # (B, Hkv, G*T, D)
         return o.reshape(B, self.n_heads, T, D).transpose(1, 2).reshape(B, T, self.n_heads * D)
 
     def forward(self, x: Tensor) -> Tensor:
         """Full-sequence (teacher-forced) pass from position 0. x (B, T, d_model)."""
         T = x.shape[1]
         pos = torch.arange(T, device=x.device)
-        q, k, v = self._qkv(x, pos[None])
+        cos, sin = rotary(pos[None], self.head_dim, self.theta, x.dtype)  # (1, T, D/2)
+        q, k, v = self._qkv(x, cos[:, None], sin[:, None])
         mask = sliding_window_mask(pos, pos, self.window)[None]  # (1, T, T)
-        return self.wo(self._attend(q, k, v, mask))
+        return self.wo(self._attend(q, k, v, attention_bias(mask, self.groups, x.dtype)))
 
-    def step(self, x: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, ring_idx: Tensor, mask: Tensor) -> Tensor:
+    def step(self, x: Tensor, k_cache: Tensor, v_cache: Tensor, geo: StepGeometry) -> Tensor:
         """Streaming pass over F new frames per session, reading and updating the ring cache in place.
 
-        x (B, F, d_model); pos (B, F) absolute positions; k_cache/v_cache (B, Hkv, R, D) views of the
-        sessions' slots; ring_idx (B, F) = pos % R; mask (B, F, R) from the ring's positions after the write.
+        x (B, F, d_model); k_cache/v_cache (B, Hkv, R, D) views of the sessions' slots; ``geo`` the
+        sub-step's shared geometry (``geometry``).
         """
-        q, k, v = self._qkv(x, pos)
-        idx = ring_idx[:, None, :, None].expand(-1, self.n_kv, -1, self.head_dim)
-        k_cache.scatter_(2, idx, k)
-        v_cache.scatter_(2, idx, v)
-        return self.wo(self._attend(q, k_cache, v_cache, mask))
+        q, k, v = self._qkv(x, geo.cos, geo.sin)
+        k_cache.scatter_(2, geo.ring_idx, k)
+        v_cache.scatter_(2, geo.ring_idx, v)
+        return self.wo(self._attend(q, k_cache, v_cache, geo.bias))
 
 
 class SwiGLU(nn.Module):
@@ -111,8 +147,8 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, hidden: int) -> None:
         super().__init__()
-        self.w13 = nn.Linear(d_model, 2 * hidden, bias=False)  # gate and up projections, concatenated
-        self.w2 = nn.Linear(hidden, d_model, bias=False)
+        self.w13 = Linear(d_model, 2 * hidden, bias=False)  # gate and up projections, concatenated
+        self.w2 = Linear(hidden, d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.w13(x).chunk(2, dim=-1)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from . import invariant
 from .config import ModelConfig, ModelError
 from .embed import FusedInput
-from .layers import Attention, RMSNorm, sliding_window_mask
+from .layers import Attention, Linear, RMSNorm, StepGeometry, sliding_window_mask
 from .moe import Experts, MoE, MoeImpl
 from .state import StreamState
 
@@ -56,8 +57,8 @@ class Block(nn.Module):
         y, aux = self.moe(self.moe_norm(x))
         return x + y, aux
 
-    def step(self, x: Tensor, pos: Tensor, k: Tensor, v: Tensor, ring_idx: Tensor, mask: Tensor) -> Tensor:
-        x = x + self.attn.step(self.attn_norm(x), pos, k, v, ring_idx, mask)
+    def step(self, x: Tensor, k: Tensor, v: Tensor, geo: StepGeometry) -> Tensor:
+        x = x + self.attn.step(self.attn_norm(x), k, v, geo)
         return x + self.moe(self.moe_norm(x))[0]
 
 
@@ -134,9 +135,9 @@ class DuplexModel(nn.Module):
         ]
         self.blocks = nn.ModuleList(self.layers)  # registers them; ``layers`` is the same objects, typed
         self.out_norm = RMSNorm(cfg.d_model)
-        self.audio_head = nn.Linear(cfg.d_model, cfg.audio_codes, bias=False)
-        self.text_head = nn.Linear(cfg.d_model, cfg.text_vocab, bias=False)
-        self.control_head = nn.Linear(cfg.d_model, cfg.control_classes, bias=False)
+        self.audio_head = Linear(cfg.d_model, cfg.audio_codes, bias=False)
+        self.text_head = Linear(cfg.d_model, cfg.text_vocab, bias=False)
+        self.control_head = Linear(cfg.d_model, cfg.control_classes, bias=False)
 
     # ----- full sequence ----------------------------------------------------------------------------
     def forward(
@@ -186,6 +187,7 @@ class DuplexModel(nn.Module):
         text_in: Tensor | None = None,
         video: Tensor | None = None,
         video_rows: Tensor | None = None,
+        batch_invariant: bool = False,
     ) -> StepOutput:
         """Advance the sessions in the slot range ``rows`` (default ``0..n-1``) by one chunk each.
 
@@ -195,6 +197,9 @@ class DuplexModel(nn.Module):
         member's chunk is still in flight. A chunk longer than ``feedback_delay_frames`` runs as one-pass
         sub-steps. text_in (n, F, slots) byte tokens (PAD = none); video (K, 3, V, V) for the rows
         ``video_rows`` (K,) (indices into the n rows), attached to the chunk's first frame.
+
+        ``batch_invariant``: every row's outputs are bit-identical whatever the other rows hold, how many
+        there are and where the row sits (see ``invariant``); otherwise they agree to float rounding only.
         """
         frames = self._frames(audio)
         n, F, _ = frames.shape
@@ -208,6 +213,20 @@ class DuplexModel(nn.Module):
             raise ModelError(f"text_in must be (sessions={n}, frames={F}, slots), got {tuple(text_in.shape)}")
         if video is not None and (video_rows is None or video_rows.shape != (video.shape[0],)):
             raise ModelError("video needs video_rows: one row index per video frame")
+        with invariant.batch_invariant(batch_invariant):
+            return self._step(state, frames, rows, active, text_in, video, video_rows)
+
+    def _step(
+        self,
+        state: StreamState,
+        frames: Tensor,
+        rows: slice,
+        active: Tensor | None,
+        text_in: Tensor | None,
+        video: Tensor | None,
+        video_rows: Tensor | None,
+    ) -> StepOutput:
+        F = frames.shape[1]
         D = self.cfg.feedback_delay_frames
         outs: list[StepOutput] = []
         for s in range(0, F, D):
@@ -253,8 +272,9 @@ class DuplexModel(nn.Module):
         ring_pos = st.ring_pos[rows] if active is None else st.ring_pos[rows].clone()
         ring_pos.scatter_(1, ring_idx, pos)
         mask = sliding_window_mask(pos, ring_pos, cfg.window)  # (n, F, R)
+        geo = self.layers[0].attn.geometry(pos, ring_idx, mask, x.dtype)  # shared by every layer
         for i, block in enumerate(self.layers):
-            x = block.step(x, pos, st.k[i][rows], st.v[i][rows], ring_idx, mask)
+            x = block.step(x, st.k[i][rows], st.v[i][rows], geo)
         h = self.out_norm(x)
         probs = self.control_head(h).float().softmax(-1)
         audio, text, control = decide(self.cfg, self.audio_head(h), self.text_head(h), probs)

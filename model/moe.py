@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import invariant
 from .config import ModelConfig
-from .layers import SwiGLU
+from .layers import Linear, SwiGLU
 
 MoeImpl = Literal["loop", "bmm", "grouped"]
 
@@ -56,6 +57,7 @@ class Dispatch:
     weights: Tensor  # (M,)
     counts: Tensor  # (n_local,) int64, on CPU
     local_experts: Tensor  # (M,) local expert index of each assignment
+    assignment: Tensor  # (M,) token * k + choice: which of its token's top-k choices each assignment is
 
 
 def dispatch(routing: Routing, first: int, n_local: int) -> Dispatch:
@@ -65,9 +67,9 @@ def dispatch(routing: Routing, first: int, n_local: int) -> Dispatch:
     flat_e = flat_e[keep]
     order = torch.argsort(flat_e, stable=True)
     k = routing.experts.shape[1]
-    token_ids = torch.arange(routing.experts.numel(), device=flat_e.device)[keep][order] // k
+    assignment = torch.arange(routing.experts.numel(), device=flat_e.device)[keep][order]  # token * k + choice
     counts = torch.bincount(flat_e, minlength=n_local).cpu()
-    return Dispatch(token_ids, routing.weights.flatten()[keep][order], counts, flat_e[order])
+    return Dispatch(assignment // k, routing.weights.flatten()[keep][order], counts, flat_e[order], assignment)
 
 
 class Experts(nn.Module):
@@ -114,15 +116,37 @@ class Experts(nn.Module):
         h = torch._grouped_mm(xs, self.w13, offs=offs)
         return torch._grouped_mm(self._act(h), self.w2, offs=offs)
 
+    def _grouped_padded(self, xs: Tensor, d: Dispatch) -> Tensor:
+        """``_grouped`` with every non-empty expert group padded to ``MIN_GEMM_ROWS`` rows, so no expert's
+        GEMM takes a row-count-dependent kernel: a token's result is the same however many others chose
+        its expert (batch-invariant mode)."""
+        rows = torch.tensor([invariant.padded_rows(c) for c in d.counts.tolist()], dtype=torch.long)
+        skip = (torch.cumsum(rows, 0) - rows) - (torch.cumsum(d.counts, 0) - d.counts)  # padding before group e
+        dest = (torch.arange(xs.shape[0]) + skip.repeat_interleave(d.counts)).to(xs.device)
+        padded = xs.new_zeros(int(rows.sum()), xs.shape[1])
+        padded[dest] = xs
+        offs = torch.cumsum(rows, 0).to(device=xs.device, dtype=torch.int32)
+        h = torch._grouped_mm(padded, self.w13, offs=offs)
+        return torch._grouped_mm(self._act(h), self.w2, offs=offs)[dest]
+
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         """Weighted sum of this module's experts' outputs for every token: x (N, d) → (N, d)."""
         d = dispatch(routing, self.first, self.n_local)
-        out = torch.zeros_like(x)
         if d.token_ids.numel() == 0:
-            return out
+            return torch.zeros_like(x)
         xs = x[d.token_ids]  # (M, d) gathered, sorted by expert
-        ys = IMPLS[self.impl](self, xs, d)
-        out.index_add_(0, d.token_ids, ys * d.weights[:, None])
+        if invariant.enabled():
+            ys = self._grouped_padded(xs, d)
+        else:
+            ys = IMPLS[self.impl](self, xs, d)
+        # Each assignment's weighted output lands in its (token, choice) row — a row copy, not a scatter-add
+        # — and a token's k contributions are summed in its own top-k order, never in an order the batch sets.
+        k = routing.experts.shape[1]
+        parts = x.new_zeros(x.shape[0] * k, x.shape[1]).index_copy_(0, d.assignment, ys * d.weights[:, None])
+        parts = parts.view(x.shape[0], k, x.shape[1])
+        out = parts[:, 0]
+        for j in range(1, k):
+            out = out + parts[:, j]
         return out
 
 
@@ -143,7 +167,7 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int, experts: Experts | None) -> None:
         super().__init__()
         self.layer, self.top_k = layer, cfg.top_k
-        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.router = Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = experts
         self.shared: nn.Module | None = None
         if cfg.shared_expert_hidden:
