@@ -13,14 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK, FloorControl
+
 from .config import ModelConfig, ModelError
 from .embed import FusedInput
 from .layers import Attention, RMSNorm, sliding_window_mask
 from .moe import Experts, MoE, MoeImpl
 from .state import StreamState
 
-LISTEN, SPEAK, BACKCHANNEL, YIELD = 0, 1, 2, 3
-CONTROL_NAMES = ("listen", "speak", "backchannel", "yield")
+CONTROL_NAMES = tuple(FloorControl.Name(v).removeprefix("FLOOR_").lower() for v in sorted(FloorControl.values()))
+"""Floor-control class names by value (the classes themselves are the wire enum ``duplex.v1.FloorControl``)."""
 
 
 @dataclass
@@ -72,7 +74,7 @@ def decide(
     a "listen" decision never leaks sound. ``control`` may be logits or probabilities (B, T, classes).
     """
     ctrl = control.argmax(-1)
-    speaking = (ctrl == SPEAK) | (ctrl == BACKCHANNEL)
+    speaking = (ctrl == FLOOR_SPEAK) | (ctrl == FLOOR_BACKCHANNEL)
     voiced = audio_logits[..., cfg.silent_codes :].argmax(-1) + cfg.silent_codes
     audio = torch.where(speaking, voiced, torch.zeros_like(voiced))
     return audio, text_logits.argmax(-1), ctrl
