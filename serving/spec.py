@@ -79,6 +79,10 @@ class EngineSpec(_Spec):
     """Intra-op threads of the step thread (0 = torch's default)."""
     tools: list[str] = Field(default_factory=lambda: ["clock", "calculator"])
     """Tools a session may ask for in ``SessionStart.tools``; others are rejected with INVALID_ARGUMENT."""
+    batch_invariant: bool = False
+    """Step the model with batch-invariant kernels: a session's outputs are bit-identical whatever other
+    sessions share its steps (reproducible conversations for debugging and evaluation), at some step-time
+    cost (docs/benchmarks.md)."""
 
 
 class GatewaySpec(_Spec):
