@@ -140,7 +140,7 @@ class Scheduler:
     def steer(self, conv: Conversation, not_before: float) -> float | None:
         """The phase hint for a new session (see ``StepPlanner.reserve``)."""
         with self.planner_lock:
-            return self.planner.reserve(conv.slot, not_before)
+            return self.planner.reserve(conv.slot_session, not_before)
 
     def submit(self, conv: Conversation, chunk: InputChunk) -> None:
         """Queue a validated chunk (a chunk that comes too late is answered LATE_CHUNK_DROPPED)."""
@@ -226,16 +226,16 @@ class Scheduler:
         """Hand the event loop's messages to the planner (True = stop)."""
         for m in messages:
             if isinstance(m, Chunk):
-                if not self.planner.add_chunk(m.conversation.slot, m.chunk):
+                if not self.planner.add_chunk(m.conversation.slot_session, m.chunk):
                     self.loop.call_soon_threadsafe(self.output.dropped, m.conversation, m.chunk.seq)
             elif isinstance(m, Text):
-                self.planner.add_text(m.conversation.slot, m.tokens)
+                self.planner.add_text(m.conversation.slot_session, m.tokens)
             elif isinstance(m, Video):
-                self.planner.set_video(m.conversation.slot, m.frame)
+                self.planner.set_video(m.conversation.slot_session, m.frame)
             elif isinstance(m, End):
-                self.planner.end(m.conversation.slot)
+                self.planner.end(m.conversation.slot_session)
             elif isinstance(m, Leave):
-                self.planner.leave(m.conversation.slot)
+                self.planner.leave(m.conversation.slot_session)
             else:
                 return True
         return False

@@ -56,7 +56,7 @@ class Conversation:
         self.id = session_id
         self.chunk_samples = chunk_samples
         self.max_send_backlog = max_send_backlog
-        self.slot = SlotSession(self)
+        self.slot_session = SlotSession(self)
         """The step thread's side of this session (only handed to the scheduler, never read here)."""
         self.outbox: collections.deque[pb.ServerEvent] = collections.deque()
         self.wake = asyncio.Event()

@@ -38,7 +38,7 @@ def planner(**spec: Any) -> StepPlanner:
 
 
 def session(name: str) -> SlotSession:
-    return Conversation(name, CHUNK_SAMPLES, 640, max_send_backlog=20).slot
+    return Conversation(name, CHUNK_SAMPLES, 640, max_send_backlog=20).slot_session
 
 
 def chunk(p: StepPlanner, s: SlotSession, seq: int, at: float) -> None:
@@ -56,7 +56,7 @@ def step(p: StepPlanner, now: float, load: float = 0.0) -> StepPlan:
 
 
 def members(plan: StepPlan) -> list[SlotSession]:
-    return [r.conversation.slot for r in plan.rows if r is not None]
+    return [r.conversation.slot_session for r in plan.rows if r is not None]
 
 
 def test_phase_hint_spreads_new_sessions_evenly_over_the_cohorts() -> None:
