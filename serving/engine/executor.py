@@ -49,8 +49,10 @@ class StepResult:
     """Rows computed (the plan's slot range, inactive rows included)."""
     rows: tuple[RowResult, ...]
     """Outputs of the active rows, in slot order."""
-    wave: torch.Tensor
-    """(len(rows), chunk_samples) float32 in [-1, 1]: the model's audio, row i for ``rows[i]``."""
+    pcm: torch.Tensor
+    """(len(rows), chunk_samples) int16: the model's audio as PCM16 samples, row i for ``rows[i]``."""
+    loud: list[bool]
+    """Per row: does its audio have any non-zero sample (a silent chunk is sent without bytes)."""
     started: float
     """Monotonic time the step began."""
     compute_ms: float
@@ -137,5 +139,7 @@ class StepExecutor:
             RowResult(row, controls[i], texts[i], voiced[i]) for i, row in enumerate(plan.rows) if row is not None
         )
         wave = wave if mask is None else wave[on]
+        pcm = (wave * 32767.0).round().to(torch.int16)  # batched here: the event loop only copies bytes
+        loud = (pcm != 0).any(dim=1).tolist()
         compute_ms = (self.clock() - started) * 1e3
-        return StepResult(plan.cohort, plan.kind, n, rows, wave, started, compute_ms)
+        return StepResult(plan.cohort, plan.kind, n, rows, pcm, loud, started, compute_ms)

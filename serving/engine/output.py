@@ -1,15 +1,14 @@
 """The output stage, on the event loop: a typed ``StepResult`` → each session's ``ServerEvent``s.
 
-PCM16 encoding, incremental UTF-8, turn tracking (``turns.py``), per-chunk timing and the output metrics
-all happen here, off the step thread and outside any lock: the step thread only hands the result over.
+PCM16 bytes (none for a silent chunk), incremental UTF-8, turn tracking (``turns.py``), per-chunk timing
+and the output metrics all happen here, off the step thread and outside any lock: the step thread only
+hands the result over (its audio already as int16 samples, converted in one batched tensor op).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-
-import torch
 
 from duplex.v1 import duplex_pb2 as pb
 
@@ -42,7 +41,8 @@ class OutputStage:
         self.metrics.step_seconds.observe(result.compute_ms / 1e3)
         self.metrics.batch_size.observe(result.batch_rows)
         step_start_us = self.wall_us(result.started)
-        pcm = pcm16(result.wave)
+        samples = result.pcm.numpy()
+        pcm = [samples[i].tobytes() if loud else b"" for i, loud in enumerate(result.loud)]
         send_us = self.wall_us(self.clock())
         for r, audio in zip(result.rows, pcm, strict=True):
             conv = r.row.conversation
@@ -133,11 +133,3 @@ class OutputStage:
     def finish(conv: Conversation) -> None:
         """Everything the session sent was stepped: close its stream with OK once the outbox drains."""
         conv.deliver([], finished=True)
-
-
-def pcm16(wave: torch.Tensor) -> list[bytes]:
-    """(rows, samples) float in [-1, 1] → per row PCM16 little-endian bytes; empty for a row that is silent
-    throughout (the wire contract: no bytes for a silent chunk)."""
-    loud = (wave.abs().amax(dim=1) > 0).tolist() if wave.numel() else [False] * wave.shape[0]
-    samples = (wave * 32767.0).round().to(torch.int16).numpy()
-    return [samples[i].tobytes() if loud[i] else b"" for i in range(wave.shape[0])]

@@ -38,7 +38,8 @@ def test_an_inactive_row_commits_nothing_in_model_or_codec(tiny_model: Any) -> N
     a_pos = int(ex.state.next_pos[0])
     result = ex.run(StepPlan(0, "regular", 0, (PlannedRow(a, tone_chunk(6, 220.0), 6, False), None), 0.0))
     assert [r.row.conversation for r in result.rows] == [a] and result.batch_rows == 2
-    assert result.wave.shape == (1, CHUNK)
+    assert result.pcm.shape == (1, CHUNK) and result.pcm.dtype == torch.int16
+    assert result.loud == [bool(result.pcm[0].any())]
     assert int(ex.state.next_pos[0]) == a_pos + 5, "the active row advanced"
     assert torch.equal(ex.state.next_pos[1], model_before[0])
     assert torch.equal(ex.state.ring_pos[1], model_before[1])

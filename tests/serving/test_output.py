@@ -54,8 +54,17 @@ def text_tokens(data: bytes, *extra: int) -> list[int]:
 
 
 def result(rows: list[RowResult], wave: torch.Tensor, started: float = 10.0) -> StepResult:
+    """A step result whose audio is ``wave`` (rows, samples) float in [-1, 1], as the executor encodes it."""
+    pcm = (wave * 32767.0).round().to(torch.int16)
     return StepResult(
-        cohort=1, kind="regular", batch_rows=3, rows=tuple(rows), wave=wave, started=started, compute_ms=12.5
+        cohort=1,
+        kind="regular",
+        batch_rows=3,
+        rows=tuple(rows),
+        pcm=pcm,
+        loud=(pcm != 0).any(dim=1).tolist(),
+        started=started,
+        compute_ms=12.5,
     )
 
 
