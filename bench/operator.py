@@ -51,14 +51,13 @@ def count_children(kube: Kube, ns: str, apis: ApiVersions, selector: str) -> int
 
 
 def create(kube: Kube, ns: str, name: str) -> None:
-    kube.request("POST", f"/apis/duplex.ai/v1alpha1/namespaces/{ns}/duplexmodels",
-                 body={"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {"name": name},
-                       "spec": SPEC})
+    kube.create(
+        {"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {"name": name}, "spec": SPEC}, ns
+    )
 
 
 def namespace(kube: Kube, name: str) -> str:
-    kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
-                                                     "metadata": {"name": name}})
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     return name
 
 
@@ -68,7 +67,7 @@ def run(sequential: int, burst: int) -> dict[str, Any]:
         op.start()
         try:
             kube = Kube(load_api_client(str(cp.kubeconfig)))
-            apis = ApiVersions.from_served(kube.served_group_versions())
+            apis = kube.api_versions()
             per_model = children_per_model(apis)
 
             ns = namespace(kube, "bench-seq")
@@ -77,8 +76,12 @@ def run(sequential: int, burst: int) -> dict[str, Any]:
                 name = f"seq{i:03d}"
                 t0 = time.perf_counter()
                 create(kube, ns, name)
-                wait_until(lambda n=name: count_children(kube, ns, apis, f"duplex.ai/model={n}") == per_model,
-                           60, f"children of {name}", interval=0.01)
+                wait_until(
+                    lambda n=name: count_children(kube, ns, apis, f"duplex.ai/model={n}") == per_model,
+                    60,
+                    f"children of {name}",
+                    interval=0.01,
+                )
                 latencies.append(time.perf_counter() - t0)
 
             ns = namespace(kube, "bench-burst")
@@ -86,8 +89,12 @@ def run(sequential: int, burst: int) -> dict[str, Any]:
             for i in range(burst):
                 create(kube, ns, f"burst{i:03d}")
             created = time.perf_counter() - t0
-            wait_until(lambda: count_children(kube, ns, apis, f"{MANAGED_BY_LABEL}={MANAGED_BY}")
-                       == burst * per_model, 300, f"children of {burst} models", interval=0.1)
+            wait_until(
+                lambda: count_children(kube, ns, apis, f"{MANAGED_BY_LABEL}={MANAGED_BY}") == burst * per_model,
+                300,
+                f"children of {burst} models",
+                interval=0.1,
+            )
             total = time.perf_counter() - t0
         finally:
             op.stop()

@@ -15,7 +15,6 @@ Frames are assigned by their centre time.
 from __future__ import annotations
 
 import json
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK, FLOOR_YIELD
 
+from .audio_io import AudioFileError, read_wav
 from .codec import Codec
 from .config import ModelConfig, ModelError
 
@@ -61,19 +61,22 @@ class Targets:
     """(T,) float32 per-frame weight of the control loss."""
 
 
-def read_wav(path: Path) -> Tensor:
-    with wave.open(str(path)) as w:
-        if w.getnchannels() != 1 or w.getsampwidth() != 2 or w.getframerate() != 16000:
-            raise ModelError(f"{path}: expected 16 kHz mono PCM16")
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
-    return torch.from_numpy(pcm.astype(np.float32) / 32768.0)
+def read_track(path: Path) -> Tensor:
+    """A corpus track as float32 in [-1, 1); anything but 16 kHz mono PCM16 is an error, not converted."""
+    try:
+        wav = read_wav(path)
+    except AudioFileError as e:
+        raise ModelError(str(e)) from None
+    if (wav.rate, wav.channels, wav.file.subtype) != (16000, 1, "PCM_16"):
+        raise ModelError(f"{path}: expected 16 kHz mono PCM16, got {wav.file.describe()}")
+    return torch.from_numpy(wav.samples.astype(np.float32) / 32768.0)
 
 
 def load_conversation(directory: Path, frame_samples: int = 640, clean: bool = False) -> Conversation:
     doc = json.loads((directory / "events.json").read_text())
-    user, model = read_wav(directory / "user.wav"), read_wav(directory / "model.wav")
+    user, model = read_track(directory / "user.wav"), read_track(directory / "model.wav")
     n = min(len(user), len(model)) // frame_samples * frame_samples
-    dry = read_wav(directory / "user_clean.wav")[:n] if clean and (directory / "user_clean.wav").is_file() else None
+    dry = read_track(directory / "user_clean.wav")[:n] if clean and (directory / "user_clean.wav").is_file() else None
     return Conversation(doc["id"], doc.get("split", "?"), user[:n], model[:n], doc["events"], dry)
 
 

@@ -1,37 +1,26 @@
-"""A thin, typed Kubernetes REST layer for the handlers: server-side apply, list, delete, status patch.
+"""The operator's Kubernetes calls, through the ``kubernetes`` package's :class:`DynamicClient`.
 
-Plain dicts in and out (the render functions produce dicts). Server-side apply with ``force`` makes every
-apply idempotent and repairs hand edits of the fields the operator owns.
+Resources are found by discovery (no path or plural table here); every apply is a server-side apply with
+``force``, so it is idempotent and repairs hand edits of the fields the operator owns. Plain dicts in and
+out (the render functions produce dicts); API errors are the client's ``ApiException`` subclasses.
 """
 
 from __future__ import annotations
 
-import json
+import threading
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.resource import Resource
 
-from .naming import GROUP, MODEL_LABEL, PLURAL, VERSION
+from .naming import API_VERSION, KIND, MODEL_LABEL
+from .render import ApiVersions
 
 FIELD_MANAGER = "duplex-operator"
-
-PLURALS = {
-    "ConfigMap": "configmaps",
-    "Service": "services",
-    "StatefulSet": "statefulsets",
-    "Deployment": "deployments",
-    "PodDisruptionBudget": "poddisruptionbudgets",
-    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
-    "Pod": "pods",
-    "DuplexModel": PLURAL,
-}
-
-
-def object_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-    path = f"{prefix}/namespaces/{namespace}/{PLURALS[kind]}"
-    return f"{path}/{name}" if name else path
+TIMEOUT_S = 30
+"""Per-request timeout: a hung API call must not hold a model's lock forever."""
 
 
 def load_api_client(kubeconfig: str | None = None, pool_size: int = 32) -> client.ApiClient:
@@ -47,51 +36,94 @@ def load_api_client(kubeconfig: str | None = None, pool_size: int = 32) -> clien
     return client.ApiClient(cfg)
 
 
+def _dict(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = obj.to_dict()
+    return out
+
+
 class Kube:
-    """The few API calls the operator makes."""
+    """The few API calls the operator (and its tests) make."""
 
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
-
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None,
-                content_type: str = "application/json") -> Any:
-        m, url, headers, data, _ = self.api.param_serialize(
-            method=method, resource_path=path, query_params=list((query or {}).items()),
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body, auth_settings=["BearerToken"],
-        )
-        resp = self.api.call_api(m, url, header_params=headers, body=data, _request_timeout=30)
-        raw = resp.read()  # type: ignore[no-untyped-call]
-        if not 200 <= resp.status < 300:
-            raise ApiException(status=resp.status, reason=resp.reason, http_resp=resp)
-        return json.loads(raw) if raw else None
+        self.dynamic: Any = DynamicClient(api)  # type: ignore[no-untyped-call]  # the package ships no types
+        self._resources: dict[tuple[str, str], Resource] = {}
+        self._guard = threading.Lock()  # discovery is shared by the reconcile threads
 
     # --- discovery ----------------------------------------------------------------------------------
-    def served_group_versions(self) -> set[str]:
-        groups = self.request("GET", "/apis")
-        return {v["groupVersion"] for g in groups.get("groups", []) for v in g.get("versions", [])}
+    def resource(self, api_version: str, kind: str) -> Resource:
+        """The discovered resource of ``kind`` in ``api_version`` (memoised)."""
+        with self._guard:
+            found = self._resources.get((api_version, kind))
+            if found is None:
+                found = self.dynamic.resources.get(api_version=api_version, kind=kind)
+                self._resources[(api_version, kind)] = found
+            return found
+
+    def served_group_versions(self, kind: str | None = None) -> set[str]:
+        """``group/version`` strings the server offers (those serving ``kind``, when given)."""
+        with self._guard:
+            found = self.dynamic.resources.search(**({"kind": kind} if kind else {}))
+        return {r.group_version for r in found}
+
+    def api_versions(self) -> ApiVersions:
+        """Versions to render PodDisruptionBudgets and HPAs in, by what this server serves."""
+        served = self.served_group_versions("PodDisruptionBudget") | self.served_group_versions(
+            "HorizontalPodAutoscaler"
+        )
+        return ApiVersions.from_served(served)
 
     # --- objects --------------------------------------------------------------------------------------
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply (create or update) of one object, taking ownership of its fields."""
-        meta = manifest["metadata"]
-        path = object_path(manifest["apiVersion"], manifest["kind"], meta["namespace"], meta["name"])
-        out: dict[str, Any] = self.request("PATCH", path, body=manifest, content_type="application/apply-patch+yaml",
-                                           query={"fieldManager": FIELD_MANAGER, "force": "true"})
-        return out
+        res = self.resource(manifest["apiVersion"], manifest["kind"])
+        return _dict(
+            self.dynamic.server_side_apply(
+                res, body=manifest, field_manager=FIELD_MANAGER, force_conflicts=True, _request_timeout=TIMEOUT_S
+            )
+        )
 
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def create(self, manifest: dict[str, Any], namespace: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        res = self.resource(manifest["apiVersion"], manifest["kind"])
+        return _dict(
+            self.dynamic.create(
+                res, body=manifest, namespace=namespace, dry_run="All" if dry_run else None, _request_timeout=TIMEOUT_S
+            )
+        )
+
+    def get(
+        self, api_version: str, kind: str, namespace: str, name: str, subresource: str | None = None
+    ) -> dict[str, Any] | None:
+        res = self.resource(api_version, kind)
+        target = res.subresources[subresource] if subresource else res
         try:
-            out: dict[str, Any] = self.request("GET", object_path(api_version, kind, namespace, name))
-            return out
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+            return _dict(self.dynamic.get(target, name=name, namespace=namespace, _request_timeout=TIMEOUT_S))
+        except NotFoundError:
+            return None
+
+    def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        body: dict[str, Any],
+        subresource: str | None = None,
+        content_type: str = "application/merge-patch+json",
+    ) -> dict[str, Any]:
+        res = self.resource(api_version, kind)
+        target = res.subresources[subresource] if subresource else res
+        return _dict(
+            self.dynamic.patch(
+                target, body=body, name=name, namespace=namespace, content_type=content_type, _request_timeout=TIMEOUT_S
+            )
+        )
 
     def list_objects(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        out = self.request("GET", object_path(api_version, kind, namespace), query={"labelSelector": selector})
-        items: list[dict[str, Any]] = out.get("items", [])
+        out = self.dynamic.get(
+            self.resource(api_version, kind), namespace=namespace, label_selector=selector, _request_timeout=TIMEOUT_S
+        )
+        items: list[dict[str, Any]] = _dict(out).get("items") or []
         for item in items:  # lists omit apiVersion/kind on items
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
@@ -102,16 +134,19 @@ class Kube:
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         try:
-            self.request("DELETE", object_path(api_version, kind, namespace, name),
-                         body={"propagationPolicy": "Background"})
-        except ApiException as e:
-            if e.status != 404:
-                raise
+            self.dynamic.delete(
+                self.resource(api_version, kind),
+                name=name,
+                namespace=namespace,
+                body={"propagationPolicy": "Background"},
+                _request_timeout=TIMEOUT_S,
+            )
+        except NotFoundError:
+            pass
 
     # --- the DuplexModel --------------------------------------------------------------------------
     def get_model(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.get(f"{GROUP}/{VERSION}", "DuplexModel", namespace, name)
+        return self.get(API_VERSION, KIND, namespace, name)
 
     def patch_model_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        path = object_path(f"{GROUP}/{VERSION}", "DuplexModel", namespace, name) + "/status"
-        self.request("PATCH", path, body={"status": status}, content_type="application/merge-patch+json")
+        self.patch(API_VERSION, KIND, namespace, name, {"status": status}, subresource="status")

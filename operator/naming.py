@@ -39,6 +39,7 @@ class ModelRef:
     name: str
     namespace: str
     uid: str
+    """The DuplexModel's uid; empty when rendering offline, before the object exists."""
 
     @classmethod
     def from_body(cls, body: Any) -> ModelRef:
@@ -118,12 +119,14 @@ class ModelRef:
         }
 
     def metadata(self, name: str, component: str, **extra_labels: str) -> dict[str, Any]:
-        return {
+        meta: dict[str, Any] = {
             "name": name,
             "namespace": self.namespace,
             "labels": self.labels(component, **extra_labels),
-            "ownerReferences": [self.owner_reference()],
         }
+        if self.uid:  # offline (``duplex render``) the model has no uid yet: no owner reference to point at it
+            meta["ownerReferences"] = [self.owner_reference()]
+        return meta
 
 
 def service_env_prefix(service: str) -> str:
@@ -134,12 +137,3 @@ def service_env_prefix(service: str) -> str:
 def service_host_ref(service: str) -> str:
     """``$(X_SERVICE_HOST)``: expanded by the kubelet in env values and args to the Service's ClusterIP."""
     return f"$({service_env_prefix(service)}_SERVICE_HOST)"
-
-
-def rank_from_hostname(hostname: str) -> int:
-    """Rank of a StatefulSet pod: the ordinal after the last dash (``m-engine-0-3`` -> 3). What the engine's
-    ``--rank-from-hostname`` does."""
-    tail = hostname.rsplit("-", 1)[-1]
-    if not tail.isdigit():
-        raise ValueError(f"hostname {hostname!r} does not end in a StatefulSet ordinal")
-    return int(tail)

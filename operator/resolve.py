@@ -18,7 +18,6 @@ from pydantic import ValidationError
 from duplex.model.config import ModelConfig, ModelError, get_preset
 from duplex.model.planner import GIB, ShardPlan, plan, valid_shard_counts
 
-from .schema import camel
 from .spec import DuplexModelSpec
 
 _parse_quantity = cast(Callable[[str], Decimal], parse_quantity)
@@ -53,6 +52,8 @@ class Resolved:
     plan: ShardPlan | None
     """The planner's answer for the declared memory (also for explicit shard counts, when it fits)."""
     memory_gib_per_rank: float
+    unavailable: tuple[SpecProblem, ...] = ()
+    """Fields asking for something this version renders but cannot run yet: served, with ``Degraded``."""
 
 
 def parse_spec(raw: dict[str, Any] | None) -> DuplexModelSpec:
@@ -61,8 +62,8 @@ def parse_spec(raw: dict[str, Any] | None) -> DuplexModelSpec:
         return DuplexModelSpec.from_k8s(raw)
     except ValidationError as e:
         problems = [
-            SpecProblem(".".join(["spec", *(camel(str(p)) if isinstance(p, str) else f"[{p}]" for p in err["loc"])]),
-                        err["msg"])
+            # locations are the camelCase aliases the object used (unknown keys: as written)
+            SpecProblem(".".join(["spec", *(p if isinstance(p, str) else f"[{p}]" for p in err["loc"])]), err["msg"])
             for err in e.errors()
         ]
         raise InvalidSpec(problems) from None
@@ -90,22 +91,39 @@ def resolve(spec: DuplexModelSpec) -> Resolved:
         cfg.frames_per_chunk(eng.chunk_ms)
     except ModelError as e:
         problems.append(SpecProblem("spec.engine.chunkMs", str(e)))
-    if eng.backend == "tensorrt-llm" and eng.gpus_per_shard < 1:
-        problems.append(SpecProblem("spec.engine.gpusPerShard",
-                                    "backend tensorrt-llm runs on GPUs: set gpusPerShard to 1 or more"))
+    if eng.backend == "tensorrt-llm":
+        # Rejected, not rendered: no engine reads the backend yet, so an engine "on tensorrt-llm" would pretend.
+        problems.append(
+            SpecProblem(
+                "spec.engine.backend",
+                "backend tensorrt-llm is not available in this version (no engine reads it yet): set backend to torch",
+            )
+        )
     if eng.device == "cpu" and eng.gpus_per_shard > 0:
-        problems.append(SpecProblem("spec.engine.device", "device cpu with gpusPerShard > 0 wastes the GPUs: "
-                                    "set device to auto or cuda, or gpusPerShard to 0"))
+        problems.append(
+            SpecProblem(
+                "spec.engine.device",
+                "device cpu with gpusPerShard > 0 wastes the GPUs: set device to auto or cuda, or gpusPerShard to 0",
+            )
+        )
     auto = spec.autoscaling
     if auto.enabled and auto.min_replicas > auto.max_replicas:
-        problems.append(SpecProblem("spec.autoscaling.maxReplicas",
-                                    f"maxReplicas ({auto.max_replicas}) is below minReplicas ({auto.min_replicas})"))
+        problems.append(
+            SpecProblem(
+                "spec.autoscaling.maxReplicas",
+                f"maxReplicas ({auto.max_replicas}) is below minReplicas ({auto.min_replicas})",
+            )
+        )
     if spec.slo.turn_taking_p95_s < spec.slo.turn_taking_p50_s:
         problems.append(SpecProblem("spec.slo.turnTakingP95S", "the p95 target is below the p50 target"))
     redis = spec.agent.redis
     if spec.agent.workers > 0 and not redis.managed and not (redis.url or redis.url_secret):
-        problems.append(SpecProblem("spec.agent.redis", "managed is false: set url or urlSecret for the external "
-                                    "Redis, or set managed to true"))
+        problems.append(
+            SpecProblem(
+                "spec.agent.redis",
+                "managed is false: set url or urlSecret for the external Redis, or set managed to true",
+            )
+        )
     if redis.url and redis.url_secret:
         problems.append(SpecProblem("spec.agent.redis.urlSecret", "set either url or urlSecret, not both"))
     try:
@@ -131,15 +149,46 @@ def resolve(spec: DuplexModelSpec) -> Resolved:
             problems.append(SpecProblem("spec.engine.shards", "must be at least 1 (or auto)"))
         elif cfg.n_experts % shards:
             counts = ", ".join(map(str, valid_shard_counts(cfg)))
-            problems.append(SpecProblem("spec.engine.shards", f"{cfg.n_experts} experts of preset "
-                                        f"{cfg.name!r} are not divisible by {shards} shards; use one of {counts}"))
+            problems.append(
+                SpecProblem(
+                    "spec.engine.shards",
+                    f"{cfg.n_experts} experts of preset "
+                    f"{cfg.name!r} are not divisible by {shards} shards; use one of {counts}",
+                )
+            )
         elif fit_error is not None:
             problems.append(SpecProblem(memory_field, fit_error))
         elif fitted is not None and shards < fitted.shards:
-            problems.append(SpecProblem("spec.engine.shards", f"model {cfg.name!r} with {eng.max_sessions} sessions "
-                                        f"does not fit {memory_gib:g} GiB per rank at {shards} shards; it needs at "
-                                        f"least {fitted.shards} (or set shards: auto)"))
+            problems.append(
+                SpecProblem(
+                    "spec.engine.shards",
+                    f"model {cfg.name!r} with {eng.max_sessions} sessions "
+                    f"does not fit {memory_gib:g} GiB per rank at {shards} shards; it needs at "
+                    f"least {fitted.shards} (or set shards: auto)",
+                )
+            )
     if problems:
         raise InvalidSpec(problems)
-    return Resolved(spec=spec, config=cfg, shards=shards, shards_source=source, plan=fitted,
-                    memory_gib_per_rank=memory_gib)
+    agent = background_agent_unavailable(spec)
+    return Resolved(
+        spec=spec,
+        config=cfg,
+        shards=shards,
+        shards_source=source,
+        plan=fitted,
+        memory_gib_per_rank=memory_gib,
+        unavailable=(agent,) if agent else (),
+    )
+
+
+def background_agent_unavailable(spec: DuplexModelSpec) -> SpecProblem | None:
+    """``agent.workers > 0`` asks for the background agent, which this version does not ship yet: the agent
+    Deployment and Redis are rendered (so the wiring stays exercised) but ``Degraded`` says they cannot run.
+    Delete this function (and its call above) when ``duplex agent`` lands."""
+    if spec.agent.workers == 0:
+        return None
+    return SpecProblem(
+        "spec.agent.workers",
+        "the background agent is not available in this version: "
+        "set workers to 0 (its Deployment is created but has no `duplex agent` to run)",
+    )

@@ -3,9 +3,8 @@
 One generator serves the ``DuplexModel`` CRD (``openapi_schema``) and the Helm chart's ``values.schema.json``
 (``values_json_schema``), so the CRD, the Helm values and the CLI flags never drift apart.
 
-Field names: Python code uses snake_case (the pydantic models); Kubernetes objects use camelCase. The
-conversion is mechanical (``camelize`` / ``snakeize``) because every mapping in the specs is a field map —
-no spec has free-form dict fields (``test_schema.py`` checks the round trip over every field).
+Field names: Python code uses snake_case (the pydantic models); Kubernetes objects use camelCase, the
+aliases of the specs' ``to_camel`` alias generator, so ``camel_case`` just picks pydantic's ``by_alias``.
 """
 
 from __future__ import annotations
@@ -16,42 +15,10 @@ import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from pydantic.alias_generators import to_camel
 
 Json = dict[str, Any]
 
 _DROP_KEYS = {"title", "additionalProperties", "$defs", "examples"}
-
-
-def camel(name: str) -> str:
-    """``gpu_memory_gib`` -> ``gpuMemoryGib``; ``turn_taking_p50_s`` -> ``turnTakingP50S``."""
-    return to_camel(name)
-
-
-_SNAKE_RE = re.compile(r"(?<!^)(?=[A-Z])")
-
-
-def snake(name: str) -> str:
-    """Inverse of :func:`camel` for the names the specs use."""
-    return _SNAKE_RE.sub("_", name).lower()
-
-
-def camelize(data: Any) -> Any:
-    """Recursively turn the keys of a snake_case spec dump into camelCase (values untouched)."""
-    if isinstance(data, dict):
-        return {camel(k): camelize(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [camelize(v) for v in data]
-    return data
-
-
-def snakeize(data: Any) -> Any:
-    """Recursively turn camelCase keys back into the snake_case field names of the specs."""
-    if isinstance(data, dict):
-        return {snake(k): snakeize(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [snakeize(v) for v in data]
-    return data
 
 
 def _models_in(model: type[BaseModel], found: dict[str, type[BaseModel]]) -> dict[str, type[BaseModel]]:
@@ -74,14 +41,17 @@ def _flatten(annotation: Any) -> list[Any]:
     return out
 
 
-def _factory_defaults(models: dict[str, type[BaseModel]]) -> dict[tuple[str, str], Any]:
+def _factory_defaults(models: dict[str, type[BaseModel]], by_alias: bool) -> dict[tuple[str, str], Any]:
     """Defaults given by ``default_factory`` (pydantic leaves them out of the JSON schema)."""
     out: dict[tuple[str, str], Any] = {}
     for name, m in models.items():
         for fname, field in m.model_fields.items():
             if field.default_factory is not None:
                 value = field.default_factory()  # type: ignore[call-arg]
-                out[(name, fname)] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
+                if isinstance(value, BaseModel):
+                    value = value.model_dump(mode="json", by_alias=by_alias)
+                # keyed like the schema's properties: by alias when the schema is
+                out[(name, field.alias if by_alias and field.alias else fname)] = value
     return out
 
 
@@ -89,8 +59,9 @@ def _is_null(s: Json) -> bool:
     return s.get("type") == "null"
 
 
-def _convert(node: Json, defs: Json, model_name: str | None, factory: dict[tuple[str, str], Any],
-             openapi: bool, camel_case: bool) -> Json:
+def _convert(
+    node: Json, defs: Json, model_name: str | None, factory: dict[tuple[str, str], Any], openapi: bool, camel_case: bool
+) -> Json:
     """Turn one pydantic JSON-schema node into a structural OpenAPI v3 (or plain JSON-schema) node."""
     node = copy.deepcopy(node)
     ref = node.pop("$ref", None)
@@ -146,17 +117,13 @@ def _convert(node: Json, defs: Json, model_name: str | None, factory: dict[tuple
                 value = factory[(model_name, fname)]
                 if conv.get("type") == "object" and isinstance(value, dict):
                     value = {}  # as for plain nested defaults: the server fills in the fields' defaults
-                conv["default"] = camelize(value) if camel_case else value
-            props[camel(fname) if camel_case else fname] = conv
+                conv["default"] = value
+            props[fname] = conv
         node["properties"] = props
-        if "required" in node:
-            node["required"] = [camel(r) if camel_case else r for r in node["required"]]
         if not openapi:
             node["additionalProperties"] = False
     if node.get("type") == "array" and "items" in node:
         node["items"] = _convert(node["items"], defs, None, factory, openapi, camel_case)
-    if "default" in node and camel_case:
-        node["default"] = camelize(node["default"])
     return _finish(node, openapi)
 
 
@@ -178,21 +145,21 @@ def _finish(node: Json, openapi: bool) -> Json:
 def openapi_schema(model: type[BaseModel], camel_case: bool = True) -> Json:
     """Structural OpenAPI v3 schema (CRD ``openAPIV3Schema`` flavour) of a pydantic model: $refs inlined,
     ``int | 'auto'`` as ``x-kubernetes-int-or-string``, descriptions, defaults, bounds and enums kept."""
-    raw = model.model_json_schema(mode="validation")
+    raw = model.model_json_schema(by_alias=camel_case, mode="validation")
     defs = raw.get("$defs", {})
-    factory = _factory_defaults(_models_in(model, {}))
+    factory = _factory_defaults(_models_in(model, {}), by_alias=camel_case)
     return _convert(raw, defs, model.__name__, factory, openapi=True, camel_case=camel_case)
 
 
 def values_json_schema(model: type[BaseModel], camel_case: bool = True) -> Json:
     """JSON Schema (draft 2020-12 keywords, as Helm's ``values.schema.json`` accepts) of a pydantic model,
     from the same generator as the CRD: unknown keys rejected, defaults and bounds kept."""
-    raw = model.model_json_schema(mode="validation")
+    raw = model.model_json_schema(by_alias=camel_case, mode="validation")
     defs = raw.get("$defs", {})
-    factory = _factory_defaults(_models_in(model, {}))
+    factory = _factory_defaults(_models_in(model, {}), by_alias=camel_case)
     out = _convert(raw, defs, model.__name__, factory, openapi=False, camel_case=camel_case)
     out.pop("default", None)
     return {"$schema": "https://json-schema.org/draft-07/schema#", **out}
 
 
-__all__ = ["camel", "camelize", "openapi_schema", "snake", "snakeize", "values_json_schema"]
+__all__ = ["openapi_schema", "values_json_schema"]

@@ -2,23 +2,22 @@
 ``AgentSpec``) composed with what only the operator needs (replicas, autoscaling, SLO).
 
 The CRD schema, the Helm values schema and the CLI all come from these classes. In Kubernetes objects the
-field names are camelCase (``gpuMemoryGib``); in Python they are the snake_case attribute names.
+field names are camelCase (``gpuMemoryGib``): pydantic's ``to_camel`` alias generator (``SPEC_CONFIG``); in
+Python they are the snake_case attribute names.
 """
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from duplex.model.spec import ModelSource
-from duplex.serving.spec import AgentSpec, EngineSpec, GatewaySpec
-
-from .schema import camelize, snakeize
+from duplex.serving.spec import SPEC_CONFIG, AgentSpec, EngineSpec, GatewaySpec
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = SPEC_CONFIG
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -73,9 +72,8 @@ class DuplexModelSpec(_Spec):
     @classmethod
     def from_k8s(cls, spec: dict[str, Any] | None) -> DuplexModelSpec:
         """Parse the camelCase ``spec`` of a DuplexModel object."""
-        return cls.model_validate(snakeize(dict(spec or {})))
+        return cls.model_validate(dict(spec or {}))
 
     def to_k8s(self) -> dict[str, Any]:
         """The camelCase ``spec`` of a DuplexModel object (every field, defaults included)."""
-        result: dict[str, Any] = camelize(self.model_dump(mode="json", exclude_none=True))
-        return result
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -10,17 +10,17 @@ import dataclasses
 import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from duplex.model.planner import kv_bytes_per_session, shard_weight_bytes
+from duplex.serving.spec import SPEC_CONFIG
 
 from .naming import REPLICA_LABEL, ModelRef
 from .resolve import Resolved, SpecProblem
-from .schema import camelize
 
 
 class _Status(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = SPEC_CONFIG
 
 
 class Condition(_Status):
@@ -125,15 +125,19 @@ def observe(statefulsets: list[dict[str, Any]], deployments: list[dict[str, Any]
         replica = (sts["metadata"].get("labels") or {}).get(REPLICA_LABEL)
         if replica is not None and replica.isdigit():
             engines[int(replica)] = workload_state(sts)
-    return Observed(engines=engines, deployments={d["metadata"]["name"]: workload_state(d) for d in deployments},
-                    endpoint=endpoint)
+    return Observed(
+        engines=engines, deployments={d["metadata"]["name"]: workload_state(d) for d in deployments}, endpoint=endpoint
+    )
 
 
 def shard_plan_status(resolved: Resolved) -> ShardPlanStatus:
     cfg, n = resolved.config, resolved.shards
     need = shard_weight_bytes(cfg, n, 0) + resolved.spec.engine.max_sessions * kv_bytes_per_session(cfg)
     return ShardPlanStatus(
-        shards=n, source=resolved.shards_source, experts_per_shard=cfg.n_experts // n, bytes_per_shard=need,
+        shards=n,
+        source=resolved.shards_source,
+        experts_per_shard=cfg.n_experts // n,
+        bytes_per_shard=need,
         memory_gib_per_rank=round(resolved.memory_gib_per_rank, 3),
         min_shards=resolved.plan.shards if resolved.plan else None,
         total_params=resolved.plan.total_params if resolved.plan else 0,
@@ -144,18 +148,26 @@ def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _condition(previous: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str,
-               generation: int) -> Condition:
+def _condition(
+    previous: list[dict[str, Any]], type_: str, status: bool, reason: str, message: str, generation: int
+) -> Condition:
     value = "True" if status else "False"
     old = next((c for c in previous if c.get("type") == type_), None)
     unchanged = old is not None and old.get("status") == value and old.get("lastTransitionTime")
     since = old["lastTransitionTime"] if unchanged and old is not None else _now()
-    return Condition(type=type_, status=value, reason=reason, message=message, last_transition_time=str(since),
-                     observed_generation=generation)
+    return Condition(
+        type=type_,
+        status=value,
+        reason=reason,
+        message=message,
+        last_transition_time=str(since),
+        observed_generation=generation,
+    )
 
 
-def invalid_status(ref: ModelRef, problems: list[SpecProblem], generation: int,
-                   previous: dict[str, Any] | None) -> dict[str, Any]:
+def invalid_status(
+    ref: ModelRef, problems: list[SpecProblem], generation: int, previous: dict[str, Any] | None
+) -> dict[str, Any]:
     """Status for a spec that cannot be served: Degraded names every field to fix; nothing is created."""
     prev = (previous or {}).get("conditions") or []
     msg = "; ".join(f"{p.field}: {p.message}" for p in problems) + ". Fix the spec; no children are created."
@@ -172,8 +184,14 @@ def invalid_status(ref: ModelRef, problems: list[SpecProblem], generation: int,
     return dump(status)
 
 
-def compute_status(ref: ModelRef, resolved: Resolved, observed: Observed, generation: int,
-                   previous: dict[str, Any] | None, apply_error: str | None = None) -> dict[str, Any]:
+def compute_status(
+    ref: ModelRef,
+    resolved: Resolved,
+    observed: Observed,
+    generation: int,
+    previous: dict[str, Any] | None,
+    apply_error: str | None = None,
+) -> dict[str, Any]:
     """Status from the spec and what the children report."""
     spec = resolved.spec
     prev = (previous or {}).get("conditions") or []
@@ -207,24 +225,54 @@ def compute_status(ref: ModelRef, resolved: Resolved, observed: Observed, genera
         elif not dep.settled:
             if not dep.current_generation or dep.updated < dep.desired:
                 rolling.append(name)
-            waiting.append(f"Deployment {name}: {dep.ready}/{n} pods ready — check "
-                           f"`kubectl -n {ref.namespace} describe deployment {name}`")
+            waiting.append(
+                f"Deployment {name}: {dep.ready}/{n} pods ready — check "
+                f"`kubectl -n {ref.namespace} describe deployment {name}`"
+            )
     all_ready = not waiting and apply_error is None
     gen = generation
-    ready = _condition(prev, "Ready", all_ready, "AllReplicasReady" if all_ready else "WaitingForPods",
-                       f"{ready_replicas}/{spec.replicas} replicas ready; clients connect to {observed.endpoint}"
-                       if all_ready else "; ".join(waiting) or (apply_error or ""), gen)
-    progressing = _condition(prev, "Progressing", bool(waiting) and apply_error is None,
-                             "RollingOut" if rolling else ("WaitingForPods" if waiting else "Complete"),
-                             ("rolling " + ", ".join(rolling)) if rolling else
-                             ("waiting for pods to become ready" if waiting else "all children are up to date"), gen)
+    ready = _condition(
+        prev,
+        "Ready",
+        all_ready,
+        "AllReplicasReady" if all_ready else "WaitingForPods",
+        f"{ready_replicas}/{spec.replicas} replicas ready; clients connect to {observed.endpoint}"
+        if all_ready
+        else "; ".join(waiting) or (apply_error or ""),
+        gen,
+    )
+    progressing = _condition(
+        prev,
+        "Progressing",
+        bool(waiting) and apply_error is None,
+        "RollingOut" if rolling else ("WaitingForPods" if waiting else "Complete"),
+        ("rolling " + ", ".join(rolling))
+        if rolling
+        else ("waiting for pods to become ready" if waiting else "all children are up to date"),
+        gen,
+    )
     if apply_error is not None:
-        degraded = _condition(prev, "Degraded", True, "ApplyFailed",
-                              f"{apply_error}. The operator retries; check its RBAC and the events of this object.",
-                              gen)
+        degraded = _condition(
+            prev,
+            "Degraded",
+            True,
+            "ApplyFailed",
+            f"{apply_error}. The operator retries; check its RBAC and the events of this object.",
+            gen,
+        )
+    elif resolved.unavailable:
+        degraded = _condition(
+            prev, "Degraded", True, "FeatureUnavailable", "; ".join(map(str, resolved.unavailable)), gen
+        )
     elif 0 < ready_replicas < spec.replicas and not rolling:
-        degraded = _condition(prev, "Degraded", True, "ReplicasUnavailable",
-                              f"only {ready_replicas}/{spec.replicas} replicas ready; " + "; ".join(waiting), gen)
+        degraded = _condition(
+            prev,
+            "Degraded",
+            True,
+            "ReplicasUnavailable",
+            f"only {ready_replicas}/{spec.replicas} replicas ready; " + "; ".join(waiting),
+            gen,
+        )
     else:
         degraded = _condition(prev, "Degraded", False, "AsExpected", "no problems detected", gen)
     status = DuplexModelStatus(
@@ -242,7 +290,7 @@ def compute_status(ref: ModelRef, resolved: Resolved, observed: Observed, genera
 
 def dump(status: DuplexModelStatus) -> dict[str, Any]:
     """camelCase dict for the status subresource (None fields dropped)."""
-    out: dict[str, Any] = _drop_empty_strings(camelize(status.model_dump(mode="json", exclude_none=True)))
+    out: dict[str, Any] = _drop_empty_strings(status.model_dump(mode="json", by_alias=True, exclude_none=True))
     return out
 
 

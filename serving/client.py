@@ -1,5 +1,12 @@
 """A conversation client: streams audio chunks (real-time paced or as fast as possible) and records every
-server event with the client's clock. Used by ``duplex talk``, ``bench/serving.py`` and the tests."""
+server event with the client's clock. Used by ``duplex talk``, ``bench/serving.py`` and the tests.
+
+Time axis (DESIGN.md "Recorded conversations"): a file-driven client behaves like a microphone. A microphone
+hands chunk k over only once its ``chunk_ms`` are captured, so chunk k is sent at capture start +
+(k+1)·chunk_ms, and ``Conversation.start_us`` — sample 0 of the user's and the model's tracks — is the
+capture start of chunk 0, one chunk before chunk 0 is sent. Latencies measured on the recorded tracks are then
+measured from capture times, as a user hears them.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 import numpy as np
@@ -17,6 +25,33 @@ from duplex.v1 import duplex_pb2 as pb
 
 def now_us() -> int:
     return time.time_ns() // 1000
+
+
+class Clock(Protocol):
+    """The client's clock: stamps events and paces sending. Tests inject one that steps instead of waiting."""
+
+    def now_us(self) -> int:
+        """Microseconds on the client's clock (any epoch; the server echoes it back)."""
+        ...
+
+    async def sleep_until(self, t_us: int) -> None:
+        """Return once ``now_us() >= t_us`` (at once when it already is)."""
+        ...
+
+
+class SystemClock:
+    """Wall-clock epoch, monotonic progress: readings never jump when the system time is adjusted."""
+
+    def __init__(self) -> None:
+        self._offset_ns = time.time_ns() - time.monotonic_ns()
+
+    def now_us(self) -> int:
+        return (time.monotonic_ns() + self._offset_ns) // 1000
+
+    async def sleep_until(self, t_us: int) -> None:
+        delay_s = (t_us - self.now_us()) / 1e6
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
 
 
 @dataclass
@@ -31,8 +66,12 @@ class Conversation:
     """What one ``converse`` call saw."""
 
     start_us: int = 0
-    """Client clock when the first audio chunk was sent: sample 0 of both tracks."""
+    """Client clock at the capture start of the first audio chunk (its send time − ``chunk_us``): sample 0 of
+    both tracks."""
+    chunk_us: int = 0
+    """Chunk length: chunk k is fully captured, and sent, at ``start_us + (k + 1) * chunk_us``."""
     sent_us: dict[int, int] = field(default_factory=dict)
+    """Client clock when each audio chunk (by seq) was actually sent."""
     received: list[Received] = field(default_factory=list)
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
@@ -51,20 +90,33 @@ class Conversation:
     def audio_seqs(self) -> list[int]:
         return [r.event.audio.seq for r in self.of("audio")]
 
-    def output_track(self, sample_rate: int, total_samples: int) -> np.ndarray:
-        """The model's audio as the client would have played it: each chunk starts when it arrived, or when
-        the previous one finished playing, on the time axis whose sample 0 is ``start_us``."""
-        out = np.zeros(total_samples, dtype=np.int16)
+    def placements(self, sample_rate: int, model_time: bool = False) -> list[tuple[int, pb.ModelAudio]]:
+        """Where each model audio chunk starts on the recorded time axis (sample 0 = ``start_us``).
+
+        As heard (default): when the chunk arrived, or when the previous one finished playing if that is later
+        — what a listener heard, network and batching delays included. Model time: at its ``output_sample``,
+        the place the model gave it in its own output stream (sample 0 = the model's audio alongside the
+        user's sample 0); arrival times do not move it, so runs with the same outputs compare byte for byte."""
+        placed = []
         cursor = 0
         for r in self.of("audio"):
             a = r.event.audio
-            at = max(cursor, int((r.t_us - self.start_us) * sample_rate / 1e6))
-            if a.pcm:
-                pcm = np.frombuffer(a.pcm, dtype="<i2")
-                end = min(total_samples, at + len(pcm))
-                if end > at:
-                    out[at:end] = pcm[: end - at]
-            cursor = at + a.samples
+            if model_time:
+                at = a.output_sample
+            else:
+                at = max(cursor, int((r.t_us - self.start_us) * sample_rate / 1e6))
+                cursor = at + a.samples
+            placed.append((at, a))
+        return placed
+
+    def output_track(self, sample_rate: int, total_samples: int, model_time: bool = False) -> np.ndarray:
+        """The model's audio as int16 samples placed by ``placements`` (silent chunks stay zero), cut to
+        ``total_samples``."""
+        out = np.zeros(total_samples, dtype=np.int16)
+        for at, a in self.placements(sample_rate, model_time):
+            if a.pcm and at < total_samples:
+                pcm = np.frombuffer(a.pcm, dtype="<i2")[: total_samples - at]
+                out[at : at + len(pcm)] = pcm
         return out
 
 
@@ -77,12 +129,25 @@ def channel(target: str, ca_file: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
 
 
-def start_event(model: str = "", chunk_ms: int = 0, sample_rate: int = 16000, instructions: str = "",
-                tools: Sequence[str] = (), session_id: str = "") -> pb.ClientEvent:
+def start_event(
+    model: str = "",
+    chunk_ms: int = 0,
+    sample_rate: int = 16000,
+    instructions: str = "",
+    tools: Sequence[str] = (),
+    session_id: str = "",
+) -> pb.ClientEvent:
     fmt = pb.AudioFormat(sample_rate=sample_rate, channels=1, encoding=pb.PCM16_LE)
-    return pb.ClientEvent(start=pb.SessionStart(model=model, format=fmt, chunk_ms=chunk_ms,
-                                                instructions=instructions, tools=list(tools),
-                                                session_id=session_id))
+    return pb.ClientEvent(
+        start=pb.SessionStart(
+            model=model,
+            format=fmt,
+            chunk_ms=chunk_ms,
+            instructions=instructions,
+            tools=list(tools),
+            session_id=session_id,
+        )
+    )
 
 
 def audio_event(seq: int, pcm: bytes, t_us: int | None = None) -> pb.ClientEvent:
@@ -97,52 +162,64 @@ def split_chunks(samples: np.ndarray, chunk_samples: int) -> list[bytes]:
     return [padded[i * chunk_samples : (i + 1) * chunk_samples].tobytes() for i in range(n)]
 
 
-async def converse(channel: grpc.aio.Channel, chunks: Sequence[bytes], chunk_ms: int = 200, realtime: bool = True,
-                   start: pb.ClientEvent | None = None, metadata: Sequence[tuple[str, str]] = (),
-                   extra: Sequence[tuple[int, pb.ClientEvent]] = (), start_delay_s: float = 0.0,
-                   follow_hint: bool = True, stamp_start: bool = True) -> Conversation:
-    """Hold one conversation: send ``start``, then the chunks (paced at ``chunk_ms`` if ``realtime``), then
-    EndOfStream; ``extra`` events are sent right before the chunk with the given index.
+async def converse(
+    channel: grpc.aio.Channel,
+    chunks: Sequence[bytes],
+    chunk_ms: int = 200,
+    realtime: bool = True,
+    start: pb.ClientEvent | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    extra: Sequence[tuple[int, pb.ClientEvent]] = (),
+    start_delay_s: float = 0.0,
+    follow_hint: bool = True,
+    stamp_start: bool = True,
+    clock: Clock | None = None,
+) -> Conversation:
+    """Hold one conversation: send ``start``, then the chunks, then EndOfStream; ``extra`` events are sent
+    right before the chunk with the given index.
 
-    A real-time client follows the server's phase hint (``SessionReady.send_at_client_us``): it starts
-    sending at that time of its clock, so its chunks reach the engine just before their batch's step.
-    ``follow_hint=False`` sends at once (a free-running client); ``start_delay_s`` delays either further.
-    ``stamp_start`` puts the client's clock into ``start`` (when it has none), which asks for the hint."""
-    conv = Conversation()
-    converse_rpc = channel.stream_stream("/duplex.v1.Duplex/Converse",
-                                         request_serializer=pb.ClientEvent.SerializeToString,
-                                         response_deserializer=pb.ServerEvent.FromString)
+    Chunk k is sent once it would have been captured by a microphone: at ``start_us + (k + 1) * chunk_ms``
+    when ``realtime``, else as fast as the stream takes it (``start_us`` is then one chunk before chunk 0 is
+    sent, all the same). A real-time client follows the server's phase hint
+    (``SessionReady.send_at_client_us``): chunk 0 goes out at that time of its clock, so its chunks reach the
+    engine just before their batch's step. ``follow_hint=False`` sends at once (a free-running client);
+    ``start_delay_s`` delays either further. ``stamp_start`` puts the client's clock into ``start`` (when it
+    has none), which asks for the hint. ``clock`` stamps and paces everything (default: ``SystemClock``)."""
+    clk = clock if clock is not None else SystemClock()
+    chunk_us = chunk_ms * 1000
+    conv = Conversation(chunk_us=chunk_us)
+    converse_rpc = channel.stream_stream(
+        "/duplex.v1.Duplex/Converse",
+        request_serializer=pb.ClientEvent.SerializeToString,
+        response_deserializer=pb.ServerEvent.FromString,
+    )
     extra_at: dict[int, list[pb.ClientEvent]] = {}
     for i, ev in extra:
         extra_at.setdefault(i, []).append(ev)
 
     ready = asyncio.Event()
     over: list[bool] = []
-    send_from: list[float] = []
-    """Monotonic time to send the first chunk at (set when ``ready`` arrives)."""
+    first_send_us: list[int] = []
+    """Client time to send chunk 0 at (set when ``ready`` arrives)."""
 
     async def requests() -> object:
         first = pb.ClientEvent()
         first.CopyFrom(start if start is not None else start_event(chunk_ms=chunk_ms))
         if stamp_start and first.HasField("start") and not first.start.client_time_us:
-            first.start.client_time_us = now_us()
+            first.start.client_time_us = clk.now_us()
         yield first
         await ready.wait()  # stream audio only once the session is negotiated
         if over:
             return
-        delay = send_from[0] - time.monotonic() if send_from else 0.0
-        if delay + start_delay_s > 0:
-            await asyncio.sleep(delay + start_delay_s)
-        t0 = time.monotonic()
-        conv.start_us = now_us()
+        send_0 = (first_send_us[0] if first_send_us else clk.now_us()) + round(start_delay_s * 1e6)
+        await clk.sleep_until(send_0)
+        conv.start_us = clk.now_us() - chunk_us  # capture start: chunk 0 is complete when it is sent
         for seq, pcm in enumerate(chunks):
             if realtime:
-                delay = t0 + seq * chunk_ms / 1000 - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                await clk.sleep_until(conv.start_us + (seq + 1) * chunk_us)
             for ev in extra_at.get(seq, []):
                 yield ev
-            t = now_us()
+            t = clk.now_us()
             conv.sent_us[seq] = t
             yield audio_event(seq, pcm, t)
         yield pb.ClientEvent(end=pb.EndOfStream())
@@ -150,11 +227,11 @@ async def converse(channel: grpc.aio.Channel, chunks: Sequence[bytes], chunk_ms:
     call = converse_rpc(requests(), metadata=tuple(metadata))
     try:
         async for ev in call:
-            conv.received.append(Received(now_us(), ev))
+            t = clk.now_us()
+            conv.received.append(Received(t, ev))
             if ev.HasField("ready"):
                 at = ev.ready.send_at_client_us
-                hint = (at - now_us()) / 1e6 if realtime and follow_hint and at else 0.0
-                send_from.append(time.monotonic() + hint)
+                first_send_us.append(at if realtime and follow_hint and at else t)
                 ready.set()
         conv.code = grpc.StatusCode.OK
     except grpc.aio.AioRpcError as e:

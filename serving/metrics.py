@@ -4,11 +4,27 @@ process, e.g. ``duplex up`` and the tests) and exposes it on its own ``metrics_p
 from __future__ import annotations
 
 import threading
+import time
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
 
 _MS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
+ACTIVE_SESSIONS = "duplex_engine_active_sessions"
+"""Live conversations of a replica (rank 0; ranks > 0 export 0): the metric the operator's HPA scales on."""
+
 _TURN = (0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
 
@@ -18,32 +34,88 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.active_sessions = Gauge("duplex_engine_active_sessions", "Conversations holding a slot", registry=r)
+        self.active_sessions = Gauge(ACTIVE_SESSIONS, "Conversations holding a slot", registry=r)
         self.capacity = Gauge("duplex_engine_capacity_sessions", "Slots of this replica", registry=r)
-        self.step_seconds = Histogram("duplex_engine_step_seconds", "Model step + decode of one cohort",
-                                      buckets=_MS, registry=r)
-        self.batch_size = Histogram("duplex_engine_step_batch_rows", "Rows (slots) per model step",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
-        self.queue_wait_seconds = Histogram("duplex_engine_queue_wait_seconds",
-                                            "Chunk received → the step that consumes it starts",
-                                            buckets=_MS, registry=r)
+        self.step_seconds = Histogram(
+            "duplex_engine_step_seconds", "Model step + decode of one cohort", buckets=_MS, registry=r
+        )
+        self.batch_size = Histogram(
+            "duplex_engine_step_batch_rows",
+            "Rows (slots) per model step",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "duplex_engine_queue_wait_seconds",
+            "Chunk received → the step that consumes it starts",
+            buckets=_MS,
+            registry=r,
+        )
         self.turn_latency_seconds = Histogram(
             "duplex_engine_turn_latency_seconds",
             "End of user speech → model turn start, on the audio time axis as the server sees it",
-            buckets=_TURN, registry=r)
+            buckets=_TURN,
+            registry=r,
+        )
         self.chunks = Counter("duplex_engine_chunks_total", "Audio chunks processed", ["kind"], registry=r)
-        self.errors = Counter("duplex_engine_errors_total", "Conversations ended with an error", ["code"],
-                              registry=r)
-        self.migrations = Counter("duplex_engine_cohort_migrations_total", "Sessions moved to another cohort",
-                                  registry=r)
-        self.steps = Counter("duplex_engine_steps_total",
-                             "Model steps by kind: regular (a cohort's tick), catchup (late or burst chunks), "
-                             "split (spare compute: the waiting members of a cohort without the rest)",
-                             ["kind"], registry=r)
-        self.placements = Counter("duplex_engine_placements_total",
-                                  "New sessions placed in a cohort: hint (arrived at the hinted phase), arrival "
-                                  "(ignored or missed the hint), no_hint (sent no client clock)",
-                                  ["how"], registry=r)
+        self.errors = Counter("duplex_engine_errors_total", "Conversations ended with an error", ["code"], registry=r)
+        self.migrations = Counter(
+            "duplex_engine_cohort_migrations_total", "Sessions moved to another cohort", registry=r
+        )
+        self.steps = Counter(
+            "duplex_engine_steps_total",
+            "Model steps by kind: regular (a cohort's tick), catchup (late or burst chunks), "
+            "split (spare compute: the waiting members of a cohort without the rest)",
+            ["kind"],
+            registry=r,
+        )
+        self.placements = Counter(
+            "duplex_engine_placements_total",
+            "New sessions placed in a cohort: hint (arrived at the hinted phase), arrival "
+            "(ignored or missed the hint), no_hint (sent no client clock)",
+            ["how"],
+            registry=r,
+        )
+
+
+class RankMetrics:
+    """What a rank > 0 (an expert holder, ``duplex engine --rank K``) exports: its expert work, process
+    metrics, and ``duplex_engine_active_sessions`` 0 — so an average over a replica's pods is the replica's
+    sessions / shards, which the HPA's per-pod target assumes."""
+
+    def __init__(self, rank: int, world_size: int, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        PlatformCollector(registry=r)
+        info = Gauge(
+            "duplex_engine_rank_info", "This process's place in its shard group", ["rank", "world_size"], registry=r
+        )
+        info.labels(str(rank), str(world_size)).set(1)
+        Gauge(ACTIVE_SESSIONS, "Conversations holding a slot (always 0: rank 0 holds them)", registry=r).set(0)
+        self.expert_seconds = Histogram(
+            "duplex_engine_expert_seconds",
+            "One MoE request from rank 0: this rank's experts over the routed rows",
+            buckets=_MS,
+            registry=r,
+        )
+
+    def time_experts(self, shard: nn.Module) -> None:
+        """Observe every forward of the shard's expert modules into ``expert_seconds`` (module hooks)."""
+        from duplex.model.moe import Experts  # here: the gateway imports this module and needs no torch
+
+        started: list[float] = []
+
+        def before(module: nn.Module, args: Any) -> None:
+            started.append(time.perf_counter())
+
+        def after(module: nn.Module, args: Any, output: Any) -> None:
+            self.expert_seconds.observe(time.perf_counter() - started.pop())
+
+        for module in shard.modules():
+            if isinstance(module, Experts):
+                module.register_forward_pre_hook(before)
+                module.register_forward_hook(after)
 
 
 class GatewayMetrics:
@@ -54,11 +126,15 @@ class GatewayMetrics:
         r = self.registry
         self.active_streams = Gauge("duplex_gateway_active_streams", "Conversations being relayed", registry=r)
         self.rpcs = Counter("duplex_gateway_rpcs_total", "Finished RPCs", ["method", "code"], registry=r)
-        self.rpc_seconds = Histogram("duplex_gateway_rpc_seconds", "RPC duration", ["method"],
-                                     buckets=(0.01, 0.1, 1, 10, 60, 300, 1800), registry=r)
+        self.rpc_seconds = Histogram(
+            "duplex_gateway_rpc_seconds",
+            "RPC duration",
+            ["method"],
+            buckets=(0.01, 0.1, 1, 10, 60, 300, 1800),
+            registry=r,
+        )
         self.errors = Counter("duplex_gateway_errors_total", "RPCs that ended with an error", ["code"], registry=r)
-        self.replicas_healthy = Gauge("duplex_gateway_replicas_healthy", "Engine replicas answering health",
-                                      registry=r)
+        self.replicas_healthy = Gauge("duplex_gateway_replicas_healthy", "Engine replicas answering health", registry=r)
 
 
 class MetricsServer:

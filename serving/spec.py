@@ -6,10 +6,15 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, alias_generator=to_camel, populate_by_name=True)
+"""Every spec: unknown fields rejected, field docs from docstrings, camelCase names in Kubernetes objects
+(``gpuMemoryGib``; ``by_alias`` dumps) and snake_case ones in Python, config files and ``--set``."""
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = SPEC_CONFIG
 
 
 class ResourceSpec(_Spec):
@@ -140,9 +145,58 @@ class RedisSpec(_Spec):
 class AgentSpec(_Spec):
     """Background agent: Redis Streams workers running slow tools, results injected into the talk."""
 
-    workers: int = Field(1, ge=0)
-    """Agent worker pods (0 = no background agent)."""
+    workers: int = Field(0, ge=0)
+    """Agent worker pods (0 = no background agent: the default until ``duplex agent`` ships)."""
     tools: list[str] = Field(default_factory=lambda: ["clock", "calculator"])
     """Tools sessions may call."""
     redis: RedisSpec = RedisSpec()
     """Where job streams live."""
+    stream_prefix: str = Field("duplex", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """Prefix of every Redis key of this deployment (``{prefix}:jobs``, ...); engines and workers of one model
+    must agree on it."""
+    concurrency: int = Field(8, ge=1, le=1024)
+    """Jobs one worker process runs at the same time."""
+    claim_idle_ms: int = Field(30_000, ge=10)
+    """A job delivered to a worker that has not reported for this long (it died) is claimed by another.
+    Running jobs are kept fresh by their worker every third of this."""
+    max_deliveries: int = Field(3, ge=1)
+    """Deliveries after which a job that keeps crashing its worker goes to the dead-letter stream (FAILED)."""
+    tool_timeout_s: float = Field(30.0, gt=0)
+    """Upper bound of any tool's run time (a tool's own timeout may be shorter); past it the job FAILS."""
+    jobs_maxlen: int = Field(10_000, ge=100)
+    """Approximate length the jobs stream is trimmed to (``MAXLEN ~``)."""
+    results_maxlen: int = Field(10_000, ge=100)
+    """Approximate length each engine replica's results stream is trimmed to."""
+    dead_letter_maxlen: int = Field(10_000, ge=100)
+    """Approximate length the dead-letter stream is trimmed to."""
+    result_ttl_s: int = Field(86_400, ge=1)
+    """How long a call's idempotency guard lives (a redelivered call within it yields no second result)."""
+    cancel_ttl_s: int = Field(3_600, ge=1)
+    """How long an ended session's cancel marker lives (its queued jobs are skipped meanwhile)."""
+    block_ms: int = Field(1_000, ge=10)
+    """Longest a worker waits in one ``XREADGROUP`` before it looks at the claim timer again."""
+    reconnect_initial_ms: int = Field(100, ge=1)
+    """First wait after Redis became unreachable; doubled per failed try up to ``reconnect_max_ms``."""
+    reconnect_max_ms: int = Field(5_000, ge=1)
+    """Longest wait between reconnect tries."""
+    drain_grace_s: float = Field(10.0, ge=0.0)
+    """On SIGTERM: how long running jobs may finish; the rest stay pending and another worker claims them."""
+    docs_root: str | None = None
+    """Mounted document folder ``doc_search`` searches (unset = the tool answers that none is mounted)."""
+    http_allow_hosts: list[str] = Field(default_factory=list)
+    """Hosts ``http_get`` may fetch (names or IP literals; ``*`` = any host with a public address). An IP
+    literal here is allowed even if it is private."""
+    http_allow_private: bool = False
+    """Let ``http_get`` reach private, loopback and link-local addresses (trusted networks and tests only)."""
+    http_max_bytes: int = Field(65_536, ge=1)
+    """Response bytes ``http_get`` reads."""
+    http_timeout_s: float = Field(10.0, gt=0)
+    """Time limit of one ``http_get`` call, redirects included."""
+    http_max_redirects: int = Field(3, ge=0, le=10)
+    """Redirects ``http_get`` follows (each one checked like the first URL)."""
+    plugins: list[str] = Field(default_factory=list)
+    """Extra tools, ``module:attribute`` (a Tool, a list of Tools or a factory); add their names to ``tools``."""
+    metrics_port: int = Field(9092, ge=0, le=65535)
+    """Prometheus port of a worker process (0 = off)."""
+    host: str = "0.0.0.0"
+    """Address the metrics server binds to."""

@@ -1,41 +1,50 @@
-"""``duplex talk``: play a WAV into a conversation and record the model's side on the same time axis."""
+"""``duplex talk``: play a WAV into a conversation and record the model's side on the same time axis.
+
+Sample 0 of the input and of the recording is the capture start of the first chunk (DESIGN.md "Recorded
+conversations"); the model's audio is placed on that axis in one of two ways:
+
+* as heard (default): where the client heard it — each chunk when it arrived, or when the previous one
+  finished playing. Network, batching and the one-chunk capture delay are in it; latency can be measured from
+  the two tracks.
+* model time (``--model-time``): at each chunk's ``output_sample``, the model's own clock, in step with the
+  input (no delivery delay). Arrival jitter does not move it, so two runs of one input give the same bytes
+  whenever the model's outputs are the same.
+"""
 
 from __future__ import annotations
 
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
 
+from duplex.model.audio_io import RESAMPLER, Wav, read_wav, write_wav
+
 from .client import Conversation
 
 
-def read_wav(path: Path, sample_rate: int) -> np.ndarray:
-    """Mono int16 samples at ``sample_rate`` (channels averaged; other rates resampled linearly)."""
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit)")
-        rate, ch = w.getframerate(), w.getnchannels()
-        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.float32)
-    data = data.reshape(-1, ch).mean(axis=1)
-    if rate != sample_rate:
-        n = int(len(data) * sample_rate / rate)
-        data = np.interp(np.arange(n) * rate / sample_rate, np.arange(len(data)), data)
-    out: np.ndarray = np.clip(data, -32768, 32767).astype(np.int16)
-    return out
+def conversion_note(path: Path, wav: Wav) -> str | None:
+    """What ``read_wav`` changed to make ``wav`` (rate, channels, encoding), or None when nothing."""
+    if not wav.converted:
+        return None
+    how = []
+    if wav.rate != wav.file.rate:
+        how.append(RESAMPLER)
+    if wav.file.channels != 1:
+        how.append("channels averaged")
+    if wav.file.subtype != "PCM_16":
+        how.append(f"{wav.file.subtype} to 16-bit")
+    return f"converting {path.name} {wav.file.describe()} → {wav.rate} Hz mono ({', '.join(how)})"
 
 
-def write_wav(path: Path, samples: np.ndarray, sample_rate: int) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(samples.astype("<i2").tobytes())
+def load_input(path: Path, sample_rate: int) -> tuple[np.ndarray, str | None]:
+    """The input as int16 mono samples at ``sample_rate``, and the conversion note (None if none was needed)."""
+    wav = read_wav(path, sample_rate, mono=True)
+    return wav.samples, conversion_note(path, wav)
 
 
 def timeline(conv: Conversation) -> dict[str, object]:
-    """Every server event with its client-clock time in seconds after the first chunk was sent."""
+    """Every server event with its client-clock time in seconds after the capture start of the first chunk."""
     from google.protobuf.json_format import MessageToDict
 
     events = []
@@ -46,11 +55,18 @@ def timeline(conv: Conversation) -> dict[str, object]:
             d["audio"]["silent"] = not r.event.audio.pcm
         events.append({"t": round((r.t_us - conv.start_us) / 1e6, 4), **d})
     sent = {str(k): round((v - conv.start_us) / 1e6, 4) for k, v in conv.sent_us.items()}
-    return {"start_us": conv.start_us, "status": conv.code.name, "details": conv.details, "sent": sent,
-            "events": events}
+    return {
+        "start_us": conv.start_us,
+        "status": conv.code.name,
+        "details": conv.details,
+        "sent": sent,
+        "events": events,
+    }
 
 
-def plot(path: Path, user: np.ndarray, model: np.ndarray, sample_rate: int, conv: Conversation) -> None:
+def plot(
+    path: Path, user: np.ndarray, model: np.ndarray, sample_rate: int, conv: Conversation, model_time: bool = False
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,25 +76,47 @@ def plot(path: Path, user: np.ndarray, model: np.ndarray, sample_rate: int, conv
     t_user = np.arange(len(user)) / sample_rate
     t_model = np.arange(len(model)) / sample_rate
     ax.plot(t_user, user / 32768.0 + 1.2, lw=0.4, color="tab:blue", label="user (sent)")
-    ax.plot(t_model, model / 32768.0 - 1.2, lw=0.4, color="tab:orange", label="model (received)")
+    ax.plot(
+        t_model,
+        model / 32768.0 - 1.2,
+        lw=0.4,
+        color="tab:orange",
+        label="model (model time)" if model_time else "model (as heard)",
+    )
     for r in conv.of("turn"):
-        t = (r.t_us - conv.start_us) / 1e6
+        t = r.event.turn.output_sample / sample_rate if model_time else (r.t_us - conv.start_us) / 1e6
         ax.axvline(t, color="gray", lw=0.6, ls=":")
     ax.set_yticks([1.2, -1.2], ["user", "model"])
-    ax.set_xlabel("seconds since the first chunk was sent (client clock)")
+    ax.set_xlabel("seconds since the capture start of the first chunk (client clock)")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def save(conv: Conversation, user: np.ndarray, sample_rate: int, output: Path, timeline_path: Path | None,
-         plot_path: Path | None) -> None:
-    last = max((r.t_us for r in conv.received), default=conv.start_us)
-    total = max(len(user), int((last - conv.start_us) * sample_rate / 1e6) + 1) + sample_rate
-    model = conv.output_track(sample_rate, total)
+def track_length(conv: Conversation, user: np.ndarray, sample_rate: int, model_time: bool) -> int:
+    """Samples in the recording: the input and all the model's audio, to the end of its last chunk. As heard
+    that end can lie well after the last arrival (chunks that came in a burst play one after another), and
+    the recording also reaches the last event's arrival; in model time it depends on the outputs only."""
+    ends = [len(user), *(at + a.samples for at, a in conv.placements(sample_rate, model_time))]
+    if not model_time:
+        last = max((r.t_us for r in conv.received), default=conv.start_us)
+        ends.append(int((last - conv.start_us) * sample_rate / 1e6) + 1)
+    return max(ends)
+
+
+def save(
+    conv: Conversation,
+    user: np.ndarray,
+    sample_rate: int,
+    output: Path,
+    timeline_path: Path | None,
+    plot_path: Path | None,
+    model_time: bool = False,
+) -> None:
+    model = conv.output_track(sample_rate, track_length(conv, user, sample_rate, model_time), model_time)
     write_wav(output, model, sample_rate)
     if timeline_path is not None:
         timeline_path.write_text(json.dumps(timeline(conv), indent=1))
     if plot_path is not None:
-        plot(plot_path, user, model, sample_rate, conv)
+        plot(plot_path, user, model, sample_rate, conv, model_time)

@@ -1,4 +1,5 @@
-"""Signal processing for the corpus: resampling, voice colouring (EQ), rooms, noise, levels and WAV files.
+"""Signal processing for the corpus: resampling, voice colouring (EQ), rooms, noise and levels (WAV files:
+``duplex.model.audio_io``).
 
 Everything is plain numpy so the generator needs nothing beyond the project's dependencies. espeak-ng
 renders at 22050 Hz; the project's wire format is 16 kHz (DESIGN.md), so utterances go through a
@@ -8,11 +9,9 @@ rate change, linear phase, so word timings survive the rate change unshifted.
 
 from __future__ import annotations
 
-import wave
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -165,26 +164,3 @@ def colored_noise(rng: np.random.Generator, n: int, color: NoiseColor) -> FloatA
 
 def to_pcm16(x: npt.NDArray[np.floating]) -> npt.NDArray[np.int16]:
     return np.clip(np.round(np.asarray(x) * 32767.0), -32768, 32767).astype(np.int16)
-
-
-def write_wav(path: Path, samples: npt.NDArray[np.int16], rate: int = SAMPLE_RATE) -> None:
-    """PCM16 mono WAV via the standard library (byte-identical output for identical samples)."""
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(samples.astype("<i2").tobytes())
-
-
-@dataclass(frozen=True)
-class Wav:
-    rate: int
-    channels: int
-    sample_width: int
-    samples: npt.NDArray[np.int16]
-
-
-def read_wav(path: Path) -> Wav:
-    with wave.open(str(path), "rb") as f:
-        frames = f.readframes(f.getnframes())
-        return Wav(f.getframerate(), f.getnchannels(), f.getsampwidth(), np.frombuffer(frames, "<i2").copy())

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from duplex.model.corpus.audio import SAMPLE_RATE, read_wav, rms
+from duplex.model.audio_io import read_wav
+from duplex.model.corpus.audio import SAMPLE_RATE, rms
 
 EDGE = SAMPLE_RATE * 5 // 1000
 REVERB_GUARD = int(0.6 * SAMPLE_RATE)  # longer than any synthetic room's RT60

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from duplex.model.audio_io import write_wav
 from duplex.model.corpus import audio, textgen
 from duplex.model.corpus.audio import SAMPLE_RATE, FloatArray
 from duplex.model.corpus.tts import MODEL_VOICE, Espeak, Rendering, Voice, random_user_voice, render
@@ -102,9 +103,9 @@ class Conversation:
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        audio.write_wav(directory / "user.wav", audio.to_pcm16(self.user))
-        audio.write_wav(directory / "user_clean.wav", audio.to_pcm16(self.user_clean))
-        audio.write_wav(directory / "model.wav", audio.to_pcm16(self.model))
+        write_wav(directory / "user.wav", audio.to_pcm16(self.user), SAMPLE_RATE)
+        write_wav(directory / "user_clean.wav", audio.to_pcm16(self.user_clean), SAMPLE_RATE)
+        write_wav(directory / "model.wav", audio.to_pcm16(self.model), SAMPLE_RATE)
         (directory / "events.json").write_text(json.dumps(self.doc, indent=1) + "\n")
 
 

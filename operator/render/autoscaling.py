@@ -2,20 +2,23 @@
 (Kubernetes 1.20: ``policy/v1beta1``, ``autoscaling/v2beta2``; current: ``policy/v1``, ``autoscaling/v2``).
 
 The HPA scales the DuplexModel itself through its scale subresource (``spec.replicas``), so a scale-up
-adds whole shard groups. Metric: ``duplex_active_sessions`` (Pods metric, via a custom-metrics adapter).
-Rank 0 exports the replica's live sessions and the other ranks 0, so the average over a replica's pods is
-sessions / shards: the target is divided by the shard count accordingly.
+adds whole shard groups. Metric: ``duplex_engine_active_sessions`` (``serving.metrics.ACTIVE_SESSIONS``, a
+Pods metric served by a custom-metrics adapter such as prometheus-adapter: docs/operator.md). Rank 0 exports
+the replica's live sessions and the other ranks 0, so the average over a replica's pods is sessions / shards:
+the target is divided by the shard count accordingly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from duplex.serving.metrics import ACTIVE_SESSIONS
+
 from ..naming import API_VERSION, KIND, ModelRef
 from ..resolve import Resolved
 from .common import Manifest
 
-SESSIONS_METRIC = "duplex_active_sessions"
+SESSIONS_METRIC = ACTIVE_SESSIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +36,20 @@ class ApiVersions:
         pdb = "policy/v1" if "policy/v1" in served else "policy/v1beta1"
         hpa = "autoscaling/v2" if "autoscaling/v2" in served else "autoscaling/v2beta2"
         return cls(pdb=pdb, hpa=hpa)
+
+    @classmethod
+    def for_kube_version(cls, version: str) -> ApiVersions:
+        """What a cluster of ``version`` (``1.20``, ``v1.29.3``) serves, for rendering without one."""
+        try:
+            major, minor = (int(p) for p in version.lstrip("v").split(".")[:2])
+        except ValueError:
+            raise ValueError(f"--kube-version {version!r}: expected MAJOR.MINOR, e.g. 1.29") from None
+        if (major, minor) < (1, 20):
+            raise ValueError(f"--kube-version {version!r}: Kubernetes 1.20 or newer is required")
+        return cls(
+            pdb="policy/v1" if minor >= 21 or major > 1 else "policy/v1beta1",
+            hpa="autoscaling/v2" if minor >= 23 or major > 1 else "autoscaling/v2beta2",
+        )
 
 
 def _pdb(ref: ModelRef, apis: ApiVersions, name: str, component: str, budget: dict[str, int]) -> Manifest:
@@ -70,12 +87,14 @@ def hpa(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> Manifest:
             "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": ref.name},
             "minReplicas": auto.min_replicas,
             "maxReplicas": auto.max_replicas,
-            "metrics": [{
-                "type": "Pods",
-                "pods": {
-                    "metric": {"name": SESSIONS_METRIC},
-                    "target": {"type": "AverageValue", "averageValue": _quantity(per_pod)},
-                },
-            }],
+            "metrics": [
+                {
+                    "type": "Pods",
+                    "pods": {
+                        "metric": {"name": SESSIONS_METRIC},
+                        "target": {"type": "AverageValue", "averageValue": _quantity(per_pod)},
+                    },
+                }
+            ],
         },
     }

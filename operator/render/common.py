@@ -29,6 +29,14 @@ def env(name: str, value: str) -> dict[str, Any]:
     return {"name": name, "value": value}
 
 
+def prometheus_annotations(metrics_port: int) -> dict[str, str]:
+    """The ``prometheus.io/*`` pod annotations a Prometheus scrape config (kubernetes_sd) keys on; none when
+    the process serves no metrics (port 0)."""
+    if not metrics_port:
+        return {}
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(metrics_port), "prometheus.io/path": "/metrics"}
+
+
 def key(manifest: Manifest) -> tuple[str, str, str]:
     """(apiVersion, kind, name): identity of a child inside one namespace."""
     return manifest["apiVersion"], manifest["kind"], manifest["metadata"]["name"]

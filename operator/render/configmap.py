@@ -1,4 +1,6 @@
-"""The ConfigMap every process of a model reads: ``engine.json``, ``gateway.json``, ``agent.json``."""
+"""The ConfigMap every process of a model reads: ``engine.json`` (``duplex engine --config``),
+``gateway.json`` (``duplex gateway --config``) and, with agent workers, ``agent.json``. Each file holds only
+sections its command loads (``duplex.serving.cli.CONFIG_SECTIONS``)."""
 
 from __future__ import annotations
 
@@ -30,12 +32,9 @@ def engine_config_map(ref: ModelRef, resolved: Resolved) -> Manifest:
     if spec.gateway.tls_secret:
         gateway["tls_cert_file"] = f"{TLS_DIR}/tls.crt"  # where gateway.py mounts the Secret
         gateway["tls_key_file"] = f"{TLS_DIR}/tls.key"
-    data = {
-        "engine.json": engine_config(resolved),
-        "gateway.json": {"gateway": gateway, "slo": spec.slo.model_dump(mode="json"),
-                         "max_sessions_per_engine": spec.engine.max_sessions, "chunk_ms": spec.engine.chunk_ms},
-        "agent.json": {"agent": spec.agent.model_dump(mode="json")},
-    }
+    data: dict[str, dict[str, object]] = {"engine.json": engine_config(resolved), "gateway.json": {"gateway": gateway}}
+    if spec.agent.workers > 0:
+        data["agent.json"] = {"agent": spec.agent.model_dump(mode="json")}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

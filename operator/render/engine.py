@@ -4,6 +4,9 @@ DNS names) and a ClusterIP leader Service in front of rank 0 (rendezvous without
 Rank = the pod's ordinal (``--rank-from-hostname``); world size = shards; leader = rank 0, reached by the
 leader Service's ClusterIP, which the kubelet expands from ``$(<LEADER>_SERVICE_HOST)``. The leader Service
 publishes not-ready addresses, because the ranks rendezvous before any of them is ready.
+
+Every rank serves ``/metrics`` on ``engine.metricsPort`` (rank 0: sessions, steps, latencies; ranks > 0:
+expert timings and process metrics), so the port and the ``prometheus.io/*`` annotations are on every pod.
 """
 
 from __future__ import annotations
@@ -13,20 +16,11 @@ from typing import Any
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, RENDEZVOUS_PORT, ModelRef, service_host_ref
 from ..resolve import Resolved
 from ..spec import DuplexModelSpec
-from .common import Manifest, config_volume, env
+from .common import Manifest, config_volume, env, prometheus_annotations
 from .redis import redis_url_env
 
-TRTLLM_IMAGE_SUFFIX = "-tensorrt-llm"
-"""Tag suffix of the engine image built with TensorRT-LLM, used when the backend asks for it and the
-image is left at its default."""
-
-
-def engine_image(spec: DuplexModelSpec) -> str:
-    image = spec.engine.image
-    default = type(spec.engine).model_fields["image"].default
-    if spec.engine.backend == "tensorrt-llm" and image == default:
-        return image + TRTLLM_IMAGE_SUFFIX
-    return image
+LEADER_ADDR_ENV = "DUPLEX_LEADER_ADDR"
+"""Rank 0's rendezvous ``HOST:PORT``; the kubelet expands it into the ``--leader`` argument."""
 
 
 def engine_headless_service(ref: ModelRef, resolved: Resolved, replica: int) -> Manifest:
@@ -71,32 +65,28 @@ def _ports(spec: DuplexModelSpec) -> list[dict[str, Any]]:
 def rank0_serving_check(port: int) -> str:
     """Readiness of a rank: rank 0 is ready once its gRPC port accepts (it serves only after the shard group
     has assembled and the weights are loaded); ranks > 0 hold experts only and are ready while running. So a
-    replica is ready exactly when all of its pods are."""
-    return (f"import os, socket; r = os.uname().nodename.rsplit('-', 1)[-1]; "
-            f"r != '0' or socket.create_connection(('127.0.0.1', {port}), 2).close()")
+    replica is ready exactly when all of its pods are. The rank comes from the one hostname parser."""
+    return (
+        "import os, socket; from duplex.serving.ranks import rank_from_hostname; "
+        f"rank_from_hostname(os.uname().nodename) != 0 or "
+        f"socket.create_connection(('127.0.0.1', {port}), 2).close()"
+    )
 
 
 def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[str, Any]:
     spec = resolved.spec
     eng = spec.engine
-    sts = ref.engine(replica)
     args = [
         "engine",
         "--rank-from-hostname",
-        "--world-size", str(resolved.shards),
-        "--leader", "$(DUPLEX_LEADER_ADDR)",
-        "--config", f"{CONFIG_DIR}/engine.json",
+        "--world-size",
+        str(resolved.shards),
+        "--leader",
+        f"$({LEADER_ADDR_ENV})",
+        "--config",
+        f"{CONFIG_DIR}/engine.json",
     ]
-    envs: list[dict[str, Any]] = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        env("DUPLEX_REPLICA", str(replica)),
-        env("DUPLEX_WORLD_SIZE", str(resolved.shards)),
-        env("DUPLEX_LEADER_SERVICE", ref.leader(replica)),
-        env("DUPLEX_LEADER_HOST", service_host_ref(ref.leader(replica))),
-        env("DUPLEX_LEADER_DNS", f"{sts}-0.{sts}.{ref.namespace}.svc"),
-        env("DUPLEX_LEADER_ADDR", f"$(DUPLEX_LEADER_HOST):{RENDEZVOUS_PORT}"),
-        env("DUPLEX_BACKEND", eng.backend),
-    ]
+    envs: list[dict[str, Any]] = [env(LEADER_ADDR_ENV, f"{service_host_ref(ref.leader(replica))}:{RENDEZVOUS_PORT}")]
     if spec.agent.workers > 0:
         envs.append(redis_url_env(ref, spec))
     limits: dict[str, str] = {"cpu": eng.resources.cpu, "memory": eng.resources.memory}
@@ -108,7 +98,7 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     ]
     container: dict[str, Any] = {
         "name": "engine",
-        "image": engine_image(spec),
+        "image": eng.image,
         "command": ["duplex"],
         "args": args,
         "env": envs,
@@ -118,8 +108,12 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     }
     if eng.metrics_port:
         ports.append({"name": "metrics", "containerPort": eng.metrics_port, "protocol": "TCP"})
-    container["readinessProbe"] = {"exec": {"command": ["python3", "-c", rank0_serving_check(eng.port)]},
-                                   "periodSeconds": 5, "timeoutSeconds": 3, "failureThreshold": 3}
+    container["readinessProbe"] = {
+        "exec": {"command": ["python3", "-c", rank0_serving_check(eng.port)]},
+        "periodSeconds": 5,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
     if eng.gpus_per_shard:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     return container
@@ -152,7 +146,10 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
             "template": {
                 "metadata": {
                     "labels": ref.labels("engine", **extra),
-                    "annotations": {CONFIG_HASH_ANNOTATION: config_digest},
+                    "annotations": {
+                        CONFIG_HASH_ANNOTATION: config_digest,
+                        **prometheus_annotations(spec.engine.metrics_port),
+                    },
                 },
                 "spec": pod_spec,
             },
@@ -160,5 +157,4 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
     }
 
 
-__all__ = ["engine_container", "engine_headless_service", "engine_leader_service",
-           "engine_statefulset"]
+__all__ = ["engine_container", "engine_headless_service", "engine_leader_service", "engine_statefulset"]

@@ -8,7 +8,7 @@ from typing import Any
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef, service_host_ref
 from ..resolve import Resolved
 from ..spec import DuplexModelSpec
-from .common import Manifest, config_volume, env, secret_volume
+from .common import Manifest, config_volume, env, prometheus_annotations, secret_volume
 
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 TLS_DIR = f"{CONFIG_DIR}/tls"
@@ -41,8 +41,7 @@ def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any]
         "command": ["duplex"],
         "args": args,
         "env": [
-            env("DUPLEX_ENGINES", engine_addresses(ref, resolved)),
-            env("DUPLEX_ENGINE_SERVICES", ",".join(ref.leader(i) for i in range(resolved.spec.replicas))),
+            env("DUPLEX_ENGINES", engine_addresses(ref, resolved)),  # expanded into --engines by the kubelet
         ],
         "ports": ports,
         "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5},
@@ -62,8 +61,13 @@ def gateway_deployment(ref: ModelRef, resolved: Resolved, config_digest: str) ->
             "replicas": resolved.spec.gateway.replicas,
             "selector": {"matchLabels": ref.selector("gateway")},
             "template": {
-                "metadata": {"labels": ref.labels("gateway"),
-                             "annotations": {CONFIG_HASH_ANNOTATION: config_digest}},
+                "metadata": {
+                    "labels": ref.labels("gateway"),
+                    "annotations": {
+                        CONFIG_HASH_ANNOTATION: config_digest,
+                        **prometheus_annotations(resolved.spec.gateway.metrics_port),
+                    },
+                },
                 "spec": {"containers": [container], "volumes": volumes, "enableServiceLinks": True},
             },
         },

@@ -41,9 +41,19 @@ class OperatorProcess:
         port = free_port()
         env = dict(os.environ, KUBECONFIG=str(self.cp.kubeconfig), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from duplex.cli import main; main()", "operator", "--standalone",
-             "--all-namespaces", "--liveness", f"http://127.0.0.1:{port}/healthz"],
-            env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-c",
+                "from duplex.cli import main; main()",
+                "operator",
+                "--standalone",
+                "--all-namespaces",
+                "--liveness",
+                f"http://127.0.0.1:{port}/healthz",
+            ],
+            env=env,
+            stdout=open(self.log_path, "wb"),
+            stderr=subprocess.STDOUT,
         )
 
         def live() -> bool:  # kopf answers its liveness probe once the startup handlers have run
@@ -96,8 +106,7 @@ def duplex_operator(kube_cluster: ControlPlane, tmp_path_factory: pytest.TempPat
 def namespace(kube: Kube) -> str:
     """A fresh namespace per test (left behind: the control plane is thrown away after the session)."""
     name = f"t-{uuid.uuid4().hex[:8]}"
-    kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
-                                                     "metadata": {"name": name}})
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     return name
 
 

@@ -23,12 +23,19 @@ def test_offers_the_1_20_api_versions(kube: Kube) -> None:
     assert "policy/v1beta1" in served and "policy/v1" not in served
     assert "autoscaling/v2beta2" in served and "autoscaling/v2" not in served
     assert "duplex.ai/v1alpha1" in served
+    apis = kube.api_versions()  # what the operator renders in, from discovery
+    assert (apis.pdb, apis.hpa) == ("policy/v1beta1", "autoscaling/v2beta2")
 
 
 def test_services_get_addresses_from_the_benchmarking_range(kube: Kube) -> None:
-    kube.request("POST", "/api/v1/namespaces", body={"apiVersion": "v1", "kind": "Namespace",
-                                                     "metadata": {"name": "cp-selftest"}})
-    svc = kube.request("POST", "/api/v1/namespaces/cp-selftest/services", body={
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"},
-        "spec": {"ports": [{"port": 80}], "selector": {"a": "b"}}})
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "cp-selftest"}})
+    svc = kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "s"},
+            "spec": {"ports": [{"port": 80}], "selector": {"a": "b"}},
+        },
+        "cp-selftest",
+    )
     assert SERVICE_CIDR == "198.18.0.0/16" and svc["spec"]["clusterIP"].startswith("198.18.")

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import subprocess
-import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from duplex.model.audio_io import read_wav, write_wav
 from duplex.model.codec import BRIGHT_BINS, CODEBOOK, PITCH_BINS, Codec, pitch_hz
 from duplex.model.config import ModelConfig, ModelError
 
@@ -23,11 +23,9 @@ def speech(tmp_path_factory: pytest.TempPathFactory) -> torch.Tensor:
     d = tmp_path_factory.mktemp("speech")
     parts = []
     for i, text in enumerate(["Hello there, how are you today?", "I am fine, thank you very much."]):
-        raw, wav = d / f"{i}.wav", d / f"{i}_16k.wav"
+        raw = d / f"{i}.wav"
         subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True)
-        subprocess.run(["sox", str(raw), "-r", "16000", "-b", "16", str(wav)], check=True)
-        with wave.open(str(wav)) as w:
-            parts.append(np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768)
+        parts.append(read_wav(raw, 16000, mono=True).samples.astype(np.float32) / 32768)
     x = np.concatenate([parts[0], np.zeros(16000, np.float32), parts[1]])
     return torch.from_numpy(x[: len(x) // 640 * 640])[None]
 
@@ -103,9 +101,5 @@ def test_decode_writes_through_slot_views(codec: Codec) -> None:
 def test_write_to_wav_for_listening(codec: Codec, speech: torch.Tensor, tmp_path: Path) -> None:
     out = codec.decode(codec.encode(speech), codec.new_state(1))
     pcm = (out[0].numpy() * 32767).astype(np.int16)
-    with wave.open(str(tmp_path / "x.wav"), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm.tobytes())
+    write_wav(tmp_path / "x.wav", pcm, 16000)
     assert (tmp_path / "x.wav").stat().st_size == 44 + 2 * speech.shape[1]

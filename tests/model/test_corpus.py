@@ -15,8 +15,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from duplex.cli import app
+from duplex.model.audio_io import read_wav
 from duplex.model.corpus import check_conversation, make_corpus, textgen
-from duplex.model.corpus.audio import SAMPLE_RATE, read_wav
+from duplex.model.corpus.audio import SAMPLE_RATE
 from duplex.model.corpus.make import EVENT_TYPES, voice_split
 
 SEED = 3

@@ -18,13 +18,14 @@ from duplex.cli import app
 from duplex.model.config import get_preset
 from duplex.model.spec import ModelSource
 from duplex.operator.crd import crd_manifest
-from duplex.operator.naming import ModelRef, rank_from_hostname, service_env_prefix
+from duplex.operator.naming import ModelRef, service_env_prefix
 from duplex.operator.render import ApiVersions, render_children
 from duplex.operator.render.common import Manifest
 from duplex.operator.resolve import InvalidSpec, parse_spec, resolve
 from duplex.operator.schema import openapi_schema, values_json_schema
 from duplex.operator.spec import DuplexModelSpec
 from duplex.operator.status import compute_status, observe, shard_plan_status
+from duplex.serving.ranks import rank_from_hostname
 from duplex.serving.spec import AgentSpec, EngineSpec, GatewaySpec
 
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest schemas the installed package ships
@@ -35,16 +36,23 @@ K120 = ApiVersions.from_served({"policy/v1beta1", "autoscaling/v1", "autoscaling
 SPECS: dict[str, dict[str, Any]] = {
     "minimal": {},
     "sharded": {"engine": {"shards": 4}, "replicas": 3},
-    "autoscaled-auth-tls": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
-                            "replicas": 2, "gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls",
-                                                       "serviceType": "LoadBalancer"}},
+    "autoscaled-auth-tls": {
+        "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+        "replicas": 2,
+        "gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls", "serviceType": "LoadBalancer"},
+    },
     "external-redis-secret": {"agent": {"workers": 3, "redis": {"managed": False, "urlSecret": "redis-url"}}},
-    "no-agent": {"agent": {"workers": 0}},
-    "gpu-autoshard": {"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
-                      "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32}},
-    "tensorrt-llm": {"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
-                     "engine": {"backend": "tensorrt-llm", "shards": 16, "gpusPerShard": 1, "gpuMemoryGib": 141}},
+    "managed-redis": {"agent": {"workers": 1}},
+    "gpu-autoshard": {
+        "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+        "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32},
+    },
+    "gpu-16-shards": {
+        "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+        "engine": {"device": "cuda", "shards": 16, "gpusPerShard": 1, "gpuMemoryGib": 141},
+    },
 }
+TENSORRT_LLM = {**SPECS["gpu-16-shards"], "engine": {**SPECS["gpu-16-shards"]["engine"], "backend": "tensorrt-llm"}}
 
 
 def render(raw: dict[str, Any], apis: ApiVersions = CURRENT) -> list[Manifest]:
@@ -74,9 +82,16 @@ def test_every_child_is_owned_and_labelled(name: str) -> None:
     for m in render(SPECS[name]):
         meta = m["metadata"]
         assert meta["namespace"] == "prod"
-        assert meta["ownerReferences"] == [{"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel",
-                                            "name": "talk", "uid": "0f0e-uid", "controller": True,
-                                            "blockOwnerDeletion": True}]
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "name": "talk",
+                "uid": "0f0e-uid",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
         assert meta["labels"]["duplex.ai/model"] == "talk"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "duplex-operator"
 
@@ -93,11 +108,8 @@ def test_one_statefulset_per_replica_with_rank_and_leader_wiring() -> None:
         c = spec["template"]["spec"]["containers"][0]
         assert c["command"] == ["duplex"]
         assert c["args"][:5] == ["engine", "--rank-from-hostname", "--world-size", "4", "--leader"]
-        env = env_of(c)
-        assert env["DUPLEX_WORLD_SIZE"] == "4"
-        assert env["DUPLEX_LEADER_SERVICE"] == f"talk-engine-{i}-leader"
-        assert env["DUPLEX_LEADER_HOST"] == f"$(TALK_ENGINE_{i}_LEADER_SERVICE_HOST)"
-        assert env["DUPLEX_LEADER_DNS"] == f"talk-engine-{i}-0.talk-engine-{i}.prod.svc"
+        assert c["args"][5] == "$(DUPLEX_LEADER_ADDR)"
+        assert env_of(c) == {"DUPLEX_LEADER_ADDR": f"$(TALK_ENGINE_{i}_LEADER_SERVICE_HOST):29500"}
         assert "nvidia.com/gpu" not in c["resources"]["limits"]
     services = {s["metadata"]["name"]: s for s in by_kind(out, "Service")}
     assert services["talk-engine-1"]["spec"]["clusterIP"] == "None"
@@ -115,7 +127,9 @@ def test_config_map_is_what_the_serving_specs_parse() -> None:
     assert EngineSpec.model_validate(engine_json["engine"]).shards == 4
     ModelSource.model_validate(engine_json["model"])
     assert GatewaySpec.model_validate(json.loads(cm["gateway.json"])["gateway"]).open_access is True
-    AgentSpec.model_validate(json.loads(cm["agent.json"])["agent"])
+    assert "agent.json" not in cm  # no agent workers by default
+    agent_cm = by_kind(render(SPECS["managed-redis"]), "ConfigMap")[0]["data"]
+    assert AgentSpec.model_validate(json.loads(agent_cm["agent.json"])["agent"]).workers == 1
 
 
 def test_engine_readiness_probe_checks_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -138,25 +152,33 @@ def test_engine_readiness_probe_checks_rank_zero_only(monkeypatch: pytest.Monkey
 
 def test_rank_comes_from_the_pod_ordinal() -> None:
     assert rank_from_hostname("talk-engine-12-3") == 3
+    assert rank_from_hostname("m-engine-0-0") == 0
     assert service_env_prefix("talk-engine-0-leader") == "TALK_ENGINE_0_LEADER"
-    with pytest.raises(ValueError, match="ordinal"):
-        rank_from_hostname("talk-engine")
+    for bad in ("talk-engine", "talk-engine-3x", "7"):
+        with pytest.raises(ValueError, match="ordinal"):
+            rank_from_hostname(bad)
 
 
-def test_gpu_and_tensorrt_llm_rendering() -> None:
-    out = render(SPECS["tensorrt-llm"])
-    c = by_kind(out, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == "duplex:latest-tensorrt-llm"
-    assert env_of(c)["DUPLEX_BACKEND"] == "tensorrt-llm"
-    cm = by_kind(out, "ConfigMap")[0]
-    engine_json = json.loads(cm["data"]["engine.json"])
-    assert engine_json["engine"]["backend"] == "tensorrt-llm" and engine_json["engine"]["shards"] == 16
+def test_gpu_rendering() -> None:
+    out = render(SPECS["gpu-16-shards"])
+    sts = by_kind(out, "StatefulSet")[0]
+    c = sts["spec"]["template"]["spec"]["containers"][0]
+    assert sts["spec"]["replicas"] == 16 and c["image"] == "duplex:latest"
+    engine_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["engine.json"])
+    assert engine_json["engine"]["device"] == "cuda" and engine_json["engine"]["shards"] == 16
     assert engine_json["model"]["preset"] == "tml-interaction-small"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    pod = by_kind(out, "StatefulSet")[0]["spec"]["template"]["spec"]
+    pod = sts["spec"]["template"]["spec"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    explicit = render({**SPECS["tensorrt-llm"], "engine": {**SPECS["tensorrt-llm"]["engine"], "image": "me/trt:1"}})
-    assert by_kind(explicit, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]["image"] == "me/trt:1"
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+
+
+def test_tensorrt_llm_is_rejected_naming_the_backend() -> None:
+    """No engine reads the backend yet: nothing is rendered that would pretend to run on it."""
+    with pytest.raises(InvalidSpec) as err:
+        resolve(parse_spec(TENSORRT_LLM))
+    assert [p.field for p in err.value.problems] == ["spec.engine.backend"]
+    assert "not available in this version" in err.value.problems[0].message
 
 
 def test_shards_auto_asks_the_planner() -> None:
@@ -191,17 +213,20 @@ def test_gateway_auth_tls_and_engine_addresses() -> None:
     gateway_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert gateway_json["api_keys_file"] == "/etc/duplex/auth/keys" and gateway_json["open_access"] is False
     assert (gateway_json["tls_cert_file"], gateway_json["tls_key_file"]) == (
-        "/etc/duplex/tls/tls.crt", "/etc/duplex/tls/tls.key")
+        "/etc/duplex/tls/tls.crt",
+        "/etc/duplex/tls/tls.key",
+    )
     plain = json.loads(by_kind(render({}), "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert plain["tls_cert_file"] is None and plain["tls_key_file"] is None
     assert env_of(c)["DUPLEX_ENGINES"] == (
-        "$(TALK_ENGINE_0_LEADER_SERVICE_HOST):7070,$(TALK_ENGINE_1_LEADER_SERVICE_HOST):7070")
+        "$(TALK_ENGINE_0_LEADER_SERVICE_HOST):7070,$(TALK_ENGINE_1_LEADER_SERVICE_HOST):7070"
+    )
     svc = next(m for m in by_kind(out, "Service") if m["metadata"]["name"] == "talk")
     assert svc["spec"]["type"] == "LoadBalancer"
 
 
 def test_redis_managed_external_and_absent() -> None:
-    managed = render({})
+    managed = render(SPECS["managed-redis"])
     names = {m["metadata"]["name"] for m in by_kind(managed, "Deployment")}
     assert names == {"talk-gateway", "talk-agent", "talk-redis"}
     external = render(SPECS["external-redis-secret"])
@@ -210,8 +235,12 @@ def test_redis_managed_external_and_absent() -> None:
     assert agent["spec"]["replicas"] == 3
     env = agent["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [{"name": "DUPLEX_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "redis-url", "key": "url"}}}]
-    none = render(SPECS["no-agent"])
+    none = render({})  # agent workers default to 0: no agent, no Redis, no DUPLEX_REDIS_URL
     assert {m["metadata"]["name"] for m in by_kind(none, "Deployment")} == {"talk-gateway"}
+    assert "talk-redis" not in {m["metadata"]["name"] for m in by_kind(none, "Service")}
+    assert "DUPLEX_REDIS_URL" not in env_of(
+        by_kind(none, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+    )
 
 
 def test_config_change_changes_the_pod_template_hash() -> None:
@@ -224,23 +253,47 @@ def test_render_is_deterministic() -> None:
     assert render(SPECS["sharded"]) == render(SPECS["sharded"])
 
 
-@pytest.mark.parametrize(("raw", "field", "text"), [
-    ({"engine": {"shards": 3}}, "spec.engine.shards", "not divisible by 3"),
-    ({"model": {"preset": "nope"}}, "spec.model.preset", "unknown preset"),
-    ({"model": {"preset": "tml-interaction-small"}, "engine": {"shards": 1, "gpusPerShard": 1, "gpuMemoryGib": 80}},
-     "spec.engine.gpuMemoryGib", "does not fit"),
-    ({"model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
-      "engine": {"shards": 2, "gpusPerShard": 1, "gpuMemoryGib": 80}}, "spec.engine.shards", "at least"),
-    ({"model": {"preset": "tml-interaction-small"}, "engine": {"shards": "auto", "gpusPerShard": 1,
-                                                              "gpuMemoryGib": 1}},
-     "spec.engine.gpuMemoryGib", "shards: auto"),
-    ({"engine": {"backend": "tensorrt-llm"}}, "spec.engine.gpusPerShard", "GPUs"),
-    ({"engine": {"chunkMs": 100}}, "spec.engine.chunkMs", "multiple"),
-    ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.maxReplicas", "below"),
-    ({"agent": {"redis": {"managed": False}}}, "spec.agent.redis", "url"),
-    ({"engine": {"chunkMs": 20}}, "spec.engine.chunkMs", "greater than or equal"),
-    ({"engine": {"bogus": 1}}, "spec.engine.bogus", "Extra inputs"),
-])
+@pytest.mark.parametrize(
+    ("raw", "field", "text"),
+    [
+        ({"engine": {"shards": 3}}, "spec.engine.shards", "not divisible by 3"),
+        ({"model": {"preset": "nope"}}, "spec.model.preset", "unknown preset"),
+        (
+            {
+                "model": {"preset": "tml-interaction-small"},
+                "engine": {"shards": 1, "gpusPerShard": 1, "gpuMemoryGib": 80},
+            },
+            "spec.engine.gpuMemoryGib",
+            "does not fit",
+        ),
+        (
+            {
+                "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+                "engine": {"shards": 2, "gpusPerShard": 1, "gpuMemoryGib": 80},
+            },
+            "spec.engine.shards",
+            "at least",
+        ),
+        (
+            {
+                "model": {"preset": "tml-interaction-small"},
+                "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 1},
+            },
+            "spec.engine.gpuMemoryGib",
+            "shards: auto",
+        ),
+        ({"engine": {"backend": "tensorrt-llm"}}, "spec.engine.backend", "tensorrt-llm is not available"),
+        ({"engine": {"chunkMs": 100}}, "spec.engine.chunkMs", "multiple"),
+        (
+            {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+            "spec.autoscaling.maxReplicas",
+            "below",
+        ),
+        ({"agent": {"workers": 1, "redis": {"managed": False}}}, "spec.agent.redis", "url"),
+        ({"engine": {"chunkMs": 20}}, "spec.engine.chunkMs", "greater than or equal"),
+        ({"engine": {"bogus": 1}}, "spec.engine.bogus", "Extra inputs"),
+    ],
+)
 def test_invalid_specs_name_the_field(raw: dict[str, Any], field: str, text: str) -> None:
     with pytest.raises(InvalidSpec) as err:
         resolve(parse_spec(raw))
@@ -301,6 +354,8 @@ def test_values_schema_for_helm_shares_the_generator() -> None:
 # --- examples and CLI ---------------------------------------------------------------------------------
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+REJECTED_EXAMPLES = {"03-tensorrt-llm.yaml": "spec.engine.backend", "06-invalid-shards.yaml": "spec.engine.shards"}
+"""Examples that show a rejection, and the field the Degraded condition names."""
 
 
 def test_examples_are_numbered_and_present() -> None:
@@ -313,9 +368,10 @@ def test_examples_are_numbered_and_present() -> None:
 def test_examples_render_to_valid_manifests(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     assert (doc["apiVersion"], doc["kind"]) == ("duplex.ai/v1alpha1", "DuplexModel")
-    if "invalid" in path.name:
-        with pytest.raises(InvalidSpec):
+    if path.name in REJECTED_EXAMPLES:
+        with pytest.raises(InvalidSpec) as err:
             resolve(parse_spec(doc["spec"]))
+        assert [p.field for p in err.value.problems] == [REJECTED_EXAMPLES[path.name]]
         return
     for m in render(doc["spec"]):
         kubernetes_validate.validate(m, K8S_VERSION, strict=True)
@@ -338,16 +394,21 @@ def test_cli_prints_the_crd_and_values_schema() -> None:
     assert out.exit_code == 0 and json.loads(out.output)["properties"]["replicas"]["minimum"] == 0
     out = runner.invoke(app, ["crd", "--peering"])
     assert [d["metadata"]["name"] for d in yaml.safe_load_all(out.output)] == [
-        "duplexmodels.duplex.ai", "clusterkopfpeerings.kopf.dev"]
+        "duplexmodels.duplex.ai",
+        "clusterkopfpeerings.kopf.dev",
+    ]
 
 
 # --- status (pure) ------------------------------------------------------------------------------------
 
+
 def _workload(name: str, desired: int, ready: int, replica: int | None = None) -> dict[str, Any]:
     labels = {"duplex.ai/replica": str(replica)} if replica is not None else {}
-    return {"metadata": {"name": name, "generation": 2, "labels": labels},
-            "spec": {"replicas": desired},
-            "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": desired}}
+    return {
+        "metadata": {"name": name, "generation": 2, "labels": labels},
+        "spec": {"replicas": desired},
+        "status": {"observedGeneration": 2, "readyReplicas": ready, "updatedReplicas": desired},
+    }
 
 
 def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
@@ -364,8 +425,11 @@ def test_status_ready_when_every_rank_and_deployment_is_ready() -> None:
     assert partial["readyReplicas"] == 1 and "replica=1" in partial["conditions"][0]["message"]
     sts[1] = _workload("talk-engine-1", 2, 2, 1)
     ready = compute_status(REF, resolved, observe(sts, deps, "talk.prod.svc:8080"), 3, partial)
-    assert _conditions(ready) == {"Ready": ("True", "AllReplicasReady"), "Progressing": ("False", "Complete"),
-                                  "Degraded": ("False", "AsExpected")}
+    assert _conditions(ready) == {
+        "Ready": ("True", "AllReplicasReady"),
+        "Progressing": ("False", "Complete"),
+        "Degraded": ("False", "AsExpected"),
+    }
     assert ready["readyReplicas"] == 2 and ready["observedGeneration"] == 3
     assert all(c["observedGeneration"] == 3 for c in ready["conditions"])
     assert "" not in [v for c in ready["conditions"] for v in c.values()]  # 1.20 rejects empty strings
@@ -377,3 +441,38 @@ def test_status_keeps_transition_time_while_unchanged() -> None:
     first["conditions"][0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
     again = compute_status(REF, resolved, observe([], [], "e"), 1, first)
     assert again["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_status_degraded_names_agent_workers_until_the_agent_ships() -> None:
+    resolved = resolve(parse_spec({"agent": {"workers": 2}}))
+    status = compute_status(REF, resolved, observe([], [], "e"), 1, None)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "FeatureUnavailable")
+    assert degraded["message"].startswith("spec.agent.workers: the background agent is not available")
+    assert _conditions(compute_status(REF, resolve(parse_spec({})), observe([], [], "e"), 1, None))["Degraded"] == (
+        "False",
+        "AsExpected",
+    )
+
+
+def test_api_versions_for_a_kube_version() -> None:
+    assert ApiVersions.for_kube_version("1.20") == K120
+    assert ApiVersions.for_kube_version("v1.22.3") == ApiVersions(pdb="policy/v1", hpa="autoscaling/v2beta2")
+    assert ApiVersions.for_kube_version("1.33") == CURRENT
+    for bad in ("x", "1.19"):
+        with pytest.raises(ValueError, match="--kube-version"):
+            ApiVersions.for_kube_version(bad)
+
+
+def test_operator_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from duplex.operator.settings import load_operator_settings
+
+    monkeypatch.setenv("DUPLEX_OPERATOR_WORKERS", "3")
+    monkeypatch.setenv("DUPLEX_OPERATOR_RESYNC_SECONDS", "7.5")
+    monkeypatch.setenv("DUPLEX_KUBECONFIG", "/etc/kube/config")
+    settings = load_operator_settings()
+    assert (settings.workers, settings.resync_seconds, settings.kubeconfig) == (3, 7.5, "/etc/kube/config")
+    monkeypatch.setenv("DUPLEX_OPERATOR_WORKERS", "many")
+    out = CliRunner().invoke(app, ["operator", "--all-namespaces", "--standalone"])
+    assert out.exit_code == 2
+    assert "DUPLEX_OPERATOR_WORKERS: Input should be a valid integer" in out.stderr

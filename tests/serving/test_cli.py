@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 import urllib.request
-import wave
 from pathlib import Path
 
 import grpc
 import pytest
 
+from duplex.model.audio_io import read_wav, write_wav
 from duplex.serving import client
 
 from .conftest import tone, wait_serving
@@ -60,14 +60,6 @@ class Proc:
         return self.p.wait(timeout=deadline_s)
 
 
-def write_wav(path: Path, seconds: float) -> None:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(22050)  # talk resamples to 16 kHz
-        w.writeframes(tone(seconds, sr=22050).tobytes())
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,14 +77,32 @@ def test_up_and_talk(tmp_path: Path) -> None:
     try:
         addr = up.wait_for(r"ready at (\S+)").group(1)
         wav = tmp_path / "in.wav"
-        write_wav(wav, 1.5)
+        write_wav(wav, tone(1.5, sr=22050), 22050)  # talk resamples to 16 kHz
         out, tl, png = tmp_path / "out.wav", tmp_path / "t.json", tmp_path / "t.png"
-        r = subprocess.run([*DUPLEX, "talk", "--target", addr, "--input", str(wav), "--output", str(out),
-                                     "--timeline", str(tl), "--plot", str(png), "--fast"],
-                           capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                *DUPLEX,
+                "talk",
+                "--target",
+                addr,
+                "--input",
+                str(wav),
+                "--output",
+                str(out),
+                "--timeline",
+                str(tl),
+                "--plot",
+                str(png),
+                "--fast",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
-        with wave.open(str(out)) as w:
-            assert w.getframerate() == 16000 and w.getnframes() >= int(1.5 * 16000)
+        assert "duplex talk: converting in.wav 22050 Hz mono → 16000 Hz mono (soxr HQ)" in r.stderr
+        recorded = read_wav(out)
+        assert recorded.rate == 16000 and recorded.channels == 1 and len(recorded.samples) >= int(1.5 * 16000)
         timeline = json.loads(tl.read_text())
         assert timeline["status"] == "OK"
         seqs = [e["audio"].get("seq", "0") for e in timeline["events"] if "audio" in e]
@@ -105,6 +115,12 @@ def test_up_and_talk(tmp_path: Path) -> None:
         assert "duplex_engine_active_sessions 0.0" in engine_metrics
         assert "duplex_engine_queue_wait_seconds_bucket" in engine_metrics
         assert 'duplex_gateway_rpcs_total{code="OK",method="/duplex.v1.Duplex/Converse"} 1.0' in gateway_metrics
+        model_time = tmp_path / "model_time.wav"
+        r = subprocess.run([*DUPLEX, "talk", "--target", addr, "--input", str(wav), "--output", str(model_time),
+                            "--model-time", "--fast"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().endswith("(model time)")
+        assert len(read_wav(model_time).samples) == 8 * 3200  # to the last chunk's end, not to an arrival time
     finally:
         code = up.stop(signal.SIGINT)
     assert code == 0
@@ -126,23 +142,43 @@ def test_up_on_a_busy_port_says_so() -> None:
 
 def test_engine_and_gateway_from_config(tmp_path: Path) -> None:
     cfg = tmp_path / "engine.json"
-    cfg.write_text(json.dumps({"engine": {"host": "127.0.0.1", "metrics_port": 0, "max_sessions": 4},
-                               "model": {"preset": "tiny", "seed": 3}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "engine": {"host": "127.0.0.1", "metrics_port": 0, "max_sessions": 4},
+                "model": {"preset": "tiny", "seed": 3},
+            }
+        )
+    )
     keys = tmp_path / "keys"
     keys.write_text("k-123\n")
     engine = Proc(["engine", "--config", str(cfg), "--port", "0"])
     gateway = None
     try:
         eaddr = engine.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
-        gateway = Proc(["gateway", "--engines", eaddr, "--port", "0", "--set", "gateway.host=127.0.0.1",
-                        "--set", "gateway.metrics_port=0", "--set", f"gateway.api_keys_file={keys}"])
+        gateway = Proc(
+            [
+                "gateway",
+                "--engines",
+                eaddr,
+                "--port",
+                "0",
+                "--set",
+                "gateway.host=127.0.0.1",
+                "--set",
+                "gateway.metrics_port=0",
+                "--set",
+                f"gateway.api_keys_file={keys}",
+            ]
+        )
         gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
         wait_serving(gaddr)
 
         async def talk() -> client.Conversation:
             async with grpc.aio.insecure_channel(gaddr) as ch:
-                return await client.converse(ch, client.split_chunks(tone(0.4), 3200), realtime=False,
-                                             metadata=(("x-api-key", "k-123"),))
+                return await client.converse(
+                    ch, client.split_chunks(tone(0.4), 3200), realtime=False, metadata=(("x-api-key", "k-123"),)
+                )
 
         import asyncio
 
@@ -156,8 +192,9 @@ def test_engine_and_gateway_from_config(tmp_path: Path) -> None:
 
 
 def test_gateway_refuses_to_start_open_by_accident() -> None:
-    r = subprocess.run([*DUPLEX, "gateway", "--engines", "127.0.0.1:1", "--port", "0"],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*DUPLEX, "gateway", "--engines", "127.0.0.1:1", "--port", "0"], capture_output=True, text=True, timeout=60
+    )
     assert r.returncode != 0
     assert "open_access" in r.stderr
 
@@ -172,9 +209,39 @@ def test_engine_spec_flags_are_listed(flag: str) -> None:
 def test_sharded_replica_two_ranks(tmp_path: Path) -> None:
     """Rank 1 holds half the experts; rank 0 serves gRPC; stopping rank 0 releases rank 1."""
     leader = f"127.0.0.1:{free_port()}"
-    rank1 = Proc(["engine", "--world-size", "2", "--rank", "1", "--leader", leader])
-    rank0 = Proc(["engine", "--world-size", "2", "--rank", "0", "--leader", leader, "--port", "0",
-                  "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"])
+    mport = free_port()
+    rank1 = Proc(
+        [
+            "engine",
+            "--world-size",
+            "2",
+            "--rank",
+            "1",
+            "--leader",
+            leader,
+            "--set",
+            "engine.host=127.0.0.1",
+            "--set",
+            f"engine.metrics_port={mport}",
+        ]
+    )
+    rank0 = Proc(
+        [
+            "engine",
+            "--world-size",
+            "2",
+            "--rank",
+            "0",
+            "--leader",
+            leader,
+            "--port",
+            "0",
+            "--set",
+            "engine.host=127.0.0.1",
+            "--set",
+            "engine.metrics_port=0",
+        ]
+    )
     try:
         addr = rank0.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
         rank1.wait_for("rank 1/2 serving experts")
@@ -187,6 +254,58 @@ def test_sharded_replica_two_ranks(tmp_path: Path) -> None:
 
         conv = asyncio.run(talk())
         assert conv.code == grpc.StatusCode.OK and conv.audio_seqs() == [0, 1, 2]
+        rank1_metrics = scrape(mport)  # rank 1 computed its experts for those steps and says so
+        count = re.search(r"^duplex_engine_expert_seconds_count (\S+)$", rank1_metrics, re.M)
+        assert count is not None and float(count.group(1)) > 0
     finally:
         assert rank0.stop(signal.SIGTERM) == 0
     assert rank1.p.wait(timeout=30) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["engine", "--set", "engine.max_sessions=abc"], "engine.max_sessions"),
+        (["engine", "--set", "engine.chunk_ms=20"], "engine.chunk_ms"),
+        (["engine", "--set", "model.bogus=1"], "model.bogus"),
+        (["engine", "--set", "agent.workers=1"], "unknown section 'agent'"),
+        (["engine", "--set", "max_sessions=1"], "expected SECTION.FIELD=VALUE"),
+        (["gateway", "--set", "gateway.port=0x"], "gateway.port"),
+    ],
+)
+def test_bad_settings_name_the_field(args: list[str], field: str) -> None:
+    r = subprocess.run([*DUPLEX, *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert field in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_config_file_names_the_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "engine.json"
+    cfg.write_text(json.dumps({"engine": {"maxSessions": 0}, "model": {"seed": -1}}))
+    r = subprocess.run([*DUPLEX, "engine", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert f"--config {cfg}: engine.max_sessions: Input should be greater than or equal to 1" in r.stderr
+    r = subprocess.run(
+        [*DUPLEX, "engine", "--config", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_load_section_layers_set_over_the_file(tmp_path: Path) -> None:
+    """The shared loader other commands call: file section, then --set on top (nested fields, lists)."""
+    from duplex.model.spec import ModelSource
+    from duplex.serving.settings import ConfigError, load_section
+    from duplex.serving.spec import EngineSpec, GatewaySpec
+
+    cfg = tmp_path / "engine.json"
+    cfg.write_text(
+        json.dumps({"engine": {"max_sessions": 4, "resources": {"cpu": "3", "memory": "1Gi"}}, "model": {"seed": 3}})
+    )
+    sets = ["engine.max_sessions=32", "engine.resources.cpu=4", 'engine.tools=["clock"]', "model.seed=5"]
+    spec = load_section(cfg, sets, "engine", EngineSpec, known_sections=["model"])
+    assert (spec.max_sessions, spec.resources.cpu, spec.resources.memory, spec.tools) == (32, "4", "1Gi", ["clock"])
+    assert load_section(cfg, sets, "model", ModelSource, known_sections=["engine"]).seed == 5
+    assert load_section(cfg, [], "model", ModelSource).seed == 3
+    assert load_section(None, ["gateway.engines=a:1,b:2"], "gateway", GatewaySpec).engines == ["a:1", "b:2"]
+    with pytest.raises(ConfigError, match="unknown section 'model'"):
+        load_section(cfg, sets, "engine", EngineSpec)

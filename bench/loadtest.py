@@ -1,0 +1,127 @@
+"""Load-test benchmark: ``duplex loadtest`` at 1, 16 and 64 users against ``duplex up``, then the capacity
+search; writes the ``## Load test`` section of docs/benchmarks.md.
+
+    python bench/loadtest.py                          # 1,16,64 users × 60 s, then --find-capacity (30 s steps)
+    python bench/loadtest.py --users 1,16 --run-time 30s --no-capacity --no-write
+
+Each run is the real command (``duplex loadtest --json``) with the gate's targets set to the design card's
+(turn-taking p50 ≤ 0.30 s, p95 ≤ 0.45 s, barge-in p50 ≤ 0.25 s); a figure that misses its target is marked
+so in the table. A run whose load generator fell behind real time (exit 3) is reported as such, without
+figures: put the load generator on another machine (``--target``) when that happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from report import command, machine, write_section
+
+DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
+TARGETS = {"turn_latency_p50": 0.30, "turn_latency_p95": 0.45, "barge_in_p50": 0.25}
+GATE = ["--slo-p50", "0.30", "--slo-p95", "0.45", "--slo-barge-in-p50", "0.25", "--max-error-rate", "0.01"]
+
+
+def start_up() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([*DUPLEX, "up", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if m := re.search(r"ready at (\S+)", line):
+            return proc, m.group(1)
+    raise SystemExit("duplex up exited before it was ready")
+
+
+def loadtest(target: str, args: list[str], out: Path) -> tuple[int, dict[str, Any]]:
+    r = subprocess.run([*DUPLEX, "loadtest", "--target", target, *GATE, *args, "--json", str(out)])
+    return r.returncode, json.loads(out.read_text()) if out.exists() else {}
+
+
+def cell(stats: dict[str, Any], key: str) -> str:
+    v = stats.get(key)
+    if v is None:
+        return "–"
+    return f"{v:.3f}" + (f" (misses ≤ {TARGETS[key]:.2f})" if v > TARGETS[key] else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", default="1,16,64")
+    ap.add_argument("--run-time", default="60s")
+    ap.add_argument("--capacity-run-time", default="30s")
+    ap.add_argument("--no-capacity", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args()
+    proc, target = start_up()
+    rows, capacity = [], None
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in (int(x) for x in a.users.split(",")):
+                rate = str(max(1, n // 4))
+                code, s = loadtest(
+                    target,
+                    ["--users", str(n), "--spawn-rate", rate, "--run-time", a.run_time],
+                    Path(tmp) / f"u{n}.json",
+                )
+                if code == 3 or not s:
+                    rows.append(
+                        f"| {n} | load generator fell behind (client lag {s.get('client_lag_max', 0):.3f} s) | | | | |"
+                    )
+                    continue
+                rows.append(
+                    f"| {n} | {cell(s, 'turn_latency_p50')} | {cell(s, 'turn_latency_p95')} | "
+                    f"{cell(s, 'barge_in_p50')} | {s['turns']} / {s['barge_ins']} | {s['errors']} | "
+                    f"{s['client_lag_max']:.3f} |"
+                )
+            if not a.no_capacity:
+                _, s = loadtest(
+                    target,
+                    [
+                        "--find-capacity",
+                        "--users",
+                        "4",
+                        "--spawn-rate",
+                        "8",
+                        "--max-users",
+                        "128",
+                        "--run-time",
+                        a.capacity_run_time,
+                    ],
+                    Path(tmp) / "capacity.json",
+                )
+                capacity = s.get("capacity")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    body = [
+        f"`{command()}` — {machine()}",
+        "",
+        "`duplex loadtest` (Locust, live-microphone pacing, 200 ms chunks, shipped tiny checkpoint) against "
+        "`duplex up` on the same machine. Seconds; turn-taking = first model speech heard − user's end of "
+        "speech (capture clock); targets from DESIGN.md.",
+        "",
+        "| users | turn-taking p50 | p95 | barge-in p50 | turns / barge-ins | errors | client lag max |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ]
+    if capacity is not None:
+        steps = ", ".join(f"{st['users']}: {'pass' if st['passed'] else 'fail'}" for st in capacity["steps"])
+        body += [
+            "",
+            f"Capacity (largest concurrency holding every target): **{capacity['users']} users** "
+            f"({capacity['per_replica']:g} per replica; search stopped by {capacity['limited_by']}; "
+            f"steps {steps}).",
+        ]
+    text = "\n".join(body)
+    print(text)
+    if not a.no_write:
+        write_section("Load test (duplex loadtest)", text)
+
+
+if __name__ == "__main__":
+    main()

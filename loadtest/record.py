@@ -1,0 +1,81 @@
+"""What passes between ``duplex loadtest`` and its Locust process: the run's settings in, the record out."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+
+class RunConfig(BaseModel):
+    """Settings of the Locust process (written as JSON by ``duplex loadtest``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    corpus: str
+    """Corpus folder (``duplex corpus make`` layout) the users take their conversations from."""
+    split: str | None = None
+    """Use only this split of the corpus (None = every conversation)."""
+    chunk_ms: int = 200
+    """Micro-turn length; must equal the server's."""
+    ca_cert: str | None = None
+    """PEM CA bundle: connect with TLS verified against it (None = plaintext)."""
+    record: str
+    """Where the Locust process writes its record (JSON) when it quits."""
+    seed: int = 0
+    """User i starts with conversation ``seed + i`` of the corpus and goes on in corpus order."""
+
+
+@dataclass
+class Recorder:
+    """Collects one Locust process's events (single process: greenlets share it without locks)."""
+
+    started: float = field(default_factory=time.time)
+    """When the users began (Locust's ``test_start``); event times count from here."""
+    stopped: float | None = None
+    """When Locust began stopping the users (``test_stopping``): later lags are its shutdown's, not pacing."""
+    events: list[tuple[float, str, str, float, str | None]] = field(default_factory=list)
+    """(seconds since the start, request type, name, value in seconds, failure message or None)."""
+    lags: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since the start, send delay behind the due time in seconds) of every chunk."""
+    conversations_started: int = 0
+    conversations_finished: int = 0
+    warnings: int = 0
+
+    def request(self, request_type: str, name: str, value_s: float, exception: BaseException | None) -> None:
+        self.events.append(
+            (time.time() - self.started, request_type, name, value_s, None if exception is None else str(exception))
+        )
+
+    def start(self) -> None:
+        self.started = time.time()
+
+    def stop(self) -> None:
+        self.stopped = time.time()
+
+    def lag(self, seconds: float) -> None:
+        if self.stopped is None:
+            self.lags.append((time.time() - self.started, seconds))
+
+    def to_json(self) -> dict[str, Any]:
+        lags = np.asarray([lag for _, lag in self.lags] or [0.0])
+        worst = sorted(self.lags, key=lambda tl: -tl[1])[:10]
+        return {
+            "format": "duplex-loadtest-record/1",
+            "started_unix": self.started,
+            "duration_s": (self.stopped or time.time()) - self.started,
+            "events": [
+                {"t": round(t, 4), "type": k, "name": n, "value_s": round(v, 6), "failure": f}
+                for t, k, n, v, f in self.events
+            ],
+            "client_lag_max": float(lags.max()),
+            "client_lag_p99": float(np.percentile(lags, 99)),
+            "client_lag_worst": [{"t": round(t, 3), "lag_s": round(lag, 4)} for t, lag in worst],
+            "chunks_sent": len(self.lags),
+            "conversations_started": self.conversations_started,
+            "conversations_finished": self.conversations_finished,
+            "warnings": self.warnings,
+        }

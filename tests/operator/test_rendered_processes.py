@@ -1,0 +1,273 @@
+"""What the operator renders is what the processes run: the engine ranks started from the rendered
+``engine.json`` serve ``/metrics`` on the rendered metrics port, with the HPA's metric in it; every rendered
+``DUPLEX_*`` variable and ConfigMap file is read by the process it is given to."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from duplex.cli import app
+from duplex.operator.naming import CONFIG_DIR, ModelRef
+from duplex.operator.render import ApiVersions, render_children
+from duplex.operator.render.common import Manifest
+from duplex.operator.resolve import parse_spec, resolve
+from duplex.serving.cli import CONFIG_SECTIONS
+from duplex.serving.settings import load_section
+
+REF = ModelRef(name="talk", namespace="prod", uid="0f0e-uid")
+DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
+AGENT_PENDING = {"DUPLEX_REDIS_URL"}
+"""Rendered only with ``agent.workers > 0`` (Degraded until ``duplex agent`` lands); the lead wires the reader."""
+
+SPECS: list[dict[str, Any]] = [
+    {},
+    {"engine": {"shards": 4}, "replicas": 3, "autoscaling": {"enabled": True, "maxReplicas": 6}},
+    {"gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls"}},
+    {"agent": {"workers": 2}},
+    {"agent": {"workers": 1, "redis": {"managed": False, "urlSecret": "redis-url"}}},
+    {
+        "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
+        "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32},
+    },
+]
+
+
+def render(raw: dict[str, Any]) -> list[Manifest]:
+    return render_children(REF, resolve(parse_spec(raw)), ApiVersions())
+
+
+def containers(manifests: list[Manifest]) -> list[dict[str, Any]]:
+    return [
+        c
+        for m in manifests
+        if m["kind"] in ("StatefulSet", "Deployment")
+        for c in m["spec"]["template"]["spec"]["containers"]
+    ]
+
+
+def envvars_the_cli_reads(subcommand: str) -> set[str]:
+    """Environment variables ``duplex SUBCOMMAND`` declares on its options (click's ``envvar``)."""
+    group = typer.main.get_command(app)
+    assert hasattr(group, "commands")
+    params = group.commands[subcommand].params
+    return {name for p in params for name in ([p.envvar] if isinstance(p.envvar, str) else p.envvar or [])}
+
+
+@pytest.mark.parametrize("raw", SPECS, ids=lambda r: json.dumps(r, sort_keys=True))
+def test_every_rendered_duplex_variable_is_read(raw: dict[str, Any]) -> None:
+    """Read = the kubelet expands it into the container's own args / env (``$(NAME)``), or the CLI declares it."""
+    for c in containers(render(raw)):
+        if c.get("command") != ["duplex"]:
+            assert not [e for e in c.get("env", []) if e["name"].startswith("DUPLEX_")]
+            continue
+        subcommand = c["args"][0]
+        expanded = " ".join([*c["args"], *(e.get("value", "") for e in c.get("env", []))])
+        for e in c.get("env", []):
+            name = e["name"]
+            if name in AGENT_PENDING:
+                assert parse_spec(raw).agent.workers > 0, f"{name} rendered without agent workers"
+                continue
+            assert f"$({name})" in expanded or name in envvars_the_cli_reads(subcommand), (
+                f"{c['name']}: {name} is rendered but `duplex {subcommand}` never reads it"
+            )
+
+
+@pytest.mark.parametrize("raw", SPECS, ids=lambda r: json.dumps(r, sort_keys=True))
+def test_every_config_file_is_loaded_by_its_command(raw: dict[str, Any], tmp_path: Path) -> None:
+    out = render(raw)
+    data = next(m for m in out if m["kind"] == "ConfigMap")["data"]
+    given: dict[str, str] = {}  # file -> the subcommand whose --config names it
+    for c in containers(out):
+        args = c.get("args", [])
+        if c.get("command") == ["duplex"] and "--config" in args:
+            path = args[args.index("--config") + 1]
+            assert {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True} in c["volumeMounts"]
+            given[path.removeprefix(f"{CONFIG_DIR}/")] = args[0]
+    assert set(data) == set(given), "every ConfigMap file is some command's --config, and only those"
+    for key, text in data.items():
+        command = given[key]
+        if command == "agent":  # agent workers > 0 only: Degraded until `duplex agent` lands
+            assert parse_spec(raw).agent.workers > 0
+            continue
+        sections = json.loads(text)
+        assert set(sections) <= set(CONFIG_SECTIONS[command]), f"{key}: sections `duplex {command}` ignores"
+        file = tmp_path / key
+        file.write_text(text)
+        for name, model in CONFIG_SECTIONS[command].items():
+            load_section(file, [], name, model)  # raises on any field the command would reject
+
+
+def test_render_cli_prints_the_children_offline(tmp_path: Path) -> None:
+    import kubernetes_validate
+
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "talk", "namespace": "ignored"},
+                "spec": SPECS[1],
+            }
+        )
+    )
+    runner = CliRunner()
+    out = runner.invoke(app, ["render", "-f", str(manifest), "-n", "prod"])
+    assert out.exit_code == 0, out.output
+    docs = list(yaml.safe_load_all(out.stdout))
+    expected = render(SPECS[1])
+    for m in expected:
+        del m["metadata"]["ownerReferences"]  # offline there is no uid to point at
+    assert docs == expected
+    version = kubernetes_validate.latest_version()
+    for d in docs:
+        kubernetes_validate.validate(d, version, strict=True)
+    old = runner.invoke(app, ["render", "-f", str(manifest), "--kube-version", "1.20"])
+    assert old.exit_code == 0, old.output
+    kinds = {d["kind"]: d["apiVersion"] for d in yaml.safe_load_all(old.stdout)}
+    assert kinds["PodDisruptionBudget"] == "policy/v1beta1"
+    assert kinds["HorizontalPodAutoscaler"] == "autoscaling/v2beta2"
+    assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(old.stdout)} == {"ignored"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "text"),
+    [
+        (
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "m"},
+                "spec": {"engine": {"shards": 3}},
+            },
+            "spec.engine.shards",
+        ),
+        (
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "m"},
+                "spec": {"engine": {"chunkMs": 20}},
+            },
+            "spec.engine.chunkMs",
+        ),
+        (
+            {
+                "apiVersion": "duplex.ai/v1alpha1",
+                "kind": "DuplexModel",
+                "metadata": {"name": "m"},
+                "spec": {"engine": {"backend": "tensorrt-llm", "gpusPerShard": 1}},
+            },
+            "spec.engine.backend",
+        ),
+        ({"apiVersion": "duplex.ai/v1alpha1", "kind": "DuplexModel", "metadata": {}}, "metadata.name"),
+        ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "m"}}, "kind DuplexModel"),
+    ],
+)
+def test_render_cli_names_the_bad_field(doc: dict[str, Any], text: str, tmp_path: Path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    out = CliRunner().invoke(app, ["render", "-f", str(manifest)])
+    assert out.exit_code == 2
+    assert text in out.stderr and "Traceback" not in out.output
+
+
+# --- the processes themselves --------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def scrape(port: int, deadline_s: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> str:
+    """/metrics of a starting process: polled until it answers (or the process dies, or the deadline)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+        except (urllib.error.URLError, ConnectionError):
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"process exited {proc.returncode}") from None
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)  # poll interval of the deadline loop, not a stand-in for synchronisation
+
+
+def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -> None:
+    out = render({"engine": {"shards": 2}, "autoscaling": {"enabled": True}})
+    hpa = next(m for m in out if m["kind"] == "HorizontalPodAutoscaler")
+    metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
+    sts = next(m for m in out if m["kind"] == "StatefulSet")
+    pod = sts["spec"]["template"]
+    c = pod["spec"]["containers"][0]
+    rendered_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(rendered_port)
+    assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+    engine_json = tmp_path / "engine.json"
+    engine_json.write_text(next(m for m in out if m["kind"] == "ConfigMap")["data"]["engine.json"])
+    assert json.loads(engine_json.read_text())["engine"]["metrics_port"] == rendered_port
+
+    # The ranks as the StatefulSet runs them (its args), on loopback: the rendezvous address and the
+    # ports are free local ones instead of the Service's ClusterIP and the pod's port.
+    leader = f"127.0.0.1:{free_port()}"
+    ports = [free_port(), free_port()]
+    args = c["args"]
+    assert args[:2] == ["engine", "--rank-from-hostname"] and "--config" in args
+    procs = [
+        subprocess.Popen(
+            [
+                *DUPLEX,
+                "engine",
+                "--rank",
+                str(rank),
+                "--world-size",
+                "2",
+                "--leader",
+                leader,
+                "--config",
+                str(engine_json),
+                "--port",
+                "0",
+                "--set",
+                "engine.host=127.0.0.1",
+                "--set",
+                f"engine.metrics_port={ports[rank]}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for rank in (1, 0)
+    ]
+    try:
+        rank0, rank1 = scrape(ports[0], proc=procs[1]), scrape(ports[1], proc=procs[0])
+        assert f"\n{metric} 0.0" in rank0  # rank 0: the replica's live sessions (none yet)
+        assert f"\n{metric} 0.0" in rank1  # rank 1: 0, so the per-pod average is sessions / shards
+        assert 'duplex_engine_rank_info{rank="1",world_size="2"} 1.0' in rank1
+        assert "process_resident_memory_bytes" in rank1 and "duplex_engine_expert_seconds_count" in rank1
+    finally:
+        rank1_proc, rank0_proc = procs
+        if rank0_proc.poll() is None:
+            rank0_proc.send_signal(signal.SIGTERM)  # rank 0 stopping releases rank 1
+        rank0_proc.wait(timeout=60)
+        try:
+            rank1_proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rank1_proc.kill()
+            raise
