@@ -30,7 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-LISTEN, SPEAK, BACKCHANNEL, YIELD = 0, 1, 2, 3
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK
+
 TURN_WINDOW_S = 3.0
 """A reply heard later than this after the user's end of turn is not counted as taking that turn."""
 EARLY_ONSET_S = 0.2
@@ -119,7 +120,7 @@ class Listener:
         """One model chunk arrived at ``arrival_s`` (capture axis) with its per-frame floor controls."""
         start = max(arrival_s, self.play_cursor_s)
         self.play_cursor_s = start + self.chunk_s
-        frames = list(controls) or [LISTEN]
+        frames = list(controls) or [FLOOR_LISTEN]
         frame_s = self.chunk_s / len(frames)
         for f, c in enumerate(frames):
             self._frame(start + f * frame_s, c)
@@ -135,7 +136,7 @@ class Listener:
     # ----- internals --------------------------------------------------------------------------------
     def _frame(self, t: float, control: int) -> None:
         self._advance(t)
-        speech = control == SPEAK or (control == BACKCHANNEL and self.speaking)
+        speech = control == FLOOR_SPEAK or (control == FLOOR_BACKCHANNEL and self.speaking)
         if speech and not self.speaking:
             self.speaking, self.in_backchannel, self.last_onset_s = True, False, t
             if self.pending_turn is not None:
@@ -146,7 +147,7 @@ class Listener:
             if self.pending_barge_in is not None:
                 self._out.append(Measurement("barge_in", self.pending_barge_in, t - self.pending_barge_in))
                 self.pending_barge_in = None
-        if control == BACKCHANNEL and not self.speaking:
+        if control == FLOOR_BACKCHANNEL and not self.speaking:
             if not self.in_backchannel:
                 self._out.append(Measurement("backchannel", t))
             self.in_backchannel = True

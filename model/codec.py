@@ -142,39 +142,53 @@ class Codec:
             st.reset(s)
         return st
 
-    def decode(self, codes: Tensor, state: CodecState) -> Tensor:
-        """codes (n, F) for slots 0..n-1 → waveform (n, F*S) float32 in [-1, 1]."""
+    def decode(
+        self, codes: Tensor, state: CodecState, rows: slice | None = None, active: Tensor | None = None
+    ) -> Tensor:
+        """codes (n, F) for the slot range ``rows`` (default ``0..n-1``) → waveform (n, F*S) float32 in [-1, 1].
+
+        Like ``DuplexModel.step``: ``active`` (n,) bool marks the rows that really advance; an inactive row is
+        computed but its state (phase, amplitude, pitch, noise cursor) is left as it was.
+        """
         if codes.dim() != 2:
             raise ModelError(f"codec.decode wants (sessions, frames) codes, got {tuple(codes.shape)}")
+        n, F = codes.shape
+        rows = slice(0, n) if rows is None else rows
+        start, stop, _ = rows.indices(state.phase.shape[0])
+        if stop - start != n or rows.step not in (None, 1):
+            raise ModelError(f"codec rows {rows} do not match {n} sessions of codes")
+        if active is not None and active.shape != (n,):
+            raise ModelError(f"codec active must be ({n},) bool, got {tuple(active.shape)}")
         if not codes.numel():
-            return torch.zeros(codes.shape[0], 0)
+            return torch.zeros(n, 0)
         if int(codes.min()) < 0 or int(codes.max()) >= CODEBOOK:
             raise ModelError(f"audio codes must be in [0, {CODEBOOK}), got {int(codes.min())}..{int(codes.max())}")
-        n, F = codes.shape
         codes = codes.cpu()
+        phase0, amp0, f00, npos0 = state.phase[rows], state.amp[rows], state.f0[rows], state.noise_pos[rows]
         energy = codes // (PITCH_BINS * BRIGHT_BINS)
         pitch = (codes // BRIGHT_BINS) % PITCH_BINS
         bright = codes % BRIGHT_BINS
         amp = torch.where(energy > 0, 10 ** (level_db(energy) / 20), 0.0)  # (n, F) target RMS
         f0 = torch.where(pitch > 0, pitch_hz(pitch), 0.0)
         # every frame ramps from the previous frame's amplitude/f0 to its own: (n, F) start and end values
-        a_end, a_start = amp, torch.cat([state.amp[:n, None], amp[:, :-1]], dim=1)
-        f_before = torch.cat([state.f0[:n, None], f0[:, :-1]], dim=1)
+        a_end, a_start = amp, torch.cat([amp0[:, None], amp[:, :-1]], dim=1)
+        f_before = torch.cat([f00[:, None], f0[:, :-1]], dim=1)
         f_start = torch.where(f_before > 0, f_before, f0)  # glide only from a voiced frame
         ramp = self._ramp  # (S,) in (0, 1]
         a = a_start[..., None] + (a_end - a_start)[..., None] * ramp  # (n, F, S)
         inc = (f_start[..., None] + (f0 - f_start)[..., None] * ramp) / self.sr  # cycles per sample
-        phase = (state.phase[:n, None] + torch.cumsum(inc.reshape(n, -1), dim=1)) % 1.0  # (n, F*S)
+        phase = (phase0[:, None] + torch.cumsum(inc.reshape(n, -1), dim=1)) % 1.0  # (n, F*S)
         idx = phase.reshape(n, F, self.S) * TABLE_LEN
         i0 = idx.long()
         frac = idx - i0
         base = ((pitch * BRIGHT_BINS + bright) * TABLE_LEN)[..., None]  # flat table offset per frame
         voiced = torch.lerp(self._tables_flat[base + i0], self._tables_flat[base + (i0 + 1) % TABLE_LEN], frac)
-        npos = (state.noise_pos[:n, None] + torch.arange(F * self.S)) % NOISE_LEN  # (n, F*S)
+        npos = (npos0[:, None] + torch.arange(F * self.S)) % NOISE_LEN  # (n, F*S)
         unvoiced = self._noise_flat[(bright * NOISE_LEN)[..., None] + npos.reshape(n, F, self.S)]
         out = torch.where((pitch > 0)[..., None], voiced, unvoiced) * a
-        state.phase[:n] = phase[:, -1]
-        state.amp[:n] = amp[:, -1]
-        state.f0[:n] = f0[:, -1]
-        state.noise_pos[:n] = (state.noise_pos[:n] + F * self.S) % NOISE_LEN
+        new = (phase[:, -1], amp[:, -1], f0[:, -1], (npos0 + F * self.S) % NOISE_LEN)
+        for t, old, value in zip(
+            (state.phase, state.amp, state.f0, state.noise_pos), (phase0, amp0, f00, npos0), new, strict=True
+        ):
+            t[rows] = value if active is None else torch.where(active, value, old)
         return out.reshape(n, F * self.S).clamp(-1.0, 1.0)

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK, FLOOR_YIELD
+
 from .audio_io import AudioFileError, read_wav
 from .codec import Codec
 from .config import ModelConfig, ModelError
-from .model import BACKCHANNEL, LISTEN, SPEAK, YIELD
 
 YIELD_FRAMES = 3
 
@@ -102,14 +103,14 @@ def _frames(start: float, end: float, cfg: ModelConfig, total: int) -> slice:
 
 def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
     T = conv.frames
-    control = torch.full((T,), LISTEN, dtype=torch.long)
+    control = torch.full((T,), FLOOR_LISTEN, dtype=torch.long)
     text = torch.full((T,), cfg.pad_token, dtype=torch.long)
     weight = torch.ones(T)
     f = cfg.frame_ms / 1000
     for ev in conv.events:
         kind = ev["type"]
         if kind == "model_turn":
-            control[_frames(ev["start"], ev["end"], cfg, T)] = SPEAK
+            control[_frames(ev["start"], ev["end"], cfg, T)] = FLOOR_SPEAK
             cursor = 0
             for k, w in enumerate(ev.get("words", [])):
                 data = (" " if k else "").encode() + w["word"].encode("utf-8", "replace")
@@ -121,13 +122,13 @@ def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
             if cursor and cursor < T:
                 text[cursor] = cfg.eot_token
         elif kind == "backchannel":
-            control[_frames(ev["start"], ev["end"], cfg, T)] = BACKCHANNEL
+            control[_frames(ev["start"], ev["end"], cfg, T)] = FLOOR_BACKCHANNEL
         elif kind == "pause":
             weight[_frames(ev["start"], ev["end"], cfg, T)] = 3.0  # must keep listening through a pause
     for ev in conv.events:
         if ev["type"] == "barge_in":
             stop = _frames(ev["model_stop"], ev["model_stop"] + YIELD_FRAMES * f, cfg, T)
-            control[stop] = YIELD
+            control[stop] = FLOOR_YIELD
             weight[_frames(ev["user_onset"], ev["model_stop"] + YIELD_FRAMES * f, cfg, T)] = 3.0
         elif ev["type"] == "user_turn_end":
             # the exact onset inside the short reply gap is arbitrary; do not punish it hard

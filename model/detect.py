@@ -1,6 +1,8 @@
-"""The independent speech detector every system's output audio is scored with (evaluation only).
+"""Speech gates: the one definition of "this input frame is user speech" (``voiced_frames``, used by the
+engine's turn-latency metric and everything that asks the same question), and the independent speech
+detector every system's output audio is scored with (evaluation, ``speech_segments``).
 
-It knows nothing about any model: frame energy on 10 ms hops against an absolute threshold, short gaps
+The scoring detector knows nothing about any model: frame energy on 10 ms hops against an absolute threshold, short gaps
 bridged, blips dropped. Systems are compared on *their audio*, the way Full-Duplex-Bench scores published
 systems, so the same detector decides when the duplex model and the VAD baseline start and stop talking.
 """
@@ -11,6 +13,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+import torch
+from torch import Tensor
+
+USER_SPEECH_RMS = 0.01
+"""Input frames louder than this (-40 dBFS RMS) are user speech (the turn-latency clock starts after them)."""
+
+
+def voiced_frames(audio: Tensor, frame_samples: int) -> Tensor:
+    """audio (n, F*frame_samples) float in [-1, 1] → (n, F) bool: which input frames are user speech."""
+    frames = audio.reshape(audio.shape[0], -1, frame_samples)
+    return torch.sqrt(frames.pow(2).mean(-1)) > USER_SPEECH_RMS
 
 
 @dataclass(frozen=True)

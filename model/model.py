@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK, FloorControl
+
 from . import invariant
 from .config import ModelConfig, ModelError
 from .embed import FusedInput
@@ -20,8 +22,8 @@ from .layers import Attention, Linear, RMSNorm, StepGeometry, sliding_window_mas
 from .moe import Experts, MoE, MoeImpl
 from .state import StreamState
 
-LISTEN, SPEAK, BACKCHANNEL, YIELD = 0, 1, 2, 3
-CONTROL_NAMES = ("listen", "speak", "backchannel", "yield")
+CONTROL_NAMES = tuple(FloorControl.Name(v).removeprefix("FLOOR_").lower() for v in sorted(FloorControl.values()))
+"""Floor-control class names by value (the classes themselves are the wire enum ``duplex.v1.FloorControl``)."""
 
 
 @dataclass
@@ -73,7 +75,7 @@ def decide(
     a "listen" decision never leaks sound. ``control`` may be logits or probabilities (B, T, classes).
     """
     ctrl = control.argmax(-1)
-    speaking = (ctrl == SPEAK) | (ctrl == BACKCHANNEL)
+    speaking = (ctrl == FLOOR_SPEAK) | (ctrl == FLOOR_BACKCHANNEL)
     voiced = audio_logits[..., cfg.silent_codes :].argmax(-1) + cfg.silent_codes
     audio = torch.where(speaking, voiced, torch.zeros_like(voiced))
     return audio, text_logits.argmax(-1), ctrl

@@ -23,12 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK
+
 from . import checkpoint
 from .codec import Codec
 from .config import ModelConfig, ModelError, get_preset
 from .data import Conversation, Targets, load_conversation, load_split, split_ids, targets
 from .evaluate import Metrics, run_model, score
-from .model import BACKCHANNEL, SPEAK, DuplexModel, delay
+from .model import DuplexModel, delay
 
 
 class TrainSettings(BaseModel):
@@ -149,7 +151,7 @@ def loss_fn(
     out = model(b["audio"], *own)
     w = b["weight"] * CLASS_WEIGHT[b["control"]]
     ctrl = (F.cross_entropy(out.control.transpose(1, 2), b["control"], reduction="none") * w).sum() / w.sum()
-    speaking = ((b["control"] == SPEAK) | (b["control"] == BACKCHANNEL)).float() * (b["weight"] > 0)
+    speaking = ((b["control"] == FLOOR_SPEAK) | (b["control"] == FLOOR_BACKCHANNEL)).float() * (b["weight"] > 0)
     aud = (
         F.cross_entropy(out.audio.transpose(1, 2), b["codes"], reduction="none") * speaking
     ).sum() / speaking.sum().clamp(min=1)
@@ -223,8 +225,10 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
             step += 1
             progress.update(task, advance=1, info=f"loss {parts['loss']:.3f} ctl {parts['control']:.3f}")
             if not progress.console.is_terminal and step % 25 == 0:  # a log file gets a line now and then
-                log(f"step {step}/{s.steps} {time.monotonic() - t0:.0f}s loss {parts['loss']:.3f} "
-                    f"control {parts['control']:.3f} audio {parts['audio']:.3f} text {parts['text']:.3f}")
+                log(
+                    f"step {step}/{s.steps} {time.monotonic() - t0:.0f}s loss {parts['loss']:.3f} "
+                    f"control {parts['control']:.3f} audio {parts['audio']:.3f} text {parts['text']:.3f}"
+                )
             if step % s.eval_every == 0 or step == s.steps:
                 model.eval()
                 m = score("duplex", val_convs, run_model(model, codec, val_convs))

@@ -84,6 +84,10 @@ class EngineSpec(_Spec):
     """Intra-op threads of the step thread (0 = torch's default)."""
     tools: list[str] = Field(default_factory=lambda: ["clock", "calculator"])
     """Tools a session may ask for in ``SessionStart.tools``; others are rejected with INVALID_ARGUMENT."""
+    batch_invariant: bool = True
+    """Step the model with batch-invariant kernels: a session's outputs are bit-identical whatever other
+    sessions share its steps, which slot it has and when others join or leave (reproducible conversations for
+    debugging and evaluation). Its measured cost is in docs/benchmarks.md; false trades that guarantee for it."""
 
 
 class GatewaySpec(_Spec):

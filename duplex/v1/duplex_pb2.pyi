@@ -13,6 +13,13 @@ class AudioEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     AUDIO_ENCODING_UNSPECIFIED: _ClassVar[AudioEncoding]
     PCM16_LE: _ClassVar[AudioEncoding]
 
+class FloorControl(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLOOR_LISTEN: _ClassVar[FloorControl]
+    FLOOR_SPEAK: _ClassVar[FloorControl]
+    FLOOR_BACKCHANNEL: _ClassVar[FloorControl]
+    FLOOR_YIELD: _ClassVar[FloorControl]
+
 class TurnEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TURN_EVENT_UNSPECIFIED: _ClassVar[TurnEventType]
@@ -30,6 +37,10 @@ class AgentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILED: _ClassVar[AgentState]
 AUDIO_ENCODING_UNSPECIFIED: AudioEncoding
 PCM16_LE: AudioEncoding
+FLOOR_LISTEN: FloorControl
+FLOOR_SPEAK: FloorControl
+FLOOR_BACKCHANNEL: FloorControl
+FLOOR_YIELD: FloorControl
 TURN_EVENT_UNSPECIFIED: TurnEventType
 MODEL_TURN_START: TurnEventType
 MODEL_TURN_END: TurnEventType

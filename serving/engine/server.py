@@ -1,5 +1,6 @@
 """The engine's gRPC server (grpc.aio): ``Duplex.Converse`` for conversations, ``Replica.GetLoad`` for the
-gateway's router, standard health and reflection. I/O lives here; batching lives in ``scheduler``."""
+gateway's router, standard health and reflection. I/O lives here; batching lives in ``scheduler``
+(planner → executor → output stage)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ..metrics import EngineMetrics, MetricsServer
 from ..spec import EngineSpec
 from . import validate as v
 from .scheduler import Scheduler
-from .session import InputChunk, Session
+from .session import Conversation, InputChunk
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,19 @@ SessionReady to reach it)."""
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0)]
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
 
 
 class EngineServer:
     """Rank 0 of a replica: the model, the scheduler and the gRPC server around them."""
 
-    def __init__(self, spec: EngineSpec, source: ModelSource, model: DuplexModel | None = None,
-                 bind_port: int | None = None) -> None:
+    def __init__(
+        self, spec: EngineSpec, source: ModelSource, model: DuplexModel | None = None, bind_port: int | None = None
+    ) -> None:
         """``bind_port`` overrides ``spec.port`` (0 = any free port: tests, ``duplex up``)."""
         self.spec, self.source = spec, source
         self.bind_port = spec.port if bind_port is None else bind_port
@@ -76,17 +80,24 @@ class EngineServer:
         self.scheduler.start()
         server = grpc.aio.server(options=server_options(self.spec.max_message_bytes))
         handler = grpc.stream_stream_rpc_method_handler(
-            self.converse, request_deserializer=v.parse_event,
-            response_serializer=pb.ServerEvent.SerializeToString)
+            self.converse, request_deserializer=v.parse_event, response_serializer=pb.ServerEvent.SerializeToString
+        )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Converse": handler}),))
         get_load = grpc.unary_unary_rpc_method_handler(
-            self.get_load, request_deserializer=pb.LoadRequest.FromString,
-            response_serializer=pb.ReplicaLoad.SerializeToString)
+            self.get_load,
+            request_deserializer=pb.LoadRequest.FromString,
+            response_serializer=pb.ReplicaLoad.SerializeToString,
+        )
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("duplex.v1.Replica", {"GetLoad": get_load}),))
+            (grpc.method_handlers_generic_handler("duplex.v1.Replica", {"GetLoad": get_load}),)
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = (SERVICE, "duplex.v1.Replica", health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME)
+        names = (
+            SERVICE,
+            "duplex.v1.Replica",
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
         reflection.enable_server_reflection(names, server)
         try:
             self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
@@ -99,8 +110,15 @@ class EngineServer:
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("engine serving %s on %s:%d (%d slots in %d cohorts, chunk %d ms)", self.model_name,
-                 self.spec.host, self.port, self.scheduler.capacity, len(self.scheduler.cohorts), self.spec.chunk_ms)
+        log.info(
+            "engine serving %s on %s:%d (%d slots in %d cohorts, chunk %d ms)",
+            self.model_name,
+            self.spec.host,
+            self.port,
+            self.scheduler.capacity,
+            len(self.scheduler.cohorts),
+            self.spec.chunk_ms,
+        )
         return self.port
 
     def _fatal(self, exc: BaseException) -> None:
@@ -125,12 +143,19 @@ class EngineServer:
         """``Replica.GetLoad``: what the gateway's router balances on."""
         sched = self.scheduler
         assert sched is not None
-        return pb.ReplicaLoad(active_sessions=sched.active_count(), capacity=sched.capacity, model=self.model_name,
-                              chunk_ms=self.spec.chunk_ms, step_ms_p50=sched.step_ms_p50(), draining=self.draining)
+        return pb.ReplicaLoad(
+            active_sessions=sched.active_count(),
+            capacity=sched.capacity,
+            model=self.model_name,
+            chunk_ms=self.spec.chunk_ms,
+            step_ms_p50=sched.step_ms_p50(),
+            draining=self.draining,
+        )
 
     # ----- Converse ----------------------------------------------------------------------------------
-    async def converse(self, requests: AsyncIterator[pb.ClientEvent | v.Undecodable],
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ServerEvent]:
+    async def converse(
+        self, requests: AsyncIterator[pb.ClientEvent | v.Undecodable], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ServerEvent]:
         assert self.scheduler is not None
         sched = self.scheduler
         it = aiter(requests)
@@ -141,8 +166,10 @@ class EngineServer:
         try:
             kind = v.event_kind(first)
             if kind != "start" or not isinstance(first, pb.ClientEvent):
-                raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION,
-                                   f"{kind} before session start: the first ClientEvent must be `start`")
+                raise v.InputError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{kind} before session start: the first ClientEvent must be `start`",
+                )
             if self.draining:
                 raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
             neg = v.check_start(first.start, self.cfg, self.model_name, self.spec.chunk_ms, self.spec.tools)
@@ -151,12 +178,14 @@ class EngineServer:
             self.metrics.errors.labels(e.code.name).inc()
             await context.abort(e.code, e.message)
         sid = neg.session_id or uuid.uuid4().hex[:12]
-        session = Session(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog)
+        session = Conversation(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog)
         if not sched.admit(session):
             self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
-                                trailing_metadata=(("retry-after-ms", "1000"),))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
+                trailing_metadata=(("retry-after-ms", "1000"),),
+            )
         session.on_close = lambda: sched.leave(session)
         token = session_var.set(sid)
         reader: asyncio.Task[None] | None = None
@@ -173,11 +202,20 @@ class EngineServer:
                 arrive = sched.steer(session, not_before=started + STEER_MARGIN_S)
                 if arrive is not None:
                     send_at_client_us = client_us + round((arrive - started) * 1e6)
-            yield pb.ServerEvent(ready=pb.SessionReady(
-                session_id=sid, model=self.model_name, input_format=fmt, output_format=fmt,
-                chunk_ms=neg.chunk_ms, frame_ms=self.cfg.frame_ms, chunk_samples=neg.chunk_samples,
-                tools=neg.tools, replica=f"{self.spec.host}:{self.port}",
-                send_at_client_us=send_at_client_us))
+            yield pb.ServerEvent(
+                ready=pb.SessionReady(
+                    session_id=sid,
+                    model=self.model_name,
+                    input_format=fmt,
+                    output_format=fmt,
+                    chunk_ms=neg.chunk_ms,
+                    frame_ms=self.cfg.frame_ms,
+                    chunk_samples=neg.chunk_samples,
+                    tools=neg.tools,
+                    replica=f"{self.spec.host}:{self.port}",
+                    send_at_client_us=send_at_client_us,
+                )
+            )
             reader = asyncio.create_task(self._read(it, session))
             while True:
                 while session.outbox and session.closing is None:
@@ -198,7 +236,7 @@ class EngineServer:
             sched.leave(session)
             session_var.reset(token)
 
-    async def _read(self, it: AsyncIterator[pb.ClientEvent | v.Undecodable], session: Session) -> None:
+    async def _read(self, it: AsyncIterator[pb.ClientEvent | v.Undecodable], session: Conversation) -> None:
         assert self.scheduler is not None
         sched = self.scheduler
         expected_seq, last_video = 0, -1
@@ -213,20 +251,17 @@ class EngineServer:
                     samples = v.check_audio(ev.audio, expected_seq, session.chunk_samples)
                     expected_seq += 1
                     chunk = InputChunk(ev.audio.seq, samples, ev.audio.client_time_us, recv, sched.wall_us(recv))
-                    while sched.pending_of(session) >= self.spec.max_pending_chunks and session.closing is None:
+                    while session.chunks_in_flight >= self.spec.max_pending_chunks and session.closing is None:
                         session.room.clear()  # backpressure: stop reading until a step consumes a chunk
-                        if sched.pending_of(session) >= self.spec.max_pending_chunks:
-                            await session.room.wait()
-                    if not sched.submit(session, chunk):
-                        session.deliver([pb.ServerEvent(warning=pb.Warning(
-                            code="LATE_CHUNK_DROPPED", seq=chunk.seq,
-                            message=f"audio chunk {chunk.seq} arrived after silence was processed in its place"))],
-                            False)
+                        await session.room.wait()
+                    sched.submit(session, chunk)
                 elif kind == "text":
                     tokens = v.check_text(ev.text)
-                    if len(session.text_queue) + len(tokens) > MAX_TEXT_QUEUE:
-                        raise v.InputError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                           f"text.text: more than {MAX_TEXT_QUEUE} bytes of typed text waiting")
+                    if session.text_in_flight + len(tokens) > MAX_TEXT_QUEUE:
+                        raise v.InputError(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"text.text: more than {MAX_TEXT_QUEUE} bytes of typed text waiting",
+                        )
                     sched.add_text(session, tokens)
                 elif kind == "video":
                     sched.set_video(session, v.check_video(ev.video, last_video, self.cfg.video_size))

@@ -1,5 +1,11 @@
-"""One conversation as the engine sees it: its inputs waiting for a step, its place in a cohort, its
-outputs waiting to be written, and how it ends."""
+"""One conversation, as two types with one owner each, joined by the scheduler's queues.
+
+``Conversation`` belongs to the event loop: the stream's outbox, the output stage's per-session state (turn
+tracker, UTF-8 decoder, output position), backpressure counters and how it ends. ``SlotSession`` belongs to
+the step thread (the planner): the chunks waiting for a step, its place in a cohort and the late/lost
+bookkeeping. Inputs travel loop → step thread through the scheduler's inbox; results travel back through
+``loop.call_soon_threadsafe``. Neither side touches the other's fields.
+"""
 
 from __future__ import annotations
 
@@ -19,84 +25,79 @@ from .turns import TurnTracker
 
 @dataclass
 class InputChunk:
-    """One validated audio chunk (plus any text/video that arrived before it), waiting for a step."""
+    """One validated audio chunk, on its way to a step."""
 
     seq: int
+    """The client's sequence number."""
     audio: torch.Tensor
     """(chunk_samples,) float32 in [-1, 1]."""
     client_time_us: int
+    """Client clock when it was sent (echoed back in ChunkTiming)."""
     recv_mono: float
+    """Engine monotonic time when it was received."""
     recv_wall_us: int
-    text: list[int] = field(default_factory=list)
-    """Byte tokens of typed text to feed with this chunk."""
-    video: torch.Tensor | None = None
-    """(3, V, V) float in [0, 1]."""
+    """Engine wall clock (µs since the epoch) when it was received."""
 
 
 @dataclass
 class Closing:
+    """Why a conversation is being closed with an error status."""
+
     code: grpc.StatusCode
+    """The gRPC status sent to the client."""
     message: str
+    """The status message (names the field or the limit)."""
 
 
-class Session:
-    """Shared between the asyncio side (reader/writer of the stream) and the step thread (scheduler).
-
-    The scheduler's lock guards ``pending``, ``cohort``/``slot`` and the counters; ``outbox`` and ``wake``
-    belong to the event loop (the step thread hands results over with ``call_soon_threadsafe``).
-    """
+class Conversation:
+    """The event loop's side of a session: what is written to the client and how the stream ends."""
 
     def __init__(self, session_id: str, chunk_samples: int, frame_samples: int, max_send_backlog: int) -> None:
         self.id = session_id
         self.chunk_samples = chunk_samples
         self.max_send_backlog = max_send_backlog
-        # --- step-thread side (under the scheduler lock)
-        self.pending: collections.deque[InputChunk] = collections.deque()
-        self.cohort: int | None = None
-        self.slot: int = -1
-        self.reserved: int | None = None
-        """The cohort promised by the phase hint, until the first chunk places the session."""
-        self.next_seq = 0
-        """Sequence number of the next chunk a step will consume."""
-        self.owed = 0
-        """Regular steps of its cohort since it joined minus chunks it consumed: > 0 = behind real time (its
-        chunks are late; catch-up steps run for them), < 0 = ahead (the client sent faster than real time)."""
-        self.late_streak = 0
-        """Consecutive regular steps missed (drives migration to a better-phased cohort)."""
-        self.arrival_phase_s = 0.0
-        self.wait_ema_s = 0.0
-        """Moving average of how long its on-time chunks waited for their step (drives migration)."""
-        self.ended = False
-        """The client sent EndOfStream: finish the pending chunks, then close."""
-        self.left = False
-        self.text_queue: collections.deque[int] = collections.deque()
-        self.video: torch.Tensor | None = None
+        self.slot_session = SlotSession(self)
+        """The step thread's side of this session (only handed to the scheduler, never read here)."""
+        self.outbox: collections.deque[pb.ServerEvent] = collections.deque()
+        self.wake = asyncio.Event()
+        """Set when the outbox gained events or the conversation finished/closed."""
+        self.room = asyncio.Event()
+        """Set when a step consumed one of its chunks (the reader may read again)."""
+        self.room.set()
+        self.chunks_in_flight = 0
+        """Chunks submitted whose step (or drop) has not been reported back yet (backpressure)."""
+        self.text_in_flight = 0
+        """Typed-text tokens submitted and not yet fed to the model."""
         self.turns = TurnTracker(frame_samples)
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
         self.output_sample = 0
-        # --- event-loop side
-        self.outbox: collections.deque[pb.ServerEvent] = collections.deque()
-        self.wake = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
+        """Position of the next ModelAudio in the session's output stream."""
+        self.left = False
+        """The scheduler was told to free its slot: results still in flight are discarded."""
         self.closing: Closing | None = None
         self.finished = False
         self.on_close: Callable[[], None] | None = None
         """Called once when the session is closed with an error (the engine frees its slot)."""
 
-    # ----- event loop only ---------------------------------------------------------------------------
-    def deliver(self, events: list[pb.ServerEvent], finished: bool) -> None:
+    def deliver(self, events: list[pb.ServerEvent], finished: bool = False) -> None:
         if self.closing is not None:
             return
         self.outbox.extend(events)
         if len(self.outbox) > self.max_send_backlog:
-            self.close(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       f"client is not reading: {len(self.outbox)} server events unsent "
-                       f"(limit {self.max_send_backlog}); closing the session")
+            self.close(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"client is not reading: {len(self.outbox)} server events unsent "
+                f"(limit {self.max_send_backlog}); closing the session",
+            )
         if finished:
             self.finished = True
-        self.room.set()
         self.wake.set()
+
+    def consumed(self, chunks: int, text_tokens: int = 0) -> None:
+        """A step (or a drop) took ``chunks`` of its chunks and ``text_tokens`` of its text."""
+        self.chunks_in_flight -= chunks
+        self.text_in_flight -= text_tokens
+        self.room.set()
 
     def close(self, code: grpc.StatusCode, message: str) -> None:
         if self.closing is None:
@@ -106,3 +107,38 @@ class Session:
                 self.on_close()
         self.room.set()
         self.wake.set()
+
+
+@dataclass(eq=False)
+class SlotSession:
+    """The step thread's side of a session: owned by the planner, never touched by the event loop."""
+
+    conversation: Conversation
+    """The loop-side half, only carried through plans and results back to the loop."""
+    pending: collections.deque[InputChunk] = field(default_factory=collections.deque)
+    """Chunks received and not yet stepped, oldest first."""
+    cohort: int | None = None
+    """Index of its cohort (None = not placed yet)."""
+    slot: int = -1
+    """Its row in the model and codec state (-1 = not placed)."""
+    reserved: int | None = None
+    """The cohort promised by the phase hint, until the first chunk places the session."""
+    next_seq: int = 0
+    """Sequence number of the next chunk a step will consume."""
+    owed: int = 0
+    """Regular steps of its cohort since it joined minus chunks it consumed: > 0 = behind real time (its
+    chunks are late; catch-up steps run for them), < 0 = ahead (the client sent faster than real time)."""
+    late_streak: int = 0
+    """Consecutive regular steps missed (drives migration to a better-phased cohort)."""
+    arrival_phase_s: float = 0.0
+    """Phase of its chunks' arrival within the chunk period (where it was placed)."""
+    wait_ema_s: float = 0.0
+    """Moving average of how long its on-time chunks waited for their step (drives migration)."""
+    ended: bool = False
+    """The client sent EndOfStream: finish the pending chunks, then close."""
+    left: bool = False
+    """Its slot was freed: chunks still arriving are dropped."""
+    text_queue: collections.deque[int] = field(default_factory=collections.deque)
+    """Typed-text byte tokens waiting to be fed with its next stepped chunks."""
+    video: torch.Tensor | None = None
+    """The latest video frame (3, V, V), fed with its next stepped chunk."""

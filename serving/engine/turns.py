@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from duplex.v1 import duplex_pb2 as pb
-
-LISTEN, SPEAK, BACKCHANNEL, YIELD = 0, 1, 2, 3
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK, FLOOR_YIELD
 
 
 @dataclass
@@ -26,8 +25,13 @@ class TurnTracker:
     user_voiced_at: int = -1
     """Output-stream sample (= input-stream sample) of the user's last voiced frame, -1 = none yet."""
 
-    def feed(self, seq: int, controls: list[int], voiced: list[bool], start_sample: int,
-             ) -> tuple[list[pb.TurnEvent], list[int]]:
+    def feed(
+        self,
+        seq: int,
+        controls: list[int],
+        voiced: list[bool],
+        start_sample: int,
+    ) -> tuple[list[pb.TurnEvent], list[int]]:
         """Advance by one chunk; returns its turn events and the turn-taking latencies (samples) observed."""
         events: list[pb.TurnEvent] = []
         latencies: list[int] = []
@@ -36,7 +40,7 @@ class TurnTracker:
             at = start_sample + f * S
             if voiced[f]:
                 self.user_voiced_at = at + S
-            if c == SPEAK or (c == BACKCHANNEL and self.in_turn):
+            if c == FLOOR_SPEAK or (c == FLOOR_BACKCHANNEL and self.in_turn):
                 if not self.in_turn:
                     self.in_turn, self.turn_samples = True, 0
                     events.append(pb.TurnEvent(seq=seq, type=pb.MODEL_TURN_START, frame=f, output_sample=at))
@@ -44,20 +48,34 @@ class TurnTracker:
                         latencies.append(at - self.user_voiced_at)
                 self.turn_samples += S
                 self.in_backchannel = False
-            elif c == BACKCHANNEL:
+            elif c == FLOOR_BACKCHANNEL:
                 if not self.in_backchannel:
                     events.append(pb.TurnEvent(seq=seq, type=pb.BACKCHANNEL, frame=f, output_sample=at))
                 self.in_backchannel = True
-            elif c == YIELD:
+            elif c == FLOOR_YIELD:
                 if self.in_turn:
-                    events.append(pb.TurnEvent(seq=seq, type=pb.USER_BARGE_IN, frame=f, output_sample=at,
-                                               truncated_at_sample=self.turn_samples))
+                    events.append(
+                        pb.TurnEvent(
+                            seq=seq,
+                            type=pb.USER_BARGE_IN,
+                            frame=f,
+                            output_sample=at,
+                            truncated_at_sample=self.turn_samples,
+                        )
+                    )
                     self.in_turn = False
                 self.in_backchannel = False
-            else:  # LISTEN
+            else:  # FLOOR_LISTEN
                 if self.in_turn:
-                    events.append(pb.TurnEvent(seq=seq, type=pb.MODEL_TURN_END, frame=f, output_sample=at,
-                                               truncated_at_sample=self.turn_samples))
+                    events.append(
+                        pb.TurnEvent(
+                            seq=seq,
+                            type=pb.MODEL_TURN_END,
+                            frame=f,
+                            output_sample=at,
+                            truncated_at_sample=self.turn_samples,
+                        )
+                    )
                     self.in_turn = False
                 self.in_backchannel = False
         return events, latencies

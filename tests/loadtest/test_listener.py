@@ -7,11 +7,12 @@ from collections.abc import Sequence
 
 import pytest
 
-from duplex.loadtest.listener import BACKCHANNEL, LISTEN, SPEAK, YIELD, Listener, Measurement, Script, SendSchedule
+from duplex.loadtest.listener import Listener, Measurement, Script, SendSchedule
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK, FLOOR_YIELD
 
 CHUNK_S = 0.2
 FRAMES = 5  # 40 ms frames
-L, S, B, Y = LISTEN, SPEAK, BACKCHANNEL, YIELD
+L, S, B, Y = FLOOR_LISTEN, FLOOR_SPEAK, FLOOR_BACKCHANNEL, FLOOR_YIELD
 
 
 def play(

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from duplex.model.config import ModelConfig, ModelError
-from duplex.model.model import BACKCHANNEL, SPEAK, DuplexModel, StepOutput, decide, delay
+from duplex.model.model import DuplexModel, StepOutput, decide, delay
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK
 
 Speechy = Callable[..., torch.Tensor]
 
@@ -48,7 +49,7 @@ def test_audio_is_gated_by_the_floor_decision(tiny: ModelConfig) -> None:
     audio_logits[..., 0] += 100.0  # the audio head alone would always say "silence"
     control = torch.randn(2, 50, tiny.control_classes, generator=g)
     audio, _, ctrl = decide(tiny, audio_logits, torch.randn(2, 50, tiny.text_vocab), control)
-    speaking = (ctrl == SPEAK) | (ctrl == BACKCHANNEL)
+    speaking = (ctrl == FLOOR_SPEAK) | (ctrl == FLOOR_BACKCHANNEL)
     assert speaking.any() and (~speaking).any()
     assert (audio[speaking] >= tiny.silent_codes).all()
     assert (audio[~speaking] == 0).all()

@@ -15,8 +15,9 @@ from duplex.model.corpus.conversation import Timing
 from duplex.model.corpus.make import make_corpus
 from duplex.model.data import Conversation, load_split, targets
 from duplex.model.evaluate import run_model, run_vad_baseline, score
-from duplex.model.model import BACKCHANNEL, LISTEN, SPEAK, YIELD, DuplexModel
+from duplex.model.model import DuplexModel
 from duplex.model.train import TrainSettings, loss_fn, make_batch, to_example, train
+from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK, FLOOR_YIELD
 
 
 @pytest.fixture(scope="module")
@@ -42,22 +43,22 @@ def test_labels_follow_the_events(train_convs: list[Conversation], tiny: ModelCo
         for ev in conv.events:
             mid = int((ev["start"] + ev["end"]) / 2 / 0.04)
             if ev["type"] == "model_turn":
-                assert t.control[mid] == SPEAK
+                assert t.control[mid] == FLOOR_SPEAK
                 word = ev["words"][0]["word"].encode()
                 at = int(ev["words"][0]["start"] / 0.04)
                 assert bytes(t.text[at : at + len(word)].tolist()) == word
             elif ev["type"] == "backchannel":
-                assert t.control[mid] == BACKCHANNEL
+                assert t.control[mid] == FLOOR_BACKCHANNEL
             elif ev["type"] == "pause":
-                assert t.control[mid] in (LISTEN, BACKCHANNEL)
+                assert t.control[mid] in (FLOOR_LISTEN, FLOOR_BACKCHANNEL)
                 assert t.weight[mid] == 3.0
             elif ev["type"] == "barge_in":
-                assert t.control[round(ev["model_stop"] / 0.04)] == YIELD
-        speaking = (t.control == SPEAK) | (t.control == BACKCHANNEL)
+                assert t.control[round(ev["model_stop"] / 0.04)] == FLOOR_YIELD
+        speaking = (t.control == FLOOR_SPEAK) | (t.control == FLOOR_BACKCHANNEL)
         # the codec codes of the target track are silent where the model listens, and mostly not where it speaks
-        assert (t.audio[t.control == LISTEN] < tiny.silent_codes).float().mean() > 0.95
+        assert (t.audio[t.control == FLOOR_LISTEN] < tiny.silent_codes).float().mean() > 0.95
         assert (t.audio[speaking] >= tiny.silent_codes).float().mean() > 0.6
-    assert {LISTEN, SPEAK} <= seen
+    assert {FLOOR_LISTEN, FLOOR_SPEAK} <= seen
 
 
 def test_short_training_lowers_the_loss(train_convs: list[Conversation], tiny: ModelConfig) -> None:
@@ -116,8 +117,17 @@ def test_evaluation_produces_every_metric(corpus: Path, tiny_model: DuplexModel)
 def test_timing_options_shape_the_ground_truth(tmp_path: Path) -> None:
     """--reply-gap / --barge-reaction set the target model's reply gap and barge-in reaction."""
     out = tmp_path / "fast"
-    make_corpus(out, 3, seed=3, workers=2, min_duration_s=20, max_duration_s=25, validation_fraction=0.0,
-                test_fraction=0.0, timing=Timing(reply_gap=(0.0, 0.05), barge_reaction=(0.06, 0.08)))
+    make_corpus(
+        out,
+        3,
+        seed=3,
+        workers=2,
+        min_duration_s=20,
+        max_duration_s=25,
+        validation_fraction=0.0,
+        test_fraction=0.0,
+        timing=Timing(reply_gap=(0.0, 0.05), barge_reaction=(0.06, 0.08)),
+    )
     events = [e for c in load_split(out, "train") for e in c.events]
     gaps = [e["gap_s"] for e in events if e["type"] == "model_turn" and "gap_s" in e]
     reactions = [e["reaction_s"] for e in events if e["type"] == "barge_in"]

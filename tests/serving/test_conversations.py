@@ -26,6 +26,7 @@ def check_complete(conv: client.Conversation, n: int) -> None:
     assert [a.output_sample for a in outs] == [i * CHUNK for i in range(n)]
     for a in outs:
         assert a.samples == CHUNK and len(a.pcm) in (0, 2 * CHUNK) and len(a.control) == 5
+        assert set(a.control) <= set(pb.FloorControl.values()), "every frame's control is a FloorControl"
         assert a.timing.seq == a.seq and a.timing.compute_ms > 0 and a.timing.batch_size >= 1
 
 

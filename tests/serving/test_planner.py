@@ -1,0 +1,300 @@
+"""The step planner through its public API, on a fake clock: explicit arrival times stand in for clients and
+``next_step(now, load)`` is asked what it would step at a given moment. No model, no thread, no gRPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from duplex.serving.engine.planner import SEND_LEAD_S, SlotMove, SlotReset, StepPlan, StepPlanner
+from duplex.serving.engine.session import Conversation, InputChunk, SlotSession
+from duplex.serving.metrics import EngineMetrics
+from duplex.serving.spec import EngineSpec
+
+T0 = 100.0
+"""The fake monotonic time the planner's phases count from."""
+CHUNK_SAMPLES = 3200
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def at(self, t: float) -> float:
+        self.t = t
+        return t
+
+
+def planner(**spec: Any) -> StepPlanner:
+    es = EngineSpec(host="127.0.0.1", metrics_port=0, **spec)
+    return StepPlanner(es, es.chunk_ms / 1000.0, T0, text_tokens_per_step=0, metrics=EngineMetrics())
+
+
+def session(name: str) -> SlotSession:
+    return Conversation(name, CHUNK_SAMPLES, 640, max_send_backlog=20).slot_session
+
+
+def chunk(p: StepPlanner, s: SlotSession, seq: int, at: float) -> None:
+    assert p.add_chunk(s, InputChunk(seq, torch.zeros(CHUNK_SAMPLES), 0, at, 0))
+
+
+def sample(p: StepPlanner, name: str, **labels: str) -> float:
+    return p.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def step(p: StepPlanner, now: float, load: float = 0.0) -> StepPlan:
+    plan, _ = p.next_step(now, load)
+    assert plan is not None, f"nothing planned at {now - T0:.3f}"
+    return plan
+
+
+def members(plan: StepPlan) -> list[SlotSession]:
+    return [r.conversation.slot_session for r in plan.rows if r is not None]
+
+
+def test_phase_hint_spreads_new_sessions_evenly_over_the_cohorts() -> None:
+    p = planner(max_sessions=8, cohorts=4)
+    now = T0 + 0.0123
+    sessions = [session(f"s{i}") for i in range(8)]
+    arrivals = [p.reserve(s, not_before=now) for s in sessions]
+    assert [c.reserved for c in p.cohorts] == [2, 2, 2, 2]
+    for s, at in zip(sessions, arrivals, strict=True):
+        assert at is not None and now <= at < now + p.period + SEND_LEAD_S
+        cohort = p.cohorts[s.reserved or 0]
+        # due just before that cohort's tick
+        off = ((at + SEND_LEAD_S - p.t0) - cohort.phase_s) % p.period
+        assert min(off, p.period - off) < 1e-6
+    assert p.reserve(sessions[0], not_before=now) is None, "one reservation per session"
+    # the first chunk arriving at the hinted time places the session in its reserved cohort
+    for s, at in zip(sessions, arrivals, strict=True):
+        reserved = s.reserved
+        chunk(p, s, 0, at)
+        chores = p.housekeeping(at)
+        assert s.cohort == reserved and s.reserved is None
+        assert chores.slot_ops == [SlotReset(s.slot)], "a placed session starts from a fresh slot"
+    assert [c.reserved for c in p.cohorts] == [0, 0, 0, 0]
+    assert [len(c.members) for c in p.cohorts] == [2, 2, 2, 2]
+    assert sample(p, "duplex_engine_placements_total", how="hint") == 8
+
+
+def test_a_session_that_ignores_the_hint_is_placed_by_its_arrival() -> None:
+    p = planner(max_sessions=8, cohorts=4)
+    s = session("free")
+    at = p.reserve(s, not_before=T0 + 0.001)
+    assert at is not None
+    reserved = p.cohorts[s.reserved or 0]
+    off = at + p.period / 2  # half a period off: the reserved cohort would make it wait ~P/2
+    chunk(p, s, 0, off)
+    p.housekeeping(off)
+    assert s.cohort is not None and s.cohort != reserved.index
+    assert p.wait_for(p.cohorts[s.cohort], s.arrival_phase_s) <= p.period / 4
+    assert reserved.reserved == 0, "the unused reservation is released"
+    assert sample(p, "duplex_engine_placements_total", how="arrival") == 1
+
+
+def test_leaving_before_any_audio_releases_the_reservation() -> None:
+    p = planner(max_sessions=4, cohorts=4)
+    s = session("gone")
+    assert p.reserve(s, not_before=T0) is not None
+    p.leave(s)
+    p.housekeeping(T0 + 0.01)
+    assert sum(c.reserved for c in p.cohorts) == 0 and sum(c.room for c in p.cohorts) == 4
+
+
+def test_a_session_that_ends_without_audio_is_finished() -> None:
+    p = planner(max_sessions=4, cohorts=2)
+    s = session("mute")
+    assert p.reserve(s, not_before=T0) is not None
+    p.end(s)
+    chores = p.housekeeping(T0 + 0.01)
+    assert chores.finished == [s.conversation], "closed with OK at once"
+    assert p.housekeeping(T0 + 0.02).finished == [], "finished once"
+    assert sum(c.reserved for c in p.cohorts) == 0
+
+
+def test_a_leaving_member_is_swap_removed_and_its_slot_reused() -> None:
+    p = planner(max_sessions=4, cohorts=1, split_after_ms=0)
+    a, b, c = session("a"), session("b"), session("c")
+    for s in (a, b, c):
+        chunk(p, s, 0, T0 + 0.19)
+    p.housekeeping(T0 + 0.19)
+    assert (a.slot, b.slot, c.slot) == (0, 1, 2)
+    p.leave(a)
+    chores = p.housekeeping(T0 + 0.191)
+    assert chores.slot_ops == [SlotMove(2, 0)], "the block's last member fills the hole"
+    assert (c.slot, b.slot, a.slot) == (0, 1, -1) and p.placed_count() == 2
+    assert not p.add_chunk(a, InputChunk(1, torch.zeros(CHUNK_SAMPLES), 0, T0 + 0.2, 0)), "left: dropped"
+
+
+def test_a_late_chunk_misses_the_deadline_step_and_is_caught_up_alone() -> None:
+    p = planner(max_sessions=4, cohorts=1, split_after_ms=0)
+    a, b = session("a"), session("b")
+    chunk(p, a, 0, T0 + 0.195)
+    chunk(p, b, 0, T0 + 0.196)
+    p.housekeeping(T0 + 0.196)
+    assert step(p, T0 + 0.197).kind == "regular"
+    c = p.cohorts[0]
+    tick = c.due
+    chunk(p, a, 1, tick - 0.005)
+    plan, wake = p.next_step(tick - 0.004, 0.0)
+    assert plan is None and wake == pytest.approx(tick + p.grace), "waits for b until the deadline"
+    plan = step(p, tick + p.grace)
+    assert plan.kind == "regular" and members(plan) == [a] and plan.rows[1] is None, "b's row is inactive"
+    assert plan.first_slot == 0 and len(plan.rows) == 2
+    assert b.owed == 1
+    chunk(p, b, 1, tick + 0.030)
+    plan = step(p, tick + 0.031)
+    assert plan.kind == "catchup" and members(plan) == [b]
+    assert plan.first_slot == b.slot and len(plan.rows) == 1, "only the rows it needs"
+    row = plan.rows[0]
+    assert row is not None and row.late and row.chunk is not None and row.seq == 1
+    assert b.owed == 0, "caught up: back on its phase"
+    assert sample(p, "duplex_engine_steps_total", kind="catchup") == 1
+
+
+def test_a_lost_chunk_is_replaced_by_silence_and_dropped_when_it_comes() -> None:
+    p = planner(max_sessions=2, cohorts=1, split_after_ms=0, lost_after_chunks=2)
+    a, b = session("a"), session("b")
+    chunk(p, a, 0, T0 + 0.195)
+    chunk(p, b, 0, T0 + 0.196)
+    p.housekeeping(T0 + 0.196)
+    step(p, T0 + 0.197)
+    c = p.cohorts[0]
+    # a keeps sending, b stalls
+    substituted: list[int] = []
+    for seq in range(1, 5):
+        tick = c.due
+        chunk(p, a, seq, tick - 0.002)
+        assert p.next_step(tick - 0.001, 0.0)[0] is None, "the cohort waits for b until its deadline"
+        plan = step(p, tick + p.grace)
+        assert plan.kind == "regular" and members(plan)[0] is a
+        row = plan.rows[1]
+        if row is not None:
+            assert row.chunk is None and row.late, "silence stands in for b's chunk"
+            substituted.append(row.seq)
+    assert substituted == [1, 2], "b owed more than lost_after_chunks=2 from the 3rd missed step on"
+    # b's real chunks come at last: the substituted ones are dropped, the next one is taken
+    assert not p.add_chunk(b, InputChunk(1, torch.zeros(CHUNK_SAMPLES), 0, c.due - 0.01, 0))
+    assert not p.add_chunk(b, InputChunk(2, torch.zeros(CHUNK_SAMPLES), 0, c.due - 0.01, 0))
+    chunk(p, b, 3, c.due - 0.01)
+    plan = step(p, c.due - 0.009)
+    assert plan.kind == "catchup" and members(plan) == [b], "b is behind: its chunk is caught up at once"
+    row = plan.rows[0]
+    assert row is not None and row.chunk is not None and row.seq == 3 and row.late
+
+
+def test_a_burst_after_a_stall_is_caught_up_at_once() -> None:
+    p = planner(max_sessions=2, cohorts=1, split_after_ms=0)
+    a, b = session("a"), session("b")
+    chunk(p, a, 0, T0 + 0.195)
+    chunk(p, b, 0, T0 + 0.196)
+    p.housekeeping(T0 + 0.196)
+    step(p, T0 + 0.197)
+    c = p.cohorts[0]
+    tick = c.due
+    chunk(p, a, 1, tick - 0.002)
+    step(p, tick + p.grace)  # b missed it
+    # b's stalled chunk and the next one arrive together
+    tick = c.due
+    chunk(p, b, 1, tick - 0.004)
+    chunk(p, b, 2, tick - 0.004)
+    chunk(p, a, 2, tick - 0.003)
+    kinds = []
+    for t in (tick - 0.002, tick - 0.001):
+        plan = step(p, t)
+        kinds.append((plan.kind, [r.seq if r else None for r in plan.rows]))
+    assert ("regular", [2, 1]) in kinds or ("catchup", [1]) in kinds
+    assert sorted(r for _, rows in kinds for r in rows if r is not None) == [1, 2, 2]
+    assert not b.pending and b.owed == 0 and p.next_step(tick, 0.0)[0] is None, "burst caught up, back on phase"
+
+
+def test_a_burst_does_not_leave_a_session_ahead_for_good() -> None:
+    """After a burst (two chunks at once) is caught up, the member is back on its phase: the next regular
+    step must wait for its chunk instead of treating it as already served (which made it miss every step
+    after, each time caught up alone in an extra step)."""
+    p = planner(max_sessions=2, cohorts=1, split_after_ms=0)
+    a, b = session("a"), session("b")
+    t = T0 + 0.05
+    chunk(p, a, 0, t)
+    chunk(p, b, 0, t)
+    p.housekeeping(t)
+    c = p.cohorts[0]
+    plan = step(p, c.due - 0.01)
+    assert plan.kind == "regular" and len(plan.rows) == 2
+    # `a` sends two chunks at once just before the next tick, `b` one
+    tick = c.due
+    chunk(p, a, 1, tick - 0.010)
+    chunk(p, a, 2, tick - 0.010)
+    chunk(p, b, 1, tick - 0.005)
+    assert step(p, tick - 0.004).kind == "regular", "everyone is in: the regular step"
+    plan = step(p, tick - 0.003)
+    assert plan.kind == "catchup", "the second chunk is caught up at once"
+    assert members(plan) == [a] and len(plan.rows) == 1, "a catch-up step computes only the rows it needs"
+    # the next tick: `b` is in, `a` not yet — the cohort waits for `a` (until the deadline)
+    tick = c.due
+    chunk(p, b, 2, tick - 0.005)
+    plan, wake = p.next_step(tick - 0.004, 0.0)
+    assert plan is None, "stepped without a member that owes this tick's chunk"
+    assert wake == pytest.approx(tick + p.grace)
+    chunk(p, a, 3, tick - 0.002)
+    plan = step(p, tick - 0.001)
+    assert plan.kind == "regular" and all(r is not None for r in plan.rows)
+    assert sample(p, "duplex_engine_steps_total", kind="regular") == 3
+    assert sample(p, "duplex_engine_steps_total", kind="catchup") == 1
+    assert sample(p, "duplex_engine_placements_total", how="no_hint") == 2
+
+
+def test_split_step_at_low_load_only() -> None:
+    p = planner(max_sessions=2, cohorts=1, split_after_ms=8)
+    a, b = session("a"), session("b")
+    chunk(p, a, 0, T0 + 0.195)
+    chunk(p, b, 0, T0 + 0.196)
+    p.housekeeping(T0 + 0.196)
+    step(p, T0 + 0.197)
+    c = p.cohorts[0]
+    tick = c.due
+    chunk(p, a, 1, tick - 0.050)
+    plan, wake = p.next_step(tick - 0.045, load=0.0)
+    assert plan is None and wake == pytest.approx(tick - 0.042), "a waits split_after_ms first"
+    plan, wake = p.next_step(tick - 0.041, load=0.5)
+    assert plan is None and wake == pytest.approx(tick + p.grace), "busy: no split, wait for the deadline"
+    plan = step(p, tick - 0.040, load=0.1)
+    assert plan.kind == "split" and members(plan) == [a] and len(plan.rows) == 1
+    assert a.owed == -1, "ahead for this tick"
+    chunk(p, b, 1, tick - 0.002)
+    plan = step(p, tick - 0.001)
+    assert plan.kind == "regular" and members(plan) == [b], "a, already served, does not hold it back"
+    assert a.owed == 0 and b.owed == 0
+    assert sample(p, "duplex_engine_steps_total", kind="split") == 1
+
+
+def test_a_session_whose_chunks_keep_waiting_migrates_to_a_better_phased_cohort() -> None:
+    p = planner(max_sessions=8, cohorts=4, split_after_ms=0)  # ticks at phases 0, 50, 100, 150 ms
+    a, b = session("a"), session("b")
+    chunk(p, a, 0, T0 + 0.197)
+    chunk(p, b, 0, T0 + 0.197)
+    p.housekeeping(T0 + 0.197)
+    assert a.cohort == b.cohort == 0
+    step(p, T0 + 0.1975)
+    # b's clock jumps: its chunks now arrive 100 ms before cohort 0's tick and wait for a's
+    chunk(p, b, 1, T0 + 0.3)
+    plan, _ = p.next_step(T0 + 0.3, 0.0)
+    assert plan is None
+    chunk(p, a, 1, T0 + 0.397)
+    assert members(step(p, T0 + 0.397)) == [a, b]
+    assert b.wait_ema_s > p.period / (2 * len(p.cohorts))
+    chunk(p, b, 2, T0 + 0.495)
+    chores = p.housekeeping(T0 + 0.495)
+    assert b.cohort == 2 and b.slot == p.cohorts[2].start, "moved to the cohort ticking at its arrival phase"
+    assert chores.slot_ops == [SlotMove(1, p.cohorts[2].start)], "its state moves with it"
+    assert a.cohort == 0 and a.slot == 0
+    assert sample(p, "duplex_engine_cohort_migrations_total") == 1
+    plan = step(p, T0 + 0.496)
+    assert plan.cohort == 2 and members(plan) == [b], "alone in its new cohort: stepped at once"
