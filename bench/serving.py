@@ -2,6 +2,7 @@
 
     python bench/serving.py --cohorts 4,2         # N in 8,16,32,48,64; writes docs/benchmarks.md ## Serving
     python bench/serving.py --sessions 64 --seconds 10 --no-write
+    python bench/serving.py --sessions 16,32,48,64 --seconds 75 --steady-after 15   # longer than the window
 
 Per audio chunk it measures, on the client's clock:
   round trip      = client receives the output of chunk k − client sent chunk k
@@ -9,6 +10,9 @@ Per audio chunk it measures, on the client's clock:
   system-added    = round trip − model compute (phase wait for its cohort + queueing behind other cohorts'
                     steps + gRPC/gateway/serialization)
   relay overhead  = system-added − queue wait (ChunkTiming.queue_wait_ms): gateway, gRPC and Python only
+  engine span     = engine sent chunk k's output − engine received chunk k (server clock, ChunkTiming)
+With ``--steady-after S`` only chunks captured S seconds or more into their conversation count (the steady
+state, once every session's attention window is full and all sessions have joined); the ramp is left out.
 A load level is *real-time* when every chunk came back, none was substituted, and the chunk round trip
 p99 ≤ chunk_ms / 2 (DESIGN.md). Client phases (``--phases``):
   steered  sessions start at random moments within one chunk period and follow the server's phase hint
@@ -53,6 +57,8 @@ class Level:
     sys_p99: float
     relay_p50: float
     relay_p99: float
+    span_p50: float
+    span_p99: float
     wait_p50: float
     step_p50: float
     step_p99: float
@@ -89,9 +95,12 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
 PHASES = ("steered", "free", "aligned")
 
 
-async def run_level(target: str, n: int, seconds: float, phases: str, spawn_rate: float) -> Level:
+async def run_level(
+    target: str, n: int, seconds: float, phases: str, spawn_rate: float, steady_after: float = 0.0
+) -> Level:
     chunk_samples = 16000 * CHUNK_MS // 1000
     async with grpc.aio.insecure_channel(target) as ch:
+
         async def one(i: int) -> client.Conversation:
             if phases != "aligned":  # join at spawn_rate, each at a random moment of its chunk period
                 await asyncio.sleep(i / spawn_rate + random.uniform(0, CHUNK_MS / 1000))
@@ -99,16 +108,20 @@ async def run_level(target: str, n: int, seconds: float, phases: str, spawn_rate
             return await client.converse(ch, chunks, chunk_ms=CHUNK_MS, follow_hint=phases == "steered")
 
         convs = await asyncio.gather(*(one(i) for i in range(n)))
-    rtt, sysadd, relay, wait = [], [], [], []
+    rtt, sysadd, relay, wait, span = [], [], [], [], []
+    first_steady = int(steady_after * 1000 / CHUNK_MS)
     steps: dict[tuple[int, int], tuple[float, int]] = {}
     missing = substituted = total = 0
     for c in convs:
         expected = len(c.sent_us)
         got = c.of("audio")
         missing += expected - len(got) + (0 if c.code == grpc.StatusCode.OK else 1)
+        substituted += sum(r.event.audio.timing.substituted for r in got if r.event.audio.seq < first_steady)
         for r in got:
             a = r.event.audio
             t = a.timing
+            if a.seq < first_steady:
+                continue
             total += 1
             if t.substituted:
                 substituted += 1
@@ -118,6 +131,7 @@ async def run_level(target: str, n: int, seconds: float, phases: str, spawn_rate
             sysadd.append(rt - t.compute_ms)
             relay.append(rt - t.compute_ms - t.queue_wait_ms)
             wait.append(t.queue_wait_ms)
+            span.append((t.server_send_us - t.server_recv_us) / 1e3)
             steps[(t.cohort, t.step_start_us)] = (t.compute_ms, t.batch_size)
     step_ms = [s[0] for s in steps.values()] or [0.0]
     batch = [s[1] for s in steps.values()] or [0]
@@ -125,13 +139,39 @@ async def run_level(target: str, n: int, seconds: float, phases: str, spawn_rate
     def p(x: list[float], q: float) -> float:
         return float(np.percentile(x, q)) if x else float("nan")
 
-    return Level(n, total, missing, substituted, p(rtt, 50), p(rtt, 99), p(sysadd, 50), p(sysadd, 99),
-                 p(relay, 50), p(relay, 99), p(wait, 50), p(step_ms, 50), p(step_ms, 99), p(batch, 50))
+    return Level(
+        n,
+        total,
+        missing,
+        substituted,
+        p(rtt, 50),
+        p(rtt, 99),
+        p(sysadd, 50),
+        p(sysadd, 99),
+        p(relay, 50),
+        p(relay, 99),
+        p(span, 50),
+        p(span, 99),
+        p(wait, 50),
+        p(step_ms, 50),
+        p(step_ms, 99),
+        p(batch, 50),
+    )
 
 
 def start_up(max_sessions: int, cohorts: int) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-c", "from duplex.cli import main; main()", "up", "--port", "0",
-           "--max-sessions", str(max_sessions), "--cohorts", str(cohorts)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from duplex.cli import main; main()",
+        "up",
+        "--port",
+        "0",
+        "--max-sessions",
+        str(max_sessions),
+        "--cohorts",
+        str(cohorts),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 120
@@ -146,14 +186,20 @@ def start_up(max_sessions: int, cohorts: int) -> tuple[subprocess.Popen[str], st
 
 
 def table(levels: list[Level]) -> str:
-    head = ("| phases | cohorts | sessions | real-time | chunk round trip p50 / p99 ms | system-added p50 / p99 ms | "
-            "relay overhead p50 / p99 ms | queue wait p50 ms | step p50 / p99 ms | rows/step p50 |\n"
-            "|:---|---:|---:|:---:|---:|---:|---:|---:|---:|---:|\n")
+    head = (
+        "| phases | cohorts | sessions | real-time | chunk round trip p50 / p99 ms | system-added p50 / p99 ms | "
+        "relay overhead p50 / p99 ms | engine span p50 / p99 ms | queue wait p50 ms | step p50 / p99 ms | "
+        "rows/step p50 |\n"
+        "|:---|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|\n"
+    )
     rows = "".join(
         f"| {lv.phases} | {lv.cohorts} | {lv.n} | {'yes' if lv.realtime else 'no'} | "
         f"{lv.rtt_p50:.1f} / {lv.rtt_p99:.1f} | "
-        f"{lv.sys_p50:.1f} / {lv.sys_p99:.1f} | {lv.relay_p50:.1f} / {lv.relay_p99:.1f} | {lv.wait_p50:.1f} | "
-        f"{lv.step_p50:.1f} / {lv.step_p99:.1f} | {lv.batch_p50:.0f} |\n" for lv in levels)
+        f"{lv.sys_p50:.1f} / {lv.sys_p99:.1f} | {lv.relay_p50:.1f} / {lv.relay_p99:.1f} | "
+        f"{lv.span_p50:.1f} / {lv.span_p99:.1f} | {lv.wait_p50:.1f} | "
+        f"{lv.step_p50:.1f} / {lv.step_p99:.1f} | {lv.batch_p50:.0f} |\n"
+        for lv in levels
+    )
     return head + rows
 
 
@@ -164,6 +210,13 @@ def main() -> None:
     ap.add_argument("--phases", default="steered", help=f"comma-separated client phase modes: {', '.join(PHASES)}")
     ap.add_argument("--spawn-rate", type=float, default=32.0, help="sessions joining per second (steered, free)")
     ap.add_argument("--cohorts", default="4", help="comma-separated phase cohort counts to compare (up --cohorts)")
+    ap.add_argument(
+        "--steady-after",
+        type=float,
+        default=0.0,
+        help="count only chunks captured this many seconds or more into each conversation",
+    )
+    ap.add_argument("--section", default="Serving", help="docs/benchmarks.md section to write")
     ap.add_argument("--target", default="", help="use a running gateway instead of starting duplex up")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
@@ -180,14 +233,17 @@ def main() -> None:
             proc, target = start_up(max(levels_n), cohorts)
         try:
             for n in levels_n:
-                lv = asyncio.run(run_level(target, n, args.seconds, phases, args.spawn_rate))
+                lv = asyncio.run(run_level(target, n, args.seconds, phases, args.spawn_rate, args.steady_after))
                 lv.cohorts, lv.phases = cohorts, phases
                 levels.append(lv)
-                print(f"{phases} C={cohorts} N={n}: realtime={lv.realtime} rtt p50/p99 "
-                      f"{lv.rtt_p50:.1f}/{lv.rtt_p99:.1f} ms, "
-                      f"system-added p50/p99 {lv.sys_p50:.1f}/{lv.sys_p99:.1f} ms, relay p50/p99 "
-                      f"{lv.relay_p50:.1f}/{lv.relay_p99:.1f} ms, step p50 {lv.step_p50:.1f} ms "
-                      f"({lv.batch_p50:.0f} rows), missing {lv.missing}, substituted {lv.substituted}", flush=True)
+                print(
+                    f"{phases} C={cohorts} N={n}: realtime={lv.realtime} rtt p50/p99 "
+                    f"{lv.rtt_p50:.1f}/{lv.rtt_p99:.1f} ms, "
+                    f"system-added p50/p99 {lv.sys_p50:.1f}/{lv.sys_p99:.1f} ms, relay p50/p99 "
+                    f"{lv.relay_p50:.1f}/{lv.relay_p99:.1f} ms, step p50 {lv.step_p50:.1f} ms "
+                    f"({lv.batch_p50:.0f} rows), missing {lv.missing}, substituted {lv.substituted}",
+                    flush=True,
+                )
         finally:
             if proc is not None:
                 proc.send_signal(2)
@@ -206,25 +262,36 @@ def main() -> None:
 
     best = largest(lambda lv: lv.realtime)
     low_n = largest(lambda lv: lv.sys_p99 <= 20.0)
-    print(f"largest real-time N ({first[1]} phases, {first[0]} cohorts): {best}; "
-          f"with system-added p99 <= 20 ms at every level up to it: {low_n}")
+    print(
+        f"largest real-time N ({first[1]} phases, {first[0]} cohorts): {best}; "
+        f"with system-added p99 <= 20 ms at every level up to it: {low_n}"
+    )
     cmd = "python bench/serving.py " + " ".join(sys.argv[1:])
     shipped = (ROOT / "model" / "checkpoints" / "tiny.safetensors").exists()
     weights = "shipped checkpoint" if shipped else "random weights"
-    text = (f"Command: `{cmd.strip()}` — `duplex up` (embedded engine + gateway, tiny preset, "
-            f"{weights}"
-            f") and the clients on one machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of speech-like "
-            f"audio per conversation. Phases: `steered` = sessions join at {args.spawn_rate:g}/s, each at a random "
-            "moment of its chunk period (independent clients), and follow the server's phase hint; `free` = the "
-            "same joins, hint ignored (free-running clients at random phases); `aligned` = all start at once, hint "
-            "ignored. "
-            "Definitions in `bench/serving.py`; system-added = round trip − model compute.\n\n"
-            f"{table(levels)}\nLargest real-time N with {first[1]} phases and {first[0]} cohorts, it and every "
-            f"smaller level (every chunk back, none substituted, round trip p99 ≤ {CHUNK_MS // 2} ms): **{best}** "
-            "(target ≥ 64). Largest N with system-added p99 ≤ 20 ms at it and every smaller level: "
-            f"**{low_n}** (target: at capacity). The engine had {max(levels_n)} slots.\n\n")
+    text = (
+        f"Command: `{cmd.strip()}` — `duplex up` (embedded engine + gateway, tiny preset, "
+        f"{weights}"
+        f") and the clients on one machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of speech-like "
+        f"audio per conversation"
+        + (
+            f", figures from the steady state: chunks captured {args.steady_after:g} s or more into their "
+            "conversation (the ramp is left out; substituted chunks anywhere still fail a level)"
+            if args.steady_after
+            else ""
+        )
+        + f". Phases: `steered` = sessions join at {args.spawn_rate:g}/s, each at a random "
+        "moment of its chunk period (independent clients), and follow the server's phase hint; `free` = the "
+        "same joins, hint ignored (free-running clients at random phases); `aligned` = all start at once, hint "
+        "ignored. "
+        "Definitions in `bench/serving.py`; system-added = round trip − model compute.\n\n"
+        f"{table(levels)}\nLargest real-time N with {first[1]} phases and {first[0]} cohorts, it and every "
+        f"smaller level (every chunk back, none substituted, round trip p99 ≤ {CHUNK_MS // 2} ms): **{best}** "
+        "(target ≥ 64). Largest N with system-added p99 ≤ 20 ms at it and every smaller level: "
+        f"**{low_n}** (target: at capacity). The engine had {max(levels_n)} slots.\n\n"
+    )
     if not args.no_write:
-        write_section("Serving", text)
+        write_section(args.section, text)
 
 
 if __name__ == "__main__":
