@@ -3,6 +3,10 @@ message naming the offending field. Pure functions; the handler turns errors int
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -127,3 +131,67 @@ def check_text(text: pb.TextInput) -> list[int]:
     if len(data) > MAX_TEXT_BYTES:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"text.text: {len(data)} bytes, limit {MAX_TEXT_BYTES}")
     return list(data)
+
+
+MAX_CALL_ID_CHARS = 256
+"""Longest ``AgentRequest.call_id``."""
+MAX_TOOL_CHARS = 64
+"""Longest tool name."""
+MAX_ARGUMENTS_BYTES = 16384
+"""Largest ``AgentRequest.arguments_json`` (bytes of UTF-8)."""
+MAX_DEADLINE_S = 86_400.0
+"""Longest ``AgentRequest.deadline_s``."""
+_MODEL_CALL_ID = re.compile(r"m[0-9]+")
+
+
+@dataclass(frozen=True)
+class AgentCall:
+    """A tool call that passed the framing checks (``check_agent``)."""
+
+    call_id: str
+    """Client-chosen id (or ``m1``, ``m2``, ... for the model's calls)."""
+    tool: str
+    """Tool name as sent."""
+    arguments_json: str
+    """The arguments as sent ("" = {})."""
+    deadline_s: float
+    """Seconds from now (0 = the engine's default)."""
+    problem: str | None = None
+    """Why the call cannot run (tool or arguments): answered with a FAILED AgentEvent, the stream goes on."""
+
+
+def check_agent(req: pb.AgentRequest) -> AgentCall:
+    """Framing problems (no usable call id, a deadline that is not a duration) are an ``InputError`` like any
+    malformed event; problems with the tool or its arguments only fail that call (``AgentCall.problem``)."""
+    if not req.call_id or len(req.call_id) > MAX_CALL_ID_CHARS:
+        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"agent.call_id: {len(req.call_id)} characters, must be 1 to {MAX_CALL_ID_CHARS}")
+    if _MODEL_CALL_ID.fullmatch(req.call_id):
+        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"agent.call_id {req.call_id!r}: m1, m2, ... name the model's own tool calls; pick another")
+    if not (math.isfinite(req.deadline_s) and 0 <= req.deadline_s <= MAX_DEADLINE_S):
+        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
+                         f"agent.deadline_s {req.deadline_s}: must be 0 (engine default) to {MAX_DEADLINE_S:.0f} s")
+    call = AgentCall(req.call_id, req.tool, req.arguments_json, req.deadline_s)
+    problem = agent_call_problem(req.tool, req.arguments_json)
+    return call if problem is None else dataclasses.replace(call, problem=problem)
+
+
+def agent_call_problem(tool: str, arguments_json: str) -> str | None:
+    """What is wrong with a call's tool name or arguments at the framing level, or None (the tool's own
+    argument schema is checked by the agent client)."""
+    if not tool:
+        return "tool: must not be empty"
+    if len(tool) > MAX_TOOL_CHARS:
+        return f"tool: {len(tool)} characters, limit {MAX_TOOL_CHARS}"
+    size = len(arguments_json.encode())
+    if size > MAX_ARGUMENTS_BYTES:
+        return f"arguments_json: {size} bytes, limit {MAX_ARGUMENTS_BYTES}"
+    if arguments_json:
+        try:
+            value = json.loads(arguments_json)
+        except json.JSONDecodeError as e:
+            return f"arguments_json: not valid JSON ({e.msg} at character {e.pos})"
+        if not isinstance(value, dict):
+            return f"arguments_json: must be a JSON object, got {type(value).__name__}"
+    return None
