@@ -223,7 +223,7 @@ async def test_client_job_runs_while_audio_flows_and_the_result_reaches_the_mode
         ("calculator", "[1, 2]", TOOLS, "arguments_json: must be a JSON object"),
         ("calculator", "{not json", TOOLS, "arguments_json: not valid JSON"),
         ("", {}, TOOLS, "tool: must not be empty"),
-        ("calculator", {"expression": "1" * 20000}, TOOLS, "arguments_json: 20019 bytes, limit 16384"),
+        ("calculator", {"expression": "1" * 20000}, TOOLS, "arguments_json: 20018 bytes, limit 16384"),
     ],
 )
 async def test_bad_calls_fail_before_any_worker_sees_them(
