@@ -241,6 +241,14 @@ def talk(
     ca_cert: Path | None = typer.Option(
         None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False, help="PEM CA bundle: connect with TLS"
     ),
+    call: list[str] = typer.Option(
+        [], "--call", metavar="'TOOL {JSON}'",
+        help="Ask the background agent to run TOOL (repeatable; call ids c1, c2, ...), after the first chunk. "
+        "The conversation stays open (silence, up to --call-wait-s) until every call has its result",
+    ),
+    tools: str = typer.Option("", help="Comma-separated tools to ask for in SessionStart.tools (default: the "
+                                       "tools of the --call options)"),
+    call_wait_s: float = typer.Option(30.0, help="How long past the input to wait for --call results"),
 ) -> None:
     """Hold one conversation from an audio file and record the model's side.
 
@@ -250,6 +258,7 @@ def talk(
     import grpc
 
     from duplex.model.audio_io import AudioFileError
+    from duplex.v1 import duplex_pb2 as pb
 
     from . import client
     from . import talk as talk_mod
@@ -264,6 +273,13 @@ def talk(
         typer.echo(f"duplex talk: {note}", err=True)
     chunks = client.split_chunks(user, sr * chunk_ms // 1000)
     md = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    try:
+        requests = [talk_mod.parse_call(c, f"c{i}") for i, c in enumerate(call, start=1)]
+    except ValueError as e:
+        typer.echo(f"duplex talk: {e}", err=True)
+        raise typer.Exit(2) from None
+    granted = [t.strip() for t in tools.split(",") if t.strip()] or sorted({r.agent.tool for r in requests})
+    call_ids = [r.agent.call_id for r in requests]
 
     async def main() -> client.Conversation:
         async with client.channel(target, str(ca_cert) if ca_cert is not None else None) as ch:
@@ -273,7 +289,10 @@ def talk(
                 chunk_ms=chunk_ms,
                 realtime=not fast,
                 metadata=md,
-                start=client.start_event(chunk_ms=chunk_ms),
+                start=client.start_event(chunk_ms=chunk_ms, tools=granted),
+                extra=[(1, r) for r in requests],
+                hold_open=lambda conv: not conv.agent_finished(call_ids),
+                max_hold_chunks=int(call_wait_s * 1000 / chunk_ms) if call_ids else 0,
             )
 
     conv = asyncio.run(main())
@@ -284,6 +303,10 @@ def talk(
     turns = len(conv.of("turn"))
     placed = "model time" if model_time else "as heard"
     typer.echo(f"duplex talk: {len(conv.of('audio'))} chunks, {turns} turn events → {output} ({placed})")
+    for r in conv.of("agent"):
+        a = r.event.agent
+        if a.state in (pb.DONE, pb.FAILED):
+            typer.echo(f"duplex talk: {a.job_id} {a.tool} {pb.AgentState.Name(a.state)}: {a.detail}")
 
 
 def register(app: typer.Typer) -> None:
