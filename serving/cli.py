@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from duplex.model.spec import ModelSource
 
 from . import logs
-from .process import GatewayProcess, serve_until_signal
+from .process import AgentProcess, GatewayProcess, serve_until_signal
 from .ranks import rank_from_hostname
 from .settings import ConfigError, fields_help, load_section
 from .spec import AgentSpec, EngineSpec, GatewaySpec
@@ -97,6 +97,10 @@ def engine(
     leader: str = typer.Option("", help="HOST:PORT of rank 0's rendezvous (world_size > 1)"),
     port: int | None = typer.Option(None, help="gRPC port (overrides engine.port; 0 = any)"),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
+    redis_url: str = typer.Option(
+        "", envvar="DUPLEX_REDIS_URL", help="Background agent's Redis (overrides engine.redis_url; the operator "
+        "sets $DUPLEX_REDIS_URL)"
+    ),
 ) -> None:
     """Run one rank of an engine replica (rank 0 serves gRPC; other ranks hold experts)."""
     if help_spec:
@@ -106,6 +110,8 @@ def engine(
     loaded = load_command_config("engine", config, set_)
     spec, source = loaded["engine"], loaded["model"]
     assert isinstance(spec, EngineSpec) and isinstance(source, ModelSource)
+    if redis_url:
+        spec = spec.model_copy(update={"redis_url": redis_url})
     if from_hostname:
         rank = _hostname_rank()
     from duplex.model.runtime import load_part
@@ -173,12 +179,36 @@ def up(
     metrics_port: int = typer.Option(0, help="Engine Prometheus port (gateway uses +1; 0 = off)"),
     torch_threads: int = typer.Option(1, help="Step-thread torch threads (1 leaves a core for gRPC on 2-core hosts)"),
     cohorts: int = typer.Option(4, help="Phase cohorts of the engine"),
+    no_agent: bool = typer.Option(False, "--no-agent", help="Start no redis-server and no agent worker"),
 ) -> None:
-    """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway."""
+    """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
+    and the background agent (a local redis-server on a free loopback port and one worker)."""
     logs.setup(json_lines=False)
+    from .agent.redis_server import RedisServer, RedisServerError
     from .engine.server import EngineServer
 
+    redis: RedisServer | None = None
+    if not no_agent:
+        try:
+            redis = RedisServer()
+        except RedisServerError:
+            typer.echo("duplex up: redis-server not found on PATH (apt-get install redis-server), or pass --no-agent",
+                       err=True)
+            raise typer.Exit(2) from None
+
     async def main() -> None:
+        agent: AgentProcess | None = None
+        if redis is not None:
+            try:
+                await asyncio.to_thread(redis.start)
+            except RedisServerError as e:
+                raise OSError(f"redis-server: {e}") from None
+            agent = AgentProcess(AgentSpec(metrics_port=0), redis.url)  # its own process, as the gateway
+            try:
+                await asyncio.to_thread(agent.start)
+            except (ValueError, OSError):
+                redis.stop()
+                raise
         espec = EngineSpec.model_validate(
             dict(
                 host="127.0.0.1",
@@ -187,10 +217,22 @@ def up(
                 metrics_port=metrics_port,
                 torch_threads=torch_threads,
                 cohorts=cohorts,
+                redis_url=redis.url if redis is not None else "",
             )
         )
+
+        async def stop_agent() -> None:
+            if agent is not None:
+                await asyncio.to_thread(agent.stop, AgentSpec().drain_grace_s + 5.0)
+            if redis is not None:
+                await asyncio.to_thread(redis.stop)
+
         engine_server = EngineServer(espec, ModelSource.model_validate({}), bind_port=0)
-        eport = await engine_server.start()
+        try:
+            eport = await engine_server.start()
+        except (ValueError, OSError):
+            await stop_agent()
+            raise
         gspec = GatewaySpec.model_validate(
             dict(
                 host="127.0.0.1",
@@ -205,14 +247,22 @@ def up(
             gport = await asyncio.to_thread(gw.start)
         except (ValueError, OSError):
             await engine_server.stop(1.0)
+            await stop_agent()
             raise
         print(f"duplex up: ready at 127.0.0.1:{gport} (engine 127.0.0.1:{eport}); Ctrl-C to stop", flush=True)
+        if redis is not None and agent is not None and redis.proc is not None:
+            print(
+                f"duplex up: background agent: redis-server pid {redis.proc.pid} at {redis.url}, "
+                f"worker pid {agent.pid} (tools: {', '.join(espec.tools)})",
+                flush=True,
+            )
 
         async def stop() -> None:
             if gw.proc.exitcode is not None:
                 print(f"duplex up: the gateway exited (code {gw.proc.exitcode}); stopping", flush=True)
             await asyncio.to_thread(gw.stop, gspec.drain_grace_s + 5.0)
             await engine_server.stop(1.0)
+            await stop_agent()
             print("duplex up: stopped", flush=True)
 
         await serve_until_signal(stop, also=asyncio.to_thread(gw.wait))
