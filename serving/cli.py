@@ -98,8 +98,9 @@ def engine(
     port: int | None = typer.Option(None, help="gRPC port (overrides engine.port; 0 = any)"),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
     redis_url: str = typer.Option(
-        "", envvar="DUPLEX_REDIS_URL", help="Background agent's Redis (overrides engine.redis_url; the operator "
-        "sets $DUPLEX_REDIS_URL)"
+        "",
+        envvar="DUPLEX_REDIS_URL",
+        help="Background agent's Redis (overrides engine.redis_url; the operator sets $DUPLEX_REDIS_URL)",
     ),
 ) -> None:
     """Run one rank of an engine replica (rank 0 serves gRPC; other ranks hold experts)."""
@@ -192,8 +193,9 @@ def up(
         try:
             redis = RedisServer()
         except RedisServerError:
-            typer.echo("duplex up: redis-server not found on PATH (apt-get install redis-server), or pass --no-agent",
-                       err=True)
+            typer.echo(
+                "duplex up: redis-server not found on PATH (apt-get install redis-server), or pass --no-agent", err=True
+            )
             raise typer.Exit(2) from None
 
     async def main() -> None:
@@ -272,17 +274,26 @@ def up(
 
 def talk(
     target: str = typer.Option("127.0.0.1:8080", help="Gateway or engine HOST:PORT"),
-    input: Path = typer.Option(..., exists=True, dir_okay=False,
-                               help="Audio file to say (any rate/channels libsndfile reads; converted to 16 kHz "
-                                    "mono with soxr HQ, and says so)"),
-    output: Path = typer.Option(..., help="Where to write the model's audio (16 kHz mono WAV, sample 0 = "
-                                          "capture start of the input's first chunk)"),
-    model_time: bool = typer.Option(False, "--model-time",
-                                    help="Place the model's audio by each chunk's output_sample (model time: in "
-                                         "step with the input, no delivery delay) instead of as heard (the "
-                                         "default: where each chunk arrived on the client clock). Arrival times "
-                                         "then do not enter the file: runs with the same outputs give the same "
-                                         "bytes"),
+    input: Path = typer.Option(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="Audio file to say (any rate/channels libsndfile reads; converted to 16 kHz "
+        "mono with soxr HQ, and says so)",
+    ),
+    output: Path = typer.Option(
+        ...,
+        help="Where to write the model's audio (16 kHz mono WAV, sample 0 = capture start of the input's first chunk)",
+    ),
+    model_time: bool = typer.Option(
+        False,
+        "--model-time",
+        help="Place the model's audio by each chunk's output_sample (model time: in "
+        "step with the input, no delivery delay) instead of as heard (the "
+        "default: where each chunk arrived on the client clock). Arrival times "
+        "then do not enter the file: runs with the same outputs give the same "
+        "bytes",
+    ),
     timeline: Path | None = typer.Option(None, help="JSON timeline of every server event (client clock)"),
     plot: Path | None = typer.Option(None, help="PNG of user and model speech on one time axis"),
     fast: bool = typer.Option(False, help="Send as fast as the server takes it instead of real-time pace"),
@@ -292,12 +303,15 @@ def talk(
         None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False, help="PEM CA bundle: connect with TLS"
     ),
     call: list[str] = typer.Option(
-        [], "--call", metavar="'TOOL {JSON}'",
+        [],
+        "--call",
+        metavar="'TOOL {JSON}'",
         help="Ask the background agent to run TOOL (repeatable; call ids c1, c2, ...), after the first chunk. "
         "The conversation stays open (silence, up to --call-wait-s) until every call has its result",
     ),
-    tools: str = typer.Option("", help="Comma-separated tools to ask for in SessionStart.tools (default: the "
-                                       "tools of the --call options)"),
+    tools: str = typer.Option(
+        "", help="Comma-separated tools to ask for in SessionStart.tools (default: the tools of the --call options)"
+    ),
     call_wait_s: float = typer.Option(30.0, help="How long past the input to wait for --call results"),
 ) -> None:
     """Hold one conversation from an audio file and record the model's side.
