@@ -24,6 +24,7 @@ from duplex.v1 import duplex_pb2 as pb
 from ..agent.client import AgentClient
 from ..agent.protocol import AgentState, AgentUpdate
 from ..agent.toolcall import ToolCall, ToolCallParser, result_text
+from ..agent.tools import builtin_tools
 from ..metrics import EngineMetrics
 from ..spec import AgentSpec, EngineSpec
 from .session import Conversation
@@ -67,7 +68,13 @@ class AgentLink:
         if not self.spec.redis_url:
             return
         replica = self.spec.agent_replica_id or f"{os.environ.get('HOSTNAME') or socket.gethostname()}:{port}"
-        agent_spec = AgentSpec(stream_prefix=self.spec.agent_stream_prefix, tools=self.spec.tools)
+        # the engine checks arguments with the built-in tools' schemas; it loads no plugins, so a plugin tool in
+        # engine.tools is refused here as unknown (named in the FAILED event) rather than queued unchecked
+        builtin = {t.name for t in builtin_tools(AgentSpec())}
+        tools = [t for t in self.spec.tools if t in builtin]
+        if len(tools) < len(self.spec.tools):
+            log.warning("engine.tools %s: not built-in; calls to them fail", sorted(set(self.spec.tools) - builtin))
+        agent_spec = AgentSpec(stream_prefix=self.spec.agent_stream_prefix, tools=tools)
         self.client = AgentClient(self.spec.redis_url, replica, self.on_update, spec=agent_spec)
         await self.client.start()
         log.info("background agent: redis %s, results stream %s", self.spec.redis_url, self.client.results_stream)
