@@ -48,6 +48,8 @@ class AgentSession:
     """Finds ``[[call ...]]`` in the model's text as it is produced."""
     origins: dict[str, str] = field(default_factory=dict)
     """call id → "client" or "model", for every call made in this session."""
+    queued: set[str] = field(default_factory=set)
+    """Calls whose QUEUED was sent."""
 
 
 class AgentLink:
@@ -160,6 +162,12 @@ class AgentLink:
         conv = s.conversation
         if conv.left or conv.closing is not None:
             return
+        if update.state in (AgentState.RUNNING, AgentState.DONE) and call_id not in s.queued:
+            # a worker can report before submit() returns from its XADD (the client then drops the late
+            # QUEUED): the job evidently was queued, so the session still sees QUEUED first
+            self._deliver(s, call_id, update.model_copy(update={"state": AgentState.QUEUED, "detail": ""}))
+        if update.state == AgentState.QUEUED:
+            s.queued.add(call_id)
         self.metrics.agent_events.labels(update.state.name, s.origins.get(call_id, "client")).inc()
         conv.deliver([pb.ServerEvent(agent=update.event())])
         if update.state.terminal:

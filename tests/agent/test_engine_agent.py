@@ -19,6 +19,7 @@ import pytest
 import torch
 from redis.asyncio import Redis
 from serving.conftest import LoopThread, tone, wait_serving
+from serving.test_bad_input import send_raw
 
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
@@ -251,16 +252,16 @@ async def test_bad_calls_fail_before_any_worker_sees_them(
 
 
 async def test_framing_errors_end_the_stream_with_a_status_naming_the_field(engine: Engine) -> None:
-    for event, field_name in [
-        (agent_request("", "calculator", {"expression": "1"}), "agent.call_id"),
-        (agent_request("m1", "calculator", {"expression": "1"}), "agent.call_id 'm1'"),
-        (agent_request("c1", "calculator", {"expression": "1"}, deadline_s=-1), "agent.deadline_s"),
-    ]:
-        talk = Talk(engine.addr)
-        talk.pending.append(event)
-        await talk.run(stop_when=lambda: False, max_chunks=20)
-        assert talk.code == grpc.StatusCode.INVALID_ARGUMENT
-        assert field_name in talk.details, talk.details
+    start = start_event(chunk_ms=CHUNK_MS, tools=TOOLS)
+    async with grpc.aio.insecure_channel(engine.addr) as ch:
+        for event, field_name in [
+            (agent_request("", "calculator", {"expression": "1"}), "agent.call_id"),
+            (agent_request("m1", "calculator", {"expression": "1"}), "agent.call_id 'm1'"),
+            (agent_request("c1", "calculator", {"expression": "1"}, deadline_s=-1), "agent.deadline_s"),
+        ]:
+            code, details = await send_raw(ch, [start, event])
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert field_name in details, details
 
 
 async def test_no_redis_configured_fails_the_call(model: Any, prefix: str) -> None:
