@@ -79,3 +79,32 @@ def test_up_without_redis_server_says_how_to_go_on(tmp_path: Path) -> None:
     r = subprocess.run([*DUPLEX, "up", "--port", "0"], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2
     assert "duplex up: redis-server not found on PATH (apt-get install redis-server), or pass --no-agent" in r.stderr
+
+
+def test_talk_names_a_bad_call(tmp_path: Path) -> None:
+    wav = tmp_path / "in.wav"
+    write_wav(wav, tone(0.4), 16000)
+    for call, problem in [
+        ("calculator [1, 2]", "arguments must be a JSON object"),
+        ('calculator {"expression": ', "arguments are not valid JSON"),
+        ("   ", "expected 'TOOL {JSON object}'"),
+    ]:
+        r = subprocess.run(
+            [
+                *DUPLEX,
+                "talk",
+                "--target",
+                "127.0.0.1:1",
+                "--input",
+                str(wav),
+                "--output",
+                str(tmp_path / "o.wav"),
+                "--call",
+                call,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert r.returncode == 2, r.stderr
+        assert f"duplex talk: --call {call!r}: {problem}" in r.stderr
