@@ -7,6 +7,7 @@ DuplexModel (so deleting the model garbage-collects them).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import Any
 
@@ -137,3 +138,16 @@ def service_env_prefix(service: str) -> str:
 def service_host_ref(service: str) -> str:
     """``$(X_SERVICE_HOST)``: expanded by the kubelet in env values and args to the Service's ClusterIP."""
     return f"$({service_env_prefix(service)}_SERVICE_HOST)"
+
+
+AGENT_PREFIX_MAX = 64
+"""``agent.stream_prefix`` is at most this long (``duplex.serving.spec.AgentSpec``)."""
+
+
+def agent_stream_prefix(ref: ModelRef) -> str:
+    """The Redis key prefix of one DuplexModel's agent, shared by its engines and workers: ``duplex:NS:NAME``,
+    or ``duplex:`` and a digest of both when that would be longer than a prefix may be."""
+    prefix = f"duplex:{ref.namespace}:{ref.name}"
+    if len(prefix) <= AGENT_PREFIX_MAX:
+        return prefix
+    return "duplex:" + hashlib.sha256(f"{ref.namespace}/{ref.name}".encode()).hexdigest()[:32]

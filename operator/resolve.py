@@ -169,7 +169,6 @@ def resolve(spec: DuplexModelSpec) -> Resolved:
             )
     if problems:
         raise InvalidSpec(problems)
-    agent = background_agent_unavailable(spec)
     return Resolved(
         spec=spec,
         config=cfg,
@@ -177,18 +176,4 @@ def resolve(spec: DuplexModelSpec) -> Resolved:
         shards_source=source,
         plan=fitted,
         memory_gib_per_rank=memory_gib,
-        unavailable=(agent,) if agent else (),
-    )
-
-
-def background_agent_unavailable(spec: DuplexModelSpec) -> SpecProblem | None:
-    """``agent.workers > 0`` asks for the background agent, which this version does not ship yet: the agent
-    Deployment and Redis are rendered (so the wiring stays exercised) but ``Degraded`` says they cannot run.
-    Delete this function (and its call above) when ``duplex agent`` lands."""
-    if spec.agent.workers == 0:
-        return None
-    return SpecProblem(
-        "spec.agent.workers",
-        "the background agent is not available in this version: "
-        "set workers to 0 (its Deployment is created but has no `duplex agent` to run)",
     )

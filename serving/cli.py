@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from duplex.model.spec import ModelSource
 
 from . import logs
-from .process import GatewayProcess, serve_until_signal
+from .process import AgentProcess, GatewayProcess, serve_until_signal
 from .ranks import rank_from_hostname
 from .settings import ConfigError, fields_help, load_section
 from .spec import AgentSpec, EngineSpec, GatewaySpec
@@ -97,6 +97,11 @@ def engine(
     leader: str = typer.Option("", help="HOST:PORT of rank 0's rendezvous (world_size > 1)"),
     port: int | None = typer.Option(None, help="gRPC port (overrides engine.port; 0 = any)"),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
+    redis_url: str = typer.Option(
+        "",
+        envvar="DUPLEX_REDIS_URL",
+        help="Background agent's Redis (overrides engine.redis_url; the operator sets $DUPLEX_REDIS_URL)",
+    ),
 ) -> None:
     """Run one rank of an engine replica (rank 0 serves gRPC; other ranks hold experts)."""
     if help_spec:
@@ -106,6 +111,8 @@ def engine(
     loaded = load_command_config("engine", config, set_)
     spec, source = loaded["engine"], loaded["model"]
     assert isinstance(spec, EngineSpec) and isinstance(source, ModelSource)
+    if redis_url:
+        spec = spec.model_copy(update={"redis_url": redis_url})
     if from_hostname:
         rank = _hostname_rank()
     from duplex.model.runtime import load_part
@@ -173,12 +180,37 @@ def up(
     metrics_port: int = typer.Option(0, help="Engine Prometheus port (gateway uses +1; 0 = off)"),
     torch_threads: int = typer.Option(1, help="Step-thread torch threads (1 leaves a core for gRPC on 2-core hosts)"),
     cohorts: int = typer.Option(4, help="Phase cohorts of the engine"),
+    no_agent: bool = typer.Option(False, "--no-agent", help="Start no redis-server and no agent worker"),
 ) -> None:
-    """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway."""
+    """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
+    and the background agent (a local redis-server on a free loopback port and one worker)."""
     logs.setup(json_lines=False)
+    from .agent.redis_server import RedisServer, RedisServerError
     from .engine.server import EngineServer
 
+    redis: RedisServer | None = None
+    if not no_agent:
+        try:
+            redis = RedisServer()
+        except RedisServerError:
+            typer.echo(
+                "duplex up: redis-server not found on PATH (apt-get install redis-server), or pass --no-agent", err=True
+            )
+            raise typer.Exit(2) from None
+
     async def main() -> None:
+        agent: AgentProcess | None = None
+        if redis is not None:
+            try:
+                await asyncio.to_thread(redis.start)
+            except RedisServerError as e:
+                raise OSError(f"redis-server: {e}") from None
+            agent = AgentProcess(AgentSpec(metrics_port=0), redis.url)  # its own process, as the gateway
+            try:
+                await asyncio.to_thread(agent.start)
+            except (ValueError, OSError):
+                redis.stop()
+                raise
         espec = EngineSpec.model_validate(
             dict(
                 host="127.0.0.1",
@@ -187,10 +219,22 @@ def up(
                 metrics_port=metrics_port,
                 torch_threads=torch_threads,
                 cohorts=cohorts,
+                redis_url=redis.url if redis is not None else "",
             )
         )
+
+        async def stop_agent() -> None:
+            if agent is not None:
+                await asyncio.to_thread(agent.stop, AgentSpec().drain_grace_s + 5.0)
+            if redis is not None:
+                await asyncio.to_thread(redis.stop)
+
         engine_server = EngineServer(espec, ModelSource.model_validate({}), bind_port=0)
-        eport = await engine_server.start()
+        try:
+            eport = await engine_server.start()
+        except (ValueError, OSError):
+            await stop_agent()
+            raise
         gspec = GatewaySpec.model_validate(
             dict(
                 host="127.0.0.1",
@@ -205,14 +249,22 @@ def up(
             gport = await asyncio.to_thread(gw.start)
         except (ValueError, OSError):
             await engine_server.stop(1.0)
+            await stop_agent()
             raise
         print(f"duplex up: ready at 127.0.0.1:{gport} (engine 127.0.0.1:{eport}); Ctrl-C to stop", flush=True)
+        if redis is not None and agent is not None and redis.proc is not None:
+            print(
+                f"duplex up: background agent: redis-server pid {redis.proc.pid} at {redis.url}, "
+                f"worker pid {agent.pid} (tools: {', '.join(espec.tools)})",
+                flush=True,
+            )
 
         async def stop() -> None:
             if gw.proc.exitcode is not None:
                 print(f"duplex up: the gateway exited (code {gw.proc.exitcode}); stopping", flush=True)
             await asyncio.to_thread(gw.stop, gspec.drain_grace_s + 5.0)
             await engine_server.stop(1.0)
+            await stop_agent()
             print("duplex up: stopped", flush=True)
 
         await serve_until_signal(stop, also=asyncio.to_thread(gw.wait))
@@ -222,17 +274,26 @@ def up(
 
 def talk(
     target: str = typer.Option("127.0.0.1:8080", help="Gateway or engine HOST:PORT"),
-    input: Path = typer.Option(..., exists=True, dir_okay=False,
-                               help="Audio file to say (any rate/channels libsndfile reads; converted to 16 kHz "
-                                    "mono with soxr HQ, and says so)"),
-    output: Path = typer.Option(..., help="Where to write the model's audio (16 kHz mono WAV, sample 0 = "
-                                          "capture start of the input's first chunk)"),
-    model_time: bool = typer.Option(False, "--model-time",
-                                    help="Place the model's audio by each chunk's output_sample (model time: in "
-                                         "step with the input, no delivery delay) instead of as heard (the "
-                                         "default: where each chunk arrived on the client clock). Arrival times "
-                                         "then do not enter the file: runs with the same outputs give the same "
-                                         "bytes"),
+    input: Path = typer.Option(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="Audio file to say (any rate/channels libsndfile reads; converted to 16 kHz "
+        "mono with soxr HQ, and says so)",
+    ),
+    output: Path = typer.Option(
+        ...,
+        help="Where to write the model's audio (16 kHz mono WAV, sample 0 = capture start of the input's first chunk)",
+    ),
+    model_time: bool = typer.Option(
+        False,
+        "--model-time",
+        help="Place the model's audio by each chunk's output_sample (model time: in "
+        "step with the input, no delivery delay) instead of as heard (the "
+        "default: where each chunk arrived on the client clock). Arrival times "
+        "then do not enter the file: runs with the same outputs give the same "
+        "bytes",
+    ),
     timeline: Path | None = typer.Option(None, help="JSON timeline of every server event (client clock)"),
     plot: Path | None = typer.Option(None, help="PNG of user and model speech on one time axis"),
     fast: bool = typer.Option(False, help="Send as fast as the server takes it instead of real-time pace"),
@@ -241,6 +302,17 @@ def talk(
     ca_cert: Path | None = typer.Option(
         None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False, help="PEM CA bundle: connect with TLS"
     ),
+    call: list[str] = typer.Option(
+        [],
+        "--call",
+        metavar="'TOOL {JSON}'",
+        help="Ask the background agent to run TOOL (repeatable; call ids c1, c2, ...), after the first chunk. "
+        "The conversation stays open (silence, up to --call-wait-s) until every call has its result",
+    ),
+    tools: str = typer.Option(
+        "", help="Comma-separated tools to ask for in SessionStart.tools (default: the tools of the --call options)"
+    ),
+    call_wait_s: float = typer.Option(30.0, help="How long past the input to wait for --call results"),
 ) -> None:
     """Hold one conversation from an audio file and record the model's side.
 
@@ -250,6 +322,7 @@ def talk(
     import grpc
 
     from duplex.model.audio_io import AudioFileError
+    from duplex.v1 import duplex_pb2 as pb
 
     from . import client
     from . import talk as talk_mod
@@ -264,6 +337,13 @@ def talk(
         typer.echo(f"duplex talk: {note}", err=True)
     chunks = client.split_chunks(user, sr * chunk_ms // 1000)
     md = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    try:
+        requests = [talk_mod.parse_call(c, f"c{i}") for i, c in enumerate(call, start=1)]
+    except ValueError as e:
+        typer.echo(f"duplex talk: {e}", err=True)
+        raise typer.Exit(2) from None
+    granted = [t.strip() for t in tools.split(",") if t.strip()] or sorted({r.agent.tool for r in requests})
+    call_ids = [r.agent.call_id for r in requests]
 
     async def main() -> client.Conversation:
         async with client.channel(target, str(ca_cert) if ca_cert is not None else None) as ch:
@@ -273,7 +353,10 @@ def talk(
                 chunk_ms=chunk_ms,
                 realtime=not fast,
                 metadata=md,
-                start=client.start_event(chunk_ms=chunk_ms),
+                start=client.start_event(chunk_ms=chunk_ms, tools=granted),
+                extra=[(1, r) for r in requests],
+                hold_open=lambda conv: not conv.agent_finished(call_ids),
+                max_hold_chunks=int(call_wait_s * 1000 / chunk_ms) if call_ids else 0,
             )
 
     conv = asyncio.run(main())
@@ -284,6 +367,10 @@ def talk(
     turns = len(conv.of("turn"))
     placed = "model time" if model_time else "as heard"
     typer.echo(f"duplex talk: {len(conv.of('audio'))} chunks, {turns} turn events → {output} ({placed})")
+    for r in conv.of("agent"):
+        a = r.event.agent
+        if a.state in (pb.DONE, pb.FAILED):
+            typer.echo(f"duplex talk: {a.job_id} {a.tool} {pb.AgentState.Name(a.state)}: {a.detail}")
 
 
 def register(app: typer.Typer) -> None:

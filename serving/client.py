@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -86,6 +86,11 @@ class Conversation:
 
     def of(self, kind: str) -> list[Received]:
         return [r for r in self.received if r.event.WhichOneof("event") == kind]
+
+    def agent_finished(self, call_ids: Sequence[str]) -> bool:
+        """Has every call in ``call_ids`` had its DONE or FAILED ``AgentEvent``?"""
+        done = {r.event.agent.job_id for r in self.of("agent") if r.event.agent.state in (pb.DONE, pb.FAILED)}
+        return done.issuperset(call_ids)
 
     def audio_seqs(self) -> list[int]:
         return [r.event.audio.seq for r in self.of("audio")]
@@ -174,6 +179,8 @@ async def converse(
     follow_hint: bool = True,
     stamp_start: bool = True,
     clock: Clock | None = None,
+    hold_open: Callable[[Conversation], bool] | None = None,
+    max_hold_chunks: int = 0,
 ) -> Conversation:
     """Hold one conversation: send ``start``, then the chunks, then EndOfStream; ``extra`` events are sent
     right before the chunk with the given index.
@@ -184,7 +191,10 @@ async def converse(
     (``SessionReady.send_at_client_us``): chunk 0 goes out at that time of its clock, so its chunks reach the
     engine just before their batch's step. ``follow_hint=False`` sends at once (a free-running client);
     ``start_delay_s`` delays either further. ``stamp_start`` puts the client's clock into ``start`` (when it
-    has none), which asks for the hint. ``clock`` stamps and paces everything (default: ``SystemClock``)."""
+    has none), which asks for the hint. ``clock`` stamps and paces everything (default: ``SystemClock``).
+    ``hold_open``: after the last chunk, keep sending silent chunks (as an open microphone would) while it
+    returns True, at most ``max_hold_chunks`` of them (``duplex talk --call`` waits for its results so).
+    Extra events at an index past the last chunk go out after it."""
     clk = clock if clock is not None else SystemClock()
     chunk_us = chunk_ms * 1000
     conv = Conversation(chunk_us=chunk_us)
@@ -222,6 +232,16 @@ async def converse(
             t = clk.now_us()
             conv.sent_us[seq] = t
             yield audio_event(seq, pcm, t)
+        for ev in [ev for i in sorted(extra_at) if i >= len(chunks) for ev in extra_at[i]]:
+            yield ev
+        silence = bytes(len(chunks[0])) if chunks else b""
+        seq, hold_us = len(chunks), clk.now_us()
+        while hold_open is not None and silence and seq < len(chunks) + max_hold_chunks and hold_open(conv):
+            await clk.sleep_until(hold_us + (seq - len(chunks) + 1) * chunk_us)  # real time even with --fast
+            t = clk.now_us()
+            conv.sent_us[seq] = t
+            yield audio_event(seq, silence, t)
+            seq += 1
         yield pb.ClientEvent(end=pb.EndOfStream())
 
     call = converse_rpc(requests(), metadata=tuple(metadata))

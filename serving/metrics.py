@@ -69,6 +69,18 @@ class EngineMetrics:
             ["kind"],
             registry=r,
         )
+        self.agent_events = Counter(
+            "duplex_engine_agent_events_total",
+            "Background-agent updates sent to sessions, by state (QUEUED, RUNNING, DONE, FAILED) and origin "
+            "(client: AgentRequest, model: a tool call in the model's text)",
+            ["state", "origin"],
+            registry=r,
+        )
+        self.agent_text_bytes = Counter(
+            "duplex_engine_agent_text_bytes_total",
+            "Bytes of tool-result text fed to the models' text input",
+            registry=r,
+        )
         self.placements = Counter(
             "duplex_engine_placements_total",
             "New sessions placed in a cohort: hint (arrived at the hinted phase), arrival "

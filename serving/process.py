@@ -1,5 +1,5 @@
-"""Process lifecycle shared by the serving commands: serve until SIGINT/SIGTERM, and the gateway in a process
-of its own for ``duplex up``.
+"""Process lifecycle shared by the serving commands: serve until SIGINT/SIGTERM, and the gateway and the
+agent worker in processes of their own for ``duplex up`` (each exits with its parent).
 
 Why a separate process: on a small host the gateway's relay (two gRPC hops per chunk) would otherwise share
 one interpreter lock with the engine's event loop and its step thread. Measured on the 2-core VM
@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 
 from . import logs
-from .spec import GatewaySpec
+from .spec import AgentSpec, GatewaySpec
 
 
 async def serve_until_signal(stop: Callable[[], Awaitable[object]], also: Awaitable[object] | None = None) -> None:
@@ -51,44 +51,82 @@ def _gateway_main(spec_json: str, port: int, conn: Connection) -> None:
             conn.send(("error", str(e)))
             return
         conn.send(("ready", bound))
-        loop, gone = asyncio.get_running_loop(), asyncio.Event()
-
-        def watch_parent() -> None:  # a daemon thread: never holds up the exit
-            with contextlib.suppress(EOFError, OSError):
-                conn.recv()
-            loop.call_soon_threadsafe(gone.set)
-
-        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
-        await serve_until_signal(gw.drain, also=gone.wait())
+        await serve_until_signal(gw.drain, also=_parent_gone(conn))
 
     asyncio.run(main())
 
 
-class GatewayProcess:
-    """A gateway in a child process (spawned, so it shares nothing with the engine's interpreter)."""
+def _parent_gone(conn: Connection) -> Awaitable[object]:
+    """Set when the parent goes away (its end of the pipe closes), watched by a daemon thread that never
+    holds up the exit."""
+    loop, gone = asyncio.get_running_loop(), asyncio.Event()
 
-    def __init__(self, spec: GatewaySpec, port: int) -> None:
-        self.spec, self.port = spec, port
+    def watch_parent() -> None:
+        with contextlib.suppress(EOFError, OSError):
+            conn.recv()
+        loop.call_soon_threadsafe(gone.set)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    return gone.wait()
+
+
+def _agent_main(spec_json: str, redis_url: str, conn: Connection) -> None:
+    """Child process: one agent worker pool; reports ready once it reached Redis, drains on a signal or when
+    the parent goes away."""
+    logs.setup(json_lines=False)
+    from .agent.tools import registry_for
+    from .agent.worker import AgentWorker
+
+    async def main() -> None:
+        spec = AgentSpec.model_validate_json(spec_json)
+        try:
+            worker = AgentWorker(spec, redis_url, registry_for(spec))
+        except ValueError as e:
+            conn.send(("error", str(e)))
+            return
+        run = asyncio.create_task(worker.run(), name="agent-worker")
+        await worker.ready.wait()
+        conn.send(("ready", worker.consumer))
+
+        async def stop() -> None:
+            worker.stop()
+            await run
+            await worker.drain(spec.drain_grace_s)
+
+        await serve_until_signal(stop, also=_parent_gone(conn))
+
+    asyncio.run(main())
+
+
+class ServerProcess:
+    """A server in a child process (spawned, so it shares nothing with the engine's interpreter) that reports
+    ``("ready", value)`` or ``("error", message)`` through a pipe."""
+
+    def __init__(self, name: str, target: Callable[..., None], *args: object) -> None:
+        self.name = name
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_gateway_main, args=(spec.model_dump_json(), port, child),
-                                name="duplex-gateway", daemon=True)
+        self.proc = ctx.Process(target=target, args=(*args, child), name=f"duplex-{name}", daemon=True)
 
-    def start(self, timeout_s: float = 60.0) -> int:
-        """Start it and return the bound port; raises the gateway's own error if it cannot start."""
+    def start(self, timeout_s: float = 60.0) -> object:
+        """Start it and return what it reported; raises its own error if it cannot start."""
         self.proc.start()
         if not self._conn.poll(timeout_s):
             self.proc.kill()
-            raise OSError(f"gateway process did not start within {timeout_s:.0f} s")
+            raise OSError(f"{self.name} process did not start within {timeout_s:.0f} s")
         try:
             kind, value = self._conn.recv()
         except EOFError:
             self.proc.join(5)
-            raise OSError(f"gateway process exited with code {self.proc.exitcode} before it was ready") from None
+            raise OSError(f"{self.name} process exited with code {self.proc.exitcode} before it was ready") from None
         if kind == "error":
             self.proc.join(5)
             raise ValueError(value)
-        return int(value)
+        return value
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid
 
     def wait(self) -> int | None:
         """Block until the process exits; its exit code."""
@@ -103,3 +141,23 @@ class GatewayProcess:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
+
+
+class GatewayProcess(ServerProcess):
+    """The gateway in a child process; ``start`` returns its bound port."""
+
+    def __init__(self, spec: GatewaySpec, port: int) -> None:
+        super().__init__("gateway", _gateway_main, spec.model_dump_json(), port)
+        self.spec, self.port = spec, port
+
+    def start(self, timeout_s: float = 60.0) -> int:
+        value = super().start(timeout_s)
+        assert isinstance(value, int)
+        return value
+
+
+class AgentProcess(ServerProcess):
+    """One ``duplex agent`` worker pool in a child process; ``start`` returns once it has reached Redis."""
+
+    def __init__(self, spec: AgentSpec, redis_url: str) -> None:
+        super().__init__("agent", _agent_main, spec.model_dump_json(), redis_url)

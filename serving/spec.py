@@ -88,6 +88,16 @@ class EngineSpec(_Spec):
     """Step the model with batch-invariant kernels: a session's outputs are bit-identical whatever other
     sessions share its steps, which slot it has and when others join or leave (reproducible conversations for
     debugging and evaluation). Its measured cost is in docs/benchmarks.md; false trades that guarantee for it."""
+    redis_url: str = ""
+    """Redis of the background agent ("" = no agent: an ``AgentRequest`` gets FAILED at once). The engine CLI
+    also reads ``$DUPLEX_REDIS_URL``, which the operator renders."""
+    agent_stream_prefix: str = Field("duplex", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    """The agent deployment's ``agent.stream_prefix``: engine and workers of one model must agree on it."""
+    agent_deadline_s: float = Field(30.0, gt=0, le=86_400)
+    """Deadline of a tool call whose ``AgentRequest.deadline_s`` is 0, and of every model-initiated call."""
+    agent_replica_id: str = Field("", max_length=128, pattern=r"^[A-Za-z0-9_.:-]*$")
+    """Names this replica's results stream ("" = HOSTNAME:PORT; a restarted pod keeps its name, so it re-reads
+    what was delivered to it and not acknowledged)."""
 
 
 class GatewaySpec(_Spec):

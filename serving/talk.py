@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from duplex.model.audio_io import RESAMPLER, Wav, read_wav, write_wav
+from duplex.v1 import duplex_pb2 as pb
 
 from .client import Conversation
 
@@ -53,6 +54,9 @@ def timeline(conv: Conversation) -> dict[str, object]:
         if "audio" in d:
             d["audio"].pop("pcm", None)
             d["audio"]["silent"] = not r.event.audio.pcm
+        if "agent" in d:  # state as the enum name, the result (or why it failed) in detail, the call id named
+            a = r.event.agent
+            d["agent"] = {"call_id": a.job_id, "tool": a.tool, "state": pb.AgentState.Name(a.state), "detail": a.detail}
         events.append({"t": round((r.t_us - conv.start_us) / 1e6, 4), **d})
     sent = {str(k): round((v - conv.start_us) / 1e6, 4) for k, v in conv.sent_us.items()}
     return {
@@ -62,6 +66,21 @@ def timeline(conv: Conversation) -> dict[str, object]:
         "sent": sent,
         "events": events,
     }
+
+
+def parse_call(spec: str, call_id: str) -> pb.ClientEvent:
+    """``--call 'TOOL {JSON}'`` → an ``AgentRequest``; ValueError naming what is wrong."""
+    tool, _, arguments = spec.strip().partition(" ")
+    if not tool:
+        raise ValueError(f"--call {spec!r}: expected 'TOOL {{JSON object}}'")
+    arguments = arguments.strip() or "{}"
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--call {spec!r}: arguments are not valid JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--call {spec!r}: arguments must be a JSON object")
+    return pb.ClientEvent(agent=pb.AgentRequest(call_id=call_id, tool=tool, arguments_json=arguments))
 
 
 def plot(
@@ -86,6 +105,11 @@ def plot(
     for r in conv.of("turn"):
         t = r.event.turn.output_sample / sample_rate if model_time else (r.t_us - conv.start_us) / 1e6
         ax.axvline(t, color="gray", lw=0.6, ls=":")
+    for r in conv.of("agent"):  # agent events at their arrival on the client clock, labelled "c1 DONE"
+        a = r.event.agent
+        t = (r.t_us - conv.start_us) / 1e6
+        ax.axvline(t, color="tab:green" if a.state != pb.FAILED else "tab:red", lw=0.8, ls="--")
+        ax.text(t, 2.3, f"{a.job_id} {pb.AgentState.Name(a.state)}", rotation=90, fontsize=6, va="top")
     ax.set_yticks([1.2, -1.2], ["user", "model"])
     ax.set_xlabel("seconds since the capture start of the first chunk (client clock)")
     ax.legend(loc="upper right", fontsize=8)

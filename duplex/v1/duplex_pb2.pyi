@@ -116,19 +116,33 @@ class EndOfStream(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class AgentRequest(_message.Message):
+    __slots__ = ("call_id", "tool", "arguments_json", "deadline_s")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    tool: str
+    arguments_json: str
+    deadline_s: float
+    def __init__(self, call_id: _Optional[str] = ..., tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., deadline_s: _Optional[float] = ...) -> None: ...
+
 class ClientEvent(_message.Message):
-    __slots__ = ("start", "audio", "video", "text", "end")
+    __slots__ = ("start", "audio", "video", "text", "end", "agent")
     START_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     VIDEO_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     END_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
     start: SessionStart
     audio: AudioChunk
     video: VideoFrame
     text: TextInput
     end: EndOfStream
-    def __init__(self, start: _Optional[_Union[SessionStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., end: _Optional[_Union[EndOfStream, _Mapping]] = ...) -> None: ...
+    agent: AgentRequest
+    def __init__(self, start: _Optional[_Union[SessionStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., end: _Optional[_Union[EndOfStream, _Mapping]] = ..., agent: _Optional[_Union[AgentRequest, _Mapping]] = ...) -> None: ...
 
 class SessionReady(_message.Message):
     __slots__ = ("session_id", "model", "input_format", "output_format", "chunk_ms", "frame_ms", "chunk_samples", "tools", "replica", "send_at_client_us")

@@ -7,18 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ..naming import CONFIG_DIR, ModelRef
+from ..naming import CONFIG_DIR, ModelRef, agent_stream_prefix
 from ..resolve import Resolved
 from .common import Manifest
 from .gateway import TLS_DIR
 
 
-def engine_config(resolved: Resolved) -> dict[str, object]:
+def engine_config(resolved: Resolved, stream_prefix: str) -> dict[str, object]:
     """What ``duplex engine --config`` reads: the ModelSource and the EngineSpec (snake_case, as the
-    serving specs parse it), with ``shards`` resolved to a number."""
+    serving specs parse it), with ``shards`` resolved to a number and the agent's key prefix."""
     spec = resolved.spec
     engine = spec.engine.model_dump(mode="json")
     engine["shards"] = resolved.shards
+    engine["agent_stream_prefix"] = stream_prefix
     return {"model": spec.model.model_dump(mode="json"), "engine": engine}
 
 
@@ -32,9 +33,13 @@ def engine_config_map(ref: ModelRef, resolved: Resolved) -> Manifest:
     if spec.gateway.tls_secret:
         gateway["tls_cert_file"] = f"{TLS_DIR}/tls.crt"  # where gateway.py mounts the Secret
         gateway["tls_key_file"] = f"{TLS_DIR}/tls.key"
-    data: dict[str, dict[str, object]] = {"engine.json": engine_config(resolved), "gateway.json": {"gateway": gateway}}
+    prefix = agent_stream_prefix(ref)  # one model's engines and workers meet on the same keys, no other model's
+    data: dict[str, dict[str, object]] = {
+        "engine.json": engine_config(resolved, prefix),
+        "gateway.json": {"gateway": gateway},
+    }
     if spec.agent.workers > 0:
-        data["agent.json"] = {"agent": spec.agent.model_dump(mode="json")}
+        data["agent.json"] = {"agent": {**spec.agent.model_dump(mode="json"), "stream_prefix": prefix}}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Collection
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from duplex.serving.spec import AgentSpec
 
@@ -149,12 +150,7 @@ class AgentClient:
             )
             return
         try:
-            await asyncio.wait_for(
-                self._redis.xadd(
-                    self.names.jobs, {"data": job.model_dump_json()}, maxlen=self.spec.jobs_maxlen, approximate=True
-                ),
-                self.submit_timeout_s,
-            )
+            await asyncio.wait_for(self._queue(job), self.submit_timeout_s)
         except (*REDIS_DOWN, TimeoutError) as e:
             reason = str(e) or type(e).__name__
             self._deliver(
@@ -168,6 +164,20 @@ class AgentClient:
             )
             return
         self._deliver(AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.QUEUED))
+
+    async def _queue(self, job: AgentJob) -> None:
+        """XADD the job. A pooled connection that Redis closed (it restarted) fails on first use: one retry
+        takes a fresh one. Should the first XADD have landed after all, the worker's idempotency guard still
+        gives the call one result."""
+        for attempt in (1, 2):
+            try:
+                await self._redis.xadd(
+                    self.names.jobs, {"data": job.model_dump_json()}, maxlen=self.spec.jobs_maxlen, approximate=True
+                )
+                return
+            except (RedisConnectionError, ConnectionError):
+                if attempt == 2:
+                    raise
 
     async def cancel_session(self, session_id: str) -> None:
         """The session ended: its jobs not yet started are skipped by the workers (best effort)."""

@@ -35,6 +35,10 @@ class OutputStage:
         self.sample_rate, self.chunk_samples, self.eot_token = sample_rate, chunk_samples, eot_token
         self.lost_after_chunks = lost_after_chunks
         self.wall_us, self.clock = wall_us, clock
+        self.on_model_text: Callable[[Conversation, str], None] | None = None
+        """Called with each session's text delta after it was delivered (the engine's tool-call parser)."""
+        self.on_text_fed: Callable[[Conversation, tuple[int, ...]], None] | None = None
+        """Called with the text-input bytes a step fed to a session's model (an observation hook)."""
 
     def publish(self, result: StepResult) -> None:
         """Deliver one step's outputs (event loop only)."""
@@ -47,9 +51,16 @@ class OutputStage:
         for r, audio in zip(result.rows, pcm, strict=True):
             conv = r.row.conversation
             conv.consumed(0 if r.row.chunk is None else 1, len(r.row.text))
+            if r.row.text and self.on_text_fed is not None:
+                self.on_text_fed(conv, r.row.text)
             if conv.left or conv.closing is not None:
                 continue
-            conv.deliver(self.events(conv, r, audio, result, step_start_us, send_us))
+            events = self.events(conv, r, audio, result, step_start_us, send_us)
+            conv.deliver(events)
+            if self.on_model_text is not None:
+                for ev in events:
+                    if ev.HasField("text") and ev.text.text:
+                        self.on_model_text(conv, ev.text.text)
 
     def events(
         self, conv: Conversation, r: RowResult, pcm: bytes, result: StepResult, step_start_us: int, send_us: int

@@ -25,6 +25,7 @@ from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
 from ..spec import EngineSpec
 from . import validate as v
+from .agent_link import AgentLink
 from .scheduler import Scheduler
 from .session import Conversation, InputChunk
 
@@ -68,6 +69,7 @@ class EngineServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
         self.scheduler: Scheduler | None = None
+        self.agent: AgentLink | None = None
         self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> int:
@@ -77,6 +79,8 @@ class EngineServer:
         sys.setswitchinterval(GIL_SWITCH_S)
         self.scheduler = Scheduler(self.model, Codec(self.cfg), self.spec, self.spec.chunk_ms, self.metrics, loop)
         self.scheduler.on_fatal = self._fatal
+        self.agent = AgentLink(self.spec, self.metrics, self.scheduler.add_text)
+        self.scheduler.output.on_model_text = self.agent.model_text
         self.scheduler.start()
         server = grpc.aio.server(options=server_options(self.spec.max_message_bytes))
         handler = grpc.stream_stream_rpc_method_handler(
@@ -107,6 +111,7 @@ class EngineServer:
             raise OSError(f"engine: cannot bind {self.spec.host}:{self.bind_port}")
         await server.start()
         self._server = server
+        await self.agent.start(self.port)
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -130,6 +135,8 @@ class EngineServer:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace)
+        if self.agent is not None:
+            await self.agent.close()
         if self.scheduler is not None:
             self.scheduler.stop()
         if self._metrics_server is not None:
@@ -187,6 +194,8 @@ class EngineServer:
                 trailing_metadata=(("retry-after-ms", "1000"),),
             )
         session.on_close = lambda: sched.leave(session)
+        assert self.agent is not None
+        self.agent.attach(session, neg.tools)
         token = session_var.set(sid)
         reader: asyncio.Task[None] | None = None
         try:
@@ -234,6 +243,7 @@ class EngineServer:
             if reader is not None:
                 reader.cancel()
             sched.leave(session)
+            self.agent.detach(session)
             session_var.reset(token)
 
     async def _read(self, it: AsyncIterator[pb.ClientEvent | v.Undecodable], session: Conversation) -> None:
@@ -266,6 +276,9 @@ class EngineServer:
                 elif kind == "video":
                     sched.set_video(session, v.check_video(ev.video, last_video, self.cfg.video_size))
                     last_video = int(ev.video.seq)
+                elif kind == "agent":
+                    assert self.agent is not None
+                    self.agent.request(session, v.check_agent(ev.agent))
                 elif kind == "end":
                     break
                 else:

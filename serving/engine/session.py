@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import collections
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,8 @@ class Conversation:
 
     def __init__(self, session_id: str, chunk_samples: int, frame_samples: int, max_send_backlog: int) -> None:
         self.id = session_id
+        self.agent_id = f"{session_id}.{uuid.uuid4().hex[:8]}"
+        """The session's name towards the background agent: unique even when clients reuse session ids."""
         self.chunk_samples = chunk_samples
         self.max_send_backlog = max_send_backlog
         self.slot_session = SlotSession(self)

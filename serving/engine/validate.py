@@ -3,6 +3,10 @@ message naming the offending field. Pure functions; the handler turns errors int
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -50,8 +54,10 @@ def event_kind(ev: pb.ClientEvent | Undecodable) -> str:
     """The oneof field set, or an InputError for undecodable/empty events."""
     kind: str | None = ev.WhichOneof("event") if isinstance(ev, pb.ClientEvent) else None
     if kind is None:
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         "ClientEvent: not a valid duplex.v1.ClientEvent (protobuf decode failed or no event set)")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "ClientEvent: not a valid duplex.v1.ClientEvent (protobuf decode failed or no event set)",
+        )
     return kind
 
 
@@ -59,35 +65,41 @@ MAX_CLIENT_TIME_US = 1 << 62
 """Client clock readings must leave room for the phase hint's offset within int64."""
 
 
-def check_start(start: pb.SessionStart, cfg: ModelConfig, model_name: str, chunk_ms: int,
-                tools: list[str]) -> Negotiated:
+def check_start(
+    start: pb.SessionStart, cfg: ModelConfig, model_name: str, chunk_ms: int, tools: list[str]
+) -> Negotiated:
     if start.model and start.model != model_name:
-        raise InputError(grpc.StatusCode.NOT_FOUND,
-                         f"start.model {start.model!r}: this replica serves {model_name!r}")
+        raise InputError(grpc.StatusCode.NOT_FOUND, f"start.model {start.model!r}: this replica serves {model_name!r}")
     fmt = start.format
     if fmt.sample_rate not in (0, cfg.sample_rate):
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"start.format.sample_rate {fmt.sample_rate}: the model takes {cfg.sample_rate} Hz "
-                         "(resample on the client)")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"start.format.sample_rate {fmt.sample_rate}: the model takes {cfg.sample_rate} Hz "
+            "(resample on the client)",
+        )
     if fmt.channels not in (0, 1):
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.format.channels {fmt.channels}: must be 1 (mono)")
     if fmt.encoding not in (pb.AUDIO_ENCODING_UNSPECIFIED, pb.PCM16_LE):
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.format.encoding {fmt.encoding}: must be PCM16_LE")
     if start.chunk_ms not in (0, chunk_ms):
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"start.chunk_ms {start.chunk_ms}: this replica steps every {chunk_ms} ms")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"start.chunk_ms {start.chunk_ms}: this replica steps every {chunk_ms} ms"
+        )
     unknown = [t for t in start.tools if t not in tools]
     if unknown:
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"start.tools {unknown}: unknown tool(s); available: {tools}")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"start.tools {unknown}: unknown tool(s); available: {tools}"
+        )
     if len(start.instructions.encode()) > MAX_TEXT_BYTES:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.instructions: longer than {MAX_TEXT_BYTES} bytes")
     if len(start.session_id) > 128:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, "start.session_id: longer than 128 characters")
     if not 0 <= start.client_time_us < MAX_CLIENT_TIME_US:
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"start.client_time_us {start.client_time_us}: must be a clock reading in µs, "
-                         f"0 <= t < 2**62 (0 = no phase hint)")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"start.client_time_us {start.client_time_us}: must be a clock reading in µs, "
+            f"0 <= t < 2**62 (0 = no phase hint)",
+        )
     samples = cfg.frames_per_chunk(chunk_ms) * cfg.frame_samples
     return Negotiated(model_name, chunk_ms, samples, list(start.tools), start.instructions, start.session_id)
 
@@ -96,13 +108,16 @@ def check_audio(audio: pb.AudioChunk, expected_seq: int, chunk_samples: int) -> 
     """The chunk's samples as float32 in [-1, 1], or an InputError naming what is wrong."""
     if audio.seq != expected_seq:
         what = "duplicate" if audio.seq < expected_seq else "out of order"
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"audio.seq {audio.seq}: {what}, expected {expected_seq} (sequence numbers must be "
-                         "consecutive from 0)")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"audio.seq {audio.seq}: {what}, expected {expected_seq} (sequence numbers must be consecutive from 0)",
+        )
     if len(audio.pcm) != 2 * chunk_samples:
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"audio.pcm of chunk {audio.seq}: {len(audio.pcm)} bytes, expected {2 * chunk_samples} "
-                         f"({chunk_samples} PCM16 samples)")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"audio.pcm of chunk {audio.seq}: {len(audio.pcm)} bytes, expected {2 * chunk_samples} "
+            f"({chunk_samples} PCM16 samples)",
+        )
     return torch.frombuffer(bytearray(audio.pcm), dtype=torch.int16).float() / 32768.0
 
 
@@ -110,14 +125,18 @@ def check_video(video: pb.VideoFrame, last_seq: int, size: int) -> torch.Tensor:
     if not size:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, "video: this model takes no video input")
     if last_seq >= 0 and video.seq <= last_seq:
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"video.seq {video.seq}: not after the previous frame's {last_seq}")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"video.seq {video.seq}: not after the previous frame's {last_seq}"
+        )
     if (video.width, video.height) != (size, size):
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"video.width/height {video.width}x{video.height}: the model takes {size}x{size} frames")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"video.width/height {video.width}x{video.height}: the model takes {size}x{size} frames",
+        )
     if len(video.rgb) != size * size * 3:
-        raise InputError(grpc.StatusCode.INVALID_ARGUMENT,
-                         f"video.rgb: {len(video.rgb)} bytes, expected {size * size * 3}")
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"video.rgb: {len(video.rgb)} bytes, expected {size * size * 3}"
+        )
     rgb = torch.frombuffer(bytearray(video.rgb), dtype=torch.uint8).float() / 255.0
     return rgb.view(size, size, 3).permute(2, 0, 1).contiguous()
 
@@ -127,3 +146,73 @@ def check_text(text: pb.TextInput) -> list[int]:
     if len(data) > MAX_TEXT_BYTES:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"text.text: {len(data)} bytes, limit {MAX_TEXT_BYTES}")
     return list(data)
+
+
+MAX_CALL_ID_CHARS = 256
+"""Longest ``AgentRequest.call_id``."""
+MAX_TOOL_CHARS = 64
+"""Longest tool name."""
+MAX_ARGUMENTS_BYTES = 16384
+"""Largest ``AgentRequest.arguments_json`` (bytes of UTF-8)."""
+MAX_DEADLINE_S = 86_400.0
+"""Longest ``AgentRequest.deadline_s``."""
+_MODEL_CALL_ID = re.compile(r"m[0-9]+")
+
+
+@dataclass(frozen=True)
+class AgentCall:
+    """A tool call that passed the framing checks (``check_agent``)."""
+
+    call_id: str
+    """Client-chosen id (or ``m1``, ``m2``, ... for the model's calls)."""
+    tool: str
+    """Tool name as sent."""
+    arguments_json: str
+    """The arguments as sent ("" = {})."""
+    deadline_s: float
+    """Seconds from now (0 = the engine's default)."""
+    problem: str | None = None
+    """Why the call cannot run (tool or arguments): answered with a FAILED AgentEvent, the stream goes on."""
+
+
+def check_agent(req: pb.AgentRequest) -> AgentCall:
+    """Framing problems (no usable call id, a deadline that is not a duration) are an ``InputError`` like any
+    malformed event; problems with the tool or its arguments only fail that call (``AgentCall.problem``)."""
+    if not req.call_id or len(req.call_id) > MAX_CALL_ID_CHARS:
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"agent.call_id: {len(req.call_id)} characters, must be 1 to {MAX_CALL_ID_CHARS}",
+        )
+    if _MODEL_CALL_ID.fullmatch(req.call_id):
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"agent.call_id {req.call_id!r}: m1, m2, ... name the model's own tool calls; pick another",
+        )
+    if not (math.isfinite(req.deadline_s) and 0 <= req.deadline_s <= MAX_DEADLINE_S):
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"agent.deadline_s {req.deadline_s}: must be 0 (engine default) to {MAX_DEADLINE_S:.0f} s",
+        )
+    call = AgentCall(req.call_id, req.tool, req.arguments_json, req.deadline_s)
+    problem = agent_call_problem(req.tool, req.arguments_json)
+    return call if problem is None else dataclasses.replace(call, problem=problem)
+
+
+def agent_call_problem(tool: str, arguments_json: str) -> str | None:
+    """What is wrong with a call's tool name or arguments at the framing level, or None (the tool's own
+    argument schema is checked by the agent client)."""
+    if not tool:
+        return "tool: must not be empty"
+    if len(tool) > MAX_TOOL_CHARS:
+        return f"tool: {len(tool)} characters, limit {MAX_TOOL_CHARS}"
+    size = len(arguments_json.encode())
+    if size > MAX_ARGUMENTS_BYTES:
+        return f"arguments_json: {size} bytes, limit {MAX_ARGUMENTS_BYTES}"
+    if arguments_json:
+        try:
+            value = json.loads(arguments_json)
+        except json.JSONDecodeError as e:
+            return f"arguments_json: not valid JSON ({e.msg} at character {e.pos})"
+        if not isinstance(value, dict):
+            return f"arguments_json: must be a JSON object, got {type(value).__name__}"
+    return None

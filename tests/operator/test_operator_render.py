@@ -18,7 +18,7 @@ from duplex.cli import app
 from duplex.model.config import get_preset
 from duplex.model.spec import ModelSource
 from duplex.operator.crd import crd_manifest
-from duplex.operator.naming import ModelRef, service_env_prefix
+from duplex.operator.naming import ModelRef, agent_stream_prefix, service_env_prefix
 from duplex.operator.render import ApiVersions, render_children
 from duplex.operator.render.common import Manifest
 from duplex.operator.resolve import InvalidSpec, parse_spec, resolve
@@ -443,16 +443,20 @@ def test_status_keeps_transition_time_while_unchanged() -> None:
     assert again["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
 
 
-def test_status_degraded_names_agent_workers_until_the_agent_ships() -> None:
+def test_agent_workers_are_not_degraded_and_share_a_per_model_stream_prefix() -> None:
+    """The agent ships: asking for workers is a normal spec, and each model's engines and workers meet on keys
+    of their own (two models on one Redis never share streams)."""
     resolved = resolve(parse_spec({"agent": {"workers": 2}}))
+    assert resolved.unavailable == ()
     status = compute_status(REF, resolved, observe([], [], "e"), 1, None)
-    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", "FeatureUnavailable")
-    assert degraded["message"].startswith("spec.agent.workers: the background agent is not available")
-    assert _conditions(compute_status(REF, resolve(parse_spec({})), observe([], [], "e"), 1, None))["Degraded"] == (
-        "False",
-        "AsExpected",
-    )
+    assert _conditions(status)["Degraded"] == ("False", "AsExpected")
+    data = by_kind(render({"agent": {"workers": 2}}), "ConfigMap")[0]["data"]
+    prefix = f"duplex:{REF.namespace}:{REF.name}"
+    assert json.loads(data["agent.json"])["agent"]["stream_prefix"] == prefix
+    assert json.loads(data["engine.json"])["engine"]["agent_stream_prefix"] == prefix
+    long = ModelRef(name="n" * 200, namespace="ns", uid="u")
+    assert len(agent_stream_prefix(long)) <= 64 and agent_stream_prefix(long) != agent_stream_prefix(REF)
+    AgentSpec(stream_prefix=agent_stream_prefix(long))  # a prefix the agent accepts
 
 
 def test_api_versions_for_a_kube_version() -> None:

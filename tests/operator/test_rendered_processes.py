@@ -30,8 +30,6 @@ from duplex.serving.settings import load_section
 
 REF = ModelRef(name="talk", namespace="prod", uid="0f0e-uid")
 DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
-AGENT_PENDING = {"DUPLEX_REDIS_URL"}
-"""Rendered only with ``agent.workers > 0`` (Degraded until ``duplex agent`` lands); the lead wires the reader."""
 
 SPECS: list[dict[str, Any]] = [
     {},
@@ -78,9 +76,6 @@ def test_every_rendered_duplex_variable_is_read(raw: dict[str, Any]) -> None:
         expanded = " ".join([*c["args"], *(e.get("value", "") for e in c.get("env", []))])
         for e in c.get("env", []):
             name = e["name"]
-            if name in AGENT_PENDING:
-                assert parse_spec(raw).agent.workers > 0, f"{name} rendered without agent workers"
-                continue
             assert f"$({name})" in expanded or name in envvars_the_cli_reads(subcommand), (
                 f"{c['name']}: {name} is rendered but `duplex {subcommand}` never reads it"
             )
@@ -100,15 +95,36 @@ def test_every_config_file_is_loaded_by_its_command(raw: dict[str, Any], tmp_pat
     assert set(data) == set(given), "every ConfigMap file is some command's --config, and only those"
     for key, text in data.items():
         command = given[key]
-        if command == "agent":  # agent workers > 0 only: Degraded until `duplex agent` lands
-            assert parse_spec(raw).agent.workers > 0
-            continue
         sections = json.loads(text)
         assert set(sections) <= set(CONFIG_SECTIONS[command]), f"{key}: sections `duplex {command}` ignores"
         file = tmp_path / key
         file.write_text(text)
         for name, model in CONFIG_SECTIONS[command].items():
             load_section(file, [], name, model)  # raises on any field the command would reject
+
+
+@pytest.mark.parametrize("raw", [r for r in SPECS if r.get("agent", {}).get("workers")], ids=lambda r: json.dumps(r))
+def test_agent_deployment_runs_duplex_agent_with_args_it_accepts(raw: dict[str, Any], tmp_path: Path) -> None:
+    """The rendered worker command parses (``duplex agent`` takes every flag), its config names this model's
+    stream prefix, and the engine reads the same prefix and gets the same ``DUPLEX_REDIS_URL``."""
+    out = render(raw)
+    by_name = {c["name"]: c for c in containers(out)}
+    agent, engine = by_name["agent"], by_name["engine"]
+    assert agent["command"] == ["duplex"] and agent["args"][0] == "agent"
+    data = next(m for m in out if m["kind"] == "ConfigMap")["data"]
+    (tmp_path / "agent.json").write_text(data["agent.json"])
+    args = [a.replace("$(DUPLEX_REDIS_URL)", "redis://127.0.0.1:6379/0") for a in agent["args"][1:]]
+    args = [str(tmp_path / "agent.json") if a == f"{CONFIG_DIR}/agent.json" else a for a in args]
+    group = typer.main.get_command(app)
+    assert hasattr(group, "commands")
+    ctx = group.commands["agent"].make_context("agent", args)  # raises on a flag `duplex agent` does not take
+    assert ctx.params["redis_url"] == "redis://127.0.0.1:6379/0"
+    prefix = "duplex:prod:talk"
+    assert json.loads(data["agent.json"])["agent"]["stream_prefix"] == prefix
+    assert json.loads(data["engine.json"])["engine"]["agent_stream_prefix"] == prefix
+    redis_env = [e for e in engine["env"] if e["name"] == "DUPLEX_REDIS_URL"]
+    assert redis_env == [e for e in agent["env"] if e["name"] == "DUPLEX_REDIS_URL"] and len(redis_env) == 1
+    assert "DUPLEX_REDIS_URL" in envvars_the_cli_reads("engine")
 
 
 def test_render_cli_prints_the_children_offline(tmp_path: Path) -> None:
