@@ -69,26 +69,31 @@ def main() -> None:
     systems: list[Metrics] = [ours, fast, dry, vad, oracle]
     hours = sum(c.user.shape[0] for c in convs) / 16000 / 3600
     lines = ["| metric | target | " + " | ".join(m.system for m in systems) + " |", "|---|---|" + "---|" * len(systems)]
-    lines += [f"| {label} | {target} | " + " | ".join(fmt(getattr(m, key)) for m in systems) + " |"
-              for key, label, target in ROWS]
+    lines += [
+        f"| {label} | {target} | " + " | ".join(fmt(getattr(m, key)) for m in systems) + " |"
+        for key, label, target in ROWS
+    ]
     ratio = ours.latency_p50 / vad.latency_p50 if ours.latency_p50 and vad.latency_p50 else None
-    body = "\n".join([
-        f"Command: `{command()}`  ", f"Machine: {machine()}  ",
-        f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; checkpoint `{args.checkpoint}`; "
-        f"split `{args.split}` of `{args.corpus}`: {len(convs)} conversations, {hours:.2f} h, user voices never "
-        f"heard in training; {ours.turns} user turns, {ours.pauses} mid-turn pauses, {ours.barge_ins} barge-ins. "
-        f"Streaming the whole split through the model took {wall:.0f} s.",
-        "",
-        *lines,
-        "",
-        f"**Latency ratio against the server-VAD cascade (p50): {fmt(ratio)}** (target ≤ 0.6); its pause "
-        f"take-over rate is {fmt(vad.false_takeover)} against our {fmt(ours.false_takeover)}. As heard = the "
-        "model's audio placed one 200 ms chunk late (a chunk's output exists only once the chunk has arrived); "
-        "the VAD answers with zero delay after its 500 ms of silence, before any ASR/LLM/TTS time. The target "
-        "track is the corpus' ground truth through the same detector (no chunk delay). The model computes the "
-        "same frame-by-frame decisions at any chunk size (streaming equals the full pass); an 80 ms chunk only "
-        "shortens the delivery delay, at 2.5× the steps per second.",
-    ])
+    body = "\n".join(
+        [
+            f"Command: `{command()}`  ",
+            f"Machine: {machine()}  ",
+            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; checkpoint `{args.checkpoint}`; "
+            f"split `{args.split}` of `{args.corpus}`: {len(convs)} conversations, {hours:.2f} h, user voices never "
+            f"heard in training; {ours.turns} user turns, {ours.pauses} mid-turn pauses, {ours.barge_ins} barge-ins. "
+            f"Streaming the whole split through the model took {wall:.0f} s.",
+            "",
+            *lines,
+            "",
+            f"**Latency ratio against the server-VAD cascade (p50): {fmt(ratio)}** (target ≤ 0.6); its pause "
+            f"take-over rate is {fmt(vad.false_takeover)} against our {fmt(ours.false_takeover)}. As heard = the "
+            "model's audio placed one 200 ms chunk late (a chunk's output exists only once the chunk has arrived); "
+            "the VAD answers with zero delay after its 500 ms of silence, before any ASR/LLM/TTS time. The target "
+            "track is the corpus' ground truth through the same detector (no chunk delay). The model computes the "
+            "same frame-by-frame decisions at any chunk size (streaming equals the full pass); an 80 ms chunk only "
+            "shortens the delivery delay, at 2.5× the steps per second.",
+        ]
+    )
     print(body)
     if args.json:
         args.json.write_text(json.dumps([m.summary() for m in systems], indent=2))

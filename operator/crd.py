@@ -14,8 +14,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas", "description": "Replicas desired"},
     {"name": "Shards", "type": "integer", "jsonPath": ".status.shardPlan.shards", "description": "Ranks per replica"},
     {"name": "Endpoint", "type": "string", "jsonPath": ".status.endpoint", "description": "Where clients connect"},
-    {"name": "P50", "type": "number", "jsonPath": ".status.measuredTurnTakingP50S",
-     "description": "Last measured turn-taking p50 (s)"},
+    {
+        "name": "P50",
+        "type": "number",
+        "jsonPath": ".status.measuredTurnTakingP50S",
+        "description": "Last measured turn-taking p50 (s)",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -54,20 +58,31 @@ def crd_manifest() -> dict[str, Any]:
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
-            "names": {"kind": KIND, "plural": PLURAL, "singular": SINGULAR, "shortNames": SHORT_NAMES,
-                      "listKind": f"{KIND}List", "categories": ["duplex", "all"]},
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "schema": {"openAPIV3Schema": crd_schema()},
-                "subresources": {
-                    "status": {},
-                    "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
-                              "labelSelectorPath": ".status.selector"},
-                },
-                "additionalPrinterColumns": PRINTER_COLUMNS,
-            }],
+            "names": {
+                "kind": KIND,
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": SHORT_NAMES,
+                "listKind": f"{KIND}List",
+                "categories": ["duplex", "all"],
+            },
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": crd_schema()},
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                }
+            ],
         },
     }
 
@@ -82,12 +97,19 @@ def kopf_peering_crd() -> dict[str, Any]:
         "spec": {
             "scope": "Cluster",
             "group": "kopf.dev",
-            "names": {"kind": "ClusterKopfPeering", "plural": "clusterkopfpeerings",
-                      "singular": "clusterkopfpeering"},
-            "versions": [{
-                "name": "v1", "served": True, "storage": True,
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}},
-            }],
+            "names": {"kind": "ClusterKopfPeering", "plural": "clusterkopfpeerings", "singular": "clusterkopfpeering"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {"status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                        }
+                    },
+                }
+            ],
         },
     }

@@ -23,14 +23,27 @@ from .status import compute_status, invalid_status, observe, same_status
 
 log = logging.getLogger("duplex.operator")
 
-OWNED_STATUS_KEYS = ("observedGeneration", "conditions", "replicas", "readyReplicas", "selector", "shardPlan",
-                     "endpoint")
+OWNED_STATUS_KEYS = (
+    "observedGeneration",
+    "conditions",
+    "replicas",
+    "readyReplicas",
+    "selector",
+    "shardPlan",
+    "endpoint",
+)
 
 
 def child_kinds(apis: ApiVersions) -> list[tuple[str, str]]:
     """(apiVersion, kind) of everything the operator may create, for listing and pruning."""
-    return [("v1", "ConfigMap"), ("v1", "Service"), ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"),
-            (apis.pdb, "PodDisruptionBudget"), (apis.hpa, "HorizontalPodAutoscaler")]
+    return [
+        ("v1", "ConfigMap"),
+        ("v1", "Service"),
+        ("apps/v1", "StatefulSet"),
+        ("apps/v1", "Deployment"),
+        (apis.pdb, "PodDisruptionBudget"),
+        (apis.hpa, "HorizontalPodAutoscaler"),
+    ]
 
 
 def is_subset(desired: Any, live: Any) -> bool:

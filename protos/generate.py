@@ -1,7 +1,7 @@
 """Regenerate the checked-in ``duplex.v1`` Python stubs from ``protos/duplex/v1/duplex.proto``.
 
-    python protos/generate.py            # writes duplex/v1/duplex_pb2{,_grpc}.py{,i}
-    python protos/generate.py --out DIR  # writes DIR/duplex/v1/... (the stub test compares the two)
+python protos/generate.py            # writes duplex/v1/duplex_pb2{,_grpc}.py{,i}
+python protos/generate.py --out DIR  # writes DIR/duplex/v1/... (the stub test compares the two)
 """
 
 from __future__ import annotations
@@ -18,8 +18,14 @@ PROTO = "duplex/v1/duplex.proto"
 
 def generate(out: Path) -> None:
     (out / "duplex" / "v1").mkdir(parents=True, exist_ok=True)
-    args = ["protoc", f"-I{ROOT / 'protos'}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", str(ROOT / "protos" / PROTO)]
+    args = [
+        "protoc",
+        f"-I{ROOT / 'protos'}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        str(ROOT / "protos" / PROTO),
+    ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed on {PROTO}")
     # protoc's .pyi leaves generics bare and subclasses protobuf's untyped bases: keep `mypy --strict` of

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== ruff"
 ruff check .
+ruff format --check .
 echo "== mypy --strict"
 bash scripts/typecheck.sh
 echo "== pytest"

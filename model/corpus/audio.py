@@ -51,8 +51,9 @@ def _filter_bank(up: int, down: int, taps: int, beta: float) -> npt.NDArray[np.f
     return normalised  # unit DC gain in every phase
 
 
-def resample(x: npt.NDArray[np.floating], rate_in: int, rate_out: int = SAMPLE_RATE,
-             taps: int = 48, beta: float = 8.0) -> FloatArray:
+def resample(
+    x: npt.NDArray[np.floating], rate_in: int, rate_out: int = SAMPLE_RATE, taps: int = 48, beta: float = 8.0
+) -> FloatArray:
     """Rational-ratio polyphase resampling of a mono signal (output length ceil(n * out / in))."""
     if rate_in == rate_out:
         return np.asarray(x, dtype=np.float32)
@@ -69,7 +70,7 @@ def resample(x: npt.NDArray[np.floating], rate_in: int, rate_out: int = SAMPLE_R
         n = np.arange(lo, min(lo + block, n_out), dtype=np.int64) * down
         base, phase = n // up, n % up
         frames = xp[base[:, None] + offsets[None, :] + pad]
-        out[lo:lo + len(n)] = np.einsum("ij,ij->i", frames, bank[phase])
+        out[lo : lo + len(n)] = np.einsum("ij,ij->i", frames, bank[phase])
     return out
 
 
@@ -121,8 +122,11 @@ class RoomSettings:
 
 
 def random_room(rng: np.random.Generator) -> RoomSettings:
-    return RoomSettings(rt60_s=float(rng.uniform(0.12, 0.5)), wet_db=float(rng.uniform(-22.0, -8.0)),
-                        predelay_s=float(rng.uniform(0.003, 0.02)))
+    return RoomSettings(
+        rt60_s=float(rng.uniform(0.12, 0.5)),
+        wet_db=float(rng.uniform(-22.0, -8.0)),
+        predelay_s=float(rng.uniform(0.003, 0.02)),
+    )
 
 
 def room_impulse(room: RoomSettings, rng: np.random.Generator) -> FloatArray:

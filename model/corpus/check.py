@@ -46,14 +46,17 @@ def _track_agrees(name: str, x: npt.NDArray[np.int16], spans: list[tuple[int, in
             problems.append(f"{name}: span at {start / SAMPLE_RATE:.3f}s overlaps the previous one")
         previous_end = max(previous_end, end)
         active[start:end] = True
-        if not np.any(x[start:start + EDGE]) or not np.any(x[end - EDGE:end]):
-            problems.append(f"{name}: span [{start / SAMPLE_RATE:.3f}, {end / SAMPLE_RATE:.3f})s does not start "
-                            "and end on audible samples")
+        if not np.any(x[start : start + EDGE]) or not np.any(x[end - EDGE : end]):
+            problems.append(
+                f"{name}: span [{start / SAMPLE_RATE:.3f}, {end / SAMPLE_RATE:.3f})s does not start "
+                "and end on audible samples"
+            )
     stray = np.flatnonzero(x[~active])
     if len(stray):
         first = int(np.flatnonzero(~active)[stray[0]])
-        problems.append(f"{name}: {len(stray)} non-silent samples outside labelled speech "
-                        f"(first at {first / SAMPLE_RATE:.3f}s)")
+        problems.append(
+            f"{name}: {len(stray)} non-silent samples outside labelled speech (first at {first / SAMPLE_RATE:.3f}s)"
+        )
     return problems
 
 
@@ -72,13 +75,13 @@ def _snr_problems(mic: npt.NDArray[np.int16], events: list[dict[str, Any]], min_
     speech = _spans(events, "user_speech")
     quiet = np.ones(len(y), bool)
     for start, end in speech:
-        quiet[start:end + REVERB_GUARD] = False
+        quiet[start : end + REVERB_GUARD] = False
     starts = np.arange(0, len(y) - NOISE_WINDOW, NOISE_WINDOW // 2)
-    ok = np.array([quiet[s:s + NOISE_WINDOW].all() for s in starts], bool)
+    ok = np.array([quiet[s : s + NOISE_WINDOW].all() for s in starts], bool)
     if not ok.any():
         return ["user: no noise-only stretch to measure the noise floor"]
     starts = starts[ok]
-    floors = np.array([rms(y[s:s + NOISE_WINDOW]) for s in starts])
+    floors = np.array([rms(y[s : s + NOISE_WINDOW]) for s in starts])
     problems = []
     for start, end in speech:
         near = np.abs(starts - (start + end) // 2) < 10 * SAMPLE_RATE
@@ -89,8 +92,9 @@ def _snr_problems(mic: npt.NDArray[np.int16], events: list[dict[str, Any]], min_
     return problems
 
 
-def _barge_in_problems(model: npt.NDArray[np.int16], clean: npt.NDArray[np.int16],
-                       events: list[dict[str, Any]], max_reaction_s: float) -> list[str]:
+def _barge_in_problems(
+    model: npt.NDArray[np.int16], clean: npt.NDArray[np.int16], events: list[dict[str, Any]], max_reaction_s: float
+) -> list[str]:
     problems = []
     model_starts = sorted(e["start_sample"] for e in events if e["type"] in ("model_turn", "backchannel"))
     for e in (e for e in events if e["type"] == "barge_in"):
@@ -104,7 +108,7 @@ def _barge_in_problems(model: npt.NDArray[np.int16], clean: npt.NDArray[np.int16
             problems.append(f"barge-in at {onset / SAMPLE_RATE:.3f}s: model audible after its stop")
         if not np.any(model[onset:stop]):
             problems.append(f"barge-in at {onset / SAMPLE_RATE:.3f}s: model was not speaking at the onset")
-        if not np.any(clean[onset:onset + EDGE]):
+        if not np.any(clean[onset : onset + EDGE]):
             problems.append(f"barge-in at {onset / SAMPLE_RATE:.3f}s: no user speech at the onset")
     return problems
 
@@ -118,8 +122,10 @@ def check_conversation(directory: Path, min_snr_db: float = 6.0, max_reaction_s:
     for name, filename in doc["files"].items():
         wav = read_wav(directory / filename)
         if (wav.rate, wav.channels, wav.sample_width, len(wav.samples)) != (SAMPLE_RATE, 1, 2, n):
-            problems.append(f"{filename}: {wav.rate} Hz, {wav.channels} ch, {8 * wav.sample_width} bit, "
-                            f"{len(wav.samples)} samples; want {SAMPLE_RATE} Hz mono 16-bit, {n} samples")
+            problems.append(
+                f"{filename}: {wav.rate} Hz, {wav.channels} ch, {8 * wav.sample_width} bit, "
+                f"{len(wav.samples)} samples; want {SAMPLE_RATE} Hz mono 16-bit, {n} samples"
+            )
         tracks[name] = wav.samples
     if problems:
         return problems

@@ -16,8 +16,9 @@ from duplex.model.corpus.check import check_conversation
 from duplex.model.corpus.conversation import Timing
 from duplex.model.corpus.make import SPLITS, assign_splits, make_corpus
 
-app = typer.Typer(name="corpus", help="Synthetic two-party speech conversations (espeak-ng) for turn-taking.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    name="corpus", help="Synthetic two-party speech conversations (espeak-ng) for turn-taking.", no_args_is_help=True
+)
 console = Console()
 
 
@@ -30,8 +31,9 @@ def _writable_dir(out: Path, force: bool) -> None:
     except OSError as err:
         raise typer.BadParameter(f"cannot write to {out}: {err.strerror or err}", param_hint="'--out'") from err
     if (out / "manifest.json").exists() and not force:
-        raise typer.BadParameter(f"{out} already holds a corpus (manifest.json); pass --force to overwrite it",
-                                 param_hint="'--out'")
+        raise typer.BadParameter(
+            f"{out} already holds a corpus (manifest.json); pass --force to overwrite it", param_hint="'--out'"
+        )
 
 
 def _seconds_range(text: str, hint: str, low: float) -> tuple[float, float]:
@@ -41,34 +43,47 @@ def _seconds_range(text: str, hint: str, low: float) -> tuple[float, float]:
         if not low <= lo <= hi <= 2:
             raise ValueError
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not MIN,MAX with {low} <= MIN <= MAX <= 2 seconds",
-                                 param_hint=hint) from None
+        raise typer.BadParameter(
+            f"{text!r} is not MIN,MAX with {low} <= MIN <= MAX <= 2 seconds", param_hint=hint
+        ) from None
     return lo, hi
 
 
 @app.command("make")
 def make(
     out: Annotated[Path, typer.Option("--out", help="Directory to write the corpus into.")],
-    conversations: Annotated[int, typer.Option("--conversations", min=1, max=1_000_000,
-                                               help="Number of conversations.")],
+    conversations: Annotated[
+        int, typer.Option("--conversations", min=1, max=1_000_000, help="Number of conversations.")
+    ],
     seed: Annotated[int, typer.Option("--seed", min=0, help="Corpus seed; same seed, same bytes.")] = 0,
     workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Rendering processes.")] = 2,
-    min_duration: Annotated[float, typer.Option("--min-duration", min=5.0, max=3600.0,
-                                                help="Shortest conversation, seconds.")] = 45.0,
-    max_duration: Annotated[float, typer.Option("--max-duration", min=5.0, max=3600.0,
-                                                help="Longest conversation, seconds.")] = 90.0,
+    min_duration: Annotated[
+        float, typer.Option("--min-duration", min=5.0, max=3600.0, help="Shortest conversation, seconds.")
+    ] = 45.0,
+    max_duration: Annotated[
+        float, typer.Option("--max-duration", min=5.0, max=3600.0, help="Longest conversation, seconds.")
+    ] = 90.0,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction", min=0.0, max=0.5)] = 0.1,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.5)] = 0.1,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing corpus in --out.")] = False,
-    reply_gap: Annotated[str, typer.Option("--reply-gap", help="MIN,MAX seconds between the user's end of turn "
-                                           "and the target model's reply.")] = "0.15,0.30",
-    barge_reaction: Annotated[str, typer.Option("--barge-reaction", help="MIN,MAX seconds from a user's barge-in "
-                                                "onset until the target model has stopped.")] = "0.12,0.20",
+    reply_gap: Annotated[
+        str,
+        typer.Option(
+            "--reply-gap", help="MIN,MAX seconds between the user's end of turn and the target model's reply."
+        ),
+    ] = "0.15,0.30",
+    barge_reaction: Annotated[
+        str,
+        typer.Option(
+            "--barge-reaction", help="MIN,MAX seconds from a user's barge-in onset until the target model has stopped."
+        ),
+    ] = "0.12,0.20",
 ) -> None:
     """Render conversations to user.wav / user_clean.wav / model.wav / events.json plus manifest.json."""
     if min_duration > max_duration:
-        raise typer.BadParameter(f"{min_duration} is longer than --max-duration {max_duration}",
-                                 param_hint="'--min-duration'")
+        raise typer.BadParameter(
+            f"{min_duration} is longer than --max-duration {max_duration}", param_hint="'--min-duration'"
+        )
     try:
         assign_splits(conversations, seed, validation_fraction, test_fraction)
     except ValueError as err:
@@ -76,8 +91,13 @@ def make(
     gap = _seconds_range(reply_gap, "'--reply-gap'", 0.0)
     reaction = _seconds_range(barge_reaction, "'--barge-reaction'", 0.04)
     _writable_dir(out, force)
-    columns = (TextColumn("[bold]rendering"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[audio]}"),
-               TimeElapsedColumn())
+    columns = (
+        TextColumn("[bold]rendering"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[audio]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("conversations", total=conversations, audio="0.0 min audio")
         audio = [0.0]
@@ -86,8 +106,18 @@ def make(
             audio[0] += float(entry["duration_s"])
             progress.update(task, advance=1, audio=f"{audio[0] / 60:.1f} min audio")
 
-        report = make_corpus(out, conversations, seed, workers, min_duration, max_duration, validation_fraction,
-                             test_fraction, on_done=done, timing=Timing(reply_gap=gap, barge_reaction=reaction))
+        report = make_corpus(
+            out,
+            conversations,
+            seed,
+            workers,
+            min_duration,
+            max_duration,
+            validation_fraction,
+            test_fraction,
+            on_done=done,
+            timing=Timing(reply_gap=gap, barge_reaction=reaction),
+        )
     table = Table(title=f"corpus {out}")
     for column in ("split", "conversations", "audio (min)", "user voices"):
         table.add_column(column)
@@ -95,9 +125,11 @@ def make(
         row = report.manifest["totals"]["splits"][split]
         table.add_row(split, str(row["conversations"]), f"{row['duration_s'] / 60:.1f}", str(len(row["user_voices"])))
     console.print(table)
-    console.print(f"{report.audio_seconds:.1f} s of audio in {report.wall_seconds:.1f} s wall, "
-                  f"{report.worker_cpu_seconds:.1f} CPU-s in workers: "
-                  f"{report.audio_per_cpu_second:.0f} s of audio per CPU-second")
+    console.print(
+        f"{report.audio_seconds:.1f} s of audio in {report.wall_seconds:.1f} s wall, "
+        f"{report.worker_cpu_seconds:.1f} CPU-s in workers: "
+        f"{report.audio_per_cpu_second:.0f} s of audio per CPU-second"
+    )
 
 
 @app.command("check")
@@ -113,7 +145,9 @@ def check(corpus: Annotated[Path, typer.Argument(help="A corpus directory (with 
         bad += bool(problems)
         for problem in problems:
             console.print(f"[red]{entry['id']}[/red]: {problem}")
-    console.print(f"{len(manifest['conversations']) - bad} of {len(manifest['conversations'])} conversations agree "
-                  "with their labels")
+    console.print(
+        f"{len(manifest['conversations']) - bad} of {len(manifest['conversations'])} conversations agree "
+        "with their labels"
+    )
     if bad:
         raise typer.Exit(1)

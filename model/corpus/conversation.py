@@ -65,15 +65,27 @@ def _s(seconds: float) -> int:
 
 def _span(event_type: str, start: int, end: int, /, **fields: Any) -> dict[str, Any]:
     """One event: times in seconds and in samples (end exclusive) on the shared time axis."""
-    return {"type": event_type, "start": round(start / SAMPLE_RATE, 6), "end": round(end / SAMPLE_RATE, 6),
-            "start_sample": start, "end_sample": end, **fields}
+    return {
+        "type": event_type,
+        "start": round(start / SAMPLE_RATE, 6),
+        "end": round(end / SAMPLE_RATE, 6),
+        "start_sample": start,
+        "end_sample": end,
+        **fields,
+    }
 
 
 def _words(r: Rendering, at: int, upto: int | None = None) -> list[dict[str, Any]]:
     limit = len(r.samples) if upto is None else upto
-    return [{"word": w.text, "start": round((at + w.start) / SAMPLE_RATE, 4),
-             "end": round((at + min(w.end, limit)) / SAMPLE_RATE, 4)}
-            for w in r.words if w.start < limit]
+    return [
+        {
+            "word": w.text,
+            "start": round((at + w.start) / SAMPLE_RATE, 4),
+            "end": round((at + min(w.end, limit)) / SAMPLE_RATE, 4),
+        }
+        for w in r.words
+        if w.start < limit
+    ]
 
 
 @dataclass
@@ -88,7 +100,7 @@ class _Track:
     def mix(self, n: int) -> FloatArray:
         out = np.zeros(n, np.float32)
         for at, x in self.pieces:
-            out[at:at + len(x)] += x
+            out[at : at + len(x)] += x
         return out
 
 
@@ -138,24 +150,46 @@ class _Builder:
         opener = BARGE_IN_OPENERS[int(self.rng.integers(len(BARGE_IN_OPENERS)))] if barge_in else ""
         script = textgen.user_turn(self.rng, max_clauses=max_clauses, opener=opener)
         clauses = script.clauses
-        renders = [render(c.text, self.voice, self.fir, level_dbfs=self.user_level + self.u((-2.0, 2.0)))
-                   for c in clauses]
+        renders = [
+            render(c.text, self.voice, self.fir, level_dbfs=self.user_level + self.u((-2.0, 2.0))) for c in clauses
+        ]
         cursor, spans = at, []
         for k, (clause, r) in enumerate(zip(clauses, renders, strict=True)):
             start, end = cursor, cursor + len(r.samples)
             self.user.place(start, r.samples)
             spans.append((start, end))
-            self.events.append(_span("user_speech", start, end, turn=self.turn, clause=k, text=clause.text,
-                                     cue=clause.cue, words=_words(r, start)))
+            self.events.append(
+                _span(
+                    "user_speech",
+                    start,
+                    end,
+                    turn=self.turn,
+                    clause=k,
+                    text=clause.text,
+                    cue=clause.cue,
+                    words=_words(r, start),
+                )
+            )
             cursor = end
             if k < len(clauses) - 1:
                 pause = _s(self.u(self.timing.pause))
-                self.events.append(_span("pause", end, end + pause, turn=self.turn, cue=clause.cue,
-                                         conjunction=clause.conjunction))
+                self.events.append(
+                    _span("pause", end, end + pause, turn=self.turn, cue=clause.cue, conjunction=clause.conjunction)
+                )
                 cursor = end + pause
         turn_end = spans[-1][1]
-        self.events.append(_span("user_turn", at, turn_end, turn=self.turn, text=" ".join(c.text for c in clauses),
-                                 question=script.is_question, barge_in=barge_in, clauses=len(clauses)))
+        self.events.append(
+            _span(
+                "user_turn",
+                at,
+                turn_end,
+                turn=self.turn,
+                text=" ".join(c.text for c in clauses),
+                question=script.is_question,
+                barge_in=barge_in,
+                clauses=len(clauses),
+            )
+        )
         self.events.append(_span("user_turn_end", turn_end, turn_end, turn=self.turn))
         if len(clauses) > 1 or turn_end - at > _s(3.0):
             self.backchannels(spans, turn_end)
@@ -180,8 +214,9 @@ class _Builder:
             self.model_free = end
             self.events.append(_span("backchannel", at, end, turn=self.turn, text=word, placement=placement))
 
-    def model_turn(self, at: int, text: str, reply_to: int | None, question: bool,
-                   user_turn_end: int | None, allow_barge: bool) -> tuple[int, int | None]:
+    def model_turn(
+        self, at: int, text: str, reply_to: int | None, question: bool, user_turn_end: int | None, allow_barge: bool
+    ) -> tuple[int, int | None]:
         """Place a model reply; returns (end of model speech, barge-in onset or None).
 
         A barge-in cuts the reply: the user starts a new turn at ``onset`` and the model track fades out
@@ -206,16 +241,24 @@ class _Builder:
             spoken = _words(r, at, upto=stop - at)
             said = " ".join(w["word"] for w in spoken)
             self.events.append(_span("model_turn", at, end, text=said, interrupted=True, words=spoken, **common))
-            self.events.append(_span("barge_in", onset, stop, user_turn=self.turn + 1, model_turn=index,
-                                     user_onset=round(onset / SAMPLE_RATE, 6),
-                                     model_stop=round(stop / SAMPLE_RATE, 6),
-                                     reaction_s=round((stop - onset) / SAMPLE_RATE, 6),
-                                     fade_s=round(fade / SAMPLE_RATE, 6), spoken_text=said))
+            self.events.append(
+                _span(
+                    "barge_in",
+                    onset,
+                    stop,
+                    user_turn=self.turn + 1,
+                    model_turn=index,
+                    user_onset=round(onset / SAMPLE_RATE, 6),
+                    model_stop=round(stop / SAMPLE_RATE, 6),
+                    reaction_s=round((stop - onset) / SAMPLE_RATE, 6),
+                    fade_s=round(fade / SAMPLE_RATE, 6),
+                    spoken_text=said,
+                )
+            )
             self.model_free = stop
             return end, onset
         self.model.place(at, r.samples)
-        self.events.append(_span("model_turn", at, at + n, text=text, interrupted=False, words=_words(r, at),
-                                 **common))
+        self.events.append(_span("model_turn", at, at + n, text=text, interrupted=False, words=_words(r, at), **common))
         self.model_free = at + n
         return at + n, None
 
@@ -243,8 +286,9 @@ class _Builder:
             turn_end, script = self.user_turn(t, barge, max_clauses=3 if target - t > _s(10.0) else 1)
             reply_at = max(turn_end + _s(self.u(self.timing.reply_gap)), self.model_free + _s(0.05))
             room_left = target - reply_at > _s(6.0)
-            model_end, onset = self.model_turn(reply_at, script.reply, self.turn, script.is_question, turn_end,
-                                               allow_barge=room_left)
+            model_end, onset = self.model_turn(
+                reply_at, script.reply, self.turn, script.is_question, turn_end, allow_barge=room_left
+            )
             self.turn += 1
             if onset is not None:
                 t, barge = onset, True
@@ -279,18 +323,20 @@ class _Builder:
         """Microphone gain steps of 6–12 dB (20 ms ramps), kept within ±12 dB of the starting gain."""
         gain_db = np.zeros(n, np.float32)
         current, ramp = 0.0, _s(0.02)
-        candidates = sorted(int(x) for x in self.rng.uniform(_s(1.0), max(n - _s(1.0), _s(1.5)),
-                                                             int(self.rng.integers(0, 4))))
+        candidates = sorted(
+            int(x) for x in self.rng.uniform(_s(1.0), max(n - _s(1.0), _s(1.5)), int(self.rng.integers(0, 4)))
+        )
         times = [at for k, at in enumerate(candidates) if k == 0 or at - candidates[k - 1] >= _s(1.0)]
         for at in times:
             step = self.u((6.0, 12.0)) * (1 if self.rng.random() < 0.5 else -1)
             if abs(current + step) > 12.0:
                 step = -step
             new = current + step
-            gain_db[at:at + ramp] = np.linspace(current, new, min(ramp, n - at), dtype=np.float32)
-            gain_db[at + ramp:] = new
-            self.events.append(_span("gain_change", at, min(at + ramp, n), from_db=round(current, 3),
-                                     to_db=round(new, 3)))
+            gain_db[at : at + ramp] = np.linspace(current, new, min(ramp, n - at), dtype=np.float32)
+            gain_db[at + ramp :] = new
+            self.events.append(
+                _span("gain_change", at, min(at + ramp, n), from_db=round(current, 3), to_db=round(new, 3))
+            )
             current = new
         return (10 ** (gain_db / 20)).astype(np.float32)
 
@@ -312,16 +358,24 @@ def generate(spec: ConversationSpec, timing: Timing | None = None) -> Conversati
     mic *= np.float32(audio.db_to_gain(scale_db))
     b.events.sort(key=lambda e: (e["start_sample"], e["end_sample"]))
     doc = {
-        "format": FORMAT, "id": spec.conversation_id, "split": spec.split, "corpus_seed": spec.corpus_seed,
-        "index": spec.index, "sample_rate": SAMPLE_RATE, "num_samples": n, "duration_s": round(n / SAMPLE_RATE, 6),
+        "format": FORMAT,
+        "id": spec.conversation_id,
+        "split": spec.split,
+        "corpus_seed": spec.corpus_seed,
+        "index": spec.index,
+        "sample_rate": SAMPLE_RATE,
+        "num_samples": n,
+        "duration_s": round(n / SAMPLE_RATE, 6),
         "target_duration_s": round(b.target / SAMPLE_RATE, 3),
         "files": {"user": "user.wav", "user_clean": "user_clean.wav", "model": "model.wav"},
-        "user_voice": b.voice.to_json(), "model_voice": MODEL_VOICE.to_json(),
+        "user_voice": b.voice.to_json(),
+        "model_voice": MODEL_VOICE.to_json(),
         "augmentation": {
             "user_speech_level_dbfs": round(b.user_level, 3),
             "eq": None if b.eq is None else {k: round(v, 3) for k, v in vars(b.eq).items()},
             "room": None if room is None else {k: round(v, 4) for k, v in vars(room).items()},
-            "noise_color": color, "output_scale_db": round(scale_db, 3),
+            "noise_color": color,
+            "output_scale_db": round(scale_db, 3),
         },
         "events": b.events,
     }

@@ -29,8 +29,18 @@ from duplex.model.corpus.conversation import FORMAT, ConversationSpec, Timing, g
 from duplex.model.corpus.tts import MODEL_VOICE, USER_VARIANTS, Espeak
 
 SPLITS = ("train", "validation", "test")
-EVENT_TYPES = ("user_speech", "pause", "user_turn", "user_turn_end", "model_turn", "backchannel", "barge_in",
-               "silence", "noise", "gain_change")
+EVENT_TYPES = (
+    "user_speech",
+    "pause",
+    "user_turn",
+    "user_turn_end",
+    "model_turn",
+    "backchannel",
+    "barge_in",
+    "silence",
+    "noise",
+    "gain_change",
+)
 VOICE_SPLIT_SEED = 20261125
 TEST_VARIANT_FRACTION = 0.15
 
@@ -50,6 +60,7 @@ def assign_splits(n: int, seed: int, validation_fraction: float, test_fraction: 
     A non-zero fraction gets at least one conversation once there are three or more, so even a tiny
     corpus has every split.
     """
+
     def count(fraction: float) -> int:
         k = round(n * fraction)
         return max(k, 1) if fraction > 0 and n >= 3 else k
@@ -97,17 +108,29 @@ def _render_one(job: tuple[ConversationSpec, str]) -> dict[str, Any]:
     doc = conversation.doc
     counts = Counter(e["type"] for e in doc["events"])
     return {
-        "id": spec.conversation_id, "split": spec.split, "path": spec.conversation_id,
-        "user_voice": doc["user_voice"], "duration_s": doc["duration_s"], "num_samples": doc["num_samples"],
+        "id": spec.conversation_id,
+        "split": spec.split,
+        "path": spec.conversation_id,
+        "user_voice": doc["user_voice"],
+        "duration_s": doc["duration_s"],
+        "num_samples": doc["num_samples"],
         "event_counts": {t: counts.get(t, 0) for t in EVENT_TYPES},
         "_cpu_s": time.process_time(),
     }
 
 
-def make_corpus(out: Path, conversations: int, seed: int = 0, workers: int = 2, min_duration_s: float = 45.0,
-                max_duration_s: float = 90.0, validation_fraction: float = 0.1, test_fraction: float = 0.1,
-                on_done: Callable[[dict[str, Any]], None] | None = None,
-                timing: Timing | None = None) -> CorpusReport:
+def make_corpus(
+    out: Path,
+    conversations: int,
+    seed: int = 0,
+    workers: int = 2,
+    min_duration_s: float = 45.0,
+    max_duration_s: float = 90.0,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+    timing: Timing | None = None,
+) -> CorpusReport:
     """Render ``conversations`` conversations into ``out`` (one folder each) and write ``manifest.json``."""
     if conversations < 1:
         raise ValueError("conversations must be at least 1")
@@ -119,8 +142,13 @@ def make_corpus(out: Path, conversations: int, seed: int = 0, workers: int = 2, 
     splits = assign_splits(conversations, seed, validation_fraction, test_fraction)
     variants = voice_split()
     timing = timing or Timing()
-    jobs = [(ConversationSpec(f"conv-{i:06d}", seed, i, split, variants[split], min_duration_s, max_duration_s,
-                              timing), str(out)) for i, split in enumerate(splits)]
+    jobs = [
+        (
+            ConversationSpec(f"conv-{i:06d}", seed, i, split, variants[split], min_duration_s, max_duration_s, timing),
+            str(out),
+        )
+        for i, split in enumerate(splits)
+    ]
     entries = []
     with _context().Pool(min(workers, conversations), maxtasksperchild=1) as pool:
         for entry in pool.imap_unordered(_render_one, jobs):
@@ -129,32 +157,56 @@ def make_corpus(out: Path, conversations: int, seed: int = 0, workers: int = 2, 
                 on_done(entry)
     entries.sort(key=lambda e: str(e["id"]))
     cpu = sum(float(e.pop("_cpu_s")) for e in entries)
-    manifest = _manifest(entries, seed, conversations, min_duration_s, max_duration_s, validation_fraction,
-                         test_fraction, variants)
+    manifest = _manifest(
+        entries, seed, conversations, min_duration_s, max_duration_s, validation_fraction, test_fraction, variants
+    )
     manifest["settings"]["timing"] = asdict(timing)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     audio = sum(float(e["duration_s"]) for e in entries)
     return CorpusReport(out, manifest, audio, cpu, time.perf_counter() - started)
 
 
-def _manifest(entries: list[dict[str, Any]], seed: int, conversations: int, min_duration_s: float,
-              max_duration_s: float, validation_fraction: float, test_fraction: float,
-              variants: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    by_split = {s: {"conversations": sum(e["split"] == s for e in entries),
-                    "duration_s": round(sum(e["duration_s"] for e in entries if e["split"] == s), 3),
-                    "user_voices": sorted({e["user_voice"]["name"] for e in entries if e["split"] == s})}
-                for s in SPLITS}
+def _manifest(
+    entries: list[dict[str, Any]],
+    seed: int,
+    conversations: int,
+    min_duration_s: float,
+    max_duration_s: float,
+    validation_fraction: float,
+    test_fraction: float,
+    variants: dict[str, tuple[str, ...]],
+) -> dict[str, Any]:
+    by_split = {
+        s: {
+            "conversations": sum(e["split"] == s for e in entries),
+            "duration_s": round(sum(e["duration_s"] for e in entries if e["split"] == s), 3),
+            "user_voices": sorted({e["user_voice"]["name"] for e in entries if e["split"] == s}),
+        }
+        for s in SPLITS
+    }
     events = {t: sum(e["event_counts"][t] for e in entries) for t in EVENT_TYPES}
     return {
-        "format": FORMAT, "seed": seed, "sample_rate": 16_000,
-        "settings": {"conversations": conversations, "min_duration_s": min_duration_s,
-                     "max_duration_s": max_duration_s, "validation_fraction": validation_fraction,
-                     "test_fraction": test_fraction},
+        "format": FORMAT,
+        "seed": seed,
+        "sample_rate": 16_000,
+        "settings": {
+            "conversations": conversations,
+            "min_duration_s": min_duration_s,
+            "max_duration_s": max_duration_s,
+            "validation_fraction": validation_fraction,
+            "test_fraction": test_fraction,
+        },
         "model_voice": MODEL_VOICE.to_json(),
-        "voice_split": {"unit": "espeak-ng variant", "test_variants": list(variants["test"]),
-                        "train_validation_variants": list(variants["train"])},
-        "totals": {"conversations": len(entries),
-                   "duration_s": round(sum(e["duration_s"] for e in entries), 3),
-                   "splits": by_split, "event_counts": events},
+        "voice_split": {
+            "unit": "espeak-ng variant",
+            "test_variants": list(variants["test"]),
+            "train_validation_variants": list(variants["train"]),
+        },
+        "totals": {
+            "conversations": len(entries),
+            "duration_s": round(sum(e["duration_s"] for e in entries), 3),
+            "splits": by_split,
+            "event_counts": events,
+        },
         "conversations": entries,
     }

@@ -23,74 +23,315 @@ MID_TURN_CUES: tuple[Cue, ...] = ("comma", "comma_conjunction", "bare_conjunctio
 CONJUNCTIONS = ("and", "but", "so")
 
 SUBJECTS = (
-    "I", "we", "my sister", "my brother", "my neighbour", "our manager", "the kids", "my friend Sam",
-    "my aunt", "the new intern", "my cousin", "our landlord", "the teacher", "my dad", "my mum", "the doctor",
-    "a colleague of mine", "the delivery driver", "my grandmother", "our team", "the plumber", "Maria",
-    "Daniel", "Priya", "Tom", "Olivia", "Kenji", "Fatima", "the coach", "my roommate", "the baker",
-    "our guests", "the mechanic", "my partner", "the tour guide",
+    "I",
+    "we",
+    "my sister",
+    "my brother",
+    "my neighbour",
+    "our manager",
+    "the kids",
+    "my friend Sam",
+    "my aunt",
+    "the new intern",
+    "my cousin",
+    "our landlord",
+    "the teacher",
+    "my dad",
+    "my mum",
+    "the doctor",
+    "a colleague of mine",
+    "the delivery driver",
+    "my grandmother",
+    "our team",
+    "the plumber",
+    "Maria",
+    "Daniel",
+    "Priya",
+    "Tom",
+    "Olivia",
+    "Kenji",
+    "Fatima",
+    "the coach",
+    "my roommate",
+    "the baker",
+    "our guests",
+    "the mechanic",
+    "my partner",
+    "the tour guide",
 )
 VERBS_PAST = (
-    "bought", "found", "lost", "fixed", "painted", "borrowed", "returned", "ordered", "cleaned", "sold",
-    "wrapped", "moved", "picked up", "dropped off", "forgot", "looked at", "talked about", "packed",
-    "measured", "replaced", "delivered", "booked", "cancelled", "photographed", "repaired", "hid",
-    "carried", "checked", "signed", "printed", "planted", "watered", "counted", "labelled",
+    "bought",
+    "found",
+    "lost",
+    "fixed",
+    "painted",
+    "borrowed",
+    "returned",
+    "ordered",
+    "cleaned",
+    "sold",
+    "wrapped",
+    "moved",
+    "picked up",
+    "dropped off",
+    "forgot",
+    "looked at",
+    "talked about",
+    "packed",
+    "measured",
+    "replaced",
+    "delivered",
+    "booked",
+    "cancelled",
+    "photographed",
+    "repaired",
+    "hid",
+    "carried",
+    "checked",
+    "signed",
+    "printed",
+    "planted",
+    "watered",
+    "counted",
+    "labelled",
 )
 VERBS_BASE = (
-    "buy", "find", "fix", "paint", "borrow", "return", "order", "clean", "sell", "wrap", "move", "pick up",
-    "drop off", "pack", "measure", "replace", "deliver", "book", "cancel", "repair", "carry", "check", "sign",
-    "print", "plant", "water", "count", "label", "collect", "share",
+    "buy",
+    "find",
+    "fix",
+    "paint",
+    "borrow",
+    "return",
+    "order",
+    "clean",
+    "sell",
+    "wrap",
+    "move",
+    "pick up",
+    "drop off",
+    "pack",
+    "measure",
+    "replace",
+    "deliver",
+    "book",
+    "cancel",
+    "repair",
+    "carry",
+    "check",
+    "sign",
+    "print",
+    "plant",
+    "water",
+    "count",
+    "label",
+    "collect",
+    "share",
 )
 ADJECTIVES = (
-    "red", "old", "new", "tiny", "heavy", "broken", "shiny", "wooden", "green", "cheap", "expensive",
-    "blue", "plastic", "huge", "spare", "second", "yellow", "folding", "electric", "antique", "striped",
-    "dusty", "brand new", "purple", "orange", "borrowed", "handmade", "silver", "leather", "paper",
+    "red",
+    "old",
+    "new",
+    "tiny",
+    "heavy",
+    "broken",
+    "shiny",
+    "wooden",
+    "green",
+    "cheap",
+    "expensive",
+    "blue",
+    "plastic",
+    "huge",
+    "spare",
+    "second",
+    "yellow",
+    "folding",
+    "electric",
+    "antique",
+    "striped",
+    "dusty",
+    "brand new",
+    "purple",
+    "orange",
+    "borrowed",
+    "handmade",
+    "silver",
+    "leather",
+    "paper",
 )
 NOUNS = (
-    ("bicycle", "bicycles"), ("lamp", "lamps"), ("ladder", "ladders"), ("map", "maps"), ("chair", "chairs"),
-    ("kettle", "kettles"), ("jacket", "jackets"), ("suitcase", "suitcases"), ("umbrella", "umbrellas"),
-    ("printer", "printers"), ("blanket", "blankets"), ("guitar", "guitars"), ("camera", "cameras"),
-    ("table", "tables"), ("mirror", "mirrors"), ("basket", "baskets"), ("notebook", "notebooks"),
-    ("tent", "tents"), ("drill", "drills"), ("sofa", "sofas"), ("plant", "plants"), ("clock", "clocks"),
-    ("box", "boxes"), ("ticket", "tickets"), ("key", "keys"), ("bottle", "bottles"), ("shelf", "shelves"),
-    ("scarf", "scarves"), ("cake", "cakes"), ("phone", "phones"), ("helmet", "helmets"), ("rug", "rugs"),
-    ("window", "windows"), ("battery", "batteries"), ("painting", "paintings"), ("sandwich", "sandwiches"),
-    ("envelope", "envelopes"), ("radio", "radios"), ("backpack", "backpacks"), ("candle", "candles"),
+    ("bicycle", "bicycles"),
+    ("lamp", "lamps"),
+    ("ladder", "ladders"),
+    ("map", "maps"),
+    ("chair", "chairs"),
+    ("kettle", "kettles"),
+    ("jacket", "jackets"),
+    ("suitcase", "suitcases"),
+    ("umbrella", "umbrellas"),
+    ("printer", "printers"),
+    ("blanket", "blankets"),
+    ("guitar", "guitars"),
+    ("camera", "cameras"),
+    ("table", "tables"),
+    ("mirror", "mirrors"),
+    ("basket", "baskets"),
+    ("notebook", "notebooks"),
+    ("tent", "tents"),
+    ("drill", "drills"),
+    ("sofa", "sofas"),
+    ("plant", "plants"),
+    ("clock", "clocks"),
+    ("box", "boxes"),
+    ("ticket", "tickets"),
+    ("key", "keys"),
+    ("bottle", "bottles"),
+    ("shelf", "shelves"),
+    ("scarf", "scarves"),
+    ("cake", "cakes"),
+    ("phone", "phones"),
+    ("helmet", "helmets"),
+    ("rug", "rugs"),
+    ("window", "windows"),
+    ("battery", "batteries"),
+    ("painting", "paintings"),
+    ("sandwich", "sandwiches"),
+    ("envelope", "envelopes"),
+    ("radio", "radios"),
+    ("backpack", "backpacks"),
+    ("candle", "candles"),
 )
 PLACES = (
-    "the market", "the station", "the garden", "the library", "the office", "the garage", "the bakery",
-    "the post office", "the museum", "the harbour", "the park", "the pharmacy", "the school", "the bank",
-    "the hospital", "the airport", "the beach", "the hardware shop", "the town hall", "the bus stop",
-    "the supermarket", "the gym", "the swimming pool", "the cinema", "the bridge", "the car park",
+    "the market",
+    "the station",
+    "the garden",
+    "the library",
+    "the office",
+    "the garage",
+    "the bakery",
+    "the post office",
+    "the museum",
+    "the harbour",
+    "the park",
+    "the pharmacy",
+    "the school",
+    "the bank",
+    "the hospital",
+    "the airport",
+    "the beach",
+    "the hardware shop",
+    "the town hall",
+    "the bus stop",
+    "the supermarket",
+    "the gym",
+    "the swimming pool",
+    "the cinema",
+    "the bridge",
+    "the car park",
 )
 PREPOSITIONS = ("at", "near", "behind", "next to", "outside", "across from", "inside", "around")
 TIMES = (
-    "yesterday", "last night", "this morning", "on Monday", "on Tuesday", "on Wednesday", "on Thursday",
-    "on Friday", "over the weekend", "last week", "a few days ago", "this afternoon", "before lunch",
-    "after dinner", "earlier today", "last month", "on Saturday morning", "on Sunday evening", "at noon",
-    "right after work", "two days ago", "just now",
+    "yesterday",
+    "last night",
+    "this morning",
+    "on Monday",
+    "on Tuesday",
+    "on Wednesday",
+    "on Thursday",
+    "on Friday",
+    "over the weekend",
+    "last week",
+    "a few days ago",
+    "this afternoon",
+    "before lunch",
+    "after dinner",
+    "earlier today",
+    "last month",
+    "on Saturday morning",
+    "on Sunday evening",
+    "at noon",
+    "right after work",
+    "two days ago",
+    "just now",
 )
 FUTURE_TIMES = (
-    "tomorrow", "tonight", "next week", "on Monday", "on Friday", "this weekend", "later today",
-    "next month", "in the morning", "after lunch", "before the meeting", "on Saturday",
+    "tomorrow",
+    "tonight",
+    "next week",
+    "on Monday",
+    "on Friday",
+    "this weekend",
+    "later today",
+    "next month",
+    "in the morning",
+    "after lunch",
+    "before the meeting",
+    "on Saturday",
 )
 OPINIONS = (
-    "great", "lovely", "a bit risky", "really useful", "pretty clever", "like a good plan", "fun",
-    "a little expensive", "perfectly fine", "very sensible", "exciting", "like a lot of work",
+    "great",
+    "lovely",
+    "a bit risky",
+    "really useful",
+    "pretty clever",
+    "like a good plan",
+    "fun",
+    "a little expensive",
+    "perfectly fine",
+    "very sensible",
+    "exciting",
+    "like a lot of work",
 )
 WEATHER = ("sunny", "cloudy", "rainy", "windy", "quite cold", "warm", "foggy", "clear")
 EVENTS = (
-    "the party", "the picnic", "the trip", "the meeting", "the wedding", "the workshop", "the concert",
-    "the barbecue", "the school fair", "the move",
+    "the party",
+    "the picnic",
+    "the trip",
+    "the meeting",
+    "the wedding",
+    "the workshop",
+    "the concert",
+    "the barbecue",
+    "the school fair",
+    "the move",
 )
 INTROS = ("", "", "", "well, ", "so, ", "you know, ", "honestly, ", "actually, ", "okay, ", "oh, ")
 ACKS = (
-    "Oh, I see.", "Right.", "Okay.", "That makes sense.", "Got it.", "Ah, interesting.", "Oh, nice.",
-    "I understand.", "Sure.", "Good to know.",
+    "Oh, I see.",
+    "Right.",
+    "Okay.",
+    "That makes sense.",
+    "Got it.",
+    "Ah, interesting.",
+    "Oh, nice.",
+    "I understand.",
+    "Sure.",
+    "Good to know.",
 )
 BACKCHANNELS = ("mm-hm", "yeah", "right", "okay", "uh-huh")
 
-ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-        "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+ONES = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+)
 TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 
 
@@ -170,39 +411,56 @@ def question(rng: np.random.Generator) -> Question:
     obj = object_phrase(rng)
     place = _pick(rng, PLACES)
     if form == 0:
-        return Question(f"do you know where I can find {obj}?",
-                        f"You can find {obj} {_pick(rng, PREPOSITIONS)} {place}.")
+        return Question(
+            f"do you know where I can find {obj}?", f"You can find {obj} {_pick(rng, PREPOSITIONS)} {place}."
+        )
     if form == 1:
-        return Question(f"what time does {place} open {_pick(rng, FUTURE_TIMES)}?",
-                        f"It opens at {clock_time(rng)}.")
+        return Question(f"what time does {place} open {_pick(rng, FUTURE_TIMES)}?", f"It opens at {clock_time(rng)}.")
     if form == 2:
-        return Question(f"can you tell me how to get to {place}?",
-                        f"Go past {_pick(rng, PLACES)} and turn {_pick(rng, ('left', 'right'))}, "
-                        f"it is about {number_words(int(rng.integers(2, 30)))} minutes away.")
+        return Question(
+            f"can you tell me how to get to {place}?",
+            f"Go past {_pick(rng, PLACES)} and turn {_pick(rng, ('left', 'right'))}, "
+            f"it is about {number_words(int(rng.integers(2, 30)))} minutes away.",
+        )
     if form == 3:
         _, plural = _noun(rng)
         event = _pick(rng, EVENTS)
-        return Question(f"how many {plural} do we need for {event}?",
-                        f"I would bring about {number_words(int(rng.integers(2, 40)))} {plural}.")
+        return Question(
+            f"how many {plural} do we need for {event}?",
+            f"I would bring about {number_words(int(rng.integers(2, 40)))} {plural}.",
+        )
     if form == 4:
         when = _pick(rng, FUTURE_TIMES)
-        return Question(f"is it going to rain {when}?",
-                        f"It looks {_pick(rng, WEATHER)} {when}, so {_pick(rng, ('maybe', 'probably not'))}.")
+        return Question(
+            f"is it going to rain {when}?",
+            f"It looks {_pick(rng, WEATHER)} {when}, so {_pick(rng, ('maybe', 'probably not'))}.",
+        )
     if form == 5:
         verb = _pick(rng, VERBS_BASE)
-        return Question(f"should I {verb} {obj} {_pick(rng, FUTURE_TIMES)}?",
-                        _pick(rng, (f"Yes, I think you should {verb} it soon.",
-                                    f"I would wait until {_pick(rng, FUTURE_TIMES)}.",
-                                    "No, there is no hurry.")))
+        return Question(
+            f"should I {verb} {obj} {_pick(rng, FUTURE_TIMES)}?",
+            _pick(
+                rng,
+                (
+                    f"Yes, I think you should {verb} it soon.",
+                    f"I would wait until {_pick(rng, FUTURE_TIMES)}.",
+                    "No, there is no hurry.",
+                ),
+            ),
+        )
     if form == 6:
         return Question(f"what do you think about {obj}?", f"I think it sounds {_pick(rng, OPINIONS)}.")
     if form == 7:
         verb = _pick(rng, VERBS_BASE)
-        return Question(f"could you remind me to {verb} {obj} {_pick(rng, FUTURE_TIMES)}?",
-                        f"Sure, I will remind you {_pick(rng, FUTURE_TIMES)}.")
+        return Question(
+            f"could you remind me to {verb} {obj} {_pick(rng, FUTURE_TIMES)}?",
+            f"Sure, I will remind you {_pick(rng, FUTURE_TIMES)}.",
+        )
     a, b = int(rng.integers(2, 50)), int(rng.integers(2, 50))
-    return Question(f"what is {number_words(a)} plus {number_words(b)}?",
-                    f"{number_words(a)} plus {number_words(b)} is {number_words(a + b)}.".capitalize())
+    return Question(
+        f"what is {number_words(a)} plus {number_words(b)}?",
+        f"{number_words(a)} plus {number_words(b)} is {number_words(a + b)}.".capitalize(),
+    )
 
 
 def statement_reply(rng: np.random.Generator) -> str:
@@ -213,15 +471,31 @@ def statement_reply(rng: np.random.Generator) -> str:
         return ack
     if roll < 0.65:
         return f"{ack} That sounds {_pick(rng, OPINIONS)}."
-    follow = _pick(rng, ("How did that go?", "Was it busy?", "Do you need any help with it?",
-                         "What happens next?", "Tell me more.", "How long did it take?"))
+    follow = _pick(
+        rng,
+        (
+            "How did that go?",
+            "Was it busy?",
+            "Do you need any help with it?",
+            "What happens next?",
+            "Tell me more.",
+            "How long did it take?",
+        ),
+    )
     return f"{ack} {follow}"
 
 
 def greeting(rng: np.random.Generator) -> str:
     """An optional opening line of the model, so not every conversation starts with the user."""
-    return _pick(rng, ("Hi, how can I help you today?", "Hello, what can I do for you?",
-                       "Hi there, what's on your mind?", "Good to hear from you, how are things?"))
+    return _pick(
+        rng,
+        (
+            "Hi, how can I help you today?",
+            "Hello, what can I do for you?",
+            "Hi there, what's on your mind?",
+            "Good to hear from you, how are things?",
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -27,19 +27,98 @@ from duplex.model.corpus.audio import SAMPLE_RATE, FloatArray, apply_fir, resamp
 # English-ish accents shipped by espeak-ng 1.51 (``espeak-ng --voices=en``; the mbrola voices need an
 # extra package and are left out). "en" is British English (gmw/en).
 ACCENTS: tuple[str, ...] = (
-    "en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-rp", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
+    "en",
+    "en-us",
+    "en-gb-scotland",
+    "en-gb-x-gbclan",
+    "en-gb-x-rp",
+    "en-gb-x-gbcwmd",
+    "en-029",
+    "en-us-nyc",
 )
 # Voice variants from espeak-ng-data/voices/!v that still sound like a person; robot, demon, whisper,
 # "fast" and the model's own variant (m7) are excluded. Each was rendered and checked for level/length.
 USER_VARIANTS: tuple[str, ...] = (
-    "m1", "m2", "m3", "m4", "m5", "m6", "m8", "f1", "f2", "f3", "f4", "f5",
-    "klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6",
-    "Alex", "Alicia", "Andrea", "Andy", "Annie", "AnxiousAndy", "Denis", "Diogo", "Gene", "Gene2",
-    "Henrique", "Hugo", "Jacky", "Lee", "Marco", "Mario", "Michael", "Mike", "Nguyen", "adam", "anika",
-    "antonio", "aunty", "belinda", "benjamin", "boris", "caleb", "david", "ed", "edward", "edward2",
-    "grandma", "grandpa", "gustave", "iven", "iven2", "iven3", "iven4", "john", "kaukovalta", "linda",
-    "marcelo", "max", "michel", "miguel", "norbert", "pablo", "paul", "pedro", "quincy", "rob", "robert",
-    "sandro", "shelby", "steph", "steph2", "steph3", "travis", "victor", "zac", "announcer", "croak",
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m8",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+    "klatt4",
+    "klatt5",
+    "klatt6",
+    "Alex",
+    "Alicia",
+    "Andrea",
+    "Andy",
+    "Annie",
+    "AnxiousAndy",
+    "Denis",
+    "Diogo",
+    "Gene",
+    "Gene2",
+    "Henrique",
+    "Hugo",
+    "Jacky",
+    "Lee",
+    "Marco",
+    "Mario",
+    "Michael",
+    "Mike",
+    "Nguyen",
+    "adam",
+    "anika",
+    "antonio",
+    "aunty",
+    "belinda",
+    "benjamin",
+    "boris",
+    "caleb",
+    "david",
+    "ed",
+    "edward",
+    "edward2",
+    "grandma",
+    "grandpa",
+    "gustave",
+    "iven",
+    "iven2",
+    "iven3",
+    "iven4",
+    "john",
+    "kaukovalta",
+    "linda",
+    "marcelo",
+    "max",
+    "michel",
+    "miguel",
+    "norbert",
+    "pablo",
+    "paul",
+    "pedro",
+    "quincy",
+    "rob",
+    "robert",
+    "sandro",
+    "shelby",
+    "steph",
+    "steph2",
+    "steph3",
+    "travis",
+    "victor",
+    "zac",
+    "announcer",
+    "croak",
 )
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -67,8 +146,14 @@ class Voice:
         return f"{self.accent}+{self.variant}"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "accent": self.accent, "variant": self.variant,
-                "rate_wpm": self.rate_wpm, "pitch": self.pitch, "pitch_range": self.pitch_range}
+        return {
+            "name": self.name,
+            "accent": self.accent,
+            "variant": self.variant,
+            "rate_wpm": self.rate_wpm,
+            "pitch": self.pitch,
+            "pitch_range": self.pitch_range,
+        }
 
 
 MODEL_VOICE = Voice(accent="en-us", variant="m7", rate_wpm=175, pitch=45, pitch_range=50)
@@ -91,9 +176,14 @@ class _EventId(ctypes.Union):
 
 class _Event(ctypes.Structure):
     _fields_ = (
-        ("type", ctypes.c_int), ("unique_identifier", ctypes.c_uint), ("text_position", ctypes.c_int),
-        ("length", ctypes.c_int), ("audio_position", ctypes.c_int), ("sample", ctypes.c_int),
-        ("user_data", ctypes.c_void_p), ("id", _EventId),
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
     )
 
 
@@ -116,8 +206,7 @@ class Espeak:
         except OSError as err:
             message = f"cannot load the espeak-ng library ({err}); install the Debian package espeak-ng"
             raise EspeakError(message) from err
-        self.sample_rate = int(self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None,
-                                                           _INITIALIZE_DONT_EXIT))
+        self.sample_rate = int(self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_DONT_EXIT))
         if self.sample_rate <= 0:
             raise EspeakError("espeak_Initialize failed")
         self._chunks: list[npt.NDArray[np.int16]] = []
@@ -156,14 +245,17 @@ class Espeak:
         """Render ``text``; returns 22050 Hz samples and word events (char position, length, ms)."""
         if self._lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
             raise EspeakError(f"unknown espeak-ng voice {voice.name!r}")
-        for param, value in ((_PARAM_RATE, voice.rate_wpm), (_PARAM_PITCH, voice.pitch),
-                             (_PARAM_RANGE, voice.pitch_range), (_PARAM_VOLUME, _VOLUME),
-                             (_PARAM_WORDGAP, 0)):
+        for param, value in (
+            (_PARAM_RATE, voice.rate_wpm),
+            (_PARAM_PITCH, voice.pitch),
+            (_PARAM_RANGE, voice.pitch_range),
+            (_PARAM_VOLUME, _VOLUME),
+            (_PARAM_WORDGAP, 0),
+        ):
             self._lib.espeak_SetParameter(param, value, 0)
         self._chunks, self._words = [], []
         data = text.encode()
-        err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _PHONEMES,
-                                     None, None)
+        err = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _PHONEMES, None, None)
         self._lib.espeak_Synchronize()
         if err != 0:
             raise EspeakError(f"espeak_Synth failed ({err}) for {text!r}")
@@ -198,8 +290,9 @@ TRIM_BELOW_RMS_DB = 40.0
 ends on audible speech, so event times measured from it are the real speech boundaries."""
 
 
-def render(text: str, voice: Voice, fir: FloatArray | None = None, spoken: str | None = None,
-           level_dbfs: float = -26.0) -> Rendering:
+def render(
+    text: str, voice: Voice, fir: FloatArray | None = None, spoken: str | None = None, level_dbfs: float = -26.0
+) -> Rendering:
     """Synthesise, resample to 16 kHz, optionally EQ, trim silence and normalise to ``level_dbfs`` RMS.
 
     ``spoken`` overrides what espeak is given (e.g. phonemes for "mm-hm") while ``text`` is recorded.
@@ -241,7 +334,7 @@ def _words(aligned: bool, text: str, events: list[tuple[int, int, int]], shift: 
     keys = sorted(anchors)
     words: list[Word] = []
     for g, k in enumerate(keys):
-        group = tokens[k: keys[g + 1] if g + 1 < len(keys) else len(tokens)]
+        group = tokens[k : keys[g + 1] if g + 1 < len(keys) else len(tokens)]
         start = anchors[k]
         end = max(anchors[keys[g + 1]] if g + 1 < len(keys) else n, start)
         weights = np.cumsum([0] + [len(t) + 1 for _, _, t in group])

@@ -18,19 +18,28 @@ def agent_deployment(ref: ModelRef, spec: DuplexModelSpec, config_digest: str) -
             "replicas": spec.agent.workers,
             "selector": {"matchLabels": ref.selector("agent")},
             "template": {
-                "metadata": {"labels": ref.labels("agent"),
-                             "annotations": {CONFIG_HASH_ANNOTATION: config_digest}},
+                "metadata": {"labels": ref.labels("agent"), "annotations": {CONFIG_HASH_ANNOTATION: config_digest}},
                 "spec": {
-                    "containers": [{
-                        "name": "agent",
-                        "image": spec.engine.image,
-                        "command": ["duplex"],
-                        "args": ["agent", "--redis-url", "$(DUPLEX_REDIS_URL)", "--config", f"{CONFIG_DIR}/agent.json"],
-                        "env": [redis_url_env(ref, spec)],
-                        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"},
-                                      "limits": {"cpu": "1", "memory": "1Gi"}},
-                        "volumeMounts": [mount],
-                    }],
+                    "containers": [
+                        {
+                            "name": "agent",
+                            "image": spec.engine.image,
+                            "command": ["duplex"],
+                            "args": [
+                                "agent",
+                                "--redis-url",
+                                "$(DUPLEX_REDIS_URL)",
+                                "--config",
+                                f"{CONFIG_DIR}/agent.json",
+                            ],
+                            "env": [redis_url_env(ref, spec)],
+                            "resources": {
+                                "requests": {"cpu": "250m", "memory": "256Mi"},
+                                "limits": {"cpu": "1", "memory": "1Gi"},
+                            },
+                            "volumeMounts": [mount],
+                        }
+                    ],
                     "volumes": [volume],
                     "enableServiceLinks": True,
                 },

@@ -20,8 +20,7 @@ def redis_url_env(ref: ModelRef, spec: DuplexModelSpec) -> dict[str, Any]:
     if redis.managed:
         return {"name": "DUPLEX_REDIS_URL", "value": f"redis://{service_host_ref(ref.redis)}:{REDIS_PORT}/0"}
     if redis.url_secret:
-        return {"name": "DUPLEX_REDIS_URL",
-                "valueFrom": {"secretKeyRef": {"name": redis.url_secret, "key": "url"}}}
+        return {"name": "DUPLEX_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": redis.url_secret, "key": "url"}}}
     return {"name": "DUPLEX_REDIS_URL", "value": redis.url or ""}
 
 
@@ -51,15 +50,19 @@ def redis_deployment(ref: ModelRef, spec: DuplexModelSpec) -> Manifest:
             "template": {
                 "metadata": {"labels": ref.labels("redis")},
                 "spec": {
-                    "containers": [{
-                        "name": "redis",
-                        "image": spec.agent.redis.image,
-                        "args": ["--save", "", "--appendonly", "no"],
-                        "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
-                        "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
-                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
-                                      "limits": {"cpu": "1", "memory": "1Gi"}},
-                    }],
+                    "containers": [
+                        {
+                            "name": "redis",
+                            "image": spec.agent.redis.image,
+                            "args": ["--save", "", "--appendonly", "no"],
+                            "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
+                            "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
+                            "resources": {
+                                "requests": {"cpu": "100m", "memory": "128Mi"},
+                                "limits": {"cpu": "1", "memory": "1Gi"},
+                            },
+                        }
+                    ],
                 },
             },
         },

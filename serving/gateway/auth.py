@@ -11,8 +11,10 @@ class KeyRing:
 
     def __init__(self, keys: set[str], open_access: bool = False) -> None:
         if not keys and not open_access:
-            raise ValueError("gateway: no API keys configured (api_keys_file) and open_access is false; "
-                             "refusing to start an open endpoint by accident")
+            raise ValueError(
+                "gateway: no API keys configured (api_keys_file) and open_access is false; "
+                "refusing to start an open endpoint by accident"
+            )
         self.keys = keys
         self.open_access = open_access
 

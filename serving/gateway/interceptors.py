@@ -33,8 +33,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, keys: KeyRing, metrics: GatewayMetrics) -> None:
         self.keys, self.metrics = keys, metrics
 
-    async def intercept_service(self, continuation: Continuation,
-                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         method = details.method
         if method.startswith(_OPEN):
             return await continuation(details)
@@ -53,8 +54,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.metrics = metrics
 
-    async def intercept_service(self, continuation: Continuation,
-                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(
+        self, continuation: Continuation, details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(details)
         if handler is None or handler.stream_stream is None or not details.method.endswith("/Converse"):
             return handler
@@ -83,5 +85,5 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     metrics.errors.labels(code).inc()
 
         return grpc.stream_stream_rpc_method_handler(
-            observed, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+            observed, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )

@@ -40,8 +40,10 @@ class Replica:
 
 class Router:
     def __init__(self, addresses: list[str], interval_s: float, max_message_bytes: int) -> None:
-        opts = [("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes)]
+        opts = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
         self.replicas = [Replica(a, grpc.aio.insecure_channel(a, options=opts)) for a in addresses]
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -70,9 +72,11 @@ class Router:
     async def _poll(self, r: Replica) -> None:
         try:
             h = await health_pb2_grpc.HealthStub(r.channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-            get_load = r.channel.unary_unary("/duplex.v1.Replica/GetLoad",
-                                             request_serializer=pb.LoadRequest.SerializeToString,
-                                             response_deserializer=pb.ReplicaLoad.FromString)
+            get_load = r.channel.unary_unary(
+                "/duplex.v1.Replica/GetLoad",
+                request_serializer=pb.LoadRequest.SerializeToString,
+                response_deserializer=pb.ReplicaLoad.FromString,
+            )
             load: pb.ReplicaLoad = await get_load(pb.LoadRequest(), timeout=1.0)
         except grpc.aio.AioRpcError as e:
             if r.healthy:
@@ -98,5 +102,4 @@ class Router:
         return sum(r.healthy for r in self.replicas)
 
     def total_capacity(self) -> tuple[int, int]:
-        return (sum(r.used for r in self.replicas if r.healthy),
-                sum(r.capacity for r in self.replicas if r.healthy))
+        return (sum(r.used for r in self.replicas if r.healthy), sum(r.capacity for r in self.replicas if r.healthy))

@@ -43,8 +43,10 @@ def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
         return None
     if not cert_file or not key_file:
         have, missing = ("tls_cert_file", "tls_key_file") if cert_file else ("tls_key_file", "tls_cert_file")
-        raise ValueError(f"gateway: {have} is set but {missing} is not; set both tls_cert_file and tls_key_file "
-                         "to serve TLS, or neither for plaintext")
+        raise ValueError(
+            f"gateway: {have} is set but {missing} is not; set both tls_cert_file and tls_key_file "
+            "to serve TLS, or neither for plaintext"
+        )
     cert = _read_pem("tls_cert_file", cert_file)
     key = _read_pem("tls_key_file", key_file)
     return grpc.ssl_server_credentials([(key, cert)])
@@ -73,13 +75,18 @@ class GatewayServer:
         credentials = load_tls(self.spec)
         server = grpc.aio.server(
             interceptors=(AuthInterceptor(self.keys, self.metrics), MetricsInterceptor(self.metrics)),
-            options=[("grpc.max_receive_message_length", self.spec.max_message_bytes),
-                     ("grpc.max_send_message_length", self.spec.max_message_bytes), ("grpc.so_reuseport", 0)])
+            options=[
+                ("grpc.max_receive_message_length", self.spec.max_message_bytes),
+                ("grpc.max_send_message_length", self.spec.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
         handler = grpc.stream_stream_rpc_method_handler(self.converse)  # raw bytes both ways
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"Converse": handler}),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+            (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
         addr = f"{self.spec.host}:{self.bind_port}"  # health and reflection share the port (and its TLS)
         try:
             if credentials is not None:
@@ -95,8 +102,13 @@ class GatewayServer:
         self._server = server
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
-        log.info("gateway on %s:%d (%s) → %s", self.spec.host, self.port,
-                 "TLS" if credentials is not None else "plaintext, no TLS", ", ".join(self.spec.engines))
+        log.info(
+            "gateway on %s:%d (%s) → %s",
+            self.spec.host,
+            self.port,
+            "TLS" if credentials is not None else "plaintext, no TLS",
+            ", ".join(self.spec.engines),
+        )
         return self.port
 
     async def _track_health(self) -> None:
@@ -131,11 +143,14 @@ class GatewayServer:
         if self._metrics_server is not None:
             self._metrics_server.close()
 
-    async def converse(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext,
-                       ) -> AsyncIterator[bytes]:
+    async def converse(
+        self,
+        requests: AsyncIterator[bytes],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[bytes]:
         it = aiter(requests)
         first = await anext(it, None)  # the SessionStart, relayed as is (answering before reading it can
-        if first is None:              # reach the client as INTERNAL instead of our status)
+        if first is None:  # reach the client as INTERNAL instead of our status)
             return
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
@@ -145,9 +160,11 @@ class GatewayServer:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy engine replica")
             used, cap = self.router.total_capacity()
             ms = int(self.spec.retry_after_s * 1000)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                f"all engine replicas are full ({used}/{cap} sessions); retry after {ms} ms",
-                                trailing_metadata=(("retry-after-ms", str(ms)),))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"all engine replicas are full ({used}/{cap} sessions); retry after {ms} ms",
+                trailing_metadata=(("retry-after-ms", str(ms)),),
+            )
         assert replica is not None
         self.active += 1
         self._idle.clear()

@@ -69,26 +69,54 @@ def free_port() -> int:
 
 # --- certificates ------------------------------------------------------------------------------------
 
+
 def _key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def _write_key(key: rsa.RSAPrivateKey, path: Path) -> None:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                       serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
 
 
-def _cert(subject: x509.Name, key: rsa.RSAPrivateKey, issuer: x509.Name, issuer_key: rsa.RSAPrivateKey,
-          ca: bool = False, sans: list[x509.GeneralName] | None = None, client: bool = False) -> x509.Certificate:
+def _cert(
+    subject: x509.Name,
+    key: rsa.RSAPrivateKey,
+    issuer: x509.Name,
+    issuer_key: rsa.RSAPrivateKey,
+    ca: bool = False,
+    sans: list[x509.GeneralName] | None = None,
+    client: bool = False,
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(key.public_key())
-         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-         .not_valid_after(now + datetime.timedelta(days=2))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                          key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
         usage = [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH if client else x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
         b = b.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
@@ -117,31 +145,53 @@ def make_certs(d: Path) -> Certs:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "duplex-test-ca")])
     ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
     srv_key = _key()
-    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.DNSName("kubernetes"),
-                                    x509.DNSName("kubernetes.default.svc"),
-                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                    x509.IPAddress(ipaddress.ip_address("198.18.0.1"))]
-    srv = _cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]), srv_key, ca_name, ca_key,
-                sans=sans)
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.DNSName("kubernetes"),
+        x509.DNSName("kubernetes.default.svc"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("198.18.0.1")),
+    ]
+    srv = _cert(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]), srv_key, ca_name, ca_key, sans=sans
+    )
     adm_key = _key()
-    adm = _cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "duplex-admin"),
-                           x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters")]),
-                adm_key, ca_name, ca_key, client=True)
+    adm = _cert(
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, "duplex-admin"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:masters"),
+            ]
+        ),
+        adm_key,
+        ca_name,
+        ca_key,
+        client=True,
+    )
     sa_key = _key()
-    c = Certs(ca=d / "ca.crt", server_cert=d / "server.crt", server_key=d / "server.key", admin_cert=d / "admin.crt",
-              admin_key=d / "admin.key", sa_key=d / "sa.key", sa_pub=d / "sa.pub")
+    c = Certs(
+        ca=d / "ca.crt",
+        server_cert=d / "server.crt",
+        server_key=d / "server.key",
+        admin_cert=d / "admin.crt",
+        admin_key=d / "admin.key",
+        sa_key=d / "sa.key",
+        sa_pub=d / "sa.pub",
+    )
     c.ca.write_bytes(_pem(ca))
     c.server_cert.write_bytes(_pem(srv))
     _write_key(srv_key, c.server_key)
     c.admin_cert.write_bytes(_pem(adm))
     _write_key(adm_key, c.admin_key)
     _write_key(sa_key, c.sa_key)
-    c.sa_pub.write_bytes(sa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                           serialization.PublicFormat.SubjectPublicKeyInfo))
+    c.sa_pub.write_bytes(
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     return c
 
 
 # --- processes ---------------------------------------------------------------------------------------
+
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
     """Poll ``predicate`` until it holds; raise with ``what`` after ``timeout`` seconds."""
@@ -156,8 +206,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         except Exception as e:
             last = e
         if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                               + (f" (last error: {last!r})" if last else ""))
+            raise TimeoutError(
+                f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last!r})" if last else "")
+            )
         time.sleep(interval)
 
 
@@ -240,33 +291,73 @@ def start_apiserver(workdir: Path, bins: dict[str, Path]) -> ControlPlane:
     cp = ControlPlane(workdir=workdir, certs=certs, api_port=api_port, kubeconfig=workdir / "kubeconfig")
     _write_kubeconfig(cp.kubeconfig, cp.server, certs)
     etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
-    cp._start("etcd", [
-        str(bins["etcd"]), "--name", "default", "--data-dir", str(workdir / "etcd"),
-        "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-        "--initial-cluster", f"default={peer_url}", "--log-level", "warn",
-    ])
+    cp._start(
+        "etcd",
+        [
+            str(bins["etcd"]),
+            "--name",
+            "default",
+            "--data-dir",
+            str(workdir / "etcd"),
+            "--listen-client-urls",
+            etcd_url,
+            "--advertise-client-urls",
+            etcd_url,
+            "--listen-peer-urls",
+            peer_url,
+            "--initial-advertise-peer-urls",
+            peer_url,
+            "--initial-cluster",
+            f"default={peer_url}",
+            "--log-level",
+            "warn",
+        ],
+    )
     wait_until(lambda: urllib.request.urlopen(etcd_url + "/health", timeout=2).status == 200, 30, "etcd /health")
-    cp._start("kube-apiserver", [
-        str(bins["kube-apiserver"]),
-        "--etcd-servers", etcd_url,
-        "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
-        "--secure-port", str(api_port), "--insecure-port", "0",
-        "--tls-cert-file", str(certs.server_cert), "--tls-private-key-file", str(certs.server_key),
-        "--client-ca-file", str(certs.ca),
-        "--service-account-key-file", str(certs.sa_pub),
-        "--service-account-signing-key-file", str(certs.sa_key),
-        "--service-account-issuer", "https://kubernetes.default.svc",
-        "--service-cluster-ip-range", SERVICE_CIDR,
-        "--authorization-mode", "RBAC",
-        # No service-account controllers run here, so pods need no service account token.
-        "--disable-admission-plugins", "ServiceAccount",
-        # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation rejects.
-        "--endpoint-reconciler-type", "none",
-        "--enable-priority-and-fairness=false",
-        "--cert-dir", str(workdir / "apiserver-certs"),
-        "--profiling=false", "--v", "1",
-    ])
+    cp._start(
+        "kube-apiserver",
+        [
+            str(bins["kube-apiserver"]),
+            "--etcd-servers",
+            etcd_url,
+            "--bind-address",
+            "127.0.0.1",
+            "--advertise-address",
+            "127.0.0.1",
+            "--secure-port",
+            str(api_port),
+            "--insecure-port",
+            "0",
+            "--tls-cert-file",
+            str(certs.server_cert),
+            "--tls-private-key-file",
+            str(certs.server_key),
+            "--client-ca-file",
+            str(certs.ca),
+            "--service-account-key-file",
+            str(certs.sa_pub),
+            "--service-account-signing-key-file",
+            str(certs.sa_key),
+            "--service-account-issuer",
+            "https://kubernetes.default.svc",
+            "--service-cluster-ip-range",
+            SERVICE_CIDR,
+            "--authorization-mode",
+            "RBAC",
+            # No service-account controllers run here, so pods need no service account token.
+            "--disable-admission-plugins",
+            "ServiceAccount",
+            # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation rejects.
+            "--endpoint-reconciler-type",
+            "none",
+            "--enable-priority-and-fairness=false",
+            "--cert-dir",
+            str(workdir / "apiserver-certs"),
+            "--profiling=false",
+            "--v",
+            "1",
+        ],
+    )
 
     def ready() -> bool:
         cp.check_alive()
@@ -282,20 +373,44 @@ def start_controller_manager(cp: ControlPlane, bins: dict[str, Path]) -> None:
     Start it after the CRDs the tests own by are installed: the garbage collector discovers resource
     types at start and then only every 30 s."""
     port = free_port()
-    cp._start("kube-controller-manager", [
-        str(bins["kube-controller-manager"]),
-        "--kubeconfig", str(cp.kubeconfig),
-        "--controllers", CONTROLLERS,
-        "--leader-elect=false", "--port", "0",
-        "--secure-port", str(port), "--bind-address", "127.0.0.1",
-        "--cert-dir", str(cp.workdir / "kcm-certs"),
-        "--service-account-private-key-file", str(cp.certs.sa_key),
-        "--use-service-account-credentials=false",
-        "--kube-api-qps", "200", "--kube-api-burst", "400",
-        "--concurrent-statefulset-syncs", "10", "--concurrent-deployment-syncs", "10",
-        "--concurrent-replicaset-syncs", "10", "--concurrent-gc-syncs", "20",
-        "--controller-start-interval", "0s", "--v", "1",
-    ])
+    cp._start(
+        "kube-controller-manager",
+        [
+            str(bins["kube-controller-manager"]),
+            "--kubeconfig",
+            str(cp.kubeconfig),
+            "--controllers",
+            CONTROLLERS,
+            "--leader-elect=false",
+            "--port",
+            "0",
+            "--secure-port",
+            str(port),
+            "--bind-address",
+            "127.0.0.1",
+            "--cert-dir",
+            str(cp.workdir / "kcm-certs"),
+            "--service-account-private-key-file",
+            str(cp.certs.sa_key),
+            "--use-service-account-credentials=false",
+            "--kube-api-qps",
+            "200",
+            "--kube-api-burst",
+            "400",
+            "--concurrent-statefulset-syncs",
+            "10",
+            "--concurrent-deployment-syncs",
+            "10",
+            "--concurrent-replicaset-syncs",
+            "10",
+            "--concurrent-gc-syncs",
+            "20",
+            "--controller-start-interval",
+            "0s",
+            "--v",
+            "1",
+        ],
+    )
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
@@ -313,9 +428,12 @@ def apply_crds(cp: ControlPlane, crds: list[dict[str, Any]]) -> None:
     import json
 
     for crd in crds:
-        req = urllib.request.Request(cp.server + "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                                     data=json.dumps(crd).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            cp.server + "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            data=json.dumps(crd).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             urllib.request.urlopen(req, context=cp.ssl_context(), timeout=10).read()
         except urllib.error.HTTPError as e:

@@ -110,10 +110,10 @@ def test_speech_boundaries_are_measured_from_the_audio(corpus: Path) -> None:
                 assert b == len(track) or track[b] == 0
             if e["type"] == "user_turn_end":
                 a = e["start_sample"]
-                assert clean[a - 1] != 0 and not np.any(clean[a:a + SAMPLE_RATE * 15 // 100])
+                assert clean[a - 1] != 0 and not np.any(clean[a : a + SAMPLE_RATE * 15 // 100])
             if e["type"] == "pause":
                 assert 0.2 - 1e-6 <= e["end"] - e["start"] <= 0.9 + 1e-6
-                assert not np.any(clean[e["start_sample"]:e["end_sample"]])
+                assert not np.any(clean[e["start_sample"] : e["end_sample"]])
             if e["type"] == "model_turn" and "gap_s" in e:  # replies (not the greeting) follow a user turn
                 assert 0.15 - 1e-6 <= e["gap_s"] <= 0.30 + 1e-6
 
@@ -129,11 +129,16 @@ def test_barge_ins_stop_the_model_within_the_reaction_time(corpus: Path) -> None
             onset, stop = e["start_sample"], e["end_sample"]
             assert 0.12 - 1e-6 <= e["reaction_s"] <= 0.20 + 1e-6
             assert e["model_stop"] - e["user_onset"] == pytest.approx(e["reaction_s"], abs=1e-5)
-            assert clean[onset] != 0 and not np.any(clean[onset - SAMPLE_RATE // 10:onset])
+            assert clean[onset] != 0 and not np.any(clean[onset - SAMPLE_RATE // 10 : onset])
             assert np.any(model[onset:stop]), "the model was speaking when the user barged in"
-            next_model = min((m["start_sample"] for m in events
-                              if m["type"] in ("model_turn", "backchannel") and m["start_sample"] > stop),
-                             default=len(model))
+            next_model = min(
+                (
+                    m["start_sample"]
+                    for m in events
+                    if m["type"] in ("model_turn", "backchannel") and m["start_sample"] > stop
+                ),
+                default=len(model),
+            )
             assert not np.any(model[stop:next_model]), "the model track must be silent after its stop"
             turn = next(m for m in events if m["type"] == "model_turn" and m["model_turn"] == e["model_turn"])
             assert turn["interrupted"] and turn["end_sample"] <= stop
@@ -186,9 +191,11 @@ def test_different_seed_gives_different_conversations(corpus: Path, tmp_path: Pa
 
 def test_checker_catches_labels_that_disagree(corpus: Path, tmp_path: Path) -> None:
     def corrupted(edit: str) -> list[str]:
-        src = next(c for c in _conversations(corpus)
-                   if any(e["type"] == "barge_in" for e in _events(c)) and any(e["type"] == "backchannel"
-                                                                               for e in _events(c)))
+        src = next(
+            c
+            for c in _conversations(corpus)
+            if any(e["type"] == "barge_in" for e in _events(c)) and any(e["type"] == "backchannel" for e in _events(c))
+        )
         dst = tmp_path / edit
         shutil.copytree(src, dst)
         doc = json.loads((dst / "events.json").read_text())
@@ -221,8 +228,11 @@ def test_text_generator_varies_and_uses_every_pause_cue() -> None:
         assert t.clauses[-1].cue == "final"
         assert t.clauses[-1].text.endswith("?" if t.is_question else ".")
         for c in t.clauses[:-1]:
-            ending = {"comma": ",", "comma_conjunction": f", {c.conjunction},",
-                      "bare_conjunction": f" {c.conjunction}"}[c.cue]
+            ending = {
+                "comma": ",",
+                "comma_conjunction": f", {c.conjunction},",
+                "bare_conjunction": f" {c.conjunction}",
+            }[c.cue]
             assert c.text.endswith(ending), c
     assert textgen.number_words(42) == "forty two" and textgen.number_words(305) == "three hundred and five"
     assert textgen.user_turn(np.random.default_rng(5)) == textgen.user_turn(np.random.default_rng(5))

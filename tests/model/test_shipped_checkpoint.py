@@ -37,8 +37,17 @@ def test_shipped_checkpoint_is_small_and_is_the_serving_default(caplog: pytest.L
 def test_shipped_checkpoint_takes_turns_on_unseen_voices(tmp_path: Path) -> None:
     corpus = tmp_path / "heldout"
     # seed 99 was never used for training; the test split's voices are never used for training by construction
-    make_corpus(corpus, 8, seed=99, workers=2, min_duration_s=30, max_duration_s=40, validation_fraction=0.0,
-                test_fraction=0.5, timing=Timing(reply_gap=(0.0, 0.08), barge_reaction=(0.06, 0.12)))
+    make_corpus(
+        corpus,
+        8,
+        seed=99,
+        workers=2,
+        min_duration_s=30,
+        max_duration_s=40,
+        validation_fraction=0.0,
+        test_fraction=0.5,
+        timing=Timing(reply_gap=(0.0, 0.08), barge_reaction=(0.06, 0.12)),
+    )
     convs = load_split(corpus, "test")
     model = load_part(ModelSource())
     assert isinstance(model, DuplexModel)

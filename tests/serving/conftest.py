@@ -63,14 +63,19 @@ class Stack:
 def wait_serving(addr: str, deadline_s: float = 30.0, ca: Path | None = None) -> None:
     """Poll the health service until SERVING (over TLS verified against ``ca`` when given)."""
     end = time.monotonic() + deadline_s
-    channel = grpc.insecure_channel(addr) if ca is None else \
-        grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
+    channel = (
+        grpc.insecure_channel(addr)
+        if ca is None
+        else grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=ca.read_bytes()))
+    )
     with channel as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 pass
@@ -85,8 +90,9 @@ def start_stack(engine_spec: EngineSpec, keys: KeyRing, model: Any) -> Stack:
     async def up() -> Stack:
         engine = EngineServer(engine_spec, ModelSource(), model=model, bind_port=0)
         eport = await engine.start()
-        gspec = GatewaySpec(host="127.0.0.1", metrics_port=0, engines=[f"127.0.0.1:{eport}"],
-                            health_interval_s=0.2, drain_grace_s=5.0)
+        gspec = GatewaySpec(
+            host="127.0.0.1", metrics_port=0, engines=[f"127.0.0.1:{eport}"], health_interval_s=0.2, drain_grace_s=5.0
+        )
         gateway = GatewayServer(gspec, keys=keys, bind_port=0)
         gport = await gateway.start()
         return Stack(engine, gateway, f"127.0.0.1:{eport}", f"127.0.0.1:{gport}", lt)

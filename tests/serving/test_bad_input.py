@@ -27,8 +27,9 @@ def _ser(m: bytes | pb.ClientEvent) -> bytes:
     return m if isinstance(m, bytes) else m.SerializeToString()
 
 
-async def send_raw(channel: grpc.aio.Channel, messages: Sequence[bytes | pb.ClientEvent],
-                   metadata: Sequence[tuple[str, str]] = AUTH) -> tuple[grpc.StatusCode, str]:
+async def send_raw(
+    channel: grpc.aio.Channel, messages: Sequence[bytes | pb.ClientEvent], metadata: Sequence[tuple[str, str]] = AUTH
+) -> tuple[grpc.StatusCode, str]:
     """Send exactly ``messages`` and read until the server ends the call; keeps the stream open afterwards
     so that the status is the server's answer, not a half-close."""
     done = asyncio.Event()
@@ -38,8 +39,9 @@ async def send_raw(channel: grpc.aio.Channel, messages: Sequence[bytes | pb.Clie
             yield m
         await done.wait()
 
-    call = channel.stream_stream("/duplex.v1.Duplex/Converse", request_serializer=_ser,
-                                 response_deserializer=pb.ServerEvent.FromString)(reqs(), metadata=tuple(metadata))
+    call = channel.stream_stream(
+        "/duplex.v1.Duplex/Converse", request_serializer=_ser, response_deserializer=pb.ServerEvent.FromString
+    )(reqs(), metadata=tuple(metadata))
     try:
         async for _ in call:
             pass
@@ -52,16 +54,25 @@ async def send_raw(channel: grpc.aio.Channel, messages: Sequence[bytes | pb.Clie
 
 START = client.start_event()
 CASES: dict[str, tuple[list[bytes | pb.ClientEvent], grpc.StatusCode, str]] = {
-    "wrong_sample_rate": ([client.start_event(sample_rate=44100)], grpc.StatusCode.INVALID_ARGUMENT,
-                          "start.format.sample_rate"),
-    "stereo": ([pb.ClientEvent(start=pb.SessionStart(format=pb.AudioFormat(sample_rate=16000, channels=2)))],
-               grpc.StatusCode.INVALID_ARGUMENT, "start.format.channels"),
+    "wrong_sample_rate": (
+        [client.start_event(sample_rate=44100)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "start.format.sample_rate",
+    ),
+    "stereo": (
+        [pb.ClientEvent(start=pb.SessionStart(format=pb.AudioFormat(sample_rate=16000, channels=2)))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "start.format.channels",
+    ),
     "wrong_chunk_ms": ([client.start_event(chunk_ms=120)], grpc.StatusCode.INVALID_ARGUMENT, "start.chunk_ms"),
     "chunk_wrong_length": ([START, audio(0, GOOD[0][:1000])], grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
     "odd_byte_count": ([START, audio(0, GOOD[0][:-1])], grpc.StatusCode.INVALID_ARGUMENT, "audio.pcm"),
     "garbage_first": ([b"\xff\xfe\xfd garbage \x00\x01"], grpc.StatusCode.INVALID_ARGUMENT, "ClientEvent"),
-    "garbage_mid_stream": ([START, audio(0), b"\x0a\xff\xff\xff\xff\x0f"], grpc.StatusCode.INVALID_ARGUMENT,
-                           "ClientEvent"),
+    "garbage_mid_stream": (
+        [START, audio(0), b"\x0a\xff\xff\xff\xff\x0f"],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "ClientEvent",
+    ),
     "empty_event": ([START, pb.ClientEvent()], grpc.StatusCode.INVALID_ARGUMENT, "ClientEvent"),
     "oversized": ([START, audio(0, b"\x00" * (2 << 20))], grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
     "out_of_order_seq": ([START, audio(0), audio(2)], grpc.StatusCode.INVALID_ARGUMENT, "audio.seq 2"),
@@ -71,12 +82,21 @@ CASES: dict[str, tuple[list[bytes | pb.ClientEvent], grpc.StatusCode, str]] = {
     "second_start": ([START, audio(0), START], grpc.StatusCode.FAILED_PRECONDITION, "already started"),
     "unknown_model": ([client.start_event(model="gpt-9")], grpc.StatusCode.NOT_FOUND, "start.model"),
     "unknown_tool": ([client.start_event(tools=["rm-rf"])], grpc.StatusCode.INVALID_ARGUMENT, "start.tools"),
-    "client_clock_out_of_range": ([pb.ClientEvent(start=pb.SessionStart(client_time_us=(1 << 63) - 1))],
-                                  grpc.StatusCode.INVALID_ARGUMENT, "start.client_time_us"),
-    "client_clock_negative": ([pb.ClientEvent(start=pb.SessionStart(client_time_us=-5))],
-                              grpc.StatusCode.INVALID_ARGUMENT, "start.client_time_us"),
-    "video_wrong_size": ([START, pb.ClientEvent(video=pb.VideoFrame(seq=0, rgb=b"\x00" * 12, width=2, height=2))],
-                         grpc.StatusCode.INVALID_ARGUMENT, "video.width/height"),
+    "client_clock_out_of_range": (
+        [pb.ClientEvent(start=pb.SessionStart(client_time_us=(1 << 63) - 1))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "start.client_time_us",
+    ),
+    "client_clock_negative": (
+        [pb.ClientEvent(start=pb.SessionStart(client_time_us=-5))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "start.client_time_us",
+    ),
+    "video_wrong_size": (
+        [START, pb.ClientEvent(video=pb.VideoFrame(seq=0, rgb=b"\x00" * 12, width=2, height=2))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "video.width/height",
+    ),
 }
 
 
@@ -131,8 +151,9 @@ async def test_replica_full_is_resource_exhausted_with_retry(small_stack: Stack)
         live = [asyncio.create_task(client.converse(ch, chunks)) for _ in range(2)]
         await eventually(lambda: small_stack.active() == 2, what="replica full")
         # let the gateway see the replica's load now rather than at its next poll (runs on the servers' loop)
-        await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(small_stack.gateway.router.poll_once(),
-                                                                   small_stack.thread.loop))
+        await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(small_stack.gateway.router.poll_once(), small_stack.thread.loop)
+        )
         rejected = await client.converse(ch, chunks)
         done = await asyncio.gather(*live)
     assert rejected.code == grpc.StatusCode.RESOURCE_EXHAUSTED, rejected.details
@@ -167,8 +188,9 @@ async def test_slow_reader_is_closed(stack: Stack) -> None:
                 yield audio(i, pcm)
             await stop.wait()
 
-        rpc = ch.stream_stream("/duplex.v1.Duplex/Converse", request_serializer=_ser,
-                               response_deserializer=pb.ServerEvent.FromString)(reqs())
+        rpc = ch.stream_stream(
+            "/duplex.v1.Duplex/Converse", request_serializer=_ser, response_deserializer=pb.ServerEvent.FromString
+        )(reqs())
         await eventually(lambda: stack.active() == 1, what="session admitted")
         await eventually(lambda: stack.active() == 0, deadline_s=60, what="slow reader closed")
         with pytest.raises(grpc.aio.AioRpcError) as err:

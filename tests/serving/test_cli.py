@@ -116,8 +116,23 @@ def test_up_and_talk(tmp_path: Path) -> None:
         assert "duplex_engine_queue_wait_seconds_bucket" in engine_metrics
         assert 'duplex_gateway_rpcs_total{code="OK",method="/duplex.v1.Duplex/Converse"} 1.0' in gateway_metrics
         model_time = tmp_path / "model_time.wav"
-        r = subprocess.run([*DUPLEX, "talk", "--target", addr, "--input", str(wav), "--output", str(model_time),
-                            "--model-time", "--fast"], capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                *DUPLEX,
+                "talk",
+                "--target",
+                addr,
+                "--input",
+                str(wav),
+                "--output",
+                str(model_time),
+                "--model-time",
+                "--fast",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip().endswith("(model time)")
         assert len(read_wav(model_time).samples) == 8 * 3200  # to the last chunk's end, not to an arrival time

@@ -54,8 +54,9 @@ async def test_phase_hint_on_the_clients_clock(stack: Stack) -> None:
         assert before + 30_000 <= at <= client.now_us()
         assert at - before <= 30_000 + 200_000 + 500_000, "due within a period of the margin (+ slack for CI)"
         assert conv.sent_us[0] >= at, "chunk 0 is never sent before the hinted time"
-        bare = await client.converse(ch, chunks, metadata=AUTH, start=client.start_event(), follow_hint=False,
-                                     stamp_start=False)
+        bare = await client.converse(
+            ch, chunks, metadata=AUTH, start=client.start_event(), follow_hint=False, stamp_start=False
+        )
     check_complete(bare, 3)
     assert bare.ready is not None and bare.ready.send_at_client_us == 0
 
@@ -82,8 +83,10 @@ async def test_same_input_same_output_regardless_of_batch(stack: Stack) -> None:
     async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
         alone = await client.converse(ch, chunks, metadata=AUTH, realtime=False)
         noise = client.split_chunks(tone(1.2, hz=400, amp=0.6), CHUNK)
-        crowd = await asyncio.gather(client.converse(ch, chunks, metadata=AUTH, realtime=False),
-                                     *(client.converse(ch, noise, metadata=AUTH, realtime=False) for _ in range(3)))
+        crowd = await asyncio.gather(
+            client.converse(ch, chunks, metadata=AUTH, realtime=False),
+            *(client.converse(ch, noise, metadata=AUTH, realtime=False) for _ in range(3)),
+        )
     a = [list(r.event.audio.control) for r in alone.of("audio")]
     b = [list(r.event.audio.control) for r in crowd[0].of("audio")]
     assert a == b
@@ -109,7 +112,8 @@ async def test_health_and_reflection(stack: Stack) -> None:
     for addr in (stack.gateway_addr, stack.engine_addr):
         async with grpc.aio.insecure_channel(addr) as ch:
             h = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service="duplex.v1.Duplex"), timeout=5)
+                health_pb2.HealthCheckRequest(service="duplex.v1.Duplex"), timeout=5
+            )
             assert h.status == health_pb2.HealthCheckResponse.SERVING
             stub = reflection_pb2_grpc.ServerReflectionStub(ch)
 

@@ -16,8 +16,12 @@ from .conftest import AUTH, Stack, tone
 CHUNK = 3200
 
 
-async def stalling(channel: grpc.aio.Channel, chunks: list[bytes], stall_after: int, stall_s: float,
-                   ) -> list[pb.ServerEvent]:
+async def stalling(
+    channel: grpc.aio.Channel,
+    chunks: list[bytes],
+    stall_after: int,
+    stall_s: float,
+) -> list[pb.ServerEvent]:
     """Send chunks in real time, but stop for ``stall_s`` after ``stall_after`` chunks, then send the rest
     (the held-back ones first, in a burst, as a client recovering from a network stall would)."""
     got: list[pb.ServerEvent] = []
@@ -34,8 +38,11 @@ async def stalling(channel: grpc.aio.Channel, chunks: list[bytes], stall_after: 
             yield client.audio_event(seq, pcm)
         yield pb.ClientEvent(end=pb.EndOfStream())
 
-    call = channel.stream_stream("/duplex.v1.Duplex/Converse", request_serializer=pb.ClientEvent.SerializeToString,
-                                 response_deserializer=pb.ServerEvent.FromString)(reqs(), metadata=AUTH)
+    call = channel.stream_stream(
+        "/duplex.v1.Duplex/Converse",
+        request_serializer=pb.ClientEvent.SerializeToString,
+        response_deserializer=pb.ServerEvent.FromString,
+    )(reqs(), metadata=AUTH)
     async for ev in call:
         got.append(ev)
         if ev.HasField("ready"):

@@ -48,28 +48,52 @@ def make_certs(d: Path) -> Certs:
     """A CA and a server certificate it signed, valid for ``localhost`` and ``127.0.0.1``, as PEM files."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(_name("duplex test CA")).issuer_name(_name("duplex test CA"))
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("duplex test CA"))
+        .issuer_name(_name("duplex test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
     san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (x509.CertificateBuilder().subject_name(_name("localhost")).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(san, critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(san, critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     certs = Certs(d / "ca.crt", d / "tls.crt", d / "tls.key")
     certs.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     certs.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM))
-    certs.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
+    certs.key.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return certs
 
 
@@ -95,9 +119,15 @@ def tls_stack(tiny_model: Any, certs: Certs) -> Iterator[TlsStack]:
         espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=4, cohorts=1)
         engine = EngineServer(espec, ModelSource(), model=copy.deepcopy(tiny_model), bind_port=0)
         eport = await engine.start()
-        gspec = GatewaySpec(host="127.0.0.1", metrics_port=0, engines=[f"127.0.0.1:{eport}"],
-                            health_interval_s=0.2, drain_grace_s=5.0,
-                            tls_cert_file=str(certs.cert), tls_key_file=str(certs.key))
+        gspec = GatewaySpec(
+            host="127.0.0.1",
+            metrics_port=0,
+            engines=[f"127.0.0.1:{eport}"],
+            health_interval_s=0.2,
+            drain_grace_s=5.0,
+            tls_cert_file=str(certs.cert),
+            tls_key_file=str(certs.key),
+        )
         gateway = GatewayServer(gspec, keys=KeyRing({API_KEY}), bind_port=0)
         gport = await gateway.start()
         return TlsStack(engine, gateway, f"127.0.0.1:{eport}", f"127.0.0.1:{gport}", lt)
@@ -108,6 +138,7 @@ def tls_stack(tiny_model: Any, certs: Certs) -> Iterator[TlsStack]:
         wait_serving(s.gateway_addr, ca=certs.ca)
         yield s
     finally:
+
         async def down() -> None:
             await s.gateway.stop(0.5)
             await s.engine.stop(0.5)
@@ -162,8 +193,9 @@ def test_no_tls_fields_means_plaintext() -> None:
 
 
 def test_both_files_load(certs: Certs) -> None:
-    assert isinstance(load_tls(spec_with(tls_cert_file=str(certs.cert), tls_key_file=str(certs.key))),
-                      grpc.ServerCredentials)
+    assert isinstance(
+        load_tls(spec_with(tls_cert_file=str(certs.cert), tls_key_file=str(certs.key))), grpc.ServerCredentials
+    )
 
 
 @pytest.mark.parametrize("field", ["tls_cert_file", "tls_key_file"])
@@ -191,8 +223,9 @@ def test_non_pem_content_names_field(certs: Certs, tmp_path: Path, field: str) -
 
 async def test_gateway_start_validates_tls(tmp_path: Path, certs: Certs) -> None:
     """``start()`` raises the ValueError that ``duplex gateway`` reports as ``duplex gateway: <message>``."""
-    gw = GatewayServer(spec_with(tls_cert_file=str(certs.cert), tls_key_file=str(tmp_path / "missing.key")),
-                       bind_port=0)
+    gw = GatewayServer(
+        spec_with(tls_cert_file=str(certs.cert), tls_key_file=str(tmp_path / "missing.key")), bind_port=0
+    )
     try:
         with pytest.raises(ValueError, match="tls_key_file"):
             await gw.start()
