@@ -159,7 +159,7 @@ async def run_level(
     )
 
 
-def start_up(max_sessions: int, cohorts: int) -> tuple[subprocess.Popen[str], str]:
+def start_up(max_sessions: int, cohorts: int, extra: list[str]) -> tuple[subprocess.Popen[str], str]:
     cmd = [
         sys.executable,
         "-c",
@@ -171,6 +171,7 @@ def start_up(max_sessions: int, cohorts: int) -> tuple[subprocess.Popen[str], st
         str(max_sessions),
         "--cohorts",
         str(cohorts),
+        *extra,
     ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
@@ -216,6 +217,7 @@ def main() -> None:
         default=0.0,
         help="count only chunks captured this many seconds or more into each conversation",
     )
+    ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
     ap.add_argument("--section", default="Serving", help="docs/benchmarks.md section to write")
     ap.add_argument("--target", default="", help="use a running gateway instead of starting duplex up")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
@@ -230,7 +232,7 @@ def main() -> None:
         proc = None
         target = args.target
         if not target:
-            proc, target = start_up(max(levels_n), cohorts)
+            proc, target = start_up(max(levels_n), cohorts, args.up_args.split())
         try:
             for n in levels_n:
                 lv = asyncio.run(run_level(target, n, args.seconds, phases, args.spawn_rate, args.steady_after))

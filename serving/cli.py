@@ -181,6 +181,9 @@ def up(
     torch_threads: int = typer.Option(1, help="Step-thread torch threads (1 leaves a core for gRPC on 2-core hosts)"),
     cohorts: int = typer.Option(4, help="Phase cohorts of the engine"),
     no_agent: bool = typer.Option(False, "--no-agent", help="Start no redis-server and no agent worker"),
+    batch_invariant: bool = typer.Option(
+        True, help="Bit-identical outputs whatever shares a step (engine.batch_invariant; docs/benchmarks.md)"
+    ),
 ) -> None:
     """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
     and the background agent (a local redis-server on a free loopback port and one worker)."""
@@ -219,6 +222,7 @@ def up(
                 metrics_port=metrics_port,
                 torch_threads=torch_threads,
                 cohorts=cohorts,
+                batch_invariant=batch_invariant,
                 redis_url=redis.url if redis is not None else "",
             )
         )

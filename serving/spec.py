@@ -84,10 +84,12 @@ class EngineSpec(_Spec):
     """Intra-op threads of the step thread (0 = torch's default)."""
     tools: list[str] = Field(default_factory=lambda: ["clock", "calculator"])
     """Tools a session may ask for in ``SessionStart.tools``; others are rejected with INVALID_ARGUMENT."""
-    batch_invariant: bool = True
+    batch_invariant: bool = False
     """Step the model with batch-invariant kernels: a session's outputs are bit-identical whatever other
     sessions share its steps, which slot it has and when others join or leave (reproducible conversations for
-    debugging and evaluation). Its measured cost is in docs/benchmarks.md; false trades that guarantee for it."""
+    debugging and evaluation). It pads small GEMMs and expert groups to fixed row counts, which cost about a
+    third more step time at cohort-sized batches (docs/benchmarks.md), so it is off by default and on in
+    ``duplex up``."""
     redis_url: str = ""
     """Redis of the background agent ("" = no agent: an ``AgentRequest`` gets FAILED at once). The engine CLI
     also reads ``$DUPLEX_REDIS_URL``, which the operator renders."""

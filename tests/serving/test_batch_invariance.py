@@ -32,8 +32,9 @@ OTHERS = 20
 def invariant_stack(tiny_model: Any) -> Iterator[Stack]:
     """Two cohorts of 16 slots: with 21 sessions each step holds a varying crowd, and the witness's slot
     changes as others leave (the block's last member fills the hole)."""
-    spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=32, cohorts=2, max_send_backlog=400)
-    assert spec.batch_invariant, "batch invariance is the engine's default"
+    spec = EngineSpec(
+        host="127.0.0.1", metrics_port=0, max_sessions=32, cohorts=2, max_send_backlog=400, batch_invariant=True
+    )
     s = start_stack(spec, KeyRing({API_KEY}, open_access=False), copy.deepcopy(tiny_model))
     yield s
     stop_stack(s)
