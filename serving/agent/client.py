@@ -120,11 +120,13 @@ class AgentClient:
     ) -> None:
         """Queue one tool call. Every outcome arrives through ``on_event``: QUEUED (then RUNNING and one DONE
         or FAILED from a worker), or FAILED at once when the call is invalid or Redis does not take it."""
+
+        def update(state: AgentState, detail: str = "") -> AgentUpdate:
+            return AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=state, detail=detail)
+
         problem = self.check(session_id, call_id, tool, arguments_json, deadline_s, session_tools)
         if problem is not None:
-            self._deliver(
-                AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.FAILED, detail=problem)
-            )
+            self._deliver(update(AgentState.FAILED, problem))
             return
         now = self.now_ms()
         try:
@@ -139,31 +141,14 @@ class AgentClient:
             )
         except ValidationError as e:  # lengths beyond check(): name the field
             field = ".".join(str(x) for x in e.errors()[0]["loc"])
-            self._deliver(
-                AgentUpdate(
-                    session_id=session_id,
-                    call_id=call_id,
-                    tool=tool,
-                    state=AgentState.FAILED,
-                    detail=f"{field}: {e.errors()[0]['msg']}",
-                )
-            )
+            self._deliver(update(AgentState.FAILED, f"{field}: {e.errors()[0]['msg']}"))
             return
         try:
             await asyncio.wait_for(self._queue(job), self.submit_timeout_s)
         except (*REDIS_DOWN, TimeoutError) as e:
-            reason = str(e) or type(e).__name__
-            self._deliver(
-                AgentUpdate(
-                    session_id=session_id,
-                    call_id=call_id,
-                    tool=tool,
-                    state=AgentState.FAILED,
-                    detail=f"agent unavailable: {reason}",
-                )
-            )
+            self._deliver(update(AgentState.FAILED, f"agent unavailable: {str(e) or type(e).__name__}"))
             return
-        self._deliver(AgentUpdate(session_id=session_id, call_id=call_id, tool=tool, state=AgentState.QUEUED))
+        self._deliver(update(AgentState.QUEUED))
 
     async def _queue(self, job: AgentJob) -> None:
         """XADD the job. A pooled connection that Redis closed (it restarted) fails on first use: one retry

@@ -5,6 +5,7 @@ gateway's health service with a deadline — never a sleep."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from duplex.model.audio_io import read_wav
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.engine.server import EngineServer
@@ -148,6 +150,17 @@ def one_cohort_stack(tiny_model: Any) -> Iterator[Stack]:
     s = start_stack(spec, KeyRing({API_KEY}, open_access=False), copy.deepcopy(tiny_model))
     yield s
     stop_stack(s)
+
+
+@pytest.fixture(scope="session")
+def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """A spoken question (espeak-ng, real TTS) and then 3 s of silence, so the model takes the turn and speaks."""
+    raw = tmp_path_factory.mktemp("speech") / "q.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-w", str(raw), "Hello, could you tell me what time it is?"], check=True
+    )
+    said = read_wav(raw, 16000, mono=True).samples
+    return np.concatenate([said, np.zeros(3 * 16000, np.int16)])
 
 
 def tone(seconds: float, hz: float = 220.0, amp: float = 0.3, sr: int = 16000) -> np.ndarray:

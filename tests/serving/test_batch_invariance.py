@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import random
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,6 @@ import grpc
 import numpy as np
 import pytest
 
-from duplex.model.audio_io import read_wav
 from duplex.serving import client
 from duplex.serving.gateway.auth import KeyRing
 from duplex.serving.spec import EngineSpec
@@ -38,17 +36,6 @@ def invariant_stack(tiny_model: Any) -> Iterator[Stack]:
     s = start_stack(spec, KeyRing({API_KEY}, open_access=False), copy.deepcopy(tiny_model))
     yield s
     stop_stack(s)
-
-
-@pytest.fixture(scope="module")
-def question(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    """Real TTS speech, then silence, so the model takes the turn and speaks (there is something to compare)."""
-    raw = tmp_path_factory.mktemp("inv") / "q.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-w", str(raw), "Could you tell me what time it is in Paris?"], check=True
-    )
-    said = read_wav(raw, SR, mono=True).samples
-    return np.concatenate([said, np.zeros(3 * SR, np.int16)])
 
 
 def other_voice(rng: random.Random) -> np.ndarray:
@@ -97,14 +84,14 @@ async def hold(ch: grpc.aio.Channel, samples: np.ndarray, delay_s: float = 0.0) 
 
 
 async def test_a_conversation_is_bit_identical_alone_and_among_others(
-    invariant_stack: Stack, question: np.ndarray
+    invariant_stack: Stack, speech: np.ndarray
 ) -> None:
     async with grpc.aio.insecure_channel(invariant_stack.gateway_addr) as ch:
-        alone = await hold(ch, question)
+        alone = await hold(ch, speech)
         assert {a.event.audio.timing.batch_size for a in alone.of("audio")} <= {1}, "alone means alone"
         rng = random.Random(9)
         crowd = [hold(ch, other_voice(rng), delay_s=rng.uniform(0, 0.6)) for _ in range(OTHERS)]
-        witness, *others = await asyncio.gather(hold(ch, question, delay_s=0.1), *crowd)
+        witness, *others = await asyncio.gather(hold(ch, speech, delay_s=0.1), *crowd)
     assert all(o.code == grpc.StatusCode.OK for o in others)
     batch_sizes = [a.event.audio.timing.batch_size for a in witness.of("audio")]
     assert max(batch_sizes) >= 4 and len(set(batch_sizes)) >= 2, f"the crowd never shared steps: {batch_sizes}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,17 +121,6 @@ def test_talk_names_an_input_that_is_not_audio(tmp_path: Path) -> None:
     )
     assert r.exit_code == 2
     assert "duplex talk: --input:" in r.stderr and "notes.wav" in r.stderr and "not a readable audio file" in r.stderr
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
-    """A spoken question (espeak-ng, real TTS) and then silence, so the model takes the turn and speaks."""
-    raw = tmp_path_factory.mktemp("talk") / "q.wav"
-    subprocess.run(
-        ["espeak-ng", "-v", "en-us", "-w", str(raw), "Hello, could you tell me what time it is?"], check=True
-    )
-    said = read_wav(raw, SR, mono=True).samples
-    return np.concatenate([said, np.zeros(3 * SR, np.int16)])
 
 
 async def hold(stack: Stack, samples: np.ndarray, clock: client.Clock | None = None) -> client.Conversation:
