@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from duplex import __version__
+
 SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, alias_generator=to_camel, populate_by_name=True)
 """Every spec: unknown fields rejected, field docs from docstrings, camelCase names in Kubernetes objects
 (``gpuMemoryGib``; ``by_alias`` dumps) and snake_case ones in Python, config files and ``--set``."""
@@ -31,8 +33,9 @@ class EngineSpec(_Spec):
 
     backend: Literal["torch", "tensorrt-llm"] = "torch"
     """``torch`` runs everywhere; ``tensorrt-llm`` uses TensorRT-LLM's fused MoE/attention on GPU images."""
-    image: str = "duplex:latest"
-    """Container image of the engine."""
+    image: str = f"duplex:{__version__}"
+    """Container image of the engine, gateway and agent pods: a pinned tag (or digest), never ``latest``; the
+    default is this package's version."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs; auto = cuda when a GPU is visible."""
     resources: ResourceSpec = ResourceSpec()
