@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,9 +28,9 @@ def crd_yaml() -> str:
     return yaml.safe_dump_all([crd_manifest()], sort_keys=False)
 
 
-def spec_schema() -> dict[str, object]:
+def spec_schema() -> dict[str, Any]:
     """``duplex crd --values-schema`` without its ``$schema`` line (it is nested in the chart's schema)."""
-    schema = values_json_schema(DuplexModelSpec)
+    schema: dict[str, Any] = values_json_schema(DuplexModelSpec)
     schema.pop("$schema", None)
     return schema
 

@@ -17,7 +17,10 @@ from typer.testing import CliRunner
 from duplex.cli import app
 
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest schemas the installed package ships
-REGENERATE = ".venv/bin/python charts/regenerate.py  (the CRD alone: duplex crd > charts/duplex/crds/duplexmodels.duplex.ai.yaml)"
+REGENERATE = (
+    ".venv/bin/python charts/regenerate.py"
+    "  (the CRD alone: duplex crd > charts/duplex/crds/duplexmodels.duplex.ai.yaml)"
+)
 ALL_ON = {
     "redis.enabled": "true",
     "exampleModel.enabled": "true",
@@ -82,7 +85,10 @@ def test_example_model_spec_schema_is_the_duplexmodel_schema() -> None:
     [
         ({"operator.replica": "2"}, ["/operator", "'replica' not allowed"]),
         ({"redis.enabeld": "true"}, ["/redis", "'enabeld' not allowed"]),
-        ({"exampleModel.enabled": "true", "exampleModel.spec.engine.shardz": "2"}, ["/exampleModel/spec/engine", "'shardz'"]),
+        (
+            {"exampleModel.enabled": "true", "exampleModel.spec.engine.shardz": "2"},
+            ["/exampleModel/spec/engine", "'shardz'"],
+        ),
         ({"exampleModel.spec.engine.chunkMs": "50"}, ["/exampleModel/spec/engine/chunkMs"]),
         ({"image.tag": "latest"}, ["/image/tag"]),
         ({"operator.resources.limits": "null"}, ["/operator/resources"]),
@@ -185,7 +191,9 @@ def test_namespaced_operator_watches_only_its_namespaces_with_peering() -> None:
 
 def rules(docs: list[dict[str, Any]], name: str) -> set[tuple[str, str, str]]:
     (role,) = [d for d in docs if d["kind"] in {"ClusterRole", "Role"} and d["metadata"]["name"] == name]
-    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
 
 
 CHILD_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
