@@ -32,7 +32,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "all-on": ALL_ON,
     "namespaced-peering": {
         **ALL_ON,
-        "operator.watchNamespaces": "{team-a,team-b}",
+        "operator.watchNamespaces": "{team-a,duplex-system}",
         "operator.peering.enabled": "true",
         "operator.replicas": "2",
     },
@@ -93,6 +93,10 @@ def test_example_model_spec_schema_is_the_duplexmodel_schema() -> None:
         ({"image.tag": "latest"}, ["/image/tag"]),
         ({"operator.resources.limits": "null"}, ["/operator/resources"]),
         ({"operator.replicas": "2"}, ["operator.replicas", "operator.peering.enabled"]),
+        (
+            {"exampleModel.enabled": "true", "operator.watchNamespaces": "{team-a}"},
+            ["exampleModel.enabled", "operator.watchNamespaces"],
+        ),
     ],
 )
 def test_bad_values_are_rejected_naming_the_field(values: dict[str, str], named: list[str]) -> None:
@@ -178,11 +182,11 @@ def test_namespaced_operator_watches_only_its_namespaces_with_peering() -> None:
     docs = rendered("namespaced-peering")
     (dep,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")]
     args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+    assert "--namespace=team-a" in args and "--namespace=duplex-system" in args and "--all-namespaces" not in args
     assert "--peering=duplex-operator" in args and "--standalone" not in args
     assert dep["spec"]["replicas"] == 2
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["duplex-system", "team-a"]
     assert not [d for d in docs if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "r-duplex-operator"]
 
 
