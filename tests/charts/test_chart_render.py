@@ -208,6 +208,7 @@ CHILDREN = {
     ("apps", "deployments"),
     ("policy", "poddisruptionbudgets"),
     ("autoscaling", "horizontalpodautoscalers"),
+    ("networking.k8s.io", "networkpolicies"),  # a DuplexModel's spec.networkPolicy
 }
 
 
