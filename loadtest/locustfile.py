@@ -38,10 +38,13 @@ from locust.env import Environment  # noqa: E402
 from duplex.loadtest.corpus import ScriptedConversation, load_corpus  # noqa: E402
 from duplex.loadtest.driver import converse_rpc, hold_conversation  # noqa: E402
 from duplex.loadtest.listener import Measurement  # noqa: E402
+from duplex.loadtest.preflight import channel  # noqa: E402
 from duplex.loadtest.record import Recorder, RunConfig  # noqa: E402
 
 CONFIG = RunConfig.model_validate_json(Path(os.environ["DUPLEX_LOADTEST_CONFIG"]).read_text())
-CONVERSATIONS: list[ScriptedConversation] = load_corpus(Path(CONFIG.corpus), CONFIG.split)
+CONVERSATIONS: list[ScriptedConversation] = load_corpus(
+    Path(CONFIG.corpus), CONFIG.split, CONFIG.min_conversation_s
+)
 RECORDER = Recorder()
 USER_INDEX = itertools.count()
 
@@ -96,13 +99,6 @@ _listen(events.test_stopping, _stopping)
 _listen(events.quitting, _write)
 
 
-def _channel(target: str) -> grpc.Channel:
-    if not CONFIG.ca_cert:
-        return grpc.insecure_channel(target)
-    root = Path(CONFIG.ca_cert).read_bytes()
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
-
-
 class ConversationUser(User):
     """Holds scripted conversations back to back, each on a fresh stream, at real-time pace."""
 
@@ -110,7 +106,7 @@ class ConversationUser(User):
 
     def on_start(self) -> None:
         assert self.host, "--target is required"
-        self.channel = _channel(self.host)
+        self.channel = channel(self.host, CONFIG.ca_cert)
         self.rpc = converse_rpc(self.channel)
         key = os.environ.get("DUPLEX_API_KEY", "")
         self.metadata = (("authorization", f"Bearer {key}"),) if key else ()

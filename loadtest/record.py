@@ -19,6 +19,8 @@ class RunConfig(BaseModel):
     """Corpus folder (``duplex corpus make`` layout) the users take their conversations from."""
     split: str | None = None
     """Use only this split of the corpus (None = every conversation)."""
+    min_conversation_s: float = 0.0
+    """Use only conversations whose user track lasts at least this long (seconds)."""
     chunk_ms: int = 200
     """Micro-turn length; must equal the server's."""
     ca_cert: str | None = None
