@@ -104,6 +104,9 @@ def loadtest(
         help="Only conversations at least this long (s); without --corpus a long default corpus is built (once)",
     ),
     chunk_ms: int = typer.Option(200, help="Chunk length (must match the server)"),
+    processes: int = typer.Option(
+        1, min=1, help="Locust processes sharing the users, a core each (keeps a big load's clients in real time)"
+    ),
     seed: int = typer.Option(0, help="User i starts with conversation SEED + i of the corpus"),
     find_capacity: bool = typer.Option(False, help="Ramp users (double, then bisect) until the SLO breaks"),
     max_users: int = typer.Option(256, min=1, help="--find-capacity: never run more users than this"),
@@ -148,7 +151,7 @@ def loadtest(
     )
 
     def spec(n: int, html_path: Path | None) -> LoadSpec:
-        return LoadSpec(target, n, spawn_rate, run_time_s, config, html_path, api_key)
+        return LoadSpec(target, n, spawn_rate, run_time_s, config, html_path, api_key, min(processes, n))
 
     meta = {
         "target": target,

@@ -72,8 +72,22 @@ def test_after_an_overload_step_a_small_step_measures_turns_and_sigint_stops_it(
         # SIGINT while more clients than slots hold conversations: it and its children exit in time
         log_from = len(up.log.read_text(errors="replace"))
         flood = subprocess.Popen(
-            [*DUPLEX, "loadtest", "--target", up.address, "--users", str(OVERLOAD_USERS), "--spawn-rate", "6"]
-            + ["--run-time", "60s", "--max-client-lag", "5", "--seed", "1"],
+            [
+                *DUPLEX,
+                "loadtest",
+                "--target",
+                up.address,
+                "--users",
+                str(OVERLOAD_USERS),
+                "--spawn-rate",
+                "6",
+                "--run-time",
+                "60s",
+                "--max-client-lag",
+                "5",
+                "--seed",
+                "1",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env={**os.environ, "DUPLEX_CACHE": str(tmp_path / "cache")},
