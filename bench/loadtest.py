@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,11 @@ def loadtest(target: str, args: list[str], out: Path) -> tuple[int, dict[str, An
     if r.returncode == 2:
         raise SystemExit(f"duplex loadtest {' '.join(args)}: failed (exit 2), see its message above")
     return r.returncode, json.loads(out.read_text()) if out.exists() else {}
+
+
+def processes(users: int) -> int:
+    """Locust processes for a run: one per 16 users, at most half the cores (the server has the rest)."""
+    return max(1, min(users // 16, (os.cpu_count() or 2) // 2))
 
 
 def cell(stats: dict[str, Any], key: str) -> str:
@@ -67,9 +73,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for n in (int(x) for x in a.users.split(",")):
                 rate = str(max(1, n // 4))
+                procs = str(processes(n))
                 code, s = loadtest(
                     target,
-                    ["--users", str(n), "--spawn-rate", rate, "--run-time", a.run_time, *long],
+                    ["--users", str(n), "--spawn-rate", rate, "--run-time", a.run_time, *long, "--processes", procs],
                     Path(tmp) / f"u{n}.json",
                 )
                 if code == 3 or not s:
@@ -96,6 +103,8 @@ def main() -> None:
                         "--run-time",
                         a.capacity_run_time,
                         *long,
+                        "--processes",
+                        str(processes(128)),
                     ],
                     Path(tmp) / "capacity.json",
                 )
