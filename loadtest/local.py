@@ -40,12 +40,13 @@ class LocalUp:
 
     def start(self, deadline_s: float = 180.0) -> str:
         """Start it and return HOST:PORT from its "ready at" line (read from the log until ``deadline_s``)."""
+        start = self.log.stat().st_size if self.log.exists() else 0  # an earlier run's lines are not ours
         with self.log.open("ab") as out:
             # its own session: a stop reaches only this tree, and a leftover child keeps the group id
             self.proc = subprocess.Popen(self.command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
-            if m := READY.search(self.log.read_text(errors="replace")):
+            if m := READY.search(self.log.read_bytes()[start:].decode(errors="replace")):
                 self.address = m.group(1)
                 self.children = psutil.Process(self.proc.pid).children(recursive=True)
                 return self.address
