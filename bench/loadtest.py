@@ -4,6 +4,11 @@ search; writes the ``## Load test`` section of docs/benchmarks.md.
     python bench/loadtest.py                          # 1,16,64 users × 60 s, then --find-capacity (30 s steps)
     python bench/loadtest.py --users 1,16 --run-time 30s --no-capacity --no-write
 
+Conversations last at least 60 s (``--min-conversation-s 60``: a long default corpus, built once), so each
+user holds one conversation through a whole 60 s run and the figures are the steady state, not a run of
+session starts. ``duplex up`` writes its log to a file (``--up-log``), never to an unread pipe, whose 64 KiB
+would fill and stall the server (docs/loadtest.md, "Against `duplex up`").
+
 Each run is the real command (``duplex loadtest --json``) with the gate's targets set to the design card's
 (turn-taking p50 ≤ 0.30 s, p95 ≤ 0.45 s, barge-in p50 ≤ 0.25 s); a figure that misses its target is marked
 so in the table. A run whose load generator fell behind real time (exit 3) is reported as such, without
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,23 +28,23 @@ from typing import Any
 
 from report import command, machine, write_section
 
+from duplex.loadtest.local import LocalUp
+
 DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
 TARGETS = {"turn_latency_p50": 0.30, "turn_latency_p95": 0.45, "barge_in_p50": 0.25}
 GATE = ["--slo-p50", "0.30", "--slo-p95", "0.45", "--slo-barge-in-p50", "0.25", "--max-error-rate", "0.01"]
 
 
-def start_up() -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([*DUPLEX, "up", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if m := re.search(r"ready at (\S+)", line):
-            return proc, m.group(1)
-    raise SystemExit("duplex up exited before it was ready")
-
-
 def loadtest(target: str, args: list[str], out: Path) -> tuple[int, dict[str, Any]]:
-    r = subprocess.run([*DUPLEX, "loadtest", "--target", target, *GATE, *args, "--json", str(out)])
+    r = subprocess.run([*DUPLEX, "loadtest", "--target", target, *GATE, *args, "--json", str(out)], check=False)
+    if r.returncode == 2:
+        raise SystemExit(f"duplex loadtest {' '.join(args)}: failed (exit 2), see its message above")
     return r.returncode, json.loads(out.read_text()) if out.exists() else {}
+
+
+def processes(users: int) -> int:
+    """Locust processes for a run: one per 16 users, at most half the cores (the server has the rest)."""
+    return max(1, min(users // 16, (os.cpu_count() or 2) // 2))
 
 
 def cell(stats: dict[str, Any], key: str) -> str:
@@ -56,16 +61,22 @@ def main() -> None:
     ap.add_argument("--capacity-run-time", default="30s")
     ap.add_argument("--no-capacity", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--min-conversation-s", default="60", help="shortest conversation the users hold (s)")
+    ap.add_argument("--up-log", type=Path, default=Path(tempfile.gettempdir()) / "bench-loadtest-up.log")
     a = ap.parse_args()
-    proc, target = start_up()
+    long = ["--min-conversation-s", a.min_conversation_s]
+    a.up_log.unlink(missing_ok=True)
+    up = LocalUp(a.up_log)
+    target = up.start()
     rows, capacity = [], None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in (int(x) for x in a.users.split(",")):
                 rate = str(max(1, n // 4))
+                procs = str(processes(n))
                 code, s = loadtest(
                     target,
-                    ["--users", str(n), "--spawn-rate", rate, "--run-time", a.run_time],
+                    ["--users", str(n), "--spawn-rate", rate, "--run-time", a.run_time, *long, "--processes", procs],
                     Path(tmp) / f"u{n}.json",
                 )
                 if code == 3 or not s:
@@ -91,19 +102,22 @@ def main() -> None:
                         "128",
                         "--run-time",
                         a.capacity_run_time,
+                        *long,
+                        "--processes",
+                        str(processes(128)),
                     ],
                     Path(tmp) / "capacity.json",
                 )
                 capacity = s.get("capacity")
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        print(f"duplex up stopped {up.interrupt(60.0):.1f} s after SIGINT (log: {a.up_log})")
     body = [
         f"`{command()}` — {machine()}",
         "",
         "`duplex loadtest` (Locust, live-microphone pacing, 200 ms chunks, shipped tiny checkpoint) against "
-        "`duplex up` on the same machine. Seconds; turn-taking = first model speech heard − user's end of "
-        "speech (capture clock); targets from DESIGN.md.",
+        f"`duplex up` on the same machine, conversations ≥ {a.min_conversation_s} s (one per user per run). "
+        "Seconds; turn-taking = first model speech heard − user's end of speech (capture clock); targets from "
+        "DESIGN.md. The load generator shares the machine's cores with the server.",
         "",
         "| users | turn-taking p50 | p95 | barge-in p50 | turns / barge-ins | errors | client lag max |",
         "|---|---|---|---|---|---|---|",

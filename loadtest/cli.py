@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import report
+from .preflight import check_target
 from .record import RunConfig
 from .run import (
     Capacity,
@@ -97,7 +98,15 @@ def loadtest(
         None, file_okay=False, help="Corpus (duplex corpus make); default: a small one built on first use"
     ),
     split: str | None = typer.Option(None, help="Use only this split of --corpus"),
+    min_conversation_s: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="Only conversations at least this long (s); without --corpus a long default corpus is built (once)",
+    ),
     chunk_ms: int = typer.Option(200, help="Chunk length (must match the server)"),
+    processes: int = typer.Option(
+        1, min=1, help="Locust processes sharing the users, a core each (keeps a big load's clients in real time)"
+    ),
     seed: int = typer.Option(0, help="User i starts with conversation SEED + i of the corpus"),
     find_capacity: bool = typer.Option(False, help="Ramp users (double, then bisect) until the SLO breaks"),
     max_users: int = typer.Option(256, min=1, help="--find-capacity: never run more users than this"),
@@ -123,15 +132,18 @@ def loadtest(
             from .corpus import default_corpus
 
             with console.status("building the default load-test corpus (espeak-ng, once)…"):
-                corpus = default_corpus()
+                corpus = default_corpus(min_conversation_s)
         from .corpus import load_corpus
 
-        load_corpus(corpus, split)  # fail here, naming --corpus, rather than in every Locust user
+        load_corpus(corpus, split, min_conversation_s)  # fail here, naming --corpus, not in every Locust user
+        with console.status(f"opening one conversation with {target}…"):
+            check_target(target, str(ca_cert) if ca_cert else None, api_key, chunk_ms)
     except ValueError as e:
         raise _fail(str(e)) from None
     config = RunConfig(
         corpus=str(corpus),
         split=split,
+        min_conversation_s=min_conversation_s,
         chunk_ms=chunk_ms,
         ca_cert=str(ca_cert) if ca_cert else None,
         record="",
@@ -139,7 +151,7 @@ def loadtest(
     )
 
     def spec(n: int, html_path: Path | None) -> LoadSpec:
-        return LoadSpec(target, n, spawn_rate, run_time_s, config, html_path, api_key)
+        return LoadSpec(target, n, spawn_rate, run_time_s, config, html_path, api_key, min(processes, n))
 
     meta = {
         "target": target,
@@ -147,6 +159,7 @@ def loadtest(
         "spawn_rate": spawn_rate,
         "chunk_ms": chunk_ms,
         "corpus": str(corpus),
+        "min_conversation_s": min_conversation_s,
     }
     try:
         if not find_capacity:

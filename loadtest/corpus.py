@@ -23,6 +23,8 @@ DEFAULT_CONVERSATIONS = 8
 DEFAULT_SEED = 11
 DEFAULT_DURATION_S = (10.0, 20.0)
 """Short conversations: every user reaches several turn ends even in a short run."""
+LONG_SPAN_S = 20.0
+"""A default corpus for ``--min-conversation-s S`` asks for conversations of S to S + this many seconds."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,13 @@ def load_conversation(directory: Path) -> ScriptedConversation:
     return ScriptedConversation(str(doc.get("id", directory.name)), wav.samples, Script(tuple(ends), tuple(starts)))
 
 
-def load_corpus(corpus: Path, split: str | None = None) -> list[ScriptedConversation]:
-    """Every conversation of ``corpus`` listed in its ``manifest.json`` (of ``split`` when given)."""
+def seconds(conv: ScriptedConversation) -> float:
+    return len(conv.user) / SAMPLE_RATE
+
+
+def load_corpus(corpus: Path, split: str | None = None, min_seconds: float = 0.0) -> list[ScriptedConversation]:
+    """Every conversation of ``corpus`` listed in its ``manifest.json`` (of ``split`` when given) whose user
+    track lasts at least ``min_seconds``."""
     manifest_path = corpus / "manifest.json"
     if not manifest_path.is_file():
         raise ValueError(f"--corpus {corpus}: no manifest.json (make one with `duplex corpus make`)")
@@ -59,12 +66,27 @@ def load_corpus(corpus: Path, split: str | None = None) -> list[ScriptedConversa
     chosen = [e for e in entries if split is None or e["split"] == split]
     if not chosen:
         raise ValueError(f"--corpus {corpus}: no conversations" + (f" in split {split!r}" if split else ""))
-    return [load_conversation(corpus / e["path"]) for e in chosen]
+    loaded = [load_conversation(corpus / e["path"]) for e in chosen]
+    long_enough = [c for c in loaded if seconds(c) >= min_seconds]
+    if not long_enough:
+        longest = max(seconds(c) for c in loaded)
+        raise ValueError(
+            f"--min-conversation-s {min_seconds:g}: no conversation of --corpus {corpus} lasts that long "
+            f"(the longest: {longest:.1f} s)"
+        )
+    return long_enough
 
 
-def default_corpus() -> Path:
-    """The default corpus, built once (a few seconds of espeak-ng) and reused from the cache."""
-    out = cache_dir() / DEFAULT_CORPUS
+def default_corpus(min_seconds: float = 0.0) -> Path:
+    """The default corpus, built once (a few seconds of espeak-ng) and reused from the cache. With
+    ``min_seconds`` above the default's shortest, a long variant (``min_seconds`` to ``+ LONG_SPAN_S``
+    seconds per conversation, its own cache folder) is built instead."""
+    lo, hi = DEFAULT_DURATION_S
+    name = DEFAULT_CORPUS
+    if min_seconds > lo:
+        lo, hi = min_seconds, min_seconds + LONG_SPAN_S
+        name = f"{DEFAULT_CORPUS}-min{min_seconds:g}s"
+    out = cache_dir() / name
     if (out / "manifest.json").is_file():
         return out
     from duplex.model.corpus.make import make_corpus
@@ -72,7 +94,6 @@ def default_corpus() -> Path:
     building = out.with_name(out.name + f".building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    lo, hi = DEFAULT_DURATION_S
     make_corpus(building, DEFAULT_CONVERSATIONS, seed=DEFAULT_SEED, workers=2, min_duration_s=lo, max_duration_s=hi)
     try:
         building.rename(out)  # atomic: a concurrent first use sees a whole corpus or none

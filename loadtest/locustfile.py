@@ -31,19 +31,26 @@ from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+import gevent  # noqa: E402
 import grpc  # noqa: E402
 from locust import User, between, events, task  # noqa: E402
 from locust.env import Environment  # noqa: E402
+from locust.runners import MasterRunner  # noqa: E402
 
 from duplex.loadtest.corpus import ScriptedConversation, load_corpus  # noqa: E402
 from duplex.loadtest.driver import converse_rpc, hold_conversation  # noqa: E402
 from duplex.loadtest.listener import Measurement  # noqa: E402
+from duplex.loadtest.preflight import channel  # noqa: E402
 from duplex.loadtest.record import Recorder, RunConfig  # noqa: E402
 
 CONFIG = RunConfig.model_validate_json(Path(os.environ["DUPLEX_LOADTEST_CONFIG"]).read_text())
-CONVERSATIONS: list[ScriptedConversation] = load_corpus(Path(CONFIG.corpus), CONFIG.split)
+CONVERSATIONS: list[ScriptedConversation] = load_corpus(Path(CONFIG.corpus), CONFIG.split, CONFIG.min_conversation_s)
 RECORDER = Recorder()
 USER_INDEX = itertools.count()
+# libev timers count from the loop's cached "now", last updated before the imports and the corpus above
+# (seconds on a busy machine): Locust's --run-time timer, armed next, would fire that much too early and cut
+# the run short (a 20 s run measured 5.5 s). Bring the loop's clock to the present first.
+gevent.get_hub().loop.update_now()
 
 REQUEST_OF: dict[str, tuple[str, str, str | None]] = {
     # measurement kind: (request_type, name, failure message or None)
@@ -74,8 +81,25 @@ def _record(
     RECORDER.request(request_type, name, response_time / 1000, exception)
 
 
+STALL_TICK_S = 0.05
+
+
+def _watch_loop() -> None:
+    """Wake every 50 ms and record how late: the load generator's own stalls (gevent loop busy, or the
+    process descheduled), which delay its sends exactly as much."""
+    while True:
+        before = time.monotonic()
+        gevent.sleep(STALL_TICK_S)
+        RECORDER.loop_stall(max(0.0, time.monotonic() - before - STALL_TICK_S))
+
+
+def _init(**_: Any) -> None:
+    gevent.get_hub().loop.update_now()  # again just before Locust arms its timers (see above)
+
+
 def _start(**_: Any) -> None:
     RECORDER.start()
+    gevent.spawn(_watch_loop)
 
 
 def _stopping(**_: Any) -> None:
@@ -83,7 +107,10 @@ def _stopping(**_: Any) -> None:
 
 
 def _write(environment: Environment, **_: Any) -> None:
-    Path(CONFIG.record).write_text(json.dumps(RECORDER.to_json()))
+    if isinstance(environment.runner, MasterRunner):
+        return  # with --processes the master only coordinates: its workers hold the conversations
+    # one file per process (RECORD.PID), merged by `duplex loadtest`
+    Path(f"{CONFIG.record}.{os.getpid()}").write_text(json.dumps(RECORDER.to_json()))
 
 
 def _listen(hook: Any, listener: Callable[..., None]) -> None:
@@ -91,16 +118,10 @@ def _listen(hook: Any, listener: Callable[..., None]) -> None:
 
 
 _listen(events.request, _record)
+_listen(events.init, _init)
 _listen(events.test_start, _start)
 _listen(events.test_stopping, _stopping)
 _listen(events.quitting, _write)
-
-
-def _channel(target: str) -> grpc.Channel:
-    if not CONFIG.ca_cert:
-        return grpc.insecure_channel(target)
-    root = Path(CONFIG.ca_cert).read_bytes()
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
 
 
 class ConversationUser(User):
@@ -110,13 +131,14 @@ class ConversationUser(User):
 
     def on_start(self) -> None:
         assert self.host, "--target is required"
-        self.channel = _channel(self.host)
+        self.channel = channel(self.host, CONFIG.ca_cert)
         self.rpc = converse_rpc(self.channel)
         key = os.environ.get("DUPLEX_API_KEY", "")
         self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
         # user i starts with conversation seed + i and goes on through the corpus: every run with the same
         # settings says the same things in the same order
-        self.next_conversation = CONFIG.seed + next(USER_INDEX)
+        worker = int(getattr(self.environment.runner, "worker_index", 0))
+        self.next_conversation = CONFIG.seed + next(USER_INDEX) * CONFIG.processes + worker
 
     def on_stop(self) -> None:
         self.channel.close()

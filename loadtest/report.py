@@ -61,6 +61,11 @@ def summarise(record: dict[str, Any], **meta: Any) -> dict[str, Any]:
         "client_lag_max": record["client_lag_max"],
         "client_lag_p99": record["client_lag_p99"],
         "client_lag_worst": record["client_lag_worst"],
+        # older records (and synthetic ones) lack the generator's own figures
+        "generator_cpu_share": record.get("generator_cpu_share"),
+        "generator_stall_max": record.get("generator_stall_max"),
+        "generator_stall_p99": record.get("generator_stall_p99"),
+        "processes": record.get("processes", 1),
         "duration_s": record["duration_s"],
         "samples": [
             {k: e[k] for k in ("t", "type", "value_s")}
@@ -70,14 +75,30 @@ def summarise(record: dict[str, Any], **meta: Any) -> dict[str, Any]:
     }
 
 
+BUSY_SHARE = 0.8
+"""A load-generator process using more of a core than this is saturated (its own work makes it late)."""
+
+
+def _generator_note(stats: dict[str, Any]) -> str:
+    """What the generator's own figures say about whose lag it was."""
+    cpu, stall = stats.get("generator_cpu_share"), stats.get("generator_stall_max")
+    if cpu is None or stall is None:
+        return ""
+    per_process = cpu / max(1, int(stats.get("processes") or 1))
+    why = "busy: the lag is the generator's" if per_process > BUSY_SHARE else "descheduled: too few cores"
+    return f"its own event loop stalled up to {stall:.3f} s at {per_process:.0%} of a core per process ({why}); "
+
+
 def lag_verdict(stats: dict[str, Any], targets: Targets) -> str | None:
     """Why the run cannot be reported (its clients fell behind their microphone), or None."""
     lag = float(stats["client_lag_max"])
     if lag > targets.max_client_lag_s:
         return (
             f"client_lag_max {lag:.3f} s > {targets.max_client_lag_s:.3f} s: the load generator fell behind "
-            "real time, so its latencies are not a listener's; use fewer users per load-test process or a "
-            "bigger load-test machine"
+            "real time, so its latencies are not a listener's; "
+            + _generator_note(stats)
+            + "use fewer users per load-test process (--processes N spreads them over N), or a load-test "
+            "machine of its own"
         )
     return None
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .record import RunConfig
+from .record import RunConfig, merge
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 EXIT_GRACE_S = 60.0
@@ -49,13 +49,15 @@ class LoadSpec:
     """Locust's own HTML report."""
     api_key: str = ""
     """Passed to the Locust process in its environment, never on its command line."""
+    processes: int = 1
+    """Locust processes (``--processes``): each runs its share of the users on a core of its own."""
 
 
 def run_locust(spec: LoadSpec, on_tick: Callable[[float], None] = lambda _: None) -> dict[str, Any]:
     """Run Locust headless to completion and return its record; ``on_tick`` gets the elapsed seconds."""
     with tempfile.TemporaryDirectory(prefix="duplex-loadtest-") as tmp:
         record = Path(tmp) / "record.json"
-        config = spec.config.model_copy(update={"record": str(record)})
+        config = spec.config.model_copy(update={"record": str(record), "processes": spec.processes})
         config_path = Path(tmp) / "config.json"
         config_path.write_text(config.model_dump_json())
         log_path = Path(tmp) / "locust.log"
@@ -82,6 +84,8 @@ def run_locust(spec: LoadSpec, on_tick: Callable[[float], None] = lambda _: None
         ]
         if spec.html is not None:
             cmd += ["--html", str(spec.html)]
+        if spec.processes > 1:
+            cmd += ["--processes", str(spec.processes)]
         env = {**os.environ, "DUPLEX_LOADTEST_CONFIG": str(config_path), "DUPLEX_API_KEY": spec.api_key}
         started = time.monotonic()
         with log_path.open("wb") as log:
@@ -102,11 +106,13 @@ def run_locust(spec: LoadSpec, on_tick: Callable[[float], None] = lambda _: None
                 if proc.poll() is None:
                     proc.kill()
                 proc.wait()
-        if not record.is_file():
+        records = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob(record.name + ".*"))]
+        if len(records) != spec.processes:
             tail = log_path.read_text(errors="replace")[-3000:]
-            raise LocustFailed(f"Locust exited with code {proc.returncode} without a record:\n{tail}")
-        data: dict[str, Any] = json.loads(record.read_text())
-        return data
+            raise LocustFailed(
+                f"Locust exited with code {proc.returncode} with {len(records)} of {spec.processes} record(s):\n{tail}"
+            )
+        return merge(records)
 
 
 @dataclass(frozen=True)

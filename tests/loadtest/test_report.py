@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from duplex.loadtest.record import merge
 from duplex.loadtest.report import Targets, breaches, lag_verdict, summarise
 from duplex.loadtest.run import Step, find_capacity, parse_duration
 
@@ -108,3 +109,40 @@ def test_run_time_forms(text: str, seconds: float) -> None:
 def test_bad_run_time_names_the_option(text: str) -> None:
     with pytest.raises(ValueError, match="--run-time"):
         parse_duration(text)
+
+
+def process_record(started_unix: float, turns: list[float], lag_max: float, cpu: float) -> dict[str, Any]:
+    r = record(turns, lag_max=lag_max)
+    return {
+        **r,
+        "format": "duplex-loadtest-record/1",
+        "started_unix": started_unix,
+        "client_lag_worst": [{"t": 1.0, "lag_s": lag_max}],
+        "generator_cpu_share": cpu,
+        "generator_stall_max": lag_max / 2,
+        "generator_stall_p99": lag_max / 4,
+    }
+
+
+def test_records_of_several_processes_merge_on_one_clock() -> None:
+    a = process_record(1000.0, [0.3, 0.4], lag_max=0.02, cpu=0.5)
+    b = process_record(1000.5, [0.5], lag_max=0.07, cpu=0.6)
+    merged = merge([a, b])
+    assert merged["processes"] == 2
+    assert merged["started_unix"] == 1000.0 and merged["duration_s"] == pytest.approx(20.5)
+    turn_times = [e["t"] for e in merged["events"] if e["type"] == "turn" and e["failure"] is None]
+    assert turn_times == [0.0, 0.5, 1.0]  # b's first turn (its t=0) is 0.5 s after a's start
+    assert merged["client_lag_max"] == 0.07 and merged["client_lag_worst"][0] == {"t": 1.5, "lag_s": 0.07}
+    assert merged["conversations_started"] == 20 and merged["chunks_sent"] == 200
+    assert merged["generator_cpu_share"] == pytest.approx(1.1)
+    stats = summarise(merged, users=2)
+    assert stats["turns"] == 3 and stats["processes"] == 2
+
+
+def test_a_lag_refusal_says_whether_the_generator_was_busy() -> None:
+    busy = summarise(process_record(0.0, [0.3], lag_max=0.3, cpu=0.95))
+    idle = summarise(process_record(0.0, [0.3], lag_max=0.3, cpu=0.3))
+    targets = Targets(0.4, None, None, None, 0.1)
+    assert "busy: the lag is the generator's" in (lag_verdict(busy, targets) or "")
+    assert "descheduled" in (lag_verdict(idle, targets) or "")
+    assert "--processes" in (lag_verdict(idle, targets) or "")
