@@ -319,7 +319,7 @@ class RealtimeSession:
         try:
             async with contextlib.aclosing(self.gateway.relay(first, self._upstream_events())) as events:
                 async for raw in events:
-                    await self._on_server_event(pb.ServerEvent.FromString(raw))
+                    await self.on_server_event(pb.ServerEvent.FromString(raw))
         except Refused as e:
             code, message = e.code, e.message
         except grpc.aio.AioRpcError as e:
@@ -335,7 +335,8 @@ class RealtimeSession:
             await self.send(self.ev.error(f"{code.name}: {message}", code=code.name.lower(), kind=kind))
         await self.ws.close(code=close, message=_close_reason(message or "conversation ended"))
 
-    async def _on_server_event(self, ev: pb.ServerEvent) -> None:
+    async def on_server_event(self, ev: pb.ServerEvent) -> None:
+        """Translate one of the conversation's server events into Realtime events."""
         kind = ev.WhichOneof("event")
         if kind == "ready":
             await self._on_ready(ev.ready)
