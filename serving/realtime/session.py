@@ -397,6 +397,20 @@ class RealtimeSession:
         assert self._out is not None
         wire = self._out.feed(audio.pcm or bytes(2 * audio.samples))  # silent chunks keep the filter's state
         controls = list(audio.control)
+        if self.duplex_events:
+            t = audio.timing
+            await self.send(
+                self.ev(
+                    "duplex.chunk",
+                    seq=audio.seq,
+                    audio_ms=self._ms(audio.output_sample),
+                    controls=controls,
+                    compute_ms=round(t.compute_ms, 3),
+                    queue_wait_ms=round(t.queue_wait_ms, 3),
+                    late=t.late,
+                    substituted=t.substituted,
+                )
+            )
         speak = next((f for f, c in enumerate(controls) if c == pb.FLOOR_SPEAK), None)
         voiced = speak is not None or pb.FLOOR_BACKCHANNEL in controls
         if speak is not None and (self.response is None or self.response.kind == "backchannel"):
