@@ -63,7 +63,7 @@ class RealtimeStack:
         return f"http://127.0.0.1:{self.http_port}/v1"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def rt() -> Iterator[RealtimeStack]:
     lt = LoopThread()
     clock = StepClock()
