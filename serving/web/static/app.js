@@ -6,7 +6,9 @@
 import { Timeline, BIN_S } from './timeline.js';
 
 const RATE = 24000; // wire rate both ways (audio/pcm, PCM16 mono little-endian)
-const PLAYBACK_LEAD_S = 0.04; // jitter margin when playback starts (or restarts after running dry)
+const PLAYBACK_LEAD_S = 0.04; // jitter margin when playback starts (or restarts after running dry)…
+const LEAD_STEP_S = 0.02; // …grown by this much each time a turn's audio ran dry mid-turn (late delivery)…
+const LEAD_MAX_S = 0.2; // …up to one chunk: an adaptive jitter buffer
 const AUDIBLE = 0.02; // |x| above which a model sample counts as sound (≈ -34 dBFS)
 const VAD_FRAME = RATE / 100; // 10 ms frames for the page's own end-of-speech detector
 const VAD_ON = 0.015; // frame RMS that counts as speech (≈ -36 dBFS), raised over a noisy floor below
@@ -30,6 +32,8 @@ const state = {
   sources: [], // {src, start, end, n, stoppedAt}
   playedDone: 0, // samples of sources that have finished
   playingTurn: null, // the turn whose audio was scheduled last
+  lead: PLAYBACK_LEAD_S,
+  underruns: 0, // times a turn's audio ran dry before its next delta arrived
   cancelled: new Set(), // response ids whose remaining audio is dropped (barge-in)
   turns: [], // {id, createdAt, firstAudio, eos, latency, status, row, transcript}
   turnById: new Map(),
@@ -55,6 +59,7 @@ Object.defineProperty(window, 'duplexStats', {
         ),
       ),
       events: state.events,
+      underruns: state.underruns,
       errors: Object.freeze([...state.errors]),
       status: $('status').textContent,
     });
@@ -369,7 +374,7 @@ function onAudio(ev) {
   if (pcm.length === 0) return;
   const samples = new Float32Array(pcm.length);
   for (let i = 0; i < pcm.length; i++) samples[i] = pcm[i] / 32768;
-  const when = schedule(samples);
+  const when = schedule(samples, state.playingTurn === turn);
   state.playingTurn = turn;
   const axisWhen = when - state.captureStart;
   if (turn.firstAudio === null) {
@@ -378,10 +383,17 @@ function onAudio(ev) {
   }
 }
 
-/** Plays the samples right after what is already scheduled (gapless); returns their AudioContext start time. */
-function schedule(samples) {
+/** Plays the samples right after what is already scheduled (gapless); returns their AudioContext start time.
+ * When playback ran dry in the middle of a turn, the delivery was late: the lead grows so it happens less. */
+function schedule(samples, sameTurn) {
   const ctx = state.ctx;
-  if (state.playCursor < ctx.currentTime + 0.005) state.playCursor = ctx.currentTime + PLAYBACK_LEAD_S;
+  if (state.playCursor < ctx.currentTime + 0.005) {
+    if (sameTurn && state.playCursor > 0) {
+      state.underruns++;
+      state.lead = Math.min(LEAD_MAX_S, state.lead + LEAD_STEP_S);
+    }
+    state.playCursor = ctx.currentTime + state.lead;
+  }
   const buffer = ctx.createBuffer(1, samples.length, RATE);
   buffer.copyToChannel(samples, 0);
   const src = ctx.createBufferSource();

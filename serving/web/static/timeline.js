@@ -75,10 +75,11 @@ export class Timeline {
     const t1 = Math.max(now, WINDOW_S);
     const t0 = t1 - WINDOW_S;
     const x = (t) => left + ((t - t0) / WINDOW_S) * plotW;
-    const laneH = (h - 44) / 2;
+    const top = 36; // three rows of mark labels above the lanes
+    const laneH = (h - top - 22) / 2;
     const lanes = [
-      { track: 'user', y: 22, label: 'you (mic)' },
-      { track: 'model', y: 22 + laneH, label: 'model (played)' },
+      { track: 'user', y: top, label: 'you (mic)' },
+      { track: 'model', y: top + laneH, label: 'model (played)' },
     ];
     g.font = '11px system-ui, sans-serif';
     // Grid: one line a second, labelled on the axis below.
@@ -87,7 +88,7 @@ export class Timeline {
     g.lineWidth = 1;
     for (let s = Math.ceil(t0); s <= t1; s++) {
       g.beginPath();
-      g.moveTo(x(s), 18);
+      g.moveTo(x(s), top);
       g.lineTo(x(s), h - 20);
       g.stroke();
       g.fillText(`${s}s`, x(s) - 6, h - 6);
@@ -109,7 +110,7 @@ export class Timeline {
     }
     for (const s of this.spans) {
       if (s.to < t0) continue;
-      const y = 22 + laneH - 4;
+      const y = top + laneH - 4;
       g.strokeStyle = COLOURS.turn;
       g.fillStyle = COLOURS.turn;
       g.lineWidth = 2;
@@ -120,18 +121,23 @@ export class Timeline {
       g.fillText(s.label, x(s.from) + 2, y - 4);
     }
     g.lineWidth = 1;
-    let row = 0;
-    for (const m of this.marks) {
+    const rowEnds = [-Infinity, -Infinity, -Infinity]; // where each label row is taken up to, in px
+    for (const m of [...this.marks].sort((a, b) => a.t - b.t)) {
       if (m.t < t0 || m.t > t1) continue;
+      const px = x(m.t);
+      const width = g.measureText(m.label).width + 6;
+      let row = rowEnds.findIndex((end) => end < px);
+      if (row < 0) row = rowEnds.indexOf(Math.min(...rowEnds)); // all taken: overwrite the oldest
+      rowEnds[row] = px + width;
       g.strokeStyle = COLOURS[m.kind] || COLOURS.text;
       g.fillStyle = g.strokeStyle;
       g.setLineDash([3, 3]);
       g.beginPath();
-      g.moveTo(x(m.t), 14);
-      g.lineTo(x(m.t), h - 20);
+      g.moveTo(px, 14 + 11 * row);
+      g.lineTo(px, h - 20);
       g.stroke();
       g.setLineDash([]);
-      g.fillText(m.label, x(m.t) + 2, 11 + 11 * (row++ % 2));
+      g.fillText(m.label, px + 2, 11 + 11 * row);
     }
     // "Now" cursor.
     g.strokeStyle = COLOURS.text;
