@@ -97,9 +97,9 @@ async function start() {
   try {
     setStatus('asking the gateway for its settings…');
     const config = await (await fetch('/v1/realtime/config')).json();
-    const chunkMs = Math.min(200, Math.max(20, Number(config.chunk_ms) || 100));
+    const chunkMs = Math.min(200, Math.max(20, Number(config.chunk_ms ?? config.audio?.chunk_ms) || 100));
     state.frameSamples = Math.round((RATE * chunkMs) / 1000);
-    const token = await sessionToken(config);
+    const token = await sessionToken();
     setStatus('starting the microphone…');
     await startAudio();
     setStatus('connecting…');
@@ -112,12 +112,9 @@ async function start() {
 }
 
 /** A short-lived token: from the URL fragment (#token=…, minted by your own backend) or minted here. */
-async function sessionToken(config) {
+async function sessionToken() {
   const fromUrl = new URLSearchParams(location.hash.slice(1)).get('token');
   if (fromUrl) return fromUrl;
-  if (config.key_required_to_mint) {
-    throw new Error('this gateway mints tokens only for a key holder: open the page with #token=<minted token>');
-  }
   setStatus('minting a session token…');
   const r = await fetch('/v1/realtime/client_secrets', {
     method: 'POST',
@@ -125,6 +122,10 @@ async function sessionToken(config) {
     body: JSON.stringify({ session: { type: 'realtime' } }),
   });
   const body = await r.json().catch(() => ({}));
+  if (r.status === 401 || r.status === 403) {
+    // A gateway with API keys mints only for a key holder, and the page holds no key: a backend mints instead.
+    throw new Error(`this gateway mints tokens only for a key holder (${r.status}): open the page as …/#token=ek_…`);
+  }
   if (!r.ok || typeof body.value !== 'string') {
     throw new Error(`minting a token failed (${r.status}): ${body.error?.message || JSON.stringify(body)}`);
   }
@@ -148,7 +149,7 @@ async function startAudio() {
 
 function connect(token, config) {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const model = config.model ? `?model=${encodeURIComponent(config.model)}` : '';
+  const model = typeof config.model === 'string' ? `?model=${encodeURIComponent(config.model)}` : '';
   // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol, as OpenAI's SDKs do.
   const ws = new WebSocket(`${scheme}://${location.host}/v1/realtime${model}`, [
     'realtime',
