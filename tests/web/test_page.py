@@ -123,3 +123,48 @@ def test_page_talks_plays_and_shows_latency(question_wav: Path, tmp_path: Path) 
     finally:
         code = up.stop(signal.SIGINT)
     assert code == 0
+
+
+# The capture worklet's resampler, run in Chromium itself: the worklet module evaluated with the two globals
+# an AudioWorkletGlobalScope provides stubbed (nothing of it is rewritten), fed a tone 128 samples at a time
+# as the audio thread would.
+RESAMPLE_TONE = """([source, rateIn, hz]) => {
+  const scope = { registerProcessor: () => {}, AudioWorkletProcessor: class {}, sampleRate: rateIn };
+  const SincResampler = new Function(...Object.keys(scope), source + '; return SincResampler;')(...Object.values(scope));
+  const r = new SincResampler(rateIn, 24000);
+  const out = [];
+  const block = new Float32Array(128);
+  let fed = 0;
+  for (let n = 0; n < rateIn; n += 128, fed += 128) {
+    for (let i = 0; i < 128; i++) block[i] = 0.5 * Math.sin((2 * Math.PI * hz * (n + i)) / rateIn);
+    out.push(...r.push(block));
+  }
+  const settled = out.slice(2400, out.length - 2400);  // away from the start-up ramp
+  let power = 0, cross = 0;
+  for (let i = 0; i < settled.length; i++) {
+    power += settled[i] * settled[i];
+    if (i > 0 && settled[i - 1] < 0 && settled[i] >= 0) cross++;
+  }
+  return { fed, n: out.length, rms: Math.sqrt(power / settled.length), hz: (cross * 24000) / settled.length };
+}"""
+
+
+@pytest.mark.parametrize("rate_in", [48000, 44100, 16000])
+def test_capture_resampler_keeps_speech_and_rejects_what_would_alias(rate_in: int) -> None:
+    source = (Path(__file__).parents[2] / "serving/web/static/capture-worklet.js").read_text()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = browser.new_page()
+            kept = page.evaluate(RESAMPLE_TONE, [source, rate_in, 1000])
+            # A second in, a second out (less the kernel's half-width, still waiting for input).
+            expected = kept["fed"] * 24000 / rate_in
+            assert expected - 40 <= kept["n"] <= expected
+            assert kept["rms"] == pytest.approx(0.5 / np.sqrt(2), rel=0.01)  # a 1 kHz tone passes at its level…
+            assert kept["hz"] == pytest.approx(1000, rel=0.01)  # …and at its pitch
+            if rate_in > 24000:
+                # 18 kHz is above the output's Nyquist (12 kHz): kept, it would fold down to 6 kHz. It must go.
+                folded = page.evaluate(RESAMPLE_TONE, [source, rate_in, 18000])
+                assert folded["rms"] < 0.5 / np.sqrt(2) * 1e-3  # below -60 dB
+        finally:
+            browser.close()
