@@ -149,9 +149,10 @@ async function startAudio() {
 
 function connect(token, config) {
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const model = typeof config.model === 'string' ? `?model=${encodeURIComponent(config.model)}` : '';
+  const query = new URLSearchParams({ duplex_events: '1' }); // agent job progress, beside the GA events
+  if (typeof config.model === 'string') query.set('model', config.model);
   // Browsers cannot set headers on a WebSocket: the token travels as a subprotocol, as OpenAI's SDKs do.
-  const ws = new WebSocket(`${scheme}://${location.host}/v1/realtime${model}`, [
+  const ws = new WebSocket(`${scheme}://${location.host}/v1/realtime?${query}`, [
     'realtime',
     `openai-insecure-api-key.${token}`,
   ]);
@@ -260,8 +261,11 @@ function onServerEvent(ev) {
       const t = inputPosition(ev.audio_start_ms, now);
       timeline.mark(t, 'turn', 'speech_started');
       logEvent('speech_started (model gives you the floor)');
-      if (isPlaying()) {
-        if (state.playingTurn) state.cancelled.add(state.playingTurn.id); // its remaining deltas are dropped too
+      // The server opens the user's turn also when the model ends its own (response.done completed first):
+      // only a turn still in progress is cut, and its remaining deltas are dropped too.
+      const playing = state.playingTurn;
+      if (isPlaying() && playing && playing.status === 'in_progress') {
+        state.cancelled.add(playing.id);
         truncatePlayback('barge-in');
       }
       break;
@@ -305,6 +309,9 @@ function onServerEvent(ev) {
     case 'conversation.item.created':
     case 'conversation.item.done':
       onItem(ev.item || {}, now);
+      break;
+    case 'duplex.agent': // the job's progress (?duplex_events=1); the result comes as a function_call_output
+      if (ev.state === 'QUEUED' || ev.state === 'RUNNING') logEvent(`agent ${ev.call_id} ${ev.tool}: ${ev.state}`, 'agent');
       break;
     case 'error':
       fail(`${ev.error?.type ?? 'error'}: ${ev.error?.message ?? JSON.stringify(ev)}`);

@@ -75,7 +75,7 @@ export class Timeline {
     const t1 = Math.max(now, WINDOW_S);
     const t0 = t1 - WINDOW_S;
     const x = (t) => left + ((t - t0) / WINDOW_S) * plotW;
-    const top = 36; // three rows of mark labels above the lanes
+    const top = 48; // four rows of mark labels above the lanes
     const laneH = (h - top - 22) / 2;
     const lanes = [
       { track: 'user', y: top, label: 'you (mic)' },
@@ -121,7 +121,7 @@ export class Timeline {
       g.fillText(s.label, x(s.from) + 2, y - 4);
     }
     g.lineWidth = 1;
-    const rowEnds = [-Infinity, -Infinity, -Infinity]; // where each label row is taken up to, in px
+    const rowEnds = [-Infinity, -Infinity, -Infinity, -Infinity]; // where each label row is taken up to, in px
     for (const m of [...this.marks].sort((a, b) => a.t - b.t)) {
       if (m.t < t0 || m.t > t1) continue;
       const px = x(m.t);
