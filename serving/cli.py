@@ -152,6 +152,11 @@ def gateway(
     set_: list[str] = typer.Option([], "--set", help='Override a field: gateway.engines=["h:7070"]'),
     engines: str = typer.Option("", help="Comma-separated engine HOST:PORT list (overrides gateway.engines)"),
     port: int | None = typer.Option(None, help="Public gRPC port (overrides gateway.port; 0 = any)"),
+    http_port: int | None = typer.Option(
+        None,
+        help="Port of the Realtime WebSocket endpoint /v1/realtime and the page (overrides gateway.http_port, "
+        "where 0 = off; here 0 = any free port)",
+    ),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
 ) -> None:
     """Run the gateway: auth, admission, least-loaded routing, relay; drains on SIGTERM."""
@@ -166,8 +171,10 @@ def gateway(
     from .gateway.server import GatewayServer
 
     async def main() -> None:
-        server = GatewayServer(spec, bind_port=port)
+        server = GatewayServer(spec, bind_port=port, http_bind_port=http_port)
         await server.start()
+        if server.http_port:
+            print(f"duplex gateway: realtime at {realtime_urls(spec, server.http_port)}", flush=True)
         await serve_until_signal(server.drain)
 
     _run_server("gateway", main())
@@ -183,6 +190,11 @@ def up(
     no_agent: bool = typer.Option(False, "--no-agent", help="Start no redis-server and no agent worker"),
     batch_invariant: bool = typer.Option(
         True, help="Bit-identical outputs whatever shares a step (engine.batch_invariant; docs/benchmarks.md)"
+    ),
+    http_port: int | None = typer.Option(
+        None,
+        help="Serve the OpenAI-Realtime-compatible WebSocket endpoint /v1/realtime and the browser page on this "
+        "port of 127.0.0.1 (0 = any free port; default: not served)",
     ),
 ) -> None:
     """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
@@ -248,7 +260,7 @@ def up(
                 drain_grace_s=2.0,
             )
         )
-        gw = GatewayProcess(gspec, port)  # its own process: the relay does not share the step thread's GIL
+        gw = GatewayProcess(gspec, port, http_port)  # its own process: the relay does not share the step thread's GIL
         try:
             gport = await asyncio.to_thread(gw.start)
         except (ValueError, OSError):
@@ -256,6 +268,8 @@ def up(
             await stop_agent()
             raise
         print(f"duplex up: ready at 127.0.0.1:{gport} (engine 127.0.0.1:{eport}); Ctrl-C to stop", flush=True)
+        if gw.http_port:
+            print(f"duplex up: realtime at {realtime_urls(gspec, gw.http_port)}", flush=True)
         if redis is not None and agent is not None and redis.proc is not None:
             print(
                 f"duplex up: background agent: redis-server pid {redis.proc.pid} at {redis.url}, "
@@ -274,6 +288,14 @@ def up(
         await serve_until_signal(stop, also=asyncio.to_thread(gw.wait))
 
     _run_server("up", main())
+
+
+def realtime_urls(spec: GatewaySpec, http_port: int) -> str:
+    """The Realtime endpoint's and the page's addresses, as printed by ``duplex up`` and ``duplex gateway``."""
+    host = "127.0.0.1" if spec.host in ("0.0.0.0", "") else spec.host
+    tls = bool(spec.tls_cert_file and spec.tls_key_file)
+    ws, http = ("wss", "https") if tls else ("ws", "http")
+    return f"{ws}://{host}:{http_port}/v1/realtime (page: {http}://{host}:{http_port}/)"
 
 
 def talk(

@@ -37,20 +37,20 @@ async def serve_until_signal(stop: Callable[[], Awaitable[object]], also: Awaita
     await stop()
 
 
-def _gateway_main(spec_json: str, port: int, conn: Connection) -> None:
-    """Child process: run the gateway, report its port (or the error) through ``conn``, drain on a signal or
-    when the parent goes away (its end of the pipe closes)."""
+def _gateway_main(spec_json: str, port: int, http_port: int | None, conn: Connection) -> None:
+    """Child process: run the gateway, report its ports (gRPC, HTTP; or the error) through ``conn``, drain on a
+    signal or when the parent goes away (its end of the pipe closes)."""
     logs.setup(json_lines=False)
     from .gateway.server import GatewayServer
 
     async def main() -> None:
-        gw = GatewayServer(GatewaySpec.model_validate_json(spec_json), bind_port=port)
+        gw = GatewayServer(GatewaySpec.model_validate_json(spec_json), bind_port=port, http_bind_port=http_port)
         try:
             bound = await gw.start()
         except (ValueError, OSError) as e:
             conn.send(("error", str(e)))
             return
-        conn.send(("ready", bound))
+        conn.send(("ready", (bound, gw.http_port)))
         await serve_until_signal(gw.drain, also=_parent_gone(conn))
 
     asyncio.run(main())
@@ -144,16 +144,19 @@ class ServerProcess:
 
 
 class GatewayProcess(ServerProcess):
-    """The gateway in a child process; ``start`` returns its bound port."""
+    """The gateway in a child process; ``start`` returns its bound gRPC port and sets ``http_port`` (the
+    Realtime endpoint's, 0 = not served)."""
 
-    def __init__(self, spec: GatewaySpec, port: int) -> None:
-        super().__init__("gateway", _gateway_main, spec.model_dump_json(), port)
-        self.spec, self.port = spec, port
+    def __init__(self, spec: GatewaySpec, port: int, http_port: int | None = None) -> None:
+        super().__init__("gateway", _gateway_main, spec.model_dump_json(), port, http_port)
+        self.spec, self.port, self.http_port = spec, port, 0
 
     def start(self, timeout_s: float = 60.0) -> int:
         value = super().start(timeout_s)
-        assert isinstance(value, int)
-        return value
+        assert isinstance(value, tuple)
+        grpc_port, self.http_port = value
+        assert isinstance(grpc_port, int) and isinstance(self.http_port, int)
+        return grpc_port
 
 
 class AgentProcess(ServerProcess):

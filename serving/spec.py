@@ -138,7 +138,11 @@ class GatewaySpec(_Spec):
     health_interval_s: float = Field(0.5, gt=0.0)
     """How often the router polls each replica's health and load."""
     max_message_bytes: int = Field(1 << 20, ge=1024)
-    """Largest accepted client message."""
+    """Largest accepted client message (gRPC messages, and Realtime WebSocket frames: a larger frame closes
+    that WebSocket with 1009)."""
+    http_port: int = Field(0, ge=0, le=65535)
+    """HTTP port of the OpenAI-Realtime-compatible WebSocket endpoint ``/v1/realtime`` and the browser page
+    (docs/realtime.md); 0 = off. Served with the gRPC port's TLS when that is set."""
 
 
 class RedisSpec(_Spec):

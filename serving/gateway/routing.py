@@ -24,6 +24,10 @@ class Replica:
     capacity: int = 0
     open: int = 0
     """Conversations this gateway is relaying to the replica right now (exact, no polling lag)."""
+    model: str = ""
+    """Served model name, as of the last report."""
+    chunk_ms: int = 0
+    """Micro-turn length, as of the last report."""
 
     @property
     def used(self) -> int:
@@ -85,6 +89,7 @@ class Router:
             return
         r.healthy = h.status == health_pb2.HealthCheckResponse.SERVING and not load.draining
         r.others, r.capacity = max(0, load.active_sessions - r.open), load.capacity
+        r.model, r.chunk_ms = load.model, load.chunk_ms
 
     def pick(self) -> Replica | None:
         """The healthy replica with the lowest load that has a free slot; None = all full (or none healthy)."""

@@ -4,10 +4,12 @@ least-loaded engine replica (the engine validates the messages; the gateway neve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,12 +19,23 @@ from ..metrics import GatewayMetrics, MetricsServer
 from ..spec import GatewaySpec
 from .auth import KeyRing
 from .interceptors import AuthInterceptor, MetricsInterceptor
-from .routing import Router
+from .routing import Replica, Router
+
+if TYPE_CHECKING:
+    from ..realtime.app import RealtimeServer
 
 log = logging.getLogger(__name__)
 
 SERVICE = "duplex.v1.Duplex"
 METHOD = f"/{SERVICE}/Converse"
+
+
+class Refused(Exception):
+    """Admission refused a new conversation: the gRPC status to answer, its message and trailing metadata."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.code, self.message, self.trailing = code, message, trailing
 
 
 def _read_pem(field: str, path: str) -> bytes:
@@ -53,7 +66,15 @@ def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
 
 
 class GatewayServer:
-    def __init__(self, spec: GatewaySpec, keys: KeyRing | None = None, bind_port: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: GatewaySpec,
+        keys: KeyRing | None = None,
+        bind_port: int | None = None,
+        http_bind_port: int | None = None,
+    ) -> None:
+        """``bind_port`` overrides ``spec.port`` and ``http_bind_port`` ``spec.http_port`` (for both, 0 = any
+        free port; without an override a ``spec.http_port`` of 0 means no HTTP endpoint)."""
         self.spec = spec
         self.keys = keys if keys is not None else KeyRing.from_file(spec.api_keys_file, spec.open_access)
         self.bind_port = spec.port if bind_port is None else bind_port
@@ -61,6 +82,10 @@ class GatewayServer:
         self.health = health.aio.HealthServicer()
         self.router = Router(spec.engines, spec.health_interval_s, spec.max_message_bytes)
         self.port = 0
+        self.http_bind_port = http_bind_port if http_bind_port is not None else (spec.http_port or None)
+        self.http_port = 0
+        """Bound port of the Realtime endpoint and page (0 = not served)."""
+        self.realtime: RealtimeServer | None = None
         self.draining = False
         self.active = 0
         self._idle = asyncio.Event()
@@ -102,6 +127,15 @@ class GatewayServer:
         self._server = server
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
+        if self.http_bind_port is not None:
+            from ..realtime.app import RealtimeServer  # aiohttp only where the endpoint is on
+
+            self.realtime = RealtimeServer(self)
+            try:
+                self.http_port = await self.realtime.start(self.http_bind_port)
+            except OSError:
+                await self.stop(0)
+                raise
         log.info(
             "gateway on %s:%d (%s) → %s",
             self.spec.host,
@@ -134,6 +168,9 @@ class GatewayServer:
 
     async def stop(self, grace: float = 1.0) -> None:
         self.draining = True
+        if self.realtime is not None:
+            realtime, self.realtime = self.realtime, None
+            await realtime.stop()
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
@@ -142,6 +179,51 @@ class GatewayServer:
             self._health_task.cancel()
         if self._metrics_server is not None:
             self._metrics_server.close()
+
+    def admit(self) -> Replica:
+        """Admission for one new conversation: the replica it goes to (counted as open on it), or
+        ``Refused`` with the status to answer (draining, no healthy replica, every replica full)."""
+        if self.draining:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
+        replica = self.router.pick()
+        if replica is not None:
+            return replica
+        if not self.router.healthy_count():
+            raise Refused(grpc.StatusCode.UNAVAILABLE, "no healthy engine replica")
+        used, cap = self.router.total_capacity()
+        ms = int(self.spec.retry_after_s * 1000)
+        raise Refused(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"all engine replicas are full ({used}/{cap} sessions); retry after {ms} ms",
+            (("retry-after-ms", str(ms)),),
+        )
+
+    async def relay(self, first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """One conversation through admission and routing: ``first`` (the SessionStart) and ``rest`` go to the
+        chosen replica byte for byte, its server events come back. Raises ``Refused`` before anything is sent,
+        and the replica's ``grpc.aio.AioRpcError`` if the conversation ends with an error. Used by ``converse``
+        and by the Realtime endpoint (``duplex.serving.realtime``), so both get the same sessions."""
+        replica = self.admit()
+        self.active += 1
+        self._idle.clear()
+        t0 = time.monotonic()
+
+        async def upstream() -> AsyncIterator[bytes]:
+            yield first
+            async for raw in rest:
+                yield raw
+
+        call = replica.channel.stream_stream(METHOD)(upstream())
+        try:
+            async for raw in call:
+                yield raw
+        finally:
+            call.cancel()
+            self.router.release(replica)
+            self.active -= 1
+            if not self.active:
+                self._idle.set()
+            log.debug("relay to %s ended after %.1f s", replica.address, time.monotonic() - t0)
 
     async def converse(
         self,
@@ -152,39 +234,11 @@ class GatewayServer:
         first = await anext(it, None)  # the SessionStart, relayed as is (answering before reading it can
         if first is None:  # reach the client as INTERNAL instead of our status)
             return
-        if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
-        replica = self.router.pick()
-        if replica is None:
-            if not self.router.healthy_count():
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy engine replica")
-            used, cap = self.router.total_capacity()
-            ms = int(self.spec.retry_after_s * 1000)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"all engine replicas are full ({used}/{cap} sessions); retry after {ms} ms",
-                trailing_metadata=(("retry-after-ms", str(ms)),),
-            )
-        assert replica is not None
-        self.active += 1
-        self._idle.clear()
-        t0 = time.monotonic()
-
-        async def upstream() -> AsyncIterator[bytes]:
-            yield first
-            async for raw in it:
-                yield raw
-
-        call = replica.channel.stream_stream(METHOD)(upstream())
         try:
-            async for raw in call:
-                yield raw
+            async with contextlib.aclosing(self.relay(first, it)) as events:
+                async for raw in events:
+                    yield raw
+        except Refused as e:
+            await context.abort(e.code, e.message, trailing_metadata=e.trailing)
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ())
-        finally:
-            call.cancel()
-            self.router.release(replica)
-            self.active -= 1
-            if not self.active:
-                self._idle.set()
-            log.debug("relay to %s ended after %.1f s", replica.address, time.monotonic() - t0)

@@ -1,0 +1,195 @@
+"""The Realtime protocol's shapes as this endpoint speaks them (GA event names, as the ``openai`` SDK's
+``openai.types.realtime`` define them): session settings and their checks, server-event construction, errors.
+Pure: no I/O."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from .audio import WIRE_RATE
+
+AUDIO_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": WIRE_RATE}
+"""The one audio format in both directions."""
+MAX_INSTRUCTIONS_BYTES = 4096
+"""As the engine's ``SessionStart.instructions`` limit."""
+_TOOL_NAME = re.compile(r"[a-z][a-z0-9_]*")
+"""The engine's tool names (the model's ``[[call TOOL {...}]]`` syntax)."""
+
+IGNORED_SESSION_FIELDS = frozenset(
+    {
+        "model",
+        "tool_choice",
+        "max_output_tokens",
+        "temperature",
+        "tracing",
+        "truncation",
+        "prompt",
+        "include",
+        "parallel_tool_calls",
+        "reasoning",
+        "object",
+        "id",
+        "expires_at",
+    }
+)
+"""Session fields OpenAI's server knows that have no meaning here: accepted and ignored (docs/realtime.md)."""
+IGNORED_AUDIO_FIELDS = frozenset({"turn_detection", "noise_reduction", "transcription", "voice", "speed"})
+"""``audio.input``/``audio.output`` fields accepted and ignored: the model takes turns itself (no VAD), speaks
+in its own voice and transcribes nothing but its own speech."""
+
+
+class ClientError(Exception):
+    """A client event the endpoint refuses: answered with an ``error`` event (the session stays open)."""
+
+    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+@dataclass
+class SessionSettings:
+    """What a client may set with ``session.update`` (or mint into a client secret)."""
+
+    instructions: str = ""
+    """System prompt: ``SessionStart.instructions`` (fixed once the conversation has started)."""
+    tools: list[str] = field(default_factory=list)
+    """Function names: the session's granted tools, ``SessionStart.tools`` (fixed once started)."""
+
+    def update(self, session: object, started: bool) -> None:
+        """Apply a ``session.update``'s ``session`` object; ClientError naming the field on anything this server
+        cannot do. Nothing changes unless every field is acceptable."""
+        if not isinstance(session, dict):
+            raise ClientError("session: must be an object", "session")
+        known = {"type", "instructions", "tools", "audio", "output_modalities"}
+        unknown = sorted(set(session) - IGNORED_SESSION_FIELDS - known)
+        if unknown:
+            raise ClientError(
+                f"session.{unknown[0]}: unknown session field", f"session.{unknown[0]}", "unknown_parameter"
+            )
+        if "output_modalities" in session:
+            if session["output_modalities"] != ["audio"]:
+                raise ClientError(
+                    f"session.output_modalities {session['output_modalities']!r}: the model always speaks; "
+                    "only ['audio'] (audio with its transcript) is supported",
+                    "session.output_modalities",
+                )
+        kind = session.get("type", "realtime")
+        if kind != "realtime":
+            raise ClientError(
+                f"session.type {kind!r}: only 'realtime' sessions are served (no transcription sessions)",
+                "session.type",
+            )
+        _check_audio(session.get("audio"))
+        instructions = session.get("instructions", self.instructions)
+        if not isinstance(instructions, str):
+            raise ClientError("session.instructions: must be a string", "session.instructions")
+        if len(instructions.encode()) > MAX_INSTRUCTIONS_BYTES:
+            raise ClientError(
+                f"session.instructions: longer than {MAX_INSTRUCTIONS_BYTES} bytes", "session.instructions"
+            )
+        tools = _tool_names(session["tools"]) if "tools" in session else self.tools
+        if started and instructions != self.instructions:
+            raise ClientError(
+                "session.instructions: fixed once the conversation has started (the first "
+                "input_audio_buffer.append); set them before sending audio",
+                "session.instructions",
+            )
+        if started and tools != self.tools:
+            raise ClientError(
+                "session.tools: fixed once the conversation has started (the first input_audio_buffer.append); "
+                "set them before sending audio",
+                "session.tools",
+            )
+        self.instructions, self.tools = instructions, tools
+
+    def describe(self, session_id: str, model: str) -> dict[str, Any]:
+        """The session object of ``session.created``/``session.updated``."""
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": session_id,
+            "model": model,
+            "output_modalities": ["audio"],
+            "instructions": self.instructions,
+            "tools": [{"type": "function", "name": t} for t in self.tools],
+            "tool_choice": "auto",
+            "audio": {
+                "input": {"format": AUDIO_FORMAT, "turn_detection": None},
+                "output": {"format": AUDIO_FORMAT},
+            },
+        }
+
+
+def _check_audio(audio: object) -> None:
+    if audio is None:
+        return
+    if not isinstance(audio, dict):
+        raise ClientError("session.audio: must be an object", "session.audio")
+    for side in audio:
+        if side not in ("input", "output"):
+            raise ClientError(f"session.audio.{side}: unknown field", f"session.audio.{side}", "unknown_parameter")
+        conf = audio[side]
+        if not isinstance(conf, dict):
+            raise ClientError(f"session.audio.{side}: must be an object", f"session.audio.{side}")
+        for k, v in conf.items():
+            where = f"session.audio.{side}.{k}"
+            if k == "format":
+                if (
+                    not isinstance(v, dict)
+                    or v.get("type", "audio/pcm") != "audio/pcm"
+                    or v.get("rate", WIRE_RATE) != WIRE_RATE
+                ):
+                    raise ClientError(
+                        f"{where} {v!r}: only {{'type': 'audio/pcm', 'rate': {WIRE_RATE}}} is supported "
+                        "(PCM16 mono; resampled to the model's rate by the server)",
+                        where,
+                    )
+            elif k not in IGNORED_AUDIO_FIELDS:
+                raise ClientError(f"{where}: unknown field", where, "unknown_parameter")
+
+
+def _tool_names(tools: object) -> list[str]:
+    if not isinstance(tools, list):
+        raise ClientError("session.tools: must be a list of {type: 'function', name}", "session.tools")
+    names: list[str] = []
+    for i, t in enumerate(tools):
+        where = f"session.tools[{i}]"
+        if not isinstance(t, dict) or t.get("type", "function") != "function":
+            raise ClientError(f"{where}: only function tools are supported (no MCP)", where)
+        name = t.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise ClientError(f"{where}.name {name!r}: a tool name of the engine ([a-z][a-z0-9_]*)", f"{where}.name")
+        names.append(name)
+    return names
+
+
+class EventFactory:
+    """Builds server events with unique ``event_id``s."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(4)
+
+    def __call__(self, kind: str, **fields: Any) -> dict[str, Any]:
+        return {"type": kind, "event_id": f"event_{self._prefix}{next(self._ids)}", **fields}
+
+    def error(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        event_id: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> dict[str, Any]:
+        return self(
+            "error", error={"type": kind, "code": code, "message": message, "param": param, "event_id": event_id}
+        )

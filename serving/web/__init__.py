@@ -1,0 +1,1 @@
+"""The browser page the gateway serves at ``/`` (files in ``static/``; docs/realtime.md)."""

@@ -1,0 +1,169 @@
+"""A real engine and gateway with the Realtime endpoint on loopback (as tests/serving/conftest.py starts them),
+keyed, with an injectable clock for client-secret expiry; the spoken-question fixture at the wire rate."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
+
+from duplex.model.audio_io import read_wav
+from duplex.model.runtime import load_part
+from duplex.model.spec import ModelSource
+from duplex.serving.engine.server import EngineServer
+from duplex.serving.gateway.auth import KeyRing
+from duplex.serving.gateway.server import GatewayServer
+from duplex.serving.spec import EngineSpec, GatewaySpec
+from serving.conftest import LoopThread, wait_serving
+
+API_KEY = "rt-key-1"
+WIRE_RATE = 24000
+MAX_FRAME = 128 * 1024
+"""The test gateway's ``max_message_bytes`` (largest WebSocket frame)."""
+
+SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
+"""The official SDK's GA server-event union: every event we receive must validate against it."""
+
+
+class StepClock:
+    """Unix seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class RealtimeStack:
+    engine: EngineServer
+    gateway: GatewayServer
+    http_port: int
+    clock: StepClock
+    thread: LoopThread
+
+    @property
+    def ws_base(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/v1"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1"
+
+
+@pytest.fixture(scope="session")
+def rt() -> Iterator[RealtimeStack]:
+    lt = LoopThread()
+    clock = StepClock()
+
+    async def up() -> RealtimeStack:
+        espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=16, max_send_backlog=50)
+        engine = EngineServer(espec, ModelSource(), model=load_part(ModelSource(), device="cpu"), bind_port=0)
+        eport = await engine.start()
+        gspec = GatewaySpec(
+            host="127.0.0.1",
+            metrics_port=0,
+            engines=[f"127.0.0.1:{eport}"],
+            health_interval_s=0.2,
+            drain_grace_s=2.0,
+            max_message_bytes=MAX_FRAME,
+        )
+        gateway = GatewayServer(gspec, keys=KeyRing({API_KEY}), bind_port=0, http_bind_port=0)
+        await gateway.start()
+        assert gateway.realtime is not None
+        gateway.realtime.minter.clock = clock
+        return RealtimeStack(engine, gateway, gateway.http_port, clock, lt)
+
+    stack: RealtimeStack = lt.run(up(), timeout=120)
+    wait_serving(f"127.0.0.1:{stack.gateway.port}")
+
+    yield stack
+
+    async def down() -> None:
+        await stack.gateway.stop(0.5)
+        await stack.engine.stop(0.5)
+
+    lt.run(down())
+    lt.close()
+
+
+@pytest.fixture(scope="session")
+def speech24(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """A spoken question (espeak-ng) at 24 kHz, then 3 s of silence so the model takes the turn."""
+    raw = Path(tmp_path_factory.mktemp("speech")) / "q.wav"
+    subprocess.run(
+        ["espeak-ng", "-v", "en-us", "-w", str(raw), "Hello, could you tell me what time it is?"], check=True
+    )
+    said = read_wav(raw, WIRE_RATE, mono=True).samples
+    return np.concatenate([said, np.zeros(3 * WIRE_RATE, np.int16)])
+
+
+@dataclass
+class Received:
+    """What a client saw: every event (validated against the SDK's types) and how the socket closed."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    close_code: int | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    async def wait(self, done: Any, deadline_s: float = 30.0) -> None:
+        """Until ``done(self)`` holds (checked on every event), or fail at the deadline."""
+
+        async def until() -> None:
+            while not done(self):
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(until(), deadline_s)
+
+
+async def collect(conn: Any, into: Received) -> None:
+    """Read every event of an SDK connection until it closes; record the close code."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        while True:
+            raw = await conn.recv_bytes()
+            event = json.loads(raw)
+            SERVER_EVENT.validate_python(event)
+            into.events.append(event)
+            into.changed.set()
+    except ConnectionClosed as e:
+        into.close_code = e.rcvd.code if e.rcvd is not None else None
+        into.changed.set()
+
+
+async def stream_live(conn: Any, samples: np.ndarray, piece_ms: int = 100) -> None:
+    """Append ``samples`` as a microphone would: piece k (``piece_ms`` of audio) at capture start + (k+1)·piece_ms."""
+    step = WIRE_RATE * piece_ms // 1000
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for k in range(len(samples) // step):
+        delay = t0 + (k + 1) * piece_ms / 1000 - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the capture schedule itself, not a wait for the server
+        pcm = samples[k * step : (k + 1) * step].astype("<i2").tobytes()
+        await conn.input_audio_buffer.append(audio=base64.b64encode(pcm).decode())
+
+
+def rms(b64_deltas: list[str]) -> float:
+    pcm = np.frombuffer(b"".join(base64.b64decode(d) for d in b64_deltas), dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(pcm**2))) if len(pcm) else 0.0
