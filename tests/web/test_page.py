@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from serving.test_cli import Proc
 
 from duplex.model.audio_io import read_wav, write_wav
@@ -64,7 +65,7 @@ def talk_on_the_page(page: Page, url: str) -> dict[str, Any]:
     page.click("#start")
     try:
         page.wait_for_function(PAGE_DONE, timeout=DEADLINE_MS, polling=250)
-    except Exception as e:
+    except PlaywrightTimeout as e:
         stats = page.evaluate("() => JSON.stringify(window.duplexStats)")
         raise AssertionError(f"the page did not answer a turn in time: {stats}") from e
     stats: dict[str, Any] = page.evaluate("() => JSON.parse(JSON.stringify(window.duplexStats))")
@@ -130,7 +131,8 @@ def test_page_talks_plays_and_shows_latency(question_wav: Path, tmp_path: Path) 
 # as the audio thread would.
 RESAMPLE_TONE = """([source, rateIn, hz]) => {
   const scope = { registerProcessor: () => {}, AudioWorkletProcessor: class {}, sampleRate: rateIn };
-  const SincResampler = new Function(...Object.keys(scope), source + '; return SincResampler;')(...Object.values(scope));
+  const module = new Function(...Object.keys(scope), source + '; return SincResampler;');
+  const SincResampler = module(...Object.values(scope));
   const r = new SincResampler(rateIn, 24000);
   const out = [];
   const block = new Float32Array(128);
