@@ -119,6 +119,12 @@ def test_page_talks_plays_and_shows_latency(question_wav: Path, tmp_path: Path) 
                 width, height = png_size(shot)
                 assert (width, height) == (1200, 800)
                 assert shot.stat().st_size > 20_000  # drawn waveforms and tables, not a blank page
+
+                # Stop: the page closes its socket (normal closure) and says so; a new Start may follow.
+                page.click("#stop")
+                page.wait_for_function("() => !window.duplexStats.connected", timeout=10_000)
+                assert page.locator("#status").inner_text().startswith("closed (code 1000")
+                assert page.locator("#start").is_enabled()
             finally:
                 browser.close()
     finally:

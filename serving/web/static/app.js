@@ -16,7 +16,8 @@ const VAD_HANGOVER_S = 0.3; // silence that ends an utterance (pauses between wo
 
 const $ = (id) => document.getElementById(id);
 
-const state = {
+/** Everything one conversation owns; Start begins with a fresh one (the previous stays on screen till then). */
+const newState = () => ({
   ws: null,
   ctx: null,
   stream: null,
@@ -42,9 +43,10 @@ const state = {
   events: 0,
   errors: [],
   vad: { speaking: false, voicedRun: 0, lastVoicedEnd: null, eos: null, floor: 0.002, frame: [] },
-};
+});
 
-const timeline = new Timeline($('timeline'));
+let state = newState();
+let timeline = new Timeline($('timeline'));
 
 /** Read-only view for tests and curious users: a fresh frozen snapshot on every read. */
 Object.defineProperty(window, 'duplexStats', {
@@ -94,6 +96,10 @@ function fail(message) {
 
 async function start() {
   $('start').disabled = true;
+  state = newState();
+  timeline = new Timeline($('timeline'));
+  $('turns').replaceChildren();
+  $('events').replaceChildren();
   try {
     setStatus('asking the gateway for its settings…');
     const config = await (await fetch('/v1/realtime/config')).json();
@@ -157,23 +163,31 @@ function connect(token, config) {
     `openai-insecure-api-key.${token}`,
   ]);
   state.ws = ws;
-  ws.onmessage = (m) => onServerEvent(JSON.parse(m.data));
-  ws.onerror = () => fail('the WebSocket failed');
+  const current = () => state.ws === ws; // a socket of a previous Start must not touch this conversation
+  ws.onmessage = (m) => current() && onServerEvent(JSON.parse(m.data));
+  ws.onerror = () => current() && fail('the WebSocket failed');
   ws.onclose = (e) => {
+    if (!current()) return;
     state.connected = false;
     if (!state.errors.length || e.code !== 1000) {
       setStatus(`closed (code ${e.code}${e.reason ? `: ${e.reason}` : ''})`, e.code === 1000 ? '' : 'error');
     }
     $('start').disabled = false;
-    $('stop').disabled = true;
+    teardown();
   };
 }
 
 function stop() {
   state.ws?.close(1000, 'page stopped');
+  teardown();
+}
+
+/** Microphone off, playback cut, the audio clock stopped (so the picture stays as it was at the end). */
+function teardown() {
   state.stream?.getTracks().forEach((t) => t.stop());
-  truncatePlayback('stopped');
   state.worklet?.disconnect();
+  truncatePlayback('stopped');
+  if (state.ctx && state.ctx.state !== 'closed') state.ctx.close();
   $('stop').disabled = true;
 }
 
