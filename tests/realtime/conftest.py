@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
+from serving.conftest import LoopThread, wait_serving
 
 from duplex.model.audio_io import read_wav
 from duplex.model.runtime import load_part
@@ -25,7 +26,6 @@ from duplex.serving.engine.server import EngineServer
 from duplex.serving.gateway.auth import KeyRing
 from duplex.serving.gateway.server import GatewayServer
 from duplex.serving.spec import EngineSpec, GatewaySpec
-from serving.conftest import LoopThread, wait_serving
 
 API_KEY = "rt-key-1"
 WIRE_RATE = 24000

@@ -158,7 +158,7 @@ async def test_client_function_call_runs_as_an_agent_job(rt: RealtimeStack) -> N
         await got.wait(lambda g: g.of("error"))
         await conn.close()
         await reader
-    out = [e["item"] for e in got.of("conversation.item.done") if e["item"]["type"] == "function_call_output"][0]
+    out = next(e["item"] for e in got.of("conversation.item.done") if e["item"]["type"] == "function_call_output")
     assert out["call_id"] == "c1" and "no background agent" in json.loads(out["output"])["error"]
     assert got.of("error")[0]["error"]["param"] == "session.tools"
 
@@ -204,9 +204,9 @@ async def test_minting_needs_an_api_key_and_valid_fields(rt: RealtimeStack) -> N
 
     with pytest.raises(openai.AuthenticationError):
         await client(rt, key="wrong").realtime.client_secrets.create()
-    with pytest.raises(openai.BadRequestError, match="expires_after.seconds"):
+    with pytest.raises(openai.BadRequestError, match=r"expires_after\.seconds"):
         await client(rt).realtime.client_secrets.create(expires_after={"anchor": "created_at", "seconds": 5})
-    with pytest.raises(openai.BadRequestError, match="session.audio.output.format"):
+    with pytest.raises(openai.BadRequestError, match=r"session\.audio\.output\.format"):
         await client(rt).realtime.client_secrets.create(
             session={"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcma"}}}}
         )
