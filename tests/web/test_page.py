@@ -1,6 +1,7 @@
 """The page in a real browser: ``duplex up --http-port 0`` serves it, Debian's Chromium (headless, driven by
 Playwright) opens it with a WAV of espeak-ng speech as its microphone, and the page must connect, play model
-audio with sound in it, show turn events and a latency figure. A screenshot is saved.
+audio with sound in it, show turn events and a latency figure, and show a background-agent job it asked for
+with its result. A screenshot is saved.
 
 Chromium's fake capture device loops the WAV for as long as the page listens: the question, 3 s of silence,
 the question again, … So the page hears the question repeatedly; the test waits for the first turn that has a
@@ -113,6 +114,17 @@ def test_page_talks_plays_and_shows_latency(question_wav: Path, tmp_path: Path) 
                 log = page.locator("#events").inner_text()
                 assert "speech_stopped" in log or "speech_started" in log
                 assert "connected" in page.locator("#status").inner_text()
+
+                # The background agent from the page: a clock job (a function_call item), its result shown.
+                page.select_option("#agent-tool", "clock")
+                page.click("#agent-run")
+                page.wait_for_function(
+                    "() => window.duplexStats.agentResults.some((r) => r.call_id === 'c1')", timeout=60_000
+                )
+                result = page.evaluate("() => window.duplexStats.agentResults.find((r) => r.call_id === 'c1')")
+                assert result["output"] and not result["output"].startswith('{"error"'), result
+                log = page.locator("#events").inner_text()
+                assert "agent call c1: clock({})" in log and f"agent result c1: {result['output']}" in log
 
                 shot = tmp_path / "page.png"
                 page.screenshot(path=str(shot))

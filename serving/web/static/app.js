@@ -14,6 +14,9 @@ const VAD_FRAME = RATE / 100; // 10 ms frames for the page's own end-of-speech d
 const VAD_ON = 0.015; // frame RMS that counts as speech (≈ -36 dBFS), raised over a noisy floor below
 const VAD_HANGOVER_S = 0.3; // silence that ends an utterance (pauses between words are shorter)
 
+const DEFAULT_TOOLS = ['clock', 'calculator']; // the engine's default engine.tools (serving/spec.py)
+const EXAMPLE_ARGS = { clock: '{}', calculator: '{"expression": "2 ** 10"}' };
+
 const $ = (id) => document.getElementById(id);
 
 /** Everything one conversation owns; Start begins with a fresh one (the previous stays on screen till then). */
@@ -40,6 +43,9 @@ const newState = () => ({
   turnById: new Map(),
   lastFirstAudio: -Infinity, // axis time of the previous turn's first audible sample
   calls: new Map(), // call_id → {name, args}
+  results: [], // {call_id, output}: agent results announced as function_call_output items
+  shownResults: new Set(), // call ids whose result is already in the log (announced by added and done)
+  clientCalls: 0, // the page's own agent calls, named c1, c2, … (m1, m2, … are the model's)
   events: 0,
   errors: [],
   vad: { speaking: false, voicedRun: 0, lastVoicedEnd: null, eos: null, floor: 0.002, frame: [] },
@@ -61,6 +67,7 @@ Object.defineProperty(window, 'duplexStats', {
         ),
       ),
       events: state.events,
+      agentResults: Object.freeze(state.results.map((r) => Object.freeze({ ...r }))),
       underruns: state.underruns,
       errors: Object.freeze([...state.errors]),
       status: $('status').textContent,
@@ -105,7 +112,9 @@ async function start() {
     const config = await (await fetch('/v1/realtime/config')).json();
     const chunkMs = Math.min(200, Math.max(20, Number(config.chunk_ms ?? config.audio?.chunk_ms) || 100));
     state.frameSamples = Math.round((RATE * chunkMs) / 1000);
-    const token = await sessionToken();
+    const tools = grantedTools(config);
+    const token = await sessionToken(tools);
+    showTools(tools);
     setStatus('starting the microphone…');
     await startAudio();
     setStatus('connecting…');
@@ -118,14 +127,14 @@ async function start() {
 }
 
 /** A short-lived token: from the URL fragment (#token=…, minted by your own backend) or minted here. */
-async function sessionToken() {
+async function sessionToken(tools) {
   const fromUrl = new URLSearchParams(location.hash.slice(1)).get('token');
   if (fromUrl) return fromUrl;
   setStatus('minting a session token…');
   const r = await fetch('/v1/realtime/client_secrets', {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ session: { type: 'realtime' } }),
+    body: JSON.stringify({ session: { type: 'realtime', tools: tools.map((name) => ({ type: 'function', name })) } }),
   });
   const body = await r.json().catch(() => ({}));
   if (r.status === 401 || r.status === 403) {
@@ -136,6 +145,35 @@ async function sessionToken() {
     throw new Error(`minting a token failed (${r.status}): ${body.error?.message || JSON.stringify(body)}`);
   }
   return body.value;
+}
+
+/** The tools this session may run: #tools=a,b in the URL (empty = none), else the gateway's list if its config
+ * gives one, else the engine's defaults. A tool the engine lacks fails the session with an error naming it. */
+function grantedTools(config) {
+  const fromUrl = new URLSearchParams(location.hash.slice(1)).get('tools');
+  if (fromUrl !== null) return fromUrl.split(',').map((t) => t.trim()).filter(Boolean);
+  return Array.isArray(config.tools) ? config.tools : DEFAULT_TOOLS;
+}
+
+function showTools(tools) {
+  const select = $('agent-tool');
+  select.replaceChildren(...tools.map((t) => new Option(t, t)));
+  $('agent-args').value = EXAMPLE_ARGS[tools[0]] ?? '{}';
+}
+
+/** The page's own agent job: a function_call item, run by the background agent beside the conversation. */
+function askAgent(e) {
+  e.preventDefault();
+  const name = $('agent-tool').value;
+  if (!name || !state.connected) return;
+  const callId = `c${++state.clientCalls}`;
+  const args = $('agent-args').value.trim() || '{}';
+  const call = callFor(callId);
+  call.name = name;
+  call.args = args;
+  send({ type: 'conversation.item.create', item: { type: 'function_call', call_id: callId, name, arguments: args } });
+  logEvent(`agent call ${callId}: ${name}(${args})`, 'agent');
+  timeline.mark(axisNow(), 'agent', `call ${name}`);
 }
 
 async function startAudio() {
@@ -187,6 +225,7 @@ function teardown() {
   state.stream?.getTracks().forEach((t) => t.stop());
   state.worklet?.disconnect();
   truncatePlayback('stopped');
+  $('agent-run').disabled = true;
   if (state.ctx && state.ctx.state !== 'closed') state.ctx.close();
   $('stop').disabled = true;
 }
@@ -267,6 +306,7 @@ function onServerEvent(ev) {
     case 'session.created':
       state.connected = true;
       setStatus(`connected · session ${ev.session?.id ?? ''}`, 'ok');
+      $('agent-run').disabled = $('agent-tool').options.length === 0;
       logEvent('session.created');
       break;
     case 'session.updated':
@@ -350,9 +390,9 @@ function onItem(item, now) {
     const call = callFor(item.call_id);
     call.name = item.name || call.name;
   } else if (item.type === 'function_call_output' && item.call_id) {
-    const key = `out:${item.call_id}`;
-    if (state.calls.has(key)) return; // the same result announced by more than one event
-    state.calls.set(key, true);
+    if (state.shownResults.has(item.call_id)) return; // the same result announced by added and by done
+    state.shownResults.add(item.call_id);
+    state.results.push({ call_id: item.call_id, output: String(item.output) });
     logEvent(`agent result ${item.call_id}: ${item.output}`, 'agent');
     timeline.mark(now, 'agent', `result ${item.call_id}`);
   }
@@ -518,4 +558,6 @@ function render() {
 
 $('start').addEventListener('click', start);
 $('stop').addEventListener('click', stop);
+$('agent').addEventListener('submit', askAgent);
+$('agent-tool').addEventListener('change', () => ($('agent-args').value = EXAMPLE_ARGS[$('agent-tool').value] ?? '{}'));
 timeline.draw(0);
