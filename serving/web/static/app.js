@@ -48,7 +48,8 @@ const newState = () => ({
   clientCalls: 0, // the page's own agent calls, named c1, c2, … (m1, m2, … are the model's)
   events: 0,
   errors: [],
-  vad: { speaking: false, voicedRun: 0, lastVoicedEnd: null, eos: null, floor: 0.002, frame: [] },
+  vad: { speaking: false, voicedRun: 0, lastVoicedEnd: null, floor: 0.002, frame: [], utterances: [] },
+  unsettled: [], // turns whose latency waits for the capture to pass their first audio (+ the hangover)
 });
 
 let state = newState();
@@ -283,12 +284,14 @@ function detectSpeech(samples, t0) {
     if (voiced) v.lastVoicedEnd = frameEnd;
     if (!v.speaking && v.voicedRun >= 3) {
       v.speaking = true;
+      v.utterances.push({ start: frameEnd - 3 * BIN_S, end: null });
       timeline.mark(frameEnd - 3 * BIN_S, 'vad', 'you speak');
     } else if (v.speaking && frameEnd - v.lastVoicedEnd > VAD_HANGOVER_S) {
       v.speaking = false;
-      v.eos = v.lastVoicedEnd;
-      timeline.mark(v.eos, 'vad', 'end of speech');
+      v.utterances[v.utterances.length - 1].end = v.lastVoicedEnd;
+      timeline.mark(v.lastVoicedEnd, 'vad', 'end of speech');
     }
+    settleLatencies(frameEnd);
   }
 }
 
@@ -477,23 +480,40 @@ function schedule(samples, sameTurn) {
   return when;
 }
 
-/** A turn's latency: its first audible sample as played − the user's end of speech, both on the capture clock.
- * Undefined when the user is still talking (overlap) or has said nothing since the previous turn began. */
+/** A turn's first audible sample as played, at axis time t; its latency is settled once the capture has
+ * passed t by the detector's hangover (so whether the user was talking at t is known, however far the page's
+ * main thread lags behind the audio clock). */
 function firstAudio(turn, t) {
   turn.firstAudio = t;
-  const v = state.vad;
-  turn.eos = v.eos;
-  if (!v.speaking && v.eos !== null && v.eos > state.lastFirstAudio && v.eos < t) {
-    turn.latency = t - v.eos;
-    timeline.span(v.eos, t, `${turn.latency.toFixed(2)} s`);
-    renderLatency(turn);
-  } else {
-    turn.row.querySelector('.latency').textContent = v.speaking ? 'overlap' : 'no new speech';
-  }
+  turn.previousFirstAudio = state.lastFirstAudio;
   state.lastFirstAudio = t;
-  turn.row.querySelector('.eos').textContent = turn.eos === null ? '–' : `${turn.eos.toFixed(2)} s`;
+  state.unsettled.push(turn);
   turn.row.querySelector('.first').textContent = `${t.toFixed(2)} s`;
   timeline.mark(t, 'model', 'first audio');
+}
+
+/** Latency = first model audio played − the user's end of speech, both on the capture clock. None when the
+ * user was talking at that moment (overlap) or has not spoken since the previous turn's first audio. */
+function settleLatencies(captured) {
+  while (state.unsettled.length && state.unsettled[0].firstAudio + VAD_HANGOVER_S <= captured) {
+    const turn = state.unsettled.shift();
+    const t = turn.firstAudio;
+    const said = state.vad.utterances.filter((u) => u.start <= t);
+    const last = said[said.length - 1];
+    if (last && (last.end === null || last.end > t)) {
+      turn.row.querySelector('.latency').textContent = 'overlap';
+      continue;
+    }
+    turn.eos = last ? last.end : null;
+    turn.row.querySelector('.eos').textContent = turn.eos === null ? '–' : `${turn.eos.toFixed(2)} s`;
+    if (turn.eos === null || turn.eos <= turn.previousFirstAudio) {
+      turn.row.querySelector('.latency').textContent = 'no new speech';
+      continue;
+    }
+    turn.latency = t - turn.eos;
+    timeline.span(turn.eos, t, `${turn.latency.toFixed(2)} s`);
+    renderLatency(turn);
+  }
 }
 
 function renderLatency(turn) {
