@@ -35,6 +35,8 @@ def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any]
     ports = [{"name": "grpc", "containerPort": gw.port, "protocol": "TCP"}]
     if gw.metrics_port:
         ports.append({"name": "metrics", "containerPort": gw.metrics_port, "protocol": "TCP"})
+    if gw.http_port:  # the Realtime WebSocket endpoint and page (docs/realtime.md)
+        ports.append({"name": "http", "containerPort": gw.http_port, "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "gateway",
         "image": resolved.spec.engine.image,
@@ -82,7 +84,12 @@ def gateway_service(ref: ModelRef, spec: DuplexModelSpec) -> Manifest:
         "spec": {
             "type": spec.gateway.service_type,
             "selector": ref.selector("gateway"),
-            "ports": [{"name": "grpc", "port": spec.gateway.port, "targetPort": "grpc", "protocol": "TCP"}],
+            "ports": [{"name": "grpc", "port": spec.gateway.port, "targetPort": "grpc", "protocol": "TCP"}]
+            + (
+                [{"name": "http", "port": spec.gateway.http_port, "targetPort": "http", "protocol": "TCP"}]
+                if spec.gateway.http_port
+                else []
+            ),
         },
     }
 

@@ -319,7 +319,7 @@ class RealtimeSession:
         try:
             async with contextlib.aclosing(self.gateway.relay(first, self._upstream_events())) as events:
                 async for raw in events:
-                    await self._on_server_event(pb.ServerEvent.FromString(raw))
+                    await self.on_server_event(pb.ServerEvent.FromString(raw))
         except Refused as e:
             code, message = e.code, e.message
         except grpc.aio.AioRpcError as e:
@@ -335,7 +335,8 @@ class RealtimeSession:
             await self.send(self.ev.error(f"{code.name}: {message}", code=code.name.lower(), kind=kind))
         await self.ws.close(code=close, message=_close_reason(message or "conversation ended"))
 
-    async def _on_server_event(self, ev: pb.ServerEvent) -> None:
+    async def on_server_event(self, ev: pb.ServerEvent) -> None:
+        """Translate one of the conversation's server events into Realtime events."""
         kind = ev.WhichOneof("event")
         if kind == "ready":
             await self._on_ready(ev.ready)
@@ -396,6 +397,20 @@ class RealtimeSession:
         assert self._out is not None
         wire = self._out.feed(audio.pcm or bytes(2 * audio.samples))  # silent chunks keep the filter's state
         controls = list(audio.control)
+        if self.duplex_events:
+            t = audio.timing
+            await self.send(
+                self.ev(
+                    "duplex.chunk",
+                    seq=audio.seq,
+                    audio_ms=self._ms(audio.output_sample),
+                    controls=controls,
+                    compute_ms=round(t.compute_ms, 3),
+                    queue_wait_ms=round(t.queue_wait_ms, 3),
+                    late=t.late,
+                    substituted=t.substituted,
+                )
+            )
         speak = next((f for f, c in enumerate(controls) if c == pb.FLOOR_SPEAK), None)
         voiced = speak is not None or pb.FLOOR_BACKCHANNEL in controls
         if speak is not None and (self.response is None or self.response.kind == "backchannel"):

@@ -1,0 +1,179 @@
+"""How the model's floor decisions, text, tool calls and agent results become Realtime events, for the cases
+the tiny model cannot be made to produce on demand (its own tool call, a barge-in): the session's translation
+is fed the engine's server events directly and what it writes to the WebSocket is checked, every event
+against the official SDK's types."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from duplex.serving.realtime.metrics import RealtimeMetrics
+from duplex.serving.realtime.protocol import SessionSettings
+from duplex.serving.realtime.session import RealtimeSession
+from duplex.v1 import duplex_pb2 as pb
+
+from .conftest import SERVER_EVENT
+
+RATE, FRAME_MS, CHUNK = 16000, 40, 3200
+FRAME = RATE * FRAME_MS // 1000
+LISTEN, SPEAK, YIELD = pb.FLOOR_LISTEN, pb.FLOOR_SPEAK, pb.FLOOR_YIELD
+
+
+class Sink:
+    """Stands in for the WebSocket: records what the session writes."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def send_str(self, data: str) -> None:
+        event = json.loads(data)
+        SERVER_EVENT.validate_python(event)
+        self.events.append(event)
+
+    def take(self) -> list[dict[str, Any]]:
+        out, self.events = self.events, []
+        return out
+
+
+def session() -> tuple[RealtimeSession, Sink]:
+    sink = Sink()
+    s = RealtimeSession(
+        sink,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]  # no conversation is opened: events are fed directly
+        RealtimeMetrics(CollectorRegistry()),
+        SessionSettings(),
+        "tiny",
+        False,
+        lambda: 0,
+    )
+    return s, sink
+
+
+def audio(seq: int, controls: list[int], loud: bool) -> pb.ServerEvent:
+    pcm = (np.sin(np.arange(CHUNK) * 0.3) * 8000).astype("<i2").tobytes() if loud else b""
+    return pb.ServerEvent(
+        audio=pb.ModelAudio(seq=seq, pcm=pcm, samples=CHUNK, output_sample=seq * CHUNK, control=controls)
+    )
+
+
+def ready() -> pb.ServerEvent:
+    fmt = pb.AudioFormat(sample_rate=RATE, channels=1, encoding=pb.PCM16_LE)
+    return pb.ServerEvent(
+        ready=pb.SessionReady(
+            session_id="s", input_format=fmt, output_format=fmt, chunk_ms=200, frame_ms=FRAME_MS, chunk_samples=CHUNK
+        )
+    )
+
+
+async def test_turn_tool_call_and_barge_in() -> None:
+    s, sink = session()
+    await s.on_server_event(ready())
+    assert [(e["type"], e["audio_start_ms"]) for e in sink.take()] == [("input_audio_buffer.speech_started", 0)]
+
+    await s.on_server_event(audio(0, [LISTEN] * 5, loud=False))
+    assert sink.take() == []  # nobody's voice from the model: nothing to send
+
+    # the model takes the floor at frame 2 of chunk 1: the user's turn ended there (200 ms + 2 frames)
+    await s.on_server_event(audio(1, [LISTEN, LISTEN, SPEAK, SPEAK, SPEAK], loud=True))
+    await s.on_server_event(pb.ServerEvent(turn=pb.TurnEvent(seq=1, type=pb.MODEL_TURN_START, frame=2)))
+    got = sink.take()
+    assert [e["type"] for e in got] == [
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_audio.delta",
+    ]
+    assert got[0]["audio_end_ms"] == 280
+    response_id = got[2]["response"]["id"]
+    assert len(got[-1]["delta"]) > 0
+
+    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=1, text='It is [[call clock {"tz": "UTC"}]]')))
+    got = sink.take()
+    assert [e["type"] for e in got] == [
+        "response.output_audio_transcript.delta",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+    ]
+    done = got[3]
+    assert (done["call_id"], done["name"], done["arguments"], done["response_id"], done["output_index"]) == (
+        "m1",
+        "clock",
+        '{"tz": "UTC"}',
+        response_id,
+        1,
+    )
+
+    # the user barges in after one chunk of the model's turn had been sent: cut at 200 ms, response cancelled
+    await s.on_server_event(audio(2, [SPEAK, YIELD, LISTEN, LISTEN, LISTEN], loud=True))
+    barge = pb.TurnEvent(
+        seq=2, type=pb.USER_BARGE_IN, frame=1, output_sample=2 * CHUNK + FRAME, truncated_at_sample=CHUNK
+    )
+    await s.on_server_event(pb.ServerEvent(turn=barge))
+    got = sink.take()
+    kinds = [e["type"] for e in got]
+    assert kinds[0] == "response.output_audio.delta"
+    truncated = got[kinds.index("conversation.item.truncated")]
+    assert truncated["audio_end_ms"] == 200 and truncated["item_id"] == got[0]["item_id"]
+    final = got[kinds.index("response.done")]["response"]
+    assert final["id"] == response_id and final["status"] == "cancelled"
+    assert final["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert [o["type"] for o in final["output"]] == ["message", "function_call"]
+    assert final["output"][0]["status"] == "incomplete"
+    assert final["output"][0]["content"][0]["transcript"] == 'It is [[call clock {"tz": "UTC"}]]'
+    assert kinds[-1] == "input_audio_buffer.speech_started"
+    assert got[-1]["audio_start_ms"] == (2 * CHUNK + FRAME) * 1000 // RATE
+
+    # the agent's result for the model's call: a function_call_output item
+    result = pb.AgentEvent(job_id="m1", tool="clock", state=pb.DONE, detail="12:00 UTC")
+    await s.on_server_event(pb.ServerEvent(agent=result))
+    got = sink.take()
+    assert [e["type"] for e in got] == ["conversation.item.added", "conversation.item.done"]
+    assert got[1]["item"]["output"] == "12:00 UTC"
+    assert got[1]["item"]["call_id"] == "m1" and got[1]["item"]["type"] == "function_call_output"
+
+
+async def test_tool_call_outside_a_turn_is_a_response_of_its_own() -> None:
+    s, sink = session()
+    await s.on_server_event(ready())
+    sink.take()
+    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=0, text='[[call calculator {"expression": ')))
+    assert sink.take() == []  # the call has not ended yet
+    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=1, text='"1+1"}]] [[call nope]]')))
+    got = sink.take()
+    assert [e["type"] for e in got] == [
+        "response.created",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.done",
+    ]  # the malformed second call is not a function call (the engine reports it FAILED itself)
+    final = got[-1]["response"]
+    assert final["status"] == "completed" and final["metadata"]["duplex_kind"] == "call"
+    assert [o["type"] for o in final["output"]] == ["function_call"]
+    assert final["output"][0]["arguments"] == '{"expression": "1+1"}'
+    failed = pb.AgentEvent(job_id="m2", tool="", state=pb.FAILED, detail="tool name expected")
+    await s.on_server_event(pb.ServerEvent(agent=failed))
+    assert json.loads(sink.take()[1]["item"]["output"]) == {"error": "tool name expected"}
+
+
+async def test_backchannel_is_a_short_response_and_the_user_keeps_the_floor() -> None:
+    s, sink = session()
+    await s.on_server_event(ready())
+    sink.take()
+    await s.on_server_event(audio(0, [LISTEN, pb.FLOOR_BACKCHANNEL, pb.FLOOR_BACKCHANNEL, LISTEN, LISTEN], loud=True))
+    await s.on_server_event(audio(1, [LISTEN] * 5, loud=False))
+    kinds = [e["type"] for e in sink.events]
+    assert "input_audio_buffer.speech_stopped" not in kinds
+    assert kinds.count("response.output_audio.delta") == 2 and kinds[-1] == "response.done"
+    assert sink.events[-1]["response"]["metadata"]["duplex_kind"] == "backchannel"
