@@ -1,6 +1,7 @@
 """Optional ingress NetworkPolicies (``spec.networkPolicy.enabled``), one per component.
 
-- gateway: its public port from anywhere (clients, ingress controllers, load balancers);
+- gateway: its public ports (gRPC, and the Realtime HTTP port when set) from anywhere (clients, ingress
+  controllers, load balancers);
 - engines (every port: gRPC, rendezvous, metrics), managed Redis and agent workers: only from this model's
   own pods (``duplex.ai/model=<name>``), i.e. the gateway and the engines, agents and Redis beside them;
 - every metrics port from anywhere, so a Prometheus in any namespace can scrape (narrow it with a site policy
@@ -44,6 +45,8 @@ def _from_own_pods(ref: ModelRef) -> dict[str, Any]:
 
 def network_policies(ref: ModelRef, spec: DuplexModelSpec, managed_redis: bool) -> list[Manifest]:
     gateway = [_from_anywhere(spec.gateway.port)]
+    if spec.gateway.http_port:  # the Realtime WebSocket endpoint and page
+        gateway.append(_from_anywhere(spec.gateway.http_port))
     if spec.gateway.metrics_port:
         gateway.append(_from_anywhere(spec.gateway.metrics_port))
     engine = [_from_own_pods(ref)]

@@ -282,3 +282,11 @@ def test_network_policy_is_a_crd_field() -> None:
     policy = schema["properties"]["networkPolicy"]
     assert policy["properties"]["enabled"]["type"] == "boolean"
     assert policy["properties"]["enabled"]["default"] is False
+
+
+def test_network_policy_opens_the_realtime_http_port_when_served() -> None:
+    spec = {**SPECS["policies"], "gateway": {"httpPort": 8088}}
+    (gateway,) = [
+        m["spec"] for m in render(spec) if m["kind"] == "NetworkPolicy" and m["metadata"]["name"] == "talk-gateway"
+    ]
+    assert {"ports": [{"protocol": "TCP", "port": 8088}]} in gateway["ingress"]
