@@ -4,8 +4,9 @@ become one utterance at the model's rate, and how an utterance's outputs become 
 Inputs (exactly one of the two audio tensors):
 
 * ``audio`` BYTES [1]: a whole audio file (WAV or anything libsndfile reads, any rate and channel count;
-  converted to the model's rate, mono, with soxr HQ). Over the gRPC protocol and REST's binary-data extension
-  the element is the file's bytes; in a plain JSON body it is the file as base64 text.
+  converted to the model's rate, mono, with soxr HQ). Over gRPC the element may be the file's own bytes;
+  over REST it is the file as base64 text (the SDK's REST decoder turns every BYTES element into UTF-8 text,
+  so a binary file cannot travel there as it is); base64 text is accepted over gRPC too.
 * ``pcm`` INT16 [N]: mono samples; the input parameter ``sample_rate`` (default: the model's) says their
   rate, other rates are resampled with soxr HQ.
 
@@ -132,12 +133,16 @@ def _file_bytes(tensor: InferInput) -> bytes:
     if elements.size != 1:
         raise InvalidInput(f"input `audio`: shape must be [1] (one file), got {list(tensor.shape)}")
     item = elements[0]
+    text = item if isinstance(item, str) else None
     if isinstance(item, bytes):
-        return item
-    try:  # a plain JSON body carries the file as base64 text
-        return base64.b64decode(str(item), validate=True)
+        try:
+            text = item.decode("ascii")
+        except UnicodeDecodeError:
+            return item  # the file's own bytes (gRPC raw contents)
+    try:  # over REST the SDK decodes BYTES elements as UTF-8 text: there the file travels as base64
+        return base64.b64decode(str(text), validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidInput("input `audio`: in a JSON body the file must be base64 text") from None
+        raise InvalidInput("input `audio`: expected the audio file's bytes, or the file as base64 text") from None
 
 
 def _pcm(tensor: InferInput, model_rate: int) -> npt.NDArray[np.int16]:
