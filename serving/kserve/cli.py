@@ -21,6 +21,9 @@ from ..spec import EngineSpec
 if TYPE_CHECKING:
     from kserve import ModelServer
 
+RUNTIME_ARGS = ["--model-name={{.Name}}", "--model-dir=/mnt/models", "--http-port=8080", "--grpc-port=8081"]
+"""The arguments the Helm chart's ClusterServingRuntime passes (KServe fills in ``{{.Name}}``); the two must
+agree (tests/kserve/test_kserve_example.py parses these)."""
 GRACE_S = 10
 """How long the ModelServer waits for in-flight requests on SIGTERM."""
 
