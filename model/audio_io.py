@@ -112,8 +112,8 @@ def _float_to_int16(x: npt.NDArray[np.floating]) -> npt.NDArray[np.int16]:
 
 
 def read_wav(path: AudioSource, sample_rate: int | None = None, mono: bool = False) -> Wav:
-    """int16 samples of ``path`` (a file, or a file's bytes); resampled to ``sample_rate`` (soxr HQ) when given and different, and the
-    channels averaged into one when ``mono``. A PCM16 file read as it is comes back bit-exact."""
+    """int16 samples of ``path`` (a file, or a file's bytes); resampled to ``sample_rate`` (soxr HQ) when given
+    and different, and the channels averaged into one when ``mono``. A PCM16 file read as it is comes back bit-exact."""
     fmt = wav_format(path)
     rate = fmt.rate if sample_rate is None else sample_rate
     channels = 1 if mono else fmt.channels

@@ -23,9 +23,9 @@ from duplex.model.model import DuplexModel
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 
+from ..engine.scheduler import Scheduler
 from ..metrics import EngineMetrics
 from ..spec import EngineSpec
-from ..engine.scheduler import Scheduler
 from . import tensors
 from .utterance import answer
 

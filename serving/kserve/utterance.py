@@ -70,7 +70,8 @@ def chunks_of(utterance: Utterance, chunk_samples: int, sample_rate: int) -> lis
     silent = math.ceil(utterance.trailing_silence_ms * sample_rate / 1000 / chunk_samples)
     pcm = np.zeros((n + silent) * chunk_samples, np.float32)
     pcm[: utterance.samples.size] = utterance.samples.astype(np.float32) / 32768.0
-    return list(torch.from_numpy(pcm).split(chunk_samples))
+    audio = torch.from_numpy(pcm)
+    return [audio[i : i + chunk_samples] for i in range(0, audio.numel(), chunk_samples)]
 
 
 async def answer(sched: Scheduler, spec: EngineSpec, utterance: Utterance, sample_rate: int) -> Answer:

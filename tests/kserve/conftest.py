@@ -22,6 +22,7 @@ from kserve import InferenceRESTClient, RESTConfig
 
 from duplex.model.audio_io import write_wav
 
+
 def _serving_conftest() -> object:
     """tests/serving/conftest.py, loaded by path: ``serving`` names the source package from the repo root."""
     path = Path(__file__).parents[1] / "serving" / "conftest.py"
@@ -138,7 +139,7 @@ def kserve_server() -> Iterator[KServeProc]:
 
 
 @pytest.fixture(scope="session")
-def speech_wav(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> bytes:  # noqa: F811
+def speech_wav(speech: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The spoken question as the bytes of a 16 kHz PCM16 WAV file."""
     path = tmp_path_factory.mktemp("kserve") / "question.wav"
     write_wav(path, speech, 16000)

@@ -89,7 +89,9 @@ async def test_infer_speech_rest_and_grpc_agree(kserve_server: KServeProc, speec
 async def test_json_base64_body_and_pcm_input(kserve_server: KServeProc, speech_wav: bytes) -> None:
     """A plain JSON body (base64 WAV, what curl sends) and an INT16 ``pcm`` tensor give the same answer."""
     body = {
-        "inputs": [{"name": "audio", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(speech_wav).decode()]}],
+        "inputs": [
+            {"name": "audio", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(speech_wav).decode()]}
+        ],
         "parameters": SHORT,
     }
     async with httpx.AsyncClient(timeout=120) as http:
@@ -127,7 +129,9 @@ def bad_requests(wav: bytes) -> list[tuple[str, InferRequest, str]]:
     ]
 
 
-async def test_bad_input_is_a_400_naming_it_and_the_server_goes_on(kserve_server: KServeProc, speech_wav: bytes) -> None:
+async def test_bad_input_is_a_400_naming_it_and_the_server_goes_on(
+    kserve_server: KServeProc, speech_wav: bytes
+) -> None:
     async with rest_client() as client:
         for case, request, named in bad_requests(speech_wav):
             with pytest.raises(httpx.HTTPStatusError) as e:
