@@ -24,7 +24,7 @@ from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 
 from ..engine.scheduler import Scheduler
-from ..metrics import EngineMetrics
+from ..metrics import EngineMetrics, MetricsServer
 from ..spec import EngineSpec
 from . import tensors
 from .utterance import answer
@@ -43,6 +43,7 @@ class DuplexKServeModel(Model):  # type: ignore[misc]  # kserve ships no type in
         self.engine = True  # the ModelServer runs start_engine() on its loop
         self.metrics = EngineMetrics()
         self.scheduler: Scheduler | None = None
+        self._metrics_server: MetricsServer | None = None
         self._started: asyncio.Event | None = None
 
     def load(self) -> bool:
@@ -51,6 +52,8 @@ class DuplexKServeModel(Model):  # type: ignore[misc]  # kserve ships no type in
             assert isinstance(part, DuplexModel)
             self.model = part
         self.model.cfg.frames_per_chunk(self.spec.chunk_ms)  # a clear error before any port is bound
+        # the engine's step metrics (a thread of its own; port 0 = off); a busy port fails here, before serving
+        self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self.ready = True
         return True
 
@@ -93,6 +96,9 @@ class DuplexKServeModel(Model):  # type: ignore[misc]  # kserve ships no type in
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+            self._metrics_server = None
 
     def get_input_types(self) -> list[dict[str, Any]]:
         return tensors.INPUTS

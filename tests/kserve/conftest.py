@@ -8,6 +8,7 @@ import importlib.util
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +39,6 @@ speech = _serving_conftest().speech  # type: ignore[attr-defined]  # the spoken-
 
 MODEL = "duplex"
 ENGINE_SETS = {
-    "engine.metrics_port": "0",
     "engine.cohorts": "1",  # one step clock: concurrent requests share steps
     "engine.batch_invariant": "true",  # a request's outputs do not depend on what shares its steps
     "engine.max_sessions": "4",
@@ -83,6 +83,7 @@ class KServeProc:
     proc: Proc
     http_port: int
     grpc_port: int
+    metrics_port: int
 
     @property
     def base_url(self) -> str:
@@ -112,12 +113,20 @@ async def wait_ready(base_url: str, deadline_s: float = 60.0) -> None:
             await asyncio.sleep(0.1)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def start_kserve(*extra: str) -> KServeProc:
+    metrics_port = free_port()
     sets = [a for k, v in ENGINE_SETS.items() for a in ("--set", f"{k}={v}")]
+    sets += ["--set", "engine.host=127.0.0.1", "--set", f"engine.metrics_port={metrics_port}"]
     p = Proc(["kserve", f"--model-name={MODEL}", "--http-port=0", "--grpc-port=0", *sets, *extra])
     try:
         m = p.wait_for(r"V2 REST port (\d+) and V2 gRPC port (\d+)", deadline_s=120)
-        server = KServeProc(p, int(m[1]), int(m[2]))
+        server = KServeProc(p, int(m[1]), int(m[2]), metrics_port)
         asyncio.run(wait_ready(server.base_url))
     except BaseException:
         p.p.kill()

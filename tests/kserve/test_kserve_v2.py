@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from typing import Any
 
 import grpc
@@ -153,6 +154,11 @@ async def test_concurrent_requests_share_steps(kserve_server: KServeProc, speech
     alone = await rest_infer(kserve_server, audio_request(speech_wav))
     assert alone.parameters is not None and alone.parameters["max_batch_size"] == 1
     both = await asyncio.gather(*(rest_infer(kserve_server, audio_request(speech_wav)) for _ in range(2)))
+    async with httpx.AsyncClient() as http:  # the engine's own step metrics saw a step of two sessions
+        scrape = (await http.get(f"http://127.0.0.1:{kserve_server.metrics_port}/metrics")).text
+    two = re.search(r'duplex_engine_step_batch_rows_bucket\{le="2\.0"\} (\S+)', scrape)
+    one = re.search(r'duplex_engine_step_batch_rows_bucket\{le="1\.0"\} (\S+)', scrape)
+    assert two and one and float(two[1]) > float(one[1]), scrape[-2000:]
     for r in both:
         assert r.parameters is not None and r.parameters["max_batch_size"] == 2  # batched with each other
         audio, text, turns = outputs(r)
