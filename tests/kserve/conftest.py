@@ -22,6 +22,7 @@ import pytest
 from kserve import InferenceRESTClient, RESTConfig
 
 from duplex.model.audio_io import write_wav
+from duplex.model.runtime import SHIPPED
 
 
 def _serving_conftest() -> object:
@@ -136,11 +137,14 @@ def start_kserve(*extra: str) -> KServeProc:
 
 
 @pytest.fixture(scope="session")
-def kserve_server() -> Iterator[KServeProc]:
-    server = start_kserve()
+def kserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServeProc]:
+    """Served from a model directory as KServe's storage initializer leaves it: one *.safetensors file."""
+    model_dir = tmp_path_factory.mktemp("mnt-models")
+    (model_dir / "model.safetensors").symlink_to(SHIPPED / "tiny.safetensors")
+    server = start_kserve(f"--model-dir={model_dir}")
     yield server
     try:
-        server.proc.stop(signal.SIGTERM)
+        assert server.proc.stop(signal.SIGTERM) == 0  # SIGTERM: in-flight work finished, a clean exit
     finally:
         if server.proc.p.poll() is None:
             server.proc.p.kill()
