@@ -85,6 +85,10 @@ class ModelRef:
     def gateway_pdb(self) -> str:
         return f"{self.name}-gateway"
 
+    def network_policy(self, component: str) -> str:
+        """The ingress NetworkPolicy of one component's pods (``spec.networkPolicy``)."""
+        return f"{self.name}-{component}"
+
     @property
     def hpa(self) -> str:
         return self.name

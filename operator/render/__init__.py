@@ -14,6 +14,7 @@ from .common import Manifest
 from .configmap import config_hash, engine_config_map
 from .engine import engine_headless_service, engine_leader_service, engine_statefulset
 from .gateway import gateway_deployment, gateway_service
+from .network import network_policies
 from .redis import redis_deployment, redis_service, wants_managed_redis
 
 
@@ -39,6 +40,8 @@ def render_children(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> lis
         out.append(gateway_pdb(ref, apis))
     if spec.autoscaling.enabled:
         out.append(hpa(ref, resolved, apis))
+    if spec.network_policy.enabled:
+        out += network_policies(ref, spec, managed_redis=wants_managed_redis(spec))
     return out
 
 

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef
 from ..spec import DuplexModelSpec
-from .common import Manifest, config_volume
+from .common import Manifest, config_volume, prometheus_annotations
+from .posture import exec_probe, harden, metrics_probe
 from .redis import redis_url_env
+
+
+def agent_probes(spec: DuplexModelSpec) -> dict[str, Any]:
+    """The metrics port (a worker serves nothing else), or, with metrics off, PID 1's state."""
+    if spec.agent.metrics_port:
+        return {
+            "ports": [{"name": "metrics", "containerPort": spec.agent.metrics_port, "protocol": "TCP"}],
+            "livenessProbe": metrics_probe(),
+            "readinessProbe": metrics_probe(),
+        }
+    return {"livenessProbe": exec_probe(["process"]), "readinessProbe": exec_probe(["process"])}
 
 
 def agent_deployment(ref: ModelRef, spec: DuplexModelSpec, config_digest: str) -> Manifest:
@@ -18,31 +32,40 @@ def agent_deployment(ref: ModelRef, spec: DuplexModelSpec, config_digest: str) -
             "replicas": spec.agent.workers,
             "selector": {"matchLabels": ref.selector("agent")},
             "template": {
-                "metadata": {"labels": ref.labels("agent"), "annotations": {CONFIG_HASH_ANNOTATION: config_digest}},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "agent",
-                            "image": spec.engine.image,
-                            "command": ["duplex"],
-                            "args": [
-                                "agent",
-                                "--redis-url",
-                                "$(DUPLEX_REDIS_URL)",
-                                "--config",
-                                f"{CONFIG_DIR}/agent.json",
-                            ],
-                            "env": [redis_url_env(ref, spec)],
-                            "resources": {
-                                "requests": {"cpu": "250m", "memory": "256Mi"},
-                                "limits": {"cpu": "1", "memory": "1Gi"},
-                            },
-                            "volumeMounts": [mount],
-                        }
-                    ],
-                    "volumes": [volume],
-                    "enableServiceLinks": True,
+                "metadata": {
+                    "labels": ref.labels("agent"),
+                    "annotations": {
+                        CONFIG_HASH_ANNOTATION: config_digest,
+                        **prometheus_annotations(spec.agent.metrics_port),
+                    },
                 },
+                "spec": harden(
+                    {
+                        "containers": [
+                            {
+                                "name": "agent",
+                                "image": spec.engine.image,
+                                "command": ["duplex"],
+                                "args": [
+                                    "agent",
+                                    "--redis-url",
+                                    "$(DUPLEX_REDIS_URL)",
+                                    "--config",
+                                    f"{CONFIG_DIR}/agent.json",
+                                ],
+                                "env": [redis_url_env(ref, spec)],
+                                "resources": {
+                                    "requests": {"cpu": "250m", "memory": "256Mi"},
+                                    "limits": {"cpu": "1", "memory": "1Gi"},
+                                },
+                                "volumeMounts": [mount],
+                                **agent_probes(spec),
+                            }
+                        ],
+                        "volumes": [volume],
+                        "enableServiceLinks": True,
+                    }
+                ),
             },
         },
     }

@@ -17,6 +17,7 @@ from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, RENDEZVOUS_PORT, ModelR
 from ..resolve import Resolved
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, env, prometheus_annotations
+from .posture import STARTUP_FAILURES, STARTUP_PERIOD_S, exec_probe, harden, tmp_volume
 from .redis import redis_url_env
 
 LEADER_ADDR_ENV = "DUPLEX_LEADER_ADDR"
@@ -62,15 +63,11 @@ def _ports(spec: DuplexModelSpec) -> list[dict[str, Any]]:
     return ports
 
 
-def rank0_serving_check(port: int) -> str:
-    """Readiness of a rank: rank 0 is ready once its gRPC port accepts (it serves only after the shard group
-    has assembled and the weights are loaded); ranks > 0 hold experts only and are ready while running. So a
-    replica is ready exactly when all of its pods are. The rank comes from the one hostname parser."""
-    return (
-        "import os, socket; from duplex.serving.ranks import rank_from_hostname; "
-        f"rank_from_hostname(os.uname().nodename) != 0 or "
-        f"socket.create_connection(('127.0.0.1', {port}), 2).close()"
-    )
+def engine_probe(spec: DuplexModelSpec, mode: str) -> list[str]:
+    """Arguments of ``duplex.operator.probe engine``: rank 0 by its gRPC service (``ready``: health SERVING,
+    which it answers only once the shard group has assembled and the weights are loaded; ``live``: the port
+    accepts), ranks > 0 by their ``/metrics``. So a replica is ready exactly when all of its pods are."""
+    return ["engine", mode, "--port", str(spec.engine.port), "--metrics-port", str(spec.engine.metrics_port)]
 
 
 def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[str, Any]:
@@ -108,12 +105,13 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     }
     if eng.metrics_port:
         ports.append({"name": "metrics", "containerPort": eng.metrics_port, "protocol": "TCP"})
-    container["readinessProbe"] = {
-        "exec": {"command": ["python3", "-c", rank0_serving_check(eng.port)]},
-        "periodSeconds": 5,
-        "timeoutSeconds": 3,
-        "failureThreshold": 3,
-    }
+    # Liveness waits for the startup probe: rendezvous and weight loading may take minutes.
+    container["startupProbe"] = exec_probe(
+        engine_probe(spec, "live"), period_s=STARTUP_PERIOD_S, failures=STARTUP_FAILURES
+    )
+    container["livenessProbe"] = exec_probe(engine_probe(spec, "live"))
+    container["readinessProbe"] = exec_probe(engine_probe(spec, "ready"), period_s=5)
+    container["volumeMounts"].append(tmp_volume()[1])  # torch's temporary files
     if eng.gpus_per_shard:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
     return container
@@ -123,7 +121,7 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
     spec = resolved.spec
     name = ref.engine(replica)
     extra = {"duplex.ai/replica": str(replica)}
-    volumes: list[dict[str, Any]] = [config_volume(ref.config_map)[0]]
+    volumes: list[dict[str, Any]] = [config_volume(ref.config_map)[0], tmp_volume()[0]]
     pod_spec: dict[str, Any] = {
         "containers": [engine_container(ref, resolved, replica)],
         "volumes": volumes,
@@ -151,7 +149,7 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
                         **prometheus_annotations(spec.engine.metrics_port),
                     },
                 },
-                "spec": pod_spec,
+                "spec": harden(pod_spec),
             },
         },
     }

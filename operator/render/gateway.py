@@ -9,6 +9,7 @@ from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef, service_host_
 from ..resolve import Resolved
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, env, prometheus_annotations, secret_volume
+from .posture import exec_probe, harden, tcp_probe
 
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 TLS_DIR = f"{CONFIG_DIR}/tls"
@@ -44,7 +45,13 @@ def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any]
             env("DUPLEX_ENGINES", engine_addresses(ref, resolved)),  # expanded into --engines by the kubelet
         ],
         "ports": ports,
-        "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 5},
+        # Alive while it listens (whatever the engines do); ready while some engine replica is healthy, as its
+        # gRPC health service says. That service shares the port and its TLS, which the probe cannot verify
+        # against an unknown name, so with TLS readiness is the listening port too.
+        "livenessProbe": tcp_probe("grpc"),
+        "readinessProbe": tcp_probe("grpc", period_s=5)
+        if gw.tls_secret
+        else exec_probe(["grpc-health", f"127.0.0.1:{gw.port}"], period_s=5),
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
         "volumeMounts": mounts,
     }
@@ -68,7 +75,7 @@ def gateway_deployment(ref: ModelRef, resolved: Resolved, config_digest: str) ->
                         **prometheus_annotations(resolved.spec.gateway.metrics_port),
                     },
                 },
-                "spec": {"containers": [container], "volumes": volumes, "enableServiceLinks": True},
+                "spec": harden({"containers": [container], "volumes": volumes, "enableServiceLinks": True}),
             },
         },
     }

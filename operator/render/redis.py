@@ -8,6 +8,7 @@ from typing import Any
 from ..naming import REDIS_PORT, ModelRef, service_host_ref
 from ..spec import DuplexModelSpec
 from .common import Manifest
+from .posture import harden
 
 
 def wants_managed_redis(spec: DuplexModelSpec) -> bool:
@@ -37,8 +38,19 @@ def redis_service(ref: ModelRef) -> Manifest:
     }
 
 
+def redis_ping_probe(period_s: int = 10) -> dict[str, Any]:
+    """``redis-cli ping`` (shipped in the Redis image) exits non-zero unless the server answers."""
+    return {
+        "exec": {"command": ["redis-cli", "-p", str(REDIS_PORT), "ping"]},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 3,
+        "failureThreshold": 3,
+    }
+
+
 def redis_deployment(ref: ModelRef, spec: DuplexModelSpec) -> Manifest:
-    # In-memory only: job streams are short-lived; losing them on a restart costs retries, not data.
+    # In-memory only: job streams are short-lived; losing them on a restart costs retries, not data. With no
+    # RDB/AOF the server writes no file, so the read-only root filesystem needs no writable volume.
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -49,21 +61,24 @@ def redis_deployment(ref: ModelRef, spec: DuplexModelSpec) -> Manifest:
             "selector": {"matchLabels": ref.selector("redis")},
             "template": {
                 "metadata": {"labels": ref.labels("redis")},
-                "spec": {
-                    "containers": [
-                        {
-                            "name": "redis",
-                            "image": spec.agent.redis.image,
-                            "args": ["--save", "", "--appendonly", "no"],
-                            "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
-                            "readinessProbe": {"tcpSocket": {"port": "redis"}, "periodSeconds": 5},
-                            "resources": {
-                                "requests": {"cpu": "100m", "memory": "128Mi"},
-                                "limits": {"cpu": "1", "memory": "1Gi"},
-                            },
-                        }
-                    ],
-                },
+                "spec": harden(
+                    {
+                        "containers": [
+                            {
+                                "name": "redis",
+                                "image": spec.agent.redis.image,
+                                "args": ["--save", "", "--appendonly", "no"],
+                                "ports": [{"name": "redis", "containerPort": REDIS_PORT, "protocol": "TCP"}],
+                                "livenessProbe": redis_ping_probe(),
+                                "readinessProbe": redis_ping_probe(period_s=5),
+                                "resources": {
+                                    "requests": {"cpu": "100m", "memory": "128Mi"},
+                                    "limits": {"cpu": "1", "memory": "1Gi"},
+                                },
+                            }
+                        ],
+                    }
+                ),
             },
         },
     }

@@ -17,6 +17,7 @@ from duplex_controlplane import wait_until
 from kubernetes.client.exceptions import ApiException
 
 from duplex.operator.kube import Kube
+from duplex.serving.spec import EngineSpec
 
 DM = "duplex.ai/v1alpha1"
 MODEL_LABEL = "duplex.ai/model"
@@ -182,6 +183,28 @@ def test_agent_workers_render_the_agent_and_redis(kube: Kube, namespace: str) ->
     wait_until(lambda: children(kube, namespace, "ag") == expected_children("ag", 1), TIMEOUT, "agent pruned")
 
 
+def network_policies(kube: Kube, ns: str, name: str) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in kube.list_children("networking.k8s.io/v1", "NetworkPolicy", ns, name))
+
+
+def test_network_policies_come_and_go_and_latest_is_degraded(kube: Kube, namespace: str) -> None:
+    """The API server takes the rendered policies (a Kubernetes 1.20 one here) and the operator prunes them when
+    turned off; an unpinned image is refused with Degraded naming the field."""
+    create_model(kube, namespace, "np", {"agent": {"workers": 1}, "networkPolicy": {"enabled": True}})
+    expected = ["np-agent", "np-engine", "np-gateway", "np-redis"]
+    wait_until(lambda: network_policies(kube, namespace, "np") == expected, TIMEOUT, "NetworkPolicies")
+    patch_model(kube, namespace, "np", {"spec": {"networkPolicy": {"enabled": False}}})
+    wait_until(lambda: network_policies(kube, namespace, "np") == [], TIMEOUT, "NetworkPolicies pruned")
+    patch_model(kube, namespace, "np", {"spec": {"engine": {"image": "duplex:latest"}}})
+    wait_until(
+        lambda: condition(model(kube, namespace, "np"), "Degraded").get("status") == "True",
+        TIMEOUT,
+        "Degraded=True",
+    )
+    degraded = condition(model(kube, namespace, "np"), "Degraded")
+    assert degraded["reason"] == "InvalidSpec" and "spec.engine.image" in degraded["message"]
+
+
 def test_model_that_cannot_fit_is_conditioned(kube: Kube, namespace: str) -> None:
     create_model(
         kube,
@@ -285,9 +308,8 @@ def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
         sts = kube.get("apps/v1", "StatefulSet", namespace, "drift-engine-0")
         gw = kube.get("apps/v1", "Deployment", namespace, "drift-gateway")
         assert sts is not None and gw is not None
-        return bool(
-            sts["spec"]["replicas"] == 2 and gw["spec"]["template"]["spec"]["containers"][0]["image"] == "duplex:latest"
-        )
+        image = gw["spec"]["template"]["spec"]["containers"][0]["image"]
+        return bool(sts["spec"]["replicas"] == 2 and image == EngineSpec().image)
 
     wait_until(repaired, TIMEOUT, "hand edits reverted")
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
-import types
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +12,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from duplex import __version__
 from duplex.cli import app
 from duplex.model.config import get_preset
 from duplex.model.spec import ModelSource
 from duplex.operator.crd import crd_manifest
 from duplex.operator.naming import ModelRef, agent_stream_prefix, service_env_prefix
+from duplex.operator.probe import main as probe_main
 from duplex.operator.render import ApiVersions, render_children
 from duplex.operator.render.common import Manifest
 from duplex.operator.resolve import InvalidSpec, parse_spec, resolve
@@ -132,22 +132,27 @@ def test_config_map_is_what_the_serving_specs_parse() -> None:
     assert AgentSpec.model_validate(json.loads(agent_cm["agent.json"])["agent"]).workers == 1
 
 
-def test_engine_readiness_probe_checks_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_liveness_probe_checks_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 is alive while its gRPC port accepts; a rank > 0 with metrics off serves nothing and passes
+    while it runs. (Readiness = gRPC health SERVING, against a real engine: test_rendered_processes.py.)"""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         port = listener.getsockname()[1]
-        c = by_kind(render({"engine": {"port": port}}), "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
-        code = c["readinessProbe"]["exec"]["command"][2]
+        spec = {"engine": {"port": port, "metricsPort": 0}}
+        c = by_kind(render(spec), "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
+        command = c["livenessProbe"]["exec"]["command"]
+        assert command[:3] == ["python3", "-m", "duplex.operator.probe"]
+        assert c["startupProbe"]["exec"]["command"] == command
 
-        def probe(hostname: str) -> None:
-            monkeypatch.setattr(os, "uname", lambda: types.SimpleNamespace(nodename=hostname))
-            exec(code, {})
+        def probe(hostname: str) -> int:
+            monkeypatch.setenv("HOSTNAME", hostname)  # the pod name, as the container runtime sets it
+            return probe_main(command[3:])
 
-        probe("talk-engine-0-1")  # rank 1: ready while running
-        with pytest.raises(OSError):
-            probe("talk-engine-0-0")  # rank 0, nothing listening yet: not ready
+        assert probe("talk-engine-0-1") == 0  # rank 1: alive while running
+        assert probe("talk-engine-0-0") == 1  # rank 0, nothing listening yet: not alive
         listener.listen()
-        probe("talk-engine-0-0")  # rank 0 serving: ready
+        assert probe("talk-engine-0-0") == 0  # rank 0 listening: alive
+        assert probe("not-a-statefulset-pod") == 1  # no ordinal: fails, names why (no traceback)
 
 
 def test_rank_comes_from_the_pod_ordinal() -> None:
@@ -163,7 +168,7 @@ def test_gpu_rendering() -> None:
     out = render(SPECS["gpu-16-shards"])
     sts = by_kind(out, "StatefulSet")[0]
     c = sts["spec"]["template"]["spec"]["containers"][0]
-    assert sts["spec"]["replicas"] == 16 and c["image"] == "duplex:latest"
+    assert sts["spec"]["replicas"] == 16 and c["image"] == f"duplex:{__version__}"
     engine_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["engine.json"])
     assert engine_json["engine"]["device"] == "cuda" and engine_json["engine"]["shards"] == 16
     assert engine_json["model"]["preset"] == "tml-interaction-small"

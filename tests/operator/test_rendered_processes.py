@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -226,7 +227,53 @@ def scrape(port: int, deadline_s: float = 120.0, proc: subprocess.Popen[bytes] |
             time.sleep(0.2)  # poll interval of the deadline loop, not a stand-in for synchronisation
 
 
+def run_probe(
+    probe: dict[str, Any], ports: dict[str, int], hostname: str = "", deadline_s: float = 0.0
+) -> subprocess.CompletedProcess[str]:
+    """Run a rendered probe as the kubelet would, the rendered ports mapped to the local ones (``ports``:
+    rendered port number or name -> local port). ``exec`` runs its command (``python3`` = this interpreter,
+    which imports this checkout) with ``$HOSTNAME`` = the pod name; ``tcpSocket`` connects; ``httpGet`` GETs.
+    With ``deadline_s``, polled until it passes or the deadline (a starting process)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        result = _probe_once(probe, ports, hostname)
+        if result.returncode == 0 or time.monotonic() > end:
+            return result
+        time.sleep(0.2)  # poll interval of the deadline loop, not a stand-in for synchronisation
+
+
+def _local(arg: str, ports: dict[str, int]) -> str:
+    """A rendered port argument (``7070``, ``127.0.0.1:7070``) mapped to the local port."""
+    host, sep, port = arg.rpartition(":")
+    if sep and port in ports:
+        return f"{host}:{ports[port]}"
+    return str(ports.get(arg, arg))
+
+
+def _probe_once(probe: dict[str, Any], ports: dict[str, int], hostname: str) -> subprocess.CompletedProcess[str]:
+    if "exec" in probe:
+        command = list(probe["exec"]["command"])
+        if command[0] == "python3":
+            command[0] = sys.executable
+        command = [_local(a, ports) for a in command]
+        env = {**os.environ, "HOSTNAME": hostname}
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+    kind = "tcpSocket" if "tcpSocket" in probe else "httpGet"
+    port = ports[str(probe[kind]["port"])]
+    try:
+        if kind == "tcpSocket":
+            socket.create_connection(("127.0.0.1", port), 3).close()
+        else:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe['httpGet']['path']}", timeout=5) as r:
+                r.read()
+    except OSError as e:
+        return subprocess.CompletedProcess([kind, str(port)], 1, "", str(e))
+    return subprocess.CompletedProcess([kind, str(port)], 0, "", "")
+
+
 def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -> None:
+    """... and every rendered probe of the engine ranks and of the gateway passes against the started
+    processes (a probe that cannot pass would restart or unready every pod)."""
     out = render({"engine": {"shards": 2}, "autoscaling": {"enabled": True}})
     hpa = next(m for m in out if m["kind"] == "HorizontalPodAutoscaler")
     metric = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
@@ -244,6 +291,7 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
     # ports are free local ones instead of the Service's ClusterIP and the pod's port.
     leader = f"127.0.0.1:{free_port()}"
     ports = [free_port(), free_port()]
+    grpc_port = free_port()
     args = c["args"]
     assert args[:2] == ["engine", "--rank-from-hostname"] and "--config" in args
     procs = [
@@ -260,7 +308,7 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
                 "--config",
                 str(engine_json),
                 "--port",
-                "0",
+                str(grpc_port),
                 "--set",
                 "engine.host=127.0.0.1",
                 "--set",
@@ -277,8 +325,23 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
         assert f"\n{metric} 0.0" in rank1  # rank 1: 0, so the per-pod average is sessions / shards
         assert 'duplex_engine_rank_info{rank="1",world_size="2"} 1.0' in rank1
         assert "process_resident_memory_bytes" in rank1 and "duplex_engine_expert_seconds_count" in rank1
+
+        rendered = {"7070": grpc_port, "grpc": grpc_port}
+        for rank in (0, 1):
+            local = {**rendered, str(rendered_port): ports[rank], "metrics": ports[rank]}
+            pod = f"talk-engine-0-{rank}"
+            for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                result = run_probe(c[kind], local, pod, deadline_s=120)
+                assert result.returncode == 0, (rank, kind, result.stderr)
+        gateway_probes_pass(out, tmp_path, f"127.0.0.1:{grpc_port}")
     finally:
         rank1_proc, rank0_proc = procs
+        if rank0_proc.poll() is None:
+            # rank 0 gone: its probes fail (what makes the kubelet restart it)
+            rank0_proc.send_signal(signal.SIGTERM)
+            rank0_proc.wait(timeout=60)
+            dead = run_probe(c["livenessProbe"], {"7070": grpc_port, "9090": ports[0]}, "talk-engine-0-0")
+            assert dead.returncode == 1 and "does not accept connections" in dead.stderr
         if rank0_proc.poll() is None:
             rank0_proc.send_signal(signal.SIGTERM)  # rank 0 stopping releases rank 1
         rank0_proc.wait(timeout=60)
@@ -287,3 +350,95 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
         except subprocess.TimeoutExpired:
             rank1_proc.kill()
             raise
+
+
+def gateway_probes_pass(out: list[Manifest], tmp_path: Path, engine: str) -> None:
+    """The rendered gateway's probes against gateways started from the rendered config: ready with a
+    serving engine; alive but not ready with none."""
+    gw = next(m for m in out if m["kind"] == "Deployment" and m["metadata"]["name"] == "talk-gateway")
+    c = gw["spec"]["template"]["spec"]["containers"][0]
+    gateway_json = tmp_path / "gateway.json"
+    gateway_json.write_text(next(m for m in out if m["kind"] == "ConfigMap")["data"]["gateway.json"])
+    rendered_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+    for engines, ready in ((engine, True), (f"127.0.0.1:{free_port()}", False)):
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                *DUPLEX,
+                "gateway",
+                "--engines",
+                engines,
+                "--config",
+                str(gateway_json),
+                "--port",
+                str(port),
+                "--set",
+                "gateway.host=127.0.0.1",
+                "--set",
+                "gateway.metrics_port=0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        local = {"grpc": port, str(rendered_port): port}
+        try:
+            alive = run_probe(c["livenessProbe"], local, "talk-gateway-5d8f-x2x", deadline_s=60)
+            assert alive.returncode == 0, alive.stderr
+            if ready:
+                result = run_probe(c["readinessProbe"], local, "talk-gateway-5d8f-x2x", deadline_s=60)
+                assert result.returncode == 0, result.stderr
+            else:  # no healthy engine: the gateway's health service says NOT_SERVING
+                end = time.monotonic() + 60
+                while "NOT_SERVING" not in (result := run_probe(c["readinessProbe"], local)).stderr:
+                    assert time.monotonic() < end, result.stderr
+                    time.sleep(0.2)  # poll interval of the deadline loop
+                assert result.returncode == 1
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+
+
+def test_redis_and_agent_probes_pass_against_the_started_processes(tmp_path: Path) -> None:
+    """The managed Redis's ``redis-cli ping`` against a redis-server run with the rendered args, and the
+    agent's ``GET /metrics`` against ``duplex agent`` run with its rendered args."""
+    out = render({"agent": {"workers": 1}})
+    by_name = {c["name"]: c for c in containers(out)}
+    redis_c, agent_c = by_name["redis"], by_name["agent"]
+    port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", *redis_c["args"], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        ping = run_probe(redis_c["livenessProbe"], {"6379": port}, deadline_s=30)
+        assert ping.returncode == 0 and ping.stdout.strip() == "PONG", ping
+        (tmp_path / "agent.json").write_text(next(m for m in out if m["kind"] == "ConfigMap")["data"]["agent.json"])
+        metrics = free_port()
+        args = [a.replace("$(DUPLEX_REDIS_URL)", f"redis://127.0.0.1:{port}/0") for a in agent_c["args"]]
+        args = [str(tmp_path / "agent.json") if a == f"{CONFIG_DIR}/agent.json" else a for a in args]
+        agent = subprocess.Popen(
+            [*DUPLEX, *args, "--metrics-port", str(metrics), "--set", "agent.host=127.0.0.1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for kind in ("livenessProbe", "readinessProbe"):
+            result = run_probe(agent_c[kind], {"metrics": metrics}, deadline_s=60)
+            assert result.returncode == 0, (kind, result.stderr)
+        assert list(tmp_path.iterdir()) == [tmp_path / "agent.json"]  # the rendered Redis wrote no file
+    finally:
+        for proc in (agent, redis):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    raise
+    dead = run_probe(redis_c["livenessProbe"], {"6379": port})
+    assert dead.returncode != 0
