@@ -15,7 +15,9 @@ import yaml
 from duplex.cli import app
 from duplex.serving.kserve.cli import RUNTIME_ARGS
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "07-kserve.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "07-kserve.yaml"
+RUNTIME_TEMPLATE = ROOT / "charts" / "duplex" / "templates" / "kserve-runtime.yaml"
 NATIVE = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object, "datetime": str}
 
 
@@ -78,3 +80,14 @@ def test_runtime_command_line_and_example_args_are_flags_of_duplex_kserve() -> N
     assert str(ctx.params["model_dir"]) == "/mnt/models"
     assert (ctx.params["http_port"], ctx.params["grpc_port"]) == (8080, 8081)
     assert ctx.params["set_"] == ["engine.device=cpu", "engine.cohorts=1"]
+
+
+def test_the_charts_serving_runtime_runs_exactly_these_arguments() -> None:
+    """The chart's ClusterServingRuntime template: ``duplex kserve`` with ``RUNTIME_ARGS``, for model format
+    ``duplex`` over protocol v2 (what the example selects)."""
+    template = RUNTIME_TEMPLATE.read_text()
+    args_block = template.split("args:", 1)[1].split("env:", 1)[0]
+    args = [m[1] for m in re.finditer(r"^\s*- (.+)$", args_block, re.MULTILINE)]
+    assert args == ["kserve", *(a.replace("{{.Name}}", '{{ "{{.Name}}" }}') for a in RUNTIME_ARGS)]
+    assert re.search(r"supportedModelFormats:\s*- name: duplex", template)
+    assert "protocolVersions: [v2]" in template
