@@ -12,8 +12,8 @@ import grpc
 import httpx
 import numpy as np
 import pytest
-from conftest import MODEL, KServeProc, rest_client
 from kserve import InferenceGRPCClient, InferInput, InferRequest, InferResponse
+from kserve_support import MODEL, KServeProc, rest_client
 
 from duplex.serving.kserve import tensors
 
