@@ -7,7 +7,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from kserve_support import SHIPPED, KServeProc, speech, start_kserve, write_wav
+from kserve_support import KServeProc, speech, start_kserve
+
+from duplex.model.audio_io import write_wav
+from duplex.model.runtime import SHIPPED
 
 __all__ = ["speech"]  # the spoken-question fixture of tests/serving, shared
 
