@@ -10,6 +10,7 @@ the new Nyquist frequency instead of folding it back into the band as linear int
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +75,25 @@ class Wav:
         return (self.rate, self.channels, self.file.subtype) != (self.file.rate, self.file.channels, "PCM_16")
 
 
-def wav_format(path: Path) -> WavFormat:
+AudioSource = Path | bytes
+"""A file on disk, or a whole file's bytes (a WAV sent in a request)."""
+
+
+def _open(source: AudioSource) -> str | io.BytesIO:
+    """What libsndfile opens: the path, or a fresh stream over the bytes (each read starts at 0)."""
+    return io.BytesIO(source) if isinstance(source, bytes) else str(source)
+
+
+def _name(source: AudioSource) -> str:
+    return "the audio bytes" if isinstance(source, bytes) else str(source)
+
+
+def wav_format(path: AudioSource) -> WavFormat:
     """The header of ``path`` (any format libsndfile reads)."""
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(_open(path))
     except (soundfile.LibsndfileError, RuntimeError) as e:
-        raise AudioFileError(f"{path}: not a readable audio file ({e})") from None
+        raise AudioFileError(f"{_name(path)}: not a readable audio file ({e})") from None
     return WavFormat(int(info.samplerate), int(info.channels), str(info.subtype))
 
 
@@ -97,19 +111,19 @@ def _float_to_int16(x: npt.NDArray[np.floating]) -> npt.NDArray[np.int16]:
     return np.clip(np.round(np.asarray(x, np.float64) * 32768.0), -32768, 32767).astype(np.int16)
 
 
-def read_wav(path: Path, sample_rate: int | None = None, mono: bool = False) -> Wav:
-    """int16 samples of ``path``; resampled to ``sample_rate`` (soxr HQ) when given and different, and the
-    channels averaged into one when ``mono``. A PCM16 file read as it is comes back bit-exact."""
+def read_wav(path: AudioSource, sample_rate: int | None = None, mono: bool = False) -> Wav:
+    """int16 samples of ``path`` (a file, or a file's bytes); resampled to ``sample_rate`` (soxr HQ) when given
+    and different, and the channels averaged into one when ``mono``. A PCM16 file read as it is comes back bit-exact."""
     fmt = wav_format(path)
     rate = fmt.rate if sample_rate is None else sample_rate
     channels = 1 if mono else fmt.channels
     try:
         if (rate, channels) == (fmt.rate, fmt.channels):
-            samples: npt.NDArray[np.int16] = soundfile.read(str(path), dtype="int16")[0]
+            samples: npt.NDArray[np.int16] = soundfile.read(_open(path), dtype="int16")[0]
             return Wav(samples, rate, channels, fmt)
-        x = soundfile.read(str(path), dtype="float32", always_2d=True)[0]
+        x = soundfile.read(_open(path), dtype="float32", always_2d=True)[0]
     except (soundfile.LibsndfileError, RuntimeError) as e:
-        raise AudioFileError(f"{path}: cannot read the audio ({e})") from None
+        raise AudioFileError(f"{_name(path)}: cannot read the audio ({e})") from None
     if mono:
         x = x.mean(axis=1, dtype=np.float32, keepdims=True)
     y = resample(np.ascontiguousarray(x), fmt.rate, rate)

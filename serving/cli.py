@@ -404,3 +404,6 @@ def register(app: typer.Typer) -> None:
     app.command("gateway")(gateway)
     app.command("up")(up)
     app.command("talk")(talk)
+    from .kserve.cli import kserve  # its SDK is imported only when the command runs
+
+    app.command("kserve")(kserve)

@@ -358,7 +358,12 @@ def test_values_schema_for_helm_shares_the_generator() -> None:
 
 # --- examples and CLI ---------------------------------------------------------------------------------
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+EXAMPLES = sorted(
+    p
+    for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.yaml")
+    if yaml.safe_load(p.read_text())["kind"] == "DuplexModel"
+)
+"""The DuplexModel examples (07-kserve.yaml is a KServe InferenceService: tests/kserve checks it)."""
 REJECTED_EXAMPLES = {"03-tensorrt-llm.yaml": "spec.engine.backend", "06-invalid-shards.yaml": "spec.engine.shards"}
 """Examples that show a rejection, and the field the Degraded condition names."""
 

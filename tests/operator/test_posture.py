@@ -28,7 +28,10 @@ from duplex.operator.status import invalid_status
 from duplex.serving.spec import EngineSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+EXAMPLES = sorted(
+    p for p in (ROOT / "examples").glob("*.yaml") if yaml.safe_load(p.read_text())["kind"] == "DuplexModel"
+)
+"""The DuplexModel examples (07-kserve.yaml is a KServe InferenceService: tests/kserve checks it)."""
 CHECKOV_CONFIG = ROOT / ".checkov.yaml"
 REF = ModelRef(name="talk", namespace="prod", uid="")
 

@@ -1,0 +1,130 @@
+"""Helpers of the kserve tests: ``duplex kserve`` as a subprocess on free ports (KServe's own ModelServer),
+reached with the kserve SDK's own clients. A uniquely named module (not ``conftest``, which other rootless
+test folders also have), and no ``__init__.py`` here: as a package ``tests/kserve`` would shadow the SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kserve import InferenceRESTClient, RESTConfig
+
+
+def _serving_conftest() -> object:
+    """tests/serving/conftest.py, loaded by path: ``serving`` names the source package from the repo root."""
+    path = Path(__file__).parents[1] / "serving" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("serving_conftest_for_kserve", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+speech = _serving_conftest().speech  # type: ignore[attr-defined]  # the spoken-question fixture, shared
+
+MODEL = "duplex"
+ENGINE_SETS = {
+    "engine.cohorts": "1",  # one step clock: concurrent requests share steps
+    "engine.batch_invariant": "true",  # a request's outputs do not depend on what shares its steps
+    "engine.max_sessions": "4",
+    "engine.torch_threads": "1",
+}
+
+
+class Proc:
+    """``duplex ARGS`` as a subprocess whose output lines a thread collects, so a test can wait for one."""
+
+    def __init__(self, args: list[str]) -> None:
+        cmd = [sys.executable, "-c", "from duplex.cli import main; main()", *args]
+        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, deadline_s: float) -> re.Match[str]:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no line matching {pattern!r}; got:\n{''.join(self.seen)[-3000:]}")
+
+    def stop(self, sig: int, deadline_s: float = 60.0) -> int:
+        self.p.send_signal(sig)
+        return self.p.wait(timeout=deadline_s)
+
+
+@dataclass
+class KServeProc:
+    proc: Proc
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def rest_client() -> InferenceRESTClient:
+    return InferenceRESTClient(RESTConfig(protocol="v2", timeout=120, retries=0))
+
+
+async def wait_ready(base_url: str, deadline_s: float = 60.0) -> None:
+    """Poll the V2 readiness endpoint until it answers ready (a state, with a deadline)."""
+    end = time.monotonic() + deadline_s
+    async with rest_client() as client:
+        while True:
+            try:
+                if await client.is_server_ready(base_url):
+                    return
+            except Exception:  # not listening yet
+                pass
+            if time.monotonic() > end:
+                raise TimeoutError(f"{base_url} not ready within {deadline_s} s")
+            await asyncio.sleep(0.1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_kserve(*extra: str) -> KServeProc:
+    metrics_port = free_port()
+    sets = [a for k, v in ENGINE_SETS.items() for a in ("--set", f"{k}={v}")]
+    sets += ["--set", "engine.host=127.0.0.1", "--set", f"engine.metrics_port={metrics_port}"]
+    p = Proc(["kserve", f"--model-name={MODEL}", "--http-port=0", "--grpc-port=0", *sets, *extra])
+    try:
+        m = p.wait_for(r"V2 REST port (\d+) and V2 gRPC port (\d+)", deadline_s=120)
+        server = KServeProc(p, int(m[1]), int(m[2]), metrics_port)
+        asyncio.run(wait_ready(server.base_url))
+    except BaseException:
+        p.p.kill()
+        p.p.wait(timeout=30)
+        raise
+    return server
