@@ -16,7 +16,8 @@ from grpc_reflection.v1alpha import reflection
 from ..metrics import GatewayMetrics, MetricsServer
 from ..spec import GatewaySpec
 from .auth import KeyRing
-from .interceptors import AuthInterceptor, MetricsInterceptor
+from .interceptors import AuthInterceptor, MetricsInterceptor, metadata_dict
+from .quota import KeyQuotas
 from .routing import Router
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,12 @@ def _read_pem(field: str, path: str) -> bytes:
 
 
 def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
-    """Server credentials from ``tls_cert_file`` + ``tls_key_file``; None (plaintext) when neither is set.
-    Raises ValueError naming the field when only one is set or a file is unreadable or not PEM."""
+    """Server credentials from ``tls_cert_file`` + ``tls_key_file`` (+ ``client_ca_file``: mutual TLS); None
+    (plaintext) when none is set. Raises ValueError naming the field when only one is set or a file is
+    unreadable or not PEM."""
     cert_file, key_file = spec.tls_cert_file, spec.tls_key_file
+    if spec.client_ca_file and not (cert_file and key_file):
+        raise ValueError("gateway: client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file set too")
     if not cert_file and not key_file:
         return None
     if not cert_file or not key_file:
@@ -49,6 +53,9 @@ def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
         )
     cert = _read_pem("tls_cert_file", cert_file)
     key = _read_pem("tls_key_file", key_file)
+    if spec.client_ca_file:
+        client_ca = _read_pem("client_ca_file", spec.client_ca_file)
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, cert)])
 
 
@@ -57,6 +64,9 @@ class GatewayServer:
         self.spec = spec
         self.keys = keys if keys is not None else KeyRing.from_file(spec.api_keys_file, spec.open_access)
         self.bind_port = spec.port if bind_port is None else bind_port
+        self.quotas = KeyQuotas(
+            spec.key_max_sessions, spec.key_starts_per_s, spec.key_starts_burst, busy_retry_s=spec.retry_after_s
+        )
         self.metrics = GatewayMetrics()
         self.health = health.aio.HealthServicer()
         self.router = Router(spec.engines, spec.health_interval_s, spec.max_message_bytes)
@@ -106,7 +116,7 @@ class GatewayServer:
             "gateway on %s:%d (%s) → %s",
             self.spec.host,
             self.port,
-            "TLS" if credentials is not None else "plaintext, no TLS",
+            ("mutual TLS" if self.spec.client_ca_file else "TLS") if credentials is not None else "plaintext, no TLS",
             ", ".join(self.spec.engines),
         )
         return self.port
@@ -154,6 +164,21 @@ class GatewayServer:
             return
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
+        key_id = self.keys.identify(metadata_dict(context.invocation_metadata())).key_id or ""
+        refusal = self.quotas.admit(key_id)
+        if refusal is not None:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, trailing_metadata=refusal.trailing_metadata()
+            )
+        try:
+            async for raw in self._relay(first, it, context):
+                yield raw
+        finally:
+            self.quotas.release(key_id)
+
+    async def _relay(
+        self, first: bytes, it: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
         replica = self.router.pick()
         if replica is None:
             if not self.router.healthy_count():
