@@ -17,6 +17,7 @@ from ..metrics import GatewayMetrics, MetricsServer
 from ..spec import GatewaySpec
 from .auth import KeyRing
 from .interceptors import AuthInterceptor, MetricsInterceptor, metadata_dict
+from .pump import ClientPump
 from .quota import KeyQuotas
 from .routing import Router
 
@@ -195,19 +196,18 @@ class GatewayServer:
         self._idle.clear()
         t0 = time.monotonic()
 
-        async def upstream() -> AsyncIterator[bytes]:
-            yield first
-            async for raw in it:
-                yield raw
-
-        call = replica.channel.stream_stream(METHOD)(upstream())
+        pump = ClientPump(first, it)
+        call = replica.channel.stream_stream(METHOD)(pump.messages())
         try:
             async for raw in call:
                 yield raw
         except grpc.aio.AioRpcError as e:
+            call.cancel()
+            await pump.drain()  # the status must not race the client's writes
             await context.abort(e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ())
         finally:
             call.cancel()
+            pump.close()
             self.router.release(replica)
             self.active -= 1
             if not self.active:
