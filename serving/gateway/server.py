@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..drain import drain_client
 from ..metrics import GatewayMetrics, MetricsServer
 from ..spec import GatewaySpec
 from .auth import KeyRing
@@ -58,6 +59,18 @@ def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
         client_ca = _read_pem("client_ca_file", spec.client_ca_file)
         return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, cert)])
+
+
+async def _refuse(
+    it: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    trailing: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Abort with ``code`` once the client stopped writing (``serving/drain.py``: else it may see INTERNAL)."""
+    await drain_client(lambda: anext(it, None), lambda m: m is None)
+    await context.abort(code, message, trailing_metadata=trailing)
 
 
 class GatewayServer:
@@ -164,13 +177,11 @@ class GatewayServer:
         if first is None:  # reach the client as INTERNAL instead of our status)
             return
         if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
+            await _refuse(it, context, grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
         key_id = self.keys.identify(metadata_dict(context.invocation_metadata())).key_id or ""
         refusal = self.quotas.admit(key_id)
         if refusal is not None:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, trailing_metadata=refusal.trailing_metadata()
-            )
+            await _refuse(it, context, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.trailing_metadata())
         try:
             async for raw in self._relay(first, it, context):
                 yield raw
@@ -183,13 +194,15 @@ class GatewayServer:
         replica = self.router.pick()
         if replica is None:
             if not self.router.healthy_count():
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "no healthy engine replica")
+                await _refuse(it, context, grpc.StatusCode.UNAVAILABLE, "no healthy engine replica")
             used, cap = self.router.total_capacity()
             ms = int(self.spec.retry_after_s * 1000)
-            await context.abort(
+            await _refuse(
+                it,
+                context,
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"all engine replicas are full ({used}/{cap} sessions); retry after {ms} ms",
-                trailing_metadata=(("retry-after-ms", str(ms)),),
+                (("retry-after-ms", str(ms)),),
             )
         assert replica is not None
         self.active += 1
