@@ -10,10 +10,12 @@ from duplex.model.corpus import cli as corpus_cli
 from duplex.operator import cli as operator_cli
 from duplex.serving import cli as serving_cli
 from duplex.serving.agent import cli as agent_cli
+from duplex.serving.gateway import keys_cli
 
 app = typer.Typer(name="duplex", help="Serve full-duplex conversation models.", no_args_is_help=True)
 app.add_typer(model_cli.app, name="model")
 app.add_typer(corpus_cli.app, name="corpus")
+app.add_typer(keys_cli.app, name="keys")  # duplex keys hash
 operator_cli.register(app)  # duplex crd, duplex operator
 serving_cli.register(app)  # duplex engine, gateway, up, talk
 agent_cli.register(app)  # duplex agent

@@ -129,13 +129,24 @@ class GatewaySpec(_Spec):
     engines: list[str] = Field(default_factory=list)
     """Engine replicas (rank 0 ``HOST:PORT`` each) to route conversations to."""
     api_keys_file: str | None = None
-    """File with one API key per line (the mounted ``auth_secret``); ``#`` comments and blank lines ignored."""
+    """Keys file (the mounted ``auth_secret``): one ``NAME:sha256:HEX`` line per key, from ``duplex keys hash``;
+    ``#`` comments and blank lines ignored. A plaintext line is accepted with a deprecation warning."""
     tls_cert_file: str | None = None
     """PEM certificate chain of the public endpoint (the mounted ``tls_secret``'s ``tls.crt``); with
     ``tls_key_file`` the gateway serves TLS."""
     tls_key_file: str | None = None
     """PEM private key of the public endpoint (the mounted ``tls_secret``'s ``tls.key``); set together with
     ``tls_cert_file``."""
+    client_ca_file: str | None = None
+    """PEM CA bundle of client certificates: when set (with ``tls_cert_file``/``tls_key_file``), the gateway
+    requires mutual TLS and refuses clients without a certificate that this CA signed. API keys still apply."""
+    key_max_sessions: int = Field(0, ge=0)
+    """Concurrent conversations one API key may hold on this gateway replica (0 = no limit); beyond it
+    RESOURCE_EXHAUSTED with ``retry-after-ms``."""
+    key_starts_per_s: float = Field(0.0, ge=0.0)
+    """Session starts per second one API key may make on this gateway replica (token bucket; 0 = no limit)."""
+    key_starts_burst: int = Field(5, ge=1)
+    """Session starts one API key may make back to back before ``key_starts_per_s`` applies."""
     open_access: bool = False
     """Accept unauthenticated clients. Required to start without ``api_keys_file``; for local use only."""
     drain_grace_s: float = Field(30.0, ge=0.0)

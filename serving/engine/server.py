@@ -21,6 +21,7 @@ from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.v1 import duplex_pb2 as pb
 
+from ..drain import drain_client
 from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
 from ..spec import EngineSpec
@@ -30,6 +31,11 @@ from .scheduler import Scheduler
 from .session import Conversation, InputChunk
 
 log = logging.getLogger(__name__)
+
+
+def _is_eof(message: object) -> bool:
+    return message is grpc.aio.EOF
+
 
 SERVICE = "duplex.v1.Duplex"
 MAX_TEXT_QUEUE = 16384
@@ -183,11 +189,13 @@ class EngineServer:
             client_us = first.start.client_time_us
         except v.InputError as e:
             self.metrics.errors.labels(e.code.name).inc()
+            await drain_client(context.read, _is_eof)  # the status must not race the client's writes
             await context.abort(e.code, e.message)
         sid = neg.session_id or uuid.uuid4().hex[:12]
         session = Conversation(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog)
         if not sched.admit(session):
             self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
+            await drain_client(context.read, _is_eof)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
@@ -237,6 +245,8 @@ class EngineServer:
                 session.outbox.clear()
                 self.metrics.errors.labels(session.closing.code.name).inc()
                 log.info("session closed: %s %s", session.closing.code.name, session.closing.message)
+                if reader is not None and reader.done():  # the reader stopped at bad input: nobody reads now
+                    await drain_client(context.read, _is_eof)
                 await context.abort(session.closing.code, session.closing.message)
             log.info("session finished")
         finally:

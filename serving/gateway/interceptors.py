@@ -17,6 +17,11 @@ _OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
 
+def metadata_dict(metadata: Any) -> dict[str, str]:
+    """Invocation metadata as a dict of str (binary values decoded)."""
+    return {k: v if isinstance(v, str) else v.decode(errors="replace") for k, v in (metadata or ())}
+
+
 def _deny(message: str) -> grpc.RpcMethodHandler:
     async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         # take the client's first message before answering: aborting a stream the client is still
@@ -39,8 +44,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method = details.method
         if method.startswith(_OPEN):
             return await continuation(details)
-        md = {k: v if isinstance(v, str) else v.decode() for k, v in (details.invocation_metadata or ())}
-        why = self.keys.check(md)
+        why = self.keys.check(metadata_dict(details.invocation_metadata))
         if why is None:
             return await continuation(details)
         self.metrics.rpcs.labels(method, "UNAUTHENTICATED").inc()

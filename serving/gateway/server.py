@@ -15,10 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ..drain import drain_client
 from ..metrics import GatewayMetrics, MetricsServer
 from ..spec import GatewaySpec
 from .auth import KeyRing
-from .interceptors import AuthInterceptor, MetricsInterceptor
+from .interceptors import AuthInterceptor, MetricsInterceptor, metadata_dict
+from .pump import ClientPump
+from .quota import KeyQuotas
 from .routing import Replica, Router
 
 if TYPE_CHECKING:
@@ -49,9 +52,12 @@ def _read_pem(field: str, path: str) -> bytes:
 
 
 def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
-    """Server credentials from ``tls_cert_file`` + ``tls_key_file``; None (plaintext) when neither is set.
-    Raises ValueError naming the field when only one is set or a file is unreadable or not PEM."""
+    """Server credentials from ``tls_cert_file`` + ``tls_key_file`` (+ ``client_ca_file``: mutual TLS); None
+    (plaintext) when none is set. Raises ValueError naming the field when only one is set or a file is
+    unreadable or not PEM."""
     cert_file, key_file = spec.tls_cert_file, spec.tls_key_file
+    if spec.client_ca_file and not (cert_file and key_file):
+        raise ValueError("gateway: client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file set too")
     if not cert_file and not key_file:
         return None
     if not cert_file or not key_file:
@@ -62,7 +68,22 @@ def load_tls(spec: GatewaySpec) -> grpc.ServerCredentials | None:
         )
     cert = _read_pem("tls_cert_file", cert_file)
     key = _read_pem("tls_key_file", key_file)
+    if spec.client_ca_file:
+        client_ca = _read_pem("client_ca_file", spec.client_ca_file)
+        return grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca, require_client_auth=True)
     return grpc.ssl_server_credentials([(key, cert)])
+
+
+async def _refuse(
+    it: AsyncIterator[bytes],
+    context: grpc.aio.ServicerContext,
+    code: grpc.StatusCode,
+    message: str,
+    trailing: tuple[tuple[str, str], ...] = (),
+) -> None:
+    """Abort with ``code`` once the client stopped writing (``serving/drain.py``: else it may see INTERNAL)."""
+    await drain_client(lambda: anext(it, None), lambda m: m is None)
+    await context.abort(code, message, trailing_metadata=trailing)
 
 
 class GatewayServer:
@@ -78,6 +99,9 @@ class GatewayServer:
         self.spec = spec
         self.keys = keys if keys is not None else KeyRing.from_file(spec.api_keys_file, spec.open_access)
         self.bind_port = spec.port if bind_port is None else bind_port
+        self.quotas = KeyQuotas(
+            spec.key_max_sessions, spec.key_starts_per_s, spec.key_starts_burst, busy_retry_s=spec.retry_after_s
+        )
         self.metrics = GatewayMetrics()
         self.health = health.aio.HealthServicer()
         self.router = Router(spec.engines, spec.health_interval_s, spec.max_message_bytes)
@@ -140,7 +164,7 @@ class GatewayServer:
             "gateway on %s:%d (%s) → %s",
             self.spec.host,
             self.port,
-            "TLS" if credentials is not None else "plaintext, no TLS",
+            ("mutual TLS" if self.spec.client_ca_file else "TLS") if credentials is not None else "plaintext, no TLS",
             ", ".join(self.spec.engines),
         )
         return self.port
@@ -180,14 +204,19 @@ class GatewayServer:
         if self._metrics_server is not None:
             self._metrics_server.close()
 
-    def admit(self) -> Replica:
-        """Admission for one new conversation: the replica it goes to (counted as open on it), or
-        ``Refused`` with the status to answer (draining, no healthy replica, every replica full)."""
+    def admit(self, key_id: str) -> Replica:
+        """Admission for one new conversation of the caller holding ``key_id``: the replica it goes to (counted
+        as open on it and against the key's quotas), or ``Refused`` with the status to answer (draining, the
+        key's session quota or start rate, no healthy replica, every replica full)."""
         if self.draining:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
+        refusal = self.quotas.admit(key_id)
+        if refusal is not None:
+            raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.trailing_metadata())
         replica = self.router.pick()
         if replica is not None:
             return replica
+        self.quotas.release(key_id)
         if not self.router.healthy_count():
             raise Refused(grpc.StatusCode.UNAVAILABLE, "no healthy engine replica")
         used, cap = self.router.total_capacity()
@@ -198,28 +227,34 @@ class GatewayServer:
             (("retry-after-ms", str(ms)),),
         )
 
-    async def relay(self, first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    async def relay(
+        self, first: bytes, rest: AsyncIterator[bytes], key_id: str, drain_on_error: bool = False
+    ) -> AsyncGenerator[bytes, None]:
         """One conversation through admission and routing: ``first`` (the SessionStart) and ``rest`` go to the
         chosen replica byte for byte, its server events come back. Raises ``Refused`` before anything is sent,
-        and the replica's ``grpc.aio.AioRpcError`` if the conversation ends with an error. Used by ``converse``
-        and by the Realtime endpoint (``duplex.serving.realtime``), so both get the same sessions."""
-        replica = self.admit()
+        and the replica's ``grpc.aio.AioRpcError`` if the conversation ends with an error — after discarding
+        what the client still writes when ``drain_on_error`` (a gRPC client could otherwise see INTERNAL
+        instead of that status: ``serving/drain.py``). Used by ``converse`` and by the Realtime endpoint
+        (``duplex.serving.realtime``), so both get the same sessions, quotas included."""
+        replica = self.admit(key_id)
         self.active += 1
         self._idle.clear()
         t0 = time.monotonic()
-
-        async def upstream() -> AsyncIterator[bytes]:
-            yield first
-            async for raw in rest:
-                yield raw
-
-        call = replica.channel.stream_stream(METHOD)(upstream())
+        pump = ClientPump(first, rest)
+        call = replica.channel.stream_stream(METHOD)(pump.messages())
         try:
             async for raw in call:
                 yield raw
+        except grpc.aio.AioRpcError:
+            call.cancel()
+            if drain_on_error:
+                await pump.drain()
+            raise
         finally:
             call.cancel()
+            pump.close()
             self.router.release(replica)
+            self.quotas.release(key_id)
             self.active -= 1
             if not self.active:
                 self._idle.set()
@@ -234,11 +269,12 @@ class GatewayServer:
         first = await anext(it, None)  # the SessionStart, relayed as is (answering before reading it can
         if first is None:  # reach the client as INTERNAL instead of our status)
             return
+        key_id = self.keys.identify(metadata_dict(context.invocation_metadata())).key_id or ""
         try:
-            async with contextlib.aclosing(self.relay(first, it)) as events:
+            async with contextlib.aclosing(self.relay(first, it, key_id, drain_on_error=True)) as events:
                 async for raw in events:
                     yield raw
         except Refused as e:
-            await context.abort(e.code, e.message, trailing_metadata=e.trailing)
+            await _refuse(it, context, e.code, e.message, e.trailing)
         except grpc.aio.AioRpcError as e:
             await context.abort(e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ())

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 
+from ..gateway.auth import ANONYMOUS
 from .audio import WIRE_RATE
 from .client_secrets import PREFIX, SecretError, SecretMinter, ttl_from_request
 from .metrics import RealtimeMetrics
@@ -65,7 +66,7 @@ class RealtimeServer:
     def __init__(self, gateway: GatewayServer, clock: Callable[[], float] = time.time) -> None:
         self.gateway = gateway
         self.keys = gateway.keys
-        self.minter = SecretMinter(gateway.keys.keys, clock)
+        self.minter = SecretMinter([k.digest for k in gateway.keys.stored], clock)
         self.metrics = RealtimeMetrics(gateway.metrics.registry)
         self.sessions: set[RealtimeSession] = set()
         self._runner: web.AppRunner | None = None
@@ -112,14 +113,16 @@ class RealtimeServer:
         return next((r.model for r in self.gateway.router.replicas if r.healthy and r.model), "duplex")
 
     # ------------------------------------------------------------------------------------------- handlers
-    def authenticate(self, key: str) -> tuple[str | None, dict[str, Any]]:
-        """(why refused or None, session settings minted into a client secret)."""
+    def authenticate(self, key: str) -> tuple[str | None, dict[str, Any], str]:
+        """(why refused or None, session settings minted into a client secret, the key id quotas count on)."""
         if key.startswith(PREFIX):
             try:
-                return None, self.minter.check(key).session
+                claims = self.minter.check(key)
+                return None, claims.session, claims.key_id
             except SecretError as e:
-                return (None if self.keys.open_access else str(e)), {}
-        return self.keys.check({"authorization": f"Bearer {key}"} if key else {}), {}
+                return (None if self.keys.open_access else str(e)), {}, ANONYMOUS
+        check = self.keys.identify({"authorization": f"Bearer {key}"} if key else {})
+        return check.why, {}, check.key_id or ""
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(
@@ -127,7 +130,7 @@ class RealtimeServer:
         )
         await ws.prepare(request)
         key = _offered_key(request)
-        why, minted = self.authenticate(key)
+        why, minted, key_id = self.authenticate(key)
         events = EventFactory()
         if why is not None:
             self.metrics.errors.labels("invalid_api_key").inc()
@@ -147,7 +150,14 @@ class RealtimeServer:
         duplex_events = request.query.get("duplex_events", "") in ("1", "true")
         auth = "open" if not key else ("client_secret" if key.startswith(PREFIX) else "key")
         session = RealtimeSession(
-            ws, self.gateway, self.metrics, settings, self.model_name(), duplex_events, lambda: time.time_ns() // 1000
+            ws,
+            self.gateway,
+            self.metrics,
+            settings,
+            self.model_name(),
+            duplex_events,
+            lambda: time.time_ns() // 1000,
+            key_id,
         )
         self.metrics.sessions.labels(auth).inc()
         self.metrics.active.inc()
@@ -165,10 +175,10 @@ class RealtimeServer:
         key = _offered_key(request)
         if key.startswith(PREFIX):
             return _json_error(401, "a client secret cannot mint client secrets; use an API key", "invalid_api_key")
-        why = self.keys.check({"authorization": f"Bearer {key}"} if key else {})
-        if why is not None:
+        check = self.keys.identify({"authorization": f"Bearer {key}"} if key else {})
+        if check.why is not None:
             self.metrics.errors.labels("invalid_api_key").inc()
-            return _json_error(401, why, "invalid_api_key")
+            return _json_error(401, check.why, "invalid_api_key")
         raw = await request.read()
         try:
             body = json.loads(raw) if raw.strip() else {}
@@ -186,7 +196,7 @@ class RealtimeServer:
             settings.update(session, started=False)
         except ClientError as e:
             return _json_error(400, e.message, e.code, e.param)
-        value, expires_at = self.minter.mint(ttl, session if isinstance(session, dict) else {})
+        value, expires_at = self.minter.mint(ttl, session if isinstance(session, dict) else {}, check.key_id or "")
         self.metrics.client_secrets.inc()
         return web.json_response(
             {"value": value, "expires_at": expires_at, "session": settings.describe("", self.model_name())}

@@ -2,10 +2,12 @@
 key, then accepted in place of a key until they expire.
 
 A secret is self-contained and signed (HMAC-SHA256): ``ek_`` + base64url(JSON claims) + ``.`` +
-base64url(signature). The signing key derives from the gateway's API keys, so every gateway replica that
-mounts the same key Secret accepts the secrets any of them minted, and rotating the keys revokes them all. An
-open gateway (no keys) signs with a random per-process key. The claims carry the expiry and the session
-settings the secret was minted with (applied when a WebSocket connects with it)."""
+base64url(signature). The signing key derives from the gateway's stored key digests (the keys Secret, which
+therefore stays a secret even though it holds only hashes), so every gateway replica that mounts the same
+Secret accepts the secrets any of them minted, and rotating the keys revokes them all. An open gateway (no
+keys) signs with a random per-process key. The claims carry the expiry, the id of the key that minted the
+secret (its sessions count against that key's quotas) and the session settings it was minted with (applied
+when a WebSocket connects with it)."""
 
 from __future__ import annotations
 
@@ -44,20 +46,22 @@ class Claims:
     """Unix seconds after which the secret is refused."""
     session: dict[str, Any]
     """``session`` settings given when it was minted (``{}`` = none), applied like a ``session.update``."""
+    key_id: str
+    """Id of the API key that minted it (quotas are counted against that key)."""
 
 
 class SecretMinter:
     """Mints and checks client secrets. ``clock`` (Unix seconds) is injectable so tests step time."""
 
-    def __init__(self, api_keys: set[str], clock: Callable[[], float] = time.time) -> None:
-        material = "\n".join(sorted(api_keys)).encode() if api_keys else secrets.token_bytes(32)
+    def __init__(self, key_digests: list[bytes], clock: Callable[[], float] = time.time) -> None:
+        material = b"\n".join(sorted(key_digests)) if key_digests else secrets.token_bytes(32)
         self._key = hashlib.sha256(b"duplex realtime client secret\n" + material).digest()
         self.clock = clock
 
-    def mint(self, ttl_s: int, session: dict[str, Any]) -> tuple[str, int]:
-        """A new secret valid for ``ttl_s`` seconds; (value, expires_at)."""
+    def mint(self, ttl_s: int, session: dict[str, Any], key_id: str = "") -> tuple[str, int]:
+        """A new secret valid for ``ttl_s`` seconds, minted with the key ``key_id``; (value, expires_at)."""
         expires_at = int(self.clock()) + ttl_s
-        claims = {"exp": expires_at, "nonce": secrets.token_hex(8), "session": session}
+        claims = {"exp": expires_at, "nonce": secrets.token_hex(8), "session": session, "kid": key_id}
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
         return f"{PREFIX}{body}.{self._sign(body)}", expires_at
 
@@ -70,12 +74,12 @@ class SecretMinter:
             raise SecretError("invalid client secret")
         try:
             claims = json.loads(_unb64(body))
-            expires_at, session = int(claims["exp"]), claims.get("session") or {}
+            expires_at, session, key_id = int(claims["exp"]), claims.get("session") or {}, str(claims.get("kid", ""))
         except (ValueError, KeyError, TypeError):
             raise SecretError("invalid client secret") from None
         if self.clock() >= expires_at:
             raise SecretError("client secret expired; mint a new one (POST /v1/realtime/client_secrets)")
-        return Claims(expires_at, session if isinstance(session, dict) else {})
+        return Claims(expires_at, session if isinstance(session, dict) else {}, key_id)
 
     def _sign(self, body: str) -> str:
         return _b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest())

@@ -85,7 +85,10 @@ class RealtimeSession:
         model: str,
         duplex_events: bool,
         clock_us: Callable[[], int],
+        key_id: str = "",
     ) -> None:
+        self.key_id = key_id
+        """The caller's API key id: the session counts against its quotas (gateway.key_*)."""
         self.ws, self.gateway, self.metrics = ws, gateway, metrics
         self.settings, self.model, self.duplex_events = settings, model, duplex_events
         self.clock_us = clock_us
@@ -317,7 +320,7 @@ class RealtimeSession:
 
         code, message = grpc.StatusCode.OK, ""
         try:
-            async with contextlib.aclosing(self.gateway.relay(first, self._upstream_events())) as events:
+            async with contextlib.aclosing(self.gateway.relay(first, self._upstream_events(), self.key_id)) as events:
                 async for raw in events:
                     await self.on_server_event(pb.ServerEvent.FromString(raw))
         except Refused as e:

@@ -1,0 +1,411 @@
+"""Gateway security: hashed API keys (accepted, refused, compared over fixed-length digests for every stored
+key whatever the presented key), ``duplex keys hash``, per-key session quota and start rate limit (injected
+clock) over real gRPC through a real engine, keys never logged, and mutual TLS (client certificates signed by
+the configured CA accepted; none, or another CA's, refused at the handshake)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+import logging
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typer.testing import CliRunner
+
+from duplex.cli import app
+from duplex.model.spec import ModelSource
+from duplex.serving import client
+from duplex.serving.engine.server import EngineServer
+from duplex.serving.gateway.auth import DIGEST_BYTES, KeyRing, key_line, parse_keys_file
+from duplex.serving.gateway.quota import KeyQuotas, TokenBucket
+from duplex.serving.gateway.server import GatewayServer, load_tls
+from duplex.serving.spec import EngineSpec, GatewaySpec
+from duplex.v1 import duplex_pb2 as pb
+
+from .conftest import LoopThread, tone, wait_serving
+from .test_tls import Certs, _name, make_certs
+
+CHUNK = 3200
+ALICE, BOB = "alice-Key-9f8e7d", "bob-Key-0a1b2c"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- hashed keys ---------------------------------------------------------------------------------------
+
+
+def ring_file(tmp_path: Path, text: str) -> KeyRing:
+    f = tmp_path / "keys"
+    f.write_text(text)
+    return KeyRing.from_file(str(f))
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
+
+
+def test_hashed_key_accepted_wrong_key_refused(tmp_path: Path) -> None:
+    ring = ring_file(tmp_path, f"# keys\n{key_line(ALICE, 'alice')}\n{key_line(BOB)}\n")
+    assert ALICE not in (tmp_path / "keys").read_text()
+    assert ring.identify(bearer(ALICE)).key_id == "alice"
+    assert ring.identify({"x-api-key": BOB}).key_id == "line-3"  # unnamed: the line is the id
+    wrong = ring.identify(bearer(ALICE + "x"))
+    assert wrong.key_id is None and wrong.why == "invalid API key"
+    assert ring.check({}) is not None and "missing API key" in str(ring.check({}))
+
+
+def test_compare_runs_over_every_stored_digest_whatever_the_key() -> None:
+    """The code path does not depend on the presented key: one comparison per stored key, always of two
+    ``DIGEST_BYTES``-long digests, for the right key and for wrong keys differing first, last, or in length."""
+    calls: list[tuple[int, int]] = []
+
+    def recording(a: bytes, b: bytes) -> bool:
+        calls.append((len(a), len(b)))
+        return a == b
+
+    stored = [ALICE, BOB, "third-key-000000"]
+    ring = KeyRing(stored, compare=recording)
+    candidates = [ALICE, BOB, "X" + ALICE[1:], ALICE[:-1] + "X", ALICE[:3], ALICE * 40, "", "\x00"]
+    for key in candidates:
+        calls.clear()
+        ring.check({"x-api-key": key} if key else bearer("-"))
+        assert calls == [(DIGEST_BYTES, DIGEST_BYTES)] * len(stored), key
+
+
+def test_plaintext_line_accepted_with_deprecation_warning_without_the_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        ring = ring_file(tmp_path, f"{key_line(BOB, 'bob')}\n{ALICE}\n")
+    assert ring.check(bearer(ALICE)) is None and ring.check(bearer(BOB)) is None
+    assert "line 2 holds a plaintext API key (deprecated)" in caplog.text
+    assert ALICE not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("sha256:abcd", "line 1: sha256 hash must be 64 hex digits, got 4"),
+        ("bad name:sha256:" + "0" * 64, "line 1: malformed hashed key"),
+    ],
+)
+def test_malformed_hash_line_names_the_line(line: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_keys_file(line)
+
+
+def test_unreadable_keys_file_names_the_field(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"api_keys_file .* cannot be read"):
+        KeyRing.from_file(str(tmp_path / "missing"))
+
+
+def test_cli_keys_hash_reads_stdin_and_the_line_is_accepted(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["keys", "hash", "--name", "alice"], input=ALICE + "\n")
+    assert result.exit_code == 0, result.output
+    line = result.output.strip()
+    assert line.startswith("alice:sha256:") and ALICE not in line
+    assert ring_file(tmp_path, line + "\n").identify(bearer(ALICE)).key_id == "alice"
+    bad = CliRunner().invoke(app, ["keys", "hash", "--name", "no spaces"], input=ALICE + "\n")
+    assert bad.exit_code == 2 and "name" in bad.output
+
+
+# --- quotas with an injected clock ---------------------------------------------------------------------
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    b = TokenBucket(rate=2.0, burst=2)
+    assert b.take(0.0) == 0.0 and b.take(0.0) == 0.0
+    assert b.take(0.0) == pytest.approx(0.5)
+    assert b.take(0.25) == pytest.approx(0.25)  # half a token came back, a refused take costs nothing
+    assert b.take(0.5) == 0.0
+
+
+def test_concurrency_quota_is_per_key_and_released() -> None:
+    q = KeyQuotas(max_sessions=2, busy_retry_s=1.5)
+    assert q.admit("a") is None and q.admit("a") is None
+    refused = q.admit("a")
+    assert refused is not None and "2/2 live sessions" in refused.message and "key_max_sessions" in refused.message
+    assert refused.retry_after_ms == 1500
+    assert q.admit("b") is None  # another key is not affected
+    q.release("a")
+    assert q.admit("a") is None
+
+
+def test_start_rate_is_per_key_with_retry_hint() -> None:
+    clock = FakeClock()
+    q = KeyQuotas(starts_per_s=0.5, burst=1, clock=clock)
+    assert q.admit("a") is None
+    refused = q.admit("a")
+    assert refused is not None and refused.retry_after_ms == 2000 and "key_starts_per_s" in refused.message
+    assert q.admit("b") is None
+    clock.now += 1.0
+    again = q.admit("a")
+    assert again is not None and again.retry_after_ms == 1000
+    clock.now += 1.0
+    assert q.admit("a") is None
+
+
+# --- over real gRPC --------------------------------------------------------------------------------------
+
+
+@dataclass
+class QuotaStack:
+    engine: EngineServer
+    gateway: GatewayServer
+    addr: str
+    thread: LoopThread
+
+
+@pytest.fixture(scope="module")
+def quota_stack(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuotaStack]:
+    keyfile = tmp_path_factory.mktemp("qkeys") / "keys"
+    keyfile.write_text(f"{key_line(ALICE, 'alice')}\n{key_line(BOB, 'bob')}\n")
+    lt = LoopThread()
+
+    async def up() -> QuotaStack:
+        espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=8, cohorts=1)
+        engine = EngineServer(espec, ModelSource(), model=copy.deepcopy(tiny_model), bind_port=0)
+        eport = await engine.start()
+        gspec = GatewaySpec(
+            host="127.0.0.1",
+            metrics_port=0,
+            engines=[f"127.0.0.1:{eport}"],
+            health_interval_s=0.2,
+            api_keys_file=str(keyfile),
+            key_max_sessions=1,
+        )
+        gateway = GatewayServer(gspec, bind_port=0)
+        gport = await gateway.start()
+        return QuotaStack(engine, gateway, f"127.0.0.1:{gport}", lt)
+
+    s: QuotaStack = lt.run(up())
+    try:
+        wait_serving(s.addr)
+        yield s
+    finally:
+
+        async def down() -> None:
+            await s.gateway.stop(0.5)
+            await s.engine.stop(0.5)
+
+        lt.run(down())
+        lt.close()
+
+
+def auth(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def short_talk(addr: str, key: str) -> client.Conversation:
+    async with client.channel(addr) as ch:
+        chunks = client.split_chunks(tone(0.4), CHUNK)
+        conv: client.Conversation = await asyncio.wait_for(
+            client.converse(ch, chunks, metadata=auth(key), realtime=False), 60
+        )
+        return conv
+
+
+async def held_session(ch: grpc.aio.Channel, key: str, release: asyncio.Event) -> AsyncIterator[pb.ServerEvent]:
+    """A conversation that stays open (no audio yet) until ``release``; yields its server events."""
+
+    async def reqs() -> AsyncIterator[bytes]:
+        yield client.start_event().SerializeToString()
+        await release.wait()
+        yield pb.ClientEvent(end=pb.EndOfStream()).SerializeToString()
+
+    call = ch.stream_stream("/duplex.v1.Duplex/Converse", response_deserializer=pb.ServerEvent.FromString)(
+        reqs(), metadata=auth(key)
+    )
+    async for ev in call:
+        yield ev
+
+
+async def test_session_quota_per_key_over_grpc(quota_stack: QuotaStack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    release = asyncio.Event()
+    async with client.channel(quota_stack.addr) as ch:
+        held = held_session(ch, ALICE, release)
+        first = await asyncio.wait_for(anext(held), 30)
+        assert first.WhichOneof("event") == "ready"
+        try:
+            refused = await short_talk(quota_stack.addr, ALICE)
+            assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.details
+            assert "key 'alice' has 1/1 live sessions" in refused.details
+            assert dict(refused.trailing)["retry-after-ms"] == "1000"
+            other = await short_talk(quota_stack.addr, BOB)  # another key has its own quota
+            assert other.code == grpc.StatusCode.OK, other.details
+        finally:
+            release.set()
+            async for _ in held:
+                pass
+    assert "alice" not in quota_stack.gateway.quotas.live  # released when the held session ended
+    again = await short_talk(quota_stack.addr, ALICE)
+    assert again.code == grpc.StatusCode.OK, again.details
+    wrong = await short_talk(quota_stack.addr, ALICE + "-wrong")
+    assert wrong.code == grpc.StatusCode.UNAUTHENTICATED
+    for key in (ALICE, BOB, ALICE + "-wrong"):  # keys are never logged, accepted or refused
+        assert key not in caplog.text
+        assert all(key not in str(r.args) for r in caplog.records)
+
+
+async def test_start_rate_per_key_over_grpc(quota_stack: QuotaStack) -> None:
+    clock = FakeClock()
+    gw = quota_stack.gateway
+    saved = gw.quotas
+    gw.quotas = KeyQuotas(starts_per_s=0.25, burst=2, clock=clock)
+    try:
+        assert (await short_talk(quota_stack.addr, BOB)).code == grpc.StatusCode.OK
+        assert (await short_talk(quota_stack.addr, BOB)).code == grpc.StatusCode.OK
+        limited = await short_talk(quota_stack.addr, BOB)
+        assert limited.code == grpc.StatusCode.RESOURCE_EXHAUSTED, limited.details
+        assert "start rate exceeded" in limited.details and dict(limited.trailing)["retry-after-ms"] == "4000"
+        assert (await short_talk(quota_stack.addr, ALICE)).code == grpc.StatusCode.OK  # per key
+        clock.now += 4.0
+        assert (await short_talk(quota_stack.addr, BOB)).code == grpc.StatusCode.OK
+    finally:
+        gw.quotas = saved
+
+
+# --- mutual TLS --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClientCert:
+    cert: bytes
+    key: bytes
+
+
+def ca_and_key(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return ca, key
+
+
+def client_cert(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> ClientCert:
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("duplex client"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return ClientCert(
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+    )
+
+
+@dataclass
+class MtlsSetup:
+    server: Certs
+    client_ca: Path
+    good: ClientCert
+    foreign: ClientCert
+
+
+@pytest.fixture(scope="module")
+def mtls(tmp_path_factory: pytest.TempPathFactory) -> MtlsSetup:
+    d = tmp_path_factory.mktemp("mtls")
+    server = make_certs(d)
+    ca, ca_key = ca_and_key("duplex client CA")
+    other, other_key = ca_and_key("some other CA")
+    client_ca = d / "client-ca.crt"
+    client_ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return MtlsSetup(server, client_ca, client_cert(ca, ca_key), client_cert(other, other_key))
+
+
+async def test_mutual_tls_accepts_only_client_certs_of_the_ca(tiny_model: Any, mtls: MtlsSetup) -> None:
+    espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=2, cohorts=1)
+    engine = EngineServer(espec, ModelSource(), model=copy.deepcopy(tiny_model), bind_port=0)
+    eport = await engine.start()
+    gspec = GatewaySpec(
+        host="127.0.0.1",
+        metrics_port=0,
+        engines=[f"127.0.0.1:{eport}"],
+        health_interval_s=0.2,
+        tls_cert_file=str(mtls.server.cert),
+        tls_key_file=str(mtls.server.key),
+        client_ca_file=str(mtls.client_ca),
+    )
+    gateway = GatewayServer(gspec, keys=KeyRing([ALICE]), bind_port=0)
+    addr = f"127.0.0.1:{await gateway.start()}"
+    root = mtls.server.ca.read_bytes()
+
+    def creds(cert: ClientCert | None) -> grpc.ChannelCredentials:
+        if cert is None:
+            return grpc.ssl_channel_credentials(root_certificates=root)
+        return grpc.ssl_channel_credentials(root_certificates=root, private_key=cert.key, certificate_chain=cert.cert)
+
+    try:
+        async with grpc.aio.secure_channel(addr, creds(mtls.good)) as ch:
+            await ch.channel_ready()
+            conv = await asyncio.wait_for(
+                client.converse(ch, client.split_chunks(tone(0.4), CHUNK), metadata=auth(ALICE), realtime=False), 60
+            )
+            assert conv.code == grpc.StatusCode.OK, conv.details
+            nokey = await asyncio.wait_for(
+                client.converse(ch, client.split_chunks(tone(0.2), CHUNK), realtime=False), 30
+            )
+            assert nokey.code == grpc.StatusCode.UNAUTHENTICATED  # a certificate does not replace the API key
+        for refused in (None, mtls.foreign):
+            async with grpc.aio.secure_channel(addr, creds(refused)) as ch:
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5.0)
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        await gateway.stop(0.2)
+        await engine.stop(0.2)
+
+
+def test_client_ca_without_server_tls_names_the_fields(mtls: MtlsSetup) -> None:
+    spec = GatewaySpec(engines=["127.0.0.1:1"], open_access=True, client_ca_file=str(mtls.client_ca))
+    with pytest.raises(ValueError, match=r"client_ca_file .* needs tls_cert_file and tls_key_file"):
+        load_tls(spec)
+
+
+def test_client_ca_not_pem_names_the_field(mtls: MtlsSetup, tmp_path: Path) -> None:
+    junk = tmp_path / "ca"
+    junk.write_bytes(b"junk")
+    spec = GatewaySpec(
+        engines=["127.0.0.1:1"],
+        open_access=True,
+        tls_cert_file=str(mtls.server.cert),
+        tls_key_file=str(mtls.server.key),
+        client_ca_file=str(junk),
+    )
+    with pytest.raises(ValueError, match=r"client_ca_file .* is not PEM"):
+        load_tls(spec)
