@@ -29,7 +29,7 @@ from contextvars import ContextVar
 import torch.nn.functional as F
 from torch import Tensor
 
-MIN_GEMM_ROWS = 32
+MIN_GEMM_ROWS = 16
 """Least rows of any matrix product in batch-invariant mode. The measured small-M kernels end below 12
 rows; 32 leaves a margin for other CPU kernel choices and costs nothing measurable (see docs/model.md)."""
 
