@@ -2,22 +2,32 @@
 
     python bench/model_step.py [--batches 1,8,32,64,128] [--repeats 30] [--write]
     python bench/model_step.py --batch-invariant [--batches 16,64] [--repeats 40] [--write]
-    python bench/model_step.py --profile [--batches 16,48,64]
+    python bench/model_step.py --profile [--batches 16,64] [--threads 1]
+    python bench/model_step.py --against REV [--batches 16,64] [--threads 1] [--repeats 20]
 
 Each session is put an hour deep (positions ~90 000, ring cache full) so attention runs over the whole
 window, as in steady state. "step" is the model; "decode" the codec turning its codes into audio.
 ``--batch-invariant`` times ``step(batch_invariant=True)`` against the default, interleaved step by step
 in one run (the machines are shared: compare the ratio, not the absolutes). ``--profile`` prints where a
-full-cache step spends its time (torch.profiler, top ops by self CPU time).
+full-cache step spends its time (torch.profiler, top ops by self CPU time). ``--against REV`` times this
+tree's step against git revision REV's ``model/`` (same weights, same state), alternating step by step and
+counting the step thread's CPU time, which other processes on a shared machine inflate far less than wall
+time: read the old/new ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import statistics
+import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -78,18 +88,45 @@ def time_invariance(model: DuplexModel, batch: int, repeats: int) -> tuple[list[
     return times[False], times[True]
 
 
-def profile_steps(model: DuplexModel, batch: int, repeats: int) -> str:
-    """torch.profiler table of ``repeats`` full-cache steps at ``batch`` sessions."""
+CATEGORIES = {
+    "routed experts (grouped GEMMs)": ("aten::_grouped_mm",),
+    "attention (SDPA over the ring)": ("aten::_scaled_dot_product_flash_attention_for_cpu",),
+    "dense GEMMs (projections, shared expert, heads, embeddings)": ("aten::mm", "aten::addmm"),
+}
+"""Profiler ops each share is read from: the routed experts' total (their inner ``mm`` calls included),
+SDPA's total, and the ``mm``/``addmm`` self time left once the experts' inner calls are taken out."""
+
+
+def profile_steps(model: DuplexModel, batch: int, repeats: int, invariant: bool = False) -> str:
+    """torch.profiler table of ``repeats`` full-cache steps at ``batch`` sessions, and the share of the
+    step's op time in each of ``CATEGORIES`` (the rest: elementwise, indexing, routing, rotary, norms)."""
     F = model.cfg.frames_per_chunk(CHUNK_MS)
     st = deep_state(model, batch)
     audio = torch.randn(batch, F * model.cfg.frame_samples) * 0.1
     for _ in range(3):
-        model.step(st, audio)
+        model.step(st, audio, batch_invariant=invariant)
     with torch.profiler.profile() as prof:
         for _ in range(repeats):
-            model.step(st, audio)
-    table: str = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    return table
+            model.step(st, audio, batch_invariant=invariant)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    by_name = {e.key: e for e in events}
+    experts = by_name["aten::_grouped_mm"].cpu_time_total if "aten::_grouped_mm" in by_name else 0.0
+    attention = sum(by_name[k].cpu_time_total for k in CATEGORIES["attention (SDPA over the ring)"] if k in by_name)
+    gemm_self = sum(by_name[k].self_cpu_time_total for k in ("aten::mm", "aten::addmm") if k in by_name)
+    expert_self = experts - (by_name["aten::_grouped_mm"].self_cpu_time_total if experts else 0.0)
+    shares = {
+        "routed experts (grouped GEMMs)": experts,
+        "attention (SDPA over the ring)": attention,
+        "dense GEMMs (projections, shared expert, heads, embeddings)": gemm_self - expert_self,
+    }
+    calls = sum(e.count for e in events if e.self_cpu_time_total > 0)
+    lines = [f"{name}: {t / total:.0%}" for name, t in shares.items()]
+    rest = 1 - sum(shares.values()) / total
+    lines.append(f"everything else (elementwise, indexing, routing, rotary, norms): {rest:.0%}")
+    lines.append(f"op time per step {total / repeats / 1e3:.1f} ms, {calls / repeats:.0f} op calls per step")
+    table: str = events.table(sort_by="self_cpu_time_total", row_limit=15)
+    return table + "\n" + "\n".join(lines)
 
 
 def invariance_main(model: DuplexModel, batches: list[int], repeats: int, write: bool) -> None:
@@ -117,6 +154,53 @@ def invariance_main(model: DuplexModel, batches: list[int], repeats: int, write:
         write_section("Batch-invariance cost (tiny, CPU)", "\n".join(body))
 
 
+def load_model_package(rev: str, into: Path) -> ModuleType:
+    """Import git revision ``rev``'s ``model/`` package as ``model_at_rev`` (from a ``git archive`` in ``into``)."""
+    root = Path(__file__).resolve().parent.parent
+    archive = subprocess.run(["git", "archive", rev, "model"], cwd=root, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    (into / "model").rename(into / "model_at_rev")
+    sys.path.insert(0, str(into))
+    return importlib.import_module("model_at_rev.model")
+
+
+def against_main(model: DuplexModel, rev: str, batches: list[int], repeats: int) -> None:
+    """Step CPU time of this tree against ``rev``'s, interleaved; checks the two states stay bit-identical."""
+    with tempfile.TemporaryDirectory() as tmp:
+        old_pkg = load_model_package(rev, Path(tmp))
+        old_cfg = importlib.import_module("model_at_rev.config").ModelConfig(**model.cfg.model_dump())
+        old = old_pkg.DuplexModel(old_cfg).eval()
+        old.load_state_dict(model.state_dict())
+        F = model.cfg.frames_per_chunk(CHUNK_MS)
+        for b in batches:
+            for inv in (False, True):
+                states = {"old": deep_state(model, b), "new": deep_state(model, b)}
+                models = {"old": old, "new": model}
+                audio = torch.randn(b, F * model.cfg.frame_samples) * 0.1
+                times: dict[str, list[float]] = {"old": [], "new": []}
+                for i in range(repeats + 2):
+                    for k in ("old", "new") if i % 2 else ("new", "old"):
+                        t0 = time.thread_time()
+                        models[k].step(states[k], audio, batch_invariant=inv)
+                        if i >= 2:  # warm-up
+                            times[k].append((time.thread_time() - t0) * 1e3)
+                same = all(
+                    torch.equal(x, y)
+                    for x, y in zip(
+                        (*states["old"].k, *states["old"].v, states["old"].feedback),
+                        (*states["new"].k, *states["new"].v, states["new"].feedback),
+                        strict=True,
+                    )
+                )
+                o, n = statistics.median(times["old"]), statistics.median(times["new"])
+                print(
+                    f"{b:3d} rows batch_invariant={inv!s:5}: {rev} {o:6.1f} ms, this tree {n:6.1f} ms (step CPU "
+                    f"p50): old/new ×{o / n:.2f}; caches and outputs bit-identical: {same}",
+                    flush=True,
+                )
+
+
 def set_impl(model: DuplexModel, impl: MoeImpl) -> None:
     for m in model.modules():
         if isinstance(m, Experts):
@@ -134,7 +218,11 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
     ap.add_argument("--batch-invariant", action="store_true", help="cost of step(batch_invariant=True)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of full-cache steps")
+    ap.add_argument("--against", metavar="REV", help="A/B this tree's step against git revision REV's model/")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; the engine uses 1)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = get_preset("tiny")
     model = DuplexModel(cfg).eval()
@@ -142,10 +230,14 @@ def main() -> None:
     if args.batch_invariant:
         invariance_main(model, batches, args.repeats, args.write)
         return
+    if args.against:
+        against_main(model, args.against, batches, args.repeats)
+        return
     if args.profile:
         for b in batches:
-            print(f"--- {b} sessions, full cache, {args.repeats} steps")
-            print(profile_steps(model, b, args.repeats))
+            for inv in (False, True):
+                print(f"--- {b} sessions, full cache, {args.repeats} steps, batch_invariant={inv}")
+                print(profile_steps(model, b, args.repeats, inv))
         return
     codec = Codec(cfg)
     budget = 0.25 * CHUNK_MS

@@ -29,9 +29,11 @@ from contextvars import ContextVar
 import torch.nn.functional as F
 from torch import Tensor
 
-MIN_GEMM_ROWS = 32
+MIN_GEMM_ROWS = 16
 """Least rows of any matrix product in batch-invariant mode. The measured small-M kernels end below 12
-rows; 32 leaves a margin for other CPU kernel choices and costs nothing measurable (see docs/model.md)."""
+rows; 16 keeps a margin above them. It was 32: padding a lightly-loaded expert to 32 rows cost ~10 % of a
+16-session step, and every output is bit-identical either way, because each row's result is one and the
+same for every M >= 12 (see docs/benchmarks.md, "Model step profile and cheaper full-window steps")."""
 
 _enabled: ContextVar[bool] = ContextVar("duplex_batch_invariant", default=False)
 

@@ -73,8 +73,9 @@ class StepGeometry:
     ring_idx: Tensor
     """(B, Hkv, F, D) ring entry of each new key/value, expanded for ``scatter_``."""
     bias: Tensor
-    """(B, 1, G*F, R) additive attention bias over the ring: 0 may attend, -inf may not (what SDPA builds
-    from a boolean mask on every call; built here once for all layers)."""
+    """(B, Hkv, G*F, R) additive attention bias over the ring: 0 may attend, -inf may not (what SDPA builds
+    from a boolean mask on every call; built here once for all layers, and materialised for every KV head
+    because SDPA reads a broadcast mask more slowly than a dense one)."""
 
 
 def attention_bias(mask: Tensor, groups: int, dtype: torch.dtype) -> Tensor:
@@ -105,7 +106,8 @@ class Attention(nn.Module):
         ``mask`` (B, F, R) from the ring's positions after the write."""
         cos, sin = rotary(pos, self.head_dim, self.theta, dtype)  # (B, F, D/2)
         idx = ring_idx[:, None, :, None].expand(-1, self.n_kv, -1, self.head_dim)
-        return StepGeometry(cos[:, None], sin[:, None], idx, attention_bias(mask, self.groups, dtype))
+        bias = attention_bias(mask, self.groups, dtype).expand(-1, self.n_kv, -1, -1).contiguous()
+        return StepGeometry(cos[:, None], sin[:, None], idx, bias)
 
     def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape  # batch, new frames, d_model

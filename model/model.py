@@ -61,7 +61,7 @@ class Block(nn.Module):
 
     def step(self, x: Tensor, k: Tensor, v: Tensor, geo: StepGeometry) -> Tensor:
         x = x + self.attn.step(self.attn_norm(x), k, v, geo)
-        return x + self.moe(self.moe_norm(x))[0]
+        return x + self.moe(self.moe_norm(x), with_aux=False)[0]
 
 
 def decide(

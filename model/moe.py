@@ -37,12 +37,15 @@ class Routing:
     aux_loss: Tensor
 
 
-def route(logits: Tensor, top_k: int) -> Routing:
-    """Route N tokens given router ``logits`` (N, E)."""
+def route(logits: Tensor, top_k: int, with_aux: bool = True) -> Routing:
+    """Route N tokens given router ``logits`` (N, E). ``with_aux=False`` skips the auxiliary loss (a zero
+    then), which only training reads."""
     probs = logits.float().softmax(dim=-1)
     weights, experts = probs.topk(top_k, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
     n_experts = logits.shape[-1]
+    if not with_aux:
+        return Routing(experts, weights.to(logits.dtype), probs.new_zeros(()))
     share = torch.bincount(experts.flatten(), minlength=n_experts).float() / max(experts.numel(), 1)
     aux = n_experts * (share * probs.mean(dim=0)).sum()
     return Routing(experts, weights.to(logits.dtype), aux)
@@ -60,16 +63,20 @@ class Dispatch:
     assignment: Tensor  # (M,) token * k + choice: which of its token's top-k choices each assignment is
 
 
-def dispatch(routing: Routing, first: int, n_local: int) -> Dispatch:
-    """Sort the assignments that fall on experts ``[first, first + n_local)`` by expert."""
+def dispatch(routing: Routing, first: int, n_local: int, holds_all: bool = False) -> Dispatch:
+    """Sort the assignments that fall on experts ``[first, first + n_local)`` by expert. ``holds_all``: the
+    range is every expert (unsharded), so no assignment needs filtering out."""
     flat_e = routing.experts.flatten() - first  # (N*k,)
-    keep = (flat_e >= 0) & (flat_e < n_local)
-    flat_e = flat_e[keep]
-    order = torch.argsort(flat_e, stable=True)
     k = routing.experts.shape[1]
-    assignment = torch.arange(routing.experts.numel(), device=flat_e.device)[keep][order]  # token * k + choice
+    weights = routing.weights.flatten()
+    assignment = torch.arange(routing.experts.numel(), device=flat_e.device)  # token * k + choice
+    if not holds_all:
+        keep = (flat_e >= 0) & (flat_e < n_local)
+        flat_e, weights, assignment = flat_e[keep], weights[keep], assignment[keep]
+    order = torch.argsort(flat_e, stable=True)
+    assignment = assignment[order]
     counts = torch.bincount(flat_e, minlength=n_local).cpu()
-    return Dispatch(assignment // k, routing.weights.flatten()[keep][order], counts, flat_e[order], assignment)
+    return Dispatch(assignment // k, weights[order], counts, flat_e[order], assignment)
 
 
 class Experts(nn.Module):
@@ -79,6 +86,7 @@ class Experts(nn.Module):
         super().__init__()
         self.first = first
         self.n_local = cfg.n_experts if n_local is None else n_local
+        self.holds_all = first == 0 and self.n_local == cfg.n_experts
         self.hidden = cfg.expert_hidden
         self.impl: MoeImpl = impl
         self.w13 = nn.Parameter(torch.empty(self.n_local, cfg.d_model, 2 * cfg.expert_hidden))
@@ -131,7 +139,7 @@ class Experts(nn.Module):
 
     def forward(self, x: Tensor, routing: Routing) -> Tensor:
         """Weighted sum of this module's experts' outputs for every token: x (N, d) → (N, d)."""
-        d = dispatch(routing, self.first, self.n_local)
+        d = dispatch(routing, self.first, self.n_local, self.holds_all)
         if d.token_ids.numel() == 0:
             return torch.zeros_like(x)
         xs = x[d.token_ids]  # (M, d) gathered, sorted by expert
@@ -175,11 +183,11 @@ class MoE(nn.Module):
         self.runner: ExpertRunner | None = None
         """Set by the expert-parallel group on rank 0; None runs the local experts directly."""
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (..., d) → (output (..., d), aux loss)."""
+    def forward(self, x: Tensor, with_aux: bool = True) -> tuple[Tensor, Tensor]:
+        """x (..., d) → (output (..., d), aux loss; zero when not ``with_aux``, as in streaming steps)."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        routing = route(self.router(flat), self.top_k)
+        routing = route(self.router(flat), self.top_k, with_aux)
         if self.runner is not None:
             y = self.runner(self.layer, flat, routing)
         elif self.experts is not None:

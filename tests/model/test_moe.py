@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from duplex.model.config import ModelConfig
-from duplex.model.moe import Experts, MoeImpl, route
+from duplex.model.moe import Experts, MoeImpl, dispatch, route
 
 
 @pytest.mark.parametrize("impl", ["loop", "bmm", "grouped"])
@@ -66,3 +66,20 @@ def test_expert_slice_contributes_only_its_experts(tiny: ModelConfig) -> None:
         part.w2.data.copy_(full.w2[first : first + 2])
         parts.append(part(x, routing))
     torch.testing.assert_close(sum(parts), full(x, routing), rtol=1e-5, atol=1e-6)
+
+
+def test_unsharded_dispatch_skips_the_filter_but_not_an_assignment(tiny: ModelConfig) -> None:
+    """The unsharded fast path (no range filter) sorts exactly what the filtering path does."""
+    routing = route(torch.randn(83, tiny.n_experts) * 2, tiny.top_k)
+    fast = dispatch(routing, 0, tiny.n_experts, holds_all=True)
+    filtered = dispatch(routing, 0, tiny.n_experts)
+    for field in ("token_ids", "weights", "counts", "local_experts", "assignment"):
+        assert torch.equal(getattr(fast, field), getattr(filtered, field)), field
+    assert int(fast.counts.sum()) == 83 * tiny.top_k
+
+
+def test_streaming_routing_without_aux_routes_identically(tiny: ModelConfig) -> None:
+    logits = torch.randn(40, tiny.n_experts)
+    with_aux, without = route(logits, tiny.top_k), route(logits, tiny.top_k, with_aux=False)
+    assert torch.equal(with_aux.experts, without.experts) and torch.equal(with_aux.weights, without.weights)
+    assert float(with_aux.aux_loss) > 0 and float(without.aux_loss) == 0
