@@ -98,6 +98,27 @@ def unpinned_images(spec: DuplexModelSpec) -> list[SpecProblem]:
     return problems
 
 
+GATEWAY_FILE_FIELDS = {
+    "api_keys_file": ("apiKeysFile", "authSecret"),
+    "tls_cert_file": ("tlsCertFile", "tlsSecret"),
+    "tls_key_file": ("tlsKeyFile", "tlsSecret"),
+    "client_ca_file": ("clientCaFile", "clientCaSecret"),
+}
+"""Gateway file paths the operator sets from mounted Secrets: in a DuplexModel they would point at nothing."""
+
+
+def gateway_file_problems(spec: DuplexModelSpec) -> list[SpecProblem]:
+    gw = spec.gateway
+    problems = [
+        SpecProblem(f"spec.gateway.{field}", f"a path inside the pod is set by the operator: use spec.gateway.{secret}")
+        for name, (field, secret) in GATEWAY_FILE_FIELDS.items()
+        if getattr(gw, name)
+    ]
+    if gw.client_ca_secret and not gw.tls_secret:
+        problems.append(SpecProblem("spec.gateway.clientCaSecret", "mutual TLS needs TLS: set spec.gateway.tlsSecret"))
+    return problems
+
+
 def _rank_memory_gib(spec: DuplexModelSpec) -> tuple[float, str]:
     """Memory one rank may use, and the field that declares it."""
     eng = spec.engine
@@ -129,6 +150,7 @@ def resolve(spec: DuplexModelSpec) -> Resolved:
             )
         )
     problems += unpinned_images(spec)
+    problems += gateway_file_problems(spec)
     if eng.device == "cpu" and eng.gpus_per_shard > 0:
         problems.append(
             SpecProblem(

@@ -120,6 +120,9 @@ class GatewaySpec(_Spec):
     """Secret holding API keys (key ``keys``, one per line); unset = open, for local use only."""
     tls_secret: str | None = None
     """Secret with ``tls.crt``/``tls.key`` for the public endpoint."""
+    client_ca_secret: str | None = None
+    """Secret with ``ca.crt``: the gateway requires client certificates signed by it (mutual TLS; needs
+    ``tls_secret``). The operator mounts it and sets ``client_ca_file``."""
     port: int = Field(8080, ge=1, le=65535)
     """Public gRPC port."""
     metrics_port: int = Field(9091, ge=0, le=65535)

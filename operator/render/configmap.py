@@ -10,7 +10,7 @@ import json
 from ..naming import CONFIG_DIR, ModelRef, agent_stream_prefix
 from ..resolve import Resolved
 from .common import Manifest
-from .gateway import TLS_DIR
+from .gateway import CLIENT_CA_DIR, TLS_DIR
 
 
 def engine_config(resolved: Resolved, stream_prefix: str) -> dict[str, object]:
@@ -33,6 +33,8 @@ def engine_config_map(ref: ModelRef, resolved: Resolved) -> Manifest:
     if spec.gateway.tls_secret:
         gateway["tls_cert_file"] = f"{TLS_DIR}/tls.crt"  # where gateway.py mounts the Secret
         gateway["tls_key_file"] = f"{TLS_DIR}/tls.key"
+    if spec.gateway.client_ca_secret:
+        gateway["client_ca_file"] = f"{CLIENT_CA_DIR}/ca.crt"  # where gateway.py mounts the Secret
     prefix = agent_stream_prefix(ref)  # one model's engines and workers meet on the same keys, no other model's
     data: dict[str, dict[str, object]] = {
         "engine.json": engine_config(resolved, prefix),

@@ -13,6 +13,7 @@ from .posture import exec_probe, harden, tcp_probe
 
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 TLS_DIR = f"{CONFIG_DIR}/tls"
+CLIENT_CA_DIR = f"{CONFIG_DIR}/client-ca"
 
 
 def engine_addresses(ref: ModelRef, resolved: Resolved) -> str:
@@ -31,6 +32,10 @@ def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any]
         mounts.append(m)
     if gw.tls_secret:  # configmap.py points tls_cert_file / tls_key_file at tls.crt / tls.key here
         v, m = secret_volume("tls", gw.tls_secret, TLS_DIR)
+        volumes.append(v)
+        mounts.append(m)
+    if gw.client_ca_secret:  # mutual TLS: configmap.py points client_ca_file at ca.crt here
+        v, m = secret_volume("client-ca", gw.client_ca_secret, CLIENT_CA_DIR)
         volumes.append(v)
         mounts.append(m)
     ports = [{"name": "grpc", "containerPort": gw.port, "protocol": "TCP"}]

@@ -293,3 +293,32 @@ def test_network_policy_opens_the_realtime_http_port_when_served() -> None:
         m["spec"] for m in render(spec) if m["kind"] == "NetworkPolicy" and m["metadata"]["name"] == "talk-gateway"
     ]
     assert {"ports": [{"protocol": "TCP", "port": 8088}]} in gateway["ingress"]
+
+
+def test_gateway_mutual_tls_mounts_the_client_ca_secret() -> None:
+    out = render({"gateway": {"tlsSecret": "tls", "clientCaSecret": "clients"}})
+    (cm,) = [m for m in out if m["kind"] == "ConfigMap"]
+    gateway = json.loads(cm["data"]["gateway.json"])["gateway"]
+    (deploy,) = [
+        m
+        for m in out
+        if m["kind"] == "Deployment" and m["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+    ]
+    pod = deploy["spec"]["template"]["spec"]
+    (vol,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "clients"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == vol["name"]]
+    assert gateway["client_ca_file"] == f"{mount['mountPath']}/ca.crt"
+
+
+@pytest.mark.parametrize(
+    ("gateway", "field"),
+    [
+        ({"clientCaSecret": "clients"}, "spec.gateway.clientCaSecret"),
+        ({"clientCaFile": "/x/ca.crt"}, "spec.gateway.clientCaFile"),
+        ({"apiKeysFile": "/x/keys"}, "spec.gateway.apiKeysFile"),
+    ],
+)
+def test_gateway_file_fields_are_rejected_naming_the_field(gateway: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidSpec) as e:
+        resolve(parse_spec({"gateway": gateway}))
+    assert field in str(e.value)
