@@ -124,9 +124,9 @@ async def run(grpc_target: str, ws_url: str, n: int, seconds: float) -> tuple[Sa
     return merge(list(results[:n])), merge(list(results[n:]))
 
 
-def start_up(max_sessions: int) -> tuple[subprocess.Popen[str], str, str]:
+def start_up(max_sessions: int, cohorts: int) -> tuple[subprocess.Popen[str], str, str]:
     cmd = [sys.executable, "-c", "from duplex.cli import main; main()", "up", "--port", "0", "--http-port", "0"]
-    cmd += ["--no-agent", "--max-sessions", str(max_sessions)]
+    cmd += ["--no-agent", "--max-sessions", str(max_sessions), "--cohorts", str(cohorts)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     assert proc.stdout is not None
     target = ""
@@ -146,9 +146,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=16, help="sessions of each kind (WebSocket and gRPC)")
     ap.add_argument("--seconds", type=float, default=8.0, help="audio per conversation")
+    ap.add_argument(
+        "--cohorts",
+        type=int,
+        default=1,
+        help="engine phase cohorts (1: every chunk waits for the same step phase, so neither kind of client is"
+        " favoured by where its chunks land in the step cycle)",
+    )
     ap.add_argument("--write", action="store_true", help="write the figures to docs/benchmarks.md ## Realtime")
     args = ap.parse_args()
-    proc, target, ws_url = start_up(2 * args.sessions)
+    proc, target, ws_url = start_up(2 * args.sessions, args.cohorts)
     try:
         ws, rpc = asyncio.run(run(target, ws_url + "?model=duplex&duplex_events=1", args.sessions, args.seconds))
     finally:
@@ -172,7 +179,8 @@ def main() -> None:
     if args.write:
         text = (
             f"Command: `python bench/realtime.py {' '.join(sys.argv[1:])}` — one `duplex up --http-port 0` (tiny "
-            f"preset), {args.sessions} sessions over the WebSocket endpoint and {args.sessions} over gRPC at the "
+            f"preset, {args.cohorts} cohort(s)), {args.sessions} sessions over the WebSocket endpoint and "
+            f"{args.sessions} over gRPC at the "
             f"same time, {args.seconds:g} s of speech-like audio each, live-microphone schedule, chunk {CHUNK_MS} "
             f"ms; clients on the same machine: {machine()}. Definitions in `bench/realtime.py`.\n\n"
             f"{table}\n{diff}\n"
