@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import datetime
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,10 +15,9 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tlscerts import Certs, ClientCert, ca_and_key, client_cert, make_certs
 from typer.testing import CliRunner
 
 from duplex.cli import app
@@ -33,7 +31,6 @@ from duplex.serving.spec import EngineSpec, GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import LoopThread, tone, wait_serving
-from .test_tls import Certs, _name, make_certs
 
 CHUNK = 3200
 ALICE, BOB = "alice-Key-9f8e7d", "bob-Key-0a1b2c"
@@ -283,50 +280,6 @@ async def test_start_rate_per_key_over_grpc(quota_stack: QuotaStack) -> None:
 
 
 # --- mutual TLS --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClientCert:
-    cert: bytes
-    key: bytes
-
-
-def ca_and_key(cn: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return ca, key
-
-
-def client_cert(ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> ClientCert:
-    now = datetime.datetime.now(datetime.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("duplex client"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return ClientCert(
-        cert.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-    )
 
 
 @dataclass
