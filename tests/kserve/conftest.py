@@ -23,7 +23,7 @@ def kserve_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KServePr
     server = start_kserve(f"--model-dir={model_dir}")
     yield server
     try:
-        assert server.proc.stop(signal.SIGTERM) == 0  # SIGTERM: in-flight work finished, a clean exit
+        assert server.proc.stop(signal.SIGTERM, deadline_s=60) == 0  # SIGTERM: in-flight work finished, a clean exit
     finally:
         if server.proc.p.poll() is None:
             server.proc.p.kill()

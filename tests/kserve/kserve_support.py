@@ -6,17 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import queue
-import re
-import socket
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kserve import InferenceRESTClient, RESTConfig
+from serving.test_cli import Proc, free_port  # tests/serving: `duplex ARGS` as a subprocess, a free port
 
 
 def _serving_conftest() -> object:
@@ -39,38 +35,6 @@ ENGINE_SETS = {
     "engine.max_sessions": "4",
     "engine.torch_threads": "1",
 }
-
-
-class Proc:
-    """``duplex ARGS`` as a subprocess whose output lines a thread collects, so a test can wait for one."""
-
-    def __init__(self, args: list[str]) -> None:
-        cmd = [sys.executable, "-c", "from duplex.cli import main; main()", *args]
-        self.p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, deadline_s: float) -> re.Match[str]:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
-            except queue.Empty:
-                break
-            self.seen.append(line)
-            if m := re.search(pattern, line):
-                return m
-        raise AssertionError(f"no line matching {pattern!r}; got:\n{''.join(self.seen)[-3000:]}")
-
-    def stop(self, sig: int, deadline_s: float = 60.0) -> int:
-        self.p.send_signal(sig)
-        return self.p.wait(timeout=deadline_s)
 
 
 @dataclass
@@ -106,12 +70,6 @@ async def wait_ready(base_url: str, deadline_s: float = 60.0) -> None:
             if time.monotonic() > end:
                 raise TimeoutError(f"{base_url} not ready within {deadline_s} s")
             await asyncio.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_kserve(*extra: str) -> KServeProc:
