@@ -81,6 +81,17 @@ class EngineMetrics:
             "Bytes of tool-result text fed to the models' text input",
             registry=r,
         )
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...: leak watch (soak)
+        self.asyncio_tasks = Gauge(
+            "duplex_engine_asyncio_tasks",
+            "Live asyncio tasks on the engine's event loop (a leak shows as growth with sessions coming and going)",
+            registry=r,
+        )
+        self.slots_occupied = Gauge(
+            "duplex_engine_slots_occupied",
+            "Slots the step planner holds for sessions (0 once every conversation has ended)",
+            registry=r,
+        )
         self.placements = Counter(
             "duplex_engine_placements_total",
             "New sessions placed in a cohort: hint (arrived at the hinted phase), arrival "

@@ -88,6 +88,8 @@ class EngineServer:
         self.agent = AgentLink(self.spec, self.metrics, self.scheduler.add_text)
         self.scheduler.output.on_model_text = self.agent.model_text
         self.scheduler.start()
+        self.metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # read at scrape time
+        self.metrics.slots_occupied.set_function(self.scheduler.placed_count)
         server = grpc.aio.server(options=server_options(self.spec.max_message_bytes))
         handler = grpc.stream_stream_rpc_method_handler(
             self.converse, request_deserializer=v.parse_event, response_serializer=pb.ServerEvent.SerializeToString

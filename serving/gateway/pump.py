@@ -5,17 +5,20 @@ gateway can discard what the client is still writing before it answers (``servin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
-from ..drain import drain_client
+from ..drain import QUIET_S, drain_client
 
 
 class ClientPump:
     """Reads ``requests`` (after ``first``) into a small queue from one task; ``messages()`` relays them."""
 
     def __init__(self, first: bytes, requests: AsyncIterator[bytes], depth: int = 2) -> None:
+        self.first = first
+        self.relayed = 0
+        """Messages the latest ``messages()`` handed out (the first included)."""
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(depth)
-        self.queue.put_nowait(first)
         self.task = asyncio.create_task(self._run(requests))
 
     async def _run(self, requests: AsyncIterator[bytes]) -> None:
@@ -26,12 +29,34 @@ class ClientPump:
             await self.queue.put(None)  # half-closed, failed or cancelled: no more messages
 
     async def messages(self) -> AsyncIterator[bytes]:
+        """``first``, then what the client sends. Each call starts again at ``first``: when a replica failed
+        before it took more than that, the conversation can start over on another (``relayed`` says)."""
+        self.relayed = 1
+        yield self.first
         while (raw := await self.queue.get()) is not None:
+            self.relayed += 1
             yield raw
 
     async def drain(self) -> bool:
         """Discard what the client still sends (see ``drain_client``); True when it half-closed."""
         return await drain_client(self.queue.get, lambda m: m is None)
+
+    async def settle(self, wait_s: float = QUIET_S) -> None:
+        """Discard what is buffered, then wait at most ``wait_s`` for the client's next message (or half-close).
+
+        Used before an error the client did not cause (its engine died): draining to half-close would hold a
+        real-time client for its whole remaining conversation. Right after a real-time client's write has
+        arrived its next one is a chunk period away, so a status sent then does not race a write (the race
+        ``serving/drain.py`` describes); a client that is not writing is not racing either."""
+        while True:
+            while not self.queue.empty():
+                if self.queue.get_nowait() is None:
+                    return
+            await asyncio.sleep(0)  # let the reader move a message it holds into the freed room
+            if self.queue.empty():
+                break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.queue.get(), wait_s)
 
     def close(self) -> None:
         self.task.cancel()

@@ -51,15 +51,18 @@ class Router:
         self.replicas = [Replica(a, grpc.aio.insecure_channel(a, options=opts)) for a in addresses]
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
+        self._watches: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
 
     async def start(self) -> None:
         await self.poll_once()
         self._task = asyncio.create_task(self._loop())
+        self._watches = [asyncio.create_task(self._watch(r)) for r in self.replicas]
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in [self._task, *self._watches]:
+            if task is not None:
+                task.cancel()
         for r in self.replicas:
             await r.channel.close()
 
@@ -67,6 +70,25 @@ class Router:
         while True:
             await asyncio.sleep(self.interval_s)
             await self.poll_once()
+
+    async def _watch(self, r: Replica) -> None:
+        """Mark a replica down the moment its connection drops (READY → anything else), without waiting for
+        the next poll: a replica that died gets no new sessions in the meantime. The poll marks it healthy
+        again once it answers."""
+        state = r.channel.get_state(try_to_connect=False)
+        while True:
+            await r.channel.wait_for_state_change(state)
+            new = r.channel.get_state(try_to_connect=False)
+            if state == grpc.ChannelConnectivity.READY and new != grpc.ChannelConnectivity.READY:
+                self.mark_down(r, f"connection {new.name}")
+            state = new
+
+    def mark_down(self, r: Replica, why: str) -> None:
+        """Stop routing to ``r`` until a poll finds it healthy again (its connection dropped or it said
+        UNAVAILABLE)."""
+        if r.healthy:
+            log.warning("replica %s down: %s", r.address, why, extra={"replica": r.address})
+        r.healthy = False
 
     async def poll_once(self) -> None:
         await asyncio.gather(*(self._poll(r) for r in self.replicas))

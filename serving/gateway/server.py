@@ -243,13 +243,28 @@ class GatewayServer:
         pump = ClientPump(first, rest)
         call = replica.channel.stream_stream(METHOD)(pump.messages())
         try:
-            async for raw in call:
-                yield raw
-        except grpc.aio.AioRpcError:
-            call.cancel()
-            if drain_on_error:
-                await pump.drain()
-            raise
+            answered = False
+            while True:
+                try:
+                    async for raw in call:
+                        answered = True
+                        yield raw
+                    break
+                except grpc.aio.AioRpcError as e:
+                    call.cancel()
+                    lost = e.code() == grpc.StatusCode.UNAVAILABLE  # the replica died or is shutting down
+                    if lost:
+                        self.router.mark_down(replica, e.details() or "")
+                        other = self.router.pick() if not answered and pump.relayed == 1 else None
+                        if other is not None:  # it had only the SessionStart: start over on another replica
+                            log.info("replica %s lost before it answered; retrying on %s", replica.address, other.address)
+                            self.router.release(replica)
+                            replica = other
+                            call = replica.channel.stream_stream(METHOD)(pump.messages())
+                            continue
+                    if drain_on_error:
+                        await (pump.settle() if lost else pump.drain())
+                    raise
         finally:
             call.cancel()
             pump.close()

@@ -1,0 +1,248 @@
+"""Fault scenarios with figures: what clients and the cluster see when a part dies mid-work.
+
+    python bench/faults.py engine-kill              # 2 engines + 1 gateway, SIGKILL one engine mid-conversation
+    python bench/faults.py operator-restart         # 100 DuplexModels, the operator SIGKILLed mid-reconcile
+    python bench/faults.py all --write              # both; --write → their sections of docs/reliability.md
+
+engine-kill: two ``duplex engine`` processes behind one ``duplex gateway --engines a,b``, ``--per-engine``
+live real-time conversations on each (``duplex.serving.client.converse``, the SDK's conversation loop), then
+SIGKILL of engine a. Figures: kill → each affected client's UNAVAILABLE (p50/max, client clock; target ≤ 1 s),
+whether every conversation on engine b still finished OK with every chunk and none substituted, and where
+``--new`` sessions opened right after the kill were routed (all to the survivor = pass).
+
+operator-restart: a control plane of its own (tests/cluster: etcd + kube-apiserver 1.20 +
+kube-controller-manager) and ``duplex operator`` as a subprocess; ``--models`` DuplexModels applied at once, the
+operator SIGKILLed once ``--kill-at`` of their children exist, then started again. Figures: apply → kill, restart
+→ all converged (every model's status written for its generation and every child present), and the children
+counted per kind per model (duplicates = any model with more of a kind than it should have).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import queue
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from duplex.serving import client
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from report import command, machine, write_section  # noqa: E402
+from serving import CHUNK_MS, speechlike  # noqa: E402
+
+RELIABILITY = BENCH.parent / "docs" / "reliability.md"
+RELIABILITY_HEADER = (
+    "# Reliability\n\n"
+    "What clients and the cluster see when a part fails, each figure written by the script named in its section,\n"
+    "with the command line and the machine it ran on (shared and noisy machines: one run each).\n"
+)
+DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
+
+
+class Proc:
+    """A ``duplex`` subprocess whose output lines a thread collects, so a caller can wait for one."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.p = subprocess.Popen([*DUPLEX, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, deadline_s: float = 120.0) -> re.Match[str]:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
+            except queue.Empty:
+                break
+            if m := re.search(pattern, line):
+                return m
+        raise SystemExit(f"no line matching {pattern!r} within {deadline_s:.0f} s")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def write_reliability(title: str, body: str) -> None:
+    if not RELIABILITY.exists():
+        RELIABILITY.write_text(RELIABILITY_HEADER)
+    write_section(title, body, RELIABILITY)
+
+
+# --- engine rank killed mid-conversation ------------------------------------------------------------------
+
+
+@dataclass
+class Session:
+    """One live conversation of the scenario and when (client clock, µs) it ended."""
+
+    conv: client.Conversation
+    ended_us: int
+
+    @property
+    def replica(self) -> str:
+        ready = self.conv.ready
+        return ready.replica if ready is not None else ""
+
+    def complete(self) -> bool:
+        """OK, every chunk answered, none substituted by silence."""
+        audio = self.conv.of("audio")
+        return (
+            self.conv.code == grpc.StatusCode.OK
+            and len(audio) == len(self.conv.sent_us)
+            and not any(r.event.audio.timing.substituted for r in audio)
+        )
+
+
+@dataclass
+class EngineKill:
+    victim_sessions: int
+    survivor_sessions: int
+    to_unavailable_ms: list[float]
+    codes: dict[str, int]
+    survivors_complete: int
+    new_sessions: int
+    new_on_survivor: int
+    new_ok: int
+    notes: list[str] = field(default_factory=list)
+
+
+async def _hold(ch: grpc.aio.Channel, seconds: float, seed: int) -> Session:
+    chunks = client.split_chunks(speechlike(seconds, seed), 16000 * CHUNK_MS // 1000)
+    conv = await client.converse(ch, chunks, chunk_ms=CHUNK_MS)
+    return Session(conv, client.now_us())
+
+
+async def _engine_kill_run(gateway: str, victim: Proc, victim_addr: str, per_engine: int, new: int) -> EngineKill:
+    async with grpc.aio.insecure_channel(gateway) as ch:
+        live = [asyncio.create_task(_hold(ch, 12.0, i)) for i in range(2 * per_engine)]
+        await asyncio.sleep(3.0)  # let every conversation get going (a pause for realism, not a synchronisation)
+        kill_us = client.now_us()
+        victim.p.send_signal(signal.SIGKILL)
+        fresh = [asyncio.create_task(_hold(ch, 2.0, 100 + i)) for i in range(new)]
+        done = await asyncio.gather(*live)
+        opened = await asyncio.gather(*fresh)
+    on_victim = [s for s in done if s.replica == victim_addr]
+    survivors = [s for s in done if s.replica != victim_addr]
+    codes: dict[str, int] = {}
+    for s in on_victim:
+        codes[s.conv.code.name] = codes.get(s.conv.code.name, 0) + 1
+    return EngineKill(
+        victim_sessions=len(on_victim),
+        survivor_sessions=len(survivors),
+        to_unavailable_ms=[
+            (s.ended_us - kill_us) / 1e3 for s in on_victim if s.conv.code == grpc.StatusCode.UNAVAILABLE
+        ],
+        codes=codes,
+        survivors_complete=sum(s.complete() for s in survivors),
+        new_sessions=len(opened),
+        new_on_survivor=sum(s.replica not in ("", victim_addr) for s in opened),
+        new_ok=sum(s.complete() for s in opened),
+    )
+
+
+def engine_kill(per_engine: int, new: int) -> EngineKill:
+    engine_args = ["--port", "0", "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"]
+    engines = [Proc(["engine", *engine_args, "--set", f"engine.max_sessions={4 * per_engine + new}"]) for _ in "ab"]
+    gateway = None
+    try:
+        addrs = [e.wait_for(r"engine serving \S+ on (127\.0\.0\.1:\d+)").group(1) for e in engines]
+        gateway = Proc(
+            [
+                "gateway",
+                "--engines",
+                ",".join(addrs),
+                "--port",
+                "0",
+                "--set",
+                "gateway.host=127.0.0.1",
+                "--set",
+                "gateway.metrics_port=0",
+                "--set",
+                "gateway.open_access=true",
+            ]
+        )
+        gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
+        return asyncio.run(_engine_kill_run(gaddr, engines[0], addrs[0], per_engine, new))
+    finally:
+        for p in [gateway, *engines]:
+            if p is not None:
+                p.stop()
+
+
+def engine_kill_text(r: EngineKill, per_engine: int) -> str:
+    ms = sorted(r.to_unavailable_ms)
+    p50 = statistics.median(ms) if ms else float("nan")
+    worst = ms[-1] if ms else float("nan")
+    codes = ", ".join(f"{k} {v}" for k, v in sorted(r.codes.items()))
+    ok = ms and worst <= 1000 and r.codes == {"UNAVAILABLE": r.victim_sessions}
+    return (
+        f"Command: `{command()}` — two `duplex engine` processes (tiny preset) behind one `duplex gateway "
+        f"--engines a,b`, {2 * per_engine} live real-time conversations of 12 s opened through the gateway "
+        f"(least-loaded routing spread them {r.victim_sessions} / {r.survivor_sessions}), engine a SIGKILLed 3 s "
+        f"in, then {r.new_sessions} new 2 s conversations opened at once. Machine: {machine()}.\n\n"
+        "| figure | result | target |\n|:---|---:|:---|\n"
+        f"| kill → UNAVAILABLE at each client of engine a, p50 / max | {p50:.0f} / {worst:.0f} ms | ≤ 1000 ms "
+        f"({'met' if ok else 'MISSED'}) |\n"
+        f"| status the clients of engine a got | {codes} | UNAVAILABLE, all |\n"
+        f"| conversations on engine b finished OK, every chunk back, none substituted | "
+        f"{r.survivors_complete} / {r.survivor_sessions} | all |\n"
+        f"| new sessions after the kill routed to engine b | {r.new_on_survivor} / {r.new_sessions} "
+        f"({r.new_ok} finished complete) | all |\n"
+    )
+
+
+# --- main ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("scenario", choices=("engine-kill", "operator-restart", "all"))
+    ap.add_argument("--per-engine", type=int, default=4, help="engine-kill: live conversations per engine")
+    ap.add_argument("--new", type=int, default=8, help="engine-kill: sessions opened right after the kill")
+    ap.add_argument("--models", type=int, default=100, help="operator-restart: DuplexModels applied at once")
+    ap.add_argument(
+        "--kill-at", type=float, default=0.3, help="operator-restart: kill once this share of children exist"
+    )
+    ap.add_argument("--write", action="store_true", help="write the sections of docs/reliability.md")
+    args = ap.parse_args()
+    if args.scenario in ("engine-kill", "all"):
+        r = engine_kill(args.per_engine, args.new)
+        text = engine_kill_text(r, args.per_engine)
+        print(text, flush=True)
+        if args.write:
+            write_reliability("Engine rank killed mid-conversation", text)
+    if args.scenario in ("operator-restart", "all"):
+        from operator_restart import operator_restart, operator_restart_text
+
+        o = operator_restart(args.models, args.kill_at)
+        text = operator_restart_text(o)
+        print(text, flush=True)
+        if args.write:
+            write_reliability("Operator restarted mid-reconcile", text)
+
+
+if __name__ == "__main__":
+    main()
