@@ -18,6 +18,7 @@ class ClientPump:
         self.first = first
         self.relayed = 0
         """Messages the latest ``messages()`` handed out (the first included)."""
+        self.consumer: asyncio.Task[object] | None = None
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(depth)
         self.task = asyncio.create_task(self._run(requests))
 
@@ -32,10 +33,19 @@ class ClientPump:
         """``first``, then what the client sends. Each call starts again at ``first``: when a replica failed
         before it took more than that, the conversation can start over on another (``relayed`` says)."""
         self.relayed = 1
+        self.consumer = asyncio.current_task()  # grpc's task that reads this generator for one call
         yield self.first
         while (raw := await self.queue.get()) is not None:
             self.relayed += 1
             yield raw
+
+    def detach(self) -> None:
+        """Stop the call that reads ``messages()`` now from taking more (before handing them to another call):
+        grpc leaves the reader of a call that already failed waiting on the queue, where it would take the
+        next message."""
+        if self.consumer is not None and self.consumer is not asyncio.current_task():
+            self.consumer.cancel()
+        self.consumer = None
 
     async def drain(self) -> bool:
         """Discard what the client still sends (see ``drain_client``); True when it half-closed."""

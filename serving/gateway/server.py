@@ -259,6 +259,7 @@ class GatewayServer:
                         if other is not None:  # it had only the SessionStart: start over on another replica
                             log.info("replica %s lost before it answered; retrying on %s", replica.address, other.address)
                             self.router.release(replica)
+                            pump.detach()
                             replica = other
                             call = replica.channel.stream_stream(METHOD)(pump.messages())
                             continue
