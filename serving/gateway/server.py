@@ -257,7 +257,9 @@ class GatewayServer:
                         self.router.mark_down(replica, e.details() or "")
                         other = self.router.pick() if not answered and pump.relayed == 1 else None
                         if other is not None:  # it had only the SessionStart: start over on another replica
-                            log.info("replica %s lost before it answered; retrying on %s", replica.address, other.address)
+                            log.info(
+                                "replica %s lost before it answered; retrying on %s", replica.address, other.address
+                            )
                             self.router.release(replica)
                             pump.detach()
                             replica = other
