@@ -6,7 +6,8 @@
 First a baseline: N conversations of ``--baseline-seconds`` at once (``bench/serving.py``'s ``run_level``,
 steered phases). Then the soak on the same server: N client slots, each holding one conversation after
 another until ``--minutes`` are up — each a random 30–120 s of speech-like audio (cut to the time left),
-following the phase hint like ``duplex talk``; ``--vanish`` of them are cancelled mid-conversation (the
+following the phase hint like ``duplex talk`` (a start refused as full is retried after the server's
+``retry-after-ms``, as a client would); ``--vanish`` of them are cancelled mid-conversation (the
 client disappears: its call is cancelled, no EndOfStream). The user keeps talking over the model, so
 ``USER_BARGE_IN`` events happen; their count is reported. Every ``--sample-s`` the server is sampled: RSS,
 open fds and threads of the engine process (``duplex up``) and of its gateway child (psutil), and from the
@@ -66,6 +67,8 @@ class Soak:
     failed: list[str] = field(default_factory=list)
     substituted: int = 0
     barge_ins: int = 0
+    refused: int = 0
+    """Starts refused as full (RESOURCE_EXHAUSTED) and retried after the server's retry-after-ms."""
 
 
 def free_port() -> int:
@@ -129,7 +132,15 @@ async def client_slot(ch: grpc.aio.Channel, i: int, end: float, vanish: float, s
                 soak.conversations += 1
                 soak.vanished += 1
                 continue
-        record(soak, await call)
+        conv = await call
+        if conv.code == grpc.StatusCode.RESOURCE_EXHAUSTED and conv.ready is None:
+            # a start refused as full: the slot just freed is not yet counted free everywhere (the router
+            # learns other sessions' ends from its next load poll); a client retries after the hint
+            soak.refused += 1
+            retry_ms = dict(conv.trailing).get("retry-after-ms", "1000")
+            await asyncio.sleep(int(retry_ms) / 1000)
+            continue
+        record(soak, conv)
 
 
 async def run_soak(
@@ -210,7 +221,8 @@ def main() -> None:
         f"{args.baseline_seconds:g} s on the same server first.\n\n"
         f"{soak.conversations} conversations ({soak.vanished} vanished mid-way, {len(soak.failed)} ended with an "
         f"error{': ' + '; '.join(sorted(set(soak.failed))[:3]) if soak.failed else ''}), {len(soak.rtt_ms)} "
-        f"chunks answered, {soak.substituted} substituted, {soak.barge_ins} USER_BARGE_IN events.\n\n"
+        f"chunks answered, {soak.substituted} substituted, {soak.barge_ins} USER_BARGE_IN events; "
+        f"{soak.refused} starts refused as full and retried after the server's retry-after-ms.\n\n"
         "| figure | start (after the baseline) | end (after the last session) |\n|:---|---:|---:|\n"
         + row.format("engine RSS MiB", f"{first.engine_rss_mb:.0f}", f"{last.engine_rss_mb:.0f}")
         + row.format("engine open fds", first.engine_fds, last.engine_fds)
