@@ -58,7 +58,9 @@ class ClientPump:
         real-time client for its whole remaining conversation. Right after a real-time client's write has
         arrived its next one is a chunk period away, so a status sent then does not race a write (the race
         ``serving/drain.py`` describes); a client that is not writing is not racing either."""
-        while True:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s  # a client writing flat out would keep the buffer full: bound it
+        while loop.time() < deadline:
             while not self.queue.empty():
                 if self.queue.get_nowait() is None:
                     return
