@@ -50,6 +50,25 @@ RELIABILITY_HEADER = (
     "What clients and the cluster see when a part fails, each figure written by the script named in its section,\n"
     "with the command line and the machine it ran on (shared and noisy machines: one run each).\n"
 )
+ENGINE_KILL_HOW = (
+    "How the gateway does it (`serving/gateway/server.py`, `routing.py`, `pump.py`): the relay's call to the "
+    "engine fails UNAVAILABLE as soon as the connection drops; the gateway marks that replica down (a "
+    "connectivity watch on each replica channel does too, for a replica with no live call), waits only for the "
+    "client's next write (≤ 250 ms; a real-time client's next chunk) before sending the status, and a session the"
+    " lost replica had not answered yet (only its SessionStart relayed) starts over on another replica. Before "
+    "this change the gateway drained each client to its half-close — up to 10 s, so a real-time client heard of "
+    "the loss only when its own conversation ended (9.0 s after the kill in the first run of this script) — and "
+    "sessions opened in the instant after the kill went to the dead engine until the next health poll (2 of 4 "
+    "failed). Test: `tests/serving/test_engine_loss.py` (health polls every 30 s there, so only these paths can "
+    "route away).\n"
+)
+OPERATOR_RESTART_NOTE = (
+    "No duplicates by construction: every child's name derives from its model and the operator applies by name "
+    "(server-side apply), so a restarted operator re-applies the same objects and prunes by label. The times are "
+    "long because the machine was overloaded (load average ~12 on 2 cores: control plane, controller manager "
+    "creating the pods, the operator and other work); `## Operator` in docs/benchmarks.md has the 100-model burst"
+    " without a kill (21.6–24.6 s on a calmer run).\n"
+)
 DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
 
 
@@ -212,7 +231,7 @@ def engine_kill_text(r: EngineKill, per_engine: int) -> str:
         f"| conversations on engine b finished OK, every chunk back, none substituted | "
         f"{r.survivors_complete} / {r.survivor_sessions} | all |\n"
         f"| new sessions after the kill routed to engine b | {r.new_on_survivor} / {r.new_sessions} "
-        f"({r.new_ok} finished complete) | all |\n"
+        f"({r.new_ok} finished complete) | all |\n\n" + ENGINE_KILL_HOW
     )
 
 
@@ -258,7 +277,7 @@ def operator_restart_text(r: Any, kill_at: float) -> str:
         f"| models with a duplicate child / a missing child | {len({m for m, _, _ in r.duplicates})} / "
         f"{len({m for m, _, _ in r.missing})} ({'pass' if ok else 'FAIL'}) |\n\n"
         "The test version (`tests/operator/test_operator_restart.py`, 10 models) asserts the same: the kill came "
-        "before the reconcile finished, then convergence, no duplicates, nothing missing.\n"
+        "before the reconcile finished, then convergence, no duplicates, nothing missing.\n\n" + OPERATOR_RESTART_NOTE
     )
 
 

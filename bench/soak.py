@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import re
 import socket
@@ -83,9 +84,18 @@ def scrape(port: int) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+) (\S+)$", text, re.M)}
 
 
-def sample(engine: psutil.Process, metrics_port: int, t0: float) -> Sample:
-    gateway = engine.children(recursive=True)
-    g = gateway[0] if gateway else None
+def gateway_process(up: psutil.Process, target: str) -> psutil.Process | None:
+    """The child of ``duplex up`` listening on the gateway's port (its other children: the agent, Redis and
+    multiprocessing's resource tracker)."""
+    port = int(target.rsplit(":", 1)[1])
+    for child in up.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in child.connections("tcp")):
+                return child
+    return None
+
+
+def sample(engine: psutil.Process, g: psutil.Process | None, metrics_port: int, t0: float) -> Sample:
     m = scrape(metrics_port)
     return Sample(
         t_s=time.monotonic() - t0,
@@ -147,8 +157,9 @@ async def run_soak(
     target: str, n: int, minutes: float, vanish: float, every_s: float, up: psutil.Process, metrics_port: int
 ) -> Soak:
     soak = Soak()
+    gateway = gateway_process(up, target)
     t0 = time.monotonic()
-    soak.samples.append(await asyncio.to_thread(sample, up, metrics_port, t0))
+    soak.samples.append(await asyncio.to_thread(sample, up, gateway, metrics_port, t0))
     stop = asyncio.Event()
 
     async def sampler() -> None:
@@ -156,7 +167,7 @@ async def run_soak(
             try:
                 await asyncio.wait_for(stop.wait(), every_s)
             except TimeoutError:
-                soak.samples.append(await asyncio.to_thread(sample, up, metrics_port, t0))
+                soak.samples.append(await asyncio.to_thread(sample, up, gateway, metrics_port, t0))
 
     watch = asyncio.create_task(sampler())
     async with grpc.aio.insecure_channel(target) as ch:
@@ -165,7 +176,7 @@ async def run_soak(
     await watch
     deadline = time.monotonic() + 30
     while True:  # the server frees the last slots once it has seen the last streams end
-        last = await asyncio.to_thread(sample, up, metrics_port, t0)
+        last = await asyncio.to_thread(sample, up, gateway, metrics_port, t0)
         if last.slots == 0 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
