@@ -15,7 +15,8 @@ engine's /metrics ``duplex_engine_asyncio_tasks``, ``duplex_engine_slots_occupie
 collector's RSS. Reported: RSS growth (mean over the last 2 minutes vs minutes 1–2; for runs under 4
 minutes the last half vs the second quarter), fd / thread / task / slot counts at the start (after the
 baseline) and at the end (after the last session ended: slots must be 0), and the chunk round trip p50 / p99
-over every answered chunk of the soak vs the baseline (target: p99 ratio ≤ 1.5).
+over every answered chunk of the conversations that ran to their end (a vanished client's are lost with its
+call) vs the baseline (target: p99 ratio ≤ 1.5).
 """
 
 from __future__ import annotations
