@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import re
 import socket
@@ -134,6 +135,8 @@ class WsSession:
         if self.ws is not None:
             await self.ws.close()
         if self._reader is not None:
+            if self._reader.done():
+                self._reader.result()  # re-raises an error event
             self._reader.cancel()
         if self._http is not None:
             await self._http.close()
@@ -172,10 +175,12 @@ class GrpcSession:
         await self.call.write(client.audio_event(k, self.chunks[k]))
 
     async def close(self) -> None:
-        await self.call.write(pb.ClientEvent(end=pb.EndOfStream()))
-        await self.call.done_writing()
+        if not self.call.done():
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await self.call.write(pb.ClientEvent(end=pb.EndOfStream()))
+                await self.call.done_writing()
         if self._reader is not None:
-            await asyncio.wait_for(self._reader, 30)
+            await asyncio.wait_for(self._reader, 30)  # re-raises what ended it early
 
 
 @dataclass
