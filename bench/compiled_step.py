@@ -36,7 +36,8 @@ _EAGER_FORWARD = moe.Experts.forward
 @torch.library.custom_op("duplex_bench::routed_experts", mutates_args=())
 def routed_experts(x: Tensor, experts: Tensor, weights: Tensor, layer: int) -> Tensor:
     """Layer ``layer``'s routed-expert output for tokens x (N, d) under a top-k routing, eagerly."""
-    return _EAGER_FORWARD(_EXPERTS[layer], x, moe.Routing(experts, weights, x.new_zeros(())))
+    out: Tensor = _EAGER_FORWARD(_EXPERTS[layer], x, moe.Routing(experts, weights, x.new_zeros(())))
+    return out
 
 
 @routed_experts.register_fake
@@ -54,16 +55,17 @@ def traceable(model: DuplexModel) -> Iterator[None]:
         layer_of[id(block.moe.experts)] = i
 
     def forward(self: moe.Experts, x: Tensor, routing: moe.Routing) -> Tensor:
-        return routed_experts(x, routing.experts, routing.weights, layer_of[id(self)])
+        out: Tensor = routed_experts(x, routing.experts, routing.weights, layer_of[id(self)])
+        return out
 
     saved = (moe.Experts.forward, invariant.linear, invariant.matmul)
-    moe.Experts.forward = forward  # type: ignore[method-assign]
+    moe.Experts.forward = forward
     invariant.linear = lambda x, w, b=None: F.linear(x, w, b)
     invariant.matmul = lambda x, w: x @ w
     try:
         yield
     finally:
-        moe.Experts.forward, invariant.linear, invariant.matmul = saved  # type: ignore[method-assign]
+        moe.Experts.forward, invariant.linear, invariant.matmul = saved
 
 
 SubStep = Callable[..., StepOutput]
