@@ -249,6 +249,7 @@ class EngineServer:
                 tools=neg.tools,
                 replica=f"{self.spec.host}:{self.port}",
                 resume_token=self.resumes.issue(session, key_id) if self.resumes.enabled else "",
+                resume_grace_ms=round(self.resumes.grace_s * 1000) if self.resumes.enabled else 0,
             )
             session.ready = ready
         token = session_var.set(session.id)
