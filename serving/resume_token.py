@@ -31,7 +31,10 @@ def unwrap(token: str) -> tuple[str, str]:
     if len(parts) != 3 or parts[0] != GATEWAY_PREFIX or not parts[2]:
         raise ValueError("start.resume_token: malformed (expected the token of a SessionReady from this gateway)")
     try:
-        replica = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)).decode()
+        padded = parts[1] + "=" * (-len(parts[1]) % 4)
+        replica = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
-        raise ValueError("start.resume_token: malformed replica part") from None
+        replica = ""
+    if not replica:
+        raise ValueError("start.resume_token: malformed replica part")
     return replica, parts[2]
