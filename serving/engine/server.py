@@ -45,6 +45,9 @@ GIL_SWITCH_S = 0.0005
 STEER_MARGIN_S = 0.03
 """A steered client's first chunk is due at least this long after its start arrived (room for the
 SessionReady to reach it)."""
+HALF_CLOSE_SETTLE_S = 0.25
+"""A stream half-closed without EndOfStream ends the session unless the RPC is cancelled within this long
+(then its peer died and the session is kept for a resume)."""
 SWEEP_INTERVAL_S = 0.1
 """How often parked sessions are checked against their resume grace (on the injected clock)."""
 
@@ -271,7 +274,9 @@ class EngineServer:
                     if arrive is not None:
                         ready.send_at_client_us = client_us + round((arrive - started) * 1e6)
             yield pb.ServerEvent(ready=ready)
-            reader = asyncio.create_task(self._read(it, session, resumed is not None))
+            stream_done = asyncio.Event()
+            context.add_done_callback(lambda _: stream_done.set())
+            reader = asyncio.create_task(self._read(it, session, resumed is not None, stream_done))
             while True:
                 while session.outbox and session.closing is None and not session.stream_lost:
                     event = session.outbox.popleft()
@@ -384,12 +389,18 @@ class EngineServer:
             self.resumes.sweep()
 
     async def _read(
-        self, it: AsyncIterator[pb.ClientEvent | v.Undecodable], session: Conversation, resumed: bool
+        self,
+        it: AsyncIterator[pb.ClientEvent | v.Undecodable],
+        session: Conversation,
+        resumed: bool,
+        stream_done: asyncio.Event,
     ) -> None:
         """Read one stream of the session into the scheduler. On a resumed stream, audio and video the engine
-        already has (a client re-sending from what was not answered) are skipped."""
+        already has (a client re-sending from what was not answered) are skipped. ``stream_done`` is set when
+        the RPC is over."""
         assert self.scheduler is not None
         sched = self.scheduler
+        ended = False
         try:
             async for ev in it:
                 if session.closing is not None:
@@ -424,10 +435,22 @@ class EngineServer:
                     assert self.agent is not None
                     self.agent.request(session, v.check_agent(ev.agent))
                 elif kind == "end":
+                    ended = True
                     break
                 else:
                     raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION, "start: the session already started")
                 session.events_in += 1  # handed on: a resume need not re-send it
+            if not ended and self.resumes.enabled:
+                # a half-close without EndOfStream looks the same as a peer that died (a gateway process
+                # that exited): the RPC is cancelled a moment later in that case, so wait for that briefly
+                try:
+                    await asyncio.wait_for(stream_done.wait(), HALF_CLOSE_SETTLE_S)
+                except TimeoutError:
+                    pass
+                if stream_done.is_set():
+                    session.stream_lost = True
+                    session.wake.set()
+                    return
             session.input_ended = True
             sched.end(session)
         except v.InputError as e:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +23,7 @@ import pytest
 from duplex.model.spec import ModelSource
 from duplex.serving import client
 from duplex.serving.engine.server import EngineServer
-from duplex.serving.gateway.auth import KeyRing
+from duplex.serving.gateway.auth import KeyRing, key_line
 from duplex.serving.gateway.server import GatewayServer
 from duplex.serving.resume_token import unwrap, wrap
 from duplex.serving.spec import EngineSpec, GatewaySpec
@@ -28,6 +31,7 @@ from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import API_KEY, AUTH, LoopThread, wait_serving
 from .test_batch_invariance import outputs
+from .test_cli import Proc, free_port
 from .test_talk import SteppingClock
 
 CHUNK = 3200
@@ -287,9 +291,7 @@ async def test_c_forged_tokens_and_another_keys_resume_are_refused(rstack: Resum
     assert code == grpc.StatusCode.PERMISSION_DENIED and "another API key" in details
     # none of these consumed the session: its own key resumes it, and a second resume meanwhile is refused
     attached = asyncio.Event()
-    owner = asyncio.create_task(
-        raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token), hold_open=attached)
-    )
+    owner = asyncio.create_task(raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token), hold_open=attached))
     await wait_until(lambda: rstack.on_loop(rstack.engine.resumes.parked_count) == 0, "the owner's resume")
     code, details, _ = await raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token))
     assert code == grpc.StatusCode.ABORTED and "attached to a live stream" in details
@@ -297,3 +299,71 @@ async def test_c_forged_tokens_and_another_keys_resume_are_refused(rstack: Resum
     code, details, first = await owner
     assert code == grpc.StatusCode.OK, details
     assert first is not None and first.ready.resumed and first.ready.resume_next_seq >= 3
+
+
+def test_d_resume_through_a_restarted_gateway(tmp_path: Path) -> None:
+    """Real processes: ``duplex engine`` and ``duplex gateway``; the gateway is killed mid-conversation and a
+    new one started on the same port. The client resumes through it (the token names the replica: the new
+    gateway needs no state) and every chunk is answered once."""
+    cfg = tmp_path / "engine.json"
+    cfg.write_text(
+        json.dumps(
+            {
+                "engine": {"host": "127.0.0.1", "metrics_port": 0, "max_sessions": 4, "resume_grace_s": 60},
+                "model": {"preset": "tiny", "seed": 3},
+            }
+        )
+    )
+    keys = tmp_path / "keys"
+    keys.write_text(key_line("k-123", "tester") + "\n")
+    port = free_port()
+
+    def gateway(eaddr: str) -> Proc:
+        sets = ["gateway.host=127.0.0.1", "gateway.metrics_port=0", f"gateway.api_keys_file={keys}"]
+        g = Proc(["gateway", "--engines", eaddr, "--port", str(port), *[a for s in sets for a in ("--set", s)]])
+        wait_serving(g.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1))
+        return g
+
+    engine = Proc(["engine", "--config", str(cfg), "--port", "0"])
+    gateways: list[Proc] = []
+    try:
+        eaddr = engine.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
+        gateways.append(gateway(eaddr))
+        n_chunks = 30
+
+        async def talk() -> client.Conversation:
+            loop = asyncio.get_running_loop()
+            restarted = asyncio.Event()
+
+            async def restart() -> None:
+                gateways[0].p.kill()
+                gateways[0].p.wait(timeout=30)
+                gateways.append(await asyncio.to_thread(gateway, eaddr))
+                restarted.set()
+
+            tasks: list[asyncio.Task[None]] = []
+
+            def on_event(ev: pb.ServerEvent) -> None:
+                if ev.HasField("audio") and ev.audio.seq == 8 and not tasks:
+                    tasks.append(loop.create_task(restart()))
+
+            async with client.channel(f"127.0.0.1:{port}") as ch:
+                conv = await client.converse(
+                    ch,
+                    client.split_chunks(speechlike(n_chunks * 0.2), CHUNK),
+                    metadata=(("x-api-key", "k-123"),),
+                    on_event=on_event,
+                )
+            assert tasks and restarted.is_set()
+            return conv
+
+        conv = asyncio.run(talk())
+        assert conv.code == grpc.StatusCode.OK, conv.details
+        assert len(conv.resumptions) == 1 and conv.resumptions[0].resumed_us > 0, conv.resumptions
+        assert conv.audio_seqs() == list(range(n_chunks))
+        engine.wait_for("session resumed", 10)
+    finally:
+        for g in gateways:
+            if g.p.poll() is None:
+                g.stop(signal.SIGKILL)
+        assert engine.stop(signal.SIGTERM) == 0
