@@ -17,6 +17,9 @@ GATEWAY_PREFIX = "g1"
 KEY_ID_METADATA = "x-duplex-key-id"
 """Metadata the gateway puts on its call to the engine: the id of the API key the client authenticated with
 (never the key itself). The engine binds a session's token to it. Empty on a direct engine connection."""
+RESUMABLE_METADATA = "x-duplex-resumable"
+"""``0`` on an engine call whose client cannot resume (the Realtime endpoint): the engine issues no token and
+frees the slot at once when the stream drops."""
 
 
 def wrap(replica: str, engine_token: str) -> str:

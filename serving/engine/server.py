@@ -24,7 +24,7 @@ from duplex.v1 import duplex_pb2 as pb
 from ..drain import drain_client
 from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
-from ..resume_token import KEY_ID_METADATA
+from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA
 from ..spec import EngineSpec
 from . import validate as v
 from .agent_link import AgentLink
@@ -197,7 +197,9 @@ class EngineServer:
         started = time.monotonic()
         if first is None:
             return
-        key_id = dict(context.invocation_metadata() or ()).get(KEY_ID_METADATA, "")
+        metadata = dict(context.invocation_metadata() or ())
+        key_id = metadata.get(KEY_ID_METADATA, "")
+        resumable = self.resumes.enabled and metadata.get(RESUMABLE_METADATA, "1") != "0"
         resumed: Conversation | None = None
         try:
             kind = v.event_kind(first)
@@ -228,7 +230,7 @@ class EngineServer:
             ready.resume_next_seq = session.next_audio_seq
         else:
             sid = neg.session_id or uuid.uuid4().hex[:12]
-            replay = self.spec.resume_replay_events if self.resumes.enabled else 0
+            replay = self.spec.resume_replay_events if resumable else 0
             session = Conversation(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog, replay)
             if not sched.admit(session) and not (self.resumes.sweep() and sched.admit(session)):
                 self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
@@ -251,8 +253,8 @@ class EngineServer:
                 chunk_samples=neg.chunk_samples,
                 tools=neg.tools,
                 replica=f"{self.spec.host}:{self.port}",
-                resume_token=self.resumes.issue(session, key_id) if self.resumes.enabled else "",
-                resume_grace_ms=round(self.resumes.grace_s * 1000) if self.resumes.enabled else 0,
+                resume_token=self.resumes.issue(session, key_id) if resumable else "",
+                resume_grace_ms=round(self.resumes.grace_s * 1000) if resumable else 0,
             )
             session.ready = ready
         token = session_var.set(session.id)
@@ -356,7 +358,7 @@ class EngineServer:
     def _parkable(self, session: Conversation) -> bool:
         """Keep a session whose stream dropped? Only a live one, when resumption is on and the engine stays."""
         return (
-            self.resumes.enabled
+            bool(session.resume_handle)
             and not self.draining
             and session.closing is None
             and not session.finished
@@ -440,7 +442,7 @@ class EngineServer:
                 else:
                     raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION, "start: the session already started")
                 session.events_in += 1  # handed on: a resume need not re-send it
-            if not ended and self.resumes.enabled:
+            if not ended and session.resume_handle:
                 # a half-close without EndOfStream looks the same as a peer that died (a gateway process
                 # that exited): the RPC is cancelled a moment later in that case, so wait for that briefly
                 try:

@@ -19,7 +19,7 @@ from duplex.v1 import duplex_pb2 as pb
 
 from ..drain import drain_client
 from ..metrics import GatewayMetrics, MetricsServer
-from ..resume_token import KEY_ID_METADATA, unwrap, wrap
+from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA, unwrap, wrap
 from ..spec import GatewaySpec
 from .auth import KeyRing
 from .interceptors import AuthInterceptor, MetricsInterceptor, metadata_dict
@@ -241,21 +241,28 @@ class GatewayServer:
         )
 
     async def relay(
-        self, first: bytes, rest: AsyncIterator[bytes], key_id: str, drain_on_error: bool = False
+        self,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        key_id: str,
+        drain_on_error: bool = False,
+        resumable: bool = True,
     ) -> AsyncGenerator[bytes, None]:
         """One conversation through admission and routing: ``first`` (the SessionStart) and ``rest`` go to the
         chosen replica byte for byte, its server events come back. Raises ``Refused`` before anything is sent,
         and the replica's ``grpc.aio.AioRpcError`` if the conversation ends with an error — after discarding
         what the client still writes when ``drain_on_error`` (a gRPC client could otherwise see INTERNAL
         instead of that status: ``serving/drain.py``). Used by ``converse`` and by the Realtime endpoint
-        (``duplex.serving.realtime``), so both get the same sessions, quotas included."""
+        (``duplex.serving.realtime``), so both get the same sessions, quotas included. ``resumable=False``: the
+        caller cannot resume (no token; the engine frees the slot as soon as the stream ends)."""
         first, pinned = self._route_resume(first)
         replica = self.admit(key_id, pinned)
         self.active += 1
         self._idle.clear()
         t0 = time.monotonic()
         pump = ClientPump(first, rest)
-        call = replica.channel.stream_stream(METHOD)(pump.messages(), metadata=((KEY_ID_METADATA, key_id),))
+        metadata = ((KEY_ID_METADATA, key_id),) + (() if resumable else ((RESUMABLE_METADATA, "0"),))
+        call = replica.channel.stream_stream(METHOD)(pump.messages(), metadata=metadata)
         try:
             wrapped = False
             async for raw in call:
