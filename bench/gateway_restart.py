@@ -103,7 +103,8 @@ def voice(seconds: float, seed: int) -> np.ndarray:
     return (x * 32767).astype(np.int16)
 
 
-def session_figures(conv: client.Conversation, n_chunks: int) -> dict[str, Any]:
+def session_figures(conv: client.Conversation, n_chunks: int, serving_us: int) -> dict[str, Any]:
+    """One session's figures; ``serving_us``: wall clock (µs) when the new gateway answered SERVING."""
     seqs = set(conv.audio_seqs())
     warnings = [r.event.warning.code for r in conv.of("warning")]
     r = conv.resumptions[0] if conv.resumptions else None
@@ -118,6 +119,7 @@ def session_figures(conv: client.Conversation, n_chunks: int) -> dict[str, Any]:
         "resumed": bool(r is not None and r.resumed_us),
         "drop_to_ready_ms": (r.resumed_us - r.dropped_us) / 1e3 if r is not None and r.resumed_us else None,
         "drop_to_audio_ms": continuing_us / 1e3 if continuing_us else None,
+        "new_gateway_to_ready_ms": (r.resumed_us - serving_us) / 1e3 if r is not None and r.resumed_us else None,
         "resent_events": r.resent if r is not None else 0,
         "unanswered_chunks": n_chunks - len(seqs & set(range(n_chunks))),
         "chunk_lost_warnings": warnings.count("CHUNK_LOST"),
@@ -126,6 +128,8 @@ def session_figures(conv: client.Conversation, n_chunks: int) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace, gateway_addr: str, restart: Any) -> list[dict[str, Any]]:
+    """Hold the sessions, call ``restart`` (returns when the new gateway is SERVING, with the wall clock in µs
+    then) mid-way, and return each session's figures."""
     n_chunks = round(args.seconds * 1000 / CHUNK_MS)
     started = asyncio.Event()
     count = [0]
@@ -149,8 +153,8 @@ async def run(args: argparse.Namespace, gateway_addr: str, restart: Any) -> list
     convs = [asyncio.create_task(one(i)) for i in range(args.sessions)]
     await asyncio.wait_for(started.wait(), 60)
     await asyncio.sleep(args.restart_at)  # the benchmark's own schedule: the gateway goes away mid-conversation
-    await asyncio.to_thread(restart)
-    return [session_figures(c, n_chunks) for c in await asyncio.gather(*convs)]
+    serving_us = await asyncio.to_thread(restart)
+    return [session_figures(c, n_chunks, serving_us) for c in await asyncio.gather(*convs)]
 
 
 def main() -> None:
@@ -193,11 +197,12 @@ def main() -> None:
 
         gateways.append(gateway())
 
-        def restart() -> None:
+        def restart() -> int:
             t0 = time.monotonic()
             gateways[-1].stop(signal.SIGTERM if args.term else signal.SIGKILL)
             gateways.append(gateway())
             restart_ms.append((time.monotonic() - t0) * 1e3)
+            return client.SystemClock().now_us()
 
         sessions = asyncio.run(run(args, f"127.0.0.1:{port}", restart))
     finally:
@@ -207,6 +212,7 @@ def main() -> None:
 
     ready = [s["drop_to_ready_ms"] for s in sessions if s["drop_to_ready_ms"] is not None]
     audio = [s["drop_to_audio_ms"] for s in sessions if s["drop_to_audio_ms"] is not None]
+    fresh = [s["new_gateway_to_ready_ms"] for s in sessions if s["new_gateway_to_ready_ms"] is not None]
     summary = {
         "sessions": args.sessions,
         "signal": "SIGTERM" if args.term else "SIGKILL",
@@ -217,10 +223,13 @@ def main() -> None:
         "drop_to_ready_ms_max": max(ready) if ready else None,
         "drop_to_audio_ms_p50": statistics.median(audio) if audio else None,
         "drop_to_audio_ms_max": max(audio) if audio else None,
+        "new_gateway_to_ready_ms_p50": statistics.median(fresh) if fresh else None,
+        "new_gateway_to_ready_ms_max": max(fresh) if fresh else None,
         "chunks_unanswered": sum(s["unanswered_chunks"] for s in sessions),
         "chunk_lost_warnings": sum(s["chunk_lost_warnings"] for s in sessions),
         "late_dropped_warnings": sum(s["late_dropped_warnings"] for s in sessions),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} at the end",
         "per_session": sessions,
     }
     print(json.dumps({k: v for k, v in summary.items() if k != "per_session"}, indent=2))
