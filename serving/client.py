@@ -305,7 +305,9 @@ async def converse(
     network went away) within the session's resume grace, reconnect on the same channel with the
     ``SessionReady.resume_token``, receive what the engine sent meanwhile and re-send the events it had not
     read (at most ``resend_limit`` are kept), then go on; the chunks keep their real-time schedule, so those
-    captured while disconnected go out at once. ``on_event`` sees every server event as it arrives."""
+    captured while disconnected go out at once. It gives up (the conversation's code says why) when the grace
+    is over (DEADLINE_EXCEEDED), when the resume is refused (NOT_FOUND, PERMISSION_DENIED, ...) or when events
+    the engine needs are no longer kept (DATA_LOSS). ``on_event`` sees every server event as it arrives."""
     clk = clock if clock is not None else SystemClock()
     chunk_us = chunk_ms * 1000
     conv = Conversation(chunk_us=chunk_us)
@@ -353,6 +355,8 @@ async def converse(
     token, grace_us, seen = "", 0, 0
     """The session's resume token and grace, and the server events after SessionReady received so far."""
     drop: Resumption | None = None
+    unsendable: list[str] = []
+    """Why a resumed stream could not re-send what the engine had not read (the conversation ends)."""
 
     async def requests(start_ev: pb.ClientEvent, ready: asyncio.Event, resend_from: list[int]) -> object:
         yield start_ev
@@ -362,8 +366,8 @@ async def converse(
         try:
             async for ev in outgoing.stream(resend_from[0]):
                 yield ev
-        except LookupError:
-            return  # cannot re-send what the engine missed: the stream half-closes, the engine ends it
+        except LookupError as e:
+            unsendable.append(str(e))  # cannot re-send what the engine missed: end the conversation
 
     try:
         while True:
@@ -409,6 +413,9 @@ async def converse(
                     if ev.HasField("audio"):
                         outgoing.acknowledge(ev.audio.seq)
                 conv.code, conv.details, conv.trailing = grpc.StatusCode.OK, "", ()
+                if unsendable:
+                    conv.code = grpc.StatusCode.DATA_LOSS
+                    conv.details = f"resume: {unsendable[0]} (resend_limit {resend_limit})"
                 return conv
             except grpc.aio.AioRpcError as e:
                 code = e.code()

@@ -367,3 +367,12 @@ def test_d_resume_through_a_restarted_gateway(tmp_path: Path) -> None:
             if g.p.poll() is None:
                 g.stop(signal.SIGKILL)
         assert engine.stop(signal.SIGTERM) == 0
+
+
+def test_gateway_token_names_the_replica_and_round_trips() -> None:
+    token = wrap("engine-0.duplex:7070", "e1.00ff.secret_-part")
+    assert token.startswith("g1.") and "engine-0" not in token  # base64, no dots of its own
+    assert unwrap(token) == ("engine-0.duplex:7070", "e1.00ff.secret_-part")
+    for bad in ("", "g1", "g1.x", "g2.ZW5naW5l.e1.a.b", "g1..e1.a.b", "g1.@@@.e1.a.b", "g1.ZW5naW5l."):
+        with pytest.raises(ValueError, match=r"start\.resume_token"):
+            unwrap(bad)
