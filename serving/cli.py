@@ -389,6 +389,10 @@ def talk(
     if conv.code != grpc.StatusCode.OK:
         typer.echo(f"duplex talk: {conv.code.name}: {conv.details}", err=True)
         raise typer.Exit(1)
+    for drop in conv.resumptions:
+        ms = (drop.resumed_us - drop.dropped_us) / 1e3
+        how = f"resumed after {ms:.0f} ms" if drop.resumed_us else "not resumed"
+        typer.echo(f"duplex talk: the stream dropped ({drop.code.name}); {how}", err=True)
     talk_mod.save(conv, user, sr, output, timeline, plot, model_time)
     turns = len(conv.of("turn"))
     placed = "model time" if model_time else "as heard"

@@ -11,8 +11,9 @@ measured from capture times, as a user hears them.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -62,6 +63,20 @@ class Received:
 
 
 @dataclass
+class Resumption:
+    """One dropped stream the client resumed (or tried to)."""
+
+    dropped_us: int
+    """Client clock when the stream failed."""
+    code: grpc.StatusCode
+    """How it failed."""
+    resumed_us: int = 0
+    """Client clock when the resumed stream's SessionReady arrived (0 = never)."""
+    resent: int = 0
+    """Client events re-sent on the new stream (the engine had not read them)."""
+
+
+@dataclass
 class Conversation:
     """What one ``converse`` call saw."""
 
@@ -76,6 +91,8 @@ class Conversation:
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
     trailing: tuple[tuple[str, str], ...] = ()
+    resumptions: list[Resumption] = field(default_factory=list)
+    """Streams that dropped and how each was resumed (``converse(resume=True)``)."""
 
     @property
     def ready(self) -> pb.SessionReady | None:
@@ -125,13 +142,19 @@ class Conversation:
         return out
 
 
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+"""A restarted gateway is reached again within about 0.1-1 s (gRPC's default first backoff is 1 s, then
+growing to 120 s), well inside a session's resume grace."""
+
+
 def channel(target: str, ca_file: str | None = None) -> grpc.aio.Channel:
     """A channel to a gateway or engine: TLS verified against the PEM CA bundle ``ca_file`` when given, else
     plaintext."""
     if ca_file is None:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS)
     root = Path(ca_file).read_bytes()
-    return grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root))
+    creds = grpc.ssl_channel_credentials(root_certificates=root)
+    return grpc.aio.secure_channel(target, creds, options=RECONNECT_OPTIONS)
 
 
 def start_event(
@@ -167,6 +190,85 @@ def split_chunks(samples: np.ndarray, chunk_samples: int) -> list[bytes]:
     return [padded[i * chunk_samples : (i + 1) * chunk_samples].tobytes() for i in range(n)]
 
 
+RETRY_BACKOFF_S = 0.05
+"""Pause before trying again a resume the engine or gateway refused for now (``RETRY_RESUME``)."""
+
+
+RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+"""How a dropped stream (client or server vanished, connection reset, gateway gone) reaches the client."""
+RETRY_RESUME = {grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+"""A resume refused for now: the engine has not yet seen the old stream drop, or the gateway's admission."""
+
+
+class _Outgoing:
+    """The client events after SessionStart, produced once by ``schedule`` and sent on one stream after
+    another: the ones the engine may not have read are kept (at most ``limit``) to be re-sent on resume.
+
+    The schedule is pulled through one shielded task, so a stream cancelled while it waits (for pacing or for
+    flow control) never cancels the schedule itself: the next stream picks up where it was."""
+
+    def __init__(self, schedule: AsyncIterator[pb.ClientEvent], limit: int) -> None:
+        self.schedule = schedule
+        self.limit = limit
+        self.kept: collections.deque[pb.ClientEvent] = collections.deque()
+        self.base = 0
+        """Index (among all events after SessionStart) of ``kept[0]``."""
+        self.audio_at: dict[int, int] = {}
+        """Index of each kept audio chunk, by seq (its ModelAudio acknowledges it and all before it)."""
+        self.done = False
+        self._next: asyncio.Future[None] | None = None
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.kept)
+
+    async def _produce(self) -> None:
+        ev = await anext(self.schedule, None)
+        if ev is None:
+            self.done = True
+            return
+        if ev.HasField("audio"):
+            self.audio_at[ev.audio.seq] = self.end
+        self.kept.append(ev)
+        while len(self.kept) > self.limit:  # past the bound: a resume that needs these fails
+            self.kept.popleft()
+            self.base += 1
+
+    async def pull(self) -> None:
+        if self._next is None:
+            self._next = asyncio.ensure_future(self._produce())
+        await asyncio.shield(self._next)
+        self._next = None
+
+    def acknowledge(self, seq: int) -> None:
+        """The engine answered audio chunk ``seq``: it has read every event up to it."""
+        at = self.audio_at.pop(seq, None)
+        if at is None:
+            return
+        for s in [s for s in self.audio_at if s < seq]:
+            del self.audio_at[s]
+        while self.base <= at and self.kept:
+            self.kept.popleft()
+            self.base += 1
+
+    async def stream(self, first: int) -> AsyncIterator[pb.ClientEvent]:
+        """The events from index ``first`` on (None: the ones before it are no longer kept)."""
+        i = first
+        while True:
+            if i < self.base:
+                raise LookupError(f"events {i}..{self.base - 1} are no longer kept for re-sending")
+            while i < self.end:
+                yield self.kept[i - self.base]
+                i += 1
+            if self.done:
+                return
+            await self.pull()
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+
+
 async def converse(
     channel: grpc.aio.Channel,
     chunks: Sequence[bytes],
@@ -181,6 +283,9 @@ async def converse(
     clock: Clock | None = None,
     hold_open: Callable[[Conversation], bool] | None = None,
     max_hold_chunks: int = 0,
+    resume: bool = True,
+    resend_limit: int = 256,
+    on_event: Callable[[pb.ServerEvent], None] | None = None,
 ) -> Conversation:
     """Hold one conversation: send ``start``, then the chunks, then EndOfStream; ``extra`` events are sent
     right before the chunk with the given index.
@@ -194,7 +299,15 @@ async def converse(
     has none), which asks for the hint. ``clock`` stamps and paces everything (default: ``SystemClock``).
     ``hold_open``: after the last chunk, keep sending silent chunks (as an open microphone would) while it
     returns True, at most ``max_hold_chunks`` of them (``duplex talk --call`` waits for its results so).
-    Extra events at an index past the last chunk go out after it."""
+    Extra events at an index past the last chunk go out after it.
+
+    ``resume``: when the stream drops (UNAVAILABLE or CANCELLED: the connection, the gateway or the client's
+    network went away) within the session's resume grace, reconnect on the same channel with the
+    ``SessionReady.resume_token``, receive what the engine sent meanwhile and re-send the events it had not
+    read (at most ``resend_limit`` are kept), then go on; the chunks keep their real-time schedule, so those
+    captured while disconnected go out at once. It gives up (the conversation's code says why) when the grace
+    is over (DEADLINE_EXCEEDED), when the resume is refused (NOT_FOUND, PERMISSION_DENIED, ...) or when events
+    the engine needs are no longer kept (DATA_LOSS). ``on_event`` sees every server event as it arrives."""
     clk = clock if clock is not None else SystemClock()
     chunk_us = chunk_ms * 1000
     conv = Conversation(chunk_us=chunk_us)
@@ -206,21 +319,11 @@ async def converse(
     extra_at: dict[int, list[pb.ClientEvent]] = {}
     for i, ev in extra:
         extra_at.setdefault(i, []).append(ev)
-
-    ready = asyncio.Event()
-    over: list[bool] = []
     first_send_us: list[int] = []
-    """Client time to send chunk 0 at (set when ``ready`` arrives)."""
+    """Client time to send chunk 0 at (set when the first SessionReady arrives)."""
 
-    async def requests() -> object:
-        first = pb.ClientEvent()
-        first.CopyFrom(start if start is not None else start_event(chunk_ms=chunk_ms))
-        if stamp_start and first.HasField("start") and not first.start.client_time_us:
-            first.start.client_time_us = clk.now_us()
-        yield first
-        await ready.wait()  # stream audio only once the session is negotiated
-        if over:
-            return
+    async def schedule() -> AsyncIterator[pb.ClientEvent]:
+        """Every client event after SessionStart, at its time (starts once the session is negotiated)."""
         send_0 = (first_send_us[0] if first_send_us else clk.now_us()) + round(start_delay_s * 1e6)
         await clk.sleep_until(send_0)
         conv.start_us = clk.now_us() - chunk_us  # capture start: chunk 0 is complete when it is sent
@@ -244,20 +347,103 @@ async def converse(
             seq += 1
         yield pb.ClientEvent(end=pb.EndOfStream())
 
-    call = converse_rpc(requests(), metadata=tuple(metadata))
+    outgoing = _Outgoing(schedule(), resend_limit)
+    first = pb.ClientEvent()
+    first.CopyFrom(start if start is not None else start_event(chunk_ms=chunk_ms))
+    if stamp_start and first.HasField("start") and not first.start.client_time_us:
+        first.start.client_time_us = clk.now_us()
+    token, grace_us, seen = "", 0, 0
+    """The session's resume token and grace, and the server events after SessionReady received so far."""
+    drop: Resumption | None = None
+    unsendable: list[str] = []
+    """Why a resumed stream could not re-send what the engine had not read (the conversation ends)."""
+
+    async def requests(start_ev: pb.ClientEvent, ready: asyncio.Event, resend_from: list[int]) -> object:
+        yield start_ev
+        await ready.wait()  # stream events only once the session is negotiated (or resumed)
+        if not resend_from:
+            return  # the call ended before its SessionReady
+        try:
+            async for ev in outgoing.stream(resend_from[0]):
+                yield ev
+        except LookupError as e:
+            unsendable.append(str(e))  # cannot re-send what the engine missed: end the conversation
+
     try:
-        async for ev in call:
-            t = clk.now_us()
-            conv.received.append(Received(t, ev))
-            if ev.HasField("ready"):
-                at = ev.ready.send_at_client_us
-                first_send_us.append(at if realtime and follow_hint and at else t)
-                ready.set()
-        conv.code = grpc.StatusCode.OK
-    except grpc.aio.AioRpcError as e:
-        conv.code, conv.details = e.code(), e.details() or ""
-        conv.trailing = tuple((k, str(v)) for k, v in (e.trailing_metadata() or ()))
+        while True:
+            ready, resend_from = asyncio.Event(), list[int]()
+            start_ev = first
+            if drop is not None:
+                start_ev = pb.ClientEvent(start=pb.SessionStart(resume_token=token, resume_events_seen=seen))
+            call = converse_rpc(
+                requests(start_ev, ready, resend_from), metadata=tuple(metadata), wait_for_ready=drop is not None
+            )
+            expired: list[bool] = []
+            timer = None
+            if drop is not None:  # a resume that gets no SessionReady within the grace is over
+
+                def expire(call: grpc.aio.StreamStreamCall = call, expired: list[bool] = expired) -> None:
+                    expired.append(True)
+                    call.cancel()
+
+                left_s = max(0.0, (drop.dropped_us + grace_us - clk.now_us()) / 1e6)
+                timer = asyncio.get_running_loop().call_later(left_s, expire)
+            try:
+                async for ev in call:
+                    t = clk.now_us()
+                    conv.received.append(Received(t, ev))
+                    if on_event is not None:
+                        on_event(ev)
+                    if ev.HasField("ready"):
+                        if timer is not None:
+                            timer.cancel()
+                        if ev.ready.resumed:
+                            assert drop is not None
+                            drop.resumed_us = t
+                            drop.resent = outgoing.end - ev.ready.resume_events_received
+                            resend_from.append(ev.ready.resume_events_received)
+                        else:
+                            token, grace_us = ev.ready.resume_token, ev.ready.resume_grace_ms * 1000
+                            at = ev.ready.send_at_client_us
+                            first_send_us.append(at if realtime and follow_hint and at else t)
+                            resend_from.append(0)
+                        ready.set()
+                        continue
+                    seen += 1
+                    if ev.HasField("audio"):
+                        outgoing.acknowledge(ev.audio.seq)
+                conv.code, conv.details, conv.trailing = grpc.StatusCode.OK, "", ()
+                if unsendable:
+                    conv.code = grpc.StatusCode.DATA_LOSS
+                    conv.details = f"resume: {unsendable[0]} (resend_limit {resend_limit})"
+                return conv
+            except grpc.aio.AioRpcError as e:
+                code = e.code()
+                conv.code, conv.details = code, e.details() or ""
+                conv.trailing = tuple((k, str(v)) for k, v in (e.trailing_metadata() or ()))
+            except asyncio.CancelledError:
+                if not expired:
+                    raise
+                conv.code = grpc.StatusCode.DEADLINE_EXCEEDED
+                conv.details = f"resume: no SessionReady within the session's resume grace ({grace_us // 1000} ms)"
+                return conv
+            finally:
+                ready.set()  # release the request generator if the call ended before SessionReady
+                if timer is not None:
+                    timer.cancel()
+            now = clk.now_us()
+            resuming = drop is not None and not drop.resumed_us
+            if not resume or not token or (not resend_from and not resuming):
+                return conv  # failed before its session was ready: nothing to resume
+            if (resuming and code in RETRY_RESUME) or code in RESUMABLE:
+                if drop is None or drop.resumed_us:
+                    drop = Resumption(now, code)
+                    conv.resumptions.append(drop)
+                if now >= drop.dropped_us + grace_us:
+                    return conv
+                if resuming:
+                    await asyncio.sleep(RETRY_BACKOFF_S)  # not a tight loop while the gateway is still away
+                continue
+            return conv
     finally:
-        over.append(True)
-        ready.set()  # release the request generator if the call ended before SessionReady
-    return conv
+        outgoing.close()

@@ -92,6 +92,21 @@ class EngineMetrics:
             "Slots the step planner holds for sessions (0 once every conversation has ended)",
             registry=r,
         )
+        self.resumed = Counter(
+            "duplex_engine_resumed_sessions_total",
+            "Sessions resumed on a new stream (SessionStart.resume_token) after their stream dropped",
+            registry=r,
+        )
+        self.resume_expired = Counter(
+            "duplex_engine_resume_expired_total",
+            "Parked sessions (stream dropped) whose resume grace ran out: their slots were freed",
+            registry=r,
+        )
+        self.parked_sessions = Gauge(
+            "duplex_engine_parked_sessions",
+            "Sessions whose stream dropped, holding their slot for a resume (counted in active sessions too)",
+            registry=r,
+        )
         self.placements = Counter(
             "duplex_engine_placements_total",
             "New sessions placed in a cohort: hint (arrived at the hinted phase), arrival "

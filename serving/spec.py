@@ -85,6 +85,12 @@ class EngineSpec(_Spec):
     closed with RESOURCE_EXHAUSTED."""
     max_message_bytes: int = Field(1 << 20, ge=1024)
     """Largest accepted client message; larger ones fail with RESOURCE_EXHAUSTED."""
+    resume_grace_s: float = Field(10.0, ge=0.0, le=3600.0)
+    """How long a session whose stream dropped keeps its slot and state for a resume
+    (``SessionStart.resume_token``); its slot counts as occupied meanwhile. 0 = no resumption."""
+    resume_replay_events: int = Field(128, ge=1, le=4096)
+    """Server events a session keeps after sending them, re-sent on resume when the client had not received
+    them (those in flight when the stream dropped)."""
     served_model_name: str = ""
     """Name clients pass in ``SessionStart.model`` ("" = the model's preset name)."""
     torch_threads: int = Field(0, ge=0)

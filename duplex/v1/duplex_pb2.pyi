@@ -63,7 +63,7 @@ class AudioFormat(_message.Message):
     def __init__(self, sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ...) -> None: ...
 
 class SessionStart(_message.Message):
-    __slots__ = ("model", "format", "chunk_ms", "instructions", "tools", "session_id", "client_time_us")
+    __slots__ = ("model", "format", "chunk_ms", "instructions", "tools", "session_id", "client_time_us", "resume_token", "resume_events_seen")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class SessionStart(_message.Message):
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESUME_EVENTS_SEEN_FIELD_NUMBER: _ClassVar[int]
     model: str
     format: AudioFormat
     chunk_ms: int
@@ -78,7 +80,9 @@ class SessionStart(_message.Message):
     tools: _containers.RepeatedScalarFieldContainer[str]
     session_id: str
     client_time_us: int
-    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., instructions: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ..., client_time_us: _Optional[int] = ...) -> None: ...
+    resume_token: str
+    resume_events_seen: int
+    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., instructions: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ..., client_time_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resume_events_seen: _Optional[int] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("seq", "pcm", "client_time_us")
@@ -145,7 +149,7 @@ class ClientEvent(_message.Message):
     def __init__(self, start: _Optional[_Union[SessionStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., end: _Optional[_Union[EndOfStream, _Mapping]] = ..., agent: _Optional[_Union[AgentRequest, _Mapping]] = ...) -> None: ...
 
 class SessionReady(_message.Message):
-    __slots__ = ("session_id", "model", "input_format", "output_format", "chunk_ms", "frame_ms", "chunk_samples", "tools", "replica", "send_at_client_us")
+    __slots__ = ("session_id", "model", "input_format", "output_format", "chunk_ms", "frame_ms", "chunk_samples", "tools", "replica", "send_at_client_us", "resume_token", "resumed", "resume_events_received", "resume_next_seq", "resume_grace_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +160,11 @@ class SessionReady(_message.Message):
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     SEND_AT_CLIENT_US_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_EVENTS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    RESUME_NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RESUME_GRACE_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     input_format: AudioFormat
@@ -166,7 +175,12 @@ class SessionReady(_message.Message):
     tools: _containers.RepeatedScalarFieldContainer[str]
     replica: str
     send_at_client_us: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., frame_ms: _Optional[int] = ..., chunk_samples: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., send_at_client_us: _Optional[int] = ...) -> None: ...
+    resume_token: str
+    resumed: bool
+    resume_events_received: int
+    resume_next_seq: int
+    resume_grace_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., frame_ms: _Optional[int] = ..., chunk_samples: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., send_at_client_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ..., resume_events_received: _Optional[int] = ..., resume_next_seq: _Optional[int] = ..., resume_grace_ms: _Optional[int] = ...) -> None: ...
 
 class ChunkTiming(_message.Message):
     __slots__ = ("seq", "client_time_us", "server_recv_us", "step_start_us", "server_send_us", "queue_wait_ms", "compute_ms", "batch_size", "cohort", "late", "substituted")

@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,9 +24,11 @@ from duplex.v1 import duplex_pb2 as pb
 from ..drain import drain_client
 from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
+from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA
 from ..spec import EngineSpec
 from . import validate as v
 from .agent_link import AgentLink
+from .resume import ResumeRegistry
 from .scheduler import Scheduler
 from .session import Conversation, InputChunk
 
@@ -43,6 +45,11 @@ GIL_SWITCH_S = 0.0005
 STEER_MARGIN_S = 0.03
 """A steered client's first chunk is due at least this long after its start arrived (room for the
 SessionReady to reach it)."""
+HALF_CLOSE_SETTLE_S = 0.25
+"""A stream half-closed without EndOfStream ends the session unless the RPC is cancelled within this long
+(then its peer died and the session is kept for a resume)."""
+SWEEP_INTERVAL_S = 0.1
+"""How often parked sessions are checked against their resume grace (on the injected clock)."""
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -57,9 +64,15 @@ class EngineServer:
     """Rank 0 of a replica: the model, the scheduler and the gRPC server around them."""
 
     def __init__(
-        self, spec: EngineSpec, source: ModelSource, model: DuplexModel | None = None, bind_port: int | None = None
+        self,
+        spec: EngineSpec,
+        source: ModelSource,
+        model: DuplexModel | None = None,
+        bind_port: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``bind_port`` overrides ``spec.port`` (0 = any free port: tests, ``duplex up``)."""
+        """``bind_port`` overrides ``spec.port`` (0 = any free port: tests, ``duplex up``); ``clock``
+        (monotonic seconds) measures the resume grace (tests inject one they advance)."""
         self.spec, self.source = spec, source
         self.bind_port = spec.port if bind_port is None else bind_port
         part = model if model is not None else load_part(source, device=spec.device)
@@ -77,6 +90,7 @@ class EngineServer:
         self.scheduler: Scheduler | None = None
         self.agent: AgentLink | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self.resumes = ResumeRegistry(spec.resume_grace_s, clock, self._expired)
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -121,6 +135,8 @@ class EngineServer:
         self._server = server
         await self.agent.start(self.port)
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
+        if self.resumes.enabled:
+            self._tasks.add(asyncio.ensure_future(self._sweep_loop()))
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -141,6 +157,11 @@ class EngineServer:
     async def stop(self, grace: float = 5.0) -> None:
         self.draining = True
         await self.health.enter_graceful_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        for conv in [e.conversation for e in self.resumes.entries.values() if e.expires_at is not None]:
+            self.resumes.forget(conv)  # parked sessions end with the engine
+            self._end(conv)
         if self._server is not None:
             await self._server.stop(grace)
         if self.agent is not None:
@@ -171,13 +192,17 @@ class EngineServer:
     async def converse(
         self, requests: AsyncIterator[pb.ClientEvent | v.Undecodable], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerEvent]:
-        assert self.scheduler is not None
+        assert self.scheduler is not None and self.agent is not None
         sched = self.scheduler
         it = aiter(requests)
         first = await anext(it, None)
         started = time.monotonic()
         if first is None:
             return
+        metadata = dict(context.invocation_metadata() or ())
+        key_id = metadata.get(KEY_ID_METADATA, "")
+        resumable = self.resumes.enabled and metadata.get(RESUMABLE_METADATA, "1") != "0"
+        resumed: Conversation | None = None
         try:
             kind = v.event_kind(first)
             if kind != "start" or not isinstance(first, pb.ClientEvent):
@@ -187,62 +212,90 @@ class EngineServer:
                 )
             if self.draining:
                 raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
-            neg = v.check_start(first.start, self.cfg, self.model_name, self.spec.chunk_ms, self.spec.tools)
-            client_us = first.start.client_time_us
+            if first.start.resume_token:
+                resumed = self._claim(first.start, key_id)
+            else:
+                neg = v.check_start(first.start, self.cfg, self.model_name, self.spec.chunk_ms, self.spec.tools)
+                client_us = first.start.client_time_us
         except v.InputError as e:
             self.metrics.errors.labels(e.code.name).inc()
             await drain_client(context.read, _is_eof)  # the status must not race the client's writes
             await context.abort(e.code, e.message)
-        sid = neg.session_id or uuid.uuid4().hex[:12]
-        session = Conversation(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog)
-        if not sched.admit(session):
-            self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
-            await drain_client(context.read, _is_eof)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
-                trailing_metadata=(("retry-after-ms", "1000"),),
-            )
-        session.on_close = lambda: sched.leave(session)
-        assert self.agent is not None
-        self.agent.attach(session, neg.tools)
-        token = session_var.set(sid)
-        reader: asyncio.Task[None] | None = None
-        try:
-            log.info("session started (peer %s)", context.peer())
-            if neg.instructions:
-                sched.add_text(session, list(neg.instructions.encode()))
-            fmt = pb.AudioFormat(sample_rate=self.cfg.sample_rate, channels=1, encoding=pb.PCM16_LE)
-            send_at_client_us = 0
-            if client_us > 0:
-                # the hint is an absolute time on the client's clock: the start's arrival maps the client's
-                # clock onto ours (transit included, as the audio's will be), so neither the Ready's transit
-                # nor the client's reaction to it shifts the phase
-                arrive = sched.steer(session, not_before=started + STEER_MARGIN_S)
-                if arrive is not None:
-                    send_at_client_us = client_us + round((arrive - started) * 1e6)
-            yield pb.ServerEvent(
-                ready=pb.SessionReady(
-                    session_id=sid,
-                    model=self.model_name,
-                    input_format=fmt,
-                    output_format=fmt,
-                    chunk_ms=neg.chunk_ms,
-                    frame_ms=self.cfg.frame_ms,
-                    chunk_samples=neg.chunk_samples,
-                    tools=neg.tools,
-                    replica=f"{self.spec.host}:{self.port}",
-                    send_at_client_us=send_at_client_us,
+        if resumed is not None:
+            session = resumed
+            assert session.ready is not None
+            ready = pb.SessionReady()
+            ready.CopyFrom(session.ready)
+            ready.send_at_client_us = 0  # its cohort and phase are kept: the client keeps its own pace
+            ready.resumed = True
+            ready.resume_events_received = session.events_in
+            ready.resume_next_seq = session.next_audio_seq
+        else:
+            sid = neg.session_id or uuid.uuid4().hex[:12]
+            replay = self.spec.resume_replay_events if resumable else 0
+            session = Conversation(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog, replay)
+            if not sched.admit(session) and not (self.resumes.sweep() and sched.admit(session)):
+                self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
+                await drain_client(context.read, _is_eof)
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
+                    trailing_metadata=(("retry-after-ms", "1000"),),
                 )
+            session.on_close = lambda: sched.leave(session)
+            self.agent.attach(session, neg.tools)
+            fmt = pb.AudioFormat(sample_rate=self.cfg.sample_rate, channels=1, encoding=pb.PCM16_LE)
+            ready = pb.SessionReady(
+                session_id=sid,
+                model=self.model_name,
+                input_format=fmt,
+                output_format=fmt,
+                chunk_ms=neg.chunk_ms,
+                frame_ms=self.cfg.frame_ms,
+                chunk_samples=neg.chunk_samples,
+                tools=neg.tools,
+                replica=f"{self.spec.host}:{self.port}",
+                resume_token=self.resumes.issue(session, key_id) if resumable else "",
+                resume_grace_ms=round(self.resumes.grace_s * 1000) if resumable else 0,
             )
-            reader = asyncio.create_task(self._read(it, session))
+            session.ready = ready
+        token = session_var.set(session.id)
+        reader: asyncio.Task[None] | None = None
+        dropped = True
+        """Until the stream ends as the protocol says: a cancel or a failed write is a dropped stream."""
+        try:
+            if resumed is not None:
+                log.info("session resumed (peer %s)", context.peer())
+            else:
+                log.info("session started (peer %s)", context.peer())
+                if neg.instructions:
+                    sched.add_text(session, list(neg.instructions.encode()))
+                if client_us > 0:
+                    # the hint is an absolute time on the client's clock: the start's arrival maps the client's
+                    # clock onto ours (transit included, as the audio's will be), so neither the Ready's transit
+                    # nor the client's reaction to it shifts the phase
+                    arrive = sched.steer(session, not_before=started + STEER_MARGIN_S)
+                    if arrive is not None:
+                        ready.send_at_client_us = client_us + round((arrive - started) * 1e6)
+            yield pb.ServerEvent(ready=ready)
+            stream_done = asyncio.Event()
+            context.add_done_callback(lambda _: stream_done.set())
+            reader = asyncio.create_task(self._read(it, session, resumed is not None, stream_done))
             while True:
-                while session.outbox and session.closing is None:
-                    yield session.outbox.popleft()
+                while session.outbox and session.closing is None and not session.stream_lost:
+                    event = session.outbox.popleft()
+                    session.replay.append(event)  # kept (bounded) until a resume knows the client had it
+                    session.events_out += 1
+                    yield event
+                if not session.outbox:
+                    session.backlog_slack = 0
+                if session.stream_lost:
+                    return  # the reader saw the stream fail: park (finally)
                 if session.closing is not None or (session.finished and not session.outbox):
                     break
                 session.wake.clear()
                 await session.wake.wait()
+            dropped = False
             if session.closing is not None:
                 session.outbox.clear()
                 self.metrics.errors.labels(session.closing.code.name).inc()
@@ -254,14 +307,104 @@ class EngineServer:
         finally:
             if reader is not None:
                 reader.cancel()
-            sched.leave(session)
-            self.agent.detach(session)
+            if dropped and self._parkable(session):
+                session.parked, session.stream_lost = True, False
+                self.resumes.park(session)
+                self.metrics.parked_sessions.set(self.resumes.parked_count())
+                log.info("stream dropped: session kept %.3g s for a resume", self.resumes.grace_s)
+            else:
+                self._end(session)
             session_var.reset(token)
 
-    async def _read(self, it: AsyncIterator[pb.ClientEvent | v.Undecodable], session: Conversation) -> None:
+    def _claim(self, start: pb.SessionStart, key_id: str) -> Conversation:
+        """Attach a new stream to the parked session ``start.resume_token`` names and queue the events the
+        client missed ahead of the new ones (``InputError`` naming the field when it cannot)."""
+        if not self.resumes.enabled:
+            raise v.InputError(
+                grpc.StatusCode.FAILED_PRECONDITION, "start.resume_token: this replica does not keep sessions to resume"
+            )
+        conv = self.resumes.claim(start.resume_token, key_id)
+        seen = start.resume_events_seen
+        if seen > conv.events_out:
+            self.resumes.park(conv)  # still resumable with a correct count
+            raise v.InputError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"start.resume_events_seen: {seen} is more than the {conv.events_out} events the session sent",
+            )
+        missing = conv.events_out - seen
+        again: list[pb.ServerEvent] = []
+        while conv.replay and len(again) < missing:
+            again.append(conv.replay.pop())
+        again.reverse()
+        if len(again) < missing:
+            lost = missing - len(again)
+            again.insert(
+                0,
+                pb.ServerEvent(
+                    warning=pb.Warning(
+                        code="RESUME_GAP",
+                        message=f"{lost} server events sent before the stream dropped are no longer held "
+                        f"(only the last {self.spec.resume_replay_events} are kept) and were lost",
+                    )
+                ),
+            )
+        conv.events_out = seen
+        conv.outbox.extendleft(reversed(again))
+        conv.backlog_slack = len(conv.outbox)
+        conv.parked = False
+        self.metrics.resumed.inc()
+        self.metrics.parked_sessions.set(self.resumes.parked_count())
+        conv.wake.set()
+        return conv
+
+    def _parkable(self, session: Conversation) -> bool:
+        """Keep a session whose stream dropped? Only a live one, when resumption is on and the engine stays."""
+        return (
+            bool(session.resume_handle)
+            and not self.draining
+            and session.closing is None
+            and not session.finished
+            and not session.input_ended
+            and not session.left
+        )
+
+    def _end(self, session: Conversation) -> None:
+        """The session is over: free its slot, end its agent jobs, void its token."""
+        assert self.scheduler is not None and self.agent is not None
+        session.parked = False
+        self.scheduler.leave(session)
+        self.agent.detach(session)
+        self.resumes.forget(session)
+
+    def _expired(self, session: Conversation) -> None:
+        log.info("resume grace of %.3g s over: slot freed", self.resumes.grace_s, extra={"session": session.id})
+        self.metrics.resume_expired.inc()
+        self._end(session)
+        self.metrics.parked_sessions.set(self.resumes.parked_count())
+
+    def sweep_resumable(self) -> int:
+        """Free the parked sessions past their grace now (the engine also does it on its own, and before it
+        refuses a session for want of a slot); returns how many."""
+        return self.resumes.sweep()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            self.resumes.sweep()
+
+    async def _read(
+        self,
+        it: AsyncIterator[pb.ClientEvent | v.Undecodable],
+        session: Conversation,
+        resumed: bool,
+        stream_done: asyncio.Event,
+    ) -> None:
+        """Read one stream of the session into the scheduler. On a resumed stream, audio and video the engine
+        already has (a client re-sending from what was not answered) are skipped. ``stream_done`` is set when
+        the RPC is over."""
         assert self.scheduler is not None
         sched = self.scheduler
-        expected_seq, last_video = 0, -1
+        ended = False
         try:
             async for ev in it:
                 if session.closing is not None:
@@ -269,13 +412,15 @@ class EngineServer:
                 kind = v.event_kind(ev)
                 assert isinstance(ev, pb.ClientEvent)
                 if kind == "audio":
+                    if resumed and ev.audio.seq < session.next_audio_seq:
+                        continue
                     recv = time.monotonic()
-                    samples = v.check_audio(ev.audio, expected_seq, session.chunk_samples)
-                    expected_seq += 1
+                    samples = v.check_audio(ev.audio, session.next_audio_seq, session.chunk_samples)
                     chunk = InputChunk(ev.audio.seq, samples, ev.audio.client_time_us, recv, sched.wall_us(recv))
                     while session.chunks_in_flight >= self.spec.max_pending_chunks and session.closing is None:
                         session.room.clear()  # backpressure: stop reading until a step consumes a chunk
                         await session.room.wait()
+                    session.next_audio_seq += 1
                     sched.submit(session, chunk)
                 elif kind == "text":
                     tokens = v.check_text(ev.text)
@@ -286,22 +431,39 @@ class EngineServer:
                         )
                     sched.add_text(session, tokens)
                 elif kind == "video":
-                    sched.set_video(session, v.check_video(ev.video, last_video, self.cfg.video_size))
-                    last_video = int(ev.video.seq)
+                    if resumed and ev.video.seq <= session.last_video_seq:
+                        continue
+                    sched.set_video(session, v.check_video(ev.video, session.last_video_seq, self.cfg.video_size))
+                    session.last_video_seq = int(ev.video.seq)
                 elif kind == "agent":
                     assert self.agent is not None
                     self.agent.request(session, v.check_agent(ev.agent))
                 elif kind == "end":
+                    ended = True
                     break
                 else:
                     raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION, "start: the session already started")
+                session.events_in += 1  # handed on: a resume need not re-send it
+            if not ended and session.resume_handle:
+                # a half-close without EndOfStream looks the same as a peer that died (a gateway process
+                # that exited): the RPC is cancelled a moment later in that case, so wait for that briefly
+                try:
+                    await asyncio.wait_for(stream_done.wait(), HALF_CLOSE_SETTLE_S)
+                except TimeoutError:
+                    pass
+                if stream_done.is_set():
+                    session.stream_lost = True
+                    session.wake.set()
+                    return
+            session.input_ended = True
             sched.end(session)
         except v.InputError as e:
             session.close(e.code, e.message)
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError:
-            sched.leave(session)
+            session.stream_lost = True  # the writer parks the session (or frees it)
+            session.wake.set()
         except Exception as e:  # never let a reader bug hang the stream
             log.exception("reader failed")
             session.close(grpc.StatusCode.INTERNAL, f"engine error reading the stream: {e}")

@@ -53,7 +53,10 @@ class Closing:
 class Conversation:
     """The event loop's side of a session: what is written to the client and how the stream ends."""
 
-    def __init__(self, session_id: str, chunk_samples: int, frame_samples: int, max_send_backlog: int) -> None:
+    def __init__(
+        self, session_id: str, chunk_samples: int, frame_samples: int, max_send_backlog: int, replay_events: int = 0
+    ) -> None:
+        """``replay_events``: how many sent events to keep for a resume (0 = not resumable)."""
         self.id = session_id
         self.agent_id = f"{session_id}.{uuid.uuid4().hex[:8]}"
         """The session's name towards the background agent: unique even when clients reuse session ids."""
@@ -81,12 +84,36 @@ class Conversation:
         self.finished = False
         self.on_close: Callable[[], None] | None = None
         """Called once when the session is closed with an error (the engine frees its slot)."""
+        # ----- resumption (docs/serving.md "Session resumption"): what survives a dropped stream
+        self.ready: pb.SessionReady | None = None
+        """The negotiated SessionReady (sent again, marked ``resumed``, to a resuming stream)."""
+        self.resume_handle = ""
+        """Its entry in the engine's resume register ("" = not resumable)."""
+        self.parked = False
+        """No stream is attached: the slot is kept for the resume grace."""
+        self.stream_lost = False
+        """The reader saw the attached stream fail: the writer stops and parks the session."""
+        self.input_ended = False
+        """The client sent EndOfStream (or half-closed): a drop after it ends the session."""
+        self.events_in = 0
+        """Client events after SessionStart read and handed on, over all its streams."""
+        self.events_out = 0
+        """Server events after SessionReady handed to a stream, over all its streams."""
+        self.replay: collections.deque[pb.ServerEvent] = collections.deque(maxlen=replay_events)
+        """The last events handed to a stream: re-sent on resume if the client had not received them."""
+        self.backlog_slack = 0
+        """Events a resumed stream found waiting: allowed on top of ``max_send_backlog`` until it drained."""
+        self.next_audio_seq = 0
+        """Sequence number the next audio chunk must have."""
+        self.last_video_seq = -1
+        """Sequence number of the last video frame read."""
 
     def deliver(self, events: list[pb.ServerEvent], finished: bool = False) -> None:
         if self.closing is not None:
             return
         self.outbox.extend(events)
-        if len(self.outbox) > self.max_send_backlog:
+        # a parked session has no reader until it is resumed: its outbox is bounded by the grace instead
+        if len(self.outbox) > self.max_send_backlog + self.backlog_slack and not self.parked:
             self.close(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"client is not reading: {len(self.outbox)} server events unsent "

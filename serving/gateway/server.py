@@ -15,8 +15,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from duplex.v1 import duplex_pb2 as pb
+
 from ..drain import drain_client
 from ..metrics import GatewayMetrics, MetricsServer
+from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA, unwrap, wrap
 from ..spec import GatewaySpec
 from .auth import KeyRing
 from .interceptors import AuthInterceptor, MetricsInterceptor, metadata_dict
@@ -204,15 +207,25 @@ class GatewayServer:
         if self._metrics_server is not None:
             self._metrics_server.close()
 
-    def admit(self, key_id: str) -> Replica:
+    def admit(self, key_id: str, pinned: Replica | None = None) -> Replica:
         """Admission for one new conversation of the caller holding ``key_id``: the replica it goes to (counted
         as open on it and against the key's quotas), or ``Refused`` with the status to answer (draining, the
-        key's session quota or start rate, no healthy replica, every replica full)."""
+        key's session quota or start rate, no healthy replica, every replica full). A resume is ``pinned`` to
+        the replica holding its session (whose slot it already has)."""
         if self.draining:
             raise Refused(grpc.StatusCode.UNAVAILABLE, "gateway is draining (shutting down); reconnect")
         refusal = self.quotas.admit(key_id)
         if refusal is not None:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.trailing_metadata())
+        if pinned is not None:
+            if not pinned.healthy:
+                self.quotas.release(key_id)
+                raise Refused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"start.resume_token: engine replica {pinned.address} holding the session is not healthy",
+                )
+            pinned.open += 1
+            return pinned
         replica = self.router.pick()
         if replica is not None:
             return replica
@@ -228,26 +241,36 @@ class GatewayServer:
         )
 
     async def relay(
-        self, first: bytes, rest: AsyncIterator[bytes], key_id: str, drain_on_error: bool = False
+        self,
+        first: bytes,
+        rest: AsyncIterator[bytes],
+        key_id: str,
+        drain_on_error: bool = False,
+        resumable: bool = True,
     ) -> AsyncGenerator[bytes, None]:
         """One conversation through admission and routing: ``first`` (the SessionStart) and ``rest`` go to the
         chosen replica byte for byte, its server events come back. Raises ``Refused`` before anything is sent,
         and the replica's ``grpc.aio.AioRpcError`` if the conversation ends with an error — after discarding
         what the client still writes when ``drain_on_error`` (a gRPC client could otherwise see INTERNAL
         instead of that status: ``serving/drain.py``). Used by ``converse`` and by the Realtime endpoint
-        (``duplex.serving.realtime``), so both get the same sessions, quotas included."""
-        replica = self.admit(key_id)
+        (``duplex.serving.realtime``), so both get the same sessions, quotas included. ``resumable=False``: the
+        caller cannot resume (no token; the engine frees the slot as soon as the stream ends)."""
+        first, pinned = self._route_resume(first)
+        replica = self.admit(key_id, pinned)
         self.active += 1
         self._idle.clear()
         t0 = time.monotonic()
         pump = ClientPump(first, rest)
-        call = replica.channel.stream_stream(METHOD)(pump.messages())
+        metadata = ((KEY_ID_METADATA, key_id),) + (() if resumable else ((RESUMABLE_METADATA, "0"),))
+        call = replica.channel.stream_stream(METHOD)(pump.messages(), metadata=metadata)
         try:
             answered = False
             while True:
                 try:
                     async for raw in call:
-                        answered = True
+                        if not answered:  # the SessionReady: its token gets the replica's address
+                            answered = True
+                            raw = self._wrap_token(raw, replica)
                         yield raw
                     break
                 except grpc.aio.AioRpcError as e:
@@ -255,15 +278,17 @@ class GatewayServer:
                     lost = e.code() == grpc.StatusCode.UNAVAILABLE  # the replica died or is shutting down
                     if lost:
                         self.router.mark_down(replica, e.details() or "")
-                        other = self.router.pick() if not answered and pump.relayed == 1 else None
-                        if other is not None:  # it had only the SessionStart: start over on another replica
+                        # it had only the SessionStart (and is no resume, which must reach its holder): start over
+                        fresh = not answered and pinned is None and pump.relayed == 1
+                        other = self.router.pick() if fresh else None
+                        if other is not None:
                             log.info(
                                 "replica %s lost before it answered; retrying on %s", replica.address, other.address
                             )
                             self.router.release(replica)
                             pump.detach()
                             replica = other
-                            call = replica.channel.stream_stream(METHOD)(pump.messages())
+                            call = replica.channel.stream_stream(METHOD)(pump.messages(), metadata=metadata)
                             continue
                     if drain_on_error:
                         await (pump.settle() if lost else pump.drain())
@@ -277,6 +302,36 @@ class GatewayServer:
             if not self.active:
                 self._idle.set()
             log.debug("relay to %s ended after %.1f s", replica.address, time.monotonic() - t0)
+
+    def _route_resume(self, first: bytes) -> tuple[bytes, Replica | None]:
+        """A resume's SessionStart with the engine's own token, and the replica its token names (None: not a
+        resume; bytes that do not parse are relayed as they are, for the engine to answer)."""
+        try:
+            event = pb.ClientEvent.FromString(first)
+        except Exception:  # protobuf's DecodeError: the engine names the problem
+            return first, None
+        if not event.HasField("start") or not event.start.resume_token:
+            return first, None
+        try:
+            address, engine_token = unwrap(event.start.resume_token)
+        except ValueError as e:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+        for replica in self.router.replicas:
+            if replica.address == address:
+                event.start.resume_token = engine_token
+                return event.SerializeToString(), replica
+        raise Refused(
+            grpc.StatusCode.NOT_FOUND,
+            f"start.resume_token: names engine replica {address!r}, which this gateway does not route to",
+        )
+
+    @staticmethod
+    def _wrap_token(raw: bytes, replica: Replica) -> bytes:
+        event = pb.ServerEvent.FromString(raw)
+        if not event.HasField("ready") or not event.ready.resume_token:
+            return raw
+        event.ready.resume_token = wrap(replica.address, event.ready.resume_token)
+        return event.SerializeToString()
 
     async def converse(
         self,

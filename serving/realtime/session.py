@@ -339,7 +339,9 @@ class RealtimeSession:
 
         code, message = grpc.StatusCode.OK, ""
         try:
-            async with contextlib.aclosing(self.gateway.relay(first, self._upstream_events(), self.key_id)) as events:
+            async with contextlib.aclosing(
+                self.gateway.relay(first, self._upstream_events(), self.key_id, resumable=False)
+            ) as events:
                 async for raw in events:
                     await self.on_server_bytes(raw)
         except Refused as e:

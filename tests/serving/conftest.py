@@ -122,7 +122,9 @@ def tiny_model() -> Any:
 def stack(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     keyfile = Path(tmp_path_factory.mktemp("keys")) / "keys"
     keyfile.write_text(f"# test keys\n{API_KEY}\nother-key\n")
-    spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=64, max_send_backlog=20)
+    # a short resume grace: a client that vanishes keeps its slot only this long (tests/serving/test_resume.py
+    # tests resumption itself, on an injected clock)
+    spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=64, max_send_backlog=20, resume_grace_s=1.0)
     s = start_stack(spec, KeyRing.from_file(str(keyfile)), tiny_model)
     yield s
     stop_stack(s)
