@@ -23,6 +23,8 @@ import numpy as np
 
 from duplex.v1 import duplex_pb2 as pb
 
+from .resume_token import HOLDER_LOST_METADATA
+
 
 def now_us() -> int:
     return time.time_ns() // 1000
@@ -435,6 +437,8 @@ async def converse(
             resuming = drop is not None and not drop.resumed_us
             if not resume or not token or (not resend_from and not resuming):
                 return conv  # failed before its session was ready: nothing to resume
+            if resuming and HOLDER_LOST_METADATA in conv.trailing:
+                return conv  # the engine holding the session is gone, and the session with it
             if (resuming and code in RETRY_RESUME) or code in RESUMABLE:
                 if drop is None or drop.resumed_us:
                     drop = Resumption(now, code)

@@ -20,6 +20,10 @@ KEY_ID_METADATA = "x-duplex-key-id"
 RESUMABLE_METADATA = "x-duplex-resumable"
 """``0`` on an engine call whose client cannot resume (the Realtime endpoint): the engine issues no token and
 frees the slot at once when the stream drops."""
+HOLDER_LOST_METADATA = ("x-duplex-resume", "holder-lost")
+"""Trailing metadata on the gateway's UNAVAILABLE to a resume whose engine replica is down (killed, or its
+connection dropped): the session's state went with it, so the client stops resuming and reports UNAVAILABLE
+at once, where an UNAVAILABLE without it (the gateway itself away) is tried again within the grace."""
 
 
 def wrap(replica: str, engine_token: str) -> str:

@@ -19,7 +19,7 @@ from duplex.v1 import duplex_pb2 as pb
 
 from ..drain import drain_client
 from ..metrics import GatewayMetrics, MetricsServer
-from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA, unwrap, wrap
+from ..resume_token import HOLDER_LOST_METADATA, KEY_ID_METADATA, RESUMABLE_METADATA, unwrap, wrap
 from ..spec import GatewaySpec
 from .auth import KeyRing
 from .interceptors import AuthInterceptor, MetricsInterceptor, metadata_dict
@@ -223,6 +223,7 @@ class GatewayServer:
                 raise Refused(
                     grpc.StatusCode.UNAVAILABLE,
                     f"start.resume_token: engine replica {pinned.address} holding the session is not healthy",
+                    (HOLDER_LOST_METADATA,),
                 )
             pinned.open += 1
             return pinned
