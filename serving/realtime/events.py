@@ -154,10 +154,12 @@ def decode_client_event(data: str | bytes) -> ClientEvent:
         raise ClientError("frame: not JSON: nested too deeply", None, "invalid_json") from None
     except ValueError as e:  # JSONDecodeError, undecodable bytes, an integer of too many digits
         raise ClientError(f"frame: not JSON: {show(str(e))}", None, "invalid_json") from None
-    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+    if not isinstance(event, dict):
         raise ClientError("type: an event is a JSON object with a string 'type'", "type", "invalid_event")
     event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
     try:
+        if not isinstance(event.get("type"), str):
+            raise ClientError("type: an event is a JSON object with a string 'type'", "type", "invalid_event")
         return _decode(event, event_id)
     except ClientError as e:
         e.event_id = event_id

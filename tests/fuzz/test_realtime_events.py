@@ -21,7 +21,7 @@ from duplex.serving.engine import validate as engine_validate
 from duplex.serving.realtime import events as e
 from duplex.serving.realtime.protocol import _TOOL_NAME, MAX_INSTRUCTIONS_BYTES, ClientError, SessionSettings
 
-FUZZ_EXAMPLES = 800
+FUZZ_EXAMPLES = 1100
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)

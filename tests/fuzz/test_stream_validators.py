@@ -18,7 +18,7 @@ from duplex.model.config import ModelConfig
 from duplex.serving.engine import validate as v
 from duplex.v1 import duplex_pb2 as pb
 
-FUZZ_EXAMPLES = 1500
+FUZZ_EXAMPLES = 700
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CFG = ModelConfig()
 CHUNK_MS = 200
