@@ -32,8 +32,10 @@ REFUSED_DRAIN_MAX_S = 5.0
 slot, only this handler, and a caller without a key should not be able to hold even that for long."""
 
 
-def _deny(message: str) -> grpc.RpcMethodHandler:
+def _deny(message: str, enter: Callable[[], None]) -> grpc.RpcMethodHandler:
     async def deny_stream(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        enter()
+
         # aborting a stream the client is still writing into surfaces on the client as INTERNAL in place of
         # our status (most of a hundred fast writers did): discard what it sends first (serving/drain.py)
         async def read() -> bytes | None:
@@ -47,8 +49,11 @@ def _deny(message: str) -> grpc.RpcMethodHandler:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, keys: KeyRing, metrics: GatewayMetrics) -> None:
-        self.keys, self.metrics = keys, metrics
+    """Refuses a call without an accepted key with UNAUTHENTICATED; ``enter`` is called in the refusing
+    handler's task (the gateway's ``LiveHandlers.enter``, so a stop waits for it)."""
+
+    def __init__(self, keys: KeyRing, metrics: GatewayMetrics, enter: Callable[[], None] = lambda: None) -> None:
+        self.keys, self.metrics, self.enter = keys, metrics, enter
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -61,7 +66,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return await continuation(details)
         self.metrics.rpcs.labels(method, "UNAUTHENTICATED").inc()
         self.metrics.errors.labels("UNAUTHENTICATED").inc()
-        return _deny(why)
+        return _deny(why, self.enter)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
