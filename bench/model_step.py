@@ -4,6 +4,7 @@
     python bench/model_step.py --batch-invariant [--batches 16,64] [--repeats 40] [--write]
     python bench/model_step.py --profile [--batches 16,64] [--threads 1]
     python bench/model_step.py --against REV [--batches 16,64] [--threads 1] [--repeats 20]
+    python bench/model_step.py --compile [--batches 16,32,64] [--threads 1] [--repeats 12]
 
 Each session is put an hour deep (positions ~90 000, ring cache full) so attention runs over the whole
 window, as in steady state. "step" is the model; "decode" the codec turning its codes into audio.
@@ -12,7 +13,7 @@ in one run (the machines are shared: compare the ratio, not the absolutes). ``--
 full-cache step spends its time (torch.profiler, top ops by self CPU time). ``--against REV`` times this
 tree's step against git revision REV's ``model/`` (same weights, same state), alternating step by step and
 counting the step thread's CPU time, which other processes on a shared machine inflate far less than wall
-time: read the old/new ratio.
+time: read the old/new ratio. ``--compile`` times ``torch.compile``'s step against eager (``compiled_step``).
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ def main() -> None:
     ap.add_argument("--batch-invariant", action="store_true", help="cost of step(batch_invariant=True)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of full-cache steps")
     ap.add_argument("--against", metavar="REV", help="A/B this tree's step against git revision REV's model/")
+    ap.add_argument("--compile", action="store_true", help="torch.compile'd step vs eager (compiled_step.py)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; the engine uses 1)")
     args = ap.parse_args()
     if args.threads:
@@ -229,6 +231,11 @@ def main() -> None:
     batches = [int(x) for x in args.batches.split(",")]
     if args.batch_invariant:
         invariance_main(model, batches, args.repeats, args.write)
+        return
+    if args.compile:
+        from compiled_step import compare
+
+        compare(model, batches, args.repeats, deep_state)
         return
     if args.against:
         against_main(model, args.against, batches, args.repeats)

@@ -61,10 +61,18 @@ def _json_error(status: int, message: str, code: str, param: str | None = None) 
 
 class RealtimeServer:
     """Serves the routes above for one ``GatewayServer`` (its keys, router, admission and metrics registry).
-    ``clock`` (Unix seconds) drives client-secret expiry; tests inject one."""
+    ``clock`` (Unix seconds) drives client-secret expiry, ``bridge_clock`` (monotonic seconds) the sessions'
+    bridge timing; tests inject them."""
 
-    def __init__(self, gateway: GatewayServer, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        gateway: GatewayServer,
+        clock: Callable[[], float] = time.time,
+        bridge_clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.gateway = gateway
+        self.bridge_clock = bridge_clock
+        """Handed to each new session (``RealtimeSession.bridge_clock``)."""
         self.keys = gateway.keys
         self.minter = SecretMinter([k.digest for k in gateway.keys.stored], clock)
         self.metrics = RealtimeMetrics(gateway.metrics.registry)
@@ -158,6 +166,7 @@ class RealtimeServer:
             duplex_events,
             lambda: time.time_ns() // 1000,
             key_id,
+            self.bridge_clock,
         )
         self.metrics.sessions.labels(auth).inc()
         self.metrics.active.inc()

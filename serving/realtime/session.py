@@ -8,6 +8,12 @@ into chunks and sent as each chunk fills: a client that streams its microphone k
 and there is no turn cycle to wait for. Server events are translated as they arrive (docs/realtime.md has the
 table): the model's floor decisions open and close responses, its text is the transcript, its tool calls are
 function calls, and the agent's results are ``function_call_output`` items.
+
+The bridge's own work is timed per audio chunk on ``bridge_clock`` (``duplex_gateway_realtime_bridge_seconds``):
+ingress from the text frame that completed a chunk to its ``ClientEvent`` being handed to the relay (JSON,
+base64, resampling, cutting, protobuf), egress from a ``ModelAudio`` coming out of the relay to the frames
+carrying it being written (protobuf, resampling, base64, JSON). What follows the hand-over, and what precedes
+the relay's output, is the gateway's relay, which gRPC clients pass through as well.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import base64
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -96,9 +103,12 @@ class RealtimeSession:
         duplex_events: bool,
         clock_us: Callable[[], int],
         key_id: str = "",
+        bridge_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.key_id = key_id
         """The caller's API key id: the session counts against its quotas (gateway.key_*)."""
+        self.bridge_clock = bridge_clock
+        """Monotonic seconds for the bridge timing (tests inject one); read for nothing else."""
         self.ws, self.gateway, self.metrics = ws, gateway, metrics
         self.settings, self.model, self.duplex_events = settings, model, duplex_events
         self.clock_us = clock_us
@@ -106,7 +116,11 @@ class RealtimeSession:
         self.session_id = new_id("sess")
         self.conversation_id = new_id("conv")
         self._send_lock = asyncio.Lock()
-        self._upstream: asyncio.Queue[bytes | None] = asyncio.Queue(UPSTREAM_CHUNKS)
+        self._upstream: asyncio.Queue[tuple[bytes, float | None] | None] = asyncio.Queue(UPSTREAM_CHUNKS)
+        """Serialized ClientEvents towards the relay, each with the ``bridge_clock`` time its WebSocket frame
+        arrived (None: not an audio chunk, or audio that waited for ``SessionReady`` — not timed)."""
+        self._frame_received: float | None = None
+        """``bridge_clock`` time the text frame being handled arrived."""
         self._pump: asyncio.Task[None] | None = None
         self._early = bytearray()
         self._in: StreamResampler | None = None
@@ -131,6 +145,7 @@ class RealtimeSession:
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
+                    self._frame_received = self.bridge_clock()
                     await self._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await self.client_error(
@@ -157,7 +172,7 @@ class RealtimeSession:
                 await self.send(self.ev("session.updated", session=self.describe()))
             elif isinstance(event, AudioAppend):
                 self._start()
-                await self._feed(event.pcm)
+                await self._feed(event.pcm, self._frame_received)
             elif isinstance(event, AudioClear):
                 self._early.clear()
                 if self._cutter is not None:
@@ -195,7 +210,7 @@ class RealtimeSession:
             text = call_result(content, self._tools_of_calls.get(content.call_id, "client"))
             out = pb.ClientEvent(text=pb.TextInput(text=text, client_time_us=self.clock_us()))
         self._start()
-        await self._upstream.put(out.SerializeToString())
+        await self._upstream.put((out.SerializeToString(), None))
         done = {**event.item, "id": event.item_id, "object": "realtime.item", "status": "completed"}
         await self.send(self.ev("conversation.item.added", previous_item_id=None, item=done))
         await self.send(self.ev("conversation.item.done", previous_item_id=None, item=done))
@@ -214,10 +229,14 @@ class RealtimeSession:
         self._pump = asyncio.create_task(self._run_conversation(pb.ClientEvent(start=start).SerializeToString()))
 
     async def _upstream_events(self) -> AsyncIterator[bytes]:
-        while (raw := await self._upstream.get()) is not None:
+        while (item := await self._upstream.get()) is not None:
+            raw, received = item
+            if received is not None:
+                self.metrics.bridge.labels("ingress").observe(self.bridge_clock() - received)
             yield raw
 
-    async def _feed(self, pcm: bytes) -> None:
+    async def _feed(self, pcm: bytes, received: float | None) -> None:
+        """Resample and cut ``pcm``; each chunk it completes goes upstream stamped with ``received``."""
         if self._in is None or self._cutter is None:
             if len(self._early) + len(pcm) > MAX_EARLY_AUDIO_S * WIRE_RATE * 2:
                 raise ClientError(
@@ -228,7 +247,7 @@ class RealtimeSession:
         for chunk in self._cutter.feed(self._in.feed(pcm)):
             ev = pb.ClientEvent(audio=pb.AudioChunk(seq=self._seq, pcm=chunk, client_time_us=self.clock_us()))
             self._seq += 1
-            await self._upstream.put(ev.SerializeToString())
+            await self._upstream.put((ev.SerializeToString(), received))
 
     async def _run_conversation(self, first: bytes) -> None:
         from ..gateway.server import Refused
@@ -237,7 +256,7 @@ class RealtimeSession:
         try:
             async with contextlib.aclosing(self.gateway.relay(first, self._upstream_events(), self.key_id)) as events:
                 async for raw in events:
-                    await self.on_server_event(pb.ServerEvent.FromString(raw))
+                    await self.on_server_bytes(raw)
         except Refused as e:
             code, message = e.code, e.message
         except grpc.aio.AioRpcError as e:
@@ -252,6 +271,14 @@ class RealtimeSession:
             self.metrics.errors.labels(code.name.lower()).inc()
             await self.send(self.ev.error(f"{code.name}: {message}", code=code.name.lower(), kind=kind))
         await self.ws.close(code=close, message=_close_reason(message or "conversation ended"))
+
+    async def on_server_bytes(self, raw: bytes) -> None:
+        """One serialized server event from the relay; model audio is timed (egress) until its frames are out."""
+        received = self.bridge_clock()
+        ev = pb.ServerEvent.FromString(raw)
+        await self.on_server_event(ev)
+        if ev.HasField("audio"):
+            self.metrics.bridge.labels("egress").observe(self.bridge_clock() - received)
 
     async def on_server_event(self, ev: pb.ServerEvent) -> None:
         """Translate one of the conversation's server events into Realtime events."""
@@ -293,7 +320,7 @@ class RealtimeSession:
             )
         await self._start_user_turn(0)  # the user holds the floor first
         early, self._early = bytes(self._early), bytearray()
-        await self._feed(early)
+        await self._feed(early, None)  # waited for SessionReady: session setup, not the bridge's work
 
     def _ms(self, model_sample: int) -> int:
         return model_sample * 1000 // self.model_rate if self.model_rate else 0
@@ -325,6 +352,7 @@ class RealtimeSession:
                     controls=controls,
                     compute_ms=round(t.compute_ms, 3),
                     queue_wait_ms=round(t.queue_wait_ms, 3),
+                    step_start_us=t.step_start_us,
                     late=t.late,
                     substituted=t.substituted,
                 )

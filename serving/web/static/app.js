@@ -38,6 +38,7 @@ const newState = () => ({
   playingTurn: null, // the turn whose audio was scheduled last
   lead: PLAYBACK_LEAD_S,
   underruns: 0, // times a turn's audio ran dry before its next delta arrived
+  cuts: [], // {reason, at_s, dropped_s, played_s}: each time scheduled model audio was dropped unheard
   cancelled: new Set(), // response ids whose remaining audio is dropped (barge-in)
   turns: [], // {id, createdAt, firstAudio, eos, latency, status, row, transcript}
   turnById: new Map(),
@@ -70,6 +71,7 @@ Object.defineProperty(window, 'duplexStats', {
       events: state.events,
       agentResults: Object.freeze(state.results.map((r) => Object.freeze({ ...r }))),
       underruns: state.underruns,
+      cuts: Object.freeze(state.cuts.map((c) => Object.freeze({ ...c }))),
       errors: Object.freeze([...state.errors]),
       status: $('status').textContent,
     });
@@ -539,6 +541,7 @@ function truncatePlayback(reason) {
   }
   if (dropped === 0) return;
   state.playCursor = now;
+  state.cuts.push({ reason, at_s: now - state.captureStart, dropped_s: dropped / RATE, played_s: samplesPlayed() / RATE });
   timeline.cutModel(now - state.captureStart);
   timeline.mark(now - state.captureStart, 'cut', `cut (${reason})`);
   logEvent(`playback cut (${reason}): ${(dropped / RATE).toFixed(2)} s of model audio dropped`, 'cut');
