@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from ..drain import drain_client
 from ..metrics import GatewayMetrics
 from .auth import KeyRing
 
@@ -22,12 +23,25 @@ def metadata_dict(metadata: Any) -> dict[str, str]:
     return {k: v if isinstance(v, str) else v.decode(errors="replace") for k, v in (metadata or ())}
 
 
-def _deny(message: str) -> grpc.RpcMethodHandler:
-    async def deny_stream(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        # take the client's first message before answering: aborting a stream the client is still
-        # writing into can surface on the client as INTERNAL instead of our status
-        async for _ in request_iterator:
-            break
+REFUSED_QUIET_S = 1.0
+"""A pause this long in a refused caller's writes ends the discarding. Longer than ``drain.QUIET_S``: a caller
+refused at its first message writes in a burst (no ``SessionReady`` paces it), and a burst over a shared,
+congested connection stalls in flow control for longer than a real-time client pauses between chunks."""
+REFUSED_DRAIN_MAX_S = 5.0
+"""Longest a refused caller's writes are discarded before its UNAUTHENTICATED goes out regardless: it holds no
+slot, only this handler, and a caller without a key should not be able to hold even that for long."""
+
+
+def _deny(message: str, enter: Callable[[], None]) -> grpc.RpcMethodHandler:
+    async def deny_stream(request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
+        enter()
+
+        # aborting a stream the client is still writing into surfaces on the client as INTERNAL in place of
+        # our status (most of a hundred fast writers did): discard what it sends first (serving/drain.py)
+        async def read() -> bytes | None:
+            return await anext(request_iterator, None)
+
+        await drain_client(read, lambda m: m is None, REFUSED_QUIET_S, REFUSED_DRAIN_MAX_S)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield b""  # pragma: no cover - abort raises; this makes the handler a response stream
 
@@ -35,8 +49,11 @@ def _deny(message: str) -> grpc.RpcMethodHandler:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, keys: KeyRing, metrics: GatewayMetrics) -> None:
-        self.keys, self.metrics = keys, metrics
+    """Refuses a call without an accepted key with UNAUTHENTICATED; ``enter`` is called in the refusing
+    handler's task (the gateway's ``LiveHandlers.enter``, so a stop waits for it)."""
+
+    def __init__(self, keys: KeyRing, metrics: GatewayMetrics, enter: Callable[[], None] = lambda: None) -> None:
+        self.keys, self.metrics, self.enter = keys, metrics, enter
 
     async def intercept_service(
         self, continuation: Continuation, details: grpc.HandlerCallDetails
@@ -49,7 +66,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return await continuation(details)
         self.metrics.rpcs.labels(method, "UNAUTHENTICATED").inc()
         self.metrics.errors.labels("UNAUTHENTICATED").inc()
-        return _deny(why)
+        return _deny(why, self.enter)
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from ..drain import QUIET_S, drain_client
+
+log = logging.getLogger(__name__)
 
 
 class ClientPump:
@@ -26,8 +29,15 @@ class ClientPump:
         try:
             async for raw in requests:
                 await self.queue.put(raw)
-        finally:
-            await self.queue.put(None)  # half-closed, failed or cancelled: no more messages
+        except asyncio.CancelledError:
+            # close(): nobody reads any more, so waiting for room for the end mark would hold this task
+            # (and a process's shutdown) forever; mark the end only if there is room, and stay cancelled
+            with contextlib.suppress(asyncio.QueueFull):
+                self.queue.put_nowait(None)
+            raise
+        except Exception as e:  # the call failed under the read: the reader still gets the end mark
+            log.debug("client stream read failed: %r", e)
+        await self.queue.put(None)  # half-closed or failed: no more messages
 
     async def messages(self) -> AsyncIterator[bytes]:
         """``first``, then what the client sends. Each call starts again at ``first``: when a replica failed

@@ -89,6 +89,34 @@ async def _refuse(
     await context.abort(code, message, trailing_metadata=trailing)
 
 
+STOP_UNWIND_S = 5.0
+"""Longest ``stop`` waits, after grpc ended the calls, for their handlers to finish unwinding."""
+
+
+class LiveHandlers:
+    """The tasks running this server's RPC handlers. grpc's ``server.stop`` returns once the calls are over,
+    while their handler tasks may still be unwinding; a process that then ends its event loop cancels grpc's
+    own task waiting on each (``_schedule_rpc_coro``), which logs a ``CancelledError`` traceback per live
+    stream. ``stop`` waits for these tasks first."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[object]] = set()
+
+    def enter(self) -> None:
+        """Called first thing in a handler: track the task it runs in until it is done."""
+        task = asyncio.current_task()
+        if task is not None and task not in self.tasks:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def wait(self, timeout: float) -> int:
+        """Wait until every tracked handler is done, at most ``timeout`` s; how many are still running."""
+        if not self.tasks:
+            return 0
+        _, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
+        return len(pending)
+
+
 class GatewayServer:
     def __init__(
         self,
@@ -120,13 +148,17 @@ class GatewayServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_server: MetricsServer | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self.handlers = LiveHandlers()
 
     async def start(self) -> int:
         if not self.spec.engines:
             raise ValueError("gateway: no engines configured (engines: [HOST:PORT, ...])")
         credentials = load_tls(self.spec)
         server = grpc.aio.server(
-            interceptors=(AuthInterceptor(self.keys, self.metrics), MetricsInterceptor(self.metrics)),
+            interceptors=(
+                AuthInterceptor(self.keys, self.metrics, self.handlers.enter),
+                MetricsInterceptor(self.metrics),
+            ),
             options=[
                 ("grpc.max_receive_message_length", self.spec.max_message_bytes),
                 ("grpc.max_send_message_length", self.spec.max_message_bytes),
@@ -201,6 +233,8 @@ class GatewayServer:
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
+            if left := await self.handlers.wait(STOP_UNWIND_S):
+                log.warning("gateway stop: %d handler(s) still unwinding after %.0f s", left, STOP_UNWIND_S)
         await self.router.close()
         if self._health_task is not None:
             self._health_task.cancel()
@@ -339,6 +373,7 @@ class GatewayServer:
         requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
+        self.handlers.enter()
         it = aiter(requests)
         first = await anext(it, None)  # the SessionStart, relayed as is (answering before reading it can
         if first is None:  # reach the client as INTERNAL instead of our status)

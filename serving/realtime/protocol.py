@@ -43,15 +43,85 @@ in its own voice and transcribes nothing but its own speech."""
 
 
 class ClientError(Exception):
-    """A client event the endpoint refuses: answered with an ``error`` event (the session stays open)."""
+    """A client event the endpoint refuses: answered with an ``error`` event (the session stays open). The
+    message starts with the field it is about (``param``; the frame itself when ``param`` is None)."""
 
-    def __init__(self, message: str, param: str | None = None, code: str = "invalid_value") -> None:
+    def __init__(
+        self, message: str, param: str | None = None, code: str = "invalid_value", event_id: str | None = None
+    ) -> None:
         super().__init__(message)
-        self.message, self.param, self.code = message, param, code
+        self.message, self.param, self.code, self.event_id = message, param, code, event_id
 
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(8)}"
+
+
+SHOWN_CHARS = 80
+"""How much of a client's value an error message repeats."""
+
+
+def show(value: object) -> str:
+    """``repr(value)``, cut to ``SHOWN_CHARS`` (an error message never grows with the client's input)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 3] + "..."
+
+
+def key(name: str) -> str:
+    """A client's object key as it appears in a field path: itself when short and printable, else ``show``n."""
+    return name if len(name) <= SHOWN_CHARS and name.isprintable() else show(name)
+
+
+@dataclass(frozen=True)
+class SessionPatch:
+    """What a ``session.update`` sets, checked on its own (``check_session``)."""
+
+    instructions: str | None = None
+    """New instructions, or None to keep them."""
+    tools: list[str] | None = None
+    """New tool names, or None to keep them."""
+
+
+def check_session(session: object) -> SessionPatch:
+    """A ``session.update``'s ``session`` object → what it sets; ClientError naming the field on anything this
+    server cannot do."""
+    if not isinstance(session, dict):
+        raise ClientError("session: must be an object", "session")
+    known = {"type", "instructions", "tools", "audio", "output_modalities"}
+    unknown = sorted(set(session) - IGNORED_SESSION_FIELDS - known)
+    if unknown:
+        name = key(unknown[0])
+        raise ClientError(f"session.{name}: unknown session field", f"session.{name}", "unknown_parameter")
+    if "output_modalities" in session:
+        if session["output_modalities"] != ["audio"]:
+            raise ClientError(
+                f"session.output_modalities {show(session['output_modalities'])}: the model always speaks; "
+                "only ['audio'] (audio with its transcript) is supported",
+                "session.output_modalities",
+            )
+    kind = session.get("type", "realtime")
+    if kind != "realtime":
+        raise ClientError(
+            f"session.type {show(kind)}: only 'realtime' sessions are served (no transcription sessions)",
+            "session.type",
+        )
+    _check_audio(session.get("audio"))
+    instructions = session.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise ClientError("session.instructions: must be a string", "session.instructions")
+        try:
+            size = len(instructions.encode())
+        except UnicodeEncodeError:
+            raise ClientError(
+                "session.instructions: not valid Unicode (a lone surrogate \\ud800-\\udfff)", "session.instructions"
+            ) from None
+        if size > MAX_INSTRUCTIONS_BYTES:
+            raise ClientError(
+                f"session.instructions: longer than {MAX_INSTRUCTIONS_BYTES} bytes", "session.instructions"
+            )
+    tools = _tool_names(session["tools"]) if "tools" in session else None
+    return SessionPatch(instructions, tools)
 
 
 @dataclass
@@ -66,36 +136,12 @@ class SessionSettings:
     def update(self, session: object, started: bool) -> None:
         """Apply a ``session.update``'s ``session`` object; ClientError naming the field on anything this server
         cannot do. Nothing changes unless every field is acceptable."""
-        if not isinstance(session, dict):
-            raise ClientError("session: must be an object", "session")
-        known = {"type", "instructions", "tools", "audio", "output_modalities"}
-        unknown = sorted(set(session) - IGNORED_SESSION_FIELDS - known)
-        if unknown:
-            raise ClientError(
-                f"session.{unknown[0]}: unknown session field", f"session.{unknown[0]}", "unknown_parameter"
-            )
-        if "output_modalities" in session:
-            if session["output_modalities"] != ["audio"]:
-                raise ClientError(
-                    f"session.output_modalities {session['output_modalities']!r}: the model always speaks; "
-                    "only ['audio'] (audio with its transcript) is supported",
-                    "session.output_modalities",
-                )
-        kind = session.get("type", "realtime")
-        if kind != "realtime":
-            raise ClientError(
-                f"session.type {kind!r}: only 'realtime' sessions are served (no transcription sessions)",
-                "session.type",
-            )
-        _check_audio(session.get("audio"))
-        instructions = session.get("instructions", self.instructions)
-        if not isinstance(instructions, str):
-            raise ClientError("session.instructions: must be a string", "session.instructions")
-        if len(instructions.encode()) > MAX_INSTRUCTIONS_BYTES:
-            raise ClientError(
-                f"session.instructions: longer than {MAX_INSTRUCTIONS_BYTES} bytes", "session.instructions"
-            )
-        tools = _tool_names(session["tools"]) if "tools" in session else self.tools
+        self.apply(check_session(session), started)
+
+    def apply(self, patch: SessionPatch, started: bool) -> None:
+        """Apply a checked update; once the conversation has started, instructions and tools are fixed."""
+        instructions = self.instructions if patch.instructions is None else patch.instructions
+        tools = self.tools if patch.tools is None else patch.tools
         if started and instructions != self.instructions:
             raise ClientError(
                 "session.instructions: fixed once the conversation has started (the first "
@@ -135,12 +181,13 @@ def _check_audio(audio: object) -> None:
         raise ClientError("session.audio: must be an object", "session.audio")
     for side in audio:
         if side not in ("input", "output"):
-            raise ClientError(f"session.audio.{side}: unknown field", f"session.audio.{side}", "unknown_parameter")
+            where = f"session.audio.{key(side)}"
+            raise ClientError(f"{where}: unknown field", where, "unknown_parameter")
         conf = audio[side]
         if not isinstance(conf, dict):
             raise ClientError(f"session.audio.{side}: must be an object", f"session.audio.{side}")
         for k, v in conf.items():
-            where = f"session.audio.{side}.{k}"
+            where = f"session.audio.{side}.{key(k)}"
             if k == "format":
                 if (
                     not isinstance(v, dict)
@@ -148,7 +195,7 @@ def _check_audio(audio: object) -> None:
                     or v.get("rate", WIRE_RATE) != WIRE_RATE
                 ):
                     raise ClientError(
-                        f"{where} {v!r}: only {{'type': 'audio/pcm', 'rate': {WIRE_RATE}}} is supported "
+                        f"{where} {show(v)}: only {{'type': 'audio/pcm', 'rate': {WIRE_RATE}}} is supported "
                         "(PCM16 mono; resampled to the model's rate by the server)",
                         where,
                     )
@@ -166,7 +213,9 @@ def _tool_names(tools: object) -> list[str]:
             raise ClientError(f"{where}: only function tools are supported (no MCP)", where)
         name = t.get("name")
         if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-            raise ClientError(f"{where}.name {name!r}: a tool name of the engine ([a-z][a-z0-9_]*)", f"{where}.name")
+            raise ClientError(
+                f"{where}.name {show(name)}: a tool name of the engine ([a-z][a-z0-9_]*)", f"{where}.name"
+            )
         names.append(name)
     return names
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -34,8 +33,19 @@ from aiohttp import WSMsgType, web
 
 from duplex.v1 import duplex_pb2 as pb
 
-from ..agent.toolcall import ToolCallParser, result_text
+from ..agent.toolcall import ToolCallParser
 from .audio import WIRE_RATE, ChunkCutter, StreamResampler
+from .events import (
+    AudioAppend,
+    AudioClear,
+    FunctionCallContent,
+    ItemCreate,
+    ItemTruncate,
+    SessionUpdate,
+    TextContent,
+    call_result,
+    decode_client_event,
+)
 from .metrics import RealtimeMetrics
 from .protocol import ClientError, EventFactory, SessionSettings, new_id
 
@@ -123,16 +133,6 @@ class RealtimeSession:
         self._user_item: str | None = None
         self._parser = ToolCallParser()
         self._tools_of_calls: dict[str, str] = {}
-        self._handlers: dict[str, Callable[[dict[str, Any]], Any]] = {
-            "session.update": self._session_update,
-            "input_audio_buffer.append": self._append,
-            "input_audio_buffer.commit": self._ignored,
-            "input_audio_buffer.clear": self._clear,
-            "response.create": self._ignored,
-            "response.cancel": self._response_cancel,
-            "conversation.item.create": self._item_create,
-            "conversation.item.truncate": self._item_truncate,
-        }
 
     @property
     def started(self) -> bool:
@@ -149,7 +149,7 @@ class RealtimeSession:
                     await self._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     await self.client_error(
-                        ClientError("binary frames are not events: send JSON text frames", None, "invalid_frame")
+                        ClientError("frame: binary frames are not events; send JSON text frames", None, "invalid_frame")
                     )
                 elif msg.type == WSMsgType.ERROR:  # oversized frame (closed with 1009) or a broken frame
                     self.metrics.errors.labels("invalid_frame").inc()
@@ -166,139 +166,54 @@ class RealtimeSession:
 
     async def _on_text(self, data: str) -> None:
         try:
-            event = json.loads(data)
-        except ValueError as e:
-            await self.client_error(ClientError(f"not JSON: {e}", None, "invalid_json"))
-            return
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            await self.client_error(
-                ClientError("an event is a JSON object with a string 'type'", "type", "invalid_event")
-            )
-            return
-        event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
-        handler = self._handlers.get(event["type"])
-        try:
-            if handler is None:
-                raise ClientError(
-                    f"unsupported event type {event['type']!r}; this server takes: {', '.join(sorted(self._handlers))}",
-                    "type",
-                    "unknown_event",
+            event = decode_client_event(data)
+            if isinstance(event, SessionUpdate):
+                self.settings.apply(event.patch, self.started)
+                await self.send(self.ev("session.updated", session=self.describe()))
+            elif isinstance(event, AudioAppend):
+                self._start()
+                await self._feed(event.pcm, self._frame_received)
+            elif isinstance(event, AudioClear):
+                self._early.clear()
+                if self._cutter is not None:
+                    self._cutter.clear()
+                await self.send(self.ev("input_audio_buffer.cleared"))
+            elif isinstance(event, ItemCreate):
+                await self._item_create(event)
+            elif isinstance(event, ItemTruncate):
+                await self.send(
+                    self.ev(
+                        "conversation.item.truncated",
+                        item_id=event.item_id,
+                        content_index=event.content_index,
+                        audio_end_ms=event.audio_end_ms,
+                    )
                 )
-            await handler(event)
+            # AudioCommit, ResponseCreate: the model takes turns and speaks on its own
         except ClientError as e:
-            await self.client_error(e, event_id)
+            await self.client_error(e, e.event_id)
 
     async def client_error(self, e: ClientError, event_id: str | None = None) -> None:
         self.metrics.errors.labels(e.code).inc()
         await self.send(self.ev.error(e.message, code=e.code, param=e.param, event_id=event_id))
 
-    async def _ignored(self, event: dict[str, Any]) -> None:
-        """``response.create`` and ``input_audio_buffer.commit``: the model speaks and takes turns on its own."""
-
-    async def _session_update(self, event: dict[str, Any]) -> None:
-        self.settings.update(event.get("session"), self.started)
-        await self.send(self.ev("session.updated", session=self.describe()))
-
-    async def _append(self, event: dict[str, Any]) -> None:
-        audio = event.get("audio")
-        if not isinstance(audio, str):
-            raise ClientError("audio: base64-encoded PCM16 (24 kHz mono) expected as a string", "audio")
-        try:
-            pcm = base64.b64decode(audio, validate=True)
-        except binascii.Error:
-            raise ClientError("audio: not valid base64", "audio") from None
-        if len(pcm) % 2:
-            raise ClientError(f"audio: {len(pcm)} bytes, an odd count: PCM16 samples are 2 bytes each", "audio")
-        self._start()
-        await self._feed(pcm, self._frame_received)
-
-    async def _clear(self, event: dict[str, Any]) -> None:
-        self._early.clear()
-        if self._cutter is not None:
-            self._cutter.clear()
-        await self.send(self.ev("input_audio_buffer.cleared"))
-
-    async def _response_cancel(self, event: dict[str, Any]) -> None:
-        raise ClientError(
-            "response.cancel: the model yields the floor itself when the user speaks (barge-in); "
-            "a response cannot be cancelled by an event",
-            "type",
-            "unsupported_event",
-        )
-
-    async def _item_truncate(self, event: dict[str, Any]) -> None:
-        item_id, content_index, end = event.get("item_id"), event.get("content_index", 0), event.get("audio_end_ms")
-        if not isinstance(item_id, str):
-            raise ClientError("item_id: the assistant message's id (string) expected", "item_id")
-        if not isinstance(end, int) or isinstance(end, bool) or end < 0:
-            raise ClientError(f"audio_end_ms {end!r}: a non-negative integer expected", "audio_end_ms")
-        if not isinstance(content_index, int):
-            raise ClientError("content_index: an integer expected", "content_index")
-        await self.send(
-            self.ev("conversation.item.truncated", item_id=item_id, content_index=content_index, audio_end_ms=end)
-        )
-
-    async def _item_create(self, event: dict[str, Any]) -> None:
-        item = event.get("item")
-        if not isinstance(item, dict):
-            raise ClientError("item: an object expected", "item")
-        kind = item.get("type")
-        item_id = item.get("id") if isinstance(item.get("id"), str) else new_id("item")
-        if kind == "message":
-            out = self._message_input(item)
-        elif kind == "function_call":
-            out = self._function_call_input(item)
-        elif kind == "function_call_output":
-            out = self._function_call_output_input(item)
-        else:
-            raise ClientError(
-                f"item.type {kind!r}: supported are 'message' (input_text), 'function_call' (runs on the "
-                "background agent) and 'function_call_output' (fed to the model)",
-                "item.type",
+    async def _item_create(self, event: ItemCreate) -> None:
+        content = event.content
+        if isinstance(content, TextContent):
+            out = pb.ClientEvent(text=pb.TextInput(text=content.text, client_time_us=self.clock_us()))
+        elif isinstance(content, FunctionCallContent):
+            self._tools_of_calls[content.call_id] = content.name
+            out = pb.ClientEvent(
+                agent=pb.AgentRequest(call_id=content.call_id, tool=content.name, arguments_json=content.arguments)
             )
+        else:
+            text = call_result(content, self._tools_of_calls.get(content.call_id, "client"))
+            out = pb.ClientEvent(text=pb.TextInput(text=text, client_time_us=self.clock_us()))
         self._start()
         await self._upstream.put((out.SerializeToString(), None))
-        done = {**item, "id": item_id, "object": "realtime.item", "status": "completed"}
+        done = {**event.item, "id": event.item_id, "object": "realtime.item", "status": "completed"}
         await self.send(self.ev("conversation.item.added", previous_item_id=None, item=done))
         await self.send(self.ev("conversation.item.done", previous_item_id=None, item=done))
-
-    def _message_input(self, item: dict[str, Any]) -> pb.ClientEvent:
-        if item.get("role") not in ("user", "system"):
-            raise ClientError(f"item.role {item.get('role')!r}: 'user' or 'system' expected", "item.role")
-        content = item.get("content")
-        if not isinstance(content, list) or not content:
-            raise ClientError("item.content: a non-empty list expected", "item.content")
-        texts = []
-        for i, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "input_text" or not isinstance(part.get("text"), str):
-                raise ClientError(
-                    f"item.content[{i}]: only {{type: 'input_text', text}} parts (send audio with "
-                    "input_audio_buffer.append)",
-                    f"item.content[{i}]",
-                )
-            texts.append(part["text"])
-        return pb.ClientEvent(text=pb.TextInput(text="\n".join(texts), client_time_us=self.clock_us()))
-
-    def _function_call_input(self, item: dict[str, Any]) -> pb.ClientEvent:
-        name, args, call_id = item.get("name"), item.get("arguments", "{}"), item.get("call_id")
-        if not isinstance(name, str) or not name:
-            raise ClientError("item.name: the tool to run (string) expected", "item.name")
-        if not isinstance(args, str):
-            raise ClientError("item.arguments: a JSON object as a string expected", "item.arguments")
-        if not isinstance(call_id, str) or not call_id:
-            raise ClientError("item.call_id: a non-empty string expected", "item.call_id")
-        self._tools_of_calls[call_id] = name
-        return pb.ClientEvent(agent=pb.AgentRequest(call_id=call_id, tool=name, arguments_json=args))
-
-    def _function_call_output_input(self, item: dict[str, Any]) -> pb.ClientEvent:
-        call_id, output = item.get("call_id"), item.get("output")
-        if not isinstance(call_id, str) or not call_id:
-            raise ClientError("item.call_id: the call's id (string) expected", "item.call_id")
-        if not isinstance(output, str):
-            raise ClientError("item.output: a string expected", "item.output")
-        tool = self._tools_of_calls.get(call_id, "client")
-        text = result_text(call_id, tool, "DONE", output)
-        return pb.ClientEvent(text=pb.TextInput(text=text, client_time_us=self.clock_us()))
 
     # ------------------------------------------------------------------------------------------ engine side
     def _start(self) -> None:

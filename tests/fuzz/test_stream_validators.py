@@ -2,7 +2,8 @@
 ``parse_event`` on random and mutated bytes, ``event_kind``, ``check_start``, ``check_audio``, ``check_video``,
 ``check_text`` and ``check_agent``. Properties: nothing raises but the validators' own ``InputError``, whose
 status is a client-error code and whose message names the field it is about; what passes is well-formed.
-About 12,000 cases per run (``FUZZ_EXAMPLES`` per test)."""
+``FUZZ_EXAMPLES`` cases per test: with test_realtime_events.py the folder runs about 11,500 cases
+(7 × 700 here, 4 × 1,100 + 2,200 there), about 100 s of CPU."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from duplex.model.config import ModelConfig
 from duplex.serving.engine import validate as v
 from duplex.v1 import duplex_pb2 as pb
 
-FUZZ_EXAMPLES = 1500
+FUZZ_EXAMPLES = 700
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CFG = ModelConfig()
 CHUNK_MS = 200

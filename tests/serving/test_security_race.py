@@ -87,3 +87,48 @@ async def test_bad_sessions_writing_fast_get_their_status(stack: Stack, via: str
     assert w.audio_seqs() == list(range(15)), w.audio_seqs()
     assert not w.of("warning") and not w.of("error"), [r.event for r in w.of("warning") + w.of("error")]
     await eventually(lambda: stack.active() == 0, deadline_s=30, what="no leaked session")
+
+
+WRONG_KEY = (("authorization", "Bearer not-a-key"),)
+REFUSED_SESSIONS = 120
+
+
+async def fast_refused_session(ch: grpc.aio.Channel, half_close: bool) -> tuple[grpc.StatusCode, str]:
+    """A wrong key, writing at once and as fast as the stream takes it (start, then audio)."""
+    finished = asyncio.Event()
+
+    async def reqs() -> AsyncIterator[bytes]:
+        yield client.start_event().SerializeToString()
+        for i in range(TRAILING_WRITES):
+            yield client.audio_event(i, GOOD).SerializeToString()
+        if not half_close:
+            await finished.wait()
+
+    call = ch.stream_stream("/duplex.v1.Duplex/Converse")(reqs(), metadata=WRONG_KEY)
+    try:
+        async for _ in call:
+            pass
+        return grpc.StatusCode.OK, ""
+    except grpc.aio.AioRpcError as e:
+        return e.code(), e.details() or ""
+    finally:
+        finished.set()
+
+
+async def test_refused_keys_writing_fast_get_unauthenticated(stack: Stack) -> None:
+    """All at once, a hundred-odd sessions with a wrong key stream audio from their first moment: each gets
+    UNAUTHENTICATED (before the fix some got ``INTERNAL``: the interceptor's abort raced their writes), and the
+    status says why without echoing the key."""
+    got: collections.Counter[grpc.StatusCode] = collections.Counter()
+    wrong: list[tuple[grpc.StatusCode, str, bool]] = []
+    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+
+        async def one(i: int) -> None:
+            code, details = await fast_refused_session(ch, half_close=bool(i % 2))
+            got[code] += 1
+            if code != grpc.StatusCode.UNAUTHENTICATED or details != "invalid API key":
+                wrong.append((code, details, bool(i % 2)))
+
+        await asyncio.gather(*(one(i) for i in range(REFUSED_SESSIONS)))
+    assert not wrong, f"{len(wrong)}/{REFUSED_SESSIONS} sessions got another status: {wrong[:5]} (all: {dict(got)})"
+    assert stack.active() == 0
