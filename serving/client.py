@@ -308,8 +308,10 @@ async def converse(
     ``SessionReady.resume_token``, receive what the engine sent meanwhile and re-send the events it had not
     read (at most ``resend_limit`` are kept), then go on; the chunks keep their real-time schedule, so those
     captured while disconnected go out at once. It gives up (the conversation's code says why) when the grace
-    is over (DEADLINE_EXCEEDED), when the resume is refused (NOT_FOUND, PERMISSION_DENIED, ...) or when events
-    the engine needs are no longer kept (DATA_LOSS). ``on_event`` sees every server event as it arrives."""
+    is over (the drop's own UNAVAILABLE or CANCELLED, its details saying the resume timed out), when the
+    resume is refused (NOT_FOUND, PERMISSION_DENIED, ...; UNAVAILABLE with the ``HOLDER_LOST_METADATA``
+    trailer when the engine that held the session is down) or when events the engine needs are no longer
+    kept (DATA_LOSS). ``on_event`` sees every server event as it arrives."""
     clk = clock if clock is not None else SystemClock()
     chunk_us = chunk_ms * 1000
     conv = Conversation(chunk_us=chunk_us)
@@ -426,8 +428,12 @@ async def converse(
             except asyncio.CancelledError:
                 if not expired:
                     raise
-                conv.code = grpc.StatusCode.DEADLINE_EXCEEDED
-                conv.details = f"resume: no SessionReady within the session's resume grace ({grace_us // 1000} ms)"
+                assert drop is not None  # the timer runs only while resuming
+                conv.code = drop.code  # the drop is what ended it; the resume only failed to undo it
+                conv.details = (
+                    f"resume: no SessionReady within the session's resume grace ({grace_us // 1000} ms) "
+                    f"after the stream dropped ({drop.code.name})"
+                )
                 return conv
             finally:
                 ready.set()  # release the request generator if the call ended before SessionReady
