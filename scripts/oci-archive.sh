@@ -21,9 +21,10 @@ shift 3
 
 store=$(mktemp -d "${TMPDIR:-/tmp}/oci-archive.XXXXXX")
 trap 'rm -rf "$store"' EXIT
-# file locks and every state dir inside $store (the defaults would leave /dev/shm/libpod_lock, /run/libpod,
-# /run/containers behind; only podman's blob-info cache in /var/lib/containers/cache remains)
-printf '[engine]\nlock_type = "file"\n' >"$store/containers.conf"
+# file locks, the CNI network backend and every state dir inside $store: the defaults would leave
+# /dev/shm/libpod_lock, /run/libpod and /run/containers behind (only podman's blob-info cache in
+# /var/lib/containers/cache remains)
+printf '[engine]\nlock_type = "file"\n[network]\nnetwork_backend = "cni"\n' >"$store/containers.conf"
 export CONTAINERS_CONF="$store/containers.conf"
 pm=(podman --root "$store/root" --runroot "$store/run" --tmpdir "$store/tmp" --network-config-dir "$store/net"
     --storage-driver vfs --cgroup-manager cgroupfs --events-backend none)
