@@ -1,0 +1,748 @@
+"""A real single-node Kubernetes cluster from Debian parts, for end-to-end tests.
+
+etcd + kube-apiserver + kube-controller-manager (from :mod:`duplex_controlplane`), kube-scheduler, containerd +
+runc + bridge CNI, kubelet and kube-proxy (iptables mode). Kubernetes binaries are built from Debian's
+``kubernetes`` source by ``scripts/kube-build.sh`` into ``$DUPLEX_CACHE``; images are imported, never pulled
+(``scripts/oci-archive.sh``). Needs root (bridges, iptables, cgroups, mounts). See docs/e2e.md.
+
+Address plan (all inside the benchmarking range 198.18.0.0/15, so no test traffic targets a real network):
+
+- Services: 198.18.0.0/16 (routed onto the node bridge, so an unmatched ClusterIP never leaves the machine)
+- Pods:     198.19.0.0/24 on the bridge ``duplexbr0``; 198.19.0.1 is the pods' gateway *and* the node IP
+  (the apiserver, kubelet and kube-proxy listen there; this VM's kernel has no dummy devices)
+
+Everything the node starts lives in one cgroup tree (``/sys/fs/cgroup/*/duplex-node``: the daemons, containerd's
+shims and, as the kubelet's ``cgroupRoot``, every pod), so teardown kills the whole tree by its cgroup. One node
+runs per machine at a time (a lock under the cache): the bridge, the KUBE-* chains and the cgroup are global.
+
+Usable on its own::
+
+    python tests/e2e/duplex_node.py   # prints KUBECONFIG=..., Ctrl-C tears it down
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+
+from duplex_controlplane import (
+    REPO,
+    SERVICE_CIDR,
+    ControlPlane,
+    cache_dir,
+    ensure_binaries,
+    free_port,
+    kube_bin_dir,
+    start_apiserver,
+    start_controller_manager,
+    start_logged,
+    wait_until,
+)
+
+NODE_NAME = "duplex-node"
+BRIDGE = "duplexbr0"
+NODE_IP = "198.19.0.1"
+POD_CIDR = "198.19.0.0/24"
+CGROUP_NAME = "duplex-node"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.6"
+BUSYBOX_IMAGE = "duplex.test/busybox:1"
+NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy")
+DEBIAN_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "podman", "iptables", "ip6tables", "ip", "gcc")
+CNI_BIN_DIR = Path("/usr/lib/cni")
+CGROUP_FS = Path("/sys/fs/cgroup")
+# Kernel settings the node changes (the kubelet's "kernel tunables", forwarding for the bridge, kube-proxy's
+# route_localnet): recorded before, restored after.
+SYSCTLS = (
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/route_localnet",
+    "net/bridge/bridge-nf-call-iptables",
+    "vm/overcommit_memory",
+    "vm/panic_on_oom",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "kernel/keys/root_maxkeys",
+    "kernel/keys/root_maxbytes",
+)
+# Host paths the daemons create outside the work dir (hard-coded in kubelet / containerd / CNI): removed at
+# teardown when they did not exist before.
+NETNS_DIR = Path("/run/netns")
+HOST_PATHS = (
+    Path("/var/log/pods"),
+    Path("/var/log/containers"),
+    Path("/var/lib/cni"),
+    Path("/run/containerd"),
+    NETNS_DIR,
+)
+# Processes only a node runs: none may be left after teardown.
+NODE_PROCESS_NAMES = ("kubelet", "kube-proxy", "kube-scheduler", "containerd", "containerd-shim", "pause")
+
+
+# --- binaries and images ----------------------------------------------------------------------------
+
+
+def ensure_node_binaries() -> dict[str, Path]:
+    """Control-plane and node binaries; builds the Kubernetes ones (scripts/kube-build.sh, cached) if absent."""
+    bins = ensure_binaries()
+    if not all((kube_bin_dir() / n).exists() for n in NODE_BINARIES):
+        env = dict(os.environ, KUBE_BUILD_WHAT=" ".join(f"cmd/{n}" for n in NODE_BINARIES))
+        subprocess.run(["bash", str(REPO / "scripts" / "kube-build.sh")], check=True, env=env)
+    missing = [t for t in DEBIAN_TOOLS if shutil.which(t) is None]
+    if missing or not (CNI_BIN_DIR / "bridge").exists():
+        raise RuntimeError(f"missing {missing or [str(CNI_BIN_DIR / 'bridge')]}: run scripts/setup.sh (as root)")
+    return {**bins, **{n: kube_bin_dir() / n for n in NODE_BINARIES}}
+
+
+def image_cache() -> Path:
+    return cache_dir() / "e2e-images"
+
+
+def oci_archive(rootfs: Path, ref: str, out: Path, cmd: list[str]) -> Path:
+    """``scripts/oci-archive.sh``: a root-filesystem directory as an OCI archive containerd imports."""
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "oci-archive.sh"), str(rootfs), ref, str(out), *cmd],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return out
+
+
+def kube_source_dir() -> Path:
+    found = sorted((kube_bin_dir().parent / "src").glob("kubernetes-*/build/pause/linux/pause.c"))
+    if not found:
+        raise RuntimeError("Kubernetes source tree not in the cache: run scripts/kube-build.sh")
+    return found[0].parents[3]
+
+
+def pause_archive() -> Path:
+    """The sandbox image: the source tree's build/pause/linux/pause.c, compiled static, as pause:3.6 (cached)."""
+    out = image_cache() / "pause-3.6.tar"
+    if not out.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            rootfs.mkdir()
+            src = kube_source_dir() / "build" / "pause" / "linux" / "pause.c"
+            subprocess.run(
+                ["gcc", "-Os", "-static", "-Wall", "-DVERSION=3.6", "-o", str(rootfs / "pause"), str(src)], check=True
+            )
+            oci_archive(rootfs, PAUSE_IMAGE, out, ["/pause"])
+    return out
+
+
+def busybox_archive() -> Path:
+    """A tiny test image: Debian's static busybox with its applets linked into /bin (cached)."""
+    out = image_cache() / "busybox-1.tar"
+    busybox = Path("/bin/busybox")
+    if not out.exists():
+        if not busybox.exists():
+            raise RuntimeError("/bin/busybox missing: install Debian's busybox-static (scripts/setup.sh)")
+        with tempfile.TemporaryDirectory() as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            (rootfs / "bin").mkdir(parents=True)
+            (rootfs / "tmp").mkdir(mode=0o1777)
+            shutil.copy2(busybox, rootfs / "bin" / "busybox")
+            applets = subprocess.run([str(busybox), "--list"], check=True, capture_output=True, text=True).stdout
+            for applet in applets.split():
+                if applet != "busybox":
+                    (rootfs / "bin" / applet).symlink_to("busybox")
+            oci_archive(rootfs, BUSYBOX_IMAGE, out, ["/bin/sh"])
+    return out
+
+
+# --- host state: cgroups, network, sysctls, iptables ------------------------------------------------
+
+
+def cgroup_hierarchies() -> list[Path]:
+    """The cgroup v1 hierarchies mounted under /sys/fs/cgroup (the v2 ``unified`` one holds no controllers)."""
+    return sorted(p for p in CGROUP_FS.iterdir() if p.is_dir() and p.name != "unified")
+
+
+def make_cgroups() -> Path:
+    """``duplex-node`` (+ ``duplex-node/daemons``) in every hierarchy; returns the daemons' pids cgroup."""
+    for h in cgroup_hierarchies():
+        for sub in (h / CGROUP_NAME, h / CGROUP_NAME / "daemons"):
+            sub.mkdir(exist_ok=True)
+            if h.name == "cpuset":  # a v1 cpuset cgroup takes no task until its cpus and mems are set
+                for f in ("cpuset.cpus", "cpuset.mems"):
+                    (sub / f).write_text((sub.parent / f).read_text())
+    return CGROUP_FS / "pids" / CGROUP_NAME / "daemons"
+
+
+def cgroup_pids() -> set[int]:
+    """Every process in the node's cgroup tree (daemons, shims, pods)."""
+    root = CGROUP_FS / "pids" / CGROUP_NAME
+    pids: set[int] = set()
+    if root.exists():
+        for procs in root.rglob("cgroup.procs"):
+            with contextlib.suppress(OSError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def kill_cgroup_tree(timeout: float = 30) -> None:
+    """SIGKILL everything in the node's cgroup tree until it is empty, then remove the cgroups."""
+    deadline = time.monotonic() + timeout
+    while pids := cgroup_pids():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"processes survive SIGKILL in cgroup {CGROUP_NAME}: {sorted(pids)}")
+        time.sleep(0.05)
+    for h in cgroup_hierarchies():
+        root = h / CGROUP_NAME
+        if root.exists():
+            for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                remove_cgroup(d)
+            remove_cgroup(root)
+
+
+def remove_cgroup(d: Path, timeout: float = 10) -> None:
+    """rmdir a cgroup; a just-killed task can keep it busy for a moment."""
+    wait_until(lambda: _rmdir(d), timeout, f"cgroup {d} removable", interval=0.05)
+
+
+def _rmdir(d: Path) -> bool:
+    try:
+        d.rmdir()
+    except FileNotFoundError:
+        pass
+    return not d.exists()
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True)
+
+
+def read_sysctls() -> dict[str, str]:
+    out = {}
+    for name in SYSCTLS:
+        p = Path("/proc/sys") / name
+        if p.exists():
+            out[name] = p.read_text().strip()
+    return out
+
+
+def write_sysctls(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        with contextlib.suppress(OSError):
+            (Path("/proc/sys") / name).write_text(value)
+
+
+def make_bridge() -> None:
+    """The node bridge with the node IP / pod gateway, and the Service range routed onto it."""
+    sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    sh("ip", "addr", "add", f"{NODE_IP}/24", "dev", BRIDGE)
+    sh("ip", "link", "set", BRIDGE, "up")
+    sh("ip", "route", "add", SERVICE_CIDR, "dev", BRIDGE, "src", NODE_IP)
+    write_sysctls({"net/ipv4/ip_forward": "1", "net/bridge/bridge-nf-call-iptables": "1"})
+
+
+def delete_bridge() -> None:
+    """The bridge (its route and any pod veth still attached go with it)."""
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+        sh("ip", "link", "delete", BRIDGE)
+
+
+def node_chains(tool: str = "iptables") -> dict[str, list[str]]:
+    """KUBE-* and CNI-* chains per table, as ``iptables -S`` lists them."""
+    chains: dict[str, list[str]] = {}
+    for table in ("filter", "nat", "mangle", "raw"):
+        res = sh(tool, "-t", table, "-S", check=False)
+        names = [ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("-N ")]
+        found = [n for n in names if n.startswith(("KUBE-", "CNI-"))]
+        if found:
+            chains[table] = found
+    return chains
+
+
+def delete_node_chains() -> None:
+    """Unhook and delete every KUBE-* / CNI-* chain (kubelet, kube-proxy and CNI create them)."""
+    for tool in ("iptables", "ip6tables"):
+        for table, chains in node_chains(tool).items():
+            rules = sh(tool, "-t", table, "-S").stdout.splitlines()
+            for rule in rules:  # jumps from the built-in chains into ours (comments are quoted: shlex)
+                parts = shlex.split(rule)
+                if parts[0] == "-A" and not parts[1].startswith(("KUBE-", "CNI-")) and _jumps_to_ours(parts):
+                    sh(tool, "-t", table, "-D", *parts[1:])
+            for chain in chains:
+                sh(tool, "-t", table, "-F", chain)
+            for chain in chains:
+                sh(tool, "-t", table, "-X", chain)
+
+
+def _jumps_to_ours(parts: list[str]) -> bool:
+    for flag in ("-j", "-g"):
+        if flag in parts:
+            target = parts[parts.index(flag) + 1]
+            if target.startswith(("KUBE-", "CNI-")):
+                return True
+    return False
+
+
+def mounts_under(*dirs: Path) -> list[str]:
+    """Mount points at or below ``dirs`` (from /proc/self/mountinfo), deepest first."""
+    prefixes = [str(d) for d in dirs]
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if any(point == p or point.startswith(p + "/") for p in prefixes):
+            points.append(point)
+    return sorted(points, key=lambda p: -len(p))
+
+
+def unmount_all(*dirs: Path) -> None:
+    for point in mounts_under(*dirs):
+        if sh("umount", point, check=False).returncode != 0:
+            sh("umount", "-l", point, check=False)
+
+
+def node_processes(workdir: Path) -> list[str]:
+    """Processes that belong to a node: the node-only daemons by name, anything naming ``workdir``."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+        name = p.info["name"] or ""
+        cmdline = " ".join(p.info["cmdline"] or [])
+        if name.startswith(NODE_PROCESS_NAMES) or str(workdir) in cmdline:
+            found.append(f"{p.info['pid']} {name} {cmdline[:120]}")
+    return found
+
+
+# --- the node ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class NodeCluster:
+    """A running single-node cluster. Use :func:`node_cluster`."""
+
+    workdir: Path
+    """Node state: containerd root/state, kubelet root, CNI and daemon configs, logs."""
+    plane: ControlPlane
+    """etcd + kube-apiserver + kube-controller-manager; the apiserver listens on the node IP."""
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Seconds each bring-up phase took (``total`` = the whole bring-up)."""
+    procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    host_state: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What teardown restores: sysctls, host paths and netns entries present before."""
+    stopped: bool = False
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.plane.kubeconfig
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.workdir / "containerd" / "containerd.sock"
+
+    def log(self, name: str) -> str:
+        p = self.workdir / f"{name}.log"
+        return p.read_text(errors="replace") if p.exists() else self.plane.log(name)
+
+    def check_alive(self) -> None:
+        self.plane.check_alive()
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                from duplex_controlplane import ProcessExited
+
+                raise ProcessExited(f"{name} exited with {p.returncode}:\n{self.log(name)[-4000:]}")
+
+    def ctr(self, *args: str) -> str:
+        """``ctr`` against this node's containerd, in the CRI's ``k8s.io`` namespace."""
+        return sh("ctr", "--address", str(self.containerd_socket), "-n", "k8s.io", *args).stdout
+
+    def import_image(self, archive: Path) -> None:
+        """Load an OCI archive (``scripts/oci-archive.sh``) into the node: pods use it with imagePullPolicy Never."""
+        self.ctr("images", "import", str(archive))
+
+    def core(self) -> Any:
+        """A ``kubernetes`` CoreV1Api on the admin credentials."""
+        from kubernetes import client
+
+        from duplex.operator.kube import load_api_client
+
+        return client.CoreV1Api(load_api_client(str(self.kubeconfig)))
+
+    def start_daemon(self, name: str, argv: list[str]) -> None:
+        """Start a node daemon inside the node's cgroup (it and all it forks die with the tree)."""
+        procs = CGROUP_FS / "pids" / CGROUP_NAME / "daemons" / "cgroup.procs"
+        wrapped = ["sh", "-c", f'echo $$ > {procs} && exec "$@"', name, *argv]
+        self.procs[name] = start_logged(self.workdir / f"{name}.log", wrapped)
+
+    def stop(self) -> None:
+        """Tear down: pods, daemons, mounts, iptables chains, the bridge, cgroups, files; idempotent."""
+        if self.stopped:
+            return
+        self.stopped = True
+        errors: list[str] = []
+
+        def step(what: str, fn: Any) -> None:
+            try:
+                fn()
+            except Exception as e:  # keep tearing down; report everything at the end
+                errors.append(f"{what}: {e!r}")
+
+        step("pods", self._stop_pods)
+        step("processes", kill_cgroup_tree)
+        step("control plane", self.plane.stop)
+        step("mounts", lambda: unmount_all(self.workdir, self.plane.workdir, *self._new_netns()))
+        step("netns", lambda: [p.unlink() for p in self._new_netns()])
+        step("iptables", delete_node_chains)
+        step("bridge", delete_bridge)
+        step("sysctls", lambda: write_sysctls(self.host_state.get("sysctls", {})))
+        step("host paths", self._remove_host_paths)
+        step("files", lambda: [shutil.rmtree(d) for d in (self.workdir, self.plane.workdir) if d.exists()])
+        self.procs.clear()
+        if errors:
+            raise RuntimeError("node teardown incomplete:\n" + "\n".join(errors))
+
+    def _stop_pods(self) -> None:
+        """Let the kubelet stop every pod (CNI DEL, network namespaces released) before the hard kill."""
+        if "kubelet" not in self.procs or self.procs["kubelet"].poll() is not None:
+            return
+        for name in ("kube-scheduler", "kube-controller-manager"):  # nothing recreates or places pods now
+            for procs in (self.procs, self.plane.procs):
+                if name in procs:
+                    procs[name].terminate()
+        core = self.core()
+        for pod in core.list_pod_for_all_namespaces().items:
+            with contextlib.suppress(Exception):
+                core.delete_namespaced_pod(pod.metadata.name, pod.metadata.namespace, grace_period_seconds=0)
+
+        def sandboxes_gone() -> bool:
+            return self.ctr("tasks", "ls", "-q").strip() == ""
+
+        with contextlib.suppress(TimeoutError):  # the cgroup kill below still ends whatever is left
+            wait_until(sandboxes_gone, 60, "pod sandboxes stopped", interval=0.5)
+
+    def _new_netns(self) -> list[Path]:
+        before = set(self.host_state.get("netns", []))
+        return [p for p in NETNS_DIR.glob("cni-*") if p.name not in before] if NETNS_DIR.exists() else []
+
+    def _remove_host_paths(self) -> None:
+        existed = set(self.host_state.get("host_paths", []))
+        for p in HOST_PATHS:
+            if str(p) not in existed and p.exists():
+                shutil.rmtree(p)
+
+    def leftovers(self) -> list[str]:
+        """What teardown should have removed and did not (empty after a clean :meth:`stop`)."""
+        left = [f"process {p}" for p in node_processes(self.workdir) + node_processes(self.plane.workdir)]
+        left += [f"mount {m}" for m in mounts_under(self.workdir, self.plane.workdir)]
+        left += [f"netns {p}" for p in self._new_netns()]
+        for tool in ("iptables", "ip6tables"):
+            left += [f"{tool} -t {t} chain {c}" for t, cs in node_chains(tool).items() for c in cs]
+        if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
+            left.append(f"bridge {BRIDGE}")
+        left += [f"cgroup {h / CGROUP_NAME}" for h in cgroup_hierarchies() if (h / CGROUP_NAME).exists()]
+        left += [f"dir {d}" for d in (self.workdir, self.plane.workdir) if d.exists()]
+        existed = set(self.host_state.get("host_paths", []))
+        left += [f"host path {p}" for p in HOST_PATHS if p.exists() and str(p) not in existed]
+        return left
+
+
+def containerd_config(workdir: Path) -> str:
+    d = workdir / "containerd"
+    return f"""version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[debug]
+  address = ""
+[metrics]
+  address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  # this VM lacks CAP_SYS_RESOURCE: without it runc fails with "can't get final child's PID from pipe"
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{d}/runc"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{workdir}/cni/net.d"
+"""
+
+
+def cni_config(workdir: Path) -> dict[str, Any]:
+    return {
+        "cniVersion": "0.4.0",
+        "name": "duplex",
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                # no masquerade: pods have no business outside the node (and no CNI-* NAT chains appear)
+                "ipMasq": False,
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP, "rangeStart": "198.19.0.10"}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": str(workdir / "cni" / "ipam"),
+                },
+            },
+            {"type": "loopback"},
+        ],
+    }
+
+
+def kubelet_config(workdir: Path, plane: ControlPlane, port: int, healthz_port: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        "address": NODE_IP,
+        "port": port,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": healthz_port,
+        "cgroupDriver": "cgroupfs",
+        "cgroupRoot": f"/{CGROUP_NAME}",
+        "failSwapOn": False,
+        # the kubelet listens on the node IP only; the apiserver proxies logs/exec to it without a client cert
+        "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+        "authorization": {"mode": "AlwaysAllow"},
+        # imported images must never be garbage-collected, nor pods evicted because the disk is fairly full
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        # no cluster DNS; pods get an empty resolv.conf rather than the host's resolvers
+        "resolvConf": str(workdir / "resolv.conf"),
+        "serializeImagePulls": False,
+        "tlsCertFile": str(plane.certs.server_cert),
+        "tlsPrivateKeyFile": str(plane.certs.server_key),
+    }
+
+
+def _wait_healthz(cluster: NodeCluster, url: str, what: str) -> None:
+    import ssl
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    def ok() -> bool:
+        cluster.check_alive()
+        with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
+            return bool(r.status == 200)
+
+    wait_until(ok, 90, what, interval=0.2)
+
+
+def node_ready(cluster: NodeCluster) -> bool:
+    cluster.check_alive()
+    node = cluster.core().read_node(NODE_NAME)
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def _prepare_host() -> dict[str, Any]:
+    """Clear what a crashed earlier run left, then record the host state teardown restores."""
+    kill_cgroup_tree()
+    delete_node_chains()
+    delete_bridge()
+    return {
+        "sysctls": read_sysctls(),
+        "host_paths": [str(p) for p in HOST_PATHS if p.exists()],
+        "netns": [p.name for p in NETNS_DIR.glob("cni-*")] if NETNS_DIR.exists() else [],
+    }
+
+
+def start_node(cluster: NodeCluster, bins: dict[str, Path]) -> None:
+    """Bring the node up phase by phase, recording each phase's duration in ``cluster.timings``."""
+    w = cluster.workdir
+    t = time.monotonic()
+
+    def phase(name: str) -> None:
+        nonlocal t
+        now = time.monotonic()
+        cluster.timings[name] = round(now - t, 2)
+        t = now
+
+    pause, busybox = pause_archive(), busybox_archive()
+    phase("images")
+    start_controller_manager(
+        cluster.plane, bins, controllers="*", extra_args=["--root-ca-file", str(cluster.plane.certs.ca)]
+    )
+    sched_port = free_port()
+    cluster.start_daemon(
+        "kube-scheduler",
+        [
+            str(bins["kube-scheduler"]),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--leader-elect=false",
+            "--port",
+            "0",
+            "--secure-port",
+            str(sched_port),
+            "--bind-address",
+            "127.0.0.1",
+            "--v",
+            "1",
+        ],
+    )
+    _wait_healthz(cluster, f"https://127.0.0.1:{sched_port}/healthz", "kube-scheduler /healthz")
+    phase("controllers")
+    (w / "containerd").mkdir()
+    (w / "containerd.toml").write_text(containerd_config(w))
+    cluster.start_daemon("containerd", ["containerd", "--config", str(w / "containerd.toml")])
+
+    def containerd_up() -> bool:
+        cluster.check_alive()
+        return (
+            cluster.containerd_socket.exists()
+            and sh("ctr", "--address", str(cluster.containerd_socket), "version", check=False).returncode == 0
+        )
+
+    wait_until(containerd_up, 30, "containerd socket", interval=0.1)
+    cluster.import_image(pause)
+    cluster.import_image(busybox)
+    phase("containerd")
+    (w / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
+    (w / "cni" / "net.d" / "10-duplex.conflist").write_text(json.dumps(cni_config(w), indent=2))
+    (w / "resolv.conf").write_text("# no cluster DNS on the duplex test node\n")
+    healthz = free_port()
+    (w / "kubelet.yaml").write_text(json.dumps(kubelet_config(w, cluster.plane, free_port(), healthz), indent=2))
+    cluster.start_daemon(
+        "kubelet",
+        [
+            str(bins["kubelet"]),
+            "--config",
+            str(w / "kubelet.yaml"),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--container-runtime",
+            "remote",
+            "--container-runtime-endpoint",
+            f"unix://{cluster.containerd_socket}",
+            "--node-ip",
+            NODE_IP,
+            "--hostname-override",
+            NODE_NAME,
+            "--pod-infra-container-image",
+            PAUSE_IMAGE,
+            "--root-dir",
+            str(w / "kubelet"),
+            "--cert-dir",
+            str(w / "kubelet-pki"),
+            "--v",
+            "1",
+        ],
+    )
+    proxy_healthz = free_port()
+    cluster.start_daemon(
+        "kube-proxy",
+        [
+            str(bins["kube-proxy"]),
+            "--kubeconfig",
+            str(cluster.kubeconfig),
+            "--proxy-mode",
+            "iptables",
+            "--hostname-override",
+            NODE_NAME,
+            "--bind-address",
+            NODE_IP,
+            "--cluster-cidr",
+            POD_CIDR,
+            "--nodeport-addresses",
+            f"{NODE_IP}/32",
+            "--healthz-bind-address",
+            f"127.0.0.1:{proxy_healthz}",
+            "--metrics-bind-address",
+            f"127.0.0.1:{free_port()}",
+            # leave the conntrack table size alone (the VM cannot set it; kind does the same)
+            "--conntrack-max-per-core",
+            "0",
+            "--v",
+            "1",
+        ],
+    )
+    wait_until(lambda: node_ready(cluster), 120, f"node {NODE_NAME} Ready", interval=0.5)
+    phase("node ready")
+
+
+@contextlib.contextmanager
+def node_cluster() -> Iterator[NodeCluster]:
+    """A single-node cluster, torn down on exit; one per machine at a time (waits for the lock)."""
+    if os.geteuid() != 0:
+        raise RuntimeError("the e2e node needs root (bridges, iptables, cgroups, mounts)")
+    start = time.monotonic()
+    bins = ensure_node_binaries()
+    lock_path = cache_dir() / "e2e-node.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        host_state = _prepare_host()
+        make_bridge()  # the apiserver listens on the node IP
+        make_cgroups()
+        plane_dir = Path(tempfile.mkdtemp(prefix="duplex-node-plane-", dir="/dev/shm"))  # etcd fsyncs
+        workdir = Path(tempfile.mkdtemp(prefix="duplex-node-"))  # overlayfs snapshots: on disk
+        cluster: NodeCluster | None = None
+        try:
+            plane = start_apiserver(
+                plane_dir,
+                bins,
+                host=NODE_IP,
+                serve_pods=True,
+                extra_args=["--kubelet-preferred-address-types", "InternalIP", "--allow-privileged=true"],
+            )
+            cluster = NodeCluster(workdir=workdir, plane=plane, host_state=host_state)
+            cluster.timings["apiserver"] = round(time.monotonic() - start, 2)
+            start_node(cluster, bins)
+            cluster.timings["total"] = round(time.monotonic() - start, 2)
+            _record_timings(cluster)
+            yield cluster
+        finally:
+            if cluster is not None:
+                cluster.stop()
+            else:  # the apiserver never came up (start_apiserver stopped etcd): undo the host set-up
+                kill_cgroup_tree()
+                delete_bridge()
+                write_sysctls(host_state["sysctls"])
+                shutil.rmtree(workdir, ignore_errors=True)
+                shutil.rmtree(plane_dir, ignore_errors=True)
+
+
+def _record_timings(cluster: NodeCluster) -> None:
+    """Append this bring-up's phase times to the cache's log (cold vs warm runs for docs/e2e.md)."""
+    with open(cache_dir() / "e2e-node-timings.jsonl", "a") as f:
+        f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **cluster.timings}) + "\n")
+
+
+if __name__ == "__main__":
+    with node_cluster() as node:
+        print(f"KUBECONFIG={node.kubeconfig}  timings={node.timings}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                node.check_alive()
+                time.sleep(5)
