@@ -535,7 +535,7 @@ def kubelet_config(workdir: Path, plane: ControlPlane, port: int, healthz_port: 
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
-        # no cluster DNS; pods get an empty resolv.conf rather than the host's resolvers
+        # no cluster DNS; pods get a resolv.conf without nameservers rather than the host's resolvers
         "resolvConf": str(workdir / "resolv.conf"),
         "serializeImagePulls": False,
         "tlsCertFile": str(plane.certs.server_cert),
@@ -630,7 +630,8 @@ def start_node(cluster: NodeCluster, bins: dict[str, Path]) -> None:
     phase("containerd")
     (w / "cni" / "net.d").mkdir(parents=True, exist_ok=True)
     (w / "cni" / "net.d" / "10-duplex.conflist").write_text(json.dumps(cni_config(w), indent=2))
-    (w / "resolv.conf").write_text("# no cluster DNS on the duplex test node\n")
+    # No cluster DNS. Not empty: containerd copies the *host's* resolv.conf into a pod whose DNS config is empty.
+    (w / "resolv.conf").write_text("# no cluster DNS on the duplex test node\noptions ndots:1\n")
     healthz = free_port()
     (w / "kubelet.yaml").write_text(json.dumps(kubelet_config(w, cluster.plane, free_port(), healthz), indent=2))
     cluster.start_daemon(
