@@ -65,6 +65,7 @@ NODE_BINARIES = ("kubelet", "kube-scheduler", "kube-proxy")
 DEBIAN_TOOLS = ("containerd", "containerd-shim-runc-v2", "ctr", "runc", "podman", "iptables", "ip6tables", "ip", "gcc")
 CNI_BIN_DIR = Path("/usr/lib/cni")
 CGROUP_FS = Path("/sys/fs/cgroup")
+DAEMONS_CGROUP_PROCS = CGROUP_FS / "pids" / CGROUP_NAME / "daemons" / "cgroup.procs"
 # Kernel settings the node changes (the kubelet's "kernel tunables", forwarding for the bridge, kube-proxy's
 # route_localnet): recorded before, restored after.
 SYSCTLS = (
@@ -380,9 +381,15 @@ class NodeCluster:
 
     def start_daemon(self, name: str, argv: list[str]) -> None:
         """Start a node daemon inside the node's cgroup (it and all it forks die with the tree)."""
-        procs = CGROUP_FS / "pids" / CGROUP_NAME / "daemons" / "cgroup.procs"
-        wrapped = ["sh", "-c", f'echo $$ > {procs} && exec "$@"', name, *argv]
+        wrapped = ["sh", "-c", f'echo $$ > {DAEMONS_CGROUP_PROCS} && exec "$@"', name, *argv]
         self.procs[name] = start_logged(self.workdir / f"{name}.log", wrapped)
+
+    def adopt_plane(self) -> None:
+        """Move the control plane's processes (started by duplex_controlplane) into the node's cgroup, so a
+        later run can kill them if this one dies without tearing down. They do not fork: moving is enough."""
+        for p in self.plane.procs.values():
+            with contextlib.suppress(ProcessLookupError, OSError):
+                DAEMONS_CGROUP_PROCS.write_text(str(p.pid))
 
     def stop(self) -> None:
         """Tear down: pods, daemons, mounts, iptables chains, the bridge, cgroups, files; idempotent."""
@@ -566,10 +573,15 @@ def node_ready(cluster: NodeCluster) -> bool:
 
 
 def _prepare_host() -> dict[str, Any]:
-    """Clear what a crashed earlier run left, then record the host state teardown restores."""
+    """Clear what a crashed earlier run left (under the lock nothing else uses these), then record the host
+    state teardown restores."""
     kill_cgroup_tree()
     delete_node_chains()
     delete_bridge()
+    stale = [*Path(tempfile.gettempdir()).glob("duplex-node-*"), *Path("/dev/shm").glob("duplex-node-plane-*")]
+    unmount_all(*stale)
+    for d in stale:
+        shutil.rmtree(d, ignore_errors=True)
     return {
         "sysctls": read_sysctls(),
         "host_paths": [str(p) for p in HOST_PATHS if p.exists()],
@@ -593,6 +605,7 @@ def start_node(cluster: NodeCluster, bins: dict[str, Path]) -> None:
     start_controller_manager(
         cluster.plane, bins, controllers="*", extra_args=["--root-ca-file", str(cluster.plane.certs.ca)]
     )
+    cluster.adopt_plane()
     sched_port = free_port()
     cluster.start_daemon(
         "kube-scheduler",
@@ -718,6 +731,7 @@ def node_cluster() -> Iterator[NodeCluster]:
                 extra_args=["--kubelet-preferred-address-types", "InternalIP", "--allow-privileged=true"],
             )
             cluster = NodeCluster(workdir=workdir, plane=plane, host_state=host_state)
+            cluster.adopt_plane()
             cluster.timings["apiserver"] = round(time.monotonic() - start, 2)
             start_node(cluster, bins)
             cluster.timings["total"] = round(time.monotonic() - start, 2)
