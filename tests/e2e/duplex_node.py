@@ -312,12 +312,25 @@ def unmount_all(*dirs: Path) -> None:
             sh("umount", "-l", point, check=False)
 
 
+def orphan_netns() -> list[Path]:
+    """CNI network namespaces no process is in (a live sandbox always has its pause process in its own)."""
+    if not NETNS_DIR.exists():
+        return []
+    in_use = set()
+    for ns in Path("/proc").glob("[0-9]*/ns/net"):
+        with contextlib.suppress(OSError):
+            in_use.add(ns.stat().st_ino)
+    return [p for p in NETNS_DIR.glob("cni-*") if p.stat().st_ino not in in_use]
+
+
 def node_processes(workdir: Path) -> list[str]:
     """Processes that belong to a node: the node-only daemons by name, anything naming ``workdir``."""
     import psutil
 
     found = []
-    for p in psutil.process_iter(["pid", "name", "cmdline"]):
+    for p in psutil.process_iter(["pid", "name", "cmdline", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE:  # dead; only its parent's wait() is pending (shims: pid 1)
+            continue
         name = p.info["name"] or ""
         cmdline = " ".join(p.info["cmdline"] or [])
         if name.startswith(NODE_PROCESS_NAMES) or str(workdir) in cmdline:
@@ -406,6 +419,7 @@ class NodeCluster:
 
         step("pods", self._stop_pods)
         step("processes", kill_cgroup_tree)
+        step("reap", self._reap)
         step("control plane", self.plane.stop)
         step("mounts", lambda: unmount_all(self.workdir, self.plane.workdir, *self._new_netns()))
         step("netns", lambda: [p.unlink() for p in self._new_netns()])
@@ -436,6 +450,11 @@ class NodeCluster:
 
         with contextlib.suppress(TimeoutError):  # the cgroup kill below still ends whatever is left
             wait_until(sandboxes_gone, 60, "pod sandboxes stopped", interval=0.5)
+
+    def _reap(self) -> None:
+        """Collect our killed daemons' exit status (else they linger as zombies named kubelet, containerd…)."""
+        for p in self.procs.values():
+            p.wait(timeout=10)
 
     def _new_netns(self) -> list[Path]:
         before = set(self.host_state.get("netns", []))
@@ -582,6 +601,9 @@ def _prepare_host() -> dict[str, Any]:
     unmount_all(*stale)
     for d in stale:
         shutil.rmtree(d, ignore_errors=True)
+    for ns in orphan_netns():
+        unmount_all(ns)
+        ns.unlink()
     return {
         "sysctls": read_sysctls(),
         "host_paths": [str(p) for p in HOST_PATHS if p.exists()],
