@@ -54,6 +54,8 @@ from duplex_controlplane import (
     wait_until,
 )
 
+from duplex.operator.kube import Kube, load_api_client
+
 NODE_NAME = "duplex-node"
 BRIDGE = "duplexbr0"
 NODE_IP = "198.19.0.1"
@@ -384,11 +386,13 @@ class NodeCluster:
         """Load an OCI archive (``scripts/oci-archive.sh``) into the node: pods use it with imagePullPolicy Never."""
         self.ctr("images", "import", str(archive))
 
+    def kube(self) -> Kube:
+        """The operator's API wrapper (plain dicts) on the admin credentials."""
+        return Kube(load_api_client(str(self.kubeconfig)))
+
     def core(self) -> Any:
         """A ``kubernetes`` CoreV1Api on the admin credentials."""
         from kubernetes import client
-
-        from duplex.operator.kube import load_api_client
 
         return client.CoreV1Api(load_api_client(str(self.kubeconfig)))
 
@@ -422,12 +426,12 @@ class NodeCluster:
         step("reap", self._reap)
         step("control plane", self.plane.stop)
         step("mounts", lambda: unmount_all(self.workdir, self.plane.workdir, *self._new_netns()))
-        step("netns", lambda: [p.unlink() for p in self._new_netns()])
+        step("netns", self._remove_new_netns)
         step("iptables", delete_node_chains)
         step("bridge", delete_bridge)
         step("sysctls", lambda: write_sysctls(self.host_state.get("sysctls", {})))
         step("host paths", self._remove_host_paths)
-        step("files", lambda: [shutil.rmtree(d) for d in (self.workdir, self.plane.workdir) if d.exists()])
+        step("files", self._remove_dirs)
         self.procs.clear()
         if errors:
             raise RuntimeError("node teardown incomplete:\n" + "\n".join(errors))
@@ -455,6 +459,15 @@ class NodeCluster:
         """Collect our killed daemons' exit status (else they linger as zombies named kubelet, containerd…)."""
         for p in self.procs.values():
             p.wait(timeout=10)
+
+    def _remove_new_netns(self) -> None:
+        for p in self._new_netns():
+            p.unlink()
+
+    def _remove_dirs(self) -> None:
+        for d in (self.workdir, self.plane.workdir):
+            if d.exists():
+                shutil.rmtree(d)
 
     def _new_netns(self) -> list[Path]:
         before = set(self.host_state.get("netns", []))

@@ -7,15 +7,13 @@ from __future__ import annotations
 import ipaddress
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from duplex_controlplane import wait_until
-from duplex_node import BUSYBOX_IMAGE, NODE_IP, NODE_NAME, POD_CIDR, SERVICE_CIDR, NodeCluster
-from kubernetes import client
+from duplex_controlplane import SERVICE_CIDR, wait_until
+from duplex_node import BUSYBOX_IMAGE, NODE_IP, NODE_NAME, POD_CIDR, NodeCluster
 
-BENCHMARKING = ipaddress.ip_network("198.18.0.0/15")
+BENCHMARKING = ipaddress.IPv4Network("198.18.0.0/15")
 HTTPD_PORT = 8080
 # urllib would honour an http_proxy from the environment; node addresses are only reachable directly
 DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -49,66 +47,69 @@ def busybox_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def namespace(node: NodeCluster) -> Iterator[str]:
+def namespace(node: NodeCluster) -> str:
     name = f"node-{uuid.uuid4().hex[:6]}"
-    node.core().create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    yield name
+    node.kube().create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name
+
+
+def pod_condition(node: NodeCluster, namespace: str, name: str, condition: str) -> bool:
+    node.check_alive()
+    pod = node.kube().get("v1", "Pod", namespace, name) or {}
+    conditions = pod.get("status", {}).get("conditions") or []
+    return any(c["type"] == condition and c["status"] == "True" for c in conditions)
 
 
 @pytest.fixture(scope="module")
-def web(node: NodeCluster, namespace: str) -> client.V1Pod:
+def web(node: NodeCluster, namespace: str) -> dict[str, Any]:
     """busybox httpd serving its own pod name, Ready through an HTTP readiness probe (the kubelet's)."""
-    core = node.core()
+    kube = node.kube()
     script = f"mkdir /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p {HTTPD_PORT} -h /www"
     probe = {"httpGet": {"path": "/", "port": HTTPD_PORT}, "periodSeconds": 1}
-    core.create_namespaced_pod(namespace, busybox_pod("web", script, container={"readinessProbe": probe}))
-
-    def ready() -> bool:
-        node.check_alive()
-        pod = core.read_namespaced_pod("web", namespace)
-        return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-    wait_until(ready, 90, "pod web Ready", interval=0.5)
-    pod: client.V1Pod = core.read_namespaced_pod("web", namespace)
+    kube.create(busybox_pod("web", script, container={"readinessProbe": probe}), namespace)
+    wait_until(lambda: pod_condition(node, namespace, "web", "Ready"), 90, "pod web Ready", interval=0.5)
+    pod: dict[str, Any] | None = kube.get("v1", "Pod", namespace, "web")
+    assert pod is not None
     return pod
 
 
 @pytest.fixture(scope="module")
-def web_service(node: NodeCluster, namespace: str, web: client.V1Pod) -> client.V1Service:
-    core = node.core()
+def web_service(node: NodeCluster, namespace: str, web: dict[str, Any]) -> dict[str, Any]:
     svc = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": HTTPD_PORT}]},
     }
-    created: client.V1Service = core.create_namespaced_service(namespace, svc)
+    created: dict[str, Any] = node.kube().create(svc, namespace)
     return created
 
 
 def test_node_is_ready_on_the_benchmarking_range(node: NodeCluster) -> None:
-    n = node.core().read_node(NODE_NAME)
-    assert {c.type: c.status for c in n.status.conditions}["Ready"] == "True"
-    addresses = {a.type: a.address for a in n.status.addresses}
+    n = node.kube().get("v1", "Node", "", NODE_NAME)
+    assert n is not None
+    assert {c["type"]: c["status"] for c in n["status"]["conditions"]}["Ready"] == "True"
+    addresses = {a["type"]: a["address"] for a in n["status"]["addresses"]}
     assert addresses["InternalIP"] == NODE_IP
-    assert n.status.node_info.kubelet_version == "v1.20.2"
-    assert n.status.node_info.container_runtime_version.startswith("containerd://1.6")
+    assert n["status"]["nodeInfo"]["kubeletVersion"] == "v1.20.2"
+    assert n["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://1.6")
     for net in (NODE_IP, POD_CIDR, SERVICE_CIDR):
-        assert ipaddress.ip_network(net).subnet_of(BENCHMARKING)
+        assert ipaddress.IPv4Network(net).subnet_of(BENCHMARKING)
     assert node.plane.server.startswith(f"https://{NODE_IP}:")
     assert {"images", "controllers", "containerd", "node ready", "total"} <= set(node.timings)
 
 
-def test_pod_from_an_imported_image_serves_http(node: NodeCluster, web: client.V1Pod) -> None:
-    assert web.spec.node_name == NODE_NAME
-    assert ipaddress.ip_address(web.status.pod_ip) in ipaddress.ip_network(POD_CIDR)
-    assert http_get(f"http://{web.status.pod_ip}:{HTTPD_PORT}/").strip() == "served-by-web"
+def test_pod_from_an_imported_image_serves_http(node: NodeCluster, web: dict[str, Any]) -> None:
+    assert web["spec"]["nodeName"] == NODE_NAME
+    pod_ip = web["status"]["podIP"]
+    assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(POD_CIDR)
+    assert http_get(f"http://{pod_ip}:{HTTPD_PORT}/").strip() == "served-by-web"
     images = node.ctr("images", "ls", "-q").split()
     assert BUSYBOX_IMAGE in images and "registry.k8s.io/pause:3.6" in images
 
 
-def test_cluster_ip_service_routes_from_the_host(web_service: client.V1Service) -> None:
-    ip = web_service.spec.cluster_ip
+def test_cluster_ip_service_routes_from_the_host(web_service: dict[str, Any]) -> None:
+    ip = web_service["spec"]["clusterIP"]
     assert ipaddress.ip_address(ip) in ipaddress.ip_network(SERVICE_CIDR)
     answers: list[str] = []
 
@@ -121,17 +122,16 @@ def test_cluster_ip_service_routes_from_the_host(web_service: client.V1Service) 
 
 
 def test_pods_reach_each_other_and_services_with_tokens_and_no_dns(
-    node: NodeCluster, namespace: str, web: client.V1Pod, web_service: client.V1Service
+    node: NodeCluster, namespace: str, web: dict[str, Any], web_service: dict[str, Any]
 ) -> None:
     """One client pod: another pod by IP, the Service by ClusterIP (pod → service → pod on one bridge needs
     bridge netfilter), its ServiceAccount token, its resolv.conf."""
-    core = node.core()
     sa = "/var/run/secrets/kubernetes.io/serviceaccount"
     script = "; ".join(
         [
-            f"echo pod=$(wget -qO- http://{web.status.pod_ip}:{HTTPD_PORT}/)",
+            f"echo pod=$(wget -qO- http://{web['status']['podIP']}:{HTTPD_PORT}/)",
             # kube-proxy may need a moment for a new Service: retry within the pod
-            f"svc=http://{web_service.spec.cluster_ip}/",
+            f"svc=http://{web_service['spec']['clusterIP']}/",
             # (not wget -T: it segfaults in Debian's busybox 1.35)
             "for i in $(seq 50); do s=$(timeout 1 wget -qO- $svc) && break; sleep 0.2; done",
             "echo service=$s",
@@ -140,32 +140,35 @@ def test_pods_reach_each_other_and_services_with_tokens_and_no_dns(
             "echo resolve=$(nslookup web >/dev/null 2>&1 && echo yes || echo no)",
         ]
     )
-    core.create_namespaced_pod(namespace, busybox_pod("client", script, restartPolicy="Never"))
+    kube = node.kube()
+    kube.create(busybox_pod("client", script, restartPolicy="Never"), namespace)
+    core = node.core()
 
     def finished() -> bool:
         node.check_alive()
-        phase = core.read_namespaced_pod("client", namespace).status.phase
+        pod = kube.get("v1", "Pod", namespace, "client") or {}
+        phase = pod.get("status", {}).get("phase")
         assert phase != "Failed", core.read_namespaced_pod_log("client", namespace)
         return bool(phase == "Succeeded")
 
     wait_until(finished, 90, "pod client Succeeded", interval=0.5)
     # the log comes through the apiserver from the kubelet on the node IP
-    log = core.read_namespaced_pod_log("client", namespace)
+    log: str = core.read_namespaced_pod_log("client", namespace)
     out = dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
     assert out["pod"] == "served-by-web"
     assert out["service"] == "served-by-web"
     assert "nameserver" not in out["resolvconf"], out["resolvconf"]  # no cluster DNS here, by design
     assert out["resolve"] == "no"
 
-    review = client.AuthenticationV1Api(core.api_client).create_token_review(
+    review = kube.create(
         {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": out["token"]}}
     )
-    assert review.status.authenticated
-    assert review.status.user.username == f"system:serviceaccount:{namespace}:default"
+    assert review["status"]["authenticated"] is True
+    assert review["status"]["user"]["username"] == f"system:serviceaccount:{namespace}:default"
 
 
 @pytest.mark.node_teardown
-def test_teardown_leaves_nothing(node: NodeCluster, web: client.V1Pod) -> None:
+def test_teardown_leaves_nothing(node: NodeCluster, web: dict[str, Any]) -> None:
     """Stopping the node ends every process (daemons, shims, pods), unmounts, removes the KUBE-*/CNI-*
     chains, the bridge, the cgroups and the directories."""
     assert any("pause" in p for p in node.leftovers())  # running pods are seen before the teardown
