@@ -577,6 +577,9 @@ def kubelet_config(workdir: Path, plane: ControlPlane, port: int, healthz_port: 
         # no cluster DNS; pods get a resolv.conf without nameservers rather than the host's resolvers
         "resolvConf": str(workdir / "resolv.conf"),
         "serializeImagePulls": False,
+        # the first status the kubelet posts is NotReady (its runtime checks have not run yet); the default 10 s
+        # until the next one was a third of the bring-up
+        "nodeStatusUpdateFrequency": "2s",
         "tlsCertFile": str(plane.certs.server_cert),
         "tlsPrivateKeyFile": str(plane.certs.server_key),
     }
