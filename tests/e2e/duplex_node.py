@@ -390,6 +390,20 @@ class NodeCluster:
         """The operator's API wrapper (plain dicts) on the admin credentials."""
         return Kube(load_api_client(str(self.kubeconfig)))
 
+    def create_namespace(self, name: str) -> None:
+        """Create a namespace and wait until pods can be created in it: the ServiceAccount admission plugin
+        rejects a pod ("no API token found for service account default") until the controller-manager has
+        made the namespace's default ServiceAccount and its token Secret."""
+        kube = self.kube()
+        kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+        def token_ready() -> bool:
+            self.check_alive()
+            sa = kube.get("v1", "ServiceAccount", name, "default")
+            return bool(sa and sa.get("secrets"))
+
+        wait_until(token_ready, 60, f"namespace {name}: default ServiceAccount token", interval=0.2)
+
     def core(self) -> Any:
         """A ``kubernetes`` CoreV1Api on the admin credentials."""
         from kubernetes import client

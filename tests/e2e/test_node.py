@@ -49,7 +49,7 @@ def busybox_pod(name: str, script: str, **spec: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def namespace(node: NodeCluster) -> str:
     name = f"node-{uuid.uuid4().hex[:6]}"
-    node.kube().create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    node.create_namespace(name)
     return name
 
 
