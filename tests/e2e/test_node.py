@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 from duplex_controlplane import SERVICE_CIDR, wait_until
-from duplex_node import BUSYBOX_IMAGE, NODE_IP, NODE_NAME, POD_CIDR, NodeCluster
+from duplex_node import NODE_NAME, NodeCluster
+from node_host import NODE_IP, POD_CIDR
+from node_images import BUSYBOX_IMAGE, PAUSE_IMAGE
 
 BENCHMARKING = ipaddress.IPv4Network("198.18.0.0/15")
 HTTPD_PORT = 8080
@@ -105,7 +107,7 @@ def test_pod_from_an_imported_image_serves_http(node: NodeCluster, web: dict[str
     assert ipaddress.ip_address(pod_ip) in ipaddress.ip_network(POD_CIDR)
     assert http_get(f"http://{pod_ip}:{HTTPD_PORT}/").strip() == "served-by-web"
     images = node.ctr("images", "ls", "-q").split()
-    assert BUSYBOX_IMAGE in images and "registry.k8s.io/pause:3.6" in images
+    assert BUSYBOX_IMAGE in images and PAUSE_IMAGE in images
 
 
 def test_cluster_ip_service_routes_from_the_host(web_service: dict[str, Any]) -> None:
