@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,11 @@ class NodeCluster:
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     """Seconds each bring-up phase took (``total`` = the whole bring-up)."""
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
+    """The node daemons by name (scheduler, containerd, kubelet, kube-proxy); the plane keeps its own."""
     host_state: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What teardown restores: sysctls, host paths and netns entries present before."""
     stopped: bool = False
+    """Set by the first :meth:`stop`; later calls do nothing."""
 
     @property
     def kubeconfig(self) -> Path:
@@ -165,7 +167,7 @@ class NodeCluster:
         self.stopped = True
         errors: list[str] = []
 
-        def step(what: str, fn: Any) -> None:
+        def step(what: str, fn: Callable[[], object]) -> None:
             try:
                 fn()
             except Exception as e:  # keep tearing down; report everything at the end
