@@ -57,6 +57,7 @@ from node_host import (
     NODE_IP,
     POD_CIDR,
     cgroup_hierarchies,
+    dead_shim_sockets,
     delete_bridge,
     delete_node_chains,
     kill_cgroup_tree,
@@ -67,6 +68,8 @@ from node_host import (
     node_processes,
     orphan_netns,
     read_sysctls,
+    remove_dead_shim_sockets,
+    remove_empty_trees,
     sh,
     unmount_all,
     write_sysctls,
@@ -182,6 +185,7 @@ class NodeCluster:
         step("iptables", delete_node_chains)
         step("bridge", delete_bridge)
         step("sysctls", lambda: write_sysctls(self.host_state.get("sysctls", {})))
+        step("shim sockets", remove_dead_shim_sockets)
         step("host paths", self._remove_host_paths)
         step("files", self._remove_dirs)
         self.procs.clear()
@@ -236,6 +240,7 @@ class NodeCluster:
         left = [f"process {p}" for p in node_processes(self.workdir) + node_processes(self.plane.workdir)]
         left += [f"mount {m}" for m in mounts_under(self.workdir, self.plane.workdir)]
         left += [f"netns {p}" for p in self._new_netns()]
+        left += [f"dead shim socket {p}" for p in dead_shim_sockets()]
         for tool in ("iptables", "ip6tables"):
             left += [f"{tool} -t {t} chain {c}" for t, cs in node_chains(tool).items() for c in cs]
         if sh("ip", "link", "show", BRIDGE, check=False).returncode == 0:
@@ -372,6 +377,8 @@ def _prepare_host() -> dict[str, Any]:
     for ns in orphan_netns():
         unmount_all(ns)
         ns.unlink()
+    remove_dead_shim_sockets()
+    remove_empty_trees(HOST_PATHS)
     return {
         "sysctls": read_sysctls(),
         "host_paths": [str(p) for p in HOST_PATHS if p.exists()],

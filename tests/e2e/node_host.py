@@ -11,6 +11,7 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,3 +223,36 @@ def node_processes(workdir: Path) -> list[str]:
         if name.startswith(NODE_PROCESS_NAMES) or str(workdir) in cmdline:
             found.append(f"{p.info['pid']} {name} {cmdline[:120]}")
     return found
+
+
+SHIM_SOCKET_DIR = Path("/run/containerd/s")
+
+
+def dead_shim_sockets() -> list[Path]:
+    """containerd 1.6 puts every shim's socket in /run/containerd/s whatever its --root/--state; a SIGKILLed shim
+    leaves its socket behind. One no process listens on any more (connect refused) is dead."""
+    dead = []
+    for path in SHIM_SOCKET_DIR.iterdir() if SHIM_SOCKET_DIR.exists() else []:
+        with socket.socket(socket.AF_UNIX) as s:
+            try:
+                s.connect(str(path))
+            except ConnectionRefusedError:
+                dead.append(path)
+            except OSError:
+                pass
+    return dead
+
+
+def remove_dead_shim_sockets() -> None:
+    for path in dead_shim_sockets():
+        path.unlink(missing_ok=True)
+
+
+def remove_empty_trees(paths: tuple[Path, ...]) -> None:
+    """Remove each of ``paths`` that holds only (empty) directories: left by a crashed run, they would
+    otherwise look like the host's own and survive every later teardown."""
+    for p in paths:
+        if p.is_dir() and not p.is_mount() and all(c.is_dir() for c in p.rglob("*")):
+            for d in sorted((c for c in p.rglob("*")), key=lambda c: -len(c.parts)):
+                d.rmdir()
+            p.rmdir()
