@@ -60,6 +60,7 @@ from node_host import (
     dead_shim_sockets,
     delete_bridge,
     delete_node_chains,
+    host_path_entries,
     kill_cgroup_tree,
     make_bridge,
     make_cgroups,
@@ -68,6 +69,7 @@ from node_host import (
     node_processes,
     orphan_netns,
     read_sysctls,
+    remove_added_entries,
     remove_dead_shim_sockets,
     remove_empty_trees,
     sh,
@@ -97,7 +99,7 @@ class NodeCluster:
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
     """The node daemons by name (scheduler, containerd, kubelet, kube-proxy); the plane keeps its own."""
     host_state: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """What teardown restores: sysctls, host paths and netns entries present before."""
+    """What teardown restores: sysctls, the entries under the host paths and the netns present before."""
     stopped: bool = False
     """Set by the first :meth:`stop`; later calls do nothing."""
 
@@ -230,10 +232,7 @@ class NodeCluster:
         return [p for p in NETNS_DIR.glob("cni-*") if p.name not in before] if NETNS_DIR.exists() else []
 
     def _remove_host_paths(self) -> None:
-        existed = set(self.host_state.get("host_paths", []))
-        for p in HOST_PATHS:
-            if str(p) not in existed and p.exists():
-                shutil.rmtree(p)
+        remove_added_entries(HOST_PATHS, set(self.host_state.get("host_paths", [])))
 
     def leftovers(self) -> list[str]:
         """What teardown should have removed and did not (empty after a clean :meth:`stop`)."""
@@ -247,8 +246,8 @@ class NodeCluster:
             left.append(f"bridge {BRIDGE}")
         left += [f"cgroup {h / CGROUP_NAME}" for h in cgroup_hierarchies() if (h / CGROUP_NAME).exists()]
         left += [f"dir {d}" for d in (self.workdir, self.plane.workdir) if d.exists()]
-        existed = set(self.host_state.get("host_paths", []))
-        left += [f"host path {p}" for p in HOST_PATHS if p.exists() and str(p) not in existed]
+        before = set(self.host_state.get("host_paths", []))
+        left += [f"host path {p}" for p in sorted(host_path_entries(HOST_PATHS) - before)]
         return left
 
 
@@ -381,7 +380,7 @@ def _prepare_host() -> dict[str, Any]:
     remove_empty_trees(HOST_PATHS)
     return {
         "sysctls": read_sysctls(),
-        "host_paths": [str(p) for p in HOST_PATHS if p.exists()],
+        "host_paths": sorted(host_path_entries(HOST_PATHS)),
         "netns": [p.name for p in NETNS_DIR.glob("cni-*")] if NETNS_DIR.exists() else [],
     }
 

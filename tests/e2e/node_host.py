@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -256,3 +257,24 @@ def remove_empty_trees(paths: tuple[Path, ...]) -> None:
             for d in sorted((c for c in p.rglob("*")), key=lambda c: -len(c.parts)):
                 d.rmdir()
             p.rmdir()
+
+
+def host_path_entries(paths: tuple[Path, ...]) -> set[str]:
+    """Every file and directory at or below ``paths`` (to tell afterwards what a run added)."""
+    found: set[str] = set()
+    for p in paths:
+        if p.exists():
+            found.add(str(p))
+            found.update(str(c) for c in p.rglob("*"))
+    return found
+
+
+def remove_added_entries(paths: tuple[Path, ...], before: set[str]) -> None:
+    """Remove what appeared at or below ``paths`` since ``before`` (pod log dirs, CNI result caches, ...),
+    deepest first; a directory that existed before stays."""
+    for entry in sorted(host_path_entries(paths) - before, key=lambda e: -len(Path(e).parts)):
+        path = Path(entry)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
