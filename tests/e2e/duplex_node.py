@@ -377,7 +377,7 @@ def _prepare_host() -> dict[str, Any]:
         unmount_all(ns)
         ns.unlink()
     remove_dead_shim_sockets()
-    remove_empty_trees(HOST_PATHS)
+    remove_empty_trees((Path("/run/containerd"), NETNS_DIR))  # runtime dirs: meaningless when empty
     return {
         "sysctls": read_sysctls(),
         "host_paths": sorted(host_path_entries(HOST_PATHS)),
