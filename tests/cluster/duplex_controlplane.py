@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,9 @@ class Certs:
     sa_pub: Path
 
 
-def make_certs(d: Path) -> Certs:
+def make_certs(d: Path, extra_ips: Sequence[str] = ()) -> Certs:
+    """A CA, the apiserver's serving cert (loopback, the first Service IP and ``extra_ips``), an admin client
+    cert (system:masters) and the service-account signing key pair, written into ``d``."""
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "duplex-test-ca")])
     ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
@@ -151,6 +153,7 @@ def make_certs(d: Path) -> Certs:
         x509.DNSName("kubernetes.default.svc"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address("198.18.0.1")),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
     ]
     srv = _cert(
         x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]), srv_key, ca_name, ca_key, sans=sans
@@ -224,11 +227,13 @@ class ControlPlane:
     certs: Certs
     api_port: int
     kubeconfig: Path
+    host: str = "127.0.0.1"
+    """Address the apiserver binds and advertises (loopback unless pods must reach it)."""
     procs: dict[str, subprocess.Popen[bytes]] = dataclasses.field(default_factory=dict)
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.host}:{self.api_port}"
 
     def ssl_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.certs.ca))
@@ -252,8 +257,7 @@ class ControlPlane:
                 raise ProcessExited(f"{name} exited with {p.returncode}:\n{self.log(name)[-4000:]}")
 
     def _start(self, name: str, argv: list[str]) -> None:
-        out = open(self.workdir / f"{name}.log", "wb")
-        self.procs[name] = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = start_logged(self.workdir / f"{name}.log", argv)
 
     def stop(self) -> None:
         for name in reversed(list(self.procs)):
@@ -266,6 +270,12 @@ class ControlPlane:
                     p.kill()
                     p.wait()
         self.procs.clear()
+
+
+def start_logged(log: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in its own session with stdout and stderr appended to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def _write_kubeconfig(path: Path, server: str, certs: Certs) -> None:
@@ -284,11 +294,23 @@ current-context: duplex-test
 """)
 
 
-def start_apiserver(workdir: Path, bins: dict[str, Path]) -> ControlPlane:
-    """etcd + kube-apiserver, ready (``/readyz``) when this returns."""
-    certs = make_certs(workdir)
+def start_apiserver(
+    workdir: Path,
+    bins: dict[str, Path],
+    *,
+    host: str = "127.0.0.1",
+    service_cidr: str = SERVICE_CIDR,
+    serve_pods: bool = False,
+    extra_args: Sequence[str] = (),
+) -> ControlPlane:
+    """etcd + kube-apiserver, ready (``/readyz``) when this returns.
+
+    ``serve_pods``: pods run against this apiserver (a real node), so the ServiceAccount admission plugin
+    stays on (pods get tokens) and the ``kubernetes`` Service's endpoint is ``host`` (must not be loopback).
+    Without it, pods are never run and both are switched off."""
+    certs = make_certs(workdir, [host] if host != "127.0.0.1" else [])
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
-    cp = ControlPlane(workdir=workdir, certs=certs, api_port=api_port, kubeconfig=workdir / "kubeconfig")
+    cp = ControlPlane(workdir=workdir, certs=certs, api_port=api_port, kubeconfig=workdir / "kubeconfig", host=host)
     _write_kubeconfig(cp.kubeconfig, cp.server, certs)
     etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
     cp._start(
@@ -321,9 +343,9 @@ def start_apiserver(workdir: Path, bins: dict[str, Path]) -> ControlPlane:
             "--etcd-servers",
             etcd_url,
             "--bind-address",
-            "127.0.0.1",
+            host,
             "--advertise-address",
-            "127.0.0.1",
+            host,
             "--secure-port",
             str(api_port),
             "--insecure-port",
@@ -341,21 +363,28 @@ def start_apiserver(workdir: Path, bins: dict[str, Path]) -> ControlPlane:
             "--service-account-issuer",
             "https://kubernetes.default.svc",
             "--service-cluster-ip-range",
-            SERVICE_CIDR,
+            service_cidr,
             "--authorization-mode",
             "RBAC",
-            # No service-account controllers run here, so pods need no service account token.
-            "--disable-admission-plugins",
-            "ServiceAccount",
-            # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation rejects.
-            "--endpoint-reconciler-type",
-            "none",
+            *(
+                ()
+                if serve_pods
+                else (
+                    # No service-account controllers run here, so pods need no service account token.
+                    "--disable-admission-plugins",
+                    "ServiceAccount",
+                    # The "kubernetes" Service's endpoints would be 127.0.0.1, which Endpoints validation rejects.
+                    "--endpoint-reconciler-type",
+                    "none",
+                )
+            ),
             "--enable-priority-and-fairness=false",
             "--cert-dir",
             str(workdir / "apiserver-certs"),
             "--profiling=false",
             "--v",
             "1",
+            *extra_args,
         ],
     )
 
@@ -363,12 +392,19 @@ def start_apiserver(workdir: Path, bins: dict[str, Path]) -> ControlPlane:
         cp.check_alive()
         return cp.get("/readyz")[0] == 200
 
-    wait_until(ready, 90, "kube-apiserver /readyz", interval=0.2)
+    try:
+        wait_until(ready, 90, "kube-apiserver /readyz", interval=0.2)
+    except BaseException:
+        cp.stop()  # etcd too: the caller never gets the handle
+        raise
     return cp
 
 
-def start_controller_manager(cp: ControlPlane, bins: dict[str, Path]) -> None:
-    """kube-controller-manager with the workload and garbage-collector controllers; healthy on return.
+def start_controller_manager(
+    cp: ControlPlane, bins: dict[str, Path], controllers: str = CONTROLLERS, extra_args: Sequence[str] = ()
+) -> None:
+    """kube-controller-manager with ``controllers`` (default: the workload and garbage-collector ones);
+    healthy on return.
 
     Start it after the CRDs the tests own by are installed: the garbage collector discovers resource
     types at start and then only every 30 s."""
@@ -380,7 +416,7 @@ def start_controller_manager(cp: ControlPlane, bins: dict[str, Path]) -> None:
             "--kubeconfig",
             str(cp.kubeconfig),
             "--controllers",
-            CONTROLLERS,
+            controllers,
             "--leader-elect=false",
             "--port",
             "0",
@@ -409,6 +445,7 @@ def start_controller_manager(cp: ControlPlane, bins: dict[str, Path]) -> None:
             "0s",
             "--v",
             "1",
+            *extra_args,
         ],
     )
     ctx = ssl.create_default_context()
