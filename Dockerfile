@@ -17,7 +17,7 @@ ARG PIP_INDEX_URL
 ARG PIP_EXTRA_INDEX_URL
 COPY . /src
 RUN sh /src/scripts/image-install.sh wheels /src /wheels \
- && sh /src/scripts/image-install.sh project /src /project
+ && sh /src/scripts/image-install.sh project /src /project /wheels
 
 # Stage 2: the image. The wheels are mounted for the install only (offline, --no-index), not copied into a layer.
 FROM ${BASE}

@@ -7,7 +7,7 @@
 #   image-install.sh debs                  print the Debian packages the pods need at run time
 #   image-install.sh wheels SRC OUT        on the builder (network): wheel the runtime dependencies of the project
 #                                          in SRC (torch's CPU build, no dev extras) and pip itself into OUT
-#   image-install.sh project SRC OUT       on the builder: wheel the project alone into OUT
+#   image-install.sh project SRC OUT WHEELS  on the builder, offline: wheel the project alone into OUT
 #   image-install.sh install WHEELS...     inside the root filesystem, offline (--no-index): the Debian packages
 #                                          if missing, the wheels, the pod user, then removes caches
 #
@@ -28,8 +28,10 @@ POD_UID=10001
 TORCH="torch==2.13.0"
 
 cmd="${1:-}"
-[ -n "$cmd" ] || { echo "usage: image-install.sh debs|wheels SRC OUT|project SRC OUT|install WHEELS..." >&2; exit 2; }
+[ -n "$cmd" ] || { echo "usage: image-install.sh debs|wheels SRC OUT|project SRC OUT WHEELS|install WHEELS..." >&2; exit 2; }
 shift
+# PYTHON: the builder's python, the same minor version as the image's (cp311) and best the same patch level
+# (environment markers: redis needs async-timeout below 3.11.3); scripts/image.sh uses Debian's own python3.
 PY="${PYTHON:-python3}"
 
 case "$cmd" in
@@ -39,22 +41,37 @@ debs)
 
 wheels)
   [ $# -eq 2 ] || { echo "usage: image-install.sh wheels SRC OUT" >&2; exit 2; }
-  src="$1"
-  out="$2"
-  mkdir -p "$out"
-  # the runtime dependencies only ("$src", not "$src[dev]"); sdists are built here, so no compiler in the image
-  "$PY" -m pip wheel -q --wheel-dir "$out" --find-links "$out" "$TORCH" "$src"
-  # pip runs from its own wheel inside the root filesystem: the image needs no pip package of its own
-  "$PY" -m pip download -q --only-binary=:all: --dest "$out" pip
+  mkdir -p "$2"
+  src=$(cd "$1" && pwd)
+  out=$(cd "$2" && pwd)
+  # not in the source tree: `python3 -m` puts the working directory first on sys.path, and the repository's
+  # operator/ folder would shadow the standard library's operator module
+  cd /
+  # the runtime dependencies only ("$src", not "$src[dev]"); sdists are built here, so no compiler in the image.
+  # CONSTRAINTS (optional): a pip constraints file; scripts/image.sh passes the builder's `pip freeze`, so the
+  # image holds exactly the versions the test suite ran with and the resolver has nothing to search.
+  # shellcheck disable=SC2086
+  "$PY" -m pip wheel -q --wheel-dir "$out" --find-links "$out" ${CONSTRAINTS:+--constraint "$CONSTRAINTS"} \
+    "$TORCH" "$src"
+  # pip runs from its own wheel inside the root filesystem: the image needs no pip package of its own. The
+  # project's build requirements (pyproject's build-system.requires) let "project" build offline, fast.
+  build_requires=$("$PY" -c 'import sys, tomllib; print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$src/pyproject.toml")
+  # shellcheck disable=SC2086
+  "$PY" -m pip download -q --only-binary=:all: --dest "$out" pip $build_requires
   # the project itself is wheeled apart ("project"): a source change must not invalidate the dependencies
   rm -f "$out"/duplex-*.whl
   ;;
 
 project)
-  [ $# -eq 2 ] || { echo "usage: image-install.sh project SRC OUT" >&2; exit 2; }
+  [ $# -eq 3 ] || { echo "usage: image-install.sh project SRC OUT WHEELS" >&2; exit 2; }
   mkdir -p "$2"
-  rm -f "$2"/duplex-*.whl
-  "$PY" -m pip wheel -q --no-deps --wheel-dir "$2" "$1"
+  src=$(cd "$1" && pwd)
+  out=$(cd "$2" && pwd)
+  wheels=$(cd "$3" && pwd)
+  cd /
+  rm -f "$out"/duplex-*.whl
+  # offline: the isolated build environment comes from the wheelhouse of "wheels"
+  "$PY" -m pip wheel -q --no-deps --no-index --find-links "$wheels" --wheel-dir "$out" "$src"
   ;;
 
 install)

@@ -48,7 +48,7 @@ ENTRYPOINT = ["duplex"]
 SOURCE_DIRS = ("duplex", "model", "serving", "operator", "loadtest", "protos")
 """The folders pyproject maps to duplex.* (plus the .proto sources): their files are in the image key."""
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -186,11 +186,44 @@ def debootstrap_tarball(cache: Path, debs: list[str], log: Path) -> Path:
     return tarball
 
 
+def builder_versions() -> str:
+    """The builder's installed versions (``pip freeze``, the project itself left out): the wheelhouse is pinned
+    to what the test suite runs with, and pip resolves nothing."""
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd="/",  # `-m` puts the working directory on sys.path: the repository's operator/ shadows the stdlib's
+    ).stdout
+    return "".join(f"{line}\n" for line in freeze.splitlines() if "==" in line and not line.startswith("duplex=="))
+
+
+BUILDER_PYTHON = "/usr/bin/python3"
+"""Debian's python3 on this (bookworm) machine: the very interpreter the image gets, so pip evaluates the
+dependencies' environment markers for it (e.g. redis needs async-timeout on 3.11.2, not on a newer 3.11)."""
+
+
+def builder_python_version() -> str:
+    return subprocess.run(
+        [BUILDER_PYTHON, "-c", "import platform; print(platform.python_version())"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd="/",
+    ).stdout.strip()
+
+
 def wheelhouse(cache: Path, log: Path) -> Path:
-    wheels = cache / f"image-wheels-{digest([ROOT / 'pyproject.toml', INSTALL])}"
+    constraints = builder_versions()
+    python = builder_python_version()
+    wheels = cache / f"image-wheels-{digest([ROOT / 'pyproject.toml', INSTALL], constraints + python)}"
     if (wheels / ".complete").exists():
         return wheels
-    run(["sh", str(INSTALL), "wheels", str(ROOT), str(wheels)], log)
+    wheels.mkdir(parents=True, exist_ok=True)
+    (wheels / "constraints.txt").write_text(constraints)
+    env = dict(os.environ, CONSTRAINTS=str(wheels / "constraints.txt"), PYTHON=BUILDER_PYTHON)
+    run(["sh", str(INSTALL), "wheels", str(ROOT), str(wheels)], log, env=env)
     (wheels / ".complete").touch()
     return wheels
 
@@ -271,6 +304,8 @@ def build() -> BuiltImage:
     for tool in ("debootstrap", "podman", "chroot"):
         if shutil.which(tool) is None:
             raise SystemExit(f"image: `{tool}` not found (Debian packages: debootstrap podman)")
+    if subprocess.run([BUILDER_PYTHON, "-m", "pip", "--version"], capture_output=True, cwd="/").returncode != 0:
+        raise SystemExit(f"image: {BUILDER_PYTHON} has no pip (Debian package python3-pip)")
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     key = image_key()
@@ -302,7 +337,8 @@ def build() -> BuiltImage:
         wheels = wheelhouse(cache, log)
         s.note = f"{len(list(wheels.glob('*.whl')))} wheels in {wheels.name}"
     with stages("project", "the duplex wheel"):
-        run(["sh", str(INSTALL), "project", str(ROOT), str(work / "project")], log)
+        project_env = dict(os.environ, PYTHON=BUILDER_PYTHON)
+        run(["sh", str(INSTALL), "project", str(ROOT), str(work / "project"), str(wheels)], log, env=project_env)
     rootfs = work / "rootfs"
     with stages("rootfs", "unpack + image-install.sh install (chroot, offline)"):
         install_rootfs(rootfs, tarball, debs, wheels, work / "project", log)
