@@ -365,6 +365,8 @@ def build() -> BuiltImage:
 
 def summary(built: BuiltImage) -> Table:
     table = Table(title=f"{built.ref}{' (cached)' if built.cached else ''}", show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # paths whole, to copy
     table.add_row("root filesystem", f"{built.rootfs_bytes / 2**20:,.0f} MiB  {built.rootfs}")
     table.add_row("OCI archive", f"{built.archive_bytes / 2**20:,.0f} MiB  {built.archive}")
     table.add_row("build time", f"{sum(built.stages.values()):.1f} s")
