@@ -21,8 +21,13 @@ shift 3
 
 store=$(mktemp -d "${TMPDIR:-/tmp}/oci-archive.XXXXXX")
 trap 'rm -rf "$store"' EXIT
-pm=(podman --root "$store/root" --runroot "$store/run" --storage-driver vfs
-    --cgroup-manager cgroupfs --events-backend none)
+# file locks, the CNI network backend and every state dir inside $store: the defaults would leave
+# /dev/shm/libpod_lock, /run/libpod and /run/containers behind (only podman's blob-info cache in
+# /var/lib/containers/cache remains)
+printf '[engine]\nlock_type = "file"\n[network]\nnetwork_backend = "cni"\n' >"$store/containers.conf"
+export CONTAINERS_CONF="$store/containers.conf"
+pm=(podman --root "$store/root" --runroot "$store/run" --tmpdir "$store/tmp" --network-config-dir "$store/net"
+    --storage-driver vfs --cgroup-manager cgroupfs --events-backend none)
 
 changes=()
 if [[ $# -gt 0 ]]; then
