@@ -8,7 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 apt_packages=(redis-server espeak-ng sox chromium
   # the e2e node (tests/e2e): container runtime, bridge CNI plugins, image import (podman), kube-proxy's
   # iptables + conntrack, Debian's static busybox (the test image) and a static libc for the pause binary
-  containerd runc containernetworking-plugins podman iptables conntrack busybox-static gcc libc6-dev)
+  containerd runc containernetworking-plugins podman iptables conntrack busybox-static gcc libc6-dev
+  # the project's image (scripts/image.sh): a Debian root filesystem, wheels built by the image's own python
+  debootstrap python3-pip)
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

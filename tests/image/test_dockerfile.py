@@ -1,0 +1,142 @@
+"""The two builds of the duplex image agree: the Dockerfile (for users) and scripts/image.sh (offline, for the
+e2e cluster) install with the same scripts/image-install.sh, and both images start ``duplex`` as the user the
+operator's pods run as. ``docker build`` cannot run here, so the Dockerfile is checked as text."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from duplex.operator.naming import ModelRef
+from duplex.operator.render import ApiVersions, render_children
+from duplex.operator.render.posture import RUN_AS, TMP_DIR
+from duplex.operator.resolve import parse_spec, resolve
+
+ROOT = Path(__file__).resolve().parents[2]
+INSTALL = "scripts/image-install.sh"
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined, comments dropped."""
+    text = (ROOT / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            word, _, rest = line.strip().partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def image_builder() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("image_builder", ROOT / "scripts" / "image.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve field types through the module's entry
+    spec.loader.exec_module(module)
+    return module
+
+
+def rendered_containers() -> list[dict[str, Any]]:
+    """Every duplex container the operator renders (engine, gateway, agent) for a model running them all."""
+    manifests = render_children(
+        ModelRef(name="talk", namespace="prod", uid=""),
+        resolve(parse_spec({"engine": {"shards": 2}, "agent": {"workers": 1}})),
+        ApiVersions(),
+    )
+    pods = [m["spec"]["template"]["spec"] for m in manifests if m["kind"] in ("StatefulSet", "Deployment")]
+    return [c for pod in pods for c in pod["containers"] if c["name"] != "redis"]
+
+
+def test_both_builds_install_with_the_one_install_script() -> None:
+    steps = dockerfile()
+    runs = " ".join(args for word, args in steps if word == "RUN")
+    # the Dockerfile runs each phase of image-install.sh: wheels and project on the builder, install in the image
+    for phase in ("wheels", "project", "install"):
+        assert re.search(rf"image-install\.sh {phase} ", runs), phase
+    copies = [args for word, args in steps if word == "COPY"]
+    assert any(args.split()[0] == INSTALL for args in copies), copies
+    # the offline build runs the same file for the same phases
+    builder = image_builder()
+    assert builder.INSTALL == ROOT / INSTALL
+    source = (ROOT / "scripts" / "image.py").read_text()
+    for phase in ("wheels", "project", "install", "debs"):
+        assert f'"{phase}"' in source, phase
+    assert "scripts/image.py" in (ROOT / "scripts" / "image.sh").read_text()
+
+
+def test_dockerfile_starts_from_the_public_slim_bookworm_python() -> None:
+    froms = [args for word, args in dockerfile() if word == "FROM"]
+    args = dict(a.split("=", 1) for word, a in dockerfile() if word == "ARG" and "=" in a)
+    bases = {f.split()[0].replace("${BASE}", args["BASE"]) for f in froms}
+    assert bases == {"python:3.11-slim-bookworm"}
+    # both builds are cp311 on bookworm, so the offline build's wheelhouse fits either
+    assert image_builder().SUITE == "bookworm"
+
+
+def test_image_entrypoint_is_the_command_the_operator_renders() -> None:
+    (entrypoint,) = [args for word, args in dockerfile() if word == "ENTRYPOINT"]
+    containers = rendered_containers()
+    assert {c["name"] for c in containers} >= {"engine", "gateway", "agent"}
+    for container in containers:
+        assert container["command"] == json.loads(entrypoint), container["name"]
+    # the chart's operator Deployment starts the same command from the same image
+    chart = (ROOT / "charts" / "duplex" / "templates" / "operator-deployment.yaml").read_text()
+    assert re.search(r"command: \[(\w+)\]", chart).group(1) == json.loads(entrypoint)[0]  # type: ignore[union-attr]
+    # the offline build sets the same entrypoint in its OCI archive (tests/image/test_image.py reads it back)
+    assert image_builder().ENTRYPOINT == json.loads(entrypoint)
+
+
+def test_image_user_and_home_match_the_rendered_security_context() -> None:
+    steps = dockerfile()
+    (user,) = [args for word, args in steps if word == "USER"]
+    assert user == f"{RUN_AS}:{RUN_AS}"
+    for container in rendered_containers():
+        ctx = container["securityContext"]
+        assert (ctx["runAsUser"], ctx["runAsGroup"], ctx["readOnlyRootFilesystem"]) == (RUN_AS, RUN_AS, True)
+    env = dict(kv.split("=", 1) for word, args in steps if word == "ENV" for kv in shlex.split(args))
+    # HOME is the one writable directory of a read-only root filesystem: the /tmp emptyDir
+    assert env["HOME"] == TMP_DIR
+    assert image_builder().POD_UID == RUN_AS
+    # the install script's passwd entry (used by the offline image, which sets no ENV) has the same uid and home
+    script = (ROOT / INSTALL).read_text()
+    assert f"POD_UID={RUN_AS}" in script
+    assert f":{TMP_DIR}:" in script
+
+
+def test_dockerignore_keeps_the_virtualenv_and_git_out_of_the_build_context() -> None:
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv"} <= ignored
+    # but not what the wheel build reads
+    built = {"pyproject.toml", "README.md", "scripts", "duplex", "model", "serving", "operator", "loadtest"}
+    assert not built & ignored
+
+
+def test_install_script_lists_only_runtime_debian_packages() -> None:
+    debs = subprocess.run(["sh", str(ROOT / INSTALL), "debs"], check=True, capture_output=True, text=True)
+    packages = set(debs.stdout.split())
+    assert "python3" in packages
+    assert not packages & {"gcc", "build-essential", "python3-dev", "python3-pip", "redis-server", "espeak-ng"}
+
+
+def test_install_script_names_the_bad_command() -> None:
+    proc = subprocess.run(["sh", str(ROOT / INSTALL), "bake"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "unknown command 'bake'" in proc.stderr
+
+
+def test_chart_default_image_is_the_tag_the_build_produces() -> None:
+    values = yaml.safe_load((ROOT / "charts" / "duplex" / "values.yaml").read_text())
+    chart = yaml.safe_load((ROOT / "charts" / "duplex" / "Chart.yaml").read_text())
+    builder = image_builder()
+    assert f"{values['image']['repository']}:{chart['appVersion']}" == f"duplex:{builder.version()}"
