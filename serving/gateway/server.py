@@ -386,4 +386,5 @@ class GatewayServer:
         except Refused as e:
             await _refuse(it, context, e.code, e.message, e.trailing)
         except grpc.aio.AioRpcError as e:
-            await context.abort(e.code(), e.details() or "", trailing_metadata=e.trailing_metadata() or ())
+            # grpc takes a tuple of pairs here, not the aio Metadata object the failed call carries
+            await context.abort(e.code(), e.details() or "", trailing_metadata=tuple(e.trailing_metadata() or ()))
