@@ -67,7 +67,8 @@ def hold_conversation(
     schedule: list[SendSchedule] = []
 
     def requests() -> Iterator[pb.ClientEvent]:
-        first = start_event(chunk_ms=chunk_ms)
+        # a Locust user stopped mid-conversation will not come back: its slot must be free for the next step
+        first = start_event(chunk_ms=chunk_ms, no_resume=True)
         first.start.client_time_us = clock_us()
         yield first
         ready.wait()

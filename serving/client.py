@@ -166,7 +166,10 @@ def start_event(
     instructions: str = "",
     tools: Sequence[str] = (),
     session_id: str = "",
+    no_resume: bool = False,
 ) -> pb.ClientEvent:
+    """A ``SessionStart``; ``no_resume``: the client will not resume it, so the server issues no token and
+    holds no slot for it after the stream ends (load generators, one-shot clients)."""
     fmt = pb.AudioFormat(sample_rate=sample_rate, channels=1, encoding=pb.PCM16_LE)
     return pb.ClientEvent(
         start=pb.SessionStart(
@@ -176,6 +179,7 @@ def start_event(
             instructions=instructions,
             tools=list(tools),
             session_id=session_id,
+            no_resume=no_resume,
         )
     )
 

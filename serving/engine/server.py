@@ -212,6 +212,7 @@ class EngineServer:
                 )
             if self.draining:
                 raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
+            resumable = resumable and not first.start.no_resume
             if first.start.resume_token:
                 resumed = self._claim(first.start, key_id)
             else:

@@ -253,6 +253,40 @@ async def parked_session(rstack: ResumeStack, auth: Any = AUTH) -> str:
     return conv.ready.resume_token
 
 
+async def test_a_no_resume_session_gets_no_token_and_frees_its_slot_when_cut(rstack: ResumeStack) -> None:
+    """``SessionStart.no_resume`` (load generators): no token, and a cut frees the slot at once, within the
+    grace, where a resumable session would hold it (``parked_session``)."""
+    active_before = rstack.on_loop(rstack.engine.scheduler.active_count)  # type: ignore[union-attr]
+    parked_before = rstack.on_loop(rstack.engine.resumes.parked_count)
+    host, port = rstack.gateway_addr.split(":")
+    proxy = CuttingProxy((host, int(port)))
+    addr = await proxy.start()
+    try:
+
+        def cut_after_3(ev: pb.ServerEvent) -> None:
+            if ev.HasField("audio") and ev.audio.seq == 3 and not proxy.cuts:
+                proxy.cut()
+
+        async with grpc.aio.insecure_channel(addr) as ch:
+            conv = await client.converse(
+                ch,
+                client.split_chunks(speechlike(3.0), CHUNK),
+                start=client.start_event(no_resume=True),
+                metadata=AUTH,
+                clock=SteppingClock(client.now_us()),
+                on_event=cut_after_3,
+            )
+    finally:
+        await proxy.close()
+    assert conv.ready is not None and conv.ready.resume_token == "" and conv.ready.resume_grace_ms == 0
+    assert conv.code == grpc.StatusCode.UNAVAILABLE and not conv.resumptions  # nothing to resume with
+    await wait_until(
+        lambda: rstack.on_loop(rstack.engine.scheduler.active_count) == active_before,  # type: ignore[union-attr]
+        "the slot to be freed",
+    )
+    assert rstack.on_loop(rstack.engine.resumes.parked_count) == parked_before  # the clock never moved
+
+
 async def test_b_past_the_grace_the_slot_is_freed_and_resume_names_the_expiry(rstack: ResumeStack) -> None:
     active_before = rstack.on_loop(rstack.engine.scheduler.active_count)  # type: ignore[union-attr]
     expired_before = counter(rstack.engine.metrics.resume_expired)
