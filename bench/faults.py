@@ -21,15 +21,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import queue
-import re
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +35,7 @@ from duplex.serving import client
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from procs import Proc, gateway_args  # noqa: E402
 from report import command, machine, write_section  # noqa: E402
 
 from serving import CHUNK_MS, speechlike  # noqa: E402
@@ -69,41 +65,6 @@ OPERATOR_RESTART_NOTE = (
     "creating the pods, the operator and other work); `## Operator` in docs/benchmarks.md has the 100-model burst"
     " without a kill (21.6–24.6 s on a calmer run).\n"
 )
-DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
-
-
-class Proc:
-    """A ``duplex`` subprocess whose output lines a thread collects, so a caller can wait for one."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.p = subprocess.Popen([*DUPLEX, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, deadline_s: float = 120.0) -> re.Match[str]:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
-            except queue.Empty:
-                break
-            if m := re.search(pattern, line):
-                return m
-        raise SystemExit(f"no line matching {pattern!r} within {deadline_s:.0f} s")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
 
 
 def write_reliability(title: str, body: str) -> None:
@@ -190,21 +151,7 @@ def engine_kill(per_engine: int, new: int) -> EngineKill:
     gateway = None
     try:
         addrs = [e.wait_for(r"engine serving \S+ on (127\.0\.0\.1:\d+)").group(1) for e in engines]
-        gateway = Proc(
-            [
-                "gateway",
-                "--engines",
-                ",".join(addrs),
-                "--port",
-                "0",
-                "--set",
-                "gateway.host=127.0.0.1",
-                "--set",
-                "gateway.metrics_port=0",
-                "--set",
-                "gateway.open_access=true",
-            ]
-        )
+        gateway = Proc(gateway_args(",".join(addrs), "gateway.open_access=true"))
         gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
         return asyncio.run(_engine_kill_run(gaddr, engines[0], addrs[0], per_engine, new))
     finally:

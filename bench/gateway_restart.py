@@ -19,15 +19,11 @@ import asyncio
 import json
 import os
 import platform
-import queue
-import re
 import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -39,40 +35,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from duplex.serving import client
 from duplex.serving.gateway.auth import key_line
 
-DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from procs import Proc
+
 KEY = "bench-key"
 CHUNK = 3200
 CHUNK_MS = 200
-
-
-class Proc:
-    """A ``duplex`` subprocess whose output lines are collected, so the script can wait for one."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.p = subprocess.Popen([*DUPLEX, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, deadline_s: float = 120.0) -> re.Match[str]:
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=max(0.01, end - time.monotonic()))
-            except queue.Empty:
-                break
-            if m := re.search(pattern, line):
-                return m
-        raise TimeoutError(f"no line matching {pattern!r} within {deadline_s} s")
-
-    def stop(self, sig: int) -> None:
-        if self.p.poll() is None:
-            self.p.send_signal(sig)
-            self.p.wait(timeout=30)
 
 
 def free_port() -> int:

@@ -60,6 +60,13 @@ class Proc:
         return self.p.wait(timeout=deadline_s)
 
 
+def gateway_args(engines: str, *settings: str) -> list[str]:
+    """``duplex gateway`` on a free loopback port in front of ``engines`` (HOST:PORT,...), metrics off, plus
+    ``settings`` (``gateway.KEY=VALUE`` each)."""
+    sets = ["gateway.host=127.0.0.1", "gateway.metrics_port=0", *settings]
+    return ["gateway", "--engines", engines, "--port", "0", *(a for s in sets for a in ("--set", s))]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -171,21 +178,7 @@ def test_engine_and_gateway_from_config(tmp_path: Path) -> None:
     gateway = None
     try:
         eaddr = engine.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
-        gateway = Proc(
-            [
-                "gateway",
-                "--engines",
-                eaddr,
-                "--port",
-                "0",
-                "--set",
-                "gateway.host=127.0.0.1",
-                "--set",
-                "gateway.metrics_port=0",
-                "--set",
-                f"gateway.api_keys_file={keys}",
-            ]
-        )
+        gateway = Proc(gateway_args(eaddr, f"gateway.api_keys_file={keys}"))
         gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
         wait_serving(gaddr)
 

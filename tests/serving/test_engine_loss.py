@@ -16,7 +16,7 @@ from duplex.serving import client
 from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import tone
-from .test_cli import Proc
+from .test_cli import Proc, gateway_args
 
 CHUNK = 3200
 ENGINE = ["engine", "--port", "0", "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"]
@@ -46,23 +46,7 @@ def test_engine_killed_mid_conversation() -> None:
     gateway = None
     try:
         a, b = (e.wait_for(r"engine serving \S+ on (127\.0\.0\.1:\d+)").group(1) for e in engines)
-        gateway = Proc(
-            [
-                "gateway",
-                "--engines",
-                f"{a},{b}",
-                "--port",
-                "0",
-                "--set",
-                "gateway.host=127.0.0.1",
-                "--set",
-                "gateway.metrics_port=0",
-                "--set",
-                "gateway.open_access=true",
-                "--set",
-                "gateway.health_interval_s=30",
-            ]
-        )
+        gateway = Proc(gateway_args(f"{a},{b}", "gateway.open_access=true", "gateway.health_interval_s=30"))
         gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
         long_talk = client.split_chunks(tone(8.0), CHUNK)
 

@@ -13,7 +13,7 @@ import grpc
 from duplex.serving import client
 
 from .conftest import tone
-from .test_cli import Proc
+from .test_cli import Proc, gateway_args
 from .test_engine_loss import CHUNK, ENGINE, until_one_session
 
 
@@ -22,23 +22,8 @@ def test_engine_refusal_passes_through_with_its_trailing_metadata() -> None:
     gateway = None
     try:
         eaddr = engine.wait_for(r"engine serving \S+ on (127\.0\.0\.1:\d+)").group(1)
-        gateway = Proc(
-            [
-                "gateway",
-                "--engines",
-                eaddr,
-                "--port",
-                "0",
-                "--set",
-                "gateway.host=127.0.0.1",
-                "--set",
-                "gateway.metrics_port=0",
-                "--set",
-                "gateway.open_access=true",
-                "--set",
-                "gateway.health_interval_s=600",  # one load poll, at start: it never learns of the direct call
-            ]
-        )
+        # one load poll, at start: the gateway never learns of the direct call
+        gateway = Proc(gateway_args(eaddr, "gateway.open_access=true", "gateway.health_interval_s=600"))
         gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
         short = client.split_chunks(tone(0.4), CHUNK)
 
