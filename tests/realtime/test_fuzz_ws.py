@@ -20,8 +20,8 @@ from serving.helpers import eventually
 from duplex.serving.realtime.events import decode_client_event
 from duplex.serving.realtime.protocol import ClientError
 
-from .conftest import API_KEY, MAX_FRAME, RealtimeStack, Received, collect, rms, stream_live
-from .test_sdk import SILENCE_RMS, client, no_errors
+from .conftest import API_KEY, MAX_FRAME, RealtimeStack, Received, collect, rms
+from .test_sdk import SILENCE_RMS, client, no_errors, witness_session
 
 SESSIONS = 6
 FRAMES_PER_SESSION = 50
@@ -120,14 +120,6 @@ async def fuzz_session(http: aiohttp.ClientSession, rt: RealtimeStack, seed: int
 async def test_fuzzed_frames_get_errors_and_harm_no_witness(rt: RealtimeStack, speech24: np.ndarray) -> None:
     witness = Received()
 
-    async def witness_session() -> None:
-        async with client(rt).realtime.connect(model="duplex") as conn:
-            reader = asyncio.create_task(collect(conn, witness))
-            await stream_live(conn, speech24)
-            await witness.wait(lambda g: g.of("response.done"))
-            await conn.close()
-            await reader
-
     registry = rt.gateway.metrics.registry
 
     def refused_frames() -> float:
@@ -135,7 +127,7 @@ async def test_fuzzed_frames_get_errors_and_harm_no_witness(rt: RealtimeStack, s
         return value or 0.0
 
     frames_refused_before = refused_frames()
-    w = asyncio.create_task(witness_session())
+    w = asyncio.create_task(witness_session(rt, speech24, witness))
     await witness.wait(lambda g: g.of("input_audio_buffer.speech_started"))
     async with aiohttp.ClientSession() as http:
         results = await asyncio.gather(*(fuzz_session(http, rt, s, oversized=s % 2 == 1) for s in range(SESSIONS)))

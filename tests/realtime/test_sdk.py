@@ -73,18 +73,20 @@ async def bad_then_check(rt: RealtimeStack, send: object, check: object) -> Rece
     return got
 
 
+async def witness_session(rt: RealtimeStack, speech: np.ndarray, witness: Received) -> None:
+    """A conversation over the official SDK beside the bad ones, collected into ``witness`` until its first
+    ``response.done``."""
+    async with client(rt).realtime.connect(model="duplex") as conn:
+        reader = asyncio.create_task(collect(conn, witness))
+        await stream_live(conn, speech)
+        await witness.wait(lambda g: g.of("response.done"))
+        await conn.close()
+        await reader
+
+
 async def test_bad_input_gets_errors_and_harms_no_witness(rt: RealtimeStack, speech24: np.ndarray) -> None:
     witness = Received()
-
-    async def witness_session() -> None:
-        async with client(rt).realtime.connect(model="duplex") as conn:
-            reader = asyncio.create_task(collect(conn, witness))
-            await stream_live(conn, speech24)
-            await witness.wait(lambda g: g.of("response.done"))
-            await conn.close()
-            await reader
-
-    w = asyncio.create_task(witness_session())
+    w = asyncio.create_task(witness_session(rt, speech24, witness))
     await witness.wait(lambda g: g.of("response.output_audio.delta") or g.of("input_audio_buffer.speech_started"))
 
     def error_then_alive(g: Received) -> bool:

@@ -34,20 +34,19 @@ BAD: dict[str, tuple[bytes, str]] = {
 }
 
 
-async def fast_bad_session(ch: grpc.aio.Channel, bad: bytes, half_close: bool) -> tuple[grpc.StatusCode, str]:
-    """Start, one good chunk, the bad message, then keep writing; half-close at the end or wait open."""
+async def fast_session(
+    ch: grpc.aio.Channel, messages: list[bytes], metadata: tuple[tuple[str, str], ...], half_close: bool
+) -> tuple[grpc.StatusCode, str]:
+    """Write ``messages`` at once, as fast as the stream takes them; then half-close or wait open for the end."""
     finished = asyncio.Event()
 
     async def reqs() -> AsyncIterator[bytes]:
-        yield client.start_event().SerializeToString()
-        yield client.audio_event(0, GOOD).SerializeToString()
-        yield bad
-        for i in range(TRAILING_WRITES):
-            yield client.audio_event(3 + i, GOOD).SerializeToString()
+        for m in messages:
+            yield m
         if not half_close:
             await finished.wait()
 
-    call = ch.stream_stream("/duplex.v1.Duplex/Converse")(reqs(), metadata=AUTH)
+    call = ch.stream_stream("/duplex.v1.Duplex/Converse")(reqs(), metadata=metadata)
     try:
         async for _ in call:
             pass
@@ -56,6 +55,13 @@ async def fast_bad_session(ch: grpc.aio.Channel, bad: bytes, half_close: bool) -
         return e.code(), e.details() or ""
     finally:
         finished.set()
+
+
+async def fast_bad_session(ch: grpc.aio.Channel, bad: bytes, half_close: bool) -> tuple[grpc.StatusCode, str]:
+    """Start, one good chunk, the bad message, then keep writing; half-close at the end or wait open."""
+    trailing = [client.audio_event(3 + i, GOOD).SerializeToString() for i in range(TRAILING_WRITES)]
+    start, first = client.start_event().SerializeToString(), client.audio_event(0, GOOD).SerializeToString()
+    return await fast_session(ch, [start, first, bad, *trailing], AUTH, half_close)
 
 
 @pytest.mark.parametrize("via", ["gateway", "engine"])
@@ -95,24 +101,8 @@ REFUSED_SESSIONS = 120
 
 async def fast_refused_session(ch: grpc.aio.Channel, half_close: bool) -> tuple[grpc.StatusCode, str]:
     """A wrong key, writing at once and as fast as the stream takes it (start, then audio)."""
-    finished = asyncio.Event()
-
-    async def reqs() -> AsyncIterator[bytes]:
-        yield client.start_event().SerializeToString()
-        for i in range(TRAILING_WRITES):
-            yield client.audio_event(i, GOOD).SerializeToString()
-        if not half_close:
-            await finished.wait()
-
-    call = ch.stream_stream("/duplex.v1.Duplex/Converse")(reqs(), metadata=WRONG_KEY)
-    try:
-        async for _ in call:
-            pass
-        return grpc.StatusCode.OK, ""
-    except grpc.aio.AioRpcError as e:
-        return e.code(), e.details() or ""
-    finally:
-        finished.set()
+    audio = [client.audio_event(i, GOOD).SerializeToString() for i in range(TRAILING_WRITES)]
+    return await fast_session(ch, [client.start_event().SerializeToString(), *audio], WRONG_KEY, half_close)
 
 
 async def test_refused_keys_writing_fast_get_unauthenticated(stack: Stack) -> None:
