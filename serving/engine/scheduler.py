@@ -1,6 +1,6 @@
 """The engine loop: planner → executor → output stage, one way.
 
-    event loop ──inbox (chunks, text, video, end, leave)──▶ step thread: StepPlanner → StepExecutor
+    event loop ──inbox (chunks, text, video, end, park, resume, leave)──▶ step thread: StepPlanner → StepExecutor
          ▲                                                                  │
          └──────── call_soon_threadsafe(OutputStage.publish, StepResult) ◀──┘
 
@@ -63,6 +63,16 @@ class End:
 
 
 @dataclass(frozen=True)
+class Park:
+    conversation: Conversation
+
+
+@dataclass(frozen=True)
+class Resume:
+    conversation: Conversation
+
+
+@dataclass(frozen=True)
 class Leave:
     conversation: Conversation
 
@@ -72,7 +82,7 @@ class Stop:
     pass
 
 
-InboxMessage = Chunk | Text | Video | End | Leave | Stop
+InboxMessage = Chunk | Text | Video | End | Park | Resume | Leave | Stop
 
 
 class Scheduler:
@@ -158,6 +168,14 @@ class Scheduler:
         """The client finished sending: process what is queued, then close the stream with OK."""
         self.inbox.put(End(conv))
 
+    def park(self, conv: Conversation) -> None:
+        """The session's stream dropped and it is kept for a resume: its cohort stops waiting for its chunks."""
+        self.inbox.put(Park(conv))
+
+    def resume(self, conv: Conversation) -> None:
+        """A parked session has a stream again: its chunks are awaited again."""
+        self.inbox.put(Resume(conv))
+
     def leave(self, conv: Conversation) -> None:
         """Free the session's slot (idempotent; the step thread compacts between steps)."""
         if conv in self.conversations:
@@ -234,6 +252,10 @@ class Scheduler:
                 self.planner.set_video(m.conversation.slot_session, m.frame)
             elif isinstance(m, End):
                 self.planner.end(m.conversation.slot_session)
+            elif isinstance(m, Park):
+                self.planner.park(m.conversation.slot_session)
+            elif isinstance(m, Resume):
+                self.planner.resume(m.conversation.slot_session)
             elif isinstance(m, Leave):
                 self.planner.leave(m.conversation.slot_session)
             else:
