@@ -316,11 +316,12 @@ def main() -> None:
         help="clients ask for no resume token: a vanished session is freed at once (as engine.resume_grace_s 0)",
     )
     ap.add_argument("--sample-s", type=float, default=5.0, help="seconds between server samples")
+    ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
     metrics_port = free_port()
     resume = not args.no_resume
-    proc, target = start_up(args.sessions, 4, ["--metrics-port", str(metrics_port)])
+    proc, target = start_up(args.sessions, 4, ["--metrics-port", str(metrics_port), *args.up_args.split()])
     try:
         up = psutil.Process(proc.pid)
 
@@ -345,7 +346,8 @@ def main() -> None:
     parked = [x.parked for x in soak.samples if x.parked >= 0]
     row = "| {} | {} | {} |\n"
     text = (
-        f"Command: `{command()}` — a fresh `duplex up` (tiny preset, {args.sessions} slots, 4 cohorts) and the "
+        f"Command: `{command()}` — a fresh `duplex up` (tiny preset, {args.sessions} slots, 4 cohorts, "
+        f"{'flags: ' + args.up_args if args.up_args else 'its default flags: batch-invariant'}) and the "
         f"clients on one machine: {machine()}. Definitions in `bench/soak.py`: both runs are {args.sessions} "
         "client slots, each holding 30–120 s conversations one after another (steered phases, cut to the run's "
         f"time), {args.vanish:.0%} of them cancelled mid-way, a vanished session's slot reused only after its "
