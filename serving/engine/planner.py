@@ -11,8 +11,8 @@ wait at all. A new session joins the cohort (with room) whose tick comes soonest
 arrived, so a chunk waits at most ≈ P / C for its step — never for a global tick — and a lone session not at
 all. Better still, ``reserve`` keeps a place in the cohort with the most room for a new session and tells
 its client when to send (the phase hint in SessionReady): a steered cohort's members arrive together and wait
-for no one. Sessions are packed at the front of their cohort's block, so one model step
-runs on the contiguous rows ``start .. start+n``.
+for no one. Sessions are packed at the front of their cohort's block, so one model step runs on the contiguous
+rows ``start .. start+n``.
 
 Late-chunk policy (docs/serving.md has the long form):
   * A member missing at a regular step (at the deadline, or earlier when it was known absent) is planned as

@@ -1,15 +1,16 @@
 """The engine loop: planner → executor → output stage, one way.
 
-    event loop ──inbox (chunks, text, video, end, park, resume, leave)──▶ step thread: StepPlanner → StepExecutor
+    event loop ──inbox (chunks, text, video, end, leave)──▶ step thread: StepPlanner → StepExecutor
          ▲                                                                  │
          └──────── call_soon_threadsafe(OutputStage.publish, StepResult) ◀──┘
 
-The event loop owns each session's ``Conversation`` and only puts messages into the inbox; the step thread
-owns the ``StepPlanner`` (and its ``SlotSession``s) and the ``StepExecutor``'s tensors. The step thread hands
-back plain typed results; every protobuf message is built by the output stage on the event loop. The only
-lock guards the planner for the two questions the event loop asks it directly (a phase hint for a new
-session, and how many sessions are placed); it is never held while the model runs or events are built.
-One step runs at a time (torch releases the GIL while it computes).
+The event loop owns each session's ``Conversation`` and only puts messages into the inbox (park and resume
+too: a session whose stream dropped, and its return); the step thread owns the ``StepPlanner`` (and its
+``SlotSession``s) and the ``StepExecutor``'s tensors. The step thread hands back plain typed results; every
+protobuf message is built by the output stage on the event loop. The only lock guards the planner for the two
+questions the event loop asks it directly (a phase hint for a new session, and how many sessions are placed);
+it is never held while the model runs or events are built. One step runs at a time (torch releases the GIL
+while it computes).
 """
 
 from __future__ import annotations
