@@ -2,31 +2,39 @@
 
 Phase-cohort continuous batching. Clients send chunks on their own clocks, so sessions differ in *phase*
 within the chunk period P. The slot capacity is split into C cohorts of contiguous slots; cohort i ticks at
-phase i·P/C and steps once per period, as soon as every member's next chunk is in, or at its deadline
-``tick + grace`` without the late ones. A new session joins the cohort (with room) whose tick comes soonest
-after its first chunk arrived, so a chunk waits at most ≈ P / C for its step — never for a global tick — and a
-lone session not at all. Better still, ``reserve`` keeps a place in the cohort with the most room for a new
-session and tells its client when to send (the phase hint in SessionReady): a steered cohort's members arrive
-together and wait for no one. Sessions are packed at the front of their cohort's block, so one model step
-runs on the contiguous rows ``start .. start+n``.
+phase i·P/C and steps once per period, as soon as every member it waits for has its next chunk in, or at its
+deadline ``tick + grace`` without the late ones. It waits only for members on their phase: not for one known to
+be absent — *parked* (its stream dropped and the engine keeps its slot for the resume grace; the event loop
+says so through the scheduler's inbox) or *behind* (it missed the cohort's last regular step and has sent
+nothing since) — nor for one already ahead, so a vanished or stalled client costs the rest of its cohort no
+wait at all. A new session joins the cohort (with room) whose tick comes soonest after its first chunk
+arrived, so a chunk waits at most ≈ P / C for its step — never for a global tick — and a lone session not at
+all. Better still, ``reserve`` keeps a place in the cohort with the most room for a new session and tells
+its client when to send (the phase hint in SessionReady): a steered cohort's members arrive together and wait
+for no one. Sessions are packed at the front of their cohort's block, so one model step runs on the contiguous
+rows ``start .. start+n``.
 
 Late-chunk policy (docs/serving.md has the long form):
-  * A member missing at a deadline step is planned as an inactive row (nothing committed). When its chunk
-    arrives the cohort runs a catch-up step at once, with only the members holding overdue chunks active,
-    on the smallest slot range that holds them. The same holds for a chunk of a session that joined the
-    cohort just after its step.
+  * A member missing at a regular step (at the deadline, or earlier when it was known absent) is planned as
+    an inactive row (nothing committed). When its chunk arrives the cohort runs a catch-up step at once,
+    with only the members holding overdue chunks active, on the smallest slot range that holds them. The
+    same holds for a chunk of a session that joined the cohort just after its step.
   * Each member keeps ``owed`` = its cohort's regular steps since it joined − chunks it consumed. While a
     client sends nothing, every regular step adds one; once it owes more than ``lost_after_chunks``, silence
     is planned in place of its oldest missing chunk (the output stage warns ``CHUNK_LOST``) and the real chunk
     is dropped (``LATE_CHUNK_DROPPED``) when it finally arrives. A member that has caught up with all it sent
     is re-based to owe nothing (after a stall its chunks simply arrive at a later phase), and a client
-    sending faster than real time owes a negative amount: it is never declared lost for that.
+    sending faster than real time owes a negative amount: it is never declared lost for that. A member that
+    owes (behind) or is parked does not hold back the regular steps, so they keep coming at the present
+    members' pace and its loss is judged after the same number of them; a parked member that is resumed
+    rejoins like any member after a stall (its burst is caught up, then it is re-based).
   * A member with two or more chunks waiting (a burst after a stall, or a client sending faster than real
     time) also triggers an immediate catch-up step.
   * Split steps (latency at low load): while the step thread was busy less than ``split_below_load`` of the
     last two periods, members whose chunks have waited ``split_after_ms`` for the rest of their cohort are
-    stepped without them (at most once per cohort and tick, never while a member is behind); they are then
-    ahead (owe −1) for this tick only and do not hold back its regular step.
+    stepped without them (at most once per cohort and tick, never while a member is behind: then the
+    regular steps, which do not wait for it, are what judge its chunks lost); they are then ahead (owe −1)
+    for this tick only and do not hold back its regular step.
   * A session that misses ``migrate_after_misses`` regular steps in a row, or whose chunks wait on average
     more than P / (2C) for their step, is moved to the cohort whose step comes soonest after its chunks'
     arrival phase, when that at least halves its wait.
@@ -243,6 +251,15 @@ class StepPlanner:
         if s.cohort is None and s not in self.unplaced:
             self.unplaced.append(s)  # no audio at all: housekeeping finishes it
 
+    def park(self, s: SlotSession) -> None:
+        """The session's stream dropped and its slot is kept for a resume: its cohort stops waiting for it."""
+        s.parked = True
+
+    def resume(self, s: SlotSession) -> None:
+        """A parked session has a stream again: its chunks are awaited like any member's (once it has caught
+        up with what it owes)."""
+        s.parked = False
+
     def leave(self, s: SlotSession) -> None:
         """Free the session's slot at the next housekeeping (idempotent)."""
         if not s.left:
@@ -374,9 +391,14 @@ class StepPlanner:
                     m.owed = min(m.owed + 1, self.spec.lost_after_chunks)
                 c.due = self.tick_after(c.phase_s, now - self.grace)
             deadline = c.due + self.grace
-            # members already ahead (stepped early by a split step, or sending faster than real time) do
-            # not hold the cohort back
-            all_in = any_pending and all(n > 0 or m.owed < 0 for n, m in zip(counts, c.members, strict=True))
+            # the regular step waits only for members on their phase: not for those already ahead (stepped
+            # early by a split step, or sending faster than real time), nor for those known to be absent
+            # (parked, or behind: they missed the last regular step and sent nothing since — a vanished or
+            # stalled client would otherwise make every step of its cohort wait for the deadline). It needs
+            # one chunk of this tick, though: a behind member's chunk alone is caught up, not a tick.
+            all_in = any(n > 0 and m.owed <= 0 for n, m in zip(counts, c.members, strict=True)) and all(
+                n > 0 or m.owed != 0 or m.parked for n, m in zip(counts, c.members, strict=True)
+            )
             # overdue: waiting since before the previous deadline (it missed that step, or joined after it)
             overdue_before = deadline - self.period
             catchup = any(
@@ -432,7 +454,7 @@ class StepPlanner:
                 m.next_seq = chunk.seq + 1
                 seq = chunk.seq
             elif regular:
-                if m.owed > 0:
+                if m.owed > 0 and not m.parked:  # a parked member's misses say nothing about its phase
                     m.late_streak += 1
                 if m.owed <= self.spec.lost_after_chunks:
                     rows.append(None)

@@ -4,12 +4,13 @@
          ▲                                                                  │
          └──────── call_soon_threadsafe(OutputStage.publish, StepResult) ◀──┘
 
-The event loop owns each session's ``Conversation`` and only puts messages into the inbox; the step thread
-owns the ``StepPlanner`` (and its ``SlotSession``s) and the ``StepExecutor``'s tensors. The step thread hands
-back plain typed results; every protobuf message is built by the output stage on the event loop. The only
-lock guards the planner for the two questions the event loop asks it directly (a phase hint for a new
-session, and how many sessions are placed); it is never held while the model runs or events are built.
-One step runs at a time (torch releases the GIL while it computes).
+The event loop owns each session's ``Conversation`` and only puts messages into the inbox (park and resume
+too: a session whose stream dropped, and its return); the step thread owns the ``StepPlanner`` (and its
+``SlotSession``s) and the ``StepExecutor``'s tensors. The step thread hands back plain typed results; every
+protobuf message is built by the output stage on the event loop. The only lock guards the planner for the two
+questions the event loop asks it directly (a phase hint for a new session, and how many sessions are placed);
+it is never held while the model runs or events are built. One step runs at a time (torch releases the GIL
+while it computes).
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ class End:
 
 
 @dataclass(frozen=True)
+class Park:
+    conversation: Conversation
+
+
+@dataclass(frozen=True)
+class Resume:
+    conversation: Conversation
+
+
+@dataclass(frozen=True)
 class Leave:
     conversation: Conversation
 
@@ -72,7 +83,7 @@ class Stop:
     pass
 
 
-InboxMessage = Chunk | Text | Video | End | Leave | Stop
+InboxMessage = Chunk | Text | Video | End | Park | Resume | Leave | Stop
 
 
 class Scheduler:
@@ -158,6 +169,14 @@ class Scheduler:
         """The client finished sending: process what is queued, then close the stream with OK."""
         self.inbox.put(End(conv))
 
+    def park(self, conv: Conversation) -> None:
+        """The session's stream dropped and it is kept for a resume: its cohort stops waiting for its chunks."""
+        self.inbox.put(Park(conv))
+
+    def resume(self, conv: Conversation) -> None:
+        """A parked session has a stream again: its chunks are awaited again."""
+        self.inbox.put(Resume(conv))
+
     def leave(self, conv: Conversation) -> None:
         """Free the session's slot (idempotent; the step thread compacts between steps)."""
         if conv in self.conversations:
@@ -234,6 +253,10 @@ class Scheduler:
                 self.planner.set_video(m.conversation.slot_session, m.frame)
             elif isinstance(m, End):
                 self.planner.end(m.conversation.slot_session)
+            elif isinstance(m, Park):
+                self.planner.park(m.conversation.slot_session)
+            elif isinstance(m, Resume):
+                self.planner.resume(m.conversation.slot_session)
             elif isinstance(m, Leave):
                 self.planner.leave(m.conversation.slot_session)
             else:

@@ -311,6 +311,7 @@ class EngineServer:
             if dropped and self._parkable(session):
                 session.parked, session.stream_lost = True, False
                 self.resumes.park(session)
+                sched.park(session)  # its cohort's steps stop waiting for its chunks
                 self.metrics.parked_sessions.set(self.resumes.parked_count())
                 log.info("stream dropped: session kept %.3g s for a resume", self.resumes.grace_s)
             else:
@@ -353,6 +354,8 @@ class EngineServer:
         conv.outbox.extendleft(reversed(again))
         conv.backlog_slack = len(conv.outbox)
         conv.parked = False
+        assert self.scheduler is not None
+        self.scheduler.resume(conv)
         self.metrics.resumed.inc()
         self.metrics.parked_sessions.set(self.resumes.parked_count())
         conv.wake.set()

@@ -168,6 +168,9 @@ class SlotSession:
     """The client sent EndOfStream: finish the pending chunks, then close."""
     left: bool = False
     """Its slot was freed: chunks still arriving are dropped."""
+    parked: bool = False
+    """Its stream dropped and the slot is kept for a resume: its cohort's steps do not wait for it (told by
+    the event loop through the scheduler's inbox; the loop's own flag is ``Conversation.parked``)."""
     text_queue: collections.deque[int] = field(default_factory=collections.deque)
     """Typed-text byte tokens waiting to be fed with its next stepped chunks."""
     video: torch.Tensor | None = None

@@ -172,8 +172,11 @@ def test_a_lost_chunk_is_replaced_by_silence_and_dropped_when_it_comes() -> None
     for seq in range(1, 5):
         tick = c.due
         chunk(p, a, seq, tick - 0.002)
-        assert p.next_step(tick - 0.001, 0.0)[0] is None, "the cohort waits for b until its deadline"
-        plan = step(p, tick + p.grace)
+        if seq == 1:
+            assert p.next_step(tick - 0.001, 0.0)[0] is None, "the cohort waits for b until its deadline"
+            plan = step(p, tick + p.grace)
+        else:  # b missed the last regular step and sent nothing since: the cohort no longer waits for it
+            plan = step(p, tick - 0.001)
         assert plan.kind == "regular" and members(plan)[0] is a
         row = plan.rows[1]
         if row is not None:
@@ -298,3 +301,109 @@ def test_a_session_whose_chunks_keep_waiting_migrates_to_a_better_phased_cohort(
     assert sample(p, "duplex_engine_cohort_migrations_total") == 1
     plan = step(p, T0 + 0.496)
     assert plan.cohort == 2 and members(plan) == [b], "alone in its new cohort: stepped at once"
+
+
+def settled_pair(p: StepPlanner) -> tuple[SlotSession, SlotSession]:
+    """Two members of cohort 0 that have had one regular step together (both on their phase, owing nothing)."""
+    a, b = session("a"), session("b")
+    chunk(p, a, 0, T0 + 0.195)
+    chunk(p, b, 0, T0 + 0.196)
+    p.housekeeping(T0 + 0.196)
+    assert step(p, T0 + 0.197).kind == "regular"
+    assert a.owed == b.owed == 0
+    return a, b
+
+
+def test_a_parked_member_does_not_hold_back_its_cohort_and_rejoins_when_resumed() -> None:
+    """A client that vanished (its session parked for the resume grace) must not make every step of its
+    cohort wait for the deadline: the present members are stepped as soon as they are in. Its chunks are
+    judged lost after the same number of regular steps as before, and once it is resumed its burst is caught
+    up at once and it is awaited again like any member."""
+    p = planner(max_sessions=2, cohorts=1, split_after_ms=0, lost_after_chunks=2)
+    a, b = settled_pair(p)
+    c = p.cohorts[0]
+    p.park(b)  # b's stream dropped right after its chunk 0: it owes nothing yet, but is known absent
+    rows_b: list[int | None] = []
+    for seq in range(1, 6):
+        tick = c.due
+        chunk(p, a, seq, tick - 0.002)
+        plan = step(p, tick - 0.001)  # no wait for b, not even the first time
+        assert plan.kind == "regular" and members(plan)[0] is a and plan.planned_at == tick - 0.001
+        row = plan.rows[1]
+        rows_b.append(None if row is None else row.seq)
+        assert row is None or (row.chunk is None and row.late), "b's row: inactive, then silence"
+    assert rows_b == [None, None, 1, 2, 3], "silence from the 3rd missed step on (lost_after_chunks=2)"
+    assert b.late_streak == 0, "misses while parked say nothing about its phase: no migration for them"
+    assert sample(p, "duplex_engine_steps_total", kind="regular") == 6
+    # b is resumed: the chunks its client captured meanwhile come in a burst (those already replaced by
+    # silence are dropped); what it owes is caught up at once, and its newest chunk is this tick's
+    p.resume(b)
+    tick = c.due
+    for seq in (1, 2, 3):
+        assert not p.add_chunk(b, InputChunk(seq, torch.zeros(CHUNK_SAMPLES), 0, tick - 0.1, 0))
+    for seq in (4, 5, 6):
+        chunk(p, b, seq, tick - 0.1)
+    seqs: list[int] = []
+    while b.owed > 0:
+        plan = step(p, tick - 0.09)
+        assert plan.kind == "catchup" and members(plan) == [b]
+        seqs += [r.seq for r in plan.rows if r is not None]
+    assert seqs == [4, 5] and len(b.pending) == 1, "its arrears caught up at once"
+    assert p.next_step(tick - 0.09, 0.0)[0] is None, "chunk 6 is this tick's: it waits for a's"
+    chunk(p, a, 6, tick - 0.002)
+    plan = step(p, tick - 0.001)
+    assert plan.kind == "regular" and members(plan) == [a, b] and [r.seq for r in plan.rows if r] == [6, 6]
+    assert not any(r.late for r in plan.rows if r) and b.owed == 0
+    # back to normal: the next regular step waits for b again, and steps both as soon as both are in
+    tick = c.due
+    chunk(p, a, 7, tick - 0.002)
+    plan, wake = p.next_step(tick - 0.001, 0.0)
+    assert plan is None and wake == pytest.approx(tick + p.grace), "a resumed member is awaited again"
+    chunk(p, b, 7, tick + 0.001)
+    plan = step(p, tick + 0.002)
+    assert plan.kind == "regular" and members(plan) == [a, b] and not any(r.late for r in plan.rows if r)
+
+
+def test_a_stalled_member_holds_back_one_step_only() -> None:
+    """A client still connected but sending nothing: the first regular step it misses waits until the
+    deadline (its chunk may be just late); after that it is behind and the cohort steps as soon as the others
+    are in. When its chunk comes it is caught up at once and re-based, and is awaited again."""
+    p = planner(max_sessions=3, cohorts=1, split_after_ms=0)
+    a, b = settled_pair(p)
+    c = p.cohorts[0]
+    tick = c.due
+    chunk(p, a, 1, tick - 0.002)
+    plan, wake = p.next_step(tick - 0.001, 0.0)
+    assert plan is None and wake == pytest.approx(tick + p.grace), "b is awaited until the deadline once"
+    assert members(step(p, tick + p.grace)) == [a] and b.owed == 1
+    for seq in (2, 3):
+        tick = c.due
+        chunk(p, a, seq, tick - 0.002)
+        plan = step(p, tick - 0.001)
+        assert plan.kind == "regular" and members(plan) == [a], "behind: not waited for"
+    assert b.owed == 3 and b.late_streak == 3
+    # b's chunks come back (late) in the middle of the period: caught up at once
+    t = c.due - p.period / 2
+    chunk(p, b, 1, t)
+    plan = step(p, t + 0.001)
+    assert plan.kind == "catchup" and members(plan) == [b] and plan.rows[0] is not None and plan.rows[0].late
+    assert b.owed == 0, "caught up with all it sent: re-based"
+    tick = c.due
+    chunk(p, a, 4, tick - 0.002)
+    assert p.next_step(tick - 0.001, 0.0)[0] is None, "awaited again"
+
+
+def test_a_behind_members_chunk_alone_is_caught_up_not_taken_as_the_tick() -> None:
+    """When every member is absent (one parked, one behind) and the behind one's chunk arrives, it is caught
+    up in a catch-up step: it is an old chunk, not this tick's, so the cohort's tick does not advance."""
+    p = planner(max_sessions=2, cohorts=1, split_after_ms=0)
+    a, b = settled_pair(p)
+    c = p.cohorts[0]
+    p.park(a)
+    tick = c.due
+    assert p.next_step(tick + p.grace + 0.001, 0.0)[0] is None, "no chunk at all: no step"
+    assert a.owed == b.owed == 1, "the tick passed: both owe its chunk"
+    due = c.due
+    chunk(p, b, 1, due - 0.05)
+    plan = step(p, due - 0.049)
+    assert plan.kind == "catchup" and members(plan) == [b] and c.due == due

@@ -335,6 +335,22 @@ async def test_c_forged_tokens_and_another_keys_resume_are_refused(rstack: Resum
     assert first is not None and first.ready.resumed and first.ready.resume_next_seq >= 3
 
 
+async def test_c_the_step_thread_learns_of_a_park_and_a_resume(rstack: ResumeStack) -> None:
+    """The event loop tells the planner through the scheduler's inbox that a session is parked (its cohort's
+    steps stop waiting for its chunks: tests/serving/test_planner.py) and that it is resumed (awaited again)."""
+    token = await parked_session(rstack)
+    handle = unwrap(token)[1].split(".")[1]
+    conv = rstack.on_loop(lambda: rstack.engine.resumes.entries[handle].conversation)
+    await wait_until(lambda: conv.slot_session.parked, "the planner to learn of the park")
+    attached = asyncio.Event()
+    owner = asyncio.create_task(raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token), hold_open=attached))
+    await wait_until(lambda: not conv.slot_session.parked, "the planner to learn of the resume")
+    attached.set()
+    code, details, first = await owner
+    assert code == grpc.StatusCode.OK, details
+    assert first is not None and first.ready.resumed
+
+
 def test_d_resume_through_a_restarted_gateway(tmp_path: Path) -> None:
     """Real processes: ``duplex engine`` and ``duplex gateway``; the gateway is killed mid-conversation and a
     new one started on the same port. The client resumes through it (the token names the replica: the new
