@@ -303,6 +303,14 @@ def base_layer(base: Path, tarball: Path, debs: list[str], wheels: Path) -> None
     work.rename(base)
 
 
+def unmount_below(path: Path) -> None:
+    """Lazily unmount whatever a crashed build left mounted under ``path`` (deepest first), so removing the
+    directory cannot reach into a mounted base."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{path}/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+
+
 @contextmanager
 def mounted(what: list[str], target: Path, options: str = "") -> Iterator[Path]:
     """``mount [-t TYPE] ... SOURCE TARGET`` for the block's duration."""
@@ -388,10 +396,12 @@ def build() -> BuiltImage:
     report = out / "image.json"
     if report.exists():
         built = BuiltImage(**json.loads(report.read_text()))
-        built.cached, built.reused, built.stages = True, ["image"], stages.seconds
-        return built
+        if all(Path(layer).is_dir() for layer in built.layers):  # else the base was removed from the cache
+            built.cached, built.reused, built.stages = True, ["image"], stages.seconds
+            return built
 
     work = cache / f"image-{key}.partial"
+    unmount_below(work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     log = work / "build.log"

@@ -359,3 +359,114 @@ def test_source_change_rebuilds_only_the_project_layer(image: dict[str, Any], ar
     assert proc.stdout.strip() == marker
     # nothing of the real cache was written: the shared entries are still the symlinks made above
     assert all(p.is_symlink() for p in cache.glob("image-*") if p.name.startswith(("image-wheels-", "image-base-")))
+
+
+class Containerd:
+    """A throwaway containerd (own root, state, socket; CRI off) for ``ctr`` to import archives into and run
+    containers from, the way the e2e node's containerd does."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.socket = workdir / "containerd.sock"
+        config = workdir / "containerd.toml"
+        config.write_text(
+            f'version = 2\nroot = "{workdir}/root"\nstate = "{workdir}/state"\n'
+            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",'
+            ' "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",'
+            ' "io.containerd.snapshotter.v1.aufs"]\n'
+            f'[grpc]\n  address = "{self.socket}"\n[ttrpc]\n  address = "{self.socket}.ttrpc"\n'
+            '[debug]\n  address = ""\n[metrics]\n  address = ""\n'
+            f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{workdir}/opt"\n'
+        )
+        self.log = (workdir / "containerd.log").open("wb")
+        self.proc = subprocess.Popen(["containerd", "--config", str(config)], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 30
+        while self.ctr("version", check=False).returncode != 0:
+            assert self.proc.poll() is None, (workdir / "containerd.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "containerd did not answer within 30 s"
+            time.sleep(0.1)  # polling the socket for a real state, with a deadline
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            ["ctr", "--address", str(self.socket), "-n", "k8s.io", *args], capture_output=True, text=True, timeout=600
+        )
+        assert not check or proc.returncode == 0, proc.stderr
+        return proc
+
+    def run(self, ref: str, *argv: str) -> subprocess.CompletedProcess[str]:
+        """``ctr run --rm`` a container of ``ref`` (its own cgroup, runc root and FIFOs, removed with it)."""
+        name = f"duplex-image-test-{uuid.uuid4().hex[:8]}"
+        return self.ctr(
+            "run", "--rm", "--runc-root", str(self.workdir / "runc"), "--fifo-dir", str(self.workdir / "fifo"),
+            "--cgroup", f"/{name}", ref, name, *argv,
+            check=False,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+RUN_DIR = Path("/run/containerd")
+"""Where containerd 1.6 puts its shims' sockets whatever its --root/--state."""
+
+
+@pytest.fixture
+def containerd(scratch: Path) -> Iterator[Containerd]:
+    existed = RUN_DIR.exists()
+    daemon = Containerd(scratch)
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+        for mount in [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]:
+            if mount.startswith(str(scratch)):
+                subprocess.run(["umount", "-l", mount], check=False)
+        if not existed:  # our containerd made it: the empty directories it leaves go (anything in use stays)
+            for d in sorted((p for p in RUN_DIR.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                if not any(d.iterdir()):
+                    d.rmdir()
+            if RUN_DIR.exists() and not any(RUN_DIR.iterdir()):
+                RUN_DIR.rmdir()
+
+
+def test_containerd_imports_the_archive_and_runs_duplex_as_the_pod_user(
+    image: dict[str, Any], containerd: Containerd
+) -> None:
+    imported = containerd.ctr("images", "import", image["archive"])
+    assert image["ref"] in imported.stdout
+    listed = containerd.ctr("images", "ls", "-q").stdout.split()
+    assert listed == [image["ref"]]
+    # no arguments: the entrypoint alone, `duplex`, which lists its commands
+    bare = containerd.run(image["ref"])
+    assert "Usage: duplex" in bare.stdout + bare.stderr, bare.stderr
+    assert "engine" in bare.stdout + bare.stderr
+    # the image's user and the HOME the runtime gives it from the passwd entry
+    code = "import os, duplex.serving; print(os.getuid(), os.getgid(), os.environ['HOME'])"
+    proc = containerd.run(image["ref"], "python3", "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(RUN_AS), str(RUN_AS), TMP_DIR]
+
+
+def test_oci_archive_sh_writes_an_image_containerd_runs(containerd: Containerd, scratch: Path) -> None:
+    # the e2e node's images (pause, busybox) come from the same writer through scripts/oci-archive.sh
+    rootfs = scratch / "busybox"
+    (rootfs / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
+    for applet in ("sh", "cat"):
+        (rootfs / "bin" / applet).symlink_to("busybox")
+    (rootfs / "greeting").write_text("hello from a layer\n")
+    archive = scratch / "busybox.tar"
+    proc = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "oci-archive.sh"), str(rootfs), "duplex.test/layer:1", str(archive),
+         "/bin/cat", "/greeting"],
+        capture_output=True, text=True, env=dict(os.environ, OCI_ENV="GREETING=1"),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    containerd.ctr("images", "import", str(archive))
+    ran = containerd.run("duplex.test/layer:1")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "hello from a layer\n"
+    env = containerd.run("duplex.test/layer:1", "/bin/sh", "-c", 'echo "$GREETING"')
+    assert env.stdout.strip() == "1"
