@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tarfile
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from importlib.metadata import Distribution, distributions
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from packaging.requirements import Requirement
@@ -49,6 +50,11 @@ def image_builder() -> ModuleType:
 
 
 BUILDER = image_builder()
+
+
+def image_writer() -> ModuleType:
+    """scripts/oci_archive.py (image.py put scripts/ on the path to import it)."""
+    return sys.modules["oci_archive"]
 
 
 def build_image(tree: Path = ROOT, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -98,6 +104,7 @@ class Archive:
         (self.manifest_desc,) = self.json("index.json")["manifests"]
         self.manifest = self.blob_json(self.manifest_desc["digest"])
         self.config = self.blob_json(self.manifest["config"]["digest"])
+        self._layers: dict[int, ReadLayer] = {}
 
     def read(self, name: str) -> bytes:
         f = self.tar.extractfile(name)
@@ -118,22 +125,46 @@ class Archive:
     def blob_json(self, digest: str) -> Any:
         return json.loads(self.blob(digest))
 
-    def layer_hashes(self, index: int) -> tuple[str, int, str]:
-        """Layer ``index``'s blob as read: sha256 and size of its bytes, sha256 of its uncompressed tar."""
-        compressed, size = hashlib.sha256(), 0
-        with self.stream(self.manifest["layers"][index]["digest"]) as f:
-            while chunk := f.read(1 << 20):
-                compressed.update(chunk)
-                size += len(chunk)
-        uncompressed = hashlib.sha256()
-        with gzip.GzipFile(fileobj=self.stream(self.manifest["layers"][index]["digest"])) as f:
-            while chunk := f.read(1 << 20):
-                uncompressed.update(chunk)
-        return f"sha256:{compressed.hexdigest()}", size, f"sha256:{uncompressed.hexdigest()}"
+    def layer(self, index: int) -> ReadLayer:
+        """Layer ``index`` read once, in one pass (cached): its hashes and its members."""
+        if index not in self._layers:
+            self._layers[index] = ReadLayer(self.stream(self.manifest["layers"][index]["digest"]))
+        return self._layers[index]
 
-    def layer_members(self, index: int) -> list[tarfile.TarInfo]:
-        with tarfile.open(fileobj=self.stream(self.manifest["layers"][index]["digest"]), mode="r|gz") as layer:
-            return list(layer)
+
+class _HashingReader(io.RawIOBase):
+    """Reads ``source`` through, hashing and counting the bytes."""
+
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source, self.sha256, self.size = source, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.source.read(len(buffer))
+        buffer[: len(data)] = data
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+class ReadLayer:
+    """A gzip'ed layer blob read to its end: sha256 and size of its bytes, sha256 of the tar inside, members."""
+
+    def __init__(self, blob: IO[bytes]) -> None:
+        compressed = _HashingReader(blob)
+        with gzip.GzipFile(fileobj=io.BufferedReader(compressed, 1 << 20)) as gz:
+            uncompressed = _HashingReader(gz)
+            with tarfile.open(fileobj=io.BufferedReader(uncompressed, 1 << 20), mode="r|") as tar:
+                self.members = list(tar)
+            while uncompressed.read(1 << 20):  # the tar's end padding: the diff_id covers every byte
+                pass
+        while compressed.read(1 << 20):  # gzip's trailer is read with the last block; nothing may follow it
+            pass
+        self.digest, self.size = f"sha256:{compressed.sha256.hexdigest()}", compressed.size
+        self.diff_id = f"sha256:{uncompressed.sha256.hexdigest()}"
+        self.names = [m.name for m in self.members]
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +281,8 @@ def test_archive_holds_exactly_the_base_and_project_layers_with_their_hashes(arc
     assert len(config["history"]) == 2
     for index, (layer, diff_id) in enumerate(zip(manifest["layers"], config["rootfs"]["diff_ids"], strict=True)):
         assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+gzip"
-        assert archive.layer_hashes(index) == (layer["digest"], layer["size"], diff_id)
+        read = archive.layer(index)
+        assert (read.digest, read.size, read.diff_id) == (layer["digest"], layer["size"], diff_id)
     # no other blob rides along
     blobs = {n for n in archive.tar.getnames() if n.startswith("blobs/sha256/") and n.count("/") == 2}
     named = {index_entry["digest"], manifest["config"]["digest"], *(la["digest"] for la in manifest["layers"])}
@@ -265,8 +297,8 @@ def project_paths_only(names: list[str]) -> list[str]:
 
 
 def test_project_layer_adds_only_the_projects_files(archive: Archive) -> None:
-    base_members, project_members = archive.layer_members(0), archive.layer_members(1)
-    base, project = [m.name for m in base_members], [m.name for m in project_members]
+    base, project = archive.layer(0).names, archive.layer(1).names
+    project_members = archive.layer(1).members
     assert project_paths_only(project) == []
     # no deletion marker: the project layer only adds (no .wh. entry, no overlayfs whiteout device)
     assert not [n for n in project if Path(n).name.startswith(".wh.")]
@@ -349,7 +381,7 @@ def test_source_change_rebuilds_only_the_project_layer(image: dict[str, Any], ar
         assert base_after == base_before  # the cached base layer, byte for byte
         assert rebuilt.config["rootfs"]["diff_ids"][0] == archive.config["rootfs"]["diff_ids"][0]
         assert project_after["digest"] != project_before["digest"]
-        assert project_paths_only([m.name for m in rebuilt.layer_members(1)]) == []
+        assert project_paths_only(rebuilt.layer(1).names) == []
     finally:
         rebuilt.tar.close()
     # the changed source is what the rebuilt image runs
@@ -431,31 +463,56 @@ def containerd(scratch: Path) -> Iterator[Containerd]:
                 RUN_DIR.rmdir()
 
 
-def test_containerd_imports_the_archive_and_runs_duplex_as_the_pod_user(
-    image: dict[str, Any], containerd: Containerd
+def busybox_tree(root: Path, *applets: str) -> Path:
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", root / "bin" / "busybox")
+    for applet in applets:
+        (root / "bin" / applet).symlink_to("busybox")
+    return root
+
+
+def test_containerd_stacks_the_writers_two_layers_as_the_image_config_says(
+    containerd: Containerd, scratch: Path
 ) -> None:
-    imported = containerd.ctr("images", "import", image["archive"])
-    assert image["ref"] in imported.stdout
-    listed = containerd.ctr("images", "ls", "-q").stdout.split()
-    assert listed == [image["ref"]]
-    # no arguments: the entrypoint alone, `duplex`, which lists its commands
-    bare = containerd.run(image["ref"])
-    assert "Usage: duplex" in bare.stdout + bare.stderr, bare.stderr
-    assert "engine" in bare.stdout + bare.stderr
-    # the image's user and the HOME the runtime gives it from the passwd entry
-    code = "import os, duplex.serving; print(os.getuid(), os.getgid(), os.environ['HOME'])"
-    proc = containerd.run(image["ref"], "python3", "-c", code)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(RUN_AS), str(RUN_AS), TMP_DIR]
+    # the duplex image's shape, small: a base tree, then a layer that only adds (a file, in a new directory and
+    # in one the base has), written as an overlay upper directory is; entrypoint, user and env in the config
+    base = busybox_tree(scratch / "base", "sh", "cat", "id")
+    (base / "etc").mkdir()
+    (base / "etc" / "passwd").write_text(f"root:x:0:0::/root:/bin/sh\npod:x:{RUN_AS}:{RUN_AS}::{TMP_DIR}:/bin/sh\n")
+    (base / "tmp").mkdir(mode=0o1777)
+    top = scratch / "top"
+    (top / "bin").mkdir(parents=True)
+    (top / "bin" / "greet").write_text('#!/bin/sh\necho "$(cat /srv/greeting) $(id -u) $HOME $GREETING"\n')
+    (top / "bin" / "greet").chmod(0o755)
+    (top / "srv").mkdir()
+    (top / "srv" / "greeting").write_text("hello")
+    oci = image_writer()
+    layers = [
+        oci.write_layer(base, scratch / "base.tar.gz"),
+        oci.write_layer(top, scratch / "top.tar.gz", overlay_upper=True),
+    ]
+    config = oci.ImageConfig(entrypoint=["/bin/greet"], user=str(RUN_AS), env=["GREETING=from-env", "PATH=/bin"])
+    oci.write_archive(scratch / "two.tar", "duplex.test/two-layers:1", layers, config)
+    containerd.ctr("images", "import", str(scratch / "two.tar"))
+    ran = containerd.run("duplex.test/two-layers:1")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["hello", str(RUN_AS), TMP_DIR, "from-env"]
+    # containerd unpacked both layers and checked them against the config's diff_ids
+    content = containerd.ctr("images", "check").stdout
+    assert "duplex.test/two-layers:1" in content and "complete" in content
+
+
+def test_a_layer_that_would_delete_from_the_one_below_is_refused(scratch: Path) -> None:
+    upper = scratch / "upper"
+    upper.mkdir()
+    os.mknod(upper / "removed", 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # overlayfs's whiteout
+    with pytest.raises(image_writer().WhiteoutError, match="removed"):
+        image_writer().write_layer(upper, scratch / "upper.tar.gz", overlay_upper=True)
 
 
 def test_oci_archive_sh_writes_an_image_containerd_runs(containerd: Containerd, scratch: Path) -> None:
     # the e2e node's images (pause, busybox) come from the same writer through scripts/oci-archive.sh
-    rootfs = scratch / "busybox"
-    (rootfs / "bin").mkdir(parents=True)
-    shutil.copy2("/bin/busybox", rootfs / "bin" / "busybox")
-    for applet in ("sh", "cat"):
-        (rootfs / "bin" / applet).symlink_to("busybox")
+    rootfs = busybox_tree(scratch / "busybox", "sh", "cat")
     (rootfs / "greeting").write_text("hello from a layer\n")
     archive = scratch / "busybox.tar"
     proc = subprocess.run(
