@@ -301,6 +301,7 @@ def base_layer(base: Path, tarball: Path, debs: list[str], wheels: Path) -> None
     (work / "rootfs_bytes").write_text(str(tree_bytes(rootfs)))
     shutil.rmtree(base, ignore_errors=True)
     work.rename(base)
+    Layer.load(base / "base.tar.gz").save()  # its descriptor names the file where it now is
 
 
 def unmount_below(path: Path) -> None:
