@@ -19,12 +19,17 @@ COPY . /src
 RUN sh /src/scripts/image-install.sh wheels /src /wheels \
  && sh /src/scripts/image-install.sh project /src /project /wheels
 
-# Stage 2: the image. The wheels are mounted for the install only (offline, --no-index), not copied into a layer.
+# Stage 2: the image, in the offline build's two layers. The wheels are mounted for the install only (offline,
+# --no-index), not copied into a layer.
 FROM ${BASE}
 COPY scripts/image-install.sh /usr/local/share/duplex/image-install.sh
+# the base layer: the runtime dependencies (torch and the rest) and the pod user
+RUN --mount=type=bind,from=wheels,source=/wheels,target=/mnt/wheels \
+    sh /usr/local/share/duplex/image-install.sh install /mnt/wheels
+# the project layer: only the project's own wheel (--no-deps) on top, all a source change rebuilds
 RUN --mount=type=bind,from=wheels,source=/wheels,target=/mnt/wheels \
     --mount=type=bind,from=wheels,source=/project,target=/mnt/project \
-    sh /usr/local/share/duplex/image-install.sh install /mnt/wheels /mnt/project
+    sh /usr/local/share/duplex/image-install.sh install-project /mnt/wheels /mnt/project
 # The pods' user (operator/render/posture.py RUN_AS; the chart's securityContext). The root filesystem is
 # read-only in the pods: HOME is the /tmp emptyDir, and bytecode is compiled at install time, never written.
 USER 10001:10001

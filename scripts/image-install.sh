@@ -8,8 +8,12 @@
 #   image-install.sh wheels SRC OUT        on the builder (network): wheel the runtime dependencies of the project
 #                                          in SRC (torch's CPU build, no dev extras) and pip itself into OUT
 #   image-install.sh project SRC OUT WHEELS  on the builder, offline: wheel the project alone into OUT
-#   image-install.sh install WHEELS...     inside the root filesystem, offline (--no-index): the Debian packages
-#                                          if missing, the wheels, the pod user, then removes caches
+#   image-install.sh install WHEELS        inside the root filesystem, offline (--no-index): the Debian packages
+#                                          if missing, the runtime dependencies (WHEELS/requirements.txt), the pod
+#                                          user, then removes caches: the image's BASE layer
+#   image-install.sh install-project WHEELS PROJECT
+#                                          on top of that, offline: the project's wheel alone (--no-deps), bytecode
+#                                          compiled: the thin PROJECT layer, all a source change rebuilds
 #
 # POSIX sh on purpose: the slim base image and a minbase Debian both have dash, not necessarily bash.
 set -eu
@@ -28,7 +32,7 @@ POD_UID=10001
 TORCH="torch==2.13.0"
 
 cmd="${1:-}"
-[ -n "$cmd" ] || { echo "usage: image-install.sh debs|wheels SRC OUT|project SRC OUT WHEELS|install WHEELS..." >&2; exit 2; }
+[ -n "$cmd" ] || { echo "usage: image-install.sh debs|wheels SRC OUT|project SRC OUT WHEELS|install WHEELS|install-project WHEELS PROJECT" >&2; exit 2; }
 shift
 # PYTHON: the builder's python, the same minor version as the image's (cp311) and best the same patch level
 # (environment markers: redis needs async-timeout below 3.11.3); scripts/image.sh uses Debian's own python3.
@@ -60,6 +64,9 @@ wheels)
   "$PY" -m pip download -q --only-binary=:all: --dest "$out" pip $build_requires
   # the project itself is wheeled apart ("project"): a source change must not invalidate the dependencies
   rm -f "$out"/duplex-*.whl
+  # what "install" installs: torch's pin and the project's runtime dependencies (not the project), so the base
+  # layer needs neither the project's wheel nor its sources
+  { echo "$TORCH"; "$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$src/pyproject.toml"; } >"$out/requirements.txt"
   ;;
 
 project)
@@ -75,7 +82,7 @@ project)
   ;;
 
 install)
-  [ $# -ge 1 ] || { echo "usage: image-install.sh install WHEELS..." >&2; exit 2; }
+  [ $# -eq 1 ] || { echo "usage: image-install.sh install WHEELS" >&2; exit 2; }
   missing=""
   for p in $DEBS; do
     # python3 may come from the base image instead (python:3.11-slim has it in /usr/local)
@@ -87,15 +94,12 @@ install)
     # shellcheck disable=SC2086
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
   fi
-  find_links=""
-  for d in "$@"; do find_links="$find_links --find-links $d"; done
   pip_wheel=$(ls "$1"/pip-*.whl | head -n1)
   # --break-system-packages: Debian's python3 marks its site-packages as apt's (PEP 668); this root filesystem
-  # is the image, nothing else installs Python packages into it. The package lands in /usr/local, where
-  # `duplex` and `python3 -m duplex.operator.probe` find it for any user.
-  # shellcheck disable=SC2086
+  # is the image, nothing else installs Python packages into it. The packages land in /usr/local, where
+  # `duplex` and `python3 -m duplex.operator.probe` find them for any user.
   python3 "$pip_wheel/pip" install -q --no-index --no-cache-dir --break-system-packages \
-    --disable-pip-version-check --root-user-action=ignore $find_links "$TORCH" duplex
+    --disable-pip-version-check --root-user-action=ignore --find-links "$1" --requirement "$1/requirements.txt"
   if ! getent passwd "$POD_UID" >/dev/null; then
     echo "duplex:x:$POD_UID:" >>/etc/group
     echo "duplex:x:$POD_UID:$POD_UID:duplex pods:/tmp:/usr/sbin/nologin" >>/etc/passwd
@@ -106,8 +110,19 @@ install)
     /root/.cache
   ;;
 
+install-project)
+  [ $# -eq 2 ] || { echo "usage: image-install.sh install-project WHEELS PROJECT" >&2; exit 2; }
+  pip_wheel=$(ls "$1"/pip-*.whl | head -n1)
+  # the dependencies are the base layer's ("install"); this adds only the project's files (its package, the
+  # `duplex` console script, their bytecode) and deletes nothing, so its layer needs no whiteouts.
+  # PYTHONDONTWRITEBYTECODE: pip itself writes no __pycache__ outside the project (pip compiles the project's
+  # bytecode explicitly, which the setting does not stop).
+  PYTHONDONTWRITEBYTECODE=1 python3 "$pip_wheel/pip" install -q --no-index --no-deps --no-cache-dir \
+    --break-system-packages --disable-pip-version-check --root-user-action=ignore "$2"/duplex-*.whl
+  ;;
+
 *)
-  echo "image-install.sh: unknown command '$cmd' (debs, wheels, project, install)" >&2
+  echo "image-install.sh: unknown command '$cmd' (debs, wheels, project, install, install-project)" >&2
   exit 2
   ;;
 esac

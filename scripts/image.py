@@ -1,18 +1,29 @@
 """Build the duplex container image offline (run through ``scripts/image.sh``; needs root).
 
-Stages, each cached under ``${DUPLEX_CACHE:-~/.cache/duplex}`` so a warm build only redoes what changed:
+The image has two layers, so a source change rebuilds only the thin top one:
 
-1. ``debootstrap``: a minbase Debian bookworm with the Debian packages of ``image-install.sh debs``, kept as
-   debootstrap's own tarball (``image-debootstrap-<hash>.tar.gz``, keyed by the package list);
+* **base**: a debootstrap'ed minbase Debian bookworm with every runtime dependency installed
+  (``image-install.sh install``: Debian packages, torch and the rest from wheels, the pod user);
+* **project**: what installing the project's wheel on top adds (``image-install.sh install-project``: the
+  package, the ``duplex`` console script, their bytecode), captured as the upper directory of an overlay
+  mount on the base, so it holds exactly the added files.
+
+Stages, each cached under ``${DUPLEX_CACHE:-~/.cache/duplex}`` and keyed by what it depends on:
+
+1. ``debootstrap``: debootstrap's own tarball of the Debian packages (``image-debootstrap-<hash>.tar.gz``, keyed
+   by the package list);
 2. ``wheels``: the runtime dependencies as cp311 wheels, built on this machine (``image-wheels-<hash>``, keyed by
-   pyproject.toml and image-install.sh);
-3. ``project``: the project's own wheel;
-4. ``rootfs``: the tarball unpacked, then ``image-install.sh install`` in a chroot, offline (``--no-index``);
-5. ``archive``: ``oci-archive.sh`` → an OCI archive for ``ctr -n k8s.io images import``, entrypoint ``duplex``.
+   pyproject's dependencies, image-install.sh and the builder's versions);
+3. ``base``: the tarball unpacked, ``image-install.sh install`` in a chroot, offline, and the gzip'ed layer
+   (``image-base-<hash>``: ``rootfs/`` + ``base.tar.gz`` + its digest/diff_id, keyed by 1 and 2 and the recipe);
+4. ``project``: the project's wheel, installed on an overlay of the base; the upper directory becomes the
+   gzip'ed project layer;
+5. ``archive``: both layers as an OCI archive (``oci_archive.py``) for ``ctr -n k8s.io images import``,
+   entrypoint ``duplex``, user 10001.
 
-Stages 3–5 land in ``image-<KEY>`` where KEY hashes pyproject.toml, the image scripts and every project source
-file: a changed tree builds a new image, an unchanged one is reused as it is. ``--json`` prints what was built
-(paths, reference, sizes, stage times) on stdout; progress goes to stderr.
+Stages 4–5 land in ``image-<KEY>`` where KEY hashes the base's key, pyproject.toml, the image scripts and every
+project source file: a changed tree builds a new image on the cached base, an unchanged one is reused as it is.
+``--json`` prints what was built (paths, reference, sizes, stage times) on stdout; progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -20,33 +31,43 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
+import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling writer, however this file is loaded
+from oci_archive import ImageConfig, Layer, write_archive, write_layer
+
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "image-install.sh"
-OCI_ARCHIVE = ROOT / "scripts" / "oci-archive.sh"
+OCI_WRITER = ROOT / "scripts" / "oci_archive.py"
 SUITE = "bookworm"
 POD_UID = 10001
 """The image's user: operator/render/posture.py's RUN_AS (a test keeps the two equal)."""
 ENTRYPOINT = ["duplex"]
 """The image's entrypoint: the command every rendered pod and the chart's operator run."""
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENV = [f"PATH={PATH}"]
+"""The image's Env. No HOME: the runtime takes it from the user's passwd entry (``/tmp``), as for any pod."""
 SOURCE_DIRS = ("duplex", "model", "serving", "operator", "loadtest", "protos")
 """The folders pyproject maps to duplex.* (plus the .proto sources): their files are in the image key."""
+BASE_RECIPE = "2"
+"""Part of the base key: bump it when this file changes how the base layer is made (its other inputs are hashed)."""
+BASE_DIR_NAME = "rootfs"
+PROJECT_DIR_NAME = "layer"
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -59,14 +80,17 @@ class BuiltImage:
     """The image reference containerd knows it by after the import (pod specs say ``duplex:<version>``)."""
     archive: str
     """The OCI archive, for ``ctr -n k8s.io images import``."""
-    rootfs: str
-    """The unpacked root filesystem (the tests chroot into it)."""
+    layers: list[str]
+    """The layers' trees, bottom first: the base root filesystem, then the project layer's files
+    (:func:`merged_rootfs` mounts them as the image's root filesystem; the tests chroot into it)."""
     rootfs_bytes: int
-    """Apparent size of the root filesystem."""
+    """Apparent size of the image's root filesystem (both layers' trees)."""
     archive_bytes: int
-    """Size of the (gzip-compressed) OCI archive."""
+    """Size of the OCI archive (its layers gzip'ed)."""
     cached: bool
     """True when nothing was built: the image for this tree already existed."""
+    reused: list[str] = field(default_factory=list)
+    """The stages whose product came from the cache (``base`` after a source change)."""
     stages: dict[str, float] = field(default_factory=dict)
     """Seconds per stage in this run (a cache hit counts as the time to find it)."""
 
@@ -93,14 +117,24 @@ def source_files() -> list[Path]:
     return files
 
 
-def image_key() -> str:
-    scripts = [ROOT / "pyproject.toml", INSTALL, OCI_ARCHIVE, Path(__file__).resolve()]
-    return digest(scripts + source_files())
+def pyproject() -> dict[str, object]:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)
 
 
 def version() -> str:
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        return str(tomllib.load(f)["project"]["version"])
+    project = pyproject()["project"]
+    assert isinstance(project, dict)
+    return str(project["version"])
+
+
+def dependency_spec() -> str:
+    """What the wheelhouse depends on in pyproject.toml: the runtime dependencies and the build system (not the
+    version, the tool settings or the dev extra, so editing those keeps the base)."""
+    data = pyproject()
+    project = data["project"]
+    assert isinstance(project, dict)
+    return json.dumps({"dependencies": project["dependencies"], "build-system": data["build-system"]})
 
 
 def bookworm_mirror() -> str:
@@ -111,7 +145,7 @@ def bookworm_mirror() -> str:
                 (k.strip(), v.strip()) for k, _, v in (line.partition(":") for line in stanza.splitlines()) if v
             )
             if "deb" in fields.get("Types", "").split() and SUITE in fields.get("Suites", "").split():
-                return fields["URIs"].split()[0]
+                return str(fields["URIs"].split()[0])
     legacy = Path("/etc/apt/sources.list")
     if legacy.exists():
         for line in legacy.read_text().splitlines():
@@ -139,10 +173,11 @@ def tree_bytes(path: Path) -> int:
 
 
 class Stages:
-    """Times each stage and shows a spinner while it runs."""
+    """Times each stage, shows a spinner while it runs and notes which stages the cache answered."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.reused: list[str] = []
 
     def __call__(self, name: str, what: str) -> _Stage:
         return _Stage(self, name, what)
@@ -152,6 +187,11 @@ class _Stage:
     def __init__(self, stages: Stages, name: str, what: str) -> None:
         self.stages, self.name, self.what = stages, name, what
         self.note = ""
+
+    def reused(self, note: str) -> None:
+        """The stage's product was in the cache."""
+        self.stages.reused.append(self.name)
+        self.note = f"{note} (cached)"
 
     def __enter__(self) -> _Stage:
         self.start = time.monotonic()
@@ -214,67 +254,31 @@ def builder_python_version() -> str:
     ).stdout.strip()
 
 
-def wheelhouse(cache: Path, log: Path) -> Path:
-    constraints = builder_versions()
-    python = builder_python_version()
-    wheels = cache / f"image-wheels-{digest([ROOT / 'pyproject.toml', INSTALL], constraints + python)}"
-    if (wheels / ".complete").exists():
-        return wheels
+def wheelhouse_dir(cache: Path) -> Path:
+    """Where the wheelhouse for this tree's dependencies lives (built or not)."""
+    extra = dependency_spec() + builder_versions() + builder_python_version()
+    return cache / f"image-wheels-{digest([INSTALL], extra)}"
+
+
+def wheelhouse(wheels: Path, log: Path) -> None:
     wheels.mkdir(parents=True, exist_ok=True)
-    (wheels / "constraints.txt").write_text(constraints)
+    (wheels / "constraints.txt").write_text(builder_versions())
     env = dict(os.environ, CONSTRAINTS=str(wheels / "constraints.txt"), PYTHON=BUILDER_PYTHON)
     run(["sh", str(INSTALL), "wheels", str(ROOT), str(wheels)], log, env=env)
     (wheels / ".complete").touch()
-    return wheels
 
 
-def set_entrypoint(archive: Path, entrypoint: list[str], user: str) -> None:
-    """Give the single image in an OCI archive an entrypoint and a user (``oci-archive.sh`` sets only a CMD).
-
-    The config blob and the manifest naming it get new digests, the index points at the new manifest; the layer
-    is copied as it is.
-    """
-    partial = archive.with_suffix(".partial")
-    with tarfile.open(archive) as src, tarfile.open(partial, "w") as dst:
-
-        def read(name: str) -> Any:
-            f = src.extractfile(name)
-            assert f is not None, name
-            return json.load(f)
-
-        def write(name: str, data: bytes) -> None:
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            dst.addfile(info, io.BytesIO(data))
-
-        def write_blob(document: Any) -> dict[str, Any]:
-            """Store ``document`` as a blob; its descriptor's digest and size."""
-            data = json.dumps(document).encode()
-            digest = hashlib.sha256(data).hexdigest()
-            write(f"blobs/sha256/{digest}", data)
-            return {"digest": f"sha256:{digest}", "size": len(data)}
-
-        def blob(digest: str) -> str:
-            return "blobs/sha256/" + digest.removeprefix("sha256:")
-
-        index = read("index.json")
-        (manifest_desc,) = index["manifests"]
-        manifest = read(blob(manifest_desc["digest"]))
-        config = read(blob(manifest["config"]["digest"]))
-        replaced = {blob(manifest_desc["digest"]), blob(manifest["config"]["digest"]), "index.json"}
-        for member in src.getmembers():
-            if member.name.removeprefix("./") not in replaced:
-                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
-        config["config"].pop("Cmd", None)
-        config["config"].update(Entrypoint=entrypoint, User=user)
-        manifest["config"].update(write_blob(config))
-        manifest_desc.update(write_blob(manifest))
-        write("index.json", json.dumps(index).encode())
-    partial.rename(archive)
+CHROOT_ENV = {"PATH": PATH, "HOME": "/root", "LC_ALL": "C"}
 
 
-def install_rootfs(rootfs: Path, tarball: Path, debs: list[str], wheels: Path, project: Path, log: Path) -> None:
-    shutil.rmtree(rootfs, ignore_errors=True)
+def base_layer(base: Path, tarball: Path, debs: list[str], wheels: Path) -> None:
+    """The base layer in ``base``: ``rootfs/`` (debootstrap's tarball unpacked, the dependencies installed in a
+    chroot) and its gzip'ed layer ``base.tar.gz``. Built in ``<base>.partial`` and renamed when complete."""
+    work = base.with_name(base.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    log = work / "build.log"
+    rootfs = work / BASE_DIR_NAME
     run(
         [
             "debootstrap", "--variant=minbase", f"--include={','.join(debs)}",
@@ -286,77 +290,161 @@ def install_rootfs(rootfs: Path, tarball: Path, debs: list[str], wheels: Path, p
     staging = rootfs / "tmp" / "image-build"
     staging.mkdir(parents=True)
     shutil.copytree(wheels, staging / "wheels", copy_function=os.link)
-    shutil.copytree(project, staging / "project", copy_function=os.link)
     shutil.copy(INSTALL, staging / "image-install.sh")
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C"}
     run(
-        ["chroot", str(rootfs), "sh", "/tmp/image-build/image-install.sh", "install",
-         "/tmp/image-build/wheels", "/tmp/image-build/project"],
+        ["chroot", str(rootfs), "sh", "/tmp/image-build/image-install.sh", "install", "/tmp/image-build/wheels"],
         log,
-        env=env,
-    )  # fmt: skip
+        env=CHROOT_ENV,
+    )
     shutil.rmtree(staging)
+    write_layer(rootfs, work / "base.tar.gz", created_by=f"debootstrap {SUITE} + image-install.sh install")
+    (work / "rootfs_bytes").write_text(str(tree_bytes(rootfs)))
+    shutil.rmtree(base, ignore_errors=True)
+    work.rename(base)
+    Layer.load(base / "base.tar.gz").save()  # its descriptor names the file where it now is
+
+
+def unmount_below(path: Path) -> None:
+    """Lazily unmount whatever a crashed build left mounted under ``path`` (deepest first), so removing the
+    directory cannot reach into a mounted base."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{path}/")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", mount], check=False)
+
+
+@contextmanager
+def mounted(what: list[str], target: Path, options: str = "") -> Iterator[Path]:
+    """``mount [-t TYPE] ... SOURCE TARGET`` for the block's duration."""
+    subprocess.run(["mount", *what, str(target), *(["-o", options] if options else [])], check=True)
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
+
+
+def project_layer(out: Path, base_rootfs: Path, wheels: Path, work: Path, log: Path) -> Layer:
+    """Build the project's wheel, install it on an overlay of ``base_rootfs`` and pack the overlay's upper
+    directory (``out/layer``: only what the install added) as the project layer ``out/project.tar.gz``."""
+    staging = work / "staging"  # what the chroot sees at /mnt: the project wheel, pip's wheel, the script, a TMPDIR
+    project_env = dict(os.environ, PYTHON=BUILDER_PYTHON)
+    run(["sh", str(INSTALL), "project", str(ROOT), str(staging / "project"), str(wheels)], log, env=project_env)
+    (staging / "wheels").mkdir()
+    for pip_wheel in wheels.glob("pip-*.whl"):
+        os.link(pip_wheel, staging / "wheels" / pip_wheel.name)
+    shutil.copy(INSTALL, staging / "image-install.sh")
+    (staging / "tmp").mkdir()
+    upper, overlay_work, merged = out / PROJECT_DIR_NAME, work / "overlay-work", work / "merged"
+    for d in (upper, overlay_work, merged):
+        d.mkdir()
+    if not (base_rootfs / "mnt").is_dir():
+        raise SystemExit(f"image: the base has no /mnt to stage the project wheel at ({base_rootfs})")
+    overlay = f"lowerdir={base_rootfs},upperdir={upper},workdir={overlay_work}"
+    with mounted(["-t", "overlay", "overlay"], merged, overlay), mounted(["--bind", str(staging)], merged / "mnt"):
+        env = dict(CHROOT_ENV, HOME="/mnt/tmp", TMPDIR="/mnt/tmp")  # nothing HOME- or TMPDIR-relative in the layer
+        run(["chroot", str(merged), "sh", "/mnt/image-install.sh", "install-project", "/mnt/wheels", "/mnt/project"],
+            log, env=env)  # fmt: skip
+    for d in (staging, overlay_work, merged):
+        shutil.rmtree(d)
+    return write_layer(upper, out / "project.tar.gz", created_by="image-install.sh install-project", overlay_upper=True)
+
+
+@contextmanager
+def merged_rootfs(built: BuiltImage) -> Iterator[Path]:
+    """The image's root filesystem, its layers mounted read-only as one overlay, with a fresh tmpfs on ``/tmp``
+    (the pods' ``emptyDir``, their one writable path); unmounted when the block ends."""
+    lower = ":".join(reversed(built.layers))  # overlayfs lists the top layer first
+    with tempfile.TemporaryDirectory(prefix="duplex-image-") as tmp:
+        root = Path(tmp)
+        with (
+            mounted(["-t", "overlay", "overlay"], root, f"ro,lowerdir={lower}"),
+            mounted(["-t", "tmpfs", "tmpfs"], root / "tmp", "mode=1777,size=1g"),
+        ):
+            yield root
+
+
+def base_key(debs: list[str], wheels: Path) -> str:
+    """The base layer's inputs: the Debian packages, the wheelhouse (pyproject's dependencies, image-install.sh,
+    the builder's versions), the recipe in this file."""
+    return digest([INSTALL], f"{','.join(debs)}|{wheels.name}|{BASE_RECIPE}|{SUITE}")
+
+
+def image_key(base: str) -> str:
+    scripts = [ROOT / "pyproject.toml", INSTALL, OCI_WRITER, Path(__file__).resolve()]
+    return digest(scripts + source_files(), base)
 
 
 def build() -> BuiltImage:
     if os.geteuid() != 0:
-        raise SystemExit("image: needs root (debootstrap and chroot); run it with sudo")
-    for tool in ("debootstrap", "podman", "chroot"):
+        raise SystemExit("image: needs root (debootstrap, chroot and overlay mounts); run it with sudo")
+    for tool in ("debootstrap", "chroot", "mount"):
         if shutil.which(tool) is None:
-            raise SystemExit(f"image: `{tool}` not found (Debian packages: debootstrap podman)")
+            raise SystemExit(f"image: `{tool}` not found (Debian packages: debootstrap coreutils mount)")
     if subprocess.run([BUILDER_PYTHON, "-m", "pip", "--version"], capture_output=True, cwd="/").returncode != 0:
         raise SystemExit(f"image: {BUILDER_PYTHON} has no pip (Debian package python3-pip)")
     cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    key = image_key()
-    out = cache / f"image-{key}"
-    report = out / "image.json"
+    stages = Stages()
     ref = f"duplex:{version()}"
     full_ref = f"docker.io/library/{ref}"  # what a pod's `image: duplex:<version>` resolves to in containerd
-    stages = Stages()
     lock = (cache / "image.lock").open("w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time per cache; a waiting build then finds the image
+    with stages("key", "hash the sources and the base's inputs"):
+        debs = subprocess.run(["sh", str(INSTALL), "debs"], check=True, capture_output=True, text=True).stdout.split()
+        wheels = wheelhouse_dir(cache)
+        base = cache / f"image-base-{base_key(debs, wheels)}"
+        key = image_key(base.name)
+    out = cache / f"image-{key}"
+    report = out / "image.json"
     if report.exists():
-        with stages("cached", f"image {ref} for this tree"):
-            built = BuiltImage(**json.loads(report.read_text()))
-        built.cached = True
-        built.stages = stages.seconds
-        return built
+        built = BuiltImage(**json.loads(report.read_text()))
+        if all(Path(layer).is_dir() for layer in built.layers):  # else the base was removed from the cache
+            built.cached, built.reused, built.stages = True, ["image"], stages.seconds
+            return built
 
     work = cache / f"image-{key}.partial"
+    unmount_below(work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     log = work / "build.log"
-    debs = subprocess.run(["sh", str(INSTALL), "debs"], check=True, capture_output=True, text=True).stdout.split()
-    console.print(f"image: building {ref} (key {key}); log: {log}")
+    console.print(f"image: building {ref} (key {key}, base {base.name}); log: {log}")
 
-    with stages("debootstrap", f"minbase {SUITE} + {' '.join(debs)}") as s:
-        tarball = debootstrap_tarball(cache, debs, log)
-        s.note = f"{tarball.name} ({tarball.stat().st_size / 2**20:.0f} MiB)"
-    with stages("wheels", "runtime dependencies (cp311 wheels)") as s:
-        wheels = wheelhouse(cache, log)
-        s.note = f"{len(list(wheels.glob('*.whl')))} wheels in {wheels.name}"
-    with stages("project", "the duplex wheel"):
-        project_env = dict(os.environ, PYTHON=BUILDER_PYTHON)
-        run(["sh", str(INSTALL), "project", str(ROOT), str(work / "project"), str(wheels)], log, env=project_env)
-    rootfs = work / "rootfs"
-    with stages("rootfs", "unpack + image-install.sh install (chroot, offline)"):
-        install_rootfs(rootfs, tarball, debs, wheels, work / "project", log)
+    if not (base / "base.tar.gz.json").exists():
+        with stages("debootstrap", f"minbase {SUITE} + {' '.join(debs)}") as s:
+            tarball = cache / f"image-debootstrap-{SUITE}-{digest([], ','.join(debs))}.tar.gz"
+            if tarball.exists():
+                s.reused(tarball.name)
+            tarball = debootstrap_tarball(cache, debs, log)
+        with stages("wheels", "runtime dependencies (cp311 wheels)") as s:
+            if (wheels / ".complete").exists():
+                s.reused(wheels.name)
+            else:
+                wheelhouse(wheels, log)
+                s.note = f"{len(list(wheels.glob('*.whl')))} wheels in {wheels.name}"
+        with stages("base", "unpack + image-install.sh install (chroot, offline) + gzip'ed layer") as s:
+            base_layer(base, tarball, debs, wheels)
+            s.note = f"{base.name}: {Layer.load(base / 'base.tar.gz').size / 2**20:,.0f} MiB layer"
+    else:
+        with stages("base", "the base layer") as s:
+            s.reused(base.name)
+    base_tar = Layer.load(base / "base.tar.gz")
+    with stages("project", "the duplex wheel, installed on an overlay of the base, as a layer") as s:
+        project_tar = project_layer(work, base / BASE_DIR_NAME, wheels, work, log)
+        s.note = f"{project_tar.size / 2**20:.1f} MiB layer"
     archive = work / f"duplex-{version()}.oci.tar"
-    with stages("archive", "OCI archive (podman import + save), entrypoint duplex"):
-        run(["bash", str(OCI_ARCHIVE), str(rootfs), full_ref, str(archive)], log)
-        set_entrypoint(archive, ENTRYPOINT, str(POD_UID))
-    shutil.rmtree(work / "project")
+    with stages("archive", "OCI archive: the two layers, entrypoint duplex, user 10001"):
+        config = ImageConfig(entrypoint=ENTRYPOINT, user=str(POD_UID), env=ENV)
+        write_archive(archive, full_ref, [base_tar, project_tar], config)
 
     shutil.rmtree(out, ignore_errors=True)
     work.rename(out)
     built = BuiltImage(
         ref=full_ref,
         archive=str(out / archive.name),
-        rootfs=str(out / "rootfs"),
-        rootfs_bytes=tree_bytes(out / "rootfs"),
+        layers=[str(base / BASE_DIR_NAME), str(out / PROJECT_DIR_NAME)],
+        rootfs_bytes=int((base / "rootfs_bytes").read_text()) + tree_bytes(out / PROJECT_DIR_NAME),
         archive_bytes=(out / archive.name).stat().st_size,
         cached=False,
+        reused=stages.reused,
         stages=stages.seconds,
     )
     report.write_text(json.dumps(asdict(built), indent=2))
@@ -367,7 +455,7 @@ def summary(built: BuiltImage) -> Table:
     table = Table(title=f"{built.ref}{' (cached)' if built.cached else ''}", show_header=False)
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")  # paths whole, to copy
-    table.add_row("root filesystem", f"{built.rootfs_bytes / 2**20:,.0f} MiB  {built.rootfs}")
+    table.add_row("root filesystem", f"{built.rootfs_bytes / 2**20:,.0f} MiB  {' + '.join(built.layers)}")
     table.add_row("OCI archive", f"{built.archive_bytes / 2**20:,.0f} MiB  {built.archive}")
     table.add_row("build time", f"{sum(built.stages.values()):.1f} s")
     table.add_row("import", f"ctr -n k8s.io images import {built.archive}")
@@ -385,4 +473,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

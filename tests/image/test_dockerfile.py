@@ -75,6 +75,16 @@ def test_both_builds_install_with_the_one_install_script() -> None:
     assert "scripts/image.py" in (ROOT / "scripts" / "image.sh").read_text()
 
 
+def test_dockerfile_final_stage_has_the_offline_images_two_layers() -> None:
+    steps = dockerfile()
+    final = steps[max(i for i, (word, _) in enumerate(steps) if word == "FROM") :]
+    phases = [re.search(r"image-install\.sh (\S+)", args).group(1) for word, args in final if word == "RUN"]  # type: ignore[union-attr]
+    # the dependencies first (a layer a source change keeps), then the project alone on top
+    assert phases == ["install", "install-project"]
+    source = (ROOT / "scripts" / "image.py").read_text()
+    assert source.index('"install", "/tmp/image-build/wheels"') < source.index('"install-project"')
+
+
 def test_dockerfile_starts_from_the_public_slim_bookworm_python() -> None:
     froms = [args for word, args in dockerfile() if word == "FROM"]
     args = dict(a.split("=", 1) for word, a in dockerfile() if word == "ARG" and "=" in a)
