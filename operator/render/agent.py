@@ -7,7 +7,7 @@ from typing import Any
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, prometheus_annotations
-from .posture import exec_probe, harden, metrics_probe
+from .posture import exec_probe, harden, metrics_probe, tmp_volume
 from .redis import redis_url_env
 
 
@@ -58,11 +58,12 @@ def agent_deployment(ref: ModelRef, spec: DuplexModelSpec, config_digest: str) -
                                     "requests": {"cpu": "250m", "memory": "256Mi"},
                                     "limits": {"cpu": "1", "memory": "1Gi"},
                                 },
-                                "volumeMounts": [mount],
+                                # HOME is /tmp in the image: tempfile and HOME-relative caches need it
+                                "volumeMounts": [mount, tmp_volume()[1]],
                                 **agent_probes(spec),
                             }
                         ],
-                        "volumes": [volume],
+                        "volumes": [volume, tmp_volume()[0]],
                         "enableServiceLinks": True,
                     }
                 ),

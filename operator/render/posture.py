@@ -16,7 +16,8 @@ RUN_AS = 10001
 
 TMP_DIR = "/tmp"
 TMP_SIZE_LIMIT = "1Gi"
-"""Bound on the engine's scratch space (torch's temporary files), so a runaway writer evicts its pod, not others."""
+"""Bound on a pod's scratch space (engine: torch's temporary files; gateway, agent: tempfile and HOME caches),
+so a runaway writer evicts its pod, not others."""
 
 PROBE = ["python3", "-m", "duplex.operator.probe"]
 """The probe runner, as the container image runs it (the package is installed for ``python3``)."""
