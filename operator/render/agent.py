@@ -7,7 +7,7 @@ from typing import Any
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, prometheus_annotations
-from .posture import exec_probe, harden, metrics_probe, tmp_volume
+from .posture import exec_probe, harden, metrics_probe, startup_probe, tmp_volume
 from .redis import redis_url_env
 
 
@@ -16,6 +16,7 @@ def agent_probes(spec: DuplexModelSpec) -> dict[str, Any]:
     if spec.agent.metrics_port:
         return {
             "ports": [{"name": "metrics", "containerPort": spec.agent.metrics_port, "protocol": "TCP"}],
+            "startupProbe": startup_probe(metrics_probe()),  # a slow start is not a hang
             "livenessProbe": metrics_probe(),
             "readinessProbe": metrics_probe(),
         }

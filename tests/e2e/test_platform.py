@@ -87,7 +87,11 @@ def pod_ready(pod: dict[str, Any]) -> bool:
 def describe(node: NodeCluster, namespace: str) -> str:
     """Pod phases, container states and the last log lines: what a failed wait shows."""
     core = node.core()
-    lines = []
+    lines = [
+        f"{e['involvedObject']['name']}: {e['reason']}: {e.get('message', '')} (x{e.get('count', 1)})"
+        for e in node.kube().list_objects("v1", "Event", namespace, "")
+        if e.get("type") == "Warning"
+    ]
     for pod in node.kube().list_objects("v1", "Pod", namespace, ""):
         name = pod["metadata"]["name"]
         statuses = pod["status"].get("containerStatuses", [])
@@ -299,7 +303,7 @@ def test_loadtest_through_the_service_reports_turn_taking_latency(
     argv += ["--run-time", "20s", "--slo-p50", "10", "--max-error-rate", "0.5", "--max-client-lag", "1.0"]
     argv += ["--json", str(stats_path)]
     r = run(argv, timeout=300)
-    assert stats_path.exists(), r.stdout + r.stderr
+    assert stats_path.exists(), r.stdout + r.stderr + describe(node, MODELS_NS)
     stats = json.loads(stats_path.read_text())
     assert stats["turns"] > 0, r.stderr[-3000:]
     assert stats["errors"] == 0, stats["error_codes"]

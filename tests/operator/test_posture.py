@@ -196,6 +196,16 @@ def test_probes_follow_the_rendered_ports() -> None:
     assert by_name["gateway"]["readinessProbe"]["exec"]["command"][3:] == ["grpc-health", "127.0.0.1:8100"]
     assert by_name["gateway"]["livenessProbe"]["tcpSocket"]["port"] == "grpc"
     assert by_name["agent"]["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    # a slow start (package import on a loaded node) is not a hang: liveness waits for the startup probe
+    for name, check in (
+        ("gateway", {"tcpSocket": {"port": "grpc"}}),
+        ("agent", {"httpGet": by_name["agent"]["livenessProbe"]["httpGet"]}),
+    ):
+        startup = by_name[name]["startupProbe"]
+        assert check.items() <= startup.items(), name
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, name
+        live = by_name[name]["livenessProbe"]
+        assert live["periodSeconds"] * live["failureThreshold"] < 120, name  # liveness alone would kill it sooner
     assert {"name": "metrics", "containerPort": 9092, "protocol": "TCP"} in by_name["agent"]["ports"]
     assert by_name["redis"]["livenessProbe"]["exec"]["command"] == ["redis-cli", "-p", "6379", "ping"]
     tls = render({"gateway": {"tlsSecret": "tls"}})
