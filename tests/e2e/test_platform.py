@@ -300,7 +300,7 @@ def test_loadtest_through_the_service_reports_turn_taking_latency(
     stats_path = tmp_path / "stats.json"
     argv = [*DUPLEX, "loadtest", "--target", gateway_target(node), "--users", "2", "--spawn-rate", "2"]
     # loose targets: the figure is the point here, on 2 cores shared by every pod and the load generator
-    argv += ["--run-time", "20s", "--slo-p50", "10", "--max-error-rate", "0.5", "--max-client-lag", "1.0"]
+    argv += ["--run-time", "60s", "--slo-p50", "10", "--max-error-rate", "0.5", "--max-client-lag", "1.0"]
     argv += ["--json", str(stats_path)]
     r = run(argv, timeout=300)
     assert stats_path.exists(), r.stdout + r.stderr + describe(node, MODELS_NS)
