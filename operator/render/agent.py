@@ -7,7 +7,7 @@ from typing import Any
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, prometheus_annotations
-from .posture import exec_probe, harden, metrics_probe
+from .posture import exec_probe, harden, metrics_probe, startup_probe, tmp_volume
 from .redis import redis_url_env
 
 
@@ -16,6 +16,7 @@ def agent_probes(spec: DuplexModelSpec) -> dict[str, Any]:
     if spec.agent.metrics_port:
         return {
             "ports": [{"name": "metrics", "containerPort": spec.agent.metrics_port, "protocol": "TCP"}],
+            "startupProbe": startup_probe(metrics_probe()),  # a slow start is not a hang
             "livenessProbe": metrics_probe(),
             "readinessProbe": metrics_probe(),
         }
@@ -58,11 +59,12 @@ def agent_deployment(ref: ModelRef, spec: DuplexModelSpec, config_digest: str) -
                                     "requests": {"cpu": "250m", "memory": "256Mi"},
                                     "limits": {"cpu": "1", "memory": "1Gi"},
                                 },
-                                "volumeMounts": [mount],
+                                # HOME is /tmp in the image: tempfile and HOME-relative caches need it
+                                "volumeMounts": [mount, tmp_volume()[1]],
                                 **agent_probes(spec),
                             }
                         ],
-                        "volumes": [volume],
+                        "volumes": [volume, tmp_volume()[0]],
                         "enableServiceLinks": True,
                     }
                 ),

@@ -9,7 +9,7 @@ from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef, service_host_
 from ..resolve import Resolved
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, env, prometheus_annotations, secret_volume
-from .posture import exec_probe, harden, tcp_probe
+from .posture import exec_probe, harden, startup_probe, tcp_probe, tmp_volume
 
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 TLS_DIR = f"{CONFIG_DIR}/tls"
@@ -26,6 +26,9 @@ def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any]
     gw = resolved.spec.gateway
     args = ["gateway", "--engines", "$(DUPLEX_ENGINES)", "--config", f"{CONFIG_DIR}/gateway.json"]
     volumes, mounts = [config_volume(ref.config_map)[0]], [config_volume(ref.config_map)[1]]
+    # HOME is /tmp in the image: Python's tempfile and HOME-relative caches need it writable
+    volumes.append(tmp_volume()[0])
+    mounts.append(tmp_volume()[1])
     if gw.auth_secret:
         v, m = secret_volume("auth", gw.auth_secret, AUTH_DIR)
         volumes.append(v)
@@ -55,6 +58,7 @@ def gateway_container(ref: ModelRef, resolved: Resolved) -> tuple[dict[str, Any]
         # Alive while it listens (whatever the engines do); ready while some engine replica is healthy, as its
         # gRPC health service says. That service shares the port and its TLS, which the probe cannot verify
         # against an unknown name, so with TLS readiness is the listening port too.
+        "startupProbe": startup_probe(tcp_probe("grpc")),  # a slow start is not a hang
         "livenessProbe": tcp_probe("grpc"),
         "readinessProbe": tcp_probe("grpc", period_s=5)
         if gw.tls_secret

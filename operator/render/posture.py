@@ -16,7 +16,8 @@ RUN_AS = 10001
 
 TMP_DIR = "/tmp"
 TMP_SIZE_LIMIT = "1Gi"
-"""Bound on the engine's scratch space (torch's temporary files), so a runaway writer evicts its pod, not others."""
+"""Bound on a pod's scratch space (engine: torch's temporary files; gateway, agent: tempfile and HOME caches),
+so a runaway writer evicts its pod, not others."""
 
 PROBE = ["python3", "-m", "duplex.operator.probe"]
 """The probe runner, as the container image runs it (the package is installed for ``python3``)."""
@@ -24,6 +25,9 @@ PROBE = ["python3", "-m", "duplex.operator.probe"]
 STARTUP_PERIOD_S = 10
 STARTUP_FAILURES = 90
 """An engine may take up to 15 minutes (90 x 10 s) to rendezvous and load its weights before liveness applies."""
+PROCESS_STARTUP_FAILURES = 18
+"""The gateway and the agent get 3 minutes (18 x 10 s) to start listening: importing the package takes tens of
+seconds on a loaded node, and liveness (3 x 10 s) would otherwise kill them before they ever listen."""
 
 
 def pod_security_context() -> dict[str, Any]:
@@ -75,6 +79,11 @@ def exec_probe(args: list[str], period_s: int = 10, timeout_s: int = 5, failures
         "timeoutSeconds": timeout_s,
         "failureThreshold": failures,
     }
+
+
+def startup_probe(liveness: dict[str, Any], failures: int = PROCESS_STARTUP_FAILURES) -> dict[str, Any]:
+    """The liveness check as a startup probe: liveness and readiness wait until it first succeeds."""
+    return {**liveness, "periodSeconds": STARTUP_PERIOD_S, "failureThreshold": failures}
 
 
 def tcp_probe(port: str, period_s: int = 10) -> dict[str, Any]:

@@ -89,3 +89,59 @@ def busybox_archive() -> Path:
                     (rootfs / "bin" / applet).symlink_to("busybox")
             oci_archive(rootfs, BUSYBOX_IMAGE, out, ["/bin/sh"])
     return out
+
+
+REDIS_BINARIES = (Path("/usr/bin/redis-server"), Path("/usr/bin/redis-cli"))
+POD_UID = 10001
+"""The rendered pods' UID/GID (operator/render/posture.py RUN_AS; the chart's pod security context too)."""
+
+
+def redis_version() -> str:
+    """The host's redis-server version (``Redis server v=7.0.15 ...`` → ``7.0.15``): the image tag."""
+    out = subprocess.run([str(REDIS_BINARIES[0]), "--version"], check=True, capture_output=True, text=True).stdout
+    return out.split("v=", 1)[1].split()[0]
+
+
+def shared_libraries(binary: Path) -> list[Path]:
+    """What ``ldd`` lists for ``binary``: the libraries and the dynamic loader (paths as the loader asks for them)."""
+    out = subprocess.run(["ldd", str(binary)], check=True, capture_output=True, text=True).stdout
+    paths = []
+    for line in out.splitlines():
+        # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        path = line.split("=>", 1)[-1].strip().split(" (", 1)[0]
+        if path.startswith("/"):
+            paths.append(Path(path))
+    return paths
+
+
+def redis_image() -> str:
+    return f"duplex.test/redis:{redis_version()}"
+
+
+def redis_archive() -> Path:
+    """A Redis image from Debian's redis-server: the binaries, the libraries ``ldd`` lists, a passwd entry for the
+    pods' user, ``/data`` and ``/tmp``; default command ``redis-server`` (cached, keyed by the version)."""
+    version = redis_version()
+    out = image_cache() / f"redis-{version}.tar"
+    if not out.exists():
+        missing = [str(b) for b in REDIS_BINARIES if not b.exists()]
+        if missing:
+            raise RuntimeError(f"{missing} missing: install Debian's redis-server (scripts/setup.sh)")
+        with tempfile.TemporaryDirectory() as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            files = {lib for b in REDIS_BINARIES for lib in shared_libraries(b)} | set(REDIS_BINARIES)
+            for f in sorted(files):
+                dest = rootfs / f.relative_to("/")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(f.resolve(), dest)  # the file itself, not the host's symlink
+            etc = rootfs / "etc"
+            etc.mkdir()
+            passwd = f"root:x:0:0::/root:/bin/false\nredis:x:{POD_UID}:{POD_UID}::/data:/bin/false\n"
+            (etc / "passwd").write_text(passwd)
+            (etc / "group").write_text(f"root:x:0:\nredis:x:{POD_UID}:\n")
+            (rootfs / "tmp").mkdir()
+            (rootfs / "tmp").chmod(0o1777)  # mkdir's mode goes through the umask
+            (rootfs / "data").mkdir()
+            os.chown(rootfs / "data", POD_UID, POD_UID)
+            oci_archive(rootfs, redis_image(), out, ["redis-server"])
+    return out

@@ -213,7 +213,7 @@ def test_gateway_auth_tls_and_engine_addresses() -> None:
     dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-gateway")
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
-    assert {v["name"] for v in pod["volumes"]} == {"config", "auth", "tls"}
+    assert {v["name"] for v in pod["volumes"]} == {"config", "tmp", "auth", "tls"}
     assert {"name": "tls", "mountPath": "/etc/duplex/tls", "readOnly": True} in c["volumeMounts"]
     gateway_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert gateway_json["api_keys_file"] == "/etc/duplex/auth/keys" and gateway_json["open_access"] is False

@@ -22,7 +22,7 @@ from duplex.operator.crd import crd_manifest
 from duplex.operator.naming import MODEL_LABEL, ModelRef
 from duplex.operator.render import ApiVersions, render_children
 from duplex.operator.render.common import Manifest
-from duplex.operator.render.posture import RUN_AS
+from duplex.operator.render.posture import RUN_AS, TMP_SIZE_LIMIT
 from duplex.operator.resolve import InvalidSpec, parse_spec, resolve
 from duplex.operator.status import invalid_status
 from duplex.serving.spec import EngineSpec
@@ -178,11 +178,14 @@ def test_every_pod_runs_with_the_posture(name: str) -> None:
             for mount in c.get("volumeMounts", []):
                 # writable only where the process writes: emptyDirs; everything else is mounted read-only
                 assert mount["name"] in writable or mount.get("readOnly") is True, (c["name"], mount)
-            if c["name"] == "engine":
-                assert {"mountPath": "/tmp", "name": "tmp"} in c["volumeMounts"]  # torch's temporary files
-                assert "startupProbe" in c
-            else:
+            if c["name"] in ("engine", "gateway", "agent"):
+                # Python processes whose HOME is /tmp: tempfile, torch's and HOME-relative caches write there
+                assert {"mountPath": "/tmp", "name": "tmp"} in c["volumeMounts"], c["name"]
+                assert {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}} in pod["volumes"], c["name"]
+            else:  # Redis without RDB/AOF writes no file
                 assert not [m for m in c.get("volumeMounts", []) if m["name"] == "tmp"], c["name"]
+            if c["name"] == "engine":
+                assert "startupProbe" in c
 
 
 def test_probes_follow_the_rendered_ports() -> None:
@@ -193,6 +196,16 @@ def test_probes_follow_the_rendered_ports() -> None:
     assert by_name["gateway"]["readinessProbe"]["exec"]["command"][3:] == ["grpc-health", "127.0.0.1:8100"]
     assert by_name["gateway"]["livenessProbe"]["tcpSocket"]["port"] == "grpc"
     assert by_name["agent"]["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    # a slow start (package import on a loaded node) is not a hang: liveness waits for the startup probe
+    for name, check in (
+        ("gateway", {"tcpSocket": {"port": "grpc"}}),
+        ("agent", {"httpGet": by_name["agent"]["livenessProbe"]["httpGet"]}),
+    ):
+        startup = by_name[name]["startupProbe"]
+        assert check.items() <= startup.items(), name
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, name
+        live = by_name[name]["livenessProbe"]
+        assert live["periodSeconds"] * live["failureThreshold"] < 120, name  # liveness alone would kill it sooner
     assert {"name": "metrics", "containerPort": 9092, "protocol": "TCP"} in by_name["agent"]["ports"]
     assert by_name["redis"]["livenessProbe"]["exec"]["command"] == ["redis-cli", "-p", "6379", "ping"]
     tls = render({"gateway": {"tlsSecret": "tls"}})
