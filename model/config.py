@@ -147,10 +147,18 @@ class ModelConfig(BaseModel):
 
 
 PRESETS: dict[str, ModelConfig] = {
-    # Sized for the 2-core CPU budget in DESIGN.md: 5 new positions per 200 ms chunk, a 12.8 s window and
-    # 4 layers keep 64 sessions' step inside 25 % of the chunk. 8.8 M parameters (4.1 M active): small
-    # enough to ship as a bfloat16 checkpoint under 20 MB.
-    "tiny": ModelConfig(name="tiny"),
+    # Sized from the measured step cost of 64 long (window-full) sessions on the 2-core CPU: the defaults
+    # (d 256, 4 layers, 12.8 s window, 256-wide experts) cost 100-160 ms per full-ring step at 64 rows, about
+    # twice the budget; this shape costs 0.43-0.45 of that (1 thread, random weights; docs/model-card.md).
+    # 3.05 M parameters (1.72 M active); a 6.1 MB bfloat16 checkpoint.
+    "tiny": ModelConfig(
+        name="tiny",
+        d_model=192,
+        n_layers=3,
+        window=160,
+        expert_hidden=128,
+        shared_expert_hidden=128,
+    ),
     # A planning shape for the reference 276B-total / 12B-active system. Never instantiated here.
     "tml-interaction-small": ModelConfig(
         name="tml-interaction-small",

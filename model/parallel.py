@@ -6,7 +6,7 @@ runs the experts it holds on the tokens routed to them, and a sum-reduce onto ra
 output. Ranks > 0 hold only their experts' weights and loop in ``serve_experts`` until rank 0 stops them.
 
 Per layer and step the traffic is one broadcast of (N, d) activations + (N, k) routing and one reduce of
-(N, d): 320 tokens × 256 dims for 64 sessions of the tiny model, ~330 KB each way.
+(N, d): 320 tokens × 192 dims for 64 sessions of the tiny model, ~250 KB each way.
 """
 
 from __future__ import annotations

