@@ -131,12 +131,19 @@ def gateway_target(node: NodeCluster) -> str:
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """A voiced, syllable-modulated signal (the engine's voice activity detector hears it as speech)."""
+    """A voiced, syllable-modulated signal (the engine's voice activity detector hears it as speech), int16."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * 16000)) / 16000
     voice = np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t) + 0.05 * rng.standard_normal(t.size)
     syllables = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))
-    return (0.3 * voice * syllables).astype(np.float32)
+    return (0.3 * 32767 * voice * syllables).astype(np.int16)
+
+
+def spoken(text: str, tmp: Path) -> np.ndarray:
+    """``text`` said by espeak-ng (a TTS engine the model never trained on), int16 at 16 kHz."""
+    raw = tmp / "question-raw.wav"
+    subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True)
+    return read_wav(raw, 16000, mono=True).samples
 
 
 def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -266,9 +273,10 @@ def test_talk_through_the_gateway_service_gets_speech_and_an_agent_result(
 ) -> None:
     target = gateway_target(node)
     wav, out, timeline = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "timeline.json"
-    # 2 s of speech, then 2.4 s of silence: the model takes its turn when the user stops
-    said = np.concatenate([speechlike(2.0, 1), np.zeros(int(2.4 * 16000), np.float32)])
-    write_wav(wav, said, 16000)
+    # a spoken question (espeak-ng, real TTS), then 2.4 s of silence: the model takes its turn when the user stops
+    question = spoken("Hello, could you tell me what time it is?", tmp_path)
+    spoken_s = question.size / 16000
+    write_wav(wav, np.concatenate([question, np.zeros(int(2.4 * 16000), np.int16)]), 16000)
     t0 = time.monotonic()
     argv = [*DUPLEX, "talk", "--target", target, "--input", str(wav), "--output", str(out)]
     argv += ["--timeline", str(timeline), "--call", 'calculator {"expression": "6 * 7"}']
@@ -280,13 +288,13 @@ def test_talk_through_the_gateway_service_gets_speech_and_an_agent_result(
     assert tl["status"] == "OK"
     events = tl["events"]
     audio = [e for e in events if "audio" in e]
-    assert len(audio) >= 4400 // CHUNK_MS, "an answer for every chunk said"
+    assert len(audio) >= int((spoken_s + 2.4) * 1000) // CHUNK_MS, "an answer for every chunk said"
     # first answer: chunk 0 sent → the first model audio back, on talk's clock (through Service, gateway, engine)
     FIGURES["first answer s"] = round(audio[0]["t"] - tl["sent"]["0"], 3)
     speech = [e for e in audio if not e["audio"]["silent"]]
     assert speech, "the model never spoke"
     FIGURES["model speaking chunks"] = len(speech)
-    after = [e["t"] - 2.0 for e in speech if e["t"] > 2.0]  # the user's speech ends 2 s into the capture
+    after = [e["t"] - spoken_s for e in speech if e["t"] > spoken_s]  # the question ends spoken_s into the capture
     FIGURES["model speech after the user stopped s"] = round(after[0], 3) if after else None
     agent = [e["agent"] for e in events if "agent" in e and e["agent"]["call_id"] == "c1"]
     assert [a["state"] for a in agent][-1] == "DONE" and agent[-1]["detail"] == "42"
