@@ -4,17 +4,15 @@ operator's pods run as. ``docker build`` cannot run here, so the Dockerfile is c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import yaml
+from builder_module import image_builder
 
 from duplex.operator.naming import ModelRef
 from duplex.operator.render import ApiVersions, render_children
@@ -36,15 +34,6 @@ def dockerfile() -> list[tuple[str, str]]:
             word, _, rest = line.strip().partition(" ")
             out.append((word.upper(), rest.strip()))
     return out
-
-
-def image_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("image_builder", ROOT / "scripts" / "image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve field types through the module's entry
-    spec.loader.exec_module(module)
-    return module
 
 
 def rendered_containers() -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -26,6 +25,7 @@ from types import ModuleType
 from typing import IO, Any
 
 import pytest
+from builder_module import image_builder
 from packaging.requirements import Requirement
 
 from duplex import __version__
@@ -38,15 +38,6 @@ pytestmark = pytest.mark.timeout(3600)
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SITE_PACKAGES = "usr/local/lib/python3.11/dist-packages"
-
-
-def image_builder() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("image_builder", ROOT / "scripts" / "image.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve field types through the module's entry
-    spec.loader.exec_module(module)
-    return module
 
 
 BUILDER = image_builder()
