@@ -395,10 +395,16 @@ class StepPlanner:
             # early by a split step, or sending faster than real time), nor for those known to be absent
             # (parked, or behind: they missed the last regular step and sent nothing since — a vanished or
             # stalled client would otherwise make every step of its cohort wait for the deadline). It needs
-            # one chunk of this tick, though: a behind member's chunk alone is caught up, not a tick.
-            all_in = any(n > 0 and m.owed <= 0 for n, m in zip(counts, c.members, strict=True)) and all(
-                n > 0 or m.owed != 0 or m.parked for n, m in zip(counts, c.members, strict=True)
-            )
+            # one chunk of this tick, though: a behind member's chunk alone is caught up, not a tick. And
+            # without every member in, it is not taken before the tick's own window (``due - grace``): else a
+            # member sending a burst would drive regular steps back to back and its cohort-mates, counted
+            # absent, would owe a chunk for each — and get silence for chunks they never sent.
+            pairs = list(zip(counts, c.members, strict=True))
+            present = any(n > 0 and m.owed <= 0 for n, m in pairs)
+            everyone = all(n > 0 or m.owed < 0 for n, m in pairs)
+            absent_only = all(n > 0 or m.owed != 0 or m.parked for n, m in pairs)
+            tick_window = c.due - self.grace
+            all_in = present and (everyone or (absent_only and now >= tick_window))
             # overdue: waiting since before the previous deadline (it missed that step, or joined after it)
             overdue_before = deadline - self.period
             catchup = any(
@@ -418,6 +424,8 @@ class StepPlanner:
                     best = (oldest, c, kind)
             elif any_pending:
                 soonest = min(deadline, split_at) if can_split else deadline
+                if present and absent_only:
+                    soonest = min(soonest, tick_window)
                 wake = soonest if wake is None else min(wake, soonest)
         if best is None:
             return None, wake

@@ -120,6 +120,8 @@ def test_local_up_never_blocks_the_server_on_its_output(tmp_path: Path) -> None:
     done = tmp_path / "done"
     script = (
         "import signal\n"
+        # a server handles SIGINT itself (duplex up does); a child of a background shell inherits it ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "print('x: ready at 127.0.0.1:1', flush=True)\n"
         f"print('log line ' * {PIPE_BYTES // 4}, flush=True)\n"
         f"open({str(done)!r}, 'w').close()\n"

@@ -407,3 +407,26 @@ def test_a_behind_members_chunk_alone_is_caught_up_not_taken_as_the_tick() -> No
     chunk(p, b, 1, due - 0.05)
     plan = step(p, due - 0.049)
     assert plan.kind == "catchup" and members(plan) == [b] and c.due == due
+
+
+def test_a_burst_does_not_drive_regular_steps_that_count_an_absent_member_lost() -> None:
+    """One member sends a burst (chunks ahead of its phase) while the other is behind: the burst must not be
+    taken as tick after tick, or the behind member would owe a chunk for each and get silence for chunks it
+    never sent. Regular steps that skip an absent member wait for the tick's own window (due − grace)."""
+    p = planner(max_sessions=2, cohorts=1, split_after_ms=0, lost_after_chunks=3)
+    a, b = settled_pair(p)
+    c = p.cohorts[0]
+    tick = c.due
+    chunk(p, b, 1, tick - 0.002)
+    assert members(step(p, tick + p.grace)) == [b] and a.owed == 1, "a missed one step: it is behind"
+    due = c.due
+    mid = due - p.period / 2
+    for seq in (2, 3, 4, 5):
+        chunk(p, b, seq, mid)  # b's client sends four chunks at once, mid-period
+    plans = []
+    while (plan := p.next_step(mid + 0.001, 0.0)[0]) is not None:
+        plans.append(plan)
+    assert plans, "the burst is stepped at once"
+    assert all(plan.kind != "regular" for plan in plans), "no tick taken before its window"
+    assert all(a not in members(plan) for plan in plans), "no row, and no silence, for the behind member"
+    assert a.owed == 1 and c.due == due
