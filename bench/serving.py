@@ -16,7 +16,7 @@ state, once every session's attention window is full and all sessions have joine
 A load level is *real-time* when every chunk came back, none was substituted, and the chunk round trip
 p99 ≤ chunk_ms / 2 (DESIGN.md). Client phases (``--phases``):
   steered  sessions start at random moments within one chunk period and follow the server's phase hint
-           (``SessionReady.send_at_client_us``), as ``duplex talk`` does
+           (``SessionReady.send_in_us``), as ``duplex talk`` does
   free     random start moments, the hint ignored: free-running clients at random phases
   aligned  all sessions start at once and ignore the hint (the worst case for phase cohorts)
 """

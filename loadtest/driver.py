@@ -3,8 +3,8 @@
 Runs under gevent in Locust (grpc's gevent support makes the request iterator a greenlet) and works the same
 in plain threads. Pacing and measurement are this module's own (``listener.SendSchedule``/``Listener``);
 from the shared client it reuses only the pure message helpers (``split_chunks``, ``start_event``,
-``audio_event``). Chunk k leaves at capture start + (k+1)·chunk_ms; the lag of each send behind that due
-time is reported, so a run whose clients fell behind can be refused.
+``first_send_us``, ``audio_event``). Chunk k leaves at capture start + (k+1)·chunk_ms; the lag of each send
+behind that due time is reported, so a run whose clients fell behind can be refused.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from duplex.serving.client import audio_event, split_chunks, start_event
+from duplex.serving.client import audio_event, first_send_us, split_chunks, start_event
 from duplex.v1 import duplex_pb2 as pb
 
 from .corpus import SAMPLE_RATE, ScriptedConversation
@@ -58,17 +58,18 @@ def hold_conversation(
 ) -> Outcome:
     """Stream ``conv``'s user track at live-microphone pace and report every measurement as it completes.
 
-    The schedule follows the server's phase hint (``SessionReady.send_at_client_us``, on this client's
-    clock: the start carries ``clock_us()``). Latencies are measured on the capture axis of the schedule."""
+    The schedule follows the server's phase hint (``SessionReady.send_in_us`` placed on this client's clock
+    by ``first_send_us``; the start carries ``clock_us()`` to ask for it). Latencies are measured on the
+    capture axis of the schedule."""
     chunks = split_chunks(conv.user, SAMPLE_RATE * chunk_ms // 1000)
     outcome = Outcome()
     ready = threading.Event()
     over = threading.Event()
     schedule: list[SendSchedule] = []
+    # a Locust user stopped mid-conversation will not come back: its slot must be free for the next step
+    first = start_event(chunk_ms=chunk_ms, no_resume=True)
 
     def requests() -> Iterator[pb.ClientEvent]:
-        # a Locust user stopped mid-conversation will not come back: its slot must be free for the next step
-        first = start_event(chunk_ms=chunk_ms, no_resume=True)
         first.start.client_time_us = clock_us()
         yield first
         ready.wait()
@@ -100,7 +101,8 @@ def hold_conversation(
                 chunk = ev.ready.chunk_ms or chunk_ms
                 if chunk != chunk_ms:
                     raise ValueError(f"chunk_ms: the server's chunk is {chunk} ms, the load test's {chunk_ms} ms")
-                sched = SendSchedule.from_hint(ev.ready.send_at_client_us, clock_us(), chunk_ms)
+                now = clock_us()
+                sched = SendSchedule.from_hint(first_send_us(ev.ready, first.start.client_time_us, now), now, chunk_ms)
                 listener = Listener(conv.script, chunk_ms / 1000)
                 schedule.append(sched)
                 ready.set()

@@ -63,11 +63,12 @@ class SendSchedule:
     chunk_us: int
 
     @classmethod
-    def from_hint(cls, send_at_client_us: int, now_us: int, chunk_ms: int) -> SendSchedule:
-        """Chunk 0 leaves at the server's phase hint ``send_at_client_us``, or now without one (0), and its
-        capture began one chunk earlier — the shared client's rule (``serving/client.py``)."""
+    def from_hint(cls, send_0_us: int | None, ready_us: int, chunk_ms: int) -> SendSchedule:
+        """Chunk 0 leaves at ``send_0_us`` (the server's phase hint on this clock: ``first_send_us``), or when
+        the SessionReady arrived (``ready_us``) without one, and its capture began one chunk earlier — the
+        shared client's rule (``serving/client.py``)."""
         chunk_us = chunk_ms * 1000
-        return cls((send_at_client_us if send_at_client_us > 0 else now_us) - chunk_us, chunk_us)
+        return cls((ready_us if send_0_us is None else send_0_us) - chunk_us, chunk_us)
 
     def due_us(self, k: int) -> int:
         """Client time at which chunk ``k`` is complete and leaves."""

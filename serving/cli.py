@@ -59,6 +59,7 @@ def _serve_experts(part: object, rank: int, world_size: int, spec: EngineSpec) -
     from duplex.model import parallel
     from duplex.model.model import ExpertShard
 
+    from .heap import freeze_startup_heap
     from .metrics import MetricsServer, RankMetrics
 
     assert isinstance(part, ExpertShard)
@@ -69,7 +70,13 @@ def _serve_experts(part: object, rank: int, world_size: int, spec: EngineSpec) -
     except OSError as e:
         typer.echo(f"duplex engine: rank {rank}: metrics on {spec.host}:{spec.metrics_port}: {e}", err=True)
         raise typer.Exit(2) from None
-    log.info("rank %d/%d serving experts (metrics on port %d)", rank, world_size, server.port)
+    log.info(
+        "rank %d/%d serving experts (metrics on port %d; %d objects frozen)",
+        rank,
+        world_size,
+        server.port,
+        freeze_startup_heap(),
+    )
     try:
         parallel.serve_experts(part)
     finally:

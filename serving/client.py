@@ -159,6 +159,21 @@ def channel(target: str, ca_file: str | None = None) -> grpc.aio.Channel:
     return grpc.aio.secure_channel(target, creds, options=RECONNECT_OPTIONS)
 
 
+def first_send_us(ready: pb.SessionReady, start_us: int, ready_us: int) -> int | None:
+    """When to send chunk 0 on the client's clock, following the phase hint (None: the Ready has none).
+
+    ``start_us``: the client time stamped into ``SessionStart.client_time_us``; ``ready_us``: when the Ready
+    arrived. The hint counts from the Ready's departure, placed half the network round trip (start out,
+    Ready back, less the engine's hold) before its arrival: while sessions join, either leg alone can be
+    tens of milliseconds slow (the start behind the gateway's admission and routing, the Ready behind other
+    sessions' audio), and a chunk that arrives after its batch's deadline costs a whole cohort period.
+    """
+    if ready.send_in_us <= 0:
+        return None
+    network_us = max(0, ready_us - start_us - ready.start_held_us)
+    return ready_us - network_us // 2 + ready.send_in_us
+
+
 def start_event(
     model: str = "",
     chunk_ms: int = 0,
@@ -299,7 +314,7 @@ async def converse(
     Chunk k is sent once it would have been captured by a microphone: at ``start_us + (k + 1) * chunk_ms``
     when ``realtime``, else as fast as the stream takes it (``start_us`` is then one chunk before chunk 0 is
     sent, all the same). A real-time client follows the server's phase hint
-    (``SessionReady.send_at_client_us``): chunk 0 goes out at that time of its clock, so its chunks reach the
+    (``SessionReady.send_in_us``, ``first_send_us``): chunk 0 goes out then, so its chunks reach the
     engine just before their batch's step. ``follow_hint=False`` sends at once (a free-running client);
     ``start_delay_s`` delays either further. ``stamp_start`` puts the client's clock into ``start`` (when it
     has none), which asks for the hint. ``clock`` stamps and paces everything (default: ``SystemClock``).
@@ -327,12 +342,12 @@ async def converse(
     extra_at: dict[int, list[pb.ClientEvent]] = {}
     for i, ev in extra:
         extra_at.setdefault(i, []).append(ev)
-    first_send_us: list[int] = []
+    send_0_us: list[int] = []
     """Client time to send chunk 0 at (set when the first SessionReady arrives)."""
 
     async def schedule() -> AsyncIterator[pb.ClientEvent]:
         """Every client event after SessionStart, at its time (starts once the session is negotiated)."""
-        send_0 = (first_send_us[0] if first_send_us else clk.now_us()) + round(start_delay_s * 1e6)
+        send_0 = (send_0_us[0] if send_0_us else clk.now_us()) + round(start_delay_s * 1e6)
         await clk.sleep_until(send_0)
         conv.start_us = clk.now_us() - chunk_us  # capture start: chunk 0 is complete when it is sent
         for seq, pcm in enumerate(chunks):
@@ -412,8 +427,8 @@ async def converse(
                             resend_from.append(ev.ready.resume_events_received)
                         else:
                             token, grace_us = ev.ready.resume_token, ev.ready.resume_grace_ms * 1000
-                            at = ev.ready.send_at_client_us
-                            first_send_us.append(at if realtime and follow_hint and at else t)
+                            at = first_send_us(ev.ready, first.start.client_time_us, t)
+                            send_0_us.append(at if realtime and follow_hint and at is not None else t)
                             resend_from.append(0)
                         ready.set()
                         continue

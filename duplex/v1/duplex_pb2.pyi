@@ -151,7 +151,7 @@ class ClientEvent(_message.Message):
     def __init__(self, start: _Optional[_Union[SessionStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., end: _Optional[_Union[EndOfStream, _Mapping]] = ..., agent: _Optional[_Union[AgentRequest, _Mapping]] = ...) -> None: ...
 
 class SessionReady(_message.Message):
-    __slots__ = ("session_id", "model", "input_format", "output_format", "chunk_ms", "frame_ms", "chunk_samples", "tools", "replica", "send_at_client_us", "resume_token", "resumed", "resume_events_received", "resume_next_seq", "resume_grace_ms")
+    __slots__ = ("session_id", "model", "input_format", "output_format", "chunk_ms", "frame_ms", "chunk_samples", "tools", "replica", "send_in_us", "resume_token", "resumed", "resume_events_received", "resume_next_seq", "resume_grace_ms", "start_held_us")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -161,12 +161,13 @@ class SessionReady(_message.Message):
     CHUNK_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
-    SEND_AT_CLIENT_US_FIELD_NUMBER: _ClassVar[int]
+    SEND_IN_US_FIELD_NUMBER: _ClassVar[int]
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESUMED_FIELD_NUMBER: _ClassVar[int]
     RESUME_EVENTS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     RESUME_NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
     RESUME_GRACE_MS_FIELD_NUMBER: _ClassVar[int]
+    START_HELD_US_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     input_format: AudioFormat
@@ -176,13 +177,14 @@ class SessionReady(_message.Message):
     chunk_samples: int
     tools: _containers.RepeatedScalarFieldContainer[str]
     replica: str
-    send_at_client_us: int
+    send_in_us: int
     resume_token: str
     resumed: bool
     resume_events_received: int
     resume_next_seq: int
     resume_grace_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., frame_ms: _Optional[int] = ..., chunk_samples: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., send_at_client_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ..., resume_events_received: _Optional[int] = ..., resume_next_seq: _Optional[int] = ..., resume_grace_ms: _Optional[int] = ...) -> None: ...
+    start_held_us: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., frame_ms: _Optional[int] = ..., chunk_samples: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., send_in_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ..., resume_events_received: _Optional[int] = ..., resume_next_seq: _Optional[int] = ..., resume_grace_ms: _Optional[int] = ..., start_held_us: _Optional[int] = ...) -> None: ...
 
 class ChunkTiming(_message.Message):
     __slots__ = ("seq", "client_time_us", "server_recv_us", "step_start_us", "server_send_us", "queue_wait_ms", "compute_ms", "batch_size", "cohort", "late", "substituted")

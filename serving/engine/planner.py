@@ -60,9 +60,13 @@ from .session import Conversation, InputChunk, SlotSession
 
 log = logging.getLogger(__name__)
 
-SEND_LEAD_S = 0.003
-"""A steered client is told to send so that its chunks arrive this long before its cohort's tick (the
-loopback/LAN transit and the client's timer jitter fit in it; the cohort steps once all members are in)."""
+SEND_LEAD_S = 0.030
+"""A steered client is told to send so that its chunks would arrive this long before its cohort's tick if
+nothing were in transit. Early is cheap and late is dear: a cohort steps as soon as all its members are in,
+so a lead costs no one any wait, while a first chunk that arrives after its tick's deadline puts its session
+in the next cohort for good (a whole P / C of wait on every chunk). The hint's error while sessions join is
+about ±20–40 ms on the 2-core VM (64 sessions joining at 32/s, ``client.first_send_us``); with 30 ms of lead
+every steered session of such a ramp landed in its reserved cohort (docs/benchmarks.md)."""
 
 StepKind = Literal["regular", "catchup", "split"]
 
@@ -204,7 +208,8 @@ class StepPlanner:
     def reserved_fits(self, c: Cohort, phase: float) -> bool:
         """Did a steered session's first chunk arrive near its reserved cohort's tick (it followed the hint)?"""
         early = (c.phase_s - phase) % self.period  # arrival before the tick
-        return early <= self.period / (2 * len(self.cohorts)) or self.period - early <= self.grace
+        spacing = self.period / len(self.cohorts)  # ticks apart: earlier than that, another tick is sooner
+        return early <= min(SEND_LEAD_S + spacing / 2, spacing) or self.period - early <= self.grace
 
     # ----- inputs ----------------------------------------------------------------------------------------
     def reserve(self, s: SlotSession, not_before: float) -> float | None:
@@ -291,8 +296,9 @@ class StepPlanner:
             self._place(s, cohort, now)
             self.metrics.placements.labels(how).inc()
             log.debug(
-                "placed in cohort %d (phase %.1f ms, cohort phase %.1f ms, %d members)",
+                "placed in cohort %d by %s (phase %.1f ms, cohort phase %.1f ms, %d members)",
                 cohort.index,
+                how,
                 s.arrival_phase_s * 1e3,
                 cohort.phase_s * 1e3,
                 len(cohort.members),

@@ -22,6 +22,7 @@ from duplex.model.spec import ModelSource
 from duplex.v1 import duplex_pb2 as pb
 
 from ..drain import drain_client
+from ..heap import freeze_startup_heap
 from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
 from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA
@@ -137,16 +138,18 @@ class EngineServer:
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         if self.resumes.enabled:
             self._tasks.add(asyncio.ensure_future(self._sweep_loop()))
+        frozen = freeze_startup_heap()  # before the first session: see heap.py
         for name in ("", SERVICE):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "engine serving %s on %s:%d (%d slots in %d cohorts, chunk %d ms)",
+            "engine serving %s on %s:%d (%d slots in %d cohorts, chunk %d ms; %d objects frozen)",
             self.model_name,
             self.spec.host,
             self.port,
             self.scheduler.capacity,
             len(self.scheduler.cohorts),
             self.spec.chunk_ms,
+            frozen,
         )
         return self.port
 
@@ -227,7 +230,7 @@ class EngineServer:
             assert session.ready is not None
             ready = pb.SessionReady()
             ready.CopyFrom(session.ready)
-            ready.send_at_client_us = 0  # its cohort and phase are kept: the client keeps its own pace
+            ready.send_in_us = 0  # its cohort and phase are kept: the client keeps its own pace
             ready.resumed = True
             ready.resume_events_received = session.events_in
             ready.resume_next_seq = session.next_audio_seq
@@ -272,12 +275,13 @@ class EngineServer:
                 if neg.instructions:
                     sched.add_text(session, list(neg.instructions.encode()))
                 if client_us > 0:
-                    # the hint is an absolute time on the client's clock: the start's arrival maps the client's
-                    # clock onto ours (transit included, as the audio's will be), so neither the Ready's transit
-                    # nor the client's reaction to it shifts the phase
+                    # the hint counts from the Ready's departure, which the client places half a network round
+                    # trip before the Ready's arrival (``client.first_send_us``)
                     arrive = sched.steer(session, not_before=started + STEER_MARGIN_S)
                     if arrive is not None:
-                        ready.send_at_client_us = client_us + round((arrive - started) * 1e6)
+                        sent = time.monotonic()
+                        ready.send_in_us = max(1, round((arrive - sent) * 1e6))
+                        ready.start_held_us = round((sent - started) * 1e6)
             yield pb.ServerEvent(ready=ready)
             stream_done = asyncio.Event()
             context.add_done_callback(lambda _: stream_done.set())

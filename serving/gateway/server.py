@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from duplex.v1 import duplex_pb2 as pb
 
 from ..drain import drain_client
+from ..heap import freeze_startup_heap
 from ..metrics import GatewayMetrics, MetricsServer
 from ..resume_token import HOLDER_LOST_METADATA, KEY_ID_METADATA, RESUMABLE_METADATA, unwrap, wrap
 from ..spec import GatewaySpec
@@ -195,12 +196,14 @@ class GatewayServer:
             except OSError:
                 await self.stop(0)
                 raise
+        frozen = freeze_startup_heap()  # see heap.py
         log.info(
-            "gateway on %s:%d (%s) → %s",
+            "gateway on %s:%d (%s) → %s; %d objects frozen",
             self.spec.host,
             self.port,
             ("mutual TLS" if self.spec.client_ca_file else "TLS") if credentials is not None else "plaintext, no TLS",
             ", ".join(self.spec.engines),
+            frozen,
         )
         return self.port
 

@@ -31,14 +31,14 @@ def silent(n: int) -> list[list[int]]:
 
 
 def test_send_schedule_follows_the_hint_like_a_live_microphone() -> None:
-    sched = SendSchedule.from_hint(send_at_client_us=5_000_000, now_us=4_900_000, chunk_ms=200)
+    sched = SendSchedule.from_hint(send_0_us=5_000_000, ready_us=4_900_000, chunk_ms=200)
     assert sched.capture_start_us == 4_800_000  # capture began one chunk before chunk 0 may leave
     assert [sched.due_us(k) for k in range(3)] == [5_000_000, 5_200_000, 5_400_000]
     assert sched.axis_s(5_300_000) == pytest.approx(0.5)
 
 
 def test_send_schedule_without_a_hint_sends_chunk_0_now_as_a_captured_chunk() -> None:
-    sched = SendSchedule.from_hint(send_at_client_us=0, now_us=1_000_000, chunk_ms=80)
+    sched = SendSchedule.from_hint(send_0_us=None, ready_us=1_000_000, chunk_ms=80)
     assert sched.capture_start_us == 920_000  # chunk 0 leaves at the end of its period, never at its start
     assert [sched.due_us(k) for k in range(2)] == [1_000_000, 1_080_000]
 

@@ -41,24 +41,31 @@ async def test_one_conversation(stack: Stack) -> None:
     await eventually(lambda: stack.active() == 0, what="slot released")
 
 
-async def test_phase_hint_on_the_clients_clock(stack: Stack) -> None:
-    """A start carrying the client's clock gets a send time on that clock (≥ 30 ms ahead, within one chunk
-    period more) and `converse` starts sending at it; a start without a clock gets no hint (0)."""
+async def test_phase_hint_counts_from_the_ready(stack: Stack) -> None:
+    """A start carrying the client's clock gets a send delay from the Ready's departure (the chunk is due
+    ≥ 30 ms after the start reached the engine, within one chunk period more) and the engine's hold of the
+    start; `converse` sends chunk 0 at the Ready's arrival less half the network round trip plus that delay.
+    A start without a clock gets no hint (0)."""
     chunks = client.split_chunks(tone(0.6), CHUNK)
+    start = client.start_event()
+    start.start.client_time_us = stamp = client.now_us()
     async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
-        before = client.now_us()
-        conv = await client.converse(ch, chunks, metadata=AUTH)
+        conv = await client.converse(ch, chunks, metadata=AUTH, start=start)
         check_complete(conv, 3)
-        assert conv.ready is not None
-        at = conv.ready.send_at_client_us
-        assert before + 30_000 <= at <= client.now_us()
-        assert at - before <= 30_000 + 200_000 + 500_000, "due within a period of the margin (+ slack for CI)"
+        (got,) = conv.of("ready")
+        ready = got.event.ready
+        assert 0 < ready.send_in_us <= 30_000 + 200_000 + 500_000, "due within a period of the margin (+ CI slack)"
+        assert 0 <= ready.start_held_us <= got.t_us - stamp
+        at = client.first_send_us(ready, stamp, got.t_us)
+        network = got.t_us - stamp - ready.start_held_us
+        assert at == got.t_us - network // 2 + ready.send_in_us
         assert conv.sent_us[0] >= at, "chunk 0 is never sent before the hinted time"
         bare = await client.converse(
             ch, chunks, metadata=AUTH, start=client.start_event(), follow_hint=False, stamp_start=False
         )
     check_complete(bare, 3)
-    assert bare.ready is not None and bare.ready.send_at_client_us == 0
+    assert bare.ready is not None and bare.ready.send_in_us == 0
+    assert client.first_send_us(bare.ready, 0, client.now_us()) is None
 
 
 async def test_sixteen_concurrent_and_a_late_joiner(stack: Stack) -> None:

@@ -152,8 +152,9 @@ async def test_chunk_k_is_sent_when_captured(stack: Stack) -> None:
     recording is the capture start — one chunk before chunk 0 was sent."""
     clock = SteppingClock(client.now_us())
     conv = await hold(stack, np.zeros(5 * CHUNK, np.int16), clock)
-    assert conv.ready is not None and conv.ready.send_at_client_us > 0
-    assert conv.start_us == conv.ready.send_at_client_us - 200_000
+    (ready,) = conv.of("ready")
+    assert ready.event.ready.send_in_us > 0
+    assert conv.start_us == ready.t_us + ready.event.ready.send_in_us - 200_000
     assert conv.sent_us == {k: conv.start_us + (k + 1) * 200_000 for k in range(5)}
     for r in conv.of("audio"):
         a = r.event.audio
