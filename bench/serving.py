@@ -5,7 +5,8 @@
     python bench/serving.py --sessions 16,32,48,64 --seconds 75 --steady-after 15   # longer than the window
 
 Per audio chunk it measures, on the client's clock:
-  round trip      = client receives the output of chunk k − client sent chunk k
+  round trip      = client receives the output of chunk k − chunk k was captured (its send is due then; a
+                    client that sends it late counts its lag)
   model compute   = the engine's step + decode time for the batch chunk k was in (ChunkTiming.compute_ms)
   system-added    = round trip − model compute (phase wait for its cohort + queueing behind other cohorts'
                     steps + gRPC/gateway/serialization)
@@ -99,13 +100,17 @@ async def run_level(
     target: str, n: int, seconds: float, phases: str, spawn_rate: float, steady_after: float = 0.0
 ) -> Level:
     chunk_samples = 16000 * CHUNK_MS // 1000
+    # every conversation's audio is made before the first one starts: made on the event loop as each joined
+    # (~40 ms of numpy per 60 s conversation on a quiet 2-core VM, more under load), it held up the other
+    # clients' sends while they joined; their chunks went out tens of ms off the phase hint and their
+    # cohorts stayed scattered for the whole run
+    audio = [client.split_chunks(speechlike(seconds, i), chunk_samples) for i in range(n)]
     async with grpc.aio.insecure_channel(target) as ch:
 
         async def one(i: int) -> client.Conversation:
             if phases != "aligned":  # join at spawn_rate, each at a random moment of its chunk period
                 await asyncio.sleep(i / spawn_rate + random.uniform(0, CHUNK_MS / 1000))
-            chunks = client.split_chunks(speechlike(seconds, i), chunk_samples)
-            return await client.converse(ch, chunks, chunk_ms=CHUNK_MS, follow_hint=phases == "steered")
+            return await client.converse(ch, audio[i], chunk_ms=CHUNK_MS, follow_hint=phases == "steered")
 
         convs = await asyncio.gather(*(one(i) for i in range(n)))
     rtt, sysadd, relay, wait, span = [], [], [], [], []
@@ -126,7 +131,7 @@ async def run_level(
             if t.substituted:
                 substituted += 1
                 continue
-            rt = (r.t_us - c.sent_us[a.seq]) / 1e3
+            rt = (r.t_us - (c.start_us + (a.seq + 1) * c.chunk_us)) / 1e3  # from the chunk's capture end
             rtt.append(rt)
             sysadd.append(rt - t.compute_ms)
             relay.append(rt - t.compute_ms - t.queue_wait_ms)

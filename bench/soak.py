@@ -84,7 +84,7 @@ class Sample:
 class Soak:
     samples: list[Sample] = field(default_factory=list)
     rtt_ms: list[float] = field(default_factory=list)
-    """Chunk round trip (client sent chunk k → client received its output)."""
+    """Chunk round trip (chunk k captured, i.e. due to be sent → client received its output)."""
     engine_ms: list[float] = field(default_factory=list)
     """The engine's part of each round trip: chunk received → its result queued for sending."""
     wait_ms: list[float] = field(default_factory=list)
@@ -166,7 +166,8 @@ def record(soak: Soak, conv: client.Conversation) -> None:
             if t.substituted:
                 soak.substituted += 1
             elif ev.audio.seq in conv.sent_us:
-                soak.rtt_ms.append((r.t_us - conv.sent_us[ev.audio.seq]) / 1e3)
+                captured_us = conv.start_us + (ev.audio.seq + 1) * conv.chunk_us  # a late send counts its lag
+                soak.rtt_ms.append((r.t_us - captured_us) / 1e3)
                 soak.engine_ms.append((t.server_send_us - t.server_recv_us) / 1e3)
                 soak.wait_ms.append(t.queue_wait_ms)
                 soak.late += t.late

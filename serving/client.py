@@ -349,7 +349,9 @@ async def converse(
         """Every client event after SessionStart, at its time (starts once the session is negotiated)."""
         send_0 = (send_0_us[0] if send_0_us else clk.now_us()) + round(start_delay_s * 1e6)
         await clk.sleep_until(send_0)
-        conv.start_us = clk.now_us() - chunk_us  # capture start: chunk 0 is complete when it is sent
+        # capture start: chunk 0 is complete at send_0 — a microphone's clock, which a busy event loop does not
+        # shift (a late wake-up sends late; the schedule stays where capture put it)
+        conv.start_us = (send_0 if realtime else clk.now_us()) - chunk_us
         for seq, pcm in enumerate(chunks):
             if realtime:
                 await clk.sleep_until(conv.start_us + (seq + 1) * chunk_us)
