@@ -1,6 +1,6 @@
 """Soak benchmark: N real-time conversations coming and going against a fresh ``duplex up`` for M minutes.
 
-    python bench/soak.py                                  # 16 sessions, 10 minutes, 10 s baseline first
+    python bench/soak.py                                  # 48 sessions, 10 minutes, 10 s baseline first
     python bench/soak.py --minutes 2 --no-write           # a short check
     python bench/soak.py --minutes 2 --no-resume --no-write   # the same, vanished sessions freed at once
 
@@ -307,7 +307,7 @@ def run_row(name: str, s: Soak) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sessions", type=int, default=16, help="concurrent conversations (the measured capacity)")
+    ap.add_argument("--sessions", type=int, default=48, help="concurrent conversations (the measured capacity)")
     ap.add_argument("--minutes", type=float, default=10.0)
     ap.add_argument("--baseline-seconds", type=float, default=10.0)
     ap.add_argument("--vanish", type=float, default=0.15, help="share of conversations cancelled mid-way")
