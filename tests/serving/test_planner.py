@@ -99,6 +99,30 @@ def test_a_session_that_ignores_the_hint_is_placed_by_its_arrival() -> None:
     assert sample(p, "duplex_engine_placements_total", how="arrival") == 1
 
 
+def test_a_steered_session_off_its_hint_by_the_joining_jitter_keeps_its_reserved_cohort() -> None:
+    """The hint aims SEND_LEAD_S before the tick; a first chunk up to P/(2C) off it (but not earlier than the
+    previous tick) or up to the grace after the tick is placed by the hint — the jitter of sessions joining
+    together must not send a session a cohort behind for good."""
+    p = planner(max_sessions=8, cohorts=4)
+    spacing = p.period / 4
+    for name, offset in (("early", SEND_LEAD_S - spacing + 0.002), ("late", SEND_LEAD_S + p.grace - 0.002)):
+        s = session(name)
+        at = p.reserve(s, not_before=T0 + 0.001)
+        assert at is not None
+        reserved = s.reserved
+        chunk(p, s, 0, at + offset)
+        p.housekeeping(at + offset)
+        assert s.cohort == reserved, name
+    assert sample(p, "duplex_engine_placements_total", how="hint") == 2
+    past = session("past the grace")
+    at = p.reserve(past, not_before=T0 + 0.001)
+    assert at is not None
+    reserved = past.reserved
+    chunk(p, past, 0, at + SEND_LEAD_S + p.grace + 0.005)
+    p.housekeeping(at + SEND_LEAD_S + p.grace + 0.005)
+    assert past.cohort is not None and past.cohort != reserved, "after the deadline the next tick is sooner"
+
+
 def test_leaving_before_any_audio_releases_the_reservation() -> None:
     p = planner(max_sessions=4, cohorts=4)
     s = session("gone")
