@@ -42,6 +42,7 @@ from duplex.loadtest.driver import converse_rpc, hold_conversation  # noqa: E402
 from duplex.loadtest.listener import Measurement  # noqa: E402
 from duplex.loadtest.preflight import channel  # noqa: E402
 from duplex.loadtest.record import Recorder, RunConfig  # noqa: E402
+from duplex.serving.heap import freeze_startup_heap  # noqa: E402
 
 CONFIG = RunConfig.model_validate_json(Path(os.environ["DUPLEX_LOADTEST_CONFIG"]).read_text())
 CONVERSATIONS: list[ScriptedConversation] = load_corpus(Path(CONFIG.corpus), CONFIG.split, CONFIG.min_conversation_s)
@@ -98,6 +99,9 @@ def _init(**_: Any) -> None:
 
 
 def _start(**_: Any) -> None:
+    # what Locust, gevent, grpc and the corpus made at start is frozen out of full collections: walking it
+    # stops every user at once, as it stopped the engine (duplex.serving.heap)
+    freeze_startup_heap()
     RECORDER.start()
     gevent.spawn(_watch_loop)
 

@@ -257,6 +257,7 @@ def write_archive(out: Path, ref: str, layers: list[Layer], config: ImageConfig)
 
 def archive_from_tree(tree: Path, ref: str, out: Path, config: ImageConfig) -> Path:
     """A one-layer image of the directory ``tree`` (the e2e node's pause and busybox images)."""
+    out.parent.mkdir(parents=True, exist_ok=True)  # a cold cache has no folder for it yet
     layer_path = out.with_name(out.name + ".layer.tar.gz")
     try:
         layer = write_layer(tree, layer_path, created_by=f"root filesystem {tree.name}")

@@ -505,7 +505,7 @@ def test_oci_archive_sh_writes_an_image_containerd_runs(containerd: Containerd, 
     # the e2e node's images (pause, busybox) come from the same writer through scripts/oci-archive.sh
     rootfs = busybox_tree(scratch / "busybox", "sh", "cat")
     (rootfs / "greeting").write_text("hello from a layer\n")
-    archive = scratch / "busybox.tar"
+    archive = scratch / "e2e-images" / "busybox.tar"  # a folder not made yet, as in a cold cache
     proc = subprocess.run(
         ["bash", str(ROOT / "scripts" / "oci-archive.sh"), str(rootfs), "duplex.test/layer:1", str(archive),
          "/bin/cat", "/greeting"],
