@@ -56,6 +56,7 @@ async def test_phase_hint_counts_from_the_ready(stack: Stack) -> None:
         ready = got.event.ready
         assert 0 < ready.send_in_us <= 30_000 + 200_000 + 500_000, "due within a period of the margin (+ CI slack)"
         assert 0 <= ready.start_held_us <= got.t_us - stamp
+        assert ready.start_held_us + ready.send_in_us >= 30_000 - 1, "due ≥ 30 ms after the start arrived"
         at = client.first_send_us(ready, stamp, got.t_us)
         network = got.t_us - stamp - ready.start_held_us
         assert at == got.t_us - network // 2 + ready.send_in_us
