@@ -63,10 +63,12 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--min-conversation-s", default="60", help="shortest conversation the users hold (s)")
     ap.add_argument("--up-log", type=Path, default=Path(tempfile.gettempdir()) / "bench-loadtest-up.log")
+    ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
+    ap.add_argument("--section", default="Load test (duplex loadtest)", help="docs/benchmarks.md section to write")
     a = ap.parse_args()
     long = ["--min-conversation-s", a.min_conversation_s]
     a.up_log.unlink(missing_ok=True)
-    up = LocalUp(a.up_log)
+    up = LocalUp(a.up_log, tuple(a.up_args.split()))
     target = up.start()
     rows, capacity = [], None
     try:
@@ -111,11 +113,12 @@ def main() -> None:
                 capacity = s.get("capacity")
     finally:
         print(f"duplex up stopped {up.interrupt(60.0):.1f} s after SIGINT (log: {a.up_log})")
+    up_cmd = " ".join(["duplex up", *a.up_args.split()])
     body = [
         f"`{command()}` — {machine()}",
         "",
         "`duplex loadtest` (Locust, live-microphone pacing, 200 ms chunks, shipped tiny checkpoint) against "
-        f"`duplex up` on the same machine, conversations ≥ {a.min_conversation_s} s (one per user per run). "
+        f"`{up_cmd}` on the same machine, conversations ≥ {a.min_conversation_s} s (one per user per run). "
         "Seconds; turn-taking = first model speech heard − user's end of speech (capture clock); targets from "
         "DESIGN.md. The load generator shares the machine's cores with the server.",
         "",
@@ -134,7 +137,7 @@ def main() -> None:
     text = "\n".join(body)
     print(text)
     if not a.no_write:
-        write_section("Load test (duplex loadtest)", text)
+        write_section(a.section, text)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 from duplex.serving.engine.planner import StepPlanner
 from duplex.serving.engine.session import Conversation, InputChunk
@@ -48,7 +47,7 @@ def main() -> None:
             t, i, k = arrivals[next_arrival]
             next_arrival += 1
             if i != absent or not gone_at <= t < back_at:
-                planner.add_chunk(sessions[i], InputChunk(k, torch.zeros(1), 0, t, 0))
+                planner.add_chunk(sessions[i], InputChunk(k, b"", 0, t, 0))
         if absent is None and now >= gone_at:
             absent = next(i for i, s in enumerate(sessions) if s.cohort == 0)
             if not args.stall and hasattr(planner, "park"):

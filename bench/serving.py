@@ -10,7 +10,13 @@ Per audio chunk it measures, on the client's clock:
   model compute   = the engine's step + decode time for the batch chunk k was in (ChunkTiming.compute_ms)
   system-added    = round trip − model compute (phase wait for its cohort + queueing behind other cohorts'
                     steps + gRPC/gateway/serialization)
-  relay overhead  = system-added − queue wait (ChunkTiming.queue_wait_ms): gateway, gRPC and Python only
+  relay overhead  = system-added − queue wait (ChunkTiming.queue_wait_ms): gateway, gRPC and Python only;
+                    the sum of four legs, each printed (client and engine share the machine's clock):
+                      send lag   the client sent chunk k − its capture end (the load generator's own lag)
+                      in hop     the engine received it − the client sent it (client → gateway → engine)
+                      engine out the engine queued the result − its step's start − compute (output stage)
+                      out hop    the client read the result − the engine queued it (engine → gateway →
+                                 client, the client's event loop included)
   engine span     = engine sent chunk k's output − engine received chunk k (server clock, ChunkTiming)
 With ``--steady-after S`` only chunks captured S seconds or more into their conversation count (the steady
 state, once every session's attention window is full and all sessions have joined); the ramp is left out.
@@ -58,6 +64,8 @@ class Level:
     sys_p99: float
     relay_p50: float
     relay_p99: float
+    legs: dict[str, tuple[float, float]]
+    """Relay overhead by leg (send lag, in hop, engine out, out hop): p50 / p99 ms."""
     span_p50: float
     span_p99: float
     wait_p50: float
@@ -114,6 +122,7 @@ async def run_level(
 
         convs = await asyncio.gather(*(one(i) for i in range(n)))
     rtt, sysadd, relay, wait, span = [], [], [], [], []
+    legs: dict[str, list[float]] = {"send lag": [], "in hop": [], "engine out": [], "out hop": []}
     first_steady = int(steady_after * 1000 / CHUNK_MS)
     steps: dict[tuple[int, int], tuple[float, int]] = {}
     missing = substituted = total = 0
@@ -131,7 +140,13 @@ async def run_level(
             if t.substituted:
                 substituted += 1
                 continue
-            rt = (r.t_us - (c.start_us + (a.seq + 1) * c.chunk_us)) / 1e3  # from the chunk's capture end
+            captured = c.start_us + (a.seq + 1) * c.chunk_us
+            rt = (r.t_us - captured) / 1e3  # from the chunk's capture end
+            sent = c.sent_us[a.seq]
+            legs["send lag"].append((sent - captured) / 1e3)
+            legs["in hop"].append((t.server_recv_us - sent) / 1e3)
+            legs["engine out"].append((t.server_send_us - t.step_start_us) / 1e3 - t.compute_ms)
+            legs["out hop"].append((r.t_us - t.server_send_us) / 1e3)
             rtt.append(rt)
             sysadd.append(rt - t.compute_ms)
             relay.append(rt - t.compute_ms - t.queue_wait_ms)
@@ -155,6 +170,7 @@ async def run_level(
         p(sysadd, 99),
         p(relay, 50),
         p(relay, 99),
+        {k: (p(v, 50), p(v, 99)) for k, v in legs.items()},
         p(span, 50),
         p(span, 99),
         p(wait, 50),
@@ -248,7 +264,8 @@ def main() -> None:
                     f"{lv.rtt_p50:.1f}/{lv.rtt_p99:.1f} ms, "
                     f"system-added p50/p99 {lv.sys_p50:.1f}/{lv.sys_p99:.1f} ms, relay p50/p99 "
                     f"{lv.relay_p50:.1f}/{lv.relay_p99:.1f} ms, step p50 {lv.step_p50:.1f} ms "
-                    f"({lv.batch_p50:.0f} rows), missing {lv.missing}, substituted {lv.substituted}",
+                    f"({lv.batch_p50:.0f} rows), missing {lv.missing}, substituted {lv.substituted}\n  relay legs "
+                    + ", ".join(f"{k} {a:.1f}/{b:.1f}" for k, (a, b) in lv.legs.items()),
                     flush=True,
                 )
         finally:

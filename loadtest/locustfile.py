@@ -26,6 +26,7 @@ grpc.experimental.gevent.init_gevent()
 import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import random  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -83,6 +84,28 @@ def _record(
 
 
 STALL_TICK_S = 0.05
+SPARE_THREADS = 16
+"""Native threads of the gevent hub's pool beyond one per open channel (grpc's greenlet spawner holds one)."""
+OPEN_CHANNELS = 0
+JOIN_SPREAD_S = 1.0
+"""Each user joins at a random moment of this long after Locust starts it. Locust starts a whole second's
+users (``--spawn-rate`` of them) at once; their setups ran back to back on the one event loop and stalled
+every user already talking by 80–150 ms once a second while they joined. Real clients do not arrive in
+bursts: spread over the second, users join at the spawn rate as independent arrivals."""
+
+
+def _channel_opened() -> None:
+    """Grow the gevent hub's native thread pool to one thread per open channel, plus spare ones.
+
+    Under gevent grpc runs every completion-queue wait in that pool, one per channel, each holding its thread
+    until an event or 200 ms. gevent's default pool has 10 threads: with 64 users the waits of channels with
+    nothing to read (users just joining) held the threads while other users' replies and send wake-ups
+    queued behind them — their chunks went out 70–150 ms late while users joined."""
+    global OPEN_CHANNELS
+    OPEN_CHANNELS += 1
+    pool = gevent.get_hub().threadpool
+    if pool.maxsize < OPEN_CHANNELS + SPARE_THREADS:
+        pool.maxsize = OPEN_CHANNELS + SPARE_THREADS
 
 
 def _watch_loop() -> None:
@@ -135,16 +158,20 @@ class ConversationUser(User):
 
     def on_start(self) -> None:
         assert self.host, "--target is required"
-        self.channel = channel(self.host, CONFIG.ca_cert)
-        self.rpc = converse_rpc(self.channel)
-        key = os.environ.get("DUPLEX_API_KEY", "")
-        self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
         # user i starts with conversation seed + i and goes on through the corpus: every run with the same
         # settings says the same things in the same order
         worker = int(getattr(self.environment.runner, "worker_index", 0))
         self.next_conversation = CONFIG.seed + next(USER_INDEX) * CONFIG.processes + worker
+        gevent.sleep(random.Random(self.next_conversation).uniform(0.0, JOIN_SPREAD_S))
+        _channel_opened()
+        self.channel = channel(self.host, CONFIG.ca_cert)
+        self.rpc = converse_rpc(self.channel)
+        key = os.environ.get("DUPLEX_API_KEY", "")
+        self.metadata = (("authorization", f"Bearer {key}"),) if key else ()
 
     def on_stop(self) -> None:
+        global OPEN_CHANNELS
+        OPEN_CHANNELS -= 1
         self.channel.close()
 
     def _fire(self, m: Measurement) -> None:

@@ -37,13 +37,15 @@ def channel(target: str, ca_cert: str | None) -> grpc.Channel:
 
 
 def check_target(target: str, ca_cert: str | None, api_key: str, chunk_ms: int, timeout_s: float = 15.0) -> None:
-    """Open one session and close it at its ``SessionReady``; ValueError naming what is wrong otherwise."""
+    """Open one session and cancel it at its ``SessionReady``; ValueError naming what is wrong otherwise.
+
+    The probe asks for no resumption: a resumable session whose stream is cancelled is kept for the engine's
+    resume grace, holding its slot — one slot short for a run at exactly a replica's capacity."""
     answered = threading.Event()
 
     def requests() -> Iterator[pb.ClientEvent]:
-        yield start_event(chunk_ms=chunk_ms)
-        answered.wait(timeout_s)
-        yield pb.ClientEvent(end=pb.EndOfStream())
+        yield start_event(chunk_ms=chunk_ms, no_resume=True)
+        answered.wait(timeout_s)  # the stream stays open until the Ready (or the deadline), then is cancelled
 
     metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     with channel(target, ca_cert) as ch:
@@ -62,5 +64,5 @@ def check_target(target: str, ca_cert: str | None, api_key: str, chunk_ms: int, 
             if code in REFUSED:
                 raise ValueError(REFUSED[code].format(detail=detail, target=target, timeout=timeout_s)) from None
         finally:
-            answered.set()
             call.cancel()
+            answered.set()

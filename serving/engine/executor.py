@@ -91,7 +91,8 @@ class StepExecutor:
     def run(self, plan: StepPlan) -> StepResult:
         started = self.clock()
         n, F = len(plan.rows), self.frames
-        audio = torch.zeros(n, self.chunk_samples)  # inactive rows and substituted chunks: silence
+        width = 2 * self.chunk_samples
+        pcm_in = bytearray(n * width)  # inactive rows and substituted chunks: silence
         active = torch.zeros(n, dtype=torch.bool)
         text_slots = self.cfg.text_in_slots
         text_in: torch.Tensor | None = None
@@ -102,7 +103,7 @@ class StepExecutor:
                 continue
             active[i] = True
             if row.chunk is not None:
-                audio[i] = row.chunk.audio
+                pcm_in[i * width : (i + 1) * width] = row.chunk.pcm
             if row.text and text_slots:
                 if text_in is None:
                     text_in = torch.full((n, F, text_slots), self.cfg.pad_token, dtype=torch.long)
@@ -110,6 +111,7 @@ class StepExecutor:
             if row.video is not None:
                 videos.append(row.video)
                 video_rows.append(i)
+        audio = torch.frombuffer(pcm_in, dtype=torch.int16).view(n, self.chunk_samples).float() / 32768.0
         mask = None if bool(active.all()) else active  # the one execution mask, for model and codec
         out = self.model.step(
             self.state,

@@ -423,8 +423,8 @@ class EngineServer:
                     if resumed and ev.audio.seq < session.next_audio_seq:
                         continue
                     recv = time.monotonic()
-                    samples = v.check_audio(ev.audio, session.next_audio_seq, session.chunk_samples)
-                    chunk = InputChunk(ev.audio.seq, samples, ev.audio.client_time_us, recv, sched.wall_us(recv))
+                    pcm = v.check_audio(ev.audio, session.next_audio_seq, session.chunk_samples)
+                    chunk = InputChunk(ev.audio.seq, pcm, ev.audio.client_time_us, recv, sched.wall_us(recv))
                     while session.chunks_in_flight >= self.spec.max_pending_chunks and session.closing is None:
                         session.room.clear()  # backpressure: stop reading until a step consumes a chunk
                         await session.room.wait()

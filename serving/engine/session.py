@@ -30,8 +30,10 @@ class InputChunk:
 
     seq: int
     """The client's sequence number."""
-    audio: torch.Tensor
-    """(chunk_samples,) float32 in [-1, 1]."""
+    pcm: bytes
+    """``chunk_samples`` PCM16 little-endian samples, length checked. The step thread turns every row's bytes
+    into floats in one batched op: a torch op on the event loop gives the GIL up to the step thread and waits
+    to get it back, for each op of each chunk of a cohort's burst."""
     client_time_us: int
     """Client clock when it was sent (echoed back in ChunkTiming)."""
     recv_mono: float

@@ -104,8 +104,9 @@ def check_start(
     return Negotiated(model_name, chunk_ms, samples, list(start.tools), start.instructions, start.session_id)
 
 
-def check_audio(audio: pb.AudioChunk, expected_seq: int, chunk_samples: int) -> torch.Tensor:
-    """The chunk's samples as float32 in [-1, 1], or an InputError naming what is wrong."""
+def check_audio(audio: pb.AudioChunk, expected_seq: int, chunk_samples: int) -> bytes:
+    """The chunk's PCM16 bytes (checked here, converted on the step thread), or an InputError naming what is
+    wrong."""
     if audio.seq != expected_seq:
         what = "duplicate" if audio.seq < expected_seq else "out of order"
         raise InputError(
@@ -118,7 +119,7 @@ def check_audio(audio: pb.AudioChunk, expected_seq: int, chunk_samples: int) -> 
             f"audio.pcm of chunk {audio.seq}: {len(audio.pcm)} bytes, expected {2 * chunk_samples} "
             f"({chunk_samples} PCM16 samples)",
         )
-    return torch.frombuffer(bytearray(audio.pcm), dtype=torch.int16).float() / 32768.0
+    return audio.pcm
 
 
 def check_video(video: pb.VideoFrame, last_seq: int, size: int) -> torch.Tensor:

@@ -16,7 +16,6 @@ import time
 import uuid
 
 import numpy as np
-import torch
 from kserve.errors import InferenceError, ServerNotReady
 
 from duplex.v1 import duplex_pb2 as pb
@@ -64,14 +63,14 @@ class _Collector:
         return Answer(self.audio, "".join(self.text), self.turns, self.chunks, self.max_batch_size)
 
 
-def chunks_of(utterance: Utterance, chunk_samples: int, sample_rate: int) -> list[torch.Tensor]:
-    """The utterance as the engine's input chunks: float32 in [-1, 1], padded, then the trailing silence."""
+def chunks_of(utterance: Utterance, chunk_samples: int, sample_rate: int) -> list[bytes]:
+    """The utterance as the engine's input chunks (PCM16 bytes, as a client sends them): padded, then the
+    trailing silence."""
     n = math.ceil(utterance.samples.size / chunk_samples)
     silent = math.ceil(utterance.trailing_silence_ms * sample_rate / 1000 / chunk_samples)
-    pcm = np.zeros((n + silent) * chunk_samples, np.float32)
-    pcm[: utterance.samples.size] = utterance.samples.astype(np.float32) / 32768.0
-    audio = torch.from_numpy(pcm)
-    return [audio[i : i + chunk_samples] for i in range(0, audio.numel(), chunk_samples)]
+    pcm = np.zeros((n + silent) * chunk_samples, "<i2")
+    pcm[: utterance.samples.size] = utterance.samples
+    return [pcm[i : i + chunk_samples].tobytes() for i in range(0, pcm.size, chunk_samples)]
 
 
 async def answer(sched: Scheduler, spec: EngineSpec, utterance: Utterance, sample_rate: int) -> Answer:

@@ -293,7 +293,7 @@ async def test_the_models_tool_call_text_submits_a_job(redis_server: RedisServer
         link.attach(conv, TOOLS)
         text = b'I will compute that. [[call calculator {"expression": "6 * 7"}]] one moment'
         for seq, piece in enumerate((text[:30], text[30:])):  # the call is split across two steps
-            chunk = InputChunk(seq, torch.zeros(frame * frames), 0, 0.0, 0)
+            chunk = InputChunk(seq, bytes(2 * frame * frames), 0, 0.0, 0)
             row = RowResult(PlannedRow(conv, chunk, seq, False), [0] * frames, list(piece), [False] * frames)
             stage.publish(
                 StepResult(

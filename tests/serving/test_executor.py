@@ -17,7 +17,9 @@ CHUNK = 3200
 
 def tone_chunk(seq: int, hz: float) -> InputChunk:
     t = torch.arange(CHUNK, dtype=torch.float32) / 16000
-    return InputChunk(seq, 0.3 * torch.sin(2 * torch.pi * hz * t), 0, 0.0, 0)
+    return InputChunk(
+        seq, (0.3 * 32767 * torch.sin(2 * torch.pi * hz * t)).to(torch.int16).numpy().tobytes(), 0, 0.0, 0
+    )
 
 
 def codec_row(ex: StepExecutor, slot: int) -> list[float]:

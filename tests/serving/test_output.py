@@ -77,7 +77,7 @@ def row(
     substituted: bool = False,
     late: bool = False,
 ) -> RowResult:
-    chunk = None if substituted else InputChunk(seq, torch.zeros(CHUNK), 777, 9.990, 9_990_000)
+    chunk = None if substituted else InputChunk(seq, bytes(2 * CHUNK), 777, 9.990, 9_990_000)
     return RowResult(PlannedRow(conv, chunk, seq, late), control, text, voiced)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import torch
 
 from duplex.serving.engine.planner import SEND_LEAD_S, SlotMove, SlotReset, StepPlan, StepPlanner
 from duplex.serving.engine.session import Conversation, InputChunk, SlotSession
@@ -16,6 +15,7 @@ from duplex.serving.spec import EngineSpec
 T0 = 100.0
 """The fake monotonic time the planner's phases count from."""
 CHUNK_SAMPLES = 3200
+SILENCE = bytes(2 * CHUNK_SAMPLES)
 
 
 class FakeClock:
@@ -42,7 +42,7 @@ def session(name: str) -> SlotSession:
 
 
 def chunk(p: StepPlanner, s: SlotSession, seq: int, at: float) -> None:
-    assert p.add_chunk(s, InputChunk(seq, torch.zeros(CHUNK_SAMPLES), 0, at, 0))
+    assert p.add_chunk(s, InputChunk(seq, SILENCE, 0, at, 0))
 
 
 def sample(p: StepPlanner, name: str, **labels: str) -> float:
@@ -154,7 +154,7 @@ def test_a_leaving_member_is_swap_removed_and_its_slot_reused() -> None:
     chores = p.housekeeping(T0 + 0.191)
     assert chores.slot_ops == [SlotMove(2, 0)], "the block's last member fills the hole"
     assert (c.slot, b.slot, a.slot) == (0, 1, -1) and p.placed_count() == 2
-    assert not p.add_chunk(a, InputChunk(1, torch.zeros(CHUNK_SAMPLES), 0, T0 + 0.2, 0)), "left: dropped"
+    assert not p.add_chunk(a, InputChunk(1, SILENCE, 0, T0 + 0.2, 0)), "left: dropped"
 
 
 def test_a_late_chunk_misses_the_deadline_step_and_is_caught_up_alone() -> None:
@@ -208,8 +208,8 @@ def test_a_lost_chunk_is_replaced_by_silence_and_dropped_when_it_comes() -> None
             substituted.append(row.seq)
     assert substituted == [1, 2], "b owed more than lost_after_chunks=2 from the 3rd missed step on"
     # b's real chunks come at last: the substituted ones are dropped, the next one is taken
-    assert not p.add_chunk(b, InputChunk(1, torch.zeros(CHUNK_SAMPLES), 0, c.due - 0.01, 0))
-    assert not p.add_chunk(b, InputChunk(2, torch.zeros(CHUNK_SAMPLES), 0, c.due - 0.01, 0))
+    assert not p.add_chunk(b, InputChunk(1, SILENCE, 0, c.due - 0.01, 0))
+    assert not p.add_chunk(b, InputChunk(2, SILENCE, 0, c.due - 0.01, 0))
     chunk(p, b, 3, c.due - 0.01)
     plan = step(p, c.due - 0.009)
     assert plan.kind == "catchup" and members(plan) == [b], "b is behind: its chunk is caught up at once"
@@ -364,7 +364,7 @@ def test_a_parked_member_does_not_hold_back_its_cohort_and_rejoins_when_resumed(
     p.resume(b)
     tick = c.due
     for seq in (1, 2, 3):
-        assert not p.add_chunk(b, InputChunk(seq, torch.zeros(CHUNK_SAMPLES), 0, tick - 0.1, 0))
+        assert not p.add_chunk(b, InputChunk(seq, SILENCE, 0, tick - 0.1, 0))
     for seq in (4, 5, 6):
         chunk(p, b, seq, tick - 0.1)
     seqs: list[int] = []
