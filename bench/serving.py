@@ -18,6 +18,9 @@ Per audio chunk it measures, on the client's clock:
                       out hop    the client read the result − the engine queued it (engine → gateway →
                                  client, the client's event loop included)
   engine span     = engine sent chunk k's output − engine received chunk k (server clock, ChunkTiming)
+``--client-processes N`` spreads the sessions over N client processes, each with its own event loop and
+channel: one loop reading a whole cohort's replies queues them behind each other, which is the load
+generator's delay, not the server's (independent clients do not share a loop).
 With ``--steady-after S`` only chunks captured S seconds or more into their conversation count (the steady
 state, once every session's attention window is full and all sessions have joined); the ramp is left out.
 A load level is *real-time* when every chunk came back, none was substituted, and the chunk round trip
@@ -32,13 +35,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -104,76 +109,160 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
 PHASES = ("steered", "free", "aligned")
 
 
-async def run_level(
-    target: str, n: int, seconds: float, phases: str, spawn_rate: float, steady_after: float = 0.0
-) -> Level:
-    chunk_samples = 16000 * CHUNK_MS // 1000
-    # every conversation's audio is made before the first one starts: made on the event loop as each joined
-    # (~40 ms of numpy per 60 s conversation on a quiet 2-core VM, more under load), it held up the other
-    # clients' sends while they joined; their chunks went out tens of ms off the phase hint and their
-    # cohorts stayed scattered for the whole run
-    audio = [client.split_chunks(speechlike(seconds, i), chunk_samples) for i in range(n)]
-    async with grpc.aio.insecure_channel(target) as ch:
+LEGS = ("send lag", "in hop", "engine out", "out hop")
 
-        async def one(i: int) -> client.Conversation:
-            if phases != "aligned":  # join at spawn_rate, each at a random moment of its chunk period
-                await asyncio.sleep(i / spawn_rate + random.uniform(0, CHUNK_MS / 1000))
-            return await client.converse(ch, audio[i], chunk_ms=CHUNK_MS, follow_hint=phases == "steered")
 
-        convs = await asyncio.gather(*(one(i) for i in range(n)))
-    rtt, sysadd, relay, wait, span = [], [], [], [], []
-    legs: dict[str, list[float]] = {"send lag": [], "in hop": [], "engine out": [], "out hop": []}
+@dataclass
+class Samples:
+    """Per-chunk figures (ms) of some conversations, before percentiles: mergeable across client processes."""
+
+    rtt: list[float] = field(default_factory=list)
+    sysadd: list[float] = field(default_factory=list)
+    relay: list[float] = field(default_factory=list)
+    wait: list[float] = field(default_factory=list)
+    span: list[float] = field(default_factory=list)
+    legs: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in LEGS})
+    steps: dict[tuple[int, int], tuple[float, int]] = field(default_factory=dict)
+    missing: int = 0
+    substituted: int = 0
+    total: int = 0
+
+    def merge(self, o: Samples) -> None:
+        for a, b in ((self.rtt, o.rtt), (self.sysadd, o.sysadd), (self.relay, o.relay), (self.wait, o.wait)):
+            a.extend(b)
+        self.span.extend(o.span)
+        for k in LEGS:
+            self.legs[k].extend(o.legs[k])
+        self.steps.update(o.steps)
+        self.missing += o.missing
+        self.substituted += o.substituted
+        self.total += o.total
+
+
+def collect(convs: list[client.Conversation], steady_after: float) -> Samples:
     first_steady = int(steady_after * 1000 / CHUNK_MS)
-    steps: dict[tuple[int, int], tuple[float, int]] = {}
-    missing = substituted = total = 0
+    s = Samples()
     for c in convs:
         expected = len(c.sent_us)
         got = c.of("audio")
-        missing += expected - len(got) + (0 if c.code == grpc.StatusCode.OK else 1)
-        substituted += sum(r.event.audio.timing.substituted for r in got if r.event.audio.seq < first_steady)
+        s.missing += expected - len(got) + (0 if c.code == grpc.StatusCode.OK else 1)
+        s.substituted += sum(r.event.audio.timing.substituted for r in got if r.event.audio.seq < first_steady)
         for r in got:
             a = r.event.audio
             t = a.timing
             if a.seq < first_steady:
                 continue
-            total += 1
+            s.total += 1
             if t.substituted:
-                substituted += 1
+                s.substituted += 1
                 continue
             captured = c.start_us + (a.seq + 1) * c.chunk_us
             rt = (r.t_us - captured) / 1e3  # from the chunk's capture end
             sent = c.sent_us[a.seq]
-            legs["send lag"].append((sent - captured) / 1e3)
-            legs["in hop"].append((t.server_recv_us - sent) / 1e3)
-            legs["engine out"].append((t.server_send_us - t.step_start_us) / 1e3 - t.compute_ms)
-            legs["out hop"].append((r.t_us - t.server_send_us) / 1e3)
-            rtt.append(rt)
-            sysadd.append(rt - t.compute_ms)
-            relay.append(rt - t.compute_ms - t.queue_wait_ms)
-            wait.append(t.queue_wait_ms)
-            span.append((t.server_send_us - t.server_recv_us) / 1e3)
-            steps[(t.cohort, t.step_start_us)] = (t.compute_ms, t.batch_size)
-    step_ms = [s[0] for s in steps.values()] or [0.0]
-    batch = [s[1] for s in steps.values()] or [0]
+            s.legs["send lag"].append((sent - captured) / 1e3)
+            s.legs["in hop"].append((t.server_recv_us - sent) / 1e3)
+            s.legs["engine out"].append((t.server_send_us - t.step_start_us) / 1e3 - t.compute_ms)
+            s.legs["out hop"].append((r.t_us - t.server_send_us) / 1e3)
+            s.rtt.append(rt)
+            s.sysadd.append(rt - t.compute_ms)
+            s.relay.append(rt - t.compute_ms - t.queue_wait_ms)
+            s.wait.append(t.queue_wait_ms)
+            s.span.append((t.server_send_us - t.server_recv_us) / 1e3)
+            s.steps[(t.cohort, t.step_start_us)] = (t.compute_ms, t.batch_size)
+    return s
+
+
+@dataclass(frozen=True)
+class ClientJob:
+    """The sessions one client process holds: session i joins at ``t0 + i / spawn_rate`` + a random moment
+    of its chunk period (``t0`` on the monotonic clock, which every process on the machine shares; None: as
+    soon as this process has made its audio)."""
+
+    target: str
+    sessions: tuple[int, ...]
+    seconds: float
+    phases: str
+    spawn_rate: float
+    steady_after: float
+    t0: float | None = None
+
+
+async def converse_all(job: ClientJob) -> Samples:
+    chunk_samples = 16000 * CHUNK_MS // 1000
+    # every conversation's audio is made before the first one starts: made on the event loop as each joined
+    # (~40 ms of numpy per 60 s conversation on a quiet 2-core VM, more under load), it held up the other
+    # clients' sends while they joined; their chunks went out tens of ms off the phase hint and their
+    # cohorts stayed scattered for the whole run
+    audio = {i: client.split_chunks(speechlike(job.seconds, i), chunk_samples) for i in job.sessions}
+    t0 = time.monotonic() if job.t0 is None else job.t0
+    if (
+        job.t0 is not None and (late := time.monotonic() - t0) > 0
+    ):  # joins already due would all start at once: not the level meant
+        raise SystemExit(f"client process not ready {late:.1f} s after its start: raise SPAWN_MARGIN_S")
+    async with grpc.aio.insecure_channel(job.target) as ch:
+
+        async def one(i: int) -> client.Conversation:
+            at = t0
+            if job.phases != "aligned":  # join at spawn_rate, each at a random moment of its chunk period
+                at += i / job.spawn_rate + random.Random(i).uniform(0, CHUNK_MS / 1000)
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            return await client.converse(ch, audio[i], chunk_ms=CHUNK_MS, follow_hint=job.phases == "steered")
+
+        convs = await asyncio.gather(*(one(i) for i in job.sessions))
+    return collect(list(convs), job.steady_after)
+
+
+def client_process(job: ClientJob) -> Samples:
+    return asyncio.run(converse_all(job))
+
+
+SPAWN_MARGIN_S = 5.0
+"""Client processes start their sessions this long after they are launched (time to import and make audio)."""
+
+
+def run_level(
+    target: str,
+    n: int,
+    seconds: float,
+    phases: str,
+    spawn_rate: float,
+    steady_after: float = 0.0,
+    processes: int = 1,
+) -> Level:
+    """``n`` conversations from ``processes`` client processes (session i in process i mod processes)."""
+    if processes == 1:
+        s = client_process(ClientJob(target, tuple(range(n)), seconds, phases, spawn_rate, steady_after))
+    else:
+        t0 = time.monotonic() + SPAWN_MARGIN_S
+        jobs = [
+            ClientJob(target, tuple(range(p, n, processes)), seconds, phases, spawn_rate, steady_after, t0)
+            for p in range(processes)
+        ]
+        s = Samples()
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for part in pool.map(client_process, jobs):
+                s.merge(part)
+    step_ms = [x[0] for x in s.steps.values()] or [0.0]
+    batch = [x[1] for x in s.steps.values()] or [0]
 
     def p(x: list[float], q: float) -> float:
         return float(np.percentile(x, q)) if x else float("nan")
 
     return Level(
         n,
-        total,
-        missing,
-        substituted,
-        p(rtt, 50),
-        p(rtt, 99),
-        p(sysadd, 50),
-        p(sysadd, 99),
-        p(relay, 50),
-        p(relay, 99),
-        {k: (p(v, 50), p(v, 99)) for k, v in legs.items()},
-        p(span, 50),
-        p(span, 99),
-        p(wait, 50),
+        s.total,
+        s.missing,
+        s.substituted,
+        p(s.rtt, 50),
+        p(s.rtt, 99),
+        p(s.sysadd, 50),
+        p(s.sysadd, 99),
+        p(s.relay, 50),
+        p(s.relay, 99),
+        {k: (p(v, 50), p(v, 99)) for k, v in s.legs.items()},
+        p(s.span, 50),
+        p(s.span, 99),
+        p(s.wait, 50),
         p(step_ms, 50),
         p(step_ms, 99),
         p(batch, 50),
@@ -242,6 +331,13 @@ def main() -> None:
     ap.add_argument("--section", default="Serving", help="docs/benchmarks.md section to write")
     ap.add_argument("--target", default="", help="use a running gateway instead of starting duplex up")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument(
+        "--client-processes",
+        type=int,
+        default=1,
+        help="spread the sessions over this many client processes (one event loop's queueing is the load "
+        "generator's, not the server's)",
+    )
     args = ap.parse_args()
     levels_n = [int(x) for x in args.sessions.split(",")]
     random.seed(0)
@@ -256,7 +352,9 @@ def main() -> None:
             proc, target = start_up(max(levels_n), cohorts, args.up_args.split())
         try:
             for n in levels_n:
-                lv = asyncio.run(run_level(target, n, args.seconds, phases, args.spawn_rate, args.steady_after))
+                lv = run_level(
+                    target, n, args.seconds, phases, args.spawn_rate, args.steady_after, args.client_processes
+                )
                 lv.cohorts, lv.phases = cohorts, phases
                 levels.append(lv)
                 print(
@@ -296,7 +394,8 @@ def main() -> None:
     text = (
         f"Command: `{cmd.strip()}` — `duplex up` (embedded engine + gateway, tiny preset, "
         f"{weights}"
-        f") and the clients on one machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of speech-like "
+        f") and the clients ({args.client_processes} process{'es' if args.client_processes > 1 else ''}) on one "
+        f"machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of speech-like "
         f"audio per conversation"
         + (
             f", figures from the steady state: chunks captured {args.steady_after:g} s or more into their "
