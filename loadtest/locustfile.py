@@ -98,9 +98,10 @@ def _channel_opened() -> None:
     """Grow the gevent hub's native thread pool to one thread per open channel, plus spare ones.
 
     Under gevent grpc runs every completion-queue wait in that pool, one per channel, each holding its thread
-    until an event or 200 ms. gevent's default pool has 10 threads: with 64 users the waits of channels with
-    nothing to read (users just joining) held the threads while other users' replies and send wake-ups
-    queued behind them — their chunks went out 70–150 ms late while users joined."""
+    until an event or 200 ms. gevent's default pool has 10 threads: from about 10 users on, channels with
+    nothing to read held the threads while other users' replies waited behind them, read late where the
+    send-lag gate cannot see it (64 users: turn-taking p50 1.12 s with the 10 threads, 0.47 s with one per
+    channel; docs/loadtest.md)."""
     global OPEN_CHANNELS
     OPEN_CHANNELS += 1
     pool = gevent.get_hub().threadpool
@@ -158,6 +159,7 @@ class ConversationUser(User):
 
     def on_start(self) -> None:
         assert self.host, "--target is required"
+        self.channel: grpc.Channel | None = None  # none until it joins (a user stopped before has none)
         # user i starts with conversation seed + i and goes on through the corpus: every run with the same
         # settings says the same things in the same order
         worker = int(getattr(self.environment.runner, "worker_index", 0))
@@ -171,8 +173,9 @@ class ConversationUser(User):
 
     def on_stop(self) -> None:
         global OPEN_CHANNELS
-        OPEN_CHANNELS -= 1
-        self.channel.close()
+        if self.channel is not None:
+            OPEN_CHANNELS -= 1
+            self.channel.close()
 
     def _fire(self, m: Measurement) -> None:
         request_type, name, failure = REQUEST_OF[m.kind]
