@@ -128,9 +128,11 @@ class Samples:
     total: int = 0
 
     def merge(self, o: Samples) -> None:
-        for a, b in ((self.rtt, o.rtt), (self.sysadd, o.sysadd), (self.relay, o.relay), (self.wait, o.wait)):
-            a.extend(b)
-        self.span.extend(o.span)
+        self.rtt += o.rtt
+        self.sysadd += o.sysadd
+        self.relay += o.relay
+        self.wait += o.wait
+        self.span += o.span
         for k in LEGS:
             self.legs[k].extend(o.legs[k])
         self.steps.update(o.steps)
@@ -195,9 +197,8 @@ async def converse_all(job: ClientJob) -> Samples:
     # cohorts stayed scattered for the whole run
     audio = {i: client.split_chunks(speechlike(job.seconds, i), chunk_samples) for i in job.sessions}
     t0 = time.monotonic() if job.t0 is None else job.t0
-    if (
-        job.t0 is not None and (late := time.monotonic() - t0) > 0
-    ):  # joins already due would all start at once: not the level meant
+    late = time.monotonic() - t0
+    if job.t0 is not None and late > 0:  # joins already due would all start at once: not the level asked for
         raise SystemExit(f"client process not ready {late:.1f} s after its start: raise SPAWN_MARGIN_S")
     async with grpc.aio.insecure_channel(job.target) as ch:
 
@@ -340,7 +341,6 @@ def main() -> None:
     )
     args = ap.parse_args()
     levels_n = [int(x) for x in args.sessions.split(",")]
-    random.seed(0)
     levels: list[Level] = []
     if bad := set(args.phases.split(",")) - set(PHASES):
         ap.error(f"--phases: unknown {sorted(bad)}; choose from {PHASES}")
