@@ -29,12 +29,15 @@ p99 ≤ chunk_ms / 2 (DESIGN.md). Client phases (``--phases``):
            (``SessionReady.send_in_us``), as ``duplex talk`` does
   free     random start moments, the hint ignored: free-running clients at random phases
   aligned  all sessions start at once and ignore the hint (the worst case for phase cohorts)
+  burst    all sessions start at the same instant and follow the hint (a crowd reconnecting at once: every
+           start and SessionReady queues behind the others', so the hints are tens of ms off)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import random
 import re
@@ -50,6 +53,7 @@ import grpc
 import numpy as np
 
 from duplex.serving import client
+from duplex.serving.heap import freeze_startup_heap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import machine, write_section
@@ -106,7 +110,7 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     return np.concatenate(out)[: int(seconds * sr)]
 
 
-PHASES = ("steered", "free", "aligned")
+PHASES = ("steered", "free", "aligned", "burst")
 
 
 LEGS = ("send lag", "in hop", "engine out", "out hop")
@@ -158,7 +162,7 @@ def collect(convs: list[client.Conversation], steady_after: float) -> Samples:
             if t.substituted:
                 s.substituted += 1
                 continue
-            captured = c.start_us + (a.seq + 1) * c.chunk_us
+            captured = c.capture_end_us(a.seq)
             rt = (r.t_us - captured) / 1e3  # from the chunk's capture end
             sent = c.sent_us[a.seq]
             s.legs["send lag"].append((sent - captured) / 1e3)
@@ -196,6 +200,12 @@ async def converse_all(job: ClientJob) -> Samples:
     # clients' sends while they joined; their chunks went out tens of ms off the phase hint and their
     # cohorts stayed scattered for the whole run
     audio = {i: client.split_chunks(speechlike(job.seconds, i), chunk_samples) for i in job.sessions}
+    # the load generator's own full collections: its heap grows with every event it records, and one full
+    # collection of it (30-70 ms on the 2-core VM, once per run of 64 × 60 s conversations) held up every
+    # session's sends at once — and took a core from the server. Real clients are separate processes with
+    # small heaps; here what exists is frozen (duplex.serving.heap) and nothing is collected while they run.
+    freeze_startup_heap()
+    gc.disable()
     t0 = time.monotonic() if job.t0 is None else job.t0
     late = time.monotonic() - t0
     if job.t0 is not None and late > 0:  # joins already due would all start at once: not the level asked for
@@ -204,12 +214,16 @@ async def converse_all(job: ClientJob) -> Samples:
 
         async def one(i: int) -> client.Conversation:
             at = t0
-            if job.phases != "aligned":  # join at spawn_rate, each at a random moment of its chunk period
+            if job.phases not in ("aligned", "burst"):  # join at spawn_rate, each at a random moment of its period
                 at += i / job.spawn_rate + random.Random(i).uniform(0, CHUNK_MS / 1000)
             await asyncio.sleep(max(0.0, at - time.monotonic()))
-            return await client.converse(ch, audio[i], chunk_ms=CHUNK_MS, follow_hint=job.phases == "steered")
+            steered = job.phases in ("steered", "burst")
+            return await client.converse(ch, audio[i], chunk_ms=CHUNK_MS, follow_hint=steered)
 
-        convs = await asyncio.gather(*(one(i) for i in job.sessions))
+        try:
+            convs = await asyncio.gather(*(one(i) for i in job.sessions))
+        finally:
+            gc.enable()
     return collect(list(convs), job.steady_after)
 
 
@@ -405,7 +419,8 @@ def main() -> None:
         )
         + f". Phases: `steered` = sessions join at {args.spawn_rate:g}/s, each at a random "
         "moment of its chunk period (independent clients), and follow the server's phase hint; `free` = the "
-        "same joins, hint ignored (free-running clients at random phases); `aligned` = all start at once, hint "
+        "same joins, hint ignored (free-running clients at random phases); `burst` = all start at the same instant "
+        "and follow the hint; `aligned` = all start at once, hint "
         "ignored. "
         "Definitions in `bench/serving.py`; system-added = round trip − model compute.\n\n"
         f"{table(levels)}\nLargest real-time N with {first[1]} phases and {first[0]} cohorts, it and every "

@@ -166,7 +166,7 @@ def record(soak: Soak, conv: client.Conversation) -> None:
             if t.substituted:
                 soak.substituted += 1
             elif ev.audio.seq in conv.sent_us:
-                captured_us = conv.start_us + (ev.audio.seq + 1) * conv.chunk_us  # a late send counts its lag
+                captured_us = conv.capture_end_us(ev.audio.seq)  # a late send counts its lag
                 soak.rtt_ms.append((r.t_us - captured_us) / 1e3)
                 soak.engine_ms.append((t.server_send_us - t.server_recv_us) / 1e3)
                 soak.wait_ms.append(t.queue_wait_ms)

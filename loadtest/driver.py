@@ -2,9 +2,10 @@
 
 Runs under gevent in Locust (grpc's gevent support makes the request iterator a greenlet) and works the same
 in plain threads. Pacing and measurement are this module's own (``listener.SendSchedule``/``Listener``);
-from the shared client it reuses only the pure message helpers (``split_chunks``, ``start_event``,
-``first_send_us``, ``audio_event``). Chunk k leaves at capture start + (k+1)·chunk_ms; the lag of each send
-behind that due time is reported, so a run whose clients fell behind can be refused.
+from the shared client it reuses the pure message helpers (``split_chunks``, ``start_event``,
+``first_send_us``, ``audio_event``) and the phase aim (``PhaseAim``, ``CaptureAxis``). Chunk k leaves at
+capture start + (k+1)·chunk_ms (plus the re-aims); the lag of each send behind that due time is reported, so a
+run whose clients fell behind can be refused.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from duplex.serving.client import audio_event, first_send_us, split_chunks, start_event
+from duplex.serving.client import PhaseAim, audio_event, first_send_us, split_chunks, start_event
 from duplex.v1 import duplex_pb2 as pb
 
 from .corpus import SAMPLE_RATE, ScriptedConversation
@@ -59,8 +60,9 @@ def hold_conversation(
     """Stream ``conv``'s user track at live-microphone pace and report every measurement as it completes.
 
     The schedule follows the server's phase hint (``SessionReady.send_in_us`` placed on this client's clock
-    by ``first_send_us``; the start carries ``clock_us()`` to ask for it). Latencies are measured on the
-    capture axis of the schedule."""
+    by ``first_send_us``; the start carries ``clock_us()`` to ask for it), re-aimed from the chunks' aim
+    errors as the shared client does (``PhaseAim``). Latencies are measured on the capture axis of the
+    schedule."""
     chunks = split_chunks(conv.user, SAMPLE_RATE * chunk_ms // 1000)
     outcome = Outcome()
     ready = threading.Event()
@@ -77,11 +79,11 @@ def hold_conversation(
             return
         sched = schedule[0]
         for k, pcm in enumerate(chunks):
-            delay_us = sched.due_us(k) - clock_us()
+            delay_us = sched.capture_end_us(k) - clock_us()
             if delay_us > 0 and over.wait(delay_us / 1e6):
                 return  # the call ended (error or cancel) while waiting for the microphone
             t = clock_us()
-            lag = max(0.0, (t - sched.due_us(k)) / 1e6)
+            lag = max(0.0, (t - sched.capture_end_us(k)) / 1e6)
             outcome.lag_max_s = max(outcome.lag_max_s, lag)
             on_lag(lag)
             outcome.chunks_sent = k + 1
@@ -91,12 +93,16 @@ def hold_conversation(
     call = rpc(requests(), metadata=tuple(metadata))
     listener: Listener | None = None
     sched: SendSchedule | None = None
+    aim = PhaseAim()
     try:
         for ev in call:
             kind = ev.WhichOneof("event")
             if kind == "audio" and listener is not None and sched is not None:
                 for m in listener.feed(sched.axis_s(clock_us()), list(ev.audio.control)):
                     on_measure(m)
+                moved_from = outcome.chunks_sent + 1  # the chunk after the one being captured
+                if shift := aim.observe(ev.audio, moved_from):
+                    sched.reaims.append((moved_from, shift))
             elif kind == "ready":
                 chunk = ev.ready.chunk_ms or chunk_ms
                 if chunk != chunk_ms:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from duplex.serving.client import CaptureAxis
 from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK
 
 TURN_WINDOW_S = 3.0
@@ -54,13 +55,11 @@ class Measurement:
     """Latency in seconds (``turn``, ``barge_in``); 0 for the other kinds."""
 
 
-@dataclass(frozen=True)
-class SendSchedule:
-    """When a live microphone hands chunk k over, on the client's clock (microseconds, any epoch)."""
-
-    capture_start_us: int
-    """The instant capture of chunk 0 began: sample 0 of the user track."""
-    chunk_us: int
+@dataclass
+class SendSchedule(CaptureAxis):
+    """When a live microphone hands chunk k over, on the client's clock (microseconds, any epoch): the shared
+    client's capture axis (``start_us`` = the instant capture of chunk 0 began, sample 0 of the user track),
+    re-aims included."""
 
     @classmethod
     def from_hint(cls, send_0_us: int | None, ready_us: int, chunk_ms: int) -> SendSchedule:
@@ -70,13 +69,9 @@ class SendSchedule:
         chunk_us = chunk_ms * 1000
         return cls((ready_us if send_0_us is None else send_0_us) - chunk_us, chunk_us)
 
-    def due_us(self, k: int) -> int:
-        """Client time at which chunk ``k`` is complete and leaves."""
-        return self.capture_start_us + (k + 1) * self.chunk_us
-
     def axis_s(self, t_us: int) -> float:
         """Client time → seconds on the capture axis."""
-        return (t_us - self.capture_start_us) / 1e6
+        return self.axis_us(t_us) / 1e6
 
 
 @dataclass(frozen=True)

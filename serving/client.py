@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -79,14 +80,47 @@ class Resumption:
 
 
 @dataclass
-class Conversation:
-    """What one ``converse`` call saw."""
+class CaptureAxis:
+    """A live microphone's chunk boundaries on the client's clock, and the recording's time axis they define.
+
+    Chunk k is fully captured — and may leave — at ``capture_end_us(k)``: ``start_us + (k + 1) * chunk_us``,
+    plus the re-aims (``PhaseAim``) in force from their first chunk on."""
 
     start_us: int = 0
     """Client clock at the capture start of the first audio chunk (its send time − ``chunk_us``): sample 0 of
     both tracks."""
     chunk_us: int = 0
-    """Chunk length: chunk k is fully captured, and sent, at ``start_us + (k + 1) * chunk_us``."""
+    """Chunk length."""
+    reaims: list[tuple[int, int]] = field(default_factory=list)
+    """``(seq, µs)``: from chunk ``seq`` on, capture boundaries moved this much later (negative: earlier)."""
+
+    def shift_us(self, seq: int) -> int:
+        """How much later than ``start_us + (seq + 1) * chunk_us`` chunk ``seq`` was captured (re-aims)."""
+        return sum(us for first, us in self.reaims if seq >= first)
+
+    def capture_end_us(self, seq: int) -> int:
+        """Client clock when chunk ``seq`` was fully captured: its send was due then."""
+        return self.start_us + (seq + 1) * self.chunk_us + self.shift_us(seq)
+
+    def axis_us(self, t_us: int) -> int:
+        """Client time ``t_us`` on the recording's time axis: µs after sample 0 of the user's input. Without
+        re-aims that is ``t_us - start_us``; each re-aim takes its move out from where its first chunk's capture
+        would have begun without it, so the model's audio stays where the user heard it against their own
+        speech. A move later leaves client time that was never captured (it maps to that chunk's start); a
+        move earlier, client time captured twice (the axis jumps ahead)."""
+        x, moved, floor = t_us - self.start_us, 0, 0
+        for first, us in self.reaims:
+            if x <= first * self.chunk_us + moved:  # up to the end of the capture before it: the old aim
+                break
+            moved += us
+            floor = first * self.chunk_us
+        return max(floor, x - moved)
+
+
+@dataclass
+class Conversation(CaptureAxis):
+    """What one ``converse`` call saw, on its capture axis."""
+
     sent_us: dict[int, int] = field(default_factory=dict)
     """Client clock when each audio chunk (by seq) was actually sent."""
     received: list[Received] = field(default_factory=list)
@@ -115,7 +149,7 @@ class Conversation:
         return [r.event.audio.seq for r in self.of("audio")]
 
     def placements(self, sample_rate: int, model_time: bool = False) -> list[tuple[int, pb.ModelAudio]]:
-        """Where each model audio chunk starts on the recorded time axis (sample 0 = ``start_us``).
+        """Where each model audio chunk starts on the recorded time axis (sample 0 = ``start_us``; ``axis_us``).
 
         As heard (default): when the chunk arrived, or when the previous one finished playing if that is later
         — what a listener heard, network and batching delays included. Model time: at its ``output_sample``,
@@ -128,7 +162,7 @@ class Conversation:
             if model_time:
                 at = a.output_sample
             else:
-                at = max(cursor, int((r.t_us - self.start_us) * sample_rate / 1e6))
+                at = max(cursor, int(self.axis_us(r.t_us) * sample_rate / 1e6))
                 cursor = at + a.samples
             placed.append((at, a))
         return placed
@@ -172,6 +206,52 @@ def first_send_us(ready: pb.SessionReady, start_us: int, ready_us: int) -> int |
         return None
     network_us = max(0, ready_us - start_us - ready.start_held_us)
     return ready_us - network_us // 2 + ready.send_in_us
+
+
+REAIM_WINDOW = 5
+"""Outputs a steered client looks at before it may re-aim (``PhaseAim``)."""
+REAIM_MIN_MS = 3.0
+"""Re-aim only when the window's median aim error is at least this large: less is the spread of one cohort's
+burst through gRPC (its members' chunks arrive some hundred microseconds apart, in a random order), not a
+phase error."""
+
+
+@dataclass
+class PhaseAim:
+    """Keeps a steered client's chunks arriving when the engine aims them to (``ChunkTiming.aim_error_ms``).
+
+    The phase hint (``first_send_us``) places the Ready's departure half a round trip back, so it is off by
+    half the difference of the two legs: a few milliseconds while sessions join at a steady pace, tens when
+    many join at the same instant (each start and Ready queues behind the others'). A chunk that arrives early
+    waits for its cohort-mates (a cohort steps once its last member is in) — latency the user hears — and one
+    that arrives late holds its cohort up or misses its step. The engine tells each chunk's error against the
+    cohort's aim; after every ``REAIM_WINDOW`` outputs of chunks sent on the current aim the client moves its
+    capture boundaries by minus the window's median error when that is ``REAIM_MIN_MS`` or more, from the
+    first chunk whose capture has not begun: later when early (what lies between is never captured), earlier
+    when late (that much is captured twice); nothing is sent before its capture ends. The aim is the
+    cohort's, not the other members', so a cohort's members gather at it and stay there — no member chases
+    another and the cohort never drifts into its neighbours' steps."""
+
+    since_seq: int = 0
+    """Outputs of chunks before this one were sent on an earlier aim: not counted."""
+    errors_ms: list[float] = field(default_factory=list)
+
+    def observe(self, audio: pb.ModelAudio, next_seq: int) -> int:
+        """Take one output; return how much later (µs; negative: earlier) to capture the chunks from
+        ``next_seq`` on (0: no change). ``next_seq``: the first chunk whose capture has not begun (the one
+        after the chunk being captured now)."""
+        t = audio.timing
+        if audio.seq < self.since_seq or t.substituted:
+            return 0
+        self.errors_ms.append(t.aim_error_ms)
+        if len(self.errors_ms) < REAIM_WINDOW:
+            return 0
+        error = statistics.median(self.errors_ms)
+        self.errors_ms.clear()
+        if abs(error) < REAIM_MIN_MS:
+            return 0
+        self.since_seq = next_seq
+        return -round(error * 1000)
 
 
 def start_event(
@@ -311,11 +391,13 @@ async def converse(
     """Hold one conversation: send ``start``, then the chunks, then EndOfStream; ``extra`` events are sent
     right before the chunk with the given index.
 
-    Chunk k is sent once it would have been captured by a microphone: at ``start_us + (k + 1) * chunk_ms``
-    when ``realtime``, else as fast as the stream takes it (``start_us`` is then one chunk before chunk 0 is
-    sent, all the same). A real-time client follows the server's phase hint
-    (``SessionReady.send_in_us``, ``first_send_us``): chunk 0 goes out then, so its chunks reach the
-    engine just before their batch's step. ``follow_hint=False`` sends at once (a free-running client);
+    Chunk k is sent once it would have been captured by a microphone: at ``Conversation.capture_end_us(k)``
+    (``start_us + (k + 1) * chunk_ms``, plus any re-aim) when ``realtime``, else as fast as the stream takes it
+    (``start_us`` is then one chunk before chunk 0 is sent, all the same). A real-time client follows the
+    server's phase hint (``SessionReady.send_in_us``, ``first_send_us``): chunk 0 goes out then, so its chunks
+    reach the engine just before their batch's step; and it re-aims from its chunks' aim errors
+    (``ChunkTiming.aim_error_ms``, ``PhaseAim``), recorded in ``Conversation.reaims``. ``follow_hint=False``
+    sends at once and never re-aims (a free-running client);
     ``start_delay_s`` delays either further. ``stamp_start`` puts the client's clock into ``start`` (when it
     has none), which asks for the hint. ``clock`` stamps and paces everything (default: ``SystemClock``).
     ``hold_open``: after the last chunk, keep sending silent chunks (as an open microphone would) while it
@@ -354,7 +436,7 @@ async def converse(
         conv.start_us = (send_0 if realtime else clk.now_us()) - chunk_us
         for seq, pcm in enumerate(chunks):
             if realtime:
-                await clk.sleep_until(conv.start_us + (seq + 1) * chunk_us)
+                await clk.sleep_until(conv.capture_end_us(seq))
             for ev in extra_at.get(seq, []):
                 yield ev
             t = clk.now_us()
@@ -380,6 +462,7 @@ async def converse(
     token, grace_us, seen = "", 0, 0
     """The session's resume token and grace, and the server events after SessionReady received so far."""
     drop: Resumption | None = None
+    aim = PhaseAim() if realtime and follow_hint else None
     unsendable: list[str] = []
     """Why a resumed stream could not re-send what the engine had not read (the conversation ends)."""
 
@@ -437,6 +520,10 @@ async def converse(
                     seen += 1
                     if ev.HasField("audio"):
                         outgoing.acknowledge(ev.audio.seq)
+                        if aim is not None:
+                            next_seq = len(conv.sent_us) + 1  # chunks go out in order from 0; one is being captured
+                            if shift := aim.observe(ev.audio, next_seq):
+                                conv.reaims.append((next_seq, shift))
                 conv.code, conv.details, conv.trailing = grpc.StatusCode.OK, "", ()
                 if unsendable:
                     conv.code = grpc.StatusCode.DATA_LOSS

@@ -45,7 +45,8 @@ def load_input(path: Path, sample_rate: int) -> tuple[np.ndarray, str | None]:
 
 
 def timeline(conv: Conversation) -> dict[str, object]:
-    """Every server event with its client-clock time in seconds after the capture start of the first chunk."""
+    """Every server event at its arrival on the recording's time axis (seconds after the capture start of the
+    first chunk, re-aims taken out: ``Conversation.axis_us``), and the client's re-aims."""
     from google.protobuf.json_format import MessageToDict
 
     events = []
@@ -57,13 +58,14 @@ def timeline(conv: Conversation) -> dict[str, object]:
         if "agent" in d:  # state as the enum name, the result (or why it failed) in detail, the call id named
             a = r.event.agent
             d["agent"] = {"call_id": a.job_id, "tool": a.tool, "state": pb.AgentState.Name(a.state), "detail": a.detail}
-        events.append({"t": round((r.t_us - conv.start_us) / 1e6, 4), **d})
-    sent = {str(k): round((v - conv.start_us) / 1e6, 4) for k, v in conv.sent_us.items()}
+        events.append({"t": round(conv.axis_us(r.t_us) / 1e6, 4), **d})
+    sent = {str(k): round(conv.axis_us(v) / 1e6, 4) for k, v in conv.sent_us.items()}
     return {
         "start_us": conv.start_us,
         "status": conv.code.name,
         "details": conv.details,
         "sent": sent,
+        "reaims": [{"from_seq": seq, "later_ms": us / 1000} for seq, us in conv.reaims],
         "events": events,
     }
 
@@ -103,11 +105,11 @@ def plot(
         label="model (model time)" if model_time else "model (as heard)",
     )
     for r in conv.of("turn"):
-        t = r.event.turn.output_sample / sample_rate if model_time else (r.t_us - conv.start_us) / 1e6
+        t = r.event.turn.output_sample / sample_rate if model_time else conv.axis_us(r.t_us) / 1e6
         ax.axvline(t, color="gray", lw=0.6, ls=":")
     for r in conv.of("agent"):  # agent events at their arrival on the client clock, labelled "c1 DONE"
         a = r.event.agent
-        t = (r.t_us - conv.start_us) / 1e6
+        t = conv.axis_us(r.t_us) / 1e6
         ax.axvline(t, color="tab:green" if a.state != pb.FAILED else "tab:red", lw=0.8, ls="--")
         ax.text(t, 2.3, f"{a.job_id} {pb.AgentState.Name(a.state)}", rotation=90, fontsize=6, va="top")
     ax.set_yticks([1.2, -1.2], ["user", "model"])
@@ -125,7 +127,7 @@ def track_length(conv: Conversation, user: np.ndarray, sample_rate: int, model_t
     ends = [len(user), *(at + a.samples for at, a in conv.placements(sample_rate, model_time))]
     if not model_time:
         last = max((r.t_us for r in conv.received), default=conv.start_us)
-        ends.append(int((last - conv.start_us) * sample_rate / 1e6) + 1)
+        ends.append(int(conv.axis_us(last) * sample_rate / 1e6) + 1)
     return max(ends)
 
 

@@ -187,7 +187,7 @@ class SessionReady(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., frame_ms: _Optional[int] = ..., chunk_samples: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., send_in_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ..., resume_events_received: _Optional[int] = ..., resume_next_seq: _Optional[int] = ..., resume_grace_ms: _Optional[int] = ..., start_held_us: _Optional[int] = ...) -> None: ...
 
 class ChunkTiming(_message.Message):
-    __slots__ = ("seq", "client_time_us", "server_recv_us", "step_start_us", "server_send_us", "queue_wait_ms", "compute_ms", "batch_size", "cohort", "late", "substituted")
+    __slots__ = ("seq", "client_time_us", "server_recv_us", "step_start_us", "server_send_us", "queue_wait_ms", "compute_ms", "batch_size", "cohort", "late", "substituted", "aim_error_ms")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_US_FIELD_NUMBER: _ClassVar[int]
     SERVER_RECV_US_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +199,7 @@ class ChunkTiming(_message.Message):
     COHORT_FIELD_NUMBER: _ClassVar[int]
     LATE_FIELD_NUMBER: _ClassVar[int]
     SUBSTITUTED_FIELD_NUMBER: _ClassVar[int]
+    AIM_ERROR_MS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     client_time_us: int
     server_recv_us: int
@@ -210,7 +211,8 @@ class ChunkTiming(_message.Message):
     cohort: int
     late: bool
     substituted: bool
-    def __init__(self, seq: _Optional[int] = ..., client_time_us: _Optional[int] = ..., server_recv_us: _Optional[int] = ..., step_start_us: _Optional[int] = ..., server_send_us: _Optional[int] = ..., queue_wait_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., cohort: _Optional[int] = ..., late: _Optional[bool] = ..., substituted: _Optional[bool] = ...) -> None: ...
+    aim_error_ms: float
+    def __init__(self, seq: _Optional[int] = ..., client_time_us: _Optional[int] = ..., server_recv_us: _Optional[int] = ..., step_start_us: _Optional[int] = ..., server_send_us: _Optional[int] = ..., queue_wait_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., cohort: _Optional[int] = ..., late: _Optional[bool] = ..., substituted: _Optional[bool] = ..., aim_error_ms: _Optional[float] = ...) -> None: ...
 
 class ModelAudio(_message.Message):
     __slots__ = ("seq", "pcm", "samples", "output_sample", "control", "timing")

@@ -93,6 +93,7 @@ class OutputStage:
             step_start_us=step_start_us,
             server_send_us=send_us,
             queue_wait_ms=wait_ms,
+            aim_error_ms=row.aim_error_s * 1e3,
             compute_ms=result.compute_ms,
             batch_size=result.batch_rows,
             cohort=result.cohort,

@@ -113,6 +113,8 @@ class PlannedRow:
     """Typed-text byte tokens fed with this chunk."""
     video: torch.Tensor | None = None
     """A video frame (3, V, V) attached to the chunk's first frame."""
+    aim_error_s: float = 0.0
+    """When the chunk arrived relative to its cohort's aim (``StepPlanner.aim_error``; 0 without a chunk)."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,12 @@ class StepPlanner:
 
     def phase_of(self, t: float) -> float:
         return (t - self.t0) % self.period
+
+    def aim_error(self, c: Cohort, t: float) -> float:
+        """How far from ``c``'s aim a chunk received at ``t`` came in: the phase hint aims chunks at
+        ``SEND_LEAD_S`` before the cohort's tick. Negative = early; on the period's circle (within ±P/2)."""
+        e = (self.phase_of(t) - (c.phase_s - SEND_LEAD_S)) % self.period
+        return e - self.period if e > self.period / 2 else e
 
     def placed_count(self) -> int:
         return sum(len(c.members) for c in self.cohorts)
@@ -481,7 +489,8 @@ class StepPlanner:
                 continue
             text = tuple(m.text_queue.popleft() for _ in range(min(len(m.text_queue), self.text_per_step)))
             video, m.video = m.video, None
-            rows.append(PlannedRow(m.conversation, chunk, seq, late, text, video))
+            aim = 0.0 if chunk is None else self.aim_error(c, chunk.recv_mono)
+            rows.append(PlannedRow(m.conversation, chunk, seq, late, text, video, aim))
         first = 0
         if regular:
             c.due = self.tick_after(c.phase_s, max(now - self.grace, c.due) + 1e-6)

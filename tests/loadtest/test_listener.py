@@ -32,15 +32,25 @@ def silent(n: int) -> list[list[int]]:
 
 def test_send_schedule_follows_the_hint_like_a_live_microphone() -> None:
     sched = SendSchedule.from_hint(send_0_us=5_000_000, ready_us=4_900_000, chunk_ms=200)
-    assert sched.capture_start_us == 4_800_000  # capture began one chunk before chunk 0 may leave
-    assert [sched.due_us(k) for k in range(3)] == [5_000_000, 5_200_000, 5_400_000]
+    assert sched.start_us == 4_800_000  # capture began one chunk before chunk 0 may leave
+    assert [sched.capture_end_us(k) for k in range(3)] == [5_000_000, 5_200_000, 5_400_000]
     assert sched.axis_s(5_300_000) == pytest.approx(0.5)
+
+
+def test_a_re_aim_moves_the_schedule_and_the_axis_takes_it_out() -> None:
+    """The engine said chunks arrive 12 ms early: from chunk 3 on they are captured (and leave) 12 ms later, and
+    a reply heard then is placed 12 ms earlier on the capture axis — where the user's speech is."""
+    sched = SendSchedule.from_hint(send_0_us=5_000_000, ready_us=4_900_000, chunk_ms=200)
+    sched.reaims.append((3, 12_000))
+    assert [sched.capture_end_us(k) for k in (2, 3, 4)] == [5_400_000, 5_612_000, 5_812_000]
+    assert sched.axis_s(5_300_000) == pytest.approx(0.5)
+    assert sched.axis_s(5_700_000) == pytest.approx(0.888)
 
 
 def test_send_schedule_without_a_hint_sends_chunk_0_now_as_a_captured_chunk() -> None:
     sched = SendSchedule.from_hint(send_0_us=None, ready_us=1_000_000, chunk_ms=80)
-    assert sched.capture_start_us == 920_000  # chunk 0 leaves at the end of its period, never at its start
-    assert [sched.due_us(k) for k in range(2)] == [1_000_000, 1_080_000]
+    assert sched.start_us == 920_000  # chunk 0 leaves at the end of its period, never at its start
+    assert [sched.capture_end_us(k) for k in range(2)] == [1_000_000, 1_080_000]
 
 
 def test_turn_latency_is_heard_onset_minus_captured_end_of_speech() -> None:
