@@ -123,6 +123,23 @@ def test_a_steered_session_off_its_hint_by_the_joining_jitter_keeps_its_reserved
     assert past.cohort is not None and past.cohort != reserved, "after the deadline the next tick is sooner"
 
 
+def test_each_planned_chunk_carries_its_error_against_its_cohorts_aim() -> None:
+    """The error a steered client re-aims by: a chunk at the hinted time is on aim, one 12 ms earlier -12 ms;
+    on the period's circle, so a chunk just after the previous tick's aim reads as late, not 190 ms early."""
+    p = planner(max_sessions=4, cohorts=1)
+    on, early = session("on"), session("early")
+    at = p.reserve(on, not_before=T0 + 0.001)
+    assert at is not None and p.reserve(early, not_before=T0 + 0.001) == at
+    for s, t in ((on, at), (early, at - 0.012)):
+        chunk(p, s, 0, t)
+        p.housekeeping(t)
+    plan = step(p, at)
+    errors = {r.conversation.slot_session.conversation.id: r.aim_error_s for r in plan.rows if r is not None}
+    assert errors == {"on": pytest.approx(0.0, abs=1e-9), "early": pytest.approx(-0.012)}
+    assert p.aim_error(p.cohorts[0], at + 0.010) == pytest.approx(0.010)
+    assert p.aim_error(p.cohorts[0], at + p.period - 0.010) == pytest.approx(-0.010)
+
+
 def test_leaving_before_any_audio_releases_the_reservation() -> None:
     p = planner(max_sessions=4, cohorts=4)
     s = session("gone")
