@@ -93,16 +93,14 @@ def hold_conversation(
     call = rpc(requests(), metadata=tuple(metadata))
     listener: Listener | None = None
     sched: SendSchedule | None = None
-    aim = PhaseAim()
+    aim: PhaseAim | None = None
     try:
         for ev in call:
             kind = ev.WhichOneof("event")
-            if kind == "audio" and listener is not None and sched is not None:
+            if kind == "audio" and listener is not None and sched is not None and aim is not None:
                 for m in listener.feed(sched.axis_s(clock_us()), list(ev.audio.control)):
                     on_measure(m)
-                moved_from = outcome.chunks_sent + 1  # the chunk after the one being captured
-                if shift := aim.observe(ev.audio, moved_from):
-                    sched.reaims.append((moved_from, shift))
+                aim.observe(ev.audio, outcome.chunks_sent)
             elif kind == "ready":
                 chunk = ev.ready.chunk_ms or chunk_ms
                 if chunk != chunk_ms:
@@ -110,6 +108,7 @@ def hold_conversation(
                 now = clock_us()
                 sched = SendSchedule.from_hint(first_send_us(ev.ready, first.start.client_time_us, now), now, chunk_ms)
                 listener = Listener(conv.script, chunk_ms / 1000)
+                aim = PhaseAim(sched)
                 schedule.append(sched)
                 ready.set()
             elif kind == "warning":

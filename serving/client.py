@@ -232,14 +232,16 @@ class PhaseAim:
     cohort's, not the other members', so a cohort's members gather at it and stay there — no member chases
     another and the cohort never drifts into its neighbours' steps."""
 
+    axis: CaptureAxis = field(default_factory=CaptureAxis)
+    """The capture axis the moves go into (``CaptureAxis.reaims``)."""
     since_seq: int = 0
     """Outputs of chunks before this one were sent on an earlier aim: not counted."""
     errors_ms: list[float] = field(default_factory=list)
 
-    def observe(self, audio: pb.ModelAudio, next_seq: int) -> int:
-        """Take one output; return how much later (µs; negative: earlier) to capture the chunks from
-        ``next_seq`` on (0: no change). ``next_seq``: the first chunk whose capture has not begun (the one
-        after the chunk being captured now)."""
+    def observe(self, audio: pb.ModelAudio, sent: int) -> int:
+        """Take one output, with ``sent`` chunks sent so far; return how much later (µs; negative: earlier)
+        the chunks are now captured (0: no change), recorded in ``axis.reaims`` from the first chunk whose
+        capture has not begun: the one after chunk ``sent``, which is being captured now."""
         t = audio.timing
         if audio.seq < self.since_seq or t.substituted:
             return 0
@@ -250,8 +252,10 @@ class PhaseAim:
         self.errors_ms.clear()
         if abs(error) < REAIM_MIN_MS:
             return 0
-        self.since_seq = next_seq
-        return -round(error * 1000)
+        self.since_seq = sent + 1
+        shift = -round(error * 1000)
+        self.axis.reaims.append((self.since_seq, shift))
+        return shift
 
 
 def start_event(
@@ -462,7 +466,7 @@ async def converse(
     token, grace_us, seen = "", 0, 0
     """The session's resume token and grace, and the server events after SessionReady received so far."""
     drop: Resumption | None = None
-    aim = PhaseAim() if realtime and follow_hint else None
+    aim = PhaseAim(conv) if realtime and follow_hint else None
     unsendable: list[str] = []
     """Why a resumed stream could not re-send what the engine had not read (the conversation ends)."""
 
@@ -521,9 +525,7 @@ async def converse(
                     if ev.HasField("audio"):
                         outgoing.acknowledge(ev.audio.seq)
                         if aim is not None:
-                            next_seq = len(conv.sent_us) + 1  # chunks go out in order from 0; one is being captured
-                            if shift := aim.observe(ev.audio, next_seq):
-                                conv.reaims.append((next_seq, shift))
+                            aim.observe(ev.audio, len(conv.sent_us))  # chunks go out in order from 0
                 conv.code, conv.details, conv.trailing = grpc.StatusCode.OK, "", ()
                 if unsendable:
                     conv.code = grpc.StatusCode.DATA_LOSS

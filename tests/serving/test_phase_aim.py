@@ -33,20 +33,23 @@ def out(seq: int, error_ms: float, substituted: bool = False) -> pb.ModelAudio:
 def test_a_window_moves_the_capture_by_minus_its_median_error() -> None:
     aim = client.PhaseAim()
     errors = [-14.0, -9.0, 40.0, -12.5]  # one chunk held up on the way does not decide it
-    assert [aim.observe(out(i, e), next_seq=i + 2) for i, e in enumerate(errors)] == [0, 0, 0, 0]
-    assert aim.observe(out(4, -11.0), next_seq=6) == 11_000  # early: capture later
+    assert [aim.observe(out(i, e), sent=i + 1) for i, e in enumerate(errors)] == [0, 0, 0, 0]
+    assert aim.observe(out(4, -11.0), sent=5) == 11_000  # early: capture later
     # outputs of chunks sent on the old aim say nothing about the new one
-    assert [aim.observe(out(5, -50.0), next_seq=7) for _ in range(10)] == [0] * 10
-    late = [aim.observe(out(i, 8.0), next_seq=i + 1) for i in range(6, 11)]
+    assert [aim.observe(out(5, -50.0), sent=6) for _ in range(10)] == [0] * 10
+    late = [aim.observe(out(i, 8.0), sent=i) for i in range(6, 11)]
     assert late == [0, 0, 0, 0, -8_000]  # late: capture earlier
+    # each move starts after the chunk being captured when it was decided
+    assert aim.axis.reaims == [(6, 11_000), (11, -8_000)]
 
 
 def test_small_errors_and_substituted_chunks_never_move_it() -> None:
     aim = client.PhaseAim()
-    small = [aim.observe(out(i, e), i + 1) for i, e in enumerate([-20.0, 2.9, -2.0, 2.5, 30.0])]
+    small = [aim.observe(out(i, e), i) for i, e in enumerate([-20.0, 2.9, -2.0, 2.5, 30.0])]
     assert small == [0] * 5  # median 2.5 ms: the burst's own spread, not a phase error
-    subst = [aim.observe(out(i, 0.0, substituted=i % 2 == 0), i + 1) for i in range(5, 11)]
+    subst = [aim.observe(out(i, 0.0, substituted=i % 2 == 0), i) for i in range(5, 11)]
     assert subst == [0] * 6 and len(aim.errors_ms) == 3  # silence stood in: no arrival to judge
+    assert aim.axis.reaims == []
 
 
 def test_the_recording_axis_takes_re_aims_out() -> None:
