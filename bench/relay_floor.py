@@ -31,6 +31,7 @@ import gc
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -97,9 +98,11 @@ async def _engine(plan: Plan, conn: Connection) -> None:
     joined = 0
     work = torch.randn(256, 256)
 
-    async def converse(requests: object, context: grpc.aio.ServicerContext) -> object:
+    async def converse(
+        requests: AsyncIterator[pb.ClientEvent], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ServerEvent]:
         nonlocal joined
-        it = aiter(requests)  # type: ignore[call-overload]
+        it = aiter(requests)
         await anext(it)  # the SessionStart
         sid, joined = joined, joined + 1
         outbox: asyncio.Queue[pb.ServerEvent] = asyncio.Queue()
@@ -210,7 +213,7 @@ async def _session(
     def capture_end_us(k: int) -> int:
         return plan.tick_us(cohort, first_k + k) - round(SEND_LEAD_S * 1e6) + offset_us
 
-    async def events() -> object:
+    async def events() -> AsyncIterator[pb.ClientEvent]:
         yield pb.ClientEvent(start=pb.SessionStart(chunk_ms=plan.chunk_ms))
         for k in range(count):
             await asyncio.sleep(max(0.0, (capture_end_us(k) - now_us()) / 1e6))
