@@ -42,6 +42,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from duplex.serving.engine.planner import SEND_LEAD_S
 from duplex.serving.engine.server import GIL_SWITCH_S
+from duplex.serving.heap import freeze_startup_heap
 from duplex.serving.process import GatewayProcess, ServerProcess
 from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
@@ -202,7 +203,7 @@ async def _session(
     channel: grpc.aio.Channel,
     sid: int,
     offset_us: int,
-    results: list[tuple[int, int, pb.ChunkTiming, int]],
+    results: list[tuple[int, pb.ChunkTiming, int]],
 ) -> None:
     """One conversation: sends chunk k when its capture ends (aimed at its cohort's tick), reads every output."""
     cohort = sid % plan.cohorts
@@ -228,16 +229,16 @@ async def _session(
         async with asyncio.timeout((plan.origin_us - now_us()) / 1e6 + plan.seconds + 5):
             async for ev in call:
                 if ev.HasField("audio"):
-                    results.append((sid, capture_end_us(int(ev.audio.seq)), ev.audio.timing, now_us()))
+                    results.append((capture_end_us(int(ev.audio.seq)), ev.audio.timing, now_us()))
                     if ev.audio.seq == count - 1:
                         break
     call.cancel()
 
 
-async def _clients(plan: Plan, target: str, seed: int) -> list[tuple[int, int, pb.ChunkTiming, int]]:
+async def _clients(plan: Plan, target: str, seed: int) -> list[tuple[int, pb.ChunkTiming, int]]:
     rng = np.random.default_rng(seed)
     spread = round(plan.spread_ms * 1000)
-    results: list[tuple[int, int, pb.ChunkTiming, int]] = []
+    results: list[tuple[int, pb.ChunkTiming, int]] = []
     async with grpc.aio.insecure_channel(target) as channel:  # one channel, as bench/serving.py's client process
         await asyncio.gather(
             *(
@@ -259,7 +260,7 @@ def measure(plan: Plan, gateway: bool, steady_after_s: float) -> Legs:
             spec = GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0)
             gw = GatewayProcess(spec, 0)
             target = f"127.0.0.1:{gw.start()}"
-        gc.freeze()  # the load generator's own collections stay out of the figures (bench/serving.py)
+        freeze_startup_heap()  # the load generator's own collections stay out of the figures (bench/serving.py)
         gc.disable()
         try:
             results = asyncio.run(_clients(plan, target, seed=1))
@@ -271,7 +272,7 @@ def measure(plan: Plan, gateway: bool, steady_after_s: float) -> Legs:
         stand_in.stop(5)
     legs = Legs()
     bursts: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    for _, capture_end, t, read in results:
+    for capture_end, t, read in results:
         bursts.setdefault((t.cohort, int(t.seq)), []).append((t.server_send_us, read))
         if capture_end < plan.origin_us + round(steady_after_s * 1e6):
             continue
