@@ -3,6 +3,7 @@
     python bench/serving.py --cohorts 4,2         # N in 8,16,32,48,64; writes docs/benchmarks.md ## Serving
     python bench/serving.py --sessions 64 --seconds 10 --no-write
     python bench/serving.py --sessions 16,32,48,64 --seconds 75 --steady-after 15   # longer than the window
+    python bench/serving.py --sessions 64 --seconds 60 --steady-after 15 --audio corpus   # real speech
 
 Per audio chunk it measures, on the client's clock:
   round trip      = client receives the output of chunk k − chunk k was captured (its send is due then; a
@@ -23,6 +24,8 @@ channel: one loop reading a whole cohort's replies queues them behind each other
 generator's delay, not the server's (independent clients do not share a loop).
 With ``--steady-after S`` only chunks captured S seconds or more into their conversation count (the steady
 state, once every session's attention window is full and all sessions have joined); the ramp is left out.
+The users say ``speechlike`` tones (voiced bursts and pauses) unless ``--audio corpus``: the user tracks of the
+load test's default corpus (espeak-ng speech, built on first use), which cost the model's step more.
 A load level is *real-time* when every chunk came back, none was substituted, and the chunk round trip
 p99 ≤ chunk_ms / 2 (DESIGN.md). Client phases (``--phases``):
   steered  sessions start at random moments within one chunk period and follow the server's phase hint
@@ -52,6 +55,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from duplex.loadtest.corpus import default_corpus, load_corpus
 from duplex.serving import client
 from duplex.serving.heap import freeze_startup_heap
 
@@ -108,6 +112,18 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
             out.append(np.zeros(n, dtype=np.int16))
         t += dur
     return np.concatenate(out)[: int(seconds * sr)]
+
+
+def corpus_speech(corpus: Path, seconds: float, sessions: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """The user tracks of a corpus (espeak-ng speech, turns and pauses): session i gets conversation
+    i mod k, rotated by 7 s for each earlier session that got the same one, so no two sessions send the same
+    audio at the same moment of their conversation."""
+    convs = load_corpus(corpus, min_seconds=seconds)
+    n, sr = len(convs), 16000
+    return {i: np.roll(convs[i % n].user, -(i // n) * 7 * sr)[: int(seconds * sr)] for i in sessions}
+
+
+AUDIO = ("speechlike", "corpus")
 
 
 PHASES = ("steered", "free", "aligned", "burst")
@@ -191,6 +207,8 @@ class ClientJob:
     spawn_rate: float
     steady_after: float
     t0: float | None = None
+    corpus: Path | None = None
+    """Send this corpus's user tracks (``corpus_speech``) instead of ``speechlike`` tones."""
 
 
 async def converse_all(job: ClientJob) -> Samples:
@@ -199,7 +217,12 @@ async def converse_all(job: ClientJob) -> Samples:
     # (~40 ms of numpy per 60 s conversation on a quiet 2-core VM, more under load), it held up the other
     # clients' sends while they joined; their chunks went out tens of ms off the phase hint and their
     # cohorts stayed scattered for the whole run
-    audio = {i: client.split_chunks(speechlike(job.seconds, i), chunk_samples) for i in job.sessions}
+    speech = (
+        corpus_speech(job.corpus, job.seconds, job.sessions)
+        if job.corpus
+        else {i: speechlike(job.seconds, i) for i in job.sessions}
+    )
+    audio = {i: client.split_chunks(x, chunk_samples) for i, x in speech.items()}
     # the load generator's own full collections: its heap grows with every event it records, and one full
     # collection of it (30-70 ms on the 2-core VM, once per run of 64 × 60 s conversations) held up every
     # session's sends at once — and took a core from the server. Real clients are separate processes with
@@ -243,14 +266,15 @@ def run_level(
     spawn_rate: float,
     steady_after: float = 0.0,
     processes: int = 1,
+    corpus: Path | None = None,
 ) -> Level:
     """``n`` conversations from ``processes`` client processes (session i in process i mod processes)."""
     if processes == 1:
-        s = client_process(ClientJob(target, tuple(range(n)), seconds, phases, spawn_rate, steady_after))
+        s = client_process(ClientJob(target, tuple(range(n)), seconds, phases, spawn_rate, steady_after, None, corpus))
     else:
         t0 = time.monotonic() + SPAWN_MARGIN_S
         jobs = [
-            ClientJob(target, tuple(range(p, n, processes)), seconds, phases, spawn_rate, steady_after, t0)
+            ClientJob(target, tuple(range(p, n, processes)), seconds, phases, spawn_rate, steady_after, t0, corpus)
             for p in range(processes)
         ]
         s = Samples()
@@ -342,6 +366,13 @@ def main() -> None:
         default=0.0,
         help="count only chunks captured this many seconds or more into each conversation",
     )
+    ap.add_argument(
+        "--audio",
+        default="speechlike",
+        choices=AUDIO,
+        help="what the users say: speech-like tones, or the load test's default long corpus (espeak-ng speech, "
+        "built on first use)",
+    )
     ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
     ap.add_argument("--section", default="Serving", help="docs/benchmarks.md section to write")
     ap.add_argument("--target", default="", help="use a running gateway instead of starting duplex up")
@@ -358,6 +389,8 @@ def main() -> None:
     levels: list[Level] = []
     if bad := set(args.phases.split(",")) - set(PHASES):
         ap.error(f"--phases: unknown {sorted(bad)}; choose from {PHASES}")
+    # built here, once, before any client starts (a few seconds of espeak-ng on first use)
+    corpus = default_corpus(min_seconds=args.seconds) if args.audio == "corpus" else None
     runs = [(c, ph) for ph in args.phases.split(",") for c in (int(x) for x in args.cohorts.split(","))]
     for cohorts, phases in runs:
         proc = None
@@ -367,7 +400,14 @@ def main() -> None:
         try:
             for n in levels_n:
                 lv = run_level(
-                    target, n, args.seconds, phases, args.spawn_rate, args.steady_after, args.client_processes
+                    target,
+                    n,
+                    args.seconds,
+                    phases,
+                    args.spawn_rate,
+                    args.steady_after,
+                    args.client_processes,
+                    corpus,
                 )
                 lv.cohorts, lv.phases = cohorts, phases
                 levels.append(lv)
@@ -409,8 +449,9 @@ def main() -> None:
         f"Command: `{cmd.strip()}` — `duplex up` (embedded engine + gateway, tiny preset, "
         f"{weights}"
         f") and the clients ({args.client_processes} process{'es' if args.client_processes > 1 else ''}) on one "
-        f"machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of speech-like "
-        f"audio per conversation"
+        f"machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of "
+        + ("the default long corpus's user speech (espeak-ng)" if corpus else "speech-like audio")
+        + " per conversation"
         + (
             f", figures from the steady state: chunks captured {args.steady_after:g} s or more into their "
             "conversation (the ramp is left out; substituted chunks anywhere still fail a level)"
