@@ -270,11 +270,13 @@ def run_level(
 ) -> Level:
     """``n`` conversations from ``processes`` client processes (session i in process i mod processes)."""
     if processes == 1:
-        s = client_process(ClientJob(target, tuple(range(n)), seconds, phases, spawn_rate, steady_after, None, corpus))
+        s = client_process(ClientJob(target, tuple(range(n)), seconds, phases, spawn_rate, steady_after, corpus=corpus))
     else:
         t0 = time.monotonic() + SPAWN_MARGIN_S
         jobs = [
-            ClientJob(target, tuple(range(p, n, processes)), seconds, phases, spawn_rate, steady_after, t0, corpus)
+            ClientJob(
+                target, tuple(range(p, n, processes)), seconds, phases, spawn_rate, steady_after, t0, corpus=corpus
+            )
             for p in range(processes)
         ]
         s = Samples()
