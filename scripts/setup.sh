@@ -18,13 +18,19 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# torch first and pinned: a looser spec would pull a multi-GB CUDA build
+# Python: nothing is resolved here. torch first and pinned (a looser spec pulls a multi-GB CUDA build), its own
+# dependencies at the lock's versions; then every other dependency exactly as requirements/lock.txt lists it
+# (refreshed by scripts/lock.sh); moshi without its dependencies (its metadata caps torch below 2.13; the
+# imports it needs are in the lock); the project itself, editable.
+lock="$root/requirements/lock.txt"
 python3 -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13') else 1)" 2>/dev/null \
-  || python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e "$root[dev]"
+  || python3 -m pip install -q torch==2.13.0 -c "$lock"
+python3 -m pip install -q --no-deps -r "$lock"
+python3 -m pip install -q --no-deps moshi==0.2.13
+python3 -m pip install -q --no-deps -e "$root"
 
 # kube-apiserver + kube-controller-manager built from Debian's kubernetes source package, cached outside
 # the repository (${DUPLEX_CACHE:-~/.cache/duplex}); the operator's integration tests run against them
