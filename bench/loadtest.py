@@ -125,7 +125,7 @@ def main() -> None:
         "`duplex loadtest` (Locust, live-microphone pacing, 200 ms chunks, shipped tiny checkpoint) against "
         f"`{up_cmd}` on the same machine, conversations ≥ {a.min_conversation_s} s (one per user per run). "
         "Seconds; turn-taking = first model speech heard − user's end of speech (capture clock); targets from "
-        "DESIGN.md. The load generator shares the machine's cores with the server.",
+        "docs/design.md. The load generator shares the machine's cores with the server.",
         "",
         "| users | turn-taking p50 | p95 | barge-in p50 | turns / barge-ins | errors | client lag max |",
         "|---|---|---|---|---|---|---|",

@@ -27,7 +27,7 @@ state, once every session's attention window is full and all sessions have joine
 The users say ``speechlike`` tones (voiced bursts and pauses) unless ``--audio corpus``: the user tracks of the
 load test's default corpus (espeak-ng speech, built on first use), which cost the model's step more.
 A load level is *real-time* when every chunk came back, none was substituted, and the chunk round trip
-p99 ≤ chunk_ms / 2 (DESIGN.md). Client phases (``--phases``):
+p99 ≤ chunk_ms / 2 (docs/design.md). Client phases (``--phases``):
   steered  sessions start at random moments within one chunk period and follow the server's phase hint
            (``SessionReady.send_in_us``), as ``duplex talk`` does
   free     random start moments, the hint ignored: free-running clients at random phases

@@ -6,7 +6,7 @@
 #   apt packages: golang-go rsync etcd-server golang-github-modern-go-reflect2-dev dpkg-dev
 #   output:       ${DUPLEX_CACHE:-$HOME/.cache/duplex}/kube-1.20.2/bin/{kube-apiserver,kube-controller-manager}
 #
-# More binaries from the same tree (e.g. for a real node, see DESIGN.md):
+# More binaries from the same tree (e.g. for a real node, see docs/e2e.md):
 #   KUBE_BUILD_WHAT="cmd/kubelet cmd/kube-scheduler cmd/kube-proxy" bash scripts/kube-build.sh
 # The unpacked source + Go build output stay in the cache (~2.2 GB) so such later builds are incremental.
 #

@@ -1,6 +1,6 @@
 """``duplex talk``: play a WAV into a conversation and record the model's side on the same time axis.
 
-Sample 0 of the input and of the recording is the capture start of the first chunk (DESIGN.md "Recorded
+Sample 0 of the input and of the recording is the capture start of the first chunk (docs/design.md "Recorded
 conversations"); the model's audio is placed on that axis in one of two ways:
 
 * as heard (default): where the client heard it — each chunk when it arrived, or when the previous one

@@ -2,7 +2,7 @@
 ``duplex.model.audio_io``).
 
 Everything is plain numpy so the generator needs nothing beyond the project's dependencies. espeak-ng
-renders at 22050 Hz; the project's wire format is 16 kHz (DESIGN.md), so utterances go through a
+renders at 22050 Hz; the project's wire format is 16 kHz (docs/model.md), so utterances go through a
 polyphase windowed-sinc resampler (up 320 / down 441, 48 taps per phase, Kaiser window) — exact rational
 rate change, linear phase, so word timings survive the rate change unshifted.
 """

@@ -9,7 +9,7 @@ Voice hold-out: user voices are espeak-ng variants (timbres) crossed with accent
 is reserved for the test split — fixed across seeds, so test voices stay unseen by *every* training corpus
 this tool makes, and corpora made with different seeds can be merged without leaking test voices.
 Validation uses the training variants: new conversations in known voices, the memorisation check of
-FINDINGS.md.
+docs/corpus.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Template grammar for the words spoken in synthetic conversations.
 
-The earlier turn-taking experiment (FINDINGS.md) memorised its training conversations, so the text must
+The earlier turn-taking experiment (docs/corpus.md) memorised its training conversations, so the text must
 not repeat: subjects x verbs x objects x places x times x numbers give millions of distinct clauses. The
 grammar is deliberately simple English that espeak-ng pronounces well; numbers are spelled out so the
 recorded text is exactly what is spoken. Everything is driven by a caller-supplied numpy ``Generator``,
