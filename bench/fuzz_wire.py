@@ -77,10 +77,13 @@ def grpc_target() -> tuple[object, list[bytes]]:
 
     with atheris.instrument_imports(include=["duplex"]):
         from duplex.model.config import ModelConfig
+        from duplex.model.family_duplex import DuplexServed
+        from duplex.model.model import DuplexModel
         from duplex.serving.engine import validate as v
         from duplex.v1 import duplex_pb2 as pb
 
     cfg = ModelConfig()
+    served = DuplexServed(DuplexModel(cfg))
     chunk_samples = cfg.frames_per_chunk(200) * cfg.frame_samples
     tools = ["clock", "calculator"]
     field_of = {"start": "start.", "audio": "audio.", "video": "video", "text": "text.text", "agent": "agent."}
@@ -92,13 +95,13 @@ def grpc_target() -> tuple[object, list[bytes]]:
             kind = v.event_kind(ev)
             assert isinstance(ev, pb.ClientEvent)
             if kind == "start":
-                v.check_start(ev.start, cfg, "tiny", 200, tools)
+                v.check_start(ev.start, served, "tiny", 200, tools)
             elif kind == "audio":
                 v.check_audio(ev.audio, 0, chunk_samples)
             elif kind == "video":
                 v.check_video(ev.video, -1, cfg.video_size)
             elif kind == "text":
-                v.check_text(ev.text)
+                v.check_text(ev.text, served)
             elif kind == "agent":
                 v.check_agent(ev.agent)
         except v.InputError as e:

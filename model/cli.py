@@ -1,4 +1,4 @@
-"""``duplex model …``: inspect presets and plan shard groups."""
+"""``duplex model …``: inspect presets, plan shard groups, train and evaluate; write tiny Moshi-family checkpoints."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.table import Table
 from .config import ModelConfig, ModelError, get_preset
 from .planner import GIB, count_params, plan
 
-app = typer.Typer(help="Model presets, sizes and shard plans.", no_args_is_help=True)
+app = typer.Typer(help="Model presets, sizes, shard plans and checkpoints.", no_args_is_help=True)
 console = Console()
 
 
@@ -66,9 +66,23 @@ def plan_cmd(
     gpu_memory_gib: Annotated[float, typer.Option(help="Memory of one GPU in GiB.")] = 80.0,
     sessions: Annotated[int, typer.Option(help="Concurrent sessions per replica (KV caches on rank 0).")] = 1,
     headroom: Annotated[float, typer.Option(help="Fraction of each GPU kept free for activations.")] = 0.1,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A Moshi-family checkpoint directory: plan sessions per GPU from its config.json."),
+    ] = None,
+    family: Annotated[
+        str, typer.Option(help="duplex (the preset's shard plan), or moshi: the published Moshi-7B shape.")
+    ] = "duplex",
+    context: Annotated[
+        int | None, typer.Option(help="Moshi family: frames of attention window (default: the config's).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Smallest expert-parallel shard count whose per-shard memory fits the GPU."""
+    """Duplex: the smallest expert-parallel shard count whose per-shard memory fits the GPU. Moshi family:
+    how many full-window sessions one GPU holds (bfloat16 weights + a KV cache per session)."""
+    if checkpoint is not None or family != "duplex":
+        _plan_moshi(checkpoint, family, gpu_memory_gib, context, headroom, as_json)
+        return
     cfg = _preset(preset)
     try:
         p = plan(cfg, gpu_memory_gib, sessions, headroom)
@@ -83,6 +97,29 @@ def plan_cmd(
         f"{p.bytes_per_shard / GIB:.2f} GiB (weights {p.weight_bytes_per_shard[0] / GIB:.2f} + KV "
         f"{p.kv_bytes / GIB:.2f}) + {p.headroom_bytes / GIB:.2f} GiB headroom of {gpu_memory_gib} GiB"
     )
+
+
+def _plan_moshi(
+    checkpoint: Path | None, family: str, gpu_memory_gib: float, context: int | None, headroom: float, as_json: bool
+) -> None:
+    from .moshi.plan import describe, plan_moshi, read_configs
+
+    try:
+        if checkpoint is not None:
+            lm, mimi = read_configs(checkpoint)
+        elif family == "moshi":
+            lm, mimi = None, None
+        else:
+            raise ModelError(f"--family {family!r}: plan duplex or moshi (or pass --checkpoint DIR)")
+        p = plan_moshi(lm, mimi, gpu_memory_gib, context=context, headroom=headroom)
+    except ModelError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(p.model_dump_json(indent=2))
+        return
+    name = checkpoint.name if checkpoint is not None else "moshi-7b"
+    console.print(f"[bold]{name}[/]: {describe(p)}")
 
 
 @app.command()
@@ -192,3 +229,24 @@ def eval_cmd(
 
 def _fmt(v: object) -> str:
     return "—" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+@app.command("init")
+def init_cmd(
+    family: Annotated[str, typer.Option(help="Moshi family: moshi, personaplex or hibiki.")],
+    out: Annotated[Path, typer.Option(help="Directory to write (created; must be empty).")],
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
+) -> None:
+    """Write a tiny random Moshi-family checkpoint in the family's published layout (docs/moshi.md)."""
+    from .moshi.checkpoint import family_name, init_checkpoint
+
+    try:
+        name = family_name(family)
+    except ModelError as e:
+        raise typer.BadParameter(str(e), param_hint="--family") from None
+    try:
+        path = init_checkpoint(name, out, seed)
+    except ModelError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    console.print(f"wrote a tiny random {name} checkpoint (seed {seed}) to {path}")

@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK, FLOOR_YIELD
-
 from .audio_io import AudioFileError, read_wav
 from .codec import Codec
 from .config import ModelConfig, ModelError
+from .family import Floor
 
 YIELD_FRAMES = 3
 
@@ -103,14 +102,14 @@ def _frames(start: float, end: float, cfg: ModelConfig, total: int) -> slice:
 
 def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
     T = conv.frames
-    control = torch.full((T,), FLOOR_LISTEN, dtype=torch.long)
+    control = torch.full((T,), Floor.LISTEN, dtype=torch.long)
     text = torch.full((T,), cfg.pad_token, dtype=torch.long)
     weight = torch.ones(T)
     f = cfg.frame_ms / 1000
     for ev in conv.events:
         kind = ev["type"]
         if kind == "model_turn":
-            control[_frames(ev["start"], ev["end"], cfg, T)] = FLOOR_SPEAK
+            control[_frames(ev["start"], ev["end"], cfg, T)] = Floor.SPEAK
             cursor = 0
             for k, w in enumerate(ev.get("words", [])):
                 data = (" " if k else "").encode() + w["word"].encode("utf-8", "replace")
@@ -122,13 +121,13 @@ def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
             if cursor and cursor < T:
                 text[cursor] = cfg.eot_token
         elif kind == "backchannel":
-            control[_frames(ev["start"], ev["end"], cfg, T)] = FLOOR_BACKCHANNEL
+            control[_frames(ev["start"], ev["end"], cfg, T)] = Floor.BACKCHANNEL
         elif kind == "pause":
             weight[_frames(ev["start"], ev["end"], cfg, T)] = 3.0  # must keep listening through a pause
     for ev in conv.events:
         if ev["type"] == "barge_in":
             stop = _frames(ev["model_stop"], ev["model_stop"] + YIELD_FRAMES * f, cfg, T)
-            control[stop] = FLOOR_YIELD
+            control[stop] = Floor.YIELD
             weight[_frames(ev["user_onset"], ev["model_stop"] + YIELD_FRAMES * f, cfg, T)] = 3.0
         elif ev["type"] == "user_turn_end":
             # the exact onset inside the short reply gap is arbitrary; do not punish it hard

@@ -13,17 +13,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK, FloorControl
-
 from . import invariant
 from .config import ModelConfig, ModelError
 from .embed import FusedInput
+from .family import Floor
 from .layers import Attention, Linear, RMSNorm, StepGeometry, sliding_window_mask
 from .moe import Experts, MoE, MoeImpl
 from .state import StreamState
 
-CONTROL_NAMES = tuple(FloorControl.Name(v).removeprefix("FLOOR_").lower() for v in sorted(FloorControl.values()))
-"""Floor-control class names by value (the classes themselves are the wire enum ``duplex.v1.FloorControl``)."""
+CONTROL_NAMES = tuple(f.name.lower() for f in Floor)
+"""Floor-control class names by value (``Floor``)."""
 
 
 @dataclass
@@ -75,7 +74,7 @@ def decide(
     a "listen" decision never leaks sound. ``control`` may be logits or probabilities (B, T, classes).
     """
     ctrl = control.argmax(-1)
-    speaking = (ctrl == FLOOR_SPEAK) | (ctrl == FLOOR_BACKCHANNEL)
+    speaking = (ctrl == Floor.SPEAK) | (ctrl == Floor.BACKCHANNEL)
     voiced = audio_logits[..., cfg.silent_codes :].argmax(-1) + cfg.silent_codes
     audio = torch.where(speaking, voiced, torch.zeros_like(voiced))
     return audio, text_logits.argmax(-1), ctrl

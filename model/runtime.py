@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import checkpoint
 from .config import ModelError, get_preset
+from .family import ServedModel
+from .family_duplex import DuplexServed
 from .model import DuplexModel, ExpertShard, expert_range
 from .moe import MoeImpl
 from .spec import ModelSource
@@ -67,3 +70,44 @@ def load_part(
             module.load_state_dict({k: state[k] for k in module.state_dict()})
         module = module.to(device=dev, dtype=dtype)
     return module.eval()
+
+
+UPSTREAM_TEMP, UPSTREAM_TOP_K = 0.8, 250
+"""Upstream ``LMGen``'s sampling defaults, for a checkpoint whose config.json has no ``lm_gen_config``."""
+MOSHI_CHUNK_MS = 80
+"""The Moshi family's frame: one Mimi frame (1920 samples at 24 kHz) per step."""
+
+
+def is_moshi_layout(source: ModelSource) -> bool:
+    """Does the source name a Moshi-family checkpoint (by family, or a directory ``uri`` under ``auto``)?"""
+    if source.family in ("moshi", "personaplex", "hibiki"):
+        return True
+    if source.family == "duplex" or not source.uri:
+        return False
+    return Path(source.uri.removeprefix("file://")).is_dir()
+
+
+def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
+    """The model a single-rank engine serves, behind the engine's ``ServedModel`` interface."""
+    if not is_moshi_layout(source):
+        if source.temperature is not None or source.top_k is not None:
+            raise ModelError(
+                "model.temperature / model.top_k apply to the Moshi family; the duplex model decides greedily"
+            )
+        part = load_part(source, device=device)
+        assert isinstance(part, DuplexModel)
+        return DuplexServed(part)
+    if not source.uri:
+        raise ModelError(f"model.family {source.family!r} needs model.uri: the checkpoint directory")
+    from .moshi.checkpoint import load_checkpoint
+    from .moshi.served import MoshiServed
+
+    dev = resolve_device(device)
+    dtype = getattr(torch, source.dtype)
+    ckpt = load_checkpoint(Path(source.uri.removeprefix("file://")), device=dev, dtype=dtype)
+    if source.family != "auto" and ckpt.family != source.family:
+        raise ModelError(f"model.uri {source.uri!r} holds a {ckpt.family} checkpoint, not {source.family}")
+    gen = ckpt.lm_gen_config
+    temperature = source.temperature if source.temperature is not None else float(gen.get("temp", UPSTREAM_TEMP))
+    top_k = source.top_k if source.top_k is not None else int(gen.get("top_k", UPSTREAM_TOP_K))
+    return MoshiServed(ckpt, temperature=temperature, top_k=top_k, device=dev)

@@ -6,17 +6,31 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+FamilyChoice = Literal["auto", "duplex", "moshi", "personaplex", "hibiki"]
+
 
 class ModelSource(BaseModel):
-    """Which weights to serve and in what precision."""
+    """Which weights to serve, of which model family, in what precision and with which sampling."""
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
+    family: FamilyChoice = "auto"
+    """Model family. ``auto``: a directory ``uri`` is a Moshi-family checkpoint (Moshi, PersonaPlex or Hibiki,
+    told apart by its files), anything else this repository's ``duplex`` model. Naming the family makes a
+    checkpoint of another family an error."""
     preset: str = "tiny"
-    """Architecture preset (``duplex model info --preset NAME``); must match the checkpoint's embedded config."""
+    """Architecture preset of the ``duplex`` family (``duplex model info --preset NAME``); must match the
+    checkpoint's embedded config."""
     uri: str | None = None
-    """Checkpoint (.safetensors) path or URI inside the pod; empty = the shipped reference checkpoint, or random
-    weights (with a warning) when none ships."""
+    """Checkpoint path inside the pod: a ``.safetensors`` file (``duplex``) or a directory holding a local
+    snapshot of a Moshi-family repository (``config.json``, LM and Mimi weights, text tokenizer). Empty = the
+    shipped reference checkpoint, or random weights (with a warning) when none ships."""
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    """Moshi family: sampling temperature for text and audio (0 = greedy); empty = the checkpoint's
+    ``lm_gen_config``, else upstream's defaults. The ``duplex`` family always decides greedily."""
+    top_k: int | None = Field(None, ge=1, le=4096)
+    """Moshi family: top-k of audio-token sampling; empty = the checkpoint's ``lm_gen_config``, else upstream's
+    default."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weight and activation dtype (bfloat16 on GPUs)."""
     seed: int = Field(0, ge=0)

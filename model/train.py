@@ -23,13 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import Tensor
 
-from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK
-
 from . import checkpoint
 from .codec import Codec
 from .config import ModelConfig, ModelError, get_preset
 from .data import Conversation, Targets, load_conversation, load_split, split_ids, targets
 from .evaluate import Metrics, run_model, score
+from .family import Floor
 from .model import DuplexModel, delay
 
 
@@ -151,7 +150,7 @@ def loss_fn(
     out = model(b["audio"], *own)
     w = b["weight"] * CLASS_WEIGHT[b["control"]]
     ctrl = (F.cross_entropy(out.control.transpose(1, 2), b["control"], reduction="none") * w).sum() / w.sum()
-    speaking = ((b["control"] == FLOOR_SPEAK) | (b["control"] == FLOOR_BACKCHANNEL)).float() * (b["weight"] > 0)
+    speaking = ((b["control"] == Floor.SPEAK) | (b["control"] == Floor.BACKCHANNEL)).float() * (b["weight"] > 0)
     aud = (
         F.cross_entropy(out.audio.transpose(1, 2), b["codes"], reduction="none") * speaking
     ).sum() / speaking.sum().clamp(min=1)

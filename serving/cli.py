@@ -122,9 +122,15 @@ def engine(
         spec = spec.model_copy(update={"redis_url": redis_url})
     if from_hostname:
         rank = _hostname_rank()
-    from duplex.model.runtime import load_part
+    from duplex.model.runtime import is_moshi_layout, load_part, load_served
 
-    part = load_part(source, rank=rank, world_size=world_size, device=spec.device)
+    part: Any
+    if is_moshi_layout(source):
+        if world_size > 1:
+            raise typer.BadParameter("--world-size > 1: a Moshi-family model runs on one rank")
+        part = load_served(source, device=spec.device)
+    else:
+        part = load_part(source, rank=rank, world_size=world_size, device=spec.device)
     group = None
     if world_size > 1:
         from duplex.model import parallel
@@ -189,8 +195,21 @@ def gateway(
 
 def up(
     port: int = typer.Option(8080, help="Gateway port on 127.0.0.1 (0 = any)"),
+    checkpoint: Path | None = typer.Option(
+        None,
+        help="Checkpoint to serve: a duplex .safetensors file, or a Moshi-family directory (Moshi, PersonaPlex, "
+        "Hibiki: a local snapshot of its repository; `duplex model init` writes a small random one). "
+        "Default: the shipped reference checkpoint",
+    ),
+    family: str = typer.Option("auto", help="Model family (auto, duplex, moshi, personaplex, hibiki)"),
+    temperature: float | None = typer.Option(
+        None, help="Moshi family: sampling temperature of text and audio, 0 = greedy (default: the checkpoint's)"
+    ),
+    top_k: int | None = typer.Option(None, help="Moshi family: top-k of audio sampling (default: the checkpoint's)"),
     max_sessions: int = typer.Option(64, help="Slots of the embedded engine"),
-    chunk_ms: int = typer.Option(200, help="Micro-turn length"),
+    chunk_ms: int | None = typer.Option(
+        None, help="Micro-turn length (default: 200 ms for duplex, one 80 ms frame for the Moshi family)"
+    ),
     metrics_port: int = typer.Option(0, help="Engine Prometheus port (gateway uses +1; 0 = off)"),
     torch_threads: int = typer.Option(1, help="Step-thread torch threads (1 leaves a core for gRPC on 2-core hosts)"),
     cohorts: int = typer.Option(4, help="Phase cohorts of the engine"),
@@ -207,9 +226,27 @@ def up(
     """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
     and the background agent (a local redis-server on a free loopback port and one worker)."""
     logs.setup(json_lines=False)
+    from duplex.model.runtime import MOSHI_CHUNK_MS, is_moshi_layout
+
     from .agent.redis_server import RedisServer, RedisServerError
     from .engine.server import EngineServer
 
+    try:
+        source = ModelSource.model_validate(
+            dict(
+                family=family,
+                uri=str(checkpoint) if checkpoint is not None else None,
+                temperature=temperature,
+                top_k=top_k,
+            )
+        )
+    except ValueError as e:
+        typer.echo(f"duplex up: {e}", err=True)
+        raise typer.Exit(2) from None
+    if checkpoint is not None and not checkpoint.exists():
+        typer.echo(f"duplex up: --checkpoint {checkpoint}: no such file or directory", err=True)
+        raise typer.Exit(2)
+    moshi = is_moshi_layout(source)
     redis: RedisServer | None = None
     if not no_agent:
         try:
@@ -237,7 +274,7 @@ def up(
             dict(
                 host="127.0.0.1",
                 max_sessions=max_sessions,
-                chunk_ms=chunk_ms,
+                chunk_ms=chunk_ms if chunk_ms is not None else MOSHI_CHUNK_MS if moshi else 200,
                 metrics_port=metrics_port,
                 torch_threads=torch_threads,
                 cohorts=cohorts,
@@ -252,8 +289,8 @@ def up(
             if redis is not None:
                 await asyncio.to_thread(redis.stop)
 
-        engine_server = EngineServer(espec, ModelSource.model_validate({}), bind_port=0)
         try:
+            engine_server = EngineServer(espec, source, bind_port=0)
             eport = await engine_server.start()
         except (ValueError, OSError):
             await stop_agent()
@@ -311,12 +348,13 @@ def talk(
         ...,
         exists=True,
         dir_okay=False,
-        help="Audio file to say (any rate/channels libsndfile reads; converted to 16 kHz "
-        "mono with soxr HQ, and says so)",
+        help="Audio file to say (any rate/channels libsndfile reads; converted to the model's rate, mono, "
+        "with soxr HQ, and says so: 16 kHz for duplex, 24 kHz for the Moshi family)",
     ),
     output: Path = typer.Option(
         ...,
-        help="Where to write the model's audio (16 kHz mono WAV, sample 0 = capture start of the input's first chunk)",
+        help="Where to write the model's audio (mono WAV at the model's rate, sample 0 = capture start of the "
+        "input's first chunk)",
     ),
     model_time: bool = typer.Option(
         False,
@@ -331,7 +369,7 @@ def talk(
     plot: Path | None = typer.Option(None, help="PNG of user and model speech on one time axis"),
     fast: bool = typer.Option(False, help="Send as fast as the server takes it instead of real-time pace"),
     api_key: str = typer.Option(os.environ.get("DUPLEX_API_KEY", ""), help="API key (or $DUPLEX_API_KEY)"),
-    chunk_ms: int = typer.Option(200, help="Chunk length (must match the server)"),
+    chunk_ms: int = typer.Option(0, help="Chunk length (0 = the server's; otherwise it must match the server's)"),
     ca_cert: Path | None = typer.Option(
         None, "--ca-cert", metavar="FILE", exists=True, dir_okay=False, help="PEM CA bundle: connect with TLS"
     ),
@@ -353,22 +391,30 @@ def talk(
     The output WAV shares the input's time axis; by default the model's audio is placed as heard (where each
     chunk arrived, so latency can be read off the two tracks); --model-time places it by output_sample."""
     import grpc
+    import numpy as np
 
-    from duplex.model.audio_io import AudioFileError
+    from duplex.model.audio_io import AudioFileError, read_wav
     from duplex.v1 import duplex_pb2 as pb
 
     from . import client
     from . import talk as talk_mod
 
-    sr = 16000
     try:
-        user, note = talk_mod.load_input(input, sr)
+        read_wav(input)  # a clear error now; converted to the model's rate once the server has said it
     except AudioFileError as e:
         typer.echo(f"duplex talk: --input: {e}", err=True)
         raise typer.Exit(2) from None
-    if note is not None:
-        typer.echo(f"duplex talk: {note}", err=True)
-    chunks = client.split_chunks(user, sr * chunk_ms // 1000)
+    said: list[np.ndarray] = []
+
+    def prepare(ready: pb.SessionReady) -> list[bytes]:
+        """The input at the model's rate, in the negotiated chunks."""
+        rate = ready.input_format.sample_rate
+        user, note = talk_mod.load_input(input, rate)
+        if note is not None:
+            typer.echo(f"duplex talk: {note}", err=True)
+        said.append(user)
+        return client.split_chunks(user, ready.chunk_samples)
+
     md = (("authorization", f"Bearer {api_key}"),) if api_key else ()
     try:
         requests = [talk_mod.parse_call(c, f"c{i}") for i, c in enumerate(call, start=1)]
@@ -382,14 +428,13 @@ def talk(
         async with client.channel(target, str(ca_cert) if ca_cert is not None else None) as ch:
             return await client.converse(
                 ch,
-                chunks,
-                chunk_ms=chunk_ms,
+                prepare,
                 realtime=not fast,
                 metadata=md,
-                start=client.start_event(chunk_ms=chunk_ms, tools=granted),
+                start=client.start_event(chunk_ms=chunk_ms, sample_rate=0, tools=granted),
                 extra=[(1, r) for r in requests],
                 hold_open=lambda conv: not conv.agent_finished(call_ids),
-                max_hold_chunks=int(call_wait_s * 1000 / chunk_ms) if call_ids else 0,
+                max_hold_s=call_wait_s if call_ids else 0.0,
             )
 
     conv = asyncio.run(main())
@@ -400,7 +445,8 @@ def talk(
         ms = (drop.resumed_us - drop.dropped_us) / 1e3
         how = f"resumed after {ms:.0f} ms" if drop.resumed_us else "not resumed"
         typer.echo(f"duplex talk: the stream dropped ({drop.code.name}); {how}", err=True)
-    talk_mod.save(conv, user, sr, output, timeline, plot, model_time)
+    ready = conv.of("ready")[0].event.ready
+    talk_mod.save(conv, said[0], ready.output_format.sample_rate, output, timeline, plot, model_time)
     turns = len(conv.of("turn"))
     placed = "model time" if model_time else "as heard"
     typer.echo(f"duplex talk: {len(conv.of('audio'))} chunks, {turns} turn events → {output} ({placed})")

@@ -1,7 +1,7 @@
 """A conversation client: streams audio chunks (real-time paced or as fast as possible) and records every
 server event with the client's clock. Used by ``duplex talk``, ``bench/serving.py`` and the tests.
 
-Time axis (DESIGN.md "Recorded conversations"): a file-driven client behaves like a microphone. A microphone
+Time axis (docs/design.md "Recorded conversations"): a file-driven client behaves like a microphone. A microphone
 hands chunk k over only once its ``chunk_ms`` are captured, so chunk k is sent at capture start +
 (k+1)·chunk_ms, and ``Conversation.start_us`` — sample 0 of the user's and the model's tracks — is the
 capture start of chunk 0, one chunk before chunk 0 is sent. Latencies measured on the recorded tracks are then
@@ -374,9 +374,14 @@ class _Outgoing:
             self._next.cancel()
 
 
+Chunks = Sequence[bytes] | Callable[[pb.SessionReady], Sequence[bytes]]
+"""The audio to send: PCM16 chunks, or a function that makes them from the negotiated ``SessionReady`` (its
+format and chunk length: a client that lets the server choose, as ``duplex talk`` does)."""
+
+
 async def converse(
     channel: grpc.aio.Channel,
-    chunks: Sequence[bytes],
+    chunks: Chunks,
     chunk_ms: int = 200,
     realtime: bool = True,
     start: pb.ClientEvent | None = None,
@@ -387,13 +392,14 @@ async def converse(
     stamp_start: bool = True,
     clock: Clock | None = None,
     hold_open: Callable[[Conversation], bool] | None = None,
-    max_hold_chunks: int = 0,
+    max_hold_s: float = 0.0,
     resume: bool = True,
     resend_limit: int = 256,
     on_event: Callable[[pb.ServerEvent], None] | None = None,
 ) -> Conversation:
     """Hold one conversation: send ``start``, then the chunks, then EndOfStream; ``extra`` events are sent
-    right before the chunk with the given index.
+    right before the chunk with the given index. When ``chunks`` is a function, it is called with the
+    ``SessionReady`` and the chunk length is the ready's ``chunk_ms`` (``chunk_ms`` is then not used).
 
     Chunk k is sent once it would have been captured by a microphone: at ``Conversation.capture_end_us(k)``
     (``start_us + (k + 1) * chunk_ms``, plus any re-aim) when ``realtime``, else as fast as the stream takes it
@@ -405,7 +411,7 @@ async def converse(
     ``start_delay_s`` delays either further. ``stamp_start`` puts the client's clock into ``start`` (when it
     has none), which asks for the hint. ``clock`` stamps and paces everything (default: ``SystemClock``).
     ``hold_open``: after the last chunk, keep sending silent chunks (as an open microphone would) while it
-    returns True, at most ``max_hold_chunks`` of them (``duplex talk --call`` waits for its results so).
+    returns True, for at most ``max_hold_s`` seconds (``duplex talk --call`` waits for its results so).
     Extra events at an index past the last chunk go out after it.
 
     ``resume``: when the stream drops (UNAVAILABLE or CANCELLED: the connection, the gateway or the client's
@@ -430,9 +436,15 @@ async def converse(
         extra_at.setdefault(i, []).append(ev)
     send_0_us: list[int] = []
     """Client time to send chunk 0 at (set when the first SessionReady arrives)."""
+    negotiated: list[pb.SessionReady] = []
+    """The first SessionReady."""
 
     async def schedule() -> AsyncIterator[pb.ClientEvent]:
         """Every client event after SessionStart, at its time (starts once the session is negotiated)."""
+        nonlocal chunks, chunk_us
+        if callable(chunks):
+            chunks = chunks(negotiated[0])
+            chunk_us = conv.chunk_us = negotiated[0].chunk_ms * 1000
         send_0 = (send_0_us[0] if send_0_us else clk.now_us()) + round(start_delay_s * 1e6)
         await clk.sleep_until(send_0)
         # capture start: chunk 0 is complete at send_0 — a microphone's clock, which a busy event loop does not
@@ -450,7 +462,12 @@ async def converse(
             yield ev
         silence = bytes(len(chunks[0])) if chunks else b""
         seq, hold_us = len(chunks), clk.now_us()
-        while hold_open is not None and silence and seq < len(chunks) + max_hold_chunks and hold_open(conv):
+        while (
+            hold_open is not None
+            and silence
+            and seq < len(chunks) + round(max_hold_s * 1e6 / chunk_us)
+            and hold_open(conv)
+        ):
             await clk.sleep_until(hold_us + (seq - len(chunks) + 1) * chunk_us)  # real time even with --fast
             t = clk.now_us()
             conv.sent_us[seq] = t
@@ -515,6 +532,7 @@ async def converse(
                             drop.resent = outgoing.end - ev.ready.resume_events_received
                             resend_from.append(ev.ready.resume_events_received)
                         else:
+                            negotiated.append(ev.ready)
                             token, grace_us = ev.ready.resume_token, ev.ready.resume_grace_ms * 1000
                             at = first_send_us(ev.ready, first.start.client_time_us, t)
                             send_0_us.append(at if realtime and follow_hint and at is not None else t)

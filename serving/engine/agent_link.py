@@ -55,10 +55,8 @@ class AgentSession:
 class AgentLink:
     """Routes tool calls of the replica's sessions to the agent and its updates back to them."""
 
-    def __init__(
-        self, spec: EngineSpec, metrics: EngineMetrics, add_text: Callable[[Conversation, list[int]], None]
-    ) -> None:
-        """``add_text`` feeds bytes to a session's model text input (``Scheduler.add_text``)."""
+    def __init__(self, spec: EngineSpec, metrics: EngineMetrics, add_text: Callable[[Conversation, str], None]) -> None:
+        """``add_text`` feeds text to a session's model text input (the engine encodes it for its model)."""
         self.spec, self.metrics, self.add_text = spec, metrics, add_text
         self.client: AgentClient | None = None
         self.sessions: dict[str, AgentSession] = {}
@@ -173,8 +171,8 @@ class AgentLink:
         if update.state.terminal:
             # the event carries the whole result; the model gets at most MAX_TEXT_BYTES of it
             detail = update.detail.encode()[:MAX_TEXT_BYTES].decode(errors="ignore")
-            text = list(result_text(update.call_id, update.tool, update.state.name, detail).encode())
-            self.metrics.agent_text_bytes.inc(len(text))
+            text = result_text(update.call_id, update.tool, update.state.name, detail)
+            self.metrics.agent_text_bytes.inc(len(text.encode()))
             self.add_text(conv, text)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:

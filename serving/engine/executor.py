@@ -1,9 +1,9 @@
-"""The step executor: runs the model and the codec over one slot range of the replica's state.
+"""The step executor: runs the served model (``duplex.model.family.ServedModel``) over one slot range of the
+replica's state.
 
-It owns the model's ``StreamState`` and the codec's ``CodecState`` (one row per slot) and honours one
-execution mask for both: rows a plan leaves inactive are computed but nothing of them is committed, in the
-model (``DuplexModel.step(active=...)``) and in the codec (``Codec.decode(active=...)``) alike. What it hands
-back is plain data — ints, bools and one waveform tensor per row — for the output stage on the event loop.
+It owns the model family's per-slot streaming state and honours one execution mask: rows a plan leaves
+inactive are computed but nothing of them is committed. What it hands back is plain data — ints, bools and one
+waveform tensor per row — for the output stage on the event loop. Nothing here knows which family it steps.
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from duplex.model.codec import Codec
 from duplex.model.detect import voiced_frames
-from duplex.model.model import DuplexModel
-from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_SPEAK
+from duplex.model.family import ServedModel
 
 from .planner import PlannedRow, SlotMove, SlotReset, StepPlan
 
@@ -29,9 +28,9 @@ class RowResult:
     row: PlannedRow
     """The planned row (whose session, which chunk, late, substituted)."""
     control: list[int]
-    """Floor control per frame (``duplex.v1.FloorControl`` values)."""
+    """Floor control per frame (``duplex.model.family.Floor`` values, equal to ``duplex.v1.FloorControl``'s)."""
     text: list[int]
-    """Text token per frame."""
+    """The model's text tokens of this step (the family's ids)."""
     voiced: list[bool]
     """Per input frame: was it user speech (``duplex.model.detect.voiced_frames``)."""
 
@@ -55,38 +54,34 @@ class StepResult:
     started: float
     """Monotonic time the step began."""
     compute_ms: float
-    """Model step + codec decode of the whole range."""
+    """The served model's step (model and codec) over the whole range."""
 
 
 class StepExecutor:
-    """Model + codec over the slot state of one replica."""
+    """The served model over the slot state of one replica."""
 
     def __init__(
         self,
-        model: DuplexModel,
-        codec: Codec,
+        served: ServedModel[Any],
         slots: int,
         chunk_samples: int,
         batch_invariant: bool,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.model, self.codec, self.clock = model, codec, clock
-        self.cfg = model.cfg
+        self.served, self.clock = served, clock
+        self.format = served.format
         self.chunk_samples = chunk_samples
-        self.frames = chunk_samples // self.cfg.frame_samples
-        self.state = model.new_state(slots)
-        self.codec_state = codec.new_state(slots)
+        self.frames = chunk_samples // self.format.frame_samples
+        self.state = served.new_slots(slots)
         self.batch_invariant = batch_invariant
 
     def apply(self, ops: Sequence[SlotMove | SlotReset]) -> None:
-        """Carry out the planner's slot moves and resets on the model and the codec state, in order."""
+        """Carry out the planner's slot moves and resets on the streaming state, in order."""
         for op in ops:
             if isinstance(op, SlotMove):
                 self.state.move(op.src, op.dst)
-                self.codec_state.move(op.src, op.dst)
             else:
                 self.state.reset(op.slot)
-                self.codec_state.reset(op.slot)
 
     def run(self, plan: StepPlan) -> StepResult:
         started = self.clock()
@@ -94,7 +89,7 @@ class StepExecutor:
         width = 2 * self.chunk_samples
         pcm_in = bytearray(n * width)  # inactive rows and substituted chunks: silence
         active = torch.zeros(n, dtype=torch.bool)
-        text_slots = self.cfg.text_in_slots
+        text_slots = self.format.text_in_slots
         text_in: torch.Tensor | None = None
         videos: list[torch.Tensor] = []
         video_rows: list[int] = []
@@ -106,14 +101,14 @@ class StepExecutor:
                 pcm_in[i * width : (i + 1) * width] = row.chunk.pcm
             if row.text and text_slots:
                 if text_in is None:
-                    text_in = torch.full((n, F, text_slots), self.cfg.pad_token, dtype=torch.long)
+                    text_in = torch.full((n, F, text_slots), self.format.text_pad, dtype=torch.long)
                 text_in[i].view(-1)[: len(row.text)] = torch.tensor(row.text, dtype=torch.long)
             if row.video is not None:
                 videos.append(row.video)
                 video_rows.append(i)
         audio = torch.frombuffer(pcm_in, dtype=torch.int16).view(n, self.chunk_samples).float() / 32768.0
         mask = None if bool(active.all()) else active  # the one execution mask, for model and codec
-        out = self.model.step(
+        out = self.served.step(
             self.state,
             audio,
             rows=plan.slots,
@@ -123,11 +118,8 @@ class StepExecutor:
             video_rows=torch.tensor(video_rows, dtype=torch.long) if videos else None,
             batch_invariant=self.batch_invariant,
         )
-        speaking = (out.control == FLOOR_SPEAK) | (out.control == FLOOR_BACKCHANNEL)
-        codes = torch.where(speaking, out.audio_codes, 0)  # listen/yield frames decode as silence
-        wave = self.codec.decode(codes, self.codec_state, rows=plan.slots, active=mask)
-        voiced = voiced_frames(audio, self.cfg.frame_samples).tolist()
-        controls, texts = out.control.tolist(), out.text_tokens.tolist()
+        voiced = voiced_frames(audio, self.format.frame_samples).tolist()
+        controls, texts, wave = out.control.tolist(), out.text, out.wave
         on = [i for i, row in enumerate(plan.rows) if row is not None]
         rows = tuple(
             RowResult(row, controls[i], texts[i], voiced[i]) for i, row in enumerate(plan.rows) if row is not None

@@ -25,14 +25,13 @@ class OutputStage:
         metrics: EngineMetrics,
         sample_rate: int,
         chunk_samples: int,
-        eot_token: int,
         lost_after_chunks: int,
         wall_us: Callable[[float], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``wall_us`` maps a monotonic time to the engine's wall clock (µs since the epoch)."""
         self.metrics = metrics
-        self.sample_rate, self.chunk_samples, self.eot_token = sample_rate, chunk_samples, eot_token
+        self.sample_rate, self.chunk_samples = sample_rate, chunk_samples
         self.lost_after_chunks = lost_after_chunks
         self.wall_us, self.clock = wall_us, clock
         self.on_model_text: Callable[[Conversation, str], None] | None = None
@@ -114,12 +113,9 @@ class OutputStage:
             )
         )
         conv.output_sample += self.chunk_samples
-        piece = bytes(t for t in r.text if t < 256)
-        final = self.eot_token in r.text
-        if piece or final:
-            delta = conv.utf8.decode(piece, final=final)
-            if delta or final:
-                events.append(pb.ServerEvent(text=pb.TextDelta(seq=row.seq, text=delta, final=final)))
+        delta, final = conv.text.feed(r.text)
+        if delta or final:
+            events.append(pb.ServerEvent(text=pb.TextDelta(seq=row.seq, text=delta, final=final)))
         turn_events, latencies = conv.turns.feed(row.seq, r.control, r.voiced, start)
         events.extend(pb.ServerEvent(turn=t) for t in turn_events)
         for lat in latencies:

@@ -24,11 +24,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from duplex.model.codec import Codec
-from duplex.model.model import DuplexModel
+from duplex.model.family import ServedModel
 
 from ..metrics import EngineMetrics
 from ..spec import EngineSpec
@@ -91,8 +91,7 @@ class Scheduler:
 
     def __init__(
         self,
-        model: DuplexModel,
-        codec: Codec,
+        served: ServedModel[Any],
         spec: EngineSpec,
         chunk_ms: int,
         metrics: EngineMetrics,
@@ -100,18 +99,19 @@ class Scheduler:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec, self.metrics, self.loop, self.clock = spec, metrics, loop, clock
-        cfg = model.cfg
+        self.served = served
+        fmt = served.format
         self.period = chunk_ms / 1000.0
-        frames = cfg.frames_per_chunk(chunk_ms)
-        self.chunk_samples = frames * cfg.frame_samples
-        self.frame_samples = cfg.frame_samples
+        frames = served.frames_per_chunk(chunk_ms)
+        self.chunk_samples = frames * fmt.frame_samples
+        self.frame_samples = fmt.frame_samples
         self.capacity = spec.max_sessions
         self.t0 = clock()
         self.wall_offset_us = time.time_ns() // 1000 - int(self.t0 * 1e6)
-        self.planner = StepPlanner(spec, self.period, self.t0, frames * cfg.text_in_slots, metrics)
-        self.executor = StepExecutor(model, codec, self.planner.slots, self.chunk_samples, spec.batch_invariant, clock)
+        self.planner = StepPlanner(spec, self.period, self.t0, frames * fmt.text_in_slots, metrics)
+        self.executor = StepExecutor(served, self.planner.slots, self.chunk_samples, spec.batch_invariant, clock)
         self.output = OutputStage(
-            metrics, cfg.sample_rate, self.chunk_samples, cfg.eot_token, spec.lost_after_chunks, self.wall_us, clock
+            metrics, fmt.sample_rate, self.chunk_samples, spec.lost_after_chunks, self.wall_us, clock
         )
         self.planner_lock = threading.Lock()
         """Guards the planner (and ``step_ms``/``trace``) between the step thread and the event loop."""

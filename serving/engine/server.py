@@ -10,14 +10,17 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from duplex.model.codec import Codec
+from duplex.model.config import ModelError
+from duplex.model.family import ServedModel
+from duplex.model.family_duplex import DuplexServed
 from duplex.model.model import DuplexModel
-from duplex.model.runtime import load_part
+from duplex.model.runtime import load_served
 from duplex.model.spec import ModelSource
 from duplex.v1 import duplex_pb2 as pb
 
@@ -68,7 +71,7 @@ class EngineServer:
         self,
         spec: EngineSpec,
         source: ModelSource,
-        model: DuplexModel | None = None,
+        model: DuplexModel | ServedModel[Any] | None = None,
         bind_port: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -76,12 +79,12 @@ class EngineServer:
         (monotonic seconds) measures the resume grace (tests inject one they advance)."""
         self.spec, self.source = spec, source
         self.bind_port = spec.port if bind_port is None else bind_port
-        part = model if model is not None else load_part(source, device=spec.device)
-        assert isinstance(part, DuplexModel)
-        self.model = part
-        self.cfg = part.cfg
-        self.model_name = spec.served_model_name or source.preset
-        self.cfg.frames_per_chunk(spec.chunk_ms)  # validate early: a clear error before binding a port
+        if model is None:
+            model = load_served(source, device=spec.device)
+        self.served: ServedModel[Any] = DuplexServed(model) if isinstance(model, DuplexModel) else model
+        self.format = self.served.format
+        self.model_name = spec.served_model_name or self.format.name
+        self.served.frames_per_chunk(spec.chunk_ms)  # validate early: a clear error before binding a port
         self.metrics = EngineMetrics()
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -98,9 +101,9 @@ class EngineServer:
         # the step thread runs the model's Python between torch kernels; with the default 5 ms GIL switch
         # interval a chunk that arrives meanwhile can sit that long before the event loop may read it
         sys.setswitchinterval(GIL_SWITCH_S)
-        self.scheduler = Scheduler(self.model, Codec(self.cfg), self.spec, self.spec.chunk_ms, self.metrics, loop)
+        self.scheduler = Scheduler(self.served, self.spec, self.spec.chunk_ms, self.metrics, loop)
         self.scheduler.on_fatal = self._fatal
-        self.agent = AgentLink(self.spec, self.metrics, self.scheduler.add_text)
+        self.agent = AgentLink(self.spec, self.metrics, self._feed_text)
         self.scheduler.output.on_model_text = self.agent.model_text
         self.scheduler.start()
         self.metrics.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))  # read at scrape time
@@ -152,6 +155,15 @@ class EngineServer:
             frozen,
         )
         return self.port
+
+    def _feed_text(self, conv: Conversation, text: str) -> None:
+        """An agent result as the model's text input (a family without typed text gets the event only)."""
+        assert self.scheduler is not None
+        try:
+            tokens = self.served.encode_text(text)
+        except ModelError:
+            return
+        self.scheduler.add_text(conv, tokens)
 
     def _fatal(self, exc: BaseException) -> None:
         log.error("engine step thread died (%s): marking NOT_SERVING", exc)
@@ -219,7 +231,7 @@ class EngineServer:
             if first.start.resume_token:
                 resumed = self._claim(first.start, key_id)
             else:
-                neg = v.check_start(first.start, self.cfg, self.model_name, self.spec.chunk_ms, self.spec.tools)
+                neg = v.check_start(first.start, self.served, self.model_name, self.spec.chunk_ms, self.spec.tools)
                 client_us = first.start.client_time_us
         except v.InputError as e:
             self.metrics.errors.labels(e.code.name).inc()
@@ -237,7 +249,14 @@ class EngineServer:
         else:
             sid = neg.session_id or uuid.uuid4().hex[:12]
             replay = self.spec.resume_replay_events if resumable else 0
-            session = Conversation(sid, neg.chunk_samples, self.cfg.frame_samples, self.spec.max_send_backlog, replay)
+            session = Conversation(
+                sid,
+                neg.chunk_samples,
+                self.format.frame_samples,
+                self.spec.max_send_backlog,
+                replay,
+                text=self.served.text_decoder(),
+            )
             if not sched.admit(session) and not (self.resumes.sweep() and sched.admit(session)):
                 self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
                 await drain_client(context.read, _is_eof)
@@ -248,14 +267,14 @@ class EngineServer:
                 )
             session.on_close = lambda: sched.leave(session)
             self.agent.attach(session, neg.tools)
-            fmt = pb.AudioFormat(sample_rate=self.cfg.sample_rate, channels=1, encoding=pb.PCM16_LE)
+            fmt = pb.AudioFormat(sample_rate=self.format.sample_rate, channels=1, encoding=pb.PCM16_LE)
             ready = pb.SessionReady(
                 session_id=sid,
                 model=self.model_name,
                 input_format=fmt,
                 output_format=fmt,
                 chunk_ms=neg.chunk_ms,
-                frame_ms=self.cfg.frame_ms,
+                frame_ms=round(self.format.frame_ms),
                 chunk_samples=neg.chunk_samples,
                 tools=neg.tools,
                 replica=f"{self.spec.host}:{self.port}",
@@ -273,7 +292,7 @@ class EngineServer:
             else:
                 log.info("session started (peer %s)", context.peer())
                 if neg.instructions:
-                    sched.add_text(session, list(neg.instructions.encode()))
+                    sched.add_text(session, neg.instruction_tokens)
                 if client_us > 0:
                     # the hint counts from the Ready's departure, which the client places half a network round
                     # trip before the Ready's arrival (``client.first_send_us``)
@@ -431,7 +450,7 @@ class EngineServer:
                     session.next_audio_seq += 1
                     sched.submit(session, chunk)
                 elif kind == "text":
-                    tokens = v.check_text(ev.text)
+                    tokens = v.check_text(ev.text, self.served)
                     if session.text_in_flight + len(tokens) > MAX_TEXT_QUEUE:
                         raise v.InputError(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -441,7 +460,7 @@ class EngineServer:
                 elif kind == "video":
                     if resumed and ev.video.seq <= session.last_video_seq:
                         continue
-                    sched.set_video(session, v.check_video(ev.video, session.last_video_seq, self.cfg.video_size))
+                    sched.set_video(session, v.check_video(ev.video, session.last_video_seq, self.format.video_size))
                     session.last_video_seq = int(ev.video.seq)
                 elif kind == "agent":
                     assert self.agent is not None

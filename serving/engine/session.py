@@ -10,7 +10,6 @@ bookkeeping. Inputs travel loop → step thread through the scheduler's inbox; r
 from __future__ import annotations
 
 import asyncio
-import codecs
 import collections
 import uuid
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 import grpc
 import torch
 
+from duplex.model.family import TextDecoder
 from duplex.v1 import duplex_pb2 as pb
 
 from .turns import TurnTracker
@@ -56,9 +56,17 @@ class Conversation:
     """The event loop's side of a session: what is written to the client and how the stream ends."""
 
     def __init__(
-        self, session_id: str, chunk_samples: int, frame_samples: int, max_send_backlog: int, replay_events: int = 0
+        self,
+        session_id: str,
+        chunk_samples: int,
+        frame_samples: int,
+        max_send_backlog: int,
+        replay_events: int = 0,
+        *,
+        text: TextDecoder,
     ) -> None:
-        """``replay_events``: how many sent events to keep for a resume (0 = not resumable)."""
+        """``replay_events``: how many sent events to keep for a resume (0 = not resumable); ``text``: the served
+        model's decoder of its text tokens (``ServedModel.text_decoder``)."""
         self.id = session_id
         self.agent_id = f"{session_id}.{uuid.uuid4().hex[:8]}"
         """The session's name towards the background agent: unique even when clients reuse session ids."""
@@ -77,7 +85,8 @@ class Conversation:
         self.text_in_flight = 0
         """Typed-text tokens submitted and not yet fed to the model."""
         self.turns = TurnTracker(frame_samples)
-        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self.text = text
+        """The model's text tokens → text deltas."""
         self.output_sample = 0
         """Position of the next ModelAudio in the session's output stream."""
         self.left = False

@@ -8,12 +8,14 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import torch
 from google.protobuf.message import DecodeError
 
-from duplex.model.config import ModelConfig
+from duplex.model.config import ModelError
+from duplex.model.family import ServedModel
 from duplex.v1 import duplex_pb2 as pb
 
 MAX_TEXT_BYTES = 4096
@@ -35,6 +37,8 @@ class Negotiated:
     tools: list[str]
     instructions: str
     session_id: str
+    instruction_tokens: list[int]
+    """``instructions`` as the model's text-input tokens."""
 
 
 class Undecodable:
@@ -66,15 +70,15 @@ MAX_CLIENT_TIME_US = 1 << 62
 
 
 def check_start(
-    start: pb.SessionStart, cfg: ModelConfig, model_name: str, chunk_ms: int, tools: list[str]
+    start: pb.SessionStart, served: ServedModel[Any], model_name: str, chunk_ms: int, tools: list[str]
 ) -> Negotiated:
     if start.model and start.model != model_name:
         raise InputError(grpc.StatusCode.NOT_FOUND, f"start.model {start.model!r}: this replica serves {model_name!r}")
-    fmt = start.format
-    if fmt.sample_rate not in (0, cfg.sample_rate):
+    fmt, model_fmt = start.format, served.format
+    if fmt.sample_rate not in (0, model_fmt.sample_rate):
         raise InputError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"start.format.sample_rate {fmt.sample_rate}: the model takes {cfg.sample_rate} Hz "
+            f"start.format.sample_rate {fmt.sample_rate}: the model takes {model_fmt.sample_rate} Hz "
             "(resample on the client)",
         )
     if fmt.channels not in (0, 1):
@@ -92,6 +96,7 @@ def check_start(
         )
     if len(start.instructions.encode()) > MAX_TEXT_BYTES:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.instructions: longer than {MAX_TEXT_BYTES} bytes")
+    instruction_tokens = encode_text("start.instructions", start.instructions, served) if start.instructions else []
     if len(start.session_id) > 128:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, "start.session_id: longer than 128 characters")
     if not 0 <= start.client_time_us < MAX_CLIENT_TIME_US:
@@ -100,8 +105,18 @@ def check_start(
             f"start.client_time_us {start.client_time_us}: must be a clock reading in µs, "
             f"0 <= t < 2**62 (0 = no phase hint)",
         )
-    samples = cfg.frames_per_chunk(chunk_ms) * cfg.frame_samples
-    return Negotiated(model_name, chunk_ms, samples, list(start.tools), start.instructions, start.session_id)
+    samples = served.frames_per_chunk(chunk_ms) * model_fmt.frame_samples
+    return Negotiated(
+        model_name, chunk_ms, samples, list(start.tools), start.instructions, start.session_id, instruction_tokens
+    )
+
+
+def encode_text(field: str, text: str, served: ServedModel[Any]) -> list[int]:
+    """Typed text as the served model's input tokens, or an InputError naming the field."""
+    try:
+        return served.encode_text(text)
+    except ModelError as e:
+        raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {e}") from e
 
 
 def check_audio(audio: pb.AudioChunk, expected_seq: int, chunk_samples: int) -> bytes:
@@ -142,11 +157,11 @@ def check_video(video: pb.VideoFrame, last_seq: int, size: int) -> torch.Tensor:
     return rgb.view(size, size, 3).permute(2, 0, 1).contiguous()
 
 
-def check_text(text: pb.TextInput) -> list[int]:
+def check_text(text: pb.TextInput, served: ServedModel[Any]) -> list[int]:
     data = text.text.encode()
     if len(data) > MAX_TEXT_BYTES:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"text.text: {len(data)} bytes, limit {MAX_TEXT_BYTES}")
-    return list(data)
+    return encode_text("text.text", text.text, served)
 
 
 MAX_CALL_ID_CHARS = 256

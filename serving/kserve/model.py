@@ -18,7 +18,7 @@ from kserve import Model
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
-from duplex.model.codec import Codec
+from duplex.model.family_duplex import DuplexServed
 from duplex.model.model import DuplexModel
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
@@ -66,8 +66,7 @@ class DuplexKServeModel(Model):  # type: ignore[misc]  # kserve ships no type in
         assert self.model is not None, "load() first"
         started = self._started_event()
         sched = Scheduler(
-            self.model,
-            Codec(self.model.cfg),
+            DuplexServed(self.model),
             self.spec,
             self.spec.chunk_ms,
             self.metrics,

@@ -76,7 +76,13 @@ def chunks_of(utterance: Utterance, chunk_samples: int, sample_rate: int) -> lis
 async def answer(sched: Scheduler, spec: EngineSpec, utterance: Utterance, sample_rate: int) -> Answer:
     """Feed ``utterance`` to the engine as one session and collect what the model answered."""
     chunks = chunks_of(utterance, sched.chunk_samples, sample_rate)
-    conv = Conversation(uuid.uuid4().hex[:12], sched.chunk_samples, sched.frame_samples, spec.max_send_backlog)
+    conv = Conversation(
+        uuid.uuid4().hex[:12],
+        sched.chunk_samples,
+        sched.frame_samples,
+        spec.max_send_backlog,
+        text=sched.served.text_decoder(),
+    )
     if not sched.admit(conv):
         raise ServerNotReady(f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later")
     collector = _Collector(len(chunks) * sched.chunk_samples, sample_rate)

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from serving.conftest import LoopThread, tone, wait_serving
 from serving.test_bad_input import send_raw
 
+from duplex.model.family_duplex import ByteTextDecoder
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.agent.protocol import StreamNames
@@ -281,14 +282,14 @@ async def test_the_models_tool_call_text_submits_a_job(redis_server: RedisServer
     """Unit level: the output stage gets a step whose text holds a call; the link submits it to Redis."""
     frame, frames = 640, 5
     metrics = EngineMetrics()
-    stage = OutputStage(metrics, 16000, frame * frames, 257, 3, wall_us=lambda mono: int(mono * 1e6))
+    stage = OutputStage(metrics, 16000, frame * frames, 3, wall_us=lambda mono: int(mono * 1e6))
     fed: list[int] = []
     spec = EngineSpec(tools=TOOLS, redis_url=redis_server.url, agent_stream_prefix=prefix, agent_replica_id="u-0")
-    link = AgentLink(spec, metrics, lambda conv, tokens: fed.extend(tokens))
+    link = AgentLink(spec, metrics, lambda conv, text: fed.extend(text.encode()))
     stage.on_model_text = link.model_text
     await link.start(port=0)
     try:
-        conv = Conversation("model-calls", frame * frames, frame, max_send_backlog=50)
+        conv = Conversation("model-calls", frame * frames, frame, max_send_backlog=50, text=ByteTextDecoder(257))
         conv.chunks_in_flight = 2
         link.attach(conv, TOOLS)
         text = b'I will compute that. [[call calculator {"expression": "6 * 7"}]] one moment'

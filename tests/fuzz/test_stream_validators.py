@@ -15,12 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from duplex.model.config import ModelConfig
+from duplex.model.family_duplex import DuplexServed
+from duplex.model.model import DuplexModel
 from duplex.serving.engine import validate as v
 from duplex.v1 import duplex_pb2 as pb
 
 FUZZ_EXAMPLES = 700
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 CFG = ModelConfig()
+SERVED = DuplexServed(DuplexModel(CFG))
 CHUNK_MS = 200
 CHUNK_SAMPLES = CFG.frames_per_chunk(CHUNK_MS) * CFG.frame_samples
 TOOLS = ["clock", "calculator"]
@@ -89,7 +92,7 @@ class Stream:
         kind = v.event_kind(ev)
         assert isinstance(ev, pb.ClientEvent)
         if kind == "start":
-            v.check_start(ev.start, CFG, "tiny", CHUNK_MS, TOOLS)
+            v.check_start(ev.start, SERVED, "tiny", CHUNK_MS, TOOLS)
         elif kind == "audio":
             pcm = v.check_audio(ev.audio, self.expected_seq, CHUNK_SAMPLES)
             assert pcm == ev.audio.pcm and len(pcm) == 2 * CHUNK_SAMPLES
@@ -99,7 +102,7 @@ class Stream:
             assert frame.shape == (3, CFG.video_size, CFG.video_size)
             self.last_video = int(ev.video.seq)
         elif kind == "text":
-            assert len(v.check_text(ev.text)) <= v.MAX_TEXT_BYTES
+            assert len(v.check_text(ev.text, SERVED)) <= v.MAX_TEXT_BYTES
         elif kind == "agent":
             v.check_agent(ev.agent)
         return kind
@@ -168,7 +171,7 @@ def test_session_start(
         client_time_us=client_time_us,
     )
     try:
-        neg = v.check_start(start, CFG, "tiny", CHUNK_MS, TOOLS)
+        neg = v.check_start(start, SERVED, "tiny", CHUNK_MS, TOOLS)
     except v.InputError as e:
         assert_input_error(e, "start")
         return
@@ -213,7 +216,7 @@ def test_video_frame(seq: int, last: int, width: int, height: int, rgb: bytes, s
 @given(st.text(max_size=5000))
 def test_text_input(text: str) -> None:
     try:
-        tokens = v.check_text(pb.TextInput(text=text))
+        tokens = v.check_text(pb.TextInput(text=text), SERVED)
     except v.InputError as e:
         assert_input_error(e, "text")
         return

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from duplex.model.family_duplex import ByteTextDecoder
 from duplex.serving.engine.executor import RowResult, StepResult
 from duplex.serving.engine.output import OutputStage
 from duplex.serving.engine.planner import PlannedRow
@@ -35,7 +36,6 @@ def stage() -> OutputStage:
         EngineMetrics(),
         SR,
         CHUNK,
-        EOT,
         lost_after_chunks=3,
         wall_us=lambda mono: int(mono * 1e6),
         clock=FakeClock(10.020),
@@ -43,7 +43,7 @@ def stage() -> OutputStage:
 
 
 def conversation() -> Conversation:
-    conv = Conversation("c", CHUNK, FRAME, max_send_backlog=50)
+    conv = Conversation("c", CHUNK, FRAME, max_send_backlog=50, text=ByteTextDecoder(EOT))
     conv.chunks_in_flight = 2
     return conv
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from duplex.model.family_duplex import ByteTextDecoder
 from duplex.serving.engine.planner import SEND_LEAD_S, SlotMove, SlotReset, StepPlan, StepPlanner
 from duplex.serving.engine.session import Conversation, InputChunk, SlotSession
 from duplex.serving.metrics import EngineMetrics
@@ -38,7 +39,7 @@ def planner(**spec: Any) -> StepPlanner:
 
 
 def session(name: str) -> SlotSession:
-    return Conversation(name, CHUNK_SAMPLES, 640, max_send_backlog=20).slot_session
+    return Conversation(name, CHUNK_SAMPLES, 640, max_send_backlog=20, text=ByteTextDecoder(257)).slot_session
 
 
 def chunk(p: StepPlanner, s: SlotSession, seq: int, at: float) -> None:

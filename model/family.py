@@ -1,0 +1,130 @@
+"""The one interface between the engine and a model family.
+
+The engine (planner → executor → output stage) knows nothing of what it serves beyond this module: a
+``ServedModel`` says its stream format, keeps per-slot streaming state (``SlotStates``: move a slot, reset a
+slot), steps a contiguous block of slots under one execution mask and hands back plain per-frame decisions,
+text tokens and audio. Each family turns its own text tokens into text (``TextDecoder``) and typed text into
+its own input tokens (``encode_text``).
+
+Families: ``duplex`` (this repository's early-fusion model, ``family_duplex.py``) and the Moshi family —
+Kyutai's Moshi, NVIDIA's PersonaPlex and Kyutai's Hibiki, served with the upstream ``moshi`` package
+(``duplex.model.moshi``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Literal, Protocol, TypeVar
+
+from torch import Tensor
+
+FamilyName = Literal["duplex", "moshi", "personaplex", "hibiki"]
+
+
+class Floor(IntEnum):
+    """Per-frame floor control, the model's own decision (names and values equal ``duplex.v1.FloorControl``'s,
+    which a test checks; the model never imports the wire contract)."""
+
+    LISTEN = 0
+    SPEAK = 1
+    BACKCHANNEL = 2
+    YIELD = 3
+
+
+@dataclass(frozen=True)
+class StreamFormat:
+    """What a client must send and will receive."""
+
+    family: FamilyName
+    """Model family (``duplex``, ``moshi``, ``personaplex``, ``hibiki``)."""
+    name: str
+    """The model's name (served model name unless the engine spec overrides it)."""
+    sample_rate: int
+    """PCM16 mono rate of input and output audio."""
+    frame_samples: int
+    """Samples per model frame (the smallest step of the model)."""
+    text_in_slots: int = 0
+    """Typed-text tokens the model can take per frame (0 = no typed text input)."""
+    text_pad: int = 0
+    """The typed-text input token that means "nothing typed" in a slot."""
+    video_size: int = 0
+    """Side of the square video frames it takes (0 = no video)."""
+
+    @property
+    def frame_ms(self) -> float:
+        return 1000.0 * self.frame_samples / self.sample_rate
+
+
+class SlotStates(Protocol):
+    """Per-slot streaming state of the model and its codec, for ``slots`` rows."""
+
+    def move(self, src: int, dst: int) -> None:
+        """Copy slot ``src``'s state into slot ``dst`` (``src`` is left as it was)."""
+
+    def reset(self, slot: int) -> None:
+        """Make ``slot`` a fresh session."""
+
+
+@dataclass(frozen=True)
+class FamilyStep:
+    """What one step produced for the ``n`` rows of its slot block (inactive rows included)."""
+
+    control: Tensor
+    """(n, F) long: floor control per frame (``Floor``)."""
+    text: list[list[int]]
+    """Per row, the model's text tokens of this step (family-specific ids; ``TextDecoder`` reads them)."""
+    wave: Tensor
+    """(n, F*frame_samples) float32 in [-1, 1]: the model's audio."""
+
+
+class TextDecoder(Protocol):
+    """One session's incremental text: the model's text tokens → printable text."""
+
+    def feed(self, tokens: list[int]) -> tuple[str, bool]:
+        """Text completed by these tokens, and whether the model ended its text (a final delta)."""
+
+
+S = TypeVar("S", bound=SlotStates)
+
+
+class ServedModel(Protocol[S]):
+    """A model family as the engine serves it; ``S`` is its per-slot state type."""
+
+    @property
+    def format(self) -> StreamFormat: ...
+
+    def frames_per_chunk(self, chunk_ms: int) -> int:
+        """Frames in a chunk of ``chunk_ms``; raises ``ModelError`` naming the allowed values otherwise."""
+        ...
+
+    def new_slots(self, slots: int) -> S:
+        """Fresh streaming state for ``slots`` rows."""
+        ...
+
+    def step(
+        self,
+        state: S,
+        audio: Tensor,
+        rows: slice,
+        active: Tensor | None = None,
+        text_in: Tensor | None = None,
+        video: Tensor | None = None,
+        video_rows: Tensor | None = None,
+        batch_invariant: bool = False,
+    ) -> FamilyStep:
+        """Advance the slots ``rows`` by one chunk each: audio (n, F*frame_samples) float in [-1, 1].
+
+        ``active`` (n,) bool: rows that really have a chunk now; an inactive row's state is left exactly as it
+        was (None = all active). ``text_in`` (n, F, text_in_slots) input tokens (families with typed text);
+        ``video`` (K, 3, V, V) frames for the rows ``video_rows``."""
+        ...
+
+    def encode_text(self, text: str) -> list[int]:
+        """Typed text → input tokens for ``step``'s ``text_in`` (raises ``ModelError`` when the family has
+        no typed-text input)."""
+        ...
+
+    def text_decoder(self) -> TextDecoder:
+        """A fresh per-session text decoder."""
+        ...

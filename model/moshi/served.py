@@ -1,0 +1,494 @@
+"""The Moshi family behind the engine's ``ServedModel`` interface, on the upstream ``moshi`` package.
+
+Per frame (80 ms, 1920 samples at 24 kHz) and row: Mimi encodes the user's audio to codes, ``LMGen.step`` gives
+the model's text token and audio codes, Mimi decodes those codes to the model's audio. Rows still filling the
+codebook delays (the first frame of a session) yield no tokens and decode as silence.
+
+Continuous batching. The engine steps contiguous blocks of slots ("cohorts") at different phases; each block
+gets its own upstream streaming state (Mimi's encoder and decoder, ``LMGen``, the LM's transformer), created
+lazily on the first step of that slot range, and swapped into the shared upstream modules around each call, so
+stepping a 16-row block costs a 16-row forward however many slots there are. Rows of a block are independent
+streams: upstream's execution mask leaves an inactive row's state as it was (all but the KV-ring slots of the
+row's next write, which no query reads and its next active step overwrites), ``reset_streaming(mask)`` makes
+a row a fresh stream, and ``LMGen(support_out_of_sync=True)`` keeps per-row offsets, so a reset row does not
+stall its neighbours. ``move`` copies one row's whole streaming state into another row, of the same block or
+another one. Not thread-safe: the upstream modules are shared, one step (or move, reset) at a time.
+
+Batch invariance. With CPU's default kernels a row's audio differs from its solo run by ~1e-7 (oneDNN
+convolutions and small-row GEMMs pick their algorithm by batch size). ``step(batch_invariant=True)`` on CPU
+turns oneDNN off and pads every matrix product to ``invariant.MIN_GEMM_ROWS`` rows: then a row's text, floor
+control and audio are bit-identical whatever shares its block (tested). On other devices it changes nothing.
+
+Floor control, from the model's own output. A frame is SPEAK while the model is producing words on its text
+stream: from a frame whose text token is a word piece (not padding: not ``text_padding_token_id``, not
+``end_of_text_padding_id``) through ``SPEAK_HANGOVER_FRAMES`` frames of padding after the last word. The frame
+after that ends the turn: it is YIELD when the user's input was voiced (frame RMS above ``VOICED_RMS``) in any
+of the last ``SPEAK_HANGOVER_FRAMES`` + 1 frames — the user barged in and the model stopped — and LISTEN
+otherwise. Every other frame is LISTEN. The counters behind it are per-row state: they move and reset with
+the row.
+
+Known costs (upstream): frozen (inactive) rows of a block are still computed; sampling settings are per
+``LMGen``, so per ``MoshiServed``, not per row; every block preallocates the KV ring at full context for all
+of its rows."""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from moshi.models.lm import LMGen
+from moshi.modules.transformer import RingKVCache, StreamingMultiheadAttention
+from moshi.utils.compile import no_compile
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
+
+from .. import invariant
+from ..config import ModelError
+from ..family import FamilyStep, Floor, StreamFormat
+from .checkpoint import MoshiCheckpoint
+
+SPEAK_HANGOVER_FRAMES = 8
+"""Frames of text padding after the last word that still count as the model's turn (8 × 80 ms = 640 ms)."""
+VOICED_RMS = 0.02
+"""A user input frame with an RMS above this (about -34 dBFS) is voiced."""
+CHUNK_MS_ALLOWED = (80, 160, 240, 320, 400)
+TOP_K_TEXT = 25
+"""Upstream's default text top-k when sampling."""
+
+# Fields of upstream's streaming-state dataclasses, by what ``move`` does with them. A field in neither set makes
+# ``move`` fail loudly (an upstream version with new per-row state must be looked at, not copied by guess).
+_ROW_FIELDS = frozenset(
+    {
+        "cache",  # _LMGenState: (B, 1+n_q, max_delay+2) ring of delayed tokens
+        "offsets",  # _LMGenState, _TransformerState: (B,) per-row step counters (rope / sin positions)
+        "offset",  # _MHAState: (B,) per-row position
+        "previous",  # _StreamingConv1dState: (B, C, kernel-stride) left context
+        "first",  # _StreamingConv1dState: (B,) replicate-padding flag
+        "partial",  # _StreamingConvTr1dState: (B, C, kernel-stride) overlap-add tail
+        "k_cross",  # _MHAState: (B, H, T, D) cached cross-attention keys (conditioned models)
+        "v_cross",
+    }
+)
+_SHARED_FIELDS = frozenset(
+    {
+        "batch_size",
+        "device",
+        "initial",  # _LMGenState: (1, K, 1) start tokens
+        "offset_cpu",  # one int per batch; only read by weights-per-step layers (checked absent) and in-sync LMGen
+        "condition_sum",  # same conditioning for every row
+        "condition_cross",
+        "cfg_is_masked_until",
+        "exit_stack",
+        "reset_callback",
+        "set_exec_mask_callback",
+        "graphed_main",
+        "graphed_depth",
+        "graphed_tr_enc",
+        "graphed_tr_dec",
+        "graphed_encoder",
+        "graphed_decoder",
+    }
+)
+
+
+def _copy_state_row(src: Any, i: int, dst: Any, j: int) -> None:
+    """Copy row ``i`` of one upstream streaming state into row ``j`` of another of the same module (in place, so
+    tensors captured by upstream's CUDA graphs stay valid)."""
+    dst.exec_mask[j] = src.exec_mask[i]  # set in State.__post_init__, not a dataclass field
+    for f in dataclasses.fields(src):
+        value = getattr(src, f.name)
+        target = getattr(dst, f.name)
+        if value is None:  # e.g. no KV cache (cross-attention), no conditioning
+            continue
+        if isinstance(value, RingKVCache):
+            # cache is (2 [k, v], B, heads, capacity, dim): the batch is dim 1. Positions in the ring follow each
+            # row's end_offset, so the row's whole ring and its end_offset travel together.
+            if not value.respect_exec_mask:
+                raise RuntimeError("a KV cache without per-row offsets cannot move rows")
+            target.cache[:, j].copy_(value.cache[:, i])
+            target.end_offset[j] = value.end_offset[i]
+        elif f.name in _ROW_FIELDS:
+            target[j].copy_(value[i])
+        elif f.name not in _SHARED_FIELDS:
+            raise RuntimeError(f"unknown upstream streaming state {type(src).__name__}.{f.name}: cannot move a row")
+
+
+class _RowPadding(TorchFunctionMode):
+    """Row-count independent matrix products inside upstream code (which we do not edit): every ``F.linear``
+    (``nn.Linear`` and the gating's) and the quantizer's ``torch.cdist`` (a GEMM against the codebook) run with
+    at least ``invariant.MIN_GEMM_ROWS`` rows, zero rows sliced off after — ``duplex.model.invariant``'s rule."""
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        # the mode is off while this runs, so the calls below go straight to the kernels
+        if func is F.linear:
+            with invariant.batch_invariant():
+                return invariant.linear(*args, **kwargs)
+        if func is torch.cdist:
+            x1, rest = args[0], args[1:]
+            n = x1.shape[-2]
+            if 0 < n < invariant.MIN_GEMM_ROWS:
+                padded = x1.new_zeros(*x1.shape[:-2], invariant.MIN_GEMM_ROWS, x1.shape[-1])
+                padded[..., :n, :] = x1
+                return func(padded, *rest, **kwargs)[..., :n, :]
+        return func(*args, **kwargs)
+
+
+@contextmanager
+def _invariant_kernels(on: bool, device: torch.device) -> Iterator[None]:
+    """Batch-invariant CPU execution: oneDNN (mkldnn) convolutions pick their algorithm by batch size, the
+    native ones compute each batch element alone; matrix products get padded rows (``_RowPadding``)."""
+    if not on or device.type != "cpu":
+        yield
+        return
+    was = torch._C._get_mkldnn_enabled()  # (not mkldnn.flags(): that also sets oneDNN TF32 and warns)
+    torch._C._set_mkldnn_enabled(False)
+    try:
+        with _RowPadding():
+            yield
+    finally:
+        torch._C._set_mkldnn_enabled(was)
+
+
+class FloorTracker:
+    """Per-row floor control state (see the module docstring) for ``rows`` rows."""
+
+    IDLE = SPEAK_HANGOVER_FRAMES + 2
+    """Counter value meaning "long ago" (counters saturate there)."""
+
+    def __init__(self, rows: int, pad_ids: frozenset[int], device: torch.device | str = "cpu") -> None:
+        self.pad_ids = torch.tensor(sorted(pad_ids), dtype=torch.long, device=device)
+        self.since_word = torch.full((rows,), self.IDLE, dtype=torch.long, device=device)
+        """Frames since the last word token (0 = this frame)."""
+        self.since_voiced = torch.full((rows,), self.IDLE, dtype=torch.long, device=device)
+        """Frames since the last voiced input frame (0 = this frame)."""
+
+    def update(self, text: Tensor, voiced: Tensor, active: Tensor) -> Tensor:
+        """One frame: text tokens (n,) (negative = none yet), voiced input (n,) bool, active rows (n,) bool →
+        floor control (n,) long; inactive rows keep their state and read LISTEN."""
+        word = (text >= 0) & ~torch.isin(text, self.pad_ids)
+        since_word = torch.where(word, 0, (self.since_word + 1).clamp(max=self.IDLE))
+        since_voiced = torch.where(voiced, 0, (self.since_voiced + 1).clamp(max=self.IDLE))
+        self.since_word = torch.where(active, since_word, self.since_word)
+        self.since_voiced = torch.where(active, since_voiced, self.since_voiced)
+        turn_end = since_word == SPEAK_HANGOVER_FRAMES + 1
+        barged_in = since_voiced <= SPEAK_HANGOVER_FRAMES
+        control = torch.full_like(text, Floor.LISTEN)
+        control = torch.where(since_word <= SPEAK_HANGOVER_FRAMES, Floor.SPEAK, control)
+        control = torch.where(turn_end & barged_in, Floor.YIELD, control)
+        return torch.where(active, control, Floor.LISTEN)
+
+    def copy_row(self, i: int, dst: FloorTracker, j: int) -> None:
+        dst.since_word[j] = self.since_word[i]
+        dst.since_voiced[j] = self.since_voiced[i]
+
+    def reset(self, row: int) -> None:
+        self.since_word[row] = self.IDLE
+        self.since_voiced[row] = self.IDLE
+
+
+@dataclasses.dataclass(eq=False)
+class _Block:
+    """The upstream streaming state of one contiguous slot range, as ``get_streaming_state`` returns it."""
+
+    start: int
+    rows: int
+    mimi: dict[str, Any]
+    """Mimi's whole tree: SEANet encoder and decoder convolutions, both transformers, the resamplers."""
+    gen: dict[str, Any]
+    """``LMGen``'s own state (delayed-token cache, per-row offsets); the LM is detached from it."""
+    lm: dict[str, Any]
+    """The LM's tree: per layer the KV ring and offsets (the depformer restarts each step, so has none)."""
+    floor: FloorTracker
+
+
+class MoshiSlots:
+    """``SlotStates`` for a ``MoshiServed``: one upstream streaming state per slot block the engine steps.
+
+    Each slot lives at one row of one block (its "home"); a slot no block holds yet is a fresh stream. A step
+    over a slot range with no block of its own creates it and brings in the slots homed elsewhere, and a move
+    to a slot no block holds gives that slot a one-row block until a step takes it in."""
+
+    def __init__(self, served: MoshiServed, slots: int) -> None:
+        self.served = served
+        self.slots = slots
+        self._blocks: dict[tuple[int, int], _Block] = {}
+        self._home: dict[int, tuple[_Block, int]] = {}
+
+    def block(self, rows: slice) -> _Block:
+        """The block of the slot range ``rows`` (created, with its slots brought in, on first use)."""
+        start, stop, stride = rows.indices(self.slots)
+        if stride != 1 or stop <= start:
+            raise ModelError(f"rows={rows} must be a non-empty contiguous range of the {self.slots} slots")
+        found = self._blocks.get((start, stop))
+        if found is not None:
+            return found
+        block = self.served._new_block(start, stop - start)
+        for slot in range(start, stop):
+            home = self._home.get(slot)
+            if home is not None:
+                self.served._copy_row(home[0], home[1], block, slot - start)
+            self._home[slot] = (block, slot - start)
+        self._blocks[(start, stop)] = block
+        self._prune()
+        return block
+
+    def move(self, src: int, dst: int) -> None:
+        self._check(src)
+        self._check(dst)
+        if src == dst:
+            return
+        home = self._home.get(src)
+        if home is None:  # src was never stepped: a fresh stream
+            self.reset(dst)
+            return
+        target = self._home.get(dst)
+        if target is None:
+            staging = self.served._new_block(dst, 1)
+            self._blocks[(dst, dst + 1)] = staging
+            target = self._home[dst] = (staging, 0)
+        self.served._copy_row(home[0], home[1], target[0], target[1])
+        self._prune()
+
+    def reset(self, slot: int) -> None:
+        self._check(slot)
+        home = self._home.get(slot)
+        if home is not None:
+            self.served._reset_row(home[0], home[1])
+
+    def _check(self, slot: int) -> None:
+        if not 0 <= slot < self.slots:
+            raise ModelError(f"slot {slot} is outside the {self.slots} slots")
+
+    def _prune(self) -> None:
+        """Drop the blocks no slot lives in any more (superseded by a larger or realigned block)."""
+        used = {id(block) for block, _ in self._home.values()}
+        for key in [k for k, b in self._blocks.items() if id(b) not in used]:
+            del self._blocks[key]
+
+
+class MoshiTextDecoder:
+    """SentencePiece pieces → text: "▁" marks a word start (a space); padding and control ids give nothing.
+    Moshi's text stream has no end-of-text token, so no delta is final."""
+
+    def __init__(self, tokenizer: Any, skip_ids: frozenset[int]) -> None:
+        self.tokenizer = tokenizer
+        self.skip_ids = skip_ids
+        self.size = int(tokenizer.get_piece_size())
+        self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, tokens: list[int]) -> tuple[str, bool]:
+        out: list[str] = []
+        for t in tokens:
+            if t < 0 or t >= self.size or t in self.skip_ids:
+                continue
+            if self.tokenizer.is_control(t) or self.tokenizer.is_unknown(t):
+                continue
+            if self.tokenizer.is_byte(t):  # byte-fallback piece "<0xAB>"
+                out.append(self.utf8.decode(bytes([int(self.tokenizer.id_to_piece(t)[3:5], 16)])))
+                continue
+            out.append(self.utf8.decode(b"", final=True))
+            out.append(str(self.tokenizer.id_to_piece(t)).replace("▁", " "))
+        return "".join(out), False
+
+
+class MoshiServed:
+    """``ServedModel`` for a Moshi-family checkpoint, on upstream ``LMGen`` and Mimi.
+
+    ``temperature`` 0 is greedy decoding of text and audio (upstream ``use_sampling=False``); otherwise it is
+    the sampling temperature of both, with ``top_k`` for audio and ``TOP_K_TEXT`` for text."""
+
+    def __init__(
+        self,
+        ckpt: MoshiCheckpoint,
+        temperature: float = 0.0,
+        top_k: int = 250,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if temperature < 0:
+            raise ModelError(f"temperature={temperature} must be >= 0")
+        self.ckpt = ckpt
+        lm, mimi = ckpt.lm, ckpt.mimi
+        self.device = torch.device(device) if device is not None else next(lm.parameters()).device
+        self.lm = lm.to(self.device).eval()
+        self.mimi = mimi.to(self.device).eval()
+        self._validate()
+        self.gen = LMGen(
+            self.lm,
+            use_sampling=temperature > 0,
+            temp=temperature,
+            temp_text=temperature,
+            top_k=top_k,
+            top_k_text=TOP_K_TEXT,
+            # per-row readiness: without it LMGen's batch-wide step counter makes a reset stall every row
+            support_out_of_sync=True,
+        )
+        self.pad_ids = frozenset({int(self.lm.text_padding_token_id), int(self.lm.end_of_text_padding_id)})
+        self.mimi_dtype = next(self.mimi.parameters()).dtype
+        self._format = StreamFormat(
+            family=ckpt.family,
+            name=ckpt.name,
+            sample_rate=int(self.mimi.sample_rate),
+            frame_samples=int(self.mimi.frame_size),
+        )
+
+    def _validate(self) -> None:
+        lm, mimi = self.lm, self.mimi
+        if int(mimi.sample_rate) != 24000 or int(mimi.frame_size) != 1920:
+            raise ModelError(
+                f"{self.ckpt.name}: Mimi at {mimi.sample_rate} Hz with {mimi.frame_size}-sample frames; "
+                "the moshi family serves 80 ms frames at 24 kHz"
+            )
+        if lm.fuser is not None or lm.condition_provider is not None:
+            raise ModelError(f"{self.ckpt.name}: conditioned Moshi-family models are not served yet")
+        user_q = lm.n_q - lm.dep_q
+        if mimi.num_codebooks < max(user_q, lm.dep_q):
+            raise ModelError(
+                f"{self.ckpt.name}: Mimi has {mimi.num_codebooks} codebooks, the LM needs {max(user_q, lm.dep_q)}"
+            )
+        # rows carry their own positions everywhere except in weights-per-step layers, which index their weights
+        # by the batch-wide offset_cpu; the depformer has them but restarts every step
+        for module in [*lm.transformer.modules(), *mimi.modules()]:
+            if isinstance(module, StreamingMultiheadAttention) and module.weights_per_step:
+                raise ModelError(f"{self.ckpt.name}: weights-per-step attention outside the depformer")
+
+    # --- ServedModel --------------------------------------------------------------------------------------
+
+    @property
+    def format(self) -> StreamFormat:
+        return self._format
+
+    def frames_per_chunk(self, chunk_ms: int) -> int:
+        if chunk_ms not in CHUNK_MS_ALLOWED:
+            allowed = ", ".join(str(c) for c in CHUNK_MS_ALLOWED)
+            raise ModelError(f"chunk_ms={chunk_ms}: the moshi family takes chunks of {allowed} ms (80 ms frames)")
+        return round(chunk_ms / self._format.frame_ms)
+
+    def new_slots(self, slots: int) -> MoshiSlots:
+        if slots < 1:
+            raise ModelError(f"slots={slots} must be >= 1")
+        return MoshiSlots(self, slots)
+
+    @torch.no_grad()
+    def step(
+        self,
+        state: MoshiSlots,
+        audio: Tensor,
+        rows: slice,
+        active: Tensor | None = None,
+        text_in: Tensor | None = None,
+        video: Tensor | None = None,
+        video_rows: Tensor | None = None,
+        batch_invariant: bool = False,
+    ) -> FamilyStep:
+        """One chunk for the slot block ``rows`` (see ``ServedModel.step``); ``batch_invariant`` as in the module
+        docstring (CPU only)."""
+        if text_in is not None or video is not None or video_rows is not None:
+            raise ModelError("the moshi family takes audio only (no text_in, no video)")
+        block = state.block(rows)
+        n, S = block.rows, self._format.frame_samples
+        if audio.dim() != 2 or audio.shape[0] != n or audio.shape[1] == 0 or audio.shape[1] % S:
+            raise ModelError(f"audio {tuple(audio.shape)} must be ({n}, F*{S})")
+        frames = audio.shape[1] // S
+        if active is None:
+            act = torch.ones(n, dtype=torch.bool, device=self.device)
+        else:
+            if tuple(active.shape) != (n,):
+                raise ModelError(f"active {tuple(active.shape)} must be ({n},)")
+            act = active.to(self.device, torch.bool)
+        x = audio.to(self.device, torch.float32)
+        control = torch.full((n, frames), Floor.LISTEN, dtype=torch.long, device=self.device)
+        wave = torch.zeros(n, frames * S, dtype=torch.float32, device=self.device)
+        text_tok = torch.full((n, frames), -2, dtype=torch.long, device=self.device)
+        with ExitStack() as stack:
+            stack.enter_context(self._swapped_in(block))
+            stack.enter_context(_invariant_kernels(batch_invariant, self.device))
+            if self.device.type == "cpu":  # upstream's lazy torch.compile (rope, gating) wants a C toolchain
+                stack.enter_context(no_compile())
+            for f in range(frames):
+                frame = x[:, f * S : (f + 1) * S]
+                self.mimi.set_exec_mask(act)
+                codes = self.mimi.encode(frame[:, None, :].to(self.mimi_dtype))  # (n, K, 1)
+                self.gen.set_exec_mask(act)  # LMGen forwards it to the LM (its reset / exec-mask callbacks)
+                tokens = self.gen.step(codes)  # (n, 1+dep_q, 1); -2 (ungenerated) where a row is not ready
+                if tokens is None:  # only without support_out_of_sync
+                    tokens = torch.full((n, 1 + self.lm.dep_q, 1), -2, dtype=torch.long, device=self.device)
+                tok = tokens[:, :, 0]
+                ready = act & (tok[:, 1:] >= 0).all(dim=1)
+                if bool(ready.any()):
+                    # the decoder advances only for rows that produced audio (a fresh stream's decoder first
+                    # sees its first generated frame, as upstream's loop, which skips decoding until then)
+                    self.mimi.set_exec_mask(ready)
+                    pcm = self.mimi.decode(tok[:, 1:, None].clamp(min=0))[:, 0].float()
+                    wave[:, f * S : (f + 1) * S] = torch.where(ready[:, None], pcm, 0.0)
+                voiced = frame.pow(2).mean(dim=1).sqrt() > VOICED_RMS
+                control[:, f] = block.floor.update(tok[:, 0], voiced, act)
+                text_tok[:, f] = torch.where(act, tok[:, 0], -2)
+        text = [[t for t in row if t >= 0] for row in text_tok.tolist()]
+        return FamilyStep(control=control, text=text, wave=wave.clamp(-1.0, 1.0))
+
+    def encode_text(self, text: str) -> list[int]:
+        raise ModelError("the moshi family has no typed-text input; send audio")
+
+    def text_decoder(self) -> MoshiTextDecoder:
+        return MoshiTextDecoder(self.ckpt.text_tokenizer, self.pad_ids)
+
+    # --- upstream streaming state ------------------------------------------------------------------------
+
+    def _modules(self) -> tuple[Any, Any, Any]:
+        # LMGen detaches the LM from its streaming tree (set_streaming_detached), so the LM's state is separate
+        return self.mimi, self.gen, self.lm
+
+    def _check_idle(self) -> None:
+        for module in self._modules():
+            if module.is_streaming:
+                raise RuntimeError(f"{type(module).__name__} is already streaming outside MoshiServed")
+
+    @contextmanager
+    def _swapped_in(self, block: _Block) -> Iterator[None]:
+        """Install ``block``'s streaming state in the shared upstream modules for the duration."""
+        self._check_idle()
+        states = (block.mimi, block.gen, block.lm)
+        try:
+            for module, st in zip(self._modules(), states, strict=True):
+                module.set_streaming_state(st)
+            yield
+        finally:
+            for module, st in zip(self._modules(), states, strict=True):
+                module.set_streaming_state(dict.fromkeys(st))
+
+    def _new_block(self, start: int, rows: int) -> _Block:
+        self._check_idle()
+        # streaming(B) starts streaming at once (the ExitStack it returns only stops it, which detaching the
+        # states here does instead); LMGen's state enters the LM's streaming itself
+        self.mimi.streaming(rows)
+        self.gen.streaming(rows)
+        try:
+            mimi, gen, lm = (module.get_streaming_state() for module in self._modules())
+        finally:
+            for module in self._modules():
+                module.set_streaming_state(dict.fromkeys(module.get_streaming_state()))
+        return _Block(start, rows, mimi, gen, lm, FloorTracker(rows, self.pad_ids, self.device))
+
+    def _copy_row(self, src: _Block, i: int, dst: _Block, j: int) -> None:
+        if src is dst and i == j:
+            return
+        for a, b in ((src.mimi, dst.mimi), (src.gen, dst.gen), (src.lm, dst.lm)):
+            for name, st in a.items():
+                _copy_state_row(st, i, b[name], j)
+        src.floor.copy_row(i, dst.floor, j)
+
+    def _reset_row(self, block: _Block, row: int) -> None:
+        mask = torch.zeros(block.rows, dtype=torch.bool, device=self.device)
+        mask[row] = True
+        with self._swapped_in(block):
+            self.mimi.reset_streaming(mask)
+            self.gen.reset_streaming(mask)  # LMGen's reset callback resets the LM's rows too
+        block.floor.reset(row)

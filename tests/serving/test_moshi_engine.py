@@ -1,0 +1,178 @@
+"""The Moshi family through the engine: a checkpoint directory in Kyutai's layout, served by the same path as
+``duplex up --checkpoint DIR`` (``load_served``), talked to over real gRPC in 24 kHz, 80 ms chunks; a session
+that others join and leave around equals upstream's greedy ``LMGen`` run alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from moshi.models import loaders
+from moshi_fixtures import FRAME, LMGen, varied_audio, write_checkpoint  # first: sets NO_TORCH_COMPILE
+
+from duplex.model.moshi.served import MoshiTextDecoder
+from duplex.model.spec import ModelSource
+from duplex.serving import client
+from duplex.serving.engine.server import EngineServer
+from duplex.serving.spec import EngineSpec
+from duplex.v1 import duplex_pb2 as pb
+
+from .conftest import LoopThread, wait_serving
+
+
+@dataclass
+class Served:
+    addr: str
+    directory: Path
+    engine: EngineServer
+    thread: LoopThread
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    directory = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "upstream-tiny", seed=5)
+    # batch-invariant kernels: a session's audio does not depend on what shares its steps; lost_after_chunks
+    # high: a slow shared machine must not make the engine substitute silence for a late chunk
+    spec = EngineSpec(
+        host="127.0.0.1",
+        metrics_port=0,
+        chunk_ms=80,
+        max_sessions=4,
+        cohorts=1,
+        batch_invariant=True,
+        lost_after_chunks=1000,
+    )
+    lt = LoopThread()
+
+    async def up() -> EngineServer:
+        engine = EngineServer(spec, ModelSource(uri=str(directory), temperature=0.0), bind_port=0)
+        await engine.start()
+        return engine
+
+    engine: EngineServer = lt.run(up())
+    addr = f"127.0.0.1:{engine.port}"
+    wait_serving(addr)
+    yield Served(addr, directory, engine, lt)
+    lt.run(engine.stop(0.5))
+    lt.close()
+
+
+def pcm_chunks(audio: torch.Tensor) -> list[bytes]:
+    pcm = (audio * 32767.0).round().to(torch.int16).numpy()
+    return client.split_chunks(pcm, FRAME)
+
+
+def upstream_alone(directory: Path, audio: torch.Tensor) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Per frame: the text tokens and PCM16 audio of upstream's own greedy streaming loop over the same checkpoint
+    files, loaded with upstream's loader only."""
+    import json
+
+    config = json.loads((directory / "config.json").read_text())
+    info = loaders.CheckpointInfo.from_hf_repo(
+        "local",
+        moshi_weights=directory / config["moshi_name"],
+        mimi_weights=directory / config["mimi_name"],
+        tokenizer=directory / config["tokenizer_name"],
+        config_path=directory / "config.json",
+        mimi_config_path=directory / config["mimi_config_name"],
+    )
+    mimi, lm = info.get_mimi(device="cpu"), info.get_moshi(device="cpu", dtype=torch.float32)
+    gen = LMGen(lm, use_sampling=False, support_out_of_sync=True)
+    text: list[list[int]] = []
+    wave: list[np.ndarray] = []
+    with torch.no_grad(), mimi.streaming(1), gen.streaming(1):
+        for f in range(len(audio) // FRAME):
+            codes = mimi.encode(audio[None, None, f * FRAME : (f + 1) * FRAME])
+            tokens = gen.step(codes)
+            text.append([int(tokens[0, 0, 0])] if tokens[0, 0, 0] >= 0 else [])
+            out = mimi.decode(tokens[:, 1:])[0, 0] if (tokens[:, 1:] >= 0).all() else torch.zeros(FRAME)
+            wave.append((out * 32767.0).round().to(torch.int16).numpy())
+    return text, wave
+
+
+def by_seq(conv: client.Conversation, kind: str) -> dict[int, pb.ServerEvent]:
+    return {getattr(r.event, kind).seq: r.event for r in conv.of(kind)}
+
+
+def test_a_new_user_talks_to_a_moshi_checkpoint_at_its_native_rate(served: Served) -> None:
+    audio = varied_audio(1, 20, seed=3)[0]
+
+    async def talk() -> client.Conversation:
+        async with client.channel(served.addr, None) as ch:
+            return await client.converse(
+                ch, lambda ready: pcm_chunks(audio), start=client.start_event(sample_rate=0), realtime=False
+            )
+
+    conv = served.thread.run(talk())
+    assert conv.code == grpc.StatusCode.OK, conv.details
+    ready = conv.of("ready")[0].event.ready
+    assert ready.input_format.sample_rate == ready.output_format.sample_rate == 24000
+    assert (ready.chunk_ms, ready.chunk_samples, ready.model) == (80, FRAME, "upstream-tiny")
+    audio_events = conv.of("audio")
+    assert [r.event.audio.seq for r in audio_events] == list(range(20))
+    assert all(len(r.event.audio.pcm) in (0, 2 * FRAME) for r in audio_events)
+    assert sum(bool(r.event.audio.pcm) for r in audio_events) >= 15  # the model speaks (tokens after the delays)
+    assert "".join(r.event.text.text for r in conv.of("text")).strip()  # the inner monologue as text
+
+
+def test_typed_text_and_wrong_rate_are_refused_clearly(served: Served) -> None:
+    async def attempt(start: pb.ClientEvent) -> client.Conversation:
+        async with client.channel(served.addr, None) as ch:
+            return await client.converse(ch, [bytes(2 * FRAME)], chunk_ms=80, start=start, realtime=False)
+
+    conv = served.thread.run(attempt(client.start_event(sample_rate=16000)))
+    assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and "24000 Hz" in conv.details
+    conv = served.thread.run(attempt(client.start_event(sample_rate=24000, chunk_ms=200)))
+    assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and "start.chunk_ms 200" in conv.details
+    conv = served.thread.run(attempt(client.start_event(sample_rate=24000, instructions="be brief")))
+    assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and "start.instructions" in conv.details
+
+
+def test_a_session_among_others_equals_upstream_alone(served: Served) -> None:
+    """Three live sessions: A from the start, the witness T a little later, B later still; A leaves while T
+    talks (T's slot may move into A's), B joins and leaves. T's text is upstream's token for token, its audio
+    upstream's to one PCM16 step (the engine runs batch-invariant kernels, upstream its defaults)."""
+    a, t, b = (varied_audio(1, n, seed=s)[0] for n, s in ((30, 11), (42, 12), (15, 13)))
+
+    async def three() -> list[client.Conversation]:
+        async with client.channel(served.addr, None) as ch:
+
+            def one(audio: torch.Tensor, delay: float) -> asyncio.Future[client.Conversation]:
+                return asyncio.ensure_future(
+                    client.converse(
+                        ch,
+                        pcm_chunks(audio),
+                        chunk_ms=80,
+                        start=client.start_event(sample_rate=24000, chunk_ms=80),
+                        start_delay_s=delay,
+                    )
+                )
+
+            return list(await asyncio.gather(one(a, 0.0), one(t, 0.3), one(b, 0.8)))
+
+    convs = served.thread.run(three(), timeout=120)
+    for conv in convs:
+        assert conv.code == grpc.StatusCode.OK, conv.details
+        assert not conv.of("warning"), [r.event.warning.message for r in conv.of("warning")]
+    witness = convs[1]
+    sizes = {r.event.audio.timing.batch_size for r in witness.of("audio")}
+    assert max(sizes) >= 3 and min(sizes) <= 2, f"the others did not share the witness's steps: {sizes}"
+
+    text, wave = upstream_alone(served.directory, t)
+    audio = by_seq(witness, "audio")
+    assert sorted(audio) == list(range(len(wave)))
+    for seq, ref in enumerate(wave):
+        got = np.frombuffer(audio[seq].audio.pcm, dtype="<i2") if audio[seq].audio.pcm else np.zeros(FRAME, "<i2")
+        diff = int(np.abs(got.astype(np.int32) - ref.astype(np.int32)).max())
+        assert diff <= 1, f"chunk {seq}: audio differs from upstream by {diff} PCM16 steps"
+    decoder = MoshiTextDecoder(served.engine.served.ckpt.text_tokenizer, served.engine.served.pad_ids)
+    expected = {seq: decoder.feed(tokens)[0] for seq, tokens in enumerate(text)}
+    got_text = {seq: ev.text.text for seq, ev in by_seq(witness, "text").items()}
+    assert got_text == {seq: s for seq, s in expected.items() if s}
+    assert sum(bool(w.any()) for w in wave) >= len(wave) // 2  # the comparison is over real model audio
