@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from duplex.serving import client
 from duplex.serving.gateway.auth import key_line
+from duplex.serving.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from procs import Proc
@@ -41,12 +41,6 @@ from procs import Proc
 KEY = "bench-key"
 CHUNK = 3200
 CHUNK_MS = 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_serving(addr: str, deadline_s: float = 60.0) -> None:

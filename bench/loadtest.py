@@ -117,7 +117,8 @@ def main() -> None:
                 )
                 capacity, at_capacity = s.get("capacity"), s
     finally:
-        print(f"duplex up stopped {up.interrupt(60.0):.1f} s after SIGINT (log: {a.up_log})")
+        up.stop(deadline_s=60.0)
+        print(f"duplex up stopped {up.stop_s:.1f} s after SIGINT (log: {a.up_log})")
     up_cmd = " ".join(["duplex up", *a.up_args.split()])
     body = [
         f"`{command()}` — {machine()}",

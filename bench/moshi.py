@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 from report import command, machine, write_section
 
-from duplex.model.moshi.checkpoint import init_checkpoint, load_checkpoint
+from duplex.model.moshi.checkpoint import load_checkpoint
 from duplex.model.moshi.served import MoshiServed
+from duplex.model.moshi.tiny import init_checkpoint
 
 WARMUP = 10
 PERIOD_MS = 80.0

@@ -36,9 +36,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import re
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -51,7 +48,9 @@ import numpy as np
 import soxr
 from prometheus_client.parser import text_string_to_metric_families
 
+from duplex.loadtest.local import LocalUp
 from duplex.serving import client
+from duplex.serving.ports import free_port_pair
 from duplex.serving.realtime.audio import PRIME_MS, StreamResampler
 from duplex.v1 import duplex_pb2 as pb
 
@@ -300,42 +299,6 @@ def resampler_delay_ms(in_rate: int, out_rate: int) -> float:
     return float(np.median(shifts))
 
 
-def free_port_pair() -> int:
-    """A port P with P and P + 1 free (``duplex up --metrics-port P`` puts the gateway's /metrics on P + 1)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            p = a.getsockname()[1]
-            if p >= 65535:
-                continue
-            with socket.socket() as b:
-                try:
-                    b.bind(("127.0.0.1", p + 1))
-                except OSError:
-                    continue
-            return int(p)
-    raise SystemExit("no two adjacent free loopback ports")
-
-
-def start_up(max_sessions: int, metrics_port: int) -> tuple[subprocess.Popen[str], str, str]:
-    cmd = [sys.executable, "-c", "from duplex.cli import main; main()", "up", "--port", "0", "--http-port", "0"]
-    cmd += ["--no-agent", "--max-sessions", str(max_sessions), "--cohorts", "1"]
-    cmd += ["--metrics-port", str(metrics_port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    target = ""
-    deadline = time.monotonic() + 180
-    for line in proc.stdout:
-        if m := re.search(r"ready at (\S+)", line):
-            target = m.group(1)
-        if m := re.search(r"realtime at (ws://\S+)", line):
-            return proc, target, m.group(1)
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit("duplex up --http-port 0 did not become ready")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=16, help="pairs (one WebSocket + one gRPC session each)")
@@ -344,14 +307,11 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write the figures to docs/benchmarks.md ## Realtime")
     args = ap.parse_args()
     delay_in, delay_out = resampler_delay_ms(WIRE_RATE, MODEL_RATE), resampler_delay_ms(MODEL_RATE, WIRE_RATE)
-    metrics_port = free_port_pair()
-    proc, target, ws_url = start_up(2 * args.sessions, metrics_port)
-    try:
-        paired = asyncio.run(run(target, ws_url + "?duplex_events=1", args.sessions, args.seconds, args.skip))
+    metrics_port = free_port_pair()  # the gateway's /metrics on metrics_port + 1
+    up_args = ["--http-port", "0", "--no-agent", "--max-sessions", str(2 * args.sessions), "--cohorts", "1"]
+    with LocalUp(args=[*up_args, "--metrics-port", str(metrics_port)]) as up:  # ready: gRPC and Realtime
+        paired = asyncio.run(run(up.address, up.realtime + "?duplex_events=1", args.sessions, args.seconds, args.skip))
         bridge = bridge_figures(f"http://127.0.0.1:{metrics_port + 1}/metrics")
-    finally:
-        proc.send_signal(2)
-        proc.wait(timeout=30)
     a = paired.added
     table = (
         "| per chunk, ms | p50 | p99 | chunks |\n|:---|---:|---:|---:|\n"

@@ -43,8 +43,6 @@ import asyncio
 import gc
 import multiprocessing
 import random
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +54,7 @@ import grpc
 import numpy as np
 
 from duplex.loadtest.corpus import default_corpus, load_corpus
+from duplex.loadtest.local import LocalUp
 from duplex.serving import client
 from duplex.serving.heap import freeze_startup_heap
 
@@ -310,31 +309,12 @@ def run_level(
     )
 
 
-def start_up(max_sessions: int, cohorts: int, extra: list[str]) -> tuple[subprocess.Popen[str], str]:
-    cmd = [
-        sys.executable,
-        "-c",
-        "from duplex.cli import main; main()",
-        "up",
-        "--port",
-        "0",
-        "--max-sessions",
-        str(max_sessions),
-        "--cohorts",
-        str(cohorts),
-        *extra,
-    ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 120
-    for line in proc.stdout:
-        m = re.search(r"ready at (\S+)", line)
-        if m:
-            return proc, m.group(1)
-        if time.monotonic() > deadline:
-            break
-    proc.kill()
-    raise SystemExit("duplex up did not become ready")
+def start_up(max_sessions: int, cohorts: int, extra: list[str]) -> LocalUp:
+    """``duplex up --max-sessions N --cohorts C EXTRA…`` started (its address in ``.address``, its log in
+    ``.log``); raises LocalUpError (with the log's tail) when it is not ready within 120 s."""
+    up = LocalUp(args=["--max-sessions", str(max_sessions), "--cohorts", str(cohorts), *extra])
+    up.start(deadline_s=120.0)
+    return up
 
 
 def table(levels: list[Level]) -> str:
@@ -395,10 +375,11 @@ def main() -> None:
     corpus = default_corpus(min_seconds=args.seconds) if args.audio == "corpus" else None
     runs = [(c, ph) for ph in args.phases.split(",") for c in (int(x) for x in args.cohorts.split(","))]
     for cohorts, phases in runs:
-        proc = None
+        up = None
         target = args.target
         if not target:
-            proc, target = start_up(max(levels_n), cohorts, args.up_args.split())
+            up = start_up(max(levels_n), cohorts, args.up_args.split())
+            target = up.address
         try:
             for n in levels_n:
                 lv = run_level(
@@ -423,9 +404,8 @@ def main() -> None:
                     flush=True,
                 )
         finally:
-            if proc is not None:
-                proc.send_signal(2)
-                proc.wait(timeout=30)
+            if up is not None:
+                up.stop()
     first = (levels[0].cohorts, levels[0].phases)
     mine = sorted((lv for lv in levels if (lv.cohorts, lv.phases) == first), key=lambda lv: lv.n)
 

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import random
 import re
-import socket
 import statistics
 import sys
 import time
@@ -50,6 +49,7 @@ import numpy as np
 import psutil
 
 from duplex.serving import client
+from duplex.serving.ports import free_port_pair
 from duplex.v1 import duplex_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,12 +110,6 @@ class Soak:
         """Model steps by kind between the first and the last sample."""
         a, b = self.samples[0].steps, self.samples[-1].steps
         return {k: b.get(k, 0) - a.get(k, 0) for k in STEP_KINDS}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -320,11 +314,12 @@ def main() -> None:
     ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
     ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = ap.parse_args()
-    metrics_port = free_port()
+    metrics_port = free_port_pair()  # the engine's /metrics; the gateway's on metrics_port + 1
     resume = not args.no_resume
-    proc, target = start_up(args.sessions, 4, ["--metrics-port", str(metrics_port), *args.up_args.split()])
+    local = start_up(args.sessions, 4, ["--metrics-port", str(metrics_port), *args.up_args.split()])
+    target = local.address
     try:
-        up = psutil.Process(proc.pid)
+        up = psutil.Process(local.pid)
 
         def run(seconds: float, seed: int) -> Soak:
             return asyncio.run(
@@ -339,8 +334,7 @@ def main() -> None:
         )
         soak = run(args.minutes * 60, 2)
     finally:
-        proc.send_signal(2)
-        proc.wait(timeout=30)
+        local.stop()
     first, last = soak.samples[0], soak.samples[-1]
     growth, windows = rss_growth(soak.samples)
     ratio = soak.p(soak.rtt_ms, 99) / base.p(base.rtt_ms, 99)

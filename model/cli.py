@@ -238,7 +238,7 @@ def init_cmd(
     seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
 ) -> None:
     """Write a tiny random Moshi-family checkpoint in the family's published layout (docs/moshi.md)."""
-    from .moshi.checkpoint import family_name, init_checkpoint
+    from .moshi.tiny import family_name, init_checkpoint
 
     try:
         name = family_name(family)

@@ -74,8 +74,6 @@ def load_part(
 
 UPSTREAM_TEMP, UPSTREAM_TOP_K = 0.8, 250
 """Upstream ``LMGen``'s sampling defaults, for a checkpoint whose config.json has no ``lm_gen_config``."""
-MOSHI_CHUNK_MS = 80
-"""The Moshi family's frame: one Mimi frame (1920 samples at 24 kHz) per step."""
 
 
 def is_moshi_layout(source: ModelSource) -> bool:

@@ -68,63 +68,87 @@ def _convert(
     if ref is None and "allOf" in node and len(node["allOf"]) == 1 and "$ref" in node["allOf"][0]:
         ref = node.pop("allOf")[0]["$ref"]
     if ref is not None:
-        target_name = ref.rsplit("/", 1)[-1]
-        target = _convert(defs[target_name], defs, target_name, factory, openapi, camel_case)
-        description = node.get("description", target.get("description"))
-        had_default = "default" in node
-        node = {**target, **({"description": description} if description else {})}
-        if had_default:
-            # A nested object with a default defaults to {}: the API server then fills in its fields' defaults.
-            node["default"] = {}
-        return node
-
+        return _convert_ref(node, ref, defs, factory, openapi, camel_case)
     if "anyOf" in node:
-        branches = [b for b in node["anyOf"] if not _is_null(b)]
-        nullable = len(branches) < len(node["anyOf"])
-        types_ = {b.get("type") for b in branches}
-        base = {k: v for k, v in node.items() if k != "anyOf"}
-        if types_ == {"integer", "string"}:
-            # int | Literal["auto"]: Kubernetes' int-or-string.
-            strings = [v for b in branches if b.get("type") == "string" for v in (b.get("enum") or [b.get("const")])]
-            if openapi:
-                # Structural schemas allow no typed anyOf branches here: the string choices become a
-                # pattern (which integers are not checked against).
-                base["x-kubernetes-int-or-string"] = True
-                base["pattern"] = "^(" + "|".join(re.escape(v) for v in strings) + ")$"
-            else:
-                base["oneOf"] = [{"type": "integer"}, {"type": "string", "enum": strings}]
-            node = base
-        elif len(branches) == 1:
-            node = {**_convert(branches[0], defs, model_name, factory, openapi, camel_case), **base}
-        else:
-            raise ValueError(f"cannot express union {node} in a structural schema")
-        if nullable:
-            if openapi:
-                node["nullable"] = True
-            elif "type" in node:
-                node["type"] = [node["type"], "null"]
-            if node.get("default", 0) is None:
-                node.pop("default")
-        return _finish(node, openapi)
-
+        return _convert_union(node, defs, model_name, factory, openapi, camel_case)
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if node.get("type") == "object" and "properties" in node:
-        props: Json = {}
-        for fname, sub in node["properties"].items():
-            conv = _convert(sub, defs, None, factory, openapi, camel_case)
-            if model_name is not None and (model_name, fname) in factory and "default" not in conv:
-                value = factory[(model_name, fname)]
-                if conv.get("type") == "object" and isinstance(value, dict):
-                    value = {}  # as for plain nested defaults: the server fills in the fields' defaults
-                conv["default"] = value
-            props[fname] = conv
-        node["properties"] = props
+        node["properties"] = _convert_properties(node["properties"], defs, model_name, factory, openapi, camel_case)
         if not openapi:
             node["additionalProperties"] = False
     if node.get("type") == "array" and "items" in node:
         node["items"] = _convert(node["items"], defs, None, factory, openapi, camel_case)
     return _finish(node, openapi)
+
+
+def _convert_ref(
+    node: Json, ref: str, defs: Json, factory: dict[tuple[str, str], Any], openapi: bool, camel_case: bool
+) -> Json:
+    """A reference to a nested model: inlined, with the referring field's description and default."""
+    target_name = ref.rsplit("/", 1)[-1]
+    target = _convert(defs[target_name], defs, target_name, factory, openapi, camel_case)
+    description = node.get("description", target.get("description"))
+    had_default = "default" in node
+    node = {**target, **({"description": description} if description else {})}
+    if had_default:
+        # A nested object with a default defaults to {}: the API server then fills in its fields' defaults.
+        node["default"] = {}
+    return node
+
+
+def _convert_union(
+    node: Json, defs: Json, model_name: str | None, factory: dict[tuple[str, str], Any], openapi: bool, camel_case: bool
+) -> Json:
+    """``X | None`` (nullable X) and ``int | Literal[...]`` (int-or-string); other unions are not structural."""
+    branches = [b for b in node["anyOf"] if not _is_null(b)]
+    nullable = len(branches) < len(node["anyOf"])
+    types_ = {b.get("type") for b in branches}
+    base = {k: v for k, v in node.items() if k != "anyOf"}
+    if types_ == {"integer", "string"}:
+        # int | Literal["auto"]: Kubernetes' int-or-string.
+        strings = [v for b in branches if b.get("type") == "string" for v in (b.get("enum") or [b.get("const")])]
+        if openapi:
+            # Structural schemas allow no typed anyOf branches here: the string choices become a
+            # pattern (which integers are not checked against).
+            base["x-kubernetes-int-or-string"] = True
+            base["pattern"] = "^(" + "|".join(re.escape(v) for v in strings) + ")$"
+        else:
+            base["oneOf"] = [{"type": "integer"}, {"type": "string", "enum": strings}]
+        node = base
+    elif len(branches) == 1:
+        node = {**_convert(branches[0], defs, model_name, factory, openapi, camel_case), **base}
+    else:
+        raise ValueError(f"cannot express union {node} in a structural schema")
+    if nullable:
+        if openapi:
+            node["nullable"] = True
+        elif "type" in node:
+            node["type"] = [node["type"], "null"]
+        if node.get("default", 0) is None:
+            node.pop("default")
+    return _finish(node, openapi)
+
+
+def _convert_properties(
+    properties: Json,
+    defs: Json,
+    model_name: str | None,
+    factory: dict[tuple[str, str], Any],
+    openapi: bool,
+    camel_case: bool,
+) -> Json:
+    """An object's properties, with the defaults ``default_factory`` gives (absent from pydantic's schema)."""
+    props: Json = {}
+    for fname, sub in properties.items():
+        conv = _convert(sub, defs, None, factory, openapi, camel_case)
+        if model_name is not None and (model_name, fname) in factory and "default" not in conv:
+            value = factory[(model_name, fname)]
+            if conv.get("type") == "object" and isinstance(value, dict):
+                value = {}  # as for plain nested defaults: the server fills in the fields' defaults
+            conv["default"] = value
+        props[fname] = conv
+    return props
 
 
 def _finish(node: Json, openapi: bool) -> Json:

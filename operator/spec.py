@@ -1,5 +1,5 @@
 """The ``DuplexModel`` spec: the serving specs (``ModelSource``, ``EngineSpec``, ``GatewaySpec``,
-``AgentSpec``) composed with what only the operator needs (replicas, autoscaling, SLO).
+``AgentSpec``) composed with what only the operator needs (replicas, autoscaling, SLO, checkpoint volume).
 
 The CRD schema, the Helm values schema and the CLI all come from these classes. In Kubernetes objects the
 field names are camelCase (``gpuMemoryGib``): pydantic's ``to_camel`` alias generator (``SPEC_CONFIG``); in
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 from duplex.model.spec import ModelSource
 from duplex.serving.spec import SPEC_CONFIG, AgentSpec, EngineSpec, GatewaySpec
@@ -26,6 +27,29 @@ _M = TypeVar("_M", bound=BaseModel)
 def _nested(cls: type[_M]) -> Any:
     """Default of a nested spec field: a fresh instance with all of its own defaults."""
     return Field(default_factory=lambda: cls.model_validate({}))
+
+
+class ModelSpec(ModelSource):
+    """Which weights to serve, of which model family, in what precision and with which sampling (the serving
+    ``ModelSource``, with camelCase names like every other section: ``topK``)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class CheckpointVolumeSpec(_Spec):
+    """A volume holding the checkpoint, mounted read-only at ``mountPath`` into every engine pod
+    (``model.uri`` must then lie under ``mountPath``). Neither ``claimName`` nor ``hostPath``: no volume, the
+    checkpoint is in the image (or none: the shipped reference checkpoint, or random weights)."""
+
+    claim_name: str = ""
+    """PersistentVolumeClaim holding the checkpoint, mounted read-only into every engine pod; its access mode
+    must let every engine pod's node mount it (ReadOnlyMany, or ReadWriteOnce on a single node)."""
+    host_path: str = ""
+    """Directory on the node, mounted read-only (single-node clusters and development: each pod reads the
+    directory of whatever node it lands on; the Pod Security Standards' baseline profile forbids it)."""
+    mount_path: str = Field("/models", pattern=r"^/")
+    """Where the volume appears in the engine container (an absolute path clear of ``/etc/duplex``, ``/tmp``
+    and ``/dev/shm``)."""
 
 
 class AutoscalingSpec(_Spec):
@@ -62,8 +86,10 @@ class DuplexModelSpec(_Spec):
     """A served full-duplex model: ``replicas`` shard groups of ``engine.shards`` ranks, a gateway in front
     and a background agent beside it."""
 
-    model: ModelSource = _nested(ModelSource)
+    model: ModelSpec = _nested(ModelSpec)
     """Which weights to serve."""
+    checkpoint: CheckpointVolumeSpec = _nested(CheckpointVolumeSpec)
+    """The volume the engine pods read the checkpoint from (``model.uri``)."""
     engine: EngineSpec = _nested(EngineSpec)
     """Engine ranks (one StatefulSet per replica, one pod per shard)."""
     replicas: int = Field(1, ge=0)

@@ -41,22 +41,30 @@ class Condition(_Status):
 
 
 class ShardPlanStatus(_Status):
-    """How one replica is split into ranks."""
+    """How one replica is split into ranks, and the memory its rank 0 needs."""
 
     shards: int
-    """Ranks per replica (world size)."""
+    """Ranks per replica (world size); always 1 for the Moshi family."""
     source: str
-    """``spec`` (explicit count) or ``planner`` (``shards: auto``)."""
+    """``spec`` (explicit count) or ``planner`` (``shards: auto``; for the Moshi family, one rank)."""
     experts_per_shard: int
-    """Routed experts each rank holds."""
+    """Routed experts each rank holds (0 for the Moshi family, which has none)."""
     bytes_per_shard: int
-    """Memory rank 0 needs: its weights plus the KV caches of maxSessions sessions."""
+    """Memory rank 0 needs: its weights plus the KV caches of maxSessions sessions. Moshi family: the published
+    7B shape's weights plus maxSessions full-window sessions from its session plan; 0 when not planned (on CPU,
+    or when the operator's image lacks the upstream ``moshi`` package)."""
     memory_gib_per_rank: float
     """Memory each rank has (GPU memory x GPUs per shard, or the container's memory)."""
     min_shards: int | None = None
-    """Smallest shard count that fits (from the planner)."""
+    """Smallest shard count that fits (``duplex`` family, from the size planner)."""
     total_params: int = 0
-    """Parameters of the whole model."""
+    """Parameters of the whole model, from the plan (Moshi family: LM + Mimi of the 7B shape); 0 when not
+    planned."""
+    family: str = "duplex"
+    """The model family the engines serve: ``duplex``, ``moshi`` or ``personaplex``."""
+    max_sessions_fit: int | None = None
+    """Moshi family on GPUs: full-window sessions that fit a replica's GPU memory next to the weights (the
+    session plan ``maxSessions`` is checked against)."""
 
 
 class DuplexModelStatus(_Status):
@@ -132,6 +140,8 @@ def observe(statefulsets: list[dict[str, Any]], deployments: list[dict[str, Any]
 
 def shard_plan_status(resolved: Resolved) -> ShardPlanStatus:
     cfg, n = resolved.config, resolved.shards
+    if cfg is None:
+        return _moshi_plan_status(resolved)
     need = shard_weight_bytes(cfg, n, 0) + resolved.spec.engine.max_sessions * kv_bytes_per_session(cfg)
     return ShardPlanStatus(
         shards=n,
@@ -141,6 +151,21 @@ def shard_plan_status(resolved: Resolved) -> ShardPlanStatus:
         memory_gib_per_rank=round(resolved.memory_gib_per_rank, 3),
         min_shards=resolved.plan.shards if resolved.plan else None,
         total_params=resolved.plan.total_params if resolved.plan else 0,
+    )
+
+
+def _moshi_plan_status(resolved: Resolved) -> ShardPlanStatus:
+    """A Moshi-family replica: one rank holding the whole model and every session."""
+    moshi = resolved.moshi_plan
+    return ShardPlanStatus(
+        shards=resolved.shards,
+        source=resolved.shards_source,
+        experts_per_shard=0,
+        bytes_per_shard=moshi.weight_bytes + resolved.spec.engine.max_sessions * moshi.session_bytes if moshi else 0,
+        memory_gib_per_rank=round(resolved.memory_gib_per_rank, 3),
+        total_params=moshi.lm_params + moshi.mimi_params if moshi else 0,
+        family=resolved.family,
+        max_sessions_fit=moshi.sessions if moshi else None,
     )
 
 
@@ -184,6 +209,71 @@ def invalid_status(
     return dump(status)
 
 
+@dataclasses.dataclass
+class _Progress:
+    """What the children report, summed up for the conditions."""
+
+    ready_replicas: int = 0
+    waiting: list[str] = dataclasses.field(default_factory=list)
+    """What is not ready yet, and what to check."""
+    rolling: list[str] = dataclasses.field(default_factory=list)
+    """Children whose controller is rolling out a new spec."""
+
+
+def _engine_progress(ref: ModelRef, resolved: Resolved, observed: Observed, progress: _Progress) -> None:
+    for i in range(resolved.spec.replicas):
+        st = observed.engines.get(i)
+        if st is None:
+            progress.waiting.append(f"engine replica {i}: StatefulSet {ref.engine(i)} not created yet")
+            continue
+        if st.settled and st.desired == resolved.shards:
+            progress.ready_replicas += 1
+            continue
+        if not st.current_generation or st.updated < st.desired or st.desired != resolved.shards:
+            progress.rolling.append(ref.engine(i))
+        progress.waiting.append(
+            f"engine replica {i}: {st.ready}/{resolved.shards} ranks ready — check "
+            f"`kubectl -n {ref.namespace} get pods -l {REPLICA_LABEL}={i},{ref.engine_selector}` "
+            "(GPU capacity, image pull, /readyz)"
+        )
+
+
+def _deployment_progress(ref: ModelRef, resolved: Resolved, observed: Observed, progress: _Progress) -> None:
+    spec = resolved.spec
+    wanted = {ref.gateway: spec.gateway.replicas}
+    if spec.agent.workers > 0:
+        wanted[ref.agent] = spec.agent.workers
+        if spec.agent.redis.managed:
+            wanted[ref.redis] = 1
+    for name, n in wanted.items():
+        dep = observed.deployments.get(name)
+        if dep is None:
+            progress.waiting.append(f"Deployment {name} not created yet")
+        elif not dep.settled:
+            if not dep.current_generation or dep.updated < dep.desired:
+                progress.rolling.append(name)
+            progress.waiting.append(
+                f"Deployment {name}: {dep.ready}/{n} pods ready — check "
+                f"`kubectl -n {ref.namespace} describe deployment {name}`"
+            )
+
+
+def _degraded(
+    prev: list[dict[str, Any]], resolved: Resolved, progress: _Progress, apply_error: str | None, gen: int
+) -> Condition:
+    replicas = resolved.spec.replicas
+    if apply_error is not None:
+        message = f"{apply_error}. The operator retries; check its RBAC and the events of this object."
+        return _condition(prev, "Degraded", True, "ApplyFailed", message, gen)
+    if resolved.unavailable:
+        message = "; ".join(map(str, resolved.unavailable))
+        return _condition(prev, "Degraded", True, "FeatureUnavailable", message, gen)
+    if 0 < progress.ready_replicas < replicas and not progress.rolling:
+        message = f"only {progress.ready_replicas}/{replicas} replicas ready; " + "; ".join(progress.waiting)
+        return _condition(prev, "Degraded", True, "ReplicasUnavailable", message, gen)
+    return _condition(prev, "Degraded", False, "AsExpected", "no problems detected", gen)
+
+
 def compute_status(
     ref: ModelRef,
     resolved: Resolved,
@@ -195,40 +285,10 @@ def compute_status(
     """Status from the spec and what the children report."""
     spec = resolved.spec
     prev = (previous or {}).get("conditions") or []
-    ready_replicas = 0
-    waiting: list[str] = []
-    rolling: list[str] = []
-    for i in range(spec.replicas):
-        st = observed.engines.get(i)
-        if st is None:
-            waiting.append(f"engine replica {i}: StatefulSet {ref.engine(i)} not created yet")
-            continue
-        if st.settled and st.desired == resolved.shards:
-            ready_replicas += 1
-            continue
-        if not st.current_generation or st.updated < st.desired or st.desired != resolved.shards:
-            rolling.append(ref.engine(i))
-        waiting.append(
-            f"engine replica {i}: {st.ready}/{resolved.shards} ranks ready — check "
-            f"`kubectl -n {ref.namespace} get pods -l {REPLICA_LABEL}={i},{ref.engine_selector}` "
-            "(GPU capacity, image pull, /readyz)"
-        )
-    wanted = {ref.gateway: spec.gateway.replicas}
-    if spec.agent.workers > 0:
-        wanted[ref.agent] = spec.agent.workers
-        if spec.agent.redis.managed:
-            wanted[ref.redis] = 1
-    for name, n in wanted.items():
-        dep = observed.deployments.get(name)
-        if dep is None:
-            waiting.append(f"Deployment {name} not created yet")
-        elif not dep.settled:
-            if not dep.current_generation or dep.updated < dep.desired:
-                rolling.append(name)
-            waiting.append(
-                f"Deployment {name}: {dep.ready}/{n} pods ready — check "
-                f"`kubectl -n {ref.namespace} describe deployment {name}`"
-            )
+    progress = _Progress()
+    _engine_progress(ref, resolved, observed, progress)
+    _deployment_progress(ref, resolved, observed, progress)
+    waiting, rolling = progress.waiting, progress.rolling
     all_ready = not waiting and apply_error is None
     gen = generation
     ready = _condition(
@@ -236,7 +296,7 @@ def compute_status(
         "Ready",
         all_ready,
         "AllReplicasReady" if all_ready else "WaitingForPods",
-        f"{ready_replicas}/{spec.replicas} replicas ready; clients connect to {observed.endpoint}"
+        f"{progress.ready_replicas}/{spec.replicas} replicas ready; clients connect to {observed.endpoint}"
         if all_ready
         else "; ".join(waiting) or (apply_error or ""),
         gen,
@@ -251,35 +311,11 @@ def compute_status(
         else ("waiting for pods to become ready" if waiting else "all children are up to date"),
         gen,
     )
-    if apply_error is not None:
-        degraded = _condition(
-            prev,
-            "Degraded",
-            True,
-            "ApplyFailed",
-            f"{apply_error}. The operator retries; check its RBAC and the events of this object.",
-            gen,
-        )
-    elif resolved.unavailable:
-        degraded = _condition(
-            prev, "Degraded", True, "FeatureUnavailable", "; ".join(map(str, resolved.unavailable)), gen
-        )
-    elif 0 < ready_replicas < spec.replicas and not rolling:
-        degraded = _condition(
-            prev,
-            "Degraded",
-            True,
-            "ReplicasUnavailable",
-            f"only {ready_replicas}/{spec.replicas} replicas ready; " + "; ".join(waiting),
-            gen,
-        )
-    else:
-        degraded = _condition(prev, "Degraded", False, "AsExpected", "no problems detected", gen)
     status = DuplexModelStatus(
         observed_generation=gen,
-        conditions=[ready, progressing, degraded],
+        conditions=[ready, progressing, _degraded(prev, resolved, progress, apply_error, gen)],
         replicas=spec.replicas,
-        ready_replicas=ready_replicas,
+        ready_replicas=progress.ready_replicas,
         selector=ref.engine_selector,
         shard_plan=shard_plan_status(resolved),
         endpoint=observed.endpoint,

@@ -226,7 +226,8 @@ def up(
     """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
     and the background agent (a local redis-server on a free loopback port and one worker)."""
     logs.setup(json_lines=False)
-    from duplex.model.runtime import MOSHI_CHUNK_MS, is_moshi_layout
+    from duplex.model.moshi import FRAME_MS as MOSHI_FRAME_MS
+    from duplex.model.runtime import is_moshi_layout
 
     from .agent.redis_server import RedisServer, RedisServerError
     from .engine.server import EngineServer
@@ -274,7 +275,7 @@ def up(
             dict(
                 host="127.0.0.1",
                 max_sessions=max_sessions,
-                chunk_ms=chunk_ms if chunk_ms is not None else MOSHI_CHUNK_MS if moshi else 200,
+                chunk_ms=chunk_ms if chunk_ms is not None else MOSHI_FRAME_MS if moshi else 200,
                 metrics_port=metrics_port,
                 torch_threads=torch_threads,
                 cohorts=cohorts,

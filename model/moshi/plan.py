@@ -19,7 +19,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from ..config import ModelError
-from .checkpoint import detect, upstream_loaders
+from .layout import detect
+from .upstream import upstream_loaders
 
 GIB = 1024**3
 

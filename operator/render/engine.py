@@ -7,6 +7,9 @@ publishes not-ready addresses, because the ranks rendezvous before any of them i
 
 Every rank serves ``/metrics`` on ``engine.metricsPort`` (rank 0: sessions, steps, latencies; ranks > 0:
 expert timings and process metrics), so the port and the ``prometheus.io/*`` annotations are on every pod.
+
+``spec.checkpoint`` mounts the checkpoint's volume (a PersistentVolumeClaim or a node directory) read-only at
+its ``mountPath`` in every rank: a Moshi-family checkpoint directory, or a duplex ``.safetensors`` file.
 """
 
 from __future__ import annotations
@@ -63,6 +66,24 @@ def _ports(spec: DuplexModelSpec) -> list[dict[str, Any]]:
     return ports
 
 
+CHECKPOINT_VOLUME = "checkpoint"
+
+
+def checkpoint_volume(spec: DuplexModelSpec) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(volume, read-only volumeMount) of ``spec.checkpoint``; None when it names no volume."""
+    ck = spec.checkpoint
+    if ck.claim_name:
+        source: dict[str, Any] = {"persistentVolumeClaim": {"claimName": ck.claim_name, "readOnly": True}}
+    elif ck.host_path:
+        source = {"hostPath": {"path": ck.host_path, "type": "Directory"}}  # read-only by its mount
+    else:
+        return None
+    return (
+        {"name": CHECKPOINT_VOLUME, **source},
+        {"name": CHECKPOINT_VOLUME, "mountPath": ck.mount_path, "readOnly": True},
+    )
+
+
 def engine_probe(spec: DuplexModelSpec, mode: str) -> list[str]:
     """Arguments of ``duplex.operator.probe engine``: rank 0 by its gRPC service (``ready``: health SERVING,
     which it answers only once the shard group has assembled and the weights are loaded; ``live``: the port
@@ -114,6 +135,9 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     container["volumeMounts"].append(tmp_volume()[1])  # torch's temporary files
     if eng.gpus_per_shard:
         container["volumeMounts"].append({"name": "dshm", "mountPath": "/dev/shm"})
+    checkpoint = checkpoint_volume(spec)
+    if checkpoint is not None:
+        container["volumeMounts"].append(checkpoint[1])
     return container
 
 
@@ -131,6 +155,9 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
     if spec.engine.gpus_per_shard:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})  # NCCL shared memory
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    checkpoint = checkpoint_volume(spec)
+    if checkpoint is not None:
+        volumes.append(checkpoint[0])
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -155,4 +182,10 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
     }
 
 
-__all__ = ["engine_container", "engine_headless_service", "engine_leader_service", "engine_statefulset"]
+__all__ = [
+    "checkpoint_volume",
+    "engine_container",
+    "engine_headless_service",
+    "engine_leader_service",
+    "engine_statefulset",
+]

@@ -12,15 +12,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..ports import free_port
+
 
 class RedisServerError(RuntimeError):
     """redis-server is missing or did not come up."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _ping(host: str, port: int) -> bool:

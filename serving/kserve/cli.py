@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ import typer
 from duplex.model.spec import ModelSource
 
 from .. import logs
+from ..ports import free_port
 from ..spec import EngineSpec
 
 if TYPE_CHECKING:
@@ -49,13 +49,6 @@ def checkpoint_in(model_dir: Path) -> Path:
     return found[0]
 
 
-def free_port(host: str) -> int:
-    """A port free on ``host`` now (the SDK's servers do not report the port they bound)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def model_server(http_port: int, grpc_port: int) -> ModelServer:
     with _argv_hidden():
         from kserve import ModelServer
@@ -85,6 +78,7 @@ def kserve(
     try:
         if model_dir is not None and model_dir.exists():
             source = source.model_copy(update={"uri": str(checkpoint_in(model_dir))})
+        # port 0 is resolved here: the SDK's servers do not report the port they bound
         http = http_port or free_port("0.0.0.0")
         grpc = grpc_port or free_port("0.0.0.0")
         with _argv_hidden():

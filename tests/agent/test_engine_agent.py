@@ -25,7 +25,7 @@ from duplex.model.family_duplex import ByteTextDecoder
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.agent.protocol import StreamNames
-from duplex.serving.agent.redis_server import RedisServer, free_port
+from duplex.serving.agent.redis_server import RedisServer
 from duplex.serving.agent.toolcall import result_text
 from duplex.serving.agent.tools import registry_for
 from duplex.serving.agent.worker import AgentWorker
@@ -37,6 +37,7 @@ from duplex.serving.engine.planner import PlannedRow
 from duplex.serving.engine.server import EngineServer
 from duplex.serving.engine.session import Conversation, InputChunk
 from duplex.serving.metrics import EngineMetrics
+from duplex.serving.ports import free_port
 from duplex.serving.spec import EngineSpec
 from duplex.v1 import duplex_pb2 as pb
 

@@ -10,8 +10,9 @@ import subprocess
 from pathlib import Path
 
 from serving.conftest import tone
-from serving.test_cli import DUPLEX, Proc
+from serving.test_cli import talk
 
+from duplex.loadtest.local import DUPLEX, LocalUp
 from duplex.model.audio_io import write_wav
 
 
@@ -25,37 +26,16 @@ def alive(pid: int) -> bool:
 
 
 def test_up_runs_the_agent_and_talk_records_its_result(tmp_path: Path) -> None:
-    up = Proc(["up", "--port", "0"])
+    up = LocalUp(tmp_path / "up.log")
+    addr = up.start()
     try:
-        addr = up.wait_for(r"ready at (\S+)").group(1)
         agent = up.wait_for(r"redis-server pid (\d+) at (\S+), worker pid (\d+)")
         redis_pid, worker_pid = int(agent.group(1)), int(agent.group(3))
         assert alive(redis_pid) and alive(worker_pid)
         wav, out, tl, png = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "t.json", tmp_path / "t.png"
         write_wav(wav, tone(1.0), 16000)
-        r = subprocess.run(
-            [
-                *DUPLEX,
-                "talk",
-                "--target",
-                addr,
-                "--input",
-                str(wav),
-                "--output",
-                str(out),
-                "--timeline",
-                str(tl),
-                "--plot",
-                str(png),
-                "--call",
-                'calculator {"expression": "6 * 7"}',
-                "--call",
-                "clock",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        calls = ["--call", 'calculator {"expression": "6 * 7"}', "--call", "clock"]
+        r = talk(addr, wav, out, "--timeline", str(tl), "--plot", str(png), *calls)
         assert r.returncode == 0, r.stderr
         assert "duplex talk: c1 calculator DONE: 42" in r.stdout
         events = [e["agent"] for e in json.loads(tl.read_text())["events"] if "agent" in e]
@@ -89,22 +69,6 @@ def test_talk_names_a_bad_call(tmp_path: Path) -> None:
         ('calculator {"expression": ', "arguments are not valid JSON"),
         ("   ", "expected 'TOOL {JSON object}'"),
     ]:
-        r = subprocess.run(
-            [
-                *DUPLEX,
-                "talk",
-                "--target",
-                "127.0.0.1:1",
-                "--input",
-                str(wav),
-                "--output",
-                str(tmp_path / "o.wav"),
-                "--call",
-                call,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = talk("127.0.0.1:1", wav, tmp_path / "o.wav", "--call", call)
         assert r.returncode == 2, r.stderr
         assert f"duplex talk: --call {call!r}: {problem}" in r.stderr

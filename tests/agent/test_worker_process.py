@@ -18,9 +18,10 @@ from redis.asyncio import Redis
 
 from duplex.serving.agent.client import AgentClient
 from duplex.serving.agent.protocol import WORKER_GROUP, AgentState, StreamNames
-from duplex.serving.agent.redis_server import RedisServer, free_port
+from duplex.serving.agent.redis_server import RedisServer
 from duplex.serving.agent.tools import registry_for
 from duplex.serving.agent.worker import AgentWorker
+from duplex.serving.ports import free_port
 from duplex.serving.spec import AgentSpec
 
 from .conftest import Updates, fast_spec, poll

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 import yaml
 from chart_tools import CHART, REPO, helm, run, tool
-from duplex_controlplane import ControlPlane, free_port, wait_until
+from duplex_controlplane import ControlPlane, wait_until
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from duplex.operator.kube import Kube, load_api_client
+from duplex.serving.ports import free_port
 
 RELEASE = "duplex"  # the full name is then "duplex": the operator Deployment is duplex-operator
 NAMESPACE = "duplex-system"

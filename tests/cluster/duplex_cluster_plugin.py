@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from duplex_controlplane import ControlPlane, ProcessExited, control_plane, free_port, wait_until
+from duplex_controlplane import ControlPlane, ProcessExited, control_plane, wait_until
 
 from duplex.operator.crd import crd_manifest
 from duplex.operator.kube import Kube, load_api_client
+from duplex.serving.ports import free_port
 
 
 class OperatorProcess:

@@ -19,7 +19,6 @@ import datetime
 import ipaddress
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -34,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+
+from duplex.serving.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE_VERSION = "1.20.2"
@@ -58,13 +59,6 @@ def ensure_binaries() -> dict[str, Path]:
     if etcd is None:
         raise RuntimeError("etcd not found after scripts/kube-build.sh (Debian package etcd-server)")
     return {"etcd": Path(etcd), **bins}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # --- certificates ------------------------------------------------------------------------------------

@@ -42,7 +42,6 @@ from duplex_controlplane import (
     ControlPlane,
     ProcessExited,
     cache_dir,
-    free_port,
     start_apiserver,
     start_controller_manager,
     start_logged,
@@ -79,6 +78,7 @@ from node_host import (
 from node_images import CNI_BIN_DIR, PAUSE_IMAGE, busybox_archive, ensure_node_binaries, pause_archive
 
 from duplex.operator.kube import Kube, load_api_client
+from duplex.serving.ports import free_port
 
 NODE_NAME = "duplex-node"
 

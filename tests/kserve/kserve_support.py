@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kserve import InferenceRESTClient, RESTConfig
-from serving.test_cli import Proc, free_port  # tests/serving: `duplex ARGS` as a subprocess, a free port
+from serving.test_cli import Proc  # tests/serving: `duplex ARGS` as a subprocess
+
+from duplex.serving.ports import free_port
 
 
 def _serving_conftest() -> object:

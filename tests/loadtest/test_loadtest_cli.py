@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
-import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from duplex.cli import app
+from duplex.loadtest.local import DUPLEX, LocalUp
 
-DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
 USERS, RUN_TIME_S = 8, 20
 CHUNK_S = 0.2
 LAG_BOUND_S = 1.0
@@ -29,28 +24,10 @@ a few hundred ms; the command's default bound (0.1 s) is meant for a load-test m
 
 
 @pytest.fixture(scope="module")
-def gateway() -> Iterator[str]:
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``duplex up --port 0`` in a subprocess; its address from the "ready at" line (read with a deadline)."""
-    proc = subprocess.Popen([*DUPLEX, "up", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout or ()], daemon=True).start()
-    seen, end = [], time.monotonic() + 120
-    try:
-        while True:
-            try:
-                line = lines.get(timeout=max(0.01, end - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError("duplex up: no 'ready at' line:\n" + "".join(seen)) from None
-            seen.append(line)
-            if m := re.search(r"ready at (\S+)", line):
-                break
-        yield m.group(1)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with LocalUp(tmp_path_factory.mktemp("up") / "up.log") as up:
+        yield up.address
 
 
 @pytest.fixture(scope="module")

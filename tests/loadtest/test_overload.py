@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,7 +71,7 @@ def test_after_an_overload_step_a_small_step_measures_turns_and_sigint_stops_it(
         assert small["turns"] > 0, small  # type: ignore[operator]
         assert small["errors"] == 0, small
         # SIGINT while more clients than slots hold conversations: it and its children exit in time
-        log_from = len(up.log.read_text(errors="replace"))
+        started = up.output().count("session started")
         flood = subprocess.Popen(
             [
                 *DUPLEX,
@@ -93,25 +94,16 @@ def test_after_an_overload_step_a_small_step_measures_turns_and_sigint_stops_it(
             env={**os.environ, "DUPLEX_CACHE": str(tmp_path / "cache")},
         )
         try:
-            assert _engine_full(up, log_from, deadline_s=90.0), up.tail()
-            took = up.interrupt(deadline_s=45.0)
+            # the engine holds all of its slots (+ the flood's preflight session)
+            up.wait_for("session started", deadline_s=90.0, count=started + SLOTS + 1)
+            up.stop(signal.SIGINT, deadline_s=45.0)
         finally:
             flood.kill()
             flood.wait()
-        assert took < 45.0
+        assert up.stop_s < 45.0
         assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in up.children)
     finally:
         up.kill()
-
-
-def _engine_full(up: LocalUp, log_from: int, deadline_s: float) -> bool:
-    """Poll (with a deadline) the server's log past ``log_from`` until its engine holds all of its slots."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if up.log.read_text(errors="replace")[log_from:].count("session started") >= SLOTS + 1:  # + preflight
-            return True
-        time.sleep(0.2)  # the poll's interval; the state waited for is the log's
-    return False
 
 
 def test_local_up_never_blocks_the_server_on_its_output(tmp_path: Path) -> None:
@@ -135,6 +127,7 @@ def test_local_up_never_blocks_the_server_on_its_output(tmp_path: Path) -> None:
             time.sleep(0.05)  # the poll's interval; the state waited for is the marker file
         assert done.exists(), "the child blocked writing its output"
         assert up.log.stat().st_size > PIPE_BYTES
-        assert up.interrupt(deadline_s=30.0) < 30.0
+        up.stop(signal.SIGINT, deadline_s=30.0)
+        assert up.stop_s < 30.0
     finally:
         up.kill()

@@ -30,16 +30,9 @@ from typer.testing import CliRunner
 from duplex.cli import app
 from duplex.model.config import ModelError
 from duplex.model.family import FamilyName
-from duplex.model.moshi.checkpoint import (
-    MOSHI_FAMILIES,
-    PERSONAPLEX_VOICES,
-    MoshiCheckpoint,
-    detect,
-    init_checkpoint,
-    load_checkpoint,
-    load_voice_prompt,
-    published_state_dict,
-)
+from duplex.model.moshi.checkpoint import MoshiCheckpoint, load_checkpoint, load_voice_prompt
+from duplex.model.moshi.layout import MOSHI_FAMILIES, PERSONAPLEX_VOICES, detect
+from duplex.model.moshi.tiny import init_checkpoint, published_state_dict
 
 SR = 24000
 PUBLISHED_FILES: dict[str, set[str]] = {

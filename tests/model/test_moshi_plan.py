@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from duplex.cli import app
 from duplex.model.config import ModelError
-from duplex.model.moshi.checkpoint import init_checkpoint, upstream_loaders
 from duplex.model.moshi.plan import GIB, plan_moshi
+from duplex.model.moshi.tiny import init_checkpoint
+from duplex.model.moshi.upstream import upstream_loaders
 
 SMALL: dict[str, Any] = dict(
     dim=64,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,12 +13,7 @@ from _parallel_worker import rank_main
 from duplex.model import checkpoint
 from duplex.model.config import ModelConfig
 from duplex.model.model import DuplexModel, delay
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from duplex.serving.ports import free_port
 
 
 def _spawn_target(rank: int, world: int, ckpt: str, leader: str, audio: torch.Tensor, out: str) -> None:

@@ -42,6 +42,19 @@ MANAGED_REDIS_WITH_POLICY: dict[str, Any] = {
     "spec": {"agent": {"workers": 2}, "networkPolicy": {"enabled": True}},
 }
 """No example runs a managed Redis (05 uses an external one); this one does, with the policies on."""
+MOSHI_HOST_PATH: dict[str, Any] = {
+    "apiVersion": "duplex.ai/v1alpha1",
+    "kind": "DuplexModel",
+    "metadata": {"name": "moshi-node"},
+    "spec": {
+        "model": {"family": "moshi", "uri": "/models/moshiko"},
+        "checkpoint": {"hostPath": "/srv/models"},
+        "engine": {"device": "cpu", "chunkMs": 80},
+        "networkPolicy": {"enabled": True},
+    },
+}
+"""08 mounts its checkpoint from a PersistentVolumeClaim; this one from a node directory (read-only hostPath)."""
+EXTRA_MODELS = {"managed-redis.yaml": MANAGED_REDIS_WITH_POLICY, "moshi-host-path.yaml": MOSHI_HOST_PATH}
 
 SPECS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -55,6 +68,12 @@ SPECS: dict[str, dict[str, Any]] = {
         "agent": {"workers": 1, "metricsPort": 0},
     },
     "policies": {"agent": {"workers": 1}, "networkPolicy": {"enabled": True}},
+    "moshi-checkpoint-claim": {
+        "model": {"family": "moshi", "uri": "/models/moshiko", "dtype": "bfloat16"},
+        "checkpoint": {"claimName": "weights"},
+        "engine": {"device": "cuda", "chunkMs": 80, "gpusPerShard": 1, "maxSessions": 8},
+    },
+    "moshi-checkpoint-host-path": MOSHI_HOST_PATH["spec"],
 }
 
 
@@ -67,13 +86,14 @@ def pod_templates(manifests: list[Manifest]) -> list[dict[str, Any]]:
 
 
 def render_examples(out_dir: Path) -> list[str]:
-    """``duplex render`` of every example that renders (the others are examples of rejected specs), plus a
-    managed-Redis model; returns the names written."""
+    """``duplex render`` of every example that renders (the others are examples of rejected specs), plus the
+    ``EXTRA_MODELS``; returns the names written."""
     written = []
-    for example in [*EXAMPLES, None]:
-        if example is None:
-            example = out_dir.parent / "managed-redis.yaml"
-            example.write_text(yaml.safe_dump(MANAGED_REDIS_WITH_POLICY))
+    extras: list[Path] = []
+    for name, doc in EXTRA_MODELS.items():
+        extras.append(out_dir.parent / name)
+        extras[-1].write_text(yaml.safe_dump(doc))
+    for example in [*EXAMPLES, *extras]:
         result = CliRunner().invoke(app, ["render", "-f", str(example)])
         if result.exit_code != 0:
             assert "spec." in result.stderr, f"{example.name}: rejected without naming a field: {result.output}"
@@ -121,9 +141,14 @@ def test_checkov_passes_every_rendered_example(tmp_path: Path) -> None:
     out = tmp_path / "rendered"
     out.mkdir()
     written = render_examples(out)
-    assert {"01-tiny-cpu.yaml", "02-autoshard-gpu.yaml", "04-autoscaling-auth.yaml", "05-external-redis.yaml"} <= set(
-        written
-    )
+    assert {
+        "01-tiny-cpu.yaml",
+        "02-autoshard-gpu.yaml",
+        "04-autoscaling-auth.yaml",
+        "05-external-redis.yaml",
+        "08-moshi-gpu.yaml",
+        *EXTRA_MODELS,
+    } <= set(written)
     for name in written:  # every example opts in to the NetworkPolicies (checkov's CKV2_K8S_6 is enforced)
         assert any(d and d["kind"] == "NetworkPolicy" for d in yaml.safe_load_all((out / name).read_text())), name
 

@@ -27,6 +27,7 @@ from duplex.operator.render import ApiVersions, render_children
 from duplex.operator.render.common import Manifest
 from duplex.operator.resolve import parse_spec, resolve
 from duplex.serving.cli import CONFIG_SECTIONS
+from duplex.serving.ports import free_port
 from duplex.serving.settings import load_section
 
 REF = ModelRef(name="talk", namespace="prod", uid="0f0e-uid")
@@ -204,12 +205,6 @@ def test_render_cli_names_the_bad_field(doc: dict[str, Any], text: str, tmp_path
 
 
 # --- the processes themselves --------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape(port: int, deadline_s: float = 120.0, proc: subprocess.Popen[bytes] | None = None) -> str:

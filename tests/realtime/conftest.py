@@ -63,15 +63,15 @@ class RealtimeStack:
         return f"http://127.0.0.1:{self.http_port}/v1"
 
 
-@pytest.fixture(scope="module")
-def rt() -> Iterator[RealtimeStack]:
+def start_realtime(source: ModelSource, model: Any = None, **engine: Any) -> RealtimeStack:
+    """An engine serving ``source`` (or ``model``) behind a keyed gateway with the Realtime endpoint."""
     lt = LoopThread()
     clock = StepClock()
 
     async def up() -> RealtimeStack:
-        espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=16, max_send_backlog=50)
-        engine = EngineServer(espec, ModelSource(), model=load_part(ModelSource(), device="cpu"), bind_port=0)
-        eport = await engine.start()
+        espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=16, max_send_backlog=50, **engine)
+        engine_server = EngineServer(espec, source, model=model, bind_port=0)
+        eport = await engine_server.start()
         gspec = GatewaySpec(
             host="127.0.0.1",
             metrics_port=0,
@@ -84,19 +84,27 @@ def rt() -> Iterator[RealtimeStack]:
         await gateway.start()
         assert gateway.realtime is not None
         gateway.realtime.minter.clock = clock
-        return RealtimeStack(engine, gateway, gateway.http_port, clock, lt)
+        return RealtimeStack(engine_server, gateway, gateway.http_port, clock, lt)
 
     stack: RealtimeStack = lt.run(up(), timeout=120)
     wait_serving(f"127.0.0.1:{stack.gateway.port}")
+    return stack
 
-    yield stack
 
+def stop_realtime(stack: RealtimeStack) -> None:
     async def down() -> None:
         await stack.gateway.stop(0.5)
         await stack.engine.stop(0.5)
 
-    lt.run(down())
-    lt.close()
+    stack.thread.run(down())
+    stack.thread.close()
+
+
+@pytest.fixture(scope="module")
+def rt() -> Iterator[RealtimeStack]:
+    stack = start_realtime(ModelSource(), load_part(ModelSource(), device="cpu"))
+    yield stack
+    stop_realtime(stack)
 
 
 @pytest.fixture(scope="session")

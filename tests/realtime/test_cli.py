@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import signal
 import urllib.request
+from pathlib import Path
 
-from serving.test_cli import Proc
+from duplex.loadtest.local import LocalUp
 
 
 def get(url: str) -> tuple[int, str, bytes]:
@@ -15,11 +16,12 @@ def get(url: str) -> tuple[int, str, bytes]:
         return r.status, r.headers.get("Content-Type", ""), r.read()
 
 
-def test_up_serves_the_endpoint_and_the_page() -> None:
-    up = Proc(["up", "--port", "0", "--http-port", "0", "--no-agent"])
+def test_up_serves_the_endpoint_and_the_page(tmp_path: Path) -> None:
+    up = LocalUp(tmp_path / "up.log", ["--http-port", "0", "--no-agent"])
+    up.start()
     try:
         m = up.wait_for(
-            r"duplex up: realtime at ws://127\.0\.0\.1:(\d+)/v1/realtime \(page: http://127\.0\.0\.1:(\d+)/\)", 120
+            r"duplex up: realtime at ws://127\.0\.0\.1:(\d+)/v1/realtime \(page: http://127\.0\.0\.1:(\d+)/\)"
         )
         port = int(m.group(1))
         assert int(m.group(2)) == port and port > 0

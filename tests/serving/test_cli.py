@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -18,12 +17,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from duplex.loadtest.local import DUPLEX, LocalUp
 from duplex.model.audio_io import read_wav, write_wav
 from duplex.serving import client
+from duplex.serving.ports import free_port, free_port_pair
 
 from .conftest import tone, wait_serving
-
-DUPLEX = [sys.executable, "-c", "from duplex.cli import main; main()"]
 
 
 class Proc:
@@ -67,45 +66,26 @@ def gateway_args(engines: str, *settings: str) -> list[str]:
     return ["gateway", "--engines", engines, "--port", "0", *(a for s in sets for a in ("--set", s))]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         return str(r.read().decode())
 
 
+def talk(target: str, wav: Path, out: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    """``duplex talk --target TARGET --input WAV --output OUT FLAGS…`` as a user runs it (output captured)."""
+    args = ["talk", "--target", target, "--input", str(wav), "--output", str(out), *flags]
+    return subprocess.run([*DUPLEX, *args], capture_output=True, text=True, timeout=120)
+
+
 def test_up_and_talk(tmp_path: Path) -> None:
-    mport = free_port()
-    up = Proc(["up", "--port", "0", "--metrics-port", str(mport)])
+    mport = free_port_pair()  # the engine's /metrics, and the gateway's on mport + 1
+    up = LocalUp(tmp_path / "up.log", ["--metrics-port", str(mport)])
+    addr = up.start()
     try:
-        addr = up.wait_for(r"ready at (\S+)").group(1)
         wav = tmp_path / "in.wav"
         write_wav(wav, tone(1.5, sr=22050), 22050)  # talk resamples to 16 kHz
         out, tl, png = tmp_path / "out.wav", tmp_path / "t.json", tmp_path / "t.png"
-        r = subprocess.run(
-            [
-                *DUPLEX,
-                "talk",
-                "--target",
-                addr,
-                "--input",
-                str(wav),
-                "--output",
-                str(out),
-                "--timeline",
-                str(tl),
-                "--plot",
-                str(png),
-                "--fast",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = talk(addr, wav, out, "--timeline", str(tl), "--plot", str(png), "--fast")
         assert r.returncode == 0, r.stderr
         assert "duplex talk: converting in.wav 22050 Hz mono → 16000 Hz mono (soxr HQ)" in r.stderr
         recorded = read_wav(out)
@@ -123,23 +103,7 @@ def test_up_and_talk(tmp_path: Path) -> None:
         assert "duplex_engine_queue_wait_seconds_bucket" in engine_metrics
         assert 'duplex_gateway_rpcs_total{code="OK",method="/duplex.v1.Duplex/Converse"} 1.0' in gateway_metrics
         model_time = tmp_path / "model_time.wav"
-        r = subprocess.run(
-            [
-                *DUPLEX,
-                "talk",
-                "--target",
-                addr,
-                "--input",
-                str(wav),
-                "--output",
-                str(model_time),
-                "--model-time",
-                "--fast",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        r = talk(addr, wav, model_time, "--model-time", "--fast")
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip().endswith("(model time)")
         assert len(read_wav(model_time).samples) == 8 * 3200  # to the last chunk's end, not to an arrival time

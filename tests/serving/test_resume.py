@@ -25,13 +25,14 @@ from duplex.serving import client
 from duplex.serving.engine.server import EngineServer
 from duplex.serving.gateway.auth import KeyRing, key_line
 from duplex.serving.gateway.server import GatewayServer
+from duplex.serving.ports import free_port
 from duplex.serving.resume_token import unwrap, wrap
 from duplex.serving.spec import EngineSpec, GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import API_KEY, AUTH, LoopThread, wait_serving
 from .test_batch_invariance import outputs
-from .test_cli import Proc, free_port
+from .test_cli import Proc
 from .test_talk import SteppingClock
 
 CHUNK = 3200

@@ -9,57 +9,20 @@ import base64
 import json
 import re
 import signal
-import subprocess
-import threading
-import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import grpc
 
+from duplex.loadtest.local import LocalUp
 from duplex.serving import client
 from duplex.serving.gateway.pump import ClientPump
 
 from .conftest import tone
-from .test_cli import DUPLEX
 
 GRPC_SESSIONS = 3
 NOISE = re.compile(r"Traceback|CancelledError|Exception not handled|never retrieved|Task was destroyed")
-
-
-class Logged:
-    """A subprocess with stdout and stderr merged into one log, read by a thread; tests wait for lines."""
-
-    def __init__(self, args: list[str]) -> None:
-        self.p = subprocess.Popen([*DUPLEX, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.p.stdout is not None
-        for line in self.p.stdout:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, pattern: str, count: int = 1, deadline_s: float = 120.0) -> list[re.Match[str]]:
-        end = time.monotonic() + deadline_s
-        with self._cond:
-            while True:
-                found = [m for line in self.lines if (m := re.search(pattern, line))]
-                if len(found) >= count:
-                    return found
-                left = end - time.monotonic()
-                if left <= 0 or self.p.poll() is not None:
-                    raise AssertionError(f"{count}× {pattern!r} not seen; log:\n{''.join(self.lines)[-3000:]}")
-                self._cond.wait(left)
-
-    def log(self) -> str:
-        """The whole log, once the process has exited and its output is read to the end."""
-        self._reader.join(timeout=30)
-        return "".join(self.lines)
 
 
 async def realtime_session(url: str, started: asyncio.Event) -> int | None:
@@ -85,13 +48,11 @@ async def realtime_session(url: str, started: asyncio.Event) -> int | None:
         return ws.close_code
 
 
-def test_sigterm_under_live_sessions_logs_no_traceback() -> None:
-    up = Logged(["up", "--port", "0", "--http-port", "0", "--no-agent"])
-    try:
-        addr = up.wait_for(r"ready at (\S+)")[0].group(1)
-        ws_url = up.wait_for(r"realtime at (\S+)")[0].group(1)
+def test_sigterm_under_live_sessions_logs_no_traceback(tmp_path: Path) -> None:
+    with LocalUp(tmp_path / "up.log", ["--http-port", "0", "--no-agent"]) as up:
+        addr, ws_url = up.address, up.realtime
 
-        async def run() -> tuple[list[object], object]:
+        async def run() -> tuple[list[object], object, int]:
             started = asyncio.Event()
             rt = asyncio.create_task(realtime_session(ws_url, started))
             async with grpc.aio.insecure_channel(addr) as ch:
@@ -100,18 +61,15 @@ def test_sigterm_under_live_sessions_logs_no_traceback() -> None:
                     for _ in range(GRPC_SESSIONS)
                 ]
                 await asyncio.wait_for(started.wait(), 60)
-                await asyncio.to_thread(up.wait_for, r"session started", GRPC_SESSIONS + 1)
-                up.p.send_signal(signal.SIGTERM)
+                await asyncio.to_thread(up.wait_for, r"session started", 120.0, GRPC_SESSIONS + 1)
+                # SIGTERM now; the stop waits (in a thread) while the conversations end
+                stopping = asyncio.create_task(asyncio.to_thread(up.stop, signal.SIGTERM, 60.0))
                 results = await asyncio.gather(*calls, return_exceptions=True)
-            return list(results), await asyncio.wait_for(rt, 60)
+            return list(results), await asyncio.wait_for(rt, 60), await stopping
 
-        results, rt_close = asyncio.run(run())
-        assert up.p.wait(timeout=60) == 0
-    finally:
-        if up.p.poll() is None:
-            up.p.kill()
-            up.p.wait()
-    log = up.log()
+        results, rt_close, code = asyncio.run(run())
+        assert code == 0
+    log = up.output()
     assert "gateway draining: " in log and "duplex up: stopped" in log, log[-3000:]
     assert not NOISE.search(log), log[-4000:]
     codes = [getattr(r, "code", r) for r in results]

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from serving.test_cli import Proc
 
+from duplex.loadtest.local import LocalUp
 from duplex.model.audio_io import read_wav, write_wav
 
 CHROMIUM = "/usr/bin/chromium"
@@ -86,9 +86,10 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def test_page_talks_plays_and_shows_latency(question_wav: Path, tmp_path: Path) -> None:
-    up = Proc(["up", "--port", "0", "--http-port", "0"])
+    up = LocalUp(tmp_path / "up.log", ["--http-port", "0"])
+    up.start()
     try:
-        url = up.wait_for(r"(http://127\.0\.0\.1:\d+/)", 120).group(1)
+        url = up.wait_for(r"(http://127\.0\.0\.1:\d+/)").group(1)
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=browser_args(question_wav))
             try:

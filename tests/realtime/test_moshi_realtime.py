@@ -1,0 +1,63 @@
+"""The Realtime WebSocket in front of a Moshi-family engine: the official SDK talks to it unchanged; the
+model's Mimi audio arrives as audio deltas at the wire's 24 kHz (the model's own rate: nothing is resampled),
+its inner-monologue text as transcript deltas, and what the family cannot take is refused with an ``error``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from moshi_fixtures import write_checkpoint  # first: sets NO_TORCH_COMPILE before moshi is imported
+
+from duplex.model.spec import ModelSource
+
+from .conftest import RealtimeStack, Received, collect, rms, start_realtime, stop_realtime, stream_live
+from .test_sdk import SILENCE_RMS, client, no_errors
+
+
+@pytest.fixture(scope="module")
+def rt_moshi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealtimeStack]:
+    directory = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-moshi", seed=2)
+    stack = start_realtime(ModelSource(uri=str(directory), temperature=0.0), chunk_ms=80, cohorts=1)
+    yield stack
+    stop_realtime(stack)
+
+
+async def test_a_moshi_conversation_over_the_official_sdk(rt_moshi: RealtimeStack, speech24: np.ndarray) -> None:
+    """The model's turn (a random model talks on) streams as one response's audio and transcript deltas."""
+    got = Received()
+
+    def talking(g: Received) -> bool:
+        return len(g.of("response.output_audio.delta")) >= 10 and bool(g.of("response.output_audio_transcript.delta"))
+
+    async with client(rt_moshi).realtime.connect(model="tiny-moshi") as conn:
+        reader = asyncio.create_task(collect(conn, got))
+        await stream_live(conn, speech24[: 24000 * 2])
+        await got.wait(talking)
+        await conn.close()
+        await reader
+    no_errors(got)
+    assert got.of("session.created")[0]["session"]["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    response = got.of("response.created")[0]["response"]["id"]
+    deltas = got.of("response.output_audio.delta")
+    assert {e["response_id"] for e in deltas} == {response}
+    assert rms([e["delta"] for e in deltas]) > SILENCE_RMS
+    assert all(len(base64.b64decode(e["delta"])) % 2 == 0 for e in deltas)
+    transcript = "".join(e["delta"] for e in got.of("response.output_audio_transcript.delta"))
+    assert transcript.strip()
+
+
+async def test_instructions_are_refused_with_an_error_event(rt_moshi: RealtimeStack, speech24: np.ndarray) -> None:
+    got = Received()
+    async with client(rt_moshi).realtime.connect(model="tiny-moshi") as conn:
+        reader = asyncio.create_task(collect(conn, got))
+        await conn.session.update(session={"type": "realtime", "instructions": "Answer briefly."})
+        await stream_live(conn, speech24[:4800])
+        await got.wait(lambda g: g.of("error"))
+        await conn.close()
+        await reader
+    message = got.of("error")[0]["error"]["message"]
+    assert "instructions" in message and "no typed-text input" in message
