@@ -45,9 +45,12 @@ class StreamFormat:
     frame_samples: int
     """Samples per model frame (the smallest step of the model)."""
     text_in_slots: int = 0
-    """Typed-text tokens the model can take per frame (0 = no typed text input)."""
+    """Text-input tokens the model takes per frame (0 = none)."""
     text_pad: int = 0
-    """The typed-text input token that means "nothing typed" in a slot."""
+    """The text-input token that means "nothing" in a slot."""
+    typed_text: bool = True
+    """Whether clients may type text to the model (``TextInput``, ``SessionStart.instructions``). A family
+    whose text input is its own text stream (Moshi) takes only the agent's results there, as forced text."""
     video_size: int = 0
     """Side of the square video frames it takes (0 = no video)."""
 
@@ -121,8 +124,8 @@ class ServedModel(Protocol[S]):
         ...
 
     def encode_text(self, text: str) -> list[int]:
-        """Typed text → input tokens for ``step``'s ``text_in`` (raises ``ModelError`` when the family has
-        no typed-text input)."""
+        """Text (typed by a client where ``format.typed_text``, or an agent's result) → input tokens for
+        ``step``'s ``text_in``."""
         ...
 
     def text_decoder(self) -> TextDecoder:

@@ -330,6 +330,9 @@ class MoshiServed:
             # per-row readiness: without it LMGen's batch-wide step counter makes a reset stall every row
             support_out_of_sync=True,
         )
+        self._forced: Tensor | None = None
+        """Text tokens forced in the frame being stepped, per row (-1 = none)."""
+        self.gen.on_text_hook = self._force_text
         self.pad_ids = frozenset({int(self.lm.text_padding_token_id), int(self.lm.end_of_text_padding_id)})
         self.mimi_dtype = next(self.mimi.parameters()).dtype
         self._format = StreamFormat(
@@ -337,6 +340,9 @@ class MoshiServed:
             name=ckpt.name,
             sample_rate=int(self.mimi.sample_rate),
             frame_samples=int(self.mimi.frame_size),
+            text_in_slots=1,
+            text_pad=-1,
+            typed_text=False,
         )
 
     def _validate(self) -> None:
@@ -390,13 +396,15 @@ class MoshiServed:
     ) -> FamilyStep:
         """One chunk for the slot block ``rows`` (see ``ServedModel.step``); ``batch_invariant`` as in the module
         docstring (CPU only)."""
-        if text_in is not None or video is not None or video_rows is not None:
-            raise ModelError("the moshi family takes audio only (no text_in, no video)")
+        if video is not None or video_rows is not None:
+            raise ModelError("the moshi family takes no video")
         block = state.block(rows)
         n, S = block.rows, self._format.frame_samples
         if audio.dim() != 2 or audio.shape[0] != n or audio.shape[1] == 0 or audio.shape[1] % S:
             raise ModelError(f"audio {tuple(audio.shape)} must be ({n}, F*{S})")
         frames = audio.shape[1] // S
+        if text_in is not None and tuple(text_in.shape) != (n, frames, 1):
+            raise ModelError(f"text_in {tuple(text_in.shape)} must be ({n}, {frames}, 1)")
         if active is None:
             act = torch.ones(n, dtype=torch.bool, device=self.device)
         else:
@@ -417,6 +425,7 @@ class MoshiServed:
                 self.mimi.set_exec_mask(act)
                 codes = self.mimi.encode(frame[:, None, :].to(self.mimi_dtype))  # (n, K, 1)
                 self.gen.set_exec_mask(act)  # LMGen forwards it to the LM (its reset / exec-mask callbacks)
+                self._forced = None if text_in is None else text_in[:, f, 0].to(self.device)
                 tokens = self.gen.step(codes)  # (n, 1+dep_q, 1); -2 (ungenerated) where a row is not ready
                 if tokens is None:  # only without support_out_of_sync
                     tokens = torch.full((n, 1 + self.lm.dep_q, 1), -2, dtype=torch.long, device=self.device)
@@ -435,7 +444,14 @@ class MoshiServed:
         return FamilyStep(control=control, text=text, wave=wave.clamp(-1.0, 1.0))
 
     def encode_text(self, text: str) -> list[int]:
-        raise ModelError("the moshi family has no typed-text input; send audio")
+        """Text as the model's own text tokens, to be forced into its text stream (one per frame)."""
+        return [int(t) for t in self.ckpt.text_tokenizer.encode(text)]
+
+    def _force_text(self, text_token: Tensor) -> None:
+        """Upstream's text hook: replace the sampled text token, in place, where a token is forced this frame
+        (the depformer then voices it and it enters the delayed-token cache, as if the model had said it)."""
+        if self._forced is not None:
+            text_token.copy_(torch.where(self._forced >= 0, self._forced, text_token))
 
     def text_decoder(self) -> MoshiTextDecoder:
         return MoshiTextDecoder(self.ckpt.text_tokenizer, self.pad_ids)

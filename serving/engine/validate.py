@@ -113,6 +113,13 @@ def check_start(
 
 def encode_text(field: str, text: str, served: ServedModel[Any]) -> list[int]:
     """Typed text as the served model's input tokens, or an InputError naming the field."""
+    fmt = served.format
+    if not fmt.typed_text:
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field}: the {fmt.family} family takes no typed text (its text stream is the model's own words); "
+            "send audio",
+        )
     try:
         return served.encode_text(text)
     except ModelError as e:

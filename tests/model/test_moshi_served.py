@@ -341,18 +341,44 @@ def test_format_and_chunks(ckpt: MoshiCheckpoint) -> None:
     served = MoshiServed(ckpt)
     fmt = served.format
     assert (fmt.family, fmt.name, fmt.sample_rate, fmt.frame_samples) == ("moshi", "tiny-moshi", 24000, 1920)
-    assert (fmt.text_in_slots, fmt.video_size, fmt.frame_ms) == (0, 0, 80.0)
+    assert (fmt.text_in_slots, fmt.text_pad, fmt.typed_text, fmt.video_size, fmt.frame_ms) == (1, -1, False, 0, 80.0)
     assert [served.frames_per_chunk(ms) for ms in (80, 160, 240, 320, 400)] == [1, 2, 3, 4, 5]
     for bad in (40, 100, 480, 0):
         with pytest.raises(ModelError, match="80, 160, 240, 320, 400"):
             served.frames_per_chunk(bad)
-    with pytest.raises(ModelError, match="no typed-text input"):
-        served.encode_text("hello")
+    assert served.text_decoder().feed(served.encode_text("hello there"))[0].strip() == "hello there"
     slots = served.new_slots(4)
     with pytest.raises(ModelError, match="audio"):
         served.step(slots, torch.zeros(4, FRAME + 1), slice(0, 4))
-    with pytest.raises(ModelError, match="audio only"):
-        served.step(slots, torch.zeros(4, FRAME), slice(0, 4), text_in=torch.zeros(4, 1, 1, dtype=torch.long))
+    with pytest.raises(ModelError, match="no video"):
+        served.step(slots, torch.zeros(4, FRAME), slice(0, 4), video=torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ModelError, match=r"text_in \(4, 2, 1\) must be \(4, 1, 1\)"):
+        served.step(slots, torch.zeros(4, FRAME), slice(0, 4), text_in=torch.zeros(4, 2, 1, dtype=torch.long))
+
+
+def test_forced_text_is_what_the_model_says(ckpt: MoshiCheckpoint) -> None:
+    """An agent result reaches the model as forced text: from the frame it is fed, the row's text stream carries
+    exactly the forced tokens (and the rest of the batch is untouched); afterwards the model goes on from
+    what it has 'said'."""
+    served = MoshiServed(ckpt)
+    forced = served.encode_text("hello there")
+    frames, at = 16, 4
+    audio = varied_audio(2, frames, seed=21)
+    alone = run_alone(ckpt, audio[1], 1)
+    slots = served.new_slots(2)
+    said: list[list[int]] = [[], []]
+    for f in range(frames):
+        text_in = torch.full((2, 1, 1), -1, dtype=torch.long)
+        if at <= f < at + len(forced):
+            text_in[0, 0, 0] = forced[f - at]
+        out = served.step(slots, audio[:, f * FRAME : (f + 1) * FRAME], slice(0, 2), text_in=text_in)
+        for row in range(2):
+            said[row].append(out.text[row][0] if out.text[row] else -2)
+    lag = max(ckpt.lm.delays)  # upstream hands out a frame's tokens once its most delayed codebook is generated
+    assert said[0][at + lag : at + lag + len(forced)] == forced
+    assert said[1] == [t[0] if t else -2 for t in alone.text]  # the other row is untouched
+    unforced = run_alone(ckpt, audio[0], 1)
+    assert said[0][: at + lag] == [t[0] if t else -2 for t in unforced.text][: at + lag]
 
 
 # --- floor control and text (pure) ----------------------------------------------------------------------------

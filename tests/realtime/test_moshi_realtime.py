@@ -60,4 +60,4 @@ async def test_instructions_are_refused_with_an_error_event(rt_moshi: RealtimeSt
         await conn.close()
         await reader
     message = got.of("error")[0]["error"]["message"]
-    assert "instructions" in message and "no typed-text input" in message
+    assert "instructions" in message and "takes no typed text" in message
