@@ -1,6 +1,6 @@
 """Moshi family on this CPU: step time of a small checkpoint against batch size, and real-time sessions.
 
-    python bench/moshi.py [--checkpoint DIR] [--batches 1,2,4,8,16,32] [--frames 40] [--threads 0] [--write]
+    python bench/moshi_cpu.py [--checkpoint DIR] [--batches 1,2,4,8,16,32] [--frames 40] [--threads 0] [--write]
 
 Without ``--checkpoint`` a small random one is written with ``duplex model init --family moshi`` (seed 0) in
 a temporary folder. Each batch of sessions is stepped through ``MoshiServed`` — the engine's own path: Mimi
