@@ -1,8 +1,9 @@
 """kopf handlers: thin glue between kopf's events and :class:`Reconciler` (``register(settings)`` adds them).
 
 - DuplexModel create / update / resume, and a periodic resync timer: full level-based reconcile.
-- Child events (anything labelled ``app.kubernetes.io/managed-by=duplex-operator``): repair drift at once,
-  and refresh the model's status when a workload reports new readiness.
+- Child events (anything labelled ``app.kubernetes.io/managed-by=duplex-operator``, of every watched kind in
+  :data:`duplex.operator.children.CHILDREN`): repair drift at once, and refresh the model's status when a
+  workload reports new readiness.
 
 No delete handler and no finalizer: children carry owner references, so deleting a DuplexModel
 garbage-collects them, even while the operator is down. kopf's bookkeeping goes to annotations (the status
@@ -16,13 +17,13 @@ from typing import Any
 
 import kopf
 
+from .children import CHILDREN, STATUS_KINDS
 from .kube import Kube, load_api_client
 from .naming import GROUP, MANAGED_BY, MANAGED_BY_LABEL, MODEL_LABEL, PLURAL, VERSION
 from .reconcile import Reconciler
 from .settings import OperatorSettings
 
 CHILD_LABELS = {MANAGED_BY_LABEL: MANAGED_BY}
-STATUS_KINDS = {"StatefulSet", "Deployment", "Service"}
 
 
 def _reconciler(memo: kopf.Memo) -> Reconciler:
@@ -47,17 +48,6 @@ def child_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     if not model:
         return
     _reconciler(memo).child_changed(event.get("type"), dict(obj), model, refresh=obj.get("kind") in STATUS_KINDS)
-
-
-CHILD_RESOURCES = [
-    ("", "v1", "configmaps"),
-    ("", "v1", "services"),
-    ("apps", "v1", "statefulsets"),
-    ("apps", "v1", "deployments"),
-    ("policy", None, "poddisruptionbudgets"),
-    ("autoscaling", None, "horizontalpodautoscalers"),
-]
-"""(group, version or None = the server's preferred, plural) of every child kind watched for drift."""
 
 
 def register(config: OperatorSettings) -> None:
@@ -85,6 +75,6 @@ def register(config: OperatorSettings) -> None:
     kopf.timer(GROUP, VERSION, PLURAL, interval=config.resync_seconds, initial_delay=config.resync_seconds, idle=0)(
         resync_model
     )
-    for group, version, plural in CHILD_RESOURCES:
-        resource = [p for p in (group, version, plural) if p]  # kopf: ("v1", plural), (group, plural), ...
-        kopf.on.event(*resource, labels=CHILD_LABELS, id=f"{plural}_event")(child_event)
+    for child in CHILDREN:
+        if child.watched:
+            kopf.on.event(*child.watch_resource(), labels=CHILD_LABELS, id=f"{child.plural}_event")(child_event)

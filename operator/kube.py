@@ -1,8 +1,9 @@
 """The operator's Kubernetes calls, through the ``kubernetes`` package's :class:`DynamicClient`.
 
-Resources are found by discovery (no path or plural table here); every apply is a server-side apply with
-``force``, so it is idempotent and repairs hand edits of the fields the operator owns. Plain dicts in and
-out (the render functions produce dicts); API errors are the client's ``ApiException`` subclasses.
+Resources are found by discovery (the child kinds are listed in :mod:`duplex.operator.children`); every apply
+is a server-side apply with ``force``, so it is idempotent and repairs hand edits of the fields the operator
+owns. Plain dicts in and out (the render functions produce dicts); API errors are the client's ``ApiException``
+subclasses.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import NotFoundError
 from kubernetes.dynamic.resource import Resource
 
+from .children import ApiVersions, versioned_kinds
 from .naming import API_VERSION, KIND, MODEL_LABEL
-from .render import ApiVersions
 
 FIELD_MANAGER = "duplex-operator"
 TIMEOUT_S = 30
@@ -67,10 +68,11 @@ class Kube:
         return {r.group_version for r in found}
 
     def api_versions(self) -> ApiVersions:
-        """Versions to render PodDisruptionBudgets and HPAs in, by what this server serves."""
-        served = self.served_group_versions("PodDisruptionBudget") | self.served_group_versions(
-            "HorizontalPodAutoscaler"
-        )
+        """Versions to render the kinds served in several (PodDisruptionBudgets, HPAs) in, by what this server
+        serves."""
+        served: set[str] = set()
+        for kind in versioned_kinds():
+            served |= self.served_group_versions(kind)
         return ApiVersions.from_served(served)
 
     # --- objects --------------------------------------------------------------------------------------

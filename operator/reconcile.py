@@ -13,15 +13,19 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
+from .children import ApiVersions, child_kinds
 from .kube import Kube
 from .naming import ModelRef
-from .render import ApiVersions, render_children
+from .render import render_children
 from .render.common import Manifest, key
 from .render.gateway import endpoint
 from .resolve import InvalidSpec, Resolved, parse_spec, resolve
 from .status import compute_status, invalid_status, observe, same_status
 
 log = logging.getLogger("duplex.operator")
+
+# child_kinds (duplex.operator.children) is what _prune lists; bench/operator.py and tests/cluster import it here
+__all__ = ["Reconciler", "child_kinds", "is_subset"]
 
 OWNED_STATUS_KEYS = (
     "observedGeneration",
@@ -32,19 +36,6 @@ OWNED_STATUS_KEYS = (
     "shardPlan",
     "endpoint",
 )
-
-
-def child_kinds(apis: ApiVersions) -> list[tuple[str, str]]:
-    """(apiVersion, kind) of everything the operator may create, for listing and pruning."""
-    return [
-        ("v1", "ConfigMap"),
-        ("v1", "Service"),
-        ("apps/v1", "StatefulSet"),
-        ("apps/v1", "Deployment"),
-        (apis.pdb, "PodDisruptionBudget"),
-        (apis.hpa, "HorizontalPodAutoscaler"),
-        ("networking.k8s.io/v1", "NetworkPolicy"),
-    ]
 
 
 def is_subset(desired: Any, live: Any) -> bool:

@@ -6,10 +6,11 @@ Services before the workloads that read their ``*_SERVICE_HOST`` variables.
 
 from __future__ import annotations
 
+from ..children import ApiVersions
 from ..naming import ModelRef
 from ..resolve import Resolved
 from .agent import agent_deployment
-from .autoscaling import ApiVersions, engine_pdb, gateway_pdb, hpa
+from .autoscaling import engine_pdb, gateway_pdb, hpa
 from .common import Manifest
 from .configmap import config_hash, engine_config_map
 from .engine import engine_headless_service, engine_leader_service, engine_statefulset

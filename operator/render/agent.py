@@ -8,7 +8,7 @@ from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, prometheus_annotations
 from .posture import exec_probe, harden, metrics_probe, startup_probe, tmp_volume
-from .redis import redis_url_env
+from .redis import redis_url_args, redis_url_env, redis_url_volume
 
 
 def agent_probes(spec: DuplexModelSpec) -> dict[str, Any]:
@@ -25,6 +25,12 @@ def agent_probes(spec: DuplexModelSpec) -> dict[str, Any]:
 
 def agent_deployment(ref: ModelRef, spec: DuplexModelSpec, config_digest: str) -> Manifest:
     volume, mount = config_volume(ref.config_map)
+    # HOME is /tmp in the image: tempfile and HOME-relative caches need it
+    volumes, mounts = [volume, tmp_volume()[0]], [mount, tmp_volume()[1]]
+    redis_url = redis_url_volume(spec)
+    if redis_url is not None:  # url_secret: the URL as a file, named by $DUPLEX_REDIS_URL_FILE
+        volumes.append(redis_url[0])
+        mounts.append(redis_url[1])
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -47,24 +53,17 @@ def agent_deployment(ref: ModelRef, spec: DuplexModelSpec, config_digest: str) -
                                 "name": "agent",
                                 "image": spec.engine.image,
                                 "command": ["duplex"],
-                                "args": [
-                                    "agent",
-                                    "--redis-url",
-                                    "$(DUPLEX_REDIS_URL)",
-                                    "--config",
-                                    f"{CONFIG_DIR}/agent.json",
-                                ],
+                                "args": ["agent", *redis_url_args(spec), "--config", f"{CONFIG_DIR}/agent.json"],
                                 "env": [redis_url_env(ref, spec)],
                                 "resources": {
                                     "requests": {"cpu": "250m", "memory": "256Mi"},
                                     "limits": {"cpu": "1", "memory": "1Gi"},
                                 },
-                                # HOME is /tmp in the image: tempfile and HOME-relative caches need it
-                                "volumeMounts": [mount, tmp_volume()[1]],
+                                "volumeMounts": mounts,
                                 **agent_probes(spec),
                             }
                         ],
-                        "volumes": [volume, tmp_volume()[0]],
+                        "volumes": volumes,
                         "enableServiceLinks": True,
                     }
                 ),

@@ -1,5 +1,6 @@
 """PodDisruptionBudgets and the HorizontalPodAutoscaler, in whichever API versions the server offers
-(Kubernetes 1.20: ``policy/v1beta1``, ``autoscaling/v2beta2``; current: ``policy/v1``, ``autoscaling/v2``).
+(Kubernetes 1.20: ``policy/v1beta1``, ``autoscaling/v2beta2``; current: ``policy/v1``, ``autoscaling/v2``;
+the choice: :class:`duplex.operator.children.ApiVersions`).
 
 The HPA scales the DuplexModel itself through its scale subresource (``spec.replicas``), so a scale-up
 adds whole shard groups. Metric: ``duplex_engine_active_sessions`` (``serving.metrics.ACTIVE_SESSIONS``, a
@@ -10,46 +11,14 @@ the target is divided by the shard count accordingly.
 
 from __future__ import annotations
 
-import dataclasses
-
 from duplex.serving.metrics import ACTIVE_SESSIONS
 
+from ..children import ApiVersions
 from ..naming import API_VERSION, KIND, ModelRef
 from ..resolve import Resolved
 from .common import Manifest
 
 SESSIONS_METRIC = ACTIVE_SESSIONS
-
-
-@dataclasses.dataclass(frozen=True)
-class ApiVersions:
-    """API versions to render version-dependent kinds in (found by discovery at operator start)."""
-
-    pdb: str = "policy/v1"
-    """``policy/v1`` (Kubernetes >= 1.21) or ``policy/v1beta1``."""
-    hpa: str = "autoscaling/v2"
-    """``autoscaling/v2`` (Kubernetes >= 1.23) or ``autoscaling/v2beta2``."""
-
-    @classmethod
-    def from_served(cls, served: set[str]) -> ApiVersions:
-        """Pick from the ``group/version`` strings the server lists in discovery."""
-        pdb = "policy/v1" if "policy/v1" in served else "policy/v1beta1"
-        hpa = "autoscaling/v2" if "autoscaling/v2" in served else "autoscaling/v2beta2"
-        return cls(pdb=pdb, hpa=hpa)
-
-    @classmethod
-    def for_kube_version(cls, version: str) -> ApiVersions:
-        """What a cluster of ``version`` (``1.20``, ``v1.29.3``) serves, for rendering without one."""
-        try:
-            major, minor = (int(p) for p in version.lstrip("v").split(".")[:2])
-        except ValueError:
-            raise ValueError(f"--kube-version {version!r}: expected MAJOR.MINOR, e.g. 1.29") from None
-        if (major, minor) < (1, 20):
-            raise ValueError(f"--kube-version {version!r}: Kubernetes 1.20 or newer is required")
-        return cls(
-            pdb="policy/v1" if minor >= 21 or major > 1 else "policy/v1beta1",
-            hpa="autoscaling/v2" if minor >= 23 or major > 1 else "autoscaling/v2beta2",
-        )
 
 
 def _pdb(ref: ModelRef, apis: ApiVersions, name: str, component: str, budget: dict[str, int]) -> Manifest:

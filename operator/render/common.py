@@ -18,9 +18,15 @@ def config_volume(config_map: str) -> tuple[dict[str, Any], dict[str, Any]]:
     )
 
 
-def secret_volume(name: str, secret: str, path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def secret_volume(
+    name: str, secret: str, path: str, keys: list[str] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(volume, read-only volumeMount) of a Secret at ``path``: every key a file, or only ``keys``."""
+    source: dict[str, Any] = {"secretName": secret}
+    if keys is not None:
+        source["items"] = [{"key": k, "path": k} for k in keys]
     return (
-        {"name": name, "secret": {"secretName": secret}},
+        {"name": name, "secret": source},
         {"name": name, "mountPath": path, "readOnly": True},
     )
 

@@ -21,7 +21,7 @@ from ..resolve import Resolved
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, env, prometheus_annotations
 from .posture import STARTUP_FAILURES, STARTUP_PERIOD_S, exec_probe, harden, tmp_volume
-from .redis import redis_url_env
+from .redis import redis_url_env, redis_url_volume
 
 LEADER_ADDR_ENV = "DUPLEX_LEADER_ADDR"
 """Rank 0's rendezvous ``HOST:PORT``; the kubelet expands it into the ``--leader`` argument."""
@@ -138,6 +138,9 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     checkpoint = checkpoint_volume(spec)
     if checkpoint is not None:
         container["volumeMounts"].append(checkpoint[1])
+    redis_url = redis_url_volume(spec)
+    if redis_url is not None:  # url_secret: the URL as a file, named by $DUPLEX_REDIS_URL_FILE
+        container["volumeMounts"].append(redis_url[1])
     return container
 
 
@@ -158,6 +161,9 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
     checkpoint = checkpoint_volume(spec)
     if checkpoint is not None:
         volumes.append(checkpoint[0])
+    redis_url = redis_url_volume(spec)
+    if redis_url is not None:
+        volumes.append(redis_url[0])
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",

@@ -1,5 +1,6 @@
-"""``duplex agent``: a worker pool. Flags as the operator renders them: ``--redis-url URL --config FILE``
-(``{"agent": AgentSpec}``) plus ``--set agent.FIELD=VALUE`` overrides and ``--metrics-port``."""
+"""``duplex agent``: a worker pool. Flags as the operator renders them: ``--redis-url URL`` (or
+``--redis-url-file PATH``, a mounted Secret holding it) ``--config FILE`` (``{"agent": AgentSpec}``) plus
+``--set agent.FIELD=VALUE`` overrides and ``--metrics-port``."""
 
 from __future__ import annotations
 
@@ -17,12 +18,18 @@ from duplex.serving.settings import fields_help
 from duplex.serving.spec import AgentSpec
 
 from .protocol import StreamNames
+from .redis_url import URL_FILE_ENV, url_from_flags
 from .tools import registry_for
 from .worker import AgentWorker
 
 
 def agent(
-    redis_url: str = typer.Option("", help="Redis URL (default: agent.redis.url, then $DUPLEX_REDIS_URL)"),
+    redis_url: str = typer.Option("", help="Redis URL (default: --redis-url-file, agent.redis.url, $DUPLEX_REDIS_URL)"),
+    redis_url_file: str = typer.Option(
+        "",
+        envvar=URL_FILE_ENV,
+        help="File holding the Redis URL (a mounted Secret; the operator sets $DUPLEX_REDIS_URL_FILE)",
+    ),
     config: Path | None = typer.Option(None, help='JSON {"agent": AgentSpec}'),
     set_: list[str] = typer.Option([], "--set", help="Override a field: agent.concurrency=4"),
     metrics_port: int | None = typer.Option(None, help="Prometheus port (overrides agent.metrics_port; 0 = off)"),
@@ -37,9 +44,18 @@ def agent(
     assert isinstance(spec, AgentSpec)
     if metrics_port is not None:
         spec = spec.model_copy(update={"metrics_port": metrics_port})
-    url = redis_url or spec.redis.url or os.environ.get("DUPLEX_REDIS_URL", "")
+    try:
+        url = url_from_flags(redis_url, redis_url_file)
+    except ValueError as e:
+        typer.echo(f"duplex agent: {e}", err=True)
+        raise typer.Exit(2) from None
+    url = url or spec.redis.url or os.environ.get("DUPLEX_REDIS_URL", "")
     if not url:
-        typer.echo("duplex agent: --redis-url: no Redis URL (flag, agent.redis.url or $DUPLEX_REDIS_URL)", err=True)
+        typer.echo(
+            "duplex agent: --redis-url: no Redis URL (--redis-url, --redis-url-file, agent.redis.url or "
+            "$DUPLEX_REDIS_URL)",
+            err=True,
+        )
         raise typer.Exit(2)
     _run_server("agent", _serve(spec, url))
 

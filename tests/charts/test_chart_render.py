@@ -15,6 +15,7 @@ from chart_tools import CHART, REPO, helm, manifests, set_args, template
 from typer.testing import CliRunner
 
 from duplex.cli import app
+from duplex.operator.children import CHILDREN, rbac_rules
 
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest schemas the installed package ships
 REGENERATE = (
@@ -200,22 +201,18 @@ def rules(docs: list[dict[str, Any]], name: str) -> set[tuple[str, str, str]]:
     }
 
 
-CHILD_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
-CHILDREN = {
-    ("", "configmaps"),
-    ("", "services"),
-    ("apps", "statefulsets"),
-    ("apps", "deployments"),
-    ("policy", "poddisruptionbudgets"),
-    ("autoscaling", "horizontalpodautoscalers"),
-    ("networking.k8s.io", "networkpolicies"),  # a DuplexModel's spec.networkPolicy
-}
-
-
 def test_rbac_grants_exactly_what_the_operator_uses() -> None:
+    """On children: exactly the table's verbs on exactly its kinds (duplex.operator.children), rule for rule, so
+    a kind the operator renders, watches and prunes is one it may touch, and nothing more."""
     docs = rendered("default")
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "r-duplex-operator"]
+    child_rules = [r for r in role["rules"] if set(r["resources"]) & {c.plural for c in CHILDREN}]
+    assert child_rules == rbac_rules(), (
+        "charts/duplex/templates/rbac.yaml's rules on children drifted from duplex.operator.children.CHILDREN; "
+        f"they should be:\n{yaml.safe_dump(rbac_rules(), default_flow_style=None, sort_keys=False)}"
+    )
     assert rules(docs, "r-duplex-operator") == (
-        {(g, r, v) for g, r in CHILDREN for v in CHILD_VERBS}
+        {(c.group, c.plural, v) for c in CHILDREN for v in c.verbs}
         | {("duplex.ai", "duplexmodels", v) for v in ("get", "list", "watch", "patch")}
         | {("duplex.ai", "duplexmodels/status", "patch"), ("", "events", "create")}
     )

@@ -16,12 +16,19 @@ from duplex_cluster_plugin import OperatorProcess
 from duplex_controlplane import wait_until
 from kubernetes.client.exceptions import ApiException
 
+from duplex.operator.children import CHILDREN, ApiVersions, child_kinds
 from duplex.operator.kube import Kube
+from duplex.operator.naming import ModelRef
+from duplex.operator.render import render_children
+from duplex.operator.resolve import parse_spec, resolve
 from duplex.serving.spec import EngineSpec
 
 DM = "duplex.ai/v1alpha1"
 MODEL_LABEL = "duplex.ai/model"
 TIMEOUT = 30.0
+"""Every wait's deadline: well under the operator's resync period (120 s), so a repair within it came from a watch."""
+APIS = ApiVersions.for_kube_version("1.20")
+"""The versions the test control plane (Kubernetes 1.20) serves: policy/v1beta1, autoscaling/v2beta2."""
 
 pytestmark = pytest.mark.usefixtures("duplex_operator")
 
@@ -42,15 +49,11 @@ def condition(m: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def children(kube: Kube, ns: str, name: str) -> dict[str, list[str]]:
-    kinds = [
-        ("v1", "ConfigMap"),
-        ("v1", "Service"),
-        ("apps/v1", "StatefulSet"),
-        ("apps/v1", "Deployment"),
-        ("policy/v1beta1", "PodDisruptionBudget"),
-        ("autoscaling/v2beta2", "HorizontalPodAutoscaler"),
-    ]
-    return {kind: sorted(o["metadata"]["name"] for o in kube.list_children(av, kind, ns, name)) for av, kind in kinds}
+    """Names of the model's children of every kind in the table (duplex.operator.children)."""
+    return {
+        kind: sorted(o["metadata"]["name"] for o in kube.list_children(av, kind, ns, name))
+        for av, kind in child_kinds(APIS)
+    }
 
 
 def expected_children(name: str, replicas: int, hpa: bool = False, agent: bool = False) -> dict[str, list[str]]:
@@ -65,6 +68,7 @@ def expected_children(name: str, replicas: int, hpa: bool = False, agent: bool =
         "Deployment": sorted([f"{name}-gateway", *([f"{name}-agent", f"{name}-redis"] if agent else [])]),
         "PodDisruptionBudget": [f"{name}-engine"],
         "HorizontalPodAutoscaler": [name] if hpa else [],
+        "NetworkPolicy": [],  # networkPolicy.enabled defaults to false
     }
 
 
@@ -233,14 +237,7 @@ def test_children_ranks_owner_refs_and_ready(kube: Kube, namespace: str) -> None
     )["metadata"]["uid"]
     want = expected_children("talk", 2, hpa=True)
     wait_until(lambda: children(kube, namespace, "talk") == want, TIMEOUT, "all children")
-    for av, kind in [
-        ("v1", "ConfigMap"),
-        ("v1", "Service"),
-        ("apps/v1", "StatefulSet"),
-        ("apps/v1", "Deployment"),
-        ("policy/v1beta1", "PodDisruptionBudget"),
-        ("autoscaling/v2beta2", "HorizontalPodAutoscaler"),
-    ]:
+    for av, kind in child_kinds(APIS):
         for obj in kube.list_children(av, kind, namespace, "talk"):
             refs = obj["metadata"]["ownerReferences"]
             assert [(r["kind"], r["name"], r["uid"], r["controller"]) for r in refs] == [
@@ -312,6 +309,88 @@ def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
         return bool(sts["spec"]["replicas"] == 2 and image == EngineSpec().image)
 
     wait_until(repaired, TIMEOUT, "hand edits reverted")
+
+
+EVERYTHING: dict[str, Any] = {
+    "engine": {"shards": 2},
+    "replicas": 2,
+    "autoscaling": {"enabled": True, "maxReplicas": 3},
+    "gateway": {"replicas": 2},
+    "agent": {"workers": 1},
+    "networkPolicy": {"enabled": True},
+}
+"""A model with every optional child: at least one child of every kind in the table."""
+
+
+def rendered_names(ref: ModelRef, spec: dict[str, Any]) -> dict[str, list[str]]:
+    """What ``children`` shows once the operator has applied ``spec`` (the names do not depend on the uid)."""
+    out = render_children(ref, resolve(parse_spec(spec)), APIS)
+    return {kind: sorted(m["metadata"]["name"] for m in out if m["kind"] == kind) for _, kind in child_kinds(APIS)}
+
+
+def uids(kube: Kube, ns: str, name: str) -> dict[str, dict[str, str]]:
+    """kind -> {child name: uid} over every kind in the table."""
+    return {
+        kind: {o["metadata"]["name"]: o["metadata"]["uid"] for o in kube.list_children(av, kind, ns, name)}
+        for av, kind in child_kinds(APIS)
+    }
+
+
+def test_a_child_of_every_kind_is_watched(kube: Kube, namespace: str) -> None:
+    """Every kind in the table is watched: one child of each kind deleted by hand is re-created, and a hand edit
+    of a NetworkPolicy reverted, within TIMEOUT — long before the resync timer (120 s) would."""
+    assert kube.api_versions() == APIS
+    assert {kind for _, kind in child_kinds(APIS)} == {c.kind for c in CHILDREN if c.watched}
+    create_model(kube, namespace, "w", EVERYTHING)
+    want = rendered_names(ModelRef(name="w", namespace=namespace, uid=""), EVERYTHING)
+    assert all(want.values())
+    wait_until(lambda: children(kube, namespace, "w") == want, TIMEOUT, "every child")
+    before = uids(kube, namespace, "w")
+    victims = {kind: names[0] for kind, names in want.items()}
+    for av, kind in child_kinds(APIS):
+        kube.delete(av, kind, namespace, victims[kind])
+
+    def recreated() -> bool:
+        now = uids(kube, namespace, "w")
+        missing = {k: n for k, n in victims.items() if now[k].get(n) in (None, before[k][n])}
+        assert not missing, f"not re-created: {missing}"
+        return True
+
+    wait_until(recreated, TIMEOUT, "every deleted child re-created")
+    # an edit of a NetworkPolicy the operator owns is a change too
+    gateway_policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-gateway")
+    assert gateway_policy is not None
+    rendered_ingress = gateway_policy["spec"]["ingress"]
+    kube.patch("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-gateway", {"spec": {"ingress": []}})
+
+    def reverted() -> bool:
+        policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-gateway")
+        return policy is not None and policy["spec"].get("ingress") == rendered_ingress
+
+    wait_until(reverted, TIMEOUT, "the NetworkPolicy's ingress restored")
+
+
+def test_a_child_of_every_kind_is_pruned_when_no_longer_desired(kube: Kube, namespace: str) -> None:
+    """One more child of every kind, owned and labelled like the rest but not desired (a name an older shape of
+    the model had): the next reconcile deletes exactly those."""
+    uid = create_model(kube, namespace, "pr", EVERYTHING)["metadata"]["uid"]
+    ref = ModelRef(name="pr", namespace=namespace, uid=uid)
+    desired = rendered_names(ref, EVERYTHING)
+    wait_until(lambda: children(kube, namespace, "pr") == desired, TIMEOUT, "every child")
+    rendered = render_children(ref, resolve(parse_spec(EVERYTHING)), APIS)
+    for _, kind in child_kinds(APIS):
+        stray = next(m for m in rendered if m["kind"] == kind)
+        kube.apply({**stray, "metadata": {**stray["metadata"], "name": f"{stray['metadata']['name']}-stray"}})
+    strays = {k: [n for n in names if n.endswith("-stray")] for k, names in children(kube, namespace, "pr").items()}
+    assert all(len(names) == 1 for names in strays.values()), strays
+    patch_model(kube, namespace, "pr", {"spec": {"gateway": {"replicas": 3}}})  # any change: a full reconcile
+
+    def pruned() -> bool:
+        now = children(kube, namespace, "pr")
+        assert now == desired, {k: sorted(set(now[k]) ^ set(desired[k])) for k in now if now[k] != desired[k]}
+        return True
+
+    wait_until(pruned, TIMEOUT, "every stray pruned, the rest kept")
 
 
 def test_scale_changes_roll(kube: Kube, namespace: str) -> None:

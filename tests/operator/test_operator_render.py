@@ -16,6 +16,7 @@ from duplex import __version__
 from duplex.cli import app
 from duplex.model.config import get_preset
 from duplex.model.spec import ModelSource
+from duplex.operator.children import CHILDREN, STATUS_KINDS, child_kinds, rbac_rules
 from duplex.operator.crd import crd_manifest
 from duplex.operator.naming import ModelRef, agent_stream_prefix, service_env_prefix
 from duplex.operator.probe import main as probe_main
@@ -238,8 +239,36 @@ def test_redis_managed_external_and_absent() -> None:
     assert "talk-redis" not in {m["metadata"]["name"] for m in external}
     agent = next(m for m in by_kind(external, "Deployment") if m["metadata"]["name"] == "talk-agent")
     assert agent["spec"]["replicas"] == 3
-    env = agent["spec"]["template"]["spec"]["containers"][0]["env"]
-    assert env == [{"name": "DUPLEX_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "redis-url", "key": "url"}}}]
+    # the URL Secret reaches engine and agent as a read-only file, named by $DUPLEX_REDIS_URL_FILE (CKV_K8S_35)
+    engine_pod = by_kind(external, "StatefulSet")[0]["spec"]["template"]["spec"]
+    for pod in (agent["spec"]["template"]["spec"], engine_pod):
+        (c,) = pod["containers"]
+        assert [e for e in c["env"] if "REDIS" in e["name"]] == [
+            {"name": "DUPLEX_REDIS_URL_FILE", "value": "/etc/duplex/redis/url"}
+        ]
+        assert not [e for e in c["env"] if "valueFrom" in e]
+        assert {"name": "redis-url", "mountPath": "/etc/duplex/redis", "readOnly": True} in c["volumeMounts"]
+        assert {
+            "name": "redis-url",
+            "secret": {"secretName": "redis-url", "items": [{"key": "url", "path": "url"}]},
+        } in (pod["volumes"])
+    assert agent["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
+        "agent",
+        "--redis-url-file",
+        "$(DUPLEX_REDIS_URL_FILE)",
+    ]
+    plain = render({"agent": {"workers": 1, "redis": {"managed": False, "url": "redis://r:6379/2"}}})
+    for m in [*by_kind(plain, "StatefulSet"), *by_kind(plain, "Deployment")]:
+        pod = m["spec"]["template"]["spec"]
+        assert not [v for v in pod["volumes"] if v["name"] == "redis-url"], m["metadata"]["name"]
+        if m["metadata"]["name"] != "talk-gateway":
+            assert env_of(pod["containers"][0])["DUPLEX_REDIS_URL"] == "redis://r:6379/2"
+    managed_agent = next(m for m in by_kind(managed, "Deployment") if m["metadata"]["name"] == "talk-agent")
+    assert managed_agent["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
+        "agent",
+        "--redis-url",
+        "$(DUPLEX_REDIS_URL)",
+    ]
     none = render({})  # agent workers default to 0: no agent, no Redis, no DUPLEX_REDIS_URL
     assert {m["metadata"]["name"] for m in by_kind(none, "Deployment")} == {"talk-gateway"}
     assert "talk-redis" not in {m["metadata"]["name"] for m in by_kind(none, "Service")}
@@ -490,3 +519,112 @@ def test_operator_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     out = CliRunner().invoke(app, ["operator", "--all-namespaces", "--standalone"])
     assert out.exit_code == 2
     assert "DUPLEX_OPERATOR_WORKERS: Input should be a valid integer" in out.stderr
+
+
+# --- the one table of child kinds (operator/children.py) ------------------------------------------------
+
+EVERYTHING: dict[str, Any] = {
+    "replicas": 2,
+    "autoscaling": {"enabled": True, "maxReplicas": 4},
+    "gateway": {"replicas": 2},
+    "agent": {"workers": 1},
+    "networkPolicy": {"enabled": True},
+}
+"""Every optional child on: each kind in the table is rendered at least once."""
+
+
+@pytest.mark.parametrize("apis", [CURRENT, K120], ids=["current", "1.20"])
+def test_every_rendered_kind_is_in_the_table_in_the_version_it_is_listed_in(apis: ApiVersions) -> None:
+    """Pruning lists (apiVersion, kind) from the table and keeps what is rendered: a kind or version rendered but
+    not in the table would never be pruned, watched or granted; one in the table but never rendered, pointless."""
+    rendered = {(m["apiVersion"], m["kind"]) for m in render(EVERYTHING, apis)}
+    assert rendered == set(child_kinds(apis))
+    assert len({c.kind for c in CHILDREN}) == len(CHILDREN)
+
+
+def test_the_table_feeds_the_watches() -> None:
+    """``handlers.register`` adds one labelled kopf event handler per watched kind, in the table's version (the
+    server's preferred one for a kind served in several)."""
+    import kopf
+
+    from duplex.operator import handlers
+    from duplex.operator.settings import OperatorSettings
+
+    registry, default = kopf.OperatorRegistry(), kopf.get_default_registry()
+    kopf.set_default_registry(registry)
+    try:
+        handlers.register(OperatorSettings())
+    finally:
+        kopf.set_default_registry(default)
+    watched = {
+        (h.selector.group, h.selector.version, h.selector.any_name): h.labels
+        for h in registry._watching.get_all_handlers()
+    }
+    assert all(c.watched for c in CHILDREN)  # NetworkPolicies included (docs/operator.md: every labelled child)
+    assert watched == {
+        (c.group, c.preferred.rpartition("/")[2] if len(c.versions) == 1 else None, c.plural): {
+            "app.kubernetes.io/managed-by": "duplex-operator"
+        }
+        for c in CHILDREN
+    }
+    assert STATUS_KINDS == {"StatefulSet", "Deployment", "Service"}
+
+
+def test_the_table_feeds_the_rbac_rules() -> None:
+    triples = {
+        (g, r, v) for rule in rbac_rules() for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+    assert triples == {(c.group, c.plural, v) for c in CHILDREN for v in c.verbs}
+    assert {c.verbs for c in CHILDREN} == {("get", "list", "watch", "create", "patch", "delete")}
+
+
+def test_version_dependent_kinds_name_their_api_versions_field() -> None:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(ApiVersions)}
+    assert {c.version_field for c in CHILDREN if len(c.versions) > 1} == fields
+    assert all(c.version_field is None for c in CHILDREN if len(c.versions) == 1)
+    served = {"policy/v1", "policy/v1beta1", "autoscaling/v2beta2"}  # Kubernetes 1.21 and 1.22
+    assert ApiVersions.from_served(served) == ApiVersions(pdb="policy/v1", hpa="autoscaling/v2beta2")
+    assert ApiVersions.from_served(set()) == K120  # nothing listed: the versions every supported release serves
+
+
+class FakeKube:
+    """The listing and deleting ``Reconciler._prune`` does, over an in-memory namespace."""
+
+    def __init__(self, objects: list[Manifest]) -> None:
+        self.objects = objects
+        self.deleted: list[tuple[str, str, str]] = []
+
+    def list_children(self, api_version: str, kind: str, namespace: str, model: str) -> list[Manifest]:
+        return [
+            o
+            for o in self.objects
+            if (o["apiVersion"], o["kind"]) == (api_version, kind)
+            and o["metadata"]["labels"].get("duplex.ai/model") == model
+        ]
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.deleted.append((api_version, kind, name))
+        self.objects = [
+            o for o in self.objects if (o["apiVersion"], o["kind"], o["metadata"]["name"]) != (api_version, kind, name)
+        ]
+
+
+@pytest.mark.parametrize("apis", [CURRENT, K120], ids=["current", "1.20"])
+def test_a_child_of_every_kind_is_pruned_when_no_longer_desired(apis: ApiVersions) -> None:
+    """Everything rendered with every option on, then a minimal model: each kind loses children (a
+    ConfigMap and a Service of an earlier shape are renamed strays); what the minimal model wants stays, and
+    a labelled object of another owner is left alone."""
+    from duplex.operator.reconcile import Reconciler
+    from duplex.operator.render.common import key
+
+    everything = render(EVERYTHING, apis)
+    stray_cm = {**by_kind(everything, "ConfigMap")[0], "metadata": {**REF.metadata("talk-old-config", "config")}}
+    foreign = {**stray_cm, "metadata": {**stray_cm["metadata"], "name": "hand-made", "ownerReferences": []}}
+    kube = FakeKube([*everything, stray_cm, foreign])
+    minimal = render({}, apis)
+    Reconciler(kube, apis)._prune(REF, {key(m) for m in minimal})  # type: ignore[arg-type]
+    pruned_kinds = {kind for _, kind, _ in kube.deleted}
+    assert pruned_kinds == {c.kind for c in CHILDREN}
+    assert {key(o) for o in kube.objects} == {key(m) for m in minimal} | {key(foreign)}

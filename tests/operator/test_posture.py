@@ -62,6 +62,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "tls-auth": {"gateway": {"authSecret": "keys", "tlsSecret": "tls"}},
     "managed-redis": {"agent": {"workers": 1}},
     "external-redis": {"agent": {"workers": 1, "redis": {"managed": False, "url": "redis://r:6379/0"}}},
+    "external-redis-secret": {"agent": {"workers": 1, "redis": {"managed": False, "urlSecret": "redis-url"}}},
     "metrics-off": {
         "engine": {"metricsPort": 0},
         "gateway": {"metricsPort": 0},
@@ -156,7 +157,12 @@ def test_checkov_passes_every_rendered_example(tmp_path: Path) -> None:
     assert failures(report) == []
     assert report["summary"]["passed"] > 100  # the policies really ran over the pods
 
-    # Opting out of the policies is what CKV2_K8S_6 flags, on every pod and for nothing else.
+    # 05's Redis URL Secret reaches its pods as a mounted file: CKV_K8S_35 (Secrets as environment variables) is
+    # enforced, not skipped (below: it does flag the environment-variable route).
+    assert "CKV_K8S_35" not in yaml.safe_load(CHECKOV_CONFIG.read_text())["skip-check"]
+
+    # Opting out of the policies is what CKV2_K8S_6 flags, on every pod and for nothing else; and a Secret given
+    # as an environment variable (the route the URL Secret took before) is what CKV_K8S_35 flags.
     opted_out = tmp_path / "without-policies"
     opted_out.mkdir()
     doc = yaml.safe_load((ROOT / "examples" / "05-external-redis.yaml").read_text())
@@ -164,10 +170,17 @@ def test_checkov_passes_every_rendered_example(tmp_path: Path) -> None:
     (tmp_path / "off.yaml").write_text(yaml.safe_dump(doc))
     result = CliRunner().invoke(app, ["render", "-f", str(tmp_path / "off.yaml")])
     assert result.exit_code == 0, result.output
-    (opted_out / "off.yaml").write_text(result.stdout)
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    pods = pod_templates(docs)
+    agent = next(t for t in pods if t["spec"]["containers"][0]["name"] == "agent")
+    agent["spec"]["containers"][0]["env"].append(
+        {"name": "DUPLEX_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": "jobs-redis", "key": "url"}}}
+    )
+    (opted_out / "off.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
     report = checkov(opted_out)
-    pods = pod_templates([d for d in yaml.safe_load_all(result.stdout) if d])
-    assert sorted(f["check_id"] for f in report["results"]["failed_checks"]) == ["CKV2_K8S_6"] * len(pods)
+    assert sorted(f["check_id"] for f in report["results"]["failed_checks"]) == sorted(
+        ["CKV2_K8S_6"] * len(pods) + ["CKV_K8S_35"]
+    )
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -200,6 +213,8 @@ def test_every_pod_runs_with_the_posture(name: str) -> None:
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), (c["name"], kind)
             assert ":" in c["image"] and not c["image"].endswith(":latest")
+            # Secrets as mounted files, never as environment variables (checkov CKV_K8S_35)
+            assert not [e for e in c.get("env", []) if "valueFrom" in e or "envFrom" in c], c["name"]
             for mount in c.get("volumeMounts", []):
                 # writable only where the process writes: emptyDirs; everything else is mounted read-only
                 assert mount["name"] in writable or mount.get("readOnly") is True, (c["name"], mount)

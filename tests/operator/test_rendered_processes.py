@@ -105,28 +105,56 @@ def test_every_config_file_is_loaded_by_its_command(raw: dict[str, Any], tmp_pat
             load_section(file, [], name, model)  # raises on any field the command would reject
 
 
+def redis_env(c: dict[str, Any]) -> dict[str, Any]:
+    """The one variable carrying the Redis URL (or the file holding it) to a container."""
+    (e,) = [e for e in c["env"] if e["name"] in ("DUPLEX_REDIS_URL", "DUPLEX_REDIS_URL_FILE")]
+    return e
+
+
+def local_redis_args(c: dict[str, Any], url: str, tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """The container's args and its Redis variable, run here: the URL (or, for a mounted URL Secret, a file
+    holding it at the mounted path's place under ``tmp_path``) replaces the in-cluster one; the ConfigMap's
+    files are under ``tmp_path`` too."""
+    e = redis_env(c)
+    value = url
+    if e["name"] == "DUPLEX_REDIS_URL_FILE":
+        mounts = [m for m in c["volumeMounts"] if e["value"].startswith(m["mountPath"] + "/")]
+        mount = max(mounts, key=lambda m: len(m["mountPath"]))  # the innermost mount holds the file
+        assert mount["readOnly"] is True and mount["name"] == "redis-url"
+        file = tmp_path / e["value"].removeprefix(f"{CONFIG_DIR}/")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(url + "\n")  # as `kubectl create secret generic --from-file` keeps a trailing newline
+        value = str(file)
+    args = [a.replace(f"$({e['name']})", value) for a in c["args"]]
+    args = [str(tmp_path / a.removeprefix(f"{CONFIG_DIR}/")) if a.startswith(f"{CONFIG_DIR}/") else a for a in args]
+    return args, {e["name"]: value}
+
+
 @pytest.mark.parametrize("raw", [r for r in SPECS if r.get("agent", {}).get("workers")], ids=lambda r: json.dumps(r))
 def test_agent_deployment_runs_duplex_agent_with_args_it_accepts(raw: dict[str, Any], tmp_path: Path) -> None:
     """The rendered worker command parses (``duplex agent`` takes every flag), its config names this model's
-    stream prefix, and the engine reads the same prefix and gets the same ``DUPLEX_REDIS_URL``."""
+    stream prefix, and the engine reads the same prefix and gets the same Redis variable (the URL, or the file
+    a URL Secret is mounted as)."""
     out = render(raw)
     by_name = {c["name"]: c for c in containers(out)}
     agent, engine = by_name["agent"], by_name["engine"]
     assert agent["command"] == ["duplex"] and agent["args"][0] == "agent"
     data = next(m for m in out if m["kind"] == "ConfigMap")["data"]
     (tmp_path / "agent.json").write_text(data["agent.json"])
-    args = [a.replace("$(DUPLEX_REDIS_URL)", "redis://127.0.0.1:6379/0") for a in agent["args"][1:]]
-    args = [str(tmp_path / "agent.json") if a == f"{CONFIG_DIR}/agent.json" else a for a in args]
+    args, _ = local_redis_args(agent, "redis://127.0.0.1:6379/0", tmp_path)
     group = typer.main.get_command(app)
     assert hasattr(group, "commands")
-    ctx = group.commands["agent"].make_context("agent", args)  # raises on a flag `duplex agent` does not take
-    assert ctx.params["redis_url"] == "redis://127.0.0.1:6379/0"
+    ctx = group.commands["agent"].make_context("agent", args[1:])  # raises on a flag `duplex agent` does not take
+    if redis_env(agent)["name"] == "DUPLEX_REDIS_URL_FILE":
+        assert Path(ctx.params["redis_url_file"]).read_text() == "redis://127.0.0.1:6379/0\n"
+    else:
+        assert ctx.params["redis_url"] == "redis://127.0.0.1:6379/0"
     prefix = "duplex:prod:talk"
     assert json.loads(data["agent.json"])["agent"]["stream_prefix"] == prefix
     assert json.loads(data["engine.json"])["engine"]["agent_stream_prefix"] == prefix
-    redis_env = [e for e in engine["env"] if e["name"] == "DUPLEX_REDIS_URL"]
-    assert redis_env == [e for e in agent["env"] if e["name"] == "DUPLEX_REDIS_URL"] and len(redis_env) == 1
-    assert "DUPLEX_REDIS_URL" in envvars_the_cli_reads("engine")
+    assert redis_env(engine) == redis_env(agent)
+    assert redis_env(engine)["name"] in envvars_the_cli_reads("engine")  # the agent expands it into its args
+    assert not [e for c in (agent, engine) for e in c["env"] if "valueFrom" in e]  # no Secret as a variable
 
 
 def test_render_cli_prints_the_children_offline(tmp_path: Path) -> None:
@@ -437,3 +465,112 @@ def test_redis_and_agent_probes_pass_against_the_started_processes(tmp_path: Pat
                     raise
     dead = run_probe(redis_c["livenessProbe"], {"6379": port})
     assert dead.returncode != 0
+
+
+def wait_for_log(path: Path, text: str, proc: subprocess.Popen[bytes], deadline_s: float) -> str:
+    """``path``'s contents once ``text`` is in it; fails when the process exits or the deadline passes."""
+    end = time.monotonic() + deadline_s
+    while text not in (log := path.read_text(errors="replace") if path.exists() else ""):
+        assert proc.poll() is None, f"exited {proc.returncode} before {text!r}:\n{log[-3000:]}"
+        assert time.monotonic() < end, f"no {text!r} after {deadline_s} s:\n{log[-3000:]}"
+        time.sleep(0.2)  # poll interval of the deadline loop
+    return log
+
+
+def stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+
+
+def test_engine_and_agent_reach_redis_through_the_mounted_url_secret(tmp_path: Path) -> None:
+    """``spec.agent.redis.urlSecret``: ``duplex agent`` and ``duplex engine``, run with the rendered args and
+    ``DUPLEX_REDIS_URL_FILE`` (the Secret's file at its mounted place under ``tmp_path``), reach a Redis that
+    requires the password only that file holds: the worker creates its group on the jobs stream, the engine
+    its results stream. Neither prints the password."""
+    out = render({"agent": {"workers": 1, "redis": {"managed": False, "urlSecret": "redis-url"}}})
+    by_name = {c["name"]: c for c in containers(out)}
+    agent_c, engine_c = by_name["agent"], by_name["engine"]
+    data = next(m for m in out if m["kind"] == "ConfigMap")["data"]
+    for name in ("agent.json", "engine.json"):
+        (tmp_path / name).write_text(data[name])
+    password = f"pw-{os.getpid()}-{time.monotonic_ns()}"
+    port = free_port()
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    redis_server = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--requirepass", password, "--dir", str(tmp_path)),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("DUPLEX_REDIS_URL")}
+    agent: subprocess.Popen[bytes] | None = None
+    engine: subprocess.Popen[bytes] | None = None
+    try:
+        args, agent_env = local_redis_args(agent_c, url, tmp_path)
+        assert args[1:3] == ["--redis-url-file", agent_env["DUPLEX_REDIS_URL_FILE"]]
+        agent_log = tmp_path / "agent.log"
+        agent = subprocess.Popen(
+            [*DUPLEX, *args, "--metrics-port", "0", "--set", "agent.host=127.0.0.1"],
+            env={**base_env, **agent_env},
+            stdout=agent_log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        # The engine as its StatefulSet runs it, one rank on loopback; the URL comes from the variable alone.
+        engine_args, engine_env = local_redis_args(engine_c, url, tmp_path)
+        assert engine_env == agent_env and "--redis-url" not in " ".join(engine_args)
+        engine_log = tmp_path / "engine.log"
+        engine = subprocess.Popen(
+            [
+                *(*DUPLEX, "engine", "--config", str(tmp_path / "engine.json"), "--port", str(free_port())),
+                *("--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"),
+            ],
+            env={**base_env, **engine_env},
+            stdout=engine_log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_log(agent_log, "duplex agent: ready", agent, deadline_s=120)
+        log = wait_for_log(engine_log, "background agent: redis", engine, deadline_s=180)
+        assert f"redis://:***@127.0.0.1:{port}/0" in log
+
+        import redis
+
+        client = redis.Redis.from_url(url)
+        prefix = "{duplex:prod:talk}"
+        end = time.monotonic() + 60
+
+        def streams() -> tuple[bool, bool]:  # (the jobs stream, this engine's results stream)
+            keys = [k.decode() for k in client.keys(f"{prefix}:*")]
+            return f"{prefix}:jobs" in keys, any(k.startswith(f"{prefix}:results:") for k in keys)
+
+        while streams() != (True, True):
+            assert time.monotonic() < end, client.keys("*")
+            time.sleep(0.2)  # poll interval of the deadline loop
+        assert client.xinfo_groups(f"{prefix}:jobs")  # the worker's consumer group
+        client.close()
+    finally:
+        for proc in (engine, agent, redis_server):
+            stop(proc)
+    for log_file in ("agent.log", "engine.log"):
+        assert password not in (tmp_path / log_file).read_text(errors="replace"), log_file
+
+
+@pytest.mark.parametrize("command", ["engine", "agent"])
+def test_an_unusable_redis_url_file_is_named(command: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+    missing = tmp_path / "redis" / "url"
+    out = runner.invoke(app, [command, "--redis-url-file", str(missing)])
+    assert out.exit_code == 2 and f"duplex {command}: --redis-url-file {missing}: No such file" in out.stderr
+    missing.parent.mkdir()
+    missing.write_text("\n")
+    out = runner.invoke(app, [command], env={"DUPLEX_REDIS_URL_FILE": str(missing)})
+    assert out.exit_code == 2 and "expected one Redis URL" in out.stderr
+    missing.write_text("redis://r:6379/0\n")
+    out = runner.invoke(app, [command, "--redis-url", "redis://other:6379/0", "--redis-url-file", str(missing)])
+    assert out.exit_code == 2 and "pass one, not both" in out.stderr
