@@ -109,6 +109,12 @@ def engine(
         envvar="DUPLEX_REDIS_URL",
         help="Background agent's Redis (overrides engine.redis_url; the operator sets $DUPLEX_REDIS_URL)",
     ),
+    redis_url_file: str = typer.Option(
+        "",
+        envvar="DUPLEX_REDIS_URL_FILE",
+        help="File holding the background agent's Redis URL, instead of --redis-url (a mounted Secret; the "
+        "operator sets $DUPLEX_REDIS_URL_FILE)",
+    ),
 ) -> None:
     """Run one rank of an engine replica (rank 0 serves gRPC; other ranks hold experts)."""
     if help_spec:
@@ -118,6 +124,13 @@ def engine(
     loaded = load_command_config("engine", config, set_)
     spec, source = loaded["engine"], loaded["model"]
     assert isinstance(spec, EngineSpec) and isinstance(source, ModelSource)
+    from .agent.redis_url import url_from_flags
+
+    try:
+        redis_url = url_from_flags(redis_url, redis_url_file)
+    except ValueError as e:
+        typer.echo(f"duplex engine: {e}", err=True)
+        raise typer.Exit(2) from None
     if redis_url:
         spec = spec.model_copy(update={"redis_url": redis_url})
     if from_hostname:

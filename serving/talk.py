@@ -58,6 +58,8 @@ def timeline(conv: Conversation) -> dict[str, object]:
         if "agent" in d:  # state as the enum name, the result (or why it failed) in detail, the call id named
             a = r.event.agent
             d["agent"] = {"call_id": a.job_id, "tool": a.tool, "state": pb.AgentState.Name(a.state), "detail": a.detail}
+            if a.arguments_json:  # the call's first event: its arguments as the engine received or parsed them
+                d["agent"]["arguments_json"] = a.arguments_json
         events.append({"t": round(conv.axis_us(r.t_us) / 1e6, 4), **d})
     sent = {str(k): round(conv.axis_us(v) / 1e6, 4) for k, v in conv.sent_us.items()}
     return {

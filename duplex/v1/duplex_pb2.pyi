@@ -255,16 +255,18 @@ class TurnEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., type: _Optional[_Union[TurnEventType, str]] = ..., frame: _Optional[int] = ..., output_sample: _Optional[int] = ..., truncated_at_sample: _Optional[int] = ...) -> None: ...
 
 class AgentEvent(_message.Message):
-    __slots__ = ("job_id", "tool", "state", "detail")
+    __slots__ = ("job_id", "tool", "state", "detail", "arguments_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     tool: str
     state: AgentState
     detail: str
-    def __init__(self, job_id: _Optional[str] = ..., tool: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+    arguments_json: str
+    def __init__(self, job_id: _Optional[str] = ..., tool: _Optional[str] = ..., state: _Optional[_Union[AgentState, str]] = ..., detail: _Optional[str] = ..., arguments_json: _Optional[str] = ...) -> None: ...
 
 class Warning(_message.Message):
     __slots__ = ("code", "message", "seq")

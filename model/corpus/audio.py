@@ -1,17 +1,14 @@
-"""Signal processing for the corpus: resampling, voice colouring (EQ), rooms, noise and levels (WAV files:
-``duplex.model.audio_io``).
+"""Signal processing for the corpus: voice colouring (EQ), rooms, noise and levels. WAV files and the one
+rate change (espeak-ng's 22050 Hz → the wire's 16 kHz, docs/model.md) are the project's own:
+``duplex.model.audio_io`` (``read_wav``/``write_wav``, ``resample`` with soxr HQ, linear phase with its filter
+delay compensated, so word timings survive the rate change unshifted).
 
-Everything is plain numpy so the generator needs nothing beyond the project's dependencies. espeak-ng
-renders at 22050 Hz; the project's wire format is 16 kHz (docs/model.md), so utterances go through a
-polyphase windowed-sinc resampler (up 320 / down 441, 48 taps per phase, Kaiser window) — exact rational
-rate change, linear phase, so word timings survive the rate change unshifted.
+Everything here is plain numpy.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from math import gcd
 from typing import Literal
 
 import numpy as np
@@ -30,48 +27,6 @@ def db_to_gain(db: float) -> float:
 def rms(x: npt.NDArray[np.floating]) -> float:
     """Root mean square of a signal (0 for an empty one)."""
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-
-
-@lru_cache(maxsize=4)
-def _filter_bank(up: int, down: int, taps: int, beta: float) -> npt.NDArray[np.float64]:
-    """Polyphase bank ``bank[phase, tap]`` of a Kaiser-windowed sinc low-pass.
-
-    The cut-off sits at 92 % of the lower Nyquist frequency: with 48 taps per phase the transition band
-    then ends near the output Nyquist, so speech energy up to ~7 kHz passes and little aliases back.
-    """
-    offsets = np.arange(-taps // 2 + 1, taps // 2 + 1)
-    phases = np.arange(up)
-    j = phases[:, None] - offsets[None, :] * up  # distance in the upsampled domain
-    cutoff = 0.92 * 0.5 / max(up, down)  # cycles per upsampled sample
-    half_len = taps * up / 2
-    inside = np.clip(1.0 - (j / half_len) ** 2, 0.0, None)
-    window = np.i0(beta * np.sqrt(inside)) / np.i0(beta) * (np.abs(j) < half_len)
-    bank: npt.NDArray[np.float64] = np.sinc(2 * cutoff * j) * window
-    normalised: npt.NDArray[np.float64] = bank / bank.sum(axis=1, keepdims=True)
-    return normalised  # unit DC gain in every phase
-
-
-def resample(
-    x: npt.NDArray[np.floating], rate_in: int, rate_out: int = SAMPLE_RATE, taps: int = 48, beta: float = 8.0
-) -> FloatArray:
-    """Rational-ratio polyphase resampling of a mono signal (output length ceil(n * out / in))."""
-    if rate_in == rate_out:
-        return np.asarray(x, dtype=np.float32)
-    g = gcd(rate_in, rate_out)
-    up, down = rate_out // g, rate_in // g
-    bank = _filter_bank(up, down, taps, beta).astype(np.float32)
-    n_out = -(-len(x) * up // down)
-    pad = taps
-    xp = np.concatenate([np.zeros(pad, np.float32), np.asarray(x, np.float32), np.zeros(pad, np.float32)])
-    offsets = np.arange(-taps // 2 + 1, taps // 2 + 1)
-    out = np.empty(n_out, np.float32)
-    block = 16_384
-    for lo in range(0, n_out, block):
-        n = np.arange(lo, min(lo + block, n_out), dtype=np.int64) * down
-        base, phase = n // up, n % up
-        frames = xp[base[:, None] + offsets[None, :] + pad]
-        out[lo : lo + len(n)] = np.einsum("ij,ij->i", frames, bank[phase])
-    return out
 
 
 @dataclass(frozen=True)

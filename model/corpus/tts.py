@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from duplex.model.corpus.audio import SAMPLE_RATE, FloatArray, apply_fir, resample, rms
+from duplex.model.audio_io import resample
+from duplex.model.corpus.audio import SAMPLE_RATE, FloatArray, apply_fir, rms
 
 # English-ish accents shipped by espeak-ng 1.51 (``espeak-ng --voices=en``; the mbrola voices need an
 # extra package and are left out). "en" is British English (gmw/en).
@@ -299,7 +300,7 @@ def render(
     """
     engine = Espeak.get()
     raw, events = engine.synth(spoken or text, voice)
-    x = resample(raw.astype(np.float32) / 32768.0, engine.sample_rate)
+    x = resample(raw.astype(np.float32) / 32768.0, engine.sample_rate, SAMPLE_RATE)
     offset = 0
     if fir is not None:
         x, offset = apply_fir(x, fir), len(fir) // 2

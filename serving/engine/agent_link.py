@@ -7,6 +7,10 @@ text out.
 
 A call never blocks the stream reader or the step thread: each submit runs in a task of its own, and
 ``AgentClient.submit`` bounds its wait on Redis. Every update of a session that has ended is dropped.
+
+A call's arguments are parsed here once (the model's) or taken as the client sent them, and travel on the
+call's first ``AgentEvent`` (``arguments_json``: its QUEUED, or the FAILED of a call refused before it was
+queued), so no one downstream parses the model's text again.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from duplex.v1 import duplex_pb2 as pb
 
 from ..agent.client import AgentClient
 from ..agent.protocol import AgentState, AgentUpdate
+from ..agent.redis_url import redact
 from ..agent.toolcall import ToolCall, ToolCallParser, result_text
 from ..agent.tools import builtin_tools
 from ..metrics import EngineMetrics
@@ -50,6 +55,8 @@ class AgentSession:
     """call id → "client" or "model", for every call made in this session."""
     queued: set[str] = field(default_factory=set)
     """Calls whose QUEUED was sent."""
+    arguments: dict[str, str] = field(default_factory=dict)
+    """call id → arguments, for calls submitted to the agent whose first event was not sent yet."""
 
 
 class AgentLink:
@@ -77,7 +84,9 @@ class AgentLink:
         agent_spec = AgentSpec(stream_prefix=self.spec.agent_stream_prefix, tools=tools)
         self.client = AgentClient(self.spec.redis_url, replica, self.on_update, spec=agent_spec)
         await self.client.start()
-        log.info("background agent: redis %s, results stream %s", self.spec.redis_url, self.client.results_stream)
+        log.info(
+            "background agent: redis %s, results stream %s", redact(self.spec.redis_url), self.client.results_stream
+        )
 
     async def close(self) -> None:
         for t in list(self._tasks):
@@ -128,6 +137,7 @@ class AgentLink:
         elif self.client is None:
             self._fail(s, call, NO_AGENT)
         else:
+            s.arguments[call.call_id] = call.arguments_json
             deadline = call.deadline_s or self.spec.agent_deadline_s
             self._spawn(
                 self.client.submit(
@@ -136,7 +146,8 @@ class AgentLink:
             )
 
     def _fail(self, s: AgentSession, call: AgentCall, why: str) -> None:
-        """A FAILED update produced here, without the agent (it is delivered like any other)."""
+        """A FAILED update produced here, without the agent (it is delivered like any other), carrying the
+        refused call's own arguments (a reused call id's first call may still await its QUEUED)."""
         self._deliver(
             s,
             call.call_id,
@@ -147,6 +158,7 @@ class AgentLink:
                 state=AgentState.FAILED,
                 detail=why,
             ),
+            call.arguments_json,
         )
 
     # ----- updates ----------------------------------------------------------------------------------
@@ -156,7 +168,9 @@ class AgentLink:
         if s is not None:
             self._deliver(s, update.call_id, update)
 
-    def _deliver(self, s: AgentSession, call_id: str, update: AgentUpdate) -> None:
+    def _deliver(self, s: AgentSession, call_id: str, update: AgentUpdate, arguments: str | None = None) -> None:
+        """Announce ``update``; the call's first event carries its arguments (``arguments``, else those kept
+        at submission)."""
         conv = s.conversation
         if conv.left or conv.closing is not None:
             return
@@ -167,7 +181,9 @@ class AgentLink:
         if update.state == AgentState.QUEUED:
             s.queued.add(call_id)
         self.metrics.agent_events.labels(update.state.name, s.origins.get(call_id, "client")).inc()
-        conv.deliver([pb.ServerEvent(agent=update.event())])
+        event = update.event()
+        event.arguments_json = s.arguments.pop(call_id, "") if arguments is None else arguments
+        conv.deliver([pb.ServerEvent(agent=event)])
         if update.state.terminal:
             # the event carries the whole result; the model gets at most MAX_TEXT_BYTES of it
             detail = update.detail.encode()[:MAX_TEXT_BYTES].decode(errors="ignore")

@@ -7,7 +7,8 @@ the instructions and tools of its ``SessionStart``. Audio is resampled from 24 k
 into chunks and sent as each chunk fills: a client that streams its microphone keeps the live-mic schedule,
 and there is no turn cycle to wait for. Server events are translated as they arrive (docs/realtime.md has the
 table): the model's floor decisions open and close responses, its text is the transcript, its tool calls are
-function calls, and the agent's results are ``function_call_output`` items.
+function calls (announced by the engine's ``AgentEvent``, which carries the arguments it parsed: the model's text
+is not parsed again here), and the agent's results are ``function_call_output`` items.
 
 The bridge's own work is timed per audio chunk on ``bridge_clock`` (``duplex_gateway_realtime_bridge_seconds``):
 ingress from the text frame that completed a chunk to its ``ClientEvent`` being handed to the relay (JSON,
@@ -33,7 +34,6 @@ from aiohttp import WSMsgType, web
 
 from duplex.v1 import duplex_pb2 as pb
 
-from ..agent.toolcall import ToolCallParser
 from .audio import WIRE_RATE, ChunkCutter, StreamResampler
 from .events import (
     AudioAppend,
@@ -131,8 +131,10 @@ class RealtimeSession:
         self._frame_samples = 0
         self.response: Response | None = None
         self._user_item: str | None = None
-        self._parser = ToolCallParser()
         self._tools_of_calls: dict[str, str] = {}
+        """call id → tool, for the calls of this session (the client's and the model's)."""
+        self._client_calls: set[str] = set()
+        """Calls the client made (``function_call`` items it created); every other call is the model's."""
 
     @property
     def started(self) -> bool:
@@ -203,6 +205,7 @@ class RealtimeSession:
             out = pb.ClientEvent(text=pb.TextInput(text=content.text, client_time_us=self.clock_us()))
         elif isinstance(content, FunctionCallContent):
             self._tools_of_calls[content.call_id] = content.name
+            self._client_calls.add(content.call_id)
             out = pb.ClientEvent(
                 agent=pb.AgentRequest(call_id=content.call_id, tool=content.name, arguments_json=content.arguments)
             )
@@ -402,13 +405,10 @@ class RealtimeSession:
                     delta=text.text,
                 )
             )
-        for call in self._parser.feed(text.text):
-            if call.error is None:
-                self._tools_of_calls[call.call_id] = call.tool
-                await self._function_call(call.call_id, call.tool, call.arguments_json)
 
     async def _function_call(self, call_id: str, name: str, arguments: str) -> None:
-        """A tool call the model made: a function_call item (the engine already gave it to the agent)."""
+        """A tool call the model made: a function_call item (the engine already gave it to the agent, or refused
+        it: its FAILED output follows)."""
         standalone = self.response is None
         r = self.response if self.response is not None else await self._open_response("call")
         item = {
@@ -477,6 +477,10 @@ class RealtimeSession:
             await self.send(
                 self.ev("duplex.agent", call_id=agent.job_id, tool=agent.tool, state=state, detail=agent.detail)
             )
+        if agent.arguments_json and agent.job_id not in self._client_calls:
+            # the first event of a call the model made carries the arguments the engine parsed from its text
+            self._tools_of_calls[agent.job_id] = agent.tool
+            await self._function_call(agent.job_id, agent.tool, agent.arguments_json)
         if agent.state not in (pb.DONE, pb.FAILED):
             return
         output = agent.detail if agent.state == pb.DONE else json.dumps({"error": agent.detail})

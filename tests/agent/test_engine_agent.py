@@ -1,6 +1,7 @@
 """The background agent inside live conversations: a real engine over gRPC on loopback, a real redis-server
 and an in-process ``AgentWorker``. Jobs run while every audio chunk is answered in its step; bad calls fail
-before any worker sees them; the model's own ``[[call ...]]`` text becomes a job; a Redis outage fails calls
+before any worker sees them; the model's own ``[[call ...]]`` text becomes a job; a call's first event (QUEUED,
+or FAILED when refused) carries its arguments, the model's as the engine parsed them; a Redis outage fails calls
 soft while the audio flows on, and the agent works again after Redis returns."""
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from serving.test_bad_input import send_raw
 from duplex.model.family_duplex import ByteTextDecoder
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
-from duplex.serving.agent.protocol import StreamNames
+from duplex.serving.agent.protocol import AgentState, AgentUpdate, StreamNames
 from duplex.serving.agent.redis_server import RedisServer
 from duplex.serving.agent.toolcall import result_text
 from duplex.serving.agent.tools import registry_for
@@ -36,6 +37,7 @@ from duplex.serving.engine.output import OutputStage
 from duplex.serving.engine.planner import PlannedRow
 from duplex.serving.engine.server import EngineServer
 from duplex.serving.engine.session import Conversation, InputChunk
+from duplex.serving.engine.validate import check_agent
 from duplex.serving.metrics import EngineMetrics
 from duplex.serving.ports import free_port
 from duplex.serving.spec import EngineSpec
@@ -203,11 +205,14 @@ class Talk:
 
 async def test_client_job_runs_while_audio_flows_and_the_result_reaches_the_model(engine: Engine) -> None:
     talk = Talk(engine.addr)
-    talk.pending.append(agent_request("c1", "calculator", {"expression": "(2 + 3) ** 2 * 4"}))
+    request = agent_request("c1", "calculator", {"expression": "(2 + 3) ** 2 * 4"})
+    talk.pending.append(request)
     expected = result_text("c1", "calculator", "DONE", "100").encode()
     await talk.run(stop_when=lambda: expected in engine.fed_text(talk.session_id))
 
     assert talk.states("c1") == ["QUEUED", "RUNNING", "DONE"]
+    # the QUEUED carries the arguments as the engine received them; the later events do not repeat them
+    assert [a.arguments_json for a in talk.agent("c1")] == [request.agent.arguments_json, "", ""]
     done = talk.final("c1")
     assert done is not None and done.tool == "calculator" and done.detail == "100"
     assert expected in engine.fed_text(talk.session_id), "the result text reached the model's text input"
@@ -239,12 +244,14 @@ async def test_bad_calls_fail_before_any_worker_sees_them(
     problem: str,
 ) -> None:
     talk = Talk(engine.addr, tools=tools)
-    talk.pending.append(agent_request("bad", tool, arguments))
+    request = agent_request("bad", tool, arguments)
+    talk.pending.append(request)
     await talk.run(stop_when=lambda: talk.final("bad") is not None, max_chunks=25)
 
     assert talk.states("bad") == ["FAILED"]
     final = talk.final("bad")
     assert final is not None and problem in final.detail, final.detail
+    assert final.arguments_json == request.agent.arguments_json, "the refused call's only event names its arguments"
     talk.assert_audio_on_time()
     r = Redis.from_url(redis_server.url)
     try:
@@ -274,6 +281,7 @@ async def test_no_redis_configured_fails_the_call(model: Any, prefix: str) -> No
         await talk.run(stop_when=lambda: talk.final("c1") is not None, max_chunks=25)
         final = talk.final("c1")
         assert final is not None and final.state == pb.FAILED and final.detail == NO_AGENT
+        assert final.arguments_json == '{"expression": "1 + 1"}'
         talk.assert_audio_on_time()
     finally:
         stop_engine(e)
@@ -309,6 +317,7 @@ async def test_the_models_tool_call_text_submits_a_job(redis_server: RedisServer
         await poll(queued, 10.0, "QUEUED for the model's call")
         agent = next(e.agent for e in conv.outbox if e.HasField("agent"))
         assert (agent.job_id, agent.tool) == ("m1", "calculator")
+        assert agent.arguments_json == '{"expression": "6 * 7"}', "the arguments as parsed from the model's text"
         r = Redis.from_url(redis_server.url)
         try:
             entries = await r.xrange(StreamNames(prefix).jobs)
@@ -323,6 +332,60 @@ async def test_the_models_tool_call_text_submits_a_job(redis_server: RedisServer
         )
     finally:
         await link.close()
+
+
+class RecordingClient:
+    """Stands in for ``AgentClient``: records submissions; their updates are handed to the link by the test."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, str, str]] = []
+
+    async def submit(
+        self, session_id: str, call_id: str, tool: str, arguments_json: str, deadline_s: float, **_: object
+    ) -> None:
+        self.submitted.append((call_id, tool, arguments_json))
+
+    async def cancel_session(self, session_id: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_the_first_event_of_every_call_carries_its_arguments() -> None:
+    """Unit level, no Redis: the link keeps each submitted call's arguments until its first event (a QUEUED the
+    link itself puts before an early RUNNING included); refused calls carry theirs on their FAILED."""
+    link = AgentLink(EngineSpec(tools=TOOLS), EngineMetrics(), lambda conv, text: None)
+    client = RecordingClient()
+    link.client = client  # type: ignore[assignment]
+    conv = Conversation("first-events", 3200, 640, max_send_backlog=50, text=ByteTextDecoder(257))
+    link.attach(conv, TOOLS)
+    link.model_text(conv, 'x [[call clock {"tz": "UTC"}]] [[call nope]]')
+    link.request(conv, check_agent(agent_request("c1", "calculator", {"expression": "1 + 1"}).agent))
+    await asyncio.sleep(0)  # the submit tasks run
+    assert sorted(client.submitted) == [
+        ("c1", "calculator", '{"expression": "1 + 1"}'),
+        ("m1", "clock", '{"tz": "UTC"}'),
+    ]
+
+    def update(call_id: str, tool: str, state: AgentState) -> AgentUpdate:
+        return AgentUpdate(session_id=conv.agent_id, call_id=call_id, tool=tool, state=state)
+
+    link.on_update(update("c1", "calculator", AgentState.QUEUED))
+    link.on_update(update("c1", "calculator", AgentState.RUNNING))
+    link.on_update(update("m1", "clock", AgentState.RUNNING))  # before its QUEUED: the link sends one first
+    link.on_update(update("m1", "clock", AgentState.DONE))
+    link.request(conv, check_agent(agent_request("c1", "clock", {"again": 1}).agent))  # a call id used again
+    events = [(e.agent.job_id, pb.AgentState.Name(e.agent.state), e.agent.arguments_json) for e in conv.outbox]
+    assert events == [
+        ("m2", "FAILED", ""),  # broke before its arguments
+        ("c1", "QUEUED", '{"expression": "1 + 1"}'),
+        ("c1", "RUNNING", ""),
+        ("m1", "QUEUED", '{"tz": "UTC"}'),
+        ("m1", "RUNNING", ""),
+        ("m1", "DONE", ""),
+        ("c1", "FAILED", '{"again": 1}'),
+    ]
 
 
 async def test_redis_outage_keeps_audio_on_time_and_the_agent_recovers(model: Any, tmp_path: Path) -> None:

@@ -162,6 +162,8 @@ async def test_client_function_call_runs_as_an_agent_job(rt: RealtimeStack) -> N
         await reader
     out = next(e["item"] for e in got.of("conversation.item.done") if e["item"]["type"] == "function_call_output")
     assert out["call_id"] == "c1" and "no background agent" in json.loads(out["output"])["error"]
+    # its FAILED carried its arguments (the call's first event), yet it is the client's call: not announced back
+    assert not got.of("response.function_call_arguments.done")
     assert got.of("error")[0]["error"]["param"] == "session.tools"
 
 

@@ -1,7 +1,8 @@
 """How the model's floor decisions, text, tool calls and agent results become Realtime events, for the cases
 the tiny model cannot be made to produce on demand (its own tool call, a barge-in): the session's translation
 is fed the engine's server events directly and what it writes to the WebSocket is checked, every event
-against the official SDK's types."""
+against the official SDK's types. The model's tool calls reach the bridge as the engine announces them: the
+call's first ``AgentEvent`` carries the arguments the engine parsed (the bridge does not parse text)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ def audio(seq: int, controls: list[int], loud: bool) -> pb.ServerEvent:
     )
 
 
+def queued(call_id: str, tool: str, arguments_json: str) -> pb.AgentEvent:
+    """The engine's first event of a call it queued: the arguments as it parsed or received them."""
+    return pb.AgentEvent(job_id=call_id, tool=tool, state=pb.QUEUED, arguments_json=arguments_json)
+
+
 def ready() -> pb.ServerEvent:
     fmt = pb.AudioFormat(sample_rate=RATE, channels=1, encoding=pb.PCM16_LE)
     return pb.ServerEvent(
@@ -96,15 +102,17 @@ async def test_turn_tool_call_and_barge_in() -> None:
     assert len(got[-1]["delta"]) > 0
 
     await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=1, text='It is [[call clock {"tz": "UTC"}]]')))
+    assert [e["type"] for e in sink.take()] == ["response.output_audio_transcript.delta"]
+    # the engine parsed the call and queued it: its QUEUED carries the arguments
+    await s.on_server_event(pb.ServerEvent(agent=queued("m1", "clock", '{"tz": "UTC"}')))
     got = sink.take()
     assert [e["type"] for e in got] == [
-        "response.output_audio_transcript.delta",
         "response.output_item.added",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.output_item.done",
     ]
-    done = got[3]
+    done = got[2]
     assert (done["call_id"], done["name"], done["arguments"], done["response_id"], done["output_index"]) == (
         "m1",
         "clock",
@@ -147,8 +155,9 @@ async def test_tool_call_outside_a_turn_is_a_response_of_its_own() -> None:
     await s.on_server_event(ready())
     sink.take()
     await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=0, text='[[call calculator {"expression": ')))
-    assert sink.take() == []  # the call has not ended yet
     await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=1, text='"1+1"}]] [[call nope]]')))
+    assert sink.take() == []  # no turn is open: the text is no transcript, and the calls wait for the engine
+    await s.on_server_event(pb.ServerEvent(agent=queued("m1", "calculator", '{"expression": "1+1"}')))
     got = sink.take()
     assert [e["type"] for e in got] == [
         "response.created",
@@ -165,6 +174,50 @@ async def test_tool_call_outside_a_turn_is_a_response_of_its_own() -> None:
     failed = pb.AgentEvent(job_id="m2", tool="", state=pb.FAILED, detail="tool name expected")
     await s.on_server_event(pb.ServerEvent(agent=failed))
     assert json.loads(sink.take()[1]["item"]["output"]) == {"error": "tool name expected"}
+
+
+async def test_function_call_arguments_come_from_the_engines_event() -> None:
+    """The function_call's arguments are the AgentEvent's: a ``[[call ...]]`` in the text alone makes none, an
+    event makes one whatever the text said; a call the engine refused before queueing (its FAILED carries the
+    arguments) is a function_call followed by its error. (The client's own calls are not announced back:
+    test_sdk.py.)"""
+    s, sink = session()
+    await s.on_server_event(ready())
+    sink.take()
+    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=0, text='[[call clock {"tz": "UTC"}]]')))
+    assert sink.take() == []  # no second parser: text alone is not a call
+
+    await s.on_server_event(pb.ServerEvent(agent=queued("m1", "clock", '{"tz": "Europe/Paris"}')))
+    got = sink.take()
+    args = [e for e in got if e["type"].startswith("response.function_call_arguments.")]
+    assert [(e["type"], e.get("delta", e.get("arguments"))) for e in args] == [
+        ("response.function_call_arguments.delta", '{"tz": "Europe/Paris"}'),
+        ("response.function_call_arguments.done", '{"tz": "Europe/Paris"}'),
+    ]
+    assert got[-1]["response"]["output"][0]["arguments"] == '{"tz": "Europe/Paris"}'
+    running = pb.AgentEvent(job_id="m1", tool="clock", state=pb.RUNNING)  # no arguments after the first event
+    await s.on_server_event(pb.ServerEvent(agent=running))
+    assert sink.take() == []
+
+    refused = pb.AgentEvent(
+        job_id="m2", tool="teleport", state=pb.FAILED, detail="unknown tool 'teleport'", arguments_json='{"to": "x"}'
+    )
+    await s.on_server_event(pb.ServerEvent(agent=refused))
+    got = sink.take()
+    assert [e["type"] for e in got] == [
+        "response.created",
+        "response.output_item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.done",
+        "conversation.item.added",
+        "conversation.item.done",
+    ]
+    assert (got[3]["call_id"], got[3]["name"], got[3]["arguments"]) == ("m2", "teleport", '{"to": "x"}')
+    assert got[-1]["item"]["call_id"] == "m2" and json.loads(got[-1]["item"]["output"]) == {
+        "error": "unknown tool 'teleport'"
+    }
 
 
 async def test_backchannel_is_a_short_response_and_the_user_keeps_the_floor() -> None:
