@@ -1,6 +1,6 @@
 """Background-agent benchmark: job round-trip overhead and throughput of one worker pool.
 
-    python bench/agent.py                      # 300 sequential jobs + a burst of 1000; writes ## Background agent
+    python bench/agent.py                      # 300 sequential jobs + a burst of 1000; writes bench/results/agent.json
     python bench/agent.py --jobs 50 --burst 200 --no-write
 
 A local redis-server (no persistence) and one ``duplex agent`` process (its own interpreter, like a pod) with
@@ -148,25 +148,29 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=1000, help="jobs submitted at once for jobs/s")
     ap.add_argument("--concurrency", type=int, default=8, help="agent.concurrency of the worker pool")
     ap.add_argument("--sleep-ms", type=float, default=0.0, help="the tool's own run time")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave bench/results/ alone")
     a = ap.parse_args()
     r = asyncio.run(measure(a.jobs, a.burst, a.concurrency, a.sleep_ms))
     sys.path.insert(0, str(HERE))
-    from report import command, machine, write_section
+    from report import command, machine, write_result
 
+    setup = (
+        f"One `duplex agent` process (concurrency {a.concurrency}) and the client in this process, on a local "
+        f"redis-server. Overhead = submit → DONE delivered, minus the tool's own run time ({a.sleep_ms:g} ms sleep), "
+        f"over {a.jobs} sequential jobs; throughput over a burst of {a.burst} jobs."
+    )
+    table = (
+        "| overhead p50 ms | p90 ms | p99 ms | jobs/s (one worker process) |\n|---|---|---|---|\n"
+        f"| {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['jobs_per_s']:.0f} |"
+    )
+    verdict = f"Target: overhead p50 ≤ 10 ms — **{'met' if r['p50'] <= 10 else 'missed'}**."
     body = (
         f"Command: `{command()}`  \nMachine: {machine()}  \nDate: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        "\n\nOne `duplex agent` process (concurrency "
-        f"{a.concurrency}) and the client in this process, on a local redis-server. Overhead = submit → DONE "
-        f"delivered, minus the tool's own run time ({a.sleep_ms:g} ms sleep), over {a.jobs} sequential jobs; "
-        f"throughput over a burst of {a.burst} jobs.\n\n"
-        "| overhead p50 ms | p90 ms | p99 ms | jobs/s (one worker process) |\n|---|---|---|---|\n"
-        f"| {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | {r['jobs_per_s']:.0f} |\n\n"
-        f"Target: overhead p50 ≤ 10 ms — **{'met' if r['p50'] <= 10 else 'missed'}**."
+        f"\n\n{setup}\n\n{table}\n\n{verdict}"
     )
     print(body)
     if not a.no_write:
-        write_section("Background agent", body)
+        write_result("agent", "Background agent", table, f"{setup}\n\n{verdict}")
 
 
 if __name__ == "__main__":

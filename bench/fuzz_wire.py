@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing (atheris, libFuzzer) of the wire decoders a client's bytes go through.
 
     python bench/fuzz_wire.py                # 100,000 executions per target; prints, no write
-    python bench/fuzz_wire.py --write        # the same, and replaces docs/benchmarks.md ## Fuzzing
+    python bench/fuzz_wire.py --write        # the same, and writes bench/results/fuzzing.json
 
 Targets (each in its own process, instrumented for coverage of the ``duplex`` modules only):
   grpc      ``ClientEvent`` protobuf parse (``validate.parse_event``) and the engine's validators in the order
@@ -213,7 +213,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=100_000, help="executions per target (libFuzzer -runs)")
     ap.add_argument("--target", choices=[*TARGETS, "all"], default="all")
-    ap.add_argument("--write", action="store_true", help="replace the ## Fuzzing section of docs/benchmarks.md")
+    ap.add_argument("--write", action="store_true", help="write bench/results/fuzzing.json and docs/benchmarks.md")
     ap.add_argument("--child", choices=TARGETS, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -238,19 +238,17 @@ def main() -> None:
             print(f"\n{o.target} crashed:\n{o.detail}", file=sys.stderr)
     if args.write:
         sys.path.insert(0, str(HERE))
-        from report import command, machine, write_section
+        from report import write_result
 
-        body = (
-            f"`{command()}` — {machine()}.\n\n"
+        about = (
             "Coverage-guided fuzzing (atheris 3, libFuzzer) of the wire decoders, each target in its own process "
             "from a seed corpus of valid events: `grpc` = `ClientEvent` protobuf parse + the engine's validators "
             "(serving/engine/validate.py), `realtime` = the Realtime endpoint's `decode_client_event` "
             "(serving/realtime/events.py). A crash is any exception but the decoder's own refusal, or a refusal "
             "whose message does not name its field. Edges are the instrumented branches of the `duplex` modules "
-            "reached.\n\n"
-            f"{table}\n"
+            "reached."
         )
-        write_section("Fuzzing", body)
+        write_result("fuzzing", "Fuzzing", table, about)
     if any(o.crashes for o in outcomes):
         sys.exit(1)
 

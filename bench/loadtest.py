@@ -1,5 +1,5 @@
 """Load-test benchmark: ``duplex loadtest`` at 1, 16 and 64 users against ``duplex up``, then the capacity
-search; writes the ``## Load test`` section of docs/benchmarks.md.
+search; writes bench/results/load_test.json, the ``## Load test`` section of docs/benchmarks.md.
 
     python bench/loadtest.py                          # 1,16,64 users × 60 s, then --find-capacity (60 s steps)
     python bench/loadtest.py --users 1,16 --run-time 30s --no-capacity --no-write
@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from report import command, machine, write_section
+from report import command, machine, result_name, write_result
 
 from duplex.loadtest.local import LocalUp
 
@@ -68,7 +68,9 @@ def main() -> None:
     ap.add_argument("--min-conversation-s", default="60", help="shortest conversation the users hold (s)")
     ap.add_argument("--up-log", type=Path, default=Path(tempfile.gettempdir()) / "bench-loadtest-up.log")
     ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
-    ap.add_argument("--section", default="Load test (duplex loadtest)", help="docs/benchmarks.md section to write")
+    ap.add_argument(
+        "--section", default="Load test", help="docs/benchmarks.md section to write (bench/results/ file: its name)"
+    )
     a = ap.parse_args()
     long = ["--min-conversation-s", a.min_conversation_s]
     a.up_log.unlink(missing_ok=True)
@@ -120,22 +122,22 @@ def main() -> None:
         up.stop(deadline_s=60.0)
         print(f"duplex up stopped {up.stop_s:.1f} s after SIGINT (log: {a.up_log})")
     up_cmd = " ".join(["duplex up", *a.up_args.split()])
-    body = [
-        f"`{command()}` — {machine()}",
-        "",
+    setup = (
         "`duplex loadtest` (Locust, live-microphone pacing, 200 ms chunks, shipped tiny checkpoint) against "
         f"`{up_cmd}` on the same machine, conversations ≥ {a.min_conversation_s} s (one per user per run). "
         "Seconds; turn-taking = first model speech heard − user's end of speech (capture clock); targets from "
-        "docs/design.md. The load generator shares the machine's cores with the server.",
-        "",
+        "docs/design.md. The load generator shares the machine's cores with the server."
+    )
+    table = [
         "| users | turn-taking p50 | p95 | barge-in p50 | turns / barge-ins | errors | client lag max |",
         "|---|---|---|---|---|---|---|",
         *rows,
     ]
+    body = [f"`{command()}` — {machine()}", "", setup, "", *table]
+    found = ""
     if capacity is not None:
         steps = ", ".join(f"{st['users']}: {'pass' if st['passed'] else 'fail'}" for st in capacity["steps"])
-        body += [
-            "",
+        found = (
             "Capacity (largest concurrency holding the platform's SLO: turn-taking p50 ≤ 0.40 s, errors ≤ 1 %): "
             f"**{capacity['users']} users** "
             f"({capacity['per_replica']:g} per replica; search stopped by {capacity['limited_by']}; "
@@ -146,12 +148,13 @@ def main() -> None:
                 f"{at_capacity['turns']} turns, client lag max {at_capacity['client_lag_max']:.3f} s."
                 if capacity["users"] and "turns" in at_capacity
                 else ""
-            ),
-        ]
+            )
+        )
+        body += ["", found]
     text = "\n".join(body)
     print(text)
     if not a.no_write:
-        write_section(a.section, text)
+        write_result(result_name(a.section), a.section, "\n".join(table), f"{setup}\n\n{found}")
 
 
 if __name__ == "__main__":

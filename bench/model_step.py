@@ -13,7 +13,8 @@ in one run (the machines are shared: compare the ratio, not the absolutes). ``--
 full-cache step spends its time (torch.profiler, top ops by self CPU time). ``--against REV`` times this
 tree's step against git revision REV's ``model/`` (same weights, same state), alternating step by step and
 counting the step thread's CPU time, which other processes on a shared machine inflate far less than wall
-time: read the old/new ratio. ``--compile`` times ``torch.compile``'s step against eager (``compiled_step``).
+time: read the old/new ratio. ``--compile`` times ``torch.compile``'s step against eager
+(``probes/compiled_step.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from duplex.model.moe import Experts, MoeImpl
 from duplex.model.state import StreamState
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, machine, write_section
+from report import write_result
 
 CHUNK_MS = 200
 
@@ -140,19 +141,18 @@ def invariance_main(model: DuplexModel, batches: list[int], repeats: int, write:
             f"batch {b:4d}: step p50 {rows[-1][1]:6.1f} ms default, {rows[-1][2]:6.1f} ms batch-invariant: ×{ratio:.2f}"
         )
     if write:
-        body = [
-            f"Command: `{command()}`  ",
-            f"Machine: {machine()}  ",
-            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-            "",
-            f"`step(batch_invariant=True)` against the default, full {model.cfg.window}-frame window, 200 ms chunks,",
-            "the two variants alternating step by step in one run (read the ratio; absolutes carry the shared load):",
-            "",
+        table = [
             "| sessions | default step p50 ms | batch-invariant step p50 ms | cost |",
             "|---|---|---|---|",
+            *(f"| {b} | {f:.1f} | {i:.1f} | {r - 1:+.0%} |" for b, f, i, r in rows),
         ]
-        body += [f"| {b} | {f:.1f} | {i:.1f} | {r - 1:+.0%} |" for b, f, i, r in rows]
-        write_section("Batch-invariance cost (tiny, CPU)", "\n".join(body))
+        write_result(
+            "batch_invariance_cost",
+            "Batch-invariance cost (tiny, CPU)",
+            "\n".join(table),
+            f"`step(batch_invariant=True)` against the default, full {model.cfg.window}-frame window, 200 ms chunks, "
+            "the two variants alternating step by step in one run (read the ratio; absolutes carry the shared load).",
+        )
 
 
 def load_model_package(rev: str, into: Path) -> ModuleType:
@@ -216,11 +216,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="1,8,32,64,96,128")
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--write", action="store_true", help="write the figures into docs/benchmarks.md")
+    ap.add_argument("--write", action="store_true", help="write bench/results/ (and so docs/benchmarks.md)")
     ap.add_argument("--batch-invariant", action="store_true", help="cost of step(batch_invariant=True)")
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of full-cache steps")
     ap.add_argument("--against", metavar="REV", help="A/B this tree's step against git revision REV's model/")
-    ap.add_argument("--compile", action="store_true", help="torch.compile'd step vs eager (compiled_step.py)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile'd step vs eager (probes/compiled_step.py)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default; the engine uses 1)")
     args = ap.parse_args()
     if args.threads:
@@ -233,7 +233,7 @@ def main() -> None:
         invariance_main(model, batches, args.repeats, args.write)
         return
     if args.compile:
-        from compiled_step import compare
+        from probes.compiled_step import compare
 
         compare(model, batches, args.repeats, deep_state)
         return
@@ -284,27 +284,29 @@ def main() -> None:
     print(f"largest batch within 25% of a {CHUNK_MS} ms chunk ({budget:.0f} ms, step+decode p50): {largest}")
 
     if args.write:
-        body = [
-            f"Command: `{command()}`  ",
-            f"Machine: {machine()}  ",
-            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
-            "",
-            "MoE execution on the real step shape (64 sessions × 5 frames, tiny), max |Δ| vs the loop:",
-            "",
+        moe = [
             "| strategy | step p50 ms | step p90 ms | max abs diff |",
             "|---|---|---|---|",
+            *(f"| {i} | {p50:.1f} | {p90:.1f} | {e:.1e} |" for i, p50, p90, e in impl_rows),
         ]
-        body += [f"| {i} | {p50:.1f} | {p90:.1f} | {e:.1e} |" for i, p50, p90, e in impl_rows]
-        body += [
-            "",
-            f"Batch sweep with `{best}` (sessions an hour deep, full {cfg.window}-frame window), per 200 ms chunk:",
-            "",
+        write_result(
+            "model_step_moe",
+            "MoE execution strategies (tiny, CPU)",
+            "\n".join(moe),
+            "MoE execution on the real step shape (64 sessions × 5 frames, tiny), max |Δ| vs the loop.",
+        )
+        sweep = [
             "| sessions | step p50 ms | step p90 ms | codec decode p50 ms | step+decode p50 ms | share of chunk |",
             "|---|---|---|---|---|---|",
+            *(f"| {b} | {s:.1f} | {s90:.1f} | {d:.1f} | {t:.1f} | {t / CHUNK_MS:.0%} |" for b, s, s90, d, t in rows),
         ]
-        body += [f"| {b} | {s:.1f} | {s90:.1f} | {d:.1f} | {t:.1f} | {t / CHUNK_MS:.0%} |" for b, s, s90, d, t in rows]
-        body += ["", f"**Largest batch within 25 % of the chunk ({budget:.0f} ms): {largest} sessions** (target ≥ 64)."]
-        write_section("Model step (tiny, CPU)", "\n".join(body))
+        write_result(
+            "model_step",
+            "Model step (tiny, CPU)",
+            "\n".join(sweep),
+            f"Batch sweep with `{best}` (sessions an hour deep, full {cfg.window}-frame window), per 200 ms chunk."
+            f"\n\n**Largest batch within 25 % of the chunk ({budget:.0f} ms): {largest} sessions** (target ≥ 64).",
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ a temporary folder. Each batch of sessions is stepped through ``MoshiServed`` �
 encode, ``LMGen.step`` under the execution mask, Mimi decode — on speech-like input (harmonic tones with a
 moving pitch and pauses) for ``--frames`` frames after 10 warm-up frames. One frame is 80 ms of audio, so a
 batch is real-time while its step p99 stays under 80 ms; "real-time sessions" is the largest such batch.
-``--write`` puts the table into docs/benchmarks.md (section "Moshi family on CPU").
+``--write`` puts the table into bench/results/moshi_cpu.json and docs/benchmarks.md ("Moshi family on CPU").
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from report import command, machine, write_section
+from report import write_result
 
 from duplex.model.moshi.checkpoint import load_checkpoint
 from duplex.model.moshi.served import MoshiServed
@@ -83,19 +83,18 @@ def main() -> None:
             rows.append(f"| {batch} | {p50:.1f} | {p99:.1f} | {p50 / batch:.2f} | {'yes' if ok else 'no'} |")
             print(rows[-1], flush=True)
     table = "\n".join(
-        [
-            f"Table: step of a small random Moshi-layout checkpoint ({params / 1e6:.1f} M LM parameters, "
-            f"float32, greedy) per 80 ms frame, {args.frames} frames after {WARMUP} warm-up. "
-            f"Command: `{command()}`. Machine: {machine()}.",
-            "",
-            "| sessions | step p50 (ms) | step p99 (ms) | ms per session | real-time |",
-            "|---|---|---|---|---|",
-            *rows,
-        ]
+        ["| sessions | step p50 (ms) | step p99 (ms) | ms per session | real-time |", "|---|---|---|---|---|", *rows]
     )
     print(f"real-time sessions (step p99 ≤ {PERIOD_MS:.0f} ms): {realtime}")
     if args.write:
-        write_section("Moshi family on CPU", table + f"\n\nReal-time sessions per replica: **{realtime}**.")
+        write_result(
+            "moshi_cpu",
+            "Moshi family on CPU",
+            table,
+            f"Step of a small random Moshi-layout checkpoint ({params / 1e6:.1f} M LM parameters, float32, greedy) "
+            f"per 80 ms frame, {args.frames} frames after {WARMUP} warm-up.\n\n"
+            f"Real-time sessions per replica: **{realtime}**.",
+        )
 
 
 if __name__ == "__main__":

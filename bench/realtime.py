@@ -1,7 +1,7 @@
 """Realtime endpoint benchmark: the WebSocket endpoint's added latency over ``Converse``, in pairs.
 
     python bench/realtime.py                                      # 16 pairs, 8 s; prints, no write
-    python bench/realtime.py --sessions 16 --seconds 30 --write   # replaces docs/benchmarks.md ## Realtime
+    python bench/realtime.py --sessions 16 --seconds 30 --write   # writes bench/results/realtime.json
 
 One ``duplex up --http-port 0 --cohorts 1``. N pairs; pair i = one WebSocket session (``/v1/realtime``,
 ``duplex_events=1``, 24 kHz pieces) and one gRPC ``Converse`` session (16 kHz chunks) with the same audio. All
@@ -55,7 +55,7 @@ from duplex.serving.realtime.audio import PRIME_MS, StreamResampler
 from duplex.v1 import duplex_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section
+from report import write_result
 
 from serving import speechlike
 
@@ -304,7 +304,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=16, help="pairs (one WebSocket + one gRPC session each)")
     ap.add_argument("--seconds", type=float, default=8.0, help="audio per conversation")
     ap.add_argument("--skip", type=int, default=2, help="first chunks of each session left out (warm-up)")
-    ap.add_argument("--write", action="store_true", help="write the figures to docs/benchmarks.md ## Realtime")
+    ap.add_argument("--write", action="store_true", help="write bench/results/realtime.json and docs/benchmarks.md")
     args = ap.parse_args()
     delay_in, delay_out = resampler_delay_ms(WIRE_RATE, MODEL_RATE), resampler_delay_ms(MODEL_RATE, WIRE_RATE)
     metrics_port = free_port_pair()  # the gateway's /metrics on metrics_port + 1
@@ -335,14 +335,14 @@ def main() -> None:
     )
     print(table + "\n" + notes)
     if args.write:
-        text = (
-            f"Command: `python bench/realtime.py {' '.join(sys.argv[1:])}` — one `duplex up --http-port 0 "
-            f"--cohorts 1` (tiny preset), {args.sessions} pairs of one WebSocket and one gRPC session "
-            f"({2 * args.sessions} sessions), {args.seconds:g} s of speech-like audio each, chunk k of every "
-            f"session sent at the same tick (live-microphone schedule, chunk {CHUNK_MS} ms); clients on the same "
-            f"machine: {machine()}. Definitions in `bench/realtime.py`.\n\n{table}\n{notes}\n"
+        setup = (
+            f"One `duplex up --http-port 0 --cohorts 1` (tiny preset), {args.sessions} pairs of one WebSocket and one "
+            f"gRPC session ({2 * args.sessions} sessions), {args.seconds:g} s of speech-like audio each, chunk k of "
+            f"every session sent at the same tick (live-microphone schedule, chunk {CHUNK_MS} ms); clients on the "
+            "same machine. Definitions in `bench/realtime.py`."
         )
-        write_section("Realtime", text)
+        cmd = f"python bench/realtime.py {' '.join(sys.argv[1:])}".strip()
+        write_result("realtime", "Realtime", table, f"{setup}\n\n{notes}", cmd=cmd)
 
 
 if __name__ == "__main__":

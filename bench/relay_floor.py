@@ -1,7 +1,7 @@
 """The floor under the relay: what moving each cohort's chunks and outputs through gRPC in Python costs on this
 machine, with no model and no engine logic in the way.
 
-    python bench/relay_floor.py                      # direct and through the real gateway; writes docs/benchmarks.md
+    python bench/relay_floor.py                      # direct and through the real gateway; writes bench/results/
     python bench/relay_floor.py --seconds 20 --no-write
 
 A *stand-in engine* (a child process) serves ``duplex.v1.Duplex/Converse`` with the real protobuf messages,
@@ -48,7 +48,7 @@ from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, machine, write_section
+from report import command, machine, write_result
 
 SAMPLE_RATE = 16000
 
@@ -331,15 +331,16 @@ def main() -> None:
         "| path | relay p50 / p99 ms | send lag | in hop | out hop | out hop p50, first → last of a burst |\n"
         "|:---|---:|---:|---:|---:|---:|\n"
     )
-    body = (
-        f"Command: `{command()}` — {machine()}. {args.sessions} sessions in {args.cohorts} cohorts, chunk "
-        f"{args.chunk_ms} ms, {args.seconds:.0f} s, figures after the first {args.steady_after:.0f} s; the "
-        f"stand-in engine holds the interpreter {args.step_ms:.0f} ms per tick; members aimed within "
-        f"{args.spread_ms:.0f} ms. Definitions in `bench/relay_floor.py`.\n\n" + head + "\n".join(rows) + "\n"
+    setup = (
+        f"{args.sessions} sessions in {args.cohorts} cohorts, chunk {args.chunk_ms} ms, {args.seconds:.0f} s, figures "
+        f"after the first {args.steady_after:.0f} s; the stand-in engine holds the interpreter {args.step_ms:.0f} ms "
+        f"per tick; members aimed within {args.spread_ms:.0f} ms. Definitions in `bench/relay_floor.py`."
     )
+    table = head + "\n".join(rows)
+    body = f"Command: `{command()}` — {machine()}. {setup}\n\n{table}\n"
     print(body)
     if not args.no_write:
-        write_section("Relay floor: gRPC in Python with no model", body)
+        write_result("relay_floor", "Relay floor: gRPC in Python with no model", table, setup)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Serving benchmark: N concurrent real-time conversations against ``duplex up``.
 
-    python bench/serving.py --cohorts 4,2         # N in 8,16,32,48,64; writes docs/benchmarks.md ## Serving
+    python bench/serving.py --cohorts 4,2         # N in 8,16,32,48,64; writes bench/results/serving.json
     python bench/serving.py --sessions 64 --seconds 10 --no-write
     python bench/serving.py --sessions 16,32,48,64 --seconds 75 --steady-after 15   # longer than the window
     python bench/serving.py --sessions 64 --seconds 60 --steady-after 15 --audio corpus   # real speech
@@ -59,7 +59,7 @@ from duplex.serving import client
 from duplex.serving.heap import freeze_startup_heap
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import machine, write_section
+from report import result_name, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -356,9 +356,11 @@ def main() -> None:
         "built on first use)",
     )
     ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
-    ap.add_argument("--section", default="Serving", help="docs/benchmarks.md section to write")
+    ap.add_argument(
+        "--section", default="Serving", help="docs/benchmarks.md section to write (bench/results/ file: its name)"
+    )
     ap.add_argument("--target", default="", help="use a running gateway instead of starting duplex up")
-    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--no-write", action="store_true", help="do not update bench/results/ and docs/benchmarks.md")
     ap.add_argument(
         "--client-processes",
         type=int,
@@ -428,10 +430,10 @@ def main() -> None:
     shipped = (ROOT / "model" / "checkpoints" / "tiny.safetensors").exists()
     weights = "shipped checkpoint" if shipped else "random weights"
     text = (
-        f"Command: `{cmd.strip()}` — `duplex up` (embedded engine + gateway, tiny preset, "
+        "`duplex up` (embedded engine + gateway, tiny preset, "
         f"{weights}"
         f") and the clients ({args.client_processes} process{'es' if args.client_processes > 1 else ''}) on one "
-        f"machine: {machine()}. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of "
+        f"machine. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of "
         + ("the default long corpus's user speech (espeak-ng)" if corpus else "speech-like audio")
         + " per conversation"
         + (
@@ -446,13 +448,13 @@ def main() -> None:
         "and follow the hint; `aligned` = all start at once, hint "
         "ignored. "
         "Definitions in `bench/serving.py`; system-added = round trip − model compute.\n\n"
-        f"{table(levels)}\nLargest real-time N with {first[1]} phases and {first[0]} cohorts, it and every "
+        f"Largest real-time N with {first[1]} phases and {first[0]} cohorts, it and every "
         f"smaller level (every chunk back, none substituted, round trip p99 ≤ {CHUNK_MS // 2} ms): **{best}** "
         "(target ≥ 64). Largest N with system-added p99 ≤ 20 ms at it and every smaller level: "
-        f"**{low_n}** (target: at capacity). The engine had {max(levels_n)} slots.\n\n"
+        f"**{low_n}** (target: at capacity). The engine had {max(levels_n)} slots."
     )
     if not args.no_write:
-        write_section(args.section, text)
+        write_result(result_name(args.section), args.section, table(levels), text, cmd=cmd.strip())
 
 
 if __name__ == "__main__":

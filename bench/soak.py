@@ -53,7 +53,7 @@ from duplex.serving.ports import free_port_pair
 from duplex.v1 import duplex_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, machine, write_section
+from report import command, machine, write_result
 
 from serving import CHUNK_MS, speechlike, start_up
 
@@ -312,7 +312,7 @@ def main() -> None:
     )
     ap.add_argument("--sample-s", type=float, default=5.0, help="seconds between server samples")
     ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
-    ap.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    ap.add_argument("--no-write", action="store_true", help="do not update bench/results/ and docs/benchmarks.md")
     args = ap.parse_args()
     metrics_port = free_port_pair()  # the engine's /metrics; the gateway's on metrics_port + 1
     resume = not args.no_resume
@@ -340,20 +340,27 @@ def main() -> None:
     ratio = soak.p(soak.rtt_ms, 99) / base.p(base.rtt_ms, 99)
     parked = [x.parked for x in soak.samples if x.parked >= 0]
     row = "| {} | {} | {} |\n"
-    text = (
-        f"Command: `{command()}` — a fresh `duplex up` (tiny preset, {args.sessions} slots, 4 cohorts, "
-        f"{'flags: ' + args.up_args if args.up_args else 'its default flags: batch-invariant'}) and the "
-        f"clients on one machine: {machine()}. Definitions in `bench/soak.py`: both runs are {args.sessions} "
-        "client slots, each holding 30–120 s conversations one after another (steered phases, cut to the run's "
-        f"time), {args.vanish:.0%} of them cancelled mid-way, a vanished session's slot reused only after its "
-        f"resume grace ({'resumption off: freed at once' if args.no_resume else 'resumption on'}); baseline = "
-        f"{args.baseline_seconds:g} s of that on the same server first, then the soak.\n\n"
+
+    def setup(on_machine: str) -> str:
+        return (
+            f"a fresh `duplex up` (tiny preset, {args.sessions} slots, 4 cohorts, "
+            f"{'flags: ' + args.up_args if args.up_args else 'its default flags: batch-invariant'}) and the "
+            f"clients on one machine{on_machine}. Definitions in `bench/soak.py`: both runs are {args.sessions} "
+            "client slots, each holding 30–120 s conversations one after another (steered phases, cut to the run's "
+            f"time), {args.vanish:.0%} of them cancelled mid-way, a vanished session's slot reused only after its "
+            f"resume grace ({'resumption off: freed at once' if args.no_resume else 'resumption on'}); baseline = "
+            f"{args.baseline_seconds:g} s of that on the same server first, then the soak."
+        )
+
+    counts = (
         f"Soak: {soak.conversations} conversations ({soak.vanished} vanished mid-way, {len(soak.failed)} ended "
         f"with an error{': ' + '; '.join(sorted(set(soak.failed))[:3]) if soak.failed else ''}), "
         f"{len(soak.rtt_ms)} chunks answered, {soak.substituted} substituted, {soak.barge_ins} USER_BARGE_IN "
         f"events; parked slots at a sample: max {max(parked, default=0)}, mean "
         f"{statistics.mean(parked) if parked else 0:.1f} ({soak.parked_wait_s:.0f} client-slot seconds waited "
-        f"for a grace); {soak.refused} starts refused as full and retried after the server's retry-after-ms.\n\n"
+        f"for a grace); {soak.refused} starts refused as full and retried after the server's retry-after-ms."
+    )
+    server = (
         "| figure | start (after the baseline) | end (after the last session) |\n|:---|---:|---:|\n"
         + row.format("engine RSS MiB", f"{first.engine_rss_mb:.0f}", f"{last.engine_rss_mb:.0f}")
         + row.format("engine open fds", first.engine_fds, last.engine_fds)
@@ -364,19 +371,47 @@ def main() -> None:
         + row.format("gateway RSS MiB", f"{first.gateway_rss_mb:.0f}", f"{last.gateway_rss_mb:.0f}")
         + row.format("gateway open fds", first.gateway_fds, last.gateway_fds)
         + row.format("gateway threads", first.gateway_threads, last.gateway_threads)
-        + "\n| run | conversations (vanished) | chunks | round trip p50 / p99 ms | engine part p50 / p99 ms | "
+    )
+    runs = (
+        "| run | conversations (vanished) | chunks | round trip p50 / p99 ms | engine part p50 / p99 ms | "
         "queue wait p99 ms | the rest p50 / p99 ms | late | steps regular / catch-up / split % | "
         "max parked | refused | client loop lag p99 ms |\n"
         "|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
         + run_row(f"baseline {args.baseline_seconds:g} s", base)
         + run_row(f"soak {args.minutes:g} min", soak)
-        + "\n| figure | result | target |\n|:---|---:|:---|\n"
+    )
+    targets = (
+        "| figure | result | target |\n|:---|---:|:---|\n"
         + f"| engine RSS growth ({windows}) | {growth:+.1f} % | < 5 % |\n"
         + f"| soak p99 / baseline p99 | {ratio:.2f}× | ≤ 1.5× |\n"
     )
+    text = f"Command: `{command()}` — {setup(': ' + machine())}\n\n{counts}\n\n{server}\n{runs}\n{targets}"
     print(text, flush=True)
     if not args.no_write:
-        write_section("Soak", text)
+        about = setup("")
+        write_result(
+            "soak",
+            "Soak",
+            targets,
+            f'{about[0].upper()}{about[1:]} Figures of the run: "Soak: round trip, baseline and soak"; of the '
+            f'server: "Soak: the server at the start and the end".\n\n{counts}',
+        )
+        write_result(
+            "soak_runs",
+            "Soak: round trip, baseline and soak",
+            runs,
+            'The run of "Soak". Round trip over every answered chunk of the conversations that ran to their end, '
+            "split into the engine's part (chunk received → result queued: queue wait + step) and the rest (the "
+            "gateway both ways and the client).",
+        )
+        write_result(
+            "soak_server",
+            "Soak: the server at the start and the end",
+            server,
+            'The run of "Soak": the engine process (`duplex up`) and its gateway child (psutil), and the engine\'s '
+            f"/metrics, sampled every {args.sample_s:g} s; at the start (after the baseline) and the end (after the "
+            "last session ended: slots must be 0).",
+        )
 
 
 if __name__ == "__main__":

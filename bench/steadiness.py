@@ -1,7 +1,7 @@
 """Is this machine steady enough to measure tails on? The same small piece of torch work, timed over and over
 by one process pinned to each core, with nothing else running.
 
-    python bench/steadiness.py                  # 90 s; writes docs/benchmarks.md ## Machine steadiness
+    python bench/steadiness.py                  # 90 s; writes bench/results/machine_steadiness.json
     python bench/steadiness.py --seconds 30 --no-write
 
 On a machine of one's own every second of this looks like every other. On a shared VM some seconds run
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, machine, write_section
+from report import command, machine, write_result
 
 USER_HZ = os.sysconf("SC_CLK_TCK")
 
@@ -115,17 +115,25 @@ def main() -> None:
         for r in results
     )
     slow_at = "; ".join(f"core {r.core}: {', '.join(map(str, r.slow)) or 'none'}" for r in results)
+    setup = (
+        "One process pinned to each core repeats the same work (40 products of two 256 × 256 matrices, one torch "
+        f"thread); a second is *slow* when its mean is ≥ {args.slow:g} × the core's median. Definitions in "
+        "`bench/steadiness.py`."
+    )
     body = (
-        f"Command: `{command()}` — {machine()}. One process pinned to each core repeats the same work (40 "
-        f"products of two 256 × 256 matrices, one torch thread); a second is *slow* when its mean is ≥ "
-        f"{args.slow:g} × the core's median. Definitions in `bench/steadiness.py`.\n\n"
+        f"Command: `{command()}` — {machine()}. {setup}\n\n"
         + head
         + rows
         + f"\nSlow seconds (from the start): {slow_at}.\n"
     )
     print(body)
     if not args.no_write:
-        write_section("Machine steadiness", body)
+        write_result(
+            "machine_steadiness",
+            "Machine steadiness",
+            head + rows,
+            f"{setup}\n\nSlow seconds (from the start): {slow_at}.",
+        )
 
 
 if __name__ == "__main__":

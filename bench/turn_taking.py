@@ -3,8 +3,8 @@
     python bench/turn_taking.py --corpus DIR [--split test] [--checkpoint model/checkpoints/tiny.safetensors]
 
 Same code as ``duplex model eval``: the model runs through the real streaming step + codec, its audio placed
-one chunk late (as heard); every system is scored on its output audio by the same detector. Writes the
-"Turn-taking (reference checkpoint)" section of docs/benchmarks.md.
+one chunk late (as heard); every system is scored on its output audio by the same detector. Writes
+bench/results/turn_taking.json, the "Turn-taking (reference checkpoint)" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from report import command, machine, write_section
+from report import ROOT, command, machine, write_result
 
 from duplex.model import checkpoint
 from duplex.model.codec import Codec
@@ -74,31 +74,47 @@ def main() -> None:
         for key, label, target in ROWS
     ]
     ratio = ours.latency_p50 / vad.latency_p50 if ours.latency_p50 and vad.latency_p50 else None
+
+    def data(checkpoint: Path) -> str:
+        return (
+            f"checkpoint `{checkpoint}`; split `{args.split}` of `{args.corpus}`: {len(convs)} conversations, "
+            f"{hours:.2f} h, user voices never heard in training; {ours.turns} user turns, {ours.pauses} mid-turn "
+            f"pauses, {ours.barge_ins} barge-ins. Streaming the whole split through the model took {wall:.0f} s."
+        )
+
+    reading = (
+        f"**Latency ratio against the server-VAD cascade (p50): {fmt(ratio)}** (target ≤ 0.6); its pause "
+        f"take-over rate is {fmt(vad.false_takeover)} against our {fmt(ours.false_takeover)}. As heard = the "
+        "model's audio placed one 200 ms chunk late (a chunk's output exists only once the chunk has arrived); "
+        "the VAD answers with zero delay after its 500 ms of silence, before any ASR/LLM/TTS time. The target "
+        "track is the corpus' ground truth through the same detector (no chunk delay). The model computes the "
+        "same frame-by-frame decisions at any chunk size (streaming equals the full pass); an 80 ms chunk only "
+        "shortens the delivery delay, at 2.5× the steps per second."
+    )
     body = "\n".join(
         [
             f"Command: `{command()}`  ",
             f"Machine: {machine()}  ",
-            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; checkpoint `{args.checkpoint}`; "
-            f"split `{args.split}` of `{args.corpus}`: {len(convs)} conversations, {hours:.2f} h, user voices never "
-            f"heard in training; {ours.turns} user turns, {ours.pauses} mid-turn pauses, {ours.barge_ins} barge-ins. "
-            f"Streaming the whole split through the model took {wall:.0f} s.",
+            f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {data(args.checkpoint)}",
             "",
             *lines,
             "",
-            f"**Latency ratio against the server-VAD cascade (p50): {fmt(ratio)}** (target ≤ 0.6); its pause "
-            f"take-over rate is {fmt(vad.false_takeover)} against our {fmt(ours.false_takeover)}. As heard = the "
-            "model's audio placed one 200 ms chunk late (a chunk's output exists only once the chunk has arrived); "
-            "the VAD answers with zero delay after its 500 ms of silence, before any ASR/LLM/TTS time. The target "
-            "track is the corpus' ground truth through the same detector (no chunk delay). The model computes the "
-            "same frame-by-frame decisions at any chunk size (streaming equals the full pass); an 80 ms chunk only "
-            "shortens the delivery delay, at 2.5× the steps per second.",
+            reading,
         ]
     )
     print(body)
     if args.json:
         args.json.write_text(json.dumps([m.summary() for m in systems], indent=2))
     if not args.no_write:
-        write_section("Turn-taking (reference checkpoint)", body)
+        here = args.checkpoint.resolve()
+        shown = here.relative_to(ROOT) if here.is_relative_to(ROOT) else args.checkpoint
+        about = data(shown)
+        write_result(
+            "turn_taking",
+            "Turn-taking (reference checkpoint)",
+            "\n".join(lines),
+            f"{about[0].upper()}{about[1:]}\n\n{reading}",
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Which CPU ops make a row's result depend on the other rows of its batch? (evidence for model/invariant.py)
 
-    python bench/batch_invariance_probe.py
+    python bench/probes/batch_invariance_probe.py
 
 For each op on the model's real shapes, one row is computed alone and at several positions inside batches
 of 2..64 rows of other data; the op is invariant when every result is ``torch.equal`` to the solo one.

@@ -1,7 +1,7 @@
 """What one absent member costs its cohort-mates in the step planner: a fake-clock replay, no model, no gRPC.
 
-    python bench/planner_replay.py            # a member parked (its client vanished) for 10 s
-    python bench/planner_replay.py --stall    # a member still connected but silent for 10 s
+    python bench/probes/planner_replay.py            # a member parked (its client vanished) for 10 s
+    python bench/probes/planner_replay.py --stall    # a member still connected but silent for 10 s
 
 16 steered sessions in 4 cohorts send every chunk exactly on their phase hint; from 2 s in, one member of
 cohort 0 sends nothing for 10 s (told to the planner as parked, unless ``--stall``). Each planned step is
