@@ -27,10 +27,10 @@ fi
 # imports it needs are in the lock); the project itself, editable.
 lock="$root/requirements/lock.txt"
 python3 -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13') else 1)" 2>/dev/null \
-  || python3 -m pip install -q torch==2.13.0 -c "$lock"
-python3 -m pip install -q --no-deps -r "$lock"
-python3 -m pip install -q --no-deps moshi==0.2.13
-python3 -m pip install -q --no-deps -e "$root"
+  || python3 -m pip install -q --root-user-action=ignore torch==2.13.0 -c "$lock"
+python3 -m pip install -q --root-user-action=ignore --no-deps -r "$lock"
+python3 -m pip install -q --root-user-action=ignore --no-deps moshi==0.2.13
+python3 -m pip install -q --root-user-action=ignore --no-deps -e "$root"
 
 # kube-apiserver + kube-controller-manager built from Debian's kubernetes source package, cached outside
 # the repository (${DUPLEX_CACHE:-~/.cache/duplex}); the operator's integration tests run against them

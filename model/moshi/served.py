@@ -22,10 +22,10 @@ control and audio are bit-identical whatever shares its block (tested). On other
 Floor control, from the model's own output. A frame is SPEAK while the model is producing words on its text
 stream: from a frame whose text token is a word piece (not padding: not ``text_padding_token_id``, not
 ``end_of_text_padding_id``) through ``SPEAK_HANGOVER_FRAMES`` frames of padding after the last word. The frame
-after that ends the turn: it is YIELD when the user's input was voiced (frame RMS above ``VOICED_RMS``) in any
-of the last ``SPEAK_HANGOVER_FRAMES`` + 1 frames — the user barged in and the model stopped — and LISTEN
-otherwise. Every other frame is LISTEN. The counters behind it are per-row state: they move and reset with
-the row.
+after that ends the turn: it is YIELD when the user's input was voiced (``detect.voiced_frames``, the engine's
+one definition of user speech) in any of the last ``SPEAK_HANGOVER_FRAMES`` + 1 frames — the user barged in and
+the model stopped — and LISTEN otherwise. Every other frame is LISTEN. The counters behind it are per-row state:
+they move and reset with the row.
 
 Known costs (upstream): frozen (inactive) rows of a block are still computed; sampling settings are per
 ``LMGen``, so per ``MoshiServed``, not per row; every block preallocates the KV ring at full context for all
@@ -49,13 +49,12 @@ from torch.overrides import TorchFunctionMode
 
 from .. import invariant
 from ..config import ModelError
+from ..detect import voiced_frames
 from ..family import FamilyStep, Floor, StreamFormat
 from .checkpoint import MoshiCheckpoint
 
 SPEAK_HANGOVER_FRAMES = 8
 """Frames of text padding after the last word that still count as the model's turn (8 × 80 ms = 640 ms)."""
-VOICED_RMS = 0.02
-"""A user input frame with an RMS above this (about -34 dBFS) is voiced."""
 CHUNK_MS_ALLOWED = (80, 160, 240, 320, 400)
 TOP_K_TEXT = 25
 """Upstream's default text top-k when sampling."""
@@ -437,7 +436,7 @@ class MoshiServed:
                     self.mimi.set_exec_mask(ready)
                     pcm = self.mimi.decode(tok[:, 1:, None].clamp(min=0))[:, 0].float()
                     wave[:, f * S : (f + 1) * S] = torch.where(ready[:, None], pcm, 0.0)
-                voiced = frame.pow(2).mean(dim=1).sqrt() > VOICED_RMS
+                voiced = voiced_frames(frame, S)[:, 0]
                 control[:, f] = block.floor.update(tok[:, 0], voiced, act)
                 text_tok[:, f] = torch.where(act, tok[:, 0], -2)
         text = [[t for t in row if t >= 0] for row in text_tok.tolist()]

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -135,26 +136,41 @@ def test_typed_text_and_wrong_rate_are_refused_clearly(served: Served) -> None:
 
 
 def test_a_session_among_others_equals_upstream_alone(served: Served) -> None:
-    """Three live sessions: A from the start, the witness T a little later, B later still; A leaves while T
+    """Three live sessions: A from the start, the witness T once A is going, B once T is; A leaves while T
     talks (T's slot may move into A's), B joins and leaves. T's text is upstream's token for token, its audio
     upstream's to one PCM16 step (the engine runs batch-invariant kernels, upstream its defaults)."""
     a, t, b = (varied_audio(1, n, seed=s)[0] for n, s in ((30, 11), (42, 12), (15, 13)))
 
     async def three() -> list[client.Conversation]:
+        """A starts; T once A has had an output; B once T has had five: all three share steps by construction."""
+        a_going, t_going = asyncio.Event(), asyncio.Event()
+        t_outputs = [0]
+
+        def on_t(ev: pb.ServerEvent) -> None:
+            t_outputs[0] += ev.HasField("audio")
+            if t_outputs[0] >= 5:
+                t_going.set()
+
         async with client.channel(served.addr, None) as ch:
 
-            def one(audio: torch.Tensor, delay: float) -> asyncio.Future[client.Conversation]:
-                return asyncio.ensure_future(
-                    client.converse(
-                        ch,
-                        pcm_chunks(audio),
-                        chunk_ms=80,
-                        start=client.start_event(sample_rate=24000, chunk_ms=80),
-                        start_delay_s=delay,
-                    )
+            async def one(audio: torch.Tensor, after: asyncio.Event | None, on_event: Any) -> client.Conversation:
+                if after is not None:
+                    await after.wait()
+                return await client.converse(
+                    ch,
+                    pcm_chunks(audio),
+                    chunk_ms=80,
+                    start=client.start_event(sample_rate=24000, chunk_ms=80),
+                    on_event=on_event,
                 )
 
-            return list(await asyncio.gather(one(a, 0.0), one(t, 0.3), one(b, 0.8)))
+            return list(
+                await asyncio.gather(
+                    one(a, None, lambda ev: ev.HasField("audio") and a_going.set()),
+                    one(t, a_going, on_t),
+                    one(b, t_going, None),
+                )
+            )
 
     convs = served.thread.run(three(), timeout=120)
     for conv in convs:
