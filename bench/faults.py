@@ -51,19 +51,18 @@ ENGINE_KILL_HOW = (
     "engine fails UNAVAILABLE as soon as the connection drops; the gateway marks that replica down (a "
     "connectivity watch on each replica channel does too, for a replica with no live call), waits only for the "
     "client's next write (≤ 250 ms; a real-time client's next chunk) before sending the status, and a session the"
-    " lost replica had not answered yet (only its SessionStart relayed) starts over on another replica. Before "
-    "this change the gateway drained each client to its half-close — up to 10 s, so a real-time client heard of "
-    "the loss only when its own conversation ended (9.0 s after the kill in the first run of this script) — and "
-    "sessions opened in the instant after the kill went to the dead engine until the next health poll (2 of 4 "
-    "failed). Test: `tests/serving/test_engine_loss.py` (health polls every 30 s there, so only these paths can "
-    "route away).\n"
+    " lost replica had not answered yet (only its SessionStart relayed) starts over on another replica. Without "
+    "these, the gateway drained each client to its half-close (up to 10 s), so a real-time client heard of the "
+    "loss only when its own conversation ended (9.0 s after the kill), and sessions opened in the instant after "
+    "the kill went to the dead engine until the next health poll (2 of 4 failed). Test: "
+    "`tests/serving/test_engine_loss.py` (health polls every 30 s there, so only these paths can route away).\n"
 )
 OPERATOR_RESTART_NOTE = (
     "No duplicates by construction: every child's name derives from its model and the operator applies by name "
-    "(server-side apply), so a restarted operator re-applies the same objects and prunes by label. The times are "
-    "long because the machine was overloaded (load average ~12 on 2 cores: control plane, controller manager "
-    "creating the pods, the operator and other work); `## Operator` in docs/benchmarks.md has the 100-model burst"
-    " without a kill (21.6–24.6 s on a calmer run).\n"
+    "(server-side apply), so a restarted operator re-applies the same objects and prunes by label. The times "
+    "follow the machine's load (the machine line above): the control plane, the controller manager creating the "
+    "pods and the operator share its cores; `## Operator` in docs/benchmarks.md has the 100-model burst without a"
+    " kill (21.6–24.6 s on a calmer machine).\n"
 )
 
 

@@ -253,8 +253,9 @@ def machine() -> str:
     import torch
 
     load_avg = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    # no platform.release(): a kernel release names the virtual machine it ran on
     return (
-        f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}, Python "
+        f"{os.cpu_count()} cores ({cpu}), {platform.system()}, Python "
         f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
         f"load average at the end {load_avg} (shared machine)"
     )

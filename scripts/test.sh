@@ -8,4 +8,4 @@ ruff format --check .
 echo "== mypy --strict"
 bash scripts/typecheck.sh
 echo "== pytest"
-python3 -m pytest -q -p no:cacheprovider "$@"
+python3 -m pytest -q -p no:cacheprovider --durations=30 "$@"
