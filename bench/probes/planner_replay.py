@@ -17,9 +17,9 @@ import argparse
 
 import numpy as np
 
+from duplex.model.family_duplex import ByteTextDecoder
 from duplex.serving.engine.planner import StepPlanner
 from duplex.serving.engine.session import Conversation, InputChunk
-from duplex.serving.metrics import EngineMetrics
 from duplex.serving.spec import EngineSpec
 
 T0 = 100.0
@@ -33,8 +33,8 @@ def main() -> None:
     ap.add_argument("--load", type=float, default=0.2, help="step-thread load the planner is told")
     args = ap.parse_args()
     spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=16, cohorts=4)
-    planner = StepPlanner(spec, PERIOD_S, T0, 0, EngineMetrics())
-    sessions = [Conversation(f"s{i}", 3200, 640, 20).slot_session for i in range(16)]
+    planner = StepPlanner(spec, PERIOD_S, T0, 0)
+    sessions = [Conversation(f"s{i}", 3200, 640, 20, text=ByteTextDecoder(257)).slot_session for i in range(16)]
     first = [planner.reserve(s, not_before=T0 + 0.05 + 0.01 * i) for i, s in enumerate(sessions)]
     arrivals = sorted((at + k * PERIOD_S, i, k) for i, at in enumerate(first) if at is not None for k in range(70))
     gone_at, back_at, end = T0 + 2.0, T0 + 12.0, T0 + 14.0

@@ -42,59 +42,51 @@ A cohort with no chunk at all at its deadline does not step: a conversation whos
 
 The planner owns no tensors and reads no clock: every call that depends on time takes ``now`` (monotonic
 seconds), so tests drive it with a fake clock. Slot moves and resets it decides are returned
-(``Housekeeping.slot_ops``) for the executor to apply to the model and codec state.
+(``Housekeeping.slot_ops``) for the executor to apply to the model and codec state. It counts no metric and
+logs nothing either: what it decided is in what it returns (``Housekeeping.placed``/``migrated``,
+``StepPlan.kind``), and the scheduler counts and logs that. ``StepPlanner`` is the facade the scheduler
+calls; the bookkeeping of slots and cohorts is ``layout.CohortLayout``, and the per-cohort policy (which step
+is due, what each member's row consumes) is the functions of ``decision.py``, which return values and
+mutate nothing.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 
-from ..metrics import EngineMetrics
 from ..spec import EngineSpec
+from .decision import (
+    MemberTake,
+    StepKind,
+    StepRules,
+    decide_cohort,
+    idle_tick_passed,
+    owed_after_idle_tick,
+    pick_step,
+    row_span,
+    take_member,
+    wants_migration,
+)
+from .layout import SEND_LEAD_S, Cohort, CohortLayout, PlacedBy, SlotMove, SlotOp, SlotReset
 from .session import Conversation, InputChunk, SlotSession
 
-log = logging.getLogger(__name__)
-
-SEND_LEAD_S = 0.030
-"""A steered client is told to send so that its chunks would arrive this long before its cohort's tick if
-nothing were in transit. Early is cheap and late is dear: a cohort steps as soon as all its members are in,
-so a lead costs no one any wait, while a first chunk that arrives after its tick's deadline puts its session
-in the next cohort for good (a whole P / C of wait on every chunk). The hint's error while sessions join is
-about ±20–40 ms on the 2-core VM (64 sessions joining at 32/s, ``client.first_send_us``); with 30 ms of lead
-every steered session of such a ramp landed in its reserved cohort (docs/benchmarks.md)."""
-
-StepKind = Literal["regular", "catchup", "split"]
-
-
-@dataclass
-class Cohort:
-    """A contiguous block of slots stepped together at one phase of the chunk period."""
-
-    index: int
-    """Position in the planner's cohort list."""
-    start: int
-    """First slot of its block."""
-    size: int
-    """Slots in its block."""
-    members: list[SlotSession] = field(default_factory=list)
-    """Placed sessions; member i holds slot ``start + i``."""
-    phase_s: float = 0.0
-    """Tick phase within the period (seconds after the planner's t0, modulo the period)."""
-    due: float = 0.0
-    """Monotonic time of the next tick; the deadline is ``due + grace``."""
-    split_for: float = -1.0
-    """The tick (``due``) for which a split step already ran."""
-    reserved: int = 0
-    """Slots promised to new sessions that were told to send at this cohort's phase (``reserve``)."""
-
-    @property
-    def room(self) -> int:
-        return self.size - len(self.members) - self.reserved
+__all__ = [
+    "SEND_LEAD_S",
+    "Cohort",
+    "Housekeeping",
+    "Migration",
+    "PlacedBy",
+    "Placement",
+    "PlannedRow",
+    "SlotMove",
+    "SlotOp",
+    "SlotReset",
+    "StepKind",
+    "StepPlan",
+    "StepPlanner",
+]
 
 
 @dataclass(frozen=True)
@@ -138,50 +130,65 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
-class SlotMove:
-    """Copy the state of slot ``src`` into slot ``dst`` (compaction or migration)."""
+class Placement:
+    """A new session placed in a cohort."""
 
-    src: int
-    dst: int
+    conversation: Conversation
+    cohort: int
+    how: PlacedBy
+    """By its phase hint, by its arrival (hint missed), or without a hint."""
+    arrival_phase_s: float
+    """Phase of its first chunk's arrival within the period."""
+    cohort_phase_s: float
+    """Its cohort's tick phase."""
+    members: int
+    """Members of the cohort, itself included."""
 
 
 @dataclass(frozen=True)
-class SlotReset:
-    """Make ``slot`` a fresh session."""
+class Migration:
+    """A session moved to a better-phased cohort."""
 
-    slot: int
+    conversation: Conversation
+    src: int
+    """Cohort it left."""
+    dst: int
+    """Cohort it joined."""
+    phase_s: float
+    """Phase its chunks now arrive at."""
 
 
 @dataclass
 class Housekeeping:
-    """What the planner decided between steps, for the executor and the output stage to carry out."""
+    """What the planner decided between steps, for the executor and the output stage to carry out (and the
+    scheduler to count)."""
 
-    slot_ops: list[SlotMove | SlotReset] = field(default_factory=list)
+    slot_ops: list[SlotOp] = field(default_factory=list)
     """State moves and resets, in order."""
     finished: list[Conversation] = field(default_factory=list)
     """Sessions that ended and have nothing left to step: close their streams with OK."""
+    placed: list[Placement] = field(default_factory=list)
+    """New sessions placed in a cohort."""
+    migrated: list[Migration] = field(default_factory=list)
+    """Sessions moved to another cohort."""
 
 
 class StepPlanner:
     """Cohorts, placement, migration and the late/lost policy for ``spec.max_sessions`` slots."""
 
-    def __init__(
-        self, spec: EngineSpec, period_s: float, t0: float, text_tokens_per_step: int, metrics: EngineMetrics
-    ) -> None:
+    def __init__(self, spec: EngineSpec, period_s: float, t0: float, text_tokens_per_step: int) -> None:
         """``t0``: the monotonic time phases count from; ``text_tokens_per_step``: typed-text tokens one row
         can take per step (frames × text slots; 0 = the model takes no typed text)."""
-        self.spec, self.metrics = spec, metrics
+        self.spec = spec
+        self.rules = StepRules.of(spec, period_s)
+        self.layout = CohortLayout(spec.max_sessions, spec.cohorts, period_s, t0, self.rules.grace)
         self.period = period_s
         self.t0 = t0
-        self.grace = spec.grace_ms / 1000.0
+        self.grace = self.rules.grace
         self.text_per_step = text_tokens_per_step
         self.capacity = spec.max_sessions
-        n_cohorts = min(spec.cohorts, self.capacity)
-        block = math.ceil(self.capacity / n_cohorts)
-        # evenly spaced tick phases: a chunk waits at most period / cohorts for its cohort's tick, and at
-        # capacity the cohorts' steps are spread evenly over the period instead of queueing behind each other
-        self.cohorts = [Cohort(i, i * block, block, phase_s=i * period_s / n_cohorts) for i in range(n_cohorts)]
-        self.slots = n_cohorts * block
+        self.cohorts = self.layout.cohorts
+        self.slots = self.layout.slots
         """Rows of the model and codec state."""
         self.unplaced: list[SlotSession] = []
         self.leaving: list[SlotSession] = []
@@ -189,35 +196,29 @@ class StepPlanner:
     # ----- queries (no mutation) ------------------------------------------------------------------------
     def tick_after(self, phase: float, t: float) -> float:
         """The first tick at ``phase`` at or after ``t``."""
-        k = math.ceil((t - self.t0 - phase) / self.period)
-        return self.t0 + phase + k * self.period
+        return self.layout.tick_after(phase, t)
 
     def wait_for(self, cohort: Cohort, phase: float) -> float:
         """How long a chunk arriving at ``phase`` waits at most for ``cohort``'s next tick."""
-        return (cohort.phase_s - phase) % self.period
+        return self.layout.wait_for(cohort, phase)
 
     def phase_of(self, t: float) -> float:
-        return (t - self.t0) % self.period
+        return self.layout.phase_of(t)
 
     def aim_error(self, c: Cohort, t: float) -> float:
-        """How far from ``c``'s aim a chunk received at ``t`` came in: the phase hint aims chunks at
-        ``SEND_LEAD_S`` before the cohort's tick. Negative = early; on the period's circle (within ±P/2)."""
-        e = (self.phase_of(t) - (c.phase_s - SEND_LEAD_S)) % self.period
-        return e - self.period if e > self.period / 2 else e
+        """How far from ``c``'s aim a chunk received at ``t`` came in (``CohortLayout.aim_error``)."""
+        return self.layout.aim_error(c, t)
 
     def placed_count(self) -> int:
-        return sum(len(c.members) for c in self.cohorts)
+        return self.layout.placed_count()
 
     def best_cohort(self, phase: float, exclude: Cohort | None = None) -> Cohort | None:
         """The cohort with room whose tick comes soonest after ``phase``."""
-        rooms = [c for c in self.cohorts if c is not exclude and c.room > 0]
-        return min(rooms, key=lambda c: (self.wait_for(c, phase), c.index)) if rooms else None
+        return self.layout.best_cohort(phase, exclude)
 
     def reserved_fits(self, c: Cohort, phase: float) -> bool:
         """Did a steered session's first chunk arrive near its reserved cohort's tick (it followed the hint)?"""
-        early = (c.phase_s - phase) % self.period  # arrival before the tick
-        spacing = self.period / len(self.cohorts)  # ticks apart: earlier than that, another tick is sooner
-        return early <= min(SEND_LEAD_S + spacing / 2, spacing) or self.period - early <= self.grace
+        return self.layout.reserved_fits(c, phase)
 
     # ----- inputs ----------------------------------------------------------------------------------------
     def reserve(self, s: SlotSession, not_before: float) -> float | None:
@@ -228,17 +229,7 @@ class StepPlanner:
         The cohort with the most room is chosen (the soonest among equals), so steered sessions spread
         evenly over the period and each step's members arrive together instead of waiting for each other.
         """
-        open_ = [c for c in self.cohorts if c.room > 0]
-        if not open_ or s.cohort is not None or s.reserved is not None:
-            return None
-
-        def arrive_at(c: Cohort) -> float:
-            return self.tick_after(c.phase_s, not_before + SEND_LEAD_S) - SEND_LEAD_S
-
-        cohort = min(open_, key=lambda c: (-c.room, arrive_at(c)))
-        cohort.reserved += 1
-        s.reserved = cohort.index
-        return arrive_at(cohort)
+        return self.layout.reserve(s, not_before)
 
     def add_chunk(self, s: SlotSession, chunk: InputChunk) -> bool:
         """Queue a validated chunk. False = it came after silence was substituted for it, or after the
@@ -283,220 +274,104 @@ class StepPlanner:
     def housekeeping(self, now: float) -> Housekeeping:
         """Free the slots of sessions that left, place new ones, finish ended ones, migrate badly phased ones."""
         out = Housekeeping()
+        self._free_leaving(out)
+        self._place_new(now, out)
+        self._finish_and_migrate(now, out)
+        self._finish_unplaced(out)
+        return out
+
+    def _free_leaving(self, out: Housekeeping) -> None:
         for s in self.leaving:
             if s in self.unplaced:
                 self.unplaced.remove(s)
-            self._release(s)
-            self._unplace(s, out)
+            self.layout.release(s)
+            out.slot_ops += self.layout.unplace(s)
         self.leaving.clear()
+
+    def _place_new(self, now: float, out: Housekeeping) -> None:
+        """Place each new session with a chunk in: by its hint or by its first chunk's arrival phase."""
         for s in list(self.unplaced):
             if not s.pending:
                 continue
-            s.arrival_phase_s = self.phase_of(s.pending[0].recv_mono)
-            reserved = self._release(s)
-            cohort = reserved if reserved is not None and self.reserved_fits(reserved, s.arrival_phase_s) else None
-            how = "no_hint" if reserved is None else "hint" if cohort is not None else "arrival"
-            if cohort is None:
-                cohort = self.best_cohort(s.arrival_phase_s)
-            if cohort is None:  # a slot is still held by a session whose leave is queued: next time
+            s.arrival_phase_s = self.layout.phase_of(s.pending[0].recv_mono)
+            claimed = self.layout.claim(s)
+            if claimed is None:  # a slot is still held by a session whose leave is queued: next time
                 continue
+            cohort, how = claimed
             self.unplaced.remove(s)
-            self._place(s, cohort, now)
-            self.metrics.placements.labels(how).inc()
-            log.debug(
-                "placed in cohort %d by %s (phase %.1f ms, cohort phase %.1f ms, %d members)",
-                cohort.index,
-                how,
-                s.arrival_phase_s * 1e3,
-                cohort.phase_s * 1e3,
-                len(cohort.members),
-                extra={"session": s.conversation.id},
+            reset = self.layout.join(s, cohort, now)
+            out.placed.append(
+                Placement(s.conversation, cohort.index, how, s.arrival_phase_s, cohort.phase_s, len(cohort.members))
             )
-            out.slot_ops.append(SlotReset(s.slot))
+            out.slot_ops.append(reset)
+
+    def _finish_and_migrate(self, now: float, out: Housekeeping) -> None:
         for c in self.cohorts:
             for s in list(c.members):
                 if s.ended and not s.pending:
-                    self._unplace(s, out)
+                    out.slot_ops += self.layout.unplace(s)
                     out.finished.append(s.conversation)
-                elif s.pending and (
-                    s.late_streak >= self.spec.migrate_after_misses
-                    or s.wait_ema_s > self.period / (2 * len(self.cohorts))
-                ):
+                elif wants_migration(s, self.rules, len(self.cohorts)):
                     self._migrate(s, c, now, out)
+
+    def _finish_unplaced(self, out: Housekeeping) -> None:
         for s in list(self.unplaced):
             if s.ended and not s.pending:
                 self.unplaced.remove(s)
-                self._release(s)
+                self.layout.release(s)
                 out.finished.append(s.conversation)
-        return out
-
-    def _release(self, s: SlotSession) -> Cohort | None:
-        """Drop a session's reservation; returns the cohort it had reserved."""
-        if s.reserved is None:
-            return None
-        c = self.cohorts[s.reserved]
-        c.reserved -= 1
-        s.reserved = None
-        return c
-
-    def _place(self, s: SlotSession, cohort: Cohort, now: float) -> None:
-        slot = cohort.start + len(cohort.members)
-        if not cohort.members:
-            cohort.due = self.tick_after(cohort.phase_s, now - self.grace)
-        cohort.members.append(s)
-        s.cohort, s.slot = cohort.index, slot
-
-    def _unplace(self, s: SlotSession, out: Housekeeping) -> None:
-        """Swap-remove ``s`` from its cohort block (the block's last member moves into its slot)."""
-        if s.cohort is None:
-            return
-        c = self.cohorts[s.cohort]
-        i = c.members.index(s)
-        last = c.members[-1]
-        if last is not s:
-            out.slot_ops.append(SlotMove(last.slot, s.slot))
-            last.slot = s.slot
-            c.members[i] = last
-        c.members.pop()
-        s.cohort, s.slot = None, -1
 
     def _migrate(self, s: SlotSession, current: Cohort, now: float, out: Housekeeping) -> None:
         """Move a session whose chunks keep missing its cohort's step, or keep waiting long for it, to the
         cohort whose step comes soonest after its chunks arrive (an empty cohort: at once)."""
-        s.late_streak = 0
         waited = s.wait_ema_s
-        s.wait_ema_s = 0.0  # judge the new placement afresh
-        phase = self.phase_of(s.pending[-1].recv_mono)
-        target = self.best_cohort(phase, exclude=current)
+        s.late_streak, s.wait_ema_s = 0, 0.0  # judge the new placement afresh
+        phase = self.layout.phase_of(s.pending[-1].recv_mono)
+        target = self.layout.migration_target(current, phase, waited)
         if target is None:
             return
-        if self.wait_for(target, phase) >= min(waited, self.wait_for(current, phase)) / 2:
-            return
-        out.slot_ops.append(SlotMove(s.slot, target.start + len(target.members)))
-        self._unplace(s, out)  # the block's last member fills the hole
-        s.arrival_phase_s = phase
-        self._place(s, target, now)
-        self.metrics.migrations.inc()
-        log.info(
-            "session moved from cohort %d to %d (phase %.0f ms)",
-            current.index,
-            target.index,
-            phase * 1e3,
-            extra={"session": s.conversation.id},
-        )
+        out.slot_ops += self.layout.move(s, target, phase, now)
+        out.migrated.append(Migration(s.conversation, current.index, target.index, phase))
 
     # ----- the next step -----------------------------------------------------------------------------
     def next_step(self, now: float, load: float) -> tuple[StepPlan | None, float | None]:
         """Plan the most urgent cohort step due at ``now`` and take its chunks (None: nothing is due), with
         the time to look again. ``load``: share of the last two periods the step thread was busy."""
-        best: tuple[float, Cohort, StepKind] | None = None
-        wake: float | None = None
-        split_after = self.spec.split_after_ms / 1000.0
-        spare = load < self.spec.split_below_load
+        decisions = []
         for c in self.cohorts:
             if not c.members:
                 continue
-            counts = [len(m.pending) for m in c.members]
-            any_pending = any(counts)
-            if not any_pending and now > c.due + self.grace:
-                # a tick passed with nothing to step: it still counts (members that were stepped early by a
-                # split step come back to owing nothing; absent ones owe one more, up to the loss bound)
+            if idle_tick_passed(c, now, self.grace):
                 for m in c.members:
-                    m.owed = min(m.owed + 1, self.spec.lost_after_chunks)
-                c.due = self.tick_after(c.phase_s, now - self.grace)
-            deadline = c.due + self.grace
-            # the regular step waits only for members on their phase: not for those already ahead (stepped
-            # early by a split step, or sending faster than real time), nor for those known to be absent
-            # (parked, or behind: they missed the last regular step and sent nothing since — a vanished or
-            # stalled client would otherwise make every step of its cohort wait for the deadline). It needs
-            # one chunk of this tick, though: a behind member's chunk alone is caught up, not a tick. And
-            # without every member in, it is not taken before the tick's own window (``due - grace``): else a
-            # member sending a burst would drive regular steps back to back and its cohort-mates, counted
-            # absent, would owe a chunk for each — and get silence for chunks they never sent.
-            pairs = list(zip(counts, c.members, strict=True))
-            present = any(n > 0 and m.owed <= 0 for n, m in pairs)
-            everyone = all(n > 0 or m.owed < 0 for n, m in pairs)
-            absent_only = all(n > 0 or m.owed != 0 or m.parked for n, m in pairs)
-            tick_window = c.due - self.grace
-            all_in = present and (everyone or (absent_only and now >= tick_window))
-            # overdue: waiting since before the previous deadline (it missed that step, or joined after it)
-            overdue_before = deadline - self.period
-            catchup = any(
-                len(m.pending) >= 2 or (m.pending and (m.owed > 0 or m.pending[0].recv_mono < overdue_before))
-                for m in c.members
-            )
-            oldest = min((m.pending[0].recv_mono for m in c.members if m.pending), default=now)
-            split_at = oldest + split_after
-            # at most one split per tick, and none while a member is behind: then the cohort keeps to its
-            # regular deadline steps, which are what judge that member's chunks lost
-            can_split = split_after > 0 and spare and c.split_for != c.due and all(m.owed <= 0 for m in c.members)
-            split = any_pending and can_split and now >= split_at
-            if all_in or catchup or split or (any_pending and now >= deadline):
-                regular = all_in or now >= deadline
-                kind: StepKind = "regular" if regular else "catchup" if catchup else "split"
-                if best is None or oldest < best[0]:
-                    best = (oldest, c, kind)
-            elif any_pending:
-                soonest = min(deadline, split_at) if can_split else deadline
-                if present and absent_only:
-                    soonest = min(soonest, tick_window)
-                wake = soonest if wake is None else min(wake, soonest)
-        if best is None:
+                    m.owed = owed_after_idle_tick(m, self.rules.lost_after_chunks)
+                c.due = self.layout.tick_after(c.phase_s, now - self.grace)
+            decisions.append(decide_cohort(c, now, load, self.rules))
+        due, wake = pick_step(decisions)
+        if due is None:
             return None, wake
-        _, cohort, kind = best
-        if kind == "split":
+        cohort = self.cohorts[due.cohort]
+        if due.kind == "split":
             cohort.split_for = cohort.due
-        self.metrics.steps.labels(kind).inc()
-        return self._take(cohort, kind, now), wake
+        return self._take(cohort, due.kind, now), wake
 
     def _take(self, c: Cohort, kind: StepKind, now: float) -> StepPlan:
         """Take each member's next chunk (or substitute silence) for a step of ``c``, updating ``owed``."""
-        regular = kind == "regular"
-        rows: list[PlannedRow | None] = []
         overdue_before = c.due + self.grace - self.period  # received before the last regular step's deadline
-        for m in c.members:
-            if regular:
-                m.owed += 1  # every regular step expects one chunk from every member
-            chunk: InputChunk | None = None
-            if m.pending:
-                chunk = m.pending.popleft()
-                missed = not regular and chunk.recv_mono < overdue_before
-                late = (m.owed > 1 if regular else m.owed > 0) or missed
-                m.owed -= 1
-                if not m.pending and (m.owed > 0 or (m.owed < 0 and (regular or missed))):
-                    # it has caught up with everything it sent, so it is exactly at its phase now: re-base.
-                    # Owing more: after a stall or a cohort step it keeps missing (not counted towards loss).
-                    # Owing less: a chunk that missed its step and was caught up, or an on-time one after
-                    # an old burst, is not a chunk of the next tick (the cohort must wait for that one).
-                    m.owed = 0
-                if regular:
-                    m.late_streak = 0
-                    if not late:
-                        m.wait_ema_s += 0.3 * ((now - chunk.recv_mono) - m.wait_ema_s)
-                m.next_seq = chunk.seq + 1
-                seq = chunk.seq
-            elif regular:
-                if m.owed > 0 and not m.parked:  # a parked member's misses say nothing about its phase
-                    m.late_streak += 1
-                if m.owed <= self.spec.lost_after_chunks:
-                    rows.append(None)
-                    continue
-                m.owed -= 1  # silence stands in for the oldest missing chunk
-                seq, late = m.next_seq, True
-                m.next_seq += 1
-            else:
-                rows.append(None)
-                continue
-            text = tuple(m.text_queue.popleft() for _ in range(min(len(m.text_queue), self.text_per_step)))
-            video, m.video = m.video, None
-            aim = 0.0 if chunk is None else self.aim_error(c, chunk.recv_mono)
-            rows.append(PlannedRow(m.conversation, chunk, seq, late, text, video, aim))
-        first = 0
-        if regular:
-            c.due = self.tick_after(c.phase_s, max(now - self.grace, c.due) + 1e-6)
-        else:  # a catch-up or split step: only the rows it spans
-            on = [i for i, r in enumerate(rows) if r is not None]
-            if on:
-                first, last = on[0], on[-1] + 1
-                rows = rows[first:last]
-        return StepPlan(c.index, kind, c.start + first, tuple(rows), now)
+        lost_after = self.rules.lost_after_chunks
+        takes = [take_member(m, kind, overdue_before, now, lost_after) for m in c.members]
+        rows = [self._apply(c, m, t) for m, t in zip(c.members, takes, strict=True)]
+        if kind == "regular":
+            c.due = self.layout.tick_after(c.phase_s, max(now - self.grace, c.due) + 1e-6)
+        first, last = row_span(takes, kind)
+        return StepPlan(c.index, kind, c.start + first, tuple(rows[first:last]), now)
+
+    def _apply(self, c: Cohort, m: SlotSession, t: MemberTake) -> PlannedRow | None:
+        """Carry out a member's take: consume its chunk, set its counters, build its row (None: inactive)."""
+        chunk = m.pending.popleft() if t.consumes else None
+        m.owed, m.next_seq, m.late_streak, m.wait_ema_s = t.owed, t.next_seq, t.late_streak, t.wait_ema_s
+        if not t.active:
+            return None
+        text = tuple(m.text_queue.popleft() for _ in range(min(len(m.text_queue), self.text_per_step)))
+        video, m.video = m.video, None
+        aim = 0.0 if chunk is None else self.layout.aim_error(c, chunk.recv_mono)
+        return PlannedRow(m.conversation, chunk, t.seq, t.late, text, video, aim)

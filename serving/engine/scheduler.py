@@ -34,7 +34,7 @@ from ..metrics import EngineMetrics
 from ..spec import EngineSpec
 from .executor import StepExecutor
 from .output import OutputStage
-from .planner import Cohort, StepPlanner
+from .planner import Cohort, Housekeeping, StepPlan, StepPlanner
 from .session import Conversation, InputChunk
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,36 @@ class Stop:
 InboxMessage = Chunk | Text | Video | End | Park | Resume | Leave | Stop
 
 
+def count_housekeeping(metrics: EngineMetrics, chores: Housekeeping) -> None:
+    """Count (and log) what the planner decided between steps: placements by how, migrations."""
+    for p in chores.placed:
+        metrics.placements.labels(p.how).inc()
+        log.debug(
+            "placed in cohort %d by %s (phase %.1f ms, cohort phase %.1f ms, %d members)",
+            p.cohort,
+            p.how,
+            p.arrival_phase_s * 1e3,
+            p.cohort_phase_s * 1e3,
+            p.members,
+            extra={"session": p.conversation.id},
+        )
+    for m in chores.migrated:
+        metrics.migrations.inc()
+        log.info(
+            "session moved from cohort %d to %d (phase %.0f ms)",
+            m.src,
+            m.dst,
+            m.phase_s * 1e3,
+            extra={"session": m.conversation.id},
+        )
+
+
+def count_step(metrics: EngineMetrics, plan: StepPlan | None) -> None:
+    """Count a planned step by kind."""
+    if plan is not None:
+        metrics.steps.labels(plan.kind).inc()
+
+
 class Scheduler:
     """Wires the stages of one replica and runs the step thread."""
 
@@ -108,7 +138,7 @@ class Scheduler:
         self.capacity = spec.max_sessions
         self.t0 = clock()
         self.wall_offset_us = time.time_ns() // 1000 - int(self.t0 * 1e6)
-        self.planner = StepPlanner(spec, self.period, self.t0, frames * fmt.text_in_slots, metrics)
+        self.planner = StepPlanner(spec, self.period, self.t0, frames * fmt.text_in_slots)
         self.executor = StepExecutor(served, self.planner.slots, self.chunk_samples, spec.batch_invariant, clock)
         self.output = OutputStage(
             metrics, fmt.sample_rate, self.chunk_samples, spec.lost_after_chunks, self.wall_us, clock
@@ -211,6 +241,8 @@ class Scheduler:
                         return
                     chores = self.planner.housekeeping(now)
                     plan, wake = self.planner.next_step(now, self._load(now))
+                count_housekeeping(self.metrics, chores)
+                count_step(self.metrics, plan)
                 self.executor.apply(chores.slot_ops)
                 for conv in chores.finished:
                     self.loop.call_soon_threadsafe(self.output.finish, conv)

@@ -1,5 +1,6 @@
 """The step planner through its public API, on a fake clock: explicit arrival times stand in for clients and
-``next_step(now, load)`` is asked what it would step at a given moment. No model, no thread, no gRPC."""
+``next_step(now, load)`` is asked what it would step at a given moment. No model, no thread, no gRPC. What it
+decides is counted as the scheduler counts it (``count_housekeeping``, ``count_step``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any
 import pytest
 
 from duplex.model.family_duplex import ByteTextDecoder
-from duplex.serving.engine.planner import SEND_LEAD_S, SlotMove, SlotReset, StepPlan, StepPlanner
+from duplex.serving.engine.planner import SEND_LEAD_S, Housekeeping, SlotMove, SlotReset, StepPlan, StepPlanner
+from duplex.serving.engine.scheduler import count_housekeeping, count_step
 from duplex.serving.engine.session import Conversation, InputChunk, SlotSession
 from duplex.serving.metrics import EngineMetrics
 from duplex.serving.spec import EngineSpec
@@ -33,9 +35,26 @@ class FakeClock:
         return t
 
 
-def planner(**spec: Any) -> StepPlanner:
-    es = EngineSpec(host="127.0.0.1", metrics_port=0, **spec)
-    return StepPlanner(es, es.chunk_ms / 1000.0, T0, text_tokens_per_step=0, metrics=EngineMetrics())
+class CountedPlanner(StepPlanner):
+    """The planner whose decisions are counted into ``metrics`` the way the scheduler counts them."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        super().__init__(spec, spec.chunk_ms / 1000.0, T0, text_tokens_per_step=0)
+        self.metrics = EngineMetrics()
+
+    def housekeeping(self, now: float) -> Housekeeping:
+        chores = super().housekeeping(now)
+        count_housekeeping(self.metrics, chores)
+        return chores
+
+    def next_step(self, now: float, load: float) -> tuple[StepPlan | None, float | None]:
+        plan, wake = super().next_step(now, load)
+        count_step(self.metrics, plan)
+        return plan, wake
+
+
+def planner(**spec: Any) -> CountedPlanner:
+    return CountedPlanner(EngineSpec(host="127.0.0.1", metrics_port=0, **spec))
 
 
 def session(name: str) -> SlotSession:
@@ -46,7 +65,7 @@ def chunk(p: StepPlanner, s: SlotSession, seq: int, at: float) -> None:
     assert p.add_chunk(s, InputChunk(seq, SILENCE, 0, at, 0))
 
 
-def sample(p: StepPlanner, name: str, **labels: str) -> float:
+def sample(p: CountedPlanner, name: str, **labels: str) -> float:
     return p.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
@@ -472,3 +491,18 @@ def test_a_burst_does_not_drive_regular_steps_that_count_an_absent_member_lost()
     assert all(plan.kind != "regular" for plan in plans), "no tick taken before its window"
     assert all(a not in members(plan) for plan in plans), "no row, and no silence, for the behind member"
     assert a.owed == 1 and c.due == due
+
+
+def test_an_ended_member_is_finished_once_its_chunks_are_stepped() -> None:
+    p = planner(max_sessions=4, cohorts=1, split_after_ms=0)
+    a, b = settled_pair(p)
+    c = p.cohorts[0]
+    tick = c.due
+    chunk(p, a, 1, tick - 0.002)
+    p.end(a)
+    assert p.housekeeping(tick - 0.001).finished == [], "a chunk still to step"
+    assert members(step(p, tick + p.grace)) == [a]
+    chores = p.housekeeping(tick + p.grace)
+    assert chores.finished == [a.conversation] and chores.slot_ops == [SlotMove(1, 0)]
+    assert (a.cohort, a.slot, b.slot) == (None, -1, 0) and p.placed_count() == 1
+    assert p.housekeeping(tick + p.grace).finished == [], "finished once"
