@@ -9,9 +9,10 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel
@@ -23,6 +24,15 @@ from .process import AgentProcess, GatewayProcess, serve_until_signal
 from .ranks import rank_from_hostname
 from .settings import ConfigError, fields_help, load_section
 from .spec import AgentSpec, EngineSpec, GatewaySpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from duplex.v1 import duplex_pb2 as pb
+
+    from . import client
+    from .agent.redis_server import RedisServer
+    from .engine.server import EngineServer
 
 log = logging.getLogger("duplex.serving")
 
@@ -239,12 +249,22 @@ def up(
     """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
     and the background agent (a local redis-server on a free loopback port and one worker)."""
     logs.setup(json_lines=False)
-    from duplex.model.moshi import FRAME_MS as MOSHI_FRAME_MS
-    from duplex.model.runtime import is_moshi_layout
+    source = _up_source(checkpoint, family, temperature, top_k)
+    engine_fields = _up_engine_fields(
+        source,
+        max_sessions=max_sessions,
+        chunk_ms=chunk_ms,
+        metrics_port=metrics_port,
+        torch_threads=torch_threads,
+        cohorts=cohorts,
+        batch_invariant=batch_invariant,
+    )
+    local = _LocalAgent(_up_redis(no_agent))
+    _run_server("up", _up_main(source, engine_fields, local, port, http_port, metrics_port))
 
-    from .agent.redis_server import RedisServer, RedisServerError
-    from .engine.server import EngineServer
 
+def _up_source(checkpoint: Path | None, family: str, temperature: float | None, top_k: int | None) -> ModelSource:
+    """``duplex up``'s model from its flags; a bad value or a missing checkpoint exits 2."""
     try:
         source = ModelSource.model_validate(
             dict(
@@ -260,92 +280,156 @@ def up(
     if checkpoint is not None and not checkpoint.exists():
         typer.echo(f"duplex up: --checkpoint {checkpoint}: no such file or directory", err=True)
         raise typer.Exit(2)
+    return source
+
+
+def _up_redis(no_agent: bool) -> RedisServer | None:
+    """The background agent's redis-server (not started yet), or None with ``--no-agent``; exits 2 when there
+    is no redis-server to run."""
+    from .agent.redis_server import RedisServer, RedisServerError
+
+    if no_agent:
+        return None
+    try:
+        return RedisServer()
+    except RedisServerError:
+        typer.echo(
+            "duplex up: redis-server not found on PATH (apt-get install redis-server), or pass --no-agent", err=True
+        )
+        raise typer.Exit(2) from None
+
+
+class _LocalAgent:
+    """``duplex up``'s background agent: a local redis-server and one worker process (nothing without redis)."""
+
+    def __init__(self, redis: RedisServer | None) -> None:
+        self.redis = redis
+        self.agent: AgentProcess | None = None
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url if self.redis is not None else ""
+
+    async def start(self) -> None:
+        """Start redis-server, then the worker (its own process, as the gateway); a failure is an OSError or
+        ValueError and leaves nothing running."""
+        from .agent.redis_server import RedisServerError
+
+        if self.redis is None:
+            return
+        try:
+            await asyncio.to_thread(self.redis.start)
+        except RedisServerError as e:
+            raise OSError(f"redis-server: {e}") from None
+        self.agent = AgentProcess(AgentSpec(metrics_port=0), self.redis.url)
+        try:
+            await asyncio.to_thread(self.agent.start)
+        except (ValueError, OSError):
+            self.redis.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.agent is not None:
+            await asyncio.to_thread(self.agent.stop, AgentSpec().drain_grace_s + 5.0)
+        if self.redis is not None:
+            await asyncio.to_thread(self.redis.stop)
+
+    def describe(self, tools: list[str]) -> str | None:
+        """The line ``duplex up`` prints about a running agent (None when there is none)."""
+        if self.redis is None or self.agent is None or self.redis.proc is None:
+            return None
+        return (
+            f"duplex up: background agent: redis-server pid {self.redis.proc.pid} at {self.redis.url}, "
+            f"worker pid {self.agent.pid} (tools: {', '.join(tools)})"
+        )
+
+
+def _up_engine_fields(
+    source: ModelSource,
+    *,
+    max_sessions: int,
+    chunk_ms: int | None,
+    metrics_port: int,
+    torch_threads: int,
+    cohorts: int,
+    batch_invariant: bool,
+) -> dict[str, Any]:
+    """The embedded engine's EngineSpec fields from ``duplex up``'s flags (all but ``redis_url``, known once
+    the agent is up); the default chunk is 200 ms for duplex, one frame for the Moshi family."""
+    from duplex.model.moshi import FRAME_MS as MOSHI_FRAME_MS
+    from duplex.model.runtime import is_moshi_layout
+
     moshi = is_moshi_layout(source)
-    redis: RedisServer | None = None
-    if not no_agent:
-        try:
-            redis = RedisServer()
-        except RedisServerError:
-            typer.echo(
-                "duplex up: redis-server not found on PATH (apt-get install redis-server), or pass --no-agent", err=True
-            )
-            raise typer.Exit(2) from None
+    return dict(
+        host="127.0.0.1",
+        max_sessions=max_sessions,
+        chunk_ms=chunk_ms if chunk_ms is not None else MOSHI_FRAME_MS if moshi else 200,
+        metrics_port=metrics_port,
+        torch_threads=torch_threads,
+        cohorts=cohorts,
+        batch_invariant=batch_invariant,
+    )
 
-    async def main() -> None:
-        agent: AgentProcess | None = None
-        if redis is not None:
-            try:
-                await asyncio.to_thread(redis.start)
-            except RedisServerError as e:
-                raise OSError(f"redis-server: {e}") from None
-            agent = AgentProcess(AgentSpec(metrics_port=0), redis.url)  # its own process, as the gateway
-            try:
-                await asyncio.to_thread(agent.start)
-            except (ValueError, OSError):
-                redis.stop()
-                raise
-        espec = EngineSpec.model_validate(
-            dict(
-                host="127.0.0.1",
-                max_sessions=max_sessions,
-                chunk_ms=chunk_ms if chunk_ms is not None else MOSHI_FRAME_MS if moshi else 200,
-                metrics_port=metrics_port,
-                torch_threads=torch_threads,
-                cohorts=cohorts,
-                batch_invariant=batch_invariant,
-                redis_url=redis.url if redis is not None else "",
-            )
+
+def _up_gateway_spec(engine_port: int, metrics_port: int) -> GatewaySpec:
+    """The open gateway in front of ``duplex up``'s engine (metrics on the engine's port + 1, if on)."""
+    return GatewaySpec.model_validate(
+        dict(
+            host="127.0.0.1",
+            engines=[f"127.0.0.1:{engine_port}"],
+            open_access=True,
+            metrics_port=metrics_port + 1 if metrics_port else 0,
+            drain_grace_s=2.0,
         )
+    )
 
-        async def stop_agent() -> None:
-            if agent is not None:
-                await asyncio.to_thread(agent.stop, AgentSpec().drain_grace_s + 5.0)
-            if redis is not None:
-                await asyncio.to_thread(redis.stop)
 
-        try:
-            engine_server = EngineServer(espec, source, bind_port=0)
-            eport = await engine_server.start()
-        except (ValueError, OSError):
-            await stop_agent()
-            raise
-        gspec = GatewaySpec.model_validate(
-            dict(
-                host="127.0.0.1",
-                engines=[f"127.0.0.1:{eport}"],
-                open_access=True,
-                metrics_port=metrics_port + 1 if metrics_port else 0,
-                drain_grace_s=2.0,
-            )
-        )
-        gw = GatewayProcess(gspec, port, http_port)  # its own process: the relay does not share the step thread's GIL
-        try:
-            gport = await asyncio.to_thread(gw.start)
-        except (ValueError, OSError):
-            await engine_server.stop(1.0)
-            await stop_agent()
-            raise
-        print(f"duplex up: ready at 127.0.0.1:{gport} (engine 127.0.0.1:{eport}); Ctrl-C to stop", flush=True)
-        if gw.http_port:
-            print(f"duplex up: realtime at {realtime_urls(gspec, gw.http_port)}", flush=True)
-        if redis is not None and agent is not None and redis.proc is not None:
-            print(
-                f"duplex up: background agent: redis-server pid {redis.proc.pid} at {redis.url}, "
-                f"worker pid {agent.pid} (tools: {', '.join(espec.tools)})",
-                flush=True,
-            )
+async def _up_main(
+    source: ModelSource,
+    engine_fields: dict[str, Any],
+    local: _LocalAgent,
+    port: int,
+    http_port: int | None,
+    metrics_port: int,
+) -> None:
+    """Start the agent, the engine and the gateway (a failure stops what was started), announce them, and serve
+    until a signal or the gateway's exit."""
+    from .engine.server import EngineServer
 
-        async def stop() -> None:
-            if gw.proc.exitcode is not None:
-                print(f"duplex up: the gateway exited (code {gw.proc.exitcode}); stopping", flush=True)
-            await asyncio.to_thread(gw.stop, gspec.drain_grace_s + 5.0)
-            await engine_server.stop(1.0)
-            await stop_agent()
-            print("duplex up: stopped", flush=True)
+    EngineSpec.model_validate(engine_fields)  # a bad flag is refused before redis and the worker start
+    await local.start()
+    espec = EngineSpec.model_validate({**engine_fields, "redis_url": local.redis_url})
+    try:
+        engine_server = EngineServer(espec, source, bind_port=0)
+        eport = await engine_server.start()
+    except (ValueError, OSError):
+        await local.stop()
+        raise
+    gspec = _up_gateway_spec(eport, metrics_port)
+    gw = GatewayProcess(gspec, port, http_port)  # its own process: the relay does not share the step thread's GIL
+    try:
+        gport = await asyncio.to_thread(gw.start)
+    except (ValueError, OSError):
+        await engine_server.stop(1.0)
+        await local.stop()
+        raise
+    print(f"duplex up: ready at 127.0.0.1:{gport} (engine 127.0.0.1:{eport}); Ctrl-C to stop", flush=True)
+    if gw.http_port:
+        print(f"duplex up: realtime at {realtime_urls(gspec, gw.http_port)}", flush=True)
+    agent_line = local.describe(espec.tools)
+    if agent_line is not None:
+        print(agent_line, flush=True)
+    await serve_until_signal(lambda: _up_stop(gw, engine_server, local), also=asyncio.to_thread(gw.wait))
 
-        await serve_until_signal(stop, also=asyncio.to_thread(gw.wait))
 
-    _run_server("up", main())
+async def _up_stop(gw: GatewayProcess, engine_server: EngineServer, local: _LocalAgent) -> None:
+    """Stop ``duplex up``'s gateway, engine and agent, in that order."""
+    if gw.proc.exitcode is not None:
+        print(f"duplex up: the gateway exited (code {gw.proc.exitcode}); stopping", flush=True)
+    await asyncio.to_thread(gw.stop, gw.spec.drain_grace_s + 5.0)
+    await engine_server.stop(1.0)
+    await local.stop()
+    print("duplex up: stopped", flush=True)
 
 
 def realtime_urls(spec: GatewaySpec, http_port: int) -> str:
@@ -404,24 +488,44 @@ def talk(
     Chunk k of the input is sent when a microphone would hand it over (capture start + (k+1) x chunk_ms).
     The output WAV shares the input's time axis; by default the model's audio is placed as heard (where each
     chunk arrived, so latency can be read off the two tracks); --model-time places it by output_sample."""
-    import grpc
-    import numpy as np
+    _talk_check_input(input)
+    said: list[np.ndarray] = []
+    calls = _talk_calls(call, tools)
+    conv = asyncio.run(
+        _talk_converse(
+            target,
+            ca_cert,
+            api_key,
+            _talk_preparer(input, said),
+            calls,
+            fast=fast,
+            chunk_ms=chunk_ms,
+            call_wait_s=call_wait_s,
+        )
+    )
+    _talk_check_status(conv)
+    _talk_report(conv, said[0], output, timeline, plot, model_time)
 
+
+def _talk_check_input(input: Path) -> None:
+    """Read the input once for a clear error now (exit 2); it is converted to the model's rate once the server
+    has said it."""
     from duplex.model.audio_io import AudioFileError, read_wav
-    from duplex.v1 import duplex_pb2 as pb
-
-    from . import client
-    from . import talk as talk_mod
 
     try:
-        read_wav(input)  # a clear error now; converted to the model's rate once the server has said it
+        read_wav(input)
     except AudioFileError as e:
         typer.echo(f"duplex talk: --input: {e}", err=True)
         raise typer.Exit(2) from None
-    said: list[np.ndarray] = []
+
+
+def _talk_preparer(input: Path, said: list[np.ndarray]) -> Callable[[pb.SessionReady], list[bytes]]:
+    """``converse``'s ``prepare``: the input at the model's rate (appended to ``said``), in the negotiated
+    chunks."""
+    from . import client
+    from . import talk as talk_mod
 
     def prepare(ready: pb.SessionReady) -> list[bytes]:
-        """The input at the model's rate, in the negotiated chunks."""
         rate = ready.input_format.sample_rate
         user, note = talk_mod.load_input(input, rate)
         if note is not None:
@@ -429,29 +533,64 @@ def talk(
         said.append(user)
         return client.split_chunks(user, ready.chunk_samples)
 
-    md = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    return prepare
+
+
+@dataclass
+class _TalkCalls:
+    """``duplex talk``'s ``--call`` requests, the tools to ask for, and the call ids whose results it waits for."""
+
+    requests: list[pb.ClientEvent]
+    granted: list[str]
+    ids: list[str]
+
+
+def _talk_calls(call: list[str], tools: str) -> _TalkCalls:
+    """Parse the ``--call`` options (a bad one exits 2); ``--tools`` defaults to the tools they name."""
+    from . import talk as talk_mod
+
     try:
         requests = [talk_mod.parse_call(c, f"c{i}") for i, c in enumerate(call, start=1)]
     except ValueError as e:
         typer.echo(f"duplex talk: {e}", err=True)
         raise typer.Exit(2) from None
     granted = [t.strip() for t in tools.split(",") if t.strip()] or sorted({r.agent.tool for r in requests})
-    call_ids = [r.agent.call_id for r in requests]
+    return _TalkCalls(requests, granted, [r.agent.call_id for r in requests])
 
-    async def main() -> client.Conversation:
-        async with client.channel(target, str(ca_cert) if ca_cert is not None else None) as ch:
-            return await client.converse(
-                ch,
-                prepare,
-                realtime=not fast,
-                metadata=md,
-                start=client.start_event(chunk_ms=chunk_ms, sample_rate=0, tools=granted),
-                extra=[(1, r) for r in requests],
-                hold_open=lambda conv: not conv.agent_finished(call_ids),
-                max_hold_s=call_wait_s if call_ids else 0.0,
-            )
 
-    conv = asyncio.run(main())
+async def _talk_converse(
+    target: str,
+    ca_cert: Path | None,
+    api_key: str,
+    prepare: Callable[[pb.SessionReady], list[bytes]],
+    calls: _TalkCalls,
+    *,
+    fast: bool,
+    chunk_ms: int,
+    call_wait_s: float,
+) -> client.Conversation:
+    """The conversation: real-time pace unless ``fast``; the calls go after the first chunk and it stays open
+    (up to ``call_wait_s``) until each has its result."""
+    from . import client
+
+    md = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    async with client.channel(target, str(ca_cert) if ca_cert is not None else None) as ch:
+        return await client.converse(
+            ch,
+            prepare,
+            realtime=not fast,
+            metadata=md,
+            start=client.start_event(chunk_ms=chunk_ms, sample_rate=0, tools=calls.granted),
+            extra=[(1, r) for r in calls.requests],
+            hold_open=lambda conv: not conv.agent_finished(calls.ids),
+            max_hold_s=call_wait_s if calls.ids else 0.0,
+        )
+
+
+def _talk_check_status(conv: client.Conversation) -> None:
+    """Exit 1 on a failed conversation; say which stream drops it saw (and whether they were resumed)."""
+    import grpc
+
     if conv.code != grpc.StatusCode.OK:
         typer.echo(f"duplex talk: {conv.code.name}: {conv.details}", err=True)
         raise typer.Exit(1)
@@ -459,8 +598,23 @@ def talk(
         ms = (drop.resumed_us - drop.dropped_us) / 1e3
         how = f"resumed after {ms:.0f} ms" if drop.resumed_us else "not resumed"
         typer.echo(f"duplex talk: the stream dropped ({drop.code.name}); {how}", err=True)
+
+
+def _talk_report(
+    conv: client.Conversation,
+    user: np.ndarray,
+    output: Path,
+    timeline: Path | None,
+    plot: Path | None,
+    model_time: bool,
+) -> None:
+    """Write the output WAV (and the timeline and plot if asked), and print a summary and the agent results."""
+    from duplex.v1 import duplex_pb2 as pb
+
+    from . import talk as talk_mod
+
     ready = conv.of("ready")[0].event.ready
-    talk_mod.save(conv, said[0], ready.output_format.sample_rate, output, timeline, plot, model_time)
+    talk_mod.save(conv, user, ready.output_format.sample_rate, output, timeline, plot, model_time)
     turns = len(conv.of("turn"))
     placed = "model time" if model_time else "as heard"
     typer.echo(f"duplex talk: {len(conv.of('audio'))} chunks, {turns} turn events → {output} ({placed})")

@@ -34,8 +34,20 @@ class EngineMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._add_capacity(r)
+        self._add_step_timing(r)
+        self._add_traffic(r)
+        self._add_agent(r)
+        self._add_leak_watch(r)
+        self._add_session_lifecycle(r)
+
+    def _add_capacity(self, r: CollectorRegistry) -> None:
+        """Sessions held and slots offered (the HPA's metric)."""
         self.active_sessions = Gauge(ACTIVE_SESSIONS, "Conversations holding a slot", registry=r)
         self.capacity = Gauge("duplex_engine_capacity_sessions", "Slots of this replica", registry=r)
+
+    def _add_step_timing(self, r: CollectorRegistry) -> None:
+        """How long steps take, how full they are, how long chunks wait for one, and turn-taking latency."""
         self.step_seconds = Histogram(
             "duplex_engine_step_seconds", "Model step + decode of one cohort", buckets=_MS, registry=r
         )
@@ -57,6 +69,9 @@ class EngineMetrics:
             buckets=_TURN,
             registry=r,
         )
+
+    def _add_traffic(self, r: CollectorRegistry) -> None:
+        """Counts of what went through: chunks, errors, cohort migrations, steps by kind."""
         self.chunks = Counter("duplex_engine_chunks_total", "Audio chunks processed", ["kind"], registry=r)
         self.errors = Counter("duplex_engine_errors_total", "Conversations ended with an error", ["code"], registry=r)
         self.migrations = Counter(
@@ -69,6 +84,9 @@ class EngineMetrics:
             ["kind"],
             registry=r,
         )
+
+    def _add_agent(self, r: CollectorRegistry) -> None:
+        """The background agent's updates and the tool-result text fed to the models."""
         self.agent_events = Counter(
             "duplex_engine_agent_events_total",
             "Background-agent updates sent to sessions, by state (QUEUED, RUNNING, DONE, FAILED) and origin "
@@ -81,6 +99,9 @@ class EngineMetrics:
             "Bytes of tool-result text fed to the models' text input",
             registry=r,
         )
+
+    def _add_leak_watch(self, r: CollectorRegistry) -> None:
+        """Process memory and file descriptors, live asyncio tasks and occupied slots: what a soak watches."""
         ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...: leak watch (soak)
         self.asyncio_tasks = Gauge(
             "duplex_engine_asyncio_tasks",
@@ -92,6 +113,9 @@ class EngineMetrics:
             "Slots the step planner holds for sessions (0 once every conversation has ended)",
             registry=r,
         )
+
+    def _add_session_lifecycle(self, r: CollectorRegistry) -> None:
+        """How sessions come and go: resumes, expired resume graces, parked sessions, cohort placements."""
         self.resumed = Counter(
             "duplex_engine_resumed_sessions_total",
             "Sessions resumed on a new stream (SessionStart.resume_token) after their stream dropped",

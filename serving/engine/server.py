@@ -9,8 +9,8 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -430,60 +430,12 @@ class EngineServer:
         already has (a client re-sending from what was not answered) are skipped. ``stream_done`` is set when
         the RPC is over."""
         assert self.scheduler is not None
-        sched = self.scheduler
-        ended = False
         try:
-            async for ev in it:
-                if session.closing is not None:
-                    return
-                kind = v.event_kind(ev)
-                assert isinstance(ev, pb.ClientEvent)
-                if kind == "audio":
-                    if resumed and ev.audio.seq < session.next_audio_seq:
-                        continue
-                    recv = time.monotonic()
-                    pcm = v.check_audio(ev.audio, session.next_audio_seq, session.chunk_samples)
-                    chunk = InputChunk(ev.audio.seq, pcm, ev.audio.client_time_us, recv, sched.wall_us(recv))
-                    while session.chunks_in_flight >= self.spec.max_pending_chunks and session.closing is None:
-                        session.room.clear()  # backpressure: stop reading until a step consumes a chunk
-                        await session.room.wait()
-                    session.next_audio_seq += 1
-                    sched.submit(session, chunk)
-                elif kind == "text":
-                    tokens = v.check_text(ev.text, self.served)
-                    if session.text_in_flight + len(tokens) > MAX_TEXT_QUEUE:
-                        raise v.InputError(
-                            grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"text.text: more than {MAX_TEXT_QUEUE} bytes of typed text waiting",
-                        )
-                    sched.add_text(session, tokens)
-                elif kind == "video":
-                    if resumed and ev.video.seq <= session.last_video_seq:
-                        continue
-                    sched.set_video(session, v.check_video(ev.video, session.last_video_seq, self.format.video_size))
-                    session.last_video_seq = int(ev.video.seq)
-                elif kind == "agent":
-                    assert self.agent is not None
-                    self.agent.request(session, v.check_agent(ev.agent))
-                elif kind == "end":
-                    ended = True
-                    break
-                else:
-                    raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION, "start: the session already started")
-                session.events_in += 1  # handed on: a resume need not re-send it
-            if not ended and session.resume_handle:
-                # a half-close without EndOfStream looks the same as a peer that died (a gateway process
-                # that exited): the RPC is cancelled a moment later in that case, so wait for that briefly
-                try:
-                    await asyncio.wait_for(stream_done.wait(), HALF_CLOSE_SETTLE_S)
-                except TimeoutError:
-                    pass
-                if stream_done.is_set():
-                    session.stream_lost = True
-                    session.wake.set()
-                    return
+            how = await self._read_events(it, session, resumed)
+            if how == "closing" or (how == "half-closed" and await self._peer_died(session, stream_done)):
+                return
             session.input_ended = True
-            sched.end(session)
+            self.scheduler.end(session)
         except v.InputError as e:
             session.close(e.code, e.message)
         except asyncio.CancelledError:
@@ -494,3 +446,88 @@ class EngineServer:
         except Exception as e:  # never let a reader bug hang the stream
             log.exception("reader failed")
             session.close(grpc.StatusCode.INTERNAL, f"engine error reading the stream: {e}")
+
+    async def _read_events(
+        self, it: AsyncIterator[pb.ClientEvent | v.Undecodable], session: Conversation, resumed: bool
+    ) -> Literal["closing", "end", "half-closed"]:
+        """Hand the stream's events to their handlers until the session closes (``closing``), the client sends
+        EndOfStream (``end``) or the stream half-closes without it (``half-closed``). A handler returns whether
+        it handed the event on (False: a resumed stream's re-sent duplicate, skipped)."""
+        handlers: dict[str, Callable[[pb.ClientEvent, Conversation, bool], Awaitable[bool]]] = {
+            "audio": self._read_audio,
+            "text": self._read_text,
+            "video": self._read_video,
+            "agent": self._read_agent,
+        }
+        async for ev in it:
+            if session.closing is not None:
+                return "closing"
+            kind = v.event_kind(ev)
+            assert isinstance(ev, pb.ClientEvent)
+            if kind == "end":
+                return "end"
+            handler = handlers.get(kind)
+            if handler is None:
+                raise v.InputError(grpc.StatusCode.FAILED_PRECONDITION, "start: the session already started")
+            if await handler(ev, session, resumed):
+                session.events_in += 1  # handed on: a resume need not re-send it
+        return "half-closed"
+
+    async def _read_audio(self, ev: pb.ClientEvent, session: Conversation, resumed: bool) -> bool:
+        """Submit an audio chunk, waiting while the session has ``max_pending_chunks`` in flight."""
+        assert self.scheduler is not None
+        if resumed and ev.audio.seq < session.next_audio_seq:
+            return False
+        recv = time.monotonic()
+        pcm = v.check_audio(ev.audio, session.next_audio_seq, session.chunk_samples)
+        chunk = InputChunk(ev.audio.seq, pcm, ev.audio.client_time_us, recv, self.scheduler.wall_us(recv))
+        while session.chunks_in_flight >= self.spec.max_pending_chunks and session.closing is None:
+            session.room.clear()  # backpressure: stop reading until a step consumes a chunk
+            await session.room.wait()
+        session.next_audio_seq += 1
+        self.scheduler.submit(session, chunk)
+        return True
+
+    async def _read_text(self, ev: pb.ClientEvent, session: Conversation, resumed: bool) -> bool:
+        """Queue typed text for the model's text input (at most ``MAX_TEXT_QUEUE`` tokens waiting)."""
+        assert self.scheduler is not None
+        tokens = v.check_text(ev.text, self.served)
+        if session.text_in_flight + len(tokens) > MAX_TEXT_QUEUE:
+            raise v.InputError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"text.text: more than {MAX_TEXT_QUEUE} bytes of typed text waiting",
+            )
+        self.scheduler.add_text(session, tokens)
+        return True
+
+    async def _read_video(self, ev: pb.ClientEvent, session: Conversation, resumed: bool) -> bool:
+        """Set the session's video frame (a resumed stream's frames up to the last one seen are skipped)."""
+        assert self.scheduler is not None
+        if resumed and ev.video.seq <= session.last_video_seq:
+            return False
+        self.scheduler.set_video(session, v.check_video(ev.video, session.last_video_seq, self.format.video_size))
+        session.last_video_seq = int(ev.video.seq)
+        return True
+
+    async def _read_agent(self, ev: pb.ClientEvent, session: Conversation, resumed: bool) -> bool:
+        """Pass an AgentRequest to the background agent."""
+        assert self.agent is not None
+        self.agent.request(session, v.check_agent(ev.agent))
+        return True
+
+    async def _peer_died(self, session: Conversation, stream_done: asyncio.Event) -> bool:
+        """After a half-close without EndOfStream: did the peer die (the stream is lost, kept for a resume)?
+
+        Such a half-close looks the same as a peer that died (a gateway process that exited): the RPC is
+        cancelled a moment later in that case, so wait for that briefly. Only a resumable session waits."""
+        if not session.resume_handle:
+            return False
+        try:
+            await asyncio.wait_for(stream_done.wait(), HALF_CLOSE_SETTLE_S)
+        except TimeoutError:
+            pass
+        if not stream_done.is_set():
+            return False
+        session.stream_lost = True
+        session.wake.set()
+        return True
