@@ -51,11 +51,11 @@ from .. import invariant
 from ..config import ModelError
 from ..detect import voiced_frames
 from ..family import FamilyStep, Floor, StreamFormat
+from . import CHUNKS_MS
 from .checkpoint import MoshiCheckpoint
 
 SPEAK_HANGOVER_FRAMES = 8
 """Frames of text padding after the last word that still count as the model's turn (8 × 80 ms = 640 ms)."""
-CHUNK_MS_ALLOWED = (80, 160, 240, 320, 400)
 TOP_K_TEXT = 25
 """Upstream's default text top-k when sampling."""
 
@@ -371,8 +371,8 @@ class MoshiServed:
         return self._format
 
     def frames_per_chunk(self, chunk_ms: int) -> int:
-        if chunk_ms not in CHUNK_MS_ALLOWED:
-            allowed = ", ".join(str(c) for c in CHUNK_MS_ALLOWED)
+        if chunk_ms not in CHUNKS_MS:
+            allowed = ", ".join(str(c) for c in CHUNKS_MS)
             raise ModelError(f"chunk_ms={chunk_ms}: the moshi family takes chunks of {allowed} ms (80 ms frames)")
         return round(chunk_ms / self._format.frame_ms)
 

@@ -16,7 +16,6 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from duplex.model.config import ModelError
 from duplex.model.family import ServedModel
 from duplex.model.family_duplex import DuplexServed
 from duplex.model.model import DuplexModel
@@ -157,13 +156,9 @@ class EngineServer:
         return self.port
 
     def _feed_text(self, conv: Conversation, text: str) -> None:
-        """An agent result as the model's text input (a family without typed text gets the event only)."""
+        """An agent result as the model's text input (the Moshi family: forced text on its own text stream)."""
         assert self.scheduler is not None
-        try:
-            tokens = self.served.encode_text(text)
-        except ModelError:
-            return
-        self.scheduler.add_text(conv, tokens)
+        self.scheduler.add_text(conv, self.served.encode_text(text))
 
     def _fatal(self, exc: BaseException) -> None:
         log.error("engine step thread died (%s): marking NOT_SERVING", exc)
