@@ -16,7 +16,7 @@ A result file is one JSON object, ``Result`` below (unknown keys are refused):
               "python": "3.11.7", "load": "load average at the end 1.7, 1.4, 1.2"}: cpu is /proc/cpuinfo's model
               name, load how busy the machine was (or "quiet: nothing else running"); cores and torch_threads
               may be null, the strings empty. No host or VM names, no kernel release (it names the VM).
-    date      when it ran, "YYYY-MM-DD HH:MM UTC" (or a day, or a range); "" when not known
+    date      the day it ran, "YYYY-MM-DD" (no time of day); "" when not known
     columns   the table's header cells (markdown allowed in every cell)
     align     one per column: "l", "r", "c" (markdown's :---, ---:, :---:) or "" (---); [] = all ""
     rows      the table's body: rows of cells, strings exactly as printed ("12.4 / 18.3"), as many as columns
@@ -284,7 +284,7 @@ def write_result(
         title=title,
         command=cmd or command(),
         machine=machine_info(),
-        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        date=time.strftime("%Y-%m-%d", time.gmtime()),
         columns=columns,
         align=align,
         rows=rows,
