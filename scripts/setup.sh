@@ -5,7 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-apt_packages=(redis-server espeak-ng sox chromium
+apt_packages=(redis-server espeak-ng flite sox chromium
   # the e2e node (tests/e2e): container runtime, bridge CNI plugins, image import (podman), kube-proxy's
   # iptables + conntrack, Debian's static busybox (the test image) and a static libc for the pause binary
   containerd runc containernetworking-plugins podman iptables conntrack busybox-static gcc libc6-dev

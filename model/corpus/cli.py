@@ -17,7 +17,9 @@ from duplex.model.corpus.conversation import Timing
 from duplex.model.corpus.make import SPLITS, assign_splits, make_corpus
 
 app = typer.Typer(
-    name="corpus", help="Synthetic two-party speech conversations (espeak-ng) for turn-taking.", no_args_is_help=True
+    name="corpus",
+    help="Synthetic two-party speech conversations (espeak-ng; Flite for the held-out split) for turn-taking.",
+    no_args_is_help=True,
 )
 console = Console()
 
@@ -36,15 +38,15 @@ def _writable_dir(out: Path, force: bool) -> None:
         )
 
 
-def _seconds_range(text: str, hint: str, low: float) -> tuple[float, float]:
-    """Parse MIN,MAX seconds with low <= MIN <= MAX <= 2, naming the option when it is not."""
+def _range(text: str, hint: str, low: float, high: float = 2.0, unit: str = " seconds") -> tuple[float, float]:
+    """Parse MIN,MAX with low <= MIN <= MAX <= high, naming the option when it is not."""
     try:
         lo, hi = (float(x) for x in text.split(","))
-        if not low <= lo <= hi <= 2:
+        if not low <= lo <= hi <= high:
             raise ValueError
     except ValueError:
         raise typer.BadParameter(
-            f"{text!r} is not MIN,MAX with {low} <= MIN <= MAX <= 2 seconds", param_hint=hint
+            f"{text!r} is not MIN,MAX with {low} <= MIN <= MAX <= {high}{unit}", param_hint=hint
         ) from None
     return lo, hi
 
@@ -65,6 +67,15 @@ def make(
     ] = 90.0,
     validation_fraction: Annotated[float, typer.Option("--validation-fraction", min=0.0, max=0.5)] = 0.1,
     test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.5)] = 0.1,
+    heldout_fraction: Annotated[
+        float,
+        typer.Option(
+            "--heldout-fraction",
+            min=0.0,
+            max=0.5,
+            help="Share of conversations in the 'heldout' split, spoken by Flite (a TTS engine no other split uses).",
+        ),
+    ] = 0.1,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing corpus in --out.")] = False,
     reply_gap: Annotated[
         str,
@@ -78,6 +89,14 @@ def make(
             "--barge-reaction", help="MIN,MAX seconds from a user's barge-in onset until the target model has stopped."
         ),
     ] = "0.12,0.20",
+    voice_warp: Annotated[
+        str,
+        typer.Option(
+            "--voice-warp",
+            help="MIN,MAX factor by which each espeak-ng user voice is played faster (pitch, formants and tempo "
+            "scale together): more speakers from the same variants.",
+        ),
+    ] = "1.0,1.0",
 ) -> None:
     """Render conversations to user.wav / user_clean.wav / model.wav / events.json plus manifest.json."""
     if min_duration > max_duration:
@@ -85,11 +104,13 @@ def make(
             f"{min_duration} is longer than --max-duration {max_duration}", param_hint="'--min-duration'"
         )
     try:
-        assign_splits(conversations, seed, validation_fraction, test_fraction)
+        assign_splits(conversations, seed, validation_fraction, test_fraction, heldout_fraction)
     except ValueError as err:
-        raise typer.BadParameter(str(err), param_hint="'--validation-fraction' / '--test-fraction'") from err
-    gap = _seconds_range(reply_gap, "'--reply-gap'", 0.0)
-    reaction = _seconds_range(barge_reaction, "'--barge-reaction'", 0.04)
+        hint = "'--validation-fraction' / '--test-fraction' / '--heldout-fraction'"
+        raise typer.BadParameter(str(err), param_hint=hint) from err
+    gap = _range(reply_gap, "'--reply-gap'", 0.0)
+    reaction = _range(barge_reaction, "'--barge-reaction'", 0.04)
+    warp = _range(voice_warp, "'--voice-warp'", 0.7, 1.4, unit="")
     _writable_dir(out, force)
     columns = (
         TextColumn("[bold]rendering"),
@@ -116,7 +137,8 @@ def make(
             validation_fraction,
             test_fraction,
             on_done=done,
-            timing=Timing(reply_gap=gap, barge_reaction=reaction),
+            timing=Timing(reply_gap=gap, barge_reaction=reaction, voice_warp=warp),
+            heldout_fraction=heldout_fraction,
         )
     table = Table(title=f"corpus {out}")
     for column in ("split", "conversations", "audio (min)", "user voices"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import numpy as np
 from duplex.model.audio_io import write_wav
 from duplex.model.corpus import audio, textgen
 from duplex.model.corpus.audio import SAMPLE_RATE, FloatArray
-from duplex.model.corpus.tts import MODEL_VOICE, Espeak, Rendering, Voice, random_user_voice, render
+from duplex.model.corpus.flite import random_flite_voice
+from duplex.model.corpus.tts import MODEL_VOICE, Espeak, Rendering, UserVoice, Voice, random_user_voice, render
 
 FORMAT = "duplex-corpus/1"
 MODEL_LEVEL_DBFS = -24.0
@@ -42,6 +43,8 @@ class Timing:
     p_silence: float = 0.3
     p_backchannel_pause: float = 0.45
     p_backchannel_overlap: float = 0.25
+    voice_warp: tuple[float, float] = (1.0, 1.0)
+    """Range of the espeak-ng user voice's vocal-tract and tempo warp (1.0 = as espeak-ng renders it)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ class ConversationSpec:
     max_duration_s: float = 90.0
     timing: Timing = Timing()
     """Ground-truth timing of the perfect model (reply gap, barge-in reaction…) and of the user."""
+    engine: str = "espeak-ng"
+    """The user's TTS engine: ``espeak-ng`` (a voice from ``variants``) or ``flite`` (the held-out engine)."""
 
 
 def _s(seconds: float) -> int:
@@ -128,7 +133,7 @@ class _Builder:
         self.rng = np.random.default_rng([spec.corpus_seed, 1, spec.index])
         self.timing = timing
         self.spec = spec
-        self.voice: Voice = random_user_voice(self.rng, spec.variants)
+        self.voice: UserVoice = random_flite_voice(self.rng) if spec.engine == "flite" else self._espeak_voice(spec)
         self.user_level = float(self.rng.uniform(-34.0, -26.0))
         self.eq = audio.random_eq(self.rng) if self.rng.random() < 0.6 else None
         self.fir = audio.eq_filter(self.eq) if self.eq else None
@@ -138,6 +143,13 @@ class _Builder:
         self.turn = 0
         self.model_turns = 0
         self.target = 0
+
+    def _espeak_voice(self, spec: ConversationSpec) -> Voice:
+        """A random variant/accent/rate/pitch, warped by a factor from its own stream (``Timing.voice_warp``)."""
+        voice = random_user_voice(self.rng, spec.variants)
+        lo, hi = self.timing.voice_warp
+        warp = float(np.random.default_rng([spec.corpus_seed, 3, spec.index]).uniform(lo, hi)) if hi > lo else lo
+        return replace(voice, warp=round(warp, 3))
 
     def u(self, lo_hi: tuple[float, float]) -> float:
         return float(self.rng.uniform(*lo_hi))

@@ -10,6 +10,10 @@ is reserved for the test split — fixed across seeds, so test voices stay unsee
 this tool makes, and corpora made with different seeds can be merged without leaking test voices.
 Validation uses the training variants: new conversations in known voices, the memorisation check of
 docs/corpus.md.
+
+Engine hold-out: the ``heldout`` split (``heldout_fraction``) is spoken by Flite (flite.py), a TTS engine no
+other split uses, so a model trained on the train split is scored on voices, prosody and timing from a
+synthesiser it never heard.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from typing import Any
 import numpy as np
 
 from duplex.model.corpus.conversation import FORMAT, ConversationSpec, Timing, generate
+from duplex.model.corpus.flite import FLITE_VOICES
 from duplex.model.corpus.tts import MODEL_VOICE, USER_VARIANTS, Espeak
 
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test", "heldout")
+HELDOUT_ENGINE = "flite"
+"""The TTS engine of the ``heldout`` split; every other split is spoken by espeak-ng."""
 EVENT_TYPES = (
     "user_speech",
     "pause",
@@ -51,10 +58,12 @@ def voice_split() -> dict[str, tuple[str, ...]]:
     n_test = max(1, round(TEST_VARIANT_FRACTION * len(USER_VARIANTS)))
     test = tuple(sorted(USER_VARIANTS[i] for i in order[:n_test]))
     seen = tuple(sorted(USER_VARIANTS[i] for i in order[n_test:]))
-    return {"train": seen, "validation": seen, "test": test}
+    return {"train": seen, "validation": seen, "test": test, "heldout": ()}
 
 
-def assign_splits(n: int, seed: int, validation_fraction: float, test_fraction: float) -> list[str]:
+def assign_splits(
+    n: int, seed: int, validation_fraction: float, test_fraction: float, heldout_fraction: float = 0.0
+) -> list[str]:
     """Split labels for conversations 0..n-1, shuffled by ``seed``.
 
     A non-zero fraction gets at least one conversation once there are three or more, so even a tiny
@@ -65,11 +74,11 @@ def assign_splits(n: int, seed: int, validation_fraction: float, test_fraction: 
         k = round(n * fraction)
         return max(k, 1) if fraction > 0 and n >= 3 else k
 
-    n_val, n_test = count(validation_fraction), count(test_fraction)
-    n_train = n - n_val - n_test
+    n_val, n_test, n_held = count(validation_fraction), count(test_fraction), count(heldout_fraction)
+    n_train = n - n_val - n_test - n_held
     if n_train < 1:
         raise ValueError(f"{n} conversations leave none for training with these split fractions")
-    labels = ["train"] * n_train + ["validation"] * n_val + ["test"] * n_test
+    labels = ["train"] * n_train + ["validation"] * n_val + ["test"] * n_test + ["heldout"] * n_held
     order = np.random.default_rng([seed, 2]).permutation(n)
     return [labels[i] for i in order]
 
@@ -130,6 +139,7 @@ def make_corpus(
     test_fraction: float = 0.1,
     on_done: Callable[[dict[str, Any]], None] | None = None,
     timing: Timing | None = None,
+    heldout_fraction: float = 0.1,
 ) -> CorpusReport:
     """Render ``conversations`` conversations into ``out`` (one folder each) and write ``manifest.json``."""
     if conversations < 1:
@@ -138,13 +148,24 @@ def make_corpus(
         raise ValueError("need 0 < min_duration_s <= max_duration_s")
     min_duration_s, max_duration_s = float(min_duration_s), float(max_duration_s)  # 15 and 15.0: same bytes
     validation_fraction, test_fraction = float(validation_fraction), float(test_fraction)
+    heldout_fraction = float(heldout_fraction)
     started = time.perf_counter()
-    splits = assign_splits(conversations, seed, validation_fraction, test_fraction)
+    splits = assign_splits(conversations, seed, validation_fraction, test_fraction, heldout_fraction)
     variants = voice_split()
     timing = timing or Timing()
     jobs = [
         (
-            ConversationSpec(f"conv-{i:06d}", seed, i, split, variants[split], min_duration_s, max_duration_s, timing),
+            ConversationSpec(
+                f"conv-{i:06d}",
+                seed,
+                i,
+                split,
+                variants[split],
+                min_duration_s,
+                max_duration_s,
+                timing,
+                HELDOUT_ENGINE if split == "heldout" else "espeak-ng",
+            ),
             str(out),
         )
         for i, split in enumerate(splits)
@@ -160,6 +181,7 @@ def make_corpus(
     manifest = _manifest(
         entries, seed, conversations, min_duration_s, max_duration_s, validation_fraction, test_fraction, variants
     )
+    manifest["settings"]["heldout_fraction"] = heldout_fraction
     manifest["settings"]["timing"] = asdict(timing)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     audio = sum(float(e["duration_s"]) for e in entries)
@@ -201,6 +223,8 @@ def _manifest(
             "unit": "espeak-ng variant",
             "test_variants": list(variants["test"]),
             "train_validation_variants": list(variants["train"]),
+            "heldout_engine": HELDOUT_ENGINE,
+            "heldout_voices": list(FLITE_VOICES),
         },
         "totals": {
             "conversations": len(entries),

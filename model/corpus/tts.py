@@ -17,7 +17,7 @@ import ctypes
 import ctypes.util
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -141,6 +141,9 @@ class Voice:
     rate_wpm: int
     pitch: int
     pitch_range: int
+    warp: float = 1.0
+    """Vocal-tract and tempo warp: the rendering is played ``warp`` times faster (pitch, formants and tempo
+    all scale by it), which turns each espeak-ng variant into a family of speakers."""
 
     @property
     def name(self) -> str:
@@ -149,12 +152,35 @@ class Voice:
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "engine": "espeak-ng",
             "accent": self.accent,
             "variant": self.variant,
             "rate_wpm": self.rate_wpm,
             "pitch": self.pitch,
             "pitch_range": self.pitch_range,
+            "warp": self.warp,
         }
+
+    def synthesize(self, text: str) -> tuple[npt.NDArray[np.float32], int, list[tuple[int, int, int]]]:
+        """Render ``text`` with the process-wide espeak-ng: float samples, their rate, word events."""
+        engine = Espeak.get()
+        raw, events = engine.synth(text, self)
+        rate = round(engine.sample_rate * self.warp)
+        events = [(pos, length, round(ms / self.warp)) for pos, length, ms in events]
+        return raw.astype(np.float32) / np.float32(32768.0), rate, events
+
+
+class UserVoice(Protocol):
+    """A voice of either engine: espeak-ng (``Voice``) or Flite (``flite.FliteVoice``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+    def synthesize(self, text: str) -> tuple[npt.NDArray[np.float32], int, list[tuple[int, int, int]]]:
+        """Float samples, their rate, and word events (char position, length, ms); no events = no timings."""
+        ...
 
 
 MODEL_VOICE = Voice(accent="en-us", variant="m7", rate_wpm=175, pitch=45, pitch_range=50)
@@ -292,21 +318,20 @@ ends on audible speech, so event times measured from it are the real speech boun
 
 
 def render(
-    text: str, voice: Voice, fir: FloatArray | None = None, spoken: str | None = None, level_dbfs: float = -26.0
+    text: str, voice: UserVoice, fir: FloatArray | None = None, spoken: str | None = None, level_dbfs: float = -26.0
 ) -> Rendering:
     """Synthesise, resample to 16 kHz, optionally EQ, trim silence and normalise to ``level_dbfs`` RMS.
 
     ``spoken`` overrides what espeak is given (e.g. phonemes for "mm-hm") while ``text`` is recorded.
     """
-    engine = Espeak.get()
-    raw, events = engine.synth(spoken or text, voice)
-    x = resample(raw.astype(np.float32) / 32768.0, engine.sample_rate, SAMPLE_RATE)
+    raw, rate, events = voice.synthesize(spoken or text)
+    x = resample(raw, rate, SAMPLE_RATE)
     offset = 0
     if fir is not None:
         x, offset = apply_fir(x, fir), len(fir) // 2
     level = rms(x)
     if level == 0.0:
-        raise EspeakError(f"espeak-ng rendered silence for {text!r} in voice {voice.name}")
+        raise EspeakError(f"{voice.name} rendered silence for {text!r}")
     audible = np.flatnonzero(np.abs(x) > level * 10 ** (-TRIM_BELOW_RMS_DB / 20))
     lo, hi = int(audible[0]), int(audible[-1]) + 1
     x = x[lo:hi]
@@ -318,14 +343,15 @@ WORD_PATTERN = re.compile(r"[A-Za-z0-9']+")
 
 
 def _words(aligned: bool, text: str, events: list[tuple[int, int, int]], shift: int, n: int) -> tuple[Word, ...]:
-    """Every word of ``text`` with its time span in trimmed samples.
+    """Every word of ``text`` with its time span in trimmed samples (an engine without word events, Flite,
+    gets the whole rendering split in proportion to word length).
 
     espeak-ng reports where words start, but not for every word: it voices some pairs as one unit
     ("in the", "that the") and reports only the first. Such words share their unit's span, split in
     proportion to their length; a word ends where the next one starts.
     """
     tokens = [(m.start() + 1, m.end() + 1, m.group()) for m in WORD_PATTERN.finditer(text)]
-    if not aligned or not events or not tokens:
+    if not aligned or not tokens:
         return (Word(text, 0, n),)
     anchors: dict[int, int] = {}
     for pos, _, ms in events:

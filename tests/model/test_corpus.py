@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from duplex.cli import app
 from duplex.model.audio_io import read_wav
 from duplex.model.corpus import check_conversation, make_corpus, textgen
 from duplex.model.corpus.audio import SAMPLE_RATE
+from duplex.model.corpus.flite import FLITE_VOICES, FliteError, FliteVoice
 from duplex.model.corpus.make import EVENT_TYPES, voice_split
+from duplex.model.corpus.tts import MODEL_VOICE, render
 
 SEED = 3
 SIZE = ["--conversations", "4", "--min-duration", "15", "--max-duration", "20"]
@@ -162,17 +165,54 @@ def test_text_is_recorded_with_word_timings(corpus: Path) -> None:
                 assert [w["word"] for w in words] == re.findall(r"[A-Za-z0-9']+", e["text"])
 
 
-def test_splits_are_disjoint_by_voice(manifest: dict[str, Any]) -> None:
+def test_splits_are_disjoint_by_voice_and_the_heldout_split_by_engine(manifest: dict[str, Any]) -> None:
     allowed = voice_split()
     assert not set(allowed["test"]) & set(allowed["train"])
-    by_split: dict[str, set[str]] = {"train": set(), "validation": set(), "test": set()}
+    by_split: dict[str, set[str]] = {"train": set(), "validation": set(), "test": set(), "heldout": set()}
     for entry in manifest["conversations"]:
-        variant = entry["user_voice"]["variant"]
-        assert variant in allowed[entry["split"]]
-        by_split[entry["split"]].add(variant)
+        voice = entry["user_voice"]
+        if entry["split"] == "heldout":
+            assert voice["engine"] == "flite" and voice["voice"] in FLITE_VOICES, voice
+            by_split["heldout"].add(voice["name"])
+        else:
+            assert voice["engine"] == "espeak-ng" and voice["variant"] in allowed[entry["split"]], voice
+            by_split[entry["split"]].add(voice["variant"])
     assert all(by_split.values()), by_split
     assert not by_split["test"] & (by_split["train"] | by_split["validation"])
     assert manifest["voice_split"]["test_variants"] == list(allowed["test"])
+    assert manifest["voice_split"]["heldout_engine"] == "flite"
+
+
+def test_flite_renders_speech_that_differs_by_voice_and_settings() -> None:
+    """The held-out engine speaks: audible, trimmed, level-normalised, and each voice/setting sounds different."""
+    text = "could you tell me when the train leaves"
+    renders = {
+        v: render(text, FliteVoice(v, duration_stretch=1.0, f0_mean=120.0, f0_stddev=20.0)) for v in ("kal16", "slt")
+    }
+    slower = render(text, FliteVoice("slt", duration_stretch=1.2, f0_mean=120.0, f0_stddev=20.0))
+    for r in (*renders.values(), slower):
+        assert 0.8 < r.duration_s < 5.0
+        assert abs(20 * np.log10(float(np.sqrt(np.mean(r.samples**2)))) + 26.0) < 0.1
+        assert [w.text for w in r.words] == text.split()
+        assert r.words[0].start == 0 and r.words[-1].end == len(r.samples)
+    assert len(renders["kal16"].samples) != len(renders["slt"].samples)
+    assert len(slower.samples) > 1.1 * len(renders["slt"].samples)
+
+
+def test_voice_warp_scales_tempo_and_keeps_word_timings() -> None:
+    text = "we could meet near the station at noon"
+    plain = render(text, MODEL_VOICE)
+    warped = render(text, replace(MODEL_VOICE, warp=1.15))
+    assert abs(len(warped.samples) / len(plain.samples) - 1 / 1.15) < 0.03
+    assert [w.text for w in warped.words] == [w.text for w in plain.words]
+    for a, b in zip(plain.words[1:], warped.words[1:], strict=True):
+        assert abs(b.start - a.start / 1.15) < 0.03 * SAMPLE_RATE  # word events follow the warp
+
+
+def test_flite_missing_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(FliteError, match="install the Debian package flite"):
+        FliteVoice("kal", 1.0, 100.0, 20.0).synthesize("hello")
 
 
 def test_same_seed_gives_identical_bytes_whatever_the_workers(corpus: Path, tmp_path: Path) -> None:
@@ -254,6 +294,8 @@ def test_cli_check_passes_on_the_corpus(corpus: Path) -> None:
         (["--conversations", "2", "--reply-gap", "0.3"], "--reply-gap"),
         (["--conversations", "2", "--reply-gap", "0.3,0.1"], "--reply-gap"),
         (["--conversations", "2", "--barge-reaction", "0.01,0.1"], "--barge-reaction"),
+        (["--conversations", "2", "--voice-warp", "0.5,1.1"], "--voice-warp"),
+        (["--conversations", "4", "--heldout-fraction", "0.5", "--test-fraction", "0.5"], "--heldout-fraction"),
     ],
 )
 def test_cli_rejects_bad_input_naming_the_option(tmp_path: Path, args: list[str], option: str) -> None:
