@@ -35,7 +35,8 @@ def convs(tmp_path_factory: pytest.TempPathFactory) -> list[Conversation]:
         test_fraction=0.75,
         timing=Timing(reply_gap=(0.0, 0.08), barge_reaction=(0.06, 0.12)),
     )
-    return load_split(corpus, "test")
+    convs: list[Conversation] = load_split(corpus, "test")
+    return convs
 
 
 def tracks(convs: list[Conversation]) -> dict[str, list[npt.NDArray[np.float32]]]:
