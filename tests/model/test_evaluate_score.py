@@ -1,24 +1,78 @@
-"""``evaluate.score`` split into small functions: identical results to the single function it was, on corpus
-conversations scored against several kinds of model track."""
+"""``evaluate.score``: each figure from the events it is defined on, on a hand-built conversation whose model
+track is tones at known places; and on corpus conversations, the tally of a split is the tallies of its
+conversations."""
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 
-from duplex.model.codec import Codec
 from duplex.model.corpus.conversation import Timing
 from duplex.model.corpus.make import make_corpus
 from duplex.model.data import Conversation, load_split
-from duplex.model.detect import speech_segments
-from duplex.model.evaluate import TURN_MIN_S, Metrics, run_model, run_vad_baseline, score
-from duplex.model.model import DuplexModel
-from duplex.model.runtime import load_part
-from duplex.model.spec import ModelSource
+from duplex.model.evaluate import score, turn_latencies, turn_latency
+
+SR = 16000
+
+
+def tone(track: npt.NDArray[np.float32], start: float, end: float) -> None:
+    """A 200 Hz tone at -26 dBFS over [start, end) s: speech to the detector."""
+    a, b = round(start * SR), round(end * SR)
+    track[a:b] = (0.07 * np.sin(2 * np.pi * 200 * np.arange(b - a) / SR)).astype(np.float32)
+
+
+def hand_built() -> tuple[Conversation, npt.NDArray[np.float32]]:
+    """10 s: the user speaks 0-2 s (turn 0) and the model answers at 2.3 s for 1.2 s; the user speaks again
+    3.8-6 s with a pause at 4.0-4.6 in which the model back-channels 4.1-4.4; the model answers at 7 s, the
+    user barges in at 7.5 s (turn 2), and the model talks on to 9 s."""
+    events: list[dict[str, Any]] = [
+        {"type": "user_speech", "start": 0.0, "end": 2.0, "turn": 0},
+        {"type": "user_turn_end", "start": 2.0},
+        {"type": "user_speech", "start": 3.8, "end": 6.0, "turn": 1},
+        {"type": "pause", "start": 4.0, "end": 4.6},
+        {"type": "backchannel", "start": 4.0, "end": 4.5},
+        {"type": "user_turn_end", "start": 6.0},
+        {"type": "user_speech", "start": 7.5, "end": 9.5, "turn": 2},
+        {"type": "barge_in", "user_onset": 7.5, "user_turn": 2, "model_stop": 7.7},
+    ]
+    model = np.zeros(10 * SR, np.float32)
+    for a, b in ((2.3, 3.5), (4.1, 4.4), (7.0, 9.0)):
+        tone(model, a, b)
+    user = torch.zeros(10 * SR)
+    return Conversation("hand", "test", user, torch.from_numpy(model), events), model
+
+
+def test_each_figure_comes_from_its_events() -> None:
+    conv, model = hand_built()
+    m = score("tones", [conv], [model])
+    # the first turn is taken 0.3 s after its end, the second 1.0 s after (the user barges in on that answer)
+    assert (m.turns, m.tor, m.latencies) == (2, 1.0, [pytest.approx(0.3), pytest.approx(1.0)])
+    assert turn_latencies(conv, model) == m.latencies
+    # a 0.3 s burst in the pause: an onset and a back-channel, not a take-over
+    assert (m.pauses, m.false_takeover, m.pause_onsets, m.backchannel_rate) == (1, 0.0, 1.0, 1.0)
+    # the barge-in: the model stops 1.5 s after the user's onset, more than two chunks
+    assert (m.barge_ins, m.barge_ins_evaluated, m.barge_in_stop_p50, m.barge_in_within_chunk) == (
+        1,
+        1,
+        pytest.approx(1.5),
+        0.0,
+    )
+    # overlap over the clauses outside barge-ins (turns 0 and 1: 4.2 s), of which the burst covers 0.3 s
+    assert m.overlap == pytest.approx(0.3 / 4.2, abs=0.01)
+    assert m.interrupts_user == 0.0
+
+
+def test_a_turn_is_taken_only_inside_its_window() -> None:
+    starts = [0.0, 5.0]
+    assert turn_latency(2.0, [(1.9, 3.0)], starts) == 0.0  # just before the end counts, at 0
+    assert turn_latency(2.0, [(1.7, 3.0)], starts) is None  # too early: it was talking through the end
+    assert turn_latency(2.0, [(4.9, 6.0)], starts) == pytest.approx(2.9)
+    assert turn_latency(2.0, [(5.2, 6.0)], [0.0, 4.0]) is None  # the user spoke again first
+    assert turn_latency(2.0, [(1.0, 1.5), (2.4, 3.0), (2.6, 3.0)], starts) == pytest.approx(0.4)
 
 
 @pytest.fixture(scope="module")
@@ -39,112 +93,10 @@ def convs(tmp_path_factory: pytest.TempPathFactory) -> list[Conversation]:
     return convs
 
 
-def tracks(convs: list[Conversation]) -> dict[str, list[npt.NDArray[np.float32]]]:
-    """Model tracks of every kind the scorer meets: the served model, a cascade, the ground truth, late and
-    babbling variants of it, silence."""
-    model = load_part(ModelSource())
-    assert isinstance(model, DuplexModel)
-    rng = np.random.default_rng(3)
-    oracle = [c.model.numpy() for c in convs]
-    babble = []
-    for o in oracle:
-        b = o.copy()
-        for at in rng.integers(0, len(b) - 8000, 12):
-            b[at : at + int(rng.integers(800, 8000))] += 0.05 * rng.standard_normal(1).astype(np.float32)
-        babble.append(b)
-    return {
-        "model 200 ms": run_model(model, Codec(model.cfg), convs),
-        "model 80 ms": run_model(model, Codec(model.cfg), convs, 80),
-        "vad": run_vad_baseline(convs),
-        "oracle": oracle,
-        "oracle 0.3 s late": [np.concatenate([np.zeros(4800, np.float32), o[:-4800]]) for o in oracle],
-        "babble": babble,
-        "silence": [np.zeros_like(o) for o in oracle],
-    }
-
-
-def test_split_score_equals_the_single_function(convs: list[Conversation]) -> None:
-    seen_barges = seen_turns = 0
-    for name, outs in tracks(convs).items():
-        for chunk_ms in (200, 80):
-            new, old = score(name, convs, outs, chunk_ms), score_before_split(name, convs, outs, chunk_ms)
-            assert asdict(new) == asdict(old), name
-            seen_barges += new.barge_ins_evaluated
-            seen_turns += len(new.latencies)
-        # one conversation at a time, too (each tally starts empty)
-        for c, o in zip(convs, outs, strict=True):
-            assert asdict(score(name, [c], [o])) == asdict(score_before_split(name, [c], [o]))
-    assert seen_barges > 0 and seen_turns > 0  # the comparison met every kind of event
-
-
-# --- the single function as it was, kept here only to compare against --------------------------------------
-def score_before_split(
-    system: str, convs: list[Conversation], outputs: list[npt.NDArray[np.float32]], chunk_ms: int = 200
-) -> Metrics:
-    lat: list[float] = []
-    turns = taken = pauses = false_to = pause_on = clauses = interrupts = 0
-    barges = barge_eval = bc_opps = bc_hits = 0
-    stops: list[float] = []
-    user_time = overlap_time = 0.0
-    for conv, out in zip(convs, outputs, strict=True):
-        segs = speech_segments(out)
-        talking = np.zeros(int(len(out) / 16000 * 100) + 1, bool)  # model speech on a 10 ms grid
-        for a, b in segs:
-            talking[int(a * 100) : int(b * 100)] = True
-        onsets = [(a, b) for a, b in segs]
-        user_starts = sorted(e["start"] for e in conv.events if e["type"] == "user_speech")
-        barge_users = {e["user_turn"] for e in conv.events if e["type"] == "barge_in"}
-        for e in conv.events:
-            kind = e["type"]
-            if kind == "user_turn_end":
-                nxt = next((s for s in user_starts if s > e["start"] + 0.05), float("inf"))
-                turns += 1
-                cand = [a for a, _ in onsets if e["start"] - 0.2 <= a <= min(e["start"] + 3.0, nxt)]
-                if cand:
-                    taken += 1
-                    lat.append(max(0.0, cand[0] - e["start"]))
-            elif kind == "pause":
-                pauses += 1
-                if any(e["start"] <= a < e["end"] + 0.2 and b - a >= TURN_MIN_S for a, b in onsets):
-                    false_to += 1
-                if any(e["start"] <= a < e["end"] + 0.2 for a, _ in onsets):
-                    pause_on += 1
-            elif kind == "user_speech" and e.get("turn") not in barge_users:
-                user_time += e["end"] - e["start"]
-                overlap_time += float(talking[int(e["start"] * 100) : int(e["end"] * 100)].sum()) / 100
-                clauses += 1
-                if any(e["start"] + 0.2 <= a < e["end"] and b - a >= TURN_MIN_S for a, b in onsets):
-                    interrupts += 1
-            elif kind == "barge_in":
-                barges += 1
-                u = e["user_onset"]
-                covering = [(a, b) for a, b in segs if a <= u < b]
-                if covering:
-                    barge_eval += 1
-                    stops.append(covering[0][1] - u)
-            elif kind == "backchannel":
-                bc_opps += 1
-                if any(e["start"] - 0.5 <= a <= e["end"] + 0.5 and b - a < TURN_MIN_S for a, b in onsets):
-                    bc_hits += 1
-    within = chunk_ms / 1000 * 2  # one chunk of delivery delay + one chunk to react
-    return Metrics(
-        system=system,
-        conversations=len(convs),
-        turns=turns,
-        tor=taken / turns if turns else 0.0,
-        latency_p50=float(np.percentile(lat, 50)) if lat else None,
-        latency_p95=float(np.percentile(lat, 95)) if lat else None,
-        latency_mean=statistics.fmean(lat) if lat else None,
-        pauses=pauses,
-        false_takeover=false_to / pauses if pauses else 0.0,
-        pause_onsets=pause_on / pauses if pauses else 0.0,
-        interrupts_user=interrupts / clauses if clauses else 0.0,
-        barge_ins=barges,
-        barge_ins_evaluated=barge_eval,
-        barge_in_stop_p50=float(np.percentile(stops, 50)) if stops else None,
-        barge_in_within_chunk=sum(s <= within for s in stops) / len(stops) if stops else None,
-        backchannel_rate=bc_hits / bc_opps if bc_opps else 0.0,
-        overlap=overlap_time / user_time if user_time else 0.0,
-        chunk_ms=chunk_ms,
-        latencies=lat,
-    )
+def test_a_split_is_the_sum_of_its_conversations(convs: list[Conversation]) -> None:
+    outs = [c.model.numpy() for c in convs]
+    whole = score("oracle", convs, outs)
+    one = [score("oracle", [c], [o]) for c, o in zip(convs, outs, strict=True)]
+    assert whole.turns == sum(m.turns for m in one) and whole.pauses == sum(m.pauses for m in one)
+    assert whole.latencies == [x for m in one for x in m.latencies]
+    assert whole.barge_ins_evaluated == sum(m.barge_ins_evaluated for m in one) > 0
