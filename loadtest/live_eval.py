@@ -169,11 +169,12 @@ def evaluate_live(
     checkpoint: Path | None = None,
     chunk_ms: int = 200,
     concurrency: int = DEFAULT_CONCURRENCY,
+    metadata: Sequence[tuple[str, str]] = (),
 ) -> tuple[Metrics, LiveRun]:
-    """Score ``convs`` live through the server at ``address``, or through a ``duplex up`` serving ``checkpoint``
-    started here (and stopped after) when no address is given."""
+    """Score ``convs`` live through the server at ``address`` (``metadata``: e.g. its API key), or through a
+    ``duplex up`` serving ``checkpoint`` started here (and stopped after) when no address is given."""
     if address is not None:
-        run = stream_live(address, convs, chunk_ms, concurrency)
+        run = stream_live(address, convs, chunk_ms, concurrency, metadata)
     else:
         with LocalUp(args=up_args(checkpoint, chunk_ms, concurrency)) as up:
             run = stream_live(up.address, convs, chunk_ms, concurrency)

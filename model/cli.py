@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -200,6 +201,9 @@ def eval_cmd(
         str | None, typer.Option(help="With --live: HOST:PORT of a running server (default: start `duplex up`).")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="With --live: conversations held at once.")] = 8,
+    api_key: Annotated[
+        str, typer.Option(help="With --live --address: the server's API key (or $DUPLEX_API_KEY).")
+    ] = os.environ.get("DUPLEX_API_KEY", ""),
     limit: Annotated[int | None, typer.Option(help="Evaluate only the split's first N conversations.")] = None,
     baseline: Annotated[
         list[str], typer.Option(help="Also score: vad (silero-vad server VAD), oracle (the target track itself).")
@@ -213,7 +217,7 @@ def eval_cmd(
     try:
         convs = _eval_conversations(corpus, split, limit)
         if live:
-            ours, about = _eval_live(convs, address, checkpoint, chunk_ms, concurrency)
+            ours, about = _eval_live(convs, address, checkpoint, chunk_ms, concurrency, api_key)
         else:
             ours, about = _eval_offline(convs, checkpoint, chunk_ms), {}
     except _eval_errors() as e:
@@ -275,7 +279,12 @@ def _eval_offline(convs: list[Conversation], checkpoint: Path | None, chunk_ms: 
 
 
 def _eval_live(
-    convs: list[Conversation], address: str | None, checkpoint: Path | None, chunk_ms: int, concurrency: int
+    convs: list[Conversation],
+    address: str | None,
+    checkpoint: Path | None,
+    chunk_ms: int,
+    concurrency: int,
+    api_key: str,
 ) -> tuple[Metrics, dict[str, object]]:
     from dataclasses import asdict
 
@@ -283,7 +292,8 @@ def _eval_live(
 
     if address is None and checkpoint is not None and not checkpoint.exists():
         raise ModelError(f"--checkpoint {checkpoint}: no such file or directory")
-    m, run = evaluate_live("duplex (live)", convs, address, checkpoint, chunk_ms, concurrency)
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key and address is not None else []
+    m, run = evaluate_live("duplex (live)", convs, address, checkpoint, chunk_ms, concurrency, metadata)
     console.print(f"live: {describe(run.delivery)}")
     return m, {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
 
