@@ -146,6 +146,7 @@ def test_live_turn_taking_is_scored_from_what_was_heard(
 ) -> None:
     run = stream_live(up.address, convs, CHUNK_MS, concurrency=3)
     assert run.delivery.chunks == sum(-(-len(c.user) // C) for c in convs)
+    assert run.delivery.substituted == 0, "a client stalled 0.6 s: the model heard silence, not the corpus"
     pairs = 0
     for conv, rec, heard, off in zip(convs, run.records, run.tracks, offline, strict=True):
         n = len(heard)
