@@ -61,6 +61,7 @@ ORDER = (
     "soak_runs",
     "soak_server",
     "turn_taking",
+    "turn_taking_live",
     "model_step",
     "model_step_moe",
     "model_step_profile",

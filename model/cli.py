@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -12,6 +13,10 @@ from rich.table import Table
 
 from .config import ModelConfig, ModelError, get_preset
 from .planner import GIB, count_params, plan
+
+if TYPE_CHECKING:
+    from .data import Conversation
+    from .evaluate import Metrics
 
 app = typer.Typer(help="Model presets, sizes, shard plans and checkpoints.", no_args_is_help=True)
 console = Console()
@@ -160,71 +165,158 @@ def train(
     )
 
 
+TASKS = ("turns",)
+BASELINES = ("vad", "oracle")
+TABLE_KEYS = (
+    "tor",
+    "latency_p50",
+    "latency_p95",
+    "latency_mean",
+    "false_takeover",
+    "interrupts_user",
+    "overlap",
+    "barge_in_stop_p50",
+    "barge_in_within_chunk",
+    "barge_ins_evaluated",
+    "backchannel_rate",
+)
+
+
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Annotated[Path, typer.Option(help="Checkpoint (.safetensors) to evaluate.")],
     corpus: Annotated[Path, typer.Option(help="Corpus directory.")],
-    split: Annotated[str, typer.Option(help="train, validation or test.")] = "test",
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint (.safetensors) to evaluate (default: the shipped one); with --live and no --address, "
+            "the one `duplex up` serves."
+        ),
+    ] = None,
+    split: Annotated[str, typer.Option(help="A split of the corpus: train, validation, test or any other.")] = "test",
+    task: Annotated[str, typer.Option(help="What to evaluate: turns (turn-taking).")] = "turns",
+    live: Annotated[
+        bool, typer.Option("--live", help="Stream the split in real time through a server, scored as heard.")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="With --live: HOST:PORT of a running server (default: start `duplex up`).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="With --live: conversations held at once.")] = 8,
+    api_key: Annotated[
+        str, typer.Option(help="With --live --address: the server's API key (or $DUPLEX_API_KEY).")
+    ] = os.environ.get("DUPLEX_API_KEY", ""),
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the split's first N conversations.")] = None,
     baseline: Annotated[
         list[str], typer.Option(help="Also score: vad (silero-vad server VAD), oracle (the target track itself).")
     ] = [],  # noqa: B006
     chunk_ms: Annotated[int, typer.Option(help="Serving chunk size.")] = 200,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write all metrics to this JSON file.")] = None,
 ) -> None:
-    """Turn-taking metrics through the real streaming path, scored on output audio (FD-bench style)."""
-    from . import checkpoint as ckpt
-    from .codec import Codec
-    from .data import load_split
-    from .evaluate import run_model, run_vad_baseline, score
-    from .model import DuplexModel
-
-    unknown = [b for b in baseline if b not in ("vad", "oracle")]
-    if unknown:
-        raise typer.BadParameter(f"unknown baseline(s) {unknown}; choose vad or oracle", param_hint="--baseline")
+    """Turn-taking metrics through the real streaming path, scored on output audio (FD-bench style); with
+    --live, through a running server at live-microphone pace, the model's audio placed as it was heard."""
+    _check_eval_flags(task, baseline, live, address, concurrency, limit)
     try:
-        model = ckpt.load(checkpoint)
-        assert isinstance(model, DuplexModel)
-        convs = load_split(corpus, split)
-        results = [score("duplex", convs, run_model(model.eval(), Codec(model.cfg), convs, chunk_ms), chunk_ms)]
-    except ModelError as e:
+        convs = _eval_conversations(corpus, split, limit)
+        if live:
+            ours, about = _eval_live(convs, address, checkpoint, chunk_ms, concurrency, api_key)
+        else:
+            ours, about = _eval_offline(convs, checkpoint, chunk_ms), {}
+    except _eval_errors() as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    results = [ours, *_baselines(baseline, convs, chunk_ms)]
+    _print_eval(results, f"turn-taking on {corpus} ({split}, {len(convs)} conversations{', live' if live else ''})")
+    if as_json is not None:
+        doc = {"split": split, "corpus": str(corpus), "checkpoint": str(checkpoint or _shipped()), "live": live}
+        as_json.write_text(json.dumps({**doc, **about, "systems": [r.summary() for r in results]}, indent=2))
+
+
+def _check_eval_flags(
+    task: str, baseline: list[str], live: bool, address: str | None, concurrency: int, limit: int | None
+) -> None:
+    if task not in TASKS:
+        raise typer.BadParameter(f"unknown task {task!r}; choose {', '.join(TASKS)}", param_hint="--task")
+    unknown = [b for b in baseline if b not in BASELINES]
+    if unknown:
+        raise typer.BadParameter(f"unknown baseline(s) {unknown}; choose vad or oracle", param_hint="--baseline")
+    if address is not None and not live:
+        raise typer.BadParameter("only with --live (the offline evaluation needs no server)", param_hint="--address")
+    if concurrency < 1:
+        raise typer.BadParameter(f"must be at least 1, got {concurrency}", param_hint="--concurrency")
+    if limit is not None and limit < 1:
+        raise typer.BadParameter(f"must be at least 1, got {limit}", param_hint="--limit")
+
+
+def _eval_errors() -> tuple[type[Exception], ...]:
+    """The errors an evaluation reports as a message: a bad corpus or checkpoint, a server that failed."""
+    from duplex.loadtest.live_eval import LiveEvalError
+    from duplex.loadtest.local import LocalUpError
+
+    return (ModelError, LiveEvalError, LocalUpError)
+
+
+def _shipped() -> Path:
+    from .runtime import SHIPPED
+
+    return SHIPPED / "tiny.safetensors"
+
+
+def _eval_conversations(corpus: Path, split: str, limit: int | None) -> list[Conversation]:
+    from .data import load_split
+
+    return load_split(corpus, split)[:limit]
+
+
+def _eval_offline(convs: list[Conversation], checkpoint: Path | None, chunk_ms: int) -> Metrics:
+    from . import checkpoint as ckpt
+    from .codec import Codec
+    from .evaluate import run_model, score
+    from .model import DuplexModel
+
+    model = ckpt.load(checkpoint or _shipped())
+    if not isinstance(model, DuplexModel):
+        raise ModelError(f"{checkpoint}: not a duplex reference checkpoint")
+    return score("duplex", convs, run_model(model.eval(), Codec(model.cfg), convs, chunk_ms), chunk_ms)
+
+
+def _eval_live(
+    convs: list[Conversation],
+    address: str | None,
+    checkpoint: Path | None,
+    chunk_ms: int,
+    concurrency: int,
+    api_key: str,
+) -> tuple[Metrics, dict[str, object]]:
+    from dataclasses import asdict
+
+    from duplex.loadtest.live_eval import describe, evaluate_live
+
+    if address is None and checkpoint is not None and not checkpoint.exists():
+        raise ModelError(f"--checkpoint {checkpoint}: no such file or directory")
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key and address is not None else []
+    m, run = evaluate_live("duplex (live)", convs, address, checkpoint, chunk_ms, concurrency, metadata)
+    console.print(f"live: {describe(run.delivery)}")
+    return m, {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+
+
+def _baselines(baseline: list[str], convs: list[Conversation], chunk_ms: int) -> list[Metrics]:
+    from .evaluate import run_vad_baseline, score
+
+    results = []
     if "vad" in baseline:
         results.append(score("silero-vad server VAD", convs, run_vad_baseline(convs), chunk_ms))
     if "oracle" in baseline:
         results.append(score("target track (oracle)", convs, [c.model.numpy() for c in convs], chunk_ms))
-    table = Table(title=f"turn-taking on {corpus} ({split}, {len(convs)} conversations)")
-    keys = [
-        "tor",
-        "latency_p50",
-        "latency_p95",
-        "latency_mean",
-        "false_takeover",
-        "interrupts_user",
-        "overlap",
-        "barge_in_stop_p50",
-        "barge_in_within_chunk",
-        "barge_ins_evaluated",
-        "backchannel_rate",
-    ]
+    return results
+
+
+def _print_eval(results: list[Metrics], title: str) -> None:
+    table = Table(title=title)
     table.add_column("metric")
     for r in results:
         table.add_column(r.system, justify="right")
-    for k in keys:
+    for k in TABLE_KEYS:
         table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
     console.print(table)
-    if as_json is not None:
-        as_json.write_text(
-            json.dumps(
-                {
-                    "split": split,
-                    "corpus": str(corpus),
-                    "checkpoint": str(checkpoint),
-                    "systems": [r.summary() for r in results],
-                },
-                indent=2,
-            )
-        )
 
 
 def _fmt(v: object) -> str:

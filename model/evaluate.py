@@ -76,10 +76,12 @@ class Metrics:
 
 
 def run_model(
-    model: DuplexModel, codec: Codec, convs: list[Conversation], chunk_ms: int = 200
+    model: DuplexModel, codec: Codec, convs: list[Conversation], chunk_ms: int = 200, batch_invariant: bool = False
 ) -> list[npt.NDArray[np.float32]]:
     """Stream every conversation through ``step`` + codec decode (batched, one slot each); the output audio
-    is returned on the conversation's time axis, one chunk late (as heard in real time)."""
+    is returned on the conversation's time axis, one chunk late (as heard in real time, with no delay but the
+    capture of the chunk). ``batch_invariant``: the kernels ``duplex up`` steps with (``engine.batch_invariant``),
+    so each conversation's outputs are the ones the server gives it."""
     cfg = model.cfg
     F = cfg.frames_per_chunk(chunk_ms)
     C = F * cfg.frame_samples
@@ -93,7 +95,7 @@ def run_model(
     out = torch.zeros(n, (chunks + 1) * C)
     with torch.no_grad():
         for k in range(chunks):
-            step = model.step(state, audio[:, k * C : (k + 1) * C])
+            step = model.step(state, audio[:, k * C : (k + 1) * C], batch_invariant=batch_invariant)
             out[:, (k + 1) * C : (k + 2) * C] = codec.decode(step.audio_codes, cs)
     return [out[i, : c.user.shape[0]].numpy() for i, c in enumerate(convs)]
 
@@ -131,73 +133,151 @@ def run_vad_baseline(convs: list[Conversation], reply_s: float = 2.0) -> list[np
     return outs
 
 
-def score(
-    system: str, convs: list[Conversation], outputs: list[npt.NDArray[np.float32]], chunk_ms: int = 200
-) -> Metrics:
-    lat: list[float] = []
-    turns = taken = pauses = false_to = pause_on = clauses = interrupts = 0
-    barges = barge_eval = bc_opps = bc_hits = 0
-    stops: list[float] = []
-    user_time = overlap_time = 0.0
-    for conv, out in zip(convs, outputs, strict=True):
-        segs = speech_segments(out)
-        talking = np.zeros(int(len(out) / 16000 * 100) + 1, bool)  # model speech on a 10 ms grid
-        for a, b in segs:
-            talking[int(a * 100) : int(b * 100)] = True
-        onsets = [(a, b) for a, b in segs]
-        user_starts = sorted(e["start"] for e in conv.events if e["type"] == "user_speech")
-        barge_users = {e["user_turn"] for e in conv.events if e["type"] == "barge_in"}
-        for e in conv.events:
-            kind = e["type"]
-            if kind == "user_turn_end":
-                nxt = next((s for s in user_starts if s > e["start"] + 0.05), float("inf"))
-                turns += 1
-                cand = [a for a, _ in onsets if e["start"] - 0.2 <= a <= min(e["start"] + 3.0, nxt)]
-                if cand:
-                    taken += 1
-                    lat.append(max(0.0, cand[0] - e["start"]))
-            elif kind == "pause":
-                pauses += 1
-                if any(e["start"] <= a < e["end"] + 0.2 and b - a >= TURN_MIN_S for a, b in onsets):
-                    false_to += 1
-                if any(e["start"] <= a < e["end"] + 0.2 for a, _ in onsets):
-                    pause_on += 1
-            elif kind == "user_speech" and e.get("turn") not in barge_users:
-                user_time += e["end"] - e["start"]
-                overlap_time += float(talking[int(e["start"] * 100) : int(e["end"] * 100)].sum()) / 100
-                clauses += 1
-                if any(e["start"] + 0.2 <= a < e["end"] and b - a >= TURN_MIN_S for a, b in onsets):
-                    interrupts += 1
-            elif kind == "barge_in":
-                barges += 1
-                u = e["user_onset"]
-                covering = [(a, b) for a, b in segs if a <= u < b]
-                if covering:
-                    barge_eval += 1
-                    stops.append(covering[0][1] - u)
-            elif kind == "backchannel":
-                bc_opps += 1
-                if any(e["start"] - 0.5 <= a <= e["end"] + 0.5 and b - a < TURN_MIN_S for a, b in onsets):
-                    bc_hits += 1
+@dataclass
+class Tally:
+    """What ``score`` counts, summed over conversations (in event order, so the sums are reproducible)."""
+
+    turns: int = 0
+    taken: int = 0
+    latencies: list[float] = field(default_factory=list)
+    pauses: int = 0
+    false_takeovers: int = 0
+    pause_onsets: int = 0
+    clauses: int = 0
+    interrupts: int = 0
+    user_time: float = 0.0
+    overlap_time: float = 0.0
+    barge_ins: int = 0
+    stops: list[float] = field(default_factory=list)
+    backchannels: int = 0
+    backchannel_hits: int = 0
+
+
+Segments = list[tuple[float, float]]
+
+
+def talking_grid(segs: Segments, samples: int) -> npt.NDArray[np.bool_]:
+    """Model speech on a 10 ms grid, from the detector's segments of a track of ``samples`` samples."""
+    talking = np.zeros(int(samples / 16000 * 100) + 1, bool)
+    for a, b in segs:
+        talking[int(a * 100) : int(b * 100)] = True
+    return talking
+
+
+def turn_latency(end: float, segs: Segments, user_starts: list[float]) -> float | None:
+    """The latency of the model's reply to a user end of turn at ``end`` (None: the turn was not taken): the
+    first onset in [end - 0.2, end + 3] s and before the user speaks again, minus ``end``, clipped at 0."""
+    nxt = next((s for s in user_starts if s > end + 0.05), float("inf"))
+    cand = [a for a, _ in segs if end - 0.2 <= a <= min(end + 3.0, nxt)]
+    return max(0.0, cand[0] - end) if cand else None
+
+
+def turn_latencies(conv: Conversation, out: npt.NDArray[np.float32]) -> list[float | None]:
+    """``turn_latency`` of every user end of turn of ``conv`` (event order) against the model track ``out``."""
+    segs = speech_segments(out)
+    starts = user_starts(conv)
+    return [turn_latency(e["start"], segs, starts) for e in conv.events if e["type"] == "user_turn_end"]
+
+
+def user_starts(conv: Conversation) -> list[float]:
+    return sorted(e["start"] for e in conv.events if e["type"] == "user_speech")
+
+
+def _turn_end(t: Tally, e: dict[str, Any], segs: Segments, starts: list[float]) -> None:
+    t.turns += 1
+    latency = turn_latency(e["start"], segs, starts)
+    if latency is not None:
+        t.taken += 1
+        t.latencies.append(latency)
+
+
+def _pause(t: Tally, e: dict[str, Any], segs: Segments) -> None:
+    t.pauses += 1
+    inside = [(a, b) for a, b in segs if e["start"] <= a < e["end"] + 0.2]
+    t.false_takeovers += any(b - a >= TURN_MIN_S for a, b in inside)
+    t.pause_onsets += bool(inside)
+
+
+def _clause(t: Tally, e: dict[str, Any], segs: Segments, talking: npt.NDArray[np.bool_]) -> None:
+    t.user_time += e["end"] - e["start"]
+    t.overlap_time += float(talking[int(e["start"] * 100) : int(e["end"] * 100)].sum()) / 100
+    t.clauses += 1
+    t.interrupts += any(e["start"] + 0.2 <= a < e["end"] and b - a >= TURN_MIN_S for a, b in segs)
+
+
+def _barge_in(t: Tally, e: dict[str, Any], segs: Segments) -> None:
+    t.barge_ins += 1
+    u = e["user_onset"]
+    covering = [(a, b) for a, b in segs if a <= u < b]
+    if covering:
+        t.stops.append(covering[0][1] - u)
+
+
+def _backchannel(t: Tally, e: dict[str, Any], segs: Segments) -> None:
+    t.backchannels += 1
+    t.backchannel_hits += any(e["start"] - 0.5 <= a <= e["end"] + 0.5 and b - a < TURN_MIN_S for a, b in segs)
+
+
+def tally_conversation(t: Tally, conv: Conversation, out: npt.NDArray[np.float32]) -> None:
+    """Add one conversation, scored on the model track ``out`` (its time axis), to ``t``."""
+    segs = speech_segments(out)
+    talking = talking_grid(segs, len(out))
+    starts = user_starts(conv)
+    barge_users = {e["user_turn"] for e in conv.events if e["type"] == "barge_in"}
+    for e in conv.events:
+        kind = e["type"]
+        if kind == "user_turn_end":
+            _turn_end(t, e, segs, starts)
+        elif kind == "pause":
+            _pause(t, e, segs)
+        elif kind == "user_speech" and e.get("turn") not in barge_users:
+            _clause(t, e, segs, talking)
+        elif kind == "barge_in":
+            _barge_in(t, e, segs)
+        elif kind == "backchannel":
+            _backchannel(t, e, segs)
+
+
+def _share(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+def _percentile(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+def metrics(system: str, conversations: int, t: Tally, chunk_ms: int) -> Metrics:
+    """The figures of a tally."""
     within = chunk_ms / 1000 * 2  # one chunk of delivery delay + one chunk to react
+    lat, stops = t.latencies, t.stops
     return Metrics(
         system=system,
-        conversations=len(convs),
-        turns=turns,
-        tor=taken / turns if turns else 0.0,
-        latency_p50=float(np.percentile(lat, 50)) if lat else None,
-        latency_p95=float(np.percentile(lat, 95)) if lat else None,
+        conversations=conversations,
+        turns=t.turns,
+        tor=_share(t.taken, t.turns),
+        latency_p50=_percentile(lat, 50),
+        latency_p95=_percentile(lat, 95),
         latency_mean=statistics.fmean(lat) if lat else None,
-        pauses=pauses,
-        false_takeover=false_to / pauses if pauses else 0.0,
-        pause_onsets=pause_on / pauses if pauses else 0.0,
-        interrupts_user=interrupts / clauses if clauses else 0.0,
-        barge_ins=barges,
-        barge_ins_evaluated=barge_eval,
-        barge_in_stop_p50=float(np.percentile(stops, 50)) if stops else None,
+        pauses=t.pauses,
+        false_takeover=_share(t.false_takeovers, t.pauses),
+        pause_onsets=_share(t.pause_onsets, t.pauses),
+        interrupts_user=_share(t.interrupts, t.clauses),
+        barge_ins=t.barge_ins,
+        barge_ins_evaluated=len(stops),
+        barge_in_stop_p50=_percentile(stops, 50),
         barge_in_within_chunk=sum(s <= within for s in stops) / len(stops) if stops else None,
-        backchannel_rate=bc_hits / bc_opps if bc_opps else 0.0,
-        overlap=overlap_time / user_time if user_time else 0.0,
+        backchannel_rate=_share(t.backchannel_hits, t.backchannels),
+        overlap=_share(t.overlap_time, t.user_time),
         chunk_ms=chunk_ms,
         latencies=lat,
     )
+
+
+def score(
+    system: str, convs: list[Conversation], outputs: list[npt.NDArray[np.float32]], chunk_ms: int = 200
+) -> Metrics:
+    """Score each conversation's model track (on its time axis: offline, one chunk late; live, as heard)."""
+    t = Tally()
+    for conv, out in zip(convs, outputs, strict=True):
+        tally_conversation(t, conv, out)
+    return metrics(system, len(convs), t, chunk_ms)
