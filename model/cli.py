@@ -131,6 +131,7 @@ def _plan_moshi(
 def train(
     corpus: Annotated[Path, typer.Option(help="Corpus directory from `duplex corpus make`.")],
     out: Annotated[Path, typer.Option(help="Checkpoint to write (.safetensors).")],
+    preset: Annotated[str, typer.Option(help="Model shape: a preset of `duplex model presets`.")] = "tiny",
     minutes: Annotated[float, typer.Option(help="Wall-clock cap in minutes.")] = 60.0,
     steps: Annotated[int, typer.Option(help="Optimizer steps (the schedule spans them).")] = 3000,
     batch: Annotated[int, typer.Option(help="Crops per step.")] = 8,
@@ -144,10 +145,12 @@ def train(
 
     if not (corpus / "manifest.json").is_file():
         raise typer.BadParameter(f"{corpus} has no manifest.json: not a corpus", param_hint="--corpus")
+    _preset(preset)
     try:
         settings = TrainSettings(
             corpus=corpus,
             out=out,
+            preset=preset,
             minutes=minutes,
             steps=steps,
             batch=batch,
