@@ -177,6 +177,10 @@ class SlotSession:
     """Moving average of how long its on-time chunks waited for their step (drives migration)."""
     ended: bool = False
     """The client sent EndOfStream: finish the pending chunks, then close."""
+    tail: bool = False
+    """Its input ended and the model goes on (``StreamFormat.continues_after_input``): silence is fed."""
+    tail_done: bool = False
+    """A step said the model's output is over (``FamilyStep.done``): close once nothing is pending."""
     left: bool = False
     """Its slot was freed: chunks still arriving are dropped."""
     parked: bool = False
