@@ -340,7 +340,7 @@ class StepPlanner:
         """Queue a chunk of silence for a session whose input ended (marking the slot's input ended first)."""
         ops: list[SlotOp] = [] if s.tail else [SlotEndInput(s.slot)]
         s.tail = True
-        s.pending.append(InputChunk(s.next_seq, bytes(2 * self.tail_chunk_samples), 0, now, 0))
+        s.pending.append(InputChunk(s.next_seq, bytes(2 * self.tail_chunk_samples), 0, now, 0, tail=True))
         return ops
 
     def _finish_unplaced(self, out: Housekeeping) -> None:

@@ -40,6 +40,9 @@ class InputChunk:
     """Engine monotonic time when it was received."""
     recv_wall_us: int
     """Engine wall clock (µs since the epoch) when it was received."""
+    tail: bool = False
+    """Silence the engine queued after the client's input ended, for a model that goes on after its input (no
+    client chunk: ``client_time_us`` and ``recv_wall_us`` are 0, ``recv_mono`` is when it was queued)."""
 
 
 @dataclass

@@ -111,6 +111,10 @@ def test_a_hibiki_session_ends_after_its_tail_and_equals_itself_alone(tmp_path: 
         # its own chunks answered, then the tail: TAIL more chunks of the model's audio, then the stream ended
         assert sorted(audio) == list(range(frames + TAIL))
         assert any(audio[seq].pcm for seq in range(frames, frames + TAIL)), "no trailing audio after the input"
+        own = [audio[seq].timing for seq in range(frames)]
+        tail = [audio[seq].timing for seq in range(frames, frames + TAIL)]
+        assert all(t.client_time_us > 0 for t in own) and all(t.client_time_us == 0 for t in tail)
+        assert all(0 < t.server_recv_us <= t.step_start_us for t in tail), "a tail chunk's time is when it was queued"
         shared |= {audio[seq].timing.batch_size for seq in audio}
         text, wave = alone(reference, pcm)
         for seq, ref in enumerate(wave):
@@ -121,3 +125,9 @@ def test_a_hibiki_session_ends_after_its_tail_and_equals_itself_alone(tmp_path: 
         got_text = {r.event.text.seq: r.event.text.text for r in conv.of("text")}
         assert got_text == {seq: s for seq, s in expected.items() if s}
     assert max(shared) == 2, f"the two sessions never shared a step: batch sizes {shared}"
+
+    def chunks(kind: str) -> float:
+        return engine.metrics.registry.get_sample_value("duplex_engine_chunks_total", {"kind": kind}) or 0.0
+
+    assert chunks("tail") == 2 * TAIL, "the silence fed after the input is counted apart from the clients' chunks"
+    assert chunks("on_time") + chunks("late") == sum(len(pcm) // FRAME for pcm in inputs)

@@ -522,7 +522,7 @@ def test_a_model_that_goes_on_after_its_input_is_fed_silence_until_it_is_done() 
         chores = p.housekeeping(now)
         assert chores.finished == []
         assert chores.slot_ops == ([SlotEndInput(a.slot)] if i == 0 else []), "the input is ended once"
-        assert [(ch.seq, ch.pcm, ch.recv_mono) for ch in a.pending] == [(2 + i, SILENCE, now)]
+        assert [(ch.seq, ch.pcm, ch.recv_mono, ch.tail) for ch in a.pending] == [(2 + i, SILENCE, now, True)]
         assert p.housekeeping(now).slot_ops == [] and len(a.pending) == 1, "one chunk of silence at a time"
         chunk(p, b, 2 + i, c.due - 0.002)
         plan = step(p, c.due - 0.001)
