@@ -222,21 +222,25 @@ class MoshiSlots:
         self._home: dict[int, tuple[_Block, int]] = {}
 
     def block(self, rows: slice) -> _Block:
-        """The block of the slot range ``rows`` (created, with its slots brought in, on first use)."""
+        """The block of the slot range ``rows`` (created on first use), with its slots brought in: those homed
+        in another block since (a step over a sub-range, a move) are copied back."""
         start, stop, stride = rows.indices(self.slots)
         if stride != 1 or stop <= start:
             raise ModelError(f"rows={rows} must be a non-empty contiguous range of the {self.slots} slots")
-        found = self._blocks.get((start, stop))
-        if found is not None:
-            return found
-        block = self.served._new_block(start, stop - start)
+        block = self._blocks.get((start, stop))
+        if block is None:
+            block = self._blocks[(start, stop)] = self.served._new_block(start, stop - start)
+        moved = False
         for slot in range(start, stop):
             home = self._home.get(slot)
+            if home is not None and home[0] is block:
+                continue
             if home is not None:
                 self.served._copy_row(home[0], home[1], block, slot - start)
             self._home[slot] = (block, slot - start)
-        self._blocks[(start, stop)] = block
-        self._prune()
+            moved = True
+        if moved:
+            self._prune()
         return block
 
     def move(self, src: int, dst: int) -> None:

@@ -154,7 +154,8 @@ class Script:
 
 def test_guided_sessions_in_blocks_equal_alone(ckpt: MoshiCheckpoint) -> None:
     """Guided sessions in two 3-slot blocks: joining at different chunks, pausing (in their audio and in their
-    tail), one moved to the other block after its input ended, one slot reused; each equals itself alone."""
+    tail), one moved to the other block after its input ended, one slot reused, then stepped as one realigned
+    6-slot block and a one-row block (the engine's catch-up steps); each equals itself alone."""
     served = HibikiServed(ckpt, cfg_coef=CFG)
     slots = served.new_slots(6)
     blocks = (slice(0, 3), slice(3, 6))
@@ -164,12 +165,14 @@ def test_guided_sessions_in_blocks_equal_alone(ckpt: MoshiCheckpoint) -> None:
         "c": Script(1, 11, varied_audio(1, 3, seed=13)[0], tail=3),  # b's slot, after b left
         "d": Script(3, 2, varied_audio(1, 4, seed=14)[0], tail=5, paused={9}),
         "e": Script(4, 0, varied_audio(1, 7, seed=15)[0], tail=2),
+        "f": Script(2, 9, varied_audio(1, 6, seed=16)[0], tail=4),  # stepped twice a chunk from chunk 13
+        "g": Script(4, 12, varied_audio(1, 4, seed=17)[0], tail=3),  # e's slot
     }
     move = ("b", 7, 5)  # after its input ended, b moves to slot 5 (the other block) before chunk 7
     slot_of: dict[str, int] = {}
     fed = dict.fromkeys(scripts, 0)
     traces = {name: Trace() for name in scripts}
-    for chunk in range(17):
+    for chunk in range(19):
         for name, sc in scripts.items():
             if chunk == sc.first:
                 slots.reset(sc.slot)
@@ -179,7 +182,7 @@ def test_guided_sessions_in_blocks_equal_alone(ckpt: MoshiCheckpoint) -> None:
         if chunk == move[1]:
             slots.move(slot_of[move[0]], move[2])
             slot_of[move[0]] = move[2]
-        for rows in blocks:
+        for rows in blocks if chunk < 13 else (slice(0, 6), slice(2, 3)):  # then realigned, and a one-row step
             n = rows.stop - rows.start
             audio = 0.3 * torch.randn(n, FRAME, generator=torch.Generator().manual_seed(chunk * 10 + rows.start))
             active = torch.zeros(n, dtype=torch.bool)
