@@ -20,7 +20,10 @@ code (every codebook ``mimi.cardinality``, Mimi not advanced), as upstream's ``r
 frames after it Mimi's codes of the silence the engine feeds. The row is *done* at the first of: the model's text
 end-of-sequence token (the tokenizer's ``eos_id``), ``tail_hangover_frames`` frames without a word since the
 input ended or since the last word, or ``tail_max_frames`` frames after the input ended (``FamilyStep.done``).
-The counters are per-row state: they move and reset with the row."""
+The counters are per-row state: they move and reset with the row.
+
+Floor control. The user's speech is Hibiki's source, not an interruption: a frame is SPEAK while the model
+produces words (``served.FloorTracker``'s rule) and its turn ends in LISTEN, never in YIELD (no barge-in)."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from torch import Tensor
 from ..config import ModelError
 from ..family import StreamFormat
 from .checkpoint import MoshiCheckpoint
-from .served import MoshiServed, MoshiSlots, _Block, _copy_state_row
+from .served import FloorTracker, MoshiServed, MoshiSlots, _Block, _copy_state_row
 
 DESCRIPTION = "description"
 """Hibiki's conditioner: a LUT over quality labels, summed into the LM's input."""
@@ -84,6 +87,13 @@ class TailTracker:
 
     def reset(self, row: int) -> None:
         self.since_end[row], self.since_word[row], self.done[row] = -1, 0, False
+
+
+class TranslationFloor(FloorTracker):
+    """``FloorTracker`` for a translator: the speaker's voice never makes the end of a turn a barge-in."""
+
+    def update(self, text: Tensor, voiced: Tensor, active: Tensor) -> Tensor:
+        return super().update(text, torch.zeros_like(voiced), active)
 
 
 @dataclasses.dataclass(eq=False)
@@ -215,6 +225,7 @@ class HibikiServed(MoshiServed):
         self.gen.condition_tensors = self._condition_tensors(rows)  # read when the block's state is created
         block = super()._new_block(start, rows)
         fields = {f.name: getattr(block, f.name) for f in dataclasses.fields(block)}
+        fields["floor"] = TranslationFloor(rows, self.pad_ids, self.device)
         tail = TailTracker(rows, self.pad_ids, self.eos_id, self.tail_hangover_frames, self.tail_max_frames)
         return HibikiBlock(**fields, tail=tail)
 

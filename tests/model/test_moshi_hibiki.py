@@ -23,9 +23,10 @@ from moshi.conditioners.base import ConditionAttributes
 from moshi_fixtures import FRAME, LMGen, tiny_checkpoint, varied_audio, write_checkpoint
 
 from duplex.model.config import ModelError
+from duplex.model.family import Floor
 from duplex.model.moshi.checkpoint import MoshiCheckpoint, load_checkpoint
-from duplex.model.moshi.hibiki import CONDITIONED, UNCONDITIONED, HibikiServed
-from duplex.model.moshi.served import MoshiServed
+from duplex.model.moshi.hibiki import CONDITIONED, UNCONDITIONED, HibikiServed, TranslationFloor
+from duplex.model.moshi.served import SPEAK_HANGOVER_FRAMES, FloorTracker, MoshiServed
 from duplex.model.moshi.tiny import init_checkpoint
 from duplex.model.runtime import load_served
 from duplex.model.spec import ModelSource
@@ -48,6 +49,7 @@ class Trace:
     """One session's committed outputs, chunk by chunk."""
 
     text: list[list[int]] = field(default_factory=list)
+    control: list[torch.Tensor] = field(default_factory=list)
     wave: list[torch.Tensor] = field(default_factory=list)
     done: list[bool] = field(default_factory=list)
 
@@ -55,6 +57,7 @@ class Trace:
         assert len(self.wave) == len(other.wave), what
         for c, (a, b) in enumerate(zip(self.wave, other.wave, strict=True)):
             assert self.text[c] == other.text[c], f"{what}: text differs at chunk {c}"
+            assert torch.equal(self.control[c], other.control[c]), f"{what}: control differs at chunk {c}"
             assert torch.equal(a, b), f"{what}: wave differs at chunk {c} by {(a - b).abs().max().item():.3g}"
         assert self.done == other.done, what
 
@@ -75,6 +78,7 @@ def run_alone(served: HibikiServed, audio: torch.Tensor, tail: int, batch_invari
         out = served.step(slots, x[None], slice(0, 1), batch_invariant=batch_invariant)
         assert out.done is not None
         trace.text.append(out.text[0])
+        trace.control.append(out.control[0])
         trace.wave.append(out.wave[0])
         trace.done.append(bool(out.done[0]))
     return trace
@@ -201,6 +205,7 @@ def test_guided_sessions_in_blocks_equal_alone(ckpt: MoshiCheckpoint) -> None:
             for row, name in here.items():
                 if active[row]:
                     traces[name].text.append(out.text[row])
+                    traces[name].control.append(out.control[row])
                     traces[name].wave.append(out.wave[row])
                     traces[name].done.append(bool(out.done[row]))
                     fed[name] += 1
@@ -270,6 +275,19 @@ def test_tail_state_moves_and_resets_with_the_row(ckpt: MoshiCheckpoint) -> None
     for expected in ([False, False], [False, False], [False, True]):
         out = served.step(fresh, torch.zeros(2, FRAME), slice(0, 2))
         assert out.done is not None and out.done.tolist() == expected
+
+
+def test_the_speakers_voice_is_no_barge_in() -> None:
+    """A translator's turn ends in LISTEN even while the speaker talks (Moshi's ends in YIELD, a barge-in)."""
+    pad, word = 3, 40
+    tokens = [word] + [pad] * (SPEAK_HANGOVER_FRAMES + 2)
+    on, voiced = torch.ones(1, dtype=torch.bool), torch.ones(1, dtype=torch.bool)
+    runs = {}
+    for tracker in (FloorTracker(1, frozenset({pad})), TranslationFloor(1, frozenset({pad}))):
+        runs[type(tracker)] = [int(tracker.update(torch.tensor([t]), voiced, on)[0]) for t in tokens]
+    speak = [Floor.SPEAK] * (SPEAK_HANGOVER_FRAMES + 1)
+    assert runs[FloorTracker] == [*speak, Floor.YIELD, Floor.LISTEN]
+    assert runs[TranslationFloor] == [*speak, Floor.LISTEN, Floor.LISTEN]
 
 
 # --- format and errors ------------------------------------------------------------------------------------------

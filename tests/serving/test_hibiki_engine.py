@@ -20,6 +20,7 @@ from duplex.model.spec import ModelSource
 from duplex.serving import client
 from duplex.serving.engine.server import EngineServer
 from duplex.serving.spec import EngineSpec
+from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import LoopThread, wait_serving
 
@@ -124,6 +125,8 @@ def test_a_hibiki_session_ends_after_its_tail_and_equals_itself_alone(tmp_path: 
         expected = {seq: decoder.feed(tokens)[0] for seq, tokens in enumerate(text)}
         got_text = {r.event.text.seq: r.event.text.text for r in conv.of("text")}
         assert got_text == {seq: s for seq, s in expected.items() if s}
+        turns = [r.event.turn.type for r in conv.of("turn")]
+        assert pb.USER_BARGE_IN not in turns, "the speaker's voice is the source, not a barge-in"
     assert max(shared) == 2, f"the two sessions never shared a step: batch sizes {shared}"
 
     def chunks(kind: str) -> float:
