@@ -55,7 +55,7 @@ class StreamFormat:
     """Side of the square video frames it takes (0 = no video)."""
     continues_after_input: bool = False
     """Whether the model goes on after its client's input ends (Hibiki translates what it has heard): the
-    engine then marks the slot's input ended (``SlotStates.end_input``), feeds silence and ends the session
+    engine then marks the slot's input ended (``InputEnds.end_input``), feeds silence and ends the session
     when a step says the row is done (``FamilyStep.done``). Otherwise a session ends with its last chunk."""
 
     @property
