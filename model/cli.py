@@ -81,12 +81,15 @@ def plan_cmd(
     context: Annotated[
         int | None, typer.Option(help="Moshi family: frames of attention window (default: the config's).")
     ] = None,
+    cfg_coef: Annotated[
+        float, typer.Option(help="Hibiki: classifier-free guidance; above 1 a session is two LM rows.")
+    ] = 1.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Duplex: the smallest expert-parallel shard count whose per-shard memory fits the GPU. Moshi family:
     how many full-window sessions one GPU holds (bfloat16 weights + a KV cache per session)."""
     if checkpoint is not None or family != "duplex":
-        _plan_moshi(checkpoint, family, gpu_memory_gib, context, headroom, as_json)
+        _plan_moshi(checkpoint, family, gpu_memory_gib, context, headroom, as_json, cfg_coef)
         return
     cfg = _preset(preset)
     try:
@@ -105,8 +108,15 @@ def plan_cmd(
 
 
 def _plan_moshi(
-    checkpoint: Path | None, family: str, gpu_memory_gib: float, context: int | None, headroom: float, as_json: bool
+    checkpoint: Path | None,
+    family: str,
+    gpu_memory_gib: float,
+    context: int | None,
+    headroom: float,
+    as_json: bool,
+    cfg_coef: float = 1.0,
 ) -> None:
+    from .moshi.layout import detect
     from .moshi.plan import describe, plan_moshi, read_configs
 
     try:
@@ -116,7 +126,12 @@ def _plan_moshi(
             lm, mimi = None, None
         else:
             raise ModelError(f"--family {family!r}: plan duplex or moshi (or pass --checkpoint DIR)")
-        p = plan_moshi(lm, mimi, gpu_memory_gib, context=context, headroom=headroom)
+        if cfg_coef < 1.0:
+            raise ModelError(f"--cfg-coef {cfg_coef}: 1 (no guidance) or more")
+        if cfg_coef != 1.0 and (checkpoint is None or detect(checkpoint).family != "hibiki"):
+            raise ModelError("--cfg-coef applies to a Hibiki checkpoint (--checkpoint DIR, model_type: hibiki)")
+        rows = 2 if cfg_coef != 1.0 else 1
+        p = plan_moshi(lm, mimi, gpu_memory_gib, context=context, headroom=headroom, lm_rows_per_session=rows)
     except ModelError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

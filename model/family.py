@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
@@ -53,6 +53,10 @@ class StreamFormat:
     whose text input is its own text stream (Moshi) takes only the agent's results there, as forced text."""
     video_size: int = 0
     """Side of the square video frames it takes (0 = no video)."""
+    continues_after_input: bool = False
+    """Whether the model goes on after its client's input ends (Hibiki translates what it has heard): the
+    engine then marks the slot's input ended (``InputEnds.end_input``), feeds silence and ends the session
+    when a step says the row is done (``FamilyStep.done``). Otherwise a session ends with its last chunk."""
 
     @property
     def frame_ms(self) -> float:
@@ -69,6 +73,14 @@ class SlotStates(Protocol):
         """Make ``slot`` a fresh session."""
 
 
+@runtime_checkable
+class InputEnds(Protocol):
+    """Slot states of a family that goes on after its input (``StreamFormat.continues_after_input``)."""
+
+    def end_input(self, slot: int) -> None:
+        """The client of ``slot`` sent its last chunk: the slot's next steps are the model's own tail."""
+
+
 @dataclass(frozen=True)
 class FamilyStep:
     """What one step produced for the ``n`` rows of its slot block (inactive rows included)."""
@@ -79,6 +91,9 @@ class FamilyStep:
     """Per row, the model's text tokens of this step (family-specific ids; ``TextDecoder`` reads them)."""
     wave: Tensor
     """(n, F*frame_samples) float32 in [-1, 1]: the model's audio."""
+    done: Tensor | None = None
+    """(n,) bool, families that go on after their input (``StreamFormat.continues_after_input``): rows whose
+    output is over since their input ended (inactive rows: False). None: no row is."""
 
 
 class TextDecoder(Protocol):

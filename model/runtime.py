@@ -88,9 +88,10 @@ def is_moshi_layout(source: ModelSource) -> bool:
 def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
     """The model a single-rank engine serves, behind the engine's ``ServedModel`` interface."""
     if not is_moshi_layout(source):
-        if source.temperature is not None or source.top_k is not None:
+        if source.temperature is not None or source.top_k is not None or source.cfg_coef is not None:
             raise ModelError(
-                "model.temperature / model.top_k apply to the Moshi family; the duplex model decides greedily"
+                "model.temperature / model.top_k / model.cfg_coef apply to the Moshi family; the duplex model "
+                "decides greedily"
             )
         part = load_part(source, device=device)
         assert isinstance(part, DuplexModel)
@@ -98,6 +99,7 @@ def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
     if not source.uri:
         raise ModelError(f"model.family {source.family!r} needs model.uri: the checkpoint directory")
     from .moshi.checkpoint import load_checkpoint
+    from .moshi.hibiki import HibikiServed
     from .moshi.served import MoshiServed
 
     dev = resolve_device(device)
@@ -108,4 +110,12 @@ def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
     gen = ckpt.lm_gen_config
     temperature = source.temperature if source.temperature is not None else float(gen.get("temp", UPSTREAM_TEMP))
     top_k = source.top_k if source.top_k is not None else int(gen.get("top_k", UPSTREAM_TOP_K))
+    if ckpt.family == "hibiki":
+        cfg = source.cfg_coef if source.cfg_coef is not None else float(gen.get("cfg_coef", 1.0))
+        return HibikiServed(ckpt, temperature=temperature, top_k=top_k, device=dev, cfg_coef=cfg)
+    if source.cfg_coef is not None:
+        raise ModelError(
+            f"model.cfg_coef applies to Hibiki (classifier-free guidance); model.uri {source.uri!r} holds a "
+            f"{ckpt.family} checkpoint: unset it"
+        )
     return MoshiServed(ckpt, temperature=temperature, top_k=top_k, device=dev)

@@ -31,6 +31,10 @@ class ModelSource(BaseModel):
     top_k: int | None = Field(None, ge=1, le=4096)
     """Moshi family: top-k of audio-token sampling; empty = the checkpoint's ``lm_gen_config``, else upstream's
     default."""
+    cfg_coef: float | None = Field(None, ge=1.0, le=10.0)
+    """Hibiki: classifier-free guidance coefficient (1 = none; Kyutai suggests 3: the translated voice keeps
+    closer to the speaker's). Above 1 every session runs as two LM rows, twice the LM's compute and KV cache;
+    empty = the checkpoint's ``lm_gen_config``, else 1."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weight and activation dtype (bfloat16 on GPUs)."""
     seed: int = Field(0, ge=0)

@@ -303,7 +303,8 @@ def _resolve_duplex(
         cfg.frames_per_chunk(eng.chunk_ms)
     except ModelError as e:
         problems.append(SpecProblem("spec.engine.chunkMs", str(e)))
-    for field, value in (("temperature", spec.model.temperature), ("topK", spec.model.top_k)):
+    moshi_only = (("temperature", spec.model.temperature), ("topK", spec.model.top_k), ("cfgCoef", spec.model.cfg_coef))
+    for field, value in moshi_only:
         if value is not None:
             why = "applies to the Moshi family; the duplex model decides greedily (the engine refuses it): unset it"
             problems.append(SpecProblem(f"spec.model.{field}", why))
@@ -405,11 +406,12 @@ def moshi_capacity_problems(moshi: MoshiPlan, max_sessions: int, dtype: str, mem
 def _resolve_moshi(
     spec: DuplexModelSpec, family: Family, memory_gib: float, memory_field: str, problems: list[SpecProblem]
 ) -> Resolved:
-    """Moshi, PersonaPlex (Hibiki: not yet): one rank per replica, whole frames per chunk, sessions per GPU."""
+    """Moshi, PersonaPlex, Hibiki: one rank per replica, whole frames per chunk, sessions per GPU (checked
+    against the Moshi-7B plan; Hibiki's shape is its checkpoint's, which the operator does not read)."""
     eng = spec.engine
-    if family == "hibiki":
-        why = "Hibiki (classifier-free guidance, conditioned) is not served yet: serve moshi or personaplex"
-        problems.append(SpecProblem("spec.model.family", why))
+    if spec.model.cfg_coef is not None and family != "hibiki":
+        why = f"applies to Hibiki (classifier-free guidance); a {family} model has no conditioner: unset it"
+        problems.append(SpecProblem("spec.model.cfgCoef", why))
     if eng.shards not in ("auto", 1):
         why = f"{eng.shards}: a Moshi-family model runs on one rank; set shards to 1 (or auto)"
         problems.append(SpecProblem("spec.engine.shards", why))
@@ -423,7 +425,7 @@ def _resolve_moshi(
         why = f"a {family} checkpoint is a directory in Kyutai's layout (docs/moshi.md), not a .safetensors file"
         problems.append(SpecProblem("spec.model.uri", why))
     moshi: MoshiPlan | None = None
-    if eng.gpus_per_shard > 0:  # on CPU there is no fixed budget to plan against
+    if eng.gpus_per_shard > 0 and family != "hibiki":  # on CPU there is no fixed budget to plan against
         moshi = moshi_session_plan(memory_gib, spec.model.dtype)
         if moshi is not None:
             problems += moshi_capacity_problems(moshi, eng.max_sessions, spec.model.dtype, memory_field)

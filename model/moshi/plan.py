@@ -6,7 +6,9 @@ preallocated by upstream's ring cache for the whole context (``context`` frames)
 dim × bytes per frame — 512 KiB per frame for Moshi-7B in bfloat16, 1.5 GiB for its 3000-frame window. The
 depformer's cache (``depformer_context`` steps) and Mimi's (its encoder and decoder transformers, float32)
 are small and counted too. Compute per frame ≈ 2 × LM parameters (every weight is used once per frame: the
-depformer's per-step weights once per codebook) + the attention over the window.
+depformer's per-step weights once per codebook) + the attention over the window. Hibiki with classifier-free
+guidance runs each session as two LM rows (``lm_rows_per_session`` 2): twice the LM's caches and compute, one
+Mimi.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class MoshiPlan(BaseModel):
     """Compute per frame per session with a full window."""
     sessions: int
     """Sessions that fit next to the weights and the headroom (0 = the weights alone do not fit)."""
+    lm_rows_per_session: int = 1
+    """LM rows each session runs as (2: Hibiki with classifier-free guidance)."""
     gpu_memory_gib: float
     headroom_bytes: int
     """Kept free for activations, CUDA graphs and the allocator."""
@@ -62,8 +66,12 @@ def plan_moshi(
     dtype: torch.dtype = torch.bfloat16,
     context: int | None = None,
     headroom: float = 0.1,
+    lm_rows_per_session: int = 1,
 ) -> MoshiPlan:
-    """Plan a replica of the LM with ``lm_config`` (None = upstream's Moshi-7B arguments)."""
+    """Plan a replica of the LM with ``lm_config`` (None = upstream's Moshi-7B arguments), each session running
+    as ``lm_rows_per_session`` LM rows (2: classifier-free guidance)."""
+    if lm_rows_per_session not in (1, 2):
+        raise ModelError(f"lm_rows_per_session {lm_rows_per_session}: 1, or 2 with classifier-free guidance")
     if not 0.0 <= headroom < 1.0:
         raise ModelError(f"headroom {headroom}: must be in [0, 1)")
     if gpu_memory_gib <= 0:
@@ -90,12 +98,12 @@ def plan_moshi(
     depformer *= int(args.get("depformer_dim", 0)) * size
     tr = mimi_args["transformer"]
     mimi_kv = 2 * 2 * int(tr["num_layers"]) * int(tr["context"]) * int(tr["d_model"]) * 4  # encoder + decoder
-    per_session = kv_frame * window + depformer + mimi_kv
+    per_session = lm_rows_per_session * (kv_frame * window + depformer) + mimi_kv
     weights = lm_params * size + mimi_params * 4
     total = int(gpu_memory_gib * GIB)
     spare = int(total * headroom)
     sessions = max(0, (total - spare - weights) // per_session)
-    flops = 2 * lm_params + 4 * layers * window * dim
+    flops = lm_rows_per_session * (2 * lm_params + 4 * layers * window * dim)
     return MoshiPlan(
         lm_params=lm_params,
         mimi_params=mimi_params,
@@ -105,6 +113,7 @@ def plan_moshi(
         session_bytes=per_session,
         gflop_per_frame=flops / 1e9,
         sessions=int(sessions),
+        lm_rows_per_session=lm_rows_per_session,
         gpu_memory_gib=gpu_memory_gib,
         headroom_bytes=spare,
     )
@@ -126,6 +135,7 @@ def describe(plan: MoshiPlan) -> str:
         f"{plan.weight_bytes / GIB:.2f} GiB of weights; per session {plan.session_bytes / GIB:.3f} GiB "
         f"(KV {kib:.0f} KiB per frame × {plan.context_frames} frames, {plan.context_frames * 0.08:.0f} s); "
         f"≈ {plan.gflop_per_frame:.1f} GFLOP per frame per session. "
-        f"{plan.sessions} full-window sessions fit in {plan.gpu_memory_gib:g} GiB "
+        + ("With guidance: two LM rows per session. " if plan.lm_rows_per_session == 2 else "")
+        + f"{plan.sessions} full-window sessions fit in {plan.gpu_memory_gib:g} GiB "
         f"(headroom {plan.headroom_bytes / GIB:.1f} GiB)."
     )

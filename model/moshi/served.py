@@ -222,21 +222,25 @@ class MoshiSlots:
         self._home: dict[int, tuple[_Block, int]] = {}
 
     def block(self, rows: slice) -> _Block:
-        """The block of the slot range ``rows`` (created, with its slots brought in, on first use)."""
+        """The block of the slot range ``rows`` (created on first use), with its slots brought in: those homed
+        in another block since (a step over a sub-range, a move) are copied back."""
         start, stop, stride = rows.indices(self.slots)
         if stride != 1 or stop <= start:
             raise ModelError(f"rows={rows} must be a non-empty contiguous range of the {self.slots} slots")
-        found = self._blocks.get((start, stop))
-        if found is not None:
-            return found
-        block = self.served._new_block(start, stop - start)
+        block = self._blocks.get((start, stop))
+        if block is None:
+            block = self._blocks[(start, stop)] = self.served._new_block(start, stop - start)
+        moved = False
         for slot in range(start, stop):
             home = self._home.get(slot)
+            if home is not None and home[0] is block:
+                continue
             if home is not None:
                 self.served._copy_row(home[0], home[1], block, slot - start)
             self._home[slot] = (block, slot - start)
-        self._blocks[(start, stop)] = block
-        self._prune()
+            moved = True
+        if moved:
+            self._prune()
         return block
 
     def move(self, src: int, dst: int) -> None:
@@ -319,16 +323,7 @@ class MoshiServed:
         self.lm = lm.to(self.device).eval()
         self.mimi = mimi.to(self.device).eval()
         self._validate()
-        self.gen = LMGen(
-            self.lm,
-            use_sampling=temperature > 0,
-            temp=temperature,
-            temp_text=temperature,
-            top_k=top_k,
-            top_k_text=TOP_K_TEXT,
-            # per-row readiness: without it LMGen's batch-wide step counter makes a reset stall every row
-            support_out_of_sync=True,
-        )
+        self.gen = LMGen(self.lm, **self._generator_options(temperature, top_k))
         self._forced: Tensor | None = None
         """Text tokens forced in the frame being stepped, per row (-1 = none)."""
         self.gen.on_text_hook = self._force_text
@@ -344,6 +339,26 @@ class MoshiServed:
             typed_text=False,
         )
 
+    def _generator_options(self, temperature: float, top_k: int) -> dict[str, Any]:
+        """``LMGen``'s arguments (a conditioned family adds its guidance and conditions)."""
+        return dict(
+            use_sampling=temperature > 0,
+            temp=temperature,
+            temp_text=temperature,
+            top_k=top_k,
+            top_k_text=TOP_K_TEXT,
+            # per-row readiness: without it LMGen's batch-wide step counter makes a reset stall every row
+            support_out_of_sync=True,
+        )
+
+    def _check_conditioning(self) -> None:
+        """Conditioned checkpoints are served by their family's subclass (Hibiki: ``hibiki.HibikiServed``)."""
+        if self.lm.fuser is not None or self.lm.condition_provider is not None:
+            raise ModelError(
+                f"{self.ckpt.name}: a conditioned {self.ckpt.family} checkpoint; of the conditioned Moshi-family "
+                "models only Hibiki (model_type: hibiki) is served"
+            )
+
     def _validate(self) -> None:
         lm, mimi = self.lm, self.mimi
         if int(mimi.sample_rate) != 24000 or int(mimi.frame_size) != 1920:
@@ -351,8 +366,7 @@ class MoshiServed:
                 f"{self.ckpt.name}: Mimi at {mimi.sample_rate} Hz with {mimi.frame_size}-sample frames; "
                 "the moshi family serves 80 ms frames at 24 kHz"
             )
-        if lm.fuser is not None or lm.condition_provider is not None:
-            raise ModelError(f"{self.ckpt.name}: conditioned Moshi-family models are not served yet")
+        self._check_conditioning()
         user_q = lm.n_q - lm.dep_q
         if mimi.num_codebooks < max(user_q, lm.dep_q):
             raise ModelError(
@@ -421,8 +435,7 @@ class MoshiServed:
                 stack.enter_context(no_compile())
             for f in range(frames):
                 frame = x[:, f * S : (f + 1) * S]
-                self.mimi.set_exec_mask(act)
-                codes = self.mimi.encode(frame[:, None, :].to(self.mimi_dtype))  # (n, K, 1)
+                codes = self._encode(block, frame, act)  # (n, K, 1)
                 self.gen.set_exec_mask(act)  # LMGen forwards it to the LM (its reset / exec-mask callbacks)
                 self._forced = None if text_in is None else text_in[:, f, 0].to(self.device)
                 tokens = self.gen.step(codes)  # (n, 1+dep_q, 1); -2 (ungenerated) where a row is not ready
@@ -439,8 +452,21 @@ class MoshiServed:
                 voiced = voiced_frames(frame, S)[:, 0]
                 control[:, f] = block.floor.update(tok[:, 0], voiced, act)
                 text_tok[:, f] = torch.where(act, tok[:, 0], -2)
+                self._after_frame(block, tok[:, 0], act)
         text = [[t for t in row if t >= 0] for row in text_tok.tolist()]
-        return FamilyStep(control=control, text=text, wave=wave.clamp(-1.0, 1.0))
+        return FamilyStep(control=control, text=text, wave=wave.clamp(-1.0, 1.0), done=self._done(block, act))
+
+    def _encode(self, block: _Block, frame: Tensor, active: Tensor) -> Tensor:
+        """One frame of the rows' input audio (n, S) → their codes (n, K, 1) (Mimi advances the active rows)."""
+        self.mimi.set_exec_mask(active)
+        return self.mimi.encode(frame[:, None, :].to(self.mimi_dtype))  # type: ignore[no-any-return]
+
+    def _after_frame(self, block: _Block, text: Tensor, active: Tensor) -> None:
+        """Each frame's text tokens (n,) (negative = none yet), for a family that follows them (no-op here)."""
+
+    def _done(self, block: _Block, active: Tensor) -> Tensor | None:
+        """Rows whose output is over after their input ended (None: the family stops with its input)."""
+        return None
 
     def encode_text(self, text: str) -> list[int]:
         """Text as the model's own text tokens, to be forced into its text stream (one per frame)."""

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 
 from duplex.model.detect import voiced_frames
-from duplex.model.family import ServedModel
+from duplex.model.family import InputEnds, ServedModel
 
-from .planner import PlannedRow, SlotMove, SlotReset, StepPlan
+from .planner import PlannedRow, SlotEndInput, SlotMove, SlotOp, StepPlan
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class RowResult:
     """The model's text tokens of this step (the family's ids)."""
     voiced: list[bool]
     """Per input frame: was it user speech (``duplex.model.detect.voiced_frames``)."""
+    done: bool = False
+    """The model's output is over since the session's input ended (``FamilyStep.done``)."""
 
 
 @dataclass(frozen=True)
@@ -75,11 +77,15 @@ class StepExecutor:
         self.state = served.new_slots(slots)
         self.batch_invariant = batch_invariant
 
-    def apply(self, ops: Sequence[SlotMove | SlotReset]) -> None:
-        """Carry out the planner's slot moves and resets on the streaming state, in order."""
+    def apply(self, ops: Sequence[SlotOp]) -> None:
+        """Carry out the planner's slot moves, resets and input ends on the streaming state, in order."""
         for op in ops:
             if isinstance(op, SlotMove):
                 self.state.move(op.src, op.dst)
+            elif isinstance(op, SlotEndInput):
+                if not isinstance(self.state, InputEnds):
+                    raise TypeError(f"{type(self.state).__name__} cannot end a slot's input")
+                self.state.end_input(op.slot)
             else:
                 self.state.reset(op.slot)
 
@@ -120,9 +126,12 @@ class StepExecutor:
         )
         voiced = voiced_frames(audio, self.format.frame_samples).tolist()
         controls, texts, wave = out.control.tolist(), out.text, out.wave
+        done = [False] * n if out.done is None else out.done.tolist()
         on = [i for i, row in enumerate(plan.rows) if row is not None]
         rows = tuple(
-            RowResult(row, controls[i], texts[i], voiced[i]) for i, row in enumerate(plan.rows) if row is not None
+            RowResult(row, controls[i], texts[i], voiced[i], done[i])
+            for i, row in enumerate(plan.rows)
+            if row is not None
         )
         wave = wave if mask is None else wave[on]
         pcm = (wave * 32767.0).round().to(torch.int16)  # batched here: the event loop only copies bytes

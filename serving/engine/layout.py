@@ -69,7 +69,15 @@ class SlotReset:
     slot: int
 
 
-SlotOp = SlotMove | SlotReset
+@dataclass(frozen=True)
+class SlotEndInput:
+    """The client of ``slot`` sent its last chunk (a family that goes on after its input: the steps that follow
+    are the model's own tail)."""
+
+    slot: int
+
+
+SlotOp = SlotMove | SlotReset | SlotEndInput
 
 
 class CohortLayout:

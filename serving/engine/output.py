@@ -49,7 +49,7 @@ class OutputStage:
         send_us = self.wall_us(self.clock())
         for r, audio in zip(result.rows, pcm, strict=True):
             conv = r.row.conversation
-            conv.consumed(0 if r.row.chunk is None else 1, len(r.row.text))
+            conv.consumed(0 if r.row.chunk is None or r.row.chunk.tail else 1, len(r.row.text))
             if r.row.text and self.on_text_fed is not None:
                 self.on_text_fed(conv, r.row.text)
             if conv.left or conv.closing is not None:
@@ -80,6 +80,10 @@ class OutputStage:
                 )
             )
             recv_us, client_us, wait_ms = step_start_us, 0, 0.0
+        elif row.chunk.tail:  # silence fed after the client's input ended: no client chunk to time
+            self.metrics.chunks.labels("tail").inc()
+            wait_s = result.started - row.chunk.recv_mono
+            recv_us, client_us, wait_ms = self.wall_us(row.chunk.recv_mono), 0, wait_s * 1e3
         else:
             self.metrics.chunks.labels("late" if row.late else "on_time").inc()
             wait_s = result.started - row.chunk.recv_mono

@@ -40,6 +40,11 @@ Late-chunk policy (docs/serving.md has the long form):
     arrival phase, when that at least halves its wait.
 A cohort with no chunk at all at its deadline does not step: a conversation whose client pauses is paused.
 
+End of input. A session whose client ended its input finishes once its last chunk is stepped — unless the model
+goes on after its input (``continues_after_input``: Hibiki still translates what it heard). Then the slot's
+input is marked ended (``SlotEndInput``) and a chunk of silence is queued whenever none is pending, stepped with
+its cohort like a client's, until a step says the model is done (``tail_done``): then the session finishes.
+
 The planner owns no tensors and reads no clock: every call that depends on time takes ``now`` (monotonic
 seconds), so tests drive it with a fake clock. Slot moves and resets it decides are returned
 (``Housekeeping.slot_ops``) for the executor to apply to the model and codec state. It counts no metric and
@@ -69,7 +74,7 @@ from .decision import (
     take_member,
     wants_migration,
 )
-from .layout import SEND_LEAD_S, Cohort, CohortLayout, PlacedBy, SlotMove, SlotOp, SlotReset
+from .layout import SEND_LEAD_S, Cohort, CohortLayout, PlacedBy, SlotEndInput, SlotMove, SlotOp, SlotReset
 from .session import Conversation, InputChunk, SlotSession
 
 __all__ = [
@@ -80,6 +85,7 @@ __all__ = [
     "PlacedBy",
     "Placement",
     "PlannedRow",
+    "SlotEndInput",
     "SlotMove",
     "SlotOp",
     "SlotReset",
@@ -176,9 +182,19 @@ class Housekeeping:
 class StepPlanner:
     """Cohorts, placement, migration and the late/lost policy for ``spec.max_sessions`` slots."""
 
-    def __init__(self, spec: EngineSpec, period_s: float, t0: float, text_tokens_per_step: int) -> None:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        period_s: float,
+        t0: float,
+        text_tokens_per_step: int,
+        tail_chunk_samples: int = 0,
+    ) -> None:
         """``t0``: the monotonic time phases count from; ``text_tokens_per_step``: typed-text tokens one row
-        can take per step (frames × text slots; 0 = the model takes no typed text)."""
+        can take per step (frames × text slots; 0 = the model takes no typed text); ``tail_chunk_samples``: the
+        chunk length of the silence fed after a session's input ended when the model goes on after its input
+        (0 = it does not: a session finishes with its last chunk)."""
+        self.tail_chunk_samples = tail_chunk_samples
         self.spec = spec
         self.rules = StepRules.of(spec, period_s)
         self.layout = CohortLayout(spec.max_sessions, spec.cohorts, period_s, t0, self.rules.grace)
@@ -264,6 +280,10 @@ class StepPlanner:
         up with what it owes)."""
         s.parked = False
 
+    def tail_done(self, s: SlotSession) -> None:
+        """A step said the model's output is over after the session's input ended: finish it."""
+        s.tail_done = True
+
     def leave(self, s: SlotSession) -> None:
         """Free the session's slot at the next housekeeping (idempotent)."""
         if not s.left:
@@ -308,11 +328,20 @@ class StepPlanner:
     def _finish_and_migrate(self, now: float, out: Housekeeping) -> None:
         for c in self.cohorts:
             for s in list(c.members):
-                if s.ended and not s.pending:
+                if s.ended and not s.pending and self.tail_chunk_samples and not s.tail_done:
+                    out.slot_ops += self._feed_tail(s, now)
+                elif s.ended and not s.pending:
                     out.slot_ops += self.layout.unplace(s)
                     out.finished.append(s.conversation)
                 elif wants_migration(s, self.rules, len(self.cohorts)):
                     self._migrate(s, c, now, out)
+
+    def _feed_tail(self, s: SlotSession, now: float) -> list[SlotOp]:
+        """Queue a chunk of silence for a session whose input ended (marking the slot's input ended first)."""
+        ops: list[SlotOp] = [] if s.tail else [SlotEndInput(s.slot)]
+        s.tail = True
+        s.pending.append(InputChunk(s.next_seq, bytes(2 * self.tail_chunk_samples), 0, now, 0, tail=True))
+        return ops
 
     def _finish_unplaced(self, out: Housekeeping) -> None:
         for s in list(self.unplaced):

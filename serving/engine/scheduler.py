@@ -138,7 +138,8 @@ class Scheduler:
         self.capacity = spec.max_sessions
         self.t0 = clock()
         self.wall_offset_us = time.time_ns() // 1000 - int(self.t0 * 1e6)
-        self.planner = StepPlanner(spec, self.period, self.t0, frames * fmt.text_in_slots)
+        tail = self.chunk_samples if fmt.continues_after_input else 0
+        self.planner = StepPlanner(spec, self.period, self.t0, frames * fmt.text_in_slots, tail)
         self.executor = StepExecutor(served, self.planner.slots, self.chunk_samples, spec.batch_invariant, clock)
         self.output = OutputStage(
             metrics, fmt.sample_rate, self.chunk_samples, spec.lost_after_chunks, self.wall_us, clock
@@ -251,6 +252,9 @@ class Scheduler:
                     continue
                 result = self.executor.run(plan)
                 with self.planner_lock:
+                    for r in result.rows:
+                        if r.done:
+                            self.planner.tail_done(r.row.conversation.slot_session)
                     self.step_ms.append(result.compute_ms)
                     self.trace.append(
                         (result.started, plan.cohort, len(plan.rows), len(result.rows), plan.kind, result.compute_ms)

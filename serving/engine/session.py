@@ -40,6 +40,9 @@ class InputChunk:
     """Engine monotonic time when it was received."""
     recv_wall_us: int
     """Engine wall clock (µs since the epoch) when it was received."""
+    tail: bool = False
+    """Silence the engine queued after the client's input ended, for a model that goes on after its input (no
+    client chunk: ``client_time_us`` and ``recv_wall_us`` are 0, ``recv_mono`` is when it was queued)."""
 
 
 @dataclass
@@ -177,6 +180,10 @@ class SlotSession:
     """Moving average of how long its on-time chunks waited for their step (drives migration)."""
     ended: bool = False
     """The client sent EndOfStream: finish the pending chunks, then close."""
+    tail: bool = False
+    """Its input ended and the model goes on (``StreamFormat.continues_after_input``): silence is fed."""
+    tail_done: bool = False
+    """A step said the model's output is over (``FamilyStep.done``): close once nothing is pending."""
     left: bool = False
     """Its slot was freed: chunks still arriving are dropped."""
     parked: bool = False

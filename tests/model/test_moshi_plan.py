@@ -89,3 +89,40 @@ def test_plan_from_a_checkpoint_directory_and_its_errors(tmp_path: Path) -> None
     assert result.exit_code == 2 and "not a directory" in result.output
     result = CliRunner().invoke(app, ["model", "plan", "--family", "hibiki"])
     assert result.exit_code == 2 and "--family 'hibiki'" in result.output
+
+
+def test_guidance_plans_two_lm_rows_per_session_as_upstream_preallocates(tmp_path: Path) -> None:
+    """Hibiki with classifier-free guidance: upstream's ``LMGen`` streams two LM rows per session, so a guided
+    session holds twice the temporal transformer's KV (Mimi's caches are not doubled)."""
+    from moshi.conditioners.base import ConditionAttributes
+    from moshi.models.lm import LMGen
+
+    from duplex.model.moshi.checkpoint import load_checkpoint
+
+    directory = init_checkpoint("hibiki", tmp_path / "h", seed=0)
+    result = CliRunner().invoke(app, ["model", "plan", "--checkpoint", str(directory), "--json"])
+    plain = json.loads(result.output)
+    result = CliRunner().invoke(app, ["model", "plan", "--checkpoint", str(directory), "--cfg-coef", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    guided = json.loads(result.output)
+    assert (plain["lm_rows_per_session"], guided["lm_rows_per_session"]) == (1, 2)
+    lm_part = plain["kv_bytes_per_frame"] * plain["context_frames"]
+    assert lm_part < guided["session_bytes"] - plain["session_bytes"] < plain["session_bytes"]
+    assert guided["sessions"] < plain["sessions"]
+    lm = load_checkpoint(directory, dtype=torch.bfloat16).lm
+    batch = 3
+    labels = ["very_good"] * batch + ["very_bad"] * batch
+    conditions = lm.condition_provider.prepare_and_provide(
+        [ConditionAttributes(text={"description": v}, tensor={}) for v in labels]
+    )
+    with LMGen(lm, use_sampling=False, cfg_coef=3.0, condition_tensors=conditions).streaming(batch):
+        kv = [
+            m._streaming_state.kv_cache.cache
+            for m in lm.transformer.modules()
+            if getattr(getattr(m, "_streaming_state", None), "kv_cache", None) is not None
+        ]
+        per_session = sum(t.numel() * t.element_size() for t in kv) // batch
+    assert per_session == 2 * lm_part
+    moshi = init_checkpoint("moshi", tmp_path / "m", seed=0)
+    result = CliRunner().invoke(app, ["model", "plan", "--checkpoint", str(moshi), "--cfg-coef", "3"])
+    assert result.exit_code == 2 and "--cfg-coef applies to a Hibiki checkpoint" in result.output

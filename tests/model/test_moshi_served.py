@@ -275,6 +275,25 @@ def test_moved_session_continues_exactly(ckpt: MoshiCheckpoint) -> None:
         co.trace[name].assert_equal(run_alone(ckpt, co.session_audio(name), 2), f"neighbour {name}")
 
 
+def test_a_block_stepped_again_after_a_sub_range_takes_its_rows_back(ckpt: MoshiCheckpoint) -> None:
+    """The engine runs a catch-up step on the smallest slot range holding the late rows, then its cohort's
+    regular step on the whole block again: the rows stepped in between are taken back, not their stale copies."""
+    served = MoshiServed(ckpt)
+    co = Cohort(served, slots=4, chunk_frames=1)
+    for slot, name in enumerate("abc"):
+        co.join(name, slot, varied_audio(1, 10, seed=70 + slot)[0])
+    for c in range(10):
+        late = {3: ("b", slice(1, 2)), 6: ("c", slice(2, 4)), 7: ("b", slice(1, 3))}.get(c)
+        if late is None:
+            co.step(slice(0, 4), seed=c)
+            continue
+        name, rows = late
+        co.step(rows, paused=frozenset("abc") - {name}, seed=c)  # the late one's catch-up
+        co.step(slice(0, 4), paused=frozenset({name}), seed=50 + c)  # the others' regular step
+    for name in "abc":
+        co.trace[name].assert_equal(run_alone(ckpt, co.session_audio(name), 1), name)
+
+
 def test_reset_row_is_a_fresh_stream(ckpt: MoshiCheckpoint) -> None:
     """A row reset mid-stream (right after an active step) equals a fresh stream; its neighbours don't notice."""
     served = MoshiServed(ckpt)

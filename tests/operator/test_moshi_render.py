@@ -1,4 +1,4 @@
-"""The Moshi family (Moshi, PersonaPlex; Hibiki not yet) through the operator: resolve, render, status, and the
+"""The Moshi family (Moshi, PersonaPlex, Hibiki) through the operator: resolve, render, status, and the
 checkpoint volume (``spec.checkpoint``) every family can use. Pure: no cluster."""
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ def problems_of(raw: dict[str, Any]) -> list[tuple[str, str]]:
         (with_(MOSHI_CPU, model={"uri": None}, checkpoint={"hostPath": ""}), "spec.model.uri", "checkpoint directory"),
         (with_(MOSHI_GPU, model={"uri": "/models/moshi.safetensors"}), "spec.model.uri", "a directory"),
         (with_(MOSHI_GPU, model={"uri": "hf://kyutai/moshiko"}), "spec.model.uri", "only paths inside the pod"),
-        (with_(MOSHI_GPU, model={"family": "hibiki"}), "spec.model.family", "Hibiki (classifier-free guidance"),
+        (with_(MOSHI_GPU, model={"cfgCoef": 3}), "spec.model.cfgCoef", "applies to Hibiki"),
+        ({"model": {"cfgCoef": 3}}, "spec.model.cfgCoef", "Moshi family"),
         (with_(MOSHI_GPU, model={"family": "auto"}), "spec.model.family", "name the family"),
         ({"model": {"temperature": 0.5}}, "spec.model.temperature", "Moshi family"),
         ({"model": {"family": "duplex", "topK": 10}}, "spec.model.topK", "Moshi family"),
@@ -237,10 +238,19 @@ def test_the_example_fits_its_plan_and_renders_from_the_cli() -> None:
     )
 
 
-def test_the_cli_rejects_hibiki_naming_the_field(tmp_path: Path) -> None:
+def test_hibiki_renders_with_its_guidance_and_no_moshi_7b_session_check(tmp_path: Path) -> None:
+    """Hibiki's shape is its checkpoint's (1B, 2B), which the operator does not read: its ``maxSessions`` is not
+    held to the Moshi-7B plan; ``cfgCoef`` reaches the engine's model spec."""
     doc = yaml.safe_load(EXAMPLE.read_text())
-    doc["spec"]["model"]["family"] = "hibiki"
+    doc["spec"]["model"].update(family="hibiki", uri="/models/hibiki", cfgCoef=3.0)
+    doc["spec"]["engine"]["maxSessions"] = 500  # far beyond the Moshi-7B plan for 80 GiB
+    resolved = resolve(parse_spec(doc["spec"]))
+    assert resolved.family == "hibiki" and resolved.moshi_plan is None
     manifest = tmp_path / "hibiki.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     result = CliRunner().invoke(app, ["render", "-f", str(manifest)])
-    assert result.exit_code == 2 and "spec.model.family: Hibiki" in result.stderr
+    assert result.exit_code == 0, result.output
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    model = json.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["engine.json"])["model"]
+    assert (model["family"], model["cfg_coef"]) == ("hibiki", 3.0)
+    assert ModelSource.model_validate(model).cfg_coef == 3.0

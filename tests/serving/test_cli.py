@@ -240,6 +240,7 @@ def test_sharded_replica_two_ranks(tmp_path: Path) -> None:
         (["engine", "--set", "engine.max_sessions=abc"], "engine.max_sessions"),
         (["engine", "--set", "engine.chunk_ms=20"], "engine.chunk_ms"),
         (["engine", "--set", "model.bogus=1"], "model.bogus"),
+        (["up", "--cfg-coef", "0.5", "--port", "0", "--no-agent"], "cfg_coef"),
         (["engine", "--set", "agent.workers=1"], "unknown section 'agent'"),
         (["engine", "--set", "max_sessions=1"], "expected SECTION.FIELD=VALUE"),
         (["gateway", "--set", "gateway.port=0x"], "gateway.port"),

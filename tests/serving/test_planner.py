@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from duplex.model.family_duplex import ByteTextDecoder
-from duplex.serving.engine.planner import SEND_LEAD_S, Housekeeping, SlotMove, SlotReset, StepPlan, StepPlanner
+from duplex.serving.engine.planner import (
+    SEND_LEAD_S,
+    Housekeeping,
+    SlotEndInput,
+    SlotMove,
+    SlotReset,
+    StepPlan,
+    StepPlanner,
+)
 from duplex.serving.engine.scheduler import count_housekeeping, count_step
 from duplex.serving.engine.session import Conversation, InputChunk, SlotSession
 from duplex.serving.metrics import EngineMetrics
@@ -491,6 +499,41 @@ def test_a_burst_does_not_drive_regular_steps_that_count_an_absent_member_lost()
     assert all(plan.kind != "regular" for plan in plans), "no tick taken before its window"
     assert all(a not in members(plan) for plan in plans), "no row, and no silence, for the behind member"
     assert a.owed == 1 and c.due == due
+
+
+def test_a_model_that_goes_on_after_its_input_is_fed_silence_until_it_is_done() -> None:
+    """A family that continues after its input (Hibiki): the ended member's slot is marked input-ended once
+    its last chunk is stepped, and a chunk of silence waits for each of its cohort's ticks (stepped on time,
+    never a substituted "lost" chunk) until a step says the model is done; then it is finished."""
+    spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=4, cohorts=1, split_after_ms=0)
+    p = StepPlanner(spec, spec.chunk_ms / 1000.0, T0, text_tokens_per_step=0, tail_chunk_samples=CHUNK_SAMPLES)
+    a, b = settled_pair(p)
+    c = p.cohorts[0]
+    tick = c.due
+    chunk(p, a, 1, tick - 0.002)
+    chunk(p, b, 1, tick - 0.002)
+    p.end(a)
+    chores = p.housekeeping(tick - 0.001)
+    assert chores.finished == [] and chores.slot_ops == [], "its last chunk is still to step"
+    assert members(step(p, tick - 0.001)) == [a, b]
+    seqs: list[int] = []
+    for i in range(3):
+        now = c.due - 0.05
+        chores = p.housekeeping(now)
+        assert chores.finished == []
+        assert chores.slot_ops == ([SlotEndInput(a.slot)] if i == 0 else []), "the input is ended once"
+        assert [(ch.seq, ch.pcm, ch.recv_mono, ch.tail) for ch in a.pending] == [(2 + i, SILENCE, now, True)]
+        assert p.housekeeping(now).slot_ops == [] and len(a.pending) == 1, "one chunk of silence at a time"
+        chunk(p, b, 2 + i, c.due - 0.002)
+        plan = step(p, c.due - 0.001)
+        row = next(r for r in plan.rows if r is not None and r.conversation.slot_session is a)
+        assert plan.kind == "regular" and row.chunk is not None and not row.late
+        seqs.append(row.seq)
+    assert seqs == [2, 3, 4]
+    p.tail_done(a)  # the last step said the model is done
+    chores = p.housekeeping(c.due - 0.05)
+    assert chores.finished == [a.conversation] and chores.slot_ops == [SlotMove(1, 0)]
+    assert not b.tail and b.cohort == 0, "the other member goes on as it was"
 
 
 def test_an_ended_member_is_finished_once_its_chunks_are_stepped() -> None:
