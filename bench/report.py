@@ -62,6 +62,8 @@ ORDER = (
     "soak_server",
     "turn_taking",
     "turn_taking_live",
+    "turn_taking_heldout",
+    "turn_taking_live_heldout",
     "model_step",
     "model_step_moe",
     "model_step_profile",

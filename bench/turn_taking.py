@@ -127,9 +127,10 @@ def main() -> None:
         here = args.checkpoint.resolve()
         shown = here.relative_to(ROOT) if here.is_relative_to(ROOT) else args.checkpoint
         about = data(shown)
+        name, title = result_name(args.split, "turn_taking", "Turn-taking (reference checkpoint)")
         write_result(
-            "turn_taking",
-            "Turn-taking (reference checkpoint)",
+            name,
+            title,
             "\n".join(lines),
             f"{about[0].upper()}{about[1:]}\n\n{reading}",
         )
@@ -179,7 +180,15 @@ def live_main(args: argparse.Namespace) -> None:
     if args.json:
         args.json.write_text(json.dumps([m.summary() for m in systems], indent=2))
     if not args.no_write:
-        write_result("turn_taking_live", "Turn-taking live-mic through duplex up", "\n".join(lines), summary)
+        name, title = result_name(args.split, "turn_taking_live", "Turn-taking live-mic through duplex up")
+        write_result(name, title, "\n".join(lines), summary)
+
+
+def result_name(split: str, name: str, title: str) -> tuple[str, str]:
+    """The heldout split (a TTS engine never used in training) has result files and sections of its own."""
+    if split == "heldout":
+        return f"{name}_heldout", f"{title}, on a held-out TTS engine"
+    return name, title
 
 
 def turn_differences(
