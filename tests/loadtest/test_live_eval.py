@@ -50,6 +50,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         max_duration_s=18,
         validation_fraction=0.0,
         test_fraction=0.75,
+        heldout_fraction=0.0,
         timing=Timing(reply_gap=(0.0, 0.08), barge_reaction=(0.06, 0.12)),
     )
     return out

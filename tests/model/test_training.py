@@ -24,7 +24,15 @@ from duplex.v1.duplex_pb2 import FLOOR_BACKCHANNEL, FLOOR_LISTEN, FLOOR_SPEAK, F
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("corpus")
     make_corpus(
-        out, 8, seed=3, workers=2, min_duration_s=20, max_duration_s=25, validation_fraction=0.25, test_fraction=0.25
+        out,
+        8,
+        seed=3,
+        workers=2,
+        min_duration_s=20,
+        max_duration_s=25,
+        validation_fraction=0.25,
+        test_fraction=0.25,
+        heldout_fraction=0.0,
     )
     return out
 
@@ -126,6 +134,7 @@ def test_timing_options_shape_the_ground_truth(tmp_path: Path) -> None:
         max_duration_s=25,
         validation_fraction=0.0,
         test_fraction=0.0,
+        heldout_fraction=0.0,
         timing=Timing(reply_gap=(0.0, 0.05), barge_reaction=(0.06, 0.08)),
     )
     events = [e for c in load_split(out, "train") for e in c.events]
