@@ -389,6 +389,8 @@ class Phase(enum.Enum):
     """SessionReady received (format and chunk length learned); no chunk sent yet."""
     STREAMING = "streaming"
     """Chunks going out, server events coming in."""
+    DRAINING = "draining"
+    """EndOfStream queued: the engine's last outputs coming in."""
     RESUMING = "resuming"
     """The stream dropped: reconnecting with the resume token until a resumed SessionReady or the grace ends."""
     CLOSED = "closed"
@@ -441,6 +443,8 @@ class ClientSession:
         """How many events after SessionStart the schedule has produced so far (``_Outgoing.end``)."""
         self.unsendable = ""
         """Why a resumed stream could not re-send what the engine had not read (the conversation ends)."""
+        self.input_done = False
+        """EndOfStream has been queued."""
 
     def _enter(self, phase: Phase) -> None:
         self.phase = phase
@@ -474,14 +478,15 @@ class ClientSession:
                 self.aim.observe(ev.audio, len(self.conv.sent_us))  # chunks go out in order from 0
 
     def on_ready(self, ready: pb.SessionReady, t_us: int, attempt: Attempt) -> None:
-        """CONNECTING → READY (the session's terms learned), or RESUMING → STREAMING (a resumed stream)."""
+        """CONNECTING → READY (the session's terms learned), or RESUMING → STREAMING (a resumed stream;
+        DRAINING when EndOfStream was already queued)."""
         if ready.resumed:
             if self.phase is not Phase.RESUMING or self.drop is None:
                 raise ValueError(f"a resumed SessionReady while {self.phase.value}")
             self.drop.resumed_us = t_us
             self.drop.resent = self.produced() - ready.resume_events_received
             attempt.resend_from = ready.resume_events_received
-            self._enter(Phase.STREAMING)
+            self._enter(Phase.DRAINING if self.input_done else Phase.STREAMING)
         else:
             if self.phase is not Phase.CONNECTING:
                 raise ValueError(f"a second SessionReady while {self.phase.value}")
@@ -500,6 +505,13 @@ class ClientSession:
         if self.phase is Phase.READY:
             self._enter(Phase.STREAMING)
         return t
+
+    def on_input_end(self) -> pb.ClientEvent:
+        """The last client event, EndOfStream, is queued: READY or STREAMING → DRAINING."""
+        self.input_done = True
+        if self.phase in (Phase.READY, Phase.STREAMING):
+            self._enter(Phase.DRAINING)
+        return pb.ClientEvent(end=pb.EndOfStream())
 
     def on_finished(self) -> Conversation:
         """The stream ended with OK: CLOSED (DATA_LOSS when a resume could not re-send what the engine missed)."""
@@ -583,7 +595,7 @@ class _Script:
             yield ev
         async for ev in self._hold(session, len(chunks), bytes(len(chunks[0])) if chunks else b""):
             yield ev
-        yield pb.ClientEvent(end=pb.EndOfStream())
+        yield session.on_input_end()
 
     async def _hold(self, session: ClientSession, n: int, silence: bytes) -> AsyncIterator[pb.ClientEvent]:
         """Silent chunks after the last one while ``hold_open`` says so, for at most ``max_hold_s``."""
@@ -643,7 +655,11 @@ async def converse(
     is over (the drop's own UNAVAILABLE or CANCELLED, its details saying the resume timed out), when the
     resume is refused (NOT_FOUND, PERMISSION_DENIED, ...; UNAVAILABLE with the ``HOLDER_LOST_METADATA``
     trailer when the engine that held the session is down) or when events the engine needs are no longer
-    kept (DATA_LOSS). ``on_event`` sees every server event as it arrives."""
+    kept (DATA_LOSS). ``on_event`` sees every server event as it arrives.
+
+    The session moves through ``Phase`` (connecting → ready → streaming → draining → closed, resuming
+    after a drop) in a
+    :class:`ClientSession`, one method per event (docs/serving.md "Session lifecycles")."""
     clk = clock if clock is not None else SystemClock()
     first = pb.ClientEvent()
     first.CopyFrom(start if start is not None else start_event(chunk_ms=chunk_ms))

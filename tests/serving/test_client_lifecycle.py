@@ -1,4 +1,5 @@
-"""The client's session lifecycle (connecting → ready → streaming → resuming → closed), one test per
+"""The client's session lifecycle (connecting → ready → streaming → draining → closed, resuming after a
+drop), one test per
 transition, driven event by event on an injected clock, without a network."""
 
 from __future__ import annotations
@@ -208,4 +209,20 @@ async def test_the_script_paces_chunks_on_the_clock_and_starts_streaming() -> No
     assert s.conv.start_us == send_0 - CHUNK_US
     assert s.conv.sent_us == {k: send_0 + k * CHUNK_US for k in range(3)}
     assert [ev.audio.client_time_us for ev in events if ev.HasField("audio")] == list(s.conv.sent_us.values())
-    assert s.phase is Phase.STREAMING
+    assert [p for _, p in s.history] == [Phase.CONNECTING, Phase.READY, Phase.STREAMING, Phase.DRAINING]
+    assert s.history[2][0] == send_0 and s.history[3][0] == send_0 + 2 * CHUNK_US
+
+
+def test_streaming_to_draining_and_a_drop_while_draining_resumes_into_draining() -> None:
+    clock = FakeClock()
+    s = streaming(clock)
+    clock.advance(CHUNK_US)
+    assert s.on_input_end().HasField("end")
+    assert s.phase is Phase.DRAINING and s.history[-1] == (clock.t_us, Phase.DRAINING)
+    assert s.on_failed(grpc.StatusCode.UNAVAILABLE, "", ())
+    assert s.phase is Phase.RESUMING
+    r = ready()
+    r.ready.resumed = True
+    s.on_server_event(r, Attempt())
+    assert s.phase is Phase.DRAINING
+    assert s.on_finished().code == grpc.StatusCode.OK and s.phase is Phase.CLOSED
