@@ -380,6 +380,10 @@ Chunks = Sequence[bytes] | Callable[[pb.SessionReady], Sequence[bytes]]
 format and chunk length: a client that lets the server choose, as ``duplex talk`` does)."""
 
 
+class ProtocolError(ValueError):
+    """A server event the session's phase does not allow (a server bug): the conversation ends INTERNAL."""
+
+
 class Phase(enum.Enum):
     """Where a client's conversation is (docs/serving.md "Session lifecycles")."""
 
@@ -482,14 +486,14 @@ class ClientSession:
         DRAINING when EndOfStream was already queued)."""
         if ready.resumed:
             if self.phase is not Phase.RESUMING or self.drop is None:
-                raise ValueError(f"a resumed SessionReady while {self.phase.value}")
+                raise ProtocolError(f"a resumed SessionReady while {self.phase.value}")
             self.drop.resumed_us = t_us
             self.drop.resent = self.produced() - ready.resume_events_received
             attempt.resend_from = ready.resume_events_received
             self._enter(Phase.DRAINING if self.input_done else Phase.STREAMING)
         else:
             if self.phase is not Phase.CONNECTING:
-                raise ValueError(f"a second SessionReady while {self.phase.value}")
+                raise ProtocolError(f"a second SessionReady while {self.phase.value}")
             self.negotiated = ready
             self.token, self.grace_us = ready.resume_token, ready.resume_grace_ms * 1000
             at = first_send_us(ready, self.first.start.client_time_us, t_us)
@@ -548,6 +552,12 @@ class ClientSession:
             f"resume: no SessionReady within the session's resume grace ({self.grace_us // 1000} ms) "
             f"after the stream dropped ({self.drop.code.name})"
         )
+        self._enter(Phase.CLOSED)
+        return self.conv
+
+    def on_protocol_error(self, what: str) -> Conversation:
+        """The server broke the protocol: CLOSED with INTERNAL naming what it sent."""
+        self.conv.code, self.conv.details, self.conv.trailing = grpc.StatusCode.INTERNAL, f"server: {what}", ()
         self._enter(Phase.CLOSED)
         return self.conv
 
@@ -709,6 +719,10 @@ async def _attempt(
         if not attempt.expired:
             raise
         session.on_resume_expired()
+        return False
+    except ProtocolError as e:
+        call.cancel()
+        session.on_protocol_error(str(e))
         return False
     finally:
         attempt.ready.set()  # release the request generator if the call ended before SessionReady

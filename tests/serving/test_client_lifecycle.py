@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from duplex.serving import client
-from duplex.serving.client import Attempt, ClientSession, Conversation, Phase, _Script
+from duplex.serving.client import Attempt, ClientSession, Conversation, Phase, ProtocolError, _Script
 from duplex.serving.resume_token import HOLDER_LOST_METADATA
 from duplex.v1 import duplex_pb2 as pb
 
@@ -189,12 +189,15 @@ def test_streaming_to_closed_when_the_stream_ends() -> None:
 
 def test_out_of_order_readies_are_refused() -> None:
     s = streaming(FakeClock())
-    with pytest.raises(ValueError, match="second SessionReady while streaming"):
+    with pytest.raises(ProtocolError, match="second SessionReady while streaming"):
         s.on_server_event(ready(), Attempt())
     r = ready()
     r.ready.resumed = True
-    with pytest.raises(ValueError, match="resumed SessionReady while streaming"):
+    with pytest.raises(ProtocolError, match="resumed SessionReady while streaming"):
         s.on_server_event(r, Attempt())
+    conv = s.on_protocol_error("a second SessionReady while streaming")
+    assert s.phase is Phase.CLOSED
+    assert (conv.code, conv.details) == (grpc.StatusCode.INTERNAL, "server: a second SessionReady while streaming")
 
 
 async def test_the_script_paces_chunks_on_the_clock_and_starts_streaming() -> None:
