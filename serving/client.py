@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -379,6 +380,248 @@ Chunks = Sequence[bytes] | Callable[[pb.SessionReady], Sequence[bytes]]
 format and chunk length: a client that lets the server choose, as ``duplex talk`` does)."""
 
 
+class ProtocolError(ValueError):
+    """A server event the session's phase does not allow (a server bug): the conversation ends INTERNAL."""
+
+
+class Phase(enum.Enum):
+    """Where a client's conversation is (docs/serving.md "Session lifecycles")."""
+
+    CONNECTING = "connecting"
+    """SessionStart sent, no SessionReady yet."""
+    READY = "ready"
+    """SessionReady received (format and chunk length learned); no chunk sent yet."""
+    STREAMING = "streaming"
+    """Chunks going out, server events coming in."""
+    DRAINING = "draining"
+    """EndOfStream queued: the engine's last outputs coming in."""
+    RESUMING = "resuming"
+    """The stream dropped: reconnecting with the resume token until a resumed SessionReady or the grace ends."""
+    CLOSED = "closed"
+    """Over: ``Conversation.code`` says how."""
+
+
+@dataclass
+class Attempt:
+    """One Converse call of a session: the first, or a resume."""
+
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once the call's SessionReady arrived (or the call ended): its events may go out."""
+    resend_from: int | None = None
+    """Index of the first event after SessionStart this call sends (None: no SessionReady yet)."""
+    expired: bool = False
+    """The resume grace ran out while this call waited for its SessionReady."""
+
+
+class ClientSession:
+    """A conversation's client side as a state machine: ``phase`` moves only in the ``on_*`` methods, each
+    one event, and every time it reads comes from ``clock``. :func:`converse` drives it over gRPC; tests
+    drive the methods directly."""
+
+    def __init__(
+        self,
+        conv: Conversation,
+        first: pb.ClientEvent,
+        clock: Clock,
+        steer: bool = True,
+        resume: bool = True,
+        on_event: Callable[[pb.ServerEvent], None] | None = None,
+    ) -> None:
+        """``first``: the SessionStart (already stamped); ``steer``: follow the phase hint and re-aim."""
+        self.conv, self.first, self.clock = conv, first, clock
+        self.steer, self.resume, self.on_event = steer, resume, on_event
+        self.phase = Phase.CONNECTING
+        self.history: list[tuple[int, Phase]] = [(clock.now_us(), Phase.CONNECTING)]
+        """Each phase entered, with the client time it was entered at."""
+        self.negotiated: pb.SessionReady | None = None
+        self.send_0_us: int | None = None
+        """Client time to send chunk 0 at (set by the first SessionReady)."""
+        self.token, self.grace_us, self.seen = "", 0, 0
+        """The session's resume token and grace, and the server events after SessionReady received so far."""
+        self.drop: Resumption | None = None
+        """The drop being resumed (or last resumed)."""
+        self.aim = PhaseAim(conv) if steer else None
+        self.acknowledge: Callable[[int], None] = lambda seq: None
+        """Called with each answered audio seq (``_Outgoing.acknowledge``)."""
+        self.produced: Callable[[], int] = lambda: 0
+        """How many events after SessionStart the schedule has produced so far (``_Outgoing.end``)."""
+        self.unsendable = ""
+        """Why a resumed stream could not re-send what the engine had not read (the conversation ends)."""
+        self.input_done = False
+        """EndOfStream has been queued."""
+
+    def _enter(self, phase: Phase) -> None:
+        self.phase = phase
+        self.history.append((self.clock.now_us(), phase))
+
+    @property
+    def resume_deadline_us(self) -> int:
+        """Client time the resume grace of the current drop ends at."""
+        assert self.drop is not None
+        return self.drop.dropped_us + self.grace_us
+
+    def start_event(self) -> pb.ClientEvent:
+        """What the next call opens with: the SessionStart, or the resume of the dropped session."""
+        if self.phase is Phase.RESUMING:
+            return pb.ClientEvent(start=pb.SessionStart(resume_token=self.token, resume_events_seen=self.seen))
+        return self.first
+
+    def on_server_event(self, ev: pb.ServerEvent, attempt: Attempt) -> None:
+        """Any server event: recorded at its arrival; a SessionReady moves the phase."""
+        t = self.clock.now_us()
+        self.conv.received.append(Received(t, ev))
+        if self.on_event is not None:
+            self.on_event(ev)
+        if ev.HasField("ready"):
+            self.on_ready(ev.ready, t, attempt)
+            return
+        self.seen += 1
+        if ev.HasField("audio"):
+            self.acknowledge(ev.audio.seq)
+            if self.aim is not None:
+                self.aim.observe(ev.audio, len(self.conv.sent_us))  # chunks go out in order from 0
+
+    def on_ready(self, ready: pb.SessionReady, t_us: int, attempt: Attempt) -> None:
+        """CONNECTING → READY (the session's terms learned), or RESUMING → STREAMING (a resumed stream;
+        DRAINING when EndOfStream was already queued)."""
+        if ready.resumed:
+            if self.phase is not Phase.RESUMING or self.drop is None:
+                raise ProtocolError(f"a resumed SessionReady while {self.phase.value}")
+            self.drop.resumed_us = t_us
+            self.drop.resent = self.produced() - ready.resume_events_received
+            attempt.resend_from = ready.resume_events_received
+            self._enter(Phase.DRAINING if self.input_done else Phase.STREAMING)
+        else:
+            if self.phase is not Phase.CONNECTING:
+                raise ProtocolError(f"a second SessionReady while {self.phase.value}")
+            self.negotiated = ready
+            self.token, self.grace_us = ready.resume_token, ready.resume_grace_ms * 1000
+            at = first_send_us(ready, self.first.start.client_time_us, t_us)
+            self.send_0_us = at if self.steer and at is not None else t_us
+            attempt.resend_from = 0
+            self._enter(Phase.READY)
+        attempt.ready.set()
+
+    def on_sent(self, seq: int) -> int:
+        """Audio chunk ``seq`` goes out now (READY → STREAMING at the first); returns its client time."""
+        t = self.clock.now_us()
+        self.conv.sent_us[seq] = t
+        if self.phase is Phase.READY:
+            self._enter(Phase.STREAMING)
+        return t
+
+    def on_input_end(self) -> pb.ClientEvent:
+        """The last client event, EndOfStream, is queued: READY or STREAMING → DRAINING."""
+        self.input_done = True
+        if self.phase in (Phase.READY, Phase.STREAMING):
+            self._enter(Phase.DRAINING)
+        return pb.ClientEvent(end=pb.EndOfStream())
+
+    def on_finished(self) -> Conversation:
+        """The stream ended with OK: CLOSED (DATA_LOSS when a resume could not re-send what the engine missed)."""
+        self.conv.code, self.conv.details, self.conv.trailing = grpc.StatusCode.OK, "", ()
+        if self.unsendable:
+            self.conv.code, self.conv.details = grpc.StatusCode.DATA_LOSS, f"resume: {self.unsendable}"
+        self._enter(Phase.CLOSED)
+        return self.conv
+
+    def on_failed(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str], ...]) -> bool:
+        """The call ended with an error: RESUMING (returns True: call again) or CLOSED (False)."""
+        self.conv.code, self.conv.details, self.conv.trailing = code, details, trailing
+        now = self.clock.now_us()
+        resuming = self.phase is Phase.RESUMING
+        if not self.resume or not self.token or self.phase is Phase.CONNECTING:
+            return self._close()  # failed before its session was ready, or not resumable: nothing to resume
+        if resuming and HOLDER_LOST_METADATA in trailing:
+            return self._close()  # the engine holding the session is gone, and the session with it
+        if not ((resuming and code in RETRY_RESUME) or code in RESUMABLE):
+            return self._close()  # refused: NOT_FOUND, PERMISSION_DENIED, DATA_LOSS, ...
+        if not resuming:
+            self.drop = Resumption(now, code)
+            self.conv.resumptions.append(self.drop)
+            self._enter(Phase.RESUMING)
+        if now >= self.resume_deadline_us:
+            return self._close()
+        return True
+
+    def on_resume_expired(self) -> Conversation:
+        """No resumed SessionReady within the grace: CLOSED with the drop's own code."""
+        assert self.drop is not None  # the grace runs only while resuming
+        self.conv.code = self.drop.code  # the drop is what ended it; the resume only failed to undo it
+        self.conv.details = (
+            f"resume: no SessionReady within the session's resume grace ({self.grace_us // 1000} ms) "
+            f"after the stream dropped ({self.drop.code.name})"
+        )
+        self._enter(Phase.CLOSED)
+        return self.conv
+
+    def on_protocol_error(self, what: str) -> Conversation:
+        """The server broke the protocol: CLOSED with INTERNAL naming what it sent."""
+        self.conv.code, self.conv.details, self.conv.trailing = grpc.StatusCode.INTERNAL, f"server: {what}", ()
+        self._enter(Phase.CLOSED)
+        return self.conv
+
+    def _close(self) -> bool:
+        self._enter(Phase.CLOSED)
+        return False
+
+
+@dataclass
+class _Script:
+    """What a conversation sends after SessionStart and when (``converse``'s arguments)."""
+
+    chunks: Chunks
+    realtime: bool
+    start_delay_s: float
+    extra: Sequence[tuple[int, pb.ClientEvent]]
+    hold_open: Callable[[Conversation], bool] | None
+    max_hold_s: float
+
+    async def events(self, session: ClientSession) -> AsyncIterator[pb.ClientEvent]:
+        """Every client event after SessionStart, at its time (starts once the session is negotiated)."""
+        conv, clk = session.conv, session.clock
+        assert session.negotiated is not None
+        chunks = self.chunks
+        if callable(chunks):
+            chunks = chunks(session.negotiated)
+            conv.chunk_us = session.negotiated.chunk_ms * 1000
+        extra_at: dict[int, list[pb.ClientEvent]] = {}
+        for i, ev in self.extra:
+            extra_at.setdefault(i, []).append(ev)
+        send_0 = (session.send_0_us if session.send_0_us is not None else clk.now_us()) + round(
+            self.start_delay_s * 1e6
+        )
+        await clk.sleep_until(send_0)
+        # capture start: chunk 0 is complete at send_0 — a microphone's clock, which a busy event loop does not
+        # shift (a late wake-up sends late; the schedule stays where capture put it)
+        conv.start_us = (send_0 if self.realtime else clk.now_us()) - conv.chunk_us
+        for seq, pcm in enumerate(chunks):
+            if self.realtime:
+                await clk.sleep_until(conv.capture_end_us(seq))
+            for ev in extra_at.get(seq, []):
+                yield ev
+            yield audio_event(seq, pcm, session.on_sent(seq))
+        for ev in [ev for i in sorted(extra_at) if i >= len(chunks) for ev in extra_at[i]]:
+            yield ev
+        async for ev in self._hold(session, len(chunks), bytes(len(chunks[0])) if chunks else b""):
+            yield ev
+        yield session.on_input_end()
+
+    async def _hold(self, session: ClientSession, n: int, silence: bytes) -> AsyncIterator[pb.ClientEvent]:
+        """Silent chunks after the last one while ``hold_open`` says so, for at most ``max_hold_s``."""
+        conv, clk = session.conv, session.clock
+        seq, hold_us = n, clk.now_us()
+        while (
+            self.hold_open is not None
+            and silence
+            and seq < n + round(self.max_hold_s * 1e6 / conv.chunk_us)
+            and self.hold_open(conv)
+        ):
+            await clk.sleep_until(hold_us + (seq - n + 1) * conv.chunk_us)  # real time even with --fast
+            yield audio_event(seq, silence, session.on_sent(seq))
+            seq += 1
+
+
 async def converse(
     channel: grpc.aio.Channel,
     chunks: Chunks,
@@ -422,166 +665,96 @@ async def converse(
     is over (the drop's own UNAVAILABLE or CANCELLED, its details saying the resume timed out), when the
     resume is refused (NOT_FOUND, PERMISSION_DENIED, ...; UNAVAILABLE with the ``HOLDER_LOST_METADATA``
     trailer when the engine that held the session is down) or when events the engine needs are no longer
-    kept (DATA_LOSS). ``on_event`` sees every server event as it arrives."""
+    kept (DATA_LOSS). ``on_event`` sees every server event as it arrives.
+
+    The session moves through ``Phase`` (connecting → ready → streaming → draining → closed, resuming
+    after a drop) in a
+    :class:`ClientSession`, one method per event (docs/serving.md "Session lifecycles")."""
     clk = clock if clock is not None else SystemClock()
-    chunk_us = chunk_ms * 1000
-    conv = Conversation(chunk_us=chunk_us)
-    converse_rpc = channel.stream_stream(
-        "/duplex.v1.Duplex/Converse",
-        request_serializer=pb.ClientEvent.SerializeToString,
-        response_deserializer=pb.ServerEvent.FromString,
-    )
-    extra_at: dict[int, list[pb.ClientEvent]] = {}
-    for i, ev in extra:
-        extra_at.setdefault(i, []).append(ev)
-    send_0_us: list[int] = []
-    """Client time to send chunk 0 at (set when the first SessionReady arrives)."""
-    negotiated: list[pb.SessionReady] = []
-    """The first SessionReady."""
-
-    async def schedule() -> AsyncIterator[pb.ClientEvent]:
-        """Every client event after SessionStart, at its time (starts once the session is negotiated)."""
-        nonlocal chunks, chunk_us
-        if callable(chunks):
-            chunks = chunks(negotiated[0])
-            chunk_us = conv.chunk_us = negotiated[0].chunk_ms * 1000
-        send_0 = (send_0_us[0] if send_0_us else clk.now_us()) + round(start_delay_s * 1e6)
-        await clk.sleep_until(send_0)
-        # capture start: chunk 0 is complete at send_0 — a microphone's clock, which a busy event loop does not
-        # shift (a late wake-up sends late; the schedule stays where capture put it)
-        conv.start_us = (send_0 if realtime else clk.now_us()) - chunk_us
-        for seq, pcm in enumerate(chunks):
-            if realtime:
-                await clk.sleep_until(conv.capture_end_us(seq))
-            for ev in extra_at.get(seq, []):
-                yield ev
-            t = clk.now_us()
-            conv.sent_us[seq] = t
-            yield audio_event(seq, pcm, t)
-        for ev in [ev for i in sorted(extra_at) if i >= len(chunks) for ev in extra_at[i]]:
-            yield ev
-        silence = bytes(len(chunks[0])) if chunks else b""
-        seq, hold_us = len(chunks), clk.now_us()
-        while (
-            hold_open is not None
-            and silence
-            and seq < len(chunks) + round(max_hold_s * 1e6 / chunk_us)
-            and hold_open(conv)
-        ):
-            await clk.sleep_until(hold_us + (seq - len(chunks) + 1) * chunk_us)  # real time even with --fast
-            t = clk.now_us()
-            conv.sent_us[seq] = t
-            yield audio_event(seq, silence, t)
-            seq += 1
-        yield pb.ClientEvent(end=pb.EndOfStream())
-
-    outgoing = _Outgoing(schedule(), resend_limit)
     first = pb.ClientEvent()
     first.CopyFrom(start if start is not None else start_event(chunk_ms=chunk_ms))
     if stamp_start and first.HasField("start") and not first.start.client_time_us:
         first.start.client_time_us = clk.now_us()
-    token, grace_us, seen = "", 0, 0
-    """The session's resume token and grace, and the server events after SessionReady received so far."""
-    drop: Resumption | None = None
-    aim = PhaseAim(conv) if realtime and follow_hint else None
-    unsendable: list[str] = []
-    """Why a resumed stream could not re-send what the engine had not read (the conversation ends)."""
-
-    async def requests(start_ev: pb.ClientEvent, ready: asyncio.Event, resend_from: list[int]) -> object:
-        yield start_ev
-        await ready.wait()  # stream events only once the session is negotiated (or resumed)
-        if not resend_from:
-            return  # the call ended before its SessionReady
-        try:
-            async for ev in outgoing.stream(resend_from[0]):
-                yield ev
-        except LookupError as e:
-            unsendable.append(str(e))  # cannot re-send what the engine missed: end the conversation
-
+    session = ClientSession(
+        Conversation(chunk_us=chunk_ms * 1000), first, clk, realtime and follow_hint, resume, on_event
+    )
+    script = _Script(chunks, realtime, start_delay_s, extra, hold_open, max_hold_s)
+    outgoing = _Outgoing(script.events(session), resend_limit)
+    session.acknowledge, session.produced = outgoing.acknowledge, lambda: outgoing.end
+    rpc = channel.stream_stream(
+        "/duplex.v1.Duplex/Converse",
+        request_serializer=pb.ClientEvent.SerializeToString,
+        response_deserializer=pb.ServerEvent.FromString,
+    )
     try:
-        while True:
-            ready, resend_from = asyncio.Event(), list[int]()
-            start_ev = first
-            if drop is not None:
-                start_ev = pb.ClientEvent(start=pb.SessionStart(resume_token=token, resume_events_seen=seen))
-            call = converse_rpc(
-                requests(start_ev, ready, resend_from), metadata=tuple(metadata), wait_for_ready=drop is not None
-            )
-            expired: list[bool] = []
-            timer = None
-            if drop is not None:  # a resume that gets no SessionReady within the grace is over
-
-                def expire(call: grpc.aio.StreamStreamCall = call, expired: list[bool] = expired) -> None:
-                    expired.append(True)
-                    call.cancel()
-
-                left_s = max(0.0, (drop.dropped_us + grace_us - clk.now_us()) / 1e6)
-                timer = asyncio.get_running_loop().call_later(left_s, expire)
-            try:
-                async for ev in call:
-                    t = clk.now_us()
-                    conv.received.append(Received(t, ev))
-                    if on_event is not None:
-                        on_event(ev)
-                    if ev.HasField("ready"):
-                        if timer is not None:
-                            timer.cancel()
-                        if ev.ready.resumed:
-                            assert drop is not None
-                            drop.resumed_us = t
-                            drop.resent = outgoing.end - ev.ready.resume_events_received
-                            resend_from.append(ev.ready.resume_events_received)
-                        else:
-                            negotiated.append(ev.ready)
-                            token, grace_us = ev.ready.resume_token, ev.ready.resume_grace_ms * 1000
-                            at = first_send_us(ev.ready, first.start.client_time_us, t)
-                            send_0_us.append(at if realtime and follow_hint and at is not None else t)
-                            resend_from.append(0)
-                        ready.set()
-                        continue
-                    seen += 1
-                    if ev.HasField("audio"):
-                        outgoing.acknowledge(ev.audio.seq)
-                        if aim is not None:
-                            aim.observe(ev.audio, len(conv.sent_us))  # chunks go out in order from 0
-                conv.code, conv.details, conv.trailing = grpc.StatusCode.OK, "", ()
-                if unsendable:
-                    conv.code = grpc.StatusCode.DATA_LOSS
-                    conv.details = f"resume: {unsendable[0]} (resend_limit {resend_limit})"
-                return conv
-            except grpc.aio.AioRpcError as e:
-                code = e.code()
-                conv.code, conv.details = code, e.details() or ""
-                conv.trailing = tuple((k, str(v)) for k, v in (e.trailing_metadata() or ()))
-            except asyncio.CancelledError:
-                if not expired:
-                    raise
-                assert drop is not None  # the timer runs only while resuming
-                conv.code = drop.code  # the drop is what ended it; the resume only failed to undo it
-                conv.details = (
-                    f"resume: no SessionReady within the session's resume grace ({grace_us // 1000} ms) "
-                    f"after the stream dropped ({drop.code.name})"
-                )
-                return conv
-            finally:
-                ready.set()  # release the request generator if the call ended before SessionReady
-                if timer is not None:
-                    timer.cancel()
-            now = clk.now_us()
-            resuming = drop is not None and not drop.resumed_us
-            if not resume or not token or (not resend_from and not resuming):
-                return conv  # failed before its session was ready: nothing to resume
-            if resuming and HOLDER_LOST_METADATA in conv.trailing:
-                return conv  # the engine holding the session is gone, and the session with it
-            if (resuming and code in RETRY_RESUME) or code in RESUMABLE:
-                if drop is None or drop.resumed_us:
-                    drop = Resumption(now, code)
-                    conv.resumptions.append(drop)
-                if now >= drop.dropped_us + grace_us:
-                    return conv
-                if resuming:
-                    await asyncio.sleep(RETRY_BACKOFF_S)  # not a tight loop while the gateway is still away
-                continue
-            return conv
+        again = True
+        while again:
+            again = await _attempt(session, rpc, outgoing, tuple(metadata))
+        return session.conv
     finally:
         outgoing.close()
+
+
+async def _attempt(
+    session: ClientSession,
+    rpc: grpc.aio.StreamStreamMultiCallable,
+    outgoing: _Outgoing,
+    metadata: tuple[tuple[str, str], ...],
+) -> bool:
+    """One Converse call of ``session`` (the first, or a resume); returns whether to call again."""
+    attempt, resuming = Attempt(), session.phase is Phase.RESUMING
+    call = rpc(_requests(session.start_event(), session, attempt, outgoing), metadata=metadata, wait_for_ready=resuming)
+    timer = _expire_timer(session, call, attempt) if resuming else None
+    try:
+        async for ev in call:
+            session.on_server_event(ev, attempt)
+            if timer is not None and ev.HasField("ready"):
+                timer.cancel()
+        session.on_finished()
+        return False
+    except grpc.aio.AioRpcError as e:
+        trailing = tuple((k, str(v)) for k, v in (e.trailing_metadata() or ()))
+        again = session.on_failed(e.code(), e.details() or "", trailing)
+    except asyncio.CancelledError:
+        if not attempt.expired:
+            raise
+        session.on_resume_expired()
+        return False
+    except ProtocolError as e:
+        call.cancel()
+        session.on_protocol_error(str(e))
+        return False
+    finally:
+        attempt.ready.set()  # release the request generator if the call ended before SessionReady
+        if timer is not None:
+            timer.cancel()
+    if again and resuming:
+        await asyncio.sleep(RETRY_BACKOFF_S)  # not a tight loop while the gateway is still away
+    return again
+
+
+async def _requests(
+    start: pb.ClientEvent, session: ClientSession, attempt: Attempt, outgoing: _Outgoing
+) -> AsyncIterator[pb.ClientEvent]:
+    """One call's client events: its SessionStart, then (once its SessionReady came) the session's events
+    from where the engine's reading stopped."""
+    yield start
+    await attempt.ready.wait()  # stream events only once the session is negotiated (or resumed)
+    if attempt.resend_from is None:
+        return  # the call ended before its SessionReady
+    try:
+        async for ev in outgoing.stream(attempt.resend_from):
+            yield ev
+    except LookupError as e:  # cannot re-send what the engine missed: end the conversation
+        session.unsendable = f"{e} (resend_limit {outgoing.limit})"
+
+
+def _expire_timer(session: ClientSession, call: grpc.aio.StreamStreamCall, attempt: Attempt) -> asyncio.TimerHandle:
+    """Cancel a resuming ``call`` that has no SessionReady when the grace (on the session's clock) ends."""
+
+    def expire() -> None:
+        attempt.expired = True
+        call.cancel()
+
+    left_s = max(0.0, (session.resume_deadline_us - session.clock.now_us()) / 1e6)
+    return asyncio.get_running_loop().call_later(left_s, expire)

@@ -8,12 +8,13 @@ renders into its ConfigMap); each ``--set`` overrides one field of one section, 
 
 from __future__ import annotations
 
+import types
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field, ValidationError, create_model
-from pydantic.alias_generators import to_camel, to_snake
+from pydantic.alias_generators import to_snake
 from pydantic_settings import (
     BaseSettings,
     CliSettingsSource,
@@ -61,8 +62,37 @@ def _errors(e: ValidationError, origin: str, section: str | None = None) -> Conf
     )
 
 
-def _section_args(sets: list[str], section: str, known: Collection[str]) -> list[str]:
-    """This section's ``--set`` items as the CLI source's ``--section.fieldAlias=VALUE`` arguments."""
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (``Resources``, ``Resources | None``), or None for a plain value."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        models = [m for m in map(_submodel, get_args(annotation)) if m is not None]
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _cli_key(model: type[BaseModel], section: str, field: str) -> str:
+    """``top_k`` -> the key the CLI source parses for that field: its alias where the spec has one
+    (``maxSessions`` for an aliased spec), else its name (``top_k`` for :class:`ModelSource`), nested by dots."""
+    keys: list[str] = []
+    current: type[BaseModel] | None = model
+    for i, part in enumerate(parts := field.split(".")):
+        if current is None:  # below a plain value (a dict): the rest is taken as written
+            keys.extend(parts[i:])
+            break
+        name = part if part in current.model_fields else to_snake(part)
+        info = current.model_fields.get(name)
+        if info is None:
+            raise ConfigError(f"--set {section}.{field}: unknown field {section}.{'.'.join(parts[: i + 1])}")
+        keys.append(info.alias or name)
+        current = _submodel(info.annotation)
+    return ".".join(keys)
+
+
+def _section_args(sets: list[str], section: str, known: Collection[str], model: type[BaseModel]) -> list[str]:
+    """This section's ``--set`` items as the CLI source's ``--section.fieldKey=VALUE`` arguments (the key
+    is the field's alias in ``model`` where it has one: :func:`_cli_key`)."""
     args = []
     for item in sets:
         key, sep, value = item.partition("=")
@@ -74,7 +104,7 @@ def _section_args(sets: list[str], section: str, known: Collection[str]) -> list
                 f"--set {item!r}: unknown section {head!r} (this command reads {', '.join(sorted({section, *known}))})"
             )
         if head == section:
-            args.append(f"--{section}.{'.'.join(to_camel(p) for p in field.split('.'))}={value}")
+            args.append(f"--{section}.{_cli_key(model, section, field)}={value}")
     return args
 
 
@@ -102,7 +132,7 @@ def load_section(
             raise _errors(e, f"--config {config}", section) from None
     try:
         cli: CliSettingsSource[Any] = CliSettingsSource(
-            settings_cls, cli_parse_args=_section_args(sets, section, known_sections), cli_exit_on_error=False
+            settings_cls, cli_parse_args=_section_args(sets, section, known_sections, model), cli_exit_on_error=False
         )
         init: dict[str, Any] = {section: file_section, "_cli_settings_source": cli}
         loaded = settings_cls(**init)

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -23,14 +22,13 @@ from duplex.model.runtime import load_served
 from duplex.model.spec import ModelSource
 from duplex.v1 import duplex_pb2 as pb
 
-from ..drain import drain_client
 from ..heap import freeze_startup_heap
 from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
-from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA
 from ..spec import EngineSpec
 from . import validate as v
 from .agent_link import AgentLink
+from .converse import EngineStream
 from .resume import ResumeRegistry
 from .scheduler import Scheduler
 from .session import Conversation, InputChunk
@@ -38,16 +36,9 @@ from .session import Conversation, InputChunk
 log = logging.getLogger(__name__)
 
 
-def _is_eof(message: object) -> bool:
-    return message is grpc.aio.EOF
-
-
 SERVICE = "duplex.v1.Duplex"
 MAX_TEXT_QUEUE = 16384
 GIL_SWITCH_S = 0.0005
-STEER_MARGIN_S = 0.03
-"""A steered client's first chunk is due at least this long after its start arrived (room for the
-SessionReady to reach it)."""
 HALF_CLOSE_SETTLE_S = 0.25
 """A stream half-closed without EndOfStream ends the session unless the RPC is cancelled within this long
 (then its peer died and the session is kept for a resume)."""
@@ -75,7 +66,8 @@ class EngineServer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``bind_port`` overrides ``spec.port`` (0 = any free port: tests, ``duplex up``); ``clock``
-        (monotonic seconds) measures the resume grace (tests inject one they advance)."""
+        (monotonic seconds): the engine's one clock — the scheduler's steps, the sessions' receive times and
+        lifecycles, the resume grace (tests inject one they advance)."""
         self.spec, self.source = spec, source
         self.bind_port = spec.port if bind_port is None else bind_port
         if model is None:
@@ -93,6 +85,7 @@ class EngineServer:
         self.scheduler: Scheduler | None = None
         self.agent: AgentLink | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self.clock = clock
         self.resumes = ResumeRegistry(spec.resume_grace_s, clock, self._expired)
 
     async def start(self) -> int:
@@ -100,7 +93,7 @@ class EngineServer:
         # the step thread runs the model's Python between torch kernels; with the default 5 ms GIL switch
         # interval a chunk that arrives meanwhile can sit that long before the event loop may read it
         sys.setswitchinterval(GIL_SWITCH_S)
-        self.scheduler = Scheduler(self.served, self.spec, self.spec.chunk_ms, self.metrics, loop)
+        self.scheduler = Scheduler(self.served, self.spec, self.spec.chunk_ms, self.metrics, loop, self.clock)
         self.scheduler.on_fatal = self._fatal
         self.agent = AgentLink(self.spec, self.metrics, self._feed_text)
         self.scheduler.output.on_model_text = self.agent.model_text
@@ -202,182 +195,29 @@ class EngineServer:
     async def converse(
         self, requests: AsyncIterator[pb.ClientEvent | v.Undecodable], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerEvent]:
-        assert self.scheduler is not None and self.agent is not None
-        sched = self.scheduler
+        """One stream through its session's lifecycle (``converse.EngineStream``): handshake, attached until
+        the session ends or the stream drops, then closed or parked."""
         it = aiter(requests)
-        first = await anext(it, None)
-        started = time.monotonic()
-        if first is None:
+        stream = EngineStream(self)
+        if not await stream.handshake(await anext(it, None), context):
             return
-        metadata = dict(context.invocation_metadata() or ())
-        key_id = metadata.get(KEY_ID_METADATA, "")
-        resumable = self.resumes.enabled and metadata.get(RESUMABLE_METADATA, "1") != "0"
-        resumed: Conversation | None = None
-        try:
-            kind = v.event_kind(first)
-            if kind != "start" or not isinstance(first, pb.ClientEvent):
-                raise v.InputError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{kind} before session start: the first ClientEvent must be `start`",
-                )
-            if self.draining:
-                raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
-            resumable = resumable and not first.start.no_resume
-            if first.start.resume_token:
-                resumed = self._claim(first.start, key_id)
-            else:
-                neg = v.check_start(first.start, self.served, self.model_name, self.spec.chunk_ms, self.spec.tools)
-                client_us = first.start.client_time_us
-        except v.InputError as e:
-            self.metrics.errors.labels(e.code.name).inc()
-            await drain_client(context.read, _is_eof)  # the status must not race the client's writes
-            await context.abort(e.code, e.message)
-        if resumed is not None:
-            session = resumed
-            assert session.ready is not None
-            ready = pb.SessionReady()
-            ready.CopyFrom(session.ready)
-            ready.send_in_us = 0  # its cohort and phase are kept: the client keeps its own pace
-            ready.resumed = True
-            ready.resume_events_received = session.events_in
-            ready.resume_next_seq = session.next_audio_seq
-        else:
-            sid = neg.session_id or uuid.uuid4().hex[:12]
-            replay = self.spec.resume_replay_events if resumable else 0
-            session = Conversation(
-                sid,
-                neg.chunk_samples,
-                self.format.frame_samples,
-                self.spec.max_send_backlog,
-                replay,
-                text=self.served.text_decoder(),
-            )
-            if not sched.admit(session) and not (self.resumes.sweep() and sched.admit(session)):
-                self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
-                await drain_client(context.read, _is_eof)
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
-                    trailing_metadata=(("retry-after-ms", "1000"),),
-                )
-            session.on_close = lambda: sched.leave(session)
-            self.agent.attach(session, neg.tools)
-            fmt = pb.AudioFormat(sample_rate=self.format.sample_rate, channels=1, encoding=pb.PCM16_LE)
-            ready = pb.SessionReady(
-                session_id=sid,
-                model=self.model_name,
-                input_format=fmt,
-                output_format=fmt,
-                chunk_ms=neg.chunk_ms,
-                frame_ms=round(self.format.frame_ms),
-                chunk_samples=neg.chunk_samples,
-                tools=neg.tools,
-                replica=f"{self.spec.host}:{self.port}",
-                resume_token=self.resumes.issue(session, key_id) if resumable else "",
-                resume_grace_ms=round(self.resumes.grace_s * 1000) if resumable else 0,
-            )
-            session.ready = ready
+        session = stream.session
+        assert session is not None
         token = session_var.set(session.id)
         reader: asyncio.Task[None] | None = None
-        dropped = True
-        """Until the stream ends as the protocol says: a cancel or a failed write is a dropped stream."""
         try:
-            if resumed is not None:
-                log.info("session resumed (peer %s)", context.peer())
-            else:
-                log.info("session started (peer %s)", context.peer())
-                if neg.instructions:
-                    sched.add_text(session, neg.instruction_tokens)
-                if client_us > 0:
-                    # the hint counts from the Ready's departure, which the client places half a network round
-                    # trip before the Ready's arrival (``client.first_send_us``)
-                    arrive = sched.steer(session, not_before=started + STEER_MARGIN_S)
-                    if arrive is not None:
-                        sent = time.monotonic()
-                        ready.send_in_us = max(1, round((arrive - sent) * 1e6))
-                        ready.start_held_us = round((sent - started) * 1e6)
-            yield pb.ServerEvent(ready=ready)
+            yield stream.attach()
             stream_done = asyncio.Event()
             context.add_done_callback(lambda _: stream_done.set())
-            reader = asyncio.create_task(self._read(it, session, resumed is not None, stream_done))
-            while True:
-                while session.outbox and session.closing is None and not session.stream_lost:
-                    event = session.outbox.popleft()
-                    session.replay.append(event)  # kept (bounded) until a resume knows the client had it
-                    session.events_out += 1
-                    yield event
-                if not session.outbox:
-                    session.backlog_slack = 0
-                if session.stream_lost:
-                    return  # the reader saw the stream fail: park (finally)
-                if session.closing is not None or (session.finished and not session.outbox):
-                    break
-                session.wake.clear()
-                await session.wake.wait()
-            dropped = False
-            if session.closing is not None:
-                session.outbox.clear()
-                self.metrics.errors.labels(session.closing.code.name).inc()
-                log.info("session closed: %s %s", session.closing.code.name, session.closing.message)
-                if reader is not None and reader.done():  # the reader stopped at bad input: nobody reads now
-                    await drain_client(context.read, _is_eof)
-                await context.abort(session.closing.code, session.closing.message)
-            log.info("session finished")
+            reader = asyncio.create_task(self._read(it, session, stream.resumed, stream_done))
+            async for event in stream.events():
+                yield event
+            await stream.finish(reader, context)
         finally:
             if reader is not None:
                 reader.cancel()
-            if dropped and self._parkable(session):
-                session.parked, session.stream_lost = True, False
-                self.resumes.park(session)
-                sched.park(session)  # its cohort's steps stop waiting for its chunks
-                self.metrics.parked_sessions.set(self.resumes.parked_count())
-                log.info("stream dropped: session kept %.3g s for a resume", self.resumes.grace_s)
-            else:
-                self._end(session)
+            stream.detach()
             session_var.reset(token)
-
-    def _claim(self, start: pb.SessionStart, key_id: str) -> Conversation:
-        """Attach a new stream to the parked session ``start.resume_token`` names and queue the events the
-        client missed ahead of the new ones (``InputError`` naming the field when it cannot)."""
-        if not self.resumes.enabled:
-            raise v.InputError(
-                grpc.StatusCode.FAILED_PRECONDITION, "start.resume_token: this replica does not keep sessions to resume"
-            )
-        conv = self.resumes.claim(start.resume_token, key_id)
-        seen = start.resume_events_seen
-        if seen > conv.events_out:
-            self.resumes.park(conv)  # still resumable with a correct count
-            raise v.InputError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"start.resume_events_seen: {seen} is more than the {conv.events_out} events the session sent",
-            )
-        missing = conv.events_out - seen
-        again: list[pb.ServerEvent] = []
-        while conv.replay and len(again) < missing:
-            again.append(conv.replay.pop())
-        again.reverse()
-        if len(again) < missing:
-            lost = missing - len(again)
-            again.insert(
-                0,
-                pb.ServerEvent(
-                    warning=pb.Warning(
-                        code="RESUME_GAP",
-                        message=f"{lost} server events sent before the stream dropped are no longer held "
-                        f"(only the last {self.spec.resume_replay_events} are kept) and were lost",
-                    )
-                ),
-            )
-        conv.events_out = seen
-        conv.outbox.extendleft(reversed(again))
-        conv.backlog_slack = len(conv.outbox)
-        conv.parked = False
-        assert self.scheduler is not None
-        self.scheduler.resume(conv)
-        self.metrics.resumed.inc()
-        self.metrics.parked_sessions.set(self.resumes.parked_count())
-        conv.wake.set()
-        return conv
 
     def _parkable(self, session: Conversation) -> bool:
         """Keep a session whose stream dropped? Only a live one, when resumption is on and the engine stays."""
@@ -391,9 +231,9 @@ class EngineServer:
         )
 
     def _end(self, session: Conversation) -> None:
-        """The session is over: free its slot, end its agent jobs, void its token."""
+        """The session is over (CLOSED): free its slot, end its agent jobs, void its token."""
         assert self.scheduler is not None and self.agent is not None
-        session.parked = False
+        session.lifecycle.close()
         self.scheduler.leave(session)
         self.agent.detach(session)
         self.resumes.forget(session)
@@ -473,7 +313,7 @@ class EngineServer:
         assert self.scheduler is not None
         if resumed and ev.audio.seq < session.next_audio_seq:
             return False
-        recv = time.monotonic()
+        recv = self.clock()
         pcm = v.check_audio(ev.audio, session.next_audio_seq, session.chunk_samples)
         chunk = InputChunk(ev.audio.seq, pcm, ev.audio.client_time_us, recv, self.scheduler.wall_us(recv))
         while session.chunks_in_flight >= self.spec.max_pending_chunks and session.closing is None:

@@ -21,6 +21,7 @@ import torch
 from duplex.model.family import TextDecoder
 from duplex.v1 import duplex_pb2 as pb
 
+from .lifecycle import Lifecycle, Phase
 from .turns import TurnTracker
 
 
@@ -67,9 +68,11 @@ class Conversation:
         replay_events: int = 0,
         *,
         text: TextDecoder,
+        lifecycle: Lifecycle | None = None,
     ) -> None:
         """``replay_events``: how many sent events to keep for a resume (0 = not resumable); ``text``: the served
-        model's decoder of its text tokens (``ServedModel.text_decoder``)."""
+        model's decoder of its text tokens (``ServedModel.text_decoder``); ``lifecycle``: its phase, on the
+        engine's clock (default: a new one on the monotonic clock)."""
         self.id = session_id
         self.agent_id = f"{session_id}.{uuid.uuid4().hex[:8]}"
         """The session's name towards the background agent: unique even when clients reuse session ids."""
@@ -103,8 +106,8 @@ class Conversation:
         """The negotiated SessionReady (sent again, marked ``resumed``, to a resuming stream)."""
         self.resume_handle = ""
         """Its entry in the engine's resume register ("" = not resumable)."""
-        self.parked = False
-        """No stream is attached: the slot is kept for the resume grace."""
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
+        """Handshake → attached → parked → closed (``lifecycle.Phase``)."""
         self.stream_lost = False
         """The reader saw the attached stream fail: the writer stops and parks the session."""
         self.input_ended = False
@@ -121,6 +124,11 @@ class Conversation:
         """Sequence number the next audio chunk must have."""
         self.last_video_seq = -1
         """Sequence number of the last video frame read."""
+
+    @property
+    def parked(self) -> bool:
+        """No stream is attached: the slot is kept for the resume grace."""
+        return self.lifecycle.phase is Phase.PARKED
 
     def deliver(self, events: list[pb.ServerEvent], finished: bool = False) -> None:
         if self.closing is not None:

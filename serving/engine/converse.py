@@ -1,0 +1,264 @@
+"""One ``Duplex.Converse`` stream on the engine, as the transitions of its session's lifecycle
+(``lifecycle.Phase``): :meth:`EngineStream.handshake` checks the first message and finds the session (a new
+one, or the parked one a resume token names), :meth:`EngineStream.attach` makes its SessionReady,
+:meth:`EngineStream.events` streams while attached, and :meth:`EngineStream.detach` parks the session or
+closes it when the stream is over. Every time it reads comes from the engine's clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from duplex.v1 import duplex_pb2 as pb
+
+from ..drain import drain_client
+from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA
+from . import validate as v
+from .lifecycle import Lifecycle
+from .session import Conversation
+
+if TYPE_CHECKING:
+    from .server import EngineServer
+
+log = logging.getLogger("duplex.serving.engine.server")
+
+STEER_MARGIN_S = 0.03
+"""A steered client's first chunk is due at least this long after its start arrived (room for the
+SessionReady to reach it)."""
+
+
+def _is_eof(message: object) -> bool:
+    return message is grpc.aio.EOF
+
+
+class Refused(v.InputError):
+    """A SessionStart the engine cannot take now, with trailing metadata for the client (``retry-after-ms``)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(code, message)
+        self.trailing = trailing
+
+
+class EngineStream:
+    """One Converse stream and the session it holds."""
+
+    def __init__(self, server: EngineServer) -> None:
+        self.server = server
+        self.clock = server.clock
+        self.peer = ""
+        """The client's address (for the log)."""
+        self.session: Conversation | None = None
+        """Set by a handshake that succeeded."""
+        self.ready = pb.SessionReady()
+        self.resumed = False
+        self.started = 0.0
+        """Clock reading when the first message arrived."""
+        self.client_us = 0
+        """The client's clock in its SessionStart (0: none, no phase hint)."""
+        self.instruction_tokens: list[int] = []
+        self.dropped = True
+        """Until the stream ends as the protocol says: a cancel or a failed write is a dropped stream."""
+
+    # ----- HANDSHAKE ------------------------------------------------------------------------------------
+    async def handshake(self, first: pb.ClientEvent | v.Undecodable | None, context: grpc.aio.ServicerContext) -> bool:
+        """The stream's first message: find or make its session (False: the client sent nothing). A start the
+        engine cannot take ends the RPC with a status naming what was wrong (HANDSHAKE → CLOSED)."""
+        if first is None:
+            return False
+        self.peer = context.peer()
+        try:
+            self.accept(first, dict(context.invocation_metadata() or ()))
+        except v.InputError as e:
+            self.server.metrics.errors.labels(e.code.name).inc()
+            await drain_client(context.read, _is_eof)  # the status must not race the client's writes
+            await context.abort(e.code, e.message, trailing_metadata=getattr(e, "trailing", ()))
+        return True
+
+    def accept(self, first: pb.ClientEvent | v.Undecodable, metadata: dict[str, str]) -> Conversation:
+        """Check the first message and take its session: a new one (admitted to a slot) or the parked one its
+        resume token names; ``InputError`` naming the field (or the reason) when it cannot."""
+        server = self.server
+        self.started = self.clock()
+        kind = v.event_kind(first)
+        if kind != "start" or not isinstance(first, pb.ClientEvent):
+            raise v.InputError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"{kind} before session start: the first ClientEvent must be `start`",
+            )
+        if server.draining:
+            raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
+        key_id = metadata.get(KEY_ID_METADATA, "")
+        if first.start.resume_token:
+            self.session = self._claim(first.start, key_id)
+            self.resumed = True
+            return self.session
+        resumable = server.resumes.enabled and metadata.get(RESUMABLE_METADATA, "1") != "0"
+        resumable = resumable and not first.start.no_resume
+        self.session = self._open(first.start, resumable, key_id)
+        self.client_us = first.start.client_time_us
+        return self.session
+
+    def _open(self, start: pb.SessionStart, resumable: bool, key_id: str) -> Conversation:
+        """A new session for ``start`` holding a slot, and its SessionReady."""
+        server, sched = self.server, self.server.scheduler
+        assert sched is not None and server.agent is not None
+        neg = v.check_start(start, server.served, server.model_name, server.spec.chunk_ms, server.spec.tools)
+        sid = neg.session_id or uuid.uuid4().hex[:12]
+        session = Conversation(
+            sid,
+            neg.chunk_samples,
+            server.format.frame_samples,
+            server.spec.max_send_backlog,
+            server.spec.resume_replay_events if resumable else 0,
+            text=server.served.text_decoder(),
+            lifecycle=Lifecycle(self.clock),
+        )
+        if not sched.admit(session) and not (server.resumes.sweep() and sched.admit(session)):
+            session.lifecycle.close()
+            raise Refused(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"replica full: {sched.capacity}/{sched.capacity} sessions; retry later",
+                (("retry-after-ms", "1000"),),
+            )
+        session.on_close = lambda: sched.leave(session)
+        server.agent.attach(session, neg.tools)
+        self.instruction_tokens = neg.instruction_tokens if neg.instructions else []
+        fmt = pb.AudioFormat(sample_rate=server.format.sample_rate, channels=1, encoding=pb.PCM16_LE)
+        session.ready = pb.SessionReady(
+            session_id=sid,
+            model=server.model_name,
+            input_format=fmt,
+            output_format=fmt,
+            chunk_ms=neg.chunk_ms,
+            frame_ms=round(server.format.frame_ms),
+            chunk_samples=neg.chunk_samples,
+            tools=neg.tools,
+            replica=f"{server.spec.host}:{server.port}",
+            resume_token=server.resumes.issue(session, key_id) if resumable else "",
+            resume_grace_ms=round(server.resumes.grace_s * 1000) if resumable else 0,
+        )
+        self.ready = session.ready
+        return session
+
+    def _claim(self, start: pb.SessionStart, key_id: str) -> Conversation:
+        """PARKED → ATTACHED: the parked session ``start.resume_token`` names, the events the client missed
+        queued ahead of the new ones (``InputError`` naming the field when it cannot)."""
+        server = self.server
+        if not server.resumes.enabled:
+            raise v.InputError(
+                grpc.StatusCode.FAILED_PRECONDITION, "start.resume_token: this replica does not keep sessions to resume"
+            )
+        conv = server.resumes.claim(start.resume_token, key_id)
+        seen = start.resume_events_seen
+        if seen > conv.events_out:
+            server.resumes.park(conv)  # still resumable with a correct count
+            raise v.InputError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"start.resume_events_seen: {seen} is more than the {conv.events_out} events the session sent",
+            )
+        missing = conv.events_out - seen
+        again = [conv.replay.pop() for _ in range(min(missing, len(conv.replay)))][::-1]
+        if len(again) < missing:
+            again.insert(0, self._gap_warning(missing - len(again)))
+        conv.events_out = seen
+        conv.outbox.extendleft(reversed(again))
+        conv.backlog_slack = len(conv.outbox)
+        conv.lifecycle.attach()
+        assert server.scheduler is not None and conv.ready is not None
+        server.scheduler.resume(conv)
+        server.metrics.resumed.inc()
+        server.metrics.parked_sessions.set(server.resumes.parked_count())
+        conv.wake.set()
+        self.ready.CopyFrom(conv.ready)
+        self.ready.send_in_us = 0  # its cohort and phase are kept: the client keeps its own pace
+        self.ready.resumed = True
+        self.ready.resume_events_received = conv.events_in
+        self.ready.resume_next_seq = conv.next_audio_seq
+        return conv
+
+    def _gap_warning(self, lost: int) -> pb.ServerEvent:
+        return pb.ServerEvent(
+            warning=pb.Warning(
+                code="RESUME_GAP",
+                message=f"{lost} server events sent before the stream dropped are no longer held "
+                f"(only the last {self.server.spec.resume_replay_events} are kept) and were lost",
+            )
+        )
+
+    # ----- HANDSHAKE → ATTACHED ----------------------------------------------------------------------------
+    def attach(self) -> pb.ServerEvent:
+        """The SessionReady to send; a new session gets its instructions queued and its phase hint."""
+        session, sched = self.session, self.server.scheduler
+        assert session is not None and sched is not None
+        if self.resumed:
+            log.info("session resumed (peer %s)", self.peer)
+            return pb.ServerEvent(ready=self.ready)
+        log.info("session started (peer %s)", self.peer)
+        if self.instruction_tokens:
+            sched.add_text(session, self.instruction_tokens)
+        if self.client_us > 0:
+            # the hint counts from the Ready's departure, which the client places half a network round trip
+            # before the Ready's arrival (``client.first_send_us``)
+            arrive = sched.steer(session, not_before=self.started + STEER_MARGIN_S)
+            if arrive is not None:
+                sent = self.clock()
+                self.ready.send_in_us = max(1, round((arrive - sent) * 1e6))
+                self.ready.start_held_us = round((sent - self.started) * 1e6)
+        session.lifecycle.attach()
+        return pb.ServerEvent(ready=self.ready)
+
+    # ----- ATTACHED -----------------------------------------------------------------------------------
+    async def events(self) -> AsyncIterator[pb.ServerEvent]:
+        """The session's server events while this stream holds it. Ends when the session finishes or closes
+        (``dropped`` False) or the reader saw the stream fail (``dropped`` stays True)."""
+        session = self.session
+        assert session is not None
+        while True:
+            while session.outbox and session.closing is None and not session.stream_lost:
+                event = session.outbox.popleft()
+                session.replay.append(event)  # kept (bounded) until a resume knows the client had it
+                session.events_out += 1
+                yield event
+            if not session.outbox:
+                session.backlog_slack = 0
+            if session.stream_lost:
+                return  # the reader saw the stream fail: park (detach)
+            if session.closing is not None or (session.finished and not session.outbox):
+                break
+            session.wake.clear()
+            await session.wake.wait()
+        self.dropped = False
+
+    async def finish(self, reader: asyncio.Task[None] | None, context: grpc.aio.ServicerContext) -> None:
+        """The session is over as the protocol says: OK, or the status it closed with."""
+        session = self.session
+        assert session is not None
+        if session.closing is None:
+            log.info("session finished")
+            return
+        session.outbox.clear()
+        self.server.metrics.errors.labels(session.closing.code.name).inc()
+        log.info("session closed: %s %s", session.closing.code.name, session.closing.message)
+        if reader is not None and reader.done():  # the reader stopped at bad input: nobody reads now
+            await drain_client(context.read, _is_eof)
+        await context.abort(session.closing.code, session.closing.message)
+
+    # ----- ATTACHED → PARKED | CLOSED ---------------------------------------------------------------------
+    def detach(self) -> None:
+        """The stream is over: park a live resumable session whose stream dropped, else close it."""
+        server, session = self.server, self.session
+        assert session is not None and server.scheduler is not None
+        if self.dropped and server._parkable(session):
+            session.stream_lost = False
+            session.lifecycle.park()
+            server.resumes.park(session)
+            server.scheduler.park(session)  # its cohort's steps stop waiting for its chunks
+            server.metrics.parked_sessions.set(server.resumes.parked_count())
+            log.info("stream dropped: session kept %.3g s for a resume", server.resumes.grace_s)
+        else:
+            server._end(session)
