@@ -170,6 +170,27 @@ def validation_score(m: Metrics) -> float:
     return m.tor - 2.0 * m.false_takeover - m.interrupts_user - m.overlap - latency + 0.5 * barge
 
 
+def _validate(
+    s: TrainSettings,
+    model: DuplexModel,
+    codec: Codec,
+    val_convs: list[Conversation],
+    step: int,
+    parts: dict[str, float],
+    history: list[dict[str, Any]],
+    log: Callable[[str], None],
+) -> float:
+    """Stream the validation split through the real step path, score it, log it and append it to ``history``."""
+    model.eval()
+    m = score("duplex", val_convs, run_model(model, codec, val_convs))
+    model.train()
+    v = validation_score(m)
+    history.append({"step": step, **parts, "val_score": v, **m.summary(), "validation": m.summary()})
+    shown = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in m.summary().items()}
+    log(f"step {step}: {json.dumps(shown)} score {v:.3f}")
+    return v
+
+
 def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
     torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
@@ -229,32 +250,16 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
                     f"control {parts['control']:.3f} audio {parts['audio']:.3f} text {parts['text']:.3f}"
                 )
             if step % s.eval_every == 0 or step == s.steps:
-                model.eval()
-                m = score("duplex", val_convs, run_model(model, codec, val_convs))
-                model.train()
-                v = validation_score(m)
-                history.append({"step": step, **parts, "val_score": v, **m.summary()})
-                shown = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in m.summary().items()}
-                log(f"step {step}: {json.dumps(shown)} score {v:.3f}")
+                v = _validate(s, model, codec, val_convs, step, parts, history, log)
                 if v > best:
                     best = v
                     meta = {
                         "train_settings": s.model_dump_json(),
                         "step": str(step),
-                        "validation": json.dumps(m.summary()),
+                        "validation": json.dumps(history[-1]["validation"]),
                     }
                     checkpoint.save(model, s.out, metadata=meta, dtype=torch.bfloat16)
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "opt": opt.state_dict(),
-                        "step": step,
-                        "best": best,
-                        "history": history,
-                        "rng": rng.getstate(),
-                        "gen": gen.get_state(),
-                        "settings": s.model_dump(mode="json"),
-                    },
-                    state_path,
-                )
+                state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best": best}
+                state |= {"history": history, "rng": rng.getstate(), "gen": gen.get_state()}
+                torch.save({**state, "settings": s.model_dump(mode="json")}, state_path)
     return {"steps": step, "best_score": best, "history": history, "minutes": (time.monotonic() - t0) / 60}

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from duplex.model.corpus.check import check_conversation
 from duplex.model.corpus.conversation import Timing
-from duplex.model.corpus.make import SPLITS, assign_splits, make_corpus
+from duplex.model.corpus.make import SPLITS, CorpusReport, assign_splits, make_corpus
 
 app = typer.Typer(
     name="corpus",
@@ -112,6 +112,23 @@ def make(
     reaction = _range(barge_reaction, "'--barge-reaction'", 0.04)
     warp = _range(voice_warp, "'--voice-warp'", 0.7, 1.4, unit="")
     _writable_dir(out, force)
+    timing = Timing(reply_gap=gap, barge_reaction=reaction, voice_warp=warp)
+    splits = {"validation_fraction": validation_fraction, "test_fraction": test_fraction}
+    report = _render(out, conversations, seed, workers, (min_duration, max_duration), timing, heldout_fraction, splits)
+    _print_report(report)
+
+
+def _render(
+    out: Path,
+    conversations: int,
+    seed: int,
+    workers: int,
+    durations: tuple[float, float],
+    timing: Timing,
+    heldout_fraction: float,
+    splits: dict[str, float],
+) -> CorpusReport:
+    """``make_corpus`` with a progress bar (conversations done, minutes of audio)."""
     columns = (
         TextColumn("[bold]rendering"),
         BarColumn(),
@@ -127,20 +144,22 @@ def make(
             audio[0] += float(entry["duration_s"])
             progress.update(task, advance=1, audio=f"{audio[0] / 60:.1f} min audio")
 
-        report = make_corpus(
+        return make_corpus(
             out,
             conversations,
             seed,
             workers,
-            min_duration,
-            max_duration,
-            validation_fraction,
-            test_fraction,
+            *durations,
+            splits["validation_fraction"],
+            splits["test_fraction"],
             on_done=done,
-            timing=Timing(reply_gap=gap, barge_reaction=reaction, voice_warp=warp),
+            timing=timing,
             heldout_fraction=heldout_fraction,
         )
-    table = Table(title=f"corpus {out}")
+
+
+def _print_report(report: CorpusReport) -> None:
+    table = Table(title=f"corpus {report.out}")
     for column in ("split", "conversations", "audio (min)", "user voices"):
         table.add_column(column)
     for split in SPLITS:
