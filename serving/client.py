@@ -24,7 +24,7 @@ import numpy as np
 
 from duplex.v1 import duplex_pb2 as pb
 
-from .resume_token import HOLDER_LOST_METADATA
+from .resume_token import HOLDER_LOST_METADATA, RESUME_REPLICA_METADATA
 
 
 def now_us() -> int:
@@ -299,6 +299,15 @@ RETRY_BACKOFF_S = 0.05
 """Pause before trying again a resume the engine or gateway refused for now (``RETRY_RESUME``)."""
 
 
+def proxied_status(code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
+    """A stream a proxy (Envoy) reset because its engine went away mid-conversation reaches gRPC as INTERNAL
+    ("RST_STREAM with error code 2": gRPC maps every reset code but REFUSED_STREAM so); it is a dropped stream,
+    reported as UNAVAILABLE like a dropped connection."""
+    if code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details:
+        return grpc.StatusCode.UNAVAILABLE, f"stream reset by the proxy (its engine went away): {details}"
+    return code, details
+
+
 RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 """How a dropped stream (client or server vanished, connection reset, gateway gone) reaches the client."""
 RETRY_RESUME = {grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
@@ -502,10 +511,13 @@ async def converse(
         while True:
             ready, resend_from = asyncio.Event(), list[int]()
             start_ev = first
+            call_md = tuple(metadata)
             if drop is not None:
                 start_ev = pb.ClientEvent(start=pb.SessionStart(resume_token=token, resume_events_seen=seen))
+                if negotiated and negotiated[0].replica:  # behind Envoy: the session picker routes it there
+                    call_md += ((RESUME_REPLICA_METADATA, negotiated[0].replica),)
             call = converse_rpc(
-                requests(start_ev, ready, resend_from), metadata=tuple(metadata), wait_for_ready=drop is not None
+                requests(start_ev, ready, resend_from), metadata=call_md, wait_for_ready=drop is not None
             )
             expired: list[bool] = []
             timer = None
@@ -550,8 +562,8 @@ async def converse(
                     conv.details = f"resume: {unsendable[0]} (resend_limit {resend_limit})"
                 return conv
             except grpc.aio.AioRpcError as e:
-                code = e.code()
-                conv.code, conv.details = code, e.details() or ""
+                code, details = proxied_status(e.code(), e.details() or "")
+                conv.code, conv.details = code, details
                 conv.trailing = tuple((k, str(v)) for k, v in (e.trailing_metadata() or ()))
             except asyncio.CancelledError:
                 if not expired:

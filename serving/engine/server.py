@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -27,7 +28,7 @@ from ..drain import drain_client
 from ..heap import freeze_startup_heap
 from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
-from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA
+from ..resume_token import KEY_ID_METADATA, PLACEMENT_METADATA, RESUMABLE_METADATA
 from ..spec import EngineSpec
 from . import validate as v
 from .agent_link import AgentLink
@@ -51,6 +52,8 @@ SessionReady to reach it)."""
 HALF_CLOSE_SETTLE_S = 0.25
 """A stream half-closed without EndOfStream ends the session unless the RPC is cancelled within this long
 (then its peer died and the session is kept for a resume)."""
+MAX_PICKERS = 64
+"""Session pickers whose placement numbers are remembered (the oldest is forgotten past it)."""
 SWEEP_INTERVAL_S = 0.1
 """How often parked sessions are checked against their resume grace (on the injected clock)."""
 
@@ -93,6 +96,8 @@ class EngineServer:
         self.scheduler: Scheduler | None = None
         self.agent: AgentLink | None = None
         self._tasks: set[asyncio.Future[None]] = set()
+        self.placements_seen: dict[str, int] = {}
+        """Per session picker, the highest placement number seen on a stream (``Replica.GetLoad`` reports it)."""
         self.resumes = ResumeRegistry(spec.resume_grace_s, clock, self._expired)
 
     async def start(self) -> int:
@@ -196,7 +201,18 @@ class EngineServer:
             chunk_ms=self.spec.chunk_ms,
             step_ms_p50=sched.step_ms_p50(),
             draining=self.draining,
+            sessions_by_key=Counter(c.key_id for c in sched.conversations if c.key_id),
+            placements_seen=self.placements_seen,
         )
+
+    def _saw_placement(self, value: str) -> None:
+        """Note a picker's placement number (``PICKER_ID.NUMBER``; anything else is ignored)."""
+        picker, _, number = value.rpartition(".")
+        if not picker or not number.isdigit() or len(picker) > 64:
+            return
+        if picker not in self.placements_seen and len(self.placements_seen) >= MAX_PICKERS:
+            self.placements_seen.pop(next(iter(self.placements_seen)))  # the oldest picker seen
+        self.placements_seen[picker] = max(self.placements_seen.get(picker, 0), int(number))
 
     # ----- Converse ----------------------------------------------------------------------------------
     async def converse(
@@ -211,6 +227,7 @@ class EngineServer:
             return
         metadata = dict(context.invocation_metadata() or ())
         key_id = metadata.get(KEY_ID_METADATA, "")
+        self._saw_placement(metadata.get(PLACEMENT_METADATA, ""))
         resumable = self.resumes.enabled and metadata.get(RESUMABLE_METADATA, "1") != "0"
         resumed: Conversation | None = None
         try:
@@ -252,6 +269,7 @@ class EngineServer:
                 replay,
                 text=self.served.text_decoder(),
             )
+            session.key_id = key_id
             if not sched.admit(session) and not (self.resumes.sweep() and sched.admit(session)):
                 self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
                 await drain_client(context.read, _is_eof)
