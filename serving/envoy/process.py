@@ -30,7 +30,8 @@ def envoy_binary() -> str:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: the child gets SIGTERM when the process that started it goes away (even by SIGKILL)."""
+    """Linux: the child gets SIGTERM when the thread that started it ends — with its process at the latest,
+    even one killed by SIGKILL (``duplex up`` starts Envoy from an executor thread that lives as long as it)."""
     PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
