@@ -38,10 +38,10 @@ class LocalUp:
     """``duplex up --port 0 ARGS…`` (or ``command``) with stdout and stderr appended to ``log`` (a new file in
     the temporary directory when none is given; kept, so a failure's log can be read).
 
-    ``start()`` returns the front door's HOST:PORT (``address``: Envoy's listener); with ``--http-port`` among ``args`` it also waits
-    for the Realtime endpoint's ``ws://`` URL (``realtime``). ``wait_for`` waits for any line, ``lines`` and
-    ``output()`` are what it printed, ``proc`` is the ``Popen``, ``stop`` signals it and waits. As a context
-    manager it is started on entry and stopped (or killed) on exit."""
+    ``start()`` returns the front door's HOST:PORT (``address``: Envoy's listener); with ``--http-port`` among
+    ``args`` it also waits for the Realtime endpoint's ``ws://`` URL (``realtime``). ``wait_for`` waits for any
+    line, ``lines`` and ``output()`` are what it printed, ``proc`` is the ``Popen``, ``stop`` signals it and
+    waits. As a context manager it is started on entry and stopped (or killed) on exit."""
 
     def __init__(self, log: Path | None = None, args: Sequence[str] = (), command: list[str] | None = None) -> None:
         if log is None:
