@@ -404,8 +404,8 @@ async def _up_main(stack: LocalStack, local: _LocalAgent) -> None:
         raise
     for line in stack.lines():
         print(line, flush=True)
-    if stack.gateway is not None and stack.gateway.http_port:
-        print(f"duplex up: realtime at {realtime_urls(stack.gateway.spec, stack.gateway.http_port)}", flush=True)
+    if stack.gateway is not None and stack.envoy is not None and stack.envoy.realtime_port:
+        print(f"duplex up: realtime at {realtime_urls(stack.gateway.spec, stack.envoy.realtime_port)}", flush=True)
     agent_line = local.describe(EngineSpec.model_validate(stack.engine_fields).tools)
     if agent_line is not None:
         print(agent_line, flush=True)

@@ -1,8 +1,9 @@
 """``duplex up``'s data plane on this machine: N engine replicas (a process each), the session picker (a
 process) and Envoy, the only front door: every ``Duplex.Converse`` stream goes through Envoy, which asks the
 picker once per session (key, quotas, replica) and then carries the stream to that engine by itself. With
-``--http-port`` the gateway process also runs, for the Realtime WebSocket endpoint only (straight to the
-engines).
+``--http-port`` the gateway process also runs, for the Realtime WebSocket endpoint and page only (straight to
+the engines), on a private port: Envoy's second listener (``--http-port``) proxies it, WebSocket upgrades
+included.
 
 Ports: Envoy's listener on ``port`` (0 = any); with ``metrics_port`` P the engine 0 exports on P, the picker on
 P + 1, engine I ≥ 1 on P + 1 + I and the Realtime gateway on P + 1 + N."""
@@ -79,13 +80,22 @@ class LocalStack:
             self.addresses = [f"{HOST}:{p}" for p in ports]
             self.picker = PickerProcess(picker_spec(self.addresses, picker_metrics))
             self.picker_port = await asyncio.to_thread(self.picker.start)
-            cfg = EnvoyConfig(picker=f"{HOST}:{self.picker_port}", eds_path=Path("engines.json"), port=self.port)
+            realtime = ""
+            if self.http_port is not None:  # served by the gateway on a private port, reached through Envoy
+                check_port_free(HOST, self.http_port)
+                gspec = realtime_gateway_spec(self.addresses, gateway_metrics)
+                self.gateway = GatewayProcess(gspec, 0, 0)
+                await asyncio.to_thread(self.gateway.start)
+                realtime = f"{HOST}:{self.gateway.http_port}"
+            cfg = EnvoyConfig(
+                picker=f"{HOST}:{self.picker_port}",
+                eds_path=Path("engines.json"),
+                port=self.port,
+                realtime=realtime,
+                realtime_port=self.http_port or 0,
+            )
             self.envoy = EnvoyProcess(cfg, self.addresses, concurrency=self.envoy_concurrency)
             self.envoy_port = await asyncio.to_thread(self.envoy.start)
-            if self.http_port is not None:
-                gspec = realtime_gateway_spec(self.addresses, gateway_metrics)
-                self.gateway = GatewayProcess(gspec, 0, self.http_port)
-                await asyncio.to_thread(self.gateway.start)
         except BaseException:
             await self.stop()
             raise
@@ -119,7 +129,7 @@ class LocalStack:
         return first()
 
     async def stop(self) -> None:
-        """Realtime gateway (drains), Envoy (its streams end UNAVAILABLE), engines, picker — in that order."""
+        """Realtime gateway (drains), Envoy (its streams end UNAVAILABLE), picker, engines — in that order."""
         if self.gateway is not None and self.gateway.proc.pid is not None:
             await asyncio.to_thread(self.gateway.stop, self.gateway.spec.drain_grace_s + 5.0)
         if self.envoy is not None:
@@ -127,11 +137,11 @@ class LocalStack:
             if code is not None:
                 print(f"duplex up: envoy exited (code {code}); stopping", flush=True)
             await asyncio.to_thread(self.envoy.stop)
+        if self.picker is not None and self.picker.proc.pid is not None:
+            await asyncio.to_thread(self.picker.stop, 5.0)
         await asyncio.gather(
             *(asyncio.to_thread(e.stop, 10.0) for e in self.engines if e.proc.pid is not None),
         )
-        if self.picker is not None and self.picker.proc.pid is not None:
-            await asyncio.to_thread(self.picker.stop, 5.0)
 
 
 async def serve(stack: LocalStack, stop_others: Callable[[], Awaitable[None]]) -> None:

@@ -17,6 +17,9 @@ REPLICA_HEADER = "x-duplex-replica"
 """Request header the picker sets (overwriting any value the client sent) to the chosen engine's HOST:PORT."""
 ENGINES_CLUSTER = "engines"
 PICKER_CLUSTER = "picker"
+REALTIME_CLUSTER = "realtime"
+LISTENER = "duplex"
+REALTIME_LISTENER = "realtime"
 CONVERSE_PATH = "/duplex.v1.Duplex/Converse"
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 PICKER_UNREACHABLE = "session picker unreachable: new sessions are refused until it is back; retry"
@@ -59,6 +62,11 @@ class EnvoyConfig:
     """Circuit-breaker limits of the engines cluster (the engines' own caps are the real limit)."""
     max_connections: int = 10_000
     """Downstream connections Envoy accepts at once (its overload manager closes more)."""
+    realtime: str = ""
+    """HOST:PORT of the Realtime WebSocket endpoint and page (the gateway's HTTP port); "" = none. When set,
+    a second listener (``realtime_port``) proxies HTTP/1.1 and WebSocket upgrades to it."""
+    realtime_port: int = 0
+    """The Realtime listener's port (0 = any free port)."""
 
 
 def _duration(seconds: float) -> str:
@@ -158,11 +166,53 @@ def _listener(cfg: EnvoyConfig) -> dict[str, Any]:
         "http_filters": [_ext_authz(cfg), {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
     }
     return {
-        "name": "duplex",
+        "name": LISTENER,
         "address": _socket(cfg.host, cfg.port),
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
+    }
+
+
+def _realtime_listener(cfg: EnvoyConfig) -> dict[str, Any]:
+    """HTTP/1.1 and WebSocket upgrades to the Realtime endpoint (it checks keys and client secrets itself)."""
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "realtime",
+        "codec_type": "HTTP1",
+        "stream_idle_timeout": _duration(cfg.stream_idle_timeout_s),
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "route_config": {
+            "name": "realtime",
+            "virtual_hosts": [
+                {
+                    "name": "realtime",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": REALTIME_CLUSTER, "timeout": "0s"}}],
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    return {
+        "name": REALTIME_LISTENER,
+        "address": _socket(cfg.host, cfg.realtime_port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _realtime_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+    host, port = cfg.realtime.rsplit(":", 1)
+    return {
+        "name": REALTIME_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": REALTIME_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, int(port))}}]}],
+        },
     }
 
 
@@ -239,8 +289,9 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
             ]
         },
         "static_resources": {
-            "listeners": [_listener(cfg)],
-            "clusters": [_engines_cluster(cfg), _picker_cluster(cfg)],
+            "listeners": [_listener(cfg)] + ([_realtime_listener(cfg)] if cfg.realtime else []),
+            "clusters": [_engines_cluster(cfg), _picker_cluster(cfg)]
+            + ([_realtime_cluster(cfg)] if cfg.realtime else []),
         },
     }
 

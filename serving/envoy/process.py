@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from .config import EnvoyConfig, bootstrap
+from .config import LISTENER, REALTIME_LISTENER, EnvoyConfig, bootstrap
 from .eds import write_endpoints
 
 POLL_S = 0.05
@@ -51,6 +51,8 @@ class EnvoyProcess:
         """HOST:PORT of its admin API (loopback)."""
         self.port = 0
         """Bound port of its listener."""
+        self.realtime_port = 0
+        """Bound port of its Realtime listener (0 = none configured)."""
 
     @property
     def pid(self) -> int:
@@ -110,11 +112,12 @@ class EnvoyProcess:
             listeners = json.loads(self._get("/listeners?format=json"))
         except (OSError, ValueError):
             return False
-        for status in listeners.get("listener_statuses", []):
-            if status.get("name") == "duplex":
-                self.port = int(status["local_address"]["socket_address"]["port_value"])
-                return self.port > 0
-        return False
+        ports = {
+            status.get("name"): int(status["local_address"]["socket_address"]["port_value"])
+            for status in listeners.get("listener_statuses", [])
+        }
+        self.port, self.realtime_port = ports.get(LISTENER, 0), ports.get(REALTIME_LISTENER, 0)
+        return self.port > 0 and (self.realtime_port > 0 or not self.cfg.realtime)
 
     def _get(self, path: str) -> str:
         with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=2.0) as r:

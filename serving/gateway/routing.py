@@ -103,16 +103,21 @@ class Router:
             state = new
 
     async def _watch_health(self, r: Replica) -> None:
-        """Mark ``r`` down the moment its health service says it is not SERVING (a drain begins); a broken
-        stream is opened again after ``interval_s`` (the poll covers the gap)."""
+        """Mark ``r`` down the moment its health service says it is not SERVING (a drain begins), and end
+        the watch then: a draining server's stop would otherwise cancel it under its handler. A watch that
+        ended is opened again after ``interval_s`` (the poll covers the gap)."""
         stub = health_pb2_grpc.HealthStub(r.channel)
         while True:
+            call = stub.Watch(health_pb2.HealthCheckRequest())
             try:
-                async for answer in stub.Watch(health_pb2.HealthCheckRequest()):
+                async for answer in call:
                     if answer.status != health_pb2.HealthCheckResponse.SERVING:
                         self.mark_down(r, f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}")
+                        break
             except grpc.aio.AioRpcError:
                 pass
+            finally:
+                call.cancel()
             await asyncio.sleep(self.interval_s)
 
     def mark_down(self, r: Replica, why: str) -> None:

@@ -47,9 +47,11 @@ def test_bootstrap_validates_with_the_real_binary(tmp_path: Path) -> None:
     assert [e["endpoint"]["address"]["socket_address"]["port_value"] for e in _lb(eds)] == [7070, 7071]
     assert not [p for p in eds.parent.iterdir() if p != eds]  # written aside, renamed into place
     config = tmp_path / "envoy.json"
-    config.write_text(json.dumps(bootstrap(EnvoyConfig(picker="127.0.0.1:9", eds_path=eds))))
-    r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
+    for realtime in ("", "127.0.0.1:10"):  # with and without the Realtime listener
+        cfg = EnvoyConfig(picker="127.0.0.1:9", eds_path=eds, realtime=realtime)
+        config.write_text(json.dumps(bootstrap(cfg)))
+        r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
     with pytest.raises(ValueError, match="expected IP:PORT"):
         write_endpoints(eds, ["engine-0"], 2)
 
