@@ -35,6 +35,8 @@ _LEAST_REQUEST = "type.googleapis.com/envoy.extensions.load_balancing_policies.l
 _MAX_CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
 )
+_NODELAY = {"level": 6, "name": 1, "int_value": 1, "state": "STATE_PREBIND"}
+"""IPPROTO_TCP (6), TCP_NODELAY (1) = 1."""
 _CLA = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 
@@ -168,6 +170,9 @@ def _listener(cfg: EnvoyConfig) -> dict[str, Any]:
     return {
         "name": LISTENER,
         "address": _socket(cfg.host, cfg.port),
+        # TCP_NODELAY on the listening socket (accepted client connections inherit it): a chunk written to a
+        # client is never held back behind an unacknowledged one (Nagle)
+        "socket_options": [_NODELAY],
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
