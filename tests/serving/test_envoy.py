@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -228,3 +228,37 @@ def test_up_with_two_replicas(tmp_path: Path) -> None:
         assert sorted(c.ready.replica for c in convs if c.ready is not None) == sorted(addresses)
     assert up.proc is not None and up.proc.returncode == 0
     assert "duplex up: stopped" in up.output()
+
+
+def test_a_dropped_stream_resumes_on_the_engine_holding_it(front: Front) -> None:
+    """Envoy restarted under a live conversation: the client's resume carries ``x-duplex-resume-replica`` and
+    the picker sends it to the engine that parked the session — not to the emptier one it would pick for a new
+    session."""
+    a, b = front.addresses
+    talk = client.split_chunks(tone(6.0), CHUNK)
+
+    async def scenario() -> client.Conversation:
+        async with grpc.aio.insecure_channel(front.target) as ch:
+            live = asyncio.create_task(client.converse(ch, talk, metadata=ALICE))
+            end = time.monotonic() + 30
+            while not (await active_sessions(a) or await active_sessions(b)):
+                assert time.monotonic() < end, "the conversation never reached an engine"
+                await asyncio.sleep(0.02)
+            port, old = front.envoy.port, front.envoy
+            await asyncio.to_thread(old.stop)  # every stream through it drops
+            front.envoy = EnvoyProcess(replace(old.cfg, port=port), front.addresses)
+            await asyncio.to_thread(front.envoy.start)
+            return await live
+
+    conv = asyncio.run(scenario())
+    assert conv.code == grpc.StatusCode.OK, (conv.code, conv.details)
+    assert len(conv.resumptions) == 1 and conv.resumptions[0].resumed_us, conv.resumptions
+    assert conv.audio_seqs() == list(range(len(talk)))
+
+
+def test_a_proxy_reset_is_reported_as_a_dropped_stream() -> None:
+    reset = "Stream removed (RST_STREAM (Received RST_STREAM with error code 2))"
+    code, details = client.proxied_status(grpc.StatusCode.INTERNAL, reset)
+    assert code == grpc.StatusCode.UNAVAILABLE and details.endswith(reset)
+    assert client.proxied_status(grpc.StatusCode.INTERNAL, "bad frame") == (grpc.StatusCode.INTERNAL, "bad frame")
+    assert client.proxied_status(grpc.StatusCode.NOT_FOUND, reset) == (grpc.StatusCode.NOT_FOUND, reset)
