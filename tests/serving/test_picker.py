@@ -1,13 +1,17 @@
 """The session picker's decision without Envoy (no I/O: engine reports are set on the replicas as the router
 would, time is an injected clock): placement by free slots plus the picker's own placements since each report,
-per-key quotas, refusals with the status Envoy hands to the client, resumes routed to their holder."""
+per-key quotas, refusals with the status Envoy hands to the client, resumes routed to their holder. And what a
+real engine reports for it."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 
 import grpc
 
+from duplex.serving import client
 from duplex.serving.envoy.config import CONVERSE_PATH, REPLICA_HEADER
 from duplex.serving.gateway.auth import key_line
 from duplex.serving.gateway.routing import Replica
@@ -21,6 +25,9 @@ from duplex.serving.resume_token import (
     RESUME_REPLICA_METADATA,
 )
 from duplex.serving.spec import GatewaySpec
+from duplex.v1 import duplex_pb2 as pb
+
+from .conftest import Stack, tone
 
 A, B = "127.0.0.1:7001", "127.0.0.1:7002"
 
@@ -164,3 +171,39 @@ def test_grpc_message_is_percent_encoded() -> None:
     answer = deny(grpc.StatusCode.UNAUTHENTICATED, "bad key: 100% wrong — try again")
     assert headers(answer)["grpc-message"] == "bad key: 100%25 wrong %E2%80%94 try again"
     assert answer.denied_response.body == "bad key: 100% wrong — try again"
+
+
+def test_engine_reports_sessions_per_key_and_placements_seen(stack: Stack) -> None:
+    """What the picker counts on, from a real engine: ``Replica.GetLoad`` lists live sessions per key id and,
+    per picker, the highest placement number that reached it (a malformed value is ignored)."""
+    talk = client.split_chunks(tone(4.0), 3200)
+
+    async def scenario() -> tuple[pb.ReplicaLoad, pb.ReplicaLoad]:
+        async with grpc.aio.insecure_channel(stack.engine_addr) as ch:
+            get_load = ch.unary_unary(
+                "/duplex.v1.Replica/GetLoad",
+                request_serializer=pb.LoadRequest.SerializeToString,
+                response_deserializer=pb.ReplicaLoad.FromString,
+            )
+            placed = [("p1.7", "alice"), ("p1.3", "alice"), ("p2.1", "bob"), ("no-number", "bob")]
+            live = [
+                asyncio.create_task(client.converse(ch, talk, metadata=((PLACEMENT_METADATA, p), (KEY_ID_METADATA, k))))
+                for p, k in placed
+            ]
+            end = time.monotonic() + 30
+            while (during := await get_load(pb.LoadRequest())).active_sessions < len(placed):
+                assert time.monotonic() < end, "the sessions never all started"
+                await asyncio.sleep(0.02)
+            for task in live:
+                task.cancel()
+            await asyncio.gather(*live, return_exceptions=True)
+            end = time.monotonic() + 30
+            while (after := await get_load(pb.LoadRequest())).sessions_by_key:
+                assert time.monotonic() < end, "the sessions never ended"
+                await asyncio.sleep(0.02)
+            return during, after
+
+    during, after = asyncio.run(scenario())
+    assert dict(during.sessions_by_key) == {"alice": 2, "bob": 2}
+    assert dict(during.placements_seen) == {"p1": 7, "p2": 1}
+    assert dict(after.placements_seen) == {"p1": 7, "p2": 1}  # kept: the highest number seen, not the live ones
