@@ -68,8 +68,8 @@ class LocalStack:
     gateway: GatewayProcess | None = None
 
     async def start(self) -> None:
-        """Engines (in parallel), then the picker, Envoy and the Realtime gateway. A failure (OSError or
-        ValueError naming what failed) stops what had started."""
+        """Engines (in parallel), then the picker, the Realtime gateway (with ``http_port``) and Envoy. A
+        failure (OSError or ValueError naming what failed) stops what had started."""
         check_port_free(HOST, self.port)  # Envoy would only log it: say it before anything starts
         engine_ports, picker_metrics, gateway_metrics = metrics_ports(self.metrics_port, self.replicas)
         try:
