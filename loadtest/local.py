@@ -38,10 +38,10 @@ class LocalUp:
     """``duplex up --port 0 ARGS…`` (or ``command``) with stdout and stderr appended to ``log`` (a new file in
     the temporary directory when none is given; kept, so a failure's log can be read).
 
-    ``start()`` returns the gateway's HOST:PORT (``address``); with ``--http-port`` among ``args`` it also waits
-    for the Realtime endpoint's ``ws://`` URL (``realtime``). ``wait_for`` waits for any line, ``lines`` and
-    ``output()`` are what it printed, ``proc`` is the ``Popen``, ``stop`` signals it and waits. As a context
-    manager it is started on entry and stopped (or killed) on exit."""
+    ``start()`` returns the front door's HOST:PORT (``address``: Envoy's listener); with ``--http-port`` among
+    ``args`` it also waits for the Realtime endpoint's ``ws://`` URL (``realtime``). ``wait_for`` waits for any
+    line, ``lines`` and ``output()`` are what it printed, ``proc`` is the ``Popen``, ``stop`` signals it and
+    waits. As a context manager it is started on entry and stopped (or killed) on exit."""
 
     def __init__(self, log: Path | None = None, args: Sequence[str] = (), command: list[str] | None = None) -> None:
         if log is None:
@@ -52,11 +52,12 @@ class LocalUp:
         self.command = command if command is not None else [*DUPLEX, "up", "--port", "0", *args]
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
-        """HOST:PORT of the gateway's gRPC service, from the "ready at" line."""
+        """HOST:PORT of the front door (Envoy's listener in front of the engines), from the "ready at" line."""
         self.realtime = ""
         """The Realtime endpoint's ws:// URL from the "realtime at" line (with ``--http-port`` only)."""
         self.children: list[psutil.Process] = []
-        """The processes it started (gateway, agent, redis-server…), as seen once it was ready."""
+        """The processes it started (engines, session picker, Envoy, agent, redis-server…), as seen once it was
+        ready."""
         self.lines: list[str] = []
         """Its output lines so far (this run's only; whole lines, each with its newline)."""
         self.stop_s = 0.0

@@ -1,7 +1,9 @@
-"""Regenerate the checked-in ``duplex.v1`` Python stubs from ``protos/duplex/v1/duplex.proto``.
+"""Regenerate the checked-in Python stubs: ``duplex.v1`` from ``protos/duplex/v1/duplex.proto`` and
+``duplex.ext_authz.v3`` from ``protos/duplex/ext_authz/v3/external_auth.proto`` (the wire-compatible subset of
+Envoy's ext_authz service that the session picker serves).
 
-python protos/generate.py            # writes duplex/v1/duplex_pb2{,_grpc}.py{,i}
-python protos/generate.py --out DIR  # writes DIR/duplex/v1/... (the stub test compares the two)
+python protos/generate.py            # writes duplex/v1/duplex_pb2{,_grpc}.py{,i} and duplex/ext_authz/v3/...
+python protos/generate.py --out DIR  # writes DIR/duplex/... (the stub test compares the two)
 """
 
 from __future__ import annotations
@@ -13,25 +15,30 @@ from pathlib import Path
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
-PROTO = "duplex/v1/duplex.proto"
+PROTOS = ("duplex/v1/duplex.proto", "duplex/ext_authz/v3/external_auth.proto")
+WELL_KNOWN = Path(protoc.__file__).parent / "_proto"
+"""google/protobuf/*.proto as shipped with grpcio-tools (the ext_authz subset imports wrappers.proto)."""
 
 
 def generate(out: Path) -> None:
-    (out / "duplex" / "v1").mkdir(parents=True, exist_ok=True)
-    args = [
-        "protoc",
-        f"-I{ROOT / 'protos'}",
-        f"--python_out={out}",
-        f"--pyi_out={out}",
-        f"--grpc_python_out={out}",
-        str(ROOT / "protos" / PROTO),
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit(f"protoc failed on {PROTO}")
-    # protoc's .pyi leaves generics bare and subclasses protobuf's untyped bases: keep `mypy --strict` of
-    # the packages that import it about their own code (the types it declares are still used)
-    pyi = out / "duplex" / "v1" / "duplex_pb2.pyi"
-    pyi.write_text("# mypy: ignore-errors\n" + pyi.read_text())
+    for proto in PROTOS:
+        folder = out / Path(proto).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        args = [
+            "protoc",
+            f"-I{ROOT / 'protos'}",
+            f"-I{WELL_KNOWN}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+            f"--grpc_python_out={out}",
+            str(ROOT / "protos" / proto),
+        ]
+        if protoc.main(args) != 0:
+            raise SystemExit(f"protoc failed on {proto}")
+        # protoc's .pyi leaves generics bare and subclasses protobuf's untyped bases: keep `mypy --strict` of
+        # the packages that import it about their own code (the types it declares are still used)
+        pyi = folder / (Path(proto).stem + "_pb2.pyi")
+        pyi.write_text("# mypy: ignore-errors\n" + pyi.read_text())
 
 
 if __name__ == "__main__":

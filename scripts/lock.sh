@@ -17,7 +17,7 @@ args=()
 for dir in $find_links; do args+=(--find-links "$dir"); done
 cd "$root"
 python3 -m uv pip compile -q pyproject.toml --extra dev --extra moshi \
-  --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+  --python-version 3.11 --python-platform x86_64-manylinux_2_31 \
   --override "$overrides" --no-emit-package torch "${args[@]}" \
   --no-header --annotation-style line -o requirements/lock.txt
 grep -q '^nvidia-' requirements/lock.txt && { echo "lock: a CUDA package entered the lock (torch's CPU wheel not found)" >&2; exit 1; }

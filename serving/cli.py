@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from duplex.model.spec import ModelSource
 
 from . import logs
-from .process import AgentProcess, GatewayProcess, serve_until_signal
+from .process import AgentProcess, serve_until_signal
 from .ranks import rank_from_hostname
 from .settings import ConfigError, fields_help, load_section
 from .spec import AgentSpec, EngineSpec, GatewaySpec
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from . import client
     from .agent.redis_server import RedisServer
-    from .engine.server import EngineServer
+    from .up import LocalStack
 
 log = logging.getLogger("duplex.serving")
 
@@ -217,7 +217,7 @@ def gateway(
 
 
 def up(
-    port: int = typer.Option(8080, help="Gateway port on 127.0.0.1 (0 = any)"),
+    port: int = typer.Option(8080, help="Envoy's listener port on 127.0.0.1, the front door (0 = any)"),
     checkpoint: Path | None = typer.Option(
         None,
         help="Checkpoint to serve: a duplex .safetensors file, or a Moshi-family directory (Moshi, PersonaPlex, "
@@ -234,13 +234,18 @@ def up(
         help="Hibiki: classifier-free guidance coefficient, 1 = none, 3 typical; above 1 each session runs as two "
         "LM rows (default: the checkpoint's, else 1)",
     ),
-    max_sessions: int = typer.Option(64, help="Slots of the embedded engine"),
+    replicas: int = typer.Option(1, min=1, max=16, help="Engine replicas (a process each) behind Envoy"),
+    max_sessions: int = typer.Option(64, help="Slots of each engine replica"),
     chunk_ms: int | None = typer.Option(
         None, help="Micro-turn length (default: 200 ms for duplex, one 80 ms frame for the Moshi family)"
     ),
-    metrics_port: int = typer.Option(0, help="Engine Prometheus port (gateway uses +1; 0 = off)"),
+    metrics_port: int = typer.Option(
+        0,
+        help="Prometheus port P of engine 0; the session picker uses P+1, engine I>=1 P+1+I, the Realtime gateway "
+        "P+1+replicas (0 = off)",
+    ),
     torch_threads: int = typer.Option(1, help="Step-thread torch threads (1 leaves a core for gRPC on 2-core hosts)"),
-    cohorts: int = typer.Option(4, help="Phase cohorts of the engine"),
+    cohorts: int = typer.Option(4, help="Phase cohorts of each engine"),
     no_agent: bool = typer.Option(False, "--no-agent", help="Start no redis-server and no agent worker"),
     batch_invariant: bool = typer.Option(
         True, help="Bit-identical outputs whatever shares a step (engine.batch_invariant; docs/benchmarks.md)"
@@ -250,9 +255,11 @@ def up(
         help="Serve the OpenAI-Realtime-compatible WebSocket endpoint /v1/realtime and the browser page on this "
         "port of 127.0.0.1 (0 = any free port; default: not served)",
     ),
+    envoy_concurrency: int = typer.Option(1, min=1, help="Envoy worker threads"),
 ) -> None:
-    """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
-    and the background agent (a local redis-server on a free loopback port and one worker)."""
+    """Everything on this machine, no cluster: engine replicas (shipped checkpoint or random weights) behind
+    Envoy and the session picker (docs/envoy.md), and the background agent (a local redis-server on a free
+    loopback port and one worker)."""
     logs.setup(json_lines=False)
     source = _up_source(checkpoint, family, temperature, top_k, cfg_coef)
     engine_fields = _up_engine_fields(
@@ -264,8 +271,19 @@ def up(
         cohorts=cohorts,
         batch_invariant=batch_invariant,
     )
+    from .up import LocalStack
+
+    stack = LocalStack(
+        source,
+        engine_fields,
+        replicas=replicas,
+        port=port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        envoy_concurrency=envoy_concurrency,
+    )
     local = _LocalAgent(_up_redis(no_agent))
-    _run_server("up", _up_main(source, engine_fields, local, port, http_port, metrics_port))
+    _run_server("up", _up_main(stack, local))
 
 
 def _up_source(
@@ -379,65 +397,27 @@ def _up_engine_fields(
     )
 
 
-def _up_gateway_spec(engine_port: int, metrics_port: int) -> GatewaySpec:
-    """The open gateway in front of ``duplex up``'s engine (metrics on the engine's port + 1, if on)."""
-    return GatewaySpec.model_validate(
-        dict(
-            host="127.0.0.1",
-            engines=[f"127.0.0.1:{engine_port}"],
-            open_access=True,
-            metrics_port=metrics_port + 1 if metrics_port else 0,
-            drain_grace_s=2.0,
-        )
-    )
+async def _up_main(stack: LocalStack, local: _LocalAgent) -> None:
+    """Start the agent, then the engines, the picker and Envoy (a failure stops what was started), announce
+    them, and serve until a signal or Envoy's exit."""
+    from .up import serve
 
-
-async def _up_main(
-    source: ModelSource,
-    engine_fields: dict[str, Any],
-    local: _LocalAgent,
-    port: int,
-    http_port: int | None,
-    metrics_port: int,
-) -> None:
-    """Start the agent, the engine and the gateway (a failure stops what was started), announce them, and serve
-    until a signal or the gateway's exit."""
-    from .engine.server import EngineServer
-
-    EngineSpec.model_validate(engine_fields)  # a bad flag is refused before redis and the worker start
+    EngineSpec.model_validate(stack.engine_fields)  # a bad flag is refused before redis and the worker start
     await local.start()
-    espec = EngineSpec.model_validate({**engine_fields, "redis_url": local.redis_url})
+    stack.engine_fields = {**stack.engine_fields, "redis_url": local.redis_url}
     try:
-        engine_server = EngineServer(espec, source, bind_port=0)
-        eport = await engine_server.start()
+        await stack.start()
     except (ValueError, OSError):
         await local.stop()
         raise
-    gspec = _up_gateway_spec(eport, metrics_port)
-    gw = GatewayProcess(gspec, port, http_port)  # its own process: the relay does not share the step thread's GIL
-    try:
-        gport = await asyncio.to_thread(gw.start)
-    except (ValueError, OSError):
-        await engine_server.stop(1.0)
-        await local.stop()
-        raise
-    print(f"duplex up: ready at 127.0.0.1:{gport} (engine 127.0.0.1:{eport}); Ctrl-C to stop", flush=True)
-    if gw.http_port:
-        print(f"duplex up: realtime at {realtime_urls(gspec, gw.http_port)}", flush=True)
-    agent_line = local.describe(espec.tools)
+    for line in stack.lines():
+        print(line, flush=True)
+    if stack.gateway is not None and stack.envoy is not None and stack.envoy.realtime_port:
+        print(f"duplex up: realtime at {realtime_urls(stack.gateway.spec, stack.envoy.realtime_port)}", flush=True)
+    agent_line = local.describe(EngineSpec.model_validate(stack.engine_fields).tools)
     if agent_line is not None:
         print(agent_line, flush=True)
-    await serve_until_signal(lambda: _up_stop(gw, engine_server, local), also=asyncio.to_thread(gw.wait))
-
-
-async def _up_stop(gw: GatewayProcess, engine_server: EngineServer, local: _LocalAgent) -> None:
-    """Stop ``duplex up``'s gateway, engine and agent, in that order."""
-    if gw.proc.exitcode is not None:
-        print(f"duplex up: the gateway exited (code {gw.proc.exitcode}); stopping", flush=True)
-    await asyncio.to_thread(gw.stop, gw.spec.drain_grace_s + 5.0)
-    await engine_server.stop(1.0)
-    await local.stop()
-    print("duplex up: stopped", flush=True)
+    await serve(stack, local.stop)
 
 
 def realtime_urls(spec: GatewaySpec, http_port: int) -> str:

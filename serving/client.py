@@ -25,7 +25,7 @@ import numpy as np
 
 from duplex.v1 import duplex_pb2 as pb
 
-from .resume_token import HOLDER_LOST_METADATA
+from .resume_token import HOLDER_LOST_METADATA, RESUME_REPLICA_METADATA
 
 
 def now_us() -> int:
@@ -298,6 +298,15 @@ def split_chunks(samples: np.ndarray, chunk_samples: int) -> list[bytes]:
 
 RETRY_BACKOFF_S = 0.05
 """Pause before trying again a resume the engine or gateway refused for now (``RETRY_RESUME``)."""
+
+
+def proxied_status(code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
+    """A stream a proxy (Envoy) reset because its engine went away mid-conversation reaches gRPC as INTERNAL
+    ("RST_STREAM with error code 2": gRPC maps every reset code but REFUSED_STREAM so); it is a dropped stream,
+    reported as UNAVAILABLE like a dropped connection."""
+    if code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details:
+        return grpc.StatusCode.UNAVAILABLE, f"stream reset by the proxy (its engine went away): {details}"
+    return code, details
 
 
 RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
@@ -703,6 +712,8 @@ async def _attempt(
 ) -> bool:
     """One Converse call of ``session`` (the first, or a resume); returns whether to call again."""
     attempt, resuming = Attempt(), session.phase is Phase.RESUMING
+    if resuming and session.negotiated is not None and session.negotiated.replica:
+        metadata += ((RESUME_REPLICA_METADATA, session.negotiated.replica),)  # behind Envoy: the picker routes it
     call = rpc(_requests(session.start_event(), session, attempt, outgoing), metadata=metadata, wait_for_ready=resuming)
     timer = _expire_timer(session, call, attempt) if resuming else None
     try:
@@ -714,7 +725,7 @@ async def _attempt(
         return False
     except grpc.aio.AioRpcError as e:
         trailing = tuple((k, str(v)) for k, v in (e.trailing_metadata() or ()))
-        again = session.on_failed(e.code(), e.details() or "", trailing)
+        again = session.on_failed(*proxied_status(e.code(), e.details() or ""), trailing)
     except asyncio.CancelledError:
         if not attempt.expired:
             raise

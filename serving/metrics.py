@@ -199,6 +199,22 @@ class GatewayMetrics:
         self.replicas_healthy = Gauge("duplex_gateway_replicas_healthy", "Engine replicas answering health", registry=r)
 
 
+class PickerMetrics:
+    """What the session picker exports (names prefixed ``duplex_picker_``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.checks = Counter(
+            "duplex_picker_checks_total",
+            "Session starts Envoy asked about, by answer (a gRPC code)",
+            ["code"],
+            registry=r,
+        )
+        self.placed = Counter("duplex_picker_placed_total", "Sessions placed, by replica", ["replica"], registry=r)
+        self.replicas_healthy = Gauge("duplex_picker_replicas_healthy", "Engine replicas answering health", registry=r)
+
+
 class MetricsServer:
     """The /metrics HTTP endpoint of one registry; ``port=0`` means off."""
 

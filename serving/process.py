@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.connection import Connection
 
 from . import logs
-from .spec import AgentSpec, GatewaySpec
+from .spec import AgentSpec, EngineSpec, GatewaySpec
 
 
 async def serve_until_signal(stop: Callable[[], Awaitable[object]], also: Awaitable[object] | None = None) -> None:
@@ -98,6 +98,51 @@ def _agent_main(spec_json: str, redis_url: str, conn: Connection) -> None:
     asyncio.run(main())
 
 
+ENGINE_STOP_GRACE_S = 1.0
+"""How long an engine process's live streams get to end when it is told to stop (``duplex up``)."""
+
+
+def _engine_main(spec_json: str, source_json: str, conn: Connection) -> None:
+    """Child process: one engine replica (it loads its model here), reports its port, stops on a signal or
+    when the parent goes away."""
+    logs.setup(json_lines=False)
+    from duplex.model.spec import ModelSource
+
+    from .engine.server import EngineServer
+
+    async def main() -> None:
+        try:
+            spec, source = EngineSpec.model_validate_json(spec_json), ModelSource.model_validate_json(source_json)
+            server = EngineServer(spec, source, bind_port=0)  # any free port: the parent reads it back
+            port = await server.start()
+        except (ValueError, OSError) as e:
+            conn.send(("error", str(e)))
+            return
+        conn.send(("ready", port))
+        await serve_until_signal(lambda: server.stop(ENGINE_STOP_GRACE_S), also=_parent_gone(conn))
+
+    asyncio.run(main())
+
+
+def _picker_main(spec_json: str, conn: Connection) -> None:
+    """Child process: the session picker (Envoy's ext_authz service); reports its port, stops on a signal or
+    when the parent goes away."""
+    logs.setup(json_lines=False)
+    from .picker.server import PickerServer
+
+    async def main() -> None:
+        picker = PickerServer(GatewaySpec.model_validate_json(spec_json), bind_port=0)
+        try:
+            port = await picker.start()
+        except (ValueError, OSError) as e:
+            conn.send(("error", str(e)))
+            return
+        conn.send(("ready", port))
+        await serve_until_signal(picker.stop, also=_parent_gone(conn))
+
+    asyncio.run(main())
+
+
 class ServerProcess:
     """A server in a child process (spawned, so it shares nothing with the engine's interpreter) that reports
     ``("ready", value)`` or ``("error", message)`` through a pipe."""
@@ -164,3 +209,29 @@ class AgentProcess(ServerProcess):
 
     def __init__(self, spec: AgentSpec, redis_url: str) -> None:
         super().__init__("agent", _agent_main, spec.model_dump_json(), redis_url)
+
+
+class EngineProcess(ServerProcess):
+    """One engine replica in a child process; ``start`` returns its bound gRPC port."""
+
+    def __init__(self, spec: EngineSpec, source_json: str) -> None:
+        super().__init__("engine", _engine_main, spec.model_dump_json(), source_json)
+        self.spec = spec
+
+    def start(self, timeout_s: float = 300.0) -> int:
+        value = super().start(timeout_s)
+        assert isinstance(value, int)
+        return value
+
+
+class PickerProcess(ServerProcess):
+    """The session picker in a child process; ``start`` returns its bound gRPC port."""
+
+    def __init__(self, spec: GatewaySpec) -> None:
+        super().__init__("picker", _picker_main, spec.model_dump_json())
+        self.spec = spec
+
+    def start(self, timeout_s: float = 60.0) -> int:
+        value = super().start(timeout_s)
+        assert isinstance(value, int)
+        return value

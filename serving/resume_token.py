@@ -17,9 +17,16 @@ GATEWAY_PREFIX = "g1"
 KEY_ID_METADATA = "x-duplex-key-id"
 """Metadata the gateway puts on its call to the engine: the id of the API key the client authenticated with
 (never the key itself). The engine binds a session's token to it. Empty on a direct engine connection."""
+PLACEMENT_METADATA = "x-duplex-placement"
+"""Metadata the session picker sets on a stream it placed: ``PICKER_ID.NUMBER`` (numbers rise per picker); the
+engine reports the highest it has seen per picker in ``ReplicaLoad.placements_seen``."""
 RESUMABLE_METADATA = "x-duplex-resumable"
 """``0`` on an engine call whose client cannot resume (the Realtime endpoint): the engine issues no token and
 frees the slot at once when the stream drops."""
+RESUME_REPLICA_METADATA = "x-duplex-resume-replica"
+"""Metadata of a resume sent through Envoy: the engine replica that holds the session (``SessionReady.replica``);
+the session picker routes the stream there, or answers UNAVAILABLE with ``HOLDER_LOST_METADATA`` when that
+replica is down. Naming a replica grants nothing: the engine checks the token and the key it is bound to."""
 HOLDER_LOST_METADATA = ("x-duplex-resume", "holder-lost")
 """Trailing metadata on the gateway's UNAVAILABLE to a resume whose engine replica is down (killed, or its
 connection dropped): the session's state went with it, so the client stops resuming and reports UNAVAILABLE

@@ -309,17 +309,35 @@ class LoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaLoad(_message.Message):
-    __slots__ = ("active_sessions", "capacity", "model", "chunk_ms", "step_ms_p50", "draining")
+    __slots__ = ("active_sessions", "capacity", "model", "chunk_ms", "step_ms_p50", "draining", "sessions_by_key", "placements_seen")
+    class SessionsByKeyEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class PlacementsSeenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
     STEP_MS_P50_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_BY_KEY_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENTS_SEEN_FIELD_NUMBER: _ClassVar[int]
     active_sessions: int
     capacity: int
     model: str
     chunk_ms: int
     step_ms_p50: float
     draining: bool
-    def __init__(self, active_sessions: _Optional[int] = ..., capacity: _Optional[int] = ..., model: _Optional[str] = ..., chunk_ms: _Optional[int] = ..., step_ms_p50: _Optional[float] = ..., draining: _Optional[bool] = ...) -> None: ...
+    sessions_by_key: _containers.ScalarMap[str, int]
+    placements_seen: _containers.ScalarMap[str, int]
+    def __init__(self, active_sessions: _Optional[int] = ..., capacity: _Optional[int] = ..., model: _Optional[str] = ..., chunk_ms: _Optional[int] = ..., step_ms_p50: _Optional[float] = ..., draining: _Optional[bool] = ..., sessions_by_key: _Optional[_Mapping[str, int]] = ..., placements_seen: _Optional[_Mapping[str, int]] = ...) -> None: ...

@@ -17,7 +17,7 @@ import grpc
 from duplex.v1 import duplex_pb2 as pb
 
 from ..drain import drain_client
-from ..resume_token import KEY_ID_METADATA, RESUMABLE_METADATA
+from ..resume_token import KEY_ID_METADATA, PLACEMENT_METADATA, RESUMABLE_METADATA
 from . import validate as v
 from .lifecycle import Lifecycle
 from .session import Conversation
@@ -93,6 +93,7 @@ class EngineStream:
         if server.draining:
             raise v.InputError(grpc.StatusCode.UNAVAILABLE, "engine is shutting down; reconnect")
         key_id = metadata.get(KEY_ID_METADATA, "")
+        server.saw_placement(metadata.get(PLACEMENT_METADATA, ""))
         if first.start.resume_token:
             self.session = self._claim(first.start, key_id)
             self.resumed = True
@@ -118,6 +119,7 @@ class EngineStream:
             text=server.served.text_decoder(),
             lifecycle=Lifecycle(self.clock),
         )
+        session.key_id = key_id
         if not sched.admit(session) and not (server.resumes.sweep() and sched.admit(session)):
             session.lifecycle.close()
             raise Refused(

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 
 SERVICE = "duplex.v1.Duplex"
+MAX_PICKERS = 64
+"""Session pickers whose placement numbers are remembered (the oldest is forgotten past it)."""
 MAX_TEXT_QUEUE = 16384
 GIL_SWITCH_S = 0.0005
 HALF_CLOSE_SETTLE_S = 0.25
@@ -86,6 +89,8 @@ class EngineServer:
         self.agent: AgentLink | None = None
         self._tasks: set[asyncio.Future[None]] = set()
         self.clock = clock
+        self.placements_seen: dict[str, int] = {}
+        """Per session picker, the highest placement number seen on a stream (``Replica.GetLoad`` reports it)."""
         self.resumes = ResumeRegistry(spec.resume_grace_s, clock, self._expired)
 
     async def start(self) -> int:
@@ -189,7 +194,18 @@ class EngineServer:
             chunk_ms=self.spec.chunk_ms,
             step_ms_p50=sched.step_ms_p50(),
             draining=self.draining,
+            sessions_by_key=Counter(c.key_id for c in sched.conversations if c.key_id),
+            placements_seen=self.placements_seen,
         )
+
+    def saw_placement(self, value: str) -> None:
+        """Note a picker's placement number (``PICKER_ID.NUMBER``; anything else is ignored)."""
+        picker, _, number = value.rpartition(".")
+        if not picker or not number.isdigit() or len(picker) > 64:
+            return
+        if picker not in self.placements_seen and len(self.placements_seen) >= MAX_PICKERS:
+            self.placements_seen.pop(next(iter(self.placements_seen)))  # the oldest picker seen
+        self.placements_seen[picker] = max(self.placements_seen.get(picker, 0), int(number))
 
     # ----- Converse ----------------------------------------------------------------------------------
     async def converse(

@@ -77,6 +77,8 @@ class Conversation:
         self.agent_id = f"{session_id}.{uuid.uuid4().hex[:8]}"
         """The session's name towards the background agent: unique even when clients reuse session ids."""
         self.chunk_samples = chunk_samples
+        self.key_id = ""
+        """Id of the API key the session was opened with (``x-duplex-key-id``; "" on a direct connection)."""
         self.max_send_backlog = max_send_backlog
         self.slot_session = SlotSession(self)
         """The step thread's side of this session (only handed to the scheduler, never read here)."""

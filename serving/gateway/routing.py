@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,6 +29,10 @@ class Replica:
     """Served model name, as of the last report."""
     chunk_ms: int = 0
     """Micro-turn length, as of the last report."""
+    by_key: dict[str, int] = field(default_factory=dict)
+    """Live sessions per API key id on the replica, as of the last report."""
+    placements_seen: dict[str, int] = field(default_factory=dict)
+    """Per session picker, the highest placement number that reached the replica, as of the last report."""
 
     @property
     def used(self) -> int:
@@ -43,13 +48,25 @@ class Replica:
 
 
 class Router:
-    def __init__(self, addresses: list[str], interval_s: float, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        addresses: list[str],
+        interval_s: float,
+        max_message_bytes: int,
+        on_report: Callable[[Replica], None] | None = None,
+        watch_health: bool = False,
+    ) -> None:
+        """``on_report(replica)`` is called after each load report (the session picker then drops its own
+        placements the report includes). ``watch_health``: also hold a ``Health.Watch`` stream per replica,
+        so a replica that starts draining (its health turns NOT_SERVING) is out at once, not at the next
+        poll."""
         opts = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
         self.replicas = [Replica(a, grpc.aio.insecure_channel(a, options=opts)) for a in addresses]
         self.interval_s = interval_s
+        self.on_report, self.watch_health = on_report, watch_health
         self._task: asyncio.Task[None] | None = None
         self._watches: list[asyncio.Task[None]] = []
         self.ready = asyncio.Event()
@@ -58,6 +75,8 @@ class Router:
         await self.poll_once()
         self._task = asyncio.create_task(self._loop())
         self._watches = [asyncio.create_task(self._watch(r)) for r in self.replicas]
+        if self.watch_health:
+            self._watches += [asyncio.create_task(self._watch_health(r)) for r in self.replicas]
 
     async def close(self) -> None:
         for task in [self._task, *self._watches]:
@@ -82,6 +101,24 @@ class Router:
             if state == grpc.ChannelConnectivity.READY and new != grpc.ChannelConnectivity.READY:
                 self.mark_down(r, f"connection {new.name}")
             state = new
+
+    async def _watch_health(self, r: Replica) -> None:
+        """Mark ``r`` down the moment its health service says it is not SERVING (a drain begins), and end
+        the watch then: a draining server's stop would otherwise cancel it under its handler. A watch that
+        ended is opened again after ``interval_s`` (the poll covers the gap)."""
+        stub = health_pb2_grpc.HealthStub(r.channel)
+        while True:
+            call = stub.Watch(health_pb2.HealthCheckRequest())
+            try:
+                async for answer in call:
+                    if answer.status != health_pb2.HealthCheckResponse.SERVING:
+                        self.mark_down(r, f"health {health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)}")
+                        break
+            except grpc.aio.AioRpcError:
+                pass
+            finally:
+                call.cancel()
+            await asyncio.sleep(self.interval_s)
 
     def mark_down(self, r: Replica, why: str) -> None:
         """Stop routing to ``r`` until a poll finds it healthy again (its connection dropped or it said
@@ -112,6 +149,9 @@ class Router:
         r.healthy = h.status == health_pb2.HealthCheckResponse.SERVING and not load.draining
         r.others, r.capacity = max(0, load.active_sessions - r.open), load.capacity
         r.model, r.chunk_ms = load.model, load.chunk_ms
+        r.by_key, r.placements_seen = dict(load.sessions_by_key), dict(load.placements_seen)
+        if self.on_report is not None:
+            self.on_report(r)
 
     def pick(self) -> Replica | None:
         """The healthy replica with the lowest load that has a free slot; None = all full (or none healthy)."""

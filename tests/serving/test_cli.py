@@ -78,7 +78,7 @@ def talk(target: str, wav: Path, out: Path, *flags: str) -> subprocess.Completed
 
 
 def test_up_and_talk(tmp_path: Path) -> None:
-    mport = free_port_pair()  # the engine's /metrics, and the gateway's on mport + 1
+    mport = free_port_pair()  # the engine's /metrics, and the session picker's on mport + 1
     up = LocalUp(tmp_path / "up.log", ["--metrics-port", str(mport)])
     addr = up.start()
     try:
@@ -96,12 +96,12 @@ def test_up_and_talk(tmp_path: Path) -> None:
         assert [int(s) for s in seqs] == list(range(8))
         assert "ready" in timeline["events"][0]
         assert png.stat().st_size > 1000
-        engine_metrics, gateway_metrics = scrape(mport), scrape(mport + 1)
+        engine_metrics, picker_metrics = scrape(mport), scrape(mport + 1)
         assert "duplex_engine_step_seconds_count" in engine_metrics
         assert 'duplex_engine_chunks_total{kind="on_time"} 8.0' in engine_metrics
         assert "duplex_engine_active_sessions 0.0" in engine_metrics
         assert "duplex_engine_queue_wait_seconds_bucket" in engine_metrics
-        assert 'duplex_gateway_rpcs_total{code="OK",method="/duplex.v1.Duplex/Converse"} 1.0' in gateway_metrics
+        assert 'duplex_picker_checks_total{code="OK"} 1.0' in picker_metrics  # Envoy asked it once
         model_time = tmp_path / "model_time.wav"
         r = talk(addr, wav, model_time, "--model-time", "--fast")
         assert r.returncode == 0, r.stderr
@@ -113,7 +113,7 @@ def test_up_and_talk(tmp_path: Path) -> None:
     up.wait_for("duplex up: stopped", 5)
     host, port = addr.rsplit(":", 1)
     with pytest.raises(OSError), socket.create_connection((host, int(port)), timeout=5):
-        pass  # the gateway's own process is gone too
+        pass  # Envoy's process is gone too
 
 
 def test_up_on_a_busy_port_says_so() -> None:
@@ -123,7 +123,7 @@ def test_up_on_a_busy_port_says_so() -> None:
         port = busy.getsockname()[1]
         r = subprocess.run([*DUPLEX, "up", "--port", str(port)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
-    assert f"duplex up: gateway: cannot bind 127.0.0.1:{port}" in r.stderr
+    assert f"duplex up: cannot bind 127.0.0.1:{port} (Address already in use)" in r.stderr
 
 
 def test_engine_and_gateway_from_config(tmp_path: Path) -> None:

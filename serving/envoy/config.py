@@ -1,0 +1,313 @@
+"""Envoy's bootstrap for ``duplex up``: one listener (HTTP/2 gRPC) that routes ``Duplex.Converse`` to the
+``engines`` cluster, after the ``ext_authz`` filter asked the session picker (a gRPC service, fail-closed)
+whether the stream may start and on which engine. The picker answers with the engine's address in
+``REPLICA_HEADER``; the cluster's ``override_host`` load-balancing policy sends the stream there, among the
+endpoints the cluster already has (the EDS file): no header can send traffic to an address the file does not
+list. The picker's health service is reachable through the listener too (``grpc.health.v1.Health``, no key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..resume_token import RESUME_REPLICA_METADATA
+
+REPLICA_HEADER = "x-duplex-replica"
+"""Request header the picker sets (overwriting any value the client sent) to the chosen engine's HOST:PORT."""
+ENGINES_CLUSTER = "engines"
+PICKER_CLUSTER = "picker"
+REALTIME_CLUSTER = "realtime"
+LISTENER = "duplex"
+REALTIME_LISTENER = "realtime"
+CONVERSE_PATH = "/duplex.v1.Duplex/Converse"
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+PICKER_UNREACHABLE = "session picker unreachable: new sessions are refused until it is back; retry"
+"""grpc-message of the UNAVAILABLE a client gets when Envoy cannot ask the picker (fail-closed)."""
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_EXT_AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+_EXT_AUTHZ_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_OVERRIDE_HOST = "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost"
+_LEAST_REQUEST = "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"
+_MAX_CONNECTIONS = (
+    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
+)
+_NODELAY = {"level": 6, "name": 1, "int_value": 1, "state": "STATE_PREBIND"}
+"""IPPROTO_TCP (6), TCP_NODELAY (1) = 1."""
+_CLA = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+
+@dataclass(frozen=True)
+class EnvoyConfig:
+    """What ``duplex up`` tells Envoy; the defaults are the ones it uses."""
+
+    picker: str
+    """HOST:PORT of the session picker (ext_authz gRPC service)."""
+    eds_path: Path
+    """The engines' endpoint file (``eds.write_endpoints``); its directory is watched for a renamed-in file."""
+    host: str = "127.0.0.1"
+    port: int = 8080
+    """Listener port (0 = any free port; ``EnvoyProcess`` reads the bound one from the admin API)."""
+    admin_host: str = "127.0.0.1"
+    stream_idle_timeout_s: float = 300.0
+    """A stream with no frame either way for this long is reset; a live conversation sends a chunk every
+    chunk_ms, so none comes near it."""
+    keepalive_interval_s: float = 20.0
+    """HTTP/2 PING interval on client and engine connections (a dead peer is found within interval + timeout)."""
+    keepalive_timeout_s: float = 10.0
+    picker_timeout_s: float = 2.0
+    """Longest Envoy waits for the picker's answer; past it (or with the picker down) the stream is refused."""
+    max_streams: int = 100_000
+    """Circuit-breaker limits of the engines cluster (the engines' own caps are the real limit)."""
+    max_connections: int = 10_000
+    """Downstream connections Envoy accepts at once (its overload manager closes more)."""
+    realtime: str = ""
+    """HOST:PORT of the Realtime WebSocket endpoint and page (the gateway's HTTP port); "" = none. When set,
+    a second listener (``realtime_port``) proxies HTTP/1.1 and WebSocket upgrades to it."""
+    realtime_port: int = 0
+    """The Realtime listener's port (0 = any free port)."""
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def _socket(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _keepalive(cfg: EnvoyConfig) -> dict[str, Any]:
+    return {
+        "connection_keepalive": {
+            "interval": _duration(cfg.keepalive_interval_s),
+            "timeout": _duration(cfg.keepalive_timeout_s),
+        }
+    }
+
+
+def _h2_upstream(cfg: EnvoyConfig) -> dict[str, Any]:
+    return {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": _HTTP_OPTIONS,
+            "explicit_http_config": {"http2_protocol_options": _keepalive(cfg)},
+        }
+    }
+
+
+def _ext_authz(cfg: EnvoyConfig) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": _EXT_AUTHZ,
+            "transport_api_version": "V3",
+            "grpc_service": {
+                "envoy_grpc": {"cluster_name": PICKER_CLUSTER},
+                "timeout": _duration(cfg.picker_timeout_s),
+            },
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},
+            # only what the picker decides on travels to it
+            "allowed_headers": {
+                "patterns": [{"exact": "authorization"}, {"exact": "x-api-key"}, {"exact": RESUME_REPLICA_METADATA}]
+            },
+        },
+    }
+
+
+def _routes() -> list[dict[str, Any]]:
+    no_authz = {"envoy.filters.http.ext_authz": {"@type": _EXT_AUTHZ_PER_ROUTE, "disabled": True}}
+    return [
+        {
+            "match": {"path": CONVERSE_PATH, "grpc": {}},
+            # timeout 0s: a conversation lasts as long as it lasts (stream_idle_timeout still applies)
+            "route": {"cluster": ENGINES_CLUSTER, "timeout": "0s"},
+        },
+        {
+            "match": {"prefix": HEALTH_PREFIX, "grpc": {}},
+            "route": {"cluster": PICKER_CLUSTER, "timeout": "5s"},
+            "typed_per_filter_config": no_authz,
+        },
+    ]
+
+
+def _local_reply() -> dict[str, Any]:
+    """The picker unreachable (ext_authz's ``status_on_error`` 503, flag UAEX) gets a message: a gRPC client
+    reads it as UNAVAILABLE with ``PICKER_UNREACHABLE`` as its details."""
+    return {
+        "mappers": [
+            {
+                "filter": {
+                    "and_filter": {
+                        "filters": [
+                            {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 503}}}},
+                            {"response_flag_filter": {"flags": ["UAEX"]}},
+                        ]
+                    }
+                },
+                "body": {"inline_string": PICKER_UNREACHABLE},
+            }
+        ]
+    }
+
+
+def _listener(cfg: EnvoyConfig) -> dict[str, Any]:
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "duplex",
+        "codec_type": "AUTO",
+        "stream_idle_timeout": _duration(cfg.stream_idle_timeout_s),
+        "http2_protocol_options": _keepalive(cfg),
+        "route_config": {
+            "name": "duplex",
+            "virtual_hosts": [{"name": "duplex", "domains": ["*"], "routes": _routes()}],
+        },
+        "local_reply_config": _local_reply(),
+        "http_filters": [_ext_authz(cfg), {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    return {
+        "name": LISTENER,
+        "address": _socket(cfg.host, cfg.port),
+        # TCP_NODELAY on the listening socket (accepted client connections inherit it): a chunk written to a
+        # client is never held back behind an unacknowledged one (Nagle)
+        "socket_options": [_NODELAY],
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _realtime_listener(cfg: EnvoyConfig) -> dict[str, Any]:
+    """HTTP/1.1 and WebSocket upgrades to the Realtime endpoint (it checks keys and client secrets itself)."""
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": "realtime",
+        "codec_type": "HTTP1",
+        "stream_idle_timeout": _duration(cfg.stream_idle_timeout_s),
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
+        "route_config": {
+            "name": "realtime",
+            "virtual_hosts": [
+                {
+                    "name": "realtime",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": REALTIME_CLUSTER, "timeout": "0s"}}],
+                }
+            ],
+        },
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+    }
+    return {
+        "name": REALTIME_LISTENER,
+        "address": _socket(cfg.host, cfg.realtime_port),
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+def _realtime_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+    host, port = cfg.realtime.rsplit(":", 1)
+    return {
+        "name": REALTIME_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": REALTIME_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, int(port))}}]}],
+        },
+    }
+
+
+def _engines_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+    least_request = {
+        "typed_extension_config": {
+            "name": "envoy.load_balancing_policies.least_request",
+            "typed_config": {"@type": _LEAST_REQUEST},
+        }
+    }
+    limit = cfg.max_streams
+    return {
+        "name": ENGINES_CLUSTER,
+        "type": "EDS",
+        "connect_timeout": "1s",
+        "eds_cluster_config": {
+            "eds_config": {
+                "resource_api_version": "V3",
+                "path_config_source": {
+                    "path": str(cfg.eds_path),
+                    "watched_directory": {"path": str(cfg.eds_path.parent)},
+                },
+            }
+        },
+        "typed_extension_protocol_options": _h2_upstream(cfg),
+        "circuit_breakers": {
+            "thresholds": [{"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}]
+        },
+        "load_balancing_policy": {
+            "policies": [
+                {
+                    "typed_extension_config": {
+                        "name": "envoy.load_balancing_policies.override_host",
+                        "typed_config": {
+                            "@type": _OVERRIDE_HOST,
+                            "override_host_sources": [{"header": REPLICA_HEADER}],
+                            "fallback_policy": {"policies": [least_request]},
+                        },
+                    }
+                }
+            ]
+        },
+    }
+
+
+def _picker_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+    host, port = cfg.picker.rsplit(":", 1)
+    return {
+        "name": PICKER_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": _h2_upstream(cfg),
+        "load_assignment": {
+            "cluster_name": PICKER_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, int(port))}}]}],
+        },
+    }
+
+
+def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
+    """The whole bootstrap (admin on a free port of ``admin_host``: its address goes to a file)."""
+    return {
+        "node": {"id": "duplex-up", "cluster": "duplex"},  # a file-based EDS source wants both
+        "admin": {"address": _socket(cfg.admin_host, 0)},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": _MAX_CONNECTIONS,
+                        "max_active_downstream_connections": cfg.max_connections,
+                    },
+                }
+            ]
+        },
+        "static_resources": {
+            "listeners": [_listener(cfg)] + ([_realtime_listener(cfg)] if cfg.realtime else []),
+            "clusters": [_engines_cluster(cfg), _picker_cluster(cfg)]
+            + ([_realtime_cluster(cfg)] if cfg.realtime else []),
+        },
+    }
+
+
+def endpoints(addresses: list[str], version: str) -> dict[str, Any]:
+    """The EDS file's content: a DiscoveryResponse with the engines cluster's endpoints (HOST:PORT each)."""
+    lb = []
+    for addr in addresses:
+        host, port = addr.rsplit(":", 1)
+        lb.append({"endpoint": {"address": _socket(host, int(port))}})
+    return {
+        "version_info": version,
+        "resources": [{"@type": _CLA, "cluster_name": ENGINES_CLUSTER, "endpoints": [{"lb_endpoints": lb}]}],
+    }
