@@ -92,6 +92,8 @@ def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
             raise ModelError(
                 "model.temperature / model.top_k apply to the Moshi family; the duplex model decides greedily"
             )
+        if source.voice or source.persona:
+            raise ModelError("model.voice / model.persona apply to PersonaPlex; the duplex model takes neither")
         part = load_part(source, device=device)
         assert isinstance(part, DuplexModel)
         return DuplexServed(part)
@@ -108,4 +110,10 @@ def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
     gen = ckpt.lm_gen_config
     temperature = source.temperature if source.temperature is not None else float(gen.get("temp", UPSTREAM_TEMP))
     top_k = source.top_k if source.top_k is not None else int(gen.get("top_k", UPSTREAM_TOP_K))
-    return MoshiServed(ckpt, temperature=temperature, top_k=top_k, device=dev)
+    served = MoshiServed(ckpt, temperature=temperature, top_k=top_k, device=dev)
+    if source.voice or source.persona:
+        try:
+            served.set_default_prompt(source.voice, source.persona)
+        except ModelError as e:
+            raise ModelError(f"model.voice / model.persona: {e}") from None
+    return served

@@ -31,6 +31,12 @@ class ModelSource(BaseModel):
     top_k: int | None = Field(None, ge=1, le=4096)
     """Moshi family: top-k of audio-token sampling; empty = the checkpoint's ``lm_gen_config``, else upstream's
     default."""
+    voice: str = Field("", max_length=64)
+    """PersonaPlex: the default voice of every session, a name of the checkpoint's ``voices/`` (``NATF2``);
+    empty = no voice prompt. Other families refuse it."""
+    persona: str = Field("", max_length=4096)
+    """PersonaPlex: the default ``<system>`` persona of every session (a session's instructions replace it);
+    empty = none. Other families refuse it."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weight and activation dtype (bfloat16 on GPUs)."""
     seed: int = Field(0, ge=0)

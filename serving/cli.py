@@ -229,6 +229,10 @@ def up(
         None, help="Moshi family: sampling temperature of text and audio, 0 = greedy (default: the checkpoint's)"
     ),
     top_k: int | None = typer.Option(None, help="Moshi family: top-k of audio sampling (default: the checkpoint's)"),
+    voice: str = typer.Option("", help="PersonaPlex: default voice, a name of the checkpoint's voices/ (NATF2)"),
+    persona: str = typer.Option(
+        "", help="PersonaPlex: default <system> persona text (a session's instructions replace it)"
+    ),
     max_sessions: int = typer.Option(64, help="Slots of the embedded engine"),
     chunk_ms: int | None = typer.Option(
         None, help="Micro-turn length (default: 200 ms for duplex, one 80 ms frame for the Moshi family)"
@@ -249,7 +253,7 @@ def up(
     """Everything on this machine, no cluster: engine (shipped checkpoint or random weights) + open gateway,
     and the background agent (a local redis-server on a free loopback port and one worker)."""
     logs.setup(json_lines=False)
-    source = _up_source(checkpoint, family, temperature, top_k)
+    source = _up_source(checkpoint, family, temperature, top_k, voice, persona)
     engine_fields = _up_engine_fields(
         source,
         max_sessions=max_sessions,
@@ -263,7 +267,14 @@ def up(
     _run_server("up", _up_main(source, engine_fields, local, port, http_port, metrics_port))
 
 
-def _up_source(checkpoint: Path | None, family: str, temperature: float | None, top_k: int | None) -> ModelSource:
+def _up_source(
+    checkpoint: Path | None,
+    family: str,
+    temperature: float | None,
+    top_k: int | None,
+    voice: str = "",
+    persona: str = "",
+) -> ModelSource:
     """``duplex up``'s model from its flags; a bad value or a missing checkpoint exits 2."""
     try:
         source = ModelSource.model_validate(
@@ -272,6 +283,8 @@ def _up_source(checkpoint: Path | None, family: str, temperature: float | None, 
                 uri=str(checkpoint) if checkpoint is not None else None,
                 temperature=temperature,
                 top_k=top_k,
+                voice=voice,
+                persona=persona,
             )
         )
     except ValueError as e:

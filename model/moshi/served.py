@@ -351,6 +351,9 @@ class MoshiServed:
         """Codebooks of the model's own stream (what Mimi decodes)."""
         self.prompts = PromptBuilder(ckpt, self.lm, self.mimi) if ckpt.family == "personaplex" else None
         """Session prompts (voice, persona): PersonaPlex only."""
+        self.default_voice = ""
+        self.default_prompt: SessionPrompt | None = None
+        """What a session without a persona of its own is prefilled with (``set_default_prompt``)."""
         self.pad_ids = frozenset({int(self.lm.text_padding_token_id), int(self.lm.end_of_text_padding_id)})
         self.mimi_dtype = next(self.mimi.parameters()).dtype
         self._format = StreamFormat(
@@ -472,6 +475,19 @@ class MoshiServed:
                 f"{self.ckpt.name}: the {self.ckpt.family} family takes no voice or persona (PersonaPlex does)"
             )
         return self.prompts.build(voice, persona)
+
+    def set_default_prompt(self, voice: str, persona: str) -> None:
+        """The model's default voice and persona (``ModelSource.voice``/``persona``), checked now."""
+        self.default_prompt = self.session_prompt(voice, persona) if voice or persona else None
+        self.default_voice = voice
+
+    def prompt_for(self, voice: str, persona: str) -> SessionPrompt | None:
+        """A session's prompt: its own voice and persona (its instructions) where it gives them, the model's
+        defaults (``set_default_prompt``) where not; None = no prompt."""
+        if not voice and not persona:
+            return self.default_prompt
+        default_persona = "" if self.default_prompt is None else self.default_prompt.persona
+        return self.session_prompt(voice or self.default_voice, persona or default_persona)
 
     @torch.no_grad()
     def prefill(self, state: MoshiSlots, slot: int, prompt: SessionPrompt, batch_invariant: bool = False) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from duplex.model.detect import voiced_frames
-from duplex.model.family import ServedModel
+from duplex.model.family import Prompted, ServedModel
 
 from .planner import PlannedRow, SlotMove, SlotReset, StepPlan
 
@@ -75,13 +75,20 @@ class StepExecutor:
         self.state = served.new_slots(slots)
         self.batch_invariant = batch_invariant
 
-    def apply(self, ops: Sequence[SlotMove | SlotReset]) -> None:
-        """Carry out the planner's slot moves and resets on the streaming state, in order."""
+    def apply(self, ops: Sequence[SlotMove | SlotReset]) -> list[float]:
+        """Carry out the planner's slot moves and resets on the streaming state, in order; a reset with a prompt
+        prefills it (on rows of its own: no other slot changes). Returns the seconds each prefill took."""
+        prefills: list[float] = []
         for op in ops:
             if isinstance(op, SlotMove):
                 self.state.move(op.src, op.dst)
-            else:
-                self.state.reset(op.slot)
+                continue
+            self.state.reset(op.slot)
+            if op.prompt is not None and isinstance(self.served, Prompted):
+                started = self.clock()
+                self.served.prefill(self.state, op.slot, op.prompt, self.batch_invariant)
+                prefills.append(self.clock() - started)
+        return prefills
 
     def run(self, plan: StepPlan) -> StepResult:
         started = self.clock()

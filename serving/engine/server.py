@@ -252,6 +252,7 @@ class EngineServer:
                 replay,
                 text=self.served.text_decoder(),
             )
+            session.slot_session.prompt = neg.prompt  # prefilled into its slot when the session is placed
             if not sched.admit(session) and not (self.resumes.sweep() and sched.admit(session)):
                 self.metrics.errors.labels("RESOURCE_EXHAUSTED").inc()
                 await drain_client(context.read, _is_eof)
@@ -286,7 +287,7 @@ class EngineServer:
                 log.info("session resumed (peer %s)", context.peer())
             else:
                 log.info("session started (peer %s)", context.peer())
-                if neg.instructions:
+                if neg.instruction_tokens:
                     sched.add_text(session, neg.instruction_tokens)
                 if client_us > 0:
                     # the hint counts from the Ready's departure, which the client places half a network round
