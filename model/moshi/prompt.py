@@ -20,8 +20,8 @@ starts at 2, as NVIDIA's does.
 The prefill runs on a one-row staging block of upstream streaming state (``MoshiServed.prefill``): the forced
 steps as whole chunks of the LM's transformer (``PREFILL_CHUNK`` positions a forward), the frame after as one
 ``LMGen.step``; the staging row is then copied into the session's slot, so the other rows of its block are
-never touched. PersonaPlex's depformer predicts both streams (``dep_q == n_q``): ``UserStreams`` forces the
-user half of its output to the user's codes, as NVIDIA's generator does.
+never touched. PersonaPlex's depformer predicts both streams (``dep_q == n_q``): ``UserStreams`` puts the
+user's codes into the token ring and keeps them over the depformer's user half, as NVIDIA's generator does.
 """
 
 from __future__ import annotations
@@ -180,10 +180,10 @@ def _reference_codes(lm: Any, mimi: Any, per_stream: int) -> tuple[list[int], li
 
 
 class UserStreams:
-    """Upstream ``LMGen``'s audio hook for a depformer that predicts both streams (PersonaPlex, ``dep_q ==
-    n_q``): the user half of each step's codes is replaced by the user's own codes — the delayed codebooks by
-    the previous frame's, which each step writes ahead into the token ring (``LMGen`` writes the sampled codes
-    of every codebook at the next position, the user's delayed ones belong one position later). ``force``
+    """The user's codes for a depformer that predicts both streams (PersonaPlex, ``dep_q == n_q``), where upstream
+    ``LMGen`` takes no user input: ``provide`` writes them into the token ring at each codebook's delay before
+    the step, as upstream does for a one-stream depformer's input, and the audio hook (``__call__``) keeps them
+    where ``LMGen`` would write the depformer's own user-half codes, as NVIDIA's generator forces them. ``force``
     also replaces chosen model-stream codebooks (the prefill's frame after the prompt)."""
 
     def __init__(self, gen: Any) -> None:
@@ -192,33 +192,37 @@ class UserStreams:
         self.both = int(lm.dep_q) == int(lm.n_q)
         self.per_stream = int(lm.n_q) // 2 if self.both else 0
         self.delays = [int(d) for d in lm.delays]
-        self.user: Tensor | None = None
-        """(n, per_stream) long: the user's codes of the frame being stepped."""
         self.force: tuple[Tensor, Tensor] | None = None
         """(mask (dep_q,) bool, codes (dep_q,) long): model codes to force this step."""
+
+    def provide(self, user: Tensor) -> None:
+        """The user's codes of the frame about to be stepped, (n, per_stream): into the ring at the current
+        position plus each codebook's delay, for the rows the execution mask runs."""
+        if not self.both:
+            return
+        state = self.gen._streaming_state
+        cache, offsets, active = state.cache, state.offsets, state.exec_mask
+        rows = torch.arange(cache.shape[0], device=cache.device)
+        n = self.per_stream
+        for q in range(n):
+            k = 1 + n + q  # the stream's index in the ring (text first)
+            pos = (offsets + self.delays[k]) % cache.shape[2]
+            cache[rows, k, pos] = torch.where(active, user[:, q].to(cache.device), cache[rows, k, pos])
 
     def __call__(self, audio_tokens: Tensor) -> None:
         """``audio_tokens`` (n, dep_q), replaced in place before ``LMGen`` writes them at the next position."""
         if self.force is not None:
             mask, codes = self.force
             audio_tokens.copy_(torch.where(mask, codes, audio_tokens))
-        if not self.both or self.user is None:
+        if not self.both:
             return
         state = self.gen._streaming_state
-        cache, offsets, active = state.cache, state.offsets, state.exec_mask
-        ct = cache.shape[2]
+        cache = state.cache
+        rows = torch.arange(cache.shape[0], device=cache.device)[:, None]
         n = self.per_stream
-        for q in range(n):
-            k = 1 + n + q  # the stream's index in the ring (text first)
-            d = self.delays[k]
-            if d == 0:
-                audio_tokens[:, n + q] = self.user[:, q]
-                continue
-            rows = torch.arange(cache.shape[0], device=cache.device)
-            # this position's code of the codebook: the frame d steps back, written ahead by that step
-            audio_tokens[:, n + q] = cache[rows, k, (offsets + 1) % ct]
-            ahead = (offsets + 1 + d) % ct
-            cache[rows, k, ahead] = torch.where(active, self.user[:, q], cache[rows, k, ahead])
+        ks = torch.arange(1 + n, 1 + 2 * n, device=cache.device)[None, :]
+        pos = ((state.offsets + 1) % cache.shape[2])[:, None]
+        audio_tokens[:, n:] = cache[rows, ks, pos]  # what ``provide`` wrote there (or writes next frame)
 
 
 @torch.no_grad()
@@ -253,8 +257,9 @@ def run_prefill(lm: Any, gen: Any, streams: UserStreams, prompt: SessionPrompt) 
         if streams.delays[1 + q] > 0:
             mask[q], codes[q] = True, prompt.silence[q]
     sine = prompt.sine.to(device)
-    streams.force, streams.user = (mask, codes), sine[None]
+    streams.provide(sine[None])
+    streams.force = (mask, codes)
     try:
         gen.step(sine.view(1, n, 1))
     finally:
-        streams.force, streams.user = None, None
+        streams.force = None

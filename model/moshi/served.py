@@ -448,7 +448,7 @@ class MoshiServed:
                 codes = self.mimi.encode(frame[:, None, :].to(self.mimi_dtype))  # (n, K, 1)
                 self.gen.set_exec_mask(act)  # LMGen forwards it to the LM (its reset / exec-mask callbacks)
                 self._forced = None if text_in is None else text_in[:, f, 0].to(self.device)
-                self._streams.user = codes[:, : self._model_q, 0]
+                self._streams.provide(codes[:, : self._model_q, 0])  # a two-stream depformer's user input
                 tokens = self.gen.step(codes)  # (n, 1+dep_q, 1); -2 (ungenerated) where a row is not ready
                 if tokens is None:  # only without support_out_of_sync
                     tokens = torch.full((n, 1 + self.lm.dep_q, 1), -2, dtype=torch.long, device=self.device)

@@ -5,6 +5,7 @@ random checkpoint in PersonaPlex's layout: ``moshi_fixtures.tiny_personaplex_che
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from moshi_fixtures import (  # first: it sets NO_TORCH_COMPILE
 
 from duplex.model.config import ModelError
 from duplex.model.family import Floor
+from duplex.model.moshi import prompt as prompt_module
 from duplex.model.moshi.checkpoint import MoshiCheckpoint, load_voice_prompt
 from duplex.model.moshi.prompt import PROMPT_SILENCE_FRAMES, SessionPrompt, wrap_persona
 from duplex.model.moshi.served import MoshiServed
@@ -227,3 +229,118 @@ def test_prefill_replaces_a_used_slot(served: MoshiServed, tmp_path: Path) -> No
         step = served.step(state, batch, slice(0, 4), batch_invariant=True)
         got.append((step.text[2], step.control[2], step.wave[2]))
     assert_same(got, run_alone(served, audio, prompt), "prefilled into a used slot")
+
+
+# --- against NVIDIA's generator -----------------------------------------------------------------------------
+
+
+class NvidiaLoop:
+    """NVIDIA's PersonaPlex generator for one session, greedy (its ``LMGen``: a ring of tokens with a
+    ``provided`` flag per entry, positions counted from a first call that runs nothing, provided tokens forced in
+    the text and the depformer's chain), re-expressed on upstream ``LMModel``'s primitives: the reference the
+    prefill is checked against."""
+
+    def __init__(self, lm: Any) -> None:
+        self.lm, self.delays = lm, [int(d) for d in lm.delays]
+        self.n, self.ct = lm.n_q // 2, max(self.delays) + 3
+        self.cache = torch.full((lm.num_codebooks, self.ct), -2, dtype=torch.long)
+        self.provided = torch.zeros(lm.num_codebooks, self.ct, dtype=torch.bool)
+        self.initial = lm._get_initial_token().view(-1)
+        self.offset = 0
+
+    def _prepare(
+        self, user: torch.Tensor | None, model: torch.Tensor | None, text: int | None
+    ) -> tuple[int, int] | None:
+        o, ct = self.offset, self.ct
+        for q in range(self.n):
+            for k, codes in ((1 + self.n + q, user), (1 + q, model)):
+                if codes is not None:
+                    self.cache[k, (o + self.delays[k]) % ct] = codes[q]
+                    self.provided[k, (o + self.delays[k]) % ct] = True
+        if text is not None:
+            self.cache[0, o % ct], self.provided[0, o % ct] = text, True
+        for k, d in enumerate(self.delays):
+            if o <= d:
+                self.cache[k, o % ct], self.provided[k, o % ct] = self.initial[k], True
+        if o == 0:
+            self.cache[:, 0] = self.initial
+            self.offset = 1
+            return None
+        return (o - 1) % ct, o % ct
+
+    def step(self, user: torch.Tensor, model: torch.Tensor | None = None, text: int | None = None) -> Any:
+        pos = self._prepare(user, model, text)
+        if pos is None:
+            return None
+        out, logits = self.lm.forward_text(self.cache[None, :, pos[0], None])
+        return self._process(out, logits, *pos)
+
+    def step_embeddings(self, emb: torch.Tensor) -> None:
+        pad = int(self.lm.text_padding_token_id)
+        while (pos := self._prepare(self.initial[1 : 1 + self.n], self.initial[1 + self.n :], pad)) is None:
+            pass
+        out = self.lm.transformer(emb.view(1, 1, -1))
+        if self.lm.out_norm:
+            out = self.lm.out_norm(out)
+        self._process(out, self.lm.text_linear(out)[:, None], *pos)
+
+    def _process(self, out: torch.Tensor, logits: torch.Tensor, inp: int, tgt: int) -> torch.Tensor | None:
+        sampled = int(logits.view(-1).argmax())
+        prev = int(self.cache[0, tgt]) if self.provided[0, tgt] else sampled
+        audio: list[int] = []
+        with self.lm.depformer.streaming(1):
+            for cb in range(self.lm.dep_q):
+                token = int(self.lm.forward_depformer(cb, torch.tensor([[[prev]]]), out).view(-1).argmax())
+                audio.append(token)
+                prev = int(self.cache[1 + cb, tgt]) if self.provided[1 + cb, tgt] else token
+        self.provided[:, inp] = False
+        for k, token in enumerate([sampled, *audio]):
+            if not self.provided[k, tgt]:
+                self.cache[k, tgt] = token
+        self.offset += 1
+        if self.offset - 1 <= max(self.delays):
+            return None
+        idx = [(self.offset - 1 - max(self.delays) + d) % self.ct for d in self.delays[: 1 + self.lm.dep_q]]
+        return self.cache[torch.arange(len(idx)), idx]
+
+
+@pytest.mark.parametrize("chunk", [1, 64])
+def test_prefill_and_stream_equal_nvidias_generator(
+    served: MoshiServed, ckpt: MoshiCheckpoint, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Voice, silence, persona, silence, then the conversation: the text tokens and audio equal NVIDIA's loop
+    (whose first conversation call reads the prompt's last frame: our frame j is its call j + 1). Bit for bit
+    with one prompt position per forward, as NVIDIA runs it; in chunks of 64 the same tokens."""
+    monkeypatch.setattr(prompt_module, "PREFILL_CHUNK", chunk)
+    frames = 6
+    audio = varied_audio(1, frames, seed=9)[0]
+    prompt = served.session_prompt("NATM1", PERSONA)
+    state = served.new_slots(1)
+    served.prefill(state, 0, prompt)
+    ours = [served.step(state, x[None], slice(0, 1)) for x in audio.split(FRAME)]
+
+    lm, mimi, ref = ckpt.lm, ckpt.mimi, NvidiaLoop(ckpt.lm)
+    vp = load_voice_prompt(ckpt.voices["NATM1"])
+    pad, sine, silence = int(lm.text_padding_token_id), prompt.sine, prompt.silence
+    text: list[list[int]] = []
+    wave: list[torch.Tensor] = []
+    with torch.no_grad(), lm.streaming(1), mimi.streaming(1):
+        for e in vp.embeddings:
+            ref.step_embeddings(e)
+        ref.cache.copy_(vp.cache[0])
+        prompt_text = [pad] * PROMPT_SILENCE_FRAMES + ckpt.text_tokenizer.encode(wrap_persona(PERSONA))
+        for t in prompt_text + [pad] * PROMPT_SILENCE_FRAMES:
+            ref.step(sine, silence, t)
+        for f in range(frames + 1):
+            x = audio[f * FRAME : (f + 1) * FRAME] if f < frames else torch.zeros(FRAME)
+            out = ref.step(mimi.encode(x[None, None])[0, :, 0])
+            if f > 0:
+                text.append([int(out[0])])
+                wave.append(mimi.decode(out[None, 1 : 1 + ref.n, None])[0, 0])
+    assert [o.text[0] for o in ours] == text
+    got = torch.cat([o.wave[0] for o in ours])
+    want = torch.cat(wave).clamp(-1, 1)
+    if chunk == 1:
+        assert torch.equal(got, want)
+    else:  # a 64-position forward rounds differently: the same tokens, audio within float error
+        assert torch.allclose(got, want, atol=1e-4)
