@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Literal, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from torch import Tensor
 
@@ -101,6 +101,20 @@ class TextDecoder(Protocol):
 
     def feed(self, tokens: list[int]) -> tuple[str, bool]:
         """Text completed by these tokens, and whether the model ended its text (a final delta)."""
+
+
+@runtime_checkable
+class Prompted(Protocol):
+    """A family whose sessions start with a prompt prefilled into their slot (PersonaPlex: voice and persona)."""
+
+    def prompt_for(self, voice: str, persona: str) -> object | None:
+        """The prompt of a session with this voice and persona (instructions); "" = the model's default, None =
+        no prompt. Raises ``ModelError`` naming what is wrong."""
+        ...
+
+    def prefill(self, state: Any, slot: int, prompt: Any, batch_invariant: bool = False) -> None:
+        """Make ``slot`` a fresh session that has consumed ``prompt``, touching no other slot."""
+        ...
 
 
 S = TypeVar("S", bound=SlotStates)

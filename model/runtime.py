@@ -93,6 +93,8 @@ def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
                 "model.temperature / model.top_k / model.cfg_coef apply to the Moshi family; the duplex model "
                 "decides greedily"
             )
+        if source.voice or source.persona:
+            raise ModelError("model.voice / model.persona apply to PersonaPlex; the duplex model takes neither")
         part = load_part(source, device=device)
         assert isinstance(part, DuplexModel)
         return DuplexServed(part)
@@ -112,10 +114,17 @@ def load_served(source: ModelSource, device: str = "auto") -> ServedModel[Any]:
     top_k = source.top_k if source.top_k is not None else int(gen.get("top_k", UPSTREAM_TOP_K))
     if ckpt.family == "hibiki":
         cfg = source.cfg_coef if source.cfg_coef is not None else float(gen.get("cfg_coef", 1.0))
-        return HibikiServed(ckpt, temperature=temperature, top_k=top_k, device=dev, cfg_coef=cfg)
-    if source.cfg_coef is not None:
+        served: MoshiServed = HibikiServed(ckpt, temperature=temperature, top_k=top_k, device=dev, cfg_coef=cfg)
+    elif source.cfg_coef is not None:
         raise ModelError(
             f"model.cfg_coef applies to Hibiki (classifier-free guidance); model.uri {source.uri!r} holds a "
             f"{ckpt.family} checkpoint: unset it"
         )
-    return MoshiServed(ckpt, temperature=temperature, top_k=top_k, device=dev)
+    else:
+        served = MoshiServed(ckpt, temperature=temperature, top_k=top_k, device=dev)
+    if source.voice or source.persona:
+        try:
+            served.set_default_prompt(source.voice, source.persona)
+        except ModelError as e:
+            raise ModelError(f"model.voice / model.persona: {e}") from None
+    return served

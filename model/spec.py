@@ -35,6 +35,12 @@ class ModelSource(BaseModel):
     """Hibiki: classifier-free guidance coefficient (1 = none; Kyutai suggests 3: the translated voice keeps
     closer to the speaker's). Above 1 every session runs as two LM rows, twice the LM's compute and KV cache;
     empty = the checkpoint's ``lm_gen_config``, else 1."""
+    voice: str = Field("", max_length=64)
+    """PersonaPlex: the default voice of every session, a name of the checkpoint's ``voices/`` (``NATF2``);
+    empty = no voice prompt. Other families refuse it."""
+    persona: str = Field("", max_length=4096)
+    """PersonaPlex: the default ``<system>`` persona of every session (a session's instructions replace it);
+    empty = none. Other families refuse it."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Weight and activation dtype (bfloat16 on GPUs)."""
     seed: int = Field(0, ge=0)

@@ -308,6 +308,7 @@ def _resolve_duplex(
         if value is not None:
             why = "applies to the Moshi family; the duplex model decides greedily (the engine refuses it): unset it"
             problems.append(SpecProblem(f"spec.model.{field}", why))
+    problems += _prompt_problems(spec, "duplex")
     fitted: ShardPlan | None = None
     fit_error: str | None = None
     try:
@@ -403,6 +404,18 @@ def moshi_capacity_problems(moshi: MoshiPlan, max_sessions: int, dtype: str, mem
     return []
 
 
+def _prompt_problems(spec: DuplexModelSpec, family: Family) -> list[SpecProblem]:
+    """``voice`` and ``persona`` are PersonaPlex's session prompt: refused for other families (the voice's name
+    is checked against the checkpoint's ``voices/`` by the engine at load)."""
+    if family == "personaplex":
+        return []
+    return [
+        SpecProblem(f"spec.model.{field}", f"applies to PersonaPlex; a {family} model takes no {field}: unset it")
+        for field, value in (("voice", spec.model.voice), ("persona", spec.model.persona))
+        if value
+    ]
+
+
 def _resolve_moshi(
     spec: DuplexModelSpec, family: Family, memory_gib: float, memory_field: str, problems: list[SpecProblem]
 ) -> Resolved:
@@ -421,6 +434,7 @@ def _resolve_moshi(
             f"{eng.chunk_ms} ms is not a whole number of the Moshi family's {FRAME_MS} ms frames: use one of {choices}"
         )
         problems.append(SpecProblem("spec.engine.chunkMs", why))
+    problems += _prompt_problems(spec, family)
     if (spec.model.uri or "").endswith(".safetensors"):
         why = f"a {family} checkpoint is a directory in Kyutai's layout (docs/moshi.md), not a .safetensors file"
         problems.append(SpecProblem("spec.model.uri", why))

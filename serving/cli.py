@@ -234,6 +234,10 @@ def up(
         help="Hibiki: classifier-free guidance coefficient, 1 = none, 3 typical; above 1 each session runs as two "
         "LM rows (default: the checkpoint's, else 1)",
     ),
+    voice: str = typer.Option("", help="PersonaPlex: default voice, a name of the checkpoint's voices/ (NATF2)"),
+    persona: str = typer.Option(
+        "", help="PersonaPlex: default <system> persona text (a session's instructions replace it)"
+    ),
     replicas: int = typer.Option(1, min=1, max=16, help="Engine replicas (a process each) behind Envoy"),
     max_sessions: int = typer.Option(64, help="Slots of each engine replica"),
     chunk_ms: int | None = typer.Option(
@@ -261,7 +265,7 @@ def up(
     Envoy and the session picker (docs/envoy.md), and the background agent (a local redis-server on a free
     loopback port and one worker)."""
     logs.setup(json_lines=False)
-    source = _up_source(checkpoint, family, temperature, top_k, cfg_coef)
+    source = _up_source(checkpoint, family, temperature, top_k, cfg_coef, voice, persona)
     engine_fields = _up_engine_fields(
         source,
         max_sessions=max_sessions,
@@ -287,7 +291,13 @@ def up(
 
 
 def _up_source(
-    checkpoint: Path | None, family: str, temperature: float | None, top_k: int | None, cfg_coef: float | None = None
+    checkpoint: Path | None,
+    family: str,
+    temperature: float | None,
+    top_k: int | None,
+    cfg_coef: float | None = None,
+    voice: str = "",
+    persona: str = "",
 ) -> ModelSource:
     """``duplex up``'s model from its flags; a bad value or a missing checkpoint exits 2."""
     try:
@@ -298,6 +308,8 @@ def _up_source(
                 temperature=temperature,
                 top_k=top_k,
                 cfg_coef=cfg_coef,
+                voice=voice,
+                persona=persona,
             )
         )
     except ValueError as e:

@@ -267,9 +267,11 @@ def start_event(
     tools: Sequence[str] = (),
     session_id: str = "",
     no_resume: bool = False,
+    voice: str = "",
 ) -> pb.ClientEvent:
     """A ``SessionStart``; ``no_resume``: the client will not resume it, so the server issues no token and
-    holds no slot for it after the stream ends (load generators, one-shot clients)."""
+    holds no slot for it after the stream ends (load generators, one-shot clients); ``voice``: PersonaPlex's
+    voice for the session (``instructions`` is then its persona)."""
     fmt = pb.AudioFormat(sample_rate=sample_rate, channels=1, encoding=pb.PCM16_LE)
     return pb.ClientEvent(
         start=pb.SessionStart(
@@ -280,6 +282,7 @@ def start_event(
             tools=list(tools),
             session_id=session_id,
             no_resume=no_resume,
+            voice=voice,
         )
     )
 

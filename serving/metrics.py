@@ -57,6 +57,12 @@ class EngineMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
             registry=r,
         )
+        self.prompt_prefill_seconds = Histogram(
+            "duplex_engine_prompt_prefill_seconds",
+            "A session's prompt (PersonaPlex voice and persona) prefilled into its slot before its first step",
+            buckets=_MS,
+            registry=r,
+        )
         self.queue_wait_seconds = Histogram(
             "duplex_engine_queue_wait_seconds",
             "Chunk received → the step that consumes it starts",

@@ -31,6 +31,7 @@ __all__ = [  # LMGen and RingKVCache: upstream's, for test modules that must not
     "DELAYS",
     "DEP_Q",
     "FRAME",
+    "PERSONAPLEX_CONTEXT",
     "SAMPLE_RATE",
     "TEXT_END_PAD",
     "TEXT_PAD",
@@ -39,6 +40,7 @@ __all__ = [  # LMGen and RingKVCache: upstream's, for test modules that must not
     "tiny_checkpoint",
     "tiny_lm",
     "tiny_mimi",
+    "tiny_personaplex_checkpoint",
     "tiny_tokenizer",
     "tone",
     "varied_audio",
@@ -249,3 +251,36 @@ def write_checkpoint(directory: Path, seed: int = 0) -> Path:
     (directory / names["tokenizer_name"]).write_bytes(ck.text_tokenizer.serialized_model_proto())
     (directory / "config.json").write_text(json.dumps({**lm_args, **names, "model_type": "moshi"}))
     return directory
+
+
+PERSONAPLEX_TEST_VOICES = ("NATF0", "NATF1", "NATM1", "VARM2")
+PERSONAPLEX_CONTEXT = 200
+"""Room for a voice, its silences and a persona (3000 in PersonaPlex)."""
+
+
+@torch.no_grad()
+def tiny_personaplex_checkpoint(directory: Path, seed: int = 0) -> MoshiCheckpoint:
+    """``tiny_checkpoint``'s shapes in PersonaPlex's layout — the depformer predicts both streams (``dep_q = n_q
+    = 16``) — with voice prompts ``directory/voices/NAME.pt`` recorded from varied audio as NVIDIA's generator
+    records them (``duplex.model.moshi.tiny``'s recorder; its own checkpoint is too slow for many CPU steps)."""
+    from duplex.model.moshi.tiny import _voice_prompt
+
+    tok = tiny_tokenizer()
+    torch.manual_seed(seed)
+    args = dict(tiny_lm_args(tok.get_piece_size()), dep_q=2 * DEP_Q, depformer_context=2 * DEP_Q)
+    args["context"] = PERSONAPLEX_CONTEXT
+    lm = LMModel(**args).eval()
+    lm.text_linear.weight[TEXT_PAD] *= 3.0
+    mimi = tiny_mimi(seed)
+    t = torch.arange(SAMPLE_RATE) / SAMPLE_RATE
+    sine_codes = mimi.encode((0.5 * torch.sin(2 * torch.pi * 440.0 * t))[None, None])[0, :, -1]
+    (directory / "voices").mkdir(parents=True)
+    voices: dict[str, Path] = {}
+    for i, name in enumerate(PERSONAPLEX_TEST_VOICES):
+        codes = mimi.encode(varied_audio(1, 10, seed=seed + 50 + i)[:, None])[0]
+        prompt = _voice_prompt(lm, codes, sine_codes)
+        voices[name] = directory / "voices" / f"{name}.pt"
+        torch.save({"embeddings": prompt.embeddings.clone(), "cache": prompt.cache}, voices[name])
+    return MoshiCheckpoint(
+        family="personaplex", name="tiny-personaplex", lm=lm, mimi=mimi, text_tokenizer=tok, voices=voices
+    )

@@ -63,7 +63,7 @@ class AudioFormat(_message.Message):
     def __init__(self, sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ...) -> None: ...
 
 class SessionStart(_message.Message):
-    __slots__ = ("model", "format", "chunk_ms", "instructions", "tools", "session_id", "client_time_us", "resume_token", "resume_events_seen", "no_resume")
+    __slots__ = ("model", "format", "chunk_ms", "instructions", "tools", "session_id", "client_time_us", "resume_token", "resume_events_seen", "no_resume", "voice")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class SessionStart(_message.Message):
     RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESUME_EVENTS_SEEN_FIELD_NUMBER: _ClassVar[int]
     NO_RESUME_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     model: str
     format: AudioFormat
     chunk_ms: int
@@ -84,7 +85,8 @@ class SessionStart(_message.Message):
     resume_token: str
     resume_events_seen: int
     no_resume: bool
-    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., instructions: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ..., client_time_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resume_events_seen: _Optional[int] = ..., no_resume: _Optional[bool] = ...) -> None: ...
+    voice: str
+    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., instructions: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ..., client_time_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resume_events_seen: _Optional[int] = ..., no_resume: _Optional[bool] = ..., voice: _Optional[str] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("seq", "pcm", "client_time_us")

@@ -53,6 +53,7 @@ from ..detect import voiced_frames
 from ..family import FamilyStep, Floor, StreamFormat
 from . import CHUNKS_MS
 from .checkpoint import MoshiCheckpoint
+from .prompt import PromptBuilder, SessionPrompt, UserStreams, run_prefill
 
 SPEAK_HANGOVER_FRAMES = 8
 """Frames of text padding after the last word that still count as the model's turn (8 × 80 ms = 640 ms)."""
@@ -260,6 +261,17 @@ class MoshiSlots:
         self.served._copy_row(home[0], home[1], target[0], target[1])
         self._prune()
 
+    def install(self, block: _Block, slot: int) -> None:
+        """Make the one-row ``block`` (a prefilled staging block) the state of ``slot``."""
+        self._check(slot)
+        target = self._home.get(slot)
+        if target is None:
+            self._blocks[(slot, slot + 1)] = block
+            self._home[slot] = (block, 0)
+        else:
+            self.served._copy_row(block, 0, target[0], target[1])
+        self._prune()
+
     def reset(self, slot: int) -> None:
         self._check(slot)
         home = self._home.get(slot)
@@ -327,6 +339,16 @@ class MoshiServed:
         self._forced: Tensor | None = None
         """Text tokens forced in the frame being stepped, per row (-1 = none)."""
         self.gen.on_text_hook = self._force_text
+        self._streams = UserStreams(self.gen)
+        """The audio hook: the user's codes into a two-stream depformer's output (PersonaPlex)."""
+        self.gen.on_audio_hook = self._streams
+        self._model_q = int(self.lm.n_q) // 2 if self._streams.both else int(self.lm.dep_q)
+        """Codebooks of the model's own stream (what Mimi decodes)."""
+        self.prompts = PromptBuilder(ckpt, self.lm, self.mimi) if ckpt.family == "personaplex" else None
+        """Session prompts (voice, persona): PersonaPlex only."""
+        self.default_voice = ""
+        self.default_prompt: SessionPrompt | None = None
+        """What a session without a persona of its own is prefilled with (``set_default_prompt``)."""
         self.pad_ids = frozenset({int(self.lm.text_padding_token_id), int(self.lm.end_of_text_padding_id)})
         self.mimi_dtype = next(self.mimi.parameters()).dtype
         self._format = StreamFormat(
@@ -368,10 +390,11 @@ class MoshiServed:
             )
         self._check_conditioning()
         user_q = lm.n_q - lm.dep_q
-        if mimi.num_codebooks < max(user_q, lm.dep_q):
-            raise ModelError(
-                f"{self.ckpt.name}: Mimi has {mimi.num_codebooks} codebooks, the LM needs {max(user_q, lm.dep_q)}"
-            )
+        per_stream = lm.n_q // 2 if lm.dep_q == lm.n_q else max(user_q, lm.dep_q)
+        if mimi.num_codebooks < per_stream:
+            raise ModelError(f"{self.ckpt.name}: Mimi has {mimi.num_codebooks} codebooks, the LM needs {per_stream}")
+        if lm.dep_q == lm.n_q and max(lm.delays) > 1:
+            raise ModelError(f"{self.ckpt.name}: a two-stream depformer with delays over 1 is not served")
         # rows carry their own positions everywhere except in weights-per-step layers, which index their weights
         # by the batch-wide offset_cpu; the depformer has them but restarts every step
         for module in [*lm.transformer.modules(), *mimi.modules()]:
@@ -438,10 +461,12 @@ class MoshiServed:
                 codes = self._encode(block, frame, act)  # (n, K, 1)
                 self.gen.set_exec_mask(act)  # LMGen forwards it to the LM (its reset / exec-mask callbacks)
                 self._forced = None if text_in is None else text_in[:, f, 0].to(self.device)
+                self._streams.provide(codes[:, : self._model_q, 0])  # a two-stream depformer's user input
                 tokens = self.gen.step(codes)  # (n, 1+dep_q, 1); -2 (ungenerated) where a row is not ready
                 if tokens is None:  # only without support_out_of_sync
                     tokens = torch.full((n, 1 + self.lm.dep_q, 1), -2, dtype=torch.long, device=self.device)
                 tok = tokens[:, :, 0]
+                tok = tok[:, : 1 + self._model_q]  # text and the model's stream (a two-stream depformer: both)
                 ready = act & (tok[:, 1:] >= 0).all(dim=1)
                 if bool(ready.any()):
                     # the decoder advances only for rows that produced audio (a fresh stream's decoder first
@@ -467,6 +492,43 @@ class MoshiServed:
     def _done(self, block: _Block, active: Tensor) -> Tensor | None:
         """Rows whose output is over after their input ended (None: the family stops with its input)."""
         return None
+
+    def session_prompt(self, voice: str, persona: str) -> SessionPrompt:
+        """A session's voice (a name of the checkpoint's ``voices/``) and persona, checked and tokenised;
+        ``ModelError`` naming what is wrong (an unknown voice, a family with no prompt, too long a persona)."""
+        if self.prompts is None:
+            raise ModelError(
+                f"{self.ckpt.name}: the {self.ckpt.family} family takes no voice or persona (PersonaPlex does)"
+            )
+        return self.prompts.build(voice, persona)
+
+    def set_default_prompt(self, voice: str, persona: str) -> None:
+        """The model's default voice and persona (``ModelSource.voice``/``persona``), checked now."""
+        self.default_prompt = self.session_prompt(voice, persona) if voice or persona else None
+        self.default_voice = voice
+
+    def prompt_for(self, voice: str, persona: str) -> SessionPrompt | None:
+        """A session's prompt: its own voice and persona (its instructions) where it gives them, the model's
+        defaults (``set_default_prompt``) where not; None = no prompt."""
+        if not voice and not persona:
+            return self.default_prompt
+        default_persona = "" if self.default_prompt is None else self.default_prompt.persona
+        return self.session_prompt(voice or self.default_voice, persona or default_persona)
+
+    @torch.no_grad()
+    def prefill(self, state: MoshiSlots, slot: int, prompt: SessionPrompt, batch_invariant: bool = False) -> None:
+        """Make ``slot`` a fresh session that has consumed ``prompt`` (``prompt.model_steps`` model steps, run on a
+        one-row staging block: no other row is touched)."""
+        state._check(slot)
+        block = self._new_block(slot, 1)
+        with ExitStack() as stack:
+            stack.enter_context(self._swapped_in(block))
+            stack.enter_context(_invariant_kernels(batch_invariant, self.device))
+            if self.device.type == "cpu":
+                stack.enter_context(no_compile())
+            self._forced = None
+            run_prefill(self.lm, self.gen, self._streams, prompt)
+        state.install(block, slot)
 
     def encode_text(self, text: str) -> list[int]:
         """Text as the model's own text tokens, to be forced into its text stream (one per frame)."""

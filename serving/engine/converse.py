@@ -120,6 +120,7 @@ class EngineStream:
             lifecycle=Lifecycle(self.clock),
         )
         session.key_id = key_id
+        session.slot_session.prompt = neg.prompt  # prefilled into its slot when the session is placed
         if not sched.admit(session) and not (server.resumes.sweep() and sched.admit(session)):
             session.lifecycle.close()
             raise Refused(
@@ -129,7 +130,7 @@ class EngineStream:
             )
         session.on_close = lambda: sched.leave(session)
         server.agent.attach(session, neg.tools)
-        self.instruction_tokens = neg.instruction_tokens if neg.instructions else []
+        self.instruction_tokens = list(neg.instruction_tokens)
         fmt = pb.AudioFormat(sample_rate=server.format.sample_rate, channels=1, encoding=pb.PCM16_LE)
         session.ready = pb.SessionReady(
             session_id=sid,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from duplex.model.detect import voiced_frames
-from duplex.model.family import InputEnds, ServedModel
+from duplex.model.family import InputEnds, Prompted, ServedModel
 
 from .planner import PlannedRow, SlotEndInput, SlotMove, SlotOp, StepPlan
 
@@ -77,8 +77,11 @@ class StepExecutor:
         self.state = served.new_slots(slots)
         self.batch_invariant = batch_invariant
 
-    def apply(self, ops: Sequence[SlotOp]) -> None:
-        """Carry out the planner's slot moves, resets and input ends on the streaming state, in order."""
+    def apply(self, ops: Sequence[SlotOp]) -> list[float]:
+        """Carry out the planner's slot moves, resets and input ends on the streaming state, in order; a reset
+        with a prompt prefills it (on rows of its own: no other slot changes). Returns the seconds each prefill
+        took."""
+        prefills: list[float] = []
         for op in ops:
             if isinstance(op, SlotMove):
                 self.state.move(op.src, op.dst)
@@ -88,6 +91,11 @@ class StepExecutor:
                 self.state.end_input(op.slot)
             else:
                 self.state.reset(op.slot)
+                if op.prompt is not None and isinstance(self.served, Prompted):
+                    started = self.clock()
+                    self.served.prefill(self.state, op.slot, op.prompt, self.batch_invariant)
+                    prefills.append(self.clock() - started)
+        return prefills
 
     def run(self, plan: StepPlan) -> StepResult:
         started = self.clock()

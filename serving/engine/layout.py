@@ -64,9 +64,11 @@ class SlotMove:
 
 @dataclass(frozen=True)
 class SlotReset:
-    """Make ``slot`` a fresh session."""
+    """Make ``slot`` a fresh session (prefilled with the session's prompt, when it has one)."""
 
     slot: int
+    prompt: object | None = None
+    """The family's prompt object (``MoshiServed.prefill``), None = none."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class CohortLayout:
     def join(self, s: SlotSession, cohort: Cohort, now: float) -> SlotReset:
         """Place a new session at the end of ``cohort``'s members; its slot starts fresh."""
         self._place(s, cohort, now)
-        return SlotReset(s.slot)
+        return SlotReset(s.slot, s.prompt)
 
     def unplace(self, s: SlotSession) -> list[SlotOp]:
         """Swap-remove ``s`` from its cohort block (the block's last member moves into its slot)."""

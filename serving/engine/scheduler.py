@@ -244,7 +244,9 @@ class Scheduler:
                     plan, wake = self.planner.next_step(now, self._load(now))
                 count_housekeeping(self.metrics, chores)
                 count_step(self.metrics, plan)
-                self.executor.apply(chores.slot_ops)
+                for seconds in self.executor.apply(chores.slot_ops):
+                    self.metrics.prompt_prefill_seconds.observe(seconds)
+                    log.info("session prompt prefilled in %.1f ms", seconds * 1e3)
                 for conv in chores.finished:
                     self.loop.call_soon_threadsafe(self.output.finish, conv)
                 if plan is None:

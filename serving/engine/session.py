@@ -203,3 +203,5 @@ class SlotSession:
     """Typed-text byte tokens waiting to be fed with its next stepped chunks."""
     video: torch.Tensor | None = None
     """The latest video frame (3, V, V), fed with its next stepped chunk."""
+    prompt: object | None = None
+    """The session's prompt (PersonaPlex: voice and persona), prefilled into its slot when it is placed."""

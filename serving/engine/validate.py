@@ -15,11 +15,13 @@ import torch
 from google.protobuf.message import DecodeError
 
 from duplex.model.config import ModelError
-from duplex.model.family import ServedModel
+from duplex.model.family import Prompted, ServedModel
 from duplex.v1 import duplex_pb2 as pb
 
 MAX_TEXT_BYTES = 4096
 """Largest single TextInput (bytes of UTF-8)."""
+MAX_VOICE_CHARS = 64
+"""Longest ``SessionStart.voice``."""
 
 
 class InputError(Exception):
@@ -39,6 +41,8 @@ class Negotiated:
     session_id: str
     instruction_tokens: list[int]
     """``instructions`` as the model's text-input tokens."""
+    prompt: object | None = None
+    """The session's prompt, prefilled before its first step (PersonaPlex: the instructions are its persona)."""
 
 
 class Undecodable:
@@ -96,7 +100,23 @@ def check_start(
         )
     if len(start.instructions.encode()) > MAX_TEXT_BYTES:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.instructions: longer than {MAX_TEXT_BYTES} bytes")
-    instruction_tokens = encode_text("start.instructions", start.instructions, served) if start.instructions else []
+    prompt: object | None = None
+    if len(start.voice) > MAX_VOICE_CHARS:
+        raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.voice: longer than {MAX_VOICE_CHARS} characters")
+    if isinstance(served, Prompted) and served.format.family == "personaplex":
+        instruction_tokens: list[int] = []
+        try:
+            prompt = served.prompt_for(start.voice, start.instructions)
+        except ModelError as e:
+            field = "start.voice" if str(e).startswith("voice ") else "start.instructions"
+            raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {e}") from e
+    else:
+        if start.voice:
+            raise InputError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"start.voice {start.voice!r}: the {served.format.family} family takes no voice (PersonaPlex does)",
+            )
+        instruction_tokens = encode_text("start.instructions", start.instructions, served) if start.instructions else []
     if len(start.session_id) > 128:
         raise InputError(grpc.StatusCode.INVALID_ARGUMENT, "start.session_id: longer than 128 characters")
     if not 0 <= start.client_time_us < MAX_CLIENT_TIME_US:
@@ -107,7 +127,14 @@ def check_start(
         )
     samples = served.frames_per_chunk(chunk_ms) * model_fmt.frame_samples
     return Negotiated(
-        model_name, chunk_ms, samples, list(start.tools), start.instructions, start.session_id, instruction_tokens
+        model_name,
+        chunk_ms,
+        samples,
+        list(start.tools),
+        start.instructions,
+        start.session_id,
+        instruction_tokens,
+        prompt,
     )
 
 

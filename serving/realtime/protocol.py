@@ -37,9 +37,16 @@ IGNORED_SESSION_FIELDS = frozenset(
     }
 )
 """Session fields OpenAI's server knows that have no meaning here: accepted and ignored (docs/realtime.md)."""
-IGNORED_AUDIO_FIELDS = frozenset({"turn_detection", "noise_reduction", "transcription", "voice", "speed"})
-"""``audio.input``/``audio.output`` fields accepted and ignored: the model takes turns itself (no VAD), speaks
-in its own voice and transcribes nothing but its own speech."""
+IGNORED_AUDIO_FIELDS = frozenset({"turn_detection", "noise_reduction", "transcription", "speed"})
+"""``audio.input``/``audio.output`` fields accepted and ignored: the model takes turns itself (no VAD) and
+transcribes nothing but its own speech."""
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse"}
+)
+"""OpenAI's own voice names: ``audio.output.voice`` set to one of them is accepted and ignored (the model speaks
+in its own voice); any other name is the session's PersonaPlex voice (``SessionStart.voice``)."""
+MAX_VOICE_CHARS = 64
+"""As the engine's ``SessionStart.voice`` limit."""
 
 
 class ClientError(Exception):
@@ -80,6 +87,8 @@ class SessionPatch:
     """New instructions, or None to keep them."""
     tools: list[str] | None = None
     """New tool names, or None to keep them."""
+    voice: str | None = None
+    """New PersonaPlex voice ("" = the model's default), or None to keep it."""
 
 
 def check_session(session: object) -> SessionPatch:
@@ -105,7 +114,7 @@ def check_session(session: object) -> SessionPatch:
             f"session.type {show(kind)}: only 'realtime' sessions are served (no transcription sessions)",
             "session.type",
         )
-    _check_audio(session.get("audio"))
+    voice = _check_audio(session.get("audio"))
     instructions = session.get("instructions")
     if instructions is not None:
         if not isinstance(instructions, str):
@@ -121,7 +130,7 @@ def check_session(session: object) -> SessionPatch:
                 f"session.instructions: longer than {MAX_INSTRUCTIONS_BYTES} bytes", "session.instructions"
             )
     tools = _tool_names(session["tools"]) if "tools" in session else None
-    return SessionPatch(instructions, tools)
+    return SessionPatch(instructions, tools, voice)
 
 
 @dataclass
@@ -132,6 +141,8 @@ class SessionSettings:
     """System prompt: ``SessionStart.instructions`` (fixed once the conversation has started)."""
     tools: list[str] = field(default_factory=list)
     """Function names: the session's granted tools, ``SessionStart.tools`` (fixed once started)."""
+    voice: str = ""
+    """PersonaPlex voice, ``SessionStart.voice`` ("" = the model's default; fixed once started)."""
 
     def update(self, session: object, started: bool) -> None:
         """Apply a ``session.update``'s ``session`` object; ClientError naming the field on anything this server
@@ -142,6 +153,13 @@ class SessionSettings:
         """Apply a checked update; once the conversation has started, instructions and tools are fixed."""
         instructions = self.instructions if patch.instructions is None else patch.instructions
         tools = self.tools if patch.tools is None else patch.tools
+        voice = self.voice if patch.voice is None else patch.voice
+        if started and voice != self.voice:
+            raise ClientError(
+                "session.audio.output.voice: fixed once the conversation has started (the first "
+                "input_audio_buffer.append); set it before sending audio",
+                "session.audio.output.voice",
+            )
         if started and instructions != self.instructions:
             raise ClientError(
                 "session.instructions: fixed once the conversation has started (the first "
@@ -154,7 +172,7 @@ class SessionSettings:
                 "set them before sending audio",
                 "session.tools",
             )
-        self.instructions, self.tools = instructions, tools
+        self.instructions, self.tools, self.voice = instructions, tools, voice
 
     def describe(self, session_id: str, model: str) -> dict[str, Any]:
         """The session object of ``session.created``/``session.updated``."""
@@ -169,14 +187,16 @@ class SessionSettings:
             "tool_choice": "auto",
             "audio": {
                 "input": {"format": AUDIO_FORMAT, "turn_detection": None},
-                "output": {"format": AUDIO_FORMAT},
+                "output": {"format": AUDIO_FORMAT, **({"voice": self.voice} if self.voice else {})},
             },
         }
 
 
-def _check_audio(audio: object) -> None:
+def _check_audio(audio: object) -> str | None:
+    """Checks ``session.audio``; returns the PersonaPlex voice it sets (None = none set, or an OpenAI voice)."""
+    voice: str | None = None
     if audio is None:
-        return
+        return None
     if not isinstance(audio, dict):
         raise ClientError("session.audio: must be an object", "session.audio")
     for side in audio:
@@ -199,8 +219,13 @@ def _check_audio(audio: object) -> None:
                         "(PCM16 mono; resampled to the model's rate by the server)",
                         where,
                     )
+            elif k == "voice" and side == "output":
+                if not isinstance(v, str) or len(v) > MAX_VOICE_CHARS:
+                    raise ClientError(f"{where}: must be a voice name of at most {MAX_VOICE_CHARS} characters", where)
+                voice = None if v in OPENAI_VOICES else v
             elif k not in IGNORED_AUDIO_FIELDS:
                 raise ClientError(f"{where}: unknown field", where, "unknown_parameter")
+    return voice
 
 
 def _tool_names(tools: object) -> list[str]:

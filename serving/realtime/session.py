@@ -227,6 +227,7 @@ class RealtimeSession:
             format=pb.AudioFormat(sample_rate=0, channels=1, encoding=pb.PCM16_LE),  # 0 = the model's rate
             instructions=self.settings.instructions,
             tools=self.settings.tools,
+            voice=self.settings.voice,
             session_id=self.session_id,
         )
         self._pump = asyncio.create_task(self._run_conversation(pb.ClientEvent(start=start).SerializeToString()))

@@ -76,6 +76,8 @@ def problems_of(raw: dict[str, Any]) -> list[tuple[str, str]]:
         (with_(MOSHI_GPU, model={"family": "auto"}), "spec.model.family", "name the family"),
         ({"model": {"temperature": 0.5}}, "spec.model.temperature", "Moshi family"),
         ({"model": {"family": "duplex", "topK": 10}}, "spec.model.topK", "Moshi family"),
+        ({"model": {"family": "duplex", "voice": "NATF2"}}, "spec.model.voice", "applies to PersonaPlex"),
+        (with_(MOSHI_GPU, model={"persona": "Be kind."}), "spec.model.persona", "a moshi model takes no persona"),
         (with_(MOSHI_GPU, engine={"maxSessions": 64}), "spec.engine.maxSessions", "fit 80 GiB: at most 38"),
         (
             with_(MOSHI_GPU, model={"dtype": "float32"}, engine={"maxSessions": 32}),
@@ -254,3 +256,13 @@ def test_hibiki_renders_with_its_guidance_and_no_moshi_7b_session_check(tmp_path
     model = json.loads(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["engine.json"])["model"]
     assert (model["family"], model["cfg_coef"]) == ("hibiki", 3.0)
     assert ModelSource.model_validate(model).cfg_coef == 3.0
+
+
+def test_a_personaplex_voice_and_persona_reach_the_engine_config() -> None:
+    raw = with_(MOSHI_GPU, model={"family": "personaplex", "voice": "NATF2", "persona": "You are Jane."})
+    engine_json = json.loads(by_kind(render(raw), "ConfigMap")[0]["data"]["engine.json"])
+    model = ModelSource.model_validate(engine_json["model"])  # what `duplex engine --config` parses
+    assert (model.family, model.voice, model.persona) == ("personaplex", "NATF2", "You are Jane.")
+    crd = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert crd["model"]["properties"]["persona"]["maxLength"] == 4096
+    assert "PersonaPlex" in crd["model"]["properties"]["voice"]["description"]

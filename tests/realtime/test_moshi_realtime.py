@@ -61,3 +61,30 @@ async def test_instructions_are_refused_with_an_error_event(rt_moshi: RealtimeSt
         await reader
     message = got.of("error")[0]["error"]["message"]
     assert "instructions" in message and "takes no typed text" in message
+
+
+async def test_a_personaplex_voice_is_forwarded_and_moshi_refuses_it(
+    rt_moshi: RealtimeStack, speech24: np.ndarray
+) -> None:
+    """``audio.output.voice`` other than OpenAI's names is the session's PersonaPlex voice (``SessionStart.voice``):
+    plain Moshi refuses it with an ``error`` naming the field; an OpenAI voice name is accepted and ignored."""
+    got = Received()
+    async with client(rt_moshi).realtime.connect(model="tiny-moshi") as conn:
+        reader = asyncio.create_task(collect(conn, got))
+        await conn.session.update(session={"type": "realtime", "audio": {"output": {"voice": "NATF2"}}})
+        await stream_live(conn, speech24[:4800])
+        await got.wait(lambda g: g.of("error"))
+        await conn.close()
+        await reader
+    assert got.of("session.updated")[0]["session"]["audio"]["output"]["voice"] == "NATF2"
+    message = got.of("error")[0]["error"]["message"]
+    assert "start.voice 'NATF2': the moshi family takes no voice" in message
+    ok = Received()
+    async with client(rt_moshi).realtime.connect(model="tiny-moshi") as conn:
+        reader = asyncio.create_task(collect(conn, ok))
+        await conn.session.update(session={"type": "realtime", "audio": {"output": {"voice": "alloy"}}})
+        await stream_live(conn, speech24[: 24000 // 2])
+        await ok.wait(lambda g: len(g.of("response.output_audio.delta")) >= 2)
+        await conn.close()
+        await reader
+    no_errors(ok)
