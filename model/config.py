@@ -159,16 +159,6 @@ PRESETS: dict[str, ModelConfig] = {
         expert_hidden=128,
         shared_expert_hidden=128,
     ),
-    # "tiny" widened back to d 256 for generalisation to unseen voices and TTS engines (0.53 of the d 256 /
-    # 4-layer shape's step cost, against tiny's 0.43-0.45, in the same timing run: docs/model-card.md).
-    "small": ModelConfig(
-        name="small",
-        d_model=256,
-        n_layers=3,
-        window=160,
-        expert_hidden=128,
-        shared_expert_hidden=128,
-    ),
     # A planning shape for the reference 276B-total / 12B-active system. Never instantiated here.
     "tml-interaction-small": ModelConfig(
         name="tml-interaction-small",
