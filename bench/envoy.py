@@ -169,8 +169,8 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=64)
     ap.add_argument("--cohorts", type=int, default=4)
     ap.add_argument("--chunk-ms", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--steady-after", type=float, default=4.0)
+    ap.add_argument("--seconds", type=float, default=75.0, help="length of each conversation (>= 60 s: steady state)")
+    ap.add_argument("--steady-after", type=float, default=10.0)
     ap.add_argument("--step-ms", type=float, default=28.0, help="GIL-holding work per stand-in tick (0 = none)")
     ap.add_argument("--spread-ms", type=float, default=6.0)
     ap.add_argument("--joins", type=int, default=64, help="sessions of the set-up burst")
@@ -213,9 +213,9 @@ def main() -> None:
         f"stand-in engine holding the interpreter {args.step_ms:.0f} ms per tick; Envoy 1.40 with 1 worker and the "
         f"session picker in front; the Python gateway (`duplex gateway`, what Envoy replaces) to compare. "
         f"Set-up and balance: `duplex up --replicas 2` (tiny model), a burst of "
-        f"{args.joins} sessions opened at once, timed from the call to its SessionReady. On a shared 2-core VM "
-        f"(other jobs ran beside it): the paths ran one after the other, so 'added' differs percentiles of "
-        f"separate runs. Definitions in `bench/envoy.py`."
+        f"{args.joins} sessions opened at once, timed from the call to its SessionReady. The paths ran one after the "
+        f"other, so 'added' differs percentiles of separate runs (the caption gives the machine's load). "
+        f"Definitions in `bench/envoy.py`."
     )
     table = head + "\n".join(rows)
     print(f"Command: `{command()}` — {machine()}. {setup}\n\n{table}\n")
