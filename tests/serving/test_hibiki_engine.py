@@ -18,11 +18,9 @@ from duplex.model.moshi.served import MoshiTextDecoder
 from duplex.model.moshi.tiny import init_checkpoint
 from duplex.model.spec import ModelSource
 from duplex.serving import client
-from duplex.serving.engine.server import EngineServer
-from duplex.serving.spec import EngineSpec
 from duplex.v1 import duplex_pb2 as pb
 
-from .conftest import LoopThread, wait_serving
+from .helpers import served_engine
 
 CFG, TAIL = 3.0, 6
 """Guidance, and the tail cap in frames (the tiny model rarely pads its text: the cap ends its tail)."""
@@ -57,31 +55,12 @@ def alone(served: HibikiServed, pcm: np.ndarray) -> tuple[list[list[int]], list[
 
 def test_a_hibiki_session_ends_after_its_tail_and_equals_itself_alone(tmp_path: Path) -> None:
     directory = init_checkpoint("hibiki", tmp_path / "hibiki", seed=4)
-    spec = EngineSpec(
-        host="127.0.0.1",
-        metrics_port=0,
-        chunk_ms=80,
-        max_sessions=4,
-        cohorts=1,
-        batch_invariant=True,
-        lost_after_chunks=1000,  # a slow shared machine must not make the engine substitute silence
-    )
-    lt = LoopThread()
-    served = served_hibiki(directory)
-
-    async def up() -> EngineServer:
-        engine = EngineServer(spec, ModelSource(uri=str(directory), cfg_coef=CFG), model=served, bind_port=0)
-        await engine.start()
-        return engine
-
-    engine: EngineServer = lt.run(up())
-    addr = f"127.0.0.1:{engine.port}"
     inputs = [pcm16(varied_audio(1, n, seed=s)[0]) for n, s in ((10, 21), (6, 22))]
-    try:
-        wait_serving(addr)
+    source = ModelSource(uri=str(directory), cfg_coef=CFG)
+    with served_engine(source, served_hibiki(directory), max_sessions=4) as served:
 
         async def both() -> list[client.Conversation]:
-            async with client.channel(addr, None) as ch:
+            async with client.channel(served.addr, None) as ch:
                 return list(
                     await asyncio.gather(
                         *(
@@ -96,10 +75,8 @@ def test_a_hibiki_session_ends_after_its_tail_and_equals_itself_alone(tmp_path: 
                     )
                 )
 
-        convs = lt.run(both(), timeout=120)
-    finally:
-        lt.run(engine.stop(0.5))
-        lt.close()
+        convs = served.thread.run(both(), timeout=120)
+        engine = served.engine  # its metrics are read below, after it stopped
 
     reference = served_hibiki(directory)  # its own modules: the engine's are not touched from here
     decoder_of = lambda: MoshiTextDecoder(reference.ckpt.text_tokenizer, reference.pad_ids)  # noqa: E731

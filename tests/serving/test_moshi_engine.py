@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,48 +19,16 @@ from moshi_fixtures import FRAME, LMGen, varied_audio, write_checkpoint  # first
 from duplex.model.moshi.served import MoshiTextDecoder
 from duplex.model.spec import ModelSource
 from duplex.serving import client
-from duplex.serving.engine.server import EngineServer
-from duplex.serving.spec import EngineSpec
 from duplex.v1 import duplex_pb2 as pb
 
-from .conftest import LoopThread, wait_serving
-
-
-@dataclass
-class Served:
-    addr: str
-    directory: Path
-    engine: EngineServer
-    thread: LoopThread
+from .helpers import Served, served_engine
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     directory = write_checkpoint(tmp_path_factory.mktemp("ckpt") / "upstream-tiny", seed=5)
-    # batch-invariant kernels: a session's audio does not depend on what shares its steps; lost_after_chunks
-    # high: a slow shared machine must not make the engine substitute silence for a late chunk
-    spec = EngineSpec(
-        host="127.0.0.1",
-        metrics_port=0,
-        chunk_ms=80,
-        max_sessions=4,
-        cohorts=1,
-        batch_invariant=True,
-        lost_after_chunks=1000,
-    )
-    lt = LoopThread()
-
-    async def up() -> EngineServer:
-        engine = EngineServer(spec, ModelSource(uri=str(directory), temperature=0.0), bind_port=0)
-        await engine.start()
-        return engine
-
-    engine: EngineServer = lt.run(up())
-    addr = f"127.0.0.1:{engine.port}"
-    wait_serving(addr)
-    yield Served(addr, directory, engine, lt)
-    lt.run(engine.stop(0.5))
-    lt.close()
+    with served_engine(ModelSource(uri=str(directory), temperature=0.0), max_sessions=4) as served:
+        yield served
 
 
 def pcm_chunks(audio: torch.Tensor) -> list[bytes]:

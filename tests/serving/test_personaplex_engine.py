@@ -6,7 +6,6 @@ and what it hears equals the same prompt and audio stepped alone on ``MoshiServe
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,50 +21,20 @@ from duplex.model.moshi.tiny import init_checkpoint
 from duplex.model.runtime import load_served
 from duplex.model.spec import ModelSource
 from duplex.serving import client
-from duplex.serving.engine.server import EngineServer
-from duplex.serving.spec import EngineSpec
 from duplex.v1 import duplex_pb2 as pb
 
-from .conftest import LoopThread, wait_serving
+from .helpers import Served, served_engine
 
 PERSONA = "You enjoy a good conversation. Your name is Jane."
 FRAMES = 6
 
 
-@dataclass
-class Served:
-    addr: str
-    directory: Path
-    engine: EngineServer
-    thread: LoopThread
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     directory = init_checkpoint("personaplex", tmp_path_factory.mktemp("pp") / "personaplex-tiny", seed=3)
-    spec = EngineSpec(
-        host="127.0.0.1",
-        metrics_port=0,
-        chunk_ms=80,
-        max_sessions=2,
-        cohorts=1,
-        batch_invariant=True,
-        lost_after_chunks=1000,
-    )
     source = ModelSource(uri=str(directory), temperature=0.0, voice="NATF2", persona=PERSONA)
-    lt = LoopThread()
-
-    async def up() -> EngineServer:
-        engine = EngineServer(spec, source, bind_port=0)
-        await engine.start()
-        return engine
-
-    engine: EngineServer = lt.run(up())
-    addr = f"127.0.0.1:{engine.port}"
-    wait_serving(addr)
-    yield Served(addr, directory, engine, lt)
-    lt.run(engine.stop(0.5))
-    lt.close()
+    with served_engine(source, max_sessions=2) as served:
+        yield served
 
 
 def talk(served: Served, audio: torch.Tensor, voice: str = "", instructions: str = "") -> client.Conversation:
