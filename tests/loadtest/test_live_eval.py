@@ -168,25 +168,16 @@ def test_live_turn_taking_is_scored_from_what_was_heard(
     assert (live.turns, live.pauses, live.barge_ins) == (off_m.turns, off_m.pauses, off_m.barge_ins)
 
 
-def test_eval_live_cli_writes_the_live_figures(up: LocalUp, corpus: Path, tmp_path: Path) -> None:
+def test_eval_live_cli_starts_its_own_server_and_writes_the_live_figures(corpus: Path, tmp_path: Path) -> None:
     out = tmp_path / "live.json"
-    args = ["model", "eval", "--corpus", str(corpus), "--live", "--address", up.address, "--limit", "2"]
-    r = CliRunner().invoke(app, [*args, "--concurrency", "2", "--json", str(out)])
+    args = ["model", "eval", "--corpus", str(corpus), "--live", "--limit", "2", "--concurrency", "2"]
+    r = CliRunner().invoke(app, [*args, "--json", str(out)])
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
-    assert doc["live"] is True and doc["address"] == up.address
+    assert doc["live"] is True and doc["address"] == "duplex up"
     (system,) = doc["systems"]
     assert (system["system"], system["conversations"]) == ("duplex (live)", 2)
     assert doc["delivery"]["conversations"] == 2 and doc["delivery"]["chunks"] > 0
-
-
-def test_eval_live_cli_starts_and_stops_its_own_server(corpus: Path, tmp_path: Path) -> None:
-    out = tmp_path / "live.json"
-    args = ["model", "eval", "--corpus", str(corpus), "--live", "--limit", "1", "--json", str(out)]
-    r = CliRunner().invoke(app, args)
-    assert r.exit_code == 0, r.output
-    doc = json.loads(out.read_text())
-    assert doc["address"] == "duplex up" and doc["delivery"]["conversations"] == 1
 
 
 @pytest.mark.parametrize(
