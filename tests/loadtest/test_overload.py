@@ -63,11 +63,11 @@ def test_after_an_overload_step_a_small_step_measures_turns_and_sigint_stops_it(
     up = LocalUp(tmp_path / "up.log", ("--max-sessions", str(SLOTS)))
     up.start()
     try:
-        over = loadtest(up.address, OVERLOAD_USERS, 12, tmp_path / "over.json")
+        over = loadtest(up.address, OVERLOAD_USERS, 8, tmp_path / "over.json")
         # more users than slots: the ones left out are refused (RESOURCE_EXHAUSTED), not queued
         assert "RESOURCE_EXHAUSTED" in over["error_codes"]  # type: ignore[operator]
         # seed 1: user 0 starts with conversation 1, whose first user turn ends 3 s in
-        small = loadtest(up.address, 1, 14, tmp_path / "small.json", "--seed", "1")
+        small = loadtest(up.address, 1, 9, tmp_path / "small.json", "--seed", "1")
         assert small["turns"] > 0, small  # type: ignore[operator]
         assert small["errors"] == 0, small
         # SIGINT while more clients than slots hold conversations: it and its children exit in time
