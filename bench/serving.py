@@ -86,19 +86,24 @@ class Level:
     batch_p50: float
     cohorts: int = 0
     phases: str = "random"
+    chunk_ms: int = 200
 
     @property
     def realtime(self) -> bool:
-        return self.missing == 0 and self.substituted == 0 and self.rtt_p99 <= CHUNK_MS / 2
+        return self.missing == 0 and self.substituted == 0 and self.rtt_p99 <= self.chunk_ms / 2
 
 
 CHUNK_MS = 200
+"""The tiny preset's chunk (ms); ``ClientJob.chunk_ms`` for other models."""
+RATE = 16000
+"""The tiny preset's sample rate; ``ClientJob.rate`` for other models."""
 
 
-def speechlike(seconds: float, seed: int) -> np.ndarray:
-    """Alternating 1–2 s voiced bursts and pauses (a stand-in for a user talking)."""
+def speechlike(seconds: float, seed: int, sr: int = RATE) -> np.ndarray:
+    """Alternating 1–2 s voiced bursts and pauses (a stand-in for a user talking), at ``sr`` Hz."""
     rng = np.random.default_rng(seed)
-    sr, out, t = 16000, [], 0.0
+    out: list[np.ndarray] = []
+    t = 0.0
     while t < seconds:
         dur = rng.uniform(0.6, 1.6)
         n = int(dur * sr)
@@ -160,8 +165,8 @@ class Samples:
         self.total += o.total
 
 
-def collect(convs: list[client.Conversation], steady_after: float) -> Samples:
-    first_steady = int(steady_after * 1000 / CHUNK_MS)
+def collect(convs: list[client.Conversation], steady_after: float, chunk_ms: int = CHUNK_MS) -> Samples:
+    first_steady = int(steady_after * 1000 / chunk_ms)
     s = Samples()
     for c in convs:
         expected = len(c.sent_us)
@@ -208,10 +213,13 @@ class ClientJob:
     t0: float | None = None
     corpus: Path | None = None
     """Send this corpus's user tracks (``corpus_speech``) instead of ``speechlike`` tones."""
+    chunk_ms: int = CHUNK_MS
+    rate: int = RATE
+    """The model's chunk and sample rate (the corpus is at the tiny preset's 16 kHz only)."""
 
 
 async def converse_all(job: ClientJob) -> Samples:
-    chunk_samples = 16000 * CHUNK_MS // 1000
+    chunk_samples = job.rate * job.chunk_ms // 1000
     # every conversation's audio is made before the first one starts: made on the event loop as each joined
     # (~40 ms of numpy per 60 s conversation on a quiet 2-core VM, more under load), it held up the other
     # clients' sends while they joined; their chunks went out tens of ms off the phase hint and their
@@ -219,7 +227,7 @@ async def converse_all(job: ClientJob) -> Samples:
     speech = (
         corpus_speech(job.corpus, job.seconds, job.sessions)
         if job.corpus
-        else {i: speechlike(job.seconds, i) for i in job.sessions}
+        else {i: speechlike(job.seconds, i, job.rate) for i in job.sessions}
     )
     audio = {i: client.split_chunks(x, chunk_samples) for i, x in speech.items()}
     # the load generator's own full collections: its heap grows with every event it records, and one full
@@ -237,16 +245,17 @@ async def converse_all(job: ClientJob) -> Samples:
         async def one(i: int) -> client.Conversation:
             at = t0
             if job.phases not in ("aligned", "burst"):  # join at spawn_rate, each at a random moment of its period
-                at += i / job.spawn_rate + random.Random(i).uniform(0, CHUNK_MS / 1000)
+                at += i / job.spawn_rate + random.Random(i).uniform(0, job.chunk_ms / 1000)
             await asyncio.sleep(max(0.0, at - time.monotonic()))
             steered = job.phases in ("steered", "burst")
-            return await client.converse(ch, audio[i], chunk_ms=CHUNK_MS, follow_hint=steered)
+            start = client.start_event(sample_rate=job.rate, chunk_ms=job.chunk_ms)
+            return await client.converse(ch, audio[i], chunk_ms=job.chunk_ms, start=start, follow_hint=steered)
 
         try:
             convs = await asyncio.gather(*(one(i) for i in job.sessions))
         finally:
             gc.enable()
-    return collect(list(convs), job.steady_after)
+    return collect(list(convs), job.steady_after, job.chunk_ms)
 
 
 def client_process(job: ClientJob) -> Samples:
@@ -266,15 +275,29 @@ def run_level(
     steady_after: float = 0.0,
     processes: int = 1,
     corpus: Path | None = None,
+    chunk_ms: int = CHUNK_MS,
+    rate: int = RATE,
 ) -> Level:
     """``n`` conversations from ``processes`` client processes (session i in process i mod processes)."""
     if processes == 1:
-        s = client_process(ClientJob(target, tuple(range(n)), seconds, phases, spawn_rate, steady_after, corpus=corpus))
+        job = ClientJob(
+            target, tuple(range(n)), seconds, phases, spawn_rate, steady_after, None, corpus, chunk_ms, rate
+        )
+        s = client_process(job)
     else:
         t0 = time.monotonic() + SPAWN_MARGIN_S
         jobs = [
             ClientJob(
-                target, tuple(range(p, n, processes)), seconds, phases, spawn_rate, steady_after, t0, corpus=corpus
+                target,
+                tuple(range(p, n, processes)),
+                seconds,
+                phases,
+                spawn_rate,
+                steady_after,
+                t0,
+                corpus,
+                chunk_ms,
+                rate,
             )
             for p in range(processes)
         ]
@@ -306,6 +329,7 @@ def run_level(
         p(step_ms, 50),
         p(step_ms, 99),
         p(batch, 50),
+        chunk_ms=chunk_ms,
     )
 
 
