@@ -1,7 +1,8 @@
 """Moshi family served: real-time sessions per replica on this CPU, from conversations longer than the window.
 
     python bench/moshi_serving.py [--checkpoint DIR] [--context 500] [--sessions 8,16,32,48,64] [--seconds 75]
-                          [--steady-after 45] [--cohorts 1] [--client-processes 2] [--up-args=--torch-threads=2] [--write]
+                          [--steady-after 45] [--cohorts 1] [--client-processes 2] [--write]
+                          [--up-args=--torch-threads=2]
 
 Without ``--checkpoint`` a small random checkpoint is written with ``duplex model init --family moshi`` (seed 0)
 in a temporary folder, its ``context`` (the attention window, in 80 ms frames) set to ``--context`` so that the
