@@ -44,7 +44,7 @@ RELIABILITY = BENCH.parent / "docs" / "reliability.md"
 RELIABILITY_HEADER = (
     "# Reliability\n\n"
     "What clients and the cluster see when a part fails, each figure written by the script named in its section,\n"
-    "with the command line and the machine it ran on (shared and noisy machines: one run each).\n"
+    "with the command line and the machine it ran on (one run each).\n"
 )
 ENGINE_KILL_HOW = (
     "How the gateway does it (`serving/gateway/server.py`, `routing.py`, `pump.py`): the relay's call to the "

@@ -260,7 +260,7 @@ def machine() -> str:
     return (
         f"{os.cpu_count()} cores ({cpu}), {platform.system()}, Python "
         f"{platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"load average at the end {load_avg} (shared machine)"
+        f"load average at the end {load_avg}"
     )
 
 
