@@ -120,10 +120,10 @@ async def fuzz_session(http: aiohttp.ClientSession, rt: RealtimeStack, seed: int
 async def test_fuzzed_frames_get_errors_and_harm_no_witness(rt: RealtimeStack, speech24: np.ndarray) -> None:
     witness = Received()
 
-    registry = rt.gateway.metrics.registry
+    registry = rt.engine.metrics.registry
 
     def refused_frames() -> float:
-        value = registry.get_sample_value("duplex_gateway_realtime_errors_total", {"code": "invalid_frame"})
+        value = registry.get_sample_value("duplex_engine_realtime_errors_total", {"code": "invalid_frame"})
         return value or 0.0
 
     frames_refused_before = refused_frames()
