@@ -173,3 +173,24 @@ def test_starting_to_closed_when_the_engine_refuses_the_start(rt: RealtimeStack)
     error = ws.events[-1]["error"]
     assert error["code"] == grpc.StatusCode.INVALID_ARGUMENT.name.lower() and "start.voice" in error["message"]
     assert ws.close_code == 1008
+
+
+def test_live_to_closed_when_the_engine_ends_the_conversation(rt: RealtimeStack) -> None:
+    text = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a" * 4000}]}
+
+    async def scenario(s: RealtimeSession, ws: ScriptedSocket, clock: FakeClock) -> None:
+        ws.push(audio(300))
+        await ws.until(lambda: "input_audio_buffer.speech_started" in ws.types())
+        assert s.phase is Phase.LIVE
+        clock.now = 105.0
+        for _ in range(5):  # 20,000 bytes of typed text at once: more than the engine lets wait (16,384)
+            ws.push({"type": "conversation.item.create", "item": text})
+        await ws.until(lambda: ws.closed)
+
+    s = run(rt, scenario)
+    ws = s.ws
+    assert isinstance(ws, ScriptedSocket)
+    assert s.lifecycle.history[-2:] == [(100.0, Phase.LIVE), (105.0, Phase.CLOSED)]
+    error = ws.events[-1]["error"]
+    assert error["code"] == "resource_exhausted" and "text.text" in error["message"]
+    assert ws.close_code == 1013

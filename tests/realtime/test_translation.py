@@ -221,3 +221,15 @@ def test_backchannel_is_a_short_response_and_the_user_keeps_the_floor() -> None:
     assert "input_audio_buffer.speech_stopped" not in kinds
     assert kinds.count("response.output_audio.delta") == 2 and kinds[-1] == "response.done"
     assert sink.events[-1]["response"]["metadata"]["duplex_kind"] == "backchannel"
+
+
+def test_a_response_open_when_the_conversation_ends_is_incomplete_or_failed() -> None:
+    for failed, status in ((False, "incomplete"), (True, "failed")):
+        s, sink = session()
+        s.feed(ready())
+        s.feed(audio(0, [SPEAK] * 5, loud=True))
+        sink.take()
+        got = s.translator.end(failed=failed)
+        assert [e["type"] for e in got][-1] == "response.done"
+        assert got[-1]["response"]["status"] == status and got[-1]["response"]["output"][0]["status"] == "incomplete"
+        assert s.translator.end(failed=failed) == []  # nothing is open any more
