@@ -338,10 +338,11 @@ def main() -> None:
     print(table + "\n" + notes)
     if args.write:
         setup = (
-            f"One `duplex up --http-port 0 --cohorts 1` (tiny preset), {args.sessions} pairs of one WebSocket and one "
-            f"gRPC session ({2 * args.sessions} sessions), {args.seconds:g} s of speech-like audio each, chunk k of "
-            f"every session sent at the same tick (live-microphone schedule, chunk {CHUNK_MS} ms); clients on the "
-            "same machine. Definitions in `bench/realtime.py`."
+            "One `duplex up --http-port 0 --cohorts 1` (tiny preset; both kinds of session through its Envoy), "
+            f"{args.sessions} pairs of one WebSocket and one gRPC session ({2 * args.sessions} sessions), "
+            f"{args.seconds:g} s of speech-like audio each, chunk k of every session sent at the same tick "
+            f"(live-microphone schedule, chunk {CHUNK_MS} ms); clients on the same machine. Definitions in "
+            "`bench/realtime.py`."
         )
         cmd = f"python bench/realtime.py {' '.join(sys.argv[1:])}".strip()
         write_result("realtime", "Realtime", table, f"{setup}\n\n{notes}", cmd=cmd)
