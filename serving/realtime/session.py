@@ -31,7 +31,6 @@ from aiohttp import WSMsgType, web
 
 from duplex.v1 import duplex_pb2 as pb
 
-from .audio import WIRE_RATE, ChunkCutter, StreamResampler
 from .events import (
     AudioAppend,
     AudioClear,
@@ -49,15 +48,13 @@ from .lifecycle import Lifecycle, Phase
 from .metrics import RealtimeMetrics
 from .protocol import ClientError, EventFactory, SessionSettings, new_id
 from .translate import Translator
+from .uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_CHUNKS = 8
 """Events queued towards the engine; beyond it the endpoint stops reading the WebSocket (TCP pushes back on a
 client sending faster than real time), as the engine's own ``max_pending_chunks`` does for gRPC."""
-MAX_EARLY_AUDIO_S = 10
-"""Audio a client may send before the engine has answered ``SessionReady`` (normally milliseconds)."""
-
 CLOSE_CODES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: 1013,  # try again later
     grpc.StatusCode.UNAVAILABLE: 1013,
@@ -106,10 +103,7 @@ class RealtimeSession:
         self._frame_received: float | None = None
         """``bridge_clock`` time the text frame being handled arrived."""
         self._pump: asyncio.Task[None] | None = None
-        self._early = bytearray()
-        self._in: StreamResampler | None = None
-        self._cutter: ChunkCutter | None = None
-        self._seq = 0
+        self.uplink = Uplink(clock_us)
         self._handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
             SessionUpdate: self._session_update,
             AudioAppend: self._audio_append,
@@ -172,9 +166,7 @@ class RealtimeSession:
         await self._feed(event.pcm, self._frame_received)
 
     async def _audio_clear(self, event: AudioClear) -> None:
-        self._early.clear()
-        if self._cutter is not None:
-            self._cutter.clear()
+        self.uplink.clear()
         await self.send(self.ev("input_audio_buffer.cleared"))
 
     async def _item_truncate(self, event: ItemTruncate) -> None:
@@ -222,19 +214,9 @@ class RealtimeSession:
             yield event
 
     async def _feed(self, pcm: bytes, received: float | None) -> None:
-        """Resample and cut ``pcm``; each chunk it completes goes upstream stamped with ``received``. Before
-        LIVE the audio is buffered (up to ``MAX_EARLY_AUDIO_S``)."""
-        if self._in is None or self._cutter is None:
-            if len(self._early) + len(pcm) > MAX_EARLY_AUDIO_S * WIRE_RATE * 2:
-                raise ClientError(
-                    f"audio: more than {MAX_EARLY_AUDIO_S} s sent before the session was ready", "audio", "too_early"
-                )
-            self._early += pcm
-            return
-        for chunk in self._cutter.feed(self._in.feed(pcm)):
-            ev = pb.ClientEvent(audio=pb.AudioChunk(seq=self._seq, pcm=chunk, client_time_us=self.clock_us()))
-            self._seq += 1
-            await self._upstream.put((ev, received))
+        """Each chunk ``pcm`` completes goes upstream stamped with ``received`` (before LIVE it is held)."""
+        for event in self.uplink.feed(pcm):
+            await self._upstream.put((event, received))
 
     async def _run_conversation(self, first: pb.ClientEvent) -> None:
         """STARTING → LIVE → CLOSED: the conversation on the engine, until it ends or the WebSocket does."""
@@ -268,19 +250,13 @@ class RealtimeSession:
         received = self.bridge_clock()
         ready = event.HasField("ready")
         if ready:
-            self._live(event.ready)
+            self.lifecycle.live()
         await self._send_all(self.translator.translate(event))
         if ready:
-            early, self._early = bytes(self._early), bytearray()
-            await self._feed(early, None)  # waited for SessionReady: session setup, not the bridge's work
+            for early in self.uplink.live(event.ready):  # waited for SessionReady: setup, not the bridge's work
+                await self._upstream.put((early, None))
         elif event.HasField("audio"):
             self.metrics.bridge.labels("egress").observe(self.bridge_clock() - received)
-
-    def _live(self, ready: pb.SessionReady) -> None:
-        self.lifecycle.live()
-        model_rate = ready.input_format.sample_rate or 16000
-        self._in = StreamResampler(WIRE_RATE, model_rate)
-        self._cutter = ChunkCutter(2 * ready.chunk_samples)
 
     async def _send_all(self, events: list[dict[str, Any]]) -> None:
         for event in events:
