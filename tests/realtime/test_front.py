@@ -26,13 +26,13 @@ from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.engine.server import EngineServer
 from duplex.serving.envoy.config import EnvoyConfig
-from duplex.serving.envoy.process import EnvoyProcess
 from duplex.serving.gateway.auth import key_line
 from duplex.serving.picker.placement import FORGET_S, Placements
 from duplex.serving.picker.server import PickerServer
 from duplex.serving.spec import EngineSpec, GatewaySpec
 
 from .conftest import MAX_FRAME
+from .envoy_child import EnvoyChild
 
 ALICE, BOB, CAROL = "key-alice", "key-bob", "key-carol"
 
@@ -51,7 +51,7 @@ class StepClock:
 class Front:
     engines: list[EngineServer]
     picker: PickerServer
-    envoy: EnvoyProcess
+    envoy: EnvoyChild
     clock: StepClock
     """Client-secret expiry (Unix seconds)."""
     placed: StepClock
@@ -115,7 +115,7 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
             realtime=f"127.0.0.1:{picker.http_port}",
         )
         grpc_ports = [f"127.0.0.1:{e.port}" for e in engines]
-        envoy = EnvoyProcess(cfg, grpc_ports, realtime_engines=[f"127.0.0.1:{e.http_port}" for e in engines])
+        envoy = EnvoyChild(cfg, grpc_ports, [f"127.0.0.1:{e.http_port}" for e in engines])
         envoy.start()
 
         async def reported() -> None:  # the picker knows both engines' WebSocket ports

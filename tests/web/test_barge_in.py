@@ -26,11 +26,11 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from playwright.sync_api import sync_playwright
 from prometheus_client import CollectorRegistry
+from realtime.envoy_child import EnvoyChild
 from serving.conftest import LoopThread
 
 from duplex.model.audio_io import read_wav, write_wav
 from duplex.serving.envoy.config import EnvoyConfig
-from duplex.serving.envoy.process import EnvoyProcess
 from duplex.serving.picker.server import PickerServer
 from duplex.serving.realtime.endpoint import RealtimeEndpoint
 from duplex.serving.spec import GatewaySpec
@@ -173,7 +173,7 @@ def stack() -> Iterator[Stack]:
             picker=f"127.0.0.1:{picker.port}", eds_path=Path("x"), port=0, realtime=f"127.0.0.1:{picker.http_port}"
         )
         grpc_addr = f"127.0.0.1:{picker.spec.engines[0].rpartition(':')[2]}"
-        envoy = EnvoyProcess(cfg, [grpc_addr], realtime_engines=[f"127.0.0.1:{engine.http_port}"])
+        envoy = EnvoyChild(cfg, [grpc_addr], [f"127.0.0.1:{engine.http_port}"])
         envoy.start()
         yield Stack(engine, f"http://127.0.0.1:{envoy.realtime_port}/")
     finally:
