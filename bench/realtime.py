@@ -19,9 +19,11 @@ Per pair and chunk k, on the client's monotonic clock:
 Both waited for the same step, so where the chunk landed in the step cycle cancels out; what remains is the
 endpoint's work on the way out (and on the way in where it delayed the step) plus client-side noise.
 
-In the gateway, per chunk, ``duplex_gateway_realtime_bridge_seconds{direction}`` (read from its /metrics at
-the end; quantiles interpolated within buckets as Prometheus' ``histogram_quantile``): ingress = frame received
-→ ClientEvent handed to the relay; egress = ModelAudio from the relay → its frames written.
+In the engine, per chunk, ``duplex_engine_realtime_bridge_seconds{direction}`` (read from its /metrics at the
+end; quantiles interpolated within buckets as Prometheus' ``histogram_quantile``): ingress = frame received →
+ClientEvent taken by the engine's session; egress = ModelAudio from the session → its frames written. Both
+sessions of a pair go through ``duplex up``'s Envoy (the gRPC one on its gRPC listener, the WebSocket on its
+Realtime listener, placed by the session picker).
 
 Resampler delay: both resamplers (``duplex.serving.realtime.audio.StreamResampler``) are fed a click in
 200 ms pieces; the shift of the click in their output is the constant delay each adds to the audio's time axis
@@ -62,7 +64,7 @@ from serving import speechlike
 CHUNK_MS = 200
 WIRE_RATE = 24000
 MODEL_RATE = 16000
-BRIDGE = "duplex_gateway_realtime_bridge_seconds"
+BRIDGE = "duplex_engine_realtime_bridge_seconds"
 
 
 @dataclass
@@ -254,7 +256,7 @@ def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
 
 
 def bridge_figures(metrics_url: str) -> dict[str, tuple[float, float, float, int]]:
-    """direction → (p50, p99, mean) in ms and the chunk count, from the gateway's /metrics."""
+    """direction → (p50, p99, mean) in ms and the chunk count, from the engine's /metrics."""
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     buckets: dict[str, list[tuple[float, float]]] = {}
     sums: dict[str, float] = {}
@@ -307,11 +309,11 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="write bench/results/realtime.json and docs/benchmarks.md")
     args = ap.parse_args()
     delay_in, delay_out = resampler_delay_ms(WIRE_RATE, MODEL_RATE), resampler_delay_ms(MODEL_RATE, WIRE_RATE)
-    metrics_port = free_port_pair()  # the gateway's /metrics on metrics_port + 1
+    metrics_port = free_port_pair()  # the engine's /metrics on metrics_port (the picker's on metrics_port + 1)
     up_args = ["--http-port", "0", "--no-agent", "--max-sessions", str(2 * args.sessions), "--cohorts", "1"]
     with LocalUp(args=[*up_args, "--metrics-port", str(metrics_port)]) as up:  # ready: gRPC and Realtime
         paired = asyncio.run(run(up.address, up.realtime + "?duplex_events=1", args.sessions, args.seconds, args.skip))
-        bridge = bridge_figures(f"http://127.0.0.1:{metrics_port + 1}/metrics")
+        bridge = bridge_figures(f"http://127.0.0.1:{metrics_port}/metrics")
     a = paired.added
     table = (
         "| per chunk, ms | p50 | p99 | chunks |\n|:---|---:|---:|---:|\n"
@@ -322,7 +324,7 @@ def main() -> None:
         f"| round trip, gRPC `Converse` | {pct(paired.rtt_grpc, 50):.1f} | {pct(paired.rtt_grpc, 99):.1f} | "
         f"{len(paired.rtt_grpc)} |\n"
         + "".join(
-            f"| in the gateway: bridge {d} (`{BRIDGE}`; mean {mean:.2f}) | {p50:.2f} | {p99:.2f} | {count} |\n"
+            f"| in the engine: bridge {d} (`{BRIDGE}`; mean {mean:.2f}) | {p50:.2f} | {p99:.2f} | {count} |\n"
             for d, (p50, p99, mean, count) in bridge.items()
         )
     )
@@ -336,10 +338,11 @@ def main() -> None:
     print(table + "\n" + notes)
     if args.write:
         setup = (
-            f"One `duplex up --http-port 0 --cohorts 1` (tiny preset), {args.sessions} pairs of one WebSocket and one "
-            f"gRPC session ({2 * args.sessions} sessions), {args.seconds:g} s of speech-like audio each, chunk k of "
-            f"every session sent at the same tick (live-microphone schedule, chunk {CHUNK_MS} ms); clients on the "
-            "same machine. Definitions in `bench/realtime.py`."
+            "One `duplex up --http-port 0 --cohorts 1` (tiny preset; both kinds of session through its Envoy), "
+            f"{args.sessions} pairs of one WebSocket and one gRPC session ({2 * args.sessions} sessions), "
+            f"{args.seconds:g} s of speech-like audio each, chunk k of every session sent at the same tick "
+            f"(live-microphone schedule, chunk {CHUNK_MS} ms); clients on the same machine. Definitions in "
+            "`bench/realtime.py`."
         )
         cmd = f"python bench/realtime.py {' '.join(sys.argv[1:])}".strip()
         write_result("realtime", "Realtime", table, f"{setup}\n\n{notes}", cmd=cmd)

@@ -188,11 +188,6 @@ def gateway(
     set_: list[str] = typer.Option([], "--set", help='Override a field: gateway.engines=["h:7070"]'),
     engines: str = typer.Option("", help="Comma-separated engine HOST:PORT list (overrides gateway.engines)"),
     port: int | None = typer.Option(None, help="Public gRPC port (overrides gateway.port; 0 = any)"),
-    http_port: int | None = typer.Option(
-        None,
-        help="Port of the Realtime WebSocket endpoint /v1/realtime and the page (overrides gateway.http_port, "
-        "where 0 = off; here 0 = any free port)",
-    ),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
 ) -> None:
     """Run the gateway: auth, admission, least-loaded routing, relay; drains on SIGTERM."""
@@ -207,10 +202,8 @@ def gateway(
     from .gateway.server import GatewayServer
 
     async def main() -> None:
-        server = GatewayServer(spec, bind_port=port, http_bind_port=http_port)
+        server = GatewayServer(spec, bind_port=port)
         await server.start()
-        if server.http_port:
-            print(f"duplex gateway: realtime at {realtime_urls(spec, server.http_port)}", flush=True)
         await serve_until_signal(server.drain)
 
     _run_server("gateway", main())
@@ -424,8 +417,8 @@ async def _up_main(stack: LocalStack, local: _LocalAgent) -> None:
         raise
     for line in stack.lines():
         print(line, flush=True)
-    if stack.gateway is not None and stack.envoy is not None and stack.envoy.realtime_port:
-        print(f"duplex up: realtime at {realtime_urls(stack.gateway.spec, stack.envoy.realtime_port)}", flush=True)
+    if stack.picker is not None and stack.envoy is not None and stack.envoy.realtime_port:
+        print(f"duplex up: realtime at {realtime_urls(stack.picker.spec, stack.envoy.realtime_port)}", flush=True)
     agent_line = local.describe(EngineSpec.model_validate(stack.engine_fields).tools)
     if agent_line is not None:
         print(agent_line, flush=True)
@@ -433,7 +426,7 @@ async def _up_main(stack: LocalStack, local: _LocalAgent) -> None:
 
 
 def realtime_urls(spec: GatewaySpec, http_port: int) -> str:
-    """The Realtime endpoint's and the page's addresses, as printed by ``duplex up`` and ``duplex gateway``."""
+    """The Realtime endpoint's and the page's addresses, as printed by ``duplex up``."""
     host = "127.0.0.1" if spec.host in ("0.0.0.0", "") else spec.host
     tls = bool(spec.tls_cert_file and spec.tls_key_file)
     ws, http = ("wss", "https") if tls else ("ws", "http")

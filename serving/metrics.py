@@ -219,6 +219,9 @@ class PickerMetrics:
         )
         self.placed = Counter("duplex_picker_placed_total", "Sessions placed, by replica", ["replica"], registry=r)
         self.replicas_healthy = Gauge("duplex_picker_replicas_healthy", "Engine replicas answering health", registry=r)
+        self.client_secrets = Counter(
+            "duplex_picker_realtime_client_secrets_total", "Realtime client secrets minted", registry=r
+        )
 
 
 class MetricsServer:

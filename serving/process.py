@@ -37,33 +37,38 @@ async def serve_until_signal(stop: Callable[[], Awaitable[object]], also: Awaita
     await stop()
 
 
-def _gateway_main(spec_json: str, port: int, http_port: int | None, conn: Connection) -> None:
-    """Child process: run the gateway, report its ports (gRPC, HTTP; or the error) through ``conn``, drain on a
-    signal or when the parent goes away (its end of the pipe closes)."""
+def _gateway_main(spec_json: str, port: int, conn: Connection) -> None:
+    """Child process: run the gateway, report its port (or the error) through ``conn``, drain on a signal or
+    when the parent goes away (its end of the pipe closes)."""
     logs.setup(json_lines=False)
     from .gateway.server import GatewayServer
 
     async def main() -> None:
-        gw = GatewayServer(GatewaySpec.model_validate_json(spec_json), bind_port=port, http_bind_port=http_port)
+        gw = GatewayServer(GatewaySpec.model_validate_json(spec_json), bind_port=port)
         try:
             bound = await gw.start()
         except (ValueError, OSError) as e:
             conn.send(("error", str(e)))
             return
-        conn.send(("ready", (bound, gw.http_port)))
+        conn.send(("ready", bound))
         await serve_until_signal(gw.drain, also=_parent_gone(conn))
 
     asyncio.run(main())
 
 
-def _parent_gone(conn: Connection) -> Awaitable[object]:
+def _parent_gone(conn: Connection, on_message: Callable[[object], None] | None = None) -> Awaitable[object]:
     """Set when the parent goes away (its end of the pipe closes), watched by a daemon thread that never
-    holds up the exit."""
+    holds up the exit. Without ``on_message`` any message counts as going away; with it, each message is
+    handed to it on the event loop."""
     loop, gone = asyncio.get_running_loop(), asyncio.Event()
 
     def watch_parent() -> None:
         with contextlib.suppress(EOFError, OSError):
-            conn.recv()
+            while True:
+                message = conn.recv()
+                if on_message is None:
+                    break
+                loop.call_soon_threadsafe(on_message, message)
         loop.call_soon_threadsafe(gone.set)
 
     threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
@@ -98,13 +103,16 @@ def _agent_main(spec_json: str, redis_url: str, conn: Connection) -> None:
     asyncio.run(main())
 
 
+CLOSE_REALTIME = "close-realtime"
+"""Told to an engine process before Envoy stops: close its Realtime WebSockets (1001, going away) while Envoy
+still carries the close frames."""
 ENGINE_STOP_GRACE_S = 1.0
 """How long an engine process's live streams get to end when it is told to stop (``duplex up``)."""
 
 
-def _engine_main(spec_json: str, source_json: str, conn: Connection) -> None:
-    """Child process: one engine replica (it loads its model here), reports its port, stops on a signal or
-    when the parent goes away."""
+def _engine_main(spec_json: str, source_json: str, http_port: int | None, conn: Connection) -> None:
+    """Child process: one engine replica (it loads its model here), reports its ports (gRPC, Realtime
+    WebSocket), stops on a signal or when the parent goes away."""
     logs.setup(json_lines=False)
     from duplex.model.spec import ModelSource
 
@@ -113,31 +121,41 @@ def _engine_main(spec_json: str, source_json: str, conn: Connection) -> None:
     async def main() -> None:
         try:
             spec, source = EngineSpec.model_validate_json(spec_json), ModelSource.model_validate_json(source_json)
-            server = EngineServer(spec, source, bind_port=0)  # any free port: the parent reads it back
+            # any free port: the parent reads it back
+            server = EngineServer(spec, source, bind_port=0, http_bind_port=http_port)
             port = await server.start()
         except (ValueError, OSError) as e:
             conn.send(("error", str(e)))
             return
-        conn.send(("ready", port))
-        await serve_until_signal(lambda: server.stop(ENGINE_STOP_GRACE_S), also=_parent_gone(conn))
+        conn.send(("ready", (port, server.http_port)))
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def close_realtime() -> None:
+            conn.send(("closed", await server.close_realtime()))
+
+        def on_message(message: object) -> None:
+            if message == CLOSE_REALTIME:
+                tasks.add(asyncio.create_task(close_realtime()))
+
+        await serve_until_signal(lambda: server.stop(ENGINE_STOP_GRACE_S), also=_parent_gone(conn, on_message))
 
     asyncio.run(main())
 
 
-def _picker_main(spec_json: str, conn: Connection) -> None:
-    """Child process: the session picker (Envoy's ext_authz service); reports its port, stops on a signal or
-    when the parent goes away."""
+def _picker_main(spec_json: str, http_port: int | None, conn: Connection) -> None:
+    """Child process: the session picker (Envoy's ext_authz service, and its HTTP app with ``http_port``);
+    reports its ports (gRPC, HTTP), stops on a signal or when the parent goes away."""
     logs.setup(json_lines=False)
     from .picker.server import PickerServer
 
     async def main() -> None:
-        picker = PickerServer(GatewaySpec.model_validate_json(spec_json), bind_port=0)
         try:
+            picker = PickerServer(GatewaySpec.model_validate_json(spec_json), bind_port=0, http_bind_port=http_port)
             port = await picker.start()
         except (ValueError, OSError) as e:
             conn.send(("error", str(e)))
             return
-        conn.send(("ready", port))
+        conn.send(("ready", (port, picker.http_port)))
         await serve_until_signal(picker.stop, also=_parent_gone(conn))
 
     asyncio.run(main())
@@ -189,19 +207,16 @@ class ServerProcess:
 
 
 class GatewayProcess(ServerProcess):
-    """The gateway in a child process; ``start`` returns its bound gRPC port and sets ``http_port`` (the
-    Realtime endpoint's, 0 = not served)."""
+    """The gateway in a child process; ``start`` returns its bound gRPC port."""
 
-    def __init__(self, spec: GatewaySpec, port: int, http_port: int | None = None) -> None:
-        super().__init__("gateway", _gateway_main, spec.model_dump_json(), port, http_port)
-        self.spec, self.port, self.http_port = spec, port, 0
+    def __init__(self, spec: GatewaySpec, port: int) -> None:
+        super().__init__("gateway", _gateway_main, spec.model_dump_json(), port)
+        self.spec, self.port = spec, port
 
     def start(self, timeout_s: float = 60.0) -> int:
         value = super().start(timeout_s)
-        assert isinstance(value, tuple)
-        grpc_port, self.http_port = value
-        assert isinstance(grpc_port, int) and isinstance(self.http_port, int)
-        return grpc_port
+        assert isinstance(value, int)
+        return value
 
 
 class AgentProcess(ServerProcess):
@@ -211,27 +226,44 @@ class AgentProcess(ServerProcess):
         super().__init__("agent", _agent_main, spec.model_dump_json(), redis_url)
 
 
-class EngineProcess(ServerProcess):
-    """One engine replica in a child process; ``start`` returns its bound gRPC port."""
+def _two_ports(value: object) -> tuple[int, int]:
+    assert isinstance(value, tuple) and all(isinstance(v, int) for v in value)
+    first, second = value
+    return first, second
 
-    def __init__(self, spec: EngineSpec, source_json: str) -> None:
-        super().__init__("engine", _engine_main, spec.model_dump_json(), source_json)
-        self.spec = spec
+
+class EngineProcess(ServerProcess):
+    """One engine replica in a child process; ``start`` returns its bound gRPC port and sets ``http_port``
+    (its Realtime WebSocket endpoint's with ``http_port`` given: 0 = any free port; else 0 = not served)."""
+
+    def __init__(self, spec: EngineSpec, source_json: str, http_port: int | None = None) -> None:
+        super().__init__("engine", _engine_main, spec.model_dump_json(), source_json, http_port)
+        self.spec, self.http_port = spec, 0
 
     def start(self, timeout_s: float = 300.0) -> int:
-        value = super().start(timeout_s)
-        assert isinstance(value, int)
-        return value
+        port, self.http_port = _two_ports(super().start(timeout_s))
+        return port
+
+    def close_realtime(self, timeout_s: float) -> int:
+        """Have the engine close its Realtime WebSockets (1001) and wait for it; how many it closed (0 when it
+        did not answer within ``timeout_s``)."""
+        if not self.proc.is_alive():
+            return 0
+        self._conn.send(CLOSE_REALTIME)
+        if not self._conn.poll(timeout_s):
+            return 0
+        kind, closed = self._conn.recv()
+        return int(closed) if kind == "closed" else 0
 
 
 class PickerProcess(ServerProcess):
-    """The session picker in a child process; ``start`` returns its bound gRPC port."""
+    """The session picker in a child process; ``start`` returns its bound gRPC port and sets ``http_port``
+    (its HTTP app's with ``http_port`` given: 0 = any free port; else 0 = not served)."""
 
-    def __init__(self, spec: GatewaySpec) -> None:
-        super().__init__("picker", _picker_main, spec.model_dump_json())
-        self.spec = spec
+    def __init__(self, spec: GatewaySpec, http_port: int | None = None) -> None:
+        super().__init__("picker", _picker_main, spec.model_dump_json(), http_port)
+        self.spec, self.http_port = spec, 0
 
     def start(self, timeout_s: float = 60.0) -> int:
-        value = super().start(timeout_s)
-        assert isinstance(value, int)
-        return value
+        port, self.http_port = _two_ports(super().start(timeout_s))
+        return port

@@ -56,6 +56,9 @@ class EngineSpec(_Spec):
     """Concurrent sessions per replica; beyond it the gateway answers RESOURCE_EXHAUSTED."""
     port: int = Field(7070, ge=1, le=65535)
     """gRPC port of rank 0."""
+    http_port: int = Field(0, ge=0, le=65535)
+    """HTTP port of rank 0's OpenAI-Realtime-compatible WebSocket ``GET /v1/realtime`` (docs/realtime.md),
+    behind Envoy and the session picker, which check keys; 0 = off."""
     metrics_port: int = Field(9090, ge=0, le=65535)
     """Prometheus port (0 = off)."""
     host: str = "0.0.0.0"
@@ -168,8 +171,9 @@ class GatewaySpec(_Spec):
     """Largest accepted client message (gRPC messages, and Realtime WebSocket frames: a larger frame closes
     that WebSocket with 1009)."""
     http_port: int = Field(0, ge=0, le=65535)
-    """HTTP port of the OpenAI-Realtime-compatible WebSocket endpoint ``/v1/realtime`` and the browser page
-    (docs/realtime.md); 0 = off. Served with the gRPC port's TLS when that is set."""
+    """HTTP port of the session picker's app for the Realtime WebSocket (docs/realtime.md): client secrets,
+    the page's config and the browser page; 0 = off. The WebSocket itself is the engines' (``engine.http_port``),
+    reached through Envoy."""
 
 
 class RedisSpec(_Spec):

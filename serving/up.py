@@ -1,12 +1,12 @@
 """``duplex up``'s data plane on this machine: N engine replicas (a process each), the session picker (a
 process) and Envoy, the only front door: every ``Duplex.Converse`` stream goes through Envoy, which asks the
 picker once per session (key, quotas, replica) and then carries the stream to that engine by itself. With
-``--http-port`` the gateway process also runs, for the Realtime WebSocket endpoint and page only (straight to
-the engines), on a private port: Envoy's second listener (``--http-port``) proxies it, WebSocket upgrades
-included.
+``--http-port`` Envoy's second listener (``--http-port``) does the same for the Realtime WebSocket: each engine
+serves ``/v1/realtime`` on a private port of its own, the picker answers the upgrade (key or client secret,
+quotas, engine) and serves client secrets, the page's config and the page on another.
 
-Ports: Envoy's listener on ``port`` (0 = any); with ``metrics_port`` P the engine 0 exports on P, the picker on
-P + 1, engine I ≥ 1 on P + 1 + I and the Realtime gateway on P + 1 + N."""
+Ports: Envoy's listeners on ``port`` and ``http_port`` (0 = any); with ``metrics_port`` P the engine 0 exports
+on P, the picker on P + 1 and engine I ≥ 1 on P + 1 + I."""
 
 from __future__ import annotations
 
@@ -20,31 +20,24 @@ from duplex.model.spec import ModelSource
 
 from .envoy.config import EnvoyConfig
 from .envoy.process import EnvoyProcess, check_port_free
-from .process import EngineProcess, GatewayProcess, PickerProcess, serve_until_signal
+from .process import EngineProcess, PickerProcess, serve_until_signal
 from .spec import EngineSpec, GatewaySpec
 
 HOST = "127.0.0.1"
 
 
-def metrics_ports(metrics_port: int, replicas: int) -> tuple[list[int], int, int]:
-    """(each engine's, the picker's, the Realtime gateway's) /metrics port; all 0 when ``metrics_port`` is."""
+def metrics_ports(metrics_port: int, replicas: int) -> tuple[list[int], int]:
+    """(each engine's, the picker's) /metrics port; all 0 when ``metrics_port`` is."""
     if not metrics_port:
-        return [0] * replicas, 0, 0
+        return [0] * replicas, 0
     engines = [metrics_port if i == 0 else metrics_port + 1 + i for i in range(replicas)]
-    return engines, metrics_port + 1, metrics_port + 1 + replicas
+    return engines, metrics_port + 1
 
 
 def picker_spec(engines: list[str], metrics_port: int) -> GatewaySpec:
     """The open picker in front of ``duplex up``'s engines (the gateway's settings: auth, quotas, polling)."""
     return GatewaySpec.model_validate(
         dict(host=HOST, engines=engines, open_access=True, metrics_port=metrics_port, health_interval_s=0.25)
-    )
-
-
-def realtime_gateway_spec(engines: list[str], metrics_port: int) -> GatewaySpec:
-    """The gateway that serves only the Realtime endpoint (its gRPC port is not announced)."""
-    return GatewaySpec.model_validate(
-        dict(host=HOST, engines=engines, open_access=True, metrics_port=metrics_port, drain_grace_s=2.0)
     )
 
 
@@ -65,36 +58,34 @@ class LocalStack:
     picker_port: int = 0
     envoy: EnvoyProcess | None = None
     envoy_port: int = 0
-    gateway: GatewayProcess | None = None
 
     async def start(self) -> None:
-        """Engines (in parallel), then the picker, the Realtime gateway (with ``http_port``) and Envoy. A
-        failure (OSError or ValueError naming what failed) stops what had started."""
+        """Engines (in parallel, each with its Realtime port when ``http_port`` is set), then the picker (and
+        its HTTP app) and Envoy. A failure (OSError or ValueError naming what failed) stops what had started."""
         check_port_free(HOST, self.port)  # Envoy would only log it: say it before anything starts
-        engine_ports, picker_metrics, gateway_metrics = metrics_ports(self.metrics_port, self.replicas)
+        if self.http_port:
+            check_port_free(HOST, self.http_port)
+        engine_ports, picker_metrics = metrics_ports(self.metrics_port, self.replicas)
+        private = 0 if self.http_port is not None else None  # private ports, reached through Envoy only
         try:
             for i in range(self.replicas):
                 spec = EngineSpec.model_validate({**self.engine_fields, "metrics_port": engine_ports[i]})
-                self.engines.append(EngineProcess(spec, self.source.model_dump_json()))
+                self.engines.append(EngineProcess(spec, self.source.model_dump_json(), private))
             ports = await asyncio.gather(*(asyncio.to_thread(e.start) for e in self.engines))
             self.addresses = [f"{HOST}:{p}" for p in ports]
-            self.picker = PickerProcess(picker_spec(self.addresses, picker_metrics))
+            self.picker = PickerProcess(picker_spec(self.addresses, picker_metrics), private)
             self.picker_port = await asyncio.to_thread(self.picker.start)
-            realtime = ""
-            if self.http_port is not None:  # served by the gateway on a private port, reached through Envoy
-                check_port_free(HOST, self.http_port)
-                gspec = realtime_gateway_spec(self.addresses, gateway_metrics)
-                self.gateway = GatewayProcess(gspec, 0, 0)
-                await asyncio.to_thread(self.gateway.start)
-                realtime = f"{HOST}:{self.gateway.http_port}"
             cfg = EnvoyConfig(
                 picker=f"{HOST}:{self.picker_port}",
                 eds_path=Path("engines.json"),
                 port=self.port,
-                realtime=realtime,
+                realtime=f"{HOST}:{self.picker.http_port}" if self.http_port is not None else "",
                 realtime_port=self.http_port or 0,
             )
-            self.envoy = EnvoyProcess(cfg, self.addresses, concurrency=self.envoy_concurrency)
+            websockets = [f"{HOST}:{e.http_port}" for e in self.engines if e.http_port]
+            self.envoy = EnvoyProcess(
+                cfg, self.addresses, concurrency=self.envoy_concurrency, realtime_engines=websockets
+            )
             self.envoy_port = await asyncio.to_thread(self.envoy.start)
         except BaseException:
             await self.stop()
@@ -115,12 +106,10 @@ class LocalStack:
         return out
 
     def exited(self) -> Awaitable[object]:
-        """Done when Envoy (or the Realtime gateway) exits on its own: ``duplex up`` then stops."""
+        """Done when Envoy exits on its own: ``duplex up`` then stops."""
         waits: list[Callable[[], object]] = []
         if self.envoy is not None and self.envoy.proc is not None:
             waits.append(self.envoy.proc.wait)
-        if self.gateway is not None:
-            waits.append(self.gateway.wait)
 
         async def first() -> None:
             tasks = [asyncio.ensure_future(asyncio.to_thread(w)) for w in waits]
@@ -129,9 +118,11 @@ class LocalStack:
         return first()
 
     async def stop(self) -> None:
-        """Realtime gateway (drains), Envoy (its streams end UNAVAILABLE), picker, engines — in that order."""
-        if self.gateway is not None and self.gateway.proc.pid is not None:
-            await asyncio.to_thread(self.gateway.stop, self.gateway.spec.drain_grace_s + 5.0)
+        """The engines' Realtime WebSockets (closed 1001, going away, while Envoy still carries the close
+        frames), Envoy (its streams end UNAVAILABLE), picker, engines — in that order."""
+        await asyncio.gather(
+            *(asyncio.to_thread(e.close_realtime, 5.0) for e in self.engines if e.http_port and e.proc.pid is not None)
+        )
         if self.envoy is not None:
             code = self.envoy.proc.poll() if self.envoy.proc is not None else None
             if code is not None:

@@ -311,7 +311,7 @@ class LoadRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ReplicaLoad(_message.Message):
-    __slots__ = ("active_sessions", "capacity", "model", "chunk_ms", "step_ms_p50", "draining", "sessions_by_key", "placements_seen")
+    __slots__ = ("active_sessions", "capacity", "model", "chunk_ms", "step_ms_p50", "draining", "sessions_by_key", "placements_seen", "http_port")
     class SessionsByKeyEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +334,7 @@ class ReplicaLoad(_message.Message):
     DRAINING_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_BY_KEY_FIELD_NUMBER: _ClassVar[int]
     PLACEMENTS_SEEN_FIELD_NUMBER: _ClassVar[int]
+    HTTP_PORT_FIELD_NUMBER: _ClassVar[int]
     active_sessions: int
     capacity: int
     model: str
@@ -342,4 +343,5 @@ class ReplicaLoad(_message.Message):
     draining: bool
     sessions_by_key: _containers.ScalarMap[str, int]
     placements_seen: _containers.ScalarMap[str, int]
-    def __init__(self, active_sessions: _Optional[int] = ..., capacity: _Optional[int] = ..., model: _Optional[str] = ..., chunk_ms: _Optional[int] = ..., step_ms_p50: _Optional[float] = ..., draining: _Optional[bool] = ..., sessions_by_key: _Optional[_Mapping[str, int]] = ..., placements_seen: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    http_port: int
+    def __init__(self, active_sessions: _Optional[int] = ..., capacity: _Optional[int] = ..., model: _Optional[str] = ..., chunk_ms: _Optional[int] = ..., step_ms_p50: _Optional[float] = ..., draining: _Optional[bool] = ..., sessions_by_key: _Optional[_Mapping[str, int]] = ..., placements_seen: _Optional[_Mapping[str, int]] = ..., http_port: _Optional[int] = ...) -> None: ...

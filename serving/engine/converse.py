@@ -1,8 +1,10 @@
-"""One ``Duplex.Converse`` stream on the engine, as the transitions of its session's lifecycle
-(``lifecycle.Phase``): :meth:`EngineStream.handshake` checks the first message and finds the session (a new
-one, or the parked one a resume token names), :meth:`EngineStream.attach` makes its SessionReady,
-:meth:`EngineStream.events` streams while attached, and :meth:`EngineStream.detach` parks the session or
-closes it when the stream is over. Every time it reads comes from the engine's clock."""
+"""One conversation stream on the engine, as the transitions of its session's lifecycle (``lifecycle.Phase``),
+whatever carries it: a ``Duplex.Converse`` gRPC stream or a Realtime WebSocket (``realtime.endpoint``), which
+hand :meth:`EngineStream.run` the client's events as ``pb.ClientEvent`` objects. :meth:`EngineStream.accept`
+checks the first message and finds the session (a new one, or the parked one a resume token names),
+:meth:`EngineStream.attach` makes its SessionReady, :meth:`EngineStream.events` streams while attached, and
+:meth:`EngineStream.detach` parks the session or closes it when the stream is over. Every time it reads comes
+from the engine's clock."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import grpc
 
 from duplex.v1 import duplex_pb2 as pb
 
-from ..drain import drain_client
+from ..logs import session_var
 from ..resume_token import KEY_ID_METADATA, PLACEMENT_METADATA, RESUMABLE_METADATA
 from . import validate as v
 from .lifecycle import Lifecycle
@@ -32,10 +34,6 @@ STEER_MARGIN_S = 0.03
 SessionReady to reach it)."""
 
 
-def _is_eof(message: object) -> bool:
-    return message is grpc.aio.EOF
-
-
 class Refused(v.InputError):
     """A SessionStart the engine cannot take now, with trailing metadata for the client (``retry-after-ms``)."""
 
@@ -47,10 +45,10 @@ class Refused(v.InputError):
 class EngineStream:
     """One Converse stream and the session it holds."""
 
-    def __init__(self, server: EngineServer) -> None:
+    def __init__(self, server: EngineServer, peer: str = "") -> None:
         self.server = server
         self.clock = server.clock
-        self.peer = ""
+        self.peer = peer
         """The client's address (for the log)."""
         self.session: Conversation | None = None
         """Set by a handshake that succeeded."""
@@ -63,21 +61,41 @@ class EngineStream:
         self.instruction_tokens: list[int] = []
         self.dropped = True
         """Until the stream ends as the protocol says: a cancel or a failed write is a dropped stream."""
+        self.reader_stopped = True
+        """Whether no one reads the client's stream when ``run`` raises (a refused start, or a reader that
+        stopped at bad input): a gRPC transport drains it before its status."""
 
-    # ----- HANDSHAKE ------------------------------------------------------------------------------------
-    async def handshake(self, first: pb.ClientEvent | v.Undecodable | None, context: grpc.aio.ServicerContext) -> bool:
-        """The stream's first message: find or make its session (False: the client sent nothing). A start the
-        engine cannot take ends the RPC with a status naming what was wrong (HANDSHAKE → CLOSED)."""
-        if first is None:
-            return False
-        self.peer = context.peer()
+    # ----- the session path, shared by both transports -----------------------------------------------------
+    async def run(
+        self,
+        first: pb.ClientEvent | v.Undecodable,
+        rest: AsyncIterator[pb.ClientEvent | v.Undecodable],
+        metadata: dict[str, str],
+        stream_done: asyncio.Event,
+    ) -> AsyncIterator[pb.ServerEvent]:
+        """One stream through its session's lifecycle: accept ``first`` (HANDSHAKE), attach (the SessionReady),
+        the server events while attached, then finish and detach. ``rest`` are the client's further events (a
+        gRPC request stream, or the Realtime endpoint's events handed over in-process); ``stream_done`` is set
+        when the transport is over. A start the engine cannot take, and a session that closed with a status,
+        raise ``v.InputError`` (after the session was detached): the transport answers it its own way."""
         try:
-            self.accept(first, dict(context.invocation_metadata() or ()))
+            session = self.accept(first, metadata)
         except v.InputError as e:
             self.server.metrics.errors.labels(e.code.name).inc()
-            await drain_client(context.read, _is_eof)  # the status must not race the client's writes
-            await context.abort(e.code, e.message, trailing_metadata=getattr(e, "trailing", ()))
-        return True
+            raise
+        token = session_var.set(session.id)
+        reader: asyncio.Task[None] | None = None
+        try:
+            yield self.attach()
+            reader = asyncio.create_task(self.server._read(rest, session, self.resumed, stream_done))
+            async for event in self.events():
+                yield event
+            self.finish(reader)
+        finally:
+            if reader is not None:
+                reader.cancel()
+            self.detach()
+            session_var.reset(token)
 
     def accept(self, first: pb.ClientEvent | v.Undecodable, metadata: dict[str, str]) -> Conversation:
         """Check the first message and take its session: a new one (admitted to a slot) or the parked one its
@@ -237,8 +255,9 @@ class EngineStream:
             await session.wake.wait()
         self.dropped = False
 
-    async def finish(self, reader: asyncio.Task[None] | None, context: grpc.aio.ServicerContext) -> None:
-        """The session is over as the protocol says: OK, or the status it closed with."""
+    def finish(self, reader: asyncio.Task[None] | None) -> None:
+        """The session is over as the protocol says: OK (returns), or ``v.InputError`` with the status it
+        closed with (``reader_stopped``: no one reads the client's stream any more)."""
         session = self.session
         assert session is not None
         if session.closing is None:
@@ -247,9 +266,8 @@ class EngineStream:
         session.outbox.clear()
         self.server.metrics.errors.labels(session.closing.code.name).inc()
         log.info("session closed: %s %s", session.closing.code.name, session.closing.message)
-        if reader is not None and reader.done():  # the reader stopped at bad input: nobody reads now
-            await drain_client(context.read, _is_eof)
-        await context.abort(session.closing.code, session.closing.message)
+        self.reader_stopped = reader is not None and reader.done()
+        raise v.InputError(session.closing.code, session.closing.message)
 
     # ----- ATTACHED → PARKED | CLOSED ---------------------------------------------------------------------
     def detach(self) -> None:

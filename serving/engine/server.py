@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import grpc
@@ -23,9 +23,12 @@ from duplex.model.runtime import load_served
 from duplex.model.spec import ModelSource
 from duplex.v1 import duplex_pb2 as pb
 
+from ..drain import drain_client
 from ..heap import freeze_startup_heap
-from ..logs import session_var
 from ..metrics import EngineMetrics, MetricsServer
+from ..realtime.endpoint import RealtimeEndpoint
+from ..realtime.host import ConversationEnded
+from ..resume_token import RESUMABLE_METADATA
 from ..spec import EngineSpec
 from . import validate as v
 from .agent_link import AgentLink
@@ -38,6 +41,12 @@ log = logging.getLogger(__name__)
 
 
 SERVICE = "duplex.v1.Duplex"
+
+
+def _is_eof(message: object) -> bool:
+    return message is grpc.aio.EOF
+
+
 MAX_PICKERS = 64
 """Session pickers whose placement numbers are remembered (the oldest is forgotten past it)."""
 MAX_TEXT_QUEUE = 16384
@@ -67,12 +76,19 @@ class EngineServer:
         model: DuplexModel | ServedModel[Any] | None = None,
         bind_port: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        http_bind_port: int | None = None,
     ) -> None:
-        """``bind_port`` overrides ``spec.port`` (0 = any free port: tests, ``duplex up``); ``clock``
+        """``bind_port`` overrides ``spec.port`` and ``http_bind_port`` ``spec.http_port`` (for both, 0 = any
+        free port: tests, ``duplex up``; without an override a ``spec.http_port`` of 0 means no Realtime
+        WebSocket endpoint); ``clock``
         (monotonic seconds): the engine's one clock — the scheduler's steps, the sessions' receive times and
         lifecycles, the resume grace (tests inject one they advance)."""
         self.spec, self.source = spec, source
         self.bind_port = spec.port if bind_port is None else bind_port
+        self.http_bind_port = http_bind_port if http_bind_port is not None else (spec.http_port or None)
+        self.http_port = 0
+        """Bound port of the Realtime WebSocket endpoint (0 = not served)."""
+        self.realtime: RealtimeEndpoint | None = None
         if model is None:
             model = load_served(source, device=spec.device)
         self.served: ServedModel[Any] = DuplexServed(model) if isinstance(model, DuplexModel) else model
@@ -135,6 +151,13 @@ class EngineServer:
         await server.start()
         self._server = server
         await self.agent.start(self.port)
+        if self.http_bind_port is not None:
+            self.realtime = RealtimeEndpoint(self, self.metrics.registry, self.spec.max_message_bytes)
+            try:
+                self.http_port = await self.realtime.start(self.spec.host, self.http_bind_port)
+            except OSError:
+                await self.stop(0)
+                raise
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         if self.resumes.enabled:
             self._tasks.add(asyncio.ensure_future(self._sweep_loop()))
@@ -167,6 +190,9 @@ class EngineServer:
         await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
+        if self.realtime is not None:
+            realtime, self.realtime = self.realtime, None
+            await realtime.stop()
         for conv in [e.conversation for e in self.resumes.entries.values() if e.expires_at is not None]:
             self.resumes.forget(conv)  # parked sessions end with the engine
             self._end(conv)
@@ -178,6 +204,10 @@ class EngineServer:
             self.scheduler.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
+
+    async def close_realtime(self) -> int:
+        """Close the live Realtime WebSockets (1001, going away) ahead of a stop; how many."""
+        return await self.realtime.close_sessions() if self.realtime is not None else 0
 
     async def wait(self) -> None:
         if self._server is not None:
@@ -196,6 +226,7 @@ class EngineServer:
             draining=self.draining,
             sessions_by_key=Counter(c.key_id for c in sched.conversations if c.key_id),
             placements_seen=self.placements_seen,
+            http_port=self.http_port,
         )
 
     def saw_placement(self, value: str) -> None:
@@ -211,29 +242,37 @@ class EngineServer:
     async def converse(
         self, requests: AsyncIterator[pb.ClientEvent | v.Undecodable], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerEvent]:
-        """One stream through its session's lifecycle (``converse.EngineStream``): handshake, attached until
-        the session ends or the stream drops, then closed or parked."""
+        """The gRPC transport of one session (``converse.EngineStream.run``): a refusal or a session closed
+        with a status ends the RPC with that status, after draining what the client still writes when no one
+        reads it (the status must not race the client's writes: ``serving/drain.py``)."""
         it = aiter(requests)
-        stream = EngineStream(self)
-        if not await stream.handshake(await anext(it, None), context):
+        first = await anext(it, None)
+        if first is None:
             return
-        session = stream.session
-        assert session is not None
-        token = session_var.set(session.id)
-        reader: asyncio.Task[None] | None = None
+        stream_done = asyncio.Event()
+        context.add_done_callback(lambda _: stream_done.set())
+        stream = EngineStream(self, context.peer())
         try:
-            yield stream.attach()
-            stream_done = asyncio.Event()
-            context.add_done_callback(lambda _: stream_done.set())
-            reader = asyncio.create_task(self._read(it, session, stream.resumed, stream_done))
-            async for event in stream.events():
+            async for event in stream.run(first, it, dict(context.invocation_metadata() or ()), stream_done):
                 yield event
-            await stream.finish(reader, context)
-        finally:
-            if reader is not None:
-                reader.cancel()
-            stream.detach()
-            session_var.reset(token)
+        except v.InputError as e:
+            if stream.reader_stopped:
+                await drain_client(context.read, _is_eof)
+            await context.abort(e.code, e.message, trailing_metadata=getattr(e, "trailing", ()))
+
+    async def open_conversation(
+        self, first: pb.ClientEvent, rest: AsyncIterator[pb.ClientEvent], metadata: dict[str, str]
+    ) -> AsyncGenerator[pb.ServerEvent, None]:
+        """The in-process transport (the Realtime WebSocket, ``realtime.host.ConversationHost``): the same
+        session path as ``converse``, the client's events as objects, no resume (the caller cannot present a
+        token); a refusal or a session closed with a status raises ``ConversationEnded``."""
+        stream_done = asyncio.Event()  # never set: the caller ends the stream by closing this generator
+        stream = EngineStream(self)
+        try:
+            async for event in stream.run(first, rest, {**metadata, RESUMABLE_METADATA: "0"}, stream_done):
+                yield event
+        except v.InputError as e:
+            raise ConversationEnded(e.code, e.message) from None
 
     def _parkable(self, session: Conversation) -> bool:
         """Keep a session whose stream dropped? Only a live one, when resumption is on and the engine stays."""

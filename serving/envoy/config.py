@@ -18,6 +18,8 @@ REPLICA_HEADER = "x-duplex-replica"
 ENGINES_CLUSTER = "engines"
 PICKER_CLUSTER = "picker"
 REALTIME_CLUSTER = "realtime"
+PICKER_HTTP_CLUSTER = "picker_http"
+REALTIME_PATH = "/v1/realtime"
 LISTENER = "duplex"
 REALTIME_LISTENER = "realtime"
 CONVERSE_PATH = "/duplex.v1.Duplex/Converse"
@@ -65,10 +67,15 @@ class EnvoyConfig:
     max_connections: int = 10_000
     """Downstream connections Envoy accepts at once (its overload manager closes more)."""
     realtime: str = ""
-    """HOST:PORT of the Realtime WebSocket endpoint and page (the gateway's HTTP port); "" = none. When set,
-    a second listener (``realtime_port``) proxies HTTP/1.1 and WebSocket upgrades to it."""
+    """HOST:PORT of the session picker's HTTP app (client secrets, the page's config, the page); "" = no
+    Realtime listener. When set, a second listener (``realtime_port``, HTTP/1.1) carries ``GET /v1/realtime``
+    WebSocket upgrades to the engines' Realtime ports (after ``ext_authz``, as ``Converse``) and every other
+    path to this address."""
     realtime_port: int = 0
     """The Realtime listener's port (0 = any free port)."""
+    realtime_eds_path: Path | None = None
+    """The engines' Realtime WebSocket endpoint file (``eds.write_endpoints`` with ``REALTIME_CLUSTER``);
+    needed with ``realtime``."""
 
 
 def _duration(seconds: float) -> str:
@@ -179,46 +186,77 @@ def _listener(cfg: EnvoyConfig) -> dict[str, Any]:
     }
 
 
+def _realtime_ext_authz(cfg: EnvoyConfig) -> dict[str, Any]:
+    """As ``_ext_authz``, with the headers a WebSocket client's credential travels in."""
+    f = _ext_authz(cfg)
+    f["typed_config"]["allowed_headers"] = {
+        "patterns": [{"exact": "authorization"}, {"exact": "sec-websocket-protocol"}]
+    }
+    return f
+
+
 def _realtime_listener(cfg: EnvoyConfig) -> dict[str, Any]:
-    """HTTP/1.1 and WebSocket upgrades to the Realtime endpoint (it checks keys and client secrets itself)."""
+    """HTTP/1.1: ``GET /v1/realtime`` WebSocket upgrades, asked of the picker (``ext_authz``), to the engine it
+    names (``override_host`` over the ``realtime`` cluster); every other path to the picker's HTTP app."""
+    no_authz = {"envoy.filters.http.ext_authz": {"@type": _EXT_AUTHZ_PER_ROUTE, "disabled": True}}
+    routes = [
+        {
+            "match": {"path": REALTIME_PATH},
+            "route": {"cluster": REALTIME_CLUSTER, "timeout": "0s", "upgrade_configs": [{"upgrade_type": "websocket"}]},
+        },
+        {
+            "match": {"prefix": "/"},
+            "route": {"cluster": PICKER_HTTP_CLUSTER, "timeout": "15s"},
+            "typed_per_filter_config": no_authz,
+        },
+    ]
     hcm = {
         "@type": _HCM,
         "stat_prefix": "realtime",
         "codec_type": "HTTP1",
         "stream_idle_timeout": _duration(cfg.stream_idle_timeout_s),
-        "upgrade_configs": [{"upgrade_type": "websocket"}],
         "route_config": {
             "name": "realtime",
-            "virtual_hosts": [
-                {
-                    "name": "realtime",
-                    "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": REALTIME_CLUSTER, "timeout": "0s"}}],
-                }
-            ],
+            "virtual_hosts": [{"name": "realtime", "domains": ["*"], "routes": routes}],
         },
-        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}}],
+        "http_filters": [
+            _realtime_ext_authz(cfg),
+            {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER}},
+        ],
     }
     return {
         "name": REALTIME_LISTENER,
         "address": _socket(cfg.host, cfg.realtime_port),
+        "socket_options": [_NODELAY],
         "filter_chains": [
             {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
         ],
     }
 
 
-def _realtime_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
+def _realtime_clusters(cfg: EnvoyConfig) -> list[dict[str, Any]]:
+    """The engines' Realtime WebSocket ports (EDS, ``override_host`` as the engines cluster, HTTP/1.1) and
+    the picker's HTTP app."""
+    if cfg.realtime_eds_path is None:
+        raise ValueError("envoy: realtime_eds_path is needed with realtime")
+    ws = _engines_cluster(cfg)
+    del ws["typed_extension_protocol_options"]  # HTTP/1.1 (WebSocket upgrades), not HTTP/2
+    ws["name"] = REALTIME_CLUSTER
+    ws["eds_cluster_config"]["eds_config"]["path_config_source"] = {
+        "path": str(cfg.realtime_eds_path),
+        "watched_directory": {"path": str(cfg.realtime_eds_path.parent)},
+    }
     host, port = cfg.realtime.rsplit(":", 1)
-    return {
-        "name": REALTIME_CLUSTER,
+    page = {
+        "name": PICKER_HTTP_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "1s",
         "load_assignment": {
-            "cluster_name": REALTIME_CLUSTER,
+            "cluster_name": PICKER_HTTP_CLUSTER,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(host, int(port))}}]}],
         },
     }
+    return [ws, page]
 
 
 def _engines_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
@@ -296,18 +334,18 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
         "static_resources": {
             "listeners": [_listener(cfg)] + ([_realtime_listener(cfg)] if cfg.realtime else []),
             "clusters": [_engines_cluster(cfg), _picker_cluster(cfg)]
-            + ([_realtime_cluster(cfg)] if cfg.realtime else []),
+            + (_realtime_clusters(cfg) if cfg.realtime else []),
         },
     }
 
 
-def endpoints(addresses: list[str], version: str) -> dict[str, Any]:
-    """The EDS file's content: a DiscoveryResponse with the engines cluster's endpoints (HOST:PORT each)."""
+def endpoints(addresses: list[str], version: str, cluster: str = ENGINES_CLUSTER) -> dict[str, Any]:
+    """The EDS file's content: a DiscoveryResponse with ``cluster``'s endpoints (HOST:PORT each)."""
     lb = []
     for addr in addresses:
         host, port = addr.rsplit(":", 1)
         lb.append({"endpoint": {"address": _socket(host, int(port))}})
     return {
         "version_info": version,
-        "resources": [{"@type": _CLA, "cluster_name": ENGINES_CLUSTER, "endpoints": [{"lb_endpoints": lb}]}],
+        "resources": [{"@type": _CLA, "cluster_name": cluster, "endpoints": [{"lb_endpoints": lb}]}],
     }

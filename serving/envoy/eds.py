@@ -9,11 +9,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from .config import endpoints
+from .config import ENGINES_CLUSTER, endpoints
 
 
-def write_endpoints(path: Path, addresses: list[str], version: int) -> None:
-    """Replace ``path`` with the endpoint list ``addresses`` (HOST:PORT each, IP addresses) as ``version``."""
+def write_endpoints(path: Path, addresses: list[str], version: int, cluster: str = ENGINES_CLUSTER) -> None:
+    """Replace ``path`` with ``cluster``'s endpoint list ``addresses`` (HOST:PORT each, IP addresses) as
+    ``version``."""
     for addr in addresses:
         host, _, port = addr.rpartition(":")
         if not host or not port.isdigit():
@@ -21,7 +22,7 @@ def write_endpoints(path: Path, addresses: list[str], version: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".engines-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(endpoints(addresses, str(version)), f)
+            json.dump(endpoints(addresses, str(version), cluster), f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

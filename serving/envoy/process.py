@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
-from .config import LISTENER, REALTIME_LISTENER, EnvoyConfig, bootstrap
+from .config import LISTENER, REALTIME_CLUSTER, REALTIME_LISTENER, EnvoyConfig, bootstrap
 from .eds import write_endpoints
 
 POLL_S = 0.05
@@ -41,11 +41,22 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 class EnvoyProcess:
     """Envoy for ``cfg`` (its ``eds_path`` is placed in a private directory), routing to ``engines``."""
 
-    def __init__(self, cfg: EnvoyConfig, engines: list[str], concurrency: int = 1, log_level: str = "warning") -> None:
+    def __init__(
+        self,
+        cfg: EnvoyConfig,
+        engines: list[str],
+        concurrency: int = 1,
+        log_level: str = "warning",
+        realtime_engines: list[str] | None = None,
+    ) -> None:
+        """``realtime_engines``: the engines' Realtime WebSocket addresses (with ``cfg.realtime``)."""
         self.dir = Path(tempfile.mkdtemp(prefix="duplex-envoy-"))
         (self.dir / "eds").mkdir()
-        self.cfg = replace(cfg, eds_path=self.dir / "eds" / "engines.json")
+        self.cfg = replace(
+            cfg, eds_path=self.dir / "eds" / "engines.json", realtime_eds_path=self.dir / "eds" / "realtime.json"
+        )
         self.engines = list(engines)
+        self.realtime_engines = list(realtime_engines or [])
         self.version = 0
         self.concurrency, self.log_level = concurrency, log_level
         self.proc: subprocess.Popen[bytes] | None = None
@@ -66,6 +77,8 @@ class EnvoyProcess:
         self.engines = list(engines)
         self.version += 1
         write_endpoints(self.cfg.eds_path, self.engines, self.version)
+        if self.cfg.realtime and self.cfg.realtime_eds_path is not None:
+            write_endpoints(self.cfg.realtime_eds_path, self.realtime_engines, self.version, REALTIME_CLUSTER)
 
     def start(self, deadline_s: float = 60.0) -> int:
         """Start it; the listener's port once it is ready. OSError (with what it said) when it exits first or

@@ -29,6 +29,8 @@ class Replica:
     """Served model name, as of the last report."""
     chunk_ms: int = 0
     """Micro-turn length, as of the last report."""
+    http_port: int = 0
+    """The replica's Realtime WebSocket port (0 = not served), as of the last report."""
     by_key: dict[str, int] = field(default_factory=dict)
     """Live sessions per API key id on the replica, as of the last report."""
     placements_seen: dict[str, int] = field(default_factory=dict)
@@ -148,7 +150,7 @@ class Router:
             return
         r.healthy = h.status == health_pb2.HealthCheckResponse.SERVING and not load.draining
         r.others, r.capacity = max(0, load.active_sessions - r.open), load.capacity
-        r.model, r.chunk_ms = load.model, load.chunk_ms
+        r.model, r.chunk_ms, r.http_port = load.model, load.chunk_ms, load.http_port
         r.by_key, r.placements_seen = dict(load.sessions_by_key), dict(load.placements_seen)
         if self.on_report is not None:
             self.on_report(r)

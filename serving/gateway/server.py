@@ -9,7 +9,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,9 +26,6 @@ from .interceptors import AuthInterceptor, MetricsInterceptor, metadata_dict
 from .pump import ClientPump
 from .quota import KeyQuotas
 from .routing import Replica, Router
-
-if TYPE_CHECKING:
-    from ..realtime.app import RealtimeServer
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +120,8 @@ class GatewayServer:
         spec: GatewaySpec,
         keys: KeyRing | None = None,
         bind_port: int | None = None,
-        http_bind_port: int | None = None,
     ) -> None:
-        """``bind_port`` overrides ``spec.port`` and ``http_bind_port`` ``spec.http_port`` (for both, 0 = any
-        free port; without an override a ``spec.http_port`` of 0 means no HTTP endpoint)."""
+        """``bind_port`` overrides ``spec.port`` (0 = any free port)."""
         self.spec = spec
         self.keys = keys if keys is not None else KeyRing.from_file(spec.api_keys_file, spec.open_access)
         self.bind_port = spec.port if bind_port is None else bind_port
@@ -138,10 +132,6 @@ class GatewayServer:
         self.health = health.aio.HealthServicer()
         self.router = Router(spec.engines, spec.health_interval_s, spec.max_message_bytes)
         self.port = 0
-        self.http_bind_port = http_bind_port if http_bind_port is not None else (spec.http_port or None)
-        self.http_port = 0
-        """Bound port of the Realtime endpoint and page (0 = not served)."""
-        self.realtime: RealtimeServer | None = None
         self.draining = False
         self.active = 0
         self._idle = asyncio.Event()
@@ -187,15 +177,6 @@ class GatewayServer:
         self._server = server
         self._metrics_server = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
-        if self.http_bind_port is not None:
-            from ..realtime.app import RealtimeServer  # aiohttp only where the endpoint is on
-
-            self.realtime = RealtimeServer(self)
-            try:
-                self.http_port = await self.realtime.start(self.http_bind_port)
-            except OSError:
-                await self.stop(0)
-                raise
         frozen = freeze_startup_heap()  # see heap.py
         log.info(
             "gateway on %s:%d (%s) → %s; %d objects frozen",
@@ -230,9 +211,6 @@ class GatewayServer:
 
     async def stop(self, grace: float = 1.0) -> None:
         self.draining = True
-        if self.realtime is not None:
-            realtime, self.realtime = self.realtime, None
-            await realtime.stop()
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)
@@ -290,9 +268,8 @@ class GatewayServer:
         chosen replica byte for byte, its server events come back. Raises ``Refused`` before anything is sent,
         and the replica's ``grpc.aio.AioRpcError`` if the conversation ends with an error — after discarding
         what the client still writes when ``drain_on_error`` (a gRPC client could otherwise see INTERNAL
-        instead of that status: ``serving/drain.py``). Used by ``converse`` and by the Realtime endpoint
-        (``duplex.serving.realtime``), so both get the same sessions, quotas included. ``resumable=False``: the
-        caller cannot resume (no token; the engine frees the slot as soon as the stream ends)."""
+        instead of that status: ``serving/drain.py``). ``resumable=False``: the caller cannot resume (no
+        token; the engine frees the slot as soon as the stream ends)."""
         first, pinned = self._route_resume(first)
         replica = self.admit(key_id, pinned)
         self.active += 1

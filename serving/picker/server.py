@@ -6,7 +6,8 @@ Its answer: allowed, with the chosen engine's HOST:PORT in ``REPLICA_HEADER`` an
 gets — UNAUTHENTICATED (no or a wrong key), RESOURCE_EXHAUSTED with ``retry-after-ms`` (the key's quotas, or
 every replica full), UNAVAILABLE (no healthy replica). It reuses the gateway's parts: ``KeyRing`` (hashed
 keys), ``KeyQuotas`` (per-key limits) and ``Router`` (health and ``Replica.GetLoad`` reports); the settings
-are the gateway's (``GatewaySpec``)."""
+are the gateway's (``GatewaySpec``). WebSocket upgrades of ``GET /v1/realtime`` and the picker's HTTP app
+(client secrets, the page) are ``realtime.py``'s."""
 
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ from ..gateway.auth import KeyRing
 from ..gateway.quota import KeyQuotas
 from ..gateway.routing import Replica, Router
 from ..metrics import MetricsServer, PickerMetrics
+from ..realtime.credentials import REALTIME_PATH
 from ..resume_token import HOLDER_LOST_METADATA, KEY_ID_METADATA, PLACEMENT_METADATA, RESUME_REPLICA_METADATA
 from ..spec import GatewaySpec
 from .placement import Placements, choose, sessions_by_key
+from .realtime import RealtimeAuthz, RealtimeHttp
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +89,16 @@ class Picker:
         self.router = Router(
             spec.engines, spec.health_interval_s, spec.max_message_bytes, on_report=self._reported, watch_health=True
         )
+        self.realtime = RealtimeAuthz(self)
+        """WebSocket upgrades of ``GET /v1/realtime`` (``realtime.py``)."""
 
     def _reported(self, replica: Replica) -> None:
         self.placements.reported(replica.address, replica.placements_seen.get(self.placements.id, 0))
 
     def decide(self, path: str, headers: dict[str, str]) -> authz.CheckResponse:
         """The answer to one ``Check`` (no I/O: what the last reports and the placements since say)."""
+        if path.partition("?")[0] == REALTIME_PATH:
+            return self.realtime.decide(headers)
         if path != CONVERSE_PATH:
             return deny(grpc.StatusCode.PERMISSION_DENIED, f"{path}: only {CONVERSE_PATH} is served here")
         check = self.keys.identify(headers)
@@ -152,7 +159,15 @@ class PickerServer:
     """The picker's gRPC server on ``spec.host``:``bind_port`` (0 = any free port), metrics on
     ``spec.metrics_port``."""
 
-    def __init__(self, spec: GatewaySpec, bind_port: int = 0, placements: Placements | None = None) -> None:
+    def __init__(
+        self,
+        spec: GatewaySpec,
+        bind_port: int = 0,
+        placements: Placements | None = None,
+        http_bind_port: int | None = None,
+    ) -> None:
+        """``http_bind_port`` overrides ``spec.http_port`` (0 = any free port; without an override a
+        ``spec.http_port`` of 0 means no HTTP app: client secrets, the page's config, the page)."""
         if not spec.engines:
             raise ValueError("picker: no engines configured (engines: [HOST:PORT, ...])")
         self.spec, self.bind_port = spec, bind_port
@@ -162,6 +177,10 @@ class PickerServer:
         )
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.http_bind_port = http_bind_port if http_bind_port is not None else (spec.http_port or None)
+        self.http_port = 0
+        """Bound port of the HTTP app (0 = not served)."""
+        self.http = RealtimeHttp(self.picker.realtime)
         self._server: grpc.aio.Server | None = None
         self._metrics: MetricsServer | None = None
         self._health_task: asyncio.Task[None] | None = None
@@ -184,6 +203,12 @@ class PickerServer:
         await self.picker.router.start()
         await server.start()
         self._server = server
+        if self.http_bind_port is not None:
+            try:
+                self.http_port = await self.http.start(self.spec.host, self.http_bind_port)
+            except OSError:
+                await self.stop(0)
+                raise
         self._metrics = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
         log.info("picker on %s:%d → %s", self.spec.host, self.port, ", ".join(self.spec.engines))
@@ -201,6 +226,7 @@ class PickerServer:
     async def stop(self, grace: float = 1.0) -> None:
         if self._health_task is not None:
             self._health_task.cancel()
+        await self.http.stop()
         if self._server is not None:
             server, self._server = self._server, None
             await server.stop(grace)

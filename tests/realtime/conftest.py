@@ -1,5 +1,6 @@
-"""A real engine and gateway with the Realtime endpoint on loopback (as tests/serving/conftest.py starts them),
-keyed, with an injectable clock for client-secret expiry; the spoken-question fixture at the wire rate."""
+"""A real engine serving the Realtime endpoint on loopback (as tests/serving/conftest.py starts it), reached
+directly, as Envoy reaches it once the session picker allowed the upgrade (tests/realtime/test_front.py goes
+through the real Envoy and picker); the spoken-question fixture at the wire rate."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import base64
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,35 +23,21 @@ from duplex.model.audio_io import read_wav
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.engine.server import EngineServer
-from duplex.serving.gateway.auth import KeyRing
-from duplex.serving.gateway.server import GatewayServer
-from duplex.serving.spec import EngineSpec, GatewaySpec
+from duplex.serving.spec import EngineSpec
 
 API_KEY = "rt-key-1"
 WIRE_RATE = 24000
 MAX_FRAME = 128 * 1024
-"""The test gateway's ``max_message_bytes`` (largest WebSocket frame)."""
+"""The test engine's ``max_message_bytes`` (largest WebSocket frame)."""
 
 SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 """The official SDK's GA server-event union: every event we receive must validate against it."""
 
 
-class StepClock:
-    """Unix seconds that move only when a test says so."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class RealtimeStack:
     engine: EngineServer
-    gateway: GatewayServer
     http_port: int
-    clock: StepClock
     thread: LoopThread
 
     @property
@@ -64,39 +50,29 @@ class RealtimeStack:
 
 
 def start_realtime(source: ModelSource, model: Any = None, **engine: Any) -> RealtimeStack:
-    """An engine serving ``source`` (or ``model``) behind a keyed gateway with the Realtime endpoint."""
+    """An engine serving ``source`` (or ``model``) with its Realtime endpoint on a free port."""
     lt = LoopThread()
-    clock = StepClock()
 
     async def up() -> RealtimeStack:
-        espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=16, max_send_backlog=50, **engine)
-        engine_server = EngineServer(espec, source, model=model, bind_port=0)
-        eport = await engine_server.start()
-        gspec = GatewaySpec(
+        espec = EngineSpec(
             host="127.0.0.1",
             metrics_port=0,
-            engines=[f"127.0.0.1:{eport}"],
-            health_interval_s=0.2,
-            drain_grace_s=2.0,
+            max_sessions=16,
+            max_send_backlog=50,
             max_message_bytes=MAX_FRAME,
+            **engine,
         )
-        gateway = GatewayServer(gspec, keys=KeyRing({API_KEY}), bind_port=0, http_bind_port=0)
-        await gateway.start()
-        assert gateway.realtime is not None
-        gateway.realtime.minter.clock = clock
-        return RealtimeStack(engine_server, gateway, gateway.http_port, clock, lt)
+        engine_server = EngineServer(espec, source, model=model, bind_port=0, http_bind_port=0)
+        await engine_server.start()
+        return RealtimeStack(engine_server, engine_server.http_port, lt)
 
     stack: RealtimeStack = lt.run(up(), timeout=120)
-    wait_serving(f"127.0.0.1:{stack.gateway.port}")
+    wait_serving(f"127.0.0.1:{stack.engine.port}")
     return stack
 
 
 def stop_realtime(stack: RealtimeStack) -> None:
-    async def down() -> None:
-        await stack.gateway.stop(0.5)
-        await stack.engine.stop(0.5)
-
-    stack.thread.run(down())
+    stack.thread.run(stack.engine.stop(0.5))
     stack.thread.close()
 
 

@@ -1,6 +1,6 @@
-"""The endpoint's own work per audio chunk, ``duplex_gateway_realtime_bridge_seconds{direction}``, measured on
-an injected clock: exactly, for a session fed engine events directly, and per chunk through a real engine and
-gateway (every chunk sent after ``SessionReady`` is observed once on the way in, every model audio chunk once on
+"""The endpoint's own work per audio chunk, ``duplex_engine_realtime_bridge_seconds{direction}``, measured on
+an injected clock: exactly, for a session fed engine events directly, and per chunk through a real engine's
+endpoint (every chunk sent after ``SessionReady`` is observed once on the way in, every model audio chunk once on
 the way out, each as a difference of the injected clock's readings)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -19,10 +20,10 @@ from duplex.serving.realtime.metrics import RealtimeMetrics
 from duplex.serving.realtime.protocol import SessionSettings
 from duplex.serving.realtime.session import RealtimeSession
 
-from .conftest import API_KEY, WIRE_RATE, RealtimeStack
-from .test_translation import LISTEN, SPEAK, Sink, audio, ready
+from .conftest import WIRE_RATE, RealtimeStack
+from .test_translation import LISTEN, SPEAK, audio, ready
 
-METRIC = "duplex_gateway_realtime_bridge_seconds"
+METRIC = "duplex_engine_realtime_bridge_seconds"
 TICK_S = 0.001
 
 
@@ -43,24 +44,37 @@ def bridge(registry: CollectorRegistry, direction: str, suffix: str, **labels: s
     return value if value is not None else 0.0
 
 
-async def test_egress_is_timed_from_the_relay_to_the_written_frames() -> None:
+class Socket:
+    """Stands in for the WebSocket: records what the session writes."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def send_str(self, data: str) -> None:
+        self.events.append(json.loads(data))
+
+
+async def test_egress_is_timed_from_the_session_to_the_written_frames() -> None:
     registry = CollectorRegistry()
-    sink, clock = Sink(), TickClock()
+    sink, clock = Socket(), TickClock()
     s = RealtimeSession(
         sink,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]  # no conversation is opened: the relay's bytes are fed directly
+        None,  # type: ignore[arg-type]  # no conversation is opened: the engine's events are fed directly
         RealtimeMetrics(registry),
         SessionSettings(),
-        "tiny",
         False,
+        {},
         lambda: 0,
         bridge_clock=clock,
     )
-    await s.on_server_bytes(ready().SerializeToString())
+    s.lifecycle.start()  # as if the SessionStart had gone to the engine
+    await s.on_server_event(ready())
     assert bridge(registry, "egress", "count") == 0  # only model audio is timed
     reads = clock.reads
-    await s.on_server_bytes(audio(0, [LISTEN] * 5, loud=False).SerializeToString())
-    await s.on_server_bytes(audio(1, [SPEAK] * 5, loud=True).SerializeToString())
+    await s.on_server_event(audio(0, [LISTEN] * 5, loud=False))
+    await s.on_server_event(audio(1, [SPEAK] * 5, loud=True))
     # two readings per chunk (a silent one writes no frame, a spoken one opens a response), the second after
     # the frames were written
     assert clock.reads - reads == 4
@@ -79,14 +93,14 @@ async def until(done: Callable[[], bool], deadline_s: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_each_chunk_is_timed_once_each_way_through_the_gateway(rt: RealtimeStack) -> None:
-    assert rt.gateway.realtime is not None
-    registry = rt.gateway.metrics.registry
+async def test_each_chunk_is_timed_once_each_way_through_the_engine(rt: RealtimeStack) -> None:
+    assert rt.engine.realtime is not None
+    registry = rt.engine.metrics.registry
     kinds = [(d, k) for d in ("ingress", "egress") for k in ("count", "sum")]
     before = {(d, k): bridge(registry, d, k) for d, k in kinds}
     below_one_tick = {d: bridge(registry, d, "bucket", le="0.00075") for d in ("ingress", "egress")}
     clock = TickClock()
-    rt.gateway.realtime.bridge_clock = clock  # sessions opened from now on read it
+    rt.engine.realtime.bridge_clock = clock  # sessions opened from now on read it
     n, piece = 6, WIRE_RATE * 200 // 1000
     tone = (np.sin(np.arange(n * piece) * 0.05) * 3000).astype("<i2")
     seen: set[int] = set()
@@ -94,7 +108,7 @@ async def test_each_chunk_is_timed_once_each_way_through_the_gateway(rt: Realtim
     try:
         async with (
             aiohttp.ClientSession() as http,
-            http.ws_connect(url, headers={"Authorization": f"Bearer {API_KEY}"}) as ws,
+            http.ws_connect(url) as ws,
         ):
             for k in range(n):
                 # one 200 ms piece completes one chunk; piece 0 waits for SessionReady (setup: not timed)
@@ -108,7 +122,7 @@ async def test_each_chunk_is_timed_once_each_way_through_the_gateway(rt: Realtim
                     if event["type"] == "duplex.chunk":
                         seen.add(event["seq"])
     finally:
-        rt.gateway.realtime.bridge_clock = time.perf_counter
+        rt.engine.realtime.bridge_clock = time.perf_counter
 
     def observed(direction: str) -> float:
         return bridge(registry, direction, "count") - before[direction, "count"]

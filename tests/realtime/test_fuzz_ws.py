@@ -81,6 +81,11 @@ def refused(frame: str | bytes) -> bool:
     return False
 
 
+def refused_start(error: dict[str, Any]) -> bool:
+    """The engine's refusal of a conversation's SessionStart (an ``error`` naming a ``start.`` field)."""
+    return error["code"] == "invalid_argument" and "start." in error["message"]
+
+
 @dataclass
 class FuzzResult:
     sent: list[tuple[str | bytes, str | None]] = field(default_factory=list)
@@ -108,7 +113,7 @@ async def fuzz_session(http: aiohttp.ClientSession, rt: RealtimeStack, seed: int
                 out.errors.append(event["error"])
                 if event["error"]["event_id"] == "end":
                     break
-        if oversized:  # after every answer is in: the server stops reading here
+        if oversized and not ws.closed:  # after every answer is in: the server stops reading here
             await ws.send_str(json.dumps({"type": "input_audio_buffer.append", "audio": "A" * (MAX_FRAME + 4)}))
             async for msg in ws:
                 if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
@@ -120,10 +125,10 @@ async def fuzz_session(http: aiohttp.ClientSession, rt: RealtimeStack, seed: int
 async def test_fuzzed_frames_get_errors_and_harm_no_witness(rt: RealtimeStack, speech24: np.ndarray) -> None:
     witness = Received()
 
-    registry = rt.gateway.metrics.registry
+    registry = rt.engine.metrics.registry
 
     def refused_frames() -> float:
-        value = registry.get_sample_value("duplex_gateway_realtime_errors_total", {"code": "invalid_frame"})
+        value = registry.get_sample_value("duplex_engine_realtime_errors_total", {"code": "invalid_frame"})
         return value or 0.0
 
     frames_refused_before = refused_frames()
@@ -137,6 +142,14 @@ async def test_fuzzed_frames_get_errors_and_harm_no_witness(rt: RealtimeStack, s
         want_ids = {eid for f, eid in r.sent if eid is not None and refused(f)}
         untagged_refused = sum(1 for f, eid in r.sent if eid is None and refused(f))
         got_ids = [e["event_id"] for e in r.errors]
+        if r.close_code == 1008 and r.errors and refused_start(r.errors[-1]):
+            # a fuzzed setting only the engine checks (a voice the model's family does not take) made the engine
+            # refuse the conversation's start: its error and 1008 may come before the later frames' answers,
+            # which still come in order
+            sent_order = [eid for _, eid in r.sent if eid is not None]
+            answered = [eid for eid in got_ids if eid is not None]
+            assert answered == [eid for eid in sent_order if eid in set(answered)], answered
+            continue
         # frames are handled in order: the sentinel's error comes after the answer to every fuzzed frame
         assert got_ids and got_ids[-1] == "end", (r.close_code, r.errors[-3:])
         if seed % 2:
@@ -149,10 +162,13 @@ async def test_fuzzed_frames_get_errors_and_harm_no_witness(rt: RealtimeStack, s
         assert not missing, f"session {seed}: refused frames without an error event: {missing[:5]}"
         assert got_ids.count(None) >= untagged_refused, (got_ids.count(None), untagged_refused)
     assert frames >= 300
-    binary = sum(isinstance(f, bytes) for r in results for f, _ in r.sent)
-    oversized = SESSIONS // 2
-    # the server counts the oversized frames as it closes (a client can see the close first)
-    await eventually(lambda: refused_frames() - frames_refused_before == binary + oversized, what="frames counted")
+    ran = [(seed, r) for seed, r in enumerate(results) if not (r.close_code == 1008 and refused_start(r.errors[-1]))]
+    counted = sum(isinstance(f, bytes) for _, r in ran for f, _ in r.sent) + sum(seed % 2 for seed, _ in ran)
+    cut_short = sum(isinstance(f, bytes) for r in results for f, _ in r.sent) + SESSIONS // 2 - counted
+    # the server counts the binary and oversized frames (the oversized ones as it closes: a client can see the
+    # close first); of a session the engine refused, those it read before the close
+    low, high = frames_refused_before + counted, frames_refused_before + counted + cut_short
+    await eventually(lambda: low <= refused_frames() <= high, what="frames counted")
     await asyncio.wait_for(w, 60)
     no_errors(witness)
     assert witness.close_code in (None, 1000)

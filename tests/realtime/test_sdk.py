@@ -1,6 +1,6 @@
-"""The official ``openai`` SDK, unmodified, holds conversations with the Realtime endpoint of a real gateway and
-engine: the audio of a spoken question goes in at live-microphone pace, the model's turn comes back as GA
-events (every one validated against the SDK's own types)."""
+"""The official ``openai`` SDK, unmodified, holds conversations with the Realtime endpoint of a real engine
+(reached as Envoy reaches it): the audio of a spoken question goes in at live-microphone pace, the model's
+turn comes back as GA events (every one validated against the SDK's own types)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import base64
 import json
 
 import numpy as np
-import pytest
 from openai import AsyncOpenAI
 
 from .conftest import API_KEY, MAX_FRAME, RealtimeStack, Received, collect, rms, stream_live
@@ -130,12 +129,6 @@ async def test_bad_input_gets_errors_and_harms_no_witness(rt: RealtimeStack, spe
     got = await bad_then_check(rt, oversized, lambda g: g.close_code is not None)
     assert got.close_code == 1009
 
-    got = Received()
-    async with client(rt, key="not-a-key").realtime.connect(model="duplex") as conn:
-        await collect(conn, got)
-    assert got.close_code == 1008
-    assert [e["error"]["code"] for e in got.events] == ["invalid_api_key"]
-
     await asyncio.wait_for(w, 60)
     no_errors(witness)
     assert witness.close_code in (None, 1000)
@@ -165,52 +158,3 @@ async def test_client_function_call_runs_as_an_agent_job(rt: RealtimeStack) -> N
     # its FAILED carried its arguments (the call's first event), yet it is the client's call: not announced back
     assert not got.of("response.function_call_arguments.done")
     assert got.of("error")[0]["error"]["param"] == "session.tools"
-
-
-async def test_client_secret_is_accepted_until_it_expires(rt: RealtimeStack) -> None:
-    secret = await client(rt).realtime.client_secrets.create(
-        expires_after={"anchor": "created_at", "seconds": 60},
-        session={"type": "realtime", "instructions": "From the secret."},
-    )
-    assert secret.value.startswith("ek_") and secret.expires_at == int(rt.clock.now) + 60
-
-    got = Received()
-    async with client(rt, key=secret.value).realtime.connect(model="duplex") as conn:
-        reader = asyncio.create_task(collect(conn, got))
-        await got.wait(lambda g: g.of("session.created"))
-        await conn.close()
-        await reader
-    assert got.of("session.created")[0]["session"]["instructions"] == "From the secret."
-
-    # a browser's way: the secret as a subprotocol next to "realtime" (no Authorization header)
-    import websockets
-
-    url = f"ws://127.0.0.1:{rt.http_port}/v1/realtime?model=duplex"
-    async with websockets.connect(url, subprotocols=["realtime", f"openai-insecure-api-key.{secret.value}"]) as ws:  # type: ignore[list-item]
-        assert ws.subprotocol == "realtime"
-        assert json.loads(await ws.recv())["type"] == "session.created"
-
-    rt.clock.now += 61  # past expires_at
-    got = Received()
-    async with client(rt, key=secret.value).realtime.connect(model="duplex") as conn:
-        await collect(conn, got)
-    assert got.close_code == 1008 and "expired" in got.events[0]["error"]["message"]
-
-    forged = secret.value[:-2] + ("AA" if not secret.value.endswith("AA") else "BB")
-    got = Received()
-    async with client(rt, key=forged).realtime.connect(model="duplex") as conn:
-        await collect(conn, got)
-    assert got.close_code == 1008 and "invalid client secret" in got.events[0]["error"]["message"]
-
-
-async def test_minting_needs_an_api_key_and_valid_fields(rt: RealtimeStack) -> None:
-    import openai
-
-    with pytest.raises(openai.AuthenticationError):
-        await client(rt, key="wrong").realtime.client_secrets.create()
-    with pytest.raises(openai.BadRequestError, match=r"expires_after\.seconds"):
-        await client(rt).realtime.client_secrets.create(expires_after={"anchor": "created_at", "seconds": 5})
-    with pytest.raises(openai.BadRequestError, match=r"session\.audio\.output\.format"):
-        await client(rt).realtime.client_secrets.create(
-            session={"type": "realtime", "audio": {"output": {"format": {"type": "audio/pcma"}}}}
-        )

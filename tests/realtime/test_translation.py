@@ -1,8 +1,9 @@
 """How the model's floor decisions, text, tool calls and agent results become Realtime events, for the cases
-the tiny model cannot be made to produce on demand (its own tool call, a barge-in): the session's translation
-is fed the engine's server events directly and what it writes to the WebSocket is checked, every event
-against the official SDK's types. The model's tool calls reach the bridge as the engine announces them: the
-call's first ``AgentEvent`` carries the arguments the engine parsed (the bridge does not parse text)."""
+the tiny model cannot be made to produce on demand (its own tool call, a barge-in): the translation
+(``translate.Translator``, no socket) is fed the engine's server events directly and what it returns is
+checked, every event against the official SDK's types. The model's tool calls reach the bridge as the
+engine announces them: the call's first ``AgentEvent`` carries the arguments the engine parsed (the bridge
+does not parse text)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from duplex.serving.realtime.metrics import RealtimeMetrics
-from duplex.serving.realtime.protocol import SessionSettings
-from duplex.serving.realtime.session import RealtimeSession
+from duplex.serving.realtime.protocol import EventFactory
+from duplex.serving.realtime.translate import Translator
 from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import SERVER_EVENT
@@ -25,35 +26,25 @@ LISTEN, SPEAK, YIELD = pb.FLOOR_LISTEN, pb.FLOOR_SPEAK, pb.FLOOR_YIELD
 
 
 class Sink:
-    """Stands in for the WebSocket: records what the session writes."""
+    """Collects what the translator returns, each event validated against the SDK's types."""
 
-    closed = False
-
-    def __init__(self) -> None:
+    def __init__(self, translator: Translator) -> None:
+        self.translator = translator
         self.events: list[dict[str, Any]] = []
 
-    async def send_str(self, data: str) -> None:
-        event = json.loads(data)
-        SERVER_EVENT.validate_python(event)
-        self.events.append(event)
+    def feed(self, event: pb.ServerEvent) -> None:
+        for out in self.translator.translate(event):
+            SERVER_EVENT.validate_python(out)
+            self.events.append(out)
 
     def take(self) -> list[dict[str, Any]]:
         out, self.events = self.events, []
         return out
 
 
-def session() -> tuple[RealtimeSession, Sink]:
-    sink = Sink()
-    s = RealtimeSession(
-        sink,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]  # no conversation is opened: events are fed directly
-        RealtimeMetrics(CollectorRegistry()),
-        SessionSettings(),
-        "tiny",
-        False,
-        lambda: 0,
-    )
-    return s, sink
+def session() -> tuple[Sink, Sink]:
+    sink = Sink(Translator(EventFactory(), RealtimeMetrics(CollectorRegistry()), duplex_events=False))
+    return sink, sink
 
 
 def audio(seq: int, controls: list[int], loud: bool) -> pb.ServerEvent:
@@ -77,17 +68,17 @@ def ready() -> pb.ServerEvent:
     )
 
 
-async def test_turn_tool_call_and_barge_in() -> None:
+def test_turn_tool_call_and_barge_in() -> None:
     s, sink = session()
-    await s.on_server_event(ready())
+    s.feed(ready())
     assert [(e["type"], e["audio_start_ms"]) for e in sink.take()] == [("input_audio_buffer.speech_started", 0)]
 
-    await s.on_server_event(audio(0, [LISTEN] * 5, loud=False))
+    s.feed(audio(0, [LISTEN] * 5, loud=False))
     assert sink.take() == []  # nobody's voice from the model: nothing to send
 
     # the model takes the floor at frame 2 of chunk 1: the user's turn ended there (200 ms + 2 frames)
-    await s.on_server_event(audio(1, [LISTEN, LISTEN, SPEAK, SPEAK, SPEAK], loud=True))
-    await s.on_server_event(pb.ServerEvent(turn=pb.TurnEvent(seq=1, type=pb.MODEL_TURN_START, frame=2)))
+    s.feed(audio(1, [LISTEN, LISTEN, SPEAK, SPEAK, SPEAK], loud=True))
+    s.feed(pb.ServerEvent(turn=pb.TurnEvent(seq=1, type=pb.MODEL_TURN_START, frame=2)))
     got = sink.take()
     assert [e["type"] for e in got] == [
         "input_audio_buffer.speech_stopped",
@@ -101,10 +92,10 @@ async def test_turn_tool_call_and_barge_in() -> None:
     response_id = got[2]["response"]["id"]
     assert len(got[-1]["delta"]) > 0
 
-    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=1, text='It is [[call clock {"tz": "UTC"}]]')))
+    s.feed(pb.ServerEvent(text=pb.TextDelta(seq=1, text='It is [[call clock {"tz": "UTC"}]]')))
     assert [e["type"] for e in sink.take()] == ["response.output_audio_transcript.delta"]
     # the engine parsed the call and queued it: its QUEUED carries the arguments
-    await s.on_server_event(pb.ServerEvent(agent=queued("m1", "clock", '{"tz": "UTC"}')))
+    s.feed(pb.ServerEvent(agent=queued("m1", "clock", '{"tz": "UTC"}')))
     got = sink.take()
     assert [e["type"] for e in got] == [
         "response.output_item.added",
@@ -122,11 +113,11 @@ async def test_turn_tool_call_and_barge_in() -> None:
     )
 
     # the user barges in after one chunk of the model's turn had been sent: cut at 200 ms, response cancelled
-    await s.on_server_event(audio(2, [SPEAK, YIELD, LISTEN, LISTEN, LISTEN], loud=True))
+    s.feed(audio(2, [SPEAK, YIELD, LISTEN, LISTEN, LISTEN], loud=True))
     barge = pb.TurnEvent(
         seq=2, type=pb.USER_BARGE_IN, frame=1, output_sample=2 * CHUNK + FRAME, truncated_at_sample=CHUNK
     )
-    await s.on_server_event(pb.ServerEvent(turn=barge))
+    s.feed(pb.ServerEvent(turn=barge))
     got = sink.take()
     kinds = [e["type"] for e in got]
     assert kinds[0] == "response.output_audio.delta"
@@ -143,21 +134,21 @@ async def test_turn_tool_call_and_barge_in() -> None:
 
     # the agent's result for the model's call: a function_call_output item
     result = pb.AgentEvent(job_id="m1", tool="clock", state=pb.DONE, detail="12:00 UTC")
-    await s.on_server_event(pb.ServerEvent(agent=result))
+    s.feed(pb.ServerEvent(agent=result))
     got = sink.take()
     assert [e["type"] for e in got] == ["conversation.item.added", "conversation.item.done"]
     assert got[1]["item"]["output"] == "12:00 UTC"
     assert got[1]["item"]["call_id"] == "m1" and got[1]["item"]["type"] == "function_call_output"
 
 
-async def test_tool_call_outside_a_turn_is_a_response_of_its_own() -> None:
+def test_tool_call_outside_a_turn_is_a_response_of_its_own() -> None:
     s, sink = session()
-    await s.on_server_event(ready())
+    s.feed(ready())
     sink.take()
-    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=0, text='[[call calculator {"expression": ')))
-    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=1, text='"1+1"}]] [[call nope]]')))
+    s.feed(pb.ServerEvent(text=pb.TextDelta(seq=0, text='[[call calculator {"expression": ')))
+    s.feed(pb.ServerEvent(text=pb.TextDelta(seq=1, text='"1+1"}]] [[call nope]]')))
     assert sink.take() == []  # no turn is open: the text is no transcript, and the calls wait for the engine
-    await s.on_server_event(pb.ServerEvent(agent=queued("m1", "calculator", '{"expression": "1+1"}')))
+    s.feed(pb.ServerEvent(agent=queued("m1", "calculator", '{"expression": "1+1"}')))
     got = sink.take()
     assert [e["type"] for e in got] == [
         "response.created",
@@ -172,22 +163,22 @@ async def test_tool_call_outside_a_turn_is_a_response_of_its_own() -> None:
     assert [o["type"] for o in final["output"]] == ["function_call"]
     assert final["output"][0]["arguments"] == '{"expression": "1+1"}'
     failed = pb.AgentEvent(job_id="m2", tool="", state=pb.FAILED, detail="tool name expected")
-    await s.on_server_event(pb.ServerEvent(agent=failed))
+    s.feed(pb.ServerEvent(agent=failed))
     assert json.loads(sink.take()[1]["item"]["output"]) == {"error": "tool name expected"}
 
 
-async def test_function_call_arguments_come_from_the_engines_event() -> None:
+def test_function_call_arguments_come_from_the_engines_event() -> None:
     """The function_call's arguments are the AgentEvent's: a ``[[call ...]]`` in the text alone makes none, an
     event makes one whatever the text said; a call the engine refused before queueing (its FAILED carries the
     arguments) is a function_call followed by its error. (The client's own calls are not announced back:
     test_sdk.py.)"""
     s, sink = session()
-    await s.on_server_event(ready())
+    s.feed(ready())
     sink.take()
-    await s.on_server_event(pb.ServerEvent(text=pb.TextDelta(seq=0, text='[[call clock {"tz": "UTC"}]]')))
+    s.feed(pb.ServerEvent(text=pb.TextDelta(seq=0, text='[[call clock {"tz": "UTC"}]]')))
     assert sink.take() == []  # no second parser: text alone is not a call
 
-    await s.on_server_event(pb.ServerEvent(agent=queued("m1", "clock", '{"tz": "Europe/Paris"}')))
+    s.feed(pb.ServerEvent(agent=queued("m1", "clock", '{"tz": "Europe/Paris"}')))
     got = sink.take()
     args = [e for e in got if e["type"].startswith("response.function_call_arguments.")]
     assert [(e["type"], e.get("delta", e.get("arguments"))) for e in args] == [
@@ -196,13 +187,13 @@ async def test_function_call_arguments_come_from_the_engines_event() -> None:
     ]
     assert got[-1]["response"]["output"][0]["arguments"] == '{"tz": "Europe/Paris"}'
     running = pb.AgentEvent(job_id="m1", tool="clock", state=pb.RUNNING)  # no arguments after the first event
-    await s.on_server_event(pb.ServerEvent(agent=running))
+    s.feed(pb.ServerEvent(agent=running))
     assert sink.take() == []
 
     refused = pb.AgentEvent(
         job_id="m2", tool="teleport", state=pb.FAILED, detail="unknown tool 'teleport'", arguments_json='{"to": "x"}'
     )
-    await s.on_server_event(pb.ServerEvent(agent=refused))
+    s.feed(pb.ServerEvent(agent=refused))
     got = sink.take()
     assert [e["type"] for e in got] == [
         "response.created",
@@ -220,13 +211,25 @@ async def test_function_call_arguments_come_from_the_engines_event() -> None:
     }
 
 
-async def test_backchannel_is_a_short_response_and_the_user_keeps_the_floor() -> None:
+def test_backchannel_is_a_short_response_and_the_user_keeps_the_floor() -> None:
     s, sink = session()
-    await s.on_server_event(ready())
+    s.feed(ready())
     sink.take()
-    await s.on_server_event(audio(0, [LISTEN, pb.FLOOR_BACKCHANNEL, pb.FLOOR_BACKCHANNEL, LISTEN, LISTEN], loud=True))
-    await s.on_server_event(audio(1, [LISTEN] * 5, loud=False))
+    s.feed(audio(0, [LISTEN, pb.FLOOR_BACKCHANNEL, pb.FLOOR_BACKCHANNEL, LISTEN, LISTEN], loud=True))
+    s.feed(audio(1, [LISTEN] * 5, loud=False))
     kinds = [e["type"] for e in sink.events]
     assert "input_audio_buffer.speech_stopped" not in kinds
     assert kinds.count("response.output_audio.delta") == 2 and kinds[-1] == "response.done"
     assert sink.events[-1]["response"]["metadata"]["duplex_kind"] == "backchannel"
+
+
+def test_a_response_open_when_the_conversation_ends_is_incomplete_or_failed() -> None:
+    for failed, status in ((False, "incomplete"), (True, "failed")):
+        s, sink = session()
+        s.feed(ready())
+        s.feed(audio(0, [SPEAK] * 5, loud=True))
+        sink.take()
+        got = s.translator.end(failed=failed)
+        assert [e["type"] for e in got][-1] == "response.done"
+        assert got[-1]["response"]["status"] == status and got[-1]["response"]["output"][0]["status"] == "incomplete"
+        assert s.translator.end(failed=failed) == []  # nothing is open any more

@@ -48,7 +48,7 @@ def test_bootstrap_validates_with_the_real_binary(tmp_path: Path) -> None:
     assert not [p for p in eds.parent.iterdir() if p != eds]  # written aside, renamed into place
     config = tmp_path / "envoy.json"
     for realtime in ("", "127.0.0.1:10"):  # with and without the Realtime listener
-        cfg = EnvoyConfig(picker="127.0.0.1:9", eds_path=eds, realtime=realtime)
+        cfg = EnvoyConfig(picker="127.0.0.1:9", eds_path=eds, realtime=realtime, realtime_eds_path=eds)
         config.write_text(json.dumps(bootstrap(cfg)))
         r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-2000:]

@@ -4,16 +4,18 @@ the model's playback at once.
 The tiny model cannot be made to yield on demand (tests/realtime/test_translation.py says the same), so the
 one scripted part is the engine's floor decision: a ``Converse`` servicer that talks from the first chunk (a
 tone, ``FLOOR_SPEAK``) and, at the first loud input chunk, yields as the engine does (``FLOOR_YIELD`` in that
-chunk, then ``USER_BARGE_IN`` with the truncation point) and is silent from then on. Everything between it and
-the browser is real: the gateway (routing, relay, the Realtime endpoint's translation into ``response.done``
-cancelled and ``speech_started``), the page served by it, Debian's Chromium with a WAV as its microphone — 1.5 s
-of silence, then espeak-ng speech — and the page's own capture and playback. The page exposes each cut in
-``window.duplexStats.cuts``."""
+chunk, then ``USER_BARGE_IN`` with the truncation point) and is silent from then on, in place of the engine's
+session path (``open_conversation``). Everything between it and the browser is real: the engine's Realtime
+endpoint (the translation into ``response.done`` cancelled and ``speech_started``), the session picker (which
+places the WebSocket and serves the page), Envoy in front of both, Debian's Chromium with a WAV as its
+microphone — 1.5 s of silence, then espeak-ng speech — and the page's own capture and playback. The page
+exposes each cut in ``window.duplexStats.cuts``."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,14 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from playwright.sync_api import sync_playwright
-from serving.conftest import LoopThread, wait_serving
+from prometheus_client import CollectorRegistry
+from realtime.envoy_child import EnvoyChild
+from serving.conftest import LoopThread
 
 from duplex.model.audio_io import read_wav, write_wav
-from duplex.serving.gateway.server import GatewayServer
+from duplex.serving.envoy.config import EnvoyConfig
+from duplex.serving.picker.server import PickerServer
+from duplex.serving.realtime.endpoint import RealtimeEndpoint
 from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 from duplex.v1 import duplex_pb2_grpc as pb_grpc
@@ -42,17 +48,36 @@ SILENCE_S = 1.5
 CUT_DEADLINE_MS = 60_000  # the page's first cut, on a shared 2-core machine (a deadline, not a figure)
 
 
-class YieldingEngine(pb_grpc.DuplexServicer, pb_grpc.ReplicaServicer):
-    """Speaks from the first chunk until the user's first loud chunk, then yields and stays silent."""
+class YieldingEngine(pb_grpc.ReplicaServicer):
+    """Speaks from the first chunk until the user's first loud chunk, then yields and stays silent. It reports
+    its load over gRPC (for the picker) and runs conversations for its Realtime endpoint
+    (``realtime.host.ConversationHost``)."""
+
+    model_name = "scripted"
+    draining = False
 
     def __init__(self) -> None:
         self.sessions = 0
         self.barge_ins = 0
+        self.http_port = 0
 
     async def GetLoad(self, request: pb.LoadRequest, context: Any) -> pb.ReplicaLoad:
-        return pb.ReplicaLoad(active_sessions=self.sessions, capacity=4, model="scripted", chunk_ms=CHUNK_MS)
+        return pb.ReplicaLoad(
+            active_sessions=self.sessions, capacity=4, model="scripted", chunk_ms=CHUNK_MS, http_port=self.http_port
+        )
 
-    async def Converse(self, requests: AsyncIterator[pb.ClientEvent], context: Any) -> AsyncIterator[pb.ServerEvent]:
+    async def open_conversation(
+        self, first: pb.ClientEvent, rest: AsyncIterator[pb.ClientEvent], metadata: dict[str, str]
+    ) -> AsyncGenerator[pb.ServerEvent, None]:
+        async def events() -> AsyncIterator[pb.ClientEvent]:
+            yield first
+            async for ev in rest:
+                yield ev
+
+        async for out in self.converse(events()):
+            yield out
+
+    async def converse(self, requests: AsyncIterator[pb.ClientEvent]) -> AsyncIterator[pb.ServerEvent]:
         fmt = pb.AudioFormat(sample_rate=RATE, channels=1, encoding=pb.PCM16_LE)
         voice = (np.sin(2 * np.pi * 440 * np.arange(CHUNK) / RATE) * 8000).astype("<i2").tobytes()
         speaking = True
@@ -110,7 +135,6 @@ class YieldingEngine(pb_grpc.DuplexServicer, pb_grpc.ReplicaServicer):
 @dataclass
 class Stack:
     engine: YieldingEngine
-    gateway: GatewayServer
     page_url: str
 
 
@@ -118,36 +142,47 @@ class Stack:
 def stack() -> Iterator[Stack]:
     lt = LoopThread()
     engine = YieldingEngine()
+    endpoint = RealtimeEndpoint(engine, CollectorRegistry(), 1 << 20)
 
-    async def up() -> tuple[grpc.aio.Server, GatewayServer]:
+    async def up() -> tuple[grpc.aio.Server, PickerServer]:
         server = grpc.aio.server()
-        pb_grpc.add_DuplexServicer_to_server(engine, server)
         pb_grpc.add_ReplicaServicer_to_server(engine, server)
         checks = health.aio.HealthServicer()
         await checks.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(checks, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
+        engine.http_port = await endpoint.start("127.0.0.1", 0)
         spec = GatewaySpec(
-            host="127.0.0.1",
-            metrics_port=0,
-            engines=[f"127.0.0.1:{port}"],
-            open_access=True,
-            health_interval_s=0.2,
-            drain_grace_s=1.0,
+            host="127.0.0.1", metrics_port=0, engines=[f"127.0.0.1:{port}"], open_access=True, health_interval_s=0.2
         )
-        gateway = GatewayServer(spec, bind_port=0, http_bind_port=0)
-        await gateway.start()
-        return server, gateway
+        picker = PickerServer(spec, http_bind_port=0)
+        await picker.start()
 
-    server, gateway = lt.run(up(), timeout=60)
+        async def reported() -> None:  # the picker knows the engine's WebSocket port
+            while not all(r.healthy and r.http_port for r in picker.picker.router.replicas):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(reported(), 30)
+        return server, picker
+
+    server, picker = lt.run(up(), timeout=60)
+    envoy = None
     try:
-        wait_serving(f"127.0.0.1:{gateway.port}")
-        yield Stack(engine, gateway, f"http://127.0.0.1:{gateway.http_port}/")
+        cfg = EnvoyConfig(
+            picker=f"127.0.0.1:{picker.port}", eds_path=Path("x"), port=0, realtime=f"127.0.0.1:{picker.http_port}"
+        )
+        grpc_addr = f"127.0.0.1:{picker.spec.engines[0].rpartition(':')[2]}"
+        envoy = EnvoyChild(cfg, [grpc_addr], [f"127.0.0.1:{engine.http_port}"])
+        envoy.start()
+        yield Stack(engine, f"http://127.0.0.1:{envoy.realtime_port}/")
     finally:
+        if envoy is not None:
+            envoy.stop()
 
         async def down() -> None:
-            await gateway.stop(0.5)
+            await endpoint.stop()
+            await picker.stop(0.5)
             await server.stop(0.5)
 
         lt.run(down())
