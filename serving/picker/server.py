@@ -152,10 +152,14 @@ class PickerServer:
     """The picker's gRPC server on ``spec.host``:``bind_port`` (0 = any free port), metrics on
     ``spec.metrics_port``."""
 
-    def __init__(self, spec: GatewaySpec, bind_port: int = 0, placements: Placements | None = None) -> None:
+    def __init__(
+        self, spec: GatewaySpec, bind_port: int = 0, placements: Placements | None = None, bind_host: str = ""
+    ) -> None:
         if not spec.engines:
             raise ValueError("picker: no engines configured (engines: [HOST:PORT, ...])")
         self.spec, self.bind_port = spec, bind_port
+        self.bind_host = bind_host or spec.host
+        """Address of the gRPC server (default ``spec.host``; Envoy's pod partner binds loopback only)."""
         self.metrics = PickerMetrics()
         self.picker = Picker(
             spec, KeyRing.from_file(spec.api_keys_file, spec.open_access), placements or Placements(), self.metrics
@@ -176,17 +180,17 @@ class PickerServer:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(AUTHZ_SERVICE, {"Check": check}),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
-            self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
+            self.port = server.add_insecure_port(f"{self.bind_host}:{self.bind_port}")
         except RuntimeError:  # grpc's "Failed to bind"
             self.port = 0
         if not self.port:
-            raise OSError(f"picker: cannot bind {self.spec.host}:{self.bind_port}")
+            raise OSError(f"picker: cannot bind {self.bind_host}:{self.bind_port}")
         await self.picker.router.start()
         await server.start()
         self._server = server
         self._metrics = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
-        log.info("picker on %s:%d → %s", self.spec.host, self.port, ", ".join(self.spec.engines))
+        log.info("picker on %s:%d → %s", self.bind_host, self.port, ", ".join(self.spec.engines))
         return self.port
 
     async def _track_health(self) -> None:
