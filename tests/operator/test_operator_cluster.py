@@ -447,7 +447,7 @@ def test_operator_restart_creates_no_duplicates(kube: Kube, namespace: str, dupl
         for o in kube.list_children(av, k, namespace, "rs")
     }
     changed = {key for key in uids if uids[key] != after.get(key)}
-    assert changed == {("apps/v1", "Deployment", "rs-gateway")}
+    assert changed == {("apps/v1", "Deployment", "rs-front")}
     assert len(pods(kube, namespace, "duplex.ai/replica=0")) == 2
 
 
