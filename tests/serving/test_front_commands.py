@@ -21,8 +21,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tlscerts import Certs, ClientCert, ca_and_key, client_cert, make_certs
 
 from duplex.serving import client
+from duplex.serving.envoy.cli import envoy_config
+from duplex.serving.envoy.config import bootstrap
+from duplex.serving.envoy.eds import write_endpoints, write_if_absent
+from duplex.serving.envoy.process import envoy_binary
 from duplex.serving.gateway.auth import key_line
 from duplex.serving.ports import free_port
+from duplex.serving.spec import GatewaySpec
 
 from .conftest import tone
 from .test_cli import DUPLEX, Proc
@@ -225,3 +230,37 @@ def test_bad_input_exits_2_naming_it(tmp_path: Path, args: list[str], message: s
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert f"duplex {argv[0]}: " in r.stderr and message.replace("{d}", str(tmp_path)) in r.stderr, r.stderr
     assert not (tmp_path / "e.json").exists()  # nothing written, nothing started
+
+
+def test_tls_bootstrap_with_the_realtime_listener_validates(tmp_path: Path) -> None:
+    """With ``--realtime`` both listeners end TLS and require the client CA's certificates; the real binary
+    accepts the bootstrap (``--mode validate``)."""
+    certs = make_certs(tmp_path)
+    (tmp_path / "eds").mkdir()
+    spec = GatewaySpec(
+        host="127.0.0.1",
+        open_access=True,
+        http_port=8088,
+        tls_cert_file=str(certs.cert),
+        tls_key_file=str(certs.key),
+        client_ca_file=str(certs.ca),
+    )
+    cfg = envoy_config(spec, "127.0.0.1:9095", tmp_path / "eds" / "engines.json", realtime="127.0.0.1:9097")
+    config = bootstrap(cfg)
+    listeners = {item["name"]: item for item in config["static_resources"]["listeners"]}
+    assert listeners["realtime"]["address"]["socket_address"]["port_value"] == 8088
+    for listener, alpn in (("duplex", ["h2"]), ("realtime", ["http/1.1"])):
+        (chain,) = listeners[listener]["filter_chains"]
+        tls = chain["transport_socket"]["typed_config"]
+        assert tls["require_client_certificate"] is True
+        assert tls["common_tls_context"]["alpn_protocols"] == alpn
+        assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == str(certs.ca)
+    # Envoy refuses to start on a missing endpoint file: `duplex envoy` puts an empty one there, never over one
+    assert write_if_absent(cfg.eds_path) is True
+    write_endpoints(cfg.eds_path, ["127.0.0.1:7070"], 1)
+    assert write_if_absent(cfg.eds_path) is False
+    assert json.loads(cfg.eds_path.read_text())["version_info"] == "1"
+    path = tmp_path / "envoy.json"
+    path.write_text(json.dumps(config))
+    r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
