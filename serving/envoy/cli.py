@@ -1,13 +1,14 @@
 """``duplex envoy``: Envoy's bootstrap from the gateway's spec (listener port, TLS, mutual TLS), the session
 picker's address and the engines' endpoint file, then the Envoy binary itself in this process (``exec``: it
-gets the signals; SIGTERM stops it). The picker writes the endpoint file; until it has, Envoy starts with an
-empty one and routes nowhere."""
+gets the signals; SIGTERM stops it). The picker writes the endpoint file (Envoy refuses to start without it):
+``duplex envoy`` waits for it, so the two may start in either order."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import typer
@@ -47,6 +48,17 @@ def envoy_config(
     )
 
 
+def wait_for_file(path: Path, deadline_s: float, poll_s: float = 0.1) -> None:
+    """Return once ``path`` exists; OSError naming it after ``deadline_s``."""
+    end = time.monotonic() + deadline_s
+    while not path.exists():
+        if time.monotonic() >= end:
+            raise OSError(
+                f"--eds-path {str(path)!r}: no endpoint file after {deadline_s:g} s (duplex picker writes it)"
+            )
+        time.sleep(poll_s)
+
+
 def envoy(
     config: Path | None = typer.Option(None, help='JSON {"gateway": GatewaySpec}'),
     set_: list[str] = typer.Option([], "--set", help="Override a field: gateway.port=8443"),
@@ -58,6 +70,9 @@ def envoy(
         "", help="IP:PORT of the Realtime WebSocket endpoint to proxy on gateway.http_port (default: none)"
     ),
     bootstrap_path: Path | None = typer.Option(None, help="Where to write the bootstrap (default: a temp dir)"),
+    eds_wait_s: float = typer.Option(
+        120.0, min=0.0, help="Longest wait for the picker's endpoint file before giving up (exit 2)"
+    ),
     log_level: str = typer.Option("warning", help="Envoy's log level"),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
 ) -> None:
@@ -65,7 +80,6 @@ def envoy(
     session picker and carried to the engine it names (docs/envoy.md)."""
     from ..cli import load_command_config
     from .config import bootstrap
-    from .eds import write_if_absent
     from .process import envoy_binary
 
     if help_spec:
@@ -80,7 +94,7 @@ def envoy(
     try:
         cfg = envoy_config(spec, picker, eds_path, port, realtime)
         binary = envoy_binary()
-        write_if_absent(cfg.eds_path)
+        wait_for_file(cfg.eds_path, eds_wait_s)
         path = bootstrap_path or Path(tempfile.mkdtemp(prefix="duplex-envoy-")) / "envoy.json"
         path.write_text(json.dumps(bootstrap(cfg)))
     except (ValueError, OSError) as e:

@@ -50,19 +50,6 @@ def write_endpoints(path: Path, addresses: list[str], version: int, cluster: str
         raise
 
 
-def write_if_absent(path: Path, cluster: str = ENGINES_CLUSTER) -> bool:
-    """An empty endpoint list at ``path`` unless a file is there already (atomic: a list the picker renames in
-    at the same moment is never overwritten). True when it wrote one."""
-    tmp = _write(path, endpoints([], "0", cluster))
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 class EndpointFiles:
     """The EDS files one process writes: a path per cluster name (``ENGINES_CLUSTER`` first; another cluster,
     such as the engines' Realtime ports, is one more entry), each with its own version count."""

@@ -23,7 +23,7 @@ from tlscerts import Certs, ClientCert, ca_and_key, client_cert, make_certs
 from duplex.serving import client
 from duplex.serving.envoy.cli import envoy_config
 from duplex.serving.envoy.config import bootstrap
-from duplex.serving.envoy.eds import write_endpoints, write_if_absent
+from duplex.serving.envoy.eds import write_endpoints
 from duplex.serving.envoy.process import envoy_binary
 from duplex.serving.gateway.auth import key_line
 from duplex.serving.ports import free_port
@@ -220,6 +220,7 @@ def test_mutual_tls_ends_in_envoy_and_needs_a_certificate_of_the_client_ca(pod: 
         (["envoy", "--eds-path", "{d}/e.json", "--set", "gateway.client_ca_file={d}/x"], "needs tls_cert_file"),
         (["envoy", "--eds-path", "{d}/e.json", "--set", "gateway.port=99999"], "gateway.port: Input should be"),
         (["envoy", "--eds-path", "{d}/e.json", "--realtime", "127.0.0.1:1"], "--realtime needs gateway.http_port"),
+        (["envoy", "--eds-path", "{d}/e.json", "--eds-wait-s", "0"], "'{d}/e.json': no endpoint file after 0 s"),
     ],
 )
 def test_bad_input_exits_2_naming_it(tmp_path: Path, args: list[str], message: str) -> None:
@@ -255,11 +256,7 @@ def test_tls_bootstrap_with_the_realtime_listener_validates(tmp_path: Path) -> N
         assert tls["require_client_certificate"] is True
         assert tls["common_tls_context"]["alpn_protocols"] == alpn
         assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == str(certs.ca)
-    # Envoy refuses to start on a missing endpoint file: `duplex envoy` puts an empty one there, never over one
-    assert write_if_absent(cfg.eds_path) is True
-    write_endpoints(cfg.eds_path, ["127.0.0.1:7070"], 1)
-    assert write_if_absent(cfg.eds_path) is False
-    assert json.loads(cfg.eds_path.read_text())["version_info"] == "1"
+    write_endpoints(cfg.eds_path, ["127.0.0.1:7070"], 1)  # Envoy refuses to start on a missing endpoint file
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))
     r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
