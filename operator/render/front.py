@@ -23,8 +23,6 @@ EDS_DIR = "/var/run/duplex/eds"
 EDS_PATH = f"{EDS_DIR}/engines.json"
 """The engines' endpoint file (written by the picker, watched by Envoy)."""
 EDS_SIZE_LIMIT = "16Mi"
-ENVOY_CONCURRENCY = 2
-"""Envoy's worker threads in a front pod (its CPU limit is 2)."""
 REALTIME_PORT = 9097
 """Loopback port of the Realtime gateway in a front pod (Envoy's Realtime listener proxies to it)."""
 REALTIME_GRPC_PORT = 9096
@@ -76,7 +74,7 @@ def envoy_container(ref: ModelRef, resolved: Resolved) -> dict[str, Any]:
     if gw.client_ca_secret:  # mutual TLS: configmap.py points client_ca_file at ca.crt here
         mounts.append(secret_volume("client-ca", gw.client_ca_secret, CLIENT_CA_DIR)[1])
     args = ["envoy", "--config", f"{CONFIG_DIR}/gateway.json", "--eds-path", EDS_PATH, "--picker", PICKER]
-    args += ["--concurrency", str(ENVOY_CONCURRENCY), "--bootstrap-path", "/tmp/envoy.json"]
+    args += ["--bootstrap-path", "/tmp/envoy.json"]  # worker threads: gateway.envoy_concurrency
     ports = [{"name": "grpc", "containerPort": gw.port, "protocol": "TCP"}]
     if gw.http_port:  # the Realtime WebSocket endpoint and page (docs/realtime.md)
         args += ["--realtime", f"127.0.0.1:{REALTIME_PORT}"]

@@ -65,7 +65,9 @@ def envoy(
     picker: str = typer.Option("127.0.0.1:9095", help="IP:PORT of the session picker (duplex picker)"),
     eds_path: Path = typer.Option(Path(), help="Endpoint file of the engines cluster (the picker writes it)"),
     port: int | None = typer.Option(None, min=0, max=65535, help="Listener port (overrides gateway.port)"),
-    concurrency: int = typer.Option(2, min=1, max=256, help="Envoy worker threads"),
+    concurrency: int | None = typer.Option(
+        None, min=1, max=64, help="Envoy worker threads (overrides gateway.envoy_concurrency)"
+    ),
     realtime: str = typer.Option(
         "", help="IP:PORT of the Realtime WebSocket endpoint to proxy on gateway.http_port (default: none)"
     ),
@@ -102,5 +104,6 @@ def envoy(
         raise typer.Exit(2) from None
     tls = " (mutual TLS)" if cfg.client_ca_file else " (TLS)" if cfg.tls_cert_file else ""
     typer.echo(f"duplex envoy: listening on {cfg.host}:{cfg.port}{tls}; picker {picker}; endpoints {eds_path}")
-    command = [binary, "-c", str(path), "--disable-hot-restart", "--concurrency", str(concurrency)]
+    threads = spec.envoy_concurrency if concurrency is None else concurrency
+    command = [binary, "-c", str(path), "--disable-hot-restart", "--concurrency", str(threads)]
     os.execv(binary, [*command, "--log-level", log_level])

@@ -230,6 +230,10 @@ def test_front_pod_auth_tls_and_engine_addresses() -> None:
     assert envoy["args"][envoy["args"].index("--picker") + 1] == "127.0.0.1:9095"
     assert picker["args"][picker["args"].index("--bind") + 1] == "127.0.0.1"  # Envoy asks it over loopback
     assert "env" not in envoy  # Envoy gets no engine address but from the picker's file
+    # its worker threads come from the spec, through gateway.json (no flag overrides them)
+    assert "--concurrency" not in envoy["args"]
+    threads = render({"gateway": {"envoyConcurrency": 4}})
+    assert json.loads(by_kind(threads, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]["envoy_concurrency"] == 4
     c = picker
     gateway_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert gateway_json["api_keys_file"] == "/etc/duplex/auth/keys" and gateway_json["open_access"] is False
