@@ -37,7 +37,7 @@ def dockerfile() -> list[tuple[str, str]]:
 
 
 def rendered_containers() -> list[dict[str, Any]]:
-    """Every duplex container the operator renders (engine, gateway, agent) for a model running them all."""
+    """Every duplex container the operator renders (engine, envoy, picker, agent) for a model running them all."""
     manifests = render_children(
         ModelRef(name="talk", namespace="prod", uid=""),
         resolve(parse_spec({"engine": {"shards": 2}, "agent": {"workers": 1}})),
@@ -86,7 +86,7 @@ def test_dockerfile_starts_from_the_public_slim_bookworm_python() -> None:
 def test_image_entrypoint_is_the_command_the_operator_renders() -> None:
     (entrypoint,) = [args for word, args in dockerfile() if word == "ENTRYPOINT"]
     containers = rendered_containers()
-    assert {c["name"] for c in containers} >= {"engine", "gateway", "agent"}
+    assert {c["name"] for c in containers} >= {"engine", "envoy", "picker", "agent"}
     for container in containers:
         assert container["command"] == json.loads(entrypoint), container["name"]
     # the chart's operator Deployment starts the same command from the same image
