@@ -61,8 +61,9 @@ class ModelRef:
         return f"{self.name}-engine-{replica}-leader"
 
     @property
-    def gateway(self) -> str:
-        return f"{self.name}-gateway"
+    def front(self) -> str:
+        """Deployment of the front pods: Envoy and the session picker (docs/operator.md)."""
+        return f"{self.name}-front"
 
     @property
     def endpoint_service(self) -> str:
@@ -82,8 +83,8 @@ class ModelRef:
         return f"{self.name}-engine"
 
     @property
-    def gateway_pdb(self) -> str:
-        return f"{self.name}-gateway"
+    def front_pdb(self) -> str:
+        return f"{self.name}-front"
 
     def network_policy(self, component: str) -> str:
         """The ingress NetworkPolicy of one component's pods (``spec.networkPolicy``)."""

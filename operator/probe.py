@@ -10,6 +10,8 @@ Kubernetes 1.20 kubelets have no ``grpc:`` probe, so the gRPC health checks run 
   ``$HOSTNAME``, which the container runtime sets, else the host name). Rank 0: ``ready`` = gRPC health
   SERVING, ``live`` = its gRPC port accepts connections. Ranks > 0 serve no gRPC: both = their ``/metrics``
   answers (with metrics off there is nothing the rank serves; it passes while it runs).
+- ``tcp HOST:PORT``: the address accepts connections (a process listening on the pod's loopback only, which a
+  ``tcpSocket`` probe cannot reach).
 - ``process``: PID 1 is running, not a zombie or stopped (pods that serve nothing to ask).
 """
 
@@ -96,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("mode", choices=["live", "ready"])
     e.add_argument("--port", type=int, required=True, help="rank 0's gRPC port")
     e.add_argument("--metrics-port", type=int, default=0, help="the ranks' /metrics port (0 = off)")
+    t = sub.add_parser("tcp", help="HOST:PORT accepts connections")
+    t.add_argument("address", help="HOST:PORT")
     sub.add_parser("process", help="PID 1 is neither a zombie nor stopped")
     return p
 
@@ -105,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.check == "grpc-health":
             grpc_health(args.address)
+        elif args.check == "tcp":
+            host, _, port = args.address.rpartition(":")
+            tcp_accepts(host, int(port))
         elif args.check == "engine":
             engine(args.mode, args.port, args.metrics_port)
         else:

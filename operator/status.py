@@ -83,7 +83,7 @@ class DuplexModelStatus(_Status):
     shard_plan: ShardPlanStatus | None = None
     """The shard split in use."""
     endpoint: str = ""
-    """Where clients connect (gateway Service)."""
+    """Where clients connect (the public Service in front of Envoy)."""
     measured_turn_taking_p50_s: float | None = None
     """Last measured turn-taking p50 in seconds (written by ``duplex loadtest``), when known."""
 
@@ -240,7 +240,7 @@ def _engine_progress(ref: ModelRef, resolved: Resolved, observed: Observed, prog
 
 def _deployment_progress(ref: ModelRef, resolved: Resolved, observed: Observed, progress: _Progress) -> None:
     spec = resolved.spec
-    wanted = {ref.gateway: spec.gateway.replicas}
+    wanted = {ref.front: spec.gateway.replicas}
     if spec.agent.workers > 0:
         wanted[ref.agent] = spec.agent.workers
         if spec.agent.redis.managed:

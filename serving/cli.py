@@ -41,6 +41,8 @@ CONFIG_SECTIONS: dict[str, dict[str, type[BaseModel]]] = {
     "engine": {"engine": EngineSpec, "model": ModelSource},
     "gateway": {"gateway": GatewaySpec},
     "agent": {"agent": AgentSpec},
+    "picker": {"gateway": GatewaySpec},
+    "envoy": {"gateway": GatewaySpec},
 }
 """Sections each command reads from ``--config`` and ``--set`` (the operator's ConfigMap holds only these)."""
 
@@ -621,6 +623,11 @@ def register(app: typer.Typer) -> None:
     app.command("engine")(engine)
     app.command("gateway")(gateway)
     app.command("up")(up)
+    from .envoy.cli import envoy
+    from .picker.cli import picker
+
+    app.command("picker")(picker)
+    app.command("envoy")(envoy)
     app.command("talk")(talk)
     from .kserve.cli import kserve  # its SDK is imported only when the command runs
 

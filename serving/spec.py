@@ -152,6 +152,8 @@ class GatewaySpec(_Spec):
     client_ca_file: str | None = None
     """PEM CA bundle of client certificates: when set (with ``tls_cert_file``/``tls_key_file``), the gateway
     requires mutual TLS and refuses clients without a certificate that this CA signed. API keys still apply."""
+    envoy_concurrency: int = Field(2, ge=1, le=64)
+    """Worker threads of Envoy in each front pod (``duplex envoy``; its container's CPU limit is 2)."""
     key_max_sessions: int = Field(0, ge=0)
     """Concurrent conversations one API key may hold on this gateway replica (0 = no limit); beyond it
     RESOURCE_EXHAUSTED with ``retry-after-ms``."""

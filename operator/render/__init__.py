@@ -10,11 +10,12 @@ from ..children import ApiVersions
 from ..naming import ModelRef
 from ..resolve import Resolved
 from .agent import agent_deployment
-from .autoscaling import engine_pdb, gateway_pdb, hpa
+from .autoscaling import engine_pdb, front_pdb, hpa
 from .common import Manifest
 from .configmap import config_hash, engine_config_map
 from .engine import engine_headless_service, engine_leader_service, engine_statefulset
-from .gateway import gateway_deployment, gateway_service
+from .front import front_deployment
+from .gateway import gateway_service
 from .network import network_policies
 from .redis import redis_deployment, redis_service, wants_managed_redis
 
@@ -33,12 +34,12 @@ def render_children(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> lis
     if wants_managed_redis(spec):
         out.append(redis_deployment(ref, spec))
     out += [engine_statefulset(ref, resolved, i, digest) for i in range(spec.replicas)]
-    out.append(gateway_deployment(ref, resolved, digest))
+    out.append(front_deployment(ref, resolved, digest))
     if spec.agent.workers > 0:
         out.append(agent_deployment(ref, spec, digest))
     out.append(engine_pdb(ref, apis))
     if spec.gateway.replicas > 1:
-        out.append(gateway_pdb(ref, apis))
+        out.append(front_pdb(ref, apis))
     if spec.autoscaling.enabled:
         out.append(hpa(ref, resolved, apis))
     if spec.network_policy.enabled:

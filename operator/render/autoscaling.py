@@ -35,8 +35,9 @@ def engine_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
     return _pdb(ref, apis, ref.engine_pdb, "engine", {"maxUnavailable": 1})
 
 
-def gateway_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
-    return _pdb(ref, apis, ref.gateway_pdb, "gateway", {"minAvailable": 1})
+def front_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
+    """At least one front pod (Envoy and the picker) through a voluntary eviction."""
+    return _pdb(ref, apis, ref.front_pdb, "front", {"minAvailable": 1})
 
 
 def _quantity(value: float) -> str:

@@ -1,5 +1,6 @@
 """The ConfigMap every process of a model reads: ``engine.json`` (``duplex engine --config``),
-``gateway.json`` (``duplex gateway --config``) and, with agent workers, ``agent.json``. Each file holds only
+``gateway.json`` (``duplex picker`` and ``duplex envoy --config``), with ``gateway.httpPort`` ``realtime.json``
+(the loopback Realtime gateway of the front pod) and, with agent workers, ``agent.json``. Each file holds only
 sections its command loads (``duplex.serving.cli.CONFIG_SECTIONS``)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 from ..naming import CONFIG_DIR, ModelRef, agent_stream_prefix
 from ..resolve import Resolved
 from .common import Manifest
+from .front import realtime_config
 from .gateway import CLIENT_CA_DIR, TLS_DIR
 
 
@@ -27,19 +29,21 @@ def engine_config_map(ref: ModelRef, resolved: Resolved) -> Manifest:
     spec = resolved.spec
     gateway = spec.gateway.model_dump(mode="json")
     if spec.gateway.auth_secret:
-        gateway["api_keys_file"] = f"{CONFIG_DIR}/auth/keys"  # where gateway.py mounts the Secret
+        gateway["api_keys_file"] = f"{CONFIG_DIR}/auth/keys"  # where front.py mounts the Secret
     else:
         gateway["open_access"] = True  # no auth Secret: the documented "open, for local use" mode
     if spec.gateway.tls_secret:
-        gateway["tls_cert_file"] = f"{TLS_DIR}/tls.crt"  # where gateway.py mounts the Secret
+        gateway["tls_cert_file"] = f"{TLS_DIR}/tls.crt"  # where front.py mounts the Secret
         gateway["tls_key_file"] = f"{TLS_DIR}/tls.key"
     if spec.gateway.client_ca_secret:
-        gateway["client_ca_file"] = f"{CLIENT_CA_DIR}/ca.crt"  # where gateway.py mounts the Secret
+        gateway["client_ca_file"] = f"{CLIENT_CA_DIR}/ca.crt"  # where front.py mounts the Secret
     prefix = agent_stream_prefix(ref)  # one model's engines and workers meet on the same keys, no other model's
     data: dict[str, dict[str, object]] = {
         "engine.json": engine_config(resolved, prefix),
         "gateway.json": {"gateway": gateway},
     }
+    if spec.gateway.http_port:
+        data["realtime.json"] = {"gateway": realtime_config(gateway)}
     if spec.agent.workers > 0:
         data["agent.json"] = {"agent": {**spec.agent.model_dump(mode="json"), "stream_prefix": prefix}}
     return {

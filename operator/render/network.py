@@ -1,9 +1,10 @@
 """Optional ingress NetworkPolicies (``spec.networkPolicy.enabled``), one per component.
 
-- gateway: its public ports (gRPC, and the Realtime HTTP port when set) from anywhere (clients, ingress
-  controllers, load balancers);
-- engines (every port: gRPC, rendezvous, metrics), managed Redis and agent workers: only from this model's
-  own pods (``duplex.ai/model=<name>``), i.e. the gateway and the engines, agents and Redis beside them;
+- front (Envoy and the session picker): its public ports (gRPC, and the Realtime HTTP port when set) from
+  anywhere (clients, ingress controllers, load balancers);
+- engines (every port: gRPC, rendezvous, metrics): only from this model's front pods (Envoy carries every
+  conversation) and its engine pods (the ranks of a shard group talk to each other);
+- managed Redis and agent workers: only from this model's own pods (``duplex.ai/model=<name>``);
 - every metrics port from anywhere, so a Prometheus in any namespace can scrape (narrow it with a site policy
   if the metrics must stay private; NetworkPolicies add up, so a stricter one cannot be expressed by adding).
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..naming import MODEL_LABEL, REDIS_PORT, ModelRef
+from ..naming import COMPONENT_LABEL, MODEL_LABEL, REDIS_PORT, ModelRef
 from ..spec import DuplexModelSpec
 from .common import Manifest
 
@@ -43,16 +44,21 @@ def _from_own_pods(ref: ModelRef) -> dict[str, Any]:
     return {"from": [{"podSelector": {"matchLabels": {MODEL_LABEL: ref.name}}}]}
 
 
+def _from_components(ref: ModelRef, *components: str) -> dict[str, Any]:
+    """Any port, from this model's pods of ``components`` only."""
+    return {"from": [{"podSelector": {"matchLabels": {MODEL_LABEL: ref.name, COMPONENT_LABEL: c}}} for c in components]}
+
+
 def network_policies(ref: ModelRef, spec: DuplexModelSpec, managed_redis: bool) -> list[Manifest]:
-    gateway = [_from_anywhere(spec.gateway.port)]
+    front = [_from_anywhere(spec.gateway.port)]
     if spec.gateway.http_port:  # the Realtime WebSocket endpoint and page
-        gateway.append(_from_anywhere(spec.gateway.http_port))
+        front.append(_from_anywhere(spec.gateway.http_port))
     if spec.gateway.metrics_port:
-        gateway.append(_from_anywhere(spec.gateway.metrics_port))
-    engine = [_from_own_pods(ref)]
+        front.append(_from_anywhere(spec.gateway.metrics_port))
+    engine = [_from_components(ref, "front", "engine")]
     if spec.engine.metrics_port:
         engine.append(_from_anywhere(spec.engine.metrics_port))
-    out = [_policy(ref, "gateway", gateway), _policy(ref, "engine", engine)]
+    out = [_policy(ref, "front", front), _policy(ref, "engine", engine)]
     if spec.agent.workers > 0:
         agent = [_from_own_pods(ref)]
         if spec.agent.metrics_port:

@@ -40,6 +40,7 @@ _MAX_CONNECTIONS = (
 _NODELAY = {"level": 6, "name": 1, "int_value": 1, "state": "STATE_PREBIND"}
 """IPPROTO_TCP (6), TCP_NODELAY (1) = 1."""
 _CLA = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class EnvoyConfig:
     realtime_eds_path: Path | None = None
     """The engines' Realtime WebSocket endpoint file (``eds.write_endpoints`` with ``REALTIME_CLUSTER``);
     needed with ``realtime``."""
+    tls_cert_file: str | None = None
+    """PEM certificate chain: with ``tls_key_file``, the listeners serve TLS (Envoy terminates it)."""
+    tls_key_file: str | None = None
+    client_ca_file: str | None = None
+    """PEM CA bundle: with TLS set, a client must present a certificate this CA signed (mutual TLS)."""
 
 
 def _duration(seconds: float) -> str:
@@ -102,6 +108,31 @@ def _h2_upstream(cfg: EnvoyConfig) -> dict[str, Any]:
             "explicit_http_config": {"http2_protocol_options": _keepalive(cfg)},
         }
     }
+
+
+def _downstream_tls(cfg: EnvoyConfig, alpn: list[str]) -> dict[str, Any]:
+    """The listener's TLS (``transport_socket``), with a required client certificate when ``client_ca_file``."""
+    assert cfg.tls_cert_file and cfg.tls_key_file
+    common: dict[str, Any] = {
+        "tls_certificates": [
+            {"certificate_chain": {"filename": cfg.tls_cert_file}, "private_key": {"filename": cfg.tls_key_file}}
+        ],
+        "alpn_protocols": alpn,
+    }
+    context: dict[str, Any] = {"@type": _TLS, "common_tls_context": common}
+    if cfg.client_ca_file:
+        common["validation_context"] = {"trusted_ca": {"filename": cfg.client_ca_file}}
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def _filter_chain(cfg: EnvoyConfig, hcm: dict[str, Any], alpn: list[str]) -> dict[str, Any]:
+    chain: dict[str, Any] = {
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]
+    }
+    if cfg.tls_cert_file and cfg.tls_key_file:
+        chain["transport_socket"] = _downstream_tls(cfg, alpn)
+    return chain
 
 
 def _ext_authz(cfg: EnvoyConfig) -> dict[str, Any]:
@@ -180,9 +211,7 @@ def _listener(cfg: EnvoyConfig) -> dict[str, Any]:
         # TCP_NODELAY on the listening socket (accepted client connections inherit it): a chunk written to a
         # client is never held back behind an unacknowledged one (Nagle)
         "socket_options": [_NODELAY],
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
-        ],
+        "filter_chains": [_filter_chain(cfg, hcm, ["h2"])],
     }
 
 
@@ -228,9 +257,7 @@ def _realtime_listener(cfg: EnvoyConfig) -> dict[str, Any]:
         "name": REALTIME_LISTENER,
         "address": _socket(cfg.host, cfg.realtime_port),
         "socket_options": [_NODELAY],
-        "filter_chains": [
-            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
-        ],
+        "filter_chains": [_filter_chain(cfg, hcm, ["http/1.1"])],
     }
 
 
@@ -340,7 +367,7 @@ def bootstrap(cfg: EnvoyConfig) -> dict[str, Any]:
 
 
 def endpoints(addresses: list[str], version: str, cluster: str = ENGINES_CLUSTER) -> dict[str, Any]:
-    """The EDS file's content: a DiscoveryResponse with ``cluster``'s endpoints (HOST:PORT each)."""
+    """An EDS file's content: a DiscoveryResponse with ``cluster``'s endpoints (HOST:PORT each)."""
     lb = []
     for addr in addresses:
         host, port = addr.rsplit(":", 1)

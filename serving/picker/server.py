@@ -165,12 +165,15 @@ class PickerServer:
         bind_port: int = 0,
         placements: Placements | None = None,
         http_bind_port: int | None = None,
+        bind_host: str = "",
     ) -> None:
         """``http_bind_port`` overrides ``spec.http_port`` (0 = any free port; without an override a
-        ``spec.http_port`` of 0 means no HTTP app: client secrets, the page's config, the page)."""
+        ``spec.http_port`` of 0 means no HTTP app: client secrets, the page's config, the page); ``bind_host``
+        overrides ``spec.host`` for the gRPC server and the HTTP app (Envoy's pod partner binds loopback only)."""
         if not spec.engines:
             raise ValueError("picker: no engines configured (engines: [HOST:PORT, ...])")
         self.spec, self.bind_port = spec, bind_port
+        self.bind_host = bind_host or spec.host
         self.metrics = PickerMetrics()
         self.picker = Picker(
             spec, KeyRing.from_file(spec.api_keys_file, spec.open_access), placements or Placements(), self.metrics
@@ -195,23 +198,23 @@ class PickerServer:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(AUTHZ_SERVICE, {"Check": check}),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
-            self.port = server.add_insecure_port(f"{self.spec.host}:{self.bind_port}")
+            self.port = server.add_insecure_port(f"{self.bind_host}:{self.bind_port}")
         except RuntimeError:  # grpc's "Failed to bind"
             self.port = 0
         if not self.port:
-            raise OSError(f"picker: cannot bind {self.spec.host}:{self.bind_port}")
+            raise OSError(f"picker: cannot bind {self.bind_host}:{self.bind_port}")
         await self.picker.router.start()
         await server.start()
         self._server = server
         if self.http_bind_port is not None:
             try:
-                self.http_port = await self.http.start(self.spec.host, self.http_bind_port)
+                self.http_port = await self.http.start(self.bind_host, self.http_bind_port)
             except OSError:
                 await self.stop(0)
                 raise
         self._metrics = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
-        log.info("picker on %s:%d → %s", self.spec.host, self.port, ", ".join(self.spec.engines))
+        log.info("picker on %s:%d → %s", self.bind_host, self.port, ", ".join(self.spec.engines))
         return self.port
 
     async def _track_health(self) -> None:

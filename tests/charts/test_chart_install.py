@@ -39,7 +39,7 @@ CHILDREN: list[tuple[str, str, str]] = [
     ("v1", "Service", "tiny-engine-0"),
     ("v1", "Service", "tiny-engine-0-leader"),
     ("apps/v1", "StatefulSet", "tiny-engine-0"),
-    ("apps/v1", "Deployment", "tiny-gateway"),
+    ("apps/v1", "Deployment", "tiny-front"),
     ("policy/v1beta1", "PodDisruptionBudget", "tiny-engine"),
 ]
 INSTALLED: list[tuple[str, str, str, str | None]] = [

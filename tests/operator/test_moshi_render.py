@@ -180,8 +180,8 @@ def test_status_of_a_moshi_replica_on_a_gpu() -> None:
         }
         for i in range(2)
     ]
-    gateway = {**sts[0], "metadata": {"name": "talk-gateway", "generation": 1}}
-    out = compute_status(REF, resolved, observe(sts, [gateway], "talk.prod.svc:8080"), 1, None)
+    front = {**sts[0], "metadata": {"name": "talk-front", "generation": 1}}
+    out = compute_status(REF, resolved, observe(sts, [front], "talk.prod.svc:8080"), 1, None)
     assert {c["type"]: c["status"] for c in out["conditions"]}["Ready"] == "True"
     assert out["shardPlan"]["family"] == "moshi" and out["shardPlan"]["maxSessionsFit"] == 38
 

@@ -65,7 +65,7 @@ def expected_children(name: str, replicas: int, hpa: bool = False, agent: bool =
             + [f"{name}-engine-{i}{s}" for i in range(replicas) for s in ("", "-leader")]
         ),
         "StatefulSet": [f"{name}-engine-{i}" for i in range(replicas)],
-        "Deployment": sorted([f"{name}-gateway", *([f"{name}-agent", f"{name}-redis"] if agent else [])]),
+        "Deployment": sorted([f"{name}-front", *([f"{name}-agent", f"{name}-redis"] if agent else [])]),
         "PodDisruptionBudget": [f"{name}-engine"],
         "HorizontalPodAutoscaler": [name] if hpa else [],
         "NetworkPolicy": [],  # networkPolicy.enabled defaults to false
@@ -195,7 +195,7 @@ def test_network_policies_come_and_go_and_latest_is_degraded(kube: Kube, namespa
     """The API server takes the rendered policies (a Kubernetes 1.20 one here) and the operator prunes them when
     turned off; an unpinned image is refused with Degraded naming the field."""
     create_model(kube, namespace, "np", {"agent": {"workers": 1}, "networkPolicy": {"enabled": True}})
-    expected = ["np-agent", "np-engine", "np-gateway", "np-redis"]
+    expected = ["np-agent", "np-engine", "np-front", "np-redis"]
     wait_until(lambda: network_policies(kube, namespace, "np") == expected, TIMEOUT, "NetworkPolicies")
     patch_model(kube, namespace, "np", {"spec": {"networkPolicy": {"enabled": False}}})
     wait_until(lambda: network_policies(kube, namespace, "np") == [], TIMEOUT, "NetworkPolicies pruned")
@@ -265,7 +265,7 @@ def test_children_ranks_owner_refs_and_ready(kube: Kube, namespace: str) -> None
     m = model(kube, namespace, "talk")
     assert condition(m, "Ready")["status"] == "False"
     assert m["status"]["shardPlan"]["shards"] == 2 and m["status"]["endpoint"] == f"talk.{namespace}.svc:8080"
-    # 2 replicas x 2 ranks + gateway
+    # 2 replicas x 2 ranks + the front pod
     wait_until(lambda: len(pods(kube, namespace, f"{MODEL_LABEL}=talk")) == 5, TIMEOUT, "all pods")
     mark_all_ready(kube, namespace, "talk")
     wait_until(lambda: condition(model(kube, namespace, "talk"), "Ready").get("status") == "True", TIMEOUT, "Ready")
@@ -296,14 +296,14 @@ def test_drift_is_repaired(kube: Kube, namespace: str) -> None:
         "apps/v1",
         "Deployment",
         namespace,
-        "drift-gateway",
-        {"spec": {"template": {"spec": {"containers": [{"name": "gateway", "image": "evil:1"}]}}}},
+        "drift-front",
+        {"spec": {"template": {"spec": {"containers": [{"name": "envoy", "image": "evil:1"}]}}}},
         content_type="application/strategic-merge-patch+json",
     )
 
     def repaired() -> bool:
         sts = kube.get("apps/v1", "StatefulSet", namespace, "drift-engine-0")
-        gw = kube.get("apps/v1", "Deployment", namespace, "drift-gateway")
+        gw = kube.get("apps/v1", "Deployment", namespace, "drift-front")
         assert sts is not None and gw is not None
         image = gw["spec"]["template"]["spec"]["containers"][0]["image"]
         return bool(sts["spec"]["replicas"] == 2 and image == EngineSpec().image)
@@ -358,13 +358,13 @@ def test_a_child_of_every_kind_is_watched(kube: Kube, namespace: str) -> None:
 
     wait_until(recreated, TIMEOUT, "every deleted child re-created")
     # an edit of a NetworkPolicy the operator owns is a change too
-    gateway_policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-gateway")
-    assert gateway_policy is not None
-    rendered_ingress = gateway_policy["spec"]["ingress"]
-    kube.patch("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-gateway", {"spec": {"ingress": []}})
+    front_policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-front")
+    assert front_policy is not None
+    rendered_ingress = front_policy["spec"]["ingress"]
+    kube.patch("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-front", {"spec": {"ingress": []}})
 
     def reverted() -> bool:
-        policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-gateway")
+        policy = kube.get("networking.k8s.io/v1", "NetworkPolicy", namespace, "w-front")
         return policy is not None and policy["spec"].get("ingress") == rendered_ingress
 
     wait_until(reverted, TIMEOUT, "the NetworkPolicy's ingress restored")
@@ -399,11 +399,10 @@ def test_scale_changes_roll(kube: Kube, namespace: str) -> None:
     wait_until(lambda: children(kube, namespace, "sc") == expected_children("sc", 1), TIMEOUT, "children")
     kube.patch(DM, "DuplexModel", namespace, "sc", {"spec": {"replicas": 3}}, subresource="scale")  # as the HPA does
     wait_until(lambda: children(kube, namespace, "sc") == expected_children("sc", 3), TIMEOUT, "scaled up")
-    gw = kube.get("apps/v1", "Deployment", namespace, "sc-gateway")
-    assert gw is not None
-    engines = next(
-        e["value"] for e in gw["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "DUPLEX_ENGINES"
-    )
+    front = kube.get("apps/v1", "Deployment", namespace, "sc-front")
+    assert front is not None
+    (picker,) = [c for c in front["spec"]["template"]["spec"]["containers"] if c["name"] == "picker"]
+    engines = next(e["value"] for e in picker["env"] if e["name"] == "DUPLEX_ENGINES")
     assert engines.count(":7070") == 3
     patch_model(kube, namespace, "sc", {"spec": {"replicas": 1, "engine": {"shards": 4}}})
     wait_until(lambda: children(kube, namespace, "sc") == expected_children("sc", 1), TIMEOUT, "scaled down")
@@ -439,16 +438,16 @@ def test_operator_restart_creates_no_duplicates(kube: Kube, namespace: str, dupl
     }
     duplex_operator.stop()
     # while it is down, a child disappears; the restarted operator must put it back, and only it
-    kube.delete("apps/v1", "Deployment", namespace, "rs-gateway")
+    kube.delete("apps/v1", "Deployment", namespace, "rs-front")
     duplex_operator.start()
-    wait_until(lambda: children(kube, namespace, "rs") == want, TIMEOUT, "gateway restored after restart")
+    wait_until(lambda: children(kube, namespace, "rs") == want, TIMEOUT, "front Deployment restored after restart")
     after = {
         (av, k, o["metadata"]["name"]): o["metadata"]["uid"]
         for av, k in [("v1", "Service"), ("apps/v1", "StatefulSet"), ("apps/v1", "Deployment")]
         for o in kube.list_children(av, k, namespace, "rs")
     }
     changed = {key for key in uids if uids[key] != after.get(key)}
-    assert changed == {("apps/v1", "Deployment", "rs-gateway")}
+    assert changed == {("apps/v1", "Deployment", "rs-front")}
     assert len(pods(kube, namespace, "duplex.ai/replica=0")) == 2
 
 

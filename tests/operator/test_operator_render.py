@@ -209,13 +209,32 @@ def test_version_dependent_kinds_follow_discovery() -> None:
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
 
 
-def test_gateway_auth_tls_and_engine_addresses() -> None:
+def test_front_pod_auth_tls_and_engine_addresses() -> None:
     out = render(SPECS["autoscaled-auth-tls"])
-    dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-gateway")
+    dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-front")
+    assert dep["spec"]["replicas"] == 2
     pod = dep["spec"]["template"]["spec"]
-    c = pod["containers"][0]
-    assert {v["name"] for v in pod["volumes"]} == {"config", "tmp", "auth", "tls"}
-    assert {"name": "tls", "mountPath": "/etc/duplex/tls", "readOnly": True} in c["volumeMounts"]
+    envoy, picker = pod["containers"]
+    assert (envoy["name"], picker["name"]) == ("envoy", "picker")
+    assert {v["name"] for v in pod["volumes"]} == {"config", "tmp", "eds", "auth", "tls"}
+    # TLS ends in Envoy; the API keys are the picker's
+    assert {"name": "tls", "mountPath": "/etc/duplex/tls", "readOnly": True} in envoy["volumeMounts"]
+    assert {"name": "auth", "mountPath": "/etc/duplex/auth", "readOnly": True} in picker["volumeMounts"]
+    assert not {"auth"} & {m["name"] for m in envoy["volumeMounts"]}
+    assert not {"tls"} & {m["name"] for m in picker["volumeMounts"]}
+    # the endpoint file: written by the picker, only read by Envoy, in the emptyDir they share
+    eds = {"name": "eds", "mountPath": "/var/run/duplex/eds"}
+    assert {**eds, "readOnly": False} in picker["volumeMounts"] and {**eds, "readOnly": True} in envoy["volumeMounts"]
+    assert picker["args"][picker["args"].index("--eds-path") + 1] == "/var/run/duplex/eds/engines.json"
+    assert envoy["args"][envoy["args"].index("--eds-path") + 1] == "/var/run/duplex/eds/engines.json"
+    assert envoy["args"][envoy["args"].index("--picker") + 1] == "127.0.0.1:9095"
+    assert picker["args"][picker["args"].index("--bind") + 1] == "127.0.0.1"  # Envoy asks it over loopback
+    assert "env" not in envoy  # Envoy gets no engine address but from the picker's file
+    # its worker threads come from the spec, through gateway.json (no flag overrides them)
+    assert "--concurrency" not in envoy["args"]
+    threads = render({"gateway": {"envoyConcurrency": 4}})
+    assert json.loads(by_kind(threads, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]["envoy_concurrency"] == 4
+    c = picker
     gateway_json = json.loads(by_kind(out, "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert gateway_json["api_keys_file"] == "/etc/duplex/auth/keys" and gateway_json["open_access"] is False
     assert (gateway_json["tls_cert_file"], gateway_json["tls_key_file"]) == (
@@ -231,10 +250,32 @@ def test_gateway_auth_tls_and_engine_addresses() -> None:
     assert svc["spec"]["type"] == "LoadBalancer"
 
 
+def test_realtime_port_runs_the_realtime_gateway_on_the_front_pods_loopback() -> None:
+    out = render({"gateway": {"httpPort": 8088, "tlsSecret": "tls", "authSecret": "keys"}})
+    dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-front")
+    envoy, picker, realtime = dep["spec"]["template"]["spec"]["containers"]
+    assert (envoy["name"], picker["name"], realtime["name"]) == ("envoy", "picker", "realtime")
+    # Envoy serves the public HTTP port (with its TLS) and proxies it to the gateway on the pod's loopback
+    assert {"name": "http", "containerPort": 8088, "protocol": "TCP"} in envoy["ports"]
+    assert envoy["args"][envoy["args"].index("--realtime") + 1] == "127.0.0.1:9097"
+    assert realtime["args"][:1] == ["gateway"] and realtime["ports"] == []
+    config = json.loads(by_kind(out, "ConfigMap")[0]["data"]["realtime.json"])["gateway"]
+    assert (config["host"], config["http_port"], config["metrics_port"]) == ("127.0.0.1", 9097, 0)
+    assert config["tls_cert_file"] is None and config["api_keys_file"] == "/etc/duplex/auth/keys"
+    assert {"name": "auth", "mountPath": "/etc/duplex/auth", "readOnly": True} in realtime["volumeMounts"]
+    svc = next(m for m in by_kind(out, "Service") if m["metadata"]["name"] == "talk")
+    assert {"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP"} in svc["spec"]["ports"]
+    assert svc["spec"]["selector"] == {"duplex.ai/model": "talk", "app.kubernetes.io/component": "front"}
+    plain = render({})
+    assert "realtime.json" not in by_kind(plain, "ConfigMap")[0]["data"]
+    (front,) = by_kind(plain, "Deployment")
+    assert [c["name"] for c in front["spec"]["template"]["spec"]["containers"]] == ["envoy", "picker"]
+
+
 def test_redis_managed_external_and_absent() -> None:
     managed = render(SPECS["managed-redis"])
     names = {m["metadata"]["name"] for m in by_kind(managed, "Deployment")}
-    assert names == {"talk-gateway", "talk-agent", "talk-redis"}
+    assert names == {"talk-front", "talk-agent", "talk-redis"}
     external = render(SPECS["external-redis-secret"])
     assert "talk-redis" not in {m["metadata"]["name"] for m in external}
     agent = next(m for m in by_kind(external, "Deployment") if m["metadata"]["name"] == "talk-agent")
@@ -261,7 +302,7 @@ def test_redis_managed_external_and_absent() -> None:
     for m in [*by_kind(plain, "StatefulSet"), *by_kind(plain, "Deployment")]:
         pod = m["spec"]["template"]["spec"]
         assert not [v for v in pod["volumes"] if v["name"] == "redis-url"], m["metadata"]["name"]
-        if m["metadata"]["name"] != "talk-gateway":
+        if m["metadata"]["name"] != "talk-front":
             assert env_of(pod["containers"][0])["DUPLEX_REDIS_URL"] == "redis://r:6379/2"
     managed_agent = next(m for m in by_kind(managed, "Deployment") if m["metadata"]["name"] == "talk-agent")
     assert managed_agent["spec"]["template"]["spec"]["containers"][0]["args"][:3] == [
@@ -270,7 +311,7 @@ def test_redis_managed_external_and_absent() -> None:
         "$(DUPLEX_REDIS_URL)",
     ]
     none = render({})  # agent workers default to 0: no agent, no Redis, no DUPLEX_REDIS_URL
-    assert {m["metadata"]["name"] for m in by_kind(none, "Deployment")} == {"talk-gateway"}
+    assert {m["metadata"]["name"] for m in by_kind(none, "Deployment")} == {"talk-front"}
     assert "talk-redis" not in {m["metadata"]["name"] for m in by_kind(none, "Service")}
     assert "DUPLEX_REDIS_URL" not in env_of(
         by_kind(none, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0]
@@ -456,7 +497,7 @@ def _conditions(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 def test_status_ready_when_every_rank_and_deployment_is_ready() -> None:
     resolved = resolve(parse_spec({"engine": {"shards": 2}, "replicas": 2}))
-    deps = [_workload(n, 1, 1) for n in ("talk-gateway", "talk-agent", "talk-redis")]
+    deps = [_workload(n, 1, 1) for n in ("talk-front", "talk-agent", "talk-redis")]
     sts = [_workload("talk-engine-0", 2, 2, 0), _workload("talk-engine-1", 2, 1, 1)]
     partial = compute_status(REF, resolved, observe(sts, deps, "talk.prod.svc:8080"), 3, None)
     assert _conditions(partial)["Ready"] == ("False", "WaitingForPods")

@@ -60,6 +60,7 @@ SPECS: dict[str, dict[str, Any]] = {
     "default": {},
     "sharded-gpu": {"engine": {"shards": 2, "gpusPerShard": 1, "device": "cuda"}},
     "tls-auth": {"gateway": {"authSecret": "keys", "tlsSecret": "tls"}},
+    "realtime-mtls": {"gateway": {"httpPort": 8088, "authSecret": "keys", "tlsSecret": "tls", "clientCaSecret": "ca"}},
     "managed-redis": {"agent": {"workers": 1}},
     "external-redis": {"agent": {"workers": 1, "redis": {"managed": False, "url": "redis://r:6379/0"}}},
     "external-redis-secret": {"agent": {"workers": 1, "redis": {"managed": False, "urlSecret": "redis-url"}}},
@@ -218,7 +219,7 @@ def test_every_pod_runs_with_the_posture(name: str) -> None:
             for mount in c.get("volumeMounts", []):
                 # writable only where the process writes: emptyDirs; everything else is mounted read-only
                 assert mount["name"] in writable or mount.get("readOnly") is True, (c["name"], mount)
-            if c["name"] in ("engine", "gateway", "agent"):
+            if c["name"] in ("engine", "envoy", "picker", "realtime", "agent"):
                 # Python processes whose HOME is /tmp: tempfile, torch's and HOME-relative caches write there
                 assert {"mountPath": "/tmp", "name": "tmp"} in c["volumeMounts"], c["name"]
                 assert {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}} in pod["volumes"], c["name"]
@@ -233,12 +234,17 @@ def test_probes_follow_the_rendered_ports() -> None:
     by_name = {c["name"]: c for t in pod_templates(out) for c in t["spec"]["containers"]}
     engine = by_name["engine"]["readinessProbe"]["exec"]["command"]
     assert engine[3:] == ["engine", "ready", "--port", "7100", "--metrics-port", "9200"]
-    assert by_name["gateway"]["readinessProbe"]["exec"]["command"][3:] == ["grpc-health", "127.0.0.1:8100"]
-    assert by_name["gateway"]["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+    # Envoy: ready while the picker's health, asked through Envoy's own listener, answers SERVING
+    assert by_name["envoy"]["readinessProbe"]["exec"]["command"][3:] == ["grpc-health", "127.0.0.1:8100"]
+    assert by_name["envoy"]["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+    # the picker listens on the pod's loopback only: exec probes (a tcpSocket probe dials the pod's IP)
+    assert by_name["picker"]["readinessProbe"]["exec"]["command"][3:] == ["grpc-health", "127.0.0.1:9095"]
+    assert by_name["picker"]["livenessProbe"]["exec"]["command"][3:] == ["tcp", "127.0.0.1:9095"]
     assert by_name["agent"]["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
     # a slow start (package import on a loaded node) is not a hang: liveness waits for the startup probe
     for name, check in (
-        ("gateway", {"tcpSocket": {"port": "grpc"}}),
+        ("envoy", {"tcpSocket": {"port": "grpc"}}),
+        ("picker", {"exec": by_name["picker"]["livenessProbe"]["exec"]}),
         ("agent", {"httpGet": by_name["agent"]["livenessProbe"]["httpGet"]}),
     ):
         startup = by_name[name]["startupProbe"]
@@ -249,8 +255,8 @@ def test_probes_follow_the_rendered_ports() -> None:
     assert {"name": "metrics", "containerPort": 9092, "protocol": "TCP"} in by_name["agent"]["ports"]
     assert by_name["redis"]["livenessProbe"]["exec"]["command"] == ["redis-cli", "-p", "6379", "ping"]
     tls = render({"gateway": {"tlsSecret": "tls"}})
-    gateway = next(c for t in pod_templates(tls) for c in t["spec"]["containers"] if c["name"] == "gateway")
-    assert gateway["readinessProbe"]["tcpSocket"]["port"] == "grpc"  # TLS: the plaintext health check cannot
+    envoy = next(c for t in pod_templates(tls) for c in t["spec"]["containers"] if c["name"] == "envoy")
+    assert envoy["readinessProbe"]["tcpSocket"]["port"] == "grpc"  # TLS: the plaintext health check cannot
 
 
 def test_default_image_is_the_package_version() -> None:
@@ -306,7 +312,7 @@ def test_network_policies_admit_only_the_models_own_pods() -> None:
     out = render(SPECS["policies"])
     other = render_children(ModelRef(name="other", namespace="prod", uid=""), resolve(parse_spec({})), ApiVersions())
     policies = {m["metadata"]["name"]: m["spec"] for m in out if m["kind"] == "NetworkPolicy"}
-    assert set(policies) == {"talk-gateway", "talk-engine", "talk-agent", "talk-redis"}
+    assert set(policies) == {"talk-front", "talk-engine", "talk-agent", "talk-redis"}
     pods = {t["metadata"]["labels"]["app.kubernetes.io/component"]: t["metadata"]["labels"] for t in pod_templates(out)}
     other_pods = [t["metadata"]["labels"] for t in pod_templates(other)]
     for name, policy in policies.items():
@@ -316,19 +322,22 @@ def test_network_policies_admit_only_the_models_own_pods() -> None:
         assert [c for c, labels in pods.items() if selects(policy["podSelector"]["matchLabels"], labels)] == [component]
         assert not [labels for labels in other_pods if selects(policy["podSelector"]["matchLabels"], labels)]
         for rule in policy["ingress"]:
-            if "from" not in rule:  # open to anyone: only the gateway's port and metrics ports
+            if "from" not in rule:  # open to anyone: only Envoy's port and metrics ports
                 assert [p["port"] for p in rule["ports"]] in ([8080], [9090], [9091], [9092]), (name, rule)
                 continue
-            (peer,) = rule["from"]
-            assert peer == {"podSelector": {"matchLabels": {MODEL_LABEL: "talk"}}}
-            assert all(selects(peer["podSelector"]["matchLabels"], labels) for labels in pods.values())
-            assert not any(selects(peer["podSelector"]["matchLabels"], labels) for labels in other_pods)
-    gateway_open = [r for r in policies["talk-gateway"]["ingress"] if "from" not in r]
-    assert {"ports": [{"protocol": "TCP", "port": 8080}]} in gateway_open
-    engine_rules = policies["talk-engine"]["ingress"]
-    assert [r for r in engine_rules if "from" in r] == [
-        {"from": [{"podSelector": {"matchLabels": {MODEL_LABEL: "talk"}}}]}
-    ]
+            for peer in rule["from"]:  # only this model's pods
+                assert not any(selects(peer["podSelector"]["matchLabels"], labels) for labels in other_pods)
+    front_open = [r for r in policies["talk-front"]["ingress"] if "from" not in r]
+    assert {"ports": [{"protocol": "TCP", "port": 8080}]} in front_open
+    # engines: only from the front pods (Envoy) and the engine pods (the ranks of a shard group)
+    (engine_peers,) = [r["from"] for r in policies["talk-engine"]["ingress"] if "from" in r]
+    admitted = {
+        c for c, labels in pods.items() for peer in engine_peers if selects(peer["podSelector"]["matchLabels"], labels)
+    }
+    assert admitted == {"front", "engine"}
+    for component in ("agent", "redis"):
+        (peers,) = [r["from"] for r in policies[f"talk-{component}"]["ingress"] if "from" in r]
+        assert peers == [{"podSelector": {"matchLabels": {MODEL_LABEL: "talk"}}}]
     assert policies["talk-redis"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 6379}]
     assert not [m for m in render({}) if m["kind"] == "NetworkPolicy"]  # off by default
 
@@ -342,25 +351,27 @@ def test_network_policy_is_a_crd_field() -> None:
 
 def test_network_policy_opens_the_realtime_http_port_when_served() -> None:
     spec = {**SPECS["policies"], "gateway": {"httpPort": 8088}}
-    (gateway,) = [
-        m["spec"] for m in render(spec) if m["kind"] == "NetworkPolicy" and m["metadata"]["name"] == "talk-gateway"
+    (front,) = [
+        m["spec"] for m in render(spec) if m["kind"] == "NetworkPolicy" and m["metadata"]["name"] == "talk-front"
     ]
-    assert {"ports": [{"protocol": "TCP", "port": 8088}]} in gateway["ingress"]
+    assert {"ports": [{"protocol": "TCP", "port": 8088}]} in front["ingress"]
 
 
-def test_gateway_mutual_tls_mounts_the_client_ca_secret() -> None:
+def test_mutual_tls_mounts_the_client_ca_secret_into_envoy() -> None:
     out = render({"gateway": {"tlsSecret": "tls", "clientCaSecret": "clients"}})
     (cm,) = [m for m in out if m["kind"] == "ConfigMap"]
     gateway = json.loads(cm["data"]["gateway.json"])["gateway"]
     (deploy,) = [
         m
         for m in out
-        if m["kind"] == "Deployment" and m["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway"
+        if m["kind"] == "Deployment" and m["metadata"]["labels"]["app.kubernetes.io/component"] == "front"
     ]
     pod = deploy["spec"]["template"]["spec"]
     (vol,) = [v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "clients"]
-    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == vol["name"]]
+    containers = {c["name"]: c for c in pod["containers"]}
+    (mount,) = [m for m in containers["envoy"]["volumeMounts"] if m["name"] == vol["name"]]
     assert gateway["client_ca_file"] == f"{mount['mountPath']}/ca.crt"
+    assert not [m for m in containers["picker"]["volumeMounts"] if m["name"] in ("tls", "client-ca")]
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ SPECS: list[dict[str, Any]] = [
     {},
     {"engine": {"shards": 4}, "replicas": 3, "autoscaling": {"enabled": True, "maxReplicas": 6}},
     {"gateway": {"replicas": 2, "authSecret": "keys", "tlsSecret": "tls"}},
+    {"gateway": {"httpPort": 8088, "authSecret": "keys", "tlsSecret": "tls"}},
     {"agent": {"workers": 2}},
     {"agent": {"workers": 1, "redis": {"managed": False, "urlSecret": "redis-url"}}},
     {
@@ -295,7 +296,7 @@ def _probe_once(probe: dict[str, Any], ports: dict[str, int], hostname: str) -> 
 
 
 def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -> None:
-    """... and every rendered probe of the engine ranks and of the gateway passes against the started
+    """... and every rendered probe of the engine ranks and of the front pod passes against the started
     processes (a probe that cannot pass would restart or unready every pod)."""
     out = render({"engine": {"shards": 2}, "autoscaling": {"enabled": True}})
     hpa = next(m for m in out if m["kind"] == "HorizontalPodAutoscaler")
@@ -356,7 +357,7 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
             for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
                 result = run_probe(c[kind], local, pod, deadline_s=120)
                 assert result.returncode == 0, (rank, kind, result.stderr)
-        gateway_probes_pass(out, tmp_path, f"127.0.0.1:{grpc_port}")
+        front_probes_pass(out, tmp_path, f"127.0.0.1:{grpc_port}")
     finally:
         rank1_proc, rank0_proc = procs
         if rank0_proc.poll() is None:
@@ -375,54 +376,66 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
             raise
 
 
-def gateway_probes_pass(out: list[Manifest], tmp_path: Path, engine: str) -> None:
-    """The rendered gateway's probes against gateways started from the rendered config: ready with a
-    serving engine; alive but not ready with none."""
-    gw = next(m for m in out if m["kind"] == "Deployment" and m["metadata"]["name"] == "talk-gateway")
-    c = gw["spec"]["template"]["spec"]["containers"][0]
+def front_probes_pass(out: list[Manifest], tmp_path: Path, engine: str) -> None:
+    """The rendered front pod's two containers, ``duplex picker`` and ``duplex envoy`` run with their rendered
+    args (the pod's paths and ports mapped to local ones), and their rendered probes: ready with a serving
+    engine (Envoy's readiness asks the picker's health through Envoy's listener); alive but not ready with
+    none."""
+    front = next(m for m in out if m["kind"] == "Deployment" and m["metadata"]["name"] == "talk-front")
+    by_name = {c["name"]: c for c in front["spec"]["template"]["spec"]["containers"]}
+    envoy_c, picker_c = by_name["envoy"], by_name["picker"]
     gateway_json = tmp_path / "gateway.json"
     gateway_json.write_text(next(m for m in out if m["kind"] == "ConfigMap")["data"]["gateway.json"])
-    rendered_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-    for engines, ready in ((engine, True), (f"127.0.0.1:{free_port()}", False)):
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                *DUPLEX,
-                "gateway",
-                "--engines",
-                engines,
-                "--config",
-                str(gateway_json),
-                "--port",
-                str(port),
-                "--set",
-                "gateway.host=127.0.0.1",
-                "--set",
-                "gateway.metrics_port=0",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        local = {"grpc": port, str(rendered_port): port}
+    rendered_port = next(p["containerPort"] for p in envoy_c["ports"] if p["name"] == "grpc")
+    rendered_eds = picker_c["args"][picker_c["args"].index("--eds-path") + 1]
+    rendered_picker = envoy_c["args"][envoy_c["args"].index("--picker") + 1]
+    picker_rendered_port = rendered_picker.rsplit(":", 1)[1]
+    for i, (engines, ready) in enumerate(((engine, True), (f"127.0.0.1:{free_port()}", False))):
+        (tmp_path / f"eds{i}").mkdir()
+        port, picker_port = free_port(), free_port()
+        local_args = {
+            "$(DUPLEX_ENGINES)": engines,
+            f"{CONFIG_DIR}/gateway.json": str(gateway_json),
+            rendered_eds: str(tmp_path / f"eds{i}" / "engines.json"),
+            rendered_picker: f"127.0.0.1:{picker_port}",
+            picker_rendered_port: str(picker_port),
+            "/tmp/envoy.json": str(tmp_path / f"envoy{i}.json"),
+        }
+        local_sets = ["--set", "gateway.host=127.0.0.1", "--set", "gateway.metrics_port=0"]
+        procs = [
+            subprocess.Popen(
+                [*DUPLEX, *(local_args.get(a, a) for a in c["args"]), *extra, *local_sets],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for c, extra in ((picker_c, []), (envoy_c, ["--port", str(port)]))
+        ]
+        local = {"grpc": port, str(rendered_port): port, picker_rendered_port: picker_port}
         try:
-            alive = run_probe(c["livenessProbe"], local, "talk-gateway-5d8f-x2x", deadline_s=60)
-            assert alive.returncode == 0, alive.stderr
-            if ready:
-                result = run_probe(c["readinessProbe"], local, "talk-gateway-5d8f-x2x", deadline_s=60)
-                assert result.returncode == 0, result.stderr
-            else:  # no healthy engine: the gateway's health service says NOT_SERVING
-                end = time.monotonic() + 60
-                while "NOT_SERVING" not in (result := run_probe(c["readinessProbe"], local)).stderr:
-                    assert time.monotonic() < end, result.stderr
-                    time.sleep(0.2)  # poll interval of the deadline loop
-                assert result.returncode == 1
+            for c in (picker_c, envoy_c):
+                for kind in ("startupProbe", "livenessProbe"):
+                    alive = run_probe(c[kind], local, "talk-front-5d8f-x2x", deadline_s=60)
+                    assert alive.returncode == 0, (c["name"], kind, alive.stderr)
+            for c in (picker_c, envoy_c):
+                if ready:
+                    result = run_probe(c["readinessProbe"], local, "talk-front-5d8f-x2x", deadline_s=60)
+                    assert result.returncode == 0, (c["name"], result.stderr)
+                else:  # no healthy engine: the picker's health service says NOT_SERVING, through Envoy too
+                    end = time.monotonic() + 60
+                    while "NOT_SERVING" not in (result := run_probe(c["readinessProbe"], local)).stderr:
+                        assert time.monotonic() < end, (c["name"], result.stderr)
+                        time.sleep(0.2)  # poll interval of the deadline loop
+                    assert result.returncode == 1
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise
+            for proc in reversed(procs):
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    raise
+        dead = run_probe(picker_c["livenessProbe"], local)  # the picker gone: its liveness fails
+        assert dead.returncode == 1 and "does not accept connections" in dead.stderr
 
 
 def test_redis_and_agent_probes_pass_against_the_started_processes(tmp_path: Path) -> None:
@@ -574,3 +587,66 @@ def test_an_unusable_redis_url_file_is_named(command: str, tmp_path: Path) -> No
     missing.write_text("redis://r:6379/0\n")
     out = runner.invoke(app, [command, "--redis-url", "redis://other:6379/0", "--redis-url-file", str(missing)])
     assert out.exit_code == 2 and "pass one, not both" in out.stderr
+
+
+def test_realtime_container_serves_the_page_through_envoy(tmp_path: Path) -> None:
+    """With ``gateway.httpPort``: the front pod's ``realtime`` container (``duplex gateway`` from the rendered
+    ``realtime.json``) and its ``envoy`` container run with their rendered args; the page comes back through
+    Envoy's Realtime listener, and the realtime container's probes pass."""
+    from duplex.serving.envoy.eds import write_endpoints
+
+    out = render({"gateway": {"httpPort": 8088}})
+    front = next(m for m in out if m["kind"] == "Deployment" and m["metadata"]["name"] == "talk-front")
+    by_name = {c["name"]: c for c in front["spec"]["template"]["spec"]["containers"]}
+    envoy_c, realtime_c = by_name["envoy"], by_name["realtime"]
+    data = next(m for m in out if m["kind"] == "ConfigMap")["data"]
+    for name in ("gateway.json", "realtime.json"):
+        (tmp_path / name).write_text(data[name])
+    (tmp_path / "eds").mkdir()
+    eds = tmp_path / "eds" / "engines.json"
+    write_endpoints(eds, [f"127.0.0.1:{free_port()}"], 1)  # the picker's file (no engine is needed for the page)
+    rendered_realtime = envoy_c["args"][envoy_c["args"].index("--realtime") + 1]
+    realtime_port, realtime_grpc, public, port = free_port(), free_port(), free_port(), free_port()
+    local_args = {
+        "$(DUPLEX_ENGINES)": f"127.0.0.1:{free_port()}",
+        f"{CONFIG_DIR}/gateway.json": str(tmp_path / "gateway.json"),
+        f"{CONFIG_DIR}/realtime.json": str(tmp_path / "realtime.json"),
+        envoy_c["args"][envoy_c["args"].index("--eds-path") + 1]: str(eds),
+        rendered_realtime: f"127.0.0.1:{realtime_port}",
+        "/tmp/envoy.json": str(tmp_path / "envoy.json"),
+    }
+    runs = (
+        (realtime_c, ["--set", f"gateway.http_port={realtime_port}", "--set", f"gateway.port={realtime_grpc}"]),
+        (envoy_c, ["--port", str(port), "--set", "gateway.host=127.0.0.1", "--set", f"gateway.http_port={public}"]),
+    )
+    procs = [
+        subprocess.Popen(
+            [*DUPLEX, *(local_args.get(a, a) for a in c["args"]), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for c, extra in runs
+    ]
+    try:
+        local = {rendered_realtime.rsplit(":", 1)[1]: realtime_port}
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            result = run_probe(realtime_c[kind], local, "talk-front-5d8f-x2x", deadline_s=60)
+            assert result.returncode == 0, (kind, result.stderr)
+        end = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{public}/", timeout=5) as r:
+                    status, page = r.status, r.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < end, "the page never came back through Envoy"
+                time.sleep(0.2)  # poll interval of the deadline loop
+        assert status == 200 and "<html" in page.lower()
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise

@@ -14,10 +14,10 @@ REF = ModelRef(name="talk", namespace="prod", uid="0f0e-uid")
 
 def gateway_parts(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     out = render_children(REF, resolve(parse_spec(raw)), ApiVersions())
-    dep = next(m for m in out if m["kind"] == "Deployment" and m["metadata"]["name"] == "talk-gateway")
+    dep = next(m for m in out if m["kind"] == "Deployment" and m["metadata"]["name"] == "talk-front")
     svc = next(m for m in out if m["kind"] == "Service" and m["metadata"]["name"] == "talk")
     config = json.loads(next(m for m in out if m["kind"] == "ConfigMap")["data"]["gateway.json"])["gateway"]
-    return dep["spec"]["template"]["spec"]["containers"][0], svc, config
+    return dep["spec"]["template"]["spec"]["containers"][0], svc, config  # the envoy container
 
 
 def test_http_port_is_a_container_and_service_port() -> None:
