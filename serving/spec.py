@@ -58,7 +58,8 @@ class EngineSpec(_Spec):
     """gRPC port of rank 0."""
     http_port: int = Field(0, ge=0, le=65535)
     """HTTP port of rank 0's OpenAI-Realtime-compatible WebSocket ``GET /v1/realtime`` (docs/realtime.md),
-    behind Envoy and the session picker, which check keys; 0 = off."""
+    behind Envoy and the session picker, which check keys; 0 = off. In a cluster the operator serves it on
+    7071 when ``gateway.http_port`` is set and this is 0."""
     metrics_port: int = Field(9090, ge=0, le=65535)
     """Prometheus port (0 = off)."""
     host: str = "0.0.0.0"
@@ -173,9 +174,9 @@ class GatewaySpec(_Spec):
     """Largest accepted client message (gRPC messages, and Realtime WebSocket frames: a larger frame closes
     that WebSocket with 1009)."""
     http_port: int = Field(0, ge=0, le=65535)
-    """HTTP port of the session picker's app for the Realtime WebSocket (docs/realtime.md): client secrets,
-    the page's config and the browser page; 0 = off. The WebSocket itself is the engines' (``engine.http_port``),
-    reached through Envoy."""
+    """Public HTTP port of the OpenAI-Realtime-compatible endpoint (docs/realtime.md), Envoy's second listener:
+    ``GET /v1/realtime`` WebSocket upgrades go to the engines' ``engine.http_port``, client secrets, the
+    page's config and the browser page to the session picker's HTTP app; 0 = off."""
 
 
 class RedisSpec(_Spec):

@@ -1,7 +1,6 @@
 """The ConfigMap every process of a model reads: ``engine.json`` (``duplex engine --config``),
-``gateway.json`` (``duplex picker`` and ``duplex envoy --config``), with ``gateway.httpPort`` ``realtime.json``
-(the loopback Realtime gateway of the front pod) and, with agent workers, ``agent.json``. Each file holds only
-sections its command loads (``duplex.serving.cli.CONFIG_SECTIONS``)."""
+``gateway.json`` (``duplex picker`` and ``duplex envoy --config``) and, with agent workers, ``agent.json``. Each
+file holds only sections its command loads (``duplex.serving.cli.CONFIG_SECTIONS``)."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import json
 from ..naming import CONFIG_DIR, ModelRef, agent_stream_prefix
 from ..resolve import Resolved
 from .common import Manifest
-from .front import realtime_config
+from .engine import realtime_port
 from .gateway import CLIENT_CA_DIR, TLS_DIR
 
 
@@ -21,6 +20,7 @@ def engine_config(resolved: Resolved, stream_prefix: str) -> dict[str, object]:
     spec = resolved.spec
     engine = spec.engine.model_dump(mode="json")
     engine["shards"] = resolved.shards
+    engine["http_port"] = realtime_port(spec)
     engine["agent_stream_prefix"] = stream_prefix
     return {"model": spec.model.model_dump(mode="json"), "engine": engine}
 
@@ -42,8 +42,6 @@ def engine_config_map(ref: ModelRef, resolved: Resolved) -> Manifest:
         "engine.json": engine_config(resolved, prefix),
         "gateway.json": {"gateway": gateway},
     }
-    if spec.gateway.http_port:
-        data["realtime.json"] = {"gateway": realtime_config(gateway)}
     if spec.agent.workers > 0:
         data["agent.json"] = {"agent": {**spec.agent.model_dump(mode="json"), "stream_prefix": prefix}}
     return {

@@ -56,11 +56,25 @@ def engine_leader_service(ref: ModelRef, resolved: Resolved, replica: int) -> Ma
     }
 
 
+REALTIME_PORT = 7071
+"""Rank 0's Realtime WebSocket port when ``gateway.httpPort`` is set and ``engine.httpPort`` is not."""
+
+
+def realtime_port(spec: DuplexModelSpec) -> int:
+    """The engine's Realtime WebSocket port (0 = none): ``engine.httpPort``, or ``REALTIME_PORT`` when the
+    model serves the Realtime endpoint (``gateway.httpPort``)."""
+    if not spec.gateway.http_port:
+        return spec.engine.http_port
+    return spec.engine.http_port or REALTIME_PORT
+
+
 def _ports(spec: DuplexModelSpec) -> list[dict[str, Any]]:
     ports = [
         {"name": "grpc", "port": spec.engine.port, "targetPort": "grpc", "protocol": "TCP"},
         {"name": "dist", "port": RENDEZVOUS_PORT, "targetPort": "dist", "protocol": "TCP"},
     ]
+    if realtime_port(spec):  # Envoy reaches the WebSocket through the leader Service's ClusterIP, as gRPC
+        ports.append({"name": "realtime", "port": realtime_port(spec), "targetPort": "realtime", "protocol": "TCP"})
     if spec.engine.metrics_port:
         ports.append({"name": "metrics", "port": spec.engine.metrics_port, "targetPort": "metrics", "protocol": "TCP"})
     return ports
@@ -114,6 +128,8 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
         {"name": "grpc", "containerPort": eng.port, "protocol": "TCP"},
         {"name": "dist", "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"},
     ]
+    if realtime_port(spec):
+        ports.append({"name": "realtime", "containerPort": realtime_port(spec), "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": "engine",
         "image": eng.image,

@@ -4,8 +4,10 @@ engines' endpoint file: the picker writes it from the engine addresses it was gi
 expanded by the kubelet, so no cluster DNS), Envoy only reads it. Audio frames go client → Envoy → engine; no
 Python process relays them.
 
-With ``gateway.httpPort`` set, a third container serves the Realtime WebSocket endpoint and page on the pod's
-loopback (the gateway process, without TLS: Envoy's second listener terminates it and proxies)."""
+With ``gateway.httpPort`` set, Envoy's second listener serves the Realtime endpoint: ``GET /v1/realtime``
+upgrades go (after the picker's check) to the engines' WebSocket ports, listed in a second endpoint file the
+picker writes as the engines report their ports; client secrets, the page's config and the page come from the
+picker's HTTP app on the pod's loopback."""
 
 from __future__ import annotations
 
@@ -22,11 +24,11 @@ from .posture import exec_probe, harden, startup_probe, tcp_probe, tmp_volume
 EDS_DIR = "/var/run/duplex/eds"
 EDS_PATH = f"{EDS_DIR}/engines.json"
 """The engines' endpoint file (written by the picker, watched by Envoy)."""
+REALTIME_EDS_PATH = f"{EDS_DIR}/realtime.json"
+"""The engines' Realtime WebSocket endpoint file (written by the picker, watched by Envoy)."""
 EDS_SIZE_LIMIT = "16Mi"
-REALTIME_PORT = 9097
-"""Loopback port of the Realtime gateway in a front pod (Envoy's Realtime listener proxies to it)."""
-REALTIME_GRPC_PORT = 9096
-"""Loopback gRPC port of that gateway (nothing connects to it: Converse streams go through Envoy)."""
+PICKER_HTTP_PORT = 9097
+"""Loopback port of the picker's HTTP app (client secrets, the page's config, the page) in a front pod."""
 PICKER = f"127.0.0.1:{PICKER_PORT}"
 
 
@@ -49,6 +51,8 @@ def picker_container(ref: ModelRef, resolved: Resolved) -> dict[str, Any]:
         mounts.append(secret_volume("auth", gw.auth_secret, AUTH_DIR)[1])
     args = ["picker", "--engines", "$(DUPLEX_ENGINES)", "--config", f"{CONFIG_DIR}/gateway.json"]
     args += ["--eds-path", EDS_PATH, "--port", str(PICKER_PORT), "--bind", "127.0.0.1"]
+    if gw.http_port:
+        args += ["--http-port", str(PICKER_HTTP_PORT), "--realtime-eds-path", REALTIME_EDS_PATH]
     ports = [{"name": "metrics", "containerPort": gw.metrics_port, "protocol": "TCP"}] if gw.metrics_port else []
     return {
         "name": "picker",
@@ -77,7 +81,7 @@ def envoy_container(ref: ModelRef, resolved: Resolved) -> dict[str, Any]:
     args += ["--bootstrap-path", "/tmp/envoy.json"]  # worker threads: gateway.envoy_concurrency
     ports = [{"name": "grpc", "containerPort": gw.port, "protocol": "TCP"}]
     if gw.http_port:  # the Realtime WebSocket endpoint and page (docs/realtime.md)
-        args += ["--realtime", f"127.0.0.1:{REALTIME_PORT}"]
+        args += ["--realtime", f"127.0.0.1:{PICKER_HTTP_PORT}", "--realtime-eds-path", REALTIME_EDS_PATH]
         ports.append({"name": "http", "containerPort": gw.http_port, "protocol": "TCP"})
     return {
         "name": "envoy",
@@ -98,35 +102,6 @@ def envoy_container(ref: ModelRef, resolved: Resolved) -> dict[str, Any]:
     }
 
 
-def realtime_container(ref: ModelRef, resolved: Resolved) -> dict[str, Any]:
-    """The gateway process, serving only the Realtime endpoint and page on loopback (``realtime.json``)."""
-    gw = resolved.spec.gateway
-    mounts = [config_volume(ref.config_map)[1], tmp_volume()[1]]
-    if gw.auth_secret:
-        mounts.append(secret_volume("auth", gw.auth_secret, AUTH_DIR)[1])
-    return {
-        "name": "realtime",
-        "image": resolved.spec.engine.image,
-        "command": ["duplex"],
-        "args": ["gateway", "--engines", "$(DUPLEX_ENGINES)", "--config", f"{CONFIG_DIR}/realtime.json"],
-        "env": [env("DUPLEX_ENGINES", engine_addresses(ref, resolved))],
-        "ports": [],
-        "startupProbe": startup_probe(_loopback_probe(REALTIME_PORT)),
-        "livenessProbe": _loopback_probe(REALTIME_PORT),
-        "readinessProbe": _loopback_probe(REALTIME_PORT),
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "2", "memory": "1Gi"}},
-        "volumeMounts": mounts,
-    }
-
-
-def realtime_config(gateway: dict[str, object]) -> dict[str, object]:
-    """``realtime.json``'s gateway section: ``gateway``'s keys and quotas, on loopback, plaintext (Envoy
-    terminates TLS), no metrics port of its own (the picker's is on the pod's)."""
-    plaintext = dict.fromkeys(("tls_cert_file", "tls_key_file", "client_ca_file"))
-    local = {"host": "127.0.0.1", "port": REALTIME_GRPC_PORT, "http_port": REALTIME_PORT, "metrics_port": 0}
-    return {**gateway, **plaintext, **local}
-
-
 def front_deployment(ref: ModelRef, resolved: Resolved, config_digest: str) -> Manifest:
     gw = resolved.spec.gateway
     volumes = [config_volume(ref.config_map)[0], tmp_volume()[0], _eds_volume(False)[0]]
@@ -137,8 +112,6 @@ def front_deployment(ref: ModelRef, resolved: Resolved, config_digest: str) -> M
     if gw.client_ca_secret:
         volumes.append(secret_volume("client-ca", gw.client_ca_secret, CLIENT_CA_DIR)[0])
     containers = [envoy_container(ref, resolved), picker_container(ref, resolved)]
-    if gw.http_port:
-        containers.append(realtime_container(ref, resolved))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

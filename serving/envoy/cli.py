@@ -20,7 +20,12 @@ from .config import EnvoyConfig
 
 
 def envoy_config(
-    spec: GatewaySpec, picker: str, eds_path: Path, port: int | None = None, realtime: str = ""
+    spec: GatewaySpec,
+    picker: str,
+    eds_path: Path,
+    port: int | None = None,
+    realtime: str = "",
+    realtime_eds_path: Path | None = None,
 ) -> EnvoyConfig:
     """What ``duplex envoy`` runs: ``spec``'s host, port (or ``port``) and TLS files; the Realtime listener on
     ``spec.http_port`` when ``realtime`` (the HOST:PORT it proxies) is set. ValueError naming what is wrong."""
@@ -33,6 +38,8 @@ def envoy_config(
         check_addresses([realtime], "--realtime")
         if not spec.http_port:
             raise ValueError("--realtime needs gateway.http_port, the port Envoy serves it on")
+        if realtime_eds_path is None:
+            raise ValueError("--realtime needs --realtime-eds-path, the engines' WebSocket endpoint file")
     if not eds_path.parent.is_dir():
         raise ValueError(f"--eds-path {str(eds_path)!r}: directory {str(eds_path.parent)!r} does not exist")
     return EnvoyConfig(
@@ -42,6 +49,7 @@ def envoy_config(
         port=spec.port if port is None else port,
         realtime=realtime,
         realtime_port=spec.http_port if realtime else 0,
+        realtime_eds_path=realtime_eds_path if realtime else None,
         tls_cert_file=spec.tls_cert_file,
         tls_key_file=spec.tls_key_file,
         client_ca_file=spec.client_ca_file,
@@ -69,7 +77,12 @@ def envoy(
         None, min=1, max=64, help="Envoy worker threads (overrides gateway.envoy_concurrency)"
     ),
     realtime: str = typer.Option(
-        "", help="IP:PORT of the Realtime WebSocket endpoint to proxy on gateway.http_port (default: none)"
+        "",
+        help="IP:PORT of the session picker's HTTP app: serve the Realtime endpoint on gateway.http_port "
+        "(default: none)",
+    ),
+    realtime_eds_path: Path | None = typer.Option(
+        None, help="Endpoint file of the engines' Realtime WebSocket ports (the picker writes it; with --realtime)"
     ),
     bootstrap_path: Path | None = typer.Option(None, help="Where to write the bootstrap (default: a temp dir)"),
     eds_wait_s: float = typer.Option(
@@ -94,9 +107,11 @@ def envoy(
     spec = load_command_config("envoy", config, set_)["gateway"]
     assert isinstance(spec, GatewaySpec)
     try:
-        cfg = envoy_config(spec, picker, eds_path, port, realtime)
+        cfg = envoy_config(spec, picker, eds_path, port, realtime, realtime_eds_path)
         binary = envoy_binary()
         wait_for_file(cfg.eds_path, eds_wait_s)
+        if cfg.realtime_eds_path is not None:
+            wait_for_file(cfg.realtime_eds_path, eds_wait_s)
         path = bootstrap_path or Path(tempfile.mkdtemp(prefix="duplex-envoy-")) / "envoy.json"
         path.write_text(json.dumps(bootstrap(cfg)))
     except (ValueError, OSError) as e:

@@ -1,21 +1,44 @@
 """``duplex picker``: the session picker as its own process, the partner of ``duplex envoy`` in a front pod.
 It writes the engines' endpoint file Envoy watches (``--eds-path``) from the engine addresses it was given,
 then answers Envoy's ``ext_authz`` checks on ``--bind``:``--port`` (loopback by default: only the Envoy beside
-it asks). Settings are the gateway's (``GatewaySpec``: keys, quotas, polling, metrics)."""
+it asks). With ``--http-port`` it also serves its HTTP app for the Realtime endpoint (client secrets, the
+page's config, the page) there, and keeps ``--realtime-eds-path`` listing the engines' WebSocket addresses
+(each engine's host and the Realtime port it reports). Settings are the gateway's (``GatewaySpec``: keys,
+quotas, polling, metrics)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from .. import logs
-from ..envoy.config import ENGINES_CLUSTER
+from ..envoy.config import ENGINES_CLUSTER, REALTIME_CLUSTER
 from ..settings import fields_help
 from ..spec import GatewaySpec
 
+if TYPE_CHECKING:
+    from ..envoy.eds import EndpointFiles
+    from .server import PickerServer
+
 PICKER_PORT = 9095
 """The picker's gRPC port in a front pod (Envoy asks it on 127.0.0.1)."""
+
+
+async def publish_websockets(server: PickerServer, files: EndpointFiles, interval_s: float) -> None:
+    """Keep the Realtime endpoint file listing every engine that reported a WebSocket port (checked every
+    ``interval_s``, written only when the list changes)."""
+    from .realtime import ws_address
+
+    published: list[str] = []
+    while True:
+        now = sorted(ws_address(r) for r in server.picker.router.replicas if r.http_port)
+        if now != published:
+            files.publish(REALTIME_CLUSTER, now)
+            published = now
+        await asyncio.sleep(interval_s)
 
 
 def picker(
@@ -27,6 +50,12 @@ def picker(
     ),
     port: int = typer.Option(PICKER_PORT, min=0, max=65535, help="gRPC port of the ext_authz service (0 = any)"),
     bind: str = typer.Option("127.0.0.1", help="Address of the ext_authz service (Envoy's side of the pod)"),
+    http_port: int | None = typer.Option(
+        None, min=0, max=65535, help="Port of the HTTP app for the Realtime endpoint on --bind (default: none)"
+    ),
+    realtime_eds_path: Path | None = typer.Option(
+        None, help="Endpoint file of the engines' Realtime WebSocket ports that Envoy watches (with --http-port)"
+    ),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
 ) -> None:
     """Run the session picker: API keys, per-key quotas, placement on the engine with most free slots; writes
@@ -42,6 +71,9 @@ def picker(
     if eds_path == Path():
         typer.echo("duplex picker: --eds-path is required (the engines' endpoint file)", err=True)
         raise typer.Exit(2)
+    if (http_port is None) != (realtime_eds_path is None):
+        typer.echo("duplex picker: --http-port and --realtime-eds-path go together (the Realtime endpoint)", err=True)
+        raise typer.Exit(2)
     logs.setup()
     spec = load_command_config("picker", config, set_)["gateway"]
     assert isinstance(spec, GatewaySpec)
@@ -49,11 +81,23 @@ def picker(
         spec = spec.model_copy(update={"engines": [e.strip() for e in engines.split(",") if e.strip()]})
 
     async def main() -> None:
-        server = PickerServer(spec, bind_port=port, bind_host=bind)
-        files = EndpointFiles({ENGINES_CLUSTER: eds_path})
+        server = PickerServer(spec, bind_port=port, bind_host=bind, http_bind_port=http_port)
+        paths = {ENGINES_CLUSTER: eds_path}
+        if realtime_eds_path is not None:
+            paths[REALTIME_CLUSTER] = realtime_eds_path
+        files = EndpointFiles(paths)
+        if realtime_eds_path is not None:
+            files.publish(REALTIME_CLUSTER, [])  # Envoy needs the file; the engines report their ports
         files.publish(ENGINES_CLUSTER, spec.engines)  # Envoy's only source of engine addresses
         bound = await server.start()
         typer.echo(f"duplex picker: serving on {bind}:{bound}; {len(spec.engines)} engine(s) in {eds_path}")
-        await serve_until_signal(server.stop)
+        watch = None
+        if realtime_eds_path is not None:
+            watch = asyncio.create_task(publish_websockets(server, files, spec.health_interval_s))
+        try:
+            await serve_until_signal(server.stop)
+        finally:
+            if watch is not None:
+                watch.cancel()
 
     _run_server("picker", main())

@@ -250,26 +250,39 @@ def test_front_pod_auth_tls_and_engine_addresses() -> None:
     assert svc["spec"]["type"] == "LoadBalancer"
 
 
-def test_realtime_port_runs_the_realtime_gateway_on_the_front_pods_loopback() -> None:
+def test_realtime_port_puts_the_websocket_on_the_engines_and_the_page_on_the_picker() -> None:
     out = render({"gateway": {"httpPort": 8088, "tlsSecret": "tls", "authSecret": "keys"}})
     dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-front")
-    envoy, picker, realtime = dep["spec"]["template"]["spec"]["containers"]
-    assert (envoy["name"], picker["name"], realtime["name"]) == ("envoy", "picker", "realtime")
-    # Envoy serves the public HTTP port (with its TLS) and proxies it to the gateway on the pod's loopback
+    envoy, picker = dep["spec"]["template"]["spec"]["containers"]
+    assert (envoy["name"], picker["name"]) == ("envoy", "picker")
+    # Envoy serves the public HTTP port (with its TLS): WebSockets to the engines, the rest to the picker's app
     assert {"name": "http", "containerPort": 8088, "protocol": "TCP"} in envoy["ports"]
+    eds = "/var/run/duplex/eds/realtime.json"
     assert envoy["args"][envoy["args"].index("--realtime") + 1] == "127.0.0.1:9097"
-    assert realtime["args"][:1] == ["gateway"] and realtime["ports"] == []
-    config = json.loads(by_kind(out, "ConfigMap")[0]["data"]["realtime.json"])["gateway"]
-    assert (config["host"], config["http_port"], config["metrics_port"]) == ("127.0.0.1", 9097, 0)
-    assert config["tls_cert_file"] is None and config["api_keys_file"] == "/etc/duplex/auth/keys"
-    assert {"name": "auth", "mountPath": "/etc/duplex/auth", "readOnly": True} in realtime["volumeMounts"]
+    assert envoy["args"][envoy["args"].index("--realtime-eds-path") + 1] == eds
+    assert picker["args"][picker["args"].index("--http-port") + 1] == "9097"
+    assert picker["args"][picker["args"].index("--realtime-eds-path") + 1] == eds
+    # each engine serves the WebSocket on 7071 (engine.httpPort unset), reached through its leader Service
+    data = by_kind(out, "ConfigMap")[0]["data"]
+    assert json.loads(data["engine.json"])["engine"]["http_port"] == 7071
+    assert sorted(data) == ["engine.json", "gateway.json"]
+    (sts,) = by_kind(out, "StatefulSet")
+    engine = sts["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "realtime", "containerPort": 7071, "protocol": "TCP"} in engine["ports"]
+    leader = next(m for m in by_kind(out, "Service") if m["metadata"]["name"].endswith("-leader"))
+    assert {"name": "realtime", "port": 7071, "targetPort": "realtime", "protocol": "TCP"} in leader["spec"]["ports"]
     svc = next(m for m in by_kind(out, "Service") if m["metadata"]["name"] == "talk")
     assert {"name": "http", "port": 8088, "targetPort": "http", "protocol": "TCP"} in svc["spec"]["ports"]
     assert svc["spec"]["selector"] == {"duplex.ai/model": "talk", "app.kubernetes.io/component": "front"}
+    own = render({"gateway": {"httpPort": 8088}, "engine": {"httpPort": 7200}})
+    assert json.loads(by_kind(own, "ConfigMap")[0]["data"]["engine.json"])["engine"]["http_port"] == 7200
     plain = render({})
-    assert "realtime.json" not in by_kind(plain, "ConfigMap")[0]["data"]
+    assert json.loads(by_kind(plain, "ConfigMap")[0]["data"]["engine.json"])["engine"]["http_port"] == 0
     (front,) = by_kind(plain, "Deployment")
-    assert [c["name"] for c in front["spec"]["template"]["spec"]["containers"]] == ["envoy", "picker"]
+    envoy, picker = front["spec"]["template"]["spec"]["containers"]
+    assert "--realtime" not in envoy["args"] and "--http-port" not in picker["args"]
+    (sts,) = by_kind(plain, "StatefulSet")
+    assert "realtime" not in [p["name"] for p in sts["spec"]["template"]["spec"]["containers"][0]["ports"]]
 
 
 def test_redis_managed_external_and_absent() -> None:

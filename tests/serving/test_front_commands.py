@@ -22,7 +22,7 @@ from tlscerts import Certs, ClientCert, ca_and_key, client_cert, make_certs
 
 from duplex.serving import client
 from duplex.serving.envoy.cli import envoy_config
-from duplex.serving.envoy.config import bootstrap
+from duplex.serving.envoy.config import REALTIME_CLUSTER, bootstrap
 from duplex.serving.envoy.eds import write_endpoints
 from duplex.serving.envoy.process import envoy_binary
 from duplex.serving.gateway.auth import key_line
@@ -247,7 +247,14 @@ def test_tls_bootstrap_with_the_realtime_listener_validates(tmp_path: Path) -> N
         tls_key_file=str(certs.key),
         client_ca_file=str(certs.ca),
     )
-    cfg = envoy_config(spec, "127.0.0.1:9095", tmp_path / "eds" / "engines.json", realtime="127.0.0.1:9097")
+    websockets = tmp_path / "eds" / "realtime.json"
+    cfg = envoy_config(
+        spec,
+        "127.0.0.1:9095",
+        tmp_path / "eds" / "engines.json",
+        realtime="127.0.0.1:9097",
+        realtime_eds_path=websockets,
+    )
     config = bootstrap(cfg)
     listeners = {item["name"]: item for item in config["static_resources"]["listeners"]}
     assert listeners["realtime"]["address"]["socket_address"]["port_value"] == 8088
@@ -258,6 +265,7 @@ def test_tls_bootstrap_with_the_realtime_listener_validates(tmp_path: Path) -> N
         assert tls["common_tls_context"]["alpn_protocols"] == alpn
         assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == str(certs.ca)
     write_endpoints(cfg.eds_path, ["127.0.0.1:7070"], 1)  # Envoy refuses to start on a missing endpoint file
+    write_endpoints(websockets, ["127.0.0.1:7071"], 1, REALTIME_CLUSTER)
     path = tmp_path / "envoy.json"
     path.write_text(json.dumps(config))
     r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
