@@ -220,6 +220,14 @@ def test_mutual_tls_ends_in_envoy_and_needs_a_certificate_of_the_client_ca(pod: 
         (["envoy", "--eds-path", "{d}/e.json", "--set", "gateway.client_ca_file={d}/x"], "needs tls_cert_file"),
         (["envoy", "--eds-path", "{d}/e.json", "--set", "gateway.port=99999"], "gateway.port: Input should be"),
         (["envoy", "--eds-path", "{d}/e.json", "--realtime", "127.0.0.1:1"], "--realtime needs gateway.http_port"),
+        (
+            ["envoy", "--eds-path", "{d}/e.json", "--realtime", "127.0.0.1:1", "--set", "gateway.http_port=8088"],
+            "--realtime needs --realtime-eds-path",
+        ),
+        (
+            ["picker", "--eds-path", "{d}/e.json", "--engines", "10.0.0.1:7070", "--http-port", "0"],
+            "--http-port and --realtime-eds-path go together",
+        ),
         (["envoy", "--eds-path", "{d}/e.json", "--set", "gateway.envoy_concurrency=0"], "envoy_concurrency: Input"),
         (["envoy", "--eds-path", "{d}/e.json", "--eds-wait-s", "0"], "'{d}/e.json': no endpoint file after 0 s"),
     ],
