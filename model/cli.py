@@ -17,6 +17,7 @@ from .planner import GIB, count_params, plan
 if TYPE_CHECKING:
     from .data import Conversation
     from .evaluate import Metrics
+    from .timespeak import TimeSpeakMetrics
 
 app = typer.Typer(help="Model presets, sizes, shard plans and checkpoints.", no_args_is_help=True)
 console = Console()
@@ -183,8 +184,8 @@ def train(
     )
 
 
-TASKS = ("turns",)
-BASELINES = ("vad", "oracle")
+TASKS = ("turns", "timespeak")
+BASELINES = {"turns": ("vad", "oracle"), "timespeak": ("cascade", "oracle")}
 TABLE_KEYS = (
     "tor",
     "latency_p50",
@@ -211,7 +212,13 @@ def eval_cmd(
         ),
     ] = None,
     split: Annotated[str, typer.Option(help="A split of the corpus: train, validation, test or any other.")] = "test",
-    task: Annotated[str, typer.Option(help="What to evaluate: turns (turn-taking).")] = "turns",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="What to evaluate: turns (turn-taking) or timespeak (timed requests: the split's conversations "
+            "that have them)."
+        ),
+    ] = "turns",
     live: Annotated[
         bool, typer.Option("--live", help="Stream the split in real time through a server, scored as heard.")
     ] = False,
@@ -224,7 +231,11 @@ def eval_cmd(
     ] = os.environ.get("DUPLEX_API_KEY", ""),
     limit: Annotated[int | None, typer.Option(help="Evaluate only the split's first N conversations.")] = None,
     baseline: Annotated[
-        list[str], typer.Option(help="Also score: vad (silero-vad server VAD), oracle (the target track itself).")
+        list[str],
+        typer.Option(
+            help="Also score: vad (silero-vad server VAD; turns), cascade (VAD + turn-based, no timer; timespeak), "
+            "oracle (the target track itself)."
+        ),
     ] = [],  # noqa: B006
     chunk_ms: Annotated[int, typer.Option(help="Serving chunk size.")] = 200,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write all metrics to this JSON file.")] = None,
@@ -232,6 +243,11 @@ def eval_cmd(
     """Turn-taking metrics through the real streaming path, scored on output audio (FD-bench style); with
     --live, through a running server at live-microphone pace, the model's audio placed as it was heard."""
     _check_eval_flags(task, baseline, live, address, concurrency, limit)
+    if task == "timespeak":
+        _eval_timespeak(
+            corpus, checkpoint, split, live, address, concurrency, api_key, limit, baseline, chunk_ms, as_json
+        )
+        return
     try:
         convs = _eval_conversations(corpus, split, limit)
         if live:
@@ -253,9 +269,12 @@ def _check_eval_flags(
 ) -> None:
     if task not in TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; choose {', '.join(TASKS)}", param_hint="--task")
-    unknown = [b for b in baseline if b not in BASELINES]
+    unknown = [b for b in baseline if b not in BASELINES[task]]
     if unknown:
-        raise typer.BadParameter(f"unknown baseline(s) {unknown}; choose vad or oracle", param_hint="--baseline")
+        choose = " or ".join(BASELINES[task])
+        raise typer.BadParameter(
+            f"unknown baseline(s) {unknown} for --task {task}; choose {choose}", param_hint="--baseline"
+        )
     if address is not None and not live:
         raise typer.BadParameter("only with --live (the offline evaluation needs no server)", param_hint="--address")
     if concurrency < 1:
@@ -314,6 +333,114 @@ def _eval_live(
     m, run = evaluate_live("duplex (live)", convs, address, checkpoint, chunk_ms, concurrency, metadata)
     console.print(f"live: {describe(run.delivery)}")
     return m, {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+
+
+def _eval_timespeak(
+    corpus: Path,
+    checkpoint: Path | None,
+    split: str,
+    live: bool,
+    address: str | None,
+    concurrency: int,
+    api_key: str,
+    limit: int | None,
+    baseline: list[str],
+    chunk_ms: int,
+    as_json: Path | None,
+) -> None:
+    """``duplex model eval --task timespeak``: the split's conversations with timed requests, scored by the
+    TimeSpeak scorer (offline, or live as a listener got them), with the cascade peer and the oracle."""
+    from .data import load_split
+    from .timespeak_eval import oracle_said, run_cascade, score_timespeak, timed_conversations
+
+    about: dict[str, object] = {}
+    try:
+        convs = timed_conversations(load_split(corpus, split))[:limit]
+        if not convs:
+            raise ModelError(f"split {split!r} of {corpus} has no timed requests (make it with --task timespeak)")
+        if live:
+            ours, about = _timespeak_live(convs, address, checkpoint, chunk_ms, concurrency, api_key)
+        else:
+            ours = _timespeak_offline(convs, checkpoint, chunk_ms)
+    except _eval_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    results = [ours]
+    if "cascade" in baseline:
+        results.append(run_cascade(convs))
+    if "oracle" in baseline:
+        results.append(score_timespeak("target track (oracle)", convs, [oracle_said(c) for c in convs]))
+    where = f"{split}, {len(convs)} conversations{', live' if live else ''}"
+    _print_timespeak(results, f"TimeSpeak on {corpus} ({where})")
+    if as_json is not None:
+        doc = {"task": "timespeak", "split": split, "corpus": str(corpus), "live": live}
+        doc["checkpoint"] = str(checkpoint or _shipped())
+        as_json.write_text(json.dumps({**doc, **about, "systems": [r.summary() for r in results]}, indent=2))
+
+
+def _timespeak_offline(convs: list[Conversation], checkpoint: Path | None, chunk_ms: int) -> TimeSpeakMetrics:
+    from . import checkpoint as ckpt
+    from .codec import Codec
+    from .model import DuplexModel
+    from .timespeak_eval import evaluate_offline
+
+    model = ckpt.load(checkpoint or _shipped())
+    if not isinstance(model, DuplexModel):
+        raise ModelError(f"{checkpoint}: not a duplex reference checkpoint")
+    return evaluate_offline(model.eval(), Codec(model.cfg), convs, chunk_ms)
+
+
+def _timespeak_live(
+    convs: list[Conversation],
+    address: str | None,
+    checkpoint: Path | None,
+    chunk_ms: int,
+    concurrency: int,
+    api_key: str,
+) -> tuple[TimeSpeakMetrics, dict[str, object]]:
+    from dataclasses import asdict
+
+    from duplex.loadtest.live_eval import describe, run_live, score_timespeak_live
+
+    if address is None and checkpoint is not None and not checkpoint.exists():
+        raise ModelError(f"--checkpoint {checkpoint}: no such file or directory")
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key and address is not None else []
+    run = run_live(convs, address, checkpoint, chunk_ms, concurrency, metadata)
+    console.print(f"live: {describe(run.delivery)}")
+    about = {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+    return score_timespeak_live("duplex (live)", convs, run), about
+
+
+TIMESPEAK_KEYS = (
+    "requests",
+    "accuracy",
+    "due",
+    "hits",
+    "wrong",
+    "missing",
+    "extra",
+    "timing_error_abs_p50",
+    "timing_error_abs_p95",
+    "timing_error_mean",
+    "audio_at_due",
+)
+
+
+def _print_timespeak(results: list[TimeSpeakMetrics], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r.system, justify="right")
+    for k in TIMESPEAK_KEYS:
+        table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
+    for group in ("by_form", "by_channel", "by_n"):
+        for key in sorted({k for r in results for k in getattr(r, group)}, key=lambda k: (len(k), k)):
+            cells = [getattr(r, group).get(key) for r in results]
+            table.add_row(
+                f"accuracy {group[3:]} {key}",
+                *["—" if c is None else f"{c['accuracy']:.3f} ({int(c['requests'])})" for c in cells],
+            )
+    console.print(table)
 
 
 def _baselines(baseline: list[str], convs: list[Conversation], chunk_ms: int) -> list[Metrics]:

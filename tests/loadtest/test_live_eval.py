@@ -18,7 +18,17 @@ import pytest
 from typer.testing import CliRunner
 
 from duplex.cli import app
-from duplex.loadtest.live_eval import LiveRun, delivery, heard_track, pcm16, score_live, stream_live, up_args
+from duplex.loadtest.live_eval import (
+    LiveRun,
+    delivery,
+    heard_track,
+    pcm16,
+    said_live,
+    score_live,
+    stream_live,
+    typed_text,
+    up_args,
+)
 from duplex.loadtest.local import LocalUp
 from duplex.model.codec import Codec
 from duplex.model.corpus.conversation import Timing
@@ -212,3 +222,22 @@ def test_eval_offline_cli_takes_a_limit(corpus: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["live"] is False and [s["conversations"] for s in doc["systems"]] == [1]
+
+
+def test_timespeak_live_text_is_placed_where_its_chunk_was_heard() -> None:
+    """Text deltas become utterances at the heard start of the audio chunk with their seq: chunk 15 arrives
+    late, at 3.5 s, so its word is heard then, and every later chunk plays after it (chunk 30 at 3.5 + 15 x 0.2
+    s); typed text goes out right before the chunk it starts in."""
+    silent = [np.zeros(C, np.int16) for _ in range(40)]
+    arrivals = [(k + 1) * CHUNK_MS * 1000 + 20_000 for k in range(40)]
+    arrivals[15] = 3_500_000
+    rec = recording(silent, arrivals)
+    for seq, text, final in ((15, "go", True), (30, "go", False), (31, "", True)):
+        event = pb.ServerEvent(text=pb.TextDelta(seq=seq, text=text, final=final))
+        rec.received.append(Received(rec.start_us + arrivals[seq] + 1, event))
+    got = said_live(rec)
+    assert [(u.t, u.word) for u in got] == [(3.5, "go"), (pytest.approx(6.5), "go")]
+    typed = {"type": "typed_text", "start_sample": 7 * C, "text": "Say up in 3 seconds."}
+    conv = Conversation("c", "test", np.zeros(1), np.zeros(1), [typed])  # type: ignore[arg-type]
+    ((index, event),) = typed_text(conv, C)
+    assert (index, event.text.text) == (7, "Say up in 3 seconds.")
