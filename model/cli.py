@@ -154,6 +154,9 @@ def train(
     crop_s: Annotated[float, typer.Option(help="Crop length in seconds.")] = 24.0,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
     seed: Annotated[int, typer.Option(help="Seed: same seed and steps, same checkpoint.")] = 0,
+    init: Annotated[
+        Path | None, typer.Option(help="Fine-tune: start from this checkpoint's weights (same preset).")
+    ] = None,
 ) -> None:
     """Train the tiny reference model on CPU (resumes from <out>.state.pt when present)."""
     from .train import TrainSettings
@@ -162,6 +165,8 @@ def train(
     if not (corpus / "manifest.json").is_file():
         raise typer.BadParameter(f"{corpus} has no manifest.json: not a corpus", param_hint="--corpus")
     _preset(preset)
+    if init is not None and not init.is_file():
+        raise typer.BadParameter(f"{init}: no such checkpoint", param_hint="--init")
     try:
         settings = TrainSettings(
             corpus=corpus,
@@ -173,6 +178,7 @@ def train(
             crop_s=crop_s,
             eval_every=eval_every,
             seed=seed,
+            init=init,
         )
         result = run(settings, log=console.print)
     except ModelError as e:

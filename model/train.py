@@ -61,6 +61,8 @@ class TrainSettings(BaseModel):
     seed: int = 0
     threads: int = Field(2, ge=1)
     """torch CPU threads."""
+    init: Path | None = None
+    """Start from this checkpoint's weights (of the same preset) instead of random ones: fine-tuning."""
 
 
 CLEAN_SHARE = 0.25
@@ -208,6 +210,8 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
     cfg = get_preset(s.preset)
     codec = Codec(cfg)
     model = DuplexModel(cfg)
+    if s.init is not None:
+        model.load_state_dict(checkpoint.load(s.init, expected=cfg).state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
     state_path = s.out.with_suffix(".state.pt")
     step, best, history = 0, -math.inf, []

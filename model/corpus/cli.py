@@ -94,6 +94,15 @@ def make(
             help="With --task timespeak: share of conversations with timed requests (the rest are ordinary).",
         ),
     ] = 1.0,
+    timed_max_n: Annotated[
+        int,
+        typer.Option(
+            "--timed-max-n",
+            min=2,
+            max=30,
+            help="With --task timespeak: the longest delay or period asked for, seconds.",
+        ),
+    ] = 30,
     reply_gap: Annotated[
         str,
         typer.Option(
@@ -129,13 +138,15 @@ def make(
         raise typer.BadParameter(f"unknown task {task!r}; choose {', '.join(TASKS)}", param_hint="'--task'")
     if timed_share != 1.0 and task != "timespeak":
         raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-share'")
+    if timed_max_n != 30 and task != "timespeak":
+        raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-max-n'")
     gap = _range(reply_gap, "'--reply-gap'", 0.0)
     reaction = _range(barge_reaction, "'--barge-reaction'", 0.04)
     warp = _range(voice_warp, "'--voice-warp'", 0.7, 1.4, unit="")
     _writable_dir(out, force)
     timing = Timing(reply_gap=gap, barge_reaction=reaction, voice_warp=warp)
     splits = {"validation_fraction": validation_fraction, "test_fraction": test_fraction}
-    tasks = (task, timed_share)
+    tasks = (task, timed_share, timed_max_n)
     report = _render(
         out, conversations, seed, workers, (min_duration, max_duration), timing, heldout_fraction, splits, tasks
     )
@@ -151,7 +162,7 @@ def _render(
     timing: Timing,
     heldout_fraction: float,
     splits: dict[str, float],
-    tasks: tuple[str, float] = ("turns", 1.0),
+    tasks: tuple[str, float, int] = ("turns", 1.0, 30),
 ) -> CorpusReport:
     """``make_corpus`` with a progress bar (conversations done, minutes of audio)."""
     columns = (
@@ -182,6 +193,7 @@ def _render(
             heldout_fraction=heldout_fraction,
             task=tasks[0],
             timed_share=tasks[1],
+            timed_max_n=tasks[2],
         )
 
 

@@ -64,6 +64,8 @@ class ConversationSpec:
     """The user's TTS engine: ``espeak-ng`` (a voice from ``variants``) or ``flite`` (the held-out engine)."""
     task: str = "turns"
     """``turns`` (ordinary turn-taking) or ``timespeak`` (timed requests between ordinary exchanges)."""
+    timed_max_n: int = 30
+    """TimeSpeak: the longest delay or period a request asks for (2..30 s)."""
 
 
 def _s(seconds: float) -> int:

@@ -160,6 +160,7 @@ def make_corpus(
     heldout_fraction: float = 0.1,
     task: str = "turns",
     timed_share: float = 1.0,
+    timed_max_n: int = 30,
 ) -> CorpusReport:
     """Render ``conversations`` conversations into ``out`` (one folder each) and write ``manifest.json``."""
     if conversations < 1:
@@ -172,6 +173,8 @@ def make_corpus(
     started = time.perf_counter()
     splits = assign_splits(conversations, seed, validation_fraction, test_fraction, heldout_fraction)
     tasks = assign_tasks(conversations, seed, task, timed_share)
+    if not 2 <= timed_max_n <= 30:
+        raise ValueError(f"timed max N {timed_max_n} is not within 2..30 seconds")
     variants = voice_split()
     timing = timing or Timing()
     jobs = [
@@ -187,6 +190,7 @@ def make_corpus(
                 timing,
                 HELDOUT_ENGINE if split == "heldout" else "espeak-ng",
                 tasks[i],
+                timed_max_n,
             ),
             str(out),
         )
@@ -206,7 +210,7 @@ def make_corpus(
     manifest["settings"]["heldout_fraction"] = heldout_fraction
     manifest["settings"]["timing"] = asdict(timing)
     if task != "turns":
-        manifest["settings"] |= {"task": task, "timed_share": float(timed_share)}
+        manifest["settings"] |= {"task": task, "timed_share": float(timed_share), "timed_max_n": timed_max_n}
         manifest["totals"]["event_counts"] |= {
             t: sum(e["event_counts"].get(t, 0) for e in entries) for t in TIMESPEAK_EVENT_TYPES
         }

@@ -58,10 +58,12 @@ class Request:
         return f"Say {self.word} {'in' if self.form == 'once' else 'every'} {n} seconds."
 
 
-def draw_request(rng: np.random.Generator) -> Request:
+def draw_request(rng: np.random.Generator, max_n: int = LONG_N[-1]) -> Request:
+    """A random request; N at most ``max_n`` (from 2)."""
     word = WORDS[int(rng.integers(len(WORDS)))]
     form: Form = "every" if rng.random() < P_EVERY else "once"
-    pool = LONG_N if rng.random() < P_LONG else SHORT_N
+    long_n = tuple(n for n in LONG_N if n <= max_n)
+    pool = long_n if rng.random() < P_LONG and long_n else tuple(n for n in SHORT_N if n <= max_n)
     n = int(pool[int(rng.integers(len(pool)))])
     channel: Channel = "typed" if rng.random() < P_TYPED else "spoken"
     return Request(word, form, n, channel)
@@ -192,7 +194,7 @@ class TimeSpeakBuilder(_Builder):
 
     def timed_request(self, t: int) -> int:
         """Place one request, its acknowledgement, its words (and its stop); returns when the user may speak."""
-        req = draw_request(self.rng)
+        req = draw_request(self.rng, self.spec.timed_max_n)
         index = len(self.requests)
         start, end, turn = self.user_line(t, req.text(), req.channel)
         cursor = self.acknowledge(end, turn)

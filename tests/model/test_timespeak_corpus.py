@@ -8,6 +8,7 @@ both forms, both channels, a spoken and a typed stop and barge-ins, which the te
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,19 @@ from typer.testing import CliRunner
 
 from duplex.cli import app
 from duplex.model.audio_io import read_wav
+from duplex.model.checkpoint import save
 from duplex.model.codec import Codec
 from duplex.model.config import ModelConfig
 from duplex.model.corpus import check_conversation, make_corpus
 from duplex.model.corpus.make import TIMESPEAK_EVENT_TYPES, assign_tasks
-from duplex.model.corpus.timespeak import Request
+from duplex.model.corpus.timespeak import Request, draw_request
 from duplex.model.data import Conversation, load_conversation, load_split, targets, text_input
 from duplex.model.evaluate import stream_model
 from duplex.model.family import Floor
 from duplex.model.model import DuplexModel
 from duplex.model.timespeak import WORDS, requests
 from duplex.model.timespeak_eval import cascade_said, oracle_said, run_cascade, score_timespeak
+from duplex.model.train import TrainSettings, make_batch, to_example, train
 
 SEED = 1
 SR = 16000
@@ -213,6 +216,7 @@ def test_cli_eval_timespeak_writes_json_with_the_peer_and_the_oracle(corpus: Pat
             ["corpus", "make", "--out", "X", "--conversations", "10", "--timed-share", "0.5"],
             "only with --task timespeak",
         ),
+        (["corpus", "make", "--out", "X", "--conversations", "10", "--timed-max-n", "4"], "only with --task timespeak"),
         (["model", "eval", "--corpus", "C", "--task", "timespeak", "--baseline", "vad"], "choose cascade or oracle"),
     ],
 )
@@ -227,3 +231,26 @@ def test_eval_timespeak_on_a_split_without_requests_says_so(tmp_path: Path) -> N
     make_corpus(plain, 3, seed=0, min_duration_s=6, max_duration_s=8, heldout_fraction=0.0)
     result = runner.invoke(app, ["model", "eval", "--task", "timespeak", "--corpus", str(plain), "--split", "train"])
     assert result.exit_code == 2 and "has no timed requests" in result.output
+
+
+def test_max_n_bounds_the_delays_asked_for() -> None:
+    rng = np.random.default_rng(0)
+    drawn = [draw_request(rng, max_n=4) for _ in range(300)]
+    assert {r.n for r in drawn} == {2, 3, 4} and {r.form for r in drawn} == {"once", "every"}
+    assert {r.n for r in (draw_request(rng) for _ in range(300))} > set(range(2, 10))
+
+
+def test_training_takes_typed_batches_and_starts_from_init(corpus: Path, tmp_path: Path, tiny: ModelConfig) -> None:
+    examples = [to_example(c, tiny, Codec(tiny)) for c in load_split(corpus, "train")]
+    typed = next(e for e in examples if e.t.text_in is not None)
+    batch = make_batch([typed], random.Random(0), 2, 100, tiny.frame_samples)
+    assert batch["text_in"].shape == (2, 100, tiny.text_in_slots)
+    torch.manual_seed(5)
+    start = DuplexModel(tiny)
+    save(start, tmp_path / "init.safetensors")
+    s = TrainSettings(
+        corpus=corpus, out=tmp_path / "ft.safetensors", steps=1, batch=2, crop_s=4.0, eval_every=1, lr=1e-9
+    )
+    train(s.model_copy(update={"init": tmp_path / "init.safetensors"}), log=lambda _: None)
+    tuned = torch.load(tmp_path / "ft.state.pt", weights_only=False)["model"]
+    assert all(torch.allclose(tuned[k], v, atol=1e-5) for k, v in start.state_dict().items())
