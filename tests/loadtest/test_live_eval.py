@@ -34,7 +34,7 @@ from duplex.model.codec import Codec
 from duplex.model.corpus.conversation import Timing
 from duplex.model.corpus.make import make_corpus
 from duplex.model.data import Conversation, load_split
-from duplex.model.evaluate import run_model, score, turn_latencies
+from duplex.model.evaluate import run_model, score, stream_model, turn_latencies
 from duplex.model.model import DuplexModel
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
@@ -241,3 +241,29 @@ def test_timespeak_live_text_is_placed_where_its_chunk_was_heard() -> None:
     conv = Conversation("c", "test", np.zeros(1), np.zeros(1), [typed])  # type: ignore[arg-type]
     ((index, event),) = typed_text(conv, C)
     assert (index, event.text.text) == (7, "Say up in 3 seconds.")
+
+
+def test_typed_requests_reach_the_served_model_where_the_offline_run_feeds_them(up: LocalUp, tmp_path: Path) -> None:
+    """A TimeSpeak conversation with a typed request ("Say left in 4 seconds." at 4.2 s; seed 4), streamed live
+    with its typed text: the served model's audio and text are the offline run's, which feeds the text at the
+    frames the corpus gives it. The text would differ had the typed bytes reached the model a chunk later
+    (checked offline here), so they reached it at those frames. The two other conversations have none."""
+    make_corpus(tmp_path, 3, seed=4, min_duration_s=8, max_duration_s=12, task="timespeak", timed_max_n=4,
+                validation_fraction=0.0, test_fraction=0.0, heldout_fraction=0.0)  # fmt: skip
+    convs = load_split(tmp_path, "train")
+    assert [len(typed_text(c, C)) for c in convs] == [0, 1, 0]
+    model = load_part(ModelSource())
+    assert isinstance(model, DuplexModel)
+    tracks, texts = stream_model(model, Codec(model.cfg), convs, CHUNK_MS, batch_invariant=True)
+    late = [dict(e, start_sample=e["start_sample"] + C) if e["type"] == "typed_text" else e for e in convs[1].events]
+    moved = Conversation(convs[1].id, "train", convs[1].user, convs[1].model, late)
+    assert not np.array_equal(stream_model(model, Codec(model.cfg), [moved], CHUNK_MS, True)[1][0], texts[1])
+    run = stream_live(up.address, convs, CHUNK_MS, concurrency=3)
+    assert run.delivery.substituted == 0, "a client stalled: the model heard silence, not the corpus"
+    for conv, rec, off, text in zip(convs, run.records, tracks, texts, strict=True):
+        n = len(off)
+        by_model_time = rec.output_track(16000, n, model_time=True)
+        served = np.round(off * 32767.0).astype(np.int16)  # the engine's PCM16, as in the ``offline`` fixture
+        assert np.array_equal(by_model_time[: n - C], served[C:]), conv.id
+        live_text = "".join(r.event.text.text for r in rec.of("text"))
+        assert live_text == bytes(int(v) for v in text if v < 256).decode("utf-8", "replace"), conv.id
