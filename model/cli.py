@@ -449,6 +449,42 @@ def _print_timespeak(results: list[TimeSpeakMetrics], title: str) -> None:
     console.print(table)
 
 
+@app.command("timespeak-score")
+def timespeak_score(
+    timeline: Annotated[Path, typer.Option(help="A `duplex talk --timeline` file.")],
+    request: Annotated[str, typer.Option(help="What was asked, e.g. 'Say now every three seconds.'")],
+    end: Annotated[float, typer.Option(help="When the request ended, seconds on the timeline's axis.")],
+    stop: Annotated[
+        float | None, typer.Option(help="When 'stop' was said (an 'every' request is due until then).")
+    ] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Write the score to this JSON file.")] = None,
+) -> None:
+    """Score one timed request against the model's text in a `duplex talk` timeline (the TimeSpeak scorer: the
+    right word within ±0.5 s of every due moment, no other TimeSpeak word after the request)."""
+    from dataclasses import asdict
+
+    from .timespeak import parse_request, score_request, timeline_pieces, utterances
+
+    try:
+        doc = json.loads(timeline.read_text())
+        said = utterances(timeline_pieces(doc))
+        until = max([float(e["t"]) for e in doc["events"]], default=end) + 1.0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise typer.BadParameter(f"{timeline}: not a `duplex talk` timeline ({e})", param_hint="--timeline") from None
+    try:
+        req = parse_request(request, end, until, stop)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--request") from None
+    s = score_request(req, said)
+    console.print(f"due at {', '.join(f'{d:.2f}' for d in req.due)} s: {req.word!r} ({req.form}, N = {req.n})")
+    for u in said:
+        console.print(f"  {u.t:7.2f} s  {u.text!r}" + ("  (a TimeSpeak word)" if u.word else ""))
+    verdict = "correct" if s.correct else "not correct"
+    console.print(f"{verdict}: {s.hits} on time, {s.wrong} wrong word, {s.missing} missing, {s.extra} extra")
+    if as_json is not None:
+        as_json.write_text(json.dumps({**asdict(s), "correct": s.correct}, indent=2))
+
+
 def _baselines(baseline: list[str], convs: list[Conversation], chunk_ms: int) -> list[Metrics]:
     from .evaluate import run_vad_baseline, score
 

@@ -126,6 +126,35 @@ def requests(events: Iterable[dict[str, Any]]) -> list[Request]:
     return sorted((Request.from_event(e) for e in events if e["type"] == "timed_request"), key=lambda r: r.start)
 
 
+_NUMBERS = {
+    "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10,
+    "eleven": 11, "twelve": 12, "thirteen": 13, "fourteen": 14, "fifteen": 15, "sixteen": 16,
+    "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30,
+}  # fmt: skip
+_REQUEST = re.compile(r"say (\w+) (in|every) ([\w-]+) seconds", re.IGNORECASE)
+
+
+def parse_request(text: str, end: float, until: float, stop: float | None = None, start: float = 0.0) -> Request:
+    """A request from its words ("Say now every three seconds.", N in digits or words up to thirty), the time
+    it ended and ``until``, the end of the window it is judged in; an "every" request is due every N s after
+    ``end`` before ``stop`` (or ``until``). ValueError naming what is wrong."""
+    m = _REQUEST.search(text)
+    if m is None:
+        raise ValueError(f"{text!r} is not 'Say WORD in|every N seconds.'")
+    word, form, number = m.group(1).lower(), m.group(2).lower(), m.group(3).lower()
+    if word not in WORDS:
+        raise ValueError(f"{word!r} is not a TimeSpeak word ({', '.join(WORDS)})")
+    tens, _, ones = number.partition("-")
+    n = int(number) if number.isdigit() else _NUMBERS.get(tens, 0) + (_NUMBERS.get(ones, 0) if ones else 0)
+    words_ok = number.isdigit() or (tens in _NUMBERS and (not ones or ones in _NUMBERS))
+    if not words_ok or not 2 <= n <= 30:
+        raise ValueError(f"{number!r} is not a number of seconds from 2 to 30")
+    last = until if stop is None else stop
+    due = (end + n,) if form == "in" else tuple(end + k * n for k in range(1, int((last - end) // n) + 1))
+    due = tuple(round(d, 6) for d in due if d < last or form == "in")
+    return Request(0, word, "once" if form == "in" else "every", n, "spoken", start, end, due, stop, until)
+
+
 @dataclass(frozen=True)
 class RequestScore:
     request: Request

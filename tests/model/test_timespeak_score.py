@@ -4,16 +4,21 @@ talk`` timeline; the diagnostics."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from duplex.cli import app
 from duplex.model.timespeak import (
     Request,
     Utterance,
     audio_hits,
     frame_pieces,
     metrics,
+    parse_request,
     requests,
     score_request,
     timeline_pieces,
@@ -148,3 +153,41 @@ def test_metrics_give_accuracy_without_partial_credit_and_the_diagnostics() -> N
 
 def test_audio_hits_count_onsets_within_the_tolerance() -> None:
     assert audio_hits([5.0, 8.0, 11.0], [4.6, 8.6, 20.0]) == 1
+
+
+def test_a_request_is_parsed_from_its_words_with_n_in_digits_or_words() -> None:
+    every = parse_request("Say now every three seconds.", end=2.84, until=22.0, stop=15.74)
+    assert (every.word, every.form, every.n) == ("now", "every", 3)
+    assert every.due == pytest.approx((5.84, 8.84, 11.84, 14.84))  # none due after the stop
+    once = parse_request("say GO in 25 seconds", end=1.0, until=40.0)
+    assert (once.word, once.form, once.due) == ("go", "once", (26.0,))
+    assert parse_request("Say up in twenty-five seconds.", 0.0, 30.0).n == 25
+    for bad, named in (("Say nope in 3 seconds.", "not a TimeSpeak word"), ("Say up in one seconds.", "2 to 30"),
+                       ("Say up in 31 seconds.", "2 to 30"), ("Say up soon.", "is not 'Say WORD")):  # fmt: skip
+        with pytest.raises(ValueError, match=named):
+            parse_request(bad, 1.0, 10.0)
+
+
+def test_cli_scores_a_talk_timeline(tmp_path: Path) -> None:
+    timeline = tmp_path / "t.json"
+    deltas = [(5.9, "now", True), (8.7, "now", True), (11.0, "now", True), (15.0, "now", True)]
+    events = [{"t": t, "text": {"seq": str(int(t * 5)), "text": x, "final": f}} for t, x, f in deltas]
+    timeline.write_text(json.dumps({"events": [{"t": 0.2, "audio": {"seq": "0"}}, *events]}))
+    args = [
+        "model",
+        "timespeak-score",
+        "--timeline",
+        str(timeline),
+        "--end",
+        "2.84",
+        "--json",
+        str(tmp_path / "s.json"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--request", "Say now every three seconds.", "--stop", "13.0"])
+    assert result.exit_code == 0, result.output
+    # due at 5.84, 8.84, 11.84: the word at 11.0 is 0.84 s early (so 11.84 is missing), it and the one after
+    # the stop are extras
+    assert "not correct: 2 on time, 0 wrong word, 1 missing, 2 extra" in result.output
+    assert json.loads((tmp_path / "s.json").read_text())["correct"] is False
+    bad = CliRunner().invoke(app, [*args, "--request", "Say later in 3 seconds."])
+    assert bad.exit_code == 2 and "--request" in bad.output and "not a TimeSpeak word" in " ".join(bad.output.split())
