@@ -64,6 +64,8 @@ ORDER = (
     "turn_taking_live",
     "turn_taking_heldout",
     "turn_taking_live_heldout",
+    "timespeak",
+    "timespeak_small_n",
     "model_step",
     "model_step_moe",
     "model_step_profile",

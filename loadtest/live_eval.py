@@ -25,7 +25,9 @@ import numpy.typing as npt
 
 from duplex.model.data import Conversation
 from duplex.model.evaluate import Metrics, score
+from duplex.model.timespeak import Piece, TimeSpeakMetrics, Utterance, utterances
 from duplex.serving import client
+from duplex.v1 import duplex_pb2 as pb
 
 from .local import LocalUp
 
@@ -95,6 +97,33 @@ def delivery(records: Sequence[client.Conversation]) -> Delivery:
     )
 
 
+def typed_text(conv: Conversation, chunk_samples: int) -> list[tuple[int, pb.ClientEvent]]:
+    """The conversation's ``typed_text`` events as ``TextInput`` sent right before the chunk they start in, so
+    the engine feeds them from that chunk's first frame (where the corpus placed them)."""
+    return [
+        (int(e["start_sample"]) // chunk_samples, pb.ClientEvent(text=pb.TextInput(text=e["text"])))
+        for e in conv.events
+        if e["type"] == "typed_text"
+    ]
+
+
+def said_live(record: client.Conversation) -> list[Utterance]:
+    """The model's text deltas as utterances, each placed where the audio chunk of its ``seq`` was heard."""
+    heard = {a.seq: at / SAMPLE_RATE for at, a in record.placements(SAMPLE_RATE)}
+    pieces: list[Piece] = [
+        (heard.get(r.event.text.seq, record.axis_us(r.t_us) / 1e6), r.event.text.text.encode(), r.event.text.final)
+        for r in record.of("text")
+    ]
+    return utterances(sorted(pieces, key=lambda p: p[0]))
+
+
+def score_timespeak_live(system: str, convs: Sequence[Conversation], run: LiveRun) -> TimeSpeakMetrics:
+    """The TimeSpeak scorer on what a listener got: the text deltas and the heard audio."""
+    from duplex.model.timespeak_eval import score_timespeak
+
+    return score_timespeak(system, convs, [said_live(r) for r in run.records], run.tracks)
+
+
 def check_record(conv: Conversation, record: client.Conversation, chunk_ms: int) -> None:
     """Raise LiveEvalError unless the conversation ended OK with one model chunk per chunk sent."""
     if record.code != grpc.StatusCode.OK:
@@ -124,6 +153,7 @@ async def hold_all(
                     chunk_ms=chunk_ms,
                     start=client.start_event(chunk_ms=chunk_ms, no_resume=True),
                     metadata=metadata,
+                    extra=typed_text(conv, chunk_samples),
                     resume=False,
                 )
 
@@ -173,12 +203,23 @@ def evaluate_live(
 ) -> tuple[Metrics, LiveRun]:
     """Score ``convs`` live through the server at ``address`` (``metadata``: e.g. its API key), or through a
     ``duplex up`` serving ``checkpoint`` started here (and stopped after) when no address is given."""
-    if address is not None:
-        run = stream_live(address, convs, chunk_ms, concurrency, metadata)
-    else:
-        with LocalUp(args=up_args(checkpoint, chunk_ms, concurrency)) as up:
-            run = stream_live(up.address, convs, chunk_ms, concurrency)
+    run = run_live(convs, address, checkpoint, chunk_ms, concurrency, metadata)
     return score_live(system, convs, run), run
+
+
+def run_live(
+    convs: Sequence[Conversation],
+    address: str | None = None,
+    checkpoint: Path | None = None,
+    chunk_ms: int = 200,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    metadata: Sequence[tuple[str, str]] = (),
+) -> LiveRun:
+    """``stream_live`` through the server at ``address``, or through a ``duplex up`` started here."""
+    if address is not None:
+        return stream_live(address, convs, chunk_ms, concurrency, metadata)
+    with LocalUp(args=up_args(checkpoint, chunk_ms, concurrency)) as up:
+        return stream_live(up.address, convs, chunk_ms, concurrency)
 
 
 def describe(d: Delivery) -> str:

@@ -17,6 +17,7 @@ from .planner import GIB, count_params, plan
 if TYPE_CHECKING:
     from .data import Conversation
     from .evaluate import Metrics
+    from .timespeak import TimeSpeakMetrics
 
 app = typer.Typer(help="Model presets, sizes, shard plans and checkpoints.", no_args_is_help=True)
 console = Console()
@@ -153,6 +154,9 @@ def train(
     crop_s: Annotated[float, typer.Option(help="Crop length in seconds.")] = 24.0,
     eval_every: Annotated[int, typer.Option(help="Validate every N steps.")] = 250,
     seed: Annotated[int, typer.Option(help="Seed: same seed and steps, same checkpoint.")] = 0,
+    init: Annotated[
+        Path | None, typer.Option(help="Fine-tune: start from this checkpoint's weights (same preset).")
+    ] = None,
 ) -> None:
     """Train the tiny reference model on CPU (resumes from <out>.state.pt when present)."""
     from .train import TrainSettings
@@ -161,6 +165,8 @@ def train(
     if not (corpus / "manifest.json").is_file():
         raise typer.BadParameter(f"{corpus} has no manifest.json: not a corpus", param_hint="--corpus")
     _preset(preset)
+    if init is not None and not init.is_file():
+        raise typer.BadParameter(f"{init}: no such checkpoint", param_hint="--init")
     try:
         settings = TrainSettings(
             corpus=corpus,
@@ -172,6 +178,7 @@ def train(
             crop_s=crop_s,
             eval_every=eval_every,
             seed=seed,
+            init=init,
         )
         result = run(settings, log=console.print)
     except ModelError as e:
@@ -183,8 +190,8 @@ def train(
     )
 
 
-TASKS = ("turns",)
-BASELINES = ("vad", "oracle")
+TASKS = ("turns", "timespeak")
+BASELINES = {"turns": ("vad", "oracle"), "timespeak": ("cascade", "oracle")}
 TABLE_KEYS = (
     "tor",
     "latency_p50",
@@ -211,7 +218,13 @@ def eval_cmd(
         ),
     ] = None,
     split: Annotated[str, typer.Option(help="A split of the corpus: train, validation, test or any other.")] = "test",
-    task: Annotated[str, typer.Option(help="What to evaluate: turns (turn-taking).")] = "turns",
+    task: Annotated[
+        str,
+        typer.Option(
+            help="What to evaluate: turns (turn-taking) or timespeak (timed requests: the split's conversations "
+            "that have them)."
+        ),
+    ] = "turns",
     live: Annotated[
         bool, typer.Option("--live", help="Stream the split in real time through a server, scored as heard.")
     ] = False,
@@ -224,7 +237,11 @@ def eval_cmd(
     ] = os.environ.get("DUPLEX_API_KEY", ""),
     limit: Annotated[int | None, typer.Option(help="Evaluate only the split's first N conversations.")] = None,
     baseline: Annotated[
-        list[str], typer.Option(help="Also score: vad (silero-vad server VAD), oracle (the target track itself).")
+        list[str],
+        typer.Option(
+            help="Also score: vad (silero-vad server VAD; turns), cascade (VAD + turn-based, no timer; timespeak), "
+            "oracle (the target track itself)."
+        ),
     ] = [],  # noqa: B006
     chunk_ms: Annotated[int, typer.Option(help="Serving chunk size.")] = 200,
     as_json: Annotated[Path | None, typer.Option("--json", help="Write all metrics to this JSON file.")] = None,
@@ -232,6 +249,11 @@ def eval_cmd(
     """Turn-taking metrics through the real streaming path, scored on output audio (FD-bench style); with
     --live, through a running server at live-microphone pace, the model's audio placed as it was heard."""
     _check_eval_flags(task, baseline, live, address, concurrency, limit)
+    if task == "timespeak":
+        _eval_timespeak(
+            corpus, checkpoint, split, live, address, concurrency, api_key, limit, baseline, chunk_ms, as_json
+        )
+        return
     try:
         convs = _eval_conversations(corpus, split, limit)
         if live:
@@ -253,9 +275,12 @@ def _check_eval_flags(
 ) -> None:
     if task not in TASKS:
         raise typer.BadParameter(f"unknown task {task!r}; choose {', '.join(TASKS)}", param_hint="--task")
-    unknown = [b for b in baseline if b not in BASELINES]
+    unknown = [b for b in baseline if b not in BASELINES[task]]
     if unknown:
-        raise typer.BadParameter(f"unknown baseline(s) {unknown}; choose vad or oracle", param_hint="--baseline")
+        choose = " or ".join(BASELINES[task])
+        raise typer.BadParameter(
+            f"unknown baseline(s) {unknown} for --task {task}; choose {choose}", param_hint="--baseline"
+        )
     if address is not None and not live:
         raise typer.BadParameter("only with --live (the offline evaluation needs no server)", param_hint="--address")
     if concurrency < 1:
@@ -314,6 +339,150 @@ def _eval_live(
     m, run = evaluate_live("duplex (live)", convs, address, checkpoint, chunk_ms, concurrency, metadata)
     console.print(f"live: {describe(run.delivery)}")
     return m, {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+
+
+def _eval_timespeak(
+    corpus: Path,
+    checkpoint: Path | None,
+    split: str,
+    live: bool,
+    address: str | None,
+    concurrency: int,
+    api_key: str,
+    limit: int | None,
+    baseline: list[str],
+    chunk_ms: int,
+    as_json: Path | None,
+) -> None:
+    """``duplex model eval --task timespeak``: the split's conversations with timed requests, scored by the
+    TimeSpeak scorer (offline, or live as a listener got them), with the cascade peer and the oracle."""
+    from .data import load_split
+    from .timespeak_eval import oracle_said, run_cascade, score_timespeak, timed_conversations
+
+    about: dict[str, object] = {}
+    try:
+        convs = timed_conversations(load_split(corpus, split))[:limit]
+        if not convs:
+            raise ModelError(f"split {split!r} of {corpus} has no timed requests (make it with --task timespeak)")
+        if live:
+            ours, about = _timespeak_live(convs, address, checkpoint, chunk_ms, concurrency, api_key)
+        else:
+            ours = _timespeak_offline(convs, checkpoint, chunk_ms)
+    except _eval_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    results = [ours]
+    if "cascade" in baseline:
+        results.append(run_cascade(convs))
+    if "oracle" in baseline:
+        results.append(score_timespeak("target track (oracle)", convs, [oracle_said(c) for c in convs]))
+    where = f"{split}, {len(convs)} conversations{', live' if live else ''}"
+    _print_timespeak(results, f"TimeSpeak on {corpus} ({where})")
+    if as_json is not None:
+        doc = {"task": "timespeak", "split": split, "corpus": str(corpus), "live": live}
+        doc["checkpoint"] = str(checkpoint or _shipped())
+        as_json.write_text(json.dumps({**doc, **about, "systems": [r.summary() for r in results]}, indent=2))
+
+
+def _timespeak_offline(convs: list[Conversation], checkpoint: Path | None, chunk_ms: int) -> TimeSpeakMetrics:
+    from . import checkpoint as ckpt
+    from .codec import Codec
+    from .model import DuplexModel
+    from .timespeak_eval import evaluate_offline
+
+    model = ckpt.load(checkpoint or _shipped())
+    if not isinstance(model, DuplexModel):
+        raise ModelError(f"{checkpoint}: not a duplex reference checkpoint")
+    return evaluate_offline(model.eval(), Codec(model.cfg), convs, chunk_ms)
+
+
+def _timespeak_live(
+    convs: list[Conversation],
+    address: str | None,
+    checkpoint: Path | None,
+    chunk_ms: int,
+    concurrency: int,
+    api_key: str,
+) -> tuple[TimeSpeakMetrics, dict[str, object]]:
+    from dataclasses import asdict
+
+    from duplex.loadtest.live_eval import describe, run_live, score_timespeak_live
+
+    if address is None and checkpoint is not None and not checkpoint.exists():
+        raise ModelError(f"--checkpoint {checkpoint}: no such file or directory")
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key and address is not None else []
+    run = run_live(convs, address, checkpoint, chunk_ms, concurrency, metadata)
+    console.print(f"live: {describe(run.delivery)}")
+    about = {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+    return score_timespeak_live("duplex (live)", convs, run), about
+
+
+TIMESPEAK_KEYS = (
+    "requests",
+    "accuracy",
+    "due",
+    "hits",
+    "wrong",
+    "missing",
+    "extra",
+    "timing_error_abs_p50",
+    "timing_error_abs_p95",
+    "timing_error_mean",
+    "audio_at_due",
+)
+
+
+def _print_timespeak(results: list[TimeSpeakMetrics], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r.system, justify="right")
+    for k in TIMESPEAK_KEYS:
+        table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
+    for group in ("by_form", "by_channel", "by_n"):
+        for key in sorted({k for r in results for k in getattr(r, group)}, key=lambda k: (len(k), k)):
+            cells = [getattr(r, group).get(key) for r in results]
+            table.add_row(
+                f"accuracy {group[3:]} {key}",
+                *["—" if c is None else f"{c['accuracy']:.3f} ({int(c['requests'])})" for c in cells],
+            )
+    console.print(table)
+
+
+@app.command("timespeak-score")
+def timespeak_score(
+    timeline: Annotated[Path, typer.Option(help="A `duplex talk --timeline` file.")],
+    request: Annotated[str, typer.Option(help="What was asked, e.g. 'Say now every three seconds.'")],
+    end: Annotated[float, typer.Option(help="When the request ended, seconds on the timeline's axis.")],
+    stop: Annotated[
+        float | None, typer.Option(help="When 'stop' was said (an 'every' request is due until then).")
+    ] = None,
+    as_json: Annotated[Path | None, typer.Option("--json", help="Write the score to this JSON file.")] = None,
+) -> None:
+    """Score one timed request against the model's text in a `duplex talk` timeline (the TimeSpeak scorer: the
+    right word within ±0.5 s of every due moment, no other TimeSpeak word after the request)."""
+    from dataclasses import asdict
+
+    from .timespeak import parse_request, score_request, timeline_pieces, utterances
+
+    try:
+        doc = json.loads(timeline.read_text())
+        said = utterances(timeline_pieces(doc))
+        until = max([float(e["t"]) for e in doc["events"]], default=end) + 1.0
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise typer.BadParameter(f"{timeline}: not a `duplex talk` timeline ({e})", param_hint="--timeline") from None
+    try:
+        req = parse_request(request, end, until, stop)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--request") from None
+    s = score_request(req, said)
+    console.print(f"due at {', '.join(f'{d:.2f}' for d in req.due)} s: {req.word!r} ({req.form}, N = {req.n})")
+    for u in said:
+        console.print(f"  {u.t:7.2f} s  {u.text!r}" + ("  (a TimeSpeak word)" if u.word else ""))
+    verdict = "correct" if s.correct else "not correct"
+    console.print(f"{verdict}: {s.hits} on time, {s.wrong} wrong word, {s.missing} missing, {s.extra} extra")
+    if as_json is not None:
+        as_json.write_text(json.dumps({**asdict(s), "correct": s.correct}, indent=2))
 
 
 def _baselines(baseline: list[str], convs: list[Conversation], chunk_ms: int) -> list[Metrics]:

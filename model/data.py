@@ -7,7 +7,10 @@ A conversation directory (written by ``duplex corpus make``) holds ``user.wav`` 
            yield for the first ``YIELD_FRAMES`` frames after the model stops for a ``barge_in``;
   audio    the reference codec's code for the model track's frame;
   text     the model's words, each word's bytes laid out from the frame its speech starts (one byte per
-           frame, PAD elsewhere, EOT after a turn's last byte) — an inner monologue in step with the audio.
+           frame, PAD elsewhere, EOT after a turn's last byte) — an inner monologue in step with the audio;
+           a TimeSpeak ``timed_word`` is a turn of one word (speak, its bytes from its due moment, EOT);
+  text_in  input, not target: the bytes of every ``typed_text`` event, ``text_in_slots`` per frame from its
+           first frame, as the engine feeds a chunk's queued typed text.
 
 Frames are assigned by their centre time.
 """
@@ -58,6 +61,8 @@ class Targets:
     """(T,) int64 bytes / PAD / EOT."""
     weight: Tensor
     """(T,) float32 per-frame weight of the control loss."""
+    text_in: Tensor | None = None
+    """(T, text_in_slots) int64 typed input bytes (PAD = none); None when the conversation has no typed text."""
 
 
 def read_track(path: Path) -> Tensor:
@@ -108,18 +113,9 @@ def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
     f = cfg.frame_ms / 1000
     for ev in conv.events:
         kind = ev["type"]
-        if kind == "model_turn":
+        if kind in ("model_turn", "timed_word"):
             control[_frames(ev["start"], ev["end"], cfg, T)] = Floor.SPEAK
-            cursor = 0
-            for k, w in enumerate(ev.get("words", [])):
-                data = (" " if k else "").encode() + w["word"].encode("utf-8", "replace")
-                at = max(cursor, int(w["start"] / f))
-                for j, byte in enumerate(data):
-                    if at + j < T:
-                        text[at + j] = byte
-                cursor = at + len(data)
-            if cursor and cursor < T:
-                text[cursor] = cfg.eot_token
+            _lay_out_words(text, ev.get("words", []), f, cfg.eot_token)
         elif kind == "backchannel":
             control[_frames(ev["start"], ev["end"], cfg, T)] = Floor.BACKCHANNEL
         elif kind == "pause":
@@ -134,4 +130,34 @@ def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
             gap = _frames(ev["start"], ev["start"] + 0.3, cfg, T)
             weight[gap] = torch.minimum(weight[gap], torch.tensor(0.5))
     audio = codec.encode(conv.model[None])[0]
-    return Targets(control, audio, text, weight)
+    return Targets(control, audio, text, weight, text_input(conv, cfg))
+
+
+def _lay_out_words(text: Tensor, words: list[dict[str, Any]], frame_s: float, eot: int) -> None:
+    """Each word's bytes from the frame its speech starts (after the previous word's), then EOT."""
+    T = text.shape[0]
+    cursor = 0
+    for k, w in enumerate(words):
+        data = (" " if k else "").encode() + w["word"].encode("utf-8", "replace")
+        at = max(cursor, int(w["start"] / frame_s))
+        for j, byte in enumerate(data):
+            if at + j < T:
+                text[at + j] = byte
+        cursor = at + len(data)
+    if cursor and cursor < T:
+        text[cursor] = eot
+
+
+def text_input(conv: Conversation, cfg: ModelConfig) -> Tensor | None:
+    """(T, slots) typed bytes of the conversation's ``typed_text`` events, row-major from each event's first
+    frame (the engine's layout of a chunk's text); None when it has none (or the model takes no text)."""
+    typed = [e for e in conv.events if e["type"] == "typed_text"]
+    if not typed or not cfg.text_in_slots:
+        return None
+    T, slots = conv.frames, cfg.text_in_slots
+    flat = torch.full((T * slots,), cfg.pad_token, dtype=torch.long)
+    for e in typed:
+        data = torch.tensor(list(e["text"].encode()), dtype=torch.long)
+        at = round(e["start_sample"] / cfg.frame_samples) * slots
+        flat[at : at + len(data)] = data[: max(0, T * slots - at)]
+    return flat.view(T, slots)

@@ -40,7 +40,7 @@ import numpy.typing as npt
 import torch
 
 from .codec import Codec
-from .data import Conversation
+from .data import Conversation, text_input
 from .detect import speech_segments
 from .model import DuplexModel
 
@@ -82,6 +82,14 @@ def run_model(
     is returned on the conversation's time axis, one chunk late (as heard in real time, with no delay but the
     capture of the chunk). ``batch_invariant``: the kernels ``duplex up`` steps with (``engine.batch_invariant``),
     so each conversation's outputs are the ones the server gives it."""
+    return stream_model(model, codec, convs, chunk_ms, batch_invariant)[0]
+
+
+def stream_model(
+    model: DuplexModel, codec: Codec, convs: list[Conversation], chunk_ms: int = 200, batch_invariant: bool = False
+) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.int64]]]:
+    """``run_model``'s audio, and each conversation's per-frame text tokens (model time: frame f is the model's
+    output for input frame f). Typed text (``typed_text`` events) is fed as the engine feeds it."""
     cfg = model.cfg
     F = cfg.frames_per_chunk(chunk_ms)
     C = F * cfg.frame_samples
@@ -91,46 +99,77 @@ def run_model(
     audio = torch.zeros(n, chunks * C)
     for i, c in enumerate(convs):
         audio[i, : c.user.shape[0]] = c.user
+    typed = [text_input(c, cfg) for c in convs]
+    text_in = None
+    if any(x is not None for x in typed):
+        text_in = torch.full((n, chunks * F, cfg.text_in_slots), cfg.pad_token, dtype=torch.long)
+        for i, x in enumerate(typed):
+            if x is not None:
+                text_in[i, : x.shape[0]] = x
     state, cs = model.new_state(n), codec.new_state(n)
     out = torch.zeros(n, (chunks + 1) * C)
+    text = torch.zeros(n, chunks * F, dtype=torch.long)
     with torch.no_grad():
         for k in range(chunks):
-            step = model.step(state, audio[:, k * C : (k + 1) * C], batch_invariant=batch_invariant)
+            step = model.step(
+                state,
+                audio[:, k * C : (k + 1) * C],
+                text_in=None if text_in is None else text_in[:, k * F : (k + 1) * F],
+                batch_invariant=batch_invariant,
+            )
             out[:, (k + 1) * C : (k + 2) * C] = codec.decode(step.audio_codes, cs)
-    return [out[i, : c.user.shape[0]].numpy() for i, c in enumerate(convs)]
+            text[:, k * F : (k + 1) * F] = step.text_tokens
+    tracks = [out[i, : c.user.shape[0]].numpy() for i, c in enumerate(convs)]
+    return tracks, [text[i, : c.frames].numpy() for i, c in enumerate(convs)]
 
 
 def run_vad_baseline(convs: list[Conversation], reply_s: float = 2.0) -> list[npt.NDArray[np.float32]]:
     """silero-vad as a server-side turn detector: speech starts at probability ≥ 0.5, the turn ends after
     500 ms below 0.35 (the 300 ms prefix padding only decides which audio is kept, not when). The answer
     starts the instant the turn end fires and is cut the instant speech starts again (barge-in)."""
+    sr = 16000
+    t = np.arange(int(reply_s * sr)) / sr
+    answer = (0.1 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    outs = []
+    for c, events in zip(convs, vad_events(convs), strict=True):
+        out = np.zeros(c.user.shape[0], np.float32)
+        for kind, at in events:
+            if kind == "start":
+                out[at:] = 0.0  # speech_started: any answer in progress is cut here
+            else:
+                piece = answer[: out.shape[0] - at]
+                out[at : at + len(piece)] = piece
+        outs.append(out)
+    return outs
+
+
+def vad_events(convs: list[Conversation]) -> list[list[tuple[str, int]]]:
+    """Per conversation, silero-vad's ``start`` (speech started) and ``end`` (turn ended) events on the user
+    track, at the sample where each fires (``run_vad_baseline``'s thresholds)."""
     from silero_vad import load_silero_vad  # ships its model inside the wheel: nothing is downloaded
 
     vad = load_silero_vad()
     win, sr = 512, 16000
-    t = np.arange(int(reply_s * sr)) / sr
-    answer = (0.1 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
-    outs = []
+    result = []
     for c in convs:
         vad.reset_states()
         x = c.user
-        out = np.zeros(x.shape[0], np.float32)
+        events: list[tuple[str, int]] = []
         in_speech, silence = False, 0.0
         with torch.no_grad():
             for start in range(0, x.shape[0] - win + 1, win):
                 p, end = float(vad(x[start : start + win], sr)), start + win
                 if p >= 0.5:
                     if not in_speech:
-                        out[end:] = 0.0  # speech_started: any answer in progress is cut here
+                        events.append(("start", end))
                     in_speech, silence = True, 0.0
                 elif in_speech and p < 0.35:
                     silence += win / sr
                     if silence >= 0.5:
                         in_speech, silence = False, 0.0
-                        piece = answer[: x.shape[0] - end]
-                        out[end : end + len(piece)] = piece
-        outs.append(out)
-    return outs
+                        events.append(("end", end))
+        result.append(events)
+    return result
 
 
 @dataclass

@@ -61,6 +61,8 @@ class TrainSettings(BaseModel):
     seed: int = 0
     threads: int = Field(2, ge=1)
     """torch CPU threads."""
+    init: Path | None = None
+    """Start from this checkpoint's weights (of the same preset) instead of random ones: fine-tuning."""
 
 
 CLEAN_SHARE = 0.25
@@ -104,6 +106,7 @@ def _crop(x: Tensor, start: int, n: int, frames: int, fill: float) -> Tensor:
 
 def make_batch(examples: list[Example], rng: random.Random, size: int, frames: int, S: int) -> dict[str, Tensor]:
     audio, control, codes, text, weight = [], [], [], [], []
+    typed: list[Tensor | None] = []
     for _ in range(size):
         ex = examples[rng.randrange(len(examples))]
         T = ex.t.control.shape[0]
@@ -122,13 +125,21 @@ def make_batch(examples: list[Example], rng: random.Random, size: int, frames: i
         codes.append(_crop(ex.t.audio, start, n, frames, 0))
         text.append(_crop(ex.t.text, start, n, frames, 256))
         weight.append(_crop(ex.t.weight, start, n, frames, 0.0))
-    return {
+        typed.append(None if ex.t.text_in is None else ex.t.text_in[start : start + n])
+    batch = {
         "audio": torch.stack(audio),
         "control": torch.stack(control),
         "codes": torch.stack(codes),
         "text": torch.stack(text),
         "weight": torch.stack(weight),
     }
+    slots = next((x.shape[1] for x in typed if x is not None), 0)
+    if slots:  # typed text in this batch (TimeSpeak): PAD elsewhere, the engine's layout
+        batch["text_in"] = torch.full((size, frames, slots), 256, dtype=torch.long)
+        for i, x in enumerate(typed):
+            if x is not None:
+                batch["text_in"][i, : x.shape[0]] = x
+    return batch
 
 
 def loss_fn(
@@ -147,7 +158,7 @@ def loss_fn(
             torch.where(drop, torch.full_like(x, bos), x)
             for x, bos in zip(own, (cfg.audio_codes, cfg.pad_token, cfg.control_classes), strict=True)
         ]
-    out = model(b["audio"], *own)
+    out = model(b["audio"], *own, text_in=b.get("text_in"))
     w = b["weight"] * CLASS_WEIGHT[b["control"]]
     ctrl = (F.cross_entropy(out.control.transpose(1, 2), b["control"], reduction="none") * w).sum() / w.sum()
     speaking = ((b["control"] == Floor.SPEAK) | (b["control"] == Floor.BACKCHANNEL)).float() * (b["weight"] > 0)
@@ -199,6 +210,8 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
     cfg = get_preset(s.preset)
     codec = Codec(cfg)
     model = DuplexModel(cfg)
+    if s.init is not None:
+        model.load_state_dict(checkpoint.load(s.init, expected=cfg).state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
     state_path = s.out.with_suffix(".state.pt")
     step, best, history = 0, -math.inf, []

@@ -5,12 +5,14 @@ Checks (each failure is one line of the returned list):
 - all three WAVs are 16 kHz, mono, 16-bit, ``num_samples`` long;
 - ``user_clean.wav`` is exactly zero outside ``user_speech`` events, and every event starts and ends on
   audible samples (its first and last 5 ms are not silent) — so pauses and silences are silent and
-  ``user_turn_end`` is the real end of speech; the same for ``model.wav`` with ``model_turn`` and
-  ``backchannel`` events;
+  ``user_turn_end`` is the real end of speech; the same for ``model.wav`` with ``model_turn``,
+  ``backchannel`` and ``timed_word`` events;
 - in the microphone track ``user.wav`` every user utterance is at least ``min_snr_db`` above the local
   noise floor (after undoing the labelled gain steps);
 - every barge-in stops the model within ``max_reaction_s`` of the user's onset, and the model stays
-  silent from the stop until its next labelled event.
+  silent from the stop until its next labelled event;
+- every timed request's words start exactly at its due moments (N s after its end, then every N s), say
+  its word, and its stop (if any) lies between two due moments.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def _barge_in_problems(
     model: npt.NDArray[np.int16], clean: npt.NDArray[np.int16], events: list[dict[str, Any]], max_reaction_s: float
 ) -> list[str]:
     problems = []
-    model_starts = sorted(e["start_sample"] for e in events if e["type"] in ("model_turn", "backchannel"))
+    model_starts = sorted(e["start_sample"] for e in events if e["type"] in ("model_turn", "backchannel", "timed_word"))
     for e in (e for e in events if e["type"] == "barge_in"):
         onset, stop = e["start_sample"], e["end_sample"]
         reaction = (stop - onset) / SAMPLE_RATE
@@ -110,6 +112,22 @@ def _barge_in_problems(
             problems.append(f"barge-in at {onset / SAMPLE_RATE:.3f}s: model was not speaking at the onset")
         if not np.any(clean[onset : onset + EDGE]):
             problems.append(f"barge-in at {onset / SAMPLE_RATE:.3f}s: no user speech at the onset")
+    return problems
+
+
+def _timed_problems(events: list[dict[str, Any]]) -> list[str]:
+    """Every timed request's due moments are N s apart from its end, each with its word (and no other word)."""
+    problems = []
+    words = [e for e in events if e["type"] == "timed_word"]
+    for r in (e for e in events if e["type"] == "timed_request"):
+        mine = sorted(w["start_sample"] for w in words if w["request"] == r["request"])
+        due = [r["end_sample"] + k * r["n"] * SAMPLE_RATE for k in range(1, len(r["due"]) + 1)]
+        if mine != due or [round(d / SAMPLE_RATE, 6) for d in due] != r["due"]:
+            problems.append(f"timed request {r['request']} ({r['text']!r}): words at {mine}, due at {due}")
+        if any(w["word"] != r["word"] for w in words if w["request"] == r["request"]):
+            problems.append(f"timed request {r['request']}: a word other than {r['word']!r}")
+        if r["stop"] is not None and not due[-1] < r["stop"] * SAMPLE_RATE < due[-1] + r["n"] * SAMPLE_RATE:
+            problems.append(f"timed request {r['request']}: stop at {r['stop']}s is not between two due moments")
     return problems
 
 
@@ -131,7 +149,7 @@ def check_conversation(directory: Path, min_snr_db: float = 6.0, max_reaction_s:
         return problems
     clean, model, mic = tracks["user_clean"], tracks["model"], tracks["user"]
     problems += _track_agrees("user_clean", clean, _spans(events, "user_speech"))
-    problems += _track_agrees("model", model, _spans(events, "model_turn", "backchannel"))
+    problems += _track_agrees("model", model, _spans(events, "model_turn", "backchannel", "timed_word"))
     for e in events:
         a, b = e["start_sample"], e["end_sample"]
         if e["type"] in ("pause", "silence") and np.any(clean[a:b]):
@@ -144,4 +162,4 @@ def check_conversation(directory: Path, min_snr_db: float = 6.0, max_reaction_s:
                 problems.append(f"user_turn_end at {a / SAMPLE_RATE:.3f}s is not the end of the turn's speech")
     problems += _snr_problems(mic, events, min_snr_db)
     problems += _barge_in_problems(model, clean, events, max_reaction_s)
-    return problems
+    return problems + _timed_problems(events)

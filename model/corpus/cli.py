@@ -14,7 +14,7 @@ from rich.table import Table
 
 from duplex.model.corpus.check import check_conversation
 from duplex.model.corpus.conversation import Timing
-from duplex.model.corpus.make import SPLITS, CorpusReport, assign_splits, make_corpus
+from duplex.model.corpus.make import SPLITS, TASKS, CorpusReport, assign_splits, make_corpus
 
 app = typer.Typer(
     name="corpus",
@@ -77,6 +77,32 @@ def make(
         ),
     ] = 0.1,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing corpus in --out.")] = False,
+    task: Annotated[
+        str,
+        typer.Option(
+            "--task",
+            help="turns (ordinary turn-taking) or timespeak (timed requests, spoken or typed, between ordinary "
+            "exchanges).",
+        ),
+    ] = "turns",
+    timed_share: Annotated[
+        float,
+        typer.Option(
+            "--timed-share",
+            min=0.0,
+            max=1.0,
+            help="With --task timespeak: share of conversations with timed requests (the rest are ordinary).",
+        ),
+    ] = 1.0,
+    timed_max_n: Annotated[
+        int,
+        typer.Option(
+            "--timed-max-n",
+            min=2,
+            max=30,
+            help="With --task timespeak: the longest delay or period asked for, seconds.",
+        ),
+    ] = 30,
     reply_gap: Annotated[
         str,
         typer.Option(
@@ -108,13 +134,22 @@ def make(
     except ValueError as err:
         hint = "'--validation-fraction' / '--test-fraction' / '--heldout-fraction'"
         raise typer.BadParameter(str(err), param_hint=hint) from err
+    if task not in TASKS:
+        raise typer.BadParameter(f"unknown task {task!r}; choose {', '.join(TASKS)}", param_hint="'--task'")
+    if timed_share != 1.0 and task != "timespeak":
+        raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-share'")
+    if timed_max_n != 30 and task != "timespeak":
+        raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-max-n'")
     gap = _range(reply_gap, "'--reply-gap'", 0.0)
     reaction = _range(barge_reaction, "'--barge-reaction'", 0.04)
     warp = _range(voice_warp, "'--voice-warp'", 0.7, 1.4, unit="")
     _writable_dir(out, force)
     timing = Timing(reply_gap=gap, barge_reaction=reaction, voice_warp=warp)
     splits = {"validation_fraction": validation_fraction, "test_fraction": test_fraction}
-    report = _render(out, conversations, seed, workers, (min_duration, max_duration), timing, heldout_fraction, splits)
+    tasks = (task, timed_share, timed_max_n)
+    report = _render(
+        out, conversations, seed, workers, (min_duration, max_duration), timing, heldout_fraction, splits, tasks
+    )
     _print_report(report)
 
 
@@ -127,6 +162,7 @@ def _render(
     timing: Timing,
     heldout_fraction: float,
     splits: dict[str, float],
+    tasks: tuple[str, float, int] = ("turns", 1.0, 30),
 ) -> CorpusReport:
     """``make_corpus`` with a progress bar (conversations done, minutes of audio)."""
     columns = (
@@ -155,6 +191,9 @@ def _render(
             on_done=done,
             timing=timing,
             heldout_fraction=heldout_fraction,
+            task=tasks[0],
+            timed_share=tasks[1],
+            timed_max_n=tasks[2],
         )
 
 

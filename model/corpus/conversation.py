@@ -62,6 +62,10 @@ class ConversationSpec:
     """Ground-truth timing of the perfect model (reply gap, barge-in reaction…) and of the user."""
     engine: str = "espeak-ng"
     """The user's TTS engine: ``espeak-ng`` (a voice from ``variants``) or ``flite`` (the held-out engine)."""
+    task: str = "turns"
+    """``turns`` (ordinary turn-taking) or ``timespeak`` (timed requests between ordinary exchanges)."""
+    timed_max_n: int = 30
+    """TimeSpeak: the longest delay or period a request asks for (2..30 s)."""
 
 
 def _s(seconds: float) -> int:
@@ -355,7 +359,12 @@ class _Builder:
 
 def generate(spec: ConversationSpec, timing: Timing | None = None) -> Conversation:
     """Script, render and mix one conversation (deterministic in a fresh process, see tts.py)."""
-    b = _Builder(spec, timing or spec.timing)
+    if spec.task == "timespeak":
+        from duplex.model.corpus.timespeak import TimeSpeakBuilder
+
+        b: _Builder = TimeSpeakBuilder(spec, timing or spec.timing)
+    else:
+        b = _Builder(spec, timing or spec.timing)
     Espeak.get().seed(spec.corpus_seed * 1_000_003 + spec.index)
     n = b.script()
     user_clean = b.user.mix(n)
@@ -391,4 +400,6 @@ def generate(spec: ConversationSpec, timing: Timing | None = None) -> Conversati
         },
         "events": b.events,
     }
+    if spec.task != "turns":  # a turn-taking corpus keeps the bytes it had before tasks existed
+        doc = {"format": FORMAT, "task": spec.task, **{k: v for k, v in doc.items() if k != "format"}}
     return Conversation(user=mic, user_clean=user_clean, model=model, doc=doc)

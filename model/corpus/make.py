@@ -48,6 +48,9 @@ EVENT_TYPES = (
     "noise",
     "gain_change",
 )
+TIMESPEAK_EVENT_TYPES = ("timed_request", "timed_word", "typed_text")
+"""Events only ``--task timespeak`` conversations have (counted in its manifest)."""
+TASKS = ("turns", "timespeak")
 VOICE_SPLIT_SEED = 20261125
 TEST_VARIANT_FRACTION = 0.15
 
@@ -59,6 +62,19 @@ def voice_split() -> dict[str, tuple[str, ...]]:
     test = tuple(sorted(USER_VARIANTS[i] for i in order[:n_test]))
     seen = tuple(sorted(USER_VARIANTS[i] for i in order[n_test:]))
     return {"train": seen, "validation": seen, "test": test, "heldout": ()}
+
+
+def assign_tasks(n: int, seed: int, task: str, timed_share: float) -> list[str]:
+    """Per conversation ``turns`` or ``timespeak``: with ``task`` timespeak, each conversation is a TimeSpeak one
+    with probability ``timed_share`` (its own seeded draw), else an ordinary one."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose {', '.join(TASKS)}")
+    if not 0.0 <= timed_share <= 1.0:
+        raise ValueError(f"timed share {timed_share} is not within 0..1")
+    if task == "turns":
+        return ["turns"] * n
+    draws = np.random.default_rng([seed, 4]).random(n)
+    return ["timespeak" if d < timed_share else "turns" for d in draws]
 
 
 def assign_splits(
@@ -116,6 +132,7 @@ def _render_one(job: tuple[ConversationSpec, str]) -> dict[str, Any]:
     conversation.write(Path(out) / spec.conversation_id)
     doc = conversation.doc
     counts = Counter(e["type"] for e in doc["events"])
+    types = EVENT_TYPES + (TIMESPEAK_EVENT_TYPES if spec.task == "timespeak" else ())
     return {
         "id": spec.conversation_id,
         "split": spec.split,
@@ -123,7 +140,8 @@ def _render_one(job: tuple[ConversationSpec, str]) -> dict[str, Any]:
         "user_voice": doc["user_voice"],
         "duration_s": doc["duration_s"],
         "num_samples": doc["num_samples"],
-        "event_counts": {t: counts.get(t, 0) for t in EVENT_TYPES},
+        "event_counts": {t: counts.get(t, 0) for t in types},
+        **({"task": spec.task} if spec.task != "turns" else {}),
         "_cpu_s": time.process_time(),
     }
 
@@ -140,6 +158,9 @@ def make_corpus(
     on_done: Callable[[dict[str, Any]], None] | None = None,
     timing: Timing | None = None,
     heldout_fraction: float = 0.1,
+    task: str = "turns",
+    timed_share: float = 1.0,
+    timed_max_n: int = 30,
 ) -> CorpusReport:
     """Render ``conversations`` conversations into ``out`` (one folder each) and write ``manifest.json``."""
     if conversations < 1:
@@ -151,6 +172,9 @@ def make_corpus(
     heldout_fraction = float(heldout_fraction)
     started = time.perf_counter()
     splits = assign_splits(conversations, seed, validation_fraction, test_fraction, heldout_fraction)
+    tasks = assign_tasks(conversations, seed, task, timed_share)
+    if not 2 <= timed_max_n <= 30:
+        raise ValueError(f"timed max N {timed_max_n} is not within 2..30 seconds")
     variants = voice_split()
     timing = timing or Timing()
     jobs = [
@@ -165,6 +189,8 @@ def make_corpus(
                 max_duration_s,
                 timing,
                 HELDOUT_ENGINE if split == "heldout" else "espeak-ng",
+                tasks[i],
+                timed_max_n,
             ),
             str(out),
         )
@@ -183,6 +209,12 @@ def make_corpus(
     )
     manifest["settings"]["heldout_fraction"] = heldout_fraction
     manifest["settings"]["timing"] = asdict(timing)
+    if task != "turns":
+        manifest["settings"] |= {"task": task, "timed_share": float(timed_share), "timed_max_n": timed_max_n}
+        manifest["totals"]["event_counts"] |= {
+            t: sum(e["event_counts"].get(t, 0) for e in entries) for t in TIMESPEAK_EVENT_TYPES
+        }
+        manifest["totals"]["tasks"] = dict(sorted(Counter(tasks).items()))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     audio = sum(float(e["duration_s"]) for e in entries)
     return CorpusReport(out, manifest, audio, cpu, time.perf_counter() - started)

@@ -18,13 +18,23 @@ import pytest
 from typer.testing import CliRunner
 
 from duplex.cli import app
-from duplex.loadtest.live_eval import LiveRun, delivery, heard_track, pcm16, score_live, stream_live, up_args
+from duplex.loadtest.live_eval import (
+    LiveRun,
+    delivery,
+    heard_track,
+    pcm16,
+    said_live,
+    score_live,
+    stream_live,
+    typed_text,
+    up_args,
+)
 from duplex.loadtest.local import LocalUp
 from duplex.model.codec import Codec
 from duplex.model.corpus.conversation import Timing
 from duplex.model.corpus.make import make_corpus
 from duplex.model.data import Conversation, load_split
-from duplex.model.evaluate import run_model, score, turn_latencies
+from duplex.model.evaluate import run_model, score, stream_model, turn_latencies
 from duplex.model.model import DuplexModel
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
@@ -203,3 +213,48 @@ def test_eval_offline_cli_takes_a_limit(corpus: Path, tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["live"] is False and [s["conversations"] for s in doc["systems"]] == [1]
+
+
+def test_timespeak_live_text_is_placed_where_its_chunk_was_heard() -> None:
+    """Text deltas become utterances at the heard start of the audio chunk with their seq: chunk 15 arrives
+    late, at 3.5 s, so its word is heard then, and every later chunk plays after it (chunk 30 at 3.5 + 15 x 0.2
+    s); typed text goes out right before the chunk it starts in."""
+    silent = [np.zeros(C, np.int16) for _ in range(40)]
+    arrivals = [(k + 1) * CHUNK_MS * 1000 + 20_000 for k in range(40)]
+    arrivals[15] = 3_500_000
+    rec = recording(silent, arrivals)
+    for seq, text, final in ((15, "go", True), (30, "go", False), (31, "", True)):
+        event = pb.ServerEvent(text=pb.TextDelta(seq=seq, text=text, final=final))
+        rec.received.append(Received(rec.start_us + arrivals[seq] + 1, event))
+    got = said_live(rec)
+    assert [(u.t, u.word) for u in got] == [(3.5, "go"), (pytest.approx(6.5), "go")]
+    typed = {"type": "typed_text", "start_sample": 7 * C, "text": "Say up in 3 seconds."}
+    conv = Conversation("c", "test", np.zeros(1), np.zeros(1), [typed])  # type: ignore[arg-type]
+    ((index, event),) = typed_text(conv, C)
+    assert (index, event.text.text) == (7, "Say up in 3 seconds.")
+
+
+def test_typed_requests_reach_the_served_model_where_the_offline_run_feeds_them(up: LocalUp, tmp_path: Path) -> None:
+    """A TimeSpeak conversation with a typed request ("Say left in 4 seconds." at 4.2 s; seed 4), streamed live
+    with its typed text: the served model's audio and text are the offline run's, which feeds the text at the
+    frames the corpus gives it. The text would differ had the typed bytes reached the model a chunk later
+    (checked offline here), so they reached it at those frames. The two other conversations have none."""
+    make_corpus(tmp_path, 3, seed=4, min_duration_s=8, max_duration_s=12, task="timespeak", timed_max_n=4,
+                validation_fraction=0.0, test_fraction=0.0, heldout_fraction=0.0)  # fmt: skip
+    convs = load_split(tmp_path, "train")
+    assert [len(typed_text(c, C)) for c in convs] == [0, 1, 0]
+    model = load_part(ModelSource())
+    assert isinstance(model, DuplexModel)
+    tracks, texts = stream_model(model, Codec(model.cfg), convs, CHUNK_MS, batch_invariant=True)
+    late = [dict(e, start_sample=e["start_sample"] + C) if e["type"] == "typed_text" else e for e in convs[1].events]
+    moved = Conversation(convs[1].id, "train", convs[1].user, convs[1].model, late)
+    assert not np.array_equal(stream_model(model, Codec(model.cfg), [moved], CHUNK_MS, True)[1][0], texts[1])
+    run = stream_live(up.address, convs, CHUNK_MS, concurrency=3)
+    assert run.delivery.substituted == 0, "a client stalled: the model heard silence, not the corpus"
+    for conv, rec, off, text in zip(convs, run.records, tracks, texts, strict=True):
+        n = len(off)
+        by_model_time = rec.output_track(16000, n, model_time=True)
+        served = np.round(off * 32767.0).astype(np.int16)  # the engine's PCM16, as in the ``offline`` fixture
+        assert np.array_equal(by_model_time[: n - C], served[C:]), conv.id
+        live_text = "".join(r.event.text.text for r in rec.of("text"))
+        assert live_text == bytes(int(v) for v in text if v < 256).decode("utf-8", "replace"), conv.id
