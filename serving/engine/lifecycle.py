@@ -9,6 +9,10 @@ import enum
 import time
 from collections.abc import Callable
 
+from ..phases import LifecycleError, PhaseMachine
+
+__all__ = ["NEXT", "Lifecycle", "LifecycleError", "Phase"]
+
 
 class Phase(enum.Enum):
     HANDSHAKE = "handshake"
@@ -30,31 +34,14 @@ NEXT: dict[Phase, frozenset[Phase]] = {
 """The phases each phase may move to."""
 
 
-class LifecycleError(RuntimeError):
-    """A transition the lifecycle does not have (an engine bug)."""
-
-
-class Lifecycle:
+class Lifecycle(PhaseMachine[Phase]):
     """The phase of one session and the history of its transitions."""
 
+    what = "session lifecycle"
+
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        """``clock``: monotonic seconds (the engine's clock; tests inject one they advance)."""
-        self.clock = clock
-        self.phase = Phase.HANDSHAKE
-        self.history: list[tuple[float, Phase]] = [(clock(), Phase.HANDSHAKE)]
-        """Each phase entered and the clock reading when it was."""
-
-    def _enter(self, phase: Phase) -> None:
-        if phase not in NEXT[self.phase]:
-            raise LifecycleError(f"session lifecycle: no transition from {self.phase.value} to {phase.value}")
-        if phase is not self.phase:
-            self.phase = phase
-            self.history.append((self.clock(), phase))
-
-    @property
-    def since(self) -> float:
-        """Clock reading when the current phase was entered."""
-        return self.history[-1][0]
+        """``clock``: monotonic seconds (tests inject one they advance)."""
+        super().__init__(Phase.HANDSHAKE, NEXT, clock)
 
     def attach(self) -> None:
         """HANDSHAKE → ATTACHED (a new session's SessionReady goes out) or PARKED → ATTACHED (a resume)."""

@@ -9,6 +9,10 @@ import enum
 import time
 from collections.abc import Callable
 
+from ..phases import LifecycleError, PhaseMachine
+
+__all__ = ["NEXT", "Lifecycle", "LifecycleError", "Phase"]
+
 
 class Phase(enum.Enum):
     OPEN = "open"
@@ -32,31 +36,14 @@ NEXT: dict[Phase, frozenset[Phase]] = {
 """The phases each phase may move to."""
 
 
-class LifecycleError(RuntimeError):
-    """A transition the lifecycle does not have (a bug in the endpoint)."""
-
-
-class Lifecycle:
+class Lifecycle(PhaseMachine[Phase]):
     """The phase of one Realtime session and the history of its transitions."""
+
+    what = "realtime session"
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         """``clock``: monotonic seconds (tests inject one they advance)."""
-        self.clock = clock
-        self.phase = Phase.OPEN
-        self.history: list[tuple[float, Phase]] = [(clock(), Phase.OPEN)]
-        """Each phase entered and the clock reading when it was."""
-
-    def _enter(self, phase: Phase) -> None:
-        if phase not in NEXT[self.phase]:
-            raise LifecycleError(f"realtime session: no transition from {self.phase.value} to {phase.value}")
-        if phase is not self.phase:
-            self.phase = phase
-            self.history.append((self.clock(), phase))
-
-    @property
-    def since(self) -> float:
-        """Clock reading when the current phase was entered."""
-        return self.history[-1][0]
+        super().__init__(Phase.OPEN, NEXT, clock)
 
     def start(self) -> None:
         """OPEN → STARTING: the SessionStart goes to the engine."""
