@@ -15,6 +15,8 @@ from .config import ModelConfig, ModelError, get_preset
 from .planner import GIB, count_params, plan
 
 if TYPE_CHECKING:
+    from duplex.loadtest.live_eval import LiveRun
+
     from .data import Conversation
     from .evaluate import Metrics
     from .timespeak import TimeSpeakMetrics
@@ -321,6 +323,28 @@ def _eval_offline(convs: list[Conversation], checkpoint: Path | None, chunk_ms: 
     return score("duplex", convs, run_model(model.eval(), Codec(model.cfg), convs, chunk_ms), chunk_ms)
 
 
+def _run_live(
+    convs: list[Conversation],
+    address: str | None,
+    checkpoint: Path | None,
+    chunk_ms: int,
+    concurrency: int,
+    api_key: str,
+) -> tuple[LiveRun, dict[str, object]]:
+    """The conversations streamed live (through ``address``, or a ``duplex up`` of ``checkpoint`` started
+    here), and what the JSON report says of the run."""
+    from dataclasses import asdict
+
+    from duplex.loadtest.live_eval import describe, run_live
+
+    if address is None and checkpoint is not None and not checkpoint.exists():
+        raise ModelError(f"--checkpoint {checkpoint}: no such file or directory")
+    metadata = [("authorization", f"Bearer {api_key}")] if api_key and address is not None else []
+    run = run_live(convs, address, checkpoint, chunk_ms, concurrency, metadata)
+    console.print(f"live: {describe(run.delivery)}")
+    return run, {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+
+
 def _eval_live(
     convs: list[Conversation],
     address: str | None,
@@ -329,16 +353,10 @@ def _eval_live(
     concurrency: int,
     api_key: str,
 ) -> tuple[Metrics, dict[str, object]]:
-    from dataclasses import asdict
+    from duplex.loadtest.live_eval import score_live
 
-    from duplex.loadtest.live_eval import describe, evaluate_live
-
-    if address is None and checkpoint is not None and not checkpoint.exists():
-        raise ModelError(f"--checkpoint {checkpoint}: no such file or directory")
-    metadata = [("authorization", f"Bearer {api_key}")] if api_key and address is not None else []
-    m, run = evaluate_live("duplex (live)", convs, address, checkpoint, chunk_ms, concurrency, metadata)
-    console.print(f"live: {describe(run.delivery)}")
-    return m, {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+    run, about = _run_live(convs, address, checkpoint, chunk_ms, concurrency, api_key)
+    return score_live("duplex (live)", convs, run), about
 
 
 def _eval_timespeak(
@@ -404,16 +422,9 @@ def _timespeak_live(
     concurrency: int,
     api_key: str,
 ) -> tuple[TimeSpeakMetrics, dict[str, object]]:
-    from dataclasses import asdict
+    from duplex.loadtest.live_eval import score_timespeak_live
 
-    from duplex.loadtest.live_eval import describe, run_live, score_timespeak_live
-
-    if address is None and checkpoint is not None and not checkpoint.exists():
-        raise ModelError(f"--checkpoint {checkpoint}: no such file or directory")
-    metadata = [("authorization", f"Bearer {api_key}")] if api_key and address is not None else []
-    run = run_live(convs, address, checkpoint, chunk_ms, concurrency, metadata)
-    console.print(f"live: {describe(run.delivery)}")
-    about = {"address": address or "duplex up", "concurrency": concurrency, "delivery": asdict(run.delivery)}
+    run, about = _run_live(convs, address, checkpoint, chunk_ms, concurrency, api_key)
     return score_timespeak_live("duplex (live)", convs, run), about
 
 
