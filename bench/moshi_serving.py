@@ -7,8 +7,9 @@
 Without ``--checkpoint`` a small random checkpoint is written with ``duplex model init --family moshi`` (seed 0)
 in a temporary folder, its ``context`` (the attention window, in 80 ms frames) set to ``--context`` so that the
 conversations outlast it (upstream's 3000 frames would need conversations over 4 minutes). Each load level
-is ``--sessions`` real-time conversations of ``--seconds`` of 24 kHz speech-like audio in 80 ms chunks through
-``duplex up --checkpoint DIR --temperature 0`` (Envoy in front), clients steered by the phase hint, from
+N is N real-time conversations of ``--seconds`` of 24 kHz speech-like audio in 80 ms chunks through a fresh
+``duplex up --checkpoint DIR --temperature 0 --max-sessions N`` (Envoy in front; a step computes its whole
+slot block, so a level runs on exactly its slots), clients steered by the phase hint, from
 ``--client-processes`` processes; figures count only chunks captured ``--steady-after`` seconds or more into
 their conversation (every window full, every session joined). Definitions as ``bench/serving.py``: a level is
 real-time when every chunk came back, none was substituted, and the round trip p99 ≤ chunk / 2 (40 ms).
@@ -68,10 +69,10 @@ def main() -> None:
         directory = args.checkpoint or small_checkpoint(Path(tmp) / "moshi-small", args.context)
         extra = ["--checkpoint", str(directory), "--temperature", "0", "--chunk-ms", str(CHUNK_MS), "--no-agent"]
         extra += args.up_args.split()
-        up = start_up(max(levels_n), args.cohorts, extra)
         levels = []
-        try:
-            for n in levels_n:
+        for n in levels_n:  # each level on an engine with exactly N slots: a step computes its whole slot block
+            up = start_up(n, args.cohorts, extra)
+            try:
                 lv = run_level(
                     up.address,
                     n,
@@ -83,16 +84,16 @@ def main() -> None:
                     chunk_ms=CHUNK_MS,
                     rate=RATE,
                 )
-                lv.cohorts, lv.phases = args.cohorts, "steered"
-                levels.append(lv)
-                print(
-                    f"N={n}: realtime={lv.realtime} rtt p50/p99 {lv.rtt_p50:.1f}/{lv.rtt_p99:.1f} ms, "
-                    f"step p50/p99 {lv.step_p50:.1f}/{lv.step_p99:.1f} ms ({lv.batch_p50:.0f} rows), "
-                    f"missing {lv.missing}, substituted {lv.substituted}",
-                    flush=True,
-                )
-        finally:
-            up.stop()
+            finally:
+                up.stop()
+            lv.cohorts, lv.phases = args.cohorts, "steered"
+            levels.append(lv)
+            print(
+                f"N={n}: realtime={lv.realtime} rtt p50/p99 {lv.rtt_p50:.1f}/{lv.rtt_p99:.1f} ms, "
+                f"step p50/p99 {lv.step_p50:.1f}/{lv.step_p99:.1f} ms ({lv.batch_p50:.0f} rows), "
+                f"missing {lv.missing}, substituted {lv.substituted}",
+                flush=True,
+            )
     best = 0
     for lv in levels:
         if not lv.realtime:
