@@ -34,12 +34,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to ``sys.stderr`` as it is when the record is emitted, not as it was at set-up: a
+    command run in-process (a test runner's CLI invocation) swaps it for a buffer it later closes."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass  # always the current sys.stderr
+
+
 def setup(level: str = "INFO", json_lines: bool = True) -> None:
     """Configure the root logger once per process (idempotent)."""
     root = logging.getLogger()
     if any(getattr(h, "_duplex", False) for h in root.handlers):
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler._duplex = True  # type: ignore[attr-defined]
     if json_lines:
         handler.setFormatter(JsonFormatter())
