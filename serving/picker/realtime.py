@@ -36,6 +36,7 @@ from ..realtime.credentials import KEY_SUBPROTOCOL, REALTIME_PATH, SESSION_HEADE
 from ..realtime.credentials import offered_key as offered
 from ..realtime.protocol import ClientError, SessionSettings
 from ..resume_token import KEY_ID_METADATA, PLACEMENT_METADATA
+from ..web.listen import listen
 from .placement import choose, sessions_by_key
 
 if TYPE_CHECKING:
@@ -158,16 +159,7 @@ class RealtimeHttp:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host``:``port`` (0 = any free port); the bound port."""
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, host, port, reuse_port=False).start()
-        except OSError as e:
-            await runner.cleanup()
-            raise OSError(f"picker: cannot bind http_port {host}:{port}: {e.strerror or e}") from None
-        self._runner = runner
-        bound = runner.addresses[0][1]
-        assert isinstance(bound, int)
+        self._runner, bound = await listen(self.app(), host, port, "picker")
         return bound
 
     async def stop(self) -> None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from ..resume_token import KEY_ID_METADATA, PLACEMENT_METADATA
+from ..web.listen import listen
 from .credentials import REALTIME_PATH, SESSION_HEADER, SUBPROTOCOL, decode_settings
 from .host import ConversationHost
 from .metrics import RealtimeMetrics
@@ -54,17 +55,7 @@ class RealtimeEndpoint:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host``:``port`` (0 = any free port); the bound port."""
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=False)
-        try:
-            await site.start()
-        except OSError as e:
-            await runner.cleanup()
-            raise OSError(f"engine: cannot bind http_port {host}:{port}: {e.strerror or e}") from None
-        self._runner = runner
-        bound = runner.addresses[0][1]
-        assert isinstance(bound, int)
+        self._runner, bound = await listen(self.app(), host, port, "engine")
         log.info("realtime endpoint on %s:%d (%s)", host, bound, REALTIME_PATH)
         return bound
 
