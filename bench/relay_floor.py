@@ -103,6 +103,7 @@ async def _engine(plan: Plan, conn: Connection) -> None:
         requests: AsyncIterator[pb.ClientEvent], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ServerEvent]:
         nonlocal joined
+        await context.send_initial_metadata(())  # as the engine does: the client's SessionStart waits for it
         it = aiter(requests)
         await anext(it)  # the SessionStart
         sid, joined = joined, joined + 1

@@ -423,6 +423,8 @@ class Attempt:
     """Index of the first event after SessionStart this call sends (None: no SessionReady yet)."""
     expired: bool = False
     """The resume grace ran out while this call waited for its SessionReady."""
+    call: grpc.aio.StreamStreamCall | None = None
+    """The call, once made: its SessionStart goes out after the server's response headers (the call accepted)."""
 
 
 class ClientSession:
@@ -718,6 +720,7 @@ async def _attempt(
     if resuming and session.negotiated is not None and session.negotiated.replica:
         metadata += ((RESUME_REPLICA_METADATA, session.negotiated.replica),)  # behind Envoy: the picker routes it
     call = rpc(_requests(session.start_event(), session, attempt, outgoing), metadata=metadata, wait_for_ready=resuming)
+    attempt.call = call
     timer = _expire_timer(session, call, attempt) if resuming else None
     try:
         async for ev in call:
@@ -751,7 +754,15 @@ async def _requests(
     start: pb.ClientEvent, session: ClientSession, attempt: Attempt, outgoing: _Outgoing
 ) -> AsyncIterator[pb.ClientEvent]:
     """One call's client events: its SessionStart, then (once its SessionReady came) the session's events
-    from where the engine's reading stopped."""
+    from where the engine's reading stopped.
+
+    SessionStart waits for the response headers, which a server sends on accepting the call: a refusal
+    before that (Envoy's reply when the picker refuses or is gone: trailers only) must not meet a write in
+    flight, or gRPC reports "Internal error from Core" in place of the refusal's status."""
+    if attempt.call is not None:
+        await attempt.call.initial_metadata()
+        if attempt.call.done():
+            return
     yield start
     await attempt.ready.wait()  # stream events only once the session is negotiated (or resumed)
     if attempt.resend_from is None:

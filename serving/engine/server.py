@@ -245,6 +245,7 @@ class EngineServer:
         """The gRPC transport of one session (``converse.EngineStream.run``): a refusal or a session closed
         with a status ends the RPC with that status, after draining what the client still writes when no one
         reads it (the status must not race the client's writes: ``serving/drain.py``)."""
+        await context.send_initial_metadata(())  # the call is accepted: the client sends its SessionStart
         it = aiter(requests)
         first = await anext(it, None)
         if first is None:

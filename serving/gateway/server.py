@@ -354,6 +354,7 @@ class GatewayServer:
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[bytes]:
         self.handlers.enter()
+        await context.send_initial_metadata(())  # the call is accepted: the client sends its SessionStart
         it = aiter(requests)
         first = await anext(it, None)  # the SessionStart, relayed as is (answering before reading it can
         if first is None:  # reach the client as INTERNAL instead of our status)
