@@ -93,6 +93,11 @@ HORIZONTAL_POD_AUTOSCALER = ChildKind(
     (ApiVersion("autoscaling/v2", since=23), ApiVersion("autoscaling/v2beta2")),
     version_field="hpa",
 )
+SERVICE_ACCOUNT = ChildKind("ServiceAccount", "", "serviceaccounts", (ApiVersion("v1"),))
+ROLE = ChildKind("Role", "rbac.authorization.k8s.io", "roles", (ApiVersion("rbac.authorization.k8s.io/v1"),))
+ROLE_BINDING = ChildKind(
+    "RoleBinding", "rbac.authorization.k8s.io", "rolebindings", (ApiVersion("rbac.authorization.k8s.io/v1"),)
+)
 NETWORK_POLICY = ChildKind(
     "NetworkPolicy", "networking.k8s.io", "networkpolicies", (ApiVersion("networking.k8s.io/v1"),)
 )
@@ -100,13 +105,24 @@ NETWORK_POLICY = ChildKind(
 CHILDREN: tuple[ChildKind, ...] = (
     CONFIG_MAP,
     SERVICE,
+    SERVICE_ACCOUNT,
     STATEFUL_SET,
     DEPLOYMENT,
     POD_DISRUPTION_BUDGET,
     HORIZONTAL_POD_AUTOSCALER,
+    ROLE,
+    ROLE_BINDING,
     NETWORK_POLICY,
 )
-"""Every kind the operator creates for a DuplexModel (no Secrets: it only mounts the ones a spec names)."""
+"""Every kind the operator creates for a DuplexModel (no Secrets: it only mounts the ones a spec names). The
+front pods' Role grants reads of EndpointSlices (:data:`GRANTED_READS`), which the operator must hold itself."""
+
+GRANTED_READS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("discovery.k8s.io", "endpointslices", ("get", "list", "watch")),
+)
+"""(group, resource, verbs) the operator's rendered Roles grant (the front's session picker watches the engines'
+EndpointSlices): Kubernetes lets a subject create a Role only with permissions it holds, so the operator's own
+RBAC has these too (charts/duplex/templates/rbac.yaml)."""
 
 STATUS_KINDS = frozenset(c.kind for c in CHILDREN if c.refreshes_status)
 

@@ -11,6 +11,8 @@ import hashlib
 import re
 from typing import Any
 
+from duplex.serving.picker.watch import LEADER_LABEL as _LEADER_LABEL
+
 GROUP = "duplex.ai"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -26,6 +28,8 @@ REPLICA_LABEL = f"{GROUP}/replica"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"
+LEADER_LABEL = _LEADER_LABEL
+"""``true`` on each replica's leader Service (rank 0): the front's session picker watches their EndpointSlices."""
 
 RENDEZVOUS_PORT = 29500
 """torch.distributed rendezvous port on rank 0 (the leader)."""
@@ -93,6 +97,12 @@ class ModelRef:
     @property
     def hpa(self) -> str:
         return self.name
+
+    @property
+    def leader_selector(self) -> str:
+        """Label selector of the engines' leader Services, and of their EndpointSlices (the EndpointSlice
+        controller copies a Service's labels onto its slices): what the session picker watches."""
+        return f"{MODEL_LABEL}={self.name},{COMPONENT_LABEL}=engine,{LEADER_LABEL}=true"
 
     @property
     def engine_selector(self) -> str:

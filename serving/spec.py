@@ -141,6 +141,12 @@ class GatewaySpec(_Spec):
     """Address the gRPC and metrics servers bind to."""
     engines: list[str] = Field(default_factory=list)
     """Engine replicas (rank 0 ``HOST:PORT`` each) to route conversations to."""
+    engine_selector: str = ""
+    """Label selector of the engines' leader EndpointSlices: the session picker lists and watches them through
+    the Kubernetes API and routes to their ready addresses as they come and go (the operator sets it for its
+    front pods); empty = the fixed ``engines`` list."""
+    engine_namespace: str = ""
+    """Namespace of the EndpointSlices ``engine_selector`` picks (empty = the picker's own, in a pod)."""
     api_keys_file: str | None = None
     """Keys file (the mounted ``auth_secret``): one ``NAME:sha256:HEX`` line per key, from ``duplex keys hash``;
     ``#`` comments and blank lines ignored. A plaintext line is accepted with a deprecation warning."""

@@ -14,7 +14,7 @@ from .autoscaling import engine_pdb, front_pdb, hpa
 from .common import Manifest
 from .configmap import config_hash, engine_config_map
 from .engine import engine_headless_service, engine_leader_service, engine_statefulset
-from .front import front_deployment
+from .front import front_deployment, front_rbac
 from .gateway import gateway_service
 from .network import network_policies
 from .redis import redis_deployment, redis_service, wants_managed_redis
@@ -31,6 +31,7 @@ def render_children(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> lis
     for i in range(spec.replicas):
         out += [engine_headless_service(ref, resolved, i), engine_leader_service(ref, resolved, i)]
     out.append(gateway_service(ref, spec))
+    out += front_rbac(ref)  # the picker's ServiceAccount, Role and RoleBinding before its pods
     if wants_managed_redis(spec):
         out.append(redis_deployment(ref, spec))
     out += [engine_statefulset(ref, resolved, i, digest) for i in range(spec.replicas)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, RENDEZVOUS_PORT, ModelRef, service_host_ref
+from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, LEADER_LABEL, RENDEZVOUS_PORT, ModelRef, service_host_ref
 from ..resolve import Resolved
 from ..spec import DuplexModelSpec
 from .common import Manifest, config_volume, env, prometheus_annotations
@@ -46,7 +46,9 @@ def engine_leader_service(ref: ModelRef, resolved: Resolved, replica: int) -> Ma
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": ref.metadata(ref.leader(replica), "engine", **{"duplex.ai/replica": str(replica)}),
+        "metadata": ref.metadata(
+            ref.leader(replica), "engine", **{"duplex.ai/replica": str(replica), LEADER_LABEL: "true"}
+        ),
         "spec": {
             "type": "ClusterIP",
             "publishNotReadyAddresses": True,

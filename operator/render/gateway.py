@@ -1,25 +1,17 @@
 """The public Service (named like the model) in front of the front pods (``front.py``: Envoy and the session
-picker), where the gateway's Secrets are mounted, and the engine addresses the picker gets: leader-Service
-ClusterIPs, so routing needs no cluster DNS."""
+picker) and where the gateway's Secrets are mounted."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..naming import CONFIG_DIR, ModelRef, service_host_ref
-from ..resolve import Resolved
+from ..naming import CONFIG_DIR, ModelRef
 from ..spec import DuplexModelSpec
 from .common import Manifest
 
 AUTH_DIR = f"{CONFIG_DIR}/auth"
 TLS_DIR = f"{CONFIG_DIR}/tls"
 CLIENT_CA_DIR = f"{CONFIG_DIR}/client-ca"
-
-
-def engine_addresses(ref: ModelRef, resolved: Resolved) -> str:
-    """``$(X_SERVICE_HOST):port,...`` for every replica's rank 0."""
-    port = resolved.spec.engine.port
-    return ",".join(f"{service_host_ref(ref.leader(i))}:{port}" for i in range(resolved.spec.replicas))
 
 
 def gateway_service(ref: ModelRef, spec: DuplexModelSpec) -> Manifest:

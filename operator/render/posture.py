@@ -2,7 +2,8 @@
 
 Non-root with a high UID/GID, read-only root filesystem (writable ``emptyDir`` only where the process
 writes), no privilege escalation, every capability dropped, the runtime's default seccomp profile, no
-service-account token (none of these pods calls the Kubernetes API), and probes Kubernetes 1.20 kubelets run
+automounted service-account token (only the front pod's session picker calls the Kubernetes API, with a
+projected token mounted in its container alone: ``front.py``), and probes Kubernetes 1.20 kubelets run
 (``exec``, ``httpGet``, ``tcpSocket``; no ``grpc:`` probes). The probe commands live in
 :mod:`duplex.operator.probe`, run inside the container as ``python3 -m duplex.operator.probe``.
 """

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -62,26 +63,66 @@ class Router:
         placements the report includes). ``watch_health``: also hold a ``Health.Watch`` stream per replica,
         so a replica that starts draining (its health turns NOT_SERVING) is out at once, not at the next
         poll."""
-        opts = [
+        self.options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        self.replicas = [Replica(a, grpc.aio.insecure_channel(a, options=opts)) for a in addresses]
+        self.replicas = [self._replica(a) for a in addresses]
         self.interval_s = interval_s
         self.on_report, self.watch_health = on_report, watch_health
         self._task: asyncio.Task[None] | None = None
-        self._watches: list[asyncio.Task[None]] = []
+        self._watches: dict[str, list[asyncio.Task[None]]] = {}
+        """Per replica address, the tasks watching its connection (and health)."""
+        self._started = False
+        self._background: set[asyncio.Task[None]] = set()
         self.ready = asyncio.Event()
+
+    def _replica(self, address: str) -> Replica:
+        return Replica(address, grpc.aio.insecure_channel(address, options=self.options))
+
+    def _watch_replica(self, r: Replica) -> None:
+        tasks = [asyncio.create_task(self._watch(r))]
+        if self.watch_health:
+            tasks.append(asyncio.create_task(self._watch_health(r)))
+        self._watches[r.address] = tasks
 
     async def start(self) -> None:
         await self.poll_once()
         self._task = asyncio.create_task(self._loop())
-        self._watches = [asyncio.create_task(self._watch(r)) for r in self.replicas]
-        if self.watch_health:
-            self._watches += [asyncio.create_task(self._watch_health(r)) for r in self.replicas]
+        for r in self.replicas:
+            self._watch_replica(r)
+        self._started = True
+
+    def set_addresses(self, addresses: list[str]) -> tuple[list[str], list[str]]:
+        """Route to exactly ``addresses`` from now on: a removed replica gets no new session at once (its
+        connection here only carried health and load reports, so live conversations, which do not pass through
+        this router's channels, are untouched); an added one is polled right away and is healthy once it
+        answers. Returns (added, removed)."""
+        wanted = list(dict.fromkeys(addresses))
+        have = {r.address: r for r in self.replicas}
+        removed = [a for a in have if a not in wanted]
+        added = [a for a in wanted if a not in have]
+        self.replicas = [have.get(a) or self._replica(a) for a in wanted]
+        for address in removed:
+            for task in self._watches.pop(address, []):
+                task.cancel()
+            self._spawn(have[address].channel.close())
+        if self._started:
+            for r in self.replicas:
+                if r.address in added:
+                    self._watch_replica(r)
+                    self._spawn(self._poll(r))
+        if added or removed:
+            log.info("engine replicas: %d (+%s, -%s)", len(self.replicas), added or "", removed or "")
+        return added, removed
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        for task in [self._task, *self._watches]:
+        for task in [self._task, *(t for tasks in self._watches.values() for t in tasks)]:
             if task is not None:
                 task.cancel()
         for r in self.replicas:
@@ -143,9 +184,10 @@ class Router:
                 response_deserializer=pb.ReplicaLoad.FromString,
             )
             load: pb.ReplicaLoad = await get_load(pb.LoadRequest(), timeout=1.0)
-        except grpc.aio.AioRpcError as e:
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:  # UsageError: removed, its channel closed
+            why = e.code().name if isinstance(e, grpc.aio.AioRpcError) else "channel closed"
             if r.healthy:
-                log.warning("replica %s unhealthy: %s", r.address, e.code().name, extra={"replica": r.address})
+                log.warning("replica %s unhealthy: %s", r.address, why, extra={"replica": r.address})
             r.healthy = False
             return
         r.healthy = h.status == health_pb2.HealthCheckResponse.SERVING and not load.draining

@@ -1,6 +1,8 @@
 """``duplex picker``: the session picker as its own process, the partner of ``duplex envoy`` in a front pod.
-It writes the engines' endpoint file Envoy watches (``--eds-path``) from the engine addresses it was given,
-then answers Envoy's ``ext_authz`` checks on ``--bind``:``--port`` (loopback by default: only the Envoy beside
+It writes the engines' endpoint file Envoy watches (``--eds-path``) from the engine addresses it was given
+(``--engines``) or, with ``gateway.engine_selector``, from the engines' leader EndpointSlices it watches through
+the Kubernetes API (``watch.py``: the file and the placement follow every replica that comes, goes or stops
+serving), then answers Envoy's ``ext_authz`` checks on ``--bind``:``--port`` (loopback by default: only the Envoy beside
 it asks). With ``--http-port`` it also serves its HTTP app for the Realtime endpoint (client secrets, the
 page's config, the page) there, and keeps ``--realtime-eds-path`` listing the engines' WebSocket addresses
 (each engine's host and the Realtime port it reports). Settings are the gateway's (``GatewaySpec``: keys,
@@ -20,8 +22,11 @@ from ..settings import fields_help
 from ..spec import GatewaySpec
 
 if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
     from ..envoy.eds import EndpointFiles
     from .server import PickerServer
+    from .watch import EngineWatch
 
 PICKER_PORT = 9095
 """The picker's gRPC port in a front pod (Envoy asks it on 127.0.0.1)."""
@@ -41,6 +46,31 @@ async def publish_websockets(server: PickerServer, files: EndpointFiles, interva
         await asyncio.sleep(interval_s)
 
 
+def set_engines(server: PickerServer, files: EndpointFiles, addresses: list[str]) -> None:
+    """Route to exactly ``addresses`` from now on: the picker drops a removed engine before Envoy's endpoint file
+    loses it (no new session goes there; live ones keep their streams), and an added one takes sessions once its
+    first load report arrives, after the file lists it."""
+    server.picker.router.set_addresses(addresses)
+    files.publish(ENGINES_CLUSTER, addresses)
+
+
+def watch_engines(
+    server: PickerServer, files: EndpointFiles, api: ApiClient, namespace: str, selector: str
+) -> EngineWatch:
+    """Start following the engines' leader EndpointSlices (``selector`` in ``namespace``): each change is
+    applied on this event loop (:func:`set_engines`)."""
+    from .watch import EngineWatch
+
+    loop = asyncio.get_running_loop()
+
+    def changed(addresses: list[str]) -> None:  # on the watch thread
+        loop.call_soon_threadsafe(set_engines, server, files, addresses)
+
+    watch = EngineWatch(api, namespace, selector, changed)
+    watch.start()
+    return watch
+
+
 def picker(
     config: Path | None = typer.Option(None, help='JSON {"gateway": GatewaySpec}'),
     set_: list[str] = typer.Option([], "--set", help="Override a field: gateway.key_max_sessions=4"),
@@ -55,6 +85,17 @@ def picker(
     ),
     realtime_eds_path: Path | None = typer.Option(
         None, help="Endpoint file of the engines' Realtime WebSocket ports that Envoy watches (with --http-port)"
+    ),
+    engine_selector: str | None = typer.Option(
+        None,
+        help="Label selector of the engines' leader EndpointSlices to watch through the Kubernetes API "
+        "(overrides gateway.engine_selector)",
+    ),
+    engine_namespace: str | None = typer.Option(
+        None, help="Namespace of those EndpointSlices (overrides gateway.engine_namespace; default: the pod's)"
+    ),
+    kubeconfig: str | None = typer.Option(
+        None, help="Kubeconfig for the engine watch (default: the pod's service account, else ~/.kube/config)"
     ),
     help_spec: bool = typer.Option(False, help="List every spec field and exit"),
 ) -> None:
@@ -79,6 +120,25 @@ def picker(
     assert isinstance(spec, GatewaySpec)
     if engines:
         spec = spec.model_copy(update={"engines": [e.strip() for e in engines.split(",") if e.strip()]})
+    overrides = {"engine_selector": engine_selector, "engine_namespace": engine_namespace}
+    spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    api = None
+    namespace = ""
+    if spec.engine_selector:
+        from .watch import load_api_client, pod_namespace
+
+        if spec.engines:
+            typer.echo("duplex picker: give --engines or --engine-selector, not both", err=True)
+            raise typer.Exit(2)
+        namespace = spec.engine_namespace or pod_namespace()
+        if not namespace:
+            typer.echo("duplex picker: --engine-selector needs --engine-namespace outside a pod", err=True)
+            raise typer.Exit(2)
+        try:
+            api = load_api_client(kubeconfig)
+        except Exception as e:  # the client's ConfigException, a missing or unreadable kubeconfig
+            typer.echo(f"duplex picker: no Kubernetes API configuration for the engine watch: {e}", err=True)
+            raise typer.Exit(2) from None
 
     async def main() -> None:
         server = PickerServer(spec, bind_port=port, bind_host=bind, http_bind_port=http_port)
@@ -90,14 +150,22 @@ def picker(
             files.publish(REALTIME_CLUSTER, [])  # Envoy needs the file; the engines report their ports
         files.publish(ENGINES_CLUSTER, spec.engines)  # Envoy's only source of engine addresses
         bound = await server.start()
-        typer.echo(f"duplex picker: serving on {bind}:{bound}; {len(spec.engines)} engine(s) in {eds_path}")
         watch = None
+        if api is not None:
+            watch = watch_engines(server, files, api, namespace, spec.engine_selector)
+            source = f"EndpointSlices {spec.engine_selector} in {namespace}"
+        else:
+            source = f"{len(spec.engines)} engine(s)"
+        typer.echo(f"duplex picker: serving on {bind}:{bound}; {source} in {eds_path}")
+        ws = None
         if realtime_eds_path is not None:
-            watch = asyncio.create_task(publish_websockets(server, files, spec.health_interval_s))
+            ws = asyncio.create_task(publish_websockets(server, files, spec.health_interval_s))
         try:
             await serve_until_signal(server.stop)
         finally:
+            if ws is not None:
+                ws.cancel()
             if watch is not None:
-                watch.cancel()
+                watch.stop(0)
 
     _run_server("picker", main())

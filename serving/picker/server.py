@@ -170,8 +170,8 @@ class PickerServer:
         """``http_bind_port`` overrides ``spec.http_port`` (0 = any free port; without an override a
         ``spec.http_port`` of 0 means no HTTP app: client secrets, the page's config, the page); ``bind_host``
         overrides ``spec.host`` for the gRPC server and the HTTP app (Envoy's pod partner binds loopback only)."""
-        if not spec.engines:
-            raise ValueError("picker: no engines configured (engines: [HOST:PORT, ...])")
+        if not spec.engines and not spec.engine_selector:
+            raise ValueError("picker: no engines configured (engines: [HOST:PORT, ...], or engine_selector)")
         self.spec, self.bind_port = spec, bind_port
         self.bind_host = bind_host or spec.host
         self.metrics = PickerMetrics()
@@ -214,7 +214,12 @@ class PickerServer:
                 raise
         self._metrics = MetricsServer(self.metrics.registry, self.spec.host, self.spec.metrics_port)
         self._health_task = asyncio.create_task(self._track_health())
-        log.info("picker on %s:%d → %s", self.bind_host, self.port, ", ".join(self.spec.engines))
+        log.info(
+            "picker on %s:%d → %s",
+            self.bind_host,
+            self.port,
+            ", ".join(self.spec.engines) or f"the EndpointSlices {self.spec.engine_selector}",
+        )
         return self.port
 
     async def _track_health(self) -> None:

@@ -15,7 +15,7 @@ from chart_tools import CHART, REPO, helm, manifests, set_args, template
 from typer.testing import CliRunner
 
 from duplex.cli import app
-from duplex.operator.children import CHILDREN, rbac_rules
+from duplex.operator.children import CHILDREN, GRANTED_READS, rbac_rules
 
 K8S_VERSION = kubernetes_validate.latest_version()  # the newest schemas the installed package ships
 REGENERATE = (
@@ -215,6 +215,7 @@ def test_rbac_grants_exactly_what_the_operator_uses() -> None:
         {(c.group, c.plural, v) for c in CHILDREN for v in c.verbs}
         | {("duplex.ai", "duplexmodels", v) for v in ("get", "list", "watch", "patch")}
         | {("duplex.ai", "duplexmodels/status", "patch"), ("", "events", "create")}
+        | {(g, r, v) for g, r, verbs in GRANTED_READS for v in verbs}  # what the front's Role grants
     )
     assert rules(docs, "r-duplex-operator-cluster") == {
         ("apiextensions.k8s.io", "customresourcedefinitions", "list"),

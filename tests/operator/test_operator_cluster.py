@@ -66,6 +66,9 @@ def expected_children(name: str, replicas: int, hpa: bool = False, agent: bool =
         ),
         "StatefulSet": [f"{name}-engine-{i}" for i in range(replicas)],
         "Deployment": sorted([f"{name}-front", *([f"{name}-agent", f"{name}-redis"] if agent else [])]),
+        "ServiceAccount": [f"{name}-front"],  # the front's session picker watches the engines' EndpointSlices
+        "Role": [f"{name}-front"],
+        "RoleBinding": [f"{name}-front"],
         "PodDisruptionBudget": [f"{name}-engine"],
         "HorizontalPodAutoscaler": [name] if hpa else [],
         "NetworkPolicy": [],  # networkPolicy.enabled defaults to false
@@ -402,8 +405,10 @@ def test_scale_changes_roll(kube: Kube, namespace: str) -> None:
     front = kube.get("apps/v1", "Deployment", namespace, "sc-front")
     assert front is not None
     (picker,) = [c for c in front["spec"]["template"]["spec"]["containers"] if c["name"] == "picker"]
-    engines = next(e["value"] for e in picker["env"] if e["name"] == "DUPLEX_ENGINES")
-    assert engines.count(":7070") == 3
+    selector = picker["args"][picker["args"].index("--engine-selector") + 1]
+    # the picker's selector picks exactly the three leader Services (and so their EndpointSlices)
+    leaders = kube.list_objects("v1", "Service", namespace, selector)
+    assert sorted(m["metadata"]["name"] for m in leaders) == [f"sc-engine-{i}-leader" for i in range(3)]
     patch_model(kube, namespace, "sc", {"spec": {"replicas": 1, "engine": {"shards": 4}}})
     wait_until(lambda: children(kube, namespace, "sc") == expected_children("sc", 1), TIMEOUT, "scaled down")
 

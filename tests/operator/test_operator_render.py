@@ -209,14 +209,14 @@ def test_version_dependent_kinds_follow_discovery() -> None:
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 6)
 
 
-def test_front_pod_auth_tls_and_engine_addresses() -> None:
+def test_front_pod_auth_tls_and_the_engine_watch() -> None:
     out = render(SPECS["autoscaled-auth-tls"])
     dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-front")
     assert dep["spec"]["replicas"] == 2
     pod = dep["spec"]["template"]["spec"]
     envoy, picker = pod["containers"]
     assert (envoy["name"], picker["name"]) == ("envoy", "picker")
-    assert {v["name"] for v in pod["volumes"]} == {"config", "tmp", "eds", "auth", "tls"}
+    assert {v["name"] for v in pod["volumes"]} == {"config", "tmp", "eds", "auth", "tls", "api-token"}
     # TLS ends in Envoy; the API keys are the picker's
     assert {"name": "tls", "mountPath": "/etc/duplex/tls", "readOnly": True} in envoy["volumeMounts"]
     assert {"name": "auth", "mountPath": "/etc/duplex/auth", "readOnly": True} in picker["volumeMounts"]
@@ -243,9 +243,13 @@ def test_front_pod_auth_tls_and_engine_addresses() -> None:
     )
     plain = json.loads(by_kind(render({}), "ConfigMap")[0]["data"]["gateway.json"])["gateway"]
     assert plain["tls_cert_file"] is None and plain["tls_key_file"] is None
-    assert env_of(c)["DUPLEX_ENGINES"] == (
-        "$(TALK_ENGINE_0_LEADER_SERVICE_HOST):7070,$(TALK_ENGINE_1_LEADER_SERVICE_HOST):7070"
-    )
+    # the engines come from the Kubernetes API: the leader Services' EndpointSlices, in the model's namespace
+    arg = lambda flag: c["args"][c["args"].index(flag) + 1]  # noqa: E731
+    assert arg("--engine-selector") == "duplex.ai/model=talk,app.kubernetes.io/component=engine,duplex.ai/leader=true"
+    assert arg("--engine-namespace") == "prod" and "--engines" not in c["args"] and "env" not in c
+    leaders = [m for m in by_kind(out, "Service") if m["metadata"]["name"].endswith("-leader")]
+    assert len(leaders) == 2 and all(m["metadata"]["labels"]["duplex.ai/leader"] == "true" for m in leaders)
+    assert [m for m in by_kind(out, "Service") if "duplex.ai/leader" in m["metadata"]["labels"]] == leaders
     svc = next(m for m in by_kind(out, "Service") if m["metadata"]["name"] == "talk")
     assert svc["spec"]["type"] == "LoadBalancer"
 
@@ -676,9 +680,46 @@ def test_a_child_of_every_kind_is_pruned_when_no_longer_desired(apis: ApiVersion
     everything = render(EVERYTHING, apis)
     stray_cm = {**by_kind(everything, "ConfigMap")[0], "metadata": {**REF.metadata("talk-old-config", "config")}}
     foreign = {**stray_cm, "metadata": {**stray_cm["metadata"], "name": "hand-made", "ownerReferences": []}}
-    kube = FakeKube([*everything, stray_cm, foreign])
+    # the front's ServiceAccount, Role and RoleBinding are in every model: strays of an earlier name
+    strays = [
+        {**m, "metadata": {**m["metadata"], "name": "talk-old-front"}}
+        for m in everything
+        if m["kind"] in {"ServiceAccount", "Role", "RoleBinding"}
+    ]
+    kube = FakeKube([*everything, stray_cm, foreign, *strays])
     minimal = render({}, apis)
     Reconciler(kube, apis)._prune(REF, {key(m) for m in minimal})  # type: ignore[arg-type]
     pruned_kinds = {kind for _, kind, _ in kube.deleted}
     assert pruned_kinds == {c.kind for c in CHILDREN}
     assert {key(o) for o in kube.objects} == {key(m) for m in minimal} | {key(foreign)}
+
+
+def test_front_rbac_is_exactly_a_read_of_endpointslices_with_a_token_for_the_picker_only() -> None:
+    out = render(SPECS["autoscaled-auth-tls"])
+    (account,) = by_kind(out, "ServiceAccount")
+    (role,) = by_kind(out, "Role")
+    (binding,) = by_kind(out, "RoleBinding")
+    assert account["metadata"]["name"] == role["metadata"]["name"] == binding["metadata"]["name"] == "talk-front"
+    assert account["automountServiceAccountToken"] is False
+    assert role["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "talk-front"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "talk-front", "namespace": "prod"}]
+    kinds = [m["kind"] for m in out]
+    assert kinds.index("RoleBinding") < next(
+        i for i, m in enumerate(out) if m["metadata"]["name"] == "talk-front" and m["kind"] == "Deployment"
+    )
+    dep = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-front")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "talk-front" and pod["automountServiceAccountToken"] is False
+    token = next(v for v in pod["volumes"] if v["name"] == "api-token")["projected"]["sources"]
+    assert token[0]["serviceAccountToken"] == {"path": "token", "expirationSeconds": 3600}
+    envoy, picker = pod["containers"]
+    mount = {"name": "api-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}
+    assert mount in picker["volumeMounts"] and "api-token" not in {m["name"] for m in envoy["volumeMounts"]}
+    # the kubelet's SIGKILL comes after Envoy's drain grace (gateway.drainGraceS, 30 s by default) and its exit
+    assert pod["terminationGracePeriodSeconds"] == 40
+    longer = render({"gateway": {"drainGraceS": 120.5}})
+    front = next(m for m in by_kind(longer, "Deployment") if m["metadata"]["name"] == "talk-front")
+    assert front["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 131

@@ -190,7 +190,7 @@ def test_every_pod_runs_with_the_posture(name: str) -> None:
     assert templates
     for template in templates:
         pod = template["spec"]
-        assert pod["automountServiceAccountToken"] is False  # none of these pods calls the Kubernetes API
+        assert pod["automountServiceAccountToken"] is False  # the front's picker alone mounts a projected token
         assert pod["securityContext"] == {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS,

@@ -13,15 +13,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
 import yaml
+from duplex_controlplane import ControlPlane
 from typer.testing import CliRunner
 
 from duplex.cli import app
+from duplex.operator.kube import Kube
 from duplex.operator.naming import CONFIG_DIR, ModelRef
 from duplex.operator.render import ApiVersions, render_children
 from duplex.operator.render.common import Manifest
@@ -295,7 +298,9 @@ def _probe_once(probe: dict[str, Any], ports: dict[str, int], hostname: str) -> 
     return subprocess.CompletedProcess([kind, str(port)], 0, "", "")
 
 
-def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -> None:
+def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(
+    tmp_path: Path, kube: Kube, kube_cluster: ControlPlane
+) -> None:
     """... and every rendered probe of the engine ranks and of the front pod passes against the started
     processes (a probe that cannot pass would restart or unready every pod)."""
     out = render({"engine": {"shards": 2}, "autoscaling": {"enabled": True}})
@@ -357,7 +362,7 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
             for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
                 result = run_probe(c[kind], local, pod, deadline_s=120)
                 assert result.returncode == 0, (rank, kind, result.stderr)
-        front_probes_pass(out, tmp_path, f"127.0.0.1:{grpc_port}")
+        front_probes_pass(out, tmp_path, f"127.0.0.1:{grpc_port}", kube, kube_cluster)
     finally:
         rank1_proc, rank0_proc = procs
         if rank0_proc.poll() is None:
@@ -376,11 +381,32 @@ def test_every_rank_serves_the_hpa_metric_on_the_rendered_port(tmp_path: Path) -
             raise
 
 
-def front_probes_pass(out: list[Manifest], tmp_path: Path, engine: str) -> None:
+def leader_slice(kube: Kube, out: list[Manifest], engine: str) -> str:
+    """A fresh namespace holding one EndpointSlice as the EndpointSlice controller writes it for the rendered
+    leader Service of replica 0 (its labels, its ``grpc`` port) with ``engine`` as the serving endpoint."""
+    namespace = f"t-{uuid.uuid4().hex[:8]}"
+    kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    leader = next(m for m in out if m["kind"] == "Service" and m["metadata"]["name"] == "talk-engine-0-leader")
+    host, port = engine.rsplit(":", 1)
+    served = kube.served_group_versions("EndpointSlice")
+    body = {
+        "apiVersion": "discovery.k8s.io/v1" if "discovery.k8s.io/v1" in served else "discovery.k8s.io/v1beta1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": "talk-engine-0-leader-x1", "labels": leader["metadata"]["labels"]},
+        "addressType": "IPv4",
+        "ports": [{"name": "grpc", "port": int(port), "protocol": "TCP"}],
+        "endpoints": [{"addresses": [host], "conditions": {"ready": True}}],
+    }
+    kube.create(body, namespace)
+    return namespace
+
+
+def front_probes_pass(out: list[Manifest], tmp_path: Path, engine: str, kube: Kube, kube_cluster: ControlPlane) -> None:
     """The rendered front pod's two containers, ``duplex picker`` and ``duplex envoy`` run with their rendered
-    args (the pod's paths and ports mapped to local ones), and their rendered probes: ready with a serving
-    engine (Envoy's readiness asks the picker's health through Envoy's listener); alive but not ready with
-    none."""
+    args (the pod's paths and ports mapped to local ones; the picker watches the engines' EndpointSlices in
+    the test's API server, in a namespace standing for the model's), and their rendered probes: ready with a
+    serving engine (Envoy's readiness asks the picker's health through Envoy's listener); alive but not ready
+    with none."""
     front = next(m for m in out if m["kind"] == "Deployment" and m["metadata"]["name"] == "talk-front")
     by_name = {c["name"]: c for c in front["spec"]["template"]["spec"]["containers"]}
     envoy_c, picker_c = by_name["envoy"], by_name["picker"]
@@ -389,12 +415,13 @@ def front_probes_pass(out: list[Manifest], tmp_path: Path, engine: str) -> None:
     rendered_port = next(p["containerPort"] for p in envoy_c["ports"] if p["name"] == "grpc")
     rendered_eds = picker_c["args"][picker_c["args"].index("--eds-path") + 1]
     rendered_picker = envoy_c["args"][envoy_c["args"].index("--picker") + 1]
+    rendered_namespace = picker_c["args"][picker_c["args"].index("--engine-namespace") + 1]
     picker_rendered_port = rendered_picker.rsplit(":", 1)[1]
     for i, (engines, ready) in enumerate(((engine, True), (f"127.0.0.1:{free_port()}", False))):
         (tmp_path / f"eds{i}").mkdir()
         port, picker_port = free_port(), free_port()
         local_args = {
-            "$(DUPLEX_ENGINES)": engines,
+            rendered_namespace: leader_slice(kube, out, engines),
             f"{CONFIG_DIR}/gateway.json": str(gateway_json),
             rendered_eds: str(tmp_path / f"eds{i}" / "engines.json"),
             rendered_picker: f"127.0.0.1:{picker_port}",
@@ -408,7 +435,10 @@ def front_probes_pass(out: list[Manifest], tmp_path: Path, engine: str) -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            for c, extra in ((picker_c, []), (envoy_c, ["--port", str(port)]))
+            for c, extra in (
+                (picker_c, ["--kubeconfig", str(kube_cluster.kubeconfig)]),
+                (envoy_c, ["--port", str(port)]),
+            )
         ]
         local = {"grpc": port, str(rendered_port): port, picker_rendered_port: picker_port}
         try:
@@ -589,7 +619,9 @@ def test_an_unusable_redis_url_file_is_named(command: str, tmp_path: Path) -> No
     assert out.exit_code == 2 and "pass one, not both" in out.stderr
 
 
-def test_front_pod_serves_the_realtime_page_through_envoy(tmp_path: Path) -> None:
+def test_front_pod_serves_the_realtime_page_through_envoy(
+    tmp_path: Path, kube: Kube, kube_cluster: ControlPlane
+) -> None:
     """With ``gateway.httpPort``: the front pod's ``picker`` (its HTTP app and the engines' WebSocket endpoint
     file) and ``envoy`` containers run with their rendered args; the page comes back through Envoy's Realtime
     listener from the picker's loopback app."""
@@ -606,7 +638,7 @@ def test_front_pod_serves_the_realtime_page_through_envoy(tmp_path: Path) -> Non
     assert arg(envoy_c, "--realtime") == f"127.0.0.1:{rendered_http}"
     picker_port, http_port, public, port = free_port(), free_port(), free_port(), free_port()
     local_args = {
-        "$(DUPLEX_ENGINES)": f"127.0.0.1:{free_port()}",  # no engine is needed for the page
+        arg(picker_c, "--engine-namespace"): leader_slice(kube, out, f"127.0.0.1:{free_port()}"),  # no engine needed
         f"{CONFIG_DIR}/gateway.json": str(tmp_path / "gateway.json"),
         arg(picker_c, "--eds-path"): str(tmp_path / "eds" / "engines.json"),
         arg(picker_c, "--realtime-eds-path"): str(tmp_path / "eds" / "realtime.json"),
@@ -617,7 +649,7 @@ def test_front_pod_serves_the_realtime_page_through_envoy(tmp_path: Path) -> Non
         "/tmp/envoy.json": str(tmp_path / "envoy.json"),
     }
     runs = (
-        (picker_c, []),
+        (picker_c, ["--kubeconfig", str(kube_cluster.kubeconfig)]),
         (envoy_c, ["--port", str(port), "--set", "gateway.host=127.0.0.1", "--set", f"gateway.http_port={public}"]),
     )
     procs = [

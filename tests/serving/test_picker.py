@@ -207,3 +207,28 @@ def test_engine_reports_sessions_per_key_and_placements_seen(stack: Stack) -> No
     assert dict(during.sessions_by_key) == {"alice": 2, "bob": 2}
     assert dict(during.placements_seen) == {"p1": 7, "p2": 1}
     assert dict(after.placements_seen) == {"p1": 7, "p2": 1}  # kept: the highest number seen, not the live ones
+
+
+async def test_engines_change_at_run_time_a_removed_one_gets_no_new_session(tmp_path: object) -> None:
+    """``Router.set_addresses`` (what the engine watch calls): a removed replica is out of placement at once,
+    a kept one keeps its report, an added one takes sessions only once its first report says it serves."""
+    C = "127.0.0.1:7003"
+    p = picker(tmp_path, Clock())
+    ra, rb = p.router.replicas
+    report(ra, 0)
+    report(rb, 6)
+    assert headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] == A
+    added, removed = p.router.set_addresses([B, C])
+    assert (added, removed) == ([C], [A])
+    assert p.router.replicas[0] is rb and p.router.replicas[1].address == C
+    rc = p.router.replicas[1]
+    assert not rc.healthy  # not polled yet: no session on its word alone
+    chosen = [headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] for _ in range(2)]
+    assert chosen == [B, B]  # A had the most free slots, but it is gone
+    report(rc, 0)
+    assert headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] == C
+    assert p.router.set_addresses([B, C]) == ([], [])
+    p.router.set_addresses([])
+    answer = p.decide(CONVERSE_PATH, ALICE)
+    assert answer.status.code == grpc.StatusCode.UNAVAILABLE.value[0]
+    await p.router.close()
