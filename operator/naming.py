@@ -99,6 +99,10 @@ class ModelRef:
         return self.name
 
     @property
+    def front_hpa(self) -> str:
+        return f"{self.name}-front"
+
+    @property
     def leader_selector(self) -> str:
         """Label selector of the engines' leader Services, and of their EndpointSlices (the EndpointSlice
         controller copies a Service's labels onto its slices): what the session picker watches."""

@@ -181,6 +181,15 @@ def common_problems(spec: DuplexModelSpec) -> list[SpecProblem]:
                 f"maxReplicas ({auto.max_replicas}) is below minReplicas ({auto.min_replicas})",
             )
         )
+    gw = spec.gateway
+    if 0 < gw.max_replicas < gw.replicas:
+        problems.append(
+            SpecProblem(
+                "spec.gateway.maxReplicas",
+                f"maxReplicas ({gw.max_replicas}) is below replicas ({gw.replicas}), the fewest front pods; "
+                "0 turns the front's autoscaling off",
+            )
+        )
     if spec.slo.turn_taking_p95_s < spec.slo.turn_taking_p50_s:
         problems.append(SpecProblem("spec.slo.turnTakingP95S", "the p95 target is below the p50 target"))
     redis = spec.agent.redis

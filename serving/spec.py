@@ -123,7 +123,12 @@ class GatewaySpec(_Spec):
     """Front door: auth, admission, routing to the least-loaded engine replica, relay."""
 
     replicas: int = Field(1, ge=1)
-    """Gateway pods."""
+    """Gateway pods (front pods: Envoy and the session picker); the fewest when ``max_replicas`` autoscales them."""
+    max_replicas: int = Field(0, ge=0)
+    """Most front pods: above ``replicas``, a HorizontalPodAutoscaler scales the front Deployment between the two
+    on CPU (``target_cpu_percent``); 0 = a fixed ``replicas``."""
+    target_cpu_percent: int = Field(70, ge=1, le=100)
+    """Average CPU use of the front pods (percent of their containers' requests) their autoscaler aims for."""
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     """Kubernetes Service type of the public endpoint."""
     auth_secret: str | None = None

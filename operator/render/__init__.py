@@ -10,7 +10,7 @@ from ..children import ApiVersions
 from ..naming import ModelRef
 from ..resolve import Resolved
 from .agent import agent_deployment
-from .autoscaling import engine_pdb, front_pdb, hpa
+from .autoscaling import engine_pdb, front_autoscaled, front_hpa, front_pdb, hpa, wants_front_pdb
 from .common import Manifest
 from .configmap import config_hash, engine_config_map
 from .engine import engine_headless_service, engine_leader_service, engine_statefulset
@@ -39,10 +39,12 @@ def render_children(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> lis
     if spec.agent.workers > 0:
         out.append(agent_deployment(ref, spec, digest))
     out.append(engine_pdb(ref, apis))
-    if spec.gateway.replicas > 1:
-        out.append(front_pdb(ref, apis))
+    if wants_front_pdb(resolved):
+        out.append(front_pdb(ref, resolved, apis))
     if spec.autoscaling.enabled:
         out.append(hpa(ref, resolved, apis))
+    if front_autoscaled(resolved):
+        out.append(front_hpa(ref, resolved, apis))
     if spec.network_policy.enabled:
         out += network_policies(ref, spec, managed_redis=wants_managed_redis(spec))
     return out

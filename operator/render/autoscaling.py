@@ -35,9 +35,40 @@ def engine_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
     return _pdb(ref, apis, ref.engine_pdb, "engine", {"maxUnavailable": 1})
 
 
-def front_pdb(ref: ModelRef, apis: ApiVersions) -> Manifest:
-    """At least one front pod (Envoy and the picker) through a voluntary eviction."""
-    return _pdb(ref, apis, ref.front_pdb, "front", {"minAvailable": 1})
+def front_autoscaled(resolved: Resolved) -> bool:
+    """Whether the front Deployment's pods are scaled by an HPA (``gateway.maxReplicas`` above ``replicas``)."""
+    gw = resolved.spec.gateway
+    return gw.max_replicas > gw.replicas
+
+
+def wants_front_pdb(resolved: Resolved) -> bool:
+    return resolved.spec.gateway.replicas > 1 or front_autoscaled(resolved)
+
+
+def front_pdb(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> Manifest:
+    """Front pods (Envoy and the picker) through voluntary evictions: at least one stays when there are always
+    several; when the autoscaler may run a single one, at most one goes at a time (never blocking a node
+    drain). Each evicted pod drains its live conversations first (``duplex envoy`` on SIGTERM)."""
+    many = resolved.spec.gateway.replicas > 1
+    return _pdb(ref, apis, ref.front_pdb, "front", {"minAvailable": 1} if many else {"maxUnavailable": 1})
+
+
+def front_hpa(ref: ModelRef, resolved: Resolved, apis: ApiVersions) -> Manifest:
+    """The front Deployment between ``gateway.replicas`` and ``gateway.maxReplicas`` pods on average CPU use
+    (``gateway.targetCpuPercent`` of the containers' requests; Envoy carries every audio frame)."""
+    gw = resolved.spec.gateway
+    target = {"type": "Utilization", "averageUtilization": gw.target_cpu_percent}
+    return {
+        "apiVersion": apis.hpa,
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": ref.metadata(ref.front_hpa, "front"),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": ref.front},
+            "minReplicas": gw.replicas,
+            "maxReplicas": gw.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": target}}],
+        },
+    }
 
 
 def _quantity(value: float) -> str:

@@ -25,6 +25,7 @@ from duplex.serving.picker.cli import PICKER_PORT
 
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef
 from ..resolve import Resolved
+from .autoscaling import front_autoscaled
 from .common import Manifest, config_volume, prometheus_annotations, secret_volume
 from .gateway import AUTH_DIR, CLIENT_CA_DIR, TLS_DIR
 from .posture import exec_probe, harden, startup_probe, tcp_probe, tmp_volume
@@ -180,7 +181,8 @@ def front_deployment(ref: ModelRef, resolved: Resolved, config_digest: str) -> M
         "kind": "Deployment",
         "metadata": ref.metadata(ref.front, "front"),
         "spec": {
-            "replicas": gw.replicas,
+            # with gateway.maxReplicas the front HPA owns the count (autoscaling.py): not rendered then
+            **({} if front_autoscaled(resolved) else {"replicas": gw.replicas}),
             "selector": {"matchLabels": ref.selector("front")},
             "template": {
                 "metadata": {

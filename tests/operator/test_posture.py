@@ -70,6 +70,7 @@ SPECS: dict[str, dict[str, Any]] = {
         "agent": {"workers": 1, "metricsPort": 0},
     },
     "policies": {"agent": {"workers": 1}, "networkPolicy": {"enabled": True}},
+    "front-autoscaled": {"gateway": {"maxReplicas": 5}, "autoscaling": {"enabled": True}},
     "moshi-checkpoint-claim": {
         "model": {"family": "moshi", "uri": "/models/moshiko", "dtype": "bfloat16"},
         "checkpoint": {"claimName": "weights"},

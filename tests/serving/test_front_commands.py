@@ -1,13 +1,16 @@
 """``duplex picker`` and ``duplex envoy``, the two processes of a front pod, as real processes with the real
 Envoy binary in front of a real engine: the picker writes the only endpoint file Envoy reads; TLS and mutual
 TLS end in Envoy (a client without a certificate of the client CA is refused at the handshake; a
-certificate does not replace the API key); bad input exits 2 with a message naming what was wrong. Every
-wait is on a state (a printed line, a health answer) with a deadline."""
+certificate does not replace the API key); bad input exits 2 with a message naming what was wrong; a
+SIGTERM'd ``duplex envoy`` drains (a live conversation streams on and ends OK, a new connection is refused).
+Every wait is on a state (a printed line, a health answer) with a deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from duplex.serving.envoy.process import envoy_binary
 from duplex.serving.gateway.auth import key_line
 from duplex.serving.ports import free_port
 from duplex.serving.spec import GatewaySpec
+from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import tone
 from .test_cli import DUPLEX, Proc
@@ -49,6 +53,9 @@ class Pod:
     """Envoy's address with TLS."""
     mtls: str
     """Envoy's address with mutual TLS."""
+    picker: str
+    """The picker's ext_authz address."""
+    keys: Path
 
     def creds(self, cert: ClientCert | None) -> grpc.ChannelCredentials:
         root = self.certs.ca.read_bytes()
@@ -57,10 +64,10 @@ class Pod:
         return grpc.ssl_channel_credentials(root_certificates=root, private_key=cert.key, certificate_chain=cert.cert)
 
 
-def until_serving(addr: str, creds: grpc.ChannelCredentials, deadline_s: float = 60.0) -> None:
-    """The picker's health, asked through Envoy's listener, answers SERVING."""
+def until_serving(addr: str, creds: grpc.ChannelCredentials | None, deadline_s: float = 60.0) -> None:
+    """The picker's health, asked through Envoy's listener (plaintext when ``creds`` is None), answers SERVING."""
     end = time.monotonic() + deadline_s
-    with grpc.secure_channel(addr, creds) as ch:
+    with grpc.secure_channel(addr, creds) if creds is not None else grpc.insecure_channel(addr) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while True:
             try:
@@ -142,6 +149,8 @@ def pod(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pod]:
             client_cert(other, other_key),
             f"127.0.0.1:{ports[0]}",
             f"127.0.0.1:{ports[1]}",
+            f"127.0.0.1:{picker_port}",
+            keys,
         )
         until_serving(p.tls, p.creds(None))
         until_serving(p.mtls, p.creds(p.good))
@@ -278,3 +287,94 @@ def test_tls_bootstrap_with_the_realtime_listener_validates(tmp_path: Path) -> N
     path.write_text(json.dumps(config))
     r = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def _plain_envoy(pod: Pod, port: int, grace_s: float) -> Proc:
+    """A ``duplex envoy`` without TLS on ``port`` beside the pod's picker, draining for ``grace_s``."""
+    gw = ["--set", "gateway.host=127.0.0.1", "--set", f"gateway.api_keys_file={pod.keys}"]
+    args = ["--eds-path", str(pod.eds), "--picker", pod.picker, "--port", str(port), "--concurrency", "1", *gw]
+    envoy = Proc(["envoy", *args, "--set", f"gateway.drain_grace_s={grace_s}"])
+    envoy.wait_for(rf"duplex envoy: listening on 127\.0\.0\.1:{port};", 60)
+    until_serving(f"127.0.0.1:{port}", None)
+    return envoy
+
+
+def test_a_sigterm_drains_envoy_live_conversations_finish_and_new_connections_are_refused(pod: Pod) -> None:
+    port = free_port()
+    envoy = _plain_envoy(pod, port, 120)
+    try:
+        chunks = client.split_chunks(tone(2.0), CHUNK)
+
+        async def run() -> tuple[grpc.StatusCode, int]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                converse = ch.stream_stream(
+                    "/duplex.v1.Duplex/Converse",
+                    request_serializer=pb.ClientEvent.SerializeToString,
+                    response_deserializer=pb.ServerEvent.FromString,
+                )
+                call = converse(metadata=ALICE)
+                events = call.__aiter__()
+
+                async def next_of(kind: str) -> pb.ServerEvent:
+                    while True:
+                        event: pb.ServerEvent = await asyncio.wait_for(events.__anext__(), 60)
+                        if event.WhichOneof("event") == kind:
+                            return event
+
+                await call.write(client.start_event())
+                await next_of("ready")
+                audio = 0
+                for seq in range(len(chunks)):
+                    if seq == 2:  # mid-conversation: the pod is being replaced
+                        envoy.p.send_signal(signal.SIGTERM)
+                        await asyncio.to_thread(envoy.wait_for, r"duplex envoy: draining", 30)
+                        with pytest.raises(ConnectionRefusedError):  # a new connection goes elsewhere
+                            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                    await call.write(client.audio_event(seq, chunks[seq]))
+                    await next_of("audio")  # each chunk's output comes back while Envoy drains
+                    audio += 1
+                await call.write(pb.ClientEvent(end=pb.EndOfStream()))
+                await call.done_writing()
+                async for _ in events:
+                    pass
+                return await call.code(), audio
+
+        code, audio = asyncio.run(run())
+        assert code == grpc.StatusCode.OK and audio == len(chunks)
+        assert envoy.p.wait(timeout=60) == 0  # the last stream ended: Envoy stopped, long before the grace
+        envoy.wait_for(r"duplex envoy: drained$", 5)
+    finally:
+        if envoy.p.poll() is None:
+            envoy.p.kill()
+            envoy.p.wait(timeout=30)
+
+
+def test_the_drain_grace_bounds_the_drain(pod: Pod) -> None:
+    """With no grace, a SIGTERM closes the live conversation at once (UNAVAILABLE) and Envoy stops."""
+    port = free_port()
+    envoy = _plain_envoy(pod, port, 0)
+    try:
+
+        async def run() -> grpc.StatusCode:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = ch.stream_stream(
+                    "/duplex.v1.Duplex/Converse",
+                    request_serializer=pb.ClientEvent.SerializeToString,
+                    response_deserializer=pb.ServerEvent.FromString,
+                )(metadata=ALICE)
+                await call.write(client.start_event())
+                try:
+                    async for event in call:
+                        if event.WhichOneof("event") == "ready":
+                            envoy.p.send_signal(signal.SIGTERM)
+                except grpc.aio.AioRpcError as e:
+                    return e.code()
+                return await call.code()
+
+        assert asyncio.run(asyncio.wait_for(run(), 60)) == grpc.StatusCode.UNAVAILABLE
+        envoy.wait_for(r"duplex envoy: drain grace over: 1 live stream\(s\) closed", 30)
+        assert envoy.p.wait(timeout=30) == 0
+    finally:
+        if envoy.p.poll() is None:
+            envoy.p.kill()
+            envoy.p.wait(timeout=30)
