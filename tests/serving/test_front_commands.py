@@ -26,6 +26,7 @@ from tlscerts import Certs, ClientCert, ca_and_key, client_cert, make_certs
 from duplex.serving import client
 from duplex.serving.envoy.cli import envoy_config
 from duplex.serving.envoy.config import REALTIME_CLUSTER, bootstrap
+from duplex.serving.envoy.drain import Admin
 from duplex.serving.envoy.eds import write_endpoints
 from duplex.serving.envoy.process import envoy_binary
 from duplex.serving.gateway.auth import key_line
@@ -289,10 +290,12 @@ def test_tls_bootstrap_with_the_realtime_listener_validates(tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr[-2000:]
 
 
-def _plain_envoy(pod: Pod, port: int, grace_s: float) -> Proc:
-    """A ``duplex envoy`` without TLS on ``port`` beside the pod's picker, draining for ``grace_s``."""
-    gw = ["--set", "gateway.host=127.0.0.1", "--set", f"gateway.api_keys_file={pod.keys}"]
-    args = ["--eds-path", str(pod.eds), "--picker", pod.picker, "--port", str(port), "--concurrency", "1", *gw]
+def _plain_envoy(pod: Pod, port: int, grace_s: float, eds: Path | None = None, extra: tuple[str, ...] = ()) -> Proc:
+    """A ``duplex envoy`` without TLS on ``port`` beside the pod's picker, draining for ``grace_s``, reading
+    the pod's endpoint file (or ``eds``)."""
+    gw = ["--set", "gateway.host=127.0.0.1", "--set", f"gateway.api_keys_file={pod.keys}", *extra]
+    eds_path = str(eds or pod.eds)
+    args = ["--eds-path", eds_path, "--picker", pod.picker, "--port", str(port), "--concurrency", "1", *gw]
     envoy = Proc(["envoy", *args, "--set", f"gateway.drain_grace_s={grace_s}"])
     envoy.wait_for(rf"duplex envoy: listening on 127\.0\.0\.1:{port};", 60)
     until_serving(f"127.0.0.1:{port}", None)
@@ -378,3 +381,59 @@ def test_the_drain_grace_bounds_the_drain(pod: Pod) -> None:
         if envoy.p.poll() is None:
             envoy.p.kill()
             envoy.p.wait(timeout=30)
+
+
+def test_an_engine_dropped_from_the_endpoint_file_keeps_its_live_conversation(pod: Pod, tmp_path: Path) -> None:
+    """What the picker does when an engine stops serving (its EndpointSlice endpoint goes): the engine leaves
+    Envoy's endpoint file; a conversation already on it streams on to its end, a new one is refused."""
+    (tmp_path / "eds").mkdir()
+    eds = tmp_path / "eds" / "engines.json"
+    write_endpoints(eds, [pod.engine], 1)
+    port = free_port()
+    envoy = _plain_envoy(pod, port, 30, eds, ("--bootstrap-path", str(tmp_path / "envoy.json")))
+    admin = Admin((tmp_path / "admin-address.txt").read_text().strip())  # written before Envoy listens
+    members = "cluster.engines.membership_total"
+    assert admin.stats(f"^{members}$")[members] == 1
+    chunks = client.split_chunks(tone(1.6), CHUNK)
+    try:
+
+        async def run() -> tuple[grpc.StatusCode, int, client.Conversation]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                call = ch.stream_stream(
+                    "/duplex.v1.Duplex/Converse",
+                    request_serializer=pb.ClientEvent.SerializeToString,
+                    response_deserializer=pb.ServerEvent.FromString,
+                )(metadata=ALICE)
+                events = call.__aiter__()
+
+                async def next_of(kind: str) -> None:
+                    while (await asyncio.wait_for(events.__anext__(), 60)).WhichOneof("event") != kind:
+                        pass
+
+                await call.write(client.start_event())
+                await next_of("ready")
+                audio = 0
+                for seq in range(len(chunks)):
+                    if seq == 2:
+                        write_endpoints(eds, [], 2)  # the engine leaves Envoy's endpoints mid-conversation
+                        while admin.stats(f"^{members}$")[members]:  # until Envoy has applied the file
+                            await asyncio.sleep(0.05)
+                    await call.write(client.audio_event(seq, chunks[seq]))
+                    await next_of("audio")
+                    audio += 1
+                await call.write(pb.ClientEvent(end=pb.EndOfStream()))
+                await call.done_writing()
+                async for _ in events:
+                    pass
+                code = await call.code()
+                late = await asyncio.wait_for(
+                    client.converse(ch, chunks[:1], metadata=ALICE, realtime=False), 60
+                )  # a new session now: no endpoint for the engine the picker names
+                return code, audio, late
+
+        code, audio, late = asyncio.run(run())
+        assert code == grpc.StatusCode.OK and audio == len(chunks)
+        assert late.code == grpc.StatusCode.UNAVAILABLE, (late.code, late.details)
+    finally:
+        envoy.p.terminate()
+        envoy.p.wait(timeout=60)
