@@ -40,10 +40,6 @@ NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 """The pod's namespace, beside its service-account token."""
 
 
-def _address(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def serving(endpoint: dict[str, Any]) -> bool:
     """Whether a slice's endpoint takes new sessions: serving (else ready) and not terminating."""
     conditions = endpoint.get("conditions") or {}
@@ -56,16 +52,18 @@ def serving(endpoint: dict[str, Any]) -> bool:
 
 
 def serving_addresses(slices: Iterable[dict[str, Any]], port_name: str = ENGINE_PORT_NAME) -> list[str]:
-    """``IP:PORT`` of every serving endpoint of ``slices`` on their port named ``port_name`` (sorted, once
-    each: an endpoint moving between two slices may briefly be in both)."""
+    """``IP:PORT`` of every serving endpoint of the IPv4 ``slices`` on their port named ``port_name`` (sorted,
+    once each: an endpoint moving between two slices may briefly be in both)."""
     out: set[str] = set()
     for s in slices:
+        if s.get("addressType", "IPv4") != "IPv4":  # FQDN slices hold names, which Envoy is never given
+            continue
         port = next((p.get("port") for p in s.get("ports") or [] if p.get("name") == port_name), None)
         if not port:
             continue
         for endpoint in s.get("endpoints") or []:
             if serving(endpoint):
-                out.update(_address(ip, int(port)) for ip in endpoint.get("addresses") or [])
+                out.update(f"{ip}:{port}" for ip in endpoint.get("addresses") or [])
     return sorted(out)
 
 

@@ -40,6 +40,7 @@ from .test_cli import DUPLEX, Proc
 CHUNK = 3200
 ENGINE = ["engine", "--port", "0", "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"]
 ALICE = (("authorization", "Bearer key-alice"),)
+KUBECONFIG = ("--kubeconfig", "{d}/none")
 
 
 @dataclass
@@ -220,6 +221,15 @@ def test_mutual_tls_ends_in_envoy_and_needs_a_certificate_of_the_client_ca(pod: 
         (["picker", "--eds-path", "{d}/no/e.json", "--engines", "10.0.0.1:7070"], "directory '{d}/no' does not"),
         (["picker", "--eds-path", "{d}/e.json", "--engines", "engine-0:7070"], "'engine-0:7070': expected IP:PORT"),
         (["picker", "--eds-path", "{d}/e.json"], "no engines configured"),
+        (
+            ["picker", "--eds-path", "{d}/e.json", "--engines", "10.0.0.1:7070", "--engine-selector", "a=b"],
+            "give --engines or --engine-selector, not both",
+        ),
+        (["picker", "--eds-path", "{d}/e.json", "--engine-selector", "a=b"], "needs --engine-namespace outside a pod"),
+        (
+            ["picker", "--eds-path", "{d}/e.json", "--engine-selector", "a=b", "--engine-namespace", "n", *KUBECONFIG],
+            "no Kubernetes API configuration for the engine watch",
+        ),
         (
             ["picker", "--eds-path", "{d}/e.json", "--engines", "10.0.0.1:7070", "--set", "gateway.open_access=false"],
             "no API keys configured",
