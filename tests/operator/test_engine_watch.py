@@ -1,7 +1,7 @@
 """The session picker follows the engines' leader EndpointSlices through a real kube-apiserver: the endpoint
 file Envoy reads and the picker's engine set track replicas that are added, stop serving and are removed; an
 API server that goes away (or a 403) is retried without losing the last endpoints; the front pods' rendered
-Role is exactly enough to watch."""
+Role is exactly enough to watch; which endpoint conditions count as serving."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from duplex.serving.envoy.config import ENGINES_CLUSTER
 from duplex.serving.envoy.eds import EndpointFiles
 from duplex.serving.picker.cli import watch_engines
 from duplex.serving.picker.server import PickerServer
-from duplex.serving.picker.watch import load_api_client
+from duplex.serving.picker.watch import load_api_client, serving_addresses
 from duplex.serving.spec import GatewaySpec
 
 PORT = 8081
@@ -226,3 +226,29 @@ async def test_the_rendered_role_is_exactly_enough_and_a_403_is_retried(
     verbs = {v for rule in role["rules"] for v in rule["verbs"]}
     assert verbs == {"get", "list", "watch"}
     assert [r["resources"] for r in role["rules"]] == [["endpointslices"]]
+
+
+def test_which_endpoints_count_as_serving() -> None:
+    """The conditions as Kubernetes 1.22+ report them (``serving``, ``terminating``), which the 1.20 test
+    server drops on write, and what the picker does with each."""
+
+    def slice_of(*endpoints: dict[str, Any], kind: str = "IPv4", port: str = "grpc") -> dict[str, Any]:
+        return {"addressType": kind, "ports": [{"name": port, "port": 7070}], "endpoints": list(endpoints)}
+
+    def ep(ip: str, **conditions: bool) -> dict[str, Any]:
+        return {"addresses": [ip], "conditions": conditions}
+
+    slices = [
+        slice_of(
+            ep("10.0.0.1", ready=True, serving=True),
+            ep("10.0.0.2", ready=True, serving=False),  # a publishNotReadyAddresses Service: ready, not serving
+            ep("10.0.0.3", ready=False, serving=True, terminating=True),  # terminating: no new session
+            ep("10.0.0.4"),  # nothing reported: ready, as the API says
+            ep("10.0.0.5", ready=False),
+            ep("10.0.0.6", serving=True),
+        ),
+        slice_of(ep("10.0.0.1", ready=True)),  # moving between two slices: listed once
+        slice_of(ep("engine.example", ready=True), kind="FQDN"),  # a name: never given to Envoy
+        slice_of(ep("10.0.0.9", ready=True), port="dist"),  # no grpc port: not an engine endpoint
+    ]
+    assert serving_addresses(slices) == ["10.0.0.1:7070", "10.0.0.4:7070", "10.0.0.6:7070"]
