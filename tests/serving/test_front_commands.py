@@ -334,7 +334,7 @@ def test_a_sigterm_drains_envoy_live_conversations_finish_and_new_connections_ar
                         if event.WhichOneof("event") == kind:
                             return event
 
-                await call.write(client.start_event())
+                await call.write(client.start_event(no_resume=True))  # no slot held after it
                 await next_of("ready")
                 audio = 0
                 for seq in range(len(chunks)):
@@ -375,7 +375,7 @@ def test_the_drain_grace_bounds_the_drain(pod: Pod) -> None:
                     request_serializer=pb.ClientEvent.SerializeToString,
                     response_deserializer=pb.ServerEvent.FromString,
                 )(metadata=ALICE)
-                await call.write(client.start_event())
+                await call.write(client.start_event(no_resume=True))  # no slot held after it
                 try:
                     async for event in call:
                         if event.WhichOneof("event") == "ready":
@@ -420,7 +420,7 @@ def test_an_engine_dropped_from_the_endpoint_file_keeps_its_live_conversation(po
                     while (await asyncio.wait_for(events.__anext__(), 60)).WhichOneof("event") != kind:
                         pass
 
-                await call.write(client.start_event())
+                await call.write(client.start_event(no_resume=True))  # no slot held after it
                 await next_of("ready")
                 audio = 0
                 for seq in range(len(chunks)):
