@@ -51,78 +51,98 @@ def _range(text: str, hint: str, low: float, high: float = 2.0, unit: str = " se
     return lo, hi
 
 
+Out = Annotated[Path, typer.Option("--out", help="Directory to write the corpus into.")]
+Conversations = Annotated[int, typer.Option("--conversations", min=1, max=1_000_000, help="Number of conversations.")]
+Seed = Annotated[int, typer.Option("--seed", min=0, help="Corpus seed; same seed, same bytes.")]
+Workers = Annotated[int, typer.Option("--workers", min=1, max=256, help="Rendering processes.")]
+MinDuration = Annotated[
+    float, typer.Option("--min-duration", min=5.0, max=3600.0, help="Shortest conversation, seconds.")
+]
+MaxDuration = Annotated[
+    float, typer.Option("--max-duration", min=5.0, max=3600.0, help="Longest conversation, seconds.")
+]
+ValidationFraction = Annotated[float, typer.Option("--validation-fraction", min=0.0, max=0.5)]
+TestFraction = Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.5)]
+HeldoutFraction = Annotated[
+    float,
+    typer.Option(
+        "--heldout-fraction",
+        min=0.0,
+        max=0.5,
+        help="Share of conversations in the 'heldout' split, spoken by Flite (a TTS engine no other split uses).",
+    ),
+]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing corpus in --out.")]
+Task = Annotated[
+    str,
+    typer.Option(
+        "--task",
+        help="turns (ordinary turn-taking) or timespeak (timed requests, spoken or typed, between ordinary exchanges).",
+    ),
+]
+TimedShare = Annotated[
+    float,
+    typer.Option(
+        "--timed-share",
+        min=0.0,
+        max=1.0,
+        help="With --task timespeak: share of conversations with timed requests (the rest are ordinary).",
+    ),
+]
+TimedMaxN = Annotated[
+    int,
+    typer.Option(
+        "--timed-max-n", min=2, max=30, help="With --task timespeak: the longest delay or period asked for, seconds."
+    ),
+]
+ReplyGap = Annotated[
+    str,
+    typer.Option("--reply-gap", help="MIN,MAX seconds between the user's end of turn and the target model's reply."),
+]
+BargeReaction = Annotated[
+    str,
+    typer.Option(
+        "--barge-reaction", help="MIN,MAX seconds from a user's barge-in onset until the target model has stopped."
+    ),
+]
+VoiceWarp = Annotated[
+    str,
+    typer.Option(
+        "--voice-warp",
+        help="MIN,MAX factor by which each espeak-ng user voice is played faster (pitch, formants and tempo "
+        "scale together): more speakers from the same variants.",
+    ),
+]
+
+
+def _check_task(task: str, timed_share: float, timed_max_n: int) -> None:
+    """The task exists, and the timespeak-only options are left alone for other tasks."""
+    if task not in TASKS:
+        raise typer.BadParameter(f"unknown task {task!r}; choose {', '.join(TASKS)}", param_hint="'--task'")
+    if timed_share != 1.0 and task != "timespeak":
+        raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-share'")
+    if timed_max_n != 30 and task != "timespeak":
+        raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-max-n'")
+
+
 @app.command("make")
 def make(
-    out: Annotated[Path, typer.Option("--out", help="Directory to write the corpus into.")],
-    conversations: Annotated[
-        int, typer.Option("--conversations", min=1, max=1_000_000, help="Number of conversations.")
-    ],
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Corpus seed; same seed, same bytes.")] = 0,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=256, help="Rendering processes.")] = 2,
-    min_duration: Annotated[
-        float, typer.Option("--min-duration", min=5.0, max=3600.0, help="Shortest conversation, seconds.")
-    ] = 45.0,
-    max_duration: Annotated[
-        float, typer.Option("--max-duration", min=5.0, max=3600.0, help="Longest conversation, seconds.")
-    ] = 90.0,
-    validation_fraction: Annotated[float, typer.Option("--validation-fraction", min=0.0, max=0.5)] = 0.1,
-    test_fraction: Annotated[float, typer.Option("--test-fraction", min=0.0, max=0.5)] = 0.1,
-    heldout_fraction: Annotated[
-        float,
-        typer.Option(
-            "--heldout-fraction",
-            min=0.0,
-            max=0.5,
-            help="Share of conversations in the 'heldout' split, spoken by Flite (a TTS engine no other split uses).",
-        ),
-    ] = 0.1,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing corpus in --out.")] = False,
-    task: Annotated[
-        str,
-        typer.Option(
-            "--task",
-            help="turns (ordinary turn-taking) or timespeak (timed requests, spoken or typed, between ordinary "
-            "exchanges).",
-        ),
-    ] = "turns",
-    timed_share: Annotated[
-        float,
-        typer.Option(
-            "--timed-share",
-            min=0.0,
-            max=1.0,
-            help="With --task timespeak: share of conversations with timed requests (the rest are ordinary).",
-        ),
-    ] = 1.0,
-    timed_max_n: Annotated[
-        int,
-        typer.Option(
-            "--timed-max-n",
-            min=2,
-            max=30,
-            help="With --task timespeak: the longest delay or period asked for, seconds.",
-        ),
-    ] = 30,
-    reply_gap: Annotated[
-        str,
-        typer.Option(
-            "--reply-gap", help="MIN,MAX seconds between the user's end of turn and the target model's reply."
-        ),
-    ] = "0.15,0.30",
-    barge_reaction: Annotated[
-        str,
-        typer.Option(
-            "--barge-reaction", help="MIN,MAX seconds from a user's barge-in onset until the target model has stopped."
-        ),
-    ] = "0.12,0.20",
-    voice_warp: Annotated[
-        str,
-        typer.Option(
-            "--voice-warp",
-            help="MIN,MAX factor by which each espeak-ng user voice is played faster (pitch, formants and tempo "
-            "scale together): more speakers from the same variants.",
-        ),
-    ] = "1.0,1.0",
+    out: Out,
+    conversations: Conversations,
+    seed: Seed = 0,
+    workers: Workers = 2,
+    min_duration: MinDuration = 45.0,
+    max_duration: MaxDuration = 90.0,
+    validation_fraction: ValidationFraction = 0.1,
+    test_fraction: TestFraction = 0.1,
+    heldout_fraction: HeldoutFraction = 0.1,
+    force: Force = False,
+    task: Task = "turns",
+    timed_share: TimedShare = 1.0,
+    timed_max_n: TimedMaxN = 30,
+    reply_gap: ReplyGap = "0.15,0.30",
+    barge_reaction: BargeReaction = "0.12,0.20",
+    voice_warp: VoiceWarp = "1.0,1.0",
 ) -> None:
     """Render conversations to user.wav / user_clean.wav / model.wav / events.json plus manifest.json."""
     if min_duration > max_duration:
@@ -134,12 +154,7 @@ def make(
     except ValueError as err:
         hint = "'--validation-fraction' / '--test-fraction' / '--heldout-fraction'"
         raise typer.BadParameter(str(err), param_hint=hint) from err
-    if task not in TASKS:
-        raise typer.BadParameter(f"unknown task {task!r}; choose {', '.join(TASKS)}", param_hint="'--task'")
-    if timed_share != 1.0 and task != "timespeak":
-        raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-share'")
-    if timed_max_n != 30 and task != "timespeak":
-        raise typer.BadParameter("only with --task timespeak", param_hint="'--timed-max-n'")
+    _check_task(task, timed_share, timed_max_n)
     gap = _range(reply_gap, "'--reply-gap'", 0.0)
     reaction = _range(barge_reaction, "'--barge-reaction'", 0.04)
     warp = _range(voice_warp, "'--voice-warp'", 0.7, 1.4, unit="")
