@@ -20,6 +20,7 @@ import pytest
 import websockets
 from openai import AsyncOpenAI
 from serving.conftest import LoopThread, wait_serving
+from serving.envoy_child import EnvoyChild
 from websockets.exceptions import InvalidStatus
 
 from duplex.model.runtime import load_part
@@ -32,7 +33,6 @@ from duplex.serving.picker.server import PickerServer
 from duplex.serving.spec import EngineSpec, GatewaySpec
 
 from .conftest import MAX_FRAME
-from .envoy_child import EnvoyChild
 
 ALICE, BOB, CAROL = "key-alice", "key-bob", "key-carol"
 

@@ -31,8 +31,8 @@ from duplex.serving.process import PickerProcess
 from duplex.serving.spec import GatewaySpec
 
 from .conftest import tone
+from .helpers import active_sessions
 from .test_cli import Proc
-from .test_engine_loss import active_sessions
 
 CHUNK = 3200
 ENGINE = ["engine", "--port", "0", "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"]
