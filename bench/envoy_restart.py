@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from duplex.serving import client
 from duplex.serving.envoy.config import EnvoyConfig
 from duplex.serving.envoy.process import EnvoyProcess
-from duplex.serving.gateway.auth import key_line
+from duplex.serving.picker.auth import key_line
 from duplex.serving.ports import free_port
 from duplex.serving.process import PickerProcess
 from duplex.serving.spec import GatewaySpec

@@ -59,7 +59,7 @@ RELIABILITY_HEADER = (
 ENGINE_KILL_HOW = (
     "How the front door does it: the engine's connection drops, and Envoy resets each stream it carried there, "
     "which a client reads as UNAVAILABLE (`serving/client.py` reports a proxy's reset as a dropped stream); the "
-    "session picker holds a health watch on each engine (`serving/gateway/routing.py`), so the lost engine is "
+    "session picker holds a health watch on each engine (`serving/picker/routing.py`), so the lost engine is "
     "marked down once its connection is seen to drop, without waiting for a health poll. A session placed in "
     "the instant before that (the picker still counted the engine healthy) goes to the dead engine and gets "
     "UNAVAILABLE: nothing retries a start on another engine, so the caller starts it again (the last row). "

@@ -1,5 +1,5 @@
 """The public Service (named like the model) in front of the front pods (``front.py``: Envoy and the session
-picker), where the gateway's Secrets are mounted, and the engine addresses the picker gets: leader-Service
+picker), where the front door's Secrets are mounted, and the engine addresses the picker gets: leader-Service
 ClusterIPs, so routing needs no cluster DNS."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.engine.server import EngineServer
 from duplex.serving.envoy.config import EnvoyConfig
-from duplex.serving.gateway.auth import key_line
+from duplex.serving.picker.auth import key_line
 from duplex.serving.picker.placement import FORGET_S, Placements
 from duplex.serving.picker.server import PickerServer
 from duplex.serving.spec import EngineSpec, GatewaySpec

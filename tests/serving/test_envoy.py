@@ -25,7 +25,7 @@ from duplex.serving import client
 from duplex.serving.envoy.config import REPLICA_HEADER, EnvoyConfig, bootstrap
 from duplex.serving.envoy.eds import write_endpoints
 from duplex.serving.envoy.process import EnvoyProcess, envoy_binary
-from duplex.serving.gateway.auth import key_line
+from duplex.serving.picker.auth import key_line
 from duplex.serving.ports import free_port
 from duplex.serving.process import PickerProcess
 from duplex.serving.spec import GatewaySpec

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 from duplex.cli import app
 from duplex.serving import client
 from duplex.serving.envoy.tls import check_tls
-from duplex.serving.gateway.auth import DIGEST_BYTES, KeyRing, key_line, parse_keys_file
-from duplex.serving.gateway.quota import KeyQuotas, TokenBucket
+from duplex.serving.picker.auth import DIGEST_BYTES, KeyRing, key_line, parse_keys_file
 from duplex.serving.picker.placement import sessions_by_key
+from duplex.serving.picker.quota import KeyQuotas, TokenBucket
 from duplex.serving.spec import EngineSpec, GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
