@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# The duplex image for users: one image for the engine, gateway, agent and operator pods. Same content as the
-# offline build (scripts/image.sh, a debootstrap'ed Debian root filesystem): both install with
-# scripts/image-install.sh. Needs BuildKit (the default builder) for the wheel mounts.
+# The duplex image for users: one image for the engine, front (Envoy and the session picker), agent and
+# operator pods. Same content as the offline build (scripts/image.sh, a debootstrap'ed Debian root filesystem):
+# both install with scripts/image-install.sh. Needs BuildKit (the default builder) for the wheel mounts.
 #
 #   docker build -t duplex:0.1.0 .
 #

@@ -5,12 +5,12 @@
 
 Three figures:
 
-1. Per-chunk latency, direct to an engine vs through Envoy (and through the Python gateway, to compare):
-   ``bench/relay_floor.py``'s stand-in engine (real protobuf messages, cohorts that tick every
-   ``chunk_ms / cohorts`` and hold the interpreter ``--step-ms``) and its client process; relay = send lag +
-   in hop + out hop (its definitions). Through Envoy the picker answers each session's ``Check`` first; the
-   chunks then go client → Envoy → stand-in without any Python in between. Separate runs, one after the other:
-   "added" is the difference of their percentiles, not a per-chunk difference.
+1. Per-chunk latency, direct to an engine vs through Envoy: ``bench/relay_floor.py``'s stand-in engine (real
+   protobuf messages, cohorts that tick every ``chunk_ms / cohorts`` and hold the interpreter ``--step-ms``) and
+   its client process; relay = send lag + in hop + out hop (its definitions). Through Envoy the picker answers
+   each session's ``Check`` first; the chunks then go client → Envoy → stand-in without any Python in between.
+   Separate runs, one after the other: "added" is the difference of their percentiles, not a per-chunk
+   difference.
 2. Session set-up: ``duplex up --replicas 2`` (real engines); a burst of ``--joins`` sessions opened at one
    instant, each timed from its call to its ``SessionReady`` — through Envoy, and straight to engine 0.
 3. Slot balance: after that burst through Envoy, the sessions each engine reports (``Replica.GetLoad``).
@@ -33,7 +33,7 @@ from duplex.loadtest.local import LocalUp
 from duplex.serving.envoy.config import EnvoyConfig
 from duplex.serving.envoy.process import EnvoyProcess
 from duplex.serving.heap import freeze_startup_heap
-from duplex.serving.process import GatewayProcess, PickerProcess, ServerProcess
+from duplex.serving.process import PickerProcess, ServerProcess
 from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
@@ -49,8 +49,8 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(
 CONVERSE = "/duplex.v1.Duplex/Converse"
 
 
-PATHS = ("direct", "gateway", "envoy")
-"""client → stand-in; client → gateway (the Python relay Envoy replaces) → stand-in; client → Envoy → stand-in."""
+PATHS = ("direct", "envoy")
+"""client → stand-in; client → Envoy → stand-in."""
 
 
 def relay_ms(plan: Plan, path: str, steady_after_s: float) -> list[float]:
@@ -61,12 +61,7 @@ def relay_ms(plan: Plan, path: str, steady_after_s: float) -> list[float]:
     target = f"127.0.0.1:{port}"
     picker: PickerProcess | None = None
     envoy: EnvoyProcess | None = None
-    gateway: GatewayProcess | None = None
     try:
-        if path == "gateway":
-            spec = GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0)
-            gateway = GatewayProcess(spec, 0)
-            target = f"127.0.0.1:{gateway.start()}"
         if path == "envoy":
             picker = PickerProcess(GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0))
             cfg = EnvoyConfig(picker=f"127.0.0.1:{picker.start()}", eds_path=Path("engines.json"), port=0)
@@ -79,8 +74,6 @@ def relay_ms(plan: Plan, path: str, steady_after_s: float) -> list[float]:
         finally:
             gc.enable()
     finally:
-        if gateway is not None:
-            gateway.stop(5)
         if envoy is not None:
             envoy.stop()
         if picker is not None:
@@ -191,8 +184,8 @@ def main() -> None:
         print(f"relay {path}: {len(relay[path])} chunks", flush=True)
     rows = []
     for q in (50, 99, 99.9):
-        d, g, e = (pct(relay[path], q) for path in PATHS)
-        rows.append(f"| chunk relay p{q:g} | {d:.2f} | {e:.2f} | {e - d:+.2f} | {g:.2f} ({g - d:+.2f}) |")
+        d, e = (pct(relay[path], q) for path in PATHS)
+        rows.append(f"| chunk relay p{q:g} | {d:.2f} | {e:.2f} | {e - d:+.2f} |")
     with LocalUp(args=["--replicas", "2", "--no-agent", "--max-sessions", str(args.joins)]) as up:
         engines = [up.wait_for(rf"engine {i} at (\S+) ").group(1) for i in range(2)]
         # through Envoy first: the picker's view of the idle engines is exact (a report is up to 0.25 s old)
@@ -201,17 +194,14 @@ def main() -> None:
         direct, _ = asyncio.run(setups(engines[0], [engines[0]], args.joins))
     for q in (50, 99):
         d, e = pct(direct, q), pct(via, q)
-        rows.append(f"| session set-up p{q:g} ({args.joins} joins at once) | {d:.1f} | {e:.1f} | {e - d:+.1f} | |")
-    rows.append(f"| sessions per engine after the burst | {args.joins} on one | {' / '.join(map(str, held))} | | |")
-    head = (
-        "| figure (ms) | direct to the engine | through Envoy | added by Envoy | through the Python gateway (added) |\n"
-        "|:---|---:|---:|---:|---:|\n"
-    )
+        rows.append(f"| session set-up p{q:g} ({args.joins} joins at once) | {d:.1f} | {e:.1f} | {e - d:+.1f} |")
+    rows.append(f"| sessions per engine after the burst | {args.joins} on one | {' / '.join(map(str, held))} | |")
+    head = "| figure (ms) | direct to the engine | through Envoy | added by Envoy |\n|:---|---:|---:|---:|\n"
     setup = (
         f"Chunk relay: {args.sessions} sessions in {args.cohorts} cohorts, chunk {args.chunk_ms} ms, "
         f"{args.seconds:.0f} s per path (figures after the first {args.steady_after:.0f} s), `bench/relay_floor.py`'s "
         f"stand-in engine holding the interpreter {args.step_ms:.0f} ms per tick; Envoy 1.40 with 1 worker and the "
-        f"session picker in front; the Python gateway (`duplex gateway`, what Envoy replaces) to compare. "
+        f"session picker in front. "
         f"Set-up and balance: `duplex up --replicas 2` (tiny model), a burst of "
         f"{args.joins} sessions opened at once, timed from the call to its SessionReady. The paths ran one after the "
         f"other, so 'added' differs percentiles of separate runs (the caption gives the machine's load). "

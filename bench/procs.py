@@ -1,4 +1,4 @@
-"""``duplex`` subprocesses for the fault benchmarks (``faults.py``, ``gateway_restart.py``): start one, wait for
+"""``duplex`` subprocesses for the fault benchmarks (``faults.py``, ``envoy_restart.py``): start one, wait for
 a line of its output, stop it."""
 
 from __future__ import annotations
@@ -47,10 +47,3 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
-
-
-def gateway_args(engines: str, *settings: str) -> list[str]:
-    """``duplex gateway`` on a free loopback port in front of ``engines`` (HOST:PORT,...), metrics off, plus
-    ``settings`` (``gateway.KEY=VALUE`` each)."""
-    sets = ["gateway.host=127.0.0.1", "gateway.metrics_port=0", *settings]
-    return ["gateway", "--engines", engines, "--port", "0", *(a for s in sets for a in ("--set", s))]

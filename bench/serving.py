@@ -10,13 +10,13 @@ Per audio chunk it measures, on the client's clock:
                     client that sends it late counts its lag)
   model compute   = the engine's step + decode time for the batch chunk k was in (ChunkTiming.compute_ms)
   system-added    = round trip − model compute (phase wait for its cohort + queueing behind other cohorts'
-                    steps + gRPC/gateway/serialization)
-  relay overhead  = system-added − queue wait (ChunkTiming.queue_wait_ms): gateway, gRPC and Python only;
+                    steps + gRPC/Envoy/serialization)
+  relay overhead  = system-added − queue wait (ChunkTiming.queue_wait_ms): Envoy, gRPC and Python only;
                     the sum of four legs, each printed (client and engine share the machine's clock):
                       send lag   the client sent chunk k − its capture end (the load generator's own lag)
-                      in hop     the engine received it − the client sent it (client → gateway → engine)
+                      in hop     the engine received it − the client sent it (client → Envoy → engine)
                       engine out the engine queued the result − its step's start − compute (output stage)
-                      out hop    the client read the result − the engine queued it (engine → gateway →
+                      out hop    the client read the result − the engine queued it (engine → Envoy →
                                  client, the client's event loop included)
   engine span     = engine sent chunk k's output − engine received chunk k (server clock, ChunkTiming)
 ``--client-processes N`` spreads the sessions over N client processes, each with its own event loop and
@@ -383,7 +383,7 @@ def main() -> None:
     ap.add_argument(
         "--section", default="Serving", help="docs/benchmarks.md section to write (bench/results/ file: its name)"
     )
-    ap.add_argument("--target", default="", help="use a running gateway instead of starting duplex up")
+    ap.add_argument("--target", default="", help="use a running front door (or engine) instead of starting duplex up")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/results/ and docs/benchmarks.md")
     ap.add_argument(
         "--client-processes",
@@ -454,7 +454,7 @@ def main() -> None:
     shipped = (ROOT / "model" / "checkpoints" / "tiny.safetensors").exists()
     weights = "shipped checkpoint" if shipped else "random weights"
     text = (
-        "`duplex up` (embedded engine + gateway, tiny preset, "
+        "`duplex up` (engine behind Envoy and the session picker, tiny preset, "
         f"{weights}"
         f") and the clients ({args.client_processes} process{'es' if args.client_processes > 1 else ''}) on one "
         f"machine. Chunk {CHUNK_MS} ms, {args.seconds:.0f} s of "

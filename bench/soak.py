@@ -14,19 +14,19 @@ then the soak for ``--minutes`` on the same server.
 The load counts parked sessions: a vanished client's session keeps its slot for the engine's resume grace
 (``SessionReady.resume_grace_ms``; 0 with ``--no-resume``, whose clients ask for no resume token), so that
 client slot starts its next conversation only once the grace is over (plus ``ARRIVAL_MARGIN_S`` for the
-gateway's next load poll): live + parked sessions stay within the N slots. A start refused as full anyway is
+session picker's next load poll): live + parked sessions stay within the N slots. A start refused as full anyway is
 retried after the server's ``retry-after-ms`` and counted. The user keeps talking over the model, so
 ``USER_BARGE_IN`` events happen; their count is reported.
 
 Every ``--sample-s`` the server is sampled: RSS, open fds and threads of the engine process (``duplex up``) and
-of its gateway child (psutil), and from the engine's /metrics ``duplex_engine_asyncio_tasks``,
+of its Envoy child (psutil), and from the engine's /metrics ``duplex_engine_asyncio_tasks``,
 ``duplex_engine_slots_occupied``, ``duplex_engine_parked_sessions`` and the step counts by kind. Reported:
 RSS growth (mean over the last 2 minutes vs minutes 1–2; for runs under 4 minutes the last half vs the second
 quarter), fd / thread / task / slot counts at the start (after the baseline) and at the end (after the last
 session ended: slots must be 0), parked slots seen, and per run the chunk round trip p50 / p99 over every
 answered chunk of the conversations that ran to their end (a vanished client's are lost with its call), split
-into the engine's part (chunk received → result queued: queue wait + step) and the rest (transit through the
-gateway both ways and the client), the share of late chunks and the client event loop's lag (a load
+into the engine's part (chunk received → result queued: queue wait + step) and the rest (transit through
+Envoy both ways and the client), the share of late chunks and the client event loop's lag (a load
 generator that stalls delays what it measures). Target: soak p99 / baseline p99 ≤ 1.5.
 """
 
@@ -59,7 +59,7 @@ from serving import CHUNK_MS, speechlike, start_up
 
 ARRIVAL_MARGIN_S = 1.0
 """After a parked session's grace, wait this much longer before the slot's next start: the engine's sweep
-(every 0.1 s) frees the slot and the gateway learns it at its next load poll (every 0.5 s)."""
+(every 0.1 s) frees the slot and the session picker learns it at its next load poll (every 0.25 s)."""
 LAG_TICK_S = 0.05
 """Period of the client event-loop lag probe."""
 STEP_KINDS = ("regular", "catchup", "split")
@@ -71,9 +71,9 @@ class Sample:
     engine_rss_mb: float
     engine_fds: int
     engine_threads: int
-    gateway_rss_mb: float
-    gateway_fds: int
-    gateway_threads: int
+    envoy_rss_mb: float
+    envoy_fds: int
+    envoy_threads: int
     tasks: int
     slots: int
     parked: int
@@ -119,8 +119,8 @@ def scrape(port: int) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
 
-def gateway_process(up: psutil.Process, target: str) -> psutil.Process | None:
-    """The child of ``duplex up`` listening on the gateway's port (its other children: the agent, Redis and
+def envoy_process(up: psutil.Process, target: str) -> psutil.Process | None:
+    """The child of ``duplex up`` listening on the front door's port (Envoy) (its other children: the agent, Redis and
     multiprocessing's resource tracker)."""
     port = int(target.rsplit(":", 1)[1])
     for child in up.children(recursive=True):
@@ -137,9 +137,9 @@ def sample(engine: psutil.Process, g: psutil.Process | None, metrics_port: int, 
         engine_rss_mb=engine.memory_info().rss / 2**20,
         engine_fds=engine.num_fds(),
         engine_threads=engine.num_threads(),
-        gateway_rss_mb=g.memory_info().rss / 2**20 if g else 0.0,
-        gateway_fds=g.num_fds() if g else 0,
-        gateway_threads=g.num_threads() if g else 0,
+        envoy_rss_mb=g.memory_info().rss / 2**20 if g else 0.0,
+        envoy_fds=g.num_fds() if g else 0,
+        envoy_threads=g.num_threads() if g else 0,
         tasks=int(m.get("duplex_engine_asyncio_tasks", -1)),
         slots=int(m.get("duplex_engine_slots_occupied", -1)),
         parked=int(m.get("duplex_engine_parked_sessions", -1)),
@@ -237,9 +237,9 @@ async def run_soak(
     """``n`` client slots for ``seconds`` (the baseline and the soak alike), then wait until the server holds
     no slot (parked sessions included)."""
     soak = Soak()
-    gateway = gateway_process(up, target)
+    envoy = envoy_process(up, target)
     t0 = time.monotonic()
-    soak.samples.append(await asyncio.to_thread(sample, up, gateway, metrics_port, t0))
+    soak.samples.append(await asyncio.to_thread(sample, up, envoy, metrics_port, t0))
     stop = asyncio.Event()
 
     async def sampler() -> None:
@@ -247,7 +247,7 @@ async def run_soak(
             try:
                 await asyncio.wait_for(stop.wait(), every_s)
             except TimeoutError:
-                soak.samples.append(await asyncio.to_thread(sample, up, gateway, metrics_port, t0))
+                soak.samples.append(await asyncio.to_thread(sample, up, envoy, metrics_port, t0))
 
     watch = asyncio.create_task(sampler())
     lag = asyncio.create_task(lag_probe(stop, soak.lag_ms))
@@ -258,7 +258,7 @@ async def run_soak(
     await lag
     deadline = time.monotonic() + 30
     while True:  # the server frees the last slots once it has seen the last streams end (and graces expire)
-        last = await asyncio.to_thread(sample, up, gateway, metrics_port, t0)
+        last = await asyncio.to_thread(sample, up, envoy, metrics_port, t0)
         if last.slots == 0 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
@@ -314,7 +314,7 @@ def main() -> None:
     ap.add_argument("--up-args", default="", help="more `duplex up` flags, e.g. --no-batch-invariant")
     ap.add_argument("--no-write", action="store_true", help="do not update bench/results/ and docs/benchmarks.md")
     args = ap.parse_args()
-    metrics_port = free_port_pair()  # the engine's /metrics; the gateway's on metrics_port + 1
+    metrics_port = free_port_pair()  # the engine's /metrics; the session picker's on metrics_port + 1
     resume = not args.no_resume
     local = start_up(args.sessions, 4, ["--metrics-port", str(metrics_port), *args.up_args.split()])
     target = local.address
@@ -368,9 +368,9 @@ def main() -> None:
         + row.format("engine asyncio tasks", first.tasks, last.tasks)
         + row.format("slots occupied", first.slots, last.slots)
         + row.format("parked sessions", first.parked, last.parked)
-        + row.format("gateway RSS MiB", f"{first.gateway_rss_mb:.0f}", f"{last.gateway_rss_mb:.0f}")
-        + row.format("gateway open fds", first.gateway_fds, last.gateway_fds)
-        + row.format("gateway threads", first.gateway_threads, last.gateway_threads)
+        + row.format("Envoy RSS MiB", f"{first.envoy_rss_mb:.0f}", f"{last.envoy_rss_mb:.0f}")
+        + row.format("Envoy open fds", first.envoy_fds, last.envoy_fds)
+        + row.format("Envoy threads", first.envoy_threads, last.envoy_threads)
     )
     runs = (
         "| run | conversations (vanished) | chunks | round trip p50 / p99 ms | engine part p50 / p99 ms | "
@@ -401,14 +401,14 @@ def main() -> None:
             "Soak: round trip, baseline and soak",
             runs,
             'The run of "Soak". Round trip over every answered chunk of the conversations that ran to their end, '
-            "split into the engine's part (chunk received → result queued: queue wait + step) and the rest (the "
-            "gateway both ways and the client).",
+            "split into the engine's part (chunk received → result queued: queue wait + step) and the rest (Envoy "
+            "both ways and the client).",
         )
         write_result(
             "soak_server",
             "Soak: the server at the start and the end",
             server,
-            'The run of "Soak": the engine process (`duplex up`) and its gateway child (psutil), and the engine\'s '
+            'The run of "Soak": the engine process (`duplex up`) and its Envoy child (psutil), and the engine\'s '
             f"/metrics, sampled every {args.sample_s:g} s; at the start (after the baseline) and the end (after the "
             "last session ended: slots must be 0).",
         )

@@ -10,7 +10,7 @@ from duplex.model.corpus import cli as corpus_cli
 from duplex.operator import cli as operator_cli
 from duplex.serving import cli as serving_cli
 from duplex.serving.agent import cli as agent_cli
-from duplex.serving.gateway import keys_cli
+from duplex.serving.picker import keys_cli
 
 app = typer.Typer(name="duplex", help="Serve full-duplex conversation models.", no_args_is_help=True)
 app.add_typer(model_cli.app, name="model")

@@ -1,4 +1,4 @@
-"""``duplex loadtest``: real-time Locust conversations against a gateway, gated on the turn-taking SLO.
+"""``duplex loadtest``: real-time Locust conversations against the front door, gated on the turn-taking SLO.
 
 Exit status: 0 every target held; 1 a target was breached (each named); 2 bad settings or Locust failed;
 3 the clients fell behind real time, so the run is not reported."""
@@ -112,7 +112,7 @@ def loadtest(
     max_users: int = typer.Option(256, min=1, help="--find-capacity: never run more users than this"),
     max_steps: int = typer.Option(8, min=1, help="--find-capacity: at most this many runs"),
     replicas: int = typer.Option(0, min=0, help="Engine replicas behind --target (0: from --metrics-url, else 1)"),
-    metrics_url: str = typer.Option("", help="The gateway's Prometheus URL, to read its healthy replicas"),
+    metrics_url: str = typer.Option("", help="The session picker's Prometheus URL, to read its healthy replicas"),
     rescore: Path | None = typer.Option(
         None, exists=True, dir_okay=False, help="Gate a stats.json written earlier against these targets; no load"
     ),
@@ -125,7 +125,7 @@ def loadtest(
         _finish(stats, targets, json_out, plot)
         return
     if not target:
-        raise _fail("--target HOST:PORT is required (a gateway, e.g. the address `duplex up` prints)")
+        raise _fail("--target HOST:PORT is required (the front door, e.g. the address `duplex up` prints)")
     try:
         run_time_s = parse_duration(run_time)
         if corpus is None:

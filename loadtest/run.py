@@ -40,7 +40,7 @@ class LoadSpec:
     """One headless Locust run."""
 
     target: str
-    """HOST:PORT of a gateway (or an engine)."""
+    """HOST:PORT of the front door (Envoy: what ``duplex up`` prints), or of an engine."""
     users: int
     spawn_rate: float
     run_time_s: float
@@ -172,7 +172,8 @@ def find_capacity(run: Callable[[int], Step], start: int, max_users: int, max_st
 
 
 def replicas_from_metrics(url: str) -> int:
-    """Healthy engine replicas behind a gateway, from its Prometheus endpoint (``duplex_gateway_replicas_healthy``)."""
+    """Healthy engine replicas behind the front door, from the session picker's Prometheus endpoint
+    (``duplex_picker_replicas_healthy``)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
@@ -180,6 +181,6 @@ def replicas_from_metrics(url: str) -> int:
     with urllib.request.urlopen(url, timeout=5) as resp:
         text = resp.read().decode()
     for family in text_string_to_metric_families(text):
-        if family.name == "duplex_gateway_replicas_healthy":
+        if family.name == "duplex_picker_replicas_healthy":
             return int(sum(s.value for s in family.samples))
-    raise ValueError(f"--metrics-url {url}: no duplex_gateway_replicas_healthy metric (is it a gateway's?)")
+    raise ValueError(f"--metrics-url {url}: no duplex_picker_replicas_healthy metric (is it the session picker's?)")

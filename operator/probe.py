@@ -5,7 +5,7 @@ Kubernetes 1.20 kubelets have no ``grpc:`` probe, so the gRPC health checks run 
 (grpc, the health stubs, the one hostname parser) because the kubelet starts this every probe period.
 
 - ``grpc-health HOST:PORT``: the standard gRPC health service answers SERVING (the engine once it serves,
-  the gateway while some engine replica is healthy).
+  the session picker while some engine replica is healthy).
 - ``engine live|ready --port P --metrics-port M``: by rank (the StatefulSet ordinal of the pod name in
   ``$HOSTNAME``, which the container runtime sets, else the host name). Rank 0: ``ready`` = gRPC health
   SERVING, ``live`` = its gRPC port accepts connections. Ranks > 0 serve no gRPC: both = their ``/metrics``

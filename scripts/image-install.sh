@@ -18,7 +18,7 @@
 # POSIX sh on purpose: the slim base image and a minbase Debian both have dash, not necessarily bash.
 set -eu
 
-# What the pods run: python3 (engine, gateway, agent, operator and the exec probes all run it). No compilers:
+# What the pods run: python3 (engine, session picker, agent, operator and the exec probes all run it). No compilers:
 # every dependency arrives as a wheel built on the builder. Redis runs from its own image (the chart's
 # redis.image); espeak-ng and sox are only for making the test corpus on the host.
 DEBS="python3 ca-certificates"

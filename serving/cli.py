@@ -1,5 +1,6 @@
-"""``duplex engine | gateway | up | talk``. Flags come from the specs: ``--config FILE.json`` (the operator
-renders ``{"engine": EngineSpec, "model": ModelSource}`` or ``{"gateway": GatewaySpec}``) plus
+"""``duplex engine | up | talk`` (``duplex picker`` and ``duplex envoy``: ``picker/cli.py``, ``envoy/cli.py``).
+Flags come from the specs: ``--config FILE.json`` (the operator renders ``{"engine": EngineSpec, "model":
+ModelSource}`` or ``{"gateway": GatewaySpec}``, the front door's settings) plus
 ``--set SECTION.FIELD=VALUE`` overrides of any spec field (``duplex engine --help-spec`` lists them), both
 read by :func:`duplex.serving.settings.load_section`."""
 
@@ -39,7 +40,6 @@ log = logging.getLogger("duplex.serving")
 
 CONFIG_SECTIONS: dict[str, dict[str, type[BaseModel]]] = {
     "engine": {"engine": EngineSpec, "model": ModelSource},
-    "gateway": {"gateway": GatewaySpec},
     "agent": {"agent": AgentSpec},
     "picker": {"gateway": GatewaySpec},
     "envoy": {"gateway": GatewaySpec},
@@ -185,32 +185,6 @@ def engine(
             group.stop()
 
 
-def gateway(
-    config: Path | None = typer.Option(None, help='JSON {"gateway": GatewaySpec}'),
-    set_: list[str] = typer.Option([], "--set", help='Override a field: gateway.engines=["h:7070"]'),
-    engines: str = typer.Option("", help="Comma-separated engine HOST:PORT list (overrides gateway.engines)"),
-    port: int | None = typer.Option(None, help="Public gRPC port (overrides gateway.port; 0 = any)"),
-    help_spec: bool = typer.Option(False, help="List every spec field and exit"),
-) -> None:
-    """Run the gateway: auth, admission, least-loaded routing, relay; drains on SIGTERM."""
-    if help_spec:
-        typer.echo(fields_help(GatewaySpec))
-        raise typer.Exit()
-    logs.setup()
-    spec = load_command_config("gateway", config, set_)["gateway"]
-    assert isinstance(spec, GatewaySpec)
-    if engines:
-        spec = spec.model_copy(update={"engines": [e.strip() for e in engines.split(",") if e.strip()]})
-    from .gateway.server import GatewayServer
-
-    async def main() -> None:
-        server = GatewayServer(spec, bind_port=port)
-        await server.start()
-        await serve_until_signal(server.drain)
-
-    _run_server("gateway", main())
-
-
 def up(
     port: int = typer.Option(8080, help="Envoy's listener port on 127.0.0.1, the front door (0 = any)"),
     checkpoint: Path | None = typer.Option(
@@ -240,8 +214,7 @@ def up(
     ),
     metrics_port: int = typer.Option(
         0,
-        help="Prometheus port P of engine 0; the session picker uses P+1, engine I>=1 P+1+I, the Realtime gateway "
-        "P+1+replicas (0 = off)",
+        help="Prometheus port P of engine 0; the session picker uses P+1, engine I>=1 P+1+I (0 = off)",
     ),
     torch_threads: int = typer.Option(1, help="Step-thread torch threads (1 leaves a core for gRPC on 2-core hosts)"),
     cohorts: int = typer.Option(4, help="Phase cohorts of each engine"),
@@ -344,7 +317,7 @@ class _LocalAgent:
         return self.redis.url if self.redis is not None else ""
 
     async def start(self) -> None:
-        """Start redis-server, then the worker (its own process, as the gateway); a failure is an OSError or
+        """Start redis-server, then the worker (its own process, as the picker); a failure is an OSError or
         ValueError and leaves nothing running."""
         from .agent.redis_server import RedisServerError
 
@@ -436,7 +409,7 @@ def realtime_urls(spec: GatewaySpec, http_port: int) -> str:
 
 
 def talk(
-    target: str = typer.Option("127.0.0.1:8080", help="Gateway or engine HOST:PORT"),
+    target: str = typer.Option("127.0.0.1:8080", help="Front door (what `duplex up` prints) or engine HOST:PORT"),
     input: Path = typer.Option(
         ...,
         exists=True,
@@ -621,7 +594,6 @@ def _talk_report(
 
 def register(app: typer.Typer) -> None:
     app.command("engine")(engine)
-    app.command("gateway")(gateway)
     app.command("up")(up)
     from .envoy.cli import envoy
     from .picker.cli import picker

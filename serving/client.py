@@ -180,13 +180,13 @@ class Conversation(CaptureAxis):
 
 
 RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
-"""A restarted gateway is reached again within about 0.1-1 s (gRPC's default first backoff is 1 s, then
+"""A restarted front door is reached again within about 0.1-1 s (gRPC's default first backoff is 1 s, then
 growing to 120 s), well inside a session's resume grace."""
 
 
 def channel(target: str, ca_file: str | None = None) -> grpc.aio.Channel:
-    """A channel to a gateway or engine: TLS verified against the PEM CA bundle ``ca_file`` when given, else
-    plaintext."""
+    """A channel to the front door (Envoy) or an engine: TLS verified against the PEM CA bundle ``ca_file`` when
+    given, else plaintext."""
     if ca_file is None:
         return grpc.aio.insecure_channel(target, options=RECONNECT_OPTIONS)
     root = Path(ca_file).read_bytes()
@@ -200,7 +200,7 @@ def first_send_us(ready: pb.SessionReady, start_us: int, ready_us: int) -> int |
     ``start_us``: the client time stamped into ``SessionStart.client_time_us``; ``ready_us``: when the Ready
     arrived. The hint counts from the Ready's departure, placed half the network round trip (start out,
     Ready back, less the engine's hold) before its arrival: while sessions join, either leg alone can be
-    tens of milliseconds slow (the start behind the gateway's admission and routing, the Ready behind other
+    tens of milliseconds slow (the start behind the front door's admission and placement, the Ready behind other
     sessions' audio), and a chunk that arrives after its batch's deadline costs a whole cohort period.
     """
     if ready.send_in_us <= 0:
@@ -300,7 +300,7 @@ def split_chunks(samples: np.ndarray, chunk_samples: int) -> list[bytes]:
 
 
 RETRY_BACKOFF_S = 0.05
-"""Pause before trying again a resume the engine or gateway refused for now (``RETRY_RESUME``)."""
+"""Pause before trying again a resume the engine or the front door refused for now (``RETRY_RESUME``)."""
 
 
 def proxied_status(code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode, str]:
@@ -313,9 +313,9 @@ def proxied_status(code: grpc.StatusCode, details: str) -> tuple[grpc.StatusCode
 
 
 RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
-"""How a dropped stream (client or server vanished, connection reset, gateway gone) reaches the client."""
+"""How a dropped stream (client or server vanished, connection reset, front door gone) reaches the client."""
 RETRY_RESUME = {grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED}
-"""A resume refused for now: the engine has not yet seen the old stream drop, or the gateway's admission."""
+"""A resume refused for now: the engine has not yet seen the old stream drop, or the front door's admission."""
 
 
 class _Outgoing:
@@ -671,7 +671,7 @@ async def converse(
     returns True, for at most ``max_hold_s`` seconds (``duplex talk --call`` waits for its results so).
     Extra events at an index past the last chunk go out after it.
 
-    ``resume``: when the stream drops (UNAVAILABLE or CANCELLED: the connection, the gateway or the client's
+    ``resume``: when the stream drops (UNAVAILABLE or CANCELLED: the connection, the front door or the client's
     network went away) within the session's resume grace, reconnect on the same channel with the
     ``SessionReady.resume_token``, receive what the engine sent meanwhile and re-send the events it had not
     read (at most ``resend_limit`` are kept), then go on; the chunks keep their real-time schedule, so those
@@ -746,7 +746,7 @@ async def _attempt(
         if timer is not None:
             timer.cancel()
     if again and resuming:
-        await asyncio.sleep(RETRY_BACKOFF_S)  # not a tight loop while the gateway is still away
+        await asyncio.sleep(RETRY_BACKOFF_S)  # not a tight loop while the front door is still away
     return again
 
 

@@ -170,7 +170,7 @@ class RankMetrics:
 
     def time_experts(self, shard: nn.Module) -> None:
         """Observe every forward of the shard's expert modules into ``expert_seconds`` (module hooks)."""
-        from duplex.model.moe import Experts  # here: the gateway imports this module and needs no torch
+        from duplex.model.moe import Experts  # here: the picker imports this module and needs no torch
 
         started: list[float] = []
 
@@ -184,25 +184,6 @@ class RankMetrics:
             if isinstance(module, Experts):
                 module.register_forward_pre_hook(before)
                 module.register_forward_hook(after)
-
-
-class GatewayMetrics:
-    """What a gateway exports (names prefixed ``duplex_gateway_``)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.active_streams = Gauge("duplex_gateway_active_streams", "Conversations being relayed", registry=r)
-        self.rpcs = Counter("duplex_gateway_rpcs_total", "Finished RPCs", ["method", "code"], registry=r)
-        self.rpc_seconds = Histogram(
-            "duplex_gateway_rpc_seconds",
-            "RPC duration",
-            ["method"],
-            buckets=(0.01, 0.1, 1, 10, 60, 300, 1800),
-            registry=r,
-        )
-        self.errors = Counter("duplex_gateway_errors_total", "RPCs that ended with an error", ["code"], registry=r)
-        self.replicas_healthy = Gauge("duplex_gateway_replicas_healthy", "Engine replicas answering health", registry=r)
 
 
 class PickerMetrics:

@@ -1,11 +1,6 @@
-"""Process lifecycle shared by the serving commands: serve until SIGINT/SIGTERM, and the gateway and the
-agent worker in processes of their own for ``duplex up`` (each exits with its parent).
-
-Why a separate process: on a small host the gateway's relay (two gRPC hops per chunk) would otherwise share
-one interpreter lock with the engine's event loop and its step thread. Measured on the 2-core VM
-(``bench/serving.py``, docs/serving.md § Limits): with the gateway in its own process 80 steered sessions
-stayed real-time in three runs; with both in one process 80 did not in three runs (relay p99 44–113 ms).
-"""
+"""Process lifecycle shared by the serving commands: serve until SIGINT/SIGTERM, and the engines, the session
+picker and the agent worker in processes of their own for ``duplex up`` (each exits with its parent): none of
+them shares an interpreter lock with an engine's event loop and its step thread."""
 
 from __future__ import annotations
 
@@ -35,25 +30,6 @@ async def serve_until_signal(stop: Callable[[], Awaitable[object]], also: Awaita
     for p in pending:
         p.cancel()
     await stop()
-
-
-def _gateway_main(spec_json: str, port: int, conn: Connection) -> None:
-    """Child process: run the gateway, report its port (or the error) through ``conn``, drain on a signal or
-    when the parent goes away (its end of the pipe closes)."""
-    logs.setup(json_lines=False)
-    from .gateway.server import GatewayServer
-
-    async def main() -> None:
-        gw = GatewayServer(GatewaySpec.model_validate_json(spec_json), bind_port=port)
-        try:
-            bound = await gw.start()
-        except (ValueError, OSError) as e:
-            conn.send(("error", str(e)))
-            return
-        conn.send(("ready", bound))
-        await serve_until_signal(gw.drain, also=_parent_gone(conn))
-
-    asyncio.run(main())
 
 
 def _parent_gone(conn: Connection, on_message: Callable[[object], None] | None = None) -> Awaitable[object]:
@@ -204,19 +180,6 @@ class ServerProcess:
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
-
-
-class GatewayProcess(ServerProcess):
-    """The gateway in a child process; ``start`` returns its bound gRPC port."""
-
-    def __init__(self, spec: GatewaySpec, port: int) -> None:
-        super().__init__("gateway", _gateway_main, spec.model_dump_json(), port)
-        self.spec, self.port = spec, port
-
-    def start(self, timeout_s: float = 60.0) -> int:
-        value = super().start(timeout_s)
-        assert isinstance(value, int)
-        return value
 
 
 class AgentProcess(ServerProcess):

@@ -35,7 +35,8 @@ def metrics_ports(metrics_port: int, replicas: int) -> tuple[list[int], int]:
 
 
 def picker_spec(engines: list[str], metrics_port: int) -> GatewaySpec:
-    """The open picker in front of ``duplex up``'s engines (the gateway's settings: auth, quotas, polling)."""
+    """The open picker in front of ``duplex up``'s engines (the front door's settings, ``GatewaySpec``: auth,
+    quotas, polling)."""
     return GatewaySpec.model_validate(
         dict(host=HOST, engines=engines, open_access=True, metrics_port=metrics_port, health_interval_s=0.25)
     )

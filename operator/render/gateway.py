@@ -1,5 +1,5 @@
 """The public Service (named like the model) in front of the front pods (``front.py``: Envoy and the session
-picker) and where the gateway's Secrets are mounted."""
+picker) and where the front door's Secrets are mounted."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Session resumption: the engine's register of resumable sessions and their tokens.
 
 A session's token is ``e1.HANDLE.SECRET``: ``HANDLE`` names the entry, ``SECRET`` is 32 random bytes
-(``secrets``) compared in constant time. The token is bound to the API key id the gateway forwarded when the
+(``secrets``) compared in constant time. The token is bound to the API key id the session picker set when the
 session started (``KEY_ID_METADATA`` in ``serving/resume_token.py``): a resume presenting another key id is
 refused. When a session's stream drops the engine *parks* it: its slot stays occupied for ``grace_s`` on the
 injected clock, during which one new stream may *claim* it; past the grace ``sweep`` frees it.

@@ -1,5 +1,5 @@
 """The engine's gRPC server (grpc.aio): ``Duplex.Converse`` for conversations, ``Replica.GetLoad`` for the
-gateway's router, standard health and reflection. I/O lives here; batching lives in ``scheduler``
+session picker, standard health and reflection. I/O lives here; batching lives in ``scheduler``
 (planner → executor → output stage)."""
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class EngineServer:
             await self._server.wait_for_termination()
 
     async def get_load(self, request: pb.LoadRequest, context: grpc.aio.ServicerContext) -> pb.ReplicaLoad:
-        """``Replica.GetLoad``: what the gateway's router balances on."""
+        """``Replica.GetLoad``: what the session picker places sessions on."""
         sched = self.scheduler
         assert sched is not None
         return pb.ReplicaLoad(
@@ -409,7 +409,7 @@ class EngineServer:
     async def _peer_died(self, session: Conversation, stream_done: asyncio.Event) -> bool:
         """After a half-close without EndOfStream: did the peer die (the stream is lost, kept for a resume)?
 
-        Such a half-close looks the same as a peer that died (a gateway process that exited): the RPC is
+        Such a half-close looks the same as a peer that died (a front door that went away): the RPC is
         cancelled a moment later in that case, so wait for that briefly. Only a resumable session waits."""
         if not session.resume_handle:
             return False

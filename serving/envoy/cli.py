@@ -29,10 +29,10 @@ def envoy_config(
 ) -> EnvoyConfig:
     """What ``duplex envoy`` runs: ``spec``'s host, port (or ``port``) and TLS files; the Realtime listener on
     ``spec.http_port`` when ``realtime`` (the HOST:PORT it proxies) is set. ValueError naming what is wrong."""
-    from ..gateway.server import load_tls
     from .eds import check_addresses
+    from .tls import check_tls
 
-    load_tls(spec)  # both files or neither, readable PEM, a client CA only with TLS
+    check_tls(spec)  # both files or neither, readable PEM, a client CA only with TLS
     check_addresses([picker], "--picker")
     if realtime:
         check_addresses([realtime], "--realtime")

@@ -146,7 +146,9 @@ def _ext_authz(cfg: EnvoyConfig) -> dict[str, Any]:
                 "timeout": _duration(cfg.picker_timeout_s),
             },
             "failure_mode_allow": False,
-            "status_on_error": {"code": "ServiceUnavailable"},
+            # 502, not 503: ``_local_reply`` tells the picker unreachable from the picker's own UNAVAILABLE
+            # denials (HTTP 503: no healthy engine, a resume's holder lost), which keep their message
+            "status_on_error": {"code": "BadGateway"},
             # only what the picker decides on travels to it
             "allowed_headers": {
                 "patterns": [{"exact": "authorization"}, {"exact": "x-api-key"}, {"exact": RESUME_REPLICA_METADATA}]
@@ -172,7 +174,7 @@ def _routes() -> list[dict[str, Any]]:
 
 
 def _local_reply() -> dict[str, Any]:
-    """The picker unreachable (ext_authz's ``status_on_error`` 503, flag UAEX) gets a message: a gRPC client
+    """The picker unreachable (ext_authz's ``status_on_error`` 502, flag UAEX) gets a message: a gRPC client
     reads it as UNAVAILABLE with ``PICKER_UNREACHABLE`` as its details."""
     return {
         "mappers": [
@@ -180,7 +182,7 @@ def _local_reply() -> dict[str, Any]:
                 "filter": {
                     "and_filter": {
                         "filters": [
-                            {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 503}}}},
+                            {"status_code_filter": {"comparison": {"op": "EQ", "value": {"default_value": 502}}}},
                             {"response_flag_filter": {"flags": ["UAEX"]}},
                         ]
                     }
@@ -221,6 +223,7 @@ def _realtime_ext_authz(cfg: EnvoyConfig) -> dict[str, Any]:
     f["typed_config"]["allowed_headers"] = {
         "patterns": [{"exact": "authorization"}, {"exact": "sec-websocket-protocol"}]
     }
+    f["typed_config"]["status_on_error"] = {"code": "ServiceUnavailable"}  # an HTTP client reads 503
     return f
 
 

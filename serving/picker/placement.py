@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from ..gateway.routing import Replica
+from .routing import Replica
 
 FORGET_S = 10.0
 """A placement that has not reached its replica (as reported) this long after it was made is dropped: its

@@ -28,8 +28,6 @@ from google.protobuf.wrappers_pb2 import BoolValue
 from duplex.ext_authz.v3 import external_auth_pb2 as authz
 
 from ..envoy.config import REPLICA_HEADER
-from ..gateway.auth import ANONYMOUS, KeyRing
-from ..gateway.routing import Replica
 from ..realtime.audio import WIRE_RATE
 from ..realtime.client_secrets import PREFIX, SecretError, SecretMinter, ttl_from_request
 from ..realtime.credentials import KEY_SUBPROTOCOL, REALTIME_PATH, SESSION_HEADER, SUBPROTOCOL, encode_settings
@@ -37,7 +35,9 @@ from ..realtime.credentials import offered_key as offered
 from ..realtime.protocol import ClientError, SessionSettings
 from ..resume_token import KEY_ID_METADATA, PLACEMENT_METADATA
 from ..web.listen import listen
+from .auth import ANONYMOUS, KeyRing
 from .placement import choose, sessions_by_key
+from .routing import Replica
 
 if TYPE_CHECKING:
     from .server import Picker

@@ -1,13 +1,13 @@
-"""The session picker's gRPC server: ``envoy.service.auth.v3.Authorization/Check`` (Envoy's ext_authz, called
-once per ``Duplex.Converse`` stream) and the standard health service (SERVING while an engine answers).
+"""The session picker's gRPC server: ``envoy.service.auth.v3.Authorization/Check`` (Envoy's ext_authz, called once per
+``Duplex.Converse`` stream) and the standard health service (SERVING while an engine answers).
 
 Its answer: allowed, with the chosen engine's HOST:PORT in ``REPLICA_HEADER`` and the caller's key id in
-``x-duplex-key-id`` (both set, replacing whatever the client sent), or denied with the gRPC status the client
-gets — UNAUTHENTICATED (no or a wrong key), RESOURCE_EXHAUSTED with ``retry-after-ms`` (the key's quotas, or
-every replica full), UNAVAILABLE (no healthy replica). It reuses the gateway's parts: ``KeyRing`` (hashed
-keys), ``KeyQuotas`` (per-key limits) and ``Router`` (health and ``Replica.GetLoad`` reports); the settings
-are the gateway's (``GatewaySpec``). WebSocket upgrades of ``GET /v1/realtime`` and the picker's HTTP app
-(client secrets, the page) are ``realtime.py``'s."""
+``x-duplex-key-id`` (both set, replacing whatever the client sent), or denied with the gRPC status the client gets
+— UNAUTHENTICATED (no or a wrong key), RESOURCE_EXHAUSTED with ``retry-after-ms`` (the key's quotas, or every
+replica full), UNAVAILABLE (no healthy replica). Its parts: ``KeyRing`` (``auth.py``, hashed keys), ``KeyQuotas``
+(``quota.py``, per-key limits) and ``Router`` (``routing.py``, health and ``Replica.GetLoad`` reports); its
+settings are the front door's (``GatewaySpec``). WebSocket upgrades of ``GET /v1/realtime`` and the picker's HTTP
+app (client secrets, the page) are ``realtime.py``'s."""
 
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from duplex.ext_authz.v3 import external_auth_pb2 as authz
 
 from ..envoy.config import CONVERSE_PATH, REPLICA_HEADER
-from ..gateway.auth import KeyRing
-from ..gateway.quota import KeyQuotas
-from ..gateway.routing import Replica, Router
 from ..metrics import MetricsServer, PickerMetrics
 from ..realtime.credentials import REALTIME_PATH
 from ..resume_token import HOLDER_LOST_METADATA, KEY_ID_METADATA, PLACEMENT_METADATA, RESUME_REPLICA_METADATA
 from ..spec import GatewaySpec
+from .auth import KeyRing
 from .placement import Placements, choose, sessions_by_key
+from .quota import KeyQuotas
 from .realtime import RealtimeAuthz, RealtimeHttp
+from .routing import Replica, Router
 
 log = logging.getLogger(__name__)
 

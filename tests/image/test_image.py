@@ -168,7 +168,7 @@ def archive(image: dict[str, Any]) -> Iterator[Archive]:
 def test_duplex_cli_runs_as_the_pod_user(rootfs: Path) -> None:
     proc = in_image(rootfs, "duplex", "--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("engine", "picker", "envoy", "gateway", "agent", "operator"):
+    for command in ("engine", "picker", "envoy", "agent", "operator"):
         assert command in proc.stdout
 
 

@@ -1,33 +1,29 @@
-"""``duplex loadtest --ca-cert --api-key`` against a real gateway that serves TLS and checks keys (engine and
-gateway in this process, over loopback; the load in a subprocess): the right key measures turns, a wrong key
-or a plaintext client fails the command at once with a message naming what the gateway refused."""
+"""``duplex loadtest --ca-cert --api-key`` against a real front door that serves TLS and checks keys (the
+engine and the session picker in this process, the real Envoy binary in front of them, over loopback; the load
+in a subprocess): the right key measures turns, a wrong key or a plaintext client fails the command at once
+with a message naming what the front door refused."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from serving.conftest import start_stack, stop_stack
 from tlscerts import make_certs
 
 from duplex.loadtest.local import DUPLEX
-from duplex.model.spec import ModelSource
-from duplex.serving.engine.server import EngineServer
-from duplex.serving.gateway.auth import KeyRing
-from duplex.serving.gateway.server import GatewayServer
-from duplex.serving.spec import EngineSpec, GatewaySpec
+from duplex.serving.spec import EngineSpec
 
 KEY = "loadtest-key-1"
 
 
 @dataclass
-class Gateway:
+class Front:
     address: str
     ca: Path
     cache: Path
@@ -35,49 +31,24 @@ class Gateway:
 
 
 @pytest.fixture(scope="module")
-def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def tls_front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
     tmp = tmp_path_factory.mktemp("tls")
     certs = make_certs(tmp)
-    ca, chain, key = certs.ca, certs.cert, certs.key
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-
-    def run(coro: object) -> object:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)  # type: ignore[arg-type]
-
-    async def up() -> tuple[EngineServer, GatewayServer, int]:
-        engine = EngineServer(
-            EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=8), ModelSource.model_validate({}), bind_port=0
-        )
-        eport = await engine.start()
-        gspec = GatewaySpec(
-            host="127.0.0.1",
-            metrics_port=0,
-            engines=[f"127.0.0.1:{eport}"],
-            tls_cert_file=str(chain),
-            tls_key_file=str(key),
-        )
-        gateway = GatewayServer(gspec, keys=KeyRing({KEY}), bind_port=0)
-        return engine, gateway, await gateway.start()
-
-    engine, gateway, port = run(up())  # type: ignore[misc]
+    spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=8)
+    stack = start_stack(spec, None, keys=[KEY], tls_cert_file=str(certs.cert), tls_key_file=str(certs.key))
     try:
-        yield Gateway(f"127.0.0.1:{port}", ca, tmp / "cache")
+        yield Front(stack.front_addr, certs.ca, tmp / "cache")
     finally:
-        run(gateway.stop(0.5))
-        run(engine.stop(0.5))
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
+        stop_stack(stack)
 
 
-def loadtest(gw: Gateway, tmp: Path, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def loadtest(front: Front, tmp: Path, key: str, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             *DUPLEX,
             "loadtest",
             "--target",
-            gw.address,
+            front.address,
             "--users",
             "2",
             "--spawn-rate",
@@ -97,21 +68,21 @@ def loadtest(gw: Gateway, tmp: Path, key: str, *extra: str) -> subprocess.Comple
         capture_output=True,
         text=True,
         timeout=240,
-        env={**os.environ, "DUPLEX_API_KEY": key, "DUPLEX_CACHE": str(gw.cache)},
+        env={**os.environ, "DUPLEX_API_KEY": key, "DUPLEX_CACHE": str(front.cache)},
     )
 
 
 @pytest.mark.slow
-def test_the_right_key_over_tls_measures_turns(tls_gateway: Gateway, tmp_path: Path) -> None:
-    r = loadtest(tls_gateway, tmp_path, KEY, "--ca-cert", str(tls_gateway.ca))
+def test_the_right_key_over_tls_measures_turns(tls_front: Front, tmp_path: Path) -> None:
+    r = loadtest(tls_front, tmp_path, KEY, "--ca-cert", str(tls_front.ca))
     assert r.returncode == 0, r.stdout + r.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["turns"] > 0 and stats["errors"] == 0
 
 
 @pytest.mark.slow
-def test_a_wrong_key_fails_naming_the_key(tls_gateway: Gateway, tmp_path: Path) -> None:
-    r = loadtest(tls_gateway, tmp_path, "not-the-key", "--ca-cert", str(tls_gateway.ca))
+def test_a_wrong_key_fails_naming_the_key(tls_front: Front, tmp_path: Path) -> None:
+    r = loadtest(tls_front, tmp_path, "not-the-key", "--ca-cert", str(tls_front.ca))
     assert r.returncode == 2, r.stdout + r.stderr
     message = " ".join(r.stderr.split())  # rich wraps long lines
     assert "refused the API key" in message and "UNAUTHENTICATED" in message
@@ -121,8 +92,8 @@ def test_a_wrong_key_fails_naming_the_key(tls_gateway: Gateway, tmp_path: Path) 
 
 
 @pytest.mark.slow
-def test_plaintext_against_tls_fails_naming_tls(tls_gateway: Gateway, tmp_path: Path) -> None:
-    r = loadtest(tls_gateway, tmp_path, KEY)  # no --ca-cert
+def test_plaintext_against_tls_fails_naming_tls(tls_front: Front, tmp_path: Path) -> None:
+    r = loadtest(tls_front, tmp_path, KEY)  # no --ca-cert
     assert r.returncode == 2, r.stdout + r.stderr
     message = " ".join(r.stderr.split())
     assert "UNAVAILABLE" in message and "--ca-cert" in message

@@ -20,19 +20,19 @@ import pytest
 import websockets
 from openai import AsyncOpenAI
 from serving.conftest import LoopThread, wait_serving
+from serving.envoy_child import EnvoyChild
 from websockets.exceptions import InvalidStatus
 
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.engine.server import EngineServer
 from duplex.serving.envoy.config import EnvoyConfig
-from duplex.serving.gateway.auth import key_line
+from duplex.serving.picker.auth import key_line
 from duplex.serving.picker.placement import FORGET_S, Placements
 from duplex.serving.picker.server import PickerServer
 from duplex.serving.spec import EngineSpec, GatewaySpec
 
 from .conftest import MAX_FRAME
-from .envoy_child import EnvoyChild
 
 ALICE, BOB, CAROL = "key-alice", "key-bob", "key-carol"
 

@@ -1,14 +1,18 @@
-"""Real servers on loopback for the serving tests: an engine and a gateway in a background thread with
-their own event loop (as in a real process), reached over real gRPC. Readiness is awaited through the
-gateway's health service with a deadline — never a sleep."""
+"""Real servers on loopback for the serving tests, as ``duplex up`` runs them: an engine and the session
+picker in a background thread with their own event loop (as in a real process), and the real Envoy binary in
+front of them (started from a spawned child, ``envoy_child.py``). Every conversation of a stack goes through
+Envoy, which asks the picker once per stream (key, quotas, engine). Readiness is awaited with deadlines —
+never a sleep: the picker's health service (SERVING once it saw the engine answer), then Envoy's admin API."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,12 @@ from duplex.model.audio_io import read_wav
 from duplex.model.runtime import load_part
 from duplex.model.spec import ModelSource
 from duplex.serving.engine.server import EngineServer
-from duplex.serving.gateway.auth import KeyRing
-from duplex.serving.gateway.server import GatewayServer
+from duplex.serving.envoy.cli import envoy_config
+from duplex.serving.picker.auth import key_line
+from duplex.serving.picker.server import PickerServer
 from duplex.serving.spec import EngineSpec, GatewaySpec
+
+from .envoy_child import EnvoyChild
 
 API_KEY = "test-key-1"
 
@@ -48,10 +55,18 @@ class LoopThread:
 @dataclass
 class Stack:
     engine: EngineServer
-    gateway: GatewayServer
+    picker: PickerServer
+    envoy: EnvoyChild
     engine_addr: str
-    gateway_addr: str
+    """The engine's own gRPC address (tests that check what the engine does without the front door)."""
     thread: LoopThread
+    dir: Path
+    """Private files of the stack (the keys file)."""
+
+    @property
+    def front_addr(self) -> str:
+        """Envoy's listener: the only address clients of ``duplex up`` are given."""
+        return f"127.0.0.1:{self.envoy.port}"
 
     def placed(self) -> int:
         assert self.engine.scheduler is not None
@@ -60,6 +75,10 @@ class Stack:
     def active(self) -> int:
         assert self.engine.scheduler is not None
         return self.engine.scheduler.active_count()
+
+    def poll_load(self) -> None:
+        """Have the picker read the engine's load report now rather than at its next poll."""
+        self.thread.run(self.picker.picker.router.poll_once())
 
 
 def wait_serving(addr: str, deadline_s: float = 30.0, ca: Path | None = None) -> None:
@@ -86,31 +105,56 @@ def wait_serving(addr: str, deadline_s: float = 30.0, ca: Path | None = None) ->
             time.sleep(0.05)
 
 
-def start_stack(engine_spec: EngineSpec, keys: KeyRing, model: Any) -> Stack:
+def start_stack(
+    engine_spec: EngineSpec,
+    model: Any,
+    keys: Iterable[str] | Mapping[str, str] = (),
+    clock: Callable[[], float] = time.monotonic,
+    **front: Any,
+) -> Stack:
+    """The engine serving ``model`` (on ``clock``), the picker and Envoy. ``keys``: the API keys accepted,
+    written hashed to a keys file — a mapping names them (name → key), else each is ``key-N`` in sorted order;
+    none = open access. ``front``: further ``GatewaySpec`` fields of the picker and Envoy (quotas, TLS files,
+    ``health_interval_s``)."""
     lt = LoopThread()
+    private = Path(tempfile.mkdtemp(prefix="duplex-stack-"))
+    named = dict(keys) if isinstance(keys, Mapping) else {f"key-{i}": k for i, k in enumerate(sorted(keys))}
+    keyfile = private / "keys"
+    keyfile.write_text("".join(f"{key_line(k, name)}\n" for name, k in named.items()))
+    settings: dict[str, Any] = {"api_keys_file": str(keyfile)} if named else {"open_access": True}
+    settings = {"health_interval_s": 0.2, "max_message_bytes": engine_spec.max_message_bytes, **settings, **front}
 
-    async def up() -> Stack:
-        engine = EngineServer(engine_spec, ModelSource(), model=model, bind_port=0)
+    async def up() -> tuple[EngineServer, PickerServer]:
+        engine = EngineServer(engine_spec, ModelSource(), model=model, bind_port=0, clock=clock)
         eport = await engine.start()
-        gspec = GatewaySpec(
-            host="127.0.0.1", metrics_port=0, engines=[f"127.0.0.1:{eport}"], health_interval_s=0.2, drain_grace_s=5.0
-        )
-        gateway = GatewayServer(gspec, keys=keys, bind_port=0)
-        gport = await gateway.start()
-        return Stack(engine, gateway, f"127.0.0.1:{eport}", f"127.0.0.1:{gport}", lt)
+        spec = GatewaySpec(host="127.0.0.1", metrics_port=0, engines=[f"127.0.0.1:{eport}"], **settings)
+        picker = PickerServer(spec)
+        await picker.start()
+        return engine, picker
 
-    stack: Stack = lt.run(up())
-    wait_serving(stack.gateway_addr)
+    engine, picker = lt.run(up(), timeout=120)
+    cfg = envoy_config(picker.spec, f"127.0.0.1:{picker.port}", private / "engines.json", port=0)
+    envoy = EnvoyChild(cfg, list(picker.spec.engines), [])
+    stack = Stack(engine, picker, envoy, picker.spec.engines[0], lt, private)
+    try:
+        wait_serving(f"127.0.0.1:{picker.port}")  # SERVING once the picker saw the engine answer
+        envoy.start()  # returns once its listener is bound and it is ready
+    except BaseException:
+        stop_stack(stack)
+        raise
     return stack
 
 
 def stop_stack(stack: Stack) -> None:
+    stack.envoy.stop()
+
     async def down() -> None:
-        await stack.gateway.stop(0.5)
+        await stack.picker.stop(0.5)
         await stack.engine.stop(0.5)
 
     stack.thread.run(down())
     stack.thread.close()
+    shutil.rmtree(stack.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -119,13 +163,11 @@ def tiny_model() -> Any:
 
 
 @pytest.fixture(scope="session")
-def stack(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    keyfile = Path(tmp_path_factory.mktemp("keys")) / "keys"
-    keyfile.write_text(f"# test keys\n{API_KEY}\nother-key\n")
+def stack(tiny_model: Any) -> Iterator[Stack]:
     # a short resume grace: a client that vanishes keeps its slot only this long (tests/serving/test_resume.py
     # tests resumption itself, on an injected clock)
     spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=64, max_send_backlog=20, resume_grace_s=1.0)
-    s = start_stack(spec, KeyRing.from_file(str(keyfile)), tiny_model)
+    s = start_stack(spec, tiny_model, keys=[API_KEY, "other-key"])
     yield s
     stop_stack(s)
 
@@ -136,7 +178,7 @@ def small_stack(tiny_model: Any) -> Iterator[Stack]:
     import copy
 
     spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=2, cohorts=2)
-    s = start_stack(spec, KeyRing(set(), open_access=True), copy.deepcopy(tiny_model))
+    s = start_stack(spec, copy.deepcopy(tiny_model))
     yield s
     stop_stack(s)
 
@@ -149,7 +191,7 @@ def one_cohort_stack(tiny_model: Any) -> Iterator[Stack]:
     import copy
 
     spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=8, cohorts=1, max_send_backlog=20)
-    s = start_stack(spec, KeyRing({API_KEY}, open_access=False), copy.deepcopy(tiny_model))
+    s = start_stack(spec, copy.deepcopy(tiny_model), keys=[API_KEY])
     yield s
     stop_stack(s)
 

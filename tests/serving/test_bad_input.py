@@ -104,7 +104,7 @@ CASES: dict[str, tuple[list[bytes | pb.ClientEvent], grpc.StatusCode, str]] = {
 async def test_bad_input(stack: Stack, case: str) -> None:
     messages, code, needle = CASES[case]
     witness_chunks = client.split_chunks(tone(1.0), CHUNK)
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         witness = asyncio.create_task(client.converse(ch, witness_chunks, metadata=AUTH))
         await eventually(lambda: stack.placed() >= 1, what="witness placed")
         got, details = await send_raw(ch, messages)
@@ -117,7 +117,7 @@ async def test_bad_input(stack: Stack, case: str) -> None:
 
 @pytest.mark.parametrize("metadata", [(), (("authorization", "Bearer wrong"),), (("x-api-key", "nope"),)])
 async def test_bad_api_key(stack: Stack, metadata: tuple[tuple[str, str], ...]) -> None:
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         got, details = await send_raw(ch, [START], metadata=metadata)
     assert got == grpc.StatusCode.UNAUTHENTICATED, details
     assert "API key" in details
@@ -125,14 +125,14 @@ async def test_bad_api_key(stack: Stack, metadata: tuple[tuple[str, str], ...]) 
 
 
 async def test_x_api_key_accepted(stack: Stack) -> None:
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         conv = await client.converse(ch, GOOD[:2], metadata=(("x-api-key", "other-key"),), realtime=False)
     assert conv.code == grpc.StatusCode.OK and conv.audio_seqs() == [0, 1]
 
 
 async def test_client_vanishing_mid_stream_leaks_nothing(stack: Stack) -> None:
     chunks = client.split_chunks(tone(2.0), CHUNK)
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         witness = asyncio.create_task(client.converse(ch, chunks, metadata=AUTH))
         quitter = asyncio.create_task(client.converse(ch, chunks, metadata=AUTH))
         await eventually(lambda: stack.placed() >= 2, what="both placed")
@@ -147,13 +147,10 @@ async def test_client_vanishing_mid_stream_leaks_nothing(stack: Stack) -> None:
 
 async def test_replica_full_is_resource_exhausted_with_retry(small_stack: Stack) -> None:
     chunks = client.split_chunks(tone(1.0), CHUNK)
-    async with grpc.aio.insecure_channel(small_stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(small_stack.front_addr) as ch:
         live = [asyncio.create_task(client.converse(ch, chunks)) for _ in range(2)]
         await eventually(lambda: small_stack.active() == 2, what="replica full")
-        # let the gateway see the replica's load now rather than at its next poll (runs on the servers' loop)
-        await asyncio.wrap_future(
-            asyncio.run_coroutine_threadsafe(small_stack.gateway.router.poll_once(), small_stack.thread.loop)
-        )
+        await asyncio.to_thread(small_stack.poll_load)  # the picker sees the full replica now, not at its next poll
         rejected = await client.converse(ch, chunks)
         done = await asyncio.gather(*live)
     assert rejected.code == grpc.StatusCode.RESOURCE_EXHAUSTED, rejected.details
@@ -163,7 +160,7 @@ async def test_replica_full_is_resource_exhausted_with_retry(small_stack: Stack)
 
 
 async def test_engine_full_direct(small_stack: Stack) -> None:
-    """The engine enforces its capacity itself (a gateway racing its load report is still safe)."""
+    """The engine enforces its capacity itself (a picker racing its load report is still safe)."""
     chunks = client.split_chunks(tone(1.0), CHUNK)
     async with grpc.aio.insecure_channel(small_stack.engine_addr) as ch:
         live = [asyncio.create_task(client.converse(ch, chunks)) for _ in range(2)]

@@ -1,6 +1,7 @@
 """Batch invariance end to end: one conversation's outputs (audio bytes, text, floor control, turn events) are
 bit-identical whether it is served alone or among many other sessions that join at random moments and leave
-when they are done — compared in model time over real gRPC, through the gateway, on a real engine."""
+when they are done — compared in model time over real gRPC, through Envoy and the session picker, on a real
+engine."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import numpy as np
 import pytest
 
 from duplex.serving import client
-from duplex.serving.gateway.auth import KeyRing
 from duplex.serving.spec import EngineSpec
 
 from .conftest import API_KEY, AUTH, Stack, start_stack, stop_stack
@@ -33,7 +33,7 @@ def invariant_stack(tiny_model: Any) -> Iterator[Stack]:
     spec = EngineSpec(
         host="127.0.0.1", metrics_port=0, max_sessions=32, cohorts=2, max_send_backlog=400, batch_invariant=True
     )
-    s = start_stack(spec, KeyRing({API_KEY}, open_access=False), copy.deepcopy(tiny_model))
+    s = start_stack(spec, copy.deepcopy(tiny_model), keys=[API_KEY])
     yield s
     stop_stack(s)
 
@@ -86,7 +86,7 @@ async def hold(ch: grpc.aio.Channel, samples: np.ndarray, delay_s: float = 0.0) 
 async def test_a_conversation_is_bit_identical_alone_and_among_others(
     invariant_stack: Stack, speech: np.ndarray
 ) -> None:
-    async with grpc.aio.insecure_channel(invariant_stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(invariant_stack.front_addr) as ch:
         alone = await hold(ch, speech)
         assert {a.event.audio.timing.batch_size for a in alone.of("audio")} <= {1}, "alone means alone"
         rng = random.Random(9)

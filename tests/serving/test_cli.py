@@ -1,5 +1,6 @@
 """The commands as a user runs them, in subprocesses: ``duplex up`` + ``duplex talk``, and ``duplex engine``
-+ ``duplex gateway`` from a rendered config, each stopped by a signal."""
+from a rendered config, each stopped by a signal (``duplex picker`` and ``duplex envoy``:
+test_front_commands.py)."""
 
 from __future__ import annotations
 
@@ -57,13 +58,6 @@ class Proc:
     def stop(self, sig: int, deadline_s: float = 30.0) -> int:
         self.p.send_signal(sig)
         return self.p.wait(timeout=deadline_s)
-
-
-def gateway_args(engines: str, *settings: str) -> list[str]:
-    """``duplex gateway`` on a free loopback port in front of ``engines`` (HOST:PORT,...), metrics off, plus
-    ``settings`` (``gateway.KEY=VALUE`` each)."""
-    sets = ["gateway.host=127.0.0.1", "gateway.metrics_port=0", *settings]
-    return ["gateway", "--engines", engines, "--port", "0", *(a for s in sets for a in ("--set", s))]
 
 
 def scrape(port: int) -> str:
@@ -126,7 +120,7 @@ def test_up_on_a_busy_port_says_so() -> None:
     assert f"duplex up: cannot bind 127.0.0.1:{port} (Address already in use)" in r.stderr
 
 
-def test_engine_and_gateway_from_config(tmp_path: Path) -> None:
+def test_engine_from_config(tmp_path: Path) -> None:
     cfg = tmp_path / "engine.json"
     cfg.write_text(
         json.dumps(
@@ -136,39 +130,21 @@ def test_engine_and_gateway_from_config(tmp_path: Path) -> None:
             }
         )
     )
-    keys = tmp_path / "keys"
-    keys.write_text("k-123\n")
     engine = Proc(["engine", "--config", str(cfg), "--port", "0"])
-    gateway = None
     try:
         eaddr = engine.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
-        gateway = Proc(gateway_args(eaddr, f"gateway.api_keys_file={keys}"))
-        gaddr = gateway.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1)
-        wait_serving(gaddr)
+        wait_serving(eaddr)
 
         async def talk() -> client.Conversation:
-            async with grpc.aio.insecure_channel(gaddr) as ch:
-                return await client.converse(
-                    ch, client.split_chunks(tone(0.4), 3200), realtime=False, metadata=(("x-api-key", "k-123"),)
-                )
+            async with grpc.aio.insecure_channel(eaddr) as ch:
+                return await client.converse(ch, client.split_chunks(tone(0.4), 3200), realtime=False)
 
         import asyncio
 
         conv = asyncio.run(talk())
         assert conv.code == grpc.StatusCode.OK and conv.audio_seqs() == [0, 1]
     finally:
-        if gateway is not None:
-            assert gateway.stop(signal.SIGTERM) == 0
-            gateway.wait_for("draining", 5)
         assert engine.stop(signal.SIGTERM) == 0
-
-
-def test_gateway_refuses_to_start_open_by_accident() -> None:
-    r = subprocess.run(
-        [*DUPLEX, "gateway", "--engines", "127.0.0.1:1", "--port", "0"], capture_output=True, text=True, timeout=60
-    )
-    assert r.returncode != 0
-    assert "open_access" in r.stderr
 
 
 @pytest.mark.parametrize("flag", ["--help-spec"])
@@ -243,7 +219,7 @@ def test_sharded_replica_two_ranks(tmp_path: Path) -> None:
         (["up", "--cfg-coef", "0.5", "--port", "0", "--no-agent"], "cfg_coef"),
         (["engine", "--set", "agent.workers=1"], "unknown section 'agent'"),
         (["engine", "--set", "max_sessions=1"], "expected SECTION.FIELD=VALUE"),
-        (["gateway", "--set", "gateway.port=0x"], "gateway.port"),
+        (["picker", "--eds-path", "e.json", "--set", "gateway.port=0x"], "gateway.port"),
     ],
 )
 def test_bad_settings_name_the_field(args: list[str], field: str) -> None:

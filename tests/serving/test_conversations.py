@@ -1,11 +1,12 @@
-"""Conversations over real gRPC on loopback, through the gateway: ordered complete outputs for 1 and 16
-concurrent sessions, a late joiner, turn events and timing, health and reflection."""
+"""Conversations over real gRPC on loopback, through Envoy and the session picker: ordered complete outputs
+for 1 and 16 concurrent sessions, a late joiner, turn events and timing, health and reflection."""
 
 from __future__ import annotations
 
 import asyncio
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -32,7 +33,7 @@ def check_complete(conv: client.Conversation, n: int) -> None:
 
 async def test_one_conversation(stack: Stack) -> None:
     chunks = client.split_chunks(tone(2.0), CHUNK)
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         conv = await client.converse(ch, chunks, metadata=AUTH)
     check_complete(conv, 10)
     t = conv.of("audio")[0].event.audio.timing
@@ -49,7 +50,7 @@ async def test_phase_hint_counts_from_the_ready(stack: Stack) -> None:
     chunks = client.split_chunks(tone(0.6), CHUNK)
     start = client.start_event()
     start.start.client_time_us = stamp = client.now_us()
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         conv = await client.converse(ch, chunks, metadata=AUTH, start=start)
         check_complete(conv, 3)
         (got,) = conv.of("ready")
@@ -71,7 +72,7 @@ async def test_phase_hint_counts_from_the_ready(stack: Stack) -> None:
 
 async def test_sixteen_concurrent_and_a_late_joiner(stack: Stack) -> None:
     chunks = client.split_chunks(tone(2.4), CHUNK)
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         many = [asyncio.create_task(client.converse(ch, chunks, metadata=AUTH)) for _ in range(16)]
         await eventually(lambda: stack.placed() >= 16, what="16 sessions placed")
         joiner = await client.converse(ch, chunks[:4], metadata=AUTH)
@@ -88,7 +89,7 @@ async def test_sixteen_concurrent_and_a_late_joiner(stack: Stack) -> None:
 async def test_same_input_same_output_regardless_of_batch(stack: Stack) -> None:
     """Batching is invisible: a session's outputs do not depend on who else was in its step."""
     chunks = client.split_chunks(tone(1.2, hz=180), CHUNK)
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         alone = await client.converse(ch, chunks, metadata=AUTH, realtime=False)
         noise = client.split_chunks(tone(1.2, hz=400, amp=0.6), CHUNK)
         crowd = await asyncio.gather(
@@ -102,7 +103,7 @@ async def test_same_input_same_output_regardless_of_batch(stack: Stack) -> None:
 
 async def test_turn_events_are_consistent(stack: Stack) -> None:
     chunks = client.split_chunks(tone(4.0, amp=0.5), CHUNK)
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         conv = await client.converse(ch, chunks, metadata=AUTH, realtime=False)
     assert conv.code == grpc.StatusCode.OK
     speaking = False
@@ -117,18 +118,24 @@ async def test_turn_events_are_consistent(stack: Stack) -> None:
 
 
 async def test_health_and_reflection(stack: Stack) -> None:
-    for addr in (stack.gateway_addr, stack.engine_addr):
-        async with grpc.aio.insecure_channel(addr) as ch:
-            h = await health_pb2_grpc.HealthStub(ch).Check(
-                health_pb2.HealthCheckRequest(service="duplex.v1.Duplex"), timeout=5
-            )
-            assert h.status == health_pb2.HealthCheckResponse.SERVING
-            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+    """Envoy's listener answers health (the picker's: SERVING while an engine answers) and nothing else but
+    ``Converse``; the engine offers health per service and reflection."""
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
+        h = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert h.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as unrouted:
+            await ask(reflection_pb2_grpc.ServerReflectionStub(ch))
+        assert unrouted.value.code() == grpc.StatusCode.UNIMPLEMENTED, unrouted.value
+    async with grpc.aio.insecure_channel(stack.engine_addr) as ch:
+        h = await health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="duplex.v1.Duplex"), timeout=5
+        )
+        assert h.status == health_pb2.HealthCheckResponse.SERVING
+        assert "duplex.v1.Duplex" in await ask(reflection_pb2_grpc.ServerReflectionStub(ch))
 
-            async def ask(stub: reflection_pb2_grpc.ServerReflectionStub) -> list[str]:
-                req = reflection_pb2.ServerReflectionRequest(list_services="")
-                async for resp in stub.ServerReflectionInfo(iter([req]), timeout=5):
-                    return [s.name for s in resp.list_services_response.service]
-                return []
 
-            assert "duplex.v1.Duplex" in await ask(stub)
+async def ask(stub: reflection_pb2_grpc.ServerReflectionStub) -> list[str]:
+    req = reflection_pb2.ServerReflectionRequest(list_services="")
+    async for resp in stub.ServerReflectionInfo(iter([req]), timeout=5):
+        return [s.name for s in resp.list_services_response.service]
+    return []

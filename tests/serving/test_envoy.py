@@ -25,14 +25,14 @@ from duplex.serving import client
 from duplex.serving.envoy.config import REPLICA_HEADER, EnvoyConfig, bootstrap
 from duplex.serving.envoy.eds import write_endpoints
 from duplex.serving.envoy.process import EnvoyProcess, envoy_binary
-from duplex.serving.gateway.auth import key_line
+from duplex.serving.picker.auth import key_line
 from duplex.serving.ports import free_port
 from duplex.serving.process import PickerProcess
 from duplex.serving.spec import GatewaySpec
 
 from .conftest import tone
+from .helpers import active_sessions
 from .test_cli import Proc
-from .test_engine_loss import active_sessions
 
 CHUNK = 3200
 ENGINE = ["engine", "--port", "0", "--set", "engine.host=127.0.0.1", "--set", "engine.metrics_port=0"]

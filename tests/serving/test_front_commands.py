@@ -29,7 +29,7 @@ from duplex.serving.envoy.config import REALTIME_CLUSTER, bootstrap
 from duplex.serving.envoy.drain import Admin
 from duplex.serving.envoy.eds import write_endpoints
 from duplex.serving.envoy.process import envoy_binary
-from duplex.serving.gateway.auth import key_line
+from duplex.serving.picker.auth import key_line
 from duplex.serving.ports import free_port
 from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb

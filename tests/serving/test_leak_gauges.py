@@ -26,7 +26,7 @@ async def test_slots_and_tasks_return_after_finished_and_vanished_clients(stack:
     await eventually(lambda: gauge(stack, "duplex_engine_slots_occupied") == 0, what="an idle engine")
     tasks_before = gauge(stack, "duplex_engine_asyncio_tasks")
     assert gauge(stack, "process_resident_memory_bytes") > 0 and gauge(stack, "process_open_fds") > 0
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         long_talk = client.split_chunks(tone(20.0), CHUNK)
         vanishing = [asyncio.create_task(client.converse(ch, long_talk, metadata=AUTH)) for _ in range(3)]
         finished = [asyncio.create_task(client.converse(ch, long_talk[:3], metadata=AUTH)) for _ in range(2)]

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from duplex.serving import client
-from duplex.serving.gateway.auth import KeyRing
 from duplex.serving.spec import EngineSpec
 from duplex.v1 import duplex_pb2 as pb
 
@@ -72,7 +71,7 @@ def test_the_recording_axis_takes_re_aims_out() -> None:
 def one_cohort(tiny_model: Any) -> Iterator[Stack]:
     """Two slots in one cohort, no split steps: a cohort steps once both members are in."""
     spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=2, cohorts=1, split_after_ms=0)
-    s = start_stack(spec, KeyRing({API_KEY}, open_access=False), copy.deepcopy(tiny_model))
+    s = start_stack(spec, copy.deepcopy(tiny_model), keys=[API_KEY])
     yield s
     stop_stack(s)
 
@@ -81,7 +80,7 @@ async def test_a_late_member_moves_earlier_and_its_cohort_stops_waiting(one_coho
     """B follows the hint 25 ms late, so every step waits for it: A's chunks wait ~25 ms. B re-aims earlier by
     its error and A's chunks stop waiting for it; every chunk still goes out only once captured."""
     chunks = client.split_chunks(np.zeros(16 * CHUNK, np.int16), CHUNK)
-    async with grpc.aio.insecure_channel(one_cohort.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(one_cohort.front_addr) as ch:
         a_conv = asyncio.create_task(client.converse(ch, chunks, metadata=AUTH))
         b_conv = asyncio.create_task(client.converse(ch, chunks, metadata=AUTH, start_delay_s=0.025))
         a, b = await a_conv, await b_conv

@@ -13,10 +13,10 @@ import grpc
 
 from duplex.serving import client
 from duplex.serving.envoy.config import CONVERSE_PATH, REPLICA_HEADER
-from duplex.serving.gateway.auth import key_line
-from duplex.serving.gateway.routing import Replica
 from duplex.serving.metrics import PickerMetrics
+from duplex.serving.picker.auth import key_line
 from duplex.serving.picker.placement import Placements, choose
+from duplex.serving.picker.routing import Replica
 from duplex.serving.picker.server import Picker, deny
 from duplex.serving.resume_token import (
     HOLDER_LOST_METADATA,
@@ -51,7 +51,7 @@ def picker(tmp_path: object, clock: Clock, **settings: object) -> Picker:
     keys = Path(str(tmp_path)) / "keys"
     keys.write_text(key_line("secret-a", "alice") + "\n" + key_line("secret-b", "bob") + "\n")
     spec = GatewaySpec(host="127.0.0.1", engines=[A, B], api_keys_file=str(keys), metrics_port=0, **settings)
-    from duplex.serving.gateway.auth import KeyRing
+    from duplex.serving.picker.auth import KeyRing
 
     return Picker(spec, KeyRing.from_file(str(keys)), Placements(clock), PickerMetrics())
 

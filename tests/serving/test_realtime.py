@@ -52,7 +52,7 @@ async def stalling(
 
 async def test_stalled_client_gets_silence_and_others_are_unaffected(one_cohort_stack: Stack) -> None:
     chunks = client.split_chunks(tone(3.0), CHUNK)
-    async with grpc.aio.insecure_channel(one_cohort_stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(one_cohort_stack.front_addr) as ch:
         witness_task = asyncio.create_task(client.converse(ch, chunks, metadata=AUTH))
         events = await stalling(ch, chunks, stall_after=3, stall_s=1.2)
         witness = await witness_task

@@ -1,38 +1,30 @@
-"""Session resumption over real gRPC on loopback: a conversation whose connection is cut (a TCP proxy between
-client and gateway closes every socket) resumes in the same slot with its state and produces model-time
-outputs bit-identical to an uninterrupted run; past the grace (on the engine's injected clock) the slot is
-freed and a resume is refused naming the expiry; forged tokens, another key's resume and a second concurrent
-resume are refused."""
+"""Session resumption over real gRPC on loopback, through Envoy and the session picker: a conversation whose
+connection is cut (a TCP proxy between client and Envoy closes every socket) resumes in the same slot with its
+state and produces model-time outputs bit-identical to an uninterrupted run; past the grace (on the engine's
+injected clock) the slot is freed and a resume is refused naming the expiry; forged tokens, a resume naming a
+replica the picker does not know, another key's resume and a second concurrent resume are refused."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import json
-import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 
-from duplex.model.spec import ModelSource
 from duplex.serving import client
 from duplex.serving.engine.server import EngineServer
-from duplex.serving.gateway.auth import KeyRing, key_line
-from duplex.serving.gateway.server import GatewayServer
-from duplex.serving.ports import free_port
-from duplex.serving.resume_token import unwrap, wrap
-from duplex.serving.spec import EngineSpec, GatewaySpec
+from duplex.serving.resume_token import RESUME_REPLICA_METADATA
+from duplex.serving.spec import EngineSpec
 from duplex.v1 import duplex_pb2 as pb
 
-from .conftest import API_KEY, AUTH, LoopThread, wait_serving
+from .conftest import API_KEY, AUTH, Stack, start_stack, stop_stack
 from .test_batch_invariance import outputs
-from .test_cli import Proc
 from .test_talk import SteppingClock
 
 CHUNK = 3200
@@ -53,17 +45,27 @@ class ShiftedClock:
 
 @dataclass
 class ResumeStack:
-    engine: EngineServer
-    gateway: GatewayServer
-    gateway_addr: str
+    stack: Stack
     clock: ShiftedClock
-    thread: LoopThread
+
+    @property
+    def engine(self) -> EngineServer:
+        return self.stack.engine
+
+    @property
+    def front_addr(self) -> str:
+        return self.stack.front_addr
+
+    def resume(self, auth: Any = AUTH) -> tuple[tuple[str, str], ...]:
+        """``auth`` plus the replica holding the session, as a client's resume carries it (``client.converse``):
+        the picker routes the stream there instead of placing a new session."""
+        return (*auth, (RESUME_REPLICA_METADATA, self.stack.engine_addr))
 
     def on_loop(self, fn: Any) -> Any:
         async def call() -> Any:
             return fn()
 
-        return self.thread.run(call())
+        return self.stack.thread.run(call())
 
 
 @pytest.fixture(scope="module")
@@ -81,26 +83,9 @@ def rstack(tiny_model: Any) -> Iterator[ResumeStack]:
         resume_grace_s=GRACE_S,
     )
     clock = ShiftedClock()
-    lt = LoopThread()
-
-    async def up() -> ResumeStack:
-        engine = EngineServer(spec, ModelSource(), model=copy.deepcopy(tiny_model), bind_port=0, clock=clock)
-        eport = await engine.start()
-        gspec = GatewaySpec(host="127.0.0.1", metrics_port=0, engines=[f"127.0.0.1:{eport}"], health_interval_s=0.2)
-        gateway = GatewayServer(gspec, keys=KeyRing({API_KEY, OTHER_KEY}), bind_port=0)
-        gport = await gateway.start()
-        return ResumeStack(engine, gateway, f"127.0.0.1:{gport}", clock, lt)
-
-    s: ResumeStack = lt.run(up())
-    wait_serving(s.gateway_addr)
-    yield s
-
-    async def down() -> None:
-        await s.gateway.stop(0.5)
-        await s.engine.stop(0.5)
-
-    lt.run(down())
-    lt.close()
+    s = start_stack(spec, copy.deepcopy(tiny_model), keys=[API_KEY, OTHER_KEY], clock=clock)
+    yield ResumeStack(s, clock)
+    stop_stack(s)
 
 
 @dataclass
@@ -153,14 +138,16 @@ def speechlike(seconds: float) -> np.ndarray:
 
 
 async def hold(
-    addr: str, samples: np.ndarray, on_event: Any = None, resume: bool = True, auth: Any = AUTH
+    addr: str, samples: np.ndarray, on_event: Any = None, resume: bool = True, auth: Any = AUTH, paced: bool = False
 ) -> client.Conversation:
+    """A conversation of ``samples``: sent on a stepping clock (the schedule without the waiting), or ``paced``
+    in real time (a cut mid-way then always finds chunks, and the EndOfStream, not yet sent)."""
     async with grpc.aio.insecure_channel(addr, options=client.RECONNECT_OPTIONS) as ch:
         return await client.converse(
             ch,
             client.split_chunks(samples, CHUNK),
             metadata=auth,
-            clock=SteppingClock(client.now_us()),
+            clock=None if paced else SteppingClock(client.now_us()),
             on_event=on_event,
             resume=resume,
         )
@@ -181,9 +168,9 @@ async def wait_until(pred: Any, what: str, deadline_s: float = 20.0) -> None:
 async def test_a_cut_conversation_resumes_bit_identical(rstack: ResumeStack, speech: np.ndarray) -> None:
     # a spoken question and silence, so the model takes the turn and speaks (whole chunks: every seq answered)
     voice = np.concatenate([speech, np.zeros(-len(speech) % CHUNK, np.int16)])
-    uninterrupted = await hold(rstack.gateway_addr, voice)
+    uninterrupted = await hold(rstack.front_addr, voice)
     resumed_before = counter(rstack.engine.metrics.resumed)
-    host, port = rstack.gateway_addr.split(":")
+    host, port = rstack.front_addr.split(":")
     proxy = CuttingProxy((host, int(port)))
     addr = await proxy.start()
     try:
@@ -192,7 +179,7 @@ async def test_a_cut_conversation_resumes_bit_identical(rstack: ResumeStack, spe
             if ev.HasField("audio") and ev.audio.seq == 12 and not proxy.cuts:
                 proxy.cut()
 
-        cut = await hold(addr, voice, on_event=cut_mid_way)
+        cut = await hold(addr, voice, on_event=cut_mid_way, paced=True)  # cut while it is still talking
     finally:
         await proxy.close()
     assert proxy.cuts >= 1
@@ -236,8 +223,8 @@ async def raw_start(
 
 
 async def parked_session(rstack: ResumeStack, auth: Any = AUTH) -> str:
-    """A session whose connection was cut and not resumed: its (gateway) token, once the engine parked it."""
-    host, port = rstack.gateway_addr.split(":")
+    """A session whose connection was cut and not resumed: its token, once the engine parked it."""
+    host, port = rstack.front_addr.split(":")
     proxy = CuttingProxy((host, int(port)))
     addr = await proxy.start()
     parked_before = rstack.engine.resumes.parked_count()
@@ -247,7 +234,7 @@ async def parked_session(rstack: ResumeStack, auth: Any = AUTH) -> str:
             if ev.HasField("audio") and ev.audio.seq == 3 and not proxy.cuts:
                 proxy.cut()
 
-        conv = await hold(addr, speechlike(3.0), on_event=cut_after_3, resume=False, auth=auth)
+        conv = await hold(addr, speechlike(3.0), on_event=cut_after_3, resume=False, auth=auth, paced=True)
     finally:
         await proxy.close()
     assert conv.code == grpc.StatusCode.UNAVAILABLE and conv.ready is not None
@@ -260,7 +247,7 @@ async def test_a_no_resume_session_gets_no_token_and_frees_its_slot_when_cut(rst
     grace, where a resumable session would hold it (``parked_session``)."""
     active_before = rstack.on_loop(rstack.engine.scheduler.active_count)  # type: ignore[union-attr]
     parked_before = rstack.on_loop(rstack.engine.resumes.parked_count)
-    host, port = rstack.gateway_addr.split(":")
+    host, port = rstack.front_addr.split(":")
     proxy = CuttingProxy((host, int(port)))
     addr = await proxy.start()
     try:
@@ -302,34 +289,39 @@ async def test_b_past_the_grace_the_slot_is_freed_and_resume_names_the_expiry(rs
         "the expired slot to be freed",
     )
     assert counter(rstack.engine.metrics.resume_expired) == expired_before + 1
-    code, details, _ = await raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token))
+    code, details, _ = await raw_start(rstack.front_addr, pb.SessionStart(resume_token=token), rstack.resume())
     assert code == grpc.StatusCode.NOT_FOUND
     assert "resume_token" in details and "grace" in details and "expired" in details
 
 
 async def test_c_forged_tokens_and_another_keys_resume_are_refused(rstack: ResumeStack) -> None:
     token = await parked_session(rstack)
-    replica, engine_token = unwrap(token)
-    prefix, handle, secret = engine_token.split(".")
+    prefix, handle, secret = token.split(".")
     forged_secret = secret[:-4] + ("AAAA" if not secret.endswith("AAAA") else "BBBB")
+    lost = (*AUTH, (RESUME_REPLICA_METADATA, "10.0.0.1:7070"))  # a replica the picker does not know
+    ours = rstack.resume()
     cases = [
-        (wrap(replica, f"{prefix}.{handle}.{forged_secret}"), grpc.StatusCode.NOT_FOUND, "no resumable session"),
-        (wrap(replica, f"{prefix}.0123456789abcdef.{secret}"), grpc.StatusCode.NOT_FOUND, "no resumable session"),
-        (wrap("10.0.0.1:7070", engine_token), grpc.StatusCode.NOT_FOUND, "does not route to"),
-        ("g1.!!!.x", grpc.StatusCode.INVALID_ARGUMENT, "resume_token"),
-        ("not-a-token", grpc.StatusCode.INVALID_ARGUMENT, "resume_token: malformed"),
-        (wrap(replica, "e1.only-two"), grpc.StatusCode.INVALID_ARGUMENT, "resume_token: malformed"),
+        (f"{prefix}.{handle}.{forged_secret}", ours, grpc.StatusCode.NOT_FOUND, "no resumable session"),
+        (f"{prefix}.0123456789abcdef.{secret}", ours, grpc.StatusCode.NOT_FOUND, "no resumable session"),
+        (token, lost, grpc.StatusCode.UNAVAILABLE, "is not one of this picker's replicas"),
+        ("g1.!!!.x", ours, grpc.StatusCode.INVALID_ARGUMENT, "resume_token: malformed"),
+        ("not-a-token", ours, grpc.StatusCode.INVALID_ARGUMENT, "resume_token: malformed"),
+        ("e1.only-two", ours, grpc.StatusCode.INVALID_ARGUMENT, "resume_token: malformed"),
     ]
-    for bad, want, words in cases:
-        code, details, _ = await raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=bad))
+    for bad, metadata, want, words in cases:
+        code, details, _ = await raw_start(rstack.front_addr, pb.SessionStart(resume_token=bad), auth=metadata)
         assert (code, words in details) == (want, True), (bad, code, details)
-    code, details, _ = await raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token), auth=OTHER_AUTH)
+    code, details, _ = await raw_start(
+        rstack.front_addr, pb.SessionStart(resume_token=token), auth=rstack.resume(OTHER_AUTH)
+    )
     assert code == grpc.StatusCode.PERMISSION_DENIED and "another API key" in details
     # none of these consumed the session: its own key resumes it, and a second resume meanwhile is refused
     attached = asyncio.Event()
-    owner = asyncio.create_task(raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token), hold_open=attached))
+    owner = asyncio.create_task(
+        raw_start(rstack.front_addr, pb.SessionStart(resume_token=token), rstack.resume(), attached)
+    )
     await wait_until(lambda: rstack.on_loop(rstack.engine.resumes.parked_count) == 0, "the owner's resume")
-    code, details, _ = await raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token))
+    code, details, _ = await raw_start(rstack.front_addr, pb.SessionStart(resume_token=token), rstack.resume())
     assert code == grpc.StatusCode.ABORTED and "attached to a live stream" in details
     attached.set()
     code, details, first = await owner
@@ -341,90 +333,15 @@ async def test_c_the_step_thread_learns_of_a_park_and_a_resume(rstack: ResumeSta
     """The event loop tells the planner through the scheduler's inbox that a session is parked (its cohort's
     steps stop waiting for its chunks: tests/serving/test_planner.py) and that it is resumed (awaited again)."""
     token = await parked_session(rstack)
-    handle = unwrap(token)[1].split(".")[1]
+    handle = token.split(".")[1]
     conv = rstack.on_loop(lambda: rstack.engine.resumes.entries[handle].conversation)
     await wait_until(lambda: conv.slot_session.parked, "the planner to learn of the park")
     attached = asyncio.Event()
-    owner = asyncio.create_task(raw_start(rstack.gateway_addr, pb.SessionStart(resume_token=token), hold_open=attached))
+    owner = asyncio.create_task(
+        raw_start(rstack.front_addr, pb.SessionStart(resume_token=token), rstack.resume(), attached)
+    )
     await wait_until(lambda: not conv.slot_session.parked, "the planner to learn of the resume")
     attached.set()
     code, details, first = await owner
     assert code == grpc.StatusCode.OK, details
     assert first is not None and first.ready.resumed
-
-
-def test_d_resume_through_a_restarted_gateway(tmp_path: Path) -> None:
-    """Real processes: ``duplex engine`` and ``duplex gateway``; the gateway is killed mid-conversation and a
-    new one started on the same port. The client resumes through it (the token names the replica: the new
-    gateway needs no state) and every chunk is answered once."""
-    cfg = tmp_path / "engine.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "engine": {"host": "127.0.0.1", "metrics_port": 0, "max_sessions": 4, "resume_grace_s": 60},
-                "model": {"preset": "tiny", "seed": 3},
-            }
-        )
-    )
-    keys = tmp_path / "keys"
-    keys.write_text(key_line("k-123", "tester") + "\n")
-    port = free_port()
-
-    def gateway(eaddr: str) -> Proc:
-        sets = ["gateway.host=127.0.0.1", "gateway.metrics_port=0", f"gateway.api_keys_file={keys}"]
-        g = Proc(["gateway", "--engines", eaddr, "--port", str(port), *[a for s in sets for a in ("--set", s)]])
-        wait_serving(g.wait_for(r"gateway on (127\.0\.0\.1:\d+)").group(1))
-        return g
-
-    engine = Proc(["engine", "--config", str(cfg), "--port", "0"])
-    gateways: list[Proc] = []
-    try:
-        eaddr = engine.wait_for(r"engine serving tiny on (127\.0\.0\.1:\d+)").group(1)
-        gateways.append(gateway(eaddr))
-        n_chunks = 30
-
-        async def talk() -> client.Conversation:
-            loop = asyncio.get_running_loop()
-            restarted = asyncio.Event()
-
-            async def restart() -> None:
-                gateways[0].p.kill()
-                gateways[0].p.wait(timeout=30)
-                gateways.append(await asyncio.to_thread(gateway, eaddr))
-                restarted.set()
-
-            tasks: list[asyncio.Task[None]] = []
-
-            def on_event(ev: pb.ServerEvent) -> None:
-                if ev.HasField("audio") and ev.audio.seq == 8 and not tasks:
-                    tasks.append(loop.create_task(restart()))
-
-            async with client.channel(f"127.0.0.1:{port}") as ch:
-                conv = await client.converse(
-                    ch,
-                    client.split_chunks(speechlike(n_chunks * 0.2), CHUNK),
-                    metadata=(("x-api-key", "k-123"),),
-                    on_event=on_event,
-                )
-            assert tasks and restarted.is_set()
-            return conv
-
-        conv = asyncio.run(talk())
-        assert conv.code == grpc.StatusCode.OK, conv.details
-        assert len(conv.resumptions) == 1 and conv.resumptions[0].resumed_us > 0, conv.resumptions
-        assert conv.audio_seqs() == list(range(n_chunks))
-        engine.wait_for("session resumed", 10)
-    finally:
-        for g in gateways:
-            if g.p.poll() is None:
-                g.stop(signal.SIGKILL)
-        assert engine.stop(signal.SIGTERM) == 0
-
-
-def test_gateway_token_names_the_replica_and_round_trips() -> None:
-    token = wrap("engine-0.duplex:7070", "e1.00ff.secret_-part")
-    assert token.startswith("g1.") and "engine-0" not in token  # base64, no dots of its own
-    assert unwrap(token) == ("engine-0.duplex:7070", "e1.00ff.secret_-part")
-    for bad in ("", "g1", "g1.x", "g2.ZW5naW5l.e1.a.b", "g1..e1.a.b", "g1.@@@.e1.a.b", "g1.ZW5naW5l."):
-        with pytest.raises(ValueError, match=r"start\.resume_token"):
-            unwrap(bad)

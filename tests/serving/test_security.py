@@ -1,7 +1,8 @@
-"""Gateway security: hashed API keys (accepted, refused, compared over fixed-length digests for every stored
-key whatever the presented key), ``duplex keys hash``, per-key session quota and start rate limit (injected
-clock) over real gRPC through a real engine, keys never logged, and mutual TLS (client certificates signed by
-the configured CA accepted; none, or another CA's, refused at the handshake)."""
+"""Front-door security: hashed API keys (accepted, refused, compared over fixed-length digests for every
+stored key whatever the presented key), ``duplex keys hash``, per-key session quota and start rate limit
+(injected clock) over real gRPC through Envoy, the session picker and a real engine, keys never logged, and
+mutual TLS in Envoy (client certificates signed by the configured CA accepted; none, or another CA's, refused
+at the handshake)."""
 
 from __future__ import annotations
 
@@ -21,16 +22,16 @@ from tlscerts import Certs, ClientCert, ca_and_key, client_cert, make_certs
 from typer.testing import CliRunner
 
 from duplex.cli import app
-from duplex.model.spec import ModelSource
 from duplex.serving import client
-from duplex.serving.engine.server import EngineServer
-from duplex.serving.gateway.auth import DIGEST_BYTES, KeyRing, key_line, parse_keys_file
-from duplex.serving.gateway.quota import KeyQuotas, TokenBucket
-from duplex.serving.gateway.server import GatewayServer, load_tls
+from duplex.serving.envoy.tls import check_tls
+from duplex.serving.picker.auth import DIGEST_BYTES, KeyRing, key_line, parse_keys_file
+from duplex.serving.picker.placement import sessions_by_key
+from duplex.serving.picker.quota import KeyQuotas, TokenBucket
 from duplex.serving.spec import EngineSpec, GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
-from .conftest import LoopThread, tone, wait_serving
+from .conftest import Stack, start_stack, stop_stack, tone
+from .helpers import eventually
 
 CHUNK = 3200
 ALICE, BOB = "alice-Key-9f8e7d", "bob-Key-0a1b2c"
@@ -161,48 +162,12 @@ def test_start_rate_is_per_key_with_retry_hint() -> None:
 # --- over real gRPC --------------------------------------------------------------------------------------
 
 
-@dataclass
-class QuotaStack:
-    engine: EngineServer
-    gateway: GatewayServer
-    addr: str
-    thread: LoopThread
-
-
 @pytest.fixture(scope="module")
-def quota_stack(tiny_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuotaStack]:
-    keyfile = tmp_path_factory.mktemp("qkeys") / "keys"
-    keyfile.write_text(f"{key_line(ALICE, 'alice')}\n{key_line(BOB, 'bob')}\n")
-    lt = LoopThread()
-
-    async def up() -> QuotaStack:
-        espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=8, cohorts=1)
-        engine = EngineServer(espec, ModelSource(), model=copy.deepcopy(tiny_model), bind_port=0)
-        eport = await engine.start()
-        gspec = GatewaySpec(
-            host="127.0.0.1",
-            metrics_port=0,
-            engines=[f"127.0.0.1:{eport}"],
-            health_interval_s=0.2,
-            api_keys_file=str(keyfile),
-            key_max_sessions=1,
-        )
-        gateway = GatewayServer(gspec, bind_port=0)
-        gport = await gateway.start()
-        return QuotaStack(engine, gateway, f"127.0.0.1:{gport}", lt)
-
-    s: QuotaStack = lt.run(up())
-    try:
-        wait_serving(s.addr)
-        yield s
-    finally:
-
-        async def down() -> None:
-            await s.gateway.stop(0.5)
-            await s.engine.stop(0.5)
-
-        lt.run(down())
-        lt.close()
+def quota_stack(tiny_model: Any) -> Iterator[Stack]:
+    espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=8, cohorts=1)
+    s = start_stack(espec, copy.deepcopy(tiny_model), keys={"alice": ALICE, "bob": BOB}, key_max_sessions=1)
+    yield s
+    stop_stack(s)
 
 
 def auth(key: str) -> tuple[tuple[str, str], ...]:
@@ -233,50 +198,54 @@ async def held_session(ch: grpc.aio.Channel, key: str, release: asyncio.Event) -
         yield ev
 
 
-async def test_session_quota_per_key_over_grpc(quota_stack: QuotaStack, caplog: pytest.LogCaptureFixture) -> None:
+async def test_session_quota_per_key_over_grpc(quota_stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     release = asyncio.Event()
-    async with client.channel(quota_stack.addr) as ch:
+    async with client.channel(quota_stack.front_addr) as ch:
         held = held_session(ch, ALICE, release)
         first = await asyncio.wait_for(anext(held), 30)
         assert first.WhichOneof("event") == "ready"
         try:
-            refused = await short_talk(quota_stack.addr, ALICE)
+            refused = await short_talk(quota_stack.front_addr, ALICE)
             assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.details
             assert "key 'alice' has 1/1 live sessions" in refused.details
             assert dict(refused.trailing)["retry-after-ms"] == "1000"
-            other = await short_talk(quota_stack.addr, BOB)  # another key has its own quota
+            other = await short_talk(quota_stack.front_addr, BOB)  # another key has its own quota
             assert other.code == grpc.StatusCode.OK, other.details
         finally:
             release.set()
             async for _ in held:
                 pass
-    assert "alice" not in quota_stack.gateway.quotas.live  # released when the held session ended
-    again = await short_talk(quota_stack.addr, ALICE)
+    # released when the held session ended: the engine's next load report says so
+    await eventually(lambda: quota_stack.active() == 0, what="the held session ended")
+    await asyncio.to_thread(quota_stack.poll_load)
+    picker = quota_stack.picker.picker
+    assert sessions_by_key(picker.router.replicas, picker.placements).get("alice", 0) == 0
+    again = await short_talk(quota_stack.front_addr, ALICE)
     assert again.code == grpc.StatusCode.OK, again.details
-    wrong = await short_talk(quota_stack.addr, ALICE + "-wrong")
+    wrong = await short_talk(quota_stack.front_addr, ALICE + "-wrong")
     assert wrong.code == grpc.StatusCode.UNAUTHENTICATED
     for key in (ALICE, BOB, ALICE + "-wrong"):  # keys are never logged, accepted or refused
         assert key not in caplog.text
         assert all(key not in str(r.args) for r in caplog.records)
 
 
-async def test_start_rate_per_key_over_grpc(quota_stack: QuotaStack) -> None:
+async def test_start_rate_per_key_over_grpc(quota_stack: Stack) -> None:
     clock = FakeClock()
-    gw = quota_stack.gateway
-    saved = gw.quotas
-    gw.quotas = KeyQuotas(starts_per_s=0.25, burst=2, clock=clock)
+    picker = quota_stack.picker.picker  # its decisions read ``quotas`` on the servers' loop, once per Check
+    saved = picker.quotas
+    picker.quotas = KeyQuotas(starts_per_s=0.25, burst=2, clock=clock)
     try:
-        assert (await short_talk(quota_stack.addr, BOB)).code == grpc.StatusCode.OK
-        assert (await short_talk(quota_stack.addr, BOB)).code == grpc.StatusCode.OK
-        limited = await short_talk(quota_stack.addr, BOB)
+        assert (await short_talk(quota_stack.front_addr, BOB)).code == grpc.StatusCode.OK
+        assert (await short_talk(quota_stack.front_addr, BOB)).code == grpc.StatusCode.OK
+        limited = await short_talk(quota_stack.front_addr, BOB)
         assert limited.code == grpc.StatusCode.RESOURCE_EXHAUSTED, limited.details
         assert "start rate exceeded" in limited.details and dict(limited.trailing)["retry-after-ms"] == "4000"
-        assert (await short_talk(quota_stack.addr, ALICE)).code == grpc.StatusCode.OK  # per key
+        assert (await short_talk(quota_stack.front_addr, ALICE)).code == grpc.StatusCode.OK  # per key
         clock.now += 4.0
-        assert (await short_talk(quota_stack.addr, BOB)).code == grpc.StatusCode.OK
+        assert (await short_talk(quota_stack.front_addr, BOB)).code == grpc.StatusCode.OK
     finally:
-        gw.quotas = saved
+        picker.quotas = saved
 
 
 # --- mutual TLS --------------------------------------------------------------------------------------------
@@ -301,21 +270,16 @@ def mtls(tmp_path_factory: pytest.TempPathFactory) -> MtlsSetup:
     return MtlsSetup(server, client_ca, client_cert(ca, ca_key), client_cert(other, other_key))
 
 
-async def test_mutual_tls_accepts_only_client_certs_of_the_ca(tiny_model: Any, mtls: MtlsSetup) -> None:
+def test_mutual_tls_accepts_only_client_certs_of_the_ca(tiny_model: Any, mtls: MtlsSetup) -> None:
     espec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=2, cohorts=1)
-    engine = EngineServer(espec, ModelSource(), model=copy.deepcopy(tiny_model), bind_port=0)
-    eport = await engine.start()
-    gspec = GatewaySpec(
-        host="127.0.0.1",
-        metrics_port=0,
-        engines=[f"127.0.0.1:{eport}"],
-        health_interval_s=0.2,
+    stack = start_stack(
+        espec,
+        copy.deepcopy(tiny_model),
+        keys=[ALICE],
         tls_cert_file=str(mtls.server.cert),
         tls_key_file=str(mtls.server.key),
         client_ca_file=str(mtls.client_ca),
     )
-    gateway = GatewayServer(gspec, keys=KeyRing([ALICE]), bind_port=0)
-    addr = f"127.0.0.1:{await gateway.start()}"
     root = mtls.server.ca.read_bytes()
 
     def creds(cert: ClientCert | None) -> grpc.ChannelCredentials:
@@ -323,8 +287,8 @@ async def test_mutual_tls_accepts_only_client_certs_of_the_ca(tiny_model: Any, m
             return grpc.ssl_channel_credentials(root_certificates=root)
         return grpc.ssl_channel_credentials(root_certificates=root, private_key=cert.key, certificate_chain=cert.cert)
 
-    try:
-        async with grpc.aio.secure_channel(addr, creds(mtls.good)) as ch:
+    async def scenario() -> None:
+        async with grpc.aio.secure_channel(stack.front_addr, creds(mtls.good)) as ch:
             await ch.channel_ready()
             conv = await asyncio.wait_for(
                 client.converse(ch, client.split_chunks(tone(0.4), CHUNK), metadata=auth(ALICE), realtime=False), 60
@@ -335,19 +299,21 @@ async def test_mutual_tls_accepts_only_client_certs_of_the_ca(tiny_model: Any, m
             )
             assert nokey.code == grpc.StatusCode.UNAUTHENTICATED  # a certificate does not replace the API key
         for refused in (None, mtls.foreign):
-            async with grpc.aio.secure_channel(addr, creds(refused)) as ch:
+            async with grpc.aio.secure_channel(stack.front_addr, creds(refused)) as ch:
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5.0)
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    try:
+        asyncio.run(scenario())
     finally:
-        await gateway.stop(0.2)
-        await engine.stop(0.2)
+        stop_stack(stack)
 
 
 def test_client_ca_without_server_tls_names_the_fields(mtls: MtlsSetup) -> None:
     spec = GatewaySpec(engines=["127.0.0.1:1"], open_access=True, client_ca_file=str(mtls.client_ca))
     with pytest.raises(ValueError, match=r"client_ca_file .* needs tls_cert_file and tls_key_file"):
-        load_tls(spec)
+        check_tls(spec)
 
 
 def test_client_ca_not_pem_names_the_field(mtls: MtlsSetup, tmp_path: Path) -> None:
@@ -361,4 +327,4 @@ def test_client_ca_not_pem_names_the_field(mtls: MtlsSetup, tmp_path: Path) -> N
         client_ca_file=str(junk),
     )
     with pytest.raises(ValueError, match=r"client_ca_file .* is not PEM"):
-        load_tls(spec)
+        check_tls(spec)

@@ -1,8 +1,8 @@
 """The status the server meant reaches the client, under concurrency: a few hundred bad sessions that keep
 writing fast after their bad message get INVALID_ARGUMENT naming the field — never ``INTERNAL: Internal error
 from Core`` (grpc's Python client reports that when a write is in flight as the call ends; before the fix about
-two in five such sessions did) — through the gateway and on the engine directly, while a witness conversation
-on the same replica sees no error, no warning and every chunk."""
+two in five such sessions did) — through the front door (Envoy and the session picker) and on the engine
+directly, while a witness conversation on the same replica sees no error, no warning and every chunk."""
 
 from __future__ import annotations
 
@@ -37,16 +37,23 @@ BAD: dict[str, tuple[bytes, str]] = {
 async def fast_session(
     ch: grpc.aio.Channel, messages: list[bytes], metadata: tuple[tuple[str, str], ...], half_close: bool
 ) -> tuple[grpc.StatusCode, str]:
-    """Write ``messages`` at once, as fast as the stream takes them; then half-close or wait open for the end."""
+    """Write ``messages`` at once, as fast as the stream takes them, from the moment the call is accepted (its
+    response headers: a client must not write before them, docs/envoy.md); then half-close or wait open for
+    the end."""
     finished = asyncio.Event()
+    calls: list[grpc.aio.StreamStreamCall] = []
 
     async def reqs() -> AsyncIterator[bytes]:
+        await calls[0].initial_metadata()
+        if calls[0].done():  # refused before it was accepted: trailers only
+            return
         for m in messages:
             yield m
         if not half_close:
             await finished.wait()
 
     call = ch.stream_stream("/duplex.v1.Duplex/Converse")(reqs(), metadata=metadata)
+    calls.append(call)
     try:
         async for _ in call:
             pass
@@ -64,9 +71,9 @@ async def fast_bad_session(ch: grpc.aio.Channel, bad: bytes, half_close: bool) -
     return await fast_session(ch, [start, first, bad, *trailing], AUTH, half_close)
 
 
-@pytest.mark.parametrize("via", ["gateway", "engine"])
+@pytest.mark.parametrize("via", ["front", "engine"])
 async def test_bad_sessions_writing_fast_get_their_status(stack: Stack, via: str) -> None:
-    addr = stack.gateway_addr if via == "gateway" else stack.engine_addr
+    addr = stack.front_addr if via == "front" else stack.engine_addr
     kinds = sorted(BAD)
     got: collections.Counter[tuple[str, grpc.StatusCode, bool]] = collections.Counter()
     wrong: list[tuple[str, grpc.StatusCode, str]] = []
@@ -106,12 +113,12 @@ async def fast_refused_session(ch: grpc.aio.Channel, half_close: bool) -> tuple[
 
 
 async def test_refused_keys_writing_fast_get_unauthenticated(stack: Stack) -> None:
-    """All at once, a hundred-odd sessions with a wrong key stream audio from their first moment: each gets
-    UNAUTHENTICATED (before the fix some got ``INTERNAL``: the interceptor's abort raced their writes), and the
-    status says why without echoing the key."""
+    """All at once, a hundred-odd sessions with a wrong key, each ready to stream audio from its first moment:
+    each gets UNAUTHENTICATED from Envoy's trailers-only refusal (the picker's answer; never ``INTERNAL``), and
+    the status says why without echoing the key."""
     got: collections.Counter[grpc.StatusCode] = collections.Counter()
     wrong: list[tuple[grpc.StatusCode, str, bool]] = []
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
 
         async def one(i: int) -> None:
             code, details = await fast_refused_session(ch, half_close=bool(i % 2))

@@ -9,7 +9,7 @@ import base64
 import json
 import re
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -17,7 +17,6 @@ import grpc
 
 from duplex.loadtest.local import LocalUp
 from duplex.serving import client
-from duplex.serving.gateway.pump import ClientPump
 from duplex.v1 import duplex_pb2 as pb
 
 from .conftest import tone
@@ -86,21 +85,3 @@ def test_sigterm_under_live_sessions_logs_no_traceback(tmp_path: Path) -> None:
     codes = [getattr(r, "code", r) for r in results]
     assert all(c == grpc.StatusCode.UNAVAILABLE for c in codes), codes  # a status the client can act on
     assert rt_close == 1001, rt_close  # going away
-
-
-async def test_pump_closed_with_a_full_queue_ends_cancelled() -> None:
-    """A relay that ends while its client keeps writing closes the pump with the queue full: the pump's task
-    must end (cancelled), not wait forever for room for its end mark."""
-
-    async def endless() -> AsyncIterator[bytes]:
-        while True:
-            yield b"chunk"
-
-    pump = ClientPump(b"start", endless(), depth=2)
-    deadline = asyncio.get_running_loop().time() + 10
-    while not pump.queue.full():  # the pump fills the queue as fast as the loop runs it
-        assert asyncio.get_running_loop().time() < deadline, "the pump never filled its queue"
-        await asyncio.sleep(0)
-    pump.close()
-    done, _ = await asyncio.wait({pump.task}, timeout=10)
-    assert pump.task in done and pump.task.cancelled()

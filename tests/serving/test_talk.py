@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 from duplex.cli import app
 from duplex.model.audio_io import read_wav, write_wav
 from duplex.serving import client, talk
-from duplex.serving.gateway.auth import KeyRing
 from duplex.serving.spec import EngineSpec
 
 from .conftest import API_KEY, AUTH, Stack, start_stack, stop_stack
+from .helpers import eventually
 
 SR = 16000
 CHUNK = 3200
@@ -93,7 +93,7 @@ def test_talk_says_it_converts_the_input(stack: Stack, tmp_path: Path, rate: int
         [
             "talk",
             "--target",
-            stack.gateway_addr,
+            stack.front_addr,
             "--api-key",
             API_KEY,
             "--input",
@@ -124,7 +124,7 @@ def test_talk_names_an_input_that_is_not_audio(tmp_path: Path) -> None:
 
 
 async def hold(stack: Stack, samples: np.ndarray, clock: client.Clock | None = None) -> client.Conversation:
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         conv = await client.converse(ch, client.split_chunks(samples, CHUNK), metadata=AUTH, clock=clock)
     assert conv.code == grpc.StatusCode.OK, conv.details
     return conv
@@ -165,7 +165,7 @@ async def test_chunk_k_is_sent_when_captured(stack: Stack) -> None:
 async def test_free_running_client_keeps_the_capture_axis(stack: Stack) -> None:
     """Without the hint the first chunk goes out at once; the axis still starts one chunk before it."""
     clock = SteppingClock(client.now_us())
-    async with grpc.aio.insecure_channel(stack.gateway_addr) as ch:
+    async with grpc.aio.insecure_channel(stack.front_addr) as ch:
         conv = await client.converse(
             ch, client.split_chunks(np.zeros(3 * CHUNK, np.int16), CHUNK), metadata=AUTH, clock=clock, follow_hint=False
         )
@@ -221,7 +221,7 @@ def one_slot_stack(tiny_model: Any) -> Iterator[Stack]:
     on the slot (``CodecState.reset``), so until outputs are batch-invariant (issue 9, item 2) byte-equal runs
     need the same slot; this test then holds on any replica."""
     spec = EngineSpec(host="127.0.0.1", metrics_port=0, max_sessions=1, cohorts=1)
-    s = start_stack(spec, KeyRing({API_KEY}, open_access=False), copy.deepcopy(tiny_model))
+    s = start_stack(spec, copy.deepcopy(tiny_model), keys=[API_KEY])
     yield s
     stop_stack(s)
 
@@ -230,6 +230,9 @@ async def test_two_runs_of_one_input_give_the_same_model_time_bytes(
     one_slot_stack: Stack, speech: np.ndarray, tmp_path: Path
 ) -> None:
     first = await hold(one_slot_stack, speech, SteppingClock(client.now_us()))
+    # the slot is free again, and the picker knows it (its view is the engine's last load report)
+    await eventually(lambda: one_slot_stack.active() == 0, what="the first session's slot freed")
+    await asyncio.to_thread(one_slot_stack.poll_load)
     second = await hold(one_slot_stack, speech, SteppingClock(client.now_us()))
     talk.save(first, speech, SR, tmp_path / "1.wav", None, None, model_time=True)
     talk.save(second, speech, SR, tmp_path / "2.wav", None, None, model_time=True)

@@ -26,8 +26,8 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from playwright.sync_api import sync_playwright
 from prometheus_client import CollectorRegistry
-from realtime.envoy_child import EnvoyChild
 from serving.conftest import LoopThread
+from serving.envoy_child import EnvoyChild
 
 from duplex.model.audio_io import read_wav, write_wav
 from duplex.serving.envoy.config import EnvoyConfig

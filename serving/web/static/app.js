@@ -150,7 +150,7 @@ async function sessionToken(tools) {
   return body.value;
 }
 
-/** The tools this session may run: #tools=a,b in the URL (empty = none), else the gateway's list if its config
+/** The tools this session may run: #tools=a,b in the URL (empty = none), else the picker's list if its config
  * gives one, else the engine's defaults. A tool the engine lacks fails the session with an error naming it. */
 function grantedTools(config) {
   const fromUrl = new URLSearchParams(location.hash.slice(1)).get('tools');

@@ -1,8 +1,9 @@
 """Per-key admission: at most N concurrent conversations per API key, and a token bucket on session starts.
 
-Both are counted per key id (``KeyCheck.key_id``), in this gateway process (each gateway replica counts its
-own). A refusal carries how long to wait, sent as RESOURCE_EXHAUSTED with ``retry-after-ms`` trailing
-metadata. The clock is injected so tests drive time without sleeping."""
+Both are counted per key id (``KeyCheck.key_id``) by the session picker (each front replica counts its own
+starts; live sessions come from the engines' reports). A refusal carries how long to wait, sent as
+RESOURCE_EXHAUSTED with ``retry-after-ms`` trailing metadata. The clock is injected so tests drive time
+without sleeping."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ def _main(cfg: EnvoyConfig, engines: list[str], realtime_engines: list[str], con
     except OSError as e:
         conn.send(("error", str(e)))
         return
-    conn.send(("ready", (envoy.port, envoy.realtime_port)))
+    conn.send(("ready", (envoy.port, envoy.realtime_port, envoy.admin)))
     try:
         conn.recv()  # the test ends (or goes away)
     except EOFError:
@@ -34,6 +34,8 @@ class EnvoyChild:
         self._conn, child = ctx.Pipe()
         self.proc = ctx.Process(target=_main, args=(cfg, engines, realtime_engines, child), daemon=True)
         self.port = self.realtime_port = 0
+        self.admin = ""
+        """HOST:PORT of its admin API (``/stats``, ``/ready``) once started."""
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.proc.start()
@@ -43,11 +45,14 @@ class EnvoyChild:
         kind, value = self._conn.recv()
         if kind == "error":
             raise OSError(value)
-        self.port, self.realtime_port = value
+        self.port, self.realtime_port, self.admin = value
 
     def stop(self) -> None:
         if self.proc.is_alive():
-            self._conn.send("stop")
+            try:
+                self._conn.send("stop")
+            except OSError:  # the child is going away already
+                pass
             self.proc.join(15)
         if self.proc.is_alive():
             self.proc.kill()

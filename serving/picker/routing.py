@@ -1,4 +1,5 @@
-"""Least-loaded routing over engine replicas, from their health and ``Replica.GetLoad`` answers."""
+"""The engine replicas as the session picker sees them: their health (polled, and watched) and their
+``Replica.GetLoad`` answers."""
 
 from __future__ import annotations
 
@@ -22,10 +23,8 @@ class Replica:
     channel: grpc.aio.Channel
     healthy: bool = False
     others: int = 0
-    """Sessions on the replica that this gateway did not open (other gateways), as of the last report."""
+    """Sessions on the replica, as of the last report (the picker's placements since: ``placement.py``)."""
     capacity: int = 0
-    open: int = 0
-    """Conversations this gateway is relaying to the replica right now (exact, no polling lag)."""
     model: str = ""
     """Served model name, as of the last report."""
     chunk_ms: int = 0
@@ -39,15 +38,7 @@ class Replica:
 
     @property
     def used(self) -> int:
-        return self.others + self.open
-
-    @property
-    def load(self) -> float:
-        return self.used / self.capacity if self.capacity else 1.0
-
-    @property
-    def free(self) -> int:
-        return self.capacity - self.used
+        return self.others
 
 
 class Router:
@@ -191,23 +182,11 @@ class Router:
             r.healthy = False
             return
         r.healthy = h.status == health_pb2.HealthCheckResponse.SERVING and not load.draining
-        r.others, r.capacity = max(0, load.active_sessions - r.open), load.capacity
+        r.others, r.capacity = load.active_sessions, load.capacity
         r.model, r.chunk_ms, r.http_port = load.model, load.chunk_ms, load.http_port
         r.by_key, r.placements_seen = dict(load.sessions_by_key), dict(load.placements_seen)
         if self.on_report is not None:
             self.on_report(r)
-
-    def pick(self) -> Replica | None:
-        """The healthy replica with the lowest load that has a free slot; None = all full (or none healthy)."""
-        candidates = [r for r in self.replicas if r.healthy and r.free > 0]
-        if not candidates:
-            return None
-        best = min(candidates, key=lambda r: r.load)
-        best.open += 1
-        return best
-
-    def release(self, replica: Replica) -> None:
-        replica.open = max(0, replica.open - 1)
 
     def healthy_count(self) -> int:
         return sum(r.healthy for r in self.replicas)

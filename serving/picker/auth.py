@@ -1,7 +1,7 @@
 """API keys: loaded from a file of SHA-256 hashes (the mounted Secret), compared in constant time.
 
 A keys file line is ``NAME:sha256:HEX`` or ``sha256:HEX`` (``duplex keys hash`` prints one from a key read on
-stdin). The gateway never holds a key in the clear: a presented key is hashed, and its 32-byte digest is
+stdin). The session picker never holds a key in the clear: a presented key is hashed, and its 32-byte digest is
 compared with *every* stored digest by ``hmac.compare_digest``, so neither the number of comparisons nor their
 length depends on which key was sent or where a wrong key differs. A plaintext line (an older keys file) is
 still accepted, hashed on load, with a deprecation warning naming the line — never the key."""
@@ -23,7 +23,7 @@ DIGEST_BYTES = 32
 _HASHED = re.compile(r"^(?:(?P<name>[A-Za-z0-9_.@-]{1,64}):)?sha256:(?P<hex>[0-9a-fA-F]*)$")
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 ANONYMOUS = "anonymous"
-"""Key id of every caller of an ``open_access`` gateway (they share one set of quotas)."""
+"""Key id of every caller of an ``open_access`` front door (they share one set of quotas)."""
 
 
 def digest(key: str) -> bytes:
@@ -44,7 +44,7 @@ def key_line(key: str, name: str = "") -> str:
 
 @dataclass(frozen=True)
 class StoredKey:
-    """One accepted key, as the gateway keeps it."""
+    """One accepted key, as the picker keeps it."""
 
     name: str
     """Key id: quotas are counted per id and it is the only thing about a key that is ever logged."""
@@ -57,7 +57,7 @@ class KeyCheck:
     """Outcome of checking a caller's metadata."""
 
     key_id: str | None
-    """Id of the matching key (``ANONYMOUS`` on an open gateway); None when refused."""
+    """Id of the matching key (``ANONYMOUS`` on an open front door); None when refused."""
     why: str | None
     """None when allowed, else the reason (for an UNAUTHENTICATED status)."""
 
