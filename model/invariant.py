@@ -64,13 +64,24 @@ def _pad_rows(x2d: Tensor) -> Tensor:
     return padded
 
 
+torch_linear = F.linear
+"""torch's own ``F.linear`` (a builtin), held here: ``duplex.model.moshi.kernels`` swaps ``F.linear`` itself."""
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """``F.linear`` over the last dim of x (..., in) → (..., out), row-count independent when enabled."""
+    if not _enabled.get():
+        return torch_linear(x, weight, bias)
+    return padded_linear(x, weight, bias)
+
+
+def padded_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear`` computed with at least ``MIN_GEMM_ROWS`` rows (zero rows sliced off after), always."""
     rows = x.reshape(-1, x.shape[-1])
     n = rows.shape[0]
-    if not _enabled.get() or n >= MIN_GEMM_ROWS or n == 0:
-        return F.linear(x, weight, bias)
-    return F.linear(_pad_rows(rows), weight, bias)[:n].reshape(*x.shape[:-1], weight.shape[0])
+    if n >= MIN_GEMM_ROWS or n == 0:
+        return torch_linear(x, weight, bias)
+    return torch_linear(_pad_rows(rows), weight, bias)[:n].reshape(*x.shape[:-1], weight.shape[0])
 
 
 def matmul(x: Tensor, w: Tensor) -> Tensor:

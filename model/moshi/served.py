@@ -16,8 +16,9 @@ another one. Not thread-safe: the upstream modules are shared, one step (or move
 
 Batch invariance. With CPU's default kernels a row's audio differs from its solo run by ~1e-7 (oneDNN
 convolutions and small-row GEMMs pick their algorithm by batch size). ``step(batch_invariant=True)`` on CPU
-turns oneDNN off and pads every matrix product to ``invariant.MIN_GEMM_ROWS`` rows: then a row's text, floor
-control and audio are bit-identical whatever shares its block (tested). On other devices it changes nothing.
+turns oneDNN off and pads every matrix product to ``invariant.MIN_GEMM_ROWS`` rows (``kernels.py``): then a row's
+text, floor control and audio are bit-identical whatever shares its block (tested). On other devices it changes
+nothing.
 
 Floor control, from the model's own output. A frame is SPEAK while the model is producing words on its text
 stream: from a frame whose text token is a word piece (not padding: not ``text_padding_token_id``, not
@@ -40,19 +41,17 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from moshi.models.lm import LMGen
 from moshi.modules.transformer import RingKVCache, StreamingMultiheadAttention
 from moshi.utils.compile import no_compile
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
-from .. import invariant
 from ..config import ModelError
 from ..detect import voiced_frames
 from ..family import FamilyStep, Floor, StreamFormat
 from . import CHUNKS_MS
 from .checkpoint import MoshiCheckpoint
+from .kernels import invariant_kernels
 from .prompt import PromptBuilder, SessionPrompt, UserStreams, run_prefill
 
 SPEAK_HANGOVER_FRAMES = 8
@@ -116,45 +115,6 @@ def _copy_state_row(src: Any, i: int, dst: Any, j: int) -> None:
             target[j].copy_(value[i])
         elif f.name not in _SHARED_FIELDS:
             raise RuntimeError(f"unknown upstream streaming state {type(src).__name__}.{f.name}: cannot move a row")
-
-
-class _RowPadding(TorchFunctionMode):
-    """Row-count independent matrix products inside upstream code (which we do not edit): every ``F.linear``
-    (``nn.Linear`` and the gating's) and the quantizer's ``torch.cdist`` (a GEMM against the codebook) run with
-    at least ``invariant.MIN_GEMM_ROWS`` rows, zero rows sliced off after — ``duplex.model.invariant``'s rule."""
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        # the mode is off while this runs, so the calls below go straight to the kernels
-        if func is F.linear:
-            with invariant.batch_invariant():
-                return invariant.linear(*args, **kwargs)
-        if func is torch.cdist:
-            x1, rest = args[0], args[1:]
-            n = x1.shape[-2]
-            if 0 < n < invariant.MIN_GEMM_ROWS:
-                padded = x1.new_zeros(*x1.shape[:-2], invariant.MIN_GEMM_ROWS, x1.shape[-1])
-                padded[..., :n, :] = x1
-                return func(padded, *rest, **kwargs)[..., :n, :]
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def _invariant_kernels(on: bool, device: torch.device) -> Iterator[None]:
-    """Batch-invariant CPU execution: oneDNN (mkldnn) convolutions pick their algorithm by batch size, the
-    native ones compute each batch element alone; matrix products get padded rows (``_RowPadding``)."""
-    if not on or device.type != "cpu":
-        yield
-        return
-    was = torch._C._get_mkldnn_enabled()  # (not mkldnn.flags(): that also sets oneDNN TF32 and warns)
-    torch._C._set_mkldnn_enabled(False)
-    try:
-        with _RowPadding():
-            yield
-    finally:
-        torch._C._set_mkldnn_enabled(was)
 
 
 class FloorTracker:
@@ -453,7 +413,7 @@ class MoshiServed:
         text_tok = torch.full((n, frames), -2, dtype=torch.long, device=self.device)
         with ExitStack() as stack:
             stack.enter_context(self._swapped_in(block))
-            stack.enter_context(_invariant_kernels(batch_invariant, self.device))
+            stack.enter_context(invariant_kernels(batch_invariant, self.device))
             if self.device.type == "cpu":  # upstream's lazy torch.compile (rope, gating) wants a C toolchain
                 stack.enter_context(no_compile())
             for f in range(frames):
@@ -523,7 +483,7 @@ class MoshiServed:
         block = self._new_block(slot, 1)
         with ExitStack() as stack:
             stack.enter_context(self._swapped_in(block))
-            stack.enter_context(_invariant_kernels(batch_invariant, self.device))
+            stack.enter_context(invariant_kernels(batch_invariant, self.device))
             if self.device.type == "cpu":
                 stack.enter_context(no_compile())
             self._forced = None
