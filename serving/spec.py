@@ -38,7 +38,7 @@ class EngineSpec(_Spec):
     backend: Literal["torch", "tensorrt-llm"] = "torch"
     """``torch`` runs everywhere; ``tensorrt-llm`` uses TensorRT-LLM's fused MoE/attention on GPU images."""
     image: str = f"duplex:{PACKAGE_VERSION}"
-    """Container image of the engine, gateway and agent pods: a pinned tag (or digest), never ``latest``; the
+    """Container image of the engine, front and agent pods: a pinned tag (or digest), never ``latest``; the
     default is this package's version."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs; auto = cuda when a GPU is visible."""
@@ -53,7 +53,8 @@ class EngineSpec(_Spec):
     chunk_ms: int = Field(200, ge=80, le=400)
     """Micro-turn length: audio per client chunk and per model step."""
     max_sessions: int = Field(64, ge=1)
-    """Concurrent sessions per replica; beyond it the gateway answers RESOURCE_EXHAUSTED."""
+    """Concurrent sessions per replica; beyond it the engine answers RESOURCE_EXHAUSTED (the session picker places
+    no session on a full replica)."""
     port: int = Field(7070, ge=1, le=65535)
     """gRPC port of rank 0."""
     http_port: int = Field(0, ge=0, le=65535)
@@ -120,10 +121,11 @@ class EngineSpec(_Spec):
 
 
 class GatewaySpec(_Spec):
-    """Front door: auth, admission, routing to the least-loaded engine replica, relay."""
+    """Front door: Envoy carries every stream; the session picker (its ext_authz service) checks API keys and
+    quotas and places each new session on the engine replica with the most free slots, once."""
 
     replicas: int = Field(1, ge=1)
-    """Gateway pods (front pods: Envoy and the session picker); the fewest when ``max_replicas`` autoscales them."""
+    """Front pods (Envoy and the session picker); the fewest when ``max_replicas`` autoscales them."""
     max_replicas: int = Field(0, ge=0)
     """Most front pods: above ``replicas``, a HorizontalPodAutoscaler scales the front Deployment between the two
     on CPU (``target_cpu_percent``); 0 = a fixed ``replicas``."""
@@ -136,14 +138,14 @@ class GatewaySpec(_Spec):
     tls_secret: str | None = None
     """Secret with ``tls.crt``/``tls.key`` for the public endpoint."""
     client_ca_secret: str | None = None
-    """Secret with ``ca.crt``: the gateway requires client certificates signed by it (mutual TLS; needs
+    """Secret with ``ca.crt``: Envoy requires client certificates signed by it (mutual TLS; needs
     ``tls_secret``). The operator mounts it and sets ``client_ca_file``."""
     port: int = Field(8080, ge=1, le=65535)
     """Public gRPC port."""
     metrics_port: int = Field(9091, ge=0, le=65535)
     """Prometheus port (0 = off)."""
     host: str = "0.0.0.0"
-    """Address the gRPC and metrics servers bind to."""
+    """Address the front door's listeners and metrics servers bind to."""
     engines: list[str] = Field(default_factory=list)
     """Engine replicas (rank 0 ``HOST:PORT`` each) to route conversations to."""
     engine_selector: str = ""
@@ -157,20 +159,20 @@ class GatewaySpec(_Spec):
     ``#`` comments and blank lines ignored. A plaintext line is accepted with a deprecation warning."""
     tls_cert_file: str | None = None
     """PEM certificate chain of the public endpoint (the mounted ``tls_secret``'s ``tls.crt``); with
-    ``tls_key_file`` the gateway serves TLS."""
+    ``tls_key_file`` Envoy serves TLS."""
     tls_key_file: str | None = None
     """PEM private key of the public endpoint (the mounted ``tls_secret``'s ``tls.key``); set together with
     ``tls_cert_file``."""
     client_ca_file: str | None = None
-    """PEM CA bundle of client certificates: when set (with ``tls_cert_file``/``tls_key_file``), the gateway
+    """PEM CA bundle of client certificates: when set (with ``tls_cert_file``/``tls_key_file``), Envoy
     requires mutual TLS and refuses clients without a certificate that this CA signed. API keys still apply."""
     envoy_concurrency: int = Field(2, ge=1, le=64)
     """Worker threads of Envoy in each front pod (``duplex envoy``; its container's CPU limit is 2)."""
     key_max_sessions: int = Field(0, ge=0)
-    """Concurrent conversations one API key may hold on this gateway replica (0 = no limit); beyond it
+    """Concurrent conversations one API key may hold, as each front pod's session picker counts them (0 = no limit); beyond it
     RESOURCE_EXHAUSTED with ``retry-after-ms``."""
     key_starts_per_s: float = Field(0.0, ge=0.0)
-    """Session starts per second one API key may make on this gateway replica (token bucket; 0 = no limit)."""
+    """Session starts per second one API key may make, as each front pod's session picker counts them (token bucket; 0 = no limit)."""
     key_starts_burst: int = Field(5, ge=1)
     """Session starts one API key may make back to back before ``key_starts_per_s`` applies."""
     open_access: bool = False
@@ -180,7 +182,7 @@ class GatewaySpec(_Spec):
     retry_after_s: float = Field(1.0, gt=0.0)
     """Retry hint sent with RESOURCE_EXHAUSTED when every replica is full."""
     health_interval_s: float = Field(0.5, gt=0.0)
-    """How often the router polls each replica's health and load."""
+    """How often the session picker polls each engine replica's health and load."""
     max_message_bytes: int = Field(1 << 20, ge=1024)
     """Largest accepted client message (gRPC messages, and Realtime WebSocket frames: a larger frame closes
     that WebSocket with 1009)."""
