@@ -25,6 +25,7 @@ from duplex.model.config import ModelConfig, ModelError, get_preset
 from duplex.model.moshi import CHUNKS_MS, FRAME_MS
 from duplex.model.moshi.plan import MoshiPlan, plan_moshi
 from duplex.model.planner import GIB, ShardPlan, plan, valid_shard_counts
+from duplex.serving.picker.cli import PICKER_HTTP_PORT, PICKER_PORT
 
 from .naming import CONFIG_DIR
 from .spec import DuplexModelSpec
@@ -151,6 +152,22 @@ def _rank_memory_gib(spec: DuplexModelSpec) -> tuple[float, str]:
     return float(_parse_quantity(eng.resources.memory)) / GIB, "spec.engine.resources.memory"
 
 
+def front_port_problems(spec: DuplexModelSpec) -> list[SpecProblem]:
+    """The front pod's ports are distinct: Envoy's gRPC and HTTP listeners, the picker's metrics, and the picker's
+    own loopback ports (its ext_authz service and HTTP app), which a listener would take from it."""
+    gw = spec.gateway
+    taken = {PICKER_PORT: "the session picker's own port", PICKER_HTTP_PORT: "the session picker's HTTP app"}
+    problems = []
+    for field, port in (("port", gw.port), ("httpPort", gw.http_port), ("metricsPort", gw.metrics_port)):
+        if not port:
+            continue
+        if port in taken:
+            problems.append(SpecProblem(f"spec.gateway.{field}", f"{port} is already {taken[port]} in the front pod"))
+        else:
+            taken[port] = f"spec.gateway.{field}"
+    return problems
+
+
 def common_problems(spec: DuplexModelSpec) -> list[SpecProblem]:
     """Problems whatever the model family: backend, images, gateway files, device, autoscaling, SLO, Redis,
     checkpoint volume."""
@@ -190,6 +207,7 @@ def common_problems(spec: DuplexModelSpec) -> list[SpecProblem]:
                 "0 turns the front's autoscaling off",
             )
         )
+    problems += front_port_problems(spec)
     if spec.slo.turn_taking_p95_s < spec.slo.turn_taking_p50_s:
         problems.append(SpecProblem("spec.slo.turnTakingP95S", "the p95 target is below the p50 target"))
     redis = spec.agent.redis

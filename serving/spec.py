@@ -169,10 +169,11 @@ class GatewaySpec(_Spec):
     envoy_concurrency: int = Field(2, ge=1, le=64)
     """Worker threads of Envoy in each front pod (``duplex envoy``; its container's CPU limit is 2)."""
     key_max_sessions: int = Field(0, ge=0)
-    """Concurrent conversations one API key may hold, as each front pod's session picker counts them (0 = no limit); beyond it
-    RESOURCE_EXHAUSTED with ``retry-after-ms``."""
+    """Concurrent conversations one API key may hold, as each front pod's session picker counts them (0 = no
+    limit); beyond it RESOURCE_EXHAUSTED with ``retry-after-ms``."""
     key_starts_per_s: float = Field(0.0, ge=0.0)
-    """Session starts per second one API key may make, as each front pod's session picker counts them (token bucket; 0 = no limit)."""
+    """Session starts per second one API key may make, as each front pod's session picker counts them (token
+    bucket; 0 = no limit)."""
     key_starts_burst: int = Field(5, ge=1)
     """Session starts one API key may make back to back before ``key_starts_per_s`` applies."""
     open_access: bool = False

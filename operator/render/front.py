@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from duplex.serving.picker.cli import PICKER_PORT
+from duplex.serving.picker.cli import PICKER_HTTP_PORT, PICKER_PORT
 
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, ModelRef
 from ..resolve import Resolved
@@ -36,8 +36,6 @@ EDS_PATH = f"{EDS_DIR}/engines.json"
 REALTIME_EDS_PATH = f"{EDS_DIR}/realtime.json"
 """The engines' Realtime WebSocket endpoint file (written by the picker, watched by Envoy)."""
 EDS_SIZE_LIMIT = "16Mi"
-PICKER_HTTP_PORT = 9097
-"""Loopback port of the picker's HTTP app (client secrets, the page's config, the page) in a front pod."""
 PICKER = f"127.0.0.1:{PICKER_PORT}"
 TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 """Where the ``kubernetes`` client looks for the in-cluster token, CA and namespace (the picker only)."""

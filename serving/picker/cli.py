@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 PICKER_PORT = 9095
 """The picker's gRPC port in a front pod (Envoy asks it on 127.0.0.1)."""
+PICKER_HTTP_PORT = 9097
+"""Loopback port of the picker's HTTP app (client secrets, the page's config, the page) in a front pod."""
 
 
 async def publish_websockets(server: PickerServer, files: EndpointFiles, interval_s: float) -> None:

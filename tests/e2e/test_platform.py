@@ -15,6 +15,7 @@ made. Figures (image build, install, DuplexModel Ready, first answer, turn-takin
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import re
 import socket
@@ -33,6 +34,7 @@ import yaml
 from duplex_controlplane import REPO, cache_dir, wait_until
 from duplex_node import NodeCluster
 from node_images import redis_archive, redis_version
+from openai import AsyncOpenAI
 
 from duplex import __version__
 from duplex.model.audio_io import read_wav, write_wav
@@ -53,6 +55,8 @@ KILL_TO_UNAVAILABLE_BOUND_S = 3.0
 """The target is 1 s (docs/reliability.md); this e2e bound leaves margin for a loaded shared machine (the measured
 figure goes to docs/e2e.md)."""
 CHUNK_MS = 200
+HTTP_PORT = 8081
+"""The public Service's Realtime (WebSocket) port: Envoy's second listener."""
 pytestmark = pytest.mark.timeout(3600)  # a test's fixtures may build the image (up to ~17 min cold) first
 FIGURES: dict[str, Any] = {}
 """Seconds (and a few counts) each phase took, printed and recorded at the end of the module."""
@@ -71,6 +75,7 @@ def engine_spec() -> dict[str, Any]:
     # one intra-op thread: two would only be throttled by the half-core CPU limit
     model["spec"]["engine"].update(shards=2, resources={"cpu": "500m", "memory": "1536Mi"}, torchThreads=1)
     model["spec"]["replicas"] = 1
+    model["spec"]["gateway"] = {**model["spec"].get("gateway", {}), "httpPort": HTTP_PORT}  # the Realtime listener
     return model
 
 
@@ -119,12 +124,13 @@ def wait_or_describe(node: NodeCluster, namespace: str, predicate: Any, timeout:
         raise AssertionError(f"{e}\n{describe(node, namespace)}") from None
 
 
-def front_target(node: NodeCluster) -> str:
-    """The public Service's ClusterIP:port (Envoy in the front pod), once kube-proxy routes it: a ready pod's
-    endpoint reaches the proxy's rules a moment later (until then the ClusterIP refuses connections)."""
+def front_target(node: NodeCluster, port_name: str = "grpc") -> str:
+    """The public Service's ClusterIP:port (Envoy in the front pod) of its port ``port_name``, once kube-proxy
+    routes it: a ready pod's endpoint reaches the proxy's rules a moment later (until then the ClusterIP refuses
+    connections)."""
     svc = node.kube().get("v1", "Service", MODELS_NS, MODEL)
     assert svc is not None, "the public Service"
-    ip, port = svc["spec"]["clusterIP"], next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc")
+    ip, port = svc["spec"]["clusterIP"], next(p["port"] for p in svc["spec"]["ports"] if p["name"] == port_name)
 
     def accepts() -> bool:
         with socket.create_connection((ip, port), timeout=2):
@@ -143,11 +149,11 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     return (0.3 * 32767 * voice * syllables).astype(np.int16)
 
 
-def spoken(text: str, tmp: Path) -> np.ndarray:
-    """``text`` said by espeak-ng (a TTS engine the model never trained on), int16 at 16 kHz."""
+def spoken(text: str, tmp: Path, rate: int = 16000) -> np.ndarray:
+    """``text`` said by espeak-ng (a TTS engine the model never trained on), int16 at ``rate``."""
     raw = tmp / "question-raw.wav"
     subprocess.run(["espeak-ng", "-v", "en-us", "-w", str(raw), text], check=True)
-    return read_wav(raw, 16000, mono=True).samples
+    return read_wav(raw, rate, mono=True).samples
 
 
 def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -326,6 +332,56 @@ def test_talk_through_envoy_gets_speech_and_an_agent_result(
     assert heard.rate == 16000 and float(np.abs(heard.samples).max()) > 0.0, "the model's audio is not silence"
     # the session went through Envoy, which asked the picker once for it
     assert picker_checks(node).get("OK", 0.0) == checked + 1
+
+
+async def realtime_turn(address: str, audio24: np.ndarray, piece_ms: int = 100) -> list[Any]:
+    """One Realtime session with the official ``openai`` SDK at ``address`` (no API key configured: any is
+    accepted): ``audio24`` appended as a microphone captures it, every server event until the first
+    ``response.done`` after the user stopped speaking."""
+    sdk = AsyncOpenAI(api_key="e2e", base_url=f"http://{address}/v1", websocket_base_url=f"ws://{address}/v1")
+    step = 24000 * piece_ms // 1000
+    async with sdk.realtime.connect(model="duplex") as conn:
+
+        async def microphone() -> None:
+            t0 = asyncio.get_running_loop().time()
+            for k in range(len(audio24) // step):
+                delay = t0 + (k + 1) * piece_ms / 1000 - asyncio.get_running_loop().time()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the capture schedule itself, not a wait for the server
+                pcm = audio24[k * step : (k + 1) * step].astype("<i2").tobytes()
+                await conn.input_audio_buffer.append(audio=base64.b64encode(pcm).decode())
+
+        mic = asyncio.create_task(microphone())
+        events: list[Any] = []
+        try:
+            async for event in conn:
+                events.append(event)
+                stopped = any(e.type == "input_audio_buffer.speech_stopped" for e in events)
+                if event.type == "error" or (event.type == "response.done" and stopped):
+                    break
+        finally:
+            mic.cancel()
+    return events
+
+
+def test_realtime_through_envoy_with_the_openai_sdk(node: NodeCluster, model: dict[str, Any], tmp_path: Path) -> None:
+    """The Realtime WebSocket through the public Service's http port: Envoy asks the picker, which places the
+    upgrade on the engine's reported WebSocket port; the model's turn comes back as audio."""
+    address = front_target(node, "http")
+    checked = picker_checks(node).get("OK", 0.0)
+    question = spoken("Hello, could you tell me what time it is?", tmp_path, 24000)
+    audio = np.concatenate([question, np.zeros(int(2.4 * 24000), np.int16)])
+    t0 = time.monotonic()
+    events = asyncio.run(asyncio.wait_for(realtime_turn(address, audio), 180))
+    FIGURES["realtime turn s"] = round(time.monotonic() - t0, 1)
+    types = [e.type for e in events]
+    assert types[0] == "session.created", types[:5]
+    assert "error" not in types, [e for e in events if e.type == "error"]
+    assert types.index("input_audio_buffer.speech_stopped") < types.index("response.created")
+    deltas = [e.delta for e in events if e.type == "response.output_audio.delta"]
+    pcm = np.frombuffer(b"".join(base64.b64decode(d) for d in deltas), dtype="<i2")
+    assert pcm.size and float(np.abs(pcm.astype(np.float64)).max()) > 0.0, "the model's turn is not silence"
+    assert picker_checks(node).get("OK", 0.0) == checked + 1  # the upgrade was checked (and placed) once
 
 
 def test_loadtest_through_the_service_reports_turn_taking_latency(

@@ -770,3 +770,12 @@ def test_front_max_replicas_below_replicas_is_named() -> None:
         resolve(parse_spec({"gateway": {"replicas": 3, "maxReplicas": 2}}))
     assert [p.field for p in e.value.problems] == ["spec.gateway.maxReplicas"]
     assert "below replicas (3)" in e.value.problems[0].message
+
+
+def test_front_ports_that_collide_are_named() -> None:
+    with pytest.raises(InvalidSpec) as e:
+        resolve(parse_spec({"gateway": {"port": 8080, "httpPort": 8080, "metricsPort": 9095}}))
+    assert [p.field for p in e.value.problems] == ["spec.gateway.httpPort", "spec.gateway.metricsPort"]
+    assert "already spec.gateway.port" in e.value.problems[0].message
+    assert "session picker's own port" in e.value.problems[1].message
+    resolve(parse_spec({"gateway": {"port": 8080, "httpPort": 8081}}))  # distinct ports: no problem
