@@ -2,7 +2,8 @@
 installed with real helm (operator image = that image, a Redis image made from Debian's redis-server), the example
 CPU DuplexModel with 2 shards x 1 replica rendezvousing without cluster DNS, ``duplex talk`` (with a background
 agent call through the cluster's Redis) and ``duplex loadtest`` from the host through the public Service's
-ClusterIP to Envoy (the session picker choosing the engine), an engine rank SIGKILLed mid-conversation
+ClusterIP to Envoy (the session picker choosing the engine), a Realtime session with the official ``openai`` SDK
+through Envoy's second listener, an engine rank SIGKILLed mid-conversation
 (UNAVAILABLE at the client, the group restored, a new conversation served), and deleting the DuplexModel
 removing every child, then ``helm uninstall``.
 
