@@ -93,6 +93,8 @@ def session_figures(conv: client.Conversation, n_chunks: int, serving_us: int) -
         "drop_to_audio_ms": continuing_us / 1e3 if continuing_us else None,
         "new_envoy_to_ready_ms": (r.resumed_us - serving_us) / 1e3 if r is not None and r.resumed_us else None,
         "resent_events": r.resent if r is not None else 0,
+        "chunks_sent": len(conv.sent_us),
+        "chunks_answered": len(seqs & set(range(n_chunks))),
         "unanswered_chunks": n_chunks - len(seqs & set(range(n_chunks))),
         "chunk_lost_warnings": warnings.count("CHUNK_LOST"),
         "late_dropped_warnings": warnings.count("LATE_CHUNK_DROPPED"),

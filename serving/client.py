@@ -532,12 +532,29 @@ class ClientSession:
         return pb.ClientEvent(end=pb.EndOfStream())
 
     def on_finished(self) -> Conversation:
-        """The stream ended with OK: CLOSED (DATA_LOSS when a resume could not re-send what the engine missed)."""
+        """The stream ended with OK: CLOSED. DATA_LOSS when a resume could not re-send what the engine missed,
+        or when the engine ended the session before it had answered every chunk sent or before the client's
+        EndOfStream (``unaccounted``): a conversation never ends OK with input the engine did not answer."""
         self.conv.code, self.conv.details, self.conv.trailing = grpc.StatusCode.OK, "", ()
         if self.unsendable:
             self.conv.code, self.conv.details = grpc.StatusCode.DATA_LOSS, f"resume: {self.unsendable}"
+        elif missing := self.unaccounted():
+            self.conv.code, self.conv.details = grpc.StatusCode.DATA_LOSS, f"server ended the stream OK {missing}"
         self._enter(Phase.CLOSED)
         return self.conv
+
+    def unaccounted(self) -> str:
+        """What an OK end leaves unanswered ("" when nothing): the chunks sent that no ModelAudio answered
+        (a chunk silence stood in for is answered by that ModelAudio), and EndOfStream not yet queued."""
+        unanswered = sorted(set(self.conv.sent_us) - set(self.conv.audio_seqs()))
+        parts = []
+        if unanswered:
+            parts.append(
+                f"with {len(unanswered)} of {len(self.conv.sent_us)} chunks sent unanswered (seq {_spans(unanswered)})"
+            )
+        if not self.input_done:
+            parts.append(f"before the client's EndOfStream ({self.phase.value})")
+        return " and ".join(parts)
 
     def on_failed(self, code: grpc.StatusCode, details: str, trailing: tuple[tuple[str, str], ...]) -> bool:
         """The call ended with an error: RESUMING (returns True: call again) or CLOSED (False)."""
@@ -578,6 +595,17 @@ class ClientSession:
     def _close(self) -> bool:
         self._enter(Phase.CLOSED)
         return False
+
+
+def _spans(seqs: Sequence[int]) -> str:
+    """Sorted sequence numbers as spans: ``[1, 2, 3, 7]`` → ``"1-3, 7"``."""
+    spans: list[list[int]] = []
+    for s in seqs:
+        if spans and s == spans[-1][1] + 1:
+            spans[-1][1] = s
+        else:
+            spans.append([s, s])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in spans)
 
 
 @dataclass

@@ -61,6 +61,9 @@ class EngineStream:
         self.instruction_tokens: list[int] = []
         self.dropped = True
         """Until the stream ends as the protocol says: a cancel or a failed write is a dropped stream."""
+        self.lost = False
+        """This stream's reader saw it fail: the writer stops and parks the session. Kept per stream, not per
+        session: a reader that outlived its stream must not end the stream that resumed the session."""
         self.reader_stopped = True
         """Whether no one reads the client's stream when ``run`` raises (a refused start, or a reader that
         stopped at bad input): a gRPC transport drains it before its status."""
@@ -87,9 +90,12 @@ class EngineStream:
         reader: asyncio.Task[None] | None = None
         try:
             yield self.attach()
-            reader = asyncio.create_task(self.server._read(rest, session, self.resumed, stream_done))
+            reader = asyncio.create_task(self.server._read(rest, session, self.resumed, stream_done, self.on_lost))
             async for event in self.events():
                 yield event
+            if self.dropped:
+                self.unfinished(stream_done)
+                return
             self.finish(reader)
         finally:
             if reader is not None:
@@ -234,26 +240,44 @@ class EngineStream:
         return pb.ServerEvent(ready=self.ready)
 
     # ----- ATTACHED -----------------------------------------------------------------------------------
+    def on_lost(self) -> None:
+        """The reader saw this stream fail (a failed read, or a half-close followed by the RPC's end)."""
+        self.lost = True
+        if self.session is not None:
+            self.session.wake.set()
+
     async def events(self) -> AsyncIterator[pb.ServerEvent]:
         """The session's server events while this stream holds it. Ends when the session finishes or closes
         (``dropped`` False) or the reader saw the stream fail (``dropped`` stays True)."""
         session = self.session
         assert session is not None
         while True:
-            while session.outbox and session.closing is None and not session.stream_lost:
+            while session.outbox and session.closing is None and not self.lost:
                 event = session.outbox.popleft()
                 session.replay.append(event)  # kept (bounded) until a resume knows the client had it
                 session.events_out += 1
                 yield event
             if not session.outbox:
                 session.backlog_slack = 0
-            if session.stream_lost:
+            if self.lost:
                 return  # the reader saw the stream fail: park (detach)
             if session.closing is not None or (session.finished and not session.outbox):
                 break
             session.wake.clear()
             await session.wake.wait()
         self.dropped = False
+
+    def unfinished(self, stream_done: asyncio.Event) -> None:
+        """The writer stopped before the session finished (its stream was lost). A transport already over
+        needs no status; one still open must never end OK with the session's input unanswered: it ends
+        UNAVAILABLE (the session is parked by ``detach``, so the client resumes it)."""
+        if stream_done.is_set():
+            return
+        log.info("stream still open after its reader reported it lost: ending it UNAVAILABLE")
+        self.reader_stopped = False  # the status now: the client resumes and re-sends what was not read
+        raise v.InputError(
+            grpc.StatusCode.UNAVAILABLE, "stream lost by the engine before the session finished; resume the session"
+        )
 
     def finish(self, reader: asyncio.Task[None] | None) -> None:
         """The session is over as the protocol says: OK (returns), or ``v.InputError`` with the status it
@@ -275,7 +299,6 @@ class EngineStream:
         server, session = self.server, self.session
         assert session is not None and server.scheduler is not None
         if self.dropped and server._parkable(session):
-            session.stream_lost = False
             session.lifecycle.park()
             server.resumes.park(session)
             server.scheduler.park(session)  # its cohort's steps stop waiting for its chunks

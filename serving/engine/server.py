@@ -316,14 +316,15 @@ class EngineServer:
         session: Conversation,
         resumed: bool,
         stream_done: asyncio.Event,
+        on_lost: Callable[[], None],
     ) -> None:
         """Read one stream of the session into the scheduler. On a resumed stream, audio and video the engine
         already has (a client re-sending from what was not answered) are skipped. ``stream_done`` is set when
-        the RPC is over."""
+        the RPC is over; ``on_lost`` tells this stream's writer that the stream failed (it parks the session)."""
         assert self.scheduler is not None
         try:
             how = await self._read_events(it, session, resumed)
-            if how == "closing" or (how == "half-closed" and await self._peer_died(session, stream_done)):
+            if how == "closing" or (how == "half-closed" and await self._peer_died(session, stream_done, on_lost)):
                 return
             session.input_ended = True
             self.scheduler.end(session)
@@ -332,8 +333,7 @@ class EngineServer:
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError:
-            session.stream_lost = True  # the writer parks the session (or frees it)
-            session.wake.set()
+            on_lost()  # the writer parks the session (or frees it)
         except Exception as e:  # never let a reader bug hang the stream
             log.exception("reader failed")
             session.close(grpc.StatusCode.INTERNAL, f"engine error reading the stream: {e}")
@@ -406,19 +406,24 @@ class EngineServer:
         self.agent.request(session, v.check_agent(ev.agent))
         return True
 
-    async def _peer_died(self, session: Conversation, stream_done: asyncio.Event) -> bool:
+    async def _peer_died(self, session: Conversation, stream_done: asyncio.Event, on_lost: Callable[[], None]) -> bool:
         """After a half-close without EndOfStream: did the peer die (the stream is lost, kept for a resume)?
 
         Such a half-close looks the same as a peer that died (a front door that went away): the RPC is
-        cancelled a moment later in that case, so wait for that briefly. Only a resumable session waits."""
+        cancelled a moment later in that case, so wait for that briefly. Only a resumable session waits.
+
+        The wait is ``asyncio.timeout``, not ``asyncio.wait_for``: when the RPC's end and the reader's
+        cancellation (the stream parked) come in the same loop iteration, Python 3.11's ``wait_for`` returns
+        the finished wait and drops the cancellation, and a reader that went on past its stream's park would
+        report a stream lost that is no longer its own."""
         if not session.resume_handle:
             return False
         try:
-            await asyncio.wait_for(stream_done.wait(), HALF_CLOSE_SETTLE_S)
+            async with asyncio.timeout(HALF_CLOSE_SETTLE_S):
+                await stream_done.wait()
         except TimeoutError:
             pass
         if not stream_done.is_set():
             return False
-        session.stream_lost = True
-        session.wake.set()
+        on_lost()
         return True

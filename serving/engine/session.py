@@ -110,8 +110,6 @@ class Conversation:
         """Its entry in the engine's resume register ("" = not resumable)."""
         self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
         """Handshake → attached → parked → closed (``lifecycle.Phase``)."""
-        self.stream_lost = False
-        """The reader saw the attached stream fail: the writer stops and parks the session."""
         self.input_ended = False
         """The client sent EndOfStream (or half-closed): a drop after it ends the session."""
         self.events_in = 0

@@ -180,6 +180,8 @@ def test_streaming_to_closed_when_it_cannot_resume(resume: bool) -> None:
 
 def test_streaming_to_closed_when_the_stream_ends() -> None:
     s = streaming(FakeClock())
+    s.on_server_event(audio(0), Attempt())
+    s.on_input_end()
     conv = s.on_finished()
     assert s.phase is Phase.CLOSED and conv.code == grpc.StatusCode.OK
     s = streaming(FakeClock())
@@ -228,4 +230,38 @@ def test_streaming_to_draining_and_a_drop_while_draining_resumes_into_draining()
     r.ready.resumed = True
     s.on_server_event(r, Attempt())
     assert s.phase is Phase.DRAINING
+    s.on_server_event(audio(0), Attempt())
     assert s.on_finished().code == grpc.StatusCode.OK and s.phase is Phase.CLOSED
+
+
+def test_an_ok_end_with_chunks_unanswered_is_data_loss_naming_them() -> None:
+    # a resumed stream the engine ended OK at once: the chunks sent before the drop answered, the rest not
+    clock = FakeClock()
+    s = streaming(clock)
+    for seq in range(1, 6):
+        s.on_sent(seq)
+    for seq in range(3):
+        s.on_server_event(audio(seq), Attempt())
+    assert s.on_failed(grpc.StatusCode.UNAVAILABLE, "", ())
+    r = ready()
+    r.ready.resumed = True
+    s.on_server_event(r, Attempt())
+    s.on_sent(6)
+    conv = s.on_finished()
+    assert s.phase is Phase.CLOSED and conv.code == grpc.StatusCode.DATA_LOSS
+    assert conv.details == (
+        "server ended the stream OK with 4 of 7 chunks sent unanswered (seq 3-6) "
+        "and before the client's EndOfStream (streaming)"
+    )
+    # the same end after EndOfStream, one chunk in the middle unanswered
+    s = streaming(FakeClock())
+    for seq in (1, 2):
+        s.on_sent(seq)
+    s.on_input_end()
+    for seq in (0, 2):
+        s.on_server_event(audio(seq), Attempt())
+    conv = s.on_finished()
+    assert (conv.code, conv.details) == (
+        grpc.StatusCode.DATA_LOSS,
+        "server ended the stream OK with 1 of 3 chunks sent unanswered (seq 1)",
+    )

@@ -19,6 +19,7 @@ import pytest
 
 from duplex.serving import client
 from duplex.serving.engine.server import EngineServer
+from duplex.serving.engine.session import Conversation
 from duplex.serving.resume_token import RESUME_REPLICA_METADATA
 from duplex.serving.spec import EngineSpec
 from duplex.v1 import duplex_pb2 as pb
@@ -345,3 +346,95 @@ async def test_c_the_step_thread_learns_of_a_park_and_a_resume(rstack: ResumeSta
     code, details, first = await owner
     assert code == grpc.StatusCode.OK, details
     assert first is not None and first.ready.resumed
+
+
+async def test_d_a_dropped_streams_reader_cancelled_as_its_stream_ends_stays_cancelled(rstack: ResumeStack) -> None:
+    # The failure point of a silent loss: the old stream's reader waits after a half-close to learn whether the
+    # peer died; the RPC ends (its done callback sets ``stream_done``) and the stream is parked, cancelling the
+    # reader, in the same loop iteration. The reader must stop there: one that went on would mark the session's
+    # stream lost after the park, and its next (resumed) stream would end at once with OK, its chunks unread.
+    engine = rstack.engine
+    session = Conversation("s", CHUNK, 1280, 8, 4, text=engine.served.text_decoder())
+    session.resume_handle = "h"
+    stream_done = asyncio.Event()
+    lost: list[bool] = []
+    reader = asyncio.create_task(engine._peer_died(session, stream_done, lambda: lost.append(True)))
+    await asyncio.sleep(0)  # the reader is waiting for the stream's end
+    stream_done.set()
+    reader.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await reader
+    assert lost == [], "a cancelled reader marked a stream lost"
+
+
+async def test_d_a_resumed_stream_is_not_ended_by_its_dropped_streams_reader(
+    rstack: ResumeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each stream's reader reports its own stream lost. Injected: right before every resume claims the parked
+    # session, the readers of its earlier streams report theirs lost again (as a reader that outlived its
+    # stream would). The resumed stream must go on: every chunk answered, OK.
+    engine = rstack.engine
+    on_lost: list[Any] = []
+    read, claim = engine._read, engine.resumes.claim
+
+    async def recording_read(*args: Any) -> None:
+        on_lost.append(args[-1])
+        await read(*args)
+
+    def claim_after_stale_readers(token: str, key_id: str) -> Any:
+        for lost in on_lost:
+            lost()
+        return claim(token, key_id)
+
+    monkeypatch.setattr(engine, "_read", recording_read)
+    monkeypatch.setattr(engine.resumes, "claim", claim_after_stale_readers)
+    host, port = rstack.front_addr.split(":")
+    proxy = CuttingProxy((host, int(port)))
+    addr = await proxy.start()
+    try:
+
+        def cut_after_4(ev: pb.ServerEvent) -> None:
+            if ev.HasField("audio") and ev.audio.seq == 4 and not proxy.cuts:
+                proxy.cut()
+
+        conv = await hold(addr, speechlike(3.0), on_event=cut_after_4, paced=True)
+    finally:
+        await proxy.close()
+    assert proxy.cuts >= 1 and len(on_lost) >= 2
+    assert conv.code == grpc.StatusCode.OK, conv.details
+    assert len(conv.resumptions) == 1 and conv.resumptions[0].resumed_us > 0, conv.resumptions
+    assert conv.audio_seqs() == list(range(len(conv.sent_us))) and len(conv.sent_us) == 15
+
+
+async def test_d_a_stream_the_engine_lost_while_still_open_ends_unavailable_and_resumes(
+    rstack: ResumeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Injected: the first stream's reader reports its stream lost after 5 events though the stream is still
+    # open. The engine must not end that stream OK (the client would stop with its input unanswered): it ends
+    # UNAVAILABLE, the session parked, and the client resumes it.
+    engine = rstack.engine
+    read = engine._read
+    reads = [0]
+
+    async def losing_read(it: AsyncIterator[Any], session: Any, resumed: bool, done: Any, on_lost: Any) -> None:
+        reads[0] += 1
+        if reads[0] > 1:
+            await read(it, session, resumed, done, on_lost)
+            return
+
+        async def five_events() -> AsyncIterator[Any]:
+            n = 0
+            async for ev in it:
+                yield ev
+                n += 1
+                if n == 5:
+                    on_lost()
+                    await asyncio.Event().wait()  # reads no more: cancelled when the stream ends
+
+        await read(five_events(), session, resumed, done, lambda: None)
+
+    monkeypatch.setattr(engine, "_read", losing_read)
+    conv = await hold(rstack.front_addr, speechlike(3.0), paced=True)
+    assert conv.code == grpc.StatusCode.OK, conv.details
+    assert [r.code for r in conv.resumptions] == [grpc.StatusCode.UNAVAILABLE] and conv.resumptions[0].resumed_us
+    assert conv.audio_seqs() == list(range(15)) and len(conv.sent_us) == 15
