@@ -65,6 +65,8 @@ class LocalStack:
         its HTTP app) and Envoy. A failure (OSError or ValueError naming what failed) stops what had started."""
         check_port_free(HOST, self.port)  # Envoy would only log it: say it before anything starts
         if self.http_port:
+            if self.http_port == self.port:
+                raise ValueError(f"--http-port {self.http_port} is also --port: Envoy's two listeners need two ports")
             check_port_free(HOST, self.http_port)
         engine_ports, picker_metrics = metrics_ports(self.metrics_port, self.replicas)
         private = 0 if self.http_port is not None else None  # private ports, reached through Envoy only

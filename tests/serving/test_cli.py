@@ -120,6 +120,14 @@ def test_up_on_a_busy_port_says_so() -> None:
     assert f"duplex up: cannot bind 127.0.0.1:{port} (Address already in use)" in r.stderr
 
 
+def test_up_with_one_port_for_both_listeners_says_so() -> None:
+    port = free_port()
+    argv = [*DUPLEX, "up", "--port", str(port), "--http-port", str(port)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert f"--http-port {port} is also --port" in r.stderr
+
+
 def test_engine_from_config(tmp_path: Path) -> None:
     cfg = tmp_path / "engine.json"
     cfg.write_text(
