@@ -67,15 +67,16 @@ def free_slots(replica: Replica, pending: int) -> int:
     return replica.capacity - replica.used - pending
 
 
+def ranked(replicas: Iterable[Replica], pending: Counter[str]) -> list[Replica]:
+    """The healthy replicas with a free slot, most free slots first (in listed order on a tie)."""
+    room = [(free_slots(r, pending[r.address]), i, r) for i, r in enumerate(replicas) if r.healthy]
+    return [r for free, _, r in sorted(room, key=lambda t: (-t[0], t[1])) if free > 0]
+
+
 def choose(replicas: Iterable[Replica], pending: Counter[str]) -> Replica | None:
     """The healthy replica with the most free slots (the first listed on a tie); None when none has one."""
-    best: Replica | None = None
-    best_free = 0
-    for r in replicas:
-        free = free_slots(r, pending[r.address])
-        if r.healthy and free > best_free:
-            best, best_free = r, free
-    return best
+    best = ranked(replicas, pending)
+    return best[0] if best else None
 
 
 def sessions_by_key(replicas: Iterable[Replica], placements: Placements) -> dict[str, int]:
