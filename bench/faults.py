@@ -61,8 +61,9 @@ ENGINE_KILL_HOW = (
     "which a client reads as UNAVAILABLE (`serving/client.py` reports a proxy's reset as a dropped stream); the "
     "session picker holds a health watch on each engine (`serving/picker/routing.py`), so the lost engine is "
     "marked down once its connection is seen to drop, without waiting for a health poll. That is not at once: "
-    "a SIGKILLed engine's sockets close only once the kernel has torn the process down (150–180 ms for a tiny "
-    "engine here), and until then its port still accepts connections, which are then reset. A session the "
+    "a SIGKILLed engine's sockets close only once the kernel has torn the process down (35–180 ms for a tiny "
+    "engine on these 2 cores, the more the busier: `python bench/probes/kill_window.py`), and until then its port "
+    "still accepts connections, which are then reset. A session the "
     "picker places on it in that window is not refused: the picker lists the next engines with room after the "
     "chosen one, and Envoy starts the stream on the next of them when the connection fails or is reset before "
     "the engine answered (the last row; `serving/envoy/config.py`). A resume only ever goes to the engine "
@@ -296,7 +297,8 @@ def main() -> None:
         print(text, flush=True)
         if args.write:
             write_reliability("Engine rank killed mid-conversation", text)
-            summary = engine_kill_setup(r, args.per_engine) + " " + ENGINE_KILL_HOW
+            setup = engine_kill_setup(r, args.per_engine)
+            summary = f"{setup[0].upper()}{setup[1:]} {ENGINE_KILL_HOW}"
             write_result("engine_kill", "Fault: engine killed mid-conversation", engine_kill_table(r), summary)
     if args.scenario in ("operator-restart", "all"):
         o = operator_restart(args.models, args.kill_at)

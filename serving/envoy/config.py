@@ -350,7 +350,10 @@ def _engines_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
         },
         "typed_extension_protocol_options": _h2_upstream(cfg),
         "circuit_breakers": {
-            "thresholds": [{"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}]
+            # max_retries: starts retried at once after an engine died (Envoy's default of 3 would refuse the rest)
+            "thresholds": [
+                {"max_connections": limit, "max_pending_requests": limit, "max_requests": limit, "max_retries": limit}
+            ]
         },
         "load_balancing_policy": {
             "policies": [

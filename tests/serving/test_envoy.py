@@ -62,6 +62,8 @@ def test_bootstrap_validates_with_the_real_binary(tmp_path: Path) -> None:
     assert resume["match"]["headers"] == [{"name": RESUME_REPLICA_METADATA, "present_match": True}]
     assert "retry_policy" not in resume["route"] and resume["route"]["cluster"] == new["route"]["cluster"]
     assert new["route"]["retry_policy"]["retry_on"] == "connect-failure,reset,refused-stream"
+    engines = bootstrap(cfg)["static_resources"]["clusters"][0]
+    assert engines["circuit_breakers"]["thresholds"][0]["max_retries"] == cfg.max_streams  # not Envoy's 3
 
 
 def _lb(eds: Path) -> list[dict[str, dict[str, dict[str, dict[str, int]]]]]:
