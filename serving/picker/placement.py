@@ -58,8 +58,9 @@ class Placements:
         """Placements per replica address not yet in its report."""
         return Counter(p.address for p in self._live())
 
-    def pending_by_key(self) -> Counter[str]:
-        return Counter(p.key_id for p in self._live())
+    def pending_by_key(self, on: set[str]) -> Counter[str]:
+        """Placements per key id not yet in a report, counting only those on the replicas ``on``."""
+        return Counter(p.key_id for p in self._live() if p.address in on)
 
 
 def free_slots(replica: Replica, pending: int) -> int:
@@ -81,10 +82,12 @@ def choose(replicas: Iterable[Replica], pending: Counter[str]) -> Replica | None
 
 def sessions_by_key(replicas: Iterable[Replica], placements: Placements) -> dict[str, int]:
     """Live sessions per API key id over every healthy replica: their reports plus the picker's placements
-    they do not include yet."""
+    they do not include yet. A placement on a replica that went down is not counted: its session never
+    started there, or Envoy started it on the next replica listed, whose report counts it."""
     live: Counter[str] = Counter()
+    healthy = {r.address for r in replicas if r.healthy}
     for r in replicas:
         if r.healthy:
             live.update(r.by_key)
-    live.update(placements.pending_by_key())
+    live.update(placements.pending_by_key(healthy))
     return dict(live)

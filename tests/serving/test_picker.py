@@ -15,7 +15,7 @@ from duplex.serving import client
 from duplex.serving.envoy.config import CONVERSE_PATH, REPLICA_HEADER, START_ATTEMPTS
 from duplex.serving.metrics import PickerMetrics
 from duplex.serving.picker.auth import key_line
-from duplex.serving.picker.placement import Placements, choose, ranked
+from duplex.serving.picker.placement import Placements, choose, ranked, sessions_by_key
 from duplex.serving.picker.routing import Replica
 from duplex.serving.picker.server import Picker, deny
 from duplex.serving.resume_token import (
@@ -143,6 +143,10 @@ async def test_a_new_session_lists_the_next_engines_with_room_for_envoy_to_try(t
     answer = p.decide(CONVERSE_PATH, ALICE)
     assert START_ATTEMPTS == 3 and headers(answer)[REPLICA_HEADER] == f"{A},{E},{D}"
     assert p.placements.pending() == {A: 1}  # counted on the first only
+    assert sessions_by_key(p.router.replicas, p.placements) == {"alice": 1}
+    report(ra, 1, healthy=False)  # A died: Envoy started the session on E, whose next report counts it
+    assert sessions_by_key(p.router.replicas, p.placements) == {}  # not twice against alice's quota meanwhile
+    report(ra, 1)
     report(re, 7)  # E: one slot left
     report(ra, 7)  # A: 7 + the one placed = full
     assert headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] == f"{D},{E}"
