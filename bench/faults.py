@@ -41,7 +41,7 @@ from duplex.serving.spec import GatewaySpec
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from procs import Proc  # noqa: E402
-from report import command, machine, write_section  # noqa: E402
+from report import command, machine, write_result, write_section  # noqa: E402
 
 from serving import CHUNK_MS, speechlike  # noqa: E402
 
@@ -60,10 +60,15 @@ ENGINE_KILL_HOW = (
     "How the front door does it: the engine's connection drops, and Envoy resets each stream it carried there, "
     "which a client reads as UNAVAILABLE (`serving/client.py` reports a proxy's reset as a dropped stream); the "
     "session picker holds a health watch on each engine (`serving/picker/routing.py`), so the lost engine is "
-    "marked down once its connection is seen to drop, without waiting for a health poll. A session placed in "
-    "the instant before that (the picker still counted the engine healthy) goes to the dead engine and gets "
-    "UNAVAILABLE: nothing retries a start on another engine, so the caller starts it again (the last row). "
-    "Test: `tests/serving/test_envoy.py::test_engine_killed_then_picker_gone`.\n"
+    "marked down once its connection is seen to drop, without waiting for a health poll. That is not at once: "
+    "a SIGKILLed engine's sockets close only once the kernel has torn the process down (35–180 ms for a tiny "
+    "engine on these 2 cores, the more the busier: `python bench/probes/kill_window.py`), and until then its port "
+    "still accepts connections, which are then reset. A session the "
+    "picker places on it in that window is not refused: the picker lists the next engines with room after the "
+    "chosen one, and Envoy starts the stream on the next of them when the connection fails or is reset before "
+    "the engine answered (the last row; `serving/envoy/config.py`). A resume only ever goes to the engine "
+    "holding its session. Tests: `tests/serving/test_envoy.py::test_engine_killed_then_picker_gone`, "
+    "`::test_engine_killed_new_sessions_start_on_the_survivor`.\n"
 )
 OPERATOR_RESTART_NOTE = (
     "No duplicates by construction: every child's name derives from its model and the operator applies by name "
@@ -115,7 +120,10 @@ class EngineKill:
     new_sessions: int
     new_on_survivor: int
     new_ok: int
-    notes: list[str] = field(default_factory=list)
+    new_refused: dict[str, int] = field(default_factory=dict)
+    """Status and details of each new session that did not finish OK, counted."""
+    starts_retried: int = 0
+    """Envoy's ``cluster.engines.upstream_rq_retry``: starts it tried again on the next engine listed."""
 
 
 async def _hold(ch: grpc.aio.Channel, seconds: float, seed: int) -> Session:
@@ -124,7 +132,9 @@ async def _hold(ch: grpc.aio.Channel, seconds: float, seed: int) -> Session:
     return Session(conv, client.now_us())
 
 
-async def _engine_kill_run(front: str, victim: Proc, victim_addr: str, per_engine: int, new: int) -> EngineKill:
+async def _engine_kill_run(
+    front: str, victim: Proc, victim_addr: str, per_engine: int, new: int, envoy: EnvoyProcess
+) -> EngineKill:
     async with grpc.aio.insecure_channel(front) as ch:
         live = [asyncio.create_task(_hold(ch, 12.0, i)) for i in range(2 * per_engine)]
         await asyncio.sleep(3.0)  # let every conversation get going (a pause for realism, not a synchronisation)
@@ -138,6 +148,11 @@ async def _engine_kill_run(front: str, victim: Proc, victim_addr: str, per_engin
     codes: dict[str, int] = {}
     for s in on_victim:
         codes[s.conv.code.name] = codes.get(s.conv.code.name, 0) + 1
+    refused: dict[str, int] = {}
+    for s in opened:
+        if s.conv.code != grpc.StatusCode.OK:
+            why = f"{s.conv.code.name}: {s.conv.details}"
+            refused[why] = refused.get(why, 0) + 1
     return EngineKill(
         victim_sessions=len(on_victim),
         survivor_sessions=len(survivors),
@@ -149,6 +164,8 @@ async def _engine_kill_run(front: str, victim: Proc, victim_addr: str, per_engin
         new_sessions=len(opened),
         new_on_survivor=sum(s.replica not in ("", victim_addr) for s in opened),
         new_ok=sum(s.complete() for s in opened),
+        new_refused=refused,
+        starts_retried=envoy.stats("cluster.engines.upstream_rq_retry").get("cluster.engines.upstream_rq_retry", 0),
     )
 
 
@@ -165,7 +182,7 @@ def engine_kill(per_engine: int, new: int) -> EngineKill:
         envoy = EnvoyProcess(EnvoyConfig(picker=f"127.0.0.1:{picker_port}", eds_path=Path("x"), port=0), addrs)
         envoy.start()
         front = f"127.0.0.1:{envoy.port}"
-        return asyncio.run(_engine_kill_run(front, engines[0], addrs[0], per_engine, new))
+        return asyncio.run(_engine_kill_run(front, engines[0], addrs[0], per_engine, new, envoy))
     finally:
         if envoy is not None:
             envoy.stop()
@@ -175,17 +192,23 @@ def engine_kill(per_engine: int, new: int) -> EngineKill:
             p.stop()
 
 
-def engine_kill_text(r: EngineKill, per_engine: int) -> str:
+def engine_kill_setup(r: EngineKill, per_engine: int) -> str:
+    return (
+        "two `duplex engine` processes (tiny preset) behind Envoy and the session "
+        f"picker, {2 * per_engine} live real-time conversations of 12 s opened through Envoy "
+        f"(the picker spread them {r.victim_sessions} / {r.survivor_sessions}), engine a SIGKILLed 3 s "
+        f"in, then {r.new_sessions} new 2 s conversations opened at once."
+    )
+
+
+def engine_kill_table(r: EngineKill) -> str:
     ms = sorted(r.to_unavailable_ms)
     p50 = statistics.median(ms) if ms else float("nan")
     worst = ms[-1] if ms else float("nan")
     codes = ", ".join(f"{k} {v}" for k, v in sorted(r.codes.items()))
     ok = ms and worst <= 1000 and r.codes == {"UNAVAILABLE": r.victim_sessions}
+    refused = "; ".join(f"{n} × {why}" for why, n in sorted(r.new_refused.items())) or "none"
     return (
-        f"Command: `{command()}` — two `duplex engine` processes (tiny preset) behind Envoy and the session "
-        f"picker, {2 * per_engine} live real-time conversations of 12 s opened through Envoy "
-        f"(the picker spread them {r.victim_sessions} / {r.survivor_sessions}), engine a SIGKILLed 3 s "
-        f"in, then {r.new_sessions} new 2 s conversations opened at once. Machine: {machine()}.\n\n"
         "| figure | result | target |\n|:---|---:|:---|\n"
         f"| kill → UNAVAILABLE at each client of engine a, p50 / max | {p50:.0f} / {worst:.0f} ms | ≤ 1000 ms "
         f"({'met' if ok else 'MISSED'}) |\n"
@@ -193,7 +216,18 @@ def engine_kill_text(r: EngineKill, per_engine: int) -> str:
         f"| conversations on engine b finished OK, every chunk back, none substituted | "
         f"{r.survivors_complete} / {r.survivor_sessions} | all |\n"
         f"| new sessions after the kill routed to engine b | {r.new_on_survivor} / {r.new_sessions} "
-        f"({r.new_ok} finished complete) | all |\n\n" + ENGINE_KILL_HOW
+        f"({r.new_ok} finished complete) | all |\n"
+        f"| new sessions refused | {refused} | none |\n"
+        f"| new-session starts Envoy retried on the next listed engine | {r.starts_retried} | — |\n"
+    )
+
+
+def engine_kill_text(r: EngineKill, per_engine: int) -> str:
+    return (
+        f"Command: `{command()}` — {engine_kill_setup(r, per_engine)} Machine: {machine()}.\n\n"
+        + engine_kill_table(r)
+        + "\n"
+        + ENGINE_KILL_HOW
     )
 
 
@@ -263,6 +297,9 @@ def main() -> None:
         print(text, flush=True)
         if args.write:
             write_reliability("Engine rank killed mid-conversation", text)
+            setup = engine_kill_setup(r, args.per_engine)
+            summary = f"{setup[0].upper()}{setup[1:]} {ENGINE_KILL_HOW}"
+            write_result("engine_kill", "Fault: engine killed mid-conversation", engine_kill_table(r), summary)
     if args.scenario in ("operator-restart", "all"):
         o = operator_restart(args.models, args.kill_at)
         text = operator_restart_text(o, args.kill_at)

@@ -14,7 +14,15 @@ from typing import Any
 from ..resume_token import RESUME_REPLICA_METADATA
 
 REPLICA_HEADER = "x-duplex-replica"
-"""Request header the picker sets (overwriting any value the client sent) to the chosen engine's HOST:PORT."""
+"""Request header the picker sets (overwriting any value the client sent) to the chosen engine's HOST:PORT; for a
+new session, ``HOST:PORT,HOST:PORT,...``: the engines to try in order (``START_ATTEMPTS`` at most)."""
+START_ATTEMPTS = 3
+"""Engines a new session's stream is tried on: Envoy retries the start on the next engine the picker listed when
+the connection to one fails or is refused before the engine saw the request (an engine that died an instant
+before the picker noticed). A resume is tried on its holder only."""
+START_BUFFER_BYTES = 64 * 1024
+"""Request bytes Envoy keeps of a new session's stream for a retry of its start (about 2 s of 16 kHz audio);
+past that the stream goes on without a retry."""
 ENGINES_CLUSTER = "engines"
 PICKER_CLUSTER = "picker"
 REALTIME_CLUSTER = "realtime"
@@ -33,6 +41,7 @@ _EXT_AUTHZ_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.ext_au
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 _HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _OVERRIDE_HOST = "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost"
+_PREVIOUS_HOSTS = "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 _LEAST_REQUEST = "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"
 _MAX_CONNECTIONS = (
     "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
@@ -157,13 +166,42 @@ def _ext_authz(cfg: EnvoyConfig) -> dict[str, Any]:
     }
 
 
+def _start_retry() -> dict[str, Any]:
+    """A new session's start, retried on the next engine the picker listed (``override_host`` takes the next
+    address of ``REPLICA_HEADER`` on each attempt) when its connection failed or was reset before the request
+    went out, or the engine refused the stream: the engine never saw it, so nothing runs twice. Past the list,
+    the fallback policy picks among the endpoints, never one already tried."""
+    return {
+        "retry_on": "connect-failure,reset,refused-stream",
+        "num_retries": START_ATTEMPTS - 1,
+        "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.050s"},
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": _PREVIOUS_HOSTS},
+            }
+        ],
+        "host_selection_retry_max_attempts": 3,
+    }
+
+
 def _routes() -> list[dict[str, Any]]:
     no_authz = {"envoy.filters.http.ext_authz": {"@type": _EXT_AUTHZ_PER_ROUTE, "disabled": True}}
+    # timeout 0s: a conversation lasts as long as it lasts (stream_idle_timeout still applies)
     return [
         {
-            "match": {"path": CONVERSE_PATH, "grpc": {}},
-            # timeout 0s: a conversation lasts as long as it lasts (stream_idle_timeout still applies)
+            # a resume: to the engine holding the session, never retried elsewhere (the session is there only)
+            "match": {
+                "path": CONVERSE_PATH,
+                "grpc": {},
+                "headers": [{"name": RESUME_REPLICA_METADATA, "present_match": True}],
+            },
             "route": {"cluster": ENGINES_CLUSTER, "timeout": "0s"},
+        },
+        {
+            "match": {"path": CONVERSE_PATH, "grpc": {}},
+            "route": {"cluster": ENGINES_CLUSTER, "timeout": "0s", "retry_policy": _start_retry()},
+            "request_body_buffer_limit": START_BUFFER_BYTES,
         },
         {
             "match": {"prefix": HEALTH_PREFIX, "grpc": {}},
@@ -312,7 +350,10 @@ def _engines_cluster(cfg: EnvoyConfig) -> dict[str, Any]:
         },
         "typed_extension_protocol_options": _h2_upstream(cfg),
         "circuit_breakers": {
-            "thresholds": [{"max_connections": limit, "max_pending_requests": limit, "max_requests": limit}]
+            # max_retries: starts retried at once after an engine died (Envoy's default of 3 would refuse the rest)
+            "thresholds": [
+                {"max_connections": limit, "max_pending_requests": limit, "max_requests": limit, "max_retries": limit}
+            ]
         },
         "load_balancing_policy": {
             "policies": [

@@ -58,8 +58,9 @@ class Placements:
         """Placements per replica address not yet in its report."""
         return Counter(p.address for p in self._live())
 
-    def pending_by_key(self) -> Counter[str]:
-        return Counter(p.key_id for p in self._live())
+    def pending_by_key(self, on: set[str]) -> Counter[str]:
+        """Placements per key id not yet in a report, counting only those on the replicas ``on``."""
+        return Counter(p.key_id for p in self._live() if p.address in on)
 
 
 def free_slots(replica: Replica, pending: int) -> int:
@@ -67,23 +68,26 @@ def free_slots(replica: Replica, pending: int) -> int:
     return replica.capacity - replica.used - pending
 
 
+def ranked(replicas: Iterable[Replica], pending: Counter[str]) -> list[Replica]:
+    """The healthy replicas with a free slot, most free slots first (in listed order on a tie)."""
+    room = [(free_slots(r, pending[r.address]), i, r) for i, r in enumerate(replicas) if r.healthy]
+    return [r for free, _, r in sorted(room, key=lambda t: (-t[0], t[1])) if free > 0]
+
+
 def choose(replicas: Iterable[Replica], pending: Counter[str]) -> Replica | None:
     """The healthy replica with the most free slots (the first listed on a tie); None when none has one."""
-    best: Replica | None = None
-    best_free = 0
-    for r in replicas:
-        free = free_slots(r, pending[r.address])
-        if r.healthy and free > best_free:
-            best, best_free = r, free
-    return best
+    best = ranked(replicas, pending)
+    return best[0] if best else None
 
 
 def sessions_by_key(replicas: Iterable[Replica], placements: Placements) -> dict[str, int]:
     """Live sessions per API key id over every healthy replica: their reports plus the picker's placements
-    they do not include yet."""
+    they do not include yet. A placement on a replica that went down is not counted: its session never
+    started there, or Envoy started it on the next replica listed, whose report counts it."""
     live: Counter[str] = Counter()
+    healthy = {r.address for r in replicas if r.healthy}
     for r in replicas:
         if r.healthy:
             live.update(r.by_key)
-    live.update(placements.pending_by_key())
+    live.update(placements.pending_by_key(healthy))
     return dict(live)

@@ -1,7 +1,8 @@
 """The session picker's gRPC server: ``envoy.service.auth.v3.Authorization/Check`` (Envoy's ext_authz, called once per
 ``Duplex.Converse`` stream) and the standard health service (SERVING while an engine answers).
 
-Its answer: allowed, with the chosen engine's HOST:PORT in ``REPLICA_HEADER`` and the caller's key id in
+Its answer: allowed, with the chosen engine's HOST:PORT in ``REPLICA_HEADER`` (for a new session followed by the
+next engines with room, which Envoy tries when it cannot connect to the first) and the caller's key id in
 ``x-duplex-key-id`` (both set, replacing whatever the client sent), or denied with the gRPC status the client gets
 — UNAUTHENTICATED (no or a wrong key), RESOURCE_EXHAUSTED with ``retry-after-ms`` (the key's quotas, or every
 replica full), UNAVAILABLE (no healthy replica). Its parts: ``KeyRing`` (``auth.py``, hashed keys), ``KeyQuotas``
@@ -21,13 +22,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from duplex.ext_authz.v3 import external_auth_pb2 as authz
 
-from ..envoy.config import CONVERSE_PATH, REPLICA_HEADER
+from ..envoy.config import CONVERSE_PATH, REPLICA_HEADER, START_ATTEMPTS
 from ..metrics import MetricsServer, PickerMetrics
 from ..realtime.credentials import REALTIME_PATH
 from ..resume_token import HOLDER_LOST_METADATA, KEY_ID_METADATA, PLACEMENT_METADATA, RESUME_REPLICA_METADATA
 from ..spec import GatewaySpec
 from .auth import KeyRing
-from .placement import Placements, choose, sessions_by_key
+from .placement import Placements, ranked, sessions_by_key
 from .quota import KeyQuotas
 from .realtime import RealtimeAuthz, RealtimeHttp
 from .routing import Replica, Router
@@ -57,10 +58,16 @@ def _set(key: str, value: str) -> authz.HeaderValueOption:
     )
 
 
-def allow(replica: str, key_id: str, placement: str = "resume") -> authz.CheckResponse:
+def allow(replica: str, key_id: str, placement: str = "resume", fallbacks: tuple[str, ...] = ()) -> authz.CheckResponse:
     """Allowed, to ``replica``, as ``key_id``; ``placement`` numbers a new session for the load reports (on a
-    resume a value without a number, replacing any the client sent: its session is counted already)."""
-    headers = [_set(REPLICA_HEADER, replica), _set(KEY_ID_METADATA, key_id), _set(PLACEMENT_METADATA, placement)]
+    resume a value without a number, replacing any the client sent: its session is counted already).
+    ``fallbacks``: the replicas Envoy tries next, in order, when it cannot connect to ``replica`` (a new
+    session only: ``REPLICA_HEADER`` becomes ``replica,fallback,...``)."""
+    headers = [
+        _set(REPLICA_HEADER, ",".join((replica, *fallbacks))),
+        _set(KEY_ID_METADATA, key_id),
+        _set(PLACEMENT_METADATA, placement),
+    ]
     return authz.CheckResponse(status=authz.RpcStatus(code=0), ok_response=authz.OkHttpResponse(headers=headers))
 
 
@@ -112,8 +119,8 @@ class Picker:
         refusal = self.quotas.admit(key_id)
         if refusal is not None:
             return deny(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal.message, refusal.trailing_metadata())
-        replica = choose(self.router.replicas, self.placements.pending())
-        if replica is None:
+        room = ranked(self.router.replicas, self.placements.pending())
+        if not room:
             if not self.router.healthy_count():
                 return deny(grpc.StatusCode.UNAVAILABLE, "no healthy engine replica; retry")
             ms = int(self.spec.retry_after_s * 1000)
@@ -123,9 +130,12 @@ class Picker:
                 f"all engine replicas are full ({used}/{cap} sessions); retry after {ms} ms",
                 (("retry-after-ms", str(ms)),),
             )
+        # the placement counts on the first; an engine Envoy cannot reach (died before the picker saw it) sends
+        # the stream to the next listed one, whose next load report counts it there
+        replica, fallbacks = room[0], tuple(r.address for r in room[1:START_ATTEMPTS])
         placement = self.placements.add(replica.address, key_id)
         self.metrics.placed.labels(replica.address).inc()
-        return allow(replica.address, key_id, placement)
+        return allow(replica.address, key_id, placement, fallbacks)
 
     def _resume(self, holder: str, key_id: str) -> authz.CheckResponse:
         """A resume goes to the replica holding its session (its slot is already counted there); the engine

@@ -28,6 +28,7 @@ from duplex.serving.envoy.process import EnvoyProcess, envoy_binary
 from duplex.serving.picker.auth import key_line
 from duplex.serving.ports import free_port
 from duplex.serving.process import PickerProcess
+from duplex.serving.resume_token import RESUME_REPLICA_METADATA
 from duplex.serving.spec import GatewaySpec
 
 from .conftest import tone
@@ -54,6 +55,15 @@ def test_bootstrap_validates_with_the_real_binary(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr[-2000:]
     with pytest.raises(ValueError, match="expected IP:PORT"):
         write_endpoints(eds, ["engine-0"], 2)
+    # a new session's start is retried on the next listed engine; a resume only ever goes to its holder
+    resume, new, _health = bootstrap(cfg)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"
+    ]["route_config"]["virtual_hosts"][0]["routes"]
+    assert resume["match"]["headers"] == [{"name": RESUME_REPLICA_METADATA, "present_match": True}]
+    assert "retry_policy" not in resume["route"] and resume["route"]["cluster"] == new["route"]["cluster"]
+    assert new["route"]["retry_policy"]["retry_on"] == "connect-failure,reset,refused-stream"
+    engines = bootstrap(cfg)["static_resources"]["clusters"][0]
+    assert engines["circuit_breakers"]["thresholds"][0]["max_retries"] == cfg.max_streams  # not Envoy's 3
 
 
 def _lb(eds: Path) -> list[dict[str, dict[str, dict[str, dict[str, int]]]]]:
@@ -211,6 +221,28 @@ def test_engine_killed_then_picker_gone(front: Front) -> None:
     for conv in refused:
         assert conv.code == grpc.StatusCode.UNAVAILABLE, (conv.code, conv.details)
         assert "session picker unreachable" in conv.details
+
+
+def test_engine_killed_new_sessions_start_on_the_survivor(front: Front) -> None:
+    """Sessions opened the instant after an engine is SIGKILLed, before the picker has seen it go: the picker
+    may still place some on the dead engine, and Envoy starts those on the next engine the picker listed. All
+    are served, on the survivor, up to its cap (4: two per key, within the keys' quota of 3)."""
+    b = front.addresses[1]
+
+    async def scenario() -> list[client.Conversation]:
+        async with grpc.aio.insecure_channel(front.target) as ch:
+            await ch.channel_ready()
+            front.engines[0].p.send_signal(signal.SIGKILL)
+            opened = [client.converse(ch, short(), realtime=False, metadata=key) for key in (ALICE, BOB) * 2]
+            return list(await asyncio.gather(*opened))
+
+    fresh = asyncio.run(scenario())
+    retried = front.envoy.stats("cluster.engines.upstream_rq_retry")
+    for conv in fresh:
+        assert conv.code == grpc.StatusCode.OK, (conv.code, conv.details, retried)
+        assert conv.ready is not None and conv.ready.replica == b
+        assert conv.audio_seqs() == list(range(len(short())))
+    assert front.engines[0].p.wait(timeout=30) == -signal.SIGKILL
 
 
 def test_up_with_two_replicas(tmp_path: Path) -> None:

@@ -12,10 +12,10 @@ from collections import Counter
 import grpc
 
 from duplex.serving import client
-from duplex.serving.envoy.config import CONVERSE_PATH, REPLICA_HEADER
+from duplex.serving.envoy.config import CONVERSE_PATH, REPLICA_HEADER, START_ATTEMPTS
 from duplex.serving.metrics import PickerMetrics
 from duplex.serving.picker.auth import key_line
-from duplex.serving.picker.placement import Placements, choose
+from duplex.serving.picker.placement import Placements, choose, ranked, sessions_by_key
 from duplex.serving.picker.routing import Replica
 from duplex.serving.picker.server import Picker, deny
 from duplex.serving.resume_token import (
@@ -61,6 +61,11 @@ def headers(answer: object) -> dict[str, str]:
     return {h.header.key: h.header.value for h in ok.headers}
 
 
+def picked(answer: object) -> str:
+    """The engine a new session is placed on: the first of ``REPLICA_HEADER``'s list."""
+    return headers(answer)[REPLICA_HEADER].split(",")[0]
+
+
 ALICE = {"authorization": "Bearer secret-a"}
 
 
@@ -74,7 +79,7 @@ async def test_a_burst_of_joins_is_spread_by_the_pickers_own_placements(tmp_path
     for _ in range(6):  # no report comes in between: the picker counts what it placed itself
         answer = p.decide(CONVERSE_PATH, ALICE)
         assert answer.status.code == 0
-        chosen.append(headers(answer)[REPLICA_HEADER])
+        chosen.append(picked(answer))
     # A fills up to B's two first, then they alternate: 4 on A, 2 on B → 4 and 4 sessions in all
     assert Counter(chosen) == {A: 4, B: 2}
     assert chosen[:2] == [A, A]
@@ -114,10 +119,40 @@ async def test_allowed_stream_gets_its_replica_and_key_id_set_not_appended(tmp_p
     report(p.router.replicas[1], 1)
     answer = p.decide(CONVERSE_PATH, {**ALICE, REPLICA_HEADER: A, KEY_ID_METADATA: "bob"})
     assert answer.status.code == 0
-    assert headers(answer) == {REPLICA_HEADER: B, KEY_ID_METADATA: "alice", PLACEMENT_METADATA: f"{p.placements.id}.1"}
+    placement = f"{p.placements.id}.1"
+    assert headers(answer) == {REPLICA_HEADER: f"{B},{A}", KEY_ID_METADATA: "alice", PLACEMENT_METADATA: placement}
     for option in answer.ok_response.headers:  # replaces whatever the client sent
         assert option.HasField("append") and not option.append.value
         assert option.append_action == 2  # OVERWRITE_IF_EXISTS_OR_ADD
+
+
+async def test_a_new_session_lists_the_next_engines_with_room_for_envoy_to_try(tmp_path: object) -> None:
+    """``REPLICA_HEADER`` of a new session: the chosen engine, then the other healthy ones with a free slot,
+    most free first, ``START_ATTEMPTS`` in all at most: where Envoy starts the stream when the chosen one
+    cannot be reached (it died an instant before the picker saw it)."""
+    C, D, E = "127.0.0.1:7003", "127.0.0.1:7004", "127.0.0.1:7005"
+    p = picker(tmp_path, Clock())
+    p.router.set_addresses([A, B, C, D, E])
+    ra, rb, rc, rd, re = p.router.replicas
+    report(ra, 1)
+    report(rb, 8)  # full
+    report(rc, 0, healthy=False)  # down or draining
+    report(rd, 3)
+    report(re, 2)
+    assert [r.address for r in ranked(p.router.replicas, Counter())] == [A, E, D]
+    answer = p.decide(CONVERSE_PATH, ALICE)
+    assert START_ATTEMPTS == 3 and headers(answer)[REPLICA_HEADER] == f"{A},{E},{D}"
+    assert p.placements.pending() == {A: 1}  # counted on the first only
+    assert sessions_by_key(p.router.replicas, p.placements) == {"alice": 1}
+    report(ra, 1, healthy=False)  # A died: Envoy started the session on E, whose next report counts it
+    assert sessions_by_key(p.router.replicas, p.placements) == {}  # not twice against alice's quota meanwhile
+    report(ra, 1)
+    report(re, 7)  # E: one slot left
+    report(ra, 7)  # A: 7 + the one placed = full
+    assert headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] == f"{D},{E}"
+    report(rd, 7)  # D: 7 + the one placed = full
+    assert headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] == E  # nothing else has room
+    await p.router.close()
 
 
 async def test_refusals_carry_the_grpc_status_the_client_gets(tmp_path: object) -> None:
@@ -217,16 +252,16 @@ async def test_engines_change_at_run_time_a_removed_one_gets_no_new_session(tmp_
     ra, rb = p.router.replicas
     report(ra, 0)
     report(rb, 6)
-    assert headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] == A
+    assert picked(p.decide(CONVERSE_PATH, ALICE)) == A
     added, removed = p.router.set_addresses([B, C])
     assert (added, removed) == ([C], [A])
     assert p.router.replicas[0] is rb and p.router.replicas[1].address == C
     rc = p.router.replicas[1]
     assert not rc.healthy  # not polled yet: no session on its word alone
-    chosen = [headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] for _ in range(2)]
+    chosen = [picked(p.decide(CONVERSE_PATH, ALICE)) for _ in range(2)]
     assert chosen == [B, B]  # A had the most free slots, but it is gone
     report(rc, 0)
-    assert headers(p.decide(CONVERSE_PATH, ALICE))[REPLICA_HEADER] == C
+    assert picked(p.decide(CONVERSE_PATH, ALICE)) == C
     assert p.router.set_addresses([B, C]) == ([], [])
     p.router.set_addresses([])
     answer = p.decide(CONVERSE_PATH, ALICE)
