@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from kserve_support import KServeProc, speech, start_kserve
+from kserve_support import KServeProc, start_kserve
+from serving.conftest import speech  # tests/serving (rootdir-relative like kserve_support's serving.test_cli)
 
 from duplex.model.audio_io import write_wav
 from duplex.model.runtime import SHIPPED

@@ -5,30 +5,13 @@ test folders also have), and no ``__init__.py`` here: as a package ``tests/kserv
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from kserve import InferenceRESTClient, RESTConfig
 from serving.test_cli import Proc  # tests/serving: `duplex ARGS` as a subprocess
 
 from duplex.serving.ports import free_port
-
-
-def _serving_conftest() -> object:
-    """tests/serving/conftest.py, loaded by path: ``serving`` names the source package from the repo root."""
-    path = Path(__file__).parents[1] / "serving" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("serving_conftest_for_kserve", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-speech = _serving_conftest().speech  # type: ignore[attr-defined]  # the spoken-question fixture, shared
 
 MODEL = "duplex"
 ENGINE_SETS = {
