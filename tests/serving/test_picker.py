@@ -240,8 +240,11 @@ def test_engine_reports_sessions_per_key_and_placements_seen(stack: Stack) -> No
 
     during, after = asyncio.run(scenario())
     assert dict(during.sessions_by_key) == {"alice": 2, "bob": 2}
-    assert dict(during.placements_seen) == {"p1": 7, "p2": 1}
-    assert dict(after.placements_seen) == {"p1": 7, "p2": 1}  # kept: the highest number seen, not the live ones
+    # the stack's own picker may have placed sessions on this engine in earlier tests: its entry is not asked about
+    for load in (during, after):  # after: kept, the highest number seen, not the live ones
+        seen = dict(load.placements_seen)
+        assert {k: seen.get(k) for k in ("p1", "p2")} == {"p1": 7, "p2": 1}, seen
+        assert not [k for k in seen if "no-number" in k], seen  # the malformed value left nothing
 
 
 async def test_engines_change_at_run_time_a_removed_one_gets_no_new_session(tmp_path: object) -> None:
