@@ -176,7 +176,7 @@ def engine(
     async def main() -> None:
         server = EngineServer(spec, source, model=part, bind_port=port)  # type: ignore[arg-type]
         await server.start()
-        await serve_until_signal(lambda: server.stop(5.0))
+        await serve_until_signal(lambda: server.stop(spec.drain_grace_s))
 
     try:
         asyncio.run(main())

@@ -82,8 +82,6 @@ def _agent_main(spec_json: str, redis_url: str, conn: Connection) -> None:
 CLOSE_REALTIME = "close-realtime"
 """Told to an engine process before Envoy stops: close its Realtime WebSockets (1001, going away) while Envoy
 still carries the close frames."""
-ENGINE_STOP_GRACE_S = 1.0
-"""How long an engine process's live streams get to end when it is told to stop (``duplex up``)."""
 
 
 def _engine_main(spec_json: str, source_json: str, http_port: int | None, conn: Connection) -> None:
@@ -113,7 +111,8 @@ def _engine_main(spec_json: str, source_json: str, http_port: int | None, conn: 
             if message == CLOSE_REALTIME:
                 tasks.add(asyncio.create_task(close_realtime()))
 
-        await serve_until_signal(lambda: server.stop(ENGINE_STOP_GRACE_S), also=_parent_gone(conn, on_message))
+        # a SIGTERM drains (``engine.drain_grace_s``); when duplex up stops, Envoy went first and took the streams
+        await serve_until_signal(lambda: server.stop(spec.drain_grace_s), also=_parent_gone(conn, on_message))
 
     asyncio.run(main())
 

@@ -93,6 +93,9 @@ class EngineSpec(_Spec):
     resume_grace_s: float = Field(10.0, ge=0.0, le=3600.0)
     """How long a session whose stream dropped keeps its slot and state for a resume
     (``SessionStart.resume_token``); its slot counts as occupied meanwhile. 0 = no resumption."""
+    drain_grace_s: float = Field(30.0, ge=0.0, le=3600.0)
+    """On SIGTERM: stop taking sessions (health NOT_SERVING: the session picker places none here) and give the
+    live conversations this long to end; those still live then end UNAVAILABLE."""
     resume_replay_events: int = Field(128, ge=1, le=4096)
     """Server events a session keeps after sending them, re-sent on resume when the client had not received
     them (those in flight when the stream dropped)."""

@@ -14,6 +14,7 @@ its ``mountPath`` in every rank: a Moshi-family checkpoint directory, or a duple
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..naming import CONFIG_DIR, CONFIG_HASH_ANNOTATION, LEADER_LABEL, RENDEZVOUS_PORT, ModelRef, service_host_ref
@@ -162,6 +163,10 @@ def engine_container(ref: ModelRef, resolved: Resolved, replica: int) -> dict[st
     return container
 
 
+STOP_MARGIN_S = 10
+"""Added to ``engine.drainGraceS`` for the pod's ``terminationGracePeriodSeconds``: the engine's own exit."""
+
+
 def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_digest: str) -> Manifest:
     spec = resolved.spec
     name = ref.engine(replica)
@@ -171,7 +176,7 @@ def engine_statefulset(ref: ModelRef, resolved: Resolved, replica: int, config_d
         "containers": [engine_container(ref, resolved, replica)],
         "volumes": volumes,
         "enableServiceLinks": True,  # the *_SERVICE_HOST variables are the DNS-free rendezvous
-        "terminationGracePeriodSeconds": 30,
+        "terminationGracePeriodSeconds": math.ceil(spec.engine.drain_grace_s) + STOP_MARGIN_S,
     }
     if spec.engine.gpus_per_shard:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})  # NCCL shared memory

@@ -779,3 +779,9 @@ def test_front_ports_that_collide_are_named() -> None:
     assert "already spec.gateway.port" in e.value.problems[0].message
     assert "session picker's own port" in e.value.problems[1].message
     resolve(parse_spec({"gateway": {"port": 8080, "httpPort": 8081}}))  # distinct ports: no problem
+
+
+def test_engine_pods_are_given_the_drain_grace_and_a_margin_to_stop() -> None:
+    for grace, expected in ((30.0, 40), (2.5, 13)):
+        (sts, *_) = by_kind(render({"engine": {"drainGraceS": grace}}), "StatefulSet")
+        assert sts["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == expected

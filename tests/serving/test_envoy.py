@@ -186,6 +186,31 @@ def test_spread_choice_keys_quotas_and_a_draining_engine(front: Front) -> None:
     asyncio.run(scenario())
 
 
+def test_a_draining_engine_lets_its_live_conversation_end(front: Front) -> None:
+    """SIGTERM drains an engine: no new session goes there, and its live conversation runs to its end (within
+    ``engine.drain_grace_s``), every chunk answered; then the engine exits cleanly."""
+    talk = client.split_chunks(tone(3.0), CHUNK)
+
+    async def scenario() -> tuple[client.Conversation, client.Conversation, str]:
+        async with grpc.aio.insecure_channel(front.target) as ch:
+            live = asyncio.create_task(client.converse(ch, talk, metadata=ALICE, resume=False))
+            end = time.monotonic() + 30
+            while not (holding := [a for a in front.addresses if await active_sessions(a) == 1]):
+                assert time.monotonic() < end, "the conversation never started"
+                await asyncio.sleep(0.02)
+            front.engines[front.addresses.index(holding[0])].p.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(front.until_healthy, 1)
+            fresh = await client.converse(ch, short(), realtime=False, metadata=BOB)
+            return await live, fresh, holding[0]
+
+    conv, fresh, drained = asyncio.run(scenario())
+    assert conv.code == grpc.StatusCode.OK, (conv.code, conv.details)
+    assert conv.ready is not None and conv.ready.replica == drained
+    assert conv.audio_seqs() == list(range(len(talk)))
+    assert fresh.code == grpc.StatusCode.OK and fresh.ready is not None and fresh.ready.replica != drained
+    assert front.engines[front.addresses.index(drained)].p.wait(timeout=30) == 0
+
+
 def test_engine_killed_then_picker_gone(front: Front) -> None:
     a, b = front.addresses
     long_talk = client.split_chunks(tone(8.0), CHUNK)
