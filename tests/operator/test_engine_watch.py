@@ -108,6 +108,7 @@ class TcpRelay:
         self.port = 0
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.handlers: set[asyncio.Task[Any]] = set()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -120,6 +121,9 @@ class TcpRelay:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.handlers.add(task)
         up_reader, up_writer = await asyncio.open_connection(*self.target)
         self.writers |= {writer, up_writer}
         await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
@@ -135,6 +139,11 @@ class TcpRelay:
             w.close()
         self.writers.clear()
         await self.server.wait_closed()
+
+    async def stop(self) -> None:
+        """Cut, then wait for every connection's pipes to end (none left pending when the loop closes)."""
+        await self.cut()
+        await asyncio.gather(*self.handlers, return_exceptions=True)
 
 
 def api_through(kubeconfig: Path, port: int) -> client.ApiClient:
@@ -199,6 +208,7 @@ async def test_the_api_going_away_keeps_the_last_endpoints_and_the_watch_recover
             assert front.server._server is not None  # still serving
             await relay.start()  # the API is back on the same address: list again, then watch
             await eventually(lambda: front.follows([a, b]), deadline_s=60, what="the watch recovering")
+        await relay.stop()
     failed = [r.getMessage() for r in caplog.records if "engine watch" in r.getMessage()]
     assert failed and "retrying in" in failed[0] and "keeping the last 1" in failed[0], failed
 
