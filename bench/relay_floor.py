@@ -90,6 +90,21 @@ class Plan:
         return SAMPLE_RATE * self.chunk_ms // 1000 * 2
 
 
+def stand_in_plan(args: argparse.Namespace, lead_s: float) -> Plan:
+    """The stand-in engine's plan from the options this bench and ``bench/envoy.py`` take (``--sessions``,
+    ``--cohorts``, ``--chunk-ms``, ``--seconds``, ``--step-ms``, ``--spread-ms``), its tick 0 ``lead_s`` from now:
+    the processes start and every session joins before it."""
+    return Plan(
+        args.sessions,
+        args.cohorts,
+        args.chunk_ms,
+        args.seconds,
+        args.step_ms,
+        args.spread_ms,
+        origin_us=now_us() + round(lead_s * 1e6),
+    )
+
+
 # ----- the stand-in engine (child process) -----------------------------------------------------------------
 def _engine_main(plan: Plan, conn: Connection) -> None:
     asyncio.run(_engine(plan, conn))
@@ -327,15 +342,7 @@ def main() -> None:
     rows = []
     for i in range(args.repeats):
         for via_envoy in (False, True):
-            plan = Plan(
-                args.sessions,
-                args.cohorts,
-                args.chunk_ms,
-                args.seconds,
-                args.step_ms,
-                args.spread_ms,
-                origin_us=now_us() + 8_000_000,  # the processes start and every session joins before it
-            )
+            plan = stand_in_plan(args, lead_s=8.0)
             legs = measure(plan, via_envoy, args.steady_after)
             name = ("client → Envoy → stand-in" if via_envoy else "client → stand-in") + (
                 f" ({i + 1})" if args.repeats > 1 else ""

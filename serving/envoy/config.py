@@ -272,7 +272,14 @@ def _realtime_listener(cfg: EnvoyConfig) -> dict[str, Any]:
     routes = [
         {
             "match": {"path": REALTIME_PATH},
-            "route": {"cluster": REALTIME_CLUSTER, "timeout": "0s", "upgrade_configs": [{"upgrade_type": "websocket"}]},
+            # as a new gRPC session's start: retried on the next engine the picker listed when the connection to
+            # one fails or is reset before its answer (the upgrade request has no body to keep)
+            "route": {
+                "cluster": REALTIME_CLUSTER,
+                "timeout": "0s",
+                "upgrade_configs": [{"upgrade_type": "websocket"}],
+                "retry_policy": _start_retry(),
+            },
         },
         {
             "match": {"prefix": "/"},

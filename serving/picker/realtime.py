@@ -1,6 +1,7 @@
 """The session picker's Realtime side: its ``ext_authz`` answer for a WebSocket upgrade ``GET /v1/realtime``
 (the key from ``Authorization: Bearer`` or the ``openai-insecure-api-key.KEY`` subprotocol, or an ``ek_`` client
-secret in either; the key's quotas; an engine with a free slot, reached at its Realtime WebSocket port), and a
+secret in either; the key's quotas; the engines with a free slot, most free first, reached at their Realtime
+WebSocket ports: Envoy tries the next when it cannot reach one), and a
 small HTTP app (aiohttp) for what is not a conversation:
 
 | route | what |
@@ -27,7 +28,7 @@ from google.protobuf.wrappers_pb2 import BoolValue
 
 from duplex.ext_authz.v3 import external_auth_pb2 as authz
 
-from ..envoy.config import REPLICA_HEADER
+from ..envoy.config import REPLICA_HEADER, START_ATTEMPTS
 from ..realtime.audio import WIRE_RATE
 from ..realtime.client_secrets import PREFIX, SecretError, SecretMinter, ttl_from_request
 from ..realtime.credentials import KEY_SUBPROTOCOL, REALTIME_PATH, SESSION_HEADER, SUBPROTOCOL, encode_settings
@@ -36,7 +37,7 @@ from ..realtime.protocol import ClientError, SessionSettings
 from ..resume_token import KEY_ID_METADATA, PLACEMENT_METADATA
 from ..web.listen import listen
 from .auth import ANONYMOUS, KeyRing
-from .placement import choose, sessions_by_key
+from .placement import ranked, sessions_by_key
 from .routing import Replica
 
 if TYPE_CHECKING:
@@ -111,8 +112,8 @@ class RealtimeAuthz:
         if refusal is not None:
             return deny_upgrade(429, refusal.message, "rate_limit_exceeded", refusal.retry_after_s)
         served = [r for r in p.router.replicas if r.http_port]
-        replica = choose(served, p.placements.pending())
-        if replica is None:
+        room = ranked(served, p.placements.pending())
+        if not room:
             if not any(r.healthy for r in served):
                 return deny_upgrade(503, "no healthy engine replica serves the Realtime endpoint; retry", "unavailable")
             used, cap = p.router.total_capacity()
@@ -122,10 +123,12 @@ class RealtimeAuthz:
                 "rate_limit_exceeded",
                 p.spec.retry_after_s,
             )
+        # as a gRPC session's start: counted on the first; Envoy tries the next listed when it cannot reach it
+        replica, listed = room[0], room[:START_ATTEMPTS]
         placement = p.placements.add(replica.address, key_id)
         p.metrics.placed.labels(replica.address).inc()
         headers_out = [
-            _set(REPLICA_HEADER, ws_address(replica)),
+            _set(REPLICA_HEADER, ",".join(ws_address(r) for r in listed)),
             _set(KEY_ID_METADATA, key_id),
             _set(PLACEMENT_METADATA, placement),
             _set(SESSION_HEADER, encode_settings(minted)),

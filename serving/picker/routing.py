@@ -17,6 +17,26 @@ from duplex.v1 import duplex_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+GET_LOAD = "/duplex.v1.Replica/GetLoad"
+
+
+async def get_load(channel: grpc.aio.Channel, timeout_s: float) -> pb.ReplicaLoad:
+    """The load report (``Replica.GetLoad``) of the engine at the other end of ``channel``: what the picker
+    places sessions on."""
+    call = channel.unary_unary(
+        GET_LOAD, request_serializer=pb.LoadRequest.SerializeToString, response_deserializer=pb.ReplicaLoad.FromString
+    )
+    load: pb.ReplicaLoad = await call(pb.LoadRequest(), timeout=timeout_s)
+    return load
+
+
+async def active_sessions(address: str, timeout_s: float = 5.0) -> int:
+    """The conversations the engine at ``address`` (HOST:PORT, its gRPC port) holds, from its load report over a
+    channel of its own."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        return int((await get_load(channel, timeout_s)).active_sessions)
+
+
 @dataclass
 class Replica:
     address: str
@@ -169,12 +189,7 @@ class Router:
     async def _poll(self, r: Replica) -> None:
         try:
             h = await health_pb2_grpc.HealthStub(r.channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-            get_load = r.channel.unary_unary(
-                "/duplex.v1.Replica/GetLoad",
-                request_serializer=pb.LoadRequest.SerializeToString,
-                response_deserializer=pb.ReplicaLoad.FromString,
-            )
-            load: pb.ReplicaLoad = await get_load(pb.LoadRequest(), timeout=1.0)
+            load = await get_load(r.channel, 1.0)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError) as e:  # UsageError: removed, its channel closed
             why = e.code().name if isinstance(e, grpc.aio.AioRpcError) else "channel closed"
             if r.healthy:

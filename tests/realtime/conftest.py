@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import websockets
 from openai.types.realtime import RealtimeServerEvent
 from pydantic import TypeAdapter
 from serving.conftest import LoopThread, wait_serving
@@ -151,3 +152,18 @@ async def stream_live(conn: Any, samples: np.ndarray, piece_ms: int = 100) -> No
 def rms(b64_deltas: list[str]) -> float:
     pcm = np.frombuffer(b"".join(base64.b64decode(d) for d in b64_deltas), dtype="<i2").astype(np.float64)
     return float(np.sqrt(np.mean(pcm**2))) if len(pcm) else 0.0
+
+
+def bearer(key: str) -> dict[str, Any]:
+    """``websockets.connect`` arguments that offer ``key`` as ``Authorization: Bearer``."""
+    return {"additional_headers": {"Authorization": f"Bearer {key}"}}
+
+
+async def start_conversation(url: str, key: str) -> tuple[Any, dict[str, Any]]:
+    """A WebSocket to ``url`` whose conversation started: its ``duplex.session.ready`` (naming the engine)."""
+    ws = await websockets.connect(f"{url}?duplex_events=1", **bearer(key))
+    silence = "A" * (WIRE_RATE * 2 * 200 // 1000 * 4 // 3)  # 200 ms of digital silence, base64
+    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": silence}))
+    while (event := json.loads(await ws.recv()))["type"] != "duplex.session.ready":
+        assert event["type"] != "error", event
+    return ws, event

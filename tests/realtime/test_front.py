@@ -32,7 +32,7 @@ from duplex.serving.picker.placement import FORGET_S, Placements
 from duplex.serving.picker.server import PickerServer
 from duplex.serving.spec import EngineSpec, GatewaySpec
 
-from .conftest import MAX_FRAME
+from .conftest import MAX_FRAME, bearer, start_conversation
 
 ALICE, BOB, CAROL = "key-alice", "key-bob", "key-carol"
 
@@ -152,10 +152,6 @@ async def first_event(url: str, **kwargs: Any) -> dict[str, Any]:
     return event
 
 
-def bearer(key: str) -> dict[str, Any]:
-    return {"additional_headers": {"Authorization": f"Bearer {key}"}}
-
-
 async def test_keys_are_checked_by_the_picker(front: Front) -> None:
     status, body, _ = await refused(front.ws_url)
     assert status == 401 and body["error"]["code"] == "invalid_api_key" and "key" in body["error"]["message"]
@@ -212,16 +208,6 @@ async def test_a_keys_quota_is_a_429_with_retry_after(front: Front) -> None:
         # another key is not held back
         assert (await first_event(front.ws_url, **bearer(BOB)))["type"] == "session.created"
     front.forget_placements()
-
-
-async def start_conversation(url: str, key: str) -> tuple[Any, dict[str, Any]]:
-    """A WebSocket whose conversation started: its ``duplex.session.ready`` (naming the engine)."""
-    ws = await websockets.connect(f"{url}?duplex_events=1", **bearer(key))
-    silence = "A" * (24000 * 2 * 200 // 1000 * 4 // 3)  # 200 ms of digital silence, base64
-    await ws.send(json.dumps({"type": "input_audio_buffer.append", "audio": silence}))
-    while (event := json.loads(await ws.recv()))["type"] != "duplex.session.ready":
-        assert event["type"] != "error", event
-    return ws, event
 
 
 async def test_conversations_are_placed_across_both_engines(front: Front) -> None:

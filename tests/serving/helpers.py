@@ -14,22 +14,6 @@ from duplex.serving.spec import EngineSpec
 from .conftest import LoopThread, wait_serving
 
 
-async def active_sessions(addr: str) -> int:
-    """The conversations an engine holds, from its load report (``Replica.GetLoad``)."""
-    import grpc
-
-    from duplex.v1 import duplex_pb2 as pb
-
-    async with grpc.aio.insecure_channel(addr) as ch:
-        get_load = ch.unary_unary(
-            "/duplex.v1.Replica/GetLoad",
-            request_serializer=pb.LoadRequest.SerializeToString,
-            response_deserializer=pb.ReplicaLoad.FromString,
-        )
-        load: pb.ReplicaLoad = await get_load(pb.LoadRequest(), timeout=5.0)
-        return int(load.active_sessions)
-
-
 async def eventually(cond: Callable[[], bool], deadline_s: float = 10.0, what: str = "condition") -> None:
     """Poll ``cond`` until true or fail after the deadline (state observation, not synchronisation by sleep)."""
     import asyncio

@@ -26,13 +26,13 @@ from duplex.serving.envoy.config import REPLICA_HEADER, EnvoyConfig, bootstrap
 from duplex.serving.envoy.eds import write_endpoints
 from duplex.serving.envoy.process import EnvoyProcess, envoy_binary
 from duplex.serving.picker.auth import key_line
+from duplex.serving.picker.routing import active_sessions
 from duplex.serving.ports import free_port
 from duplex.serving.process import PickerProcess
 from duplex.serving.resume_token import RESUME_REPLICA_METADATA
 from duplex.serving.spec import GatewaySpec
 
 from .conftest import tone
-from .helpers import active_sessions
 from .test_cli import Proc
 
 CHUNK = 3200
@@ -62,6 +62,12 @@ def test_bootstrap_validates_with_the_real_binary(tmp_path: Path) -> None:
     assert resume["match"]["headers"] == [{"name": RESUME_REPLICA_METADATA, "present_match": True}]
     assert "retry_policy" not in resume["route"] and resume["route"]["cluster"] == new["route"]["cluster"]
     assert new["route"]["retry_policy"]["retry_on"] == "connect-failure,reset,refused-stream"
+    # a Realtime upgrade likewise (cfg has the Realtime listener): tried on the next engine the picker listed
+    upgrade = bootstrap(cfg)["static_resources"]["listeners"][1]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"
+    ]["virtual_hosts"][0]["routes"][0]
+    assert upgrade["route"]["upgrade_configs"] == [{"upgrade_type": "websocket"}]
+    assert upgrade["route"]["retry_policy"] == new["route"]["retry_policy"]
     engines = bootstrap(cfg)["static_resources"]["clusters"][0]
     assert engines["circuit_breakers"]["thresholds"][0]["max_retries"] == cfg.max_streams  # not Envoy's 3
 

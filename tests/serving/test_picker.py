@@ -16,7 +16,7 @@ from duplex.serving.envoy.config import CONVERSE_PATH, REPLICA_HEADER, START_ATT
 from duplex.serving.metrics import PickerMetrics
 from duplex.serving.picker.auth import key_line
 from duplex.serving.picker.placement import Placements, choose, ranked, sessions_by_key
-from duplex.serving.picker.routing import Replica
+from duplex.serving.picker.routing import Replica, get_load
 from duplex.serving.picker.server import Picker, deny
 from duplex.serving.resume_token import (
     HOLDER_LOST_METADATA,
@@ -155,6 +155,26 @@ async def test_a_new_session_lists_the_next_engines_with_room_for_envoy_to_try(t
     await p.router.close()
 
 
+async def test_a_realtime_upgrade_lists_the_next_engines_realtime_ports_too(tmp_path: object) -> None:
+    """A WebSocket upgrade of ``REALTIME_PATH`` is placed as a gRPC session is: ``REPLICA_HEADER`` lists the chosen
+    engine then the next ones with room (``START_ATTEMPTS`` at most), each at the Realtime port it reports;
+    an engine that serves no Realtime port is never listed."""
+    C, D = "127.0.0.1:7003", "127.0.0.1:7004"
+    p = picker(tmp_path, Clock())
+    p.router.set_addresses([A, B, C, D])
+    ra, rb, rc, rd = p.router.replicas
+    for r, active, port in ((ra, 1, 9001), (rb, 0, 0), (rc, 3, 9003), (rd, 2, 9004)):
+        report(r, active)
+        r.http_port = port
+    answer = p.realtime.decide(ALICE)
+    assert headers(answer)[REPLICA_HEADER] == "127.0.0.1:9001,127.0.0.1:9004,127.0.0.1:9003"
+    assert p.placements.pending() == {A: 1}  # counted on the first only, under its gRPC address
+    report(rc, 8)  # full
+    report(rd, 8, healthy=False)
+    assert headers(p.realtime.decide(ALICE))[REPLICA_HEADER] == "127.0.0.1:9001"
+    await p.router.close()
+
+
 async def test_refusals_carry_the_grpc_status_the_client_gets(tmp_path: object) -> None:
     clock = Clock()
     p = picker(tmp_path, clock, key_max_sessions=2)
@@ -215,25 +235,20 @@ def test_engine_reports_sessions_per_key_and_placements_seen(stack: Stack) -> No
 
     async def scenario() -> tuple[pb.ReplicaLoad, pb.ReplicaLoad]:
         async with grpc.aio.insecure_channel(stack.engine_addr) as ch:
-            get_load = ch.unary_unary(
-                "/duplex.v1.Replica/GetLoad",
-                request_serializer=pb.LoadRequest.SerializeToString,
-                response_deserializer=pb.ReplicaLoad.FromString,
-            )
             placed = [("p1.7", "alice"), ("p1.3", "alice"), ("p2.1", "bob"), ("no-number", "bob")]
             live = [
                 asyncio.create_task(client.converse(ch, talk, metadata=((PLACEMENT_METADATA, p), (KEY_ID_METADATA, k))))
                 for p, k in placed
             ]
             end = time.monotonic() + 30
-            while (during := await get_load(pb.LoadRequest())).active_sessions < len(placed):
+            while (during := await get_load(ch, 5.0)).active_sessions < len(placed):
                 assert time.monotonic() < end, "the sessions never all started"
                 await asyncio.sleep(0.02)
             for task in live:
                 task.cancel()
             await asyncio.gather(*live, return_exceptions=True)
             end = time.monotonic() + 30
-            while (after := await get_load(pb.LoadRequest())).sessions_by_key:
+            while (after := await get_load(ch, 5.0)).sessions_by_key:
                 assert time.monotonic() < end, "the sessions never ended"
                 await asyncio.sleep(0.02)
             return during, after
