@@ -76,6 +76,13 @@ class ModelConfig(BaseModel):
     """Side of the square RGB video frame the patch projection takes (0 disables video)."""
     video_patch: int = Field(8, ge=1)
     """Patch side for the video projection."""
+    agenda_words: int = Field(0, ge=0, le=64)
+    """Words the model's agenda can hold (0 = no agenda). The agenda is the model's working memory for timed
+    speech ("say go every four seconds"): per frame it writes three tokens — the pending word (0 = none), the
+    period in seconds (0 = once) and a countdown to the due moment in units of ``agenda_unit_ms`` — and reads
+    them back ``feedback_delay_frames`` later like its other outputs, so a timer outlives the attention window."""
+    agenda_max_s: int = Field(30, ge=1, le=120)
+    """Longest delay or period (seconds) the agenda counts down."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype used by the planner and when loading for serving."""
@@ -130,6 +137,19 @@ class ModelConfig(BaseModel):
     def dtype_bytes(self) -> int:
         return 4 if self.dtype == "float32" else 2
 
+    @property
+    def agenda_unit_ms(self) -> int:
+        """One countdown step: the feedback delay, so each count the model reads back is one more than the
+        count it writes (``count(t) = count(t - delay) - 1``)."""
+        return self.frame_ms * self.feedback_delay_frames
+
+    @property
+    def agenda_classes(self) -> tuple[int, ...]:
+        """Classes of the agenda's (word, period, countdown) tokens; () without an agenda."""
+        if not self.agenda_words:
+            return ()
+        return (self.agenda_words + 1, self.agenda_max_s + 1, self.agenda_max_s * 1000 // self.agenda_unit_ms + 1)
+
     def frames_per_chunk(self, chunk_ms: int) -> int:
         """Frames in a chunk of ``chunk_ms``; the chunk must be a whole number of frames in 80–400 ms."""
         if not 80 <= chunk_ms <= 400:
@@ -158,6 +178,16 @@ PRESETS: dict[str, ModelConfig] = {
         window=160,
         expert_hidden=128,
         shared_expert_hidden=128,
+    ),
+    # ``tiny`` with an agenda for timed speech (TimeSpeak): 12 words, delays and periods up to 30 s.
+    "tiny-timed": ModelConfig(
+        name="tiny-timed",
+        d_model=192,
+        n_layers=3,
+        window=160,
+        expert_hidden=128,
+        shared_expert_hidden=128,
+        agenda_words=12,
     ),
     # A planning shape for the reference 276B-total / 12B-active system. Never instantiated here.
     "tml-interaction-small": ModelConfig(

@@ -10,7 +10,10 @@ A conversation directory (written by ``duplex corpus make``) holds ``user.wav`` 
            frame, PAD elsewhere, EOT after a turn's last byte) — an inner monologue in step with the audio;
            a TimeSpeak ``timed_word`` is a turn of one word (speak, its bytes from its due moment, EOT);
   text_in  input, not target: the bytes of every ``typed_text`` event, ``text_in_slots`` per frame from its
-           first frame, as the engine feeds a chunk's queued typed text.
+           first frame, as the engine feeds a chunk's queued typed text;
+  agenda   (models with an agenda) the pending timed request from its end: its word, its period (0 =
+           once) and the countdown to its next due moment in agenda units; empty (all 0) otherwise — after a
+           "once" request's due moment, and after the stop of an "every" one has ended.
 
 Frames are assigned by their centre time.
 """
@@ -30,6 +33,7 @@ from .audio_io import AudioFileError, read_wav
 from .codec import Codec
 from .config import ModelConfig, ModelError
 from .family import Floor
+from .timespeak import WORDS
 
 YIELD_FRAMES = 3
 
@@ -63,6 +67,8 @@ class Targets:
     """(T,) float32 per-frame weight of the control loss."""
     text_in: Tensor | None = None
     """(T, text_in_slots) int64 typed input bytes (PAD = none); None when the conversation has no typed text."""
+    agenda: Tensor | None = None
+    """(T, 3) int64 agenda tokens (word, period, countdown); None when the model has no agenda."""
 
 
 def read_track(path: Path) -> Tensor:
@@ -130,7 +136,47 @@ def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
             gap = _frames(ev["start"], ev["start"] + 0.3, cfg, T)
             weight[gap] = torch.minimum(weight[gap], torch.tensor(0.5))
     audio = codec.encode(conv.model[None])[0]
-    return Targets(control, audio, text, weight, text_input(conv, cfg))
+    return Targets(control, audio, text, weight, text_input(conv, cfg), agenda_targets(conv, cfg))
+
+
+def agenda_targets(conv: Conversation, cfg: ModelConfig) -> Tensor | None:
+    """(T, 3) agenda tokens of the conversation's ``timed_request`` events (see the module doc); None when the
+    model has no agenda. Countdown at a frame centred at τ: ``floor((next due − τ) / unit)``, capped."""
+    classes = cfg.agenda_classes
+    if not classes:
+        return None
+    if cfg.agenda_words < len(WORDS):
+        raise ModelError(f"agenda_words={cfg.agenda_words} cannot hold the {len(WORDS)} TimeSpeak words")
+    T = conv.frames
+    out = torch.zeros(T, 3, dtype=torch.long)
+    centre = (torch.arange(T, dtype=torch.float64) + 0.5) * (cfg.frame_ms / 1000)
+    unit = cfg.agenda_unit_ms / 1000
+    for ev in sorted((e for e in conv.events if e["type"] == "timed_request"), key=lambda e: float(e["end"])):
+        n, end = int(ev["n"]), float(ev["end"])
+        if n > cfg.agenda_max_s:
+            raise ModelError(f"{conv.id}: a request of {n} s is longer than agenda_max_s={cfg.agenda_max_s}")
+        every = ev["form"] == "every"
+        off = _stop_end(conv.events, ev["stop"]) if every else float(ev["due"][-1])
+        span = (centre >= end) & (centre < off)
+        if every:  # next due of end + k·n (k ≥ 1) after τ
+            due = end + n * (torch.floor((centre - end) / n) + 1)
+        else:
+            due = torch.full_like(centre, float(ev["due"][-1]))
+        count = torch.floor((due - centre) / unit + 1e-9).clamp(0, classes[2] - 1).long()
+        out[span, 0] = WORDS.index(ev["word"]) + 1
+        out[span, 1] = n if every else 0
+        out[span, 2] = count[span]
+    return out
+
+
+def _stop_end(events: list[dict[str, Any]], stop: float | None) -> float:
+    """When the stop of an "every" request has been said or typed (its turn's or typed text's end)."""
+    if stop is None:
+        return float("inf")
+    for e in events:
+        if e["type"] in ("user_turn", "typed_text") and abs(float(e["start"]) - stop) < 1e-6:
+            return float(e["end"])
+    raise ModelError(f"no user turn or typed text starts at the stop ({stop} s)")
 
 
 def _lay_out_words(text: Tensor, words: list[dict[str, Any]], frame_s: float, eot: int) -> None:

@@ -9,7 +9,7 @@ the position's input vector is the SUM of
   - a video frame, when one arrives: 8×8 RGB patches → Linear + patch position, averaged, added to the
     frame it arrived with (the first frame of its chunk when streaming),
   - the model's OWN outputs ``feedback_delay_frames`` frames earlier: its audio code, text token and
-    floor-control class (BOS ids before there is any).
+    floor-control class (BOS ids before there is any), and its agenda tokens when it has an agenda.
 """
 
 from __future__ import annotations
@@ -111,6 +111,10 @@ class FusedInput(nn.Module):
         self.video = VideoEmbed(cfg) if cfg.video_size else None
         for emb in (self.own_audio, self.own_text, self.own_control):
             nn.init.normal_(emb.weight, std=1.0 / math.sqrt(d))
+        # zero at first: an agenda added to trained weights starts as no input at all (fine-tuning)
+        self.own_agenda = nn.ModuleList(nn.Embedding(n, d) for n in cfg.agenda_classes)
+        for table in self.own_agenda.parameters():
+            nn.init.zeros_(table)
 
     def forward(
         self,
@@ -121,10 +125,15 @@ class FusedInput(nn.Module):
         text_in: Tensor | None = None,
         video: Tensor | None = None,
         video_at: Tensor | None = None,
+        own_agenda: Tensor | None = None,
     ) -> Tensor:
         """frames (B, T, S) float; own_* (B, T) long (already delayed); text_in (B, T, slots) long;
-        video (K, 3, V, V) float: K frames, the k-th added at (row, frame) = video_at[k] (K, 2) long."""
+        video (K, 3, V, V) float: K frames, the k-th added at (row, frame) = video_at[k] (K, 2) long;
+        own_agenda (B, T, A) long, delayed (None = an empty agenda)."""
         x = self.audio(frames) + self.own_audio(own_audio) + self.own_text(own_text) + self.own_control(own_control)
+        if own_agenda is not None:
+            for i, emb in enumerate(self.own_agenda):
+                x = x + emb(own_agenda[..., i])
         if text_in is not None and self.text_in is not None and self.text_slot is not None:
             present = (text_in != self.cfg.pad_token).unsqueeze(-1)  # (B, T, slots, 1)
             x = x + (self.text_in(text_in) + self.text_slot * present).sum(dim=2)

@@ -1,4 +1,5 @@
-"""The duplex model: early-fusion input → MoE transformer → per-frame audio code, text token, floor control.
+"""The duplex model: early-fusion input → MoE transformer → per-frame audio code, text token, floor control
+(and, with an agenda, its timer tokens).
 
 Two ways to run the same weights:
   ``forward``  full-sequence, teacher-forced (training, evaluation of a whole recording);
@@ -27,22 +28,26 @@ CONTROL_NAMES = tuple(f.name.lower() for f in Floor)
 
 @dataclass
 class ModelOutput:
-    """Logits per frame: audio (B, T, audio_codes), text (B, T, text_vocab), control (B, T, classes)."""
+    """Logits per frame: audio (B, T, audio_codes), text (B, T, text_vocab), control (B, T, classes), and one
+    (B, T, classes) per agenda token (none without an agenda)."""
 
     audio: Tensor
     text: Tensor
     control: Tensor
     aux_loss: Tensor
+    agenda: tuple[Tensor, ...] = ()
 
 
 @dataclass
 class StepOutput:
-    """Greedy decisions for each session's new frames: (n, F) int64 each, and control probabilities."""
+    """Greedy decisions for each session's new frames: (n, F) int64 each, control probabilities, and the
+    agenda tokens written (n, F, A) (A = 0 without an agenda)."""
 
     audio_codes: Tensor
     text_tokens: Tensor
     control: Tensor
     control_probs: Tensor  # (n, F, classes)
+    agenda: Tensor
 
 
 class Block(nn.Module):
@@ -139,6 +144,9 @@ class DuplexModel(nn.Module):
         self.audio_head = Linear(cfg.d_model, cfg.audio_codes, bias=False)
         self.text_head = Linear(cfg.d_model, cfg.text_vocab, bias=False)
         self.control_head = Linear(cfg.d_model, cfg.control_classes, bias=False)
+        self.agenda_heads = nn.ModuleList(Linear(cfg.d_model, n, bias=False) for n in cfg.agenda_classes)
+        for weight in self.agenda_heads.parameters():
+            nn.init.zeros_(weight)  # an agenda added to trained weights starts undecided (fine-tuning)
 
     # ----- full sequence ----------------------------------------------------------------------------
     def forward(
@@ -150,17 +158,21 @@ class DuplexModel(nn.Module):
         text_in: Tensor | None = None,
         video: Tensor | None = None,
         video_at: Tensor | None = None,
+        own_agenda: Tensor | None = None,
     ) -> ModelOutput:
         """audio (B, T*S) float in [-1, 1]; own_* (B, T) the model's own outputs already delayed
-        (see ``delay``); text_in (B, T, slots); video (K, 3, V, V) at (row, frame) video_at (K, 2)."""
+        (see ``delay``); text_in (B, T, slots); video (K, 3, V, V) at (row, frame) video_at (K, 2);
+        own_agenda (B, T, A) delayed agenda tokens (None = empty)."""
         frames = self._frames(audio)
-        x = self.inputs(frames, own_audio, own_text, own_control, text_in, video, video_at)  # (B, T, d)
+        x = self.inputs(frames, own_audio, own_text, own_control, text_in, video, video_at, own_agenda)  # (B, T, d)
         aux = x.new_zeros(())
         for block in self.layers:
             x, a = block(x)
             aux = aux + a
         h = self.out_norm(x)
-        return ModelOutput(self.audio_head(h), self.text_head(h), self.control_head(h), aux / len(self.layers))
+        agenda = tuple(head(h) for head in self.agenda_heads)
+        heads = (self.audio_head(h), self.text_head(h), self.control_head(h))
+        return ModelOutput(*heads, aux / len(self.layers), agenda)
 
     def _frames(self, audio: Tensor) -> Tensor:
         S = self.cfg.frame_samples
@@ -265,8 +277,10 @@ class DuplexModel(nn.Module):
         pos = st.next_pos[rows, None] + torch.arange(F, device=frames.device)  # (n, F) absolute positions
         fb_idx = pos % cfg.feedback_delay_frames
         feedback = st.feedback[rows]
-        fb = feedback.gather(2, fb_idx[:, None, :].expand(-1, 3, -1))  # (n, 3, F): own outputs at pos - delay
-        x = self.inputs(frames, fb[:, 0], fb[:, 1], fb[:, 2], text_in, video, video_at)
+        streams = feedback.shape[1]
+        fb = feedback.gather(2, fb_idx[:, None, :].expand(-1, streams, -1))  # (n, 3+A, F): outputs at pos - delay
+        own_agenda = fb[:, 3:].transpose(1, 2) if streams > 3 else None
+        x = self.inputs(frames, fb[:, 0], fb[:, 1], fb[:, 2], text_in, video, video_at, own_agenda)
         ring_idx = pos % cfg.cache_len
         # Keys of inactive rows are written into ring entries that only hold positions already outside
         # every future window (ring length = window + delay), and their positions are not committed.
@@ -279,7 +293,11 @@ class DuplexModel(nn.Module):
         h = self.out_norm(x)
         probs = self.control_head(h).float().softmax(-1)
         audio, text, control = decide(self.cfg, self.audio_head(h), self.text_head(h), probs)
-        new_fb = feedback.scatter(2, fb_idx[:, None, :].expand(-1, 3, -1), torch.stack([audio, text, control], dim=1))
+        agenda = torch.stack([head(h).argmax(-1) for head in self.agenda_heads], dim=-1) if streams > 3 else None
+        if agenda is None:
+            agenda = audio.new_zeros((*audio.shape, 0))
+        written = torch.cat([torch.stack([audio, text, control], dim=1), agenda.transpose(1, 2)], dim=1)
+        new_fb = feedback.scatter(2, fb_idx[:, None, :].expand(-1, streams, -1), written)
         if active is None:
             st.feedback[rows] = new_fb
             st.next_pos[rows] += F
@@ -288,4 +306,4 @@ class DuplexModel(nn.Module):
             st.ring_pos[rows] = torch.where(keep, ring_pos, st.ring_pos[rows])
             st.feedback[rows] = torch.where(keep[:, :, None], new_fb, feedback)
             st.next_pos[rows] += F * active.long()
-        return StepOutput(audio, text, control, probs)
+        return StepOutput(audio, text, control, probs, agenda)

@@ -68,7 +68,7 @@ def shard_weight_bytes(cfg: ModelConfig, shards: int, rank: int) -> int:
 def kv_bytes_per_session(cfg: ModelConfig) -> int:
     """Ring KV cache (both K and V, every layer) plus the small per-slot bookkeeping."""
     kv = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.cache_len * cfg.head_dim * cfg.dtype_bytes
-    return kv + 8 * (cfg.cache_len + 1 + 3 * cfg.feedback_delay_frames)
+    return kv + 8 * (cfg.cache_len + 1 + (3 + len(cfg.agenda_classes)) * cfg.feedback_delay_frames)
 
 
 class ShardPlan(BaseModel):

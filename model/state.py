@@ -29,10 +29,10 @@ class StreamState:
     next_pos: Tensor
     """(slots,) int64: absolute position of the session's next frame (frames consumed so far)."""
     feedback: Tensor
-    """(slots, 3, delay) int64: the session's last ``delay`` outputs (audio code, text token, control),
-    entry p % delay holds the output of frame p; fed back as input ``delay`` frames later."""
+    """(slots, 3 + A, delay) int64: the session's last ``delay`` outputs (audio code, text token, control,
+    then the A agenda tokens), entry p % delay holds the output of frame p; fed back ``delay`` frames later."""
     bos: Tensor
-    """(3,) int64: the BOS ids fed back before a session has any output."""
+    """(3 + A,) int64: the ids fed back before a session has any output (an empty agenda is all zeros)."""
 
     @classmethod
     def create(
@@ -42,7 +42,9 @@ class StreamState:
         # zeros, not empty: masked attention still multiplies by V, and garbage could hold NaN/Inf
         k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
         v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)]
-        bos = torch.tensor([cfg.audio_codes, cfg.pad_token, cfg.control_classes], device=device)
+        bos = torch.tensor(
+            [cfg.audio_codes, cfg.pad_token, cfg.control_classes, *(0 for _ in cfg.agenda_classes)], device=device
+        )
         state = cls(
             k=k,
             v=v,

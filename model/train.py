@@ -27,9 +27,10 @@ from . import checkpoint
 from .codec import Codec
 from .config import ModelConfig, ModelError, get_preset
 from .data import Conversation, Targets, load_conversation, load_split, split_ids, targets
-from .evaluate import Metrics, run_model, score
+from .evaluate import Metrics, score, stream_model
 from .family import Floor
 from .model import DuplexModel, delay
+from .timespeak_eval import said_offline, score_timespeak
 
 
 class TrainSettings(BaseModel):
@@ -104,9 +105,15 @@ def _crop(x: Tensor, start: int, n: int, frames: int, fill: float) -> Tensor:
     return torch.cat([x[start : start + n], torch.full((frames - n,), fill, dtype=x.dtype)])
 
 
-def make_batch(examples: list[Example], rng: random.Random, size: int, frames: int, S: int) -> dict[str, Tensor]:
+def make_batch(
+    examples: list[Example], rng: random.Random, size: int, frames: int, S: int, delay_frames: int = 5
+) -> dict[str, Tensor]:
+    """``size`` random crops of ``frames``. With an agenda, ``agenda_in`` is its targets ``delay_frames`` late,
+    taken from before the crop where it starts (a countdown begun before the crop is read back as it was)."""
     audio, control, codes, text, weight = [], [], [], [], []
     typed: list[Tensor | None] = []
+    agenda: list[Tensor] = []
+    agenda_in: list[Tensor] = []
     for _ in range(size):
         ex = examples[rng.randrange(len(examples))]
         T = ex.t.control.shape[0]
@@ -126,6 +133,10 @@ def make_batch(examples: list[Example], rng: random.Random, size: int, frames: i
         text.append(_crop(ex.t.text, start, n, frames, 256))
         weight.append(_crop(ex.t.weight, start, n, frames, 0.0))
         typed.append(None if ex.t.text_in is None else ex.t.text_in[start : start + n])
+        if ex.t.agenda is not None:
+            padded = torch.cat([torch.zeros(delay_frames, 3, dtype=torch.long), ex.t.agenda])
+            agenda.append(_crop_rows(ex.t.agenda[start : start + n], frames))
+            agenda_in.append(_crop_rows(padded[start : start + n], frames))
     batch = {
         "audio": torch.stack(audio),
         "control": torch.stack(control),
@@ -133,6 +144,8 @@ def make_batch(examples: list[Example], rng: random.Random, size: int, frames: i
         "text": torch.stack(text),
         "weight": torch.stack(weight),
     }
+    if agenda:
+        batch["agenda"], batch["agenda_in"] = torch.stack(agenda), torch.stack(agenda_in)
     slots = next((x.shape[1] for x in typed if x is not None), 0)
     if slots:  # typed text in this batch (TimeSpeak): PAD elsewhere, the engine's layout
         batch["text_in"] = torch.full((size, frames, slots), 256, dtype=torch.long)
@@ -140,6 +153,27 @@ def make_batch(examples: list[Example], rng: random.Random, size: int, frames: i
             if x is not None:
                 batch["text_in"][i, : x.shape[0]] = x
     return batch
+
+
+def _crop_rows(x: Tensor, frames: int) -> Tensor:
+    """(n, k) rows padded with zeros (an empty agenda) to (frames, k)."""
+    return torch.cat([x, torch.zeros(frames - x.shape[0], x.shape[1], dtype=x.dtype)])
+
+
+AGENDA_LOSS_WEIGHT = 0.5
+AGENDA_CHANGE_WEIGHT = 5.0
+"""Loss weight of the frames where the agenda does not follow from what is read back (a request heard, a due
+moment passed, a stop): the recognitions, where the rest of the countdown is bookkeeping."""
+
+
+def agenda_loss(logits: tuple[Tensor, ...], target: Tensor, read_back: Tensor, mask: Tensor) -> Tensor:
+    """Cross-entropy of the agenda heads over ``mask``ed frames, frames of change weighted up."""
+    follows = (target[..., :2] == read_back[..., :2]).all(-1) & (target[..., 2] == (read_back[..., 2] - 1).clamp(0))
+    w = mask * torch.where(follows, 1.0, AGENDA_CHANGE_WEIGHT)
+    parts = [
+        (F.cross_entropy(x.transpose(1, 2), target[..., i], reduction="none") * w).sum() for i, x in enumerate(logits)
+    ]
+    return torch.stack(parts).sum() / (len(parts) * w.sum().clamp(min=1))
 
 
 def loss_fn(
@@ -158,7 +192,10 @@ def loss_fn(
             torch.where(drop, torch.full_like(x, bos), x)
             for x, bos in zip(own, (cfg.audio_codes, cfg.pad_token, cfg.control_classes), strict=True)
         ]
-    out = model(b["audio"], *own, text_in=b.get("text_in"))
+    own_agenda = b.get("agenda_in")
+    if own_agenda is not None and dropout:
+        own_agenda = torch.where(drop[..., None], torch.zeros_like(own_agenda), own_agenda)
+    out = model(b["audio"], *own, text_in=b.get("text_in"), own_agenda=own_agenda)
     w = b["weight"] * CLASS_WEIGHT[b["control"]]
     ctrl = (F.cross_entropy(out.control.transpose(1, 2), b["control"], reduction="none") * w).sum() / w.sum()
     speaking = ((b["control"] == Floor.SPEAK) | (b["control"] == Floor.BACKCHANNEL)).float() * (b["weight"] > 0)
@@ -169,6 +206,10 @@ def loss_fn(
     txt = (F.cross_entropy(out.text.transpose(1, 2), b["text"], reduction="none") * tw).sum() / tw.sum()
     total = ctrl + 0.5 * aud + 0.3 * txt + cfg.router_aux_loss_coef * out.aux_loss
     parts = {"loss": total, "control": ctrl, "audio": aud, "text": txt}
+    if out.agenda and "agenda" in b:
+        agd = agenda_loss(out.agenda, b["agenda"], b["agenda_in"], (b["weight"] > 0).float())
+        total = total + AGENDA_LOSS_WEIGHT * agd
+        parts |= {"loss": total, "agenda": agd}
     return total, {k: float(v.detach()) for k, v in parts.items()}
 
 
@@ -193,13 +234,34 @@ def _validate(
 ) -> float:
     """Stream the validation split through the real step path, score it, log it and append it to ``history``."""
     model.eval()
-    m = score("duplex", val_convs, run_model(model, codec, val_convs))
+    tracks, texts = stream_model(model, codec, val_convs)
+    m = score("duplex", val_convs, tracks)
     model.train()
     v = validation_score(m)
-    history.append({"step": step, **parts, "val_score": v, **m.summary(), "validation": m.summary()})
-    shown = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in m.summary().items()}
+    summary: dict[str, Any] = m.summary()
+    timed = [k for k, c in enumerate(val_convs) if any(e["type"] == "timed_request" for e in c.events)]
+    if model.cfg.agenda_classes and timed:  # an agenda model is also kept for its timed speech
+        frame_s = model.cfg.frame_ms / 1000
+        said = [said_offline(texts[k], frame_s, 0.2) for k in timed]
+        ts = score_timespeak("duplex", [val_convs[k] for k in timed], said)
+        summary["timespeak_accuracy"] = ts.accuracy
+        v += ts.accuracy
+    history.append({"step": step, **parts, "val_score": v, **summary, "validation": summary})
+    shown = {k: (round(x, 3) if isinstance(x, float) else x) for k, x in summary.items()}
     log(f"step {step}: {json.dumps(shown)} score {v:.3f}")
     return v
+
+
+def load_init(model: DuplexModel, path: Path) -> None:
+    """Start from ``path``'s weights (fine-tuning). A checkpoint without an agenda, of the same shape
+    otherwise, starts an agenda model: its agenda weights stay as built (zero: no input, undecided)."""
+    cfg = model.cfg
+    src = checkpoint.read_config(path)
+    expected = cfg.model_copy(update={"agenda_words": 0}) if cfg.agenda_words and not src.agenda_words else cfg
+    result = model.load_state_dict(checkpoint.load(path, expected=expected).state_dict(), strict=False)
+    missing = [k for k in result.missing_keys if "agenda" not in k]
+    if missing or result.unexpected_keys:
+        raise ModelError(f"{path} does not fit the {cfg.name!r} model: {missing or result.unexpected_keys}")
 
 
 def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -211,7 +273,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
     codec = Codec(cfg)
     model = DuplexModel(cfg)
     if s.init is not None:
-        model.load_state_dict(checkpoint.load(s.init, expected=cfg).state_dict())
+        load_init(model, s.init)
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.95))
     state_path = s.out.with_suffix(".state.pt")
     step, best, history = 0, -math.inf, []
@@ -249,7 +311,7 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
             lr = s.lr * min(1.0, (step + 1) / 150) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            batch = make_batch(train_ex, rng, s.batch, frames, cfg.frame_samples)
+            batch = make_batch(train_ex, rng, s.batch, frames, cfg.frame_samples, cfg.feedback_delay_frames)
             loss, parts = loss_fn(model, batch, gen, s.feedback_dropout)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -258,9 +320,10 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
             step += 1
             progress.update(task, advance=1, info=f"loss {parts['loss']:.3f} ctl {parts['control']:.3f}")
             if not progress.console.is_terminal and step % 25 == 0:  # a log file gets a line now and then
+                agenda = f" agenda {parts['agenda']:.3f}" if "agenda" in parts else ""
                 log(
                     f"step {step}/{s.steps} {time.monotonic() - t0:.0f}s loss {parts['loss']:.3f} "
-                    f"control {parts['control']:.3f} audio {parts['audio']:.3f} text {parts['text']:.3f}"
+                    f"control {parts['control']:.3f} audio {parts['audio']:.3f} text {parts['text']:.3f}{agenda}"
                 )
             if step % s.eval_every == 0 or step == s.steps:
                 v = _validate(s, model, codec, val_convs, step, parts, history, log)
