@@ -106,10 +106,17 @@ def _crop(x: Tensor, start: int, n: int, frames: int, fill: float) -> Tensor:
 
 
 def make_batch(
-    examples: list[Example], rng: random.Random, size: int, frames: int, S: int, delay_frames: int = 5
+    examples: list[Example],
+    rng: random.Random,
+    size: int,
+    frames: int,
+    S: int,
+    delay_frames: int = 5,
+    agenda_classes: tuple[int, ...] = (),
 ) -> dict[str, Tensor]:
     """``size`` random crops of ``frames``. With an agenda, ``agenda_in`` is its targets ``delay_frames`` late,
-    taken from before the crop where it starts (a countdown begun before the crop is read back as it was)."""
+    taken from before the crop where it starts (a countdown begun before the crop is read back as it was), and,
+    given ``agenda_classes``, a span of it is sometimes read back wrong (``corrupt_agenda``)."""
     audio, control, codes, text, weight = [], [], [], [], []
     typed: list[Tensor | None] = []
     agenda: list[Tensor] = []
@@ -136,7 +143,10 @@ def make_batch(
         if ex.t.agenda is not None:
             padded = torch.cat([torch.zeros(delay_frames, 3, dtype=torch.long), ex.t.agenda])
             agenda.append(_crop_rows(ex.t.agenda[start : start + n], frames))
-            agenda_in.append(_crop_rows(padded[start : start + n], frames))
+            read_back = _crop_rows(padded[start : start + n], frames)
+            if agenda_classes and rng.random() < AGENDA_NOISE:
+                corrupt_agenda(read_back, agenda[-1], rng, agenda_classes, delay_frames)
+            agenda_in.append(read_back)
     batch = {
         "audio": torch.stack(audio),
         "control": torch.stack(control),
@@ -153,6 +163,35 @@ def make_batch(
             if x is not None:
                 batch["text_in"][i, : x.shape[0]] = x
     return batch
+
+
+AGENDA_NOISE = 0.8
+"""Share of training crops whose agenda is read back wrong over a span (``corrupt_agenda``)."""
+AGENDA_NOISE_FRAMES = (3, 60)
+"""Length range of that span, in frames: always shorter than the attention window."""
+
+
+def corrupt_agenda(
+    read_back: Tensor, target: Tensor, rng: random.Random, classes: tuple[int, ...], delay_frames: int
+) -> None:
+    """Overwrite a span of ``read_back`` (frames, 3) in place with a made-up agenda (a random word and period,
+    a random countdown going down one per ``delay_frames``), most of the time over a frame where the true agenda
+    changes (a request just heard, a due moment, a stop). Teacher forcing alone only ever reads back the right
+    agenda, so a model trained that way copies whatever it once wrote; with this it learns to correct a wrong
+    read-back from what it hears and reads, and from the agenda it read back before the span."""
+    frames = read_back.shape[0]
+    length = rng.randint(*AGENDA_NOISE_FRAMES)
+    changes = (target[1:, :2] != target[:-1, :2]).any(-1).nonzero().flatten().tolist()
+    if changes and rng.random() < 0.7:
+        at = changes[rng.randrange(len(changes))] + 1 - rng.randrange(length)
+    else:
+        at = rng.randrange(frames)
+    at = max(0, min(at, frames - 1))
+    span = slice(at, min(frames, at + length))
+    offsets = torch.arange(span.stop - span.start)
+    read_back[span, 0] = rng.randrange(classes[0])
+    read_back[span, 1] = rng.randrange(classes[1])
+    read_back[span, 2] = (rng.randrange(classes[2]) - offsets // delay_frames).clamp(min=0)
 
 
 def _crop_rows(x: Tensor, frames: int) -> Tensor:
@@ -311,7 +350,9 @@ def train(s: TrainSettings, log: Callable[[str], None] = print) -> dict[str, Any
             lr = s.lr * min(1.0, (step + 1) / 150) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            batch = make_batch(train_ex, rng, s.batch, frames, cfg.frame_samples, cfg.feedback_delay_frames)
+            batch = make_batch(
+                train_ex, rng, s.batch, frames, cfg.frame_samples, cfg.feedback_delay_frames, cfg.agenda_classes
+            )
             loss, parts = loss_fn(model, batch, gen, s.feedback_dropout)
             opt.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
