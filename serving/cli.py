@@ -453,11 +453,11 @@ def talk(
     video: Path | None = typer.Option(
         None,
         exists=True,
-        help="A video clip to show the model in step with the audio: an MP4 (any file FFmpeg reads) or a folder "
-        "of PNG frames (--video-fps). Each audio chunk goes with the frame shown at its start, scaled to the "
-        "server's video size",
+        help="A video clip to show the model in step with the audio: an MP4 (any file FFmpeg reads), a folder "
+        "of PNG frames or a video.npy of `duplex corpus make --task action-count` (both at --video-fps). Each "
+        "audio chunk goes with the frame shown at its start, scaled to the server's video size",
     ),
-    video_fps: float = typer.Option(5.0, help="Frames per second of a --video folder of PNG frames"),
+    video_fps: float = typer.Option(5.0, help="Frames per second of a --video folder of PNG frames or .npy"),
 ) -> None:
     """Hold one conversation from an audio file and record the model's side.
 

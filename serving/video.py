@@ -1,5 +1,6 @@
-"""``duplex talk --video CLIP``: a clip (an MP4 or other file FFmpeg reads, through PyAV, or a folder of PNG
-frames at a stated frame rate) as the ``VideoFrame`` that goes with each audio chunk.
+"""``duplex talk --video CLIP``: a clip (an MP4 or other file FFmpeg reads, through PyAV; a folder of PNG frames
+or a ``video.npy`` of ``duplex corpus make --task action-count``, both at a stated frame rate) as the
+``VideoFrame`` that goes with each audio chunk.
 
 Chunk k (captured from k × chunk_ms) carries the frame shown at its start: the last frame whose presentation
 time is at or before it. A chunk after the clip's end (the last frame's time plus one frame period) carries
@@ -41,12 +42,15 @@ class Clip:
 
 
 def read_clip(path: Path, fps: float = 5.0) -> Clip:
-    """The clip at ``path``: a folder of ``*.png`` frames (sorted by name, ``fps`` frames per second) or a video
-    file (its own timestamps). ClipError naming what is wrong."""
+    """The clip at ``path``: a folder of ``*.png`` frames (sorted by name) or a ``.npy`` array of uint8 RGB frames
+    (K, H, W, 3), both ``fps`` frames per second, or a video file (its own timestamps). ClipError naming what is
+    wrong."""
     import av
 
     if fps <= 0:
         raise ClipError(f"--video-fps {fps}: must be above 0")
+    if path.suffix == ".npy":
+        return _npy_clip(path, fps)
     try:
         if path.is_dir():
             files = sorted(path.glob("*.png"))
@@ -70,6 +74,19 @@ def read_clip(path: Path, fps: float = 5.0) -> Clip:
     times = np.array([float(f.time) for f in decoded])
     period = 1.0 / float(rate) if rate else float(np.median(np.diff(times))) if len(times) > 1 else 0.2
     return Clip(list(decoded), times - times[0], period)
+
+
+def _npy_clip(path: Path, fps: float) -> Clip:
+    import av
+
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ClipError(f"{path}: not a numpy array file ({e})") from None
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[3] != 3 or not len(array):
+        raise ClipError(f"{path}: {array.dtype} {array.shape}, expected uint8 RGB frames (K, H, W, 3)")
+    frames = [av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24") for f in array]
+    return Clip(frames, np.arange(len(frames)) / fps, 1.0 / fps)
 
 
 def frame_events(clip: Clip, chunks: int, chunk_ms: int, size: int) -> list[tuple[int, pb.ClientEvent]]:

@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 
 from duplex.cli import app
 from duplex.model.actions import Question, numbers, score_question
-from duplex.model.actions_eval import action_conversations, cascade_said, motion_bursts, run_cascade, score_actions
+from duplex.model.actions_eval import (
+    action_conversations,
+    cascade_answer_time,
+    cascade_said,
+    motion_bursts,
+    run_cascade,
+    score_actions,
+)
 from duplex.model.codec import Codec
 from duplex.model.config import ModelConfig
 from duplex.model.corpus import check_conversation, make_corpus
@@ -185,6 +192,17 @@ def test_motion_counter_counts_bursts_and_the_peer_answers_at_the_end_of_turn() 
     t = clip.actions[3][0] * PERIOD_S
     assert [(u.t, u.text) for u in cascade_said(conv, t, PERIOD_S)] == [(t, "3.")]
     assert cascade_said(conv, None, PERIOD_S) == []  # its turn detector never fired: no answer
+
+
+def test_the_peer_answers_at_the_vad_end_of_a_spoken_question_or_the_end_of_a_typed_one() -> None:
+    def conv(channel: str) -> Conversation:
+        q = {"type": "count_question", "kind": "jump", "count": 5, "channel": channel, "start": 10.0, "end": 11.5}
+        return Conversation("c", "test", torch.zeros(SR), torch.zeros(SR), [q])
+
+    vad_ends = [int(4.0 * SR), int(12.1 * SR), int(15.0 * SR)]  # an earlier turn's end is not the question's
+    assert cascade_answer_time(conv("spoken"), vad_ends) == pytest.approx(12.1)
+    assert cascade_answer_time(conv("spoken"), vad_ends[:1]) is None
+    assert cascade_answer_time(conv("typed"), []) == 11.5
 
 
 def test_oracle_is_right_and_the_cascade_peer_is_measured(corpus: Path) -> None:

@@ -87,6 +87,18 @@ def test_frames_are_scaled_to_the_server_size_and_follow_the_clip_clock(tmp_path
     assert [k for k, _ in frame_events(clip, 30, 400, 32)] == list(range(FRAMES))
 
 
+def test_a_corpus_clip_streams_as_it_is(tmp_path: Path) -> None:
+    """A ``video.npy`` of an action-count conversation: 5 fps, 32x32 already, each frame exactly as stored."""
+    frames = np.random.default_rng(0).integers(0, 256, (FRAMES, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "video.npy", frames)
+    events = frame_events(read_clip(tmp_path / "video.npy"), 20, 200, 32)
+    assert [k for k, _ in events] == list(range(FRAMES))
+    assert all(ev.video.rgb == frames[k].tobytes() for k, ev in events)
+    np.save(tmp_path / "grey.npy", frames[..., 0])
+    with pytest.raises(ClipError, match=r"expected uint8 RGB frames \(K, H, W, 3\)"):
+        read_clip(tmp_path / "grey.npy")
+
+
 def test_a_bad_clip_is_named(tmp_path: Path) -> None:
     junk = tmp_path / "clip.mp4"
     junk.write_text("not a video\n")
