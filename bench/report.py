@@ -66,6 +66,7 @@ ORDER = (
     "turn_taking_live_heldout",
     "timespeak",
     "timespeak_small_n",
+    "action_count",
     "model_step",
     "model_step_moe",
     "model_step_profile",

@@ -192,8 +192,8 @@ def train(
     )
 
 
-TASKS = ("turns", "timespeak")
-BASELINES = {"turns": ("vad", "oracle"), "timespeak": ("cascade", "oracle")}
+TASKS = ("turns", "timespeak", "action-count")
+BASELINES = {"turns": ("vad", "oracle"), "timespeak": ("cascade", "oracle"), "action-count": ("cascade", "oracle")}
 TABLE_KEYS = (
     "tor",
     "latency_p50",
@@ -223,8 +223,8 @@ def eval_cmd(
     task: Annotated[
         str,
         typer.Option(
-            help="What to evaluate: turns (turn-taking) or timespeak (timed requests: the split's conversations "
-            "that have them)."
+            help="What to evaluate: turns (turn-taking), timespeak (timed requests: the split's conversations "
+            "that have them) or action-count (count questions about a video clip: the conversations that have them)."
         ),
     ] = "turns",
     live: Annotated[
@@ -241,8 +241,8 @@ def eval_cmd(
     baseline: Annotated[
         list[str],
         typer.Option(
-            help="Also score: vad (silero-vad server VAD; turns), cascade (VAD + turn-based, no timer; timespeak), "
-            "oracle (the target track itself)."
+            help="Also score: vad (silero-vad server VAD; turns), cascade (VAD + turn-based: no timer for "
+            "timespeak, a frame-difference motion counter for action-count), oracle (the target track itself)."
         ),
     ] = [],  # noqa: B006
     chunk_ms: Annotated[int, typer.Option(help="Serving chunk size.")] = 200,
@@ -251,6 +251,9 @@ def eval_cmd(
     """Turn-taking metrics through the real streaming path, scored on output audio (FD-bench style); with
     --live, through a running server at live-microphone pace, the model's audio placed as it was heard."""
     _check_eval_flags(task, baseline, live, address, concurrency, limit)
+    if task == "action-count":
+        _eval_action_count(corpus, checkpoint, split, live, limit, baseline, chunk_ms, as_json)
+        return
     if task == "timespeak":
         _eval_timespeak(
             corpus, checkpoint, split, live, address, concurrency, api_key, limit, baseline, chunk_ms, as_json
@@ -426,6 +429,98 @@ def _timespeak_live(
 
     run, about = _run_live(convs, address, checkpoint, chunk_ms, concurrency, api_key)
     return score_timespeak_live("duplex (live)", convs, run), about
+
+
+def _eval_action_count(
+    corpus: Path,
+    checkpoint: Path | None,
+    split: str,
+    live: bool,
+    limit: int | None,
+    baseline: list[str],
+    chunk_ms: int,
+    as_json: Path | None,
+) -> None:
+    """``duplex model eval --task action-count``: the split's conversations with a count question, scored by the
+    action-count scorer offline (video fed per chunk as the engine feeds it), with the cascade peer and the
+    oracle."""
+    from . import checkpoint as ckpt
+    from .actions_eval import action_conversations, evaluate_offline, run_cascade, score_actions
+    from .codec import Codec
+    from .data import load_split
+    from .model import DuplexModel
+    from .timespeak_eval import oracle_said
+
+    if live:
+        raise typer.BadParameter("--task action-count is evaluated offline (the live runner streams no video)")
+    try:
+        convs = action_conversations(load_split(corpus, split))[:limit]
+        if not convs:
+            raise ModelError(f"split {split!r} of {corpus} has no count questions (make it with --task action-count)")
+        model = ckpt.load(checkpoint or _shipped())
+        if not isinstance(model, DuplexModel):
+            raise ModelError(f"{checkpoint}: not a duplex reference checkpoint")
+        if not model.cfg.video_size:
+            raise ModelError(f"{checkpoint or _shipped()}: the model takes no video (video_size 0)")
+        results = [evaluate_offline(model.eval(), Codec(model.cfg), convs, chunk_ms)]
+    except _eval_errors() as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if "cascade" in baseline:
+        results.append(run_cascade(convs))
+    if "oracle" in baseline:
+        results.append(score_actions("target track (oracle)", convs, [oracle_said(c) for c in convs]))
+    table = Table(title=f"action count on {corpus} ({split}, {len(convs)} conversations)")
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r.system, justify="right")
+    for k in ("questions", "accuracy", "answered", "off_by_one", "latency_p50"):
+        table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
+    for group in ("by_kind", "by_channel", "by_count"):
+        for key in sorted({k for r in results for k in getattr(r, group)}, key=lambda k: (len(k), k)):
+            cells = [getattr(r, group).get(key) for r in results]
+            table.add_row(
+                f"accuracy {group[3:]} {key}",
+                *["—" if c is None else f"{c['accuracy']:.3f} ({int(c['questions'])})" for c in cells],
+            )
+    console.print(table)
+    if as_json is not None:
+        doc = {"task": "action-count", "split": split, "corpus": str(corpus), "live": False}
+        doc["checkpoint"] = str(checkpoint or _shipped())
+        as_json.write_text(json.dumps({**doc, "systems": [r.summary() for r in results]}, indent=2))
+
+
+@app.command("count-score")
+def count_score(
+    timeline: Annotated[Path, typer.Option(help="A `duplex talk --timeline` file.")],
+    count: Annotated[int, typer.Option(help="The right answer: how many times the actor did it.")],
+    end: Annotated[float, typer.Option(help="When the question ended, seconds on the timeline's axis.")],
+    as_json: Annotated[Path | None, typer.Option("--json", help="Write the score to this JSON file.")] = None,
+) -> None:
+    """Score one count question ("How many times did it jump?") against the model's text in a `duplex talk`
+    timeline (the action-count scorer: the first utterance within 5 s of the question's end holds exactly the
+    count and no other number)."""
+    from dataclasses import asdict
+
+    from .actions import Question, score_question
+    from .timespeak import timeline_pieces, utterances
+
+    if count < 0:
+        raise typer.BadParameter(f"must be 0 or more, got {count}", param_hint="--count")
+    try:
+        said = utterances(timeline_pieces(json.loads(timeline.read_text())))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise typer.BadParameter(f"{timeline}: not a `duplex talk` timeline ({e})", param_hint="--timeline") from None
+    s = score_question(Question("?", count, "?", end, end), said)
+    for u in said:
+        console.print(f"  {u.t:7.2f} s  {u.text!r}")
+    if s.answer is None:
+        console.print("not correct: no answer within 5 s of the question's end")
+    else:
+        verdict = "correct" if s.correct else "not correct"
+        console.print(f"{verdict}: answered {s.answer!r} {s.latency:.2f} s after the question (numbers {list(s.said)})")
+    if as_json is not None:
+        as_json.write_text(json.dumps({**asdict(s), "correct": s.correct}, indent=2))
 
 
 TIMESPEAK_KEYS = (

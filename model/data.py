@@ -11,6 +11,7 @@ A conversation directory (written by ``duplex corpus make``) holds ``user.wav`` 
            a TimeSpeak ``timed_word`` is a turn of one word (speak, its bytes from its due moment, EOT);
   text_in  input, not target: the bytes of every ``typed_text`` event, ``text_in_slots`` per frame from its
            first frame, as the engine feeds a chunk's queued typed text;
+  video    input, not target (``video_input``): per chunk the frame shown at its start, on its first frame;
   agenda   (models with an agenda) the pending timed request from its end: its word, its period (0 =
            once) and the countdown to its next due moment in agenda units; empty (all 0) otherwise — after a
            "once" request's due moment, and after the stop of an "every" one has ended.
@@ -49,6 +50,9 @@ class Conversation:
     events: list[dict[str, Any]]
     user_clean: Tensor | None = None
     """(T*S,) the dry user speech (no noise, room or gain), when loaded."""
+    video: Tensor | None = None
+    """(K, H, W, 3) uint8 RGB frames on the conversation's time axis (``--task action-count``): frame k is shown
+    from k × its ``video`` event's ``frame_period_s``; None when the conversation has no video."""
 
     @property
     def frames(self) -> int:
@@ -87,7 +91,45 @@ def load_conversation(directory: Path, frame_samples: int = 640, clean: bool = F
     user, model = read_track(directory / "user.wav"), read_track(directory / "model.wav")
     n = min(len(user), len(model)) // frame_samples * frame_samples
     dry = read_track(directory / "user_clean.wav")[:n] if clean and (directory / "user_clean.wav").is_file() else None
-    return Conversation(doc["id"], doc.get("split", "?"), user[:n], model[:n], doc["events"], dry)
+    return Conversation(
+        doc["id"], doc.get("split", "?"), user[:n], model[:n], doc["events"], dry, _video(directory, doc)
+    )
+
+
+def _video(directory: Path, doc: dict[str, Any]) -> Tensor | None:
+    """The conversation's frames (its ``video`` event's file), or None when it has none."""
+    event = next((e for e in doc["events"] if e["type"] == "video"), None)
+    if event is None:
+        return None
+    path = directory / event["path"]
+    try:
+        frames = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: not a video of uint8 frames ({e})") from None
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or frames.shape[1] != frames.shape[2]:
+        raise ModelError(f"{path}: {frames.dtype} {frames.shape}, expected uint8 (K, V, V, 3)")
+    return torch.from_numpy(frames)
+
+
+def video_input(conv: Conversation, cfg: ModelConfig, chunk_ms: int = 200) -> tuple[Tensor, Tensor] | None:
+    """The conversation's video as the engine feeds it: per ``chunk_ms`` chunk, the frame shown at the chunk's
+    start (what ``duplex talk --video`` sends with it), attached to the chunk's first 40 ms frame. Returns
+    (frames (K, 3, V, V) float in [0, 1], resized to ``cfg.video_size`` when it differs; model frame index of
+    each (K,)), or None when the conversation has no video or the model takes none."""
+    if conv.video is None or not cfg.video_size:
+        return None
+    event = next(e for e in conv.events if e["type"] == "video")
+    period_ms = float(event["frame_period_s"]) * 1000
+    per_chunk = cfg.frames_per_chunk(chunk_ms)
+    chunks = -(-conv.frames // per_chunk)
+    shown = [int(c * chunk_ms / period_ms + 1e-9) for c in range(chunks)]
+    keep = [c for c in range(chunks) if shown[c] < conv.video.shape[0]]
+    if not keep:
+        return None
+    frames = conv.video[[shown[c] for c in keep]].permute(0, 3, 1, 2).float() / 255.0
+    if frames.shape[-1] != cfg.video_size:
+        frames = torch.nn.functional.interpolate(frames, size=(cfg.video_size, cfg.video_size), mode="area")
+    return frames.contiguous(), torch.tensor([c * per_chunk for c in keep], dtype=torch.long)
 
 
 def split_ids(corpus: Path, split: str) -> list[str]:

@@ -40,7 +40,7 @@ import numpy.typing as npt
 import torch
 
 from .codec import Codec
-from .data import Conversation, text_input
+from .data import Conversation, text_input, video_input
 from .detect import speech_segments
 from .model import DuplexModel
 
@@ -89,7 +89,8 @@ def stream_model(
     model: DuplexModel, codec: Codec, convs: list[Conversation], chunk_ms: int = 200, batch_invariant: bool = False
 ) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.int64]]]:
     """``run_model``'s audio, and each conversation's per-frame text tokens (model time: frame f is the model's
-    output for input frame f). Typed text (``typed_text`` events) is fed as the engine feeds it."""
+    output for input frame f). Typed text (``typed_text`` events) and video frames (``video_input``: per chunk
+    the frame shown at its start) are fed as the engine feeds them."""
     cfg = model.cfg
     F = cfg.frames_per_chunk(chunk_ms)
     C = F * cfg.frame_samples
@@ -106,21 +107,42 @@ def stream_model(
         for i, x in enumerate(typed):
             if x is not None:
                 text_in[i, : x.shape[0]] = x
+    videos = [video_input(c, cfg, chunk_ms) for c in convs]
     state, cs = model.new_state(n), codec.new_state(n)
     out = torch.zeros(n, (chunks + 1) * C)
     text = torch.zeros(n, chunks * F, dtype=torch.long)
     with torch.no_grad():
         for k in range(chunks):
+            video, video_rows = _chunk_video(videos, k * F)
             step = model.step(
                 state,
                 audio[:, k * C : (k + 1) * C],
                 text_in=None if text_in is None else text_in[:, k * F : (k + 1) * F],
+                video=video,
+                video_rows=video_rows,
                 batch_invariant=batch_invariant,
             )
             out[:, (k + 1) * C : (k + 2) * C] = codec.decode(step.audio_codes, cs)
             text[:, k * F : (k + 1) * F] = step.text_tokens
     tracks = [out[i, : c.user.shape[0]].numpy() for i, c in enumerate(convs)]
     return tracks, [text[i, : c.frames].numpy() for i, c in enumerate(convs)]
+
+
+def _chunk_video(
+    videos: list[tuple[torch.Tensor, torch.Tensor] | None], first_frame: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The video frames that arrive with the chunk starting at model frame ``first_frame`` (one per conversation
+    at most) and the batch rows they belong to; (None, None) when none does."""
+    frames, rows = [], []
+    for i, v in enumerate(videos):
+        if v is not None:
+            at = (v[1] == first_frame).nonzero()
+            if len(at):
+                frames.append(v[0][int(at[0, 0])])
+                rows.append(i)
+    if not frames:
+        return None, None
+    return torch.stack(frames), torch.tensor(rows, dtype=torch.long)
 
 
 def run_vad_baseline(convs: list[Conversation], reply_s: float = 2.0) -> list[npt.NDArray[np.float32]]:

@@ -450,6 +450,14 @@ def talk(
         "", help="Comma-separated tools to ask for in SessionStart.tools (default: the tools of the --call options)"
     ),
     call_wait_s: float = typer.Option(30.0, help="How long past the input to wait for --call results"),
+    video: Path | None = typer.Option(
+        None,
+        exists=True,
+        help="A video clip to show the model in step with the audio: an MP4 (any file FFmpeg reads), a folder "
+        "of PNG frames or a video.npy of `duplex corpus make --task action-count` (both at --video-fps). Each "
+        "audio chunk goes with the frame shown at its start, scaled to the server's video size",
+    ),
+    video_fps: float = typer.Option(5.0, help="Frames per second of a --video folder of PNG frames or .npy"),
 ) -> None:
     """Hold one conversation from an audio file and record the model's side.
 
@@ -459,6 +467,7 @@ def talk(
     _talk_check_input(input)
     said: list[np.ndarray] = []
     calls = _talk_calls(call, tools)
+    extra = _talk_extra(calls, video, video_fps, said)
     conv = asyncio.run(
         _talk_converse(
             target,
@@ -466,6 +475,7 @@ def talk(
             api_key,
             _talk_preparer(input, said),
             calls,
+            extra,
             fast=fast,
             chunk_ms=chunk_ms,
             call_wait_s=call_wait_s,
@@ -485,6 +495,31 @@ def _talk_check_input(input: Path) -> None:
     except AudioFileError as e:
         typer.echo(f"duplex talk: --input: {e}", err=True)
         raise typer.Exit(2) from None
+
+
+def _talk_extra(
+    calls: _TalkCalls, video: Path | None, fps: float, said: list[np.ndarray]
+) -> Callable[[pb.SessionReady], list[tuple[int, pb.ClientEvent]]]:
+    """``converse``'s ``extra``: the ``--call`` requests after the first chunk and, with ``--video``, one frame
+    before each chunk the clip covers (a clip that cannot be read exits 2 before connecting)."""
+    from . import video as video_mod
+
+    clip = None
+    if video is not None:
+        try:
+            clip = video_mod.read_clip(video, fps)
+        except video_mod.ClipError as e:
+            typer.echo(f"duplex talk: --video: {e}", err=True)
+            raise typer.Exit(2) from None
+
+    def extra(ready: pb.SessionReady) -> list[tuple[int, pb.ClientEvent]]:
+        events = [(1, r) for r in calls.requests]
+        if clip is not None:
+            chunks = -(-len(said[0]) // ready.chunk_samples)
+            events += video_mod.frame_events(clip, chunks, ready.chunk_ms, ready.video_size)
+        return events
+
+    return extra
 
 
 def _talk_preparer(input: Path, said: list[np.ndarray]) -> Callable[[pb.SessionReady], list[bytes]]:
@@ -532,6 +567,7 @@ async def _talk_converse(
     api_key: str,
     prepare: Callable[[pb.SessionReady], list[bytes]],
     calls: _TalkCalls,
+    extra: Callable[[pb.SessionReady], list[tuple[int, pb.ClientEvent]]],
     *,
     fast: bool,
     chunk_ms: int,
@@ -549,7 +585,7 @@ async def _talk_converse(
             realtime=not fast,
             metadata=md,
             start=client.start_event(chunk_ms=chunk_ms, sample_rate=0, tools=calls.granted),
-            extra=[(1, r) for r in calls.requests],
+            extra=extra,
             hold_open=lambda conv: not conv.agent_finished(calls.ids),
             max_hold_s=call_wait_s if calls.ids else 0.0,
         )

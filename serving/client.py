@@ -390,6 +390,9 @@ class _Outgoing:
 Chunks = Sequence[bytes] | Callable[[pb.SessionReady], Sequence[bytes]]
 """The audio to send: PCM16 chunks, or a function that makes them from the negotiated ``SessionReady`` (its
 format and chunk length: a client that lets the server choose, as ``duplex talk`` does)."""
+Extra = Sequence[tuple[int, pb.ClientEvent]] | Callable[[pb.SessionReady], Sequence[tuple[int, pb.ClientEvent]]]
+"""Events to send before the chunk of the given index, or a function that makes them from the ``SessionReady``
+(called after ``Chunks``'s: ``duplex talk --video`` scales its frames to the ready's ``video_size``)."""
 
 
 class ProtocolError(ValueError):
@@ -615,7 +618,7 @@ class _Script:
     chunks: Chunks
     realtime: bool
     start_delay_s: float
-    extra: Sequence[tuple[int, pb.ClientEvent]]
+    extra: Extra
     hold_open: Callable[[Conversation], bool] | None
     max_hold_s: float
 
@@ -628,7 +631,7 @@ class _Script:
             chunks = chunks(session.negotiated)
             conv.chunk_us = session.negotiated.chunk_ms * 1000
         extra_at: dict[int, list[pb.ClientEvent]] = {}
-        for i, ev in self.extra:
+        for i, ev in self.extra(session.negotiated) if callable(self.extra) else self.extra:
             extra_at.setdefault(i, []).append(ev)
         send_0 = (session.send_0_us if session.send_0_us is not None else clk.now_us()) + round(
             self.start_delay_s * 1e6
@@ -671,7 +674,7 @@ async def converse(
     realtime: bool = True,
     start: pb.ClientEvent | None = None,
     metadata: Sequence[tuple[str, str]] = (),
-    extra: Sequence[tuple[int, pb.ClientEvent]] = (),
+    extra: Extra = (),
     start_delay_s: float = 0.0,
     follow_hint: bool = True,
     stamp_start: bool = True,
@@ -683,8 +686,9 @@ async def converse(
     on_event: Callable[[pb.ServerEvent], None] | None = None,
 ) -> Conversation:
     """Hold one conversation: send ``start``, then the chunks, then EndOfStream; ``extra`` events are sent
-    right before the chunk with the given index. When ``chunks`` is a function, it is called with the
-    ``SessionReady`` and the chunk length is the ready's ``chunk_ms`` (``chunk_ms`` is then not used).
+    right before the chunk with the given index (``Extra``: or a function of the ``SessionReady``). When
+    ``chunks`` is a function, it is called with the ``SessionReady`` and the chunk length is the ready's
+    ``chunk_ms`` (``chunk_ms`` is then not used).
 
     Chunk k is sent once it would have been captured by a microphone: at ``Conversation.capture_end_us(k)``
     (``start_us + (k + 1) * chunk_ms``, plus any re-aim) when ``realtime``, else as fast as the stream takes it

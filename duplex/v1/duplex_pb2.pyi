@@ -153,7 +153,7 @@ class ClientEvent(_message.Message):
     def __init__(self, start: _Optional[_Union[SessionStart, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., video: _Optional[_Union[VideoFrame, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., end: _Optional[_Union[EndOfStream, _Mapping]] = ..., agent: _Optional[_Union[AgentRequest, _Mapping]] = ...) -> None: ...
 
 class SessionReady(_message.Message):
-    __slots__ = ("session_id", "model", "input_format", "output_format", "chunk_ms", "frame_ms", "chunk_samples", "tools", "replica", "send_in_us", "resume_token", "resumed", "resume_events_received", "resume_next_seq", "resume_grace_ms", "start_held_us")
+    __slots__ = ("session_id", "model", "input_format", "output_format", "chunk_ms", "frame_ms", "chunk_samples", "tools", "replica", "send_in_us", "resume_token", "resumed", "resume_events_received", "resume_next_seq", "resume_grace_ms", "start_held_us", "video_size")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     INPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class SessionReady(_message.Message):
     RESUME_NEXT_SEQ_FIELD_NUMBER: _ClassVar[int]
     RESUME_GRACE_MS_FIELD_NUMBER: _ClassVar[int]
     START_HELD_US_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SIZE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     input_format: AudioFormat
@@ -186,10 +187,11 @@ class SessionReady(_message.Message):
     resume_next_seq: int
     resume_grace_ms: int
     start_held_us: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., frame_ms: _Optional[int] = ..., chunk_samples: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., send_in_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ..., resume_events_received: _Optional[int] = ..., resume_next_seq: _Optional[int] = ..., resume_grace_ms: _Optional[int] = ..., start_held_us: _Optional[int] = ...) -> None: ...
+    video_size: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., input_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., output_format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., frame_ms: _Optional[int] = ..., chunk_samples: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ..., replica: _Optional[str] = ..., send_in_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ..., resume_events_received: _Optional[int] = ..., resume_next_seq: _Optional[int] = ..., resume_grace_ms: _Optional[int] = ..., start_held_us: _Optional[int] = ..., video_size: _Optional[int] = ...) -> None: ...
 
 class ChunkTiming(_message.Message):
-    __slots__ = ("seq", "client_time_us", "server_recv_us", "step_start_us", "server_send_us", "queue_wait_ms", "compute_ms", "batch_size", "cohort", "late", "substituted", "aim_error_ms")
+    __slots__ = ("seq", "client_time_us", "server_recv_us", "step_start_us", "server_send_us", "queue_wait_ms", "compute_ms", "batch_size", "cohort", "late", "substituted", "aim_error_ms", "video", "video_seq")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TIME_US_FIELD_NUMBER: _ClassVar[int]
     SERVER_RECV_US_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +204,8 @@ class ChunkTiming(_message.Message):
     LATE_FIELD_NUMBER: _ClassVar[int]
     SUBSTITUTED_FIELD_NUMBER: _ClassVar[int]
     AIM_ERROR_MS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_SEQ_FIELD_NUMBER: _ClassVar[int]
     seq: int
     client_time_us: int
     server_recv_us: int
@@ -214,7 +218,9 @@ class ChunkTiming(_message.Message):
     late: bool
     substituted: bool
     aim_error_ms: float
-    def __init__(self, seq: _Optional[int] = ..., client_time_us: _Optional[int] = ..., server_recv_us: _Optional[int] = ..., step_start_us: _Optional[int] = ..., server_send_us: _Optional[int] = ..., queue_wait_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., cohort: _Optional[int] = ..., late: _Optional[bool] = ..., substituted: _Optional[bool] = ..., aim_error_ms: _Optional[float] = ...) -> None: ...
+    video: bool
+    video_seq: int
+    def __init__(self, seq: _Optional[int] = ..., client_time_us: _Optional[int] = ..., server_recv_us: _Optional[int] = ..., step_start_us: _Optional[int] = ..., server_send_us: _Optional[int] = ..., queue_wait_ms: _Optional[float] = ..., compute_ms: _Optional[float] = ..., batch_size: _Optional[int] = ..., cohort: _Optional[int] = ..., late: _Optional[bool] = ..., substituted: _Optional[bool] = ..., aim_error_ms: _Optional[float] = ..., video: _Optional[bool] = ..., video_seq: _Optional[int] = ...) -> None: ...
 
 class ModelAudio(_message.Message):
     __slots__ = ("seq", "pcm", "samples", "output_sample", "control", "timing")

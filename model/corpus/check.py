@@ -12,7 +12,10 @@ Checks (each failure is one line of the returned list):
 - every barge-in stops the model within ``max_reaction_s`` of the user's onset, and the model stays
   silent from the stop until its next labelled event;
 - every timed request's words start exactly at its due moments (N s after its end, then every N s), say
-  its word, and its stop (if any) lies between two due moments.
+  its word, and its stop (if any) lies between two due moments;
+- an action-count conversation's ``video.npy`` has one frame per chunk, its actions are one kind, on frame
+  boundaries, with the stated lengths and gaps, each visible as a change around the actor, all before the
+  count question, whose count they are; the model answers it once, after it, with the count.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from duplex.model.audio_io import read_wav
+from duplex.model.corpus.actions import check_actions
 from duplex.model.corpus.audio import SAMPLE_RATE, rms
 
 EDGE = SAMPLE_RATE * 5 // 1000
@@ -162,4 +166,4 @@ def check_conversation(directory: Path, min_snr_db: float = 6.0, max_reaction_s:
                 problems.append(f"user_turn_end at {a / SAMPLE_RATE:.3f}s is not the end of the turn's speech")
     problems += _snr_problems(mic, events, min_snr_db)
     problems += _barge_in_problems(model, clean, events, max_reaction_s)
-    return problems + _timed_problems(events)
+    return problems + _timed_problems(events) + check_actions(directory, doc)

@@ -77,7 +77,9 @@ Task = Annotated[
     str,
     typer.Option(
         "--task",
-        help="turns (ordinary turn-taking) or timespeak (timed requests, spoken or typed, between ordinary exchanges).",
+        help="turns (ordinary turn-taking), timespeak (timed requests, spoken or typed, between ordinary exchanges) "
+        "or action-count (a 32x32 video clip of a shape that jumps, blinks or turns 4-10 times beside ordinary "
+        "exchanges, then 'How many times did it jump?' spoken or typed, and the count as the answer).",
     ),
 ]
 TimedShare = Annotated[

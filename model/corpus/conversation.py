@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from duplex.model.audio_io import write_wav
 from duplex.model.corpus import audio, textgen
@@ -63,7 +64,8 @@ class ConversationSpec:
     engine: str = "espeak-ng"
     """The user's TTS engine: ``espeak-ng`` (a voice from ``variants``) or ``flite`` (the held-out engine)."""
     task: str = "turns"
-    """``turns`` (ordinary turn-taking) or ``timespeak`` (timed requests between ordinary exchanges)."""
+    """``turns`` (ordinary turn-taking), ``timespeak`` (timed requests between ordinary exchanges) or
+    ``action-count`` (a video clip and a question about it)."""
     timed_max_n: int = 30
     """TimeSpeak: the longest delay or period a request asks for (2..30 s)."""
 
@@ -121,9 +123,13 @@ class Conversation:
     user_clean: FloatArray
     model: FloatArray
     doc: dict[str, Any]
+    video: npt.NDArray[np.uint8] | None = None
+    """(K, H, W, 3) RGB frames, one per 200 ms chunk (``--task action-count``), written as ``video.npy``."""
 
     def write(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        if self.video is not None:
+            np.save(directory / "video.npy", self.video, allow_pickle=False)
         write_wav(directory / "user.wav", audio.to_pcm16(self.user), SAMPLE_RATE)
         write_wav(directory / "user_clean.wav", audio.to_pcm16(self.user_clean), SAMPLE_RATE)
         write_wav(directory / "model.wav", audio.to_pcm16(self.model), SAMPLE_RATE)
@@ -278,6 +284,10 @@ class _Builder:
         self.model_free = at + n
         return at + n, None
 
+    def video(self, n: int) -> npt.NDArray[np.uint8] | None:
+        """The conversation's video frames for ``n`` samples (None: it has no video)."""
+        return None
+
     def audible_point(self, x: FloatArray, lo: int, hi: int) -> int:
         """A random sample in [lo, hi) where the model is audibly speaking (20 ms RMS > RMS - 10 dB), so a
         barge-in overlaps model speech rather than a pause between its sentences."""
@@ -363,6 +373,10 @@ def generate(spec: ConversationSpec, timing: Timing | None = None) -> Conversati
         from duplex.model.corpus.timespeak import TimeSpeakBuilder
 
         b: _Builder = TimeSpeakBuilder(spec, timing or spec.timing)
+    elif spec.task == "action-count":
+        from duplex.model.corpus.actions import ActionCountBuilder
+
+        b = ActionCountBuilder(spec, timing or spec.timing)
     else:
         b = _Builder(spec, timing or spec.timing)
     Espeak.get().seed(spec.corpus_seed * 1_000_003 + spec.index)
@@ -402,4 +416,4 @@ def generate(spec: ConversationSpec, timing: Timing | None = None) -> Conversati
     }
     if spec.task != "turns":  # a turn-taking corpus keeps the bytes it had before tasks existed
         doc = {"format": FORMAT, "task": spec.task, **{k: v for k, v in doc.items() if k != "format"}}
-    return Conversation(user=mic, user_clean=user_clean, model=model, doc=doc)
+    return Conversation(user=mic, user_clean=user_clean, model=model, doc=doc, video=b.video(n))

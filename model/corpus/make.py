@@ -50,7 +50,10 @@ EVENT_TYPES = (
 )
 TIMESPEAK_EVENT_TYPES = ("timed_request", "timed_word", "typed_text")
 """Events only ``--task timespeak`` conversations have (counted in its manifest)."""
-TASKS = ("turns", "timespeak")
+ACTION_EVENT_TYPES = ("video", "action", "count_question", "typed_text")
+"""Events only ``--task action-count`` conversations have (counted in its manifest)."""
+TASK_EVENT_TYPES = {"turns": (), "timespeak": TIMESPEAK_EVENT_TYPES, "action-count": ACTION_EVENT_TYPES}
+TASKS = ("turns", "timespeak", "action-count")
 VOICE_SPLIT_SEED = 20261125
 TEST_VARIANT_FRACTION = 0.15
 
@@ -65,14 +68,14 @@ def voice_split() -> dict[str, tuple[str, ...]]:
 
 
 def assign_tasks(n: int, seed: int, task: str, timed_share: float) -> list[str]:
-    """Per conversation ``turns`` or ``timespeak``: with ``task`` timespeak, each conversation is a TimeSpeak one
-    with probability ``timed_share`` (its own seeded draw), else an ordinary one."""
+    """Per conversation its task: with ``task`` timespeak, each conversation is a TimeSpeak one with probability
+    ``timed_share`` (its own seeded draw), else an ordinary one; otherwise every conversation has ``task``."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose {', '.join(TASKS)}")
     if not 0.0 <= timed_share <= 1.0:
         raise ValueError(f"timed share {timed_share} is not within 0..1")
-    if task == "turns":
-        return ["turns"] * n
+    if task != "timespeak":
+        return [task] * n
     draws = np.random.default_rng([seed, 4]).random(n)
     return ["timespeak" if d < timed_share else "turns" for d in draws]
 
@@ -132,7 +135,7 @@ def _render_one(job: tuple[ConversationSpec, str]) -> dict[str, Any]:
     conversation.write(Path(out) / spec.conversation_id)
     doc = conversation.doc
     counts = Counter(e["type"] for e in doc["events"])
-    types = EVENT_TYPES + (TIMESPEAK_EVENT_TYPES if spec.task == "timespeak" else ())
+    types = EVENT_TYPES + TASK_EVENT_TYPES[spec.task]
     return {
         "id": spec.conversation_id,
         "split": spec.split,
@@ -210,9 +213,11 @@ def make_corpus(
     manifest["settings"]["heldout_fraction"] = heldout_fraction
     manifest["settings"]["timing"] = asdict(timing)
     if task != "turns":
-        manifest["settings"] |= {"task": task, "timed_share": float(timed_share), "timed_max_n": timed_max_n}
+        manifest["settings"]["task"] = task
+        if task == "timespeak":
+            manifest["settings"] |= {"timed_share": float(timed_share), "timed_max_n": timed_max_n}
         manifest["totals"]["event_counts"] |= {
-            t: sum(e["event_counts"].get(t, 0) for e in entries) for t in TIMESPEAK_EVENT_TYPES
+            t: sum(e["event_counts"].get(t, 0) for e in entries) for t in TASK_EVENT_TYPES[task]
         }
         manifest["totals"]["tasks"] = dict(sorted(Counter(tasks).items()))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -168,6 +168,7 @@ class EngineStream:
             replica=f"{server.spec.host}:{server.port}",
             resume_token=server.resumes.issue(session, key_id) if resumable else "",
             resume_grace_ms=round(server.resumes.grace_s * 1000) if resumable else 0,
+            video_size=server.format.video_size,
         )
         self.ready = session.ready
         return session

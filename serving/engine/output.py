@@ -102,6 +102,8 @@ class OutputStage:
             cohort=result.cohort,
             late=row.late,
             substituted=row.chunk is None,
+            video=row.video is not None,
+            video_seq=max(row.video_seq, 0),
         )
         start = conv.output_sample
         events.append(

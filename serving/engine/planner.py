@@ -113,6 +113,8 @@ class PlannedRow:
     """A video frame (3, V, V) attached to the chunk's first frame."""
     aim_error_s: float = 0.0
     """When the chunk arrived relative to its cohort's aim (``StepPlanner.aim_error``; 0 without a chunk)."""
+    video_seq: int = -1
+    """``VideoFrame.seq`` of ``video`` (-1: none)."""
 
 
 @dataclass(frozen=True)
@@ -260,8 +262,12 @@ class StepPlanner:
     def add_text(self, s: SlotSession, tokens: list[int]) -> None:
         s.text_queue.extend(tokens)
 
-    def set_video(self, s: SlotSession, frame: torch.Tensor) -> None:
-        s.video = frame
+    def set_video(self, s: SlotSession, frame: torch.Tensor, seq: int) -> None:
+        """Queue a frame for the chunk that follows it on the stream (the latest frame before a chunk wins)."""
+        at = s.pending[-1].seq + 1 if s.pending else s.next_seq
+        if s.videos and s.videos[-1][0] == at:
+            s.videos.pop()
+        s.videos.append((at, seq, frame))
 
     def end(self, s: SlotSession) -> None:
         """The client finished sending: step what is queued, then finish."""
@@ -401,6 +407,8 @@ class StepPlanner:
         if not t.active:
             return None
         text = tuple(m.text_queue.popleft() for _ in range(min(len(m.text_queue), self.text_per_step)))
-        video, m.video = m.video, None
+        video, video_seq = None, -1
+        while m.videos and m.videos[0][0] <= t.seq:  # this chunk's frame (frames of skipped chunks are stale)
+            _, video_seq, video = m.videos.popleft()
         aim = 0.0 if chunk is None else self.layout.aim_error(c, chunk.recv_mono)
-        return PlannedRow(m.conversation, chunk, t.seq, t.late, text, video, aim)
+        return PlannedRow(m.conversation, chunk, t.seq, t.late, text, video, aim, video_seq)

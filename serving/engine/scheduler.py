@@ -56,6 +56,7 @@ class Text:
 class Video:
     conversation: Conversation
     frame: torch.Tensor
+    seq: int
 
 
 @dataclass(frozen=True)
@@ -193,8 +194,9 @@ class Scheduler:
         conv.text_in_flight += len(tokens)
         self.inbox.put(Text(conv, tokens))
 
-    def set_video(self, conv: Conversation, frame: torch.Tensor) -> None:
-        self.inbox.put(Video(conv, frame))
+    def set_video(self, conv: Conversation, frame: torch.Tensor, seq: int) -> None:
+        """Queue a validated video frame (``VideoFrame.seq`` ``seq``) for the next chunk the stream brings."""
+        self.inbox.put(Video(conv, frame, seq))
 
     def end(self, conv: Conversation) -> None:
         """The client finished sending: process what is queued, then close the stream with OK."""
@@ -288,7 +290,7 @@ class Scheduler:
             elif isinstance(m, Text):
                 self.planner.add_text(m.conversation.slot_session, m.tokens)
             elif isinstance(m, Video):
-                self.planner.set_video(m.conversation.slot_session, m.frame)
+                self.planner.set_video(m.conversation.slot_session, m.frame, m.seq)
             elif isinstance(m, End):
                 self.planner.end(m.conversation.slot_session)
             elif isinstance(m, Park):

@@ -396,7 +396,8 @@ class EngineServer:
         assert self.scheduler is not None
         if resumed and ev.video.seq <= session.last_video_seq:
             return False
-        self.scheduler.set_video(session, v.check_video(ev.video, session.last_video_seq, self.format.video_size))
+        frame = v.check_video(ev.video, session.last_video_seq, self.format.video_size)
+        self.scheduler.set_video(session, frame, int(ev.video.seq))
         session.last_video_seq = int(ev.video.seq)
         return True
 

@@ -199,7 +199,9 @@ class SlotSession:
     the event loop through the scheduler's inbox; the loop's own flag is ``Conversation.parked``)."""
     text_queue: collections.deque[int] = field(default_factory=collections.deque)
     """Typed-text byte tokens waiting to be fed with its next stepped chunks."""
-    video: torch.Tensor | None = None
-    """The latest video frame (3, V, V), fed with its next stepped chunk."""
+    videos: collections.deque[tuple[int, int, torch.Tensor]] = field(default_factory=collections.deque)
+    """Video frames waiting for their chunk: (audio seq of the chunk that follows the frame on the stream,
+    ``VideoFrame.seq``, frame (3, V, V)); at most one per chunk (a later frame before the same chunk replaces
+    it), so no more wait than chunks do."""
     prompt: object | None = None
     """The session's prompt (PersonaPlex: voice and persona), prefilled into its slot when it is placed."""

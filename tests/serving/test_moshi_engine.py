@@ -102,6 +102,27 @@ def test_typed_text_and_wrong_rate_are_refused_clearly(served: Served) -> None:
     assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and "start.instructions" in conv.details
 
 
+def test_a_model_without_video_says_so_and_refuses_frames(served: Served) -> None:
+    """``duplex talk --video`` against a Moshi checkpoint: the ready's video_size is 0, and a frame ends the stream
+    with a clear INVALID_ARGUMENT."""
+    frame = pb.ClientEvent(video=pb.VideoFrame(seq=0, rgb=bytes(32 * 32 * 3), width=32, height=32))
+
+    async def attempt() -> client.Conversation:
+        async with client.channel(served.addr, None) as ch:
+            return await client.converse(
+                ch,
+                [bytes(2 * FRAME)] * 3,
+                chunk_ms=80,
+                start=client.start_event(sample_rate=24000),
+                realtime=False,
+                extra=[(1, frame)],
+            )
+
+    conv = served.thread.run(attempt())
+    assert conv.of("ready")[0].event.ready.video_size == 0
+    assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and "video: this model takes no video input" in conv.details
+
+
 def test_a_session_among_others_equals_upstream_alone(served: Served) -> None:
     """Three live sessions: A from the start, the witness T once A is going, B once T is; A leaves while T
     talks (T's slot may move into A's), B joins and leaves. T's text is upstream's token for token, its audio
