@@ -83,6 +83,10 @@ class ModelConfig(BaseModel):
     them back ``feedback_delay_frames`` later like its other outputs, so a timer outlives the attention window."""
     agenda_max_s: int = Field(30, ge=1, le=120)
     """Longest delay or period (seconds) the agenda counts down."""
+    agenda_tally: int = Field(0, ge=0, le=64)
+    """Largest count the agenda's fourth token, a tally of the actions seen so far in a video, holds (0 = no
+    tally; needs ``agenda_words``): what lets the model answer "how many times did it jump?" about a clip
+    longer than its window."""
 
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype used by the planner and when loading for serving."""
@@ -101,6 +105,8 @@ class ModelConfig(BaseModel):
             raise ModelError(f"frame_ms={self.frame_ms} is not a whole number of samples at {self.sample_rate} Hz")
         if self.video_size and self.video_size % self.video_patch:
             raise ModelError(f"video_size ({self.video_size}) must be a multiple of video_patch ({self.video_patch})")
+        if self.agenda_tally and not self.agenda_words:
+            raise ModelError("agenda_tally needs an agenda (agenda_words > 0)")
         if self.text_vocab < 258:
             raise ModelError(f"text_vocab ({self.text_vocab}) must hold 256 bytes + PAD + EOT")
         return self
@@ -145,10 +151,11 @@ class ModelConfig(BaseModel):
 
     @property
     def agenda_classes(self) -> tuple[int, ...]:
-        """Classes of the agenda's (word, period, countdown) tokens; () without an agenda."""
+        """Classes of the agenda's (word, period, countdown[, tally]) tokens; () without an agenda."""
         if not self.agenda_words:
             return ()
-        return (self.agenda_words + 1, self.agenda_max_s + 1, self.agenda_max_s * 1000 // self.agenda_unit_ms + 1)
+        timer = (self.agenda_words + 1, self.agenda_max_s + 1, self.agenda_max_s * 1000 // self.agenda_unit_ms + 1)
+        return timer + ((self.agenda_tally + 1,) if self.agenda_tally else ())
 
     def frames_per_chunk(self, chunk_ms: int) -> int:
         """Frames in a chunk of ``chunk_ms``; the chunk must be a whole number of frames in 80–400 ms."""

@@ -72,7 +72,7 @@ class Targets:
     text_in: Tensor | None = None
     """(T, text_in_slots) int64 typed input bytes (PAD = none); None when the conversation has no typed text."""
     agenda: Tensor | None = None
-    """(T, 3) int64 agenda tokens (word, period, countdown); None when the model has no agenda."""
+    """(T, A) int64 agenda tokens (word, period, countdown[, tally]); None when the model has no agenda."""
 
 
 def read_track(path: Path) -> Tensor:
@@ -190,8 +190,10 @@ def agenda_targets(conv: Conversation, cfg: ModelConfig) -> Tensor | None:
     if cfg.agenda_words < len(WORDS):
         raise ModelError(f"agenda_words={cfg.agenda_words} cannot hold the {len(WORDS)} TimeSpeak words")
     T = conv.frames
-    out = torch.zeros(T, 3, dtype=torch.long)
+    out = torch.zeros(T, len(classes), dtype=torch.long)
     centre = (torch.arange(T, dtype=torch.float64) + 0.5) * (cfg.frame_ms / 1000)
+    if cfg.agenda_tally:
+        out[:, 3] = _tally(conv.events, centre, cfg.agenda_tally)
     unit = cfg.agenda_unit_ms / 1000
     for ev in sorted((e for e in conv.events if e["type"] == "timed_request"), key=lambda e: float(e["end"])):
         n, end = int(ev["n"]), float(ev["end"])
@@ -209,6 +211,18 @@ def agenda_targets(conv: Conversation, cfg: ModelConfig) -> Tensor | None:
         out[span, 1] = n if every else 0
         out[span, 2] = count[span]
     return out
+
+
+def _tally(events: list[dict[str, Any]], centre: Tensor, cap: int) -> Tensor:
+    """The actions of the clip finished by each frame's centre, until the count has been answered."""
+    done = torch.zeros(centre.shape[0], dtype=torch.long)
+    for e in events:
+        if e["type"] == "action":
+            done += (centre >= float(e["end"])).long()
+    for e in events:
+        if e["type"] == "model_turn" and e.get("kind") == "count_answer":
+            done[centre >= float(e["end"])] = 0
+    return done.clamp(max=cap)
 
 
 def _stop_end(events: list[dict[str, Any]], stop: float | None) -> float:

@@ -26,7 +26,7 @@ from torch import Tensor
 from . import checkpoint
 from .codec import Codec
 from .config import ModelConfig, ModelError, get_preset
-from .data import Conversation, Targets, load_conversation, load_split, split_ids, targets
+from .data import Conversation, Targets, load_conversation, load_split, split_ids, targets, video_input
 from .evaluate import Metrics, score, stream_model
 from .family import Floor
 from .model import DuplexModel, delay
@@ -78,6 +78,8 @@ class Example:
     t: Targets
     clean: Tensor | None = None
     """(T*S,) int16 dry user speech: sometimes trained on instead, so a noiseless microphone is no surprise."""
+    video: tuple[Tensor, Tensor] | None = None
+    """(uint8 frames (K, 3, V, V), model frame of each (K,)): ``video_input`` kept as bytes."""
 
 
 def _int16(x: Tensor) -> Tensor:
@@ -86,7 +88,9 @@ def _int16(x: Tensor) -> Tensor:
 
 def to_example(c: Conversation, cfg: ModelConfig, codec: Codec) -> Example:
     clean = None if c.user_clean is None else _int16(c.user_clean)
-    return Example(_int16(c.user), targets(c, cfg, codec), clean)
+    video = video_input(c, cfg)
+    kept = None if video is None else ((video[0] * 255).round().to(torch.uint8), video[1])
+    return Example(_int16(c.user), targets(c, cfg, codec), clean, kept)
 
 
 def prepare(corpus: Path, split: str, cfg: ModelConfig, codec: Codec, progress: Progress) -> list[Example]:
@@ -121,7 +125,9 @@ def make_batch(
     typed: list[Tensor | None] = []
     agenda: list[Tensor] = []
     agenda_in: list[Tensor] = []
-    for _ in range(size):
+    video: list[Tensor] = []
+    video_at: list[Tensor] = []
+    for row in range(size):
         ex = examples[rng.randrange(len(examples))]
         T = ex.t.control.shape[0]
         n = min(frames, T)
@@ -140,8 +146,13 @@ def make_batch(
         text.append(_crop(ex.t.text, start, n, frames, 256))
         weight.append(_crop(ex.t.weight, start, n, frames, 0.0))
         typed.append(None if ex.t.text_in is None else ex.t.text_in[start : start + n])
+        if ex.video is not None:
+            inside = (ex.video[1] >= start) & (ex.video[1] < start + n)
+            video.append(ex.video[0][inside])
+            at = ex.video[1][inside] - start
+            video_at.append(torch.stack([torch.full_like(at, row), at], dim=1))
         if ex.t.agenda is not None:
-            padded = torch.cat([torch.zeros(delay_frames, 3, dtype=torch.long), ex.t.agenda])
+            padded = torch.cat([torch.zeros(delay_frames, ex.t.agenda.shape[1], dtype=torch.long), ex.t.agenda])
             agenda.append(_crop_rows(ex.t.agenda[start : start + n], frames))
             read_back = _crop_rows(padded[start : start + n], frames)
             if agenda_classes and rng.random() < AGENDA_NOISE:
@@ -156,6 +167,8 @@ def make_batch(
     }
     if agenda:
         batch["agenda"], batch["agenda_in"] = torch.stack(agenda), torch.stack(agenda_in)
+    if video:  # frames of clips in this batch (action counting), each at its (row, frame)
+        batch["video"], batch["video_at"] = torch.cat(video).float() / 255.0, torch.cat(video_at)
     slots = next((x.shape[1] for x in typed if x is not None), 0)
     if slots:  # typed text in this batch (TimeSpeak): PAD elsewhere, the engine's layout
         batch["text_in"] = torch.full((size, frames, slots), 256, dtype=torch.long)
@@ -174,14 +187,16 @@ AGENDA_NOISE_FRAMES = (3, 60)
 def corrupt_agenda(
     read_back: Tensor, target: Tensor, rng: random.Random, classes: tuple[int, ...], delay_frames: int
 ) -> None:
-    """Overwrite a span of ``read_back`` (frames, 3) in place with a made-up agenda (a random word and period,
-    a random countdown going down one per ``delay_frames``), most of the time over a frame where the true agenda
-    changes (a request just heard, a due moment, a stop). Teacher forcing alone only ever reads back the right
-    agenda, so a model trained that way copies whatever it once wrote; with this it learns to correct a wrong
-    read-back from what it hears and reads, and from the agenda it read back before the span."""
+    """Overwrite a span of ``read_back`` (frames, A) in place with a made-up agenda (a random word and period,
+    a random countdown going down one per ``delay_frames``, a random tally), most of the time over a frame where
+    the true agenda changes (a request just heard, a due moment, a stop, an action seen). Teacher forcing alone
+    only ever reads back the right agenda, so a model trained that way copies whatever it once wrote; with this
+    it learns to correct a wrong read-back from what it hears, reads and sees, and from the agenda it read back
+    before the span."""
     frames = read_back.shape[0]
     length = rng.randint(*AGENDA_NOISE_FRAMES)
-    changes = (target[1:, :2] != target[:-1, :2]).any(-1).nonzero().flatten().tolist()
+    kept = [0, 1, *range(3, target.shape[1])]  # every token but the countdown, which changes each unit
+    changes = (target[1:, kept] != target[:-1, kept]).any(-1).nonzero().flatten().tolist()
     if changes and rng.random() < 0.7:
         at = changes[rng.randrange(len(changes))] + 1 - rng.randrange(length)
     else:
@@ -192,6 +207,8 @@ def corrupt_agenda(
     read_back[span, 0] = rng.randrange(classes[0])
     read_back[span, 1] = rng.randrange(classes[1])
     read_back[span, 2] = (rng.randrange(classes[2]) - offsets // delay_frames).clamp(min=0)
+    for i in range(3, len(classes)):
+        read_back[span, i] = rng.randrange(classes[i])
 
 
 def _crop_rows(x: Tensor, frames: int) -> Tensor:
@@ -207,7 +224,8 @@ moment passed, a stop): the recognitions, where the rest of the countdown is boo
 
 def agenda_loss(logits: tuple[Tensor, ...], target: Tensor, read_back: Tensor, mask: Tensor) -> Tensor:
     """Cross-entropy of the agenda heads over ``mask``ed frames, frames of change weighted up."""
-    follows = (target[..., :2] == read_back[..., :2]).all(-1) & (target[..., 2] == (read_back[..., 2] - 1).clamp(0))
+    kept = [0, 1, *range(3, target.shape[-1])]
+    follows = (target[..., kept] == read_back[..., kept]).all(-1) & (target[..., 2] == (read_back[..., 2] - 1).clamp(0))
     w = mask * torch.where(follows, 1.0, AGENDA_CHANGE_WEIGHT)
     parts = [
         (F.cross_entropy(x.transpose(1, 2), target[..., i], reduction="none") * w).sum() for i, x in enumerate(logits)
@@ -234,7 +252,14 @@ def loss_fn(
     own_agenda = b.get("agenda_in")
     if own_agenda is not None and dropout:
         own_agenda = torch.where(drop[..., None], torch.zeros_like(own_agenda), own_agenda)
-    out = model(b["audio"], *own, text_in=b.get("text_in"), own_agenda=own_agenda)
+    out = model(
+        b["audio"],
+        *own,
+        text_in=b.get("text_in"),
+        video=b.get("video"),
+        video_at=b.get("video_at"),
+        own_agenda=own_agenda,
+    )
     w = b["weight"] * CLASS_WEIGHT[b["control"]]
     ctrl = (F.cross_entropy(out.control.transpose(1, 2), b["control"], reduction="none") * w).sum() / w.sum()
     speaking = ((b["control"] == Floor.SPEAK) | (b["control"] == Floor.BACKCHANNEL)).float() * (b["weight"] > 0)
@@ -292,11 +317,14 @@ def _validate(
 
 
 def load_init(model: DuplexModel, path: Path) -> None:
-    """Start from ``path``'s weights (fine-tuning). A checkpoint without an agenda, of the same shape
-    otherwise, starts an agenda model: its agenda weights stay as built (zero: no input, undecided)."""
+    """Start from ``path``'s weights (fine-tuning). A checkpoint whose agenda is a part of the model's (none, or
+    the timer without the tally), of the same shape otherwise, starts the larger agenda: the new agenda weights
+    stay as built (zero: no input, undecided)."""
     cfg = model.cfg
     src = checkpoint.read_config(path)
-    expected = cfg.model_copy(update={"agenda_words": 0}) if cfg.agenda_words and not src.agenda_words else cfg
+    fields = ("agenda_words", "agenda_max_s", "agenda_tally")
+    part = src.agenda_classes == cfg.agenda_classes[: len(src.agenda_classes)]
+    expected = cfg.model_copy(update={k: getattr(src, k) for k in fields}) if part else cfg
     result = model.load_state_dict(checkpoint.load(path, expected=expected).state_dict(), strict=False)
     missing = [k for k in result.missing_keys if "agenda" not in k]
     if missing or result.unexpected_keys:

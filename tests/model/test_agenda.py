@@ -169,3 +169,52 @@ def test_a_checkpoint_without_an_agenda_starts_an_agenda_model(tmp_path: Path) -
     checkpoint.save(timed, tmp_path / "timed.safetensors")
     with pytest.raises(ModelError, match="does not match"):
         load_init(DuplexModel(get_preset("tiny")), tmp_path / "timed.safetensors")
+
+
+TALLY = TIMED.model_copy(update={"name": "tiny-timed-tally", "agenda_tally": 15})
+
+
+def test_the_tally_counts_the_actions_finished_until_the_count_is_answered() -> None:
+    assert TALLY.agenda_classes == (13, 31, 151, 16)
+    events = [
+        {"type": "action", "start": 1.0, "end": 1.4, "kind": "jump"},
+        {"type": "action", "start": 2.0, "end": 2.6, "kind": "jump"},
+        {"type": "model_turn", "start": 4.0, "end": 4.8, "kind": "count_answer"},
+    ]
+    a = agenda_targets(_conversation(events, 6.0), TALLY)
+    assert a is not None and a.shape == (150, 4)
+    assert (a[:35, 3] == 0).all() and (a[35:65, 3] == 1).all() and (a[65:120, 3] == 2).all()
+    assert (a[120:, 3] == 0).all() and (a[:, :3] == 0).all()
+    with pytest.raises(ValueError, match="agenda_tally needs an agenda"):
+        ModelConfig(agenda_tally=4)
+
+
+def test_a_crop_carries_its_clip_frames_at_their_rows_and_frames() -> None:
+    T = 60
+    t = Targets(
+        torch.zeros(T, dtype=torch.long), torch.zeros(T, dtype=torch.long), torch.full((T,), 256), torch.ones(T)
+    )
+    frames = torch.arange(12, dtype=torch.uint8)[:, None, None, None].expand(12, 3, 32, 32).contiguous()
+    ex = Example(torch.zeros(T * 640, dtype=torch.int16), t, None, (frames, torch.arange(0, 60, 5)))
+    batch = make_batch([ex], random.Random(9), 3, 20, 640, 5)
+    rows, at = batch["video_at"][:, 0], batch["video_at"][:, 1]
+    assert sorted(set(rows.tolist())) == [0, 1, 2] and ((at >= 0) & (at < 20)).all()
+    # frame k was made with value k and sits at model frame 5k: in the crop at 5k - start
+    values = (batch["video"][:, 0, 0, 0] * 255).round().long()
+    for r in range(3):
+        mine = rows == r
+        starts = values[mine] * 5 - at[mine]
+        assert len(set(starts.tolist())) == 1  # one crop start per row, the frames in order
+        assert mine.sum() == 4  # 20 frames hold 4 chunks' frames
+
+
+def test_a_timer_checkpoint_starts_a_model_with_a_tally(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    timed = DuplexModel(TIMED)
+    checkpoint.save(timed, tmp_path / "timed.safetensors")
+    tally = DuplexModel(TALLY)
+    load_init(tally, tmp_path / "timed.safetensors")
+    mine = tally.state_dict()
+    for name, value in timed.state_dict().items():
+        assert torch.equal(mine[name], value), name
+    assert (mine["agenda_heads.3.weight"] == 0).all() and (mine["inputs.own_agenda.3.weight"] == 0).all()
