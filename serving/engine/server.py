@@ -94,6 +94,7 @@ class EngineServer:
         self.served: ServedModel[Any] = DuplexServed(model) if isinstance(model, DuplexModel) else model
         self.format = self.served.format
         self.model_name = spec.served_model_name or self.format.name
+        self.continues_after_input = self.format.continues_after_input
         self.served.frames_per_chunk(spec.chunk_ms)  # validate early: a clear error before binding a port
         self.metrics = EngineMetrics()
         self.health = health.aio.HealthServicer()
