@@ -203,3 +203,5 @@ class SlotSession:
     """The latest video frame (3, V, V), fed with its next stepped chunk."""
     prompt: object | None = None
     """The session's prompt (PersonaPlex: voice and persona), prefilled into its slot when it is placed."""
+    sampling: object | None = None
+    """The session's own sampling settings (the Moshi family), set on its slot when it is placed."""

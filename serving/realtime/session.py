@@ -247,6 +247,8 @@ class RealtimeSession:
             voice=self.settings.voice,
             session_id=self.session_id,
         )
+        if self.settings.temperature is not None and self.host.session_sampling:
+            start.temperature = self.settings.temperature
         self._pump = asyncio.create_task(self._run_conversation(pb.ClientEvent(start=start)))
 
     async def _upstream_events(self) -> AsyncIterator[pb.ClientEvent]:
