@@ -186,7 +186,7 @@ class RealtimeSession:
         Hibiki translates what it heard): the last partial chunk (completed with silence) and ``EndOfStream``
         go to the engine, which feeds the model silence until its output is over; then the conversation ends
         OK. Other models take turns themselves: the commit is ignored, as ``response.create`` is."""
-        if not self.host.continues_after_input:
+        if not self.host.continues_after_input or self.phase is Phase.CLOSED:
             return
         self._check_input_open("input_audio_buffer.commit", "type")
         if self.phase is Phase.OPEN:
