@@ -104,6 +104,9 @@ class RealtimeSession:
         self._frame_received: float | None = None
         """``bridge_clock`` time the text frame being handled arrived."""
         self._pump: asyncio.Task[None] | None = None
+        self._handover: asyncio.Task[None] | None = None
+        """Hands the audio held until SessionReady to the engine (its own task: the engine takes its input while
+        the pump that received SessionReady goes on reading the conversation's events)."""
         self.uplink = Uplink(clock_us)
         self._uplink_lock = asyncio.Lock()
         """Held while the uplink's chunks go upstream, so they go in ``seq`` order whoever hands them over."""
@@ -144,10 +147,11 @@ class RealtimeSession:
                     break
         finally:
             self.lifecycle.close()
-            if self._pump is not None:
-                self._pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._pump
+            for task in (self._handover, self._pump):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def on_text(self, data: str) -> None:
         """One text frame: a client event, or an ``error`` event naming what was wrong with it."""
@@ -299,13 +303,20 @@ class RealtimeSession:
             self.lifecycle.live()
         await self._send_all(self.translator.translate(event))
         if ready:
-            async with self._uplink_lock:
-                for early in self.uplink.live(event.ready):  # waited for SessionReady: setup, not the bridge's work
-                    await self._upstream.put((early, None))
-                if self.input_ended:  # committed before SessionReady
-                    await self._finish_input()
+            self._handover = asyncio.create_task(self._hand_over(event.ready))
         elif event.HasField("audio"):
             self.metrics.bridge.labels("egress").observe(self.bridge_clock() - received)
+
+    async def _hand_over(self, ready: pb.SessionReady) -> None:
+        """From SessionReady on, audio is cut into the engine's chunks: the chunks of the audio held meanwhile go
+        upstream (then the end of the input, when it was committed meanwhile). Appends that come first wait for
+        the lock and are held too, so the chunks go in order."""
+        async with self._uplink_lock:
+            for early in self.uplink.live(ready):  # waited for SessionReady: setup, not the bridge's work
+                await self._upstream.put((early, None))
+            if self.input_ended:  # committed before SessionReady
+                with contextlib.suppress(ConnectionError):  # the WebSocket went away meanwhile
+                    await self._finish_input()
 
     async def _send_all(self, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -80,24 +80,58 @@ def by_chunk(events: list[dict[str, Any]]) -> dict[int, tuple[bytes, str]]:
     return out
 
 
-async def test_commit_gives_the_tail_as_grpc_does(rt_hibiki: RealtimeStack) -> None:
-    pcm = speech()
-    chunks = WHOLE + 1  # the last one completed with silence
-    padded = np.concatenate([pcm, np.zeros(chunks * FRAME - len(pcm), np.int16)])
-    async with grpc_client.channel(f"127.0.0.1:{rt_hibiki.engine.port}", None) as ch:
+Reference = tuple[dict[int, bytes], dict[int, str]]
+"""Per chunk seq of a gRPC session: its audio (PCM16 bytes) and its text."""
+
+
+async def grpc_reference(stack: RealtimeStack, pcm: np.ndarray) -> Reference:
+    """The same input over gRPC to the same engine, the last chunk completed with silence, then EndOfStream."""
+    chunks = -(-len(pcm) // FRAME)
+    async with grpc_client.channel(f"127.0.0.1:{stack.engine.port}", None) as ch:
         reference = await grpc_client.converse(
             ch,
-            grpc_client.split_chunks(padded, FRAME),
+            grpc_client.split_chunks(pcm, FRAME),
             chunk_ms=80,
             start=grpc_client.start_event(sample_rate=24000, chunk_ms=80),
         )
     assert reference.code == grpc.StatusCode.OK, reference.details
-    ref_audio = {r.event.audio.seq: r.event.audio.pcm or bytes(2 * FRAME) for r in reference.of("audio")}
-    assert sorted(ref_audio) == list(range(chunks + TAIL))
-    ref_text: dict[int, str] = {}
+    audio = {r.event.audio.seq: r.event.audio.pcm or bytes(2 * FRAME) for r in reference.of("audio")}
+    assert sorted(audio) == list(range(chunks + TAIL))
+    text: dict[int, str] = {}
     for r in reference.of("text"):
-        ref_text[r.event.text.seq] = ref_text.get(r.event.text.seq, "") + r.event.text.text
+        text[r.event.text.seq] = text.get(r.event.text.seq, "") + r.event.text.text
+    return audio, text
 
+
+def check_tail(got: Received, reference: Reference, chunks: int) -> None:
+    """After the commit: every chunk answered, then the tail as one completed response equal, chunk for chunk, to
+    the gRPC session's tail; the socket closed normally."""
+    assert got.close_code == 1000
+    types = got.types()
+    seqs = [e["seq"] for e in got.of("duplex.chunk")]
+    assert seqs == list(range(chunks + TAIL)), "every chunk answered once, then the tail, then the end"
+    committed = types.index("input_audio_buffer.committed")
+    tail_at = [i for i, e in enumerate(got.events) if e["type"] == "duplex.chunk" and e["seq"] >= chunks]
+    assert all(i > committed for i in tail_at), "the tail comes after the commit"
+    done = got.of("response.done")[-1]["response"]
+    assert types[-1] == "response.done" and done["status"] == "completed"
+    deltas_after = [e for e in got.events[tail_at[0] :] if e["type"].startswith("response.output_audio")]
+    assert {e["response_id"] for e in deltas_after} == {done["id"]}
+    ref_audio, ref_text = reference
+    wire = by_chunk(got.events)
+    for seq in range(chunks, chunks + TAIL):
+        audio, text = wire[seq]
+        assert audio == ref_audio[seq], f"tail chunk {seq}: audio differs from the gRPC session's"
+        assert text == ref_text.get(seq, ""), f"tail chunk {seq}: transcript differs from the gRPC session's"
+    assert any(np.abs(np.frombuffer(wire[s][0], "<i2")).max() > 0 for s in range(chunks, chunks + TAIL))
+    tail_text = "".join(wire[s][1] for s in range(chunks, chunks + TAIL))
+    assert done["output"][0]["content"][0]["transcript"].endswith(tail_text)
+
+
+async def test_commit_gives_the_tail_as_grpc_does(rt_hibiki: RealtimeStack) -> None:
+    """Audio streamed live, the last piece short of a chunk, then the commit (and audio after it, refused)."""
+    pcm = speech()
+    reference = await grpc_reference(rt_hibiki, pcm)
     got = Received()
     async with client(rt_hibiki).realtime.connect(model="hibiki", extra_query={"duplex_events": "1"}) as conn:
         reader = asyncio.create_task(collect(conn, got))
@@ -108,31 +142,27 @@ async def test_commit_gives_the_tail_as_grpc_does(rt_hibiki: RealtimeStack) -> N
             await conn.input_audio_buffer.append(audio=base64.b64encode(bytes(3840)).decode())
         await got.wait(lambda g: g.close_code is not None, deadline_s=120)
         await reader
-    types = got.types()
     errors = got.of("error")
     assert [e["error"]["code"] for e in errors] == ["input_ended"], errors
     assert "input_audio_buffer.append: the input ended" in errors[0]["error"]["message"]
-    assert got.close_code == 1000
+    check_tail(got, reference, WHOLE + 1)
 
-    seqs = [e["seq"] for e in got.of("duplex.chunk")]
-    assert seqs == list(range(chunks + TAIL)), "every chunk answered once, then the tail, then the end"
-    committed = types.index("input_audio_buffer.committed")
-    tail_at = [i for i, e in enumerate(got.events) if e["type"] == "duplex.chunk" and e["seq"] >= chunks]
-    assert all(i > committed for i in tail_at), "the tail comes after the commit"
-    # the tail is one response, completed when the conversation ended OK
-    done = got.of("response.done")[-1]["response"]
-    assert types[-1] == "response.done" and done["status"] == "completed"
-    deltas_after = [e for e in got.events[tail_at[0] :] if e["type"].startswith("response.output_audio")]
-    assert {e["response_id"] for e in deltas_after} == {done["id"]}
 
-    wire = by_chunk(got.events)
-    for seq in range(chunks, chunks + TAIL):
-        audio, text = wire[seq]
-        assert audio == ref_audio[seq], f"tail chunk {seq}: audio differs from the gRPC session's"
-        assert text == ref_text.get(seq, ""), f"tail chunk {seq}: transcript differs from the gRPC session's"
-    assert any(np.abs(np.frombuffer(wire[s][0], "<i2")).max() > 0 for s in range(chunks, chunks + TAIL))
-    tail_text = "".join(wire[s][1] for s in range(chunks, chunks + TAIL))
-    assert done["output"][0]["content"][0]["transcript"].endswith(tail_text)
+async def test_audio_and_commit_sent_at_once_give_the_same_tail(rt_hibiki: RealtimeStack) -> None:
+    """The whole input in one append and the commit right after it: both may reach the endpoint before the
+    engine's SessionReady (the audio is then held, and the end of the input follows it once it is handed over);
+    the outcome is the same."""
+    pcm = speech()
+    reference = await grpc_reference(rt_hibiki, pcm)
+    got = Received()
+    async with client(rt_hibiki).realtime.connect(model="hibiki", extra_query={"duplex_events": "1"}) as conn:
+        reader = asyncio.create_task(collect(conn, got))
+        await conn.input_audio_buffer.append(audio=base64.b64encode(pcm.tobytes()).decode())
+        await conn.input_audio_buffer.commit()
+        await got.wait(lambda g: g.close_code is not None, deadline_s=120)
+        await reader
+    assert not got.of("error"), got.of("error")
+    check_tail(got, reference, WHOLE + 1)
 
 
 async def test_commit_before_any_audio_names_what_is_wrong(rt_hibiki: RealtimeStack) -> None:
