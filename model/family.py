@@ -117,6 +117,20 @@ class Prompted(Protocol):
         ...
 
 
+@runtime_checkable
+class SessionSampling(Protocol):
+    """A family whose sessions may sample with their own temperature and top-k (the Moshi family)."""
+
+    def sampling_for(self, temperature: float | None, top_k: int | None) -> object:
+        """A session's settings (None = the model's); raises ``ModelError`` whose message starts with the field
+        (``temperature``, ``top_k``)."""
+        ...
+
+    def set_sampling(self, state: Any, slot: int, sampling: Any) -> None:
+        """``slot`` (just reset) samples with ``sampling`` until its next reset."""
+        ...
+
+
 S = TypeVar("S", bound=SlotStates)
 
 

@@ -63,7 +63,7 @@ class AudioFormat(_message.Message):
     def __init__(self, sample_rate: _Optional[int] = ..., channels: _Optional[int] = ..., encoding: _Optional[_Union[AudioEncoding, str]] = ...) -> None: ...
 
 class SessionStart(_message.Message):
-    __slots__ = ("model", "format", "chunk_ms", "instructions", "tools", "session_id", "client_time_us", "resume_token", "resume_events_seen", "no_resume", "voice")
+    __slots__ = ("model", "format", "chunk_ms", "instructions", "tools", "session_id", "client_time_us", "resume_token", "resume_events_seen", "no_resume", "voice", "temperature", "top_k")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MS_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,8 @@ class SessionStart(_message.Message):
     RESUME_EVENTS_SEEN_FIELD_NUMBER: _ClassVar[int]
     NO_RESUME_FIELD_NUMBER: _ClassVar[int]
     VOICE_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
     model: str
     format: AudioFormat
     chunk_ms: int
@@ -86,7 +88,9 @@ class SessionStart(_message.Message):
     resume_events_seen: int
     no_resume: bool
     voice: str
-    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., instructions: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ..., client_time_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resume_events_seen: _Optional[int] = ..., no_resume: _Optional[bool] = ..., voice: _Optional[str] = ...) -> None: ...
+    temperature: float
+    top_k: int
+    def __init__(self, model: _Optional[str] = ..., format: _Optional[_Union[AudioFormat, _Mapping]] = ..., chunk_ms: _Optional[int] = ..., instructions: _Optional[str] = ..., tools: _Optional[_Iterable[str]] = ..., session_id: _Optional[str] = ..., client_time_us: _Optional[int] = ..., resume_token: _Optional[str] = ..., resume_events_seen: _Optional[int] = ..., no_resume: _Optional[bool] = ..., voice: _Optional[str] = ..., temperature: _Optional[float] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("seq", "pcm", "client_time_us")

@@ -28,9 +28,11 @@ one definition of user speech) in any of the last ``SPEAK_HANGOVER_FRAMES`` + 1 
 the model stopped — and LISTEN otherwise. Every other frame is LISTEN. The counters behind it are per-row state:
 they move and reset with the row.
 
-Known costs (upstream): frozen (inactive) rows of a block are still computed; sampling settings are per
-``LMGen``, so per ``MoshiServed``, not per row; every block preallocates the KV ring at full context for all
-of its rows."""
+Sampling. Each slot samples with its session's own temperature and top-k (``sampling.py``: upstream's
+``sample_token`` replaced per step when a block's rows differ from the engine's settings).
+
+Known costs (upstream): frozen (inactive) rows of a block are still computed; every block preallocates the KV
+ring at full context for all of its rows."""
 
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from . import CHUNKS_MS
 from .checkpoint import MoshiCheckpoint
 from .kernels import invariant_kernels
 from .prompt import PromptBuilder, SessionPrompt, UserStreams, run_prefill
+from .sampling import RowSampling, check_sampling, row_sampling
 
 SPEAK_HANGOVER_FRAMES = 8
 """Frames of text padding after the last word that still count as the model's turn (8 × 80 ms = 640 ms)."""
@@ -181,6 +184,8 @@ class MoshiSlots:
         self.slots = slots
         self._blocks: dict[tuple[int, int], _Block] = {}
         self._home: dict[int, tuple[_Block, int]] = {}
+        self.sampling = [served.default_sampling] * slots
+        """Per slot, how it samples (``MoshiServed.set_sampling``; the engine's settings after a reset)."""
 
     def block(self, rows: slice) -> _Block:
         """The block of the slot range ``rows`` (created on first use), with its slots brought in: those homed
@@ -209,6 +214,11 @@ class MoshiSlots:
         self._check(dst)
         if src == dst:
             return
+        sampling = self.sampling[src]
+        self._move(src, dst)
+        self.sampling[dst] = sampling
+
+    def _move(self, src: int, dst: int) -> None:
         home = self._home.get(src)
         if home is None:  # src was never stepped: a fresh stream
             self.reset(dst)
@@ -234,6 +244,7 @@ class MoshiSlots:
 
     def reset(self, slot: int) -> None:
         self._check(slot)
+        self.sampling[slot] = self.served.default_sampling
         home = self._home.get(slot)
         if home is not None:
             self.served._reset_row(home[0], home[1])
@@ -278,7 +289,8 @@ class MoshiServed:
     """``ServedModel`` for a Moshi-family checkpoint, on upstream ``LMGen`` and Mimi.
 
     ``temperature`` 0 is greedy decoding of text and audio (upstream ``use_sampling=False``); otherwise it is
-    the sampling temperature of both, with ``top_k`` for audio and ``TOP_K_TEXT`` for text."""
+    the sampling temperature of both, with ``top_k`` for audio and ``TOP_K_TEXT`` for text: the engine's
+    settings, which a session may replace with its own (``sampling_for``, ``set_sampling``)."""
 
     def __init__(
         self,
@@ -296,6 +308,8 @@ class MoshiServed:
         self.mimi = mimi.to(self.device).eval()
         self._validate()
         self.gen = LMGen(self.lm, **self._generator_options(temperature, top_k))
+        self.default_sampling = RowSampling(float(temperature), int(top_k))
+        """How a session samples unless it asks otherwise (``sampling_for``)."""
         self._forced: Tensor | None = None
         """Text tokens forced in the frame being stepped, per row (-1 = none)."""
         self.gen.on_text_hook = self._force_text
@@ -414,6 +428,8 @@ class MoshiServed:
         with ExitStack() as stack:
             stack.enter_context(self._swapped_in(block))
             stack.enter_context(invariant_kernels(batch_invariant, self.device))
+            sampling = state.sampling[block.start : block.start + n]
+            stack.enter_context(row_sampling(self.gen, sampling, self.default_sampling, TOP_K_TEXT))
             if self.device.type == "cpu":  # upstream's lazy torch.compile (rope, gating) wants a C toolchain
                 stack.enter_context(no_compile())
             for f in range(frames):
@@ -484,11 +500,22 @@ class MoshiServed:
         with ExitStack() as stack:
             stack.enter_context(self._swapped_in(block))
             stack.enter_context(invariant_kernels(batch_invariant, self.device))
+            stack.enter_context(row_sampling(self.gen, [state.sampling[slot]], self.default_sampling, TOP_K_TEXT))
             if self.device.type == "cpu":
                 stack.enter_context(no_compile())
             self._forced = None
             run_prefill(self.lm, self.gen, self._streams, prompt)
         state.install(block, slot)
+
+    def sampling_for(self, temperature: float | None, top_k: int | None) -> RowSampling:
+        """A session's own sampling settings over the engine's (None = the engine's); ``ModelError`` naming the
+        field (a temperature outside 0–5, a top-k outside 1 to the model's audio codebook size)."""
+        return check_sampling(temperature, top_k, self.default_sampling, int(self.lm.card))
+
+    def set_sampling(self, state: MoshiSlots, slot: int, sampling: RowSampling) -> None:
+        """``slot`` samples with ``sampling`` until it is reset (it moves with the session)."""
+        state._check(slot)
+        state.sampling[slot] = sampling
 
     def encode_text(self, text: str) -> list[int]:
         """Text as the model's own text tokens, to be forced into its text stream (one per frame)."""

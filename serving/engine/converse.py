@@ -145,6 +145,7 @@ class EngineStream:
         )
         session.key_id = key_id
         session.slot_session.prompt = neg.prompt  # prefilled into its slot when the session is placed
+        session.slot_session.sampling = neg.sampling
         if not sched.admit(session) and not (server.resumes.sweep() and sched.admit(session)):
             session.lifecycle.close()
             raise Refused(

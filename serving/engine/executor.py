@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from duplex.model.detect import voiced_frames
-from duplex.model.family import InputEnds, Prompted, ServedModel
+from duplex.model.family import InputEnds, Prompted, ServedModel, SessionSampling
 
 from .planner import PlannedRow, SlotEndInput, SlotMove, SlotOp, StepPlan
 
@@ -79,8 +79,8 @@ class StepExecutor:
 
     def apply(self, ops: Sequence[SlotOp]) -> list[float]:
         """Carry out the planner's slot moves, resets and input ends on the streaming state, in order; a reset
-        with a prompt prefills it (on rows of its own: no other slot changes). Returns the seconds each prefill
-        took."""
+        sets the session's own sampling settings when it has them, and with a prompt prefills it (on rows of its
+        own: no other slot changes). Returns the seconds each prefill took."""
         prefills: list[float] = []
         for op in ops:
             if isinstance(op, SlotMove):
@@ -91,6 +91,8 @@ class StepExecutor:
                 self.state.end_input(op.slot)
             else:
                 self.state.reset(op.slot)
+                if op.sampling is not None and isinstance(self.served, SessionSampling):
+                    self.served.set_sampling(self.state, op.slot, op.sampling)
                 if op.prompt is not None and isinstance(self.served, Prompted):
                     started = self.clock()
                     self.served.prefill(self.state, op.slot, op.prompt, self.batch_invariant)

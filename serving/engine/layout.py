@@ -69,6 +69,8 @@ class SlotReset:
     slot: int
     prompt: object | None = None
     """The family's prompt object (``MoshiServed.prefill``), None = none."""
+    sampling: object | None = None
+    """The session's own sampling settings (``SessionSampling.set_sampling``), None = the model's."""
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ class CohortLayout:
     def join(self, s: SlotSession, cohort: Cohort, now: float) -> SlotReset:
         """Place a new session at the end of ``cohort``'s members; its slot starts fresh."""
         self._place(s, cohort, now)
-        return SlotReset(s.slot, s.prompt)
+        return SlotReset(s.slot, s.prompt, s.sampling)
 
     def unplace(self, s: SlotSession) -> list[SlotOp]:
         """Swap-remove ``s`` from its cohort block (the block's last member moves into its slot)."""

@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from duplex.model.family import ServedModel
+from duplex.model.family import ServedModel, SessionSampling
 from duplex.model.family_duplex import DuplexServed
 from duplex.model.model import DuplexModel
 from duplex.model.runtime import load_served
@@ -94,6 +94,8 @@ class EngineServer:
         self.served: ServedModel[Any] = DuplexServed(model) if isinstance(model, DuplexModel) else model
         self.format = self.served.format
         self.model_name = spec.served_model_name or self.format.name
+        self.continues_after_input = self.format.continues_after_input
+        self.session_sampling = isinstance(self.served, SessionSampling)
         self.served.frames_per_chunk(spec.chunk_ms)  # validate early: a clear error before binding a port
         self.metrics = EngineMetrics()
         self.health = health.aio.HealthServicer()

@@ -205,3 +205,5 @@ class SlotSession:
     it), so no more wait than chunks do."""
     prompt: object | None = None
     """The session's prompt (PersonaPlex: voice and persona), prefilled into its slot when it is placed."""
+    sampling: object | None = None
+    """The session's own sampling settings (the Moshi family), set on its slot when it is placed."""

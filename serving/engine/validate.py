@@ -15,7 +15,7 @@ import torch
 from google.protobuf.message import DecodeError
 
 from duplex.model.config import ModelError
-from duplex.model.family import Prompted, ServedModel
+from duplex.model.family import Prompted, ServedModel, SessionSampling
 from duplex.v1 import duplex_pb2 as pb
 
 MAX_TEXT_BYTES = 4096
@@ -43,6 +43,8 @@ class Negotiated:
     """``instructions`` as the model's text-input tokens."""
     prompt: object | None = None
     """The session's prompt, prefilled before its first step (PersonaPlex: the instructions are its persona)."""
+    sampling: object | None = None
+    """The session's own sampling settings (``SessionSampling.sampling_for``), None = the model's."""
 
 
 class Undecodable:
@@ -135,7 +137,28 @@ def check_start(
         start.session_id,
         instruction_tokens,
         prompt,
+        check_sampling(start, served),
     )
+
+
+def check_sampling(start: pb.SessionStart, served: ServedModel[Any]) -> object | None:
+    """The session's own ``temperature`` / ``top_k`` as the family's settings (None: neither is set), or an
+    InputError naming the field."""
+    temperature = start.temperature if start.HasField("temperature") else None
+    top_k = start.top_k if start.HasField("top_k") else None
+    if temperature is None and top_k is None:
+        return None
+    if not isinstance(served, SessionSampling):
+        field = "start.temperature" if temperature is not None else "start.top_k"
+        raise InputError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{field}: the {served.format.family} family samples with the replica's settings only "
+            "(the Moshi family takes a session's own)",
+        )
+    try:
+        return served.sampling_for(temperature, top_k)
+    except ModelError as e:  # its message starts with the field and its value
+        raise InputError(grpc.StatusCode.INVALID_ARGUMENT, f"start.{e}") from e
 
 
 def encode_text(field: str, text: str, served: ServedModel[Any]) -> list[int]:

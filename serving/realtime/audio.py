@@ -30,12 +30,23 @@ class StreamResampler:
         self.in_rate, self.out_rate = in_rate, out_rate
         self._stream = None if in_rate == out_rate else soxr.ResampleStream(in_rate, out_rate, 1, "int16", QUALITY)
         self._prime = b"" if self._stream is None else bytes(2 * (PRIME_MS * out_rate // 1000))
+        self._ended = False
 
     def feed(self, pcm: bytes) -> bytes:
+        assert not self._ended, "audio after the stream's end"
         if self._stream is None:
             return pcm
         samples = np.frombuffer(pcm, dtype="<i2")
         out: np.ndarray = self._stream.resample_chunk(samples)
+        prime, self._prime = self._prime, b""
+        return prime + out.astype("<i2").tobytes()
+
+    def flush(self) -> bytes:
+        """The end of the stream: the samples the filter still holds back (nothing more after the first call)."""
+        if self._stream is None or self._ended:
+            return b""
+        self._ended = True
+        out: np.ndarray = self._stream.resample_chunk(np.zeros(0, dtype="<i2"), last=True)
         prime, self._prime = self._prime, b""
         return prime + out.astype("<i2").tobytes()
 
@@ -53,6 +64,12 @@ class ChunkCutter:
         chunks = [bytes(self._buf[i * self.chunk_bytes : (i + 1) * self.chunk_bytes]) for i in range(n)]
         del self._buf[: n * self.chunk_bytes]
         return chunks
+
+    def pad(self) -> list[bytes]:
+        """The partial chunk completed with silence (none when nothing is held)."""
+        if not self._buf:
+            return []
+        return self.feed(bytes(self.chunk_bytes - len(self._buf)))
 
     def clear(self) -> int:
         """Drop the partial chunk; how many bytes were dropped."""

@@ -49,7 +49,8 @@ class AudioAppend:
 
 @dataclass(frozen=True)
 class AudioCommit:
-    """``input_audio_buffer.commit``: accepted and ignored (the model takes turns itself)."""
+    """``input_audio_buffer.commit``: the end of the input for a model that goes on after it (Hibiki), else ignored
+    (the model takes turns itself)."""
 
     event_id: str | None = None
     """The client's ``event_id``."""

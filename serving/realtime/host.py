@@ -27,6 +27,12 @@ class ConversationHost(Protocol):
 
     model_name: str
     draining: bool
+    session_sampling: bool
+    """The model samples with a session's own ``SessionStart.temperature`` (the Moshi family); otherwise a
+    Realtime ``session.temperature`` is accepted and ignored."""
+    continues_after_input: bool
+    """The model goes on after its client's input ends (Hibiki translates what it heard): a session's
+    ``EndOfStream`` is followed by the model's tail, then the conversation ends OK."""
 
     def open_conversation(
         self, first: pb.ClientEvent, rest: AsyncIterator[pb.ClientEvent], metadata: dict[str, str]

@@ -16,6 +16,8 @@ AUDIO_FORMAT: dict[str, Any] = {"type": "audio/pcm", "rate": WIRE_RATE}
 """The one audio format in both directions."""
 MAX_INSTRUCTIONS_BYTES = 4096
 """As the engine's ``SessionStart.instructions`` limit."""
+MAX_TEMPERATURE = 5.0
+"""As the engine's ``SessionStart.temperature`` limit (the Moshi family's ``sampling.MAX_TEMPERATURE``)."""
 _TOOL_NAME = re.compile(r"[a-z][a-z0-9_]*")
 """The engine's tool names (the model's ``[[call TOOL {...}]]`` syntax)."""
 
@@ -24,7 +26,6 @@ IGNORED_SESSION_FIELDS = frozenset(
         "model",
         "tool_choice",
         "max_output_tokens",
-        "temperature",
         "tracing",
         "truncation",
         "prompt",
@@ -89,6 +90,8 @@ class SessionPatch:
     """New tool names, or None to keep them."""
     voice: str | None = None
     """New PersonaPlex voice ("" = the model's default), or None to keep it."""
+    temperature: float | None = None
+    """New sampling temperature (0 = greedy), or None to keep it."""
 
 
 def check_session(session: object) -> SessionPatch:
@@ -96,7 +99,7 @@ def check_session(session: object) -> SessionPatch:
     server cannot do."""
     if not isinstance(session, dict):
         raise ClientError("session: must be an object", "session")
-    known = {"type", "instructions", "tools", "audio", "output_modalities"}
+    known = {"type", "instructions", "tools", "audio", "output_modalities", "temperature"}
     unknown = sorted(set(session) - IGNORED_SESSION_FIELDS - known)
     if unknown:
         name = key(unknown[0])
@@ -130,7 +133,19 @@ def check_session(session: object) -> SessionPatch:
                 f"session.instructions: longer than {MAX_INSTRUCTIONS_BYTES} bytes", "session.instructions"
             )
     tools = _tool_names(session["tools"]) if "tools" in session else None
-    return SessionPatch(instructions, tools, voice)
+    return SessionPatch(instructions, tools, voice, _temperature(session.get("temperature")))
+
+
+def _temperature(value: object) -> float | None:
+    if value is None:
+        return None
+    # NaN and infinities fail the comparison; an integer of any size compares without becoming a float
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TEMPERATURE:
+        raise ClientError(
+            f"session.temperature {show(value)}: must be a number from 0 (greedy) to {MAX_TEMPERATURE}",
+            "session.temperature",
+        )
+    return float(value)
 
 
 @dataclass
@@ -143,6 +158,9 @@ class SessionSettings:
     """Function names: the session's granted tools, ``SessionStart.tools`` (fixed once started)."""
     voice: str = ""
     """PersonaPlex voice, ``SessionStart.voice`` ("" = the model's default; fixed once started)."""
+    temperature: float | None = None
+    """Sampling temperature, ``SessionStart.temperature`` for a model that samples per session (None = the
+    model's; fixed once started)."""
 
     def update(self, session: object, started: bool) -> None:
         """Apply a ``session.update``'s ``session`` object; ClientError naming the field on anything this server
@@ -154,6 +172,13 @@ class SessionSettings:
         instructions = self.instructions if patch.instructions is None else patch.instructions
         tools = self.tools if patch.tools is None else patch.tools
         voice = self.voice if patch.voice is None else patch.voice
+        temperature = self.temperature if patch.temperature is None else patch.temperature
+        if started and temperature != self.temperature:
+            raise ClientError(
+                "session.temperature: fixed once the conversation has started (the first "
+                "input_audio_buffer.append); set it before sending audio",
+                "session.temperature",
+            )
         if started and voice != self.voice:
             raise ClientError(
                 "session.audio.output.voice: fixed once the conversation has started (the first "
@@ -172,7 +197,7 @@ class SessionSettings:
                 "set them before sending audio",
                 "session.tools",
             )
-        self.instructions, self.tools, self.voice = instructions, tools, voice
+        self.instructions, self.tools, self.voice, self.temperature = instructions, tools, voice, temperature
 
     def describe(self, session_id: str, model: str) -> dict[str, Any]:
         """The session object of ``session.created``/``session.updated``."""

@@ -34,6 +34,7 @@ from duplex.v1 import duplex_pb2 as pb
 from .events import (
     AudioAppend,
     AudioClear,
+    AudioCommit,
     ClientEvent,
     FunctionCallContent,
     ItemCreate,
@@ -103,14 +104,22 @@ class RealtimeSession:
         self._frame_received: float | None = None
         """``bridge_clock`` time the text frame being handled arrived."""
         self._pump: asyncio.Task[None] | None = None
+        self._handover: asyncio.Task[None] | None = None
+        """Hands the audio held until SessionReady to the engine (its own task: the engine takes its input while
+        the pump that received SessionReady goes on reading the conversation's events)."""
         self.uplink = Uplink(clock_us)
+        self._uplink_lock = asyncio.Lock()
+        """Held while the uplink's chunks go upstream, so they go in ``seq`` order whoever hands them over."""
+        self.input_ended = False
+        """``input_audio_buffer.commit`` ended the input (a model that goes on after it: Hibiki's tail)."""
         self._handlers: dict[type, Callable[[Any], Awaitable[None]]] = {
             SessionUpdate: self._session_update,
             AudioAppend: self._audio_append,
+            AudioCommit: self._audio_commit,
             AudioClear: self._audio_clear,
             ItemCreate: self._item_create,
             ItemTruncate: self._item_truncate,
-        }  # AudioCommit, ResponseCreate: the model takes turns and speaks on its own
+        }  # ResponseCreate: the model speaks on its own
 
     @property
     def phase(self) -> Phase:
@@ -138,10 +147,11 @@ class RealtimeSession:
                     break
         finally:
             self.lifecycle.close()
-            if self._pump is not None:
-                self._pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._pump
+            for task in (self._handover, self._pump):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def on_text(self, data: str) -> None:
         """One text frame: a client event, or an ``error`` event naming what was wrong with it."""
@@ -162,8 +172,44 @@ class RealtimeSession:
         await self.send(self.ev("session.updated", session=self.describe()))
 
     async def _audio_append(self, event: AudioAppend) -> None:
+        self._check_input_open("input_audio_buffer.append", "audio")
         self.start()
         await self._feed(event.pcm, self._frame_received)
+
+    def _check_input_open(self, what: str, param: str) -> None:
+        if self.input_ended:
+            raise ClientError(
+                f"{what}: the input ended with input_audio_buffer.commit; the model is finishing its output "
+                "and takes no more input",
+                param,
+                "input_ended",
+            )
+
+    async def _audio_commit(self, event: AudioCommit) -> None:
+        """The end of the input, for a model that goes on after it (``ConversationHost.continues_after_input``:
+        Hibiki translates what it heard): the last partial chunk (completed with silence) and ``EndOfStream``
+        go to the engine, which feeds the model silence until its output is over; then the conversation ends
+        OK. Other models take turns themselves: the commit is ignored, as ``response.create`` is."""
+        if not self.host.continues_after_input or self.phase is Phase.CLOSED:
+            return
+        self._check_input_open("input_audio_buffer.commit", "type")
+        if self.phase is Phase.OPEN:
+            raise ClientError(
+                "input_audio_buffer.commit: no audio was appended; the input cannot end before it started",
+                "type",
+                "input_audio_buffer_commit_empty",
+            )
+        self.input_ended = True
+        async with self._uplink_lock:
+            if self.uplink.is_live:  # otherwise SessionReady's hand-over ends the input (``on_server_event``)
+                await self._finish_input()
+
+    async def _finish_input(self) -> None:
+        """The uplink's last chunks, then ``EndOfStream``; the translator ends the user's turn (under the lock)."""
+        for event in self.uplink.finish():
+            await self._upstream.put((event, None))
+        await self._upstream.put((pb.ClientEvent(end=pb.EndOfStream()), None))
+        await self._send_all(self.translator.end_input(self.uplink.chunks_sent))
 
     async def _audio_clear(self, event: AudioClear) -> None:
         self.uplink.clear()
@@ -174,6 +220,7 @@ class RealtimeSession:
         await self.send(self.ev("conversation.item.truncated", **truncated))
 
     async def _item_create(self, event: ItemCreate) -> None:
+        self._check_input_open("conversation.item.create", "item")
         content = event.content
         if isinstance(content, TextContent):
             out = pb.ClientEvent(text=pb.TextInput(text=content.text, client_time_us=self.clock_us()))
@@ -204,6 +251,8 @@ class RealtimeSession:
             voice=self.settings.voice,
             session_id=self.session_id,
         )
+        if self.settings.temperature is not None and self.host.session_sampling:
+            start.temperature = self.settings.temperature
         self._pump = asyncio.create_task(self._run_conversation(pb.ClientEvent(start=start)))
 
     async def _upstream_events(self) -> AsyncIterator[pb.ClientEvent]:
@@ -215,8 +264,9 @@ class RealtimeSession:
 
     async def _feed(self, pcm: bytes, received: float | None) -> None:
         """Each chunk ``pcm`` completes goes upstream stamped with ``received`` (before LIVE it is held)."""
-        for event in self.uplink.feed(pcm):
-            await self._upstream.put((event, received))
+        async with self._uplink_lock:
+            for event in self.uplink.feed(pcm):
+                await self._upstream.put((event, received))
 
     async def _run_conversation(self, first: pb.ClientEvent) -> None:
         """STARTING → LIVE → CLOSED: the conversation on the engine, until it ends or the WebSocket does."""
@@ -253,10 +303,20 @@ class RealtimeSession:
             self.lifecycle.live()
         await self._send_all(self.translator.translate(event))
         if ready:
-            for early in self.uplink.live(event.ready):  # waited for SessionReady: setup, not the bridge's work
-                await self._upstream.put((early, None))
+            self._handover = asyncio.create_task(self._hand_over(event.ready))
         elif event.HasField("audio"):
             self.metrics.bridge.labels("egress").observe(self.bridge_clock() - received)
+
+    async def _hand_over(self, ready: pb.SessionReady) -> None:
+        """From SessionReady on, audio is cut into the engine's chunks: the chunks of the audio held meanwhile go
+        upstream (then the end of the input, when it was committed meanwhile). Appends that come first wait for
+        the lock and are held too, so the chunks go in order."""
+        async with self._uplink_lock:
+            for early in self.uplink.live(ready):  # waited for SessionReady: setup, not the bridge's work
+                await self._upstream.put((early, None))
+            if self.input_ended:  # committed before SessionReady
+                with contextlib.suppress(ConnectionError):  # the WebSocket went away meanwhile
+                    await self._finish_input()
 
     async def _send_all(self, events: list[dict[str, Any]]) -> None:
         for event in events:

@@ -47,6 +47,9 @@ class Translator:
         self.conversation_id = new_id("conv")
         self.model_rate = 0
         self.frame_samples = 0
+        self.chunk_samples = 0
+        self.input_ended = False
+        """The client ended its input (``end_input``): one response carries the rest of the model's output."""
         self.response: Response | None = None
         self.user_item: str | None = None
         self.tools_of_calls: dict[str, str] = {}
@@ -90,10 +93,25 @@ class Translator:
             handler(getattr(event, kind or ""))
         return self._take()
 
+    def end_input(self, chunks: int) -> list[Event]:
+        """The client's input ended after ``chunks`` chunks (``input_audio_buffer.commit`` to a model that goes on
+        after its input): the user's turn ends there (``input_audio_buffer.committed``), and the rest of the
+        model's output — its tail — is one response, open until the conversation ends."""
+        self.input_ended = True
+        at_sample = chunks * self.chunk_samples
+        if self.user_item is not None:
+            self._emit("input_audio_buffer.speech_stopped", audio_end_ms=self.ms(at_sample), item_id=self.user_item)
+        # during the model's turn no user item is open: the audio since it started is a new one
+        item, self.user_item = self.user_item or new_id("item"), None
+        self._emit("input_audio_buffer.committed", item_id=item, previous_item_id=None)
+        self._model_turn()
+        return self._take()
+
     def end(self, failed: bool) -> list[Event]:
-        """The conversation ended: an open response ends ``incomplete`` (or ``failed``)."""
+        """The conversation ended: an open response ends ``incomplete`` (or ``failed``); after the end of the
+        input (the model's tail ran to its end) ``completed``."""
         if self.response is not None:
-            self._close_response("failed" if failed else "incomplete")
+            self._close_response("failed" if failed else "completed" if self.input_ended else "incomplete")
         return self._take()
 
     def ms(self, model_sample: int) -> int:
@@ -103,6 +121,7 @@ class Translator:
     def _ready(self, ready: pb.SessionReady) -> None:
         self.model_rate = ready.input_format.sample_rate or 16000
         self.frame_samples = ready.frame_ms * self.model_rate // 1000
+        self.chunk_samples = ready.chunk_samples
         self._out_audio = StreamResampler(ready.output_format.sample_rate or self.model_rate, WIRE_RATE)
         if self.duplex_events:
             self._emit(
@@ -208,6 +227,8 @@ class Translator:
                 audio_ms=self.ms(turn.output_sample),
                 truncated_at_ms=self.ms(turn.truncated_at_sample),
             )
+        if self.input_ended:
+            return  # the tail's response stays open until the conversation ends
         if turn.type == pb.MODEL_TURN_START:
             self._end_user_turn(turn.output_sample)
             self._model_turn()

@@ -43,11 +43,30 @@ class Uplink:
                 )
             self._early += pcm
             return []
+        return self._events(self._cutter.feed(self._in.feed(pcm)))
+
+    def _events(self, chunks: list[bytes]) -> list[pb.ClientEvent]:
         out = []
-        for chunk in self._cutter.feed(self._in.feed(pcm)):
+        for chunk in chunks:
             out.append(pb.ClientEvent(audio=pb.AudioChunk(seq=self._seq, pcm=chunk, client_time_us=self.clock_us())))
             self._seq += 1
         return out
+
+    @property
+    def is_live(self) -> bool:
+        """``live`` was called: audio is cut into the model's chunks."""
+        return self._cutter is not None
+
+    @property
+    def chunks_sent(self) -> int:
+        """Chunks handed out so far."""
+        return self._seq
+
+    def finish(self) -> list[pb.ClientEvent]:
+        """The end of the input (``input_audio_buffer.commit`` to a model with a tail): the audio the resampler
+        still holds and the partial chunk, completed with silence, as the last chunks. Only once live."""
+        assert self._in is not None and self._cutter is not None, "finish before SessionReady"
+        return self._events([*self._cutter.feed(self._in.flush()), *self._cutter.pad()])
 
     def clear(self) -> None:
         """Drop the audio not yet in a chunk (``input_audio_buffer.clear``)."""

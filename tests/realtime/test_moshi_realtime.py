@@ -92,3 +92,43 @@ async def test_a_personaplex_voice_is_forwarded_and_moshi_refuses_it(
         await conn.close()
         await reader
     no_errors(ok)
+
+
+async def test_commit_changes_nothing_for_a_model_without_a_tail(rt_moshi: RealtimeStack, speech24: np.ndarray) -> None:
+    """Moshi takes turns itself and has no end-of-input tail: ``input_audio_buffer.commit`` is accepted and
+    ignored — no ``committed`` answer of its own, no error, and the conversation goes on taking audio."""
+    got = Received()
+    async with client(rt_moshi).realtime.connect(model="tiny-moshi") as conn:
+        reader = asyncio.create_task(collect(conn, got))
+        await stream_live(conn, speech24[: 24000 // 2])
+        await conn.input_audio_buffer.commit()
+        await stream_live(conn, speech24[24000 // 2 : 24000])
+        await got.wait(lambda g: len(g.of("response.output_audio.delta")) >= 10)
+        assert got.close_code is None, "the conversation went on after the commit"
+        await conn.close()
+        await reader
+    no_errors(got)
+    # the only commits are the model's own: one per turn it took (its speech_stopped, same item)
+    stopped = [e["item_id"] for e in got.of("input_audio_buffer.speech_stopped")]
+    assert [e["item_id"] for e in got.of("input_audio_buffer.committed")] == stopped
+
+
+async def test_session_temperature_is_the_sessions_own_sampling(rt_moshi: RealtimeStack, speech24: np.ndarray) -> None:
+    """``session.temperature`` reaches the engine as ``SessionStart.temperature``: the session's slot samples at
+    it while the greedy engine's other slots stay greedy."""
+    from duplex.model.moshi.sampling import RowSampling
+
+    got = Received()
+    served = rt_moshi.engine.served
+    state = rt_moshi.engine.scheduler.executor.state
+    async with client(rt_moshi).realtime.connect(model="tiny-moshi") as conn:
+        reader = asyncio.create_task(collect(conn, got))
+        await conn.session.update(session={"type": "realtime", "temperature": 1.5})
+        await stream_live(conn, speech24[: 24000 // 2])
+        await got.wait(lambda g: len(g.of("response.output_audio.delta")) >= 2)
+        own = [s for s in state.sampling if s != served.default_sampling]
+        await conn.close()
+        await reader
+    no_errors(got)
+    assert served.default_sampling.temperature == 0.0
+    assert own == [RowSampling(1.5, served.default_sampling.top_k)]

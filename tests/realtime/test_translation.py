@@ -233,3 +233,53 @@ def test_a_response_open_when_the_conversation_ends_is_incomplete_or_failed() ->
         assert [e["type"] for e in got][-1] == "response.done"
         assert got[-1]["response"]["status"] == status and got[-1]["response"]["output"][0]["status"] == "incomplete"
         assert s.translator.end(failed=failed) == []  # nothing is open any more
+
+
+def test_the_end_of_input_opens_one_response_that_completes_with_the_conversation() -> None:
+    """``input_audio_buffer.commit`` to a model with a tail (``end_input``): the user's turn is committed where
+    the input ended, every later chunk's audio and text go to one response whatever the model's turn events
+    say, and the conversation's OK end completes it (not ``incomplete``, as a conversation cut short is)."""
+    s, sink = session()
+    s.feed(ready())
+    s.feed(audio(0, [LISTEN] * 5, loud=False))
+    sink.take()
+    for out in s.translator.end_input(chunks=3):
+        SERVER_EVENT.validate_python(out)
+        sink.events.append(out)
+    got = sink.take()
+    assert [e["type"] for e in got] == [
+        "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed",
+        "response.created",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert got[0]["audio_end_ms"] == 600 and got[0]["item_id"] == got[1]["item_id"]
+    response_id = got[2]["response"]["id"]
+    s.feed(audio(1, [LISTEN] * 5, loud=True))
+    s.feed(pb.ServerEvent(text=pb.TextDelta(seq=1, text="Bonjour")))
+    s.feed(pb.ServerEvent(turn=pb.TurnEvent(seq=1, type=pb.MODEL_TURN_END, frame=0)))
+    s.feed(audio(2, [LISTEN] * 5, loud=False))
+    got = sink.take()
+    assert [e["type"] for e in got] == [
+        "response.output_audio.delta",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.delta",
+    ]
+    assert {e["response_id"] for e in got} == {response_id}
+    for out in s.translator.end(failed=False):
+        SERVER_EVENT.validate_python(out)
+        sink.events.append(out)
+    done = sink.take()[-1]
+    assert done["type"] == "response.done" and done["response"]["id"] == response_id
+    assert done["response"]["status"] == "completed"
+    assert done["response"]["output"][0]["content"][0]["transcript"] == "Bonjour"
+
+
+def test_a_conversation_cut_short_leaves_its_response_incomplete() -> None:
+    s, sink = session()
+    s.feed(ready())
+    s.feed(audio(0, [SPEAK] * 5, loud=True))
+    sink.take()
+    done = s.translator.end(failed=False)[-1]
+    assert done["type"] == "response.done" and done["response"]["status"] == "incomplete"

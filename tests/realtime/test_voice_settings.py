@@ -33,3 +33,23 @@ def test_bad_or_late_voices_name_the_field() -> None:
         s.update(voice("NATM1"), started=True)
     s.update(voice("NATF2"), started=True)  # the same voice again is no change
     assert s.voice == "NATF2"
+
+
+def test_temperature_is_checked_and_fixed_once_started() -> None:
+    """``session.temperature`` → ``SessionStart.temperature`` (a model that samples per session): a number from
+    0 to 5, refused naming the field otherwise, and fixed once the conversation has started."""
+    s = SessionSettings()
+    assert s.temperature is None
+    s.update({"type": "realtime", "temperature": 0}, started=False)
+    assert s.temperature == 0.0
+    s.update({"type": "realtime", "temperature": 1.25}, started=False)
+    s.update({"type": "realtime", "instructions": "x"}, started=False)
+    assert s.temperature == 1.25  # an update without it keeps it
+    for bad in (-0.5, 5.5, "hot", True, float("inf"), float("nan"), 10**400):
+        with pytest.raises(ClientError, match=r"session\.temperature .*: must be a number from 0 \(greedy\) to 5") as e:
+            s.update({"type": "realtime", "temperature": bad}, started=False)
+        assert e.value.param == "session.temperature"
+    assert s.temperature == 1.25
+    with pytest.raises(ClientError, match=r"session\.temperature: fixed once the conversation has started"):
+        s.update({"type": "realtime", "temperature": 0.5}, started=True)
+    s.update({"type": "realtime", "temperature": 1.25}, started=True)  # the same value again is no change

@@ -92,6 +92,11 @@ CASES: dict[str, tuple[list[bytes | pb.ClientEvent], grpc.StatusCode, str]] = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "start.client_time_us",
     ),
+    "sampling_not_taken": (
+        [pb.ClientEvent(start=pb.SessionStart(top_k=5))],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "start.top_k: the duplex family samples with the replica's settings only",
+    ),
     "video_wrong_size": (
         [START, pb.ClientEvent(video=pb.VideoFrame(seq=0, rgb=b"\x00" * 12, width=2, height=2))],
         grpc.StatusCode.INVALID_ARGUMENT,

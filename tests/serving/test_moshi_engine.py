@@ -100,6 +100,22 @@ def test_typed_text_and_wrong_rate_are_refused_clearly(served: Served) -> None:
     assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and "start.chunk_ms 200" in conv.details
     conv = served.thread.run(attempt(client.start_event(sample_rate=24000, instructions="be brief")))
     assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and "start.instructions" in conv.details
+    for field, value, message in (
+        ("temperature", -0.5, "start.temperature -0.5: must be from 0 (greedy) to 5"),
+        ("temperature", 7.0, "start.temperature 7.0: must be from 0 (greedy) to 5"),
+        ("top_k", 0, "start.top_k 0: must be from 1 to the model's"),
+    ):
+        start = client.start_event(sample_rate=24000)
+        setattr(start.start, field, value)
+        conv = served.thread.run(attempt(start))
+        assert conv.code == grpc.StatusCode.INVALID_ARGUMENT and message in conv.details, conv.details
+
+
+def sampled_start(temperature: float, top_k: int) -> pb.ClientEvent:
+    """A SessionStart asking for the session's own sampling (``SessionStart.temperature``, ``top_k``)."""
+    start = client.start_event(sample_rate=24000, chunk_ms=80)
+    start.start.temperature, start.start.top_k = temperature, top_k
+    return start
 
 
 def test_a_model_without_video_says_so_and_refuses_frames(served: Served) -> None:
@@ -125,8 +141,10 @@ def test_a_model_without_video_says_so_and_refuses_frames(served: Served) -> Non
 
 def test_a_session_among_others_equals_upstream_alone(served: Served) -> None:
     """Three live sessions: A from the start, the witness T once A is going, B once T is; A leaves while T
-    talks (T's slot may move into A's), B joins and leaves. T's text is upstream's token for token, its audio
-    upstream's to one PCM16 step (the engine runs batch-invariant kernels, upstream its defaults)."""
+    talks (T's slot may move into A's), B joins and leaves. A and B sample with their own settings
+    (``SessionStart.temperature``/``top_k``), T greedily as the engine does. T's text is upstream's greedy loop's
+    token for token, its audio upstream's to one PCM16 step (the engine runs batch-invariant kernels, upstream
+    its defaults); A's text is not (it sampled)."""
     a, t, b = (varied_audio(1, n, seed=s)[0] for n, s in ((30, 11), (42, 12), (15, 13)))
 
     async def three() -> list[client.Conversation]:
@@ -141,22 +159,18 @@ def test_a_session_among_others_equals_upstream_alone(served: Served) -> None:
 
         async with client.channel(served.addr, None) as ch:
 
-            async def one(audio: torch.Tensor, after: asyncio.Event | None, on_event: Any) -> client.Conversation:
+            async def one(
+                audio: torch.Tensor, after: asyncio.Event | None, on_event: Any, start: pb.ClientEvent
+            ) -> client.Conversation:
                 if after is not None:
                     await after.wait()
-                return await client.converse(
-                    ch,
-                    pcm_chunks(audio),
-                    chunk_ms=80,
-                    start=client.start_event(sample_rate=24000, chunk_ms=80),
-                    on_event=on_event,
-                )
+                return await client.converse(ch, pcm_chunks(audio), chunk_ms=80, start=start, on_event=on_event)
 
             return list(
                 await asyncio.gather(
-                    one(a, None, lambda ev: ev.HasField("audio") and a_going.set()),
-                    one(t, a_going, on_t),
-                    one(b, t_going, None),
+                    one(a, None, lambda ev: ev.HasField("audio") and a_going.set(), sampled_start(1.5, 50)),
+                    one(t, a_going, on_t, client.start_event(sample_rate=24000, chunk_ms=80)),
+                    one(b, t_going, None, sampled_start(1.0, 20)),
                 )
             )
 
@@ -180,3 +194,7 @@ def test_a_session_among_others_equals_upstream_alone(served: Served) -> None:
     got_text = {seq: ev.text.text for seq, ev in by_seq(witness, "text").items()}
     assert got_text == {seq: s for seq, s in expected.items() if s}
     assert sum(bool(w.any()) for w in wave) >= len(wave) // 2  # the comparison is over real model audio
+    a_text, _ = upstream_alone(served.directory, a)
+    decoder = MoshiTextDecoder(served.engine.served.ckpt.text_tokenizer, served.engine.served.pad_ids)
+    greedy_a = "".join(decoder.feed(tokens)[0] for tokens in a_text)
+    assert "".join(r.event.text.text for r in convs[0].of("text")) != greedy_a, "A sampled with its own settings"

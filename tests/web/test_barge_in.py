@@ -55,6 +55,8 @@ class YieldingEngine(pb_grpc.ReplicaServicer):
 
     model_name = "scripted"
     draining = False
+    continues_after_input = False
+    session_sampling = False
 
     def __init__(self) -> None:
         self.sessions = 0
