@@ -186,16 +186,6 @@ PRESETS: dict[str, ModelConfig] = {
         expert_hidden=128,
         shared_expert_hidden=128,
     ),
-    # ``tiny`` with an agenda for timed speech (TimeSpeak): 12 words, delays and periods up to 30 s.
-    "tiny-timed": ModelConfig(
-        name="tiny-timed",
-        d_model=192,
-        n_layers=3,
-        window=160,
-        expert_hidden=128,
-        shared_expert_hidden=128,
-        agenda_words=12,
-    ),
     # A planning shape for the reference 276B-total / 12B-active system. Never instantiated here.
     "tml-interaction-small": ModelConfig(
         name="tml-interaction-small",
@@ -217,6 +207,10 @@ PRESETS: dict[str, ModelConfig] = {
         dtype="bfloat16",
     ),
 }
+
+
+# ``tiny`` with an agenda for timed speech (TimeSpeak): 12 words, delays and periods up to 30 s.
+PRESETS["tiny-timed"] = PRESETS["tiny"].model_copy(update={"name": "tiny-timed", "agenda_words": 12})
 
 
 def get_preset(name: str) -> ModelConfig:
