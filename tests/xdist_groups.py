@@ -28,6 +28,19 @@ GROUPS: dict[str, tuple[str, ...]] = {
         "tests/loadtest/test_tls_api_key.py",
         "tests/web/",
     ),
+    # Compute-bound model tests (the Moshi family's exactness against upstream, expert-parallel ranks, training
+    # runs): minutes of CPU each on 2 cores; two at once on the two workers each took more than the per-test
+    # timeout on a busy machine, so they run one after another.
+    "model-cpu": (
+        "tests/model/test_moshi_checkpoint.py",
+        "tests/model/test_moshi_hibiki.py",
+        "tests/model/test_moshi_plan.py",
+        "tests/model/test_moshi_prompt.py",
+        "tests/model/test_moshi_served.py",
+        "tests/model/test_parallel.py",
+        "tests/model/test_shipped_checkpoint.py",
+        "tests/model/test_timespeak_corpus.py",
+    ),
 }
 
 

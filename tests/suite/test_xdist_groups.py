@@ -42,6 +42,8 @@ def test_every_grouped_path_exists(prefix: str) -> None:
         ("tests/image/test_dockerfile.py", "tests/image/test_dockerfile.py"),
         ("tests/web/test_page.py", "realtime-load"),
         ("tests/loadtest/test_live_eval.py", "realtime-load"),
+        ("tests/model/test_moshi_served.py", "model-cpu"),
+        ("tests/model/test_config.py", "tests/model/test_config.py"),
         ("tests/loadtest/test_report.py", "tests/loadtest/test_report.py"),
         ("tests/e2e_other/test_x.py", "tests/e2e_other/test_x.py"),  # a folder prefix matches whole names only
     ],
