@@ -8,4 +8,6 @@ ruff format --check .
 echo "== mypy --strict"
 bash scripts/typecheck.sh
 echo "== pytest"
-python3 -m pytest -q -p no:cacheprovider --durations=30 "$@"
+# 2 workers (pytest-xdist); tests/xdist_groups.py decides what runs together. `bash scripts/test.sh -n 0` runs
+# everything in one process (for debugging); further arguments go to pytest (`-n 0 tests/serving -x`).
+python3 -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=30 "$@"
