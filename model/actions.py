@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .scoring import accuracy_by
 from .timespeak import Utterance
 
 WINDOW_S = 5.0
@@ -118,14 +119,6 @@ class ActionCountMetrics:
         return dict(vars(self))
 
 
-def _groups(scores: Sequence[QuestionScore], key: str) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for value in sorted({getattr(s.question, key) for s in scores}):
-        mine = [s for s in scores if getattr(s.question, key) == value]
-        out[str(value)] = {"questions": len(mine), "accuracy": sum(s.correct for s in mine) / len(mine)}
-    return out
-
-
 def metrics(system: str, conversations: int, scores: Sequence[QuestionScore]) -> ActionCountMetrics:
     """The figures of a set of question scores."""
     correct = sum(s.correct for s in scores)
@@ -139,7 +132,7 @@ def metrics(system: str, conversations: int, scores: Sequence[QuestionScore]) ->
         answered=sum(s.answer is not None for s in scores),
         off_by_one=sum(len(s.said) == 1 and abs(s.said[0] - s.question.count) == 1 for s in scores),
         latency_p50=statistics.median(latencies) if latencies else None,
-        by_kind=_groups(scores, "kind"),
-        by_count=_groups(scores, "count"),
-        by_channel=_groups(scores, "channel"),
+        by_kind=accuracy_by(((s.question.kind, s.correct) for s in scores), "questions"),
+        by_count=accuracy_by(((s.question.count, s.correct) for s in scores), "questions"),
+        by_channel=accuracy_by(((s.question.channel, s.correct) for s in scores), "questions"),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,10 +14,12 @@ from rich.table import Table
 
 from .config import ModelConfig, ModelError, get_preset
 from .planner import GIB, count_params, plan
+from .scoring import accuracy_rows
 
 if TYPE_CHECKING:
     from duplex.loadtest.live_eval import LiveRun
 
+    from .actions import ActionCountMetrics
     from .data import Conversation
     from .evaluate import Metrics
     from .timespeak import TimeSpeakMetrics
@@ -398,7 +401,13 @@ def _eval_timespeak(
     if "oracle" in baseline:
         results.append(score_timespeak("target track (oracle)", convs, [oracle_said(c) for c in convs]))
     where = f"{split}, {len(convs)} conversations{', live' if live else ''}"
-    _print_timespeak(results, f"TimeSpeak on {corpus} ({where})")
+    _print_eval(
+        results,
+        f"TimeSpeak on {corpus} ({where})",
+        TIMESPEAK_KEYS,
+        (("by_form", "accuracy form"), ("by_channel", "accuracy channel"), ("by_n", "accuracy n")),
+        "requests",
+    )
     if as_json is not None:
         doc = {"task": "timespeak", "split": split, "corpus": str(corpus), "live": live}
         doc["checkpoint"] = str(checkpoint or _shipped())
@@ -470,20 +479,13 @@ def _eval_action_count(
         results.append(run_cascade(convs))
     if "oracle" in baseline:
         results.append(score_actions("target track (oracle)", convs, [oracle_said(c) for c in convs]))
-    table = Table(title=f"action count on {corpus} ({split}, {len(convs)} conversations)")
-    table.add_column("metric")
-    for r in results:
-        table.add_column(r.system, justify="right")
-    for k in ("questions", "accuracy", "answered", "off_by_one", "latency_p50"):
-        table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
-    for group in ("by_kind", "by_channel", "by_count"):
-        for key in sorted({k for r in results for k in getattr(r, group)}, key=lambda k: (len(k), k)):
-            cells = [getattr(r, group).get(key) for r in results]
-            table.add_row(
-                f"accuracy {group[3:]} {key}",
-                *["—" if c is None else f"{c['accuracy']:.3f} ({int(c['questions'])})" for c in cells],
-            )
-    console.print(table)
+    _print_eval(
+        results,
+        f"action count on {corpus} ({split}, {len(convs)} conversations)",
+        ("questions", "accuracy", "answered", "off_by_one", "latency_p50"),
+        (("by_kind", "accuracy kind"), ("by_channel", "accuracy channel"), ("by_count", "accuracy count")),
+        "questions",
+    )
     if as_json is not None:
         doc = {"task": "action-count", "split": split, "corpus": str(corpus), "live": False}
         doc["checkpoint"] = str(checkpoint or _shipped())
@@ -538,23 +540,6 @@ TIMESPEAK_KEYS = (
 )
 
 
-def _print_timespeak(results: list[TimeSpeakMetrics], title: str) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
-    for r in results:
-        table.add_column(r.system, justify="right")
-    for k in TIMESPEAK_KEYS:
-        table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
-    for group in ("by_form", "by_channel", "by_n"):
-        for key in sorted({k for r in results for k in getattr(r, group)}, key=lambda k: (len(k), k)):
-            cells = [getattr(r, group).get(key) for r in results]
-            table.add_row(
-                f"accuracy {group[3:]} {key}",
-                *["—" if c is None else f"{c['accuracy']:.3f} ({int(c['requests'])})" for c in cells],
-            )
-    console.print(table)
-
-
 @app.command("timespeak-score")
 def timespeak_score(
     timeline: Annotated[Path, typer.Option(help="A `duplex talk --timeline` file.")],
@@ -602,13 +587,22 @@ def _baselines(baseline: list[str], convs: list[Conversation], chunk_ms: int) ->
     return results
 
 
-def _print_eval(results: list[Metrics], title: str) -> None:
+def _print_eval(
+    results: Sequence[Metrics | TimeSpeakMetrics | ActionCountMetrics],
+    title: str,
+    keys: Sequence[str] = TABLE_KEYS,
+    groups: Sequence[tuple[str, str]] = (),
+    count: str = "",
+) -> None:
+    """A table of the systems' figures: ``keys``, then the accuracy by each of ``groups`` (``accuracy_rows``)."""
     table = Table(title=title)
     table.add_column("metric")
     for r in results:
         table.add_column(r.system, justify="right")
-    for k in TABLE_KEYS:
+    for k in keys:
         table.add_row(k, *[_fmt(getattr(r, k)) for r in results])
+    for row in accuracy_rows(results, groups, count):
+        table.add_row(*row)
     console.print(table)
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from .scoring import accuracy_by
+
 WORDS = ("now", "go", "left", "right", "breathe", "up", "down", "red", "blue", "green", "jump", "turn")
 """The words a timed request asks for."""
 TOLERANCE_S = 0.5
@@ -227,14 +229,6 @@ class TimeSpeakMetrics:
         return d
 
 
-def _groups(scores: Sequence[RequestScore], key: str) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for value in sorted({getattr(s.request, key) for s in scores}):
-        mine = [s for s in scores if getattr(s.request, key) == value]
-        out[str(value)] = {"requests": len(mine), "accuracy": sum(s.correct for s in mine) / len(mine)}
-    return out
-
-
 def audio_hits(due: Sequence[float], onsets: Sequence[float], tolerance_s: float = TOLERANCE_S) -> int:
     """How many due moments have a speech onset within the tolerance."""
     return sum(any(abs(a - d) <= tolerance_s for a in onsets) for d in due)
@@ -252,9 +246,9 @@ def metrics(
         system=system,
         conversations=conversations,
         requests=len(scores),
+        due=due,
         correct=correct,
         accuracy=correct / len(scores) if scores else 0.0,
-        due=due,
         hits=sum(s.hits for s in scores),
         wrong=sum(s.wrong for s in scores),
         missing=sum(s.missing for s in scores),
@@ -262,9 +256,9 @@ def metrics(
         timing_error_abs_p50=float(np.percentile(absolute, 50)) if absolute else None,
         timing_error_abs_p95=float(np.percentile(absolute, 95)) if absolute else None,
         timing_error_mean=statistics.fmean(errors) if errors else None,
-        by_form=_groups(scores, "form"),
-        by_n=_groups(scores, "n"),
-        by_channel=_groups(scores, "channel"),
+        by_form=accuracy_by(((s.request.form, s.correct) for s in scores), "requests"),
+        by_n=accuracy_by(((s.request.n, s.correct) for s in scores), "requests"),
+        by_channel=accuracy_by(((s.request.channel, s.correct) for s in scores), "requests"),
         audio_at_due=None if audio_due_hits is None or not due else audio_due_hits / due,
         errors=errors,
     )

@@ -8,6 +8,7 @@ action kinds and both channels, which the tests assert."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from duplex.model.timespeak_eval import oracle_said
 SEED = 3
 SR = 16000
 runner = CliRunner()
+CliError = Callable[[list[str], str], None]
+EvalWithPeers = Callable[[list[str], Path], tuple[dict[str, Any], dict[str, dict[str, Any]]]]
 
 
 @pytest.fixture(scope="module")
@@ -216,13 +219,11 @@ def test_oracle_is_right_and_the_cascade_peer_is_measured(corpus: Path) -> None:
     assert cascade.correct == round(cascade.accuracy * 6)
 
 
-def test_cli_eval_action_count_writes_json_with_the_peer_and_the_oracle(corpus: Path, tmp_path: Path) -> None:
-    out = tmp_path / "ac.json"
+def test_cli_eval_action_count_writes_json_with_the_peer_and_the_oracle(
+    corpus: Path, tmp_path: Path, eval_with_peers: EvalWithPeers
+) -> None:
     args = ["model", "eval", "--task", "action-count", "--corpus", str(corpus), "--split", "train", "--limit", "1"]
-    result = runner.invoke(app, [*args, "--baseline", "cascade", "--baseline", "oracle", "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(out.read_text())
-    systems = {s["system"]: s for s in doc["systems"]}
+    doc, systems = eval_with_peers(args, tmp_path / "ac.json")
     assert doc["task"] == "action-count" and set(systems) == {
         "duplex",
         "cascade (VAD + frame-difference counter)",
@@ -239,17 +240,15 @@ def test_cli_eval_action_count_writes_json_with_the_peer_and_the_oracle(corpus: 
         (["model", "eval", "--corpus", "C", "--task", "action-count", "--live"], "evaluated offline"),
     ],
 )
-def test_cli_rejects_bad_input_naming_what_is_wrong(tmp_path: Path, args: list[str], message: str) -> None:
-    args = [str(tmp_path / a) if a == "C" else a for a in args]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+def test_cli_rejects_bad_input_naming_what_is_wrong(
+    tmp_path: Path, args: list[str], message: str, cli_error: CliError
+) -> None:
+    cli_error([str(tmp_path / a) if a == "C" else a for a in args], message)
 
 
-def test_eval_on_a_corpus_without_count_questions_says_so(tmp_path: Path) -> None:
-    plain = tmp_path / "plain"
-    make_corpus(plain, 3, seed=0, min_duration_s=6, max_duration_s=8, heldout_fraction=0.0)
-    result = runner.invoke(app, ["model", "eval", "--task", "action-count", "--corpus", str(plain), "--split", "train"])
-    assert result.exit_code == 2 and "has no count questions" in result.output
+def test_eval_on_a_corpus_without_count_questions_says_so(plain_corpus: Path, cli_error: CliError) -> None:
+    args = ["model", "eval", "--task", "action-count", "--corpus", str(plain_corpus), "--split", "train"]
+    cli_error(args, "has no count questions")
 
 
 def test_count_score_judges_a_talk_timeline(tmp_path: Path) -> None:

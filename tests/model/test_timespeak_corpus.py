@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from duplex.cli import app
 from duplex.model.audio_io import read_wav
 from duplex.model.checkpoint import save
 from duplex.model.codec import Codec
@@ -35,7 +34,8 @@ from duplex.model.train import TrainSettings, make_batch, to_example, train
 
 SEED = 1
 SR = 16000
-runner = CliRunner()
+CliError = Callable[[list[str], str], None]
+EvalWithPeers = Callable[[list[str], Path], tuple[dict[str, Any], dict[str, dict[str, Any]]]]
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +190,11 @@ def test_cascade_says_the_word_only_when_a_turn_ends_near_a_due_moment() -> None
     assert (m.hits, m.missing, m.accuracy) == (1, 1, 0.0)
 
 
-def test_cli_eval_timespeak_writes_json_with_the_peer_and_the_oracle(corpus: Path, tmp_path: Path) -> None:
-    out = tmp_path / "ts.json"
+def test_cli_eval_timespeak_writes_json_with_the_peer_and_the_oracle(
+    corpus: Path, tmp_path: Path, eval_with_peers: EvalWithPeers
+) -> None:
     args = ["model", "eval", "--task", "timespeak", "--corpus", str(corpus), "--split", "train"]
-    result = runner.invoke(app, [*args, "--baseline", "cascade", "--baseline", "oracle", "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    doc = json.loads(out.read_text())
-    systems = {s["system"]: s for s in doc["systems"]}
+    doc, systems = eval_with_peers(args, tmp_path / "ts.json")
     assert doc["task"] == "timespeak" and set(systems) == {
         "duplex",
         "cascade (VAD + turn-based, no timer)",
@@ -220,17 +218,15 @@ def test_cli_eval_timespeak_writes_json_with_the_peer_and_the_oracle(corpus: Pat
         (["model", "eval", "--corpus", "C", "--task", "timespeak", "--baseline", "vad"], "choose cascade or oracle"),
     ],
 )
-def test_cli_rejects_bad_input_naming_what_is_wrong(tmp_path: Path, args: list[str], message: str) -> None:
-    args = [str(tmp_path / a) if a in ("X", "C") else a for a in args]
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+def test_cli_rejects_bad_input_naming_what_is_wrong(
+    tmp_path: Path, args: list[str], message: str, cli_error: CliError
+) -> None:
+    cli_error([str(tmp_path / a) if a in ("X", "C") else a for a in args], message)
 
 
-def test_eval_timespeak_on_a_split_without_requests_says_so(tmp_path: Path) -> None:
-    plain = tmp_path / "plain"
-    make_corpus(plain, 3, seed=0, min_duration_s=6, max_duration_s=8, heldout_fraction=0.0)
-    result = runner.invoke(app, ["model", "eval", "--task", "timespeak", "--corpus", str(plain), "--split", "train"])
-    assert result.exit_code == 2 and "has no timed requests" in result.output
+def test_eval_timespeak_on_a_split_without_requests_says_so(plain_corpus: Path, cli_error: CliError) -> None:
+    args = ["model", "eval", "--task", "timespeak", "--corpus", str(plain_corpus), "--split", "train"]
+    cli_error(args, "has no timed requests")
 
 
 def test_max_n_bounds_the_delays_asked_for() -> None:
