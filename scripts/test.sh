@@ -8,6 +8,14 @@ ruff format --check .
 echo "== mypy --strict"
 bash scripts/typecheck.sh
 echo "== pytest"
-# 2 workers (pytest-xdist); tests/xdist_groups.py decides what runs together. `bash scripts/test.sh -n 0` runs
-# everything in one process (for debugging); further arguments go to pytest (`-n 0 tests/serving -x`).
-python3 -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup --no-loadscope-reorder --durations=30 "$@"
+# 2 workers (pytest-xdist; tests/xdist_groups.py decides what runs together), then the end-to-end tests in one
+# process on their own: the single-node cluster's pods get the cores to themselves. With arguments, one pytest
+# run of them on 2 workers (`bash scripts/test.sh -n 0 tests/serving -x`: one process, one folder).
+PYTEST=(python3 -m pytest -q -p no:cacheprovider --durations=30)
+if [ $# -gt 0 ]; then
+  "${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder "$@"
+else
+  "${PYTEST[@]}" -n 2 --dist loadgroup --no-loadscope-reorder --ignore=tests/e2e
+  echo "== pytest: end-to-end, alone"
+  "${PYTEST[@]}" tests/e2e
+fi
