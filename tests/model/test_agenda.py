@@ -155,18 +155,23 @@ def test_the_agenda_loss_weighs_the_frames_of_change() -> None:
     torch.testing.assert_close(masked, ce / 3)
 
 
-def test_a_checkpoint_without_an_agenda_starts_an_agenda_model(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    plain = DuplexModel(get_preset("tiny"))
-    checkpoint.save(plain, tmp_path / "plain.safetensors")
-    timed = DuplexModel(TIMED)
-    load_init(timed, tmp_path / "plain.safetensors")
-    mine = timed.state_dict()
-    for name, value in plain.state_dict().items():
+def _grown(small: DuplexModel, cfg: ModelConfig, tmp_path: Path) -> dict[str, torch.Tensor]:
+    """A ``cfg`` model fine-tuned from ``small``'s checkpoint: its state, every tensor of ``small`` in it unchanged."""
+    checkpoint.save(small, tmp_path / "small.safetensors")
+    model = DuplexModel(cfg)
+    load_init(model, tmp_path / "small.safetensors")
+    mine = model.state_dict()
+    for name, value in small.state_dict().items():
         assert torch.equal(mine[name], value), name
+    return mine
+
+
+def test_a_checkpoint_without_an_agenda_starts_an_agenda_model(tmp_path: Path) -> None:
+    plain = DuplexModel(get_preset("tiny"))
+    mine = _grown(plain, TIMED, tmp_path)
     agenda = [k for k in mine if "agenda" in k]
     assert len(agenda) == 6 and all((mine[k] == 0).all() for k in agenda)
-    checkpoint.save(timed, tmp_path / "timed.safetensors")
+    checkpoint.save(DuplexModel(TIMED), tmp_path / "timed.safetensors")
     with pytest.raises(ModelError, match="does not match"):
         load_init(DuplexModel(get_preset("tiny")), tmp_path / "timed.safetensors")
 
@@ -209,12 +214,5 @@ def test_a_crop_carries_its_clip_frames_at_their_rows_and_frames() -> None:
 
 
 def test_a_timer_checkpoint_starts_a_model_with_a_tally(tmp_path: Path) -> None:
-    torch.manual_seed(1)
-    timed = DuplexModel(TIMED)
-    checkpoint.save(timed, tmp_path / "timed.safetensors")
-    tally = DuplexModel(TALLY)
-    load_init(tally, tmp_path / "timed.safetensors")
-    mine = tally.state_dict()
-    for name, value in timed.state_dict().items():
-        assert torch.equal(mine[name], value), name
+    mine = _grown(DuplexModel(TIMED), TALLY, tmp_path)
     assert (mine["agenda_heads.3.weight"] == 0).all() and (mine["inputs.own_agenda.3.weight"] == 0).all()

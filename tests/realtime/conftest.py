@@ -120,15 +120,17 @@ class Received:
         await asyncio.wait_for(until(), deadline_s)
 
 
-async def collect(conn: Any, into: Received) -> None:
-    """Read every event of an SDK connection until it closes; record the close code."""
+async def collect(conn: Any, into: Received, extensions: bool = False) -> None:
+    """Read every event of an SDK connection until it closes; record the close code. Every event is validated
+    against the SDK's types, but, with ``extensions``, the ``duplex.*`` ones (which it has none for)."""
     from websockets.exceptions import ConnectionClosed
 
     try:
         while True:
             raw = await conn.recv_bytes()
             event = json.loads(raw)
-            SERVER_EVENT.validate_python(event)
+            if not (extensions and event["type"].startswith("duplex.")):
+                SERVER_EVENT.validate_python(event)
             into.events.append(event)
             into.changed.set()
     except ConnectionClosed as e:

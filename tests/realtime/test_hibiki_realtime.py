@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from duplex.model.moshi.tiny import init_checkpoint
 from duplex.model.spec import ModelSource
 from duplex.serving import client as grpc_client
 
-from .conftest import SERVER_EVENT, RealtimeStack, Received, start_realtime, stop_realtime, stream_live
+from .conftest import RealtimeStack, Received, collect, start_realtime, stop_realtime, stream_live
 from .test_sdk import client
 
 CFG, TAIL = 3.0, 6
@@ -48,20 +47,6 @@ def rt_hibiki(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealtimeStac
 def speech() -> np.ndarray:
     audio = varied_audio(1, WHOLE + 1, seed=21)[0][: WHOLE * FRAME + EXTRA]
     return (audio * 32767.0).round().to(torch.int16).numpy()
-
-
-async def collect(conn: Any, into: Received) -> None:
-    """Every event until the server closes; the SDK's types validate all but the ``duplex.*`` extensions."""
-    try:
-        while True:
-            event = json.loads(await conn.recv_bytes())
-            if not event["type"].startswith("duplex."):
-                SERVER_EVENT.validate_python(event)
-            into.events.append(event)
-            into.changed.set()
-    except ConnectionClosed as e:
-        into.close_code = e.rcvd.code if e.rcvd is not None else None
-        into.changed.set()
 
 
 def by_chunk(events: list[dict[str, Any]]) -> dict[int, tuple[bytes, str]]:
@@ -134,7 +119,7 @@ async def test_commit_gives_the_tail_as_grpc_does(rt_hibiki: RealtimeStack) -> N
     reference = await grpc_reference(rt_hibiki, pcm)
     got = Received()
     async with client(rt_hibiki).realtime.connect(model="hibiki", extra_query={"duplex_events": "1"}) as conn:
-        reader = asyncio.create_task(collect(conn, got))
+        reader = asyncio.create_task(collect(conn, got, extensions=True))
         await stream_live(conn, pcm[: WHOLE * FRAME], piece_ms=100)
         await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[WHOLE * FRAME :].tobytes()).decode())
         await conn.input_audio_buffer.commit()
@@ -156,7 +141,7 @@ async def test_audio_and_commit_sent_at_once_give_the_same_tail(rt_hibiki: Realt
     reference = await grpc_reference(rt_hibiki, pcm)
     got = Received()
     async with client(rt_hibiki).realtime.connect(model="hibiki", extra_query={"duplex_events": "1"}) as conn:
-        reader = asyncio.create_task(collect(conn, got))
+        reader = asyncio.create_task(collect(conn, got, extensions=True))
         await conn.input_audio_buffer.append(audio=base64.b64encode(pcm.tobytes()).decode())
         await conn.input_audio_buffer.commit()
         await got.wait(lambda g: g.close_code is not None, deadline_s=120)
@@ -168,7 +153,7 @@ async def test_audio_and_commit_sent_at_once_give_the_same_tail(rt_hibiki: Realt
 async def test_commit_before_any_audio_names_what_is_wrong(rt_hibiki: RealtimeStack) -> None:
     got = Received()
     async with client(rt_hibiki).realtime.connect(model="hibiki") as conn:
-        reader = asyncio.create_task(collect(conn, got))
+        reader = asyncio.create_task(collect(conn, got, extensions=True))
         await conn.input_audio_buffer.commit()
         await got.wait(lambda g: g.of("error"))
         await conn.close()
