@@ -293,10 +293,12 @@ class DuplexModel(nn.Module):
         h = self.out_norm(x)
         probs = self.control_head(h).float().softmax(-1)
         audio, text, control = decide(self.cfg, self.audio_head(h), self.text_head(h), probs)
-        agenda = torch.stack([head(h).argmax(-1) for head in self.agenda_heads], dim=-1) if streams > 3 else None
-        if agenda is None:
-            agenda = audio.new_zeros((*audio.shape, 0))
-        written = torch.cat([torch.stack([audio, text, control], dim=1), agenda.transpose(1, 2)], dim=1)
+        written = torch.stack([audio, text, control], dim=1)
+        if self.agenda_heads:
+            agenda = torch.stack([head(h).argmax(-1) for head in self.agenda_heads], dim=-1)
+            written = torch.cat([written, agenda.transpose(1, 2)], dim=1)
+        else:  # no agenda: nothing more to write (an empty (n, F, 0) for the output)
+            agenda = audio.new_empty((*audio.shape, 0))
         new_fb = feedback.scatter(2, fb_idx[:, None, :].expand(-1, streams, -1), written)
         if active is None:
             st.feedback[rows] = new_fb
