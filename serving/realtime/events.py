@@ -237,8 +237,8 @@ def _item_create(item: object, event_id: str | None) -> ItemCreate:
             "background agent) and 'function_call_output' (fed to the model)",
             "item.type",
         )
-    item_id = item.get("id")
-    return ItemCreate(item, item_id if isinstance(item_id, str) else new_id("item"), content, event_id)
+    item_id = item.get("id")  # a missing or empty id is the server's to give
+    return ItemCreate(item, item_id if isinstance(item_id, str) and item_id else new_id("item"), content, event_id)
 
 
 def _message(item: dict[str, Any]) -> TextContent:

@@ -254,6 +254,14 @@ def test_found_by_fuzzing(frame: str, param: str | None) -> None:
     assert err.value.param == param and err.value.message.startswith(param or "frame:")
 
 
+def test_an_empty_item_id_gets_one_from_the_server() -> None:
+    """Found by fuzzing: ``"id": ""`` was kept as the item's id, which no later event could name."""
+    frame = {"type": "conversation.item.create", "item": {"id": "", "type": "function_call_output", "call_id": "c1",
+             "output": "{}"}}  # fmt: skip
+    event = e.decode_client_event(json.dumps(frame))
+    assert isinstance(event, e.ItemCreate) and event.item_id.startswith("item")
+
+
 def test_function_call_output_over_the_engine_limit_once_escaped() -> None:
     """Control characters are 6 bytes each in the [[result ...]] text: the limit is on that text."""
     content = e.FunctionCallOutputContent("c1", "\x01" * 1000)
