@@ -68,6 +68,16 @@ def ready() -> pb.ServerEvent:
     )
 
 
+RESPONSE_OPENS = [
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "response.created",
+    "response.output_item.added",
+    "response.content_part.added",
+]
+"""The events that open a response: the user's turn ends and the model's response and its audio part start."""
+
+
 def test_turn_tool_call_and_barge_in() -> None:
     s, sink = session()
     s.feed(ready())
@@ -80,14 +90,7 @@ def test_turn_tool_call_and_barge_in() -> None:
     s.feed(audio(1, [LISTEN, LISTEN, SPEAK, SPEAK, SPEAK], loud=True))
     s.feed(pb.ServerEvent(turn=pb.TurnEvent(seq=1, type=pb.MODEL_TURN_START, frame=2)))
     got = sink.take()
-    assert [e["type"] for e in got] == [
-        "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed",
-        "response.created",
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_audio.delta",
-    ]
+    assert [e["type"] for e in got] == [*RESPONSE_OPENS, "response.output_audio.delta"]
     assert got[0]["audio_end_ms"] == 280
     response_id = got[2]["response"]["id"]
     assert len(got[-1]["delta"]) > 0
@@ -247,13 +250,7 @@ def test_the_end_of_input_opens_one_response_that_completes_with_the_conversatio
         SERVER_EVENT.validate_python(out)
         sink.events.append(out)
     got = sink.take()
-    assert [e["type"] for e in got] == [
-        "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed",
-        "response.created",
-        "response.output_item.added",
-        "response.content_part.added",
-    ]
+    assert [e["type"] for e in got] == RESPONSE_OPENS
     assert got[0]["audio_end_ms"] == 600 and got[0]["item_id"] == got[1]["item_id"]
     response_id = got[2]["response"]["id"]
     s.feed(audio(1, [LISTEN] * 5, loud=True))
