@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -266,6 +266,18 @@ def _box_changes(video: Frames, actor: dict[str, Any], a: int, b: int) -> bool:
     return any(int(np.abs(video[k, y0:y1, x0:x1].astype(np.int32) - rest).max()) > 0 for k in range(a, b))
 
 
+def _read_video(directory: Path, video: dict[str, Any], num_samples: int) -> Frames | str:
+    """The clip's frames, or what is wrong with the file: unreadable, or not one uint8 frame per chunk."""
+    try:
+        frames = np.load(directory / video["path"], allow_pickle=False)
+    except (OSError, ValueError) as err:
+        return f"{video['path']}: cannot be read ({err})"
+    want = (-(-num_samples // CHUNK), SIZE, SIZE, 3)
+    if frames.dtype != np.uint8 or frames.shape != want or video["frames"] != want[0]:
+        return f"{video['path']}: {frames.dtype} {frames.shape}, want uint8 {want}"
+    return cast(Frames, frames)
+
+
 def check_actions(directory: Path, doc: dict[str, Any]) -> list[str]:
     """Every disagreement of an action-count conversation's labels with each other and with ``video.npy``:
     the video's shape, the actions (one kind, on frame boundaries, their lengths and gaps, the actor moving
@@ -279,23 +291,35 @@ def check_actions(directory: Path, doc: dict[str, Any]) -> list[str]:
     if video is None or len(questions) != 1:
         return [f"an action-count conversation needs one video and one count_question event, has {len(questions)}"]
     q, problems = questions[0], []
-    try:
-        frames = np.load(directory / video["path"], allow_pickle=False)
-    except (OSError, ValueError) as err:
-        return [f"{video['path']}: cannot be read ({err})"]
-    want = (-(-int(doc["num_samples"]) // CHUNK), SIZE, SIZE, 3)
-    if frames.dtype != np.uint8 or frames.shape != want or video["frames"] != want[0]:
-        problems.append(f"{video['path']}: {frames.dtype} {frames.shape}, want uint8 {want}")
-        return problems
+    frames = _read_video(directory, video, int(doc["num_samples"]))
+    if isinstance(frames, str):
+        return [frames]
     if not COUNTS[0] <= q["count"] <= COUNTS[1] or q["count"] != len(actions):
         problems.append(
             f"count_question: count {q['count']}, but {len(actions)} actions (want {COUNTS[0]}..{COUNTS[1]})"
         )
+    if q["kind"] not in DURATION_FRAMES:
+        return [*problems, f"count_question: kind {q['kind']!r}, not one of {', '.join(DURATION_FRAMES)}"]
+    problems += _action_problems(actions, q, frames, video["actor"])
+    answers = [e for e in events if e["type"] == "model_turn" and e.get("kind") == "count_answer"]
+    if len(answers) != 1 or answers[0]["start"] < q["end"] or answers[0]["text"] != answer_text(q["count"]):
+        problems.append(
+            f"count_question at {q['start']:.3f}s: not answered once, after it, with {answer_text(q['count'])!r}"
+        )
+    return problems
+
+
+def _action_problems(
+    actions: list[dict[str, Any]], q: dict[str, Any], frames: Frames, actor: dict[str, Any]
+) -> list[str]:
+    """Each action's disagreements: its kind and length on frame boundaries, its gap to the one before, its end
+    before the question, and the actor changing in the video while it lasts."""
+    problems: list[str] = []
+    lo, hi = DURATION_FRAMES[q["kind"]]
     previous_end = 0
     for e in actions:
         a, b = int(e["start_sample"]), int(e["end_sample"])
         where = f"action at {a / SAMPLE_RATE:.3f}s"
-        lo, hi = DURATION_FRAMES[q["kind"]]
         if e["kind"] != q["kind"] or a % CHUNK or b % CHUNK or not lo <= (b - a) // CHUNK <= hi:
             problems.append(f"{where}: {e['kind']} of {(b - a) / SAMPLE_RATE:.3f}s, not a {q['kind']} on frames")
             continue
@@ -303,12 +327,7 @@ def check_actions(directory: Path, doc: dict[str, Any]) -> list[str]:
             problems.append(f"{where}: {(a - previous_end) / SAMPLE_RATE:.3f}s after the previous one")
         if b > q["start_sample"]:
             problems.append(f"{where}: does not end before the question")
-        if not _box_changes(frames, video["actor"], a // CHUNK, b // CHUNK):
+        if not _box_changes(frames, actor, a // CHUNK, b // CHUNK):
             problems.append(f"{where}: the actor does not change in the video")
         previous_end = b
-    answers = [e for e in events if e["type"] == "model_turn" and e.get("kind") == "count_answer"]
-    if len(answers) != 1 or answers[0]["start"] < q["end"] or answers[0]["text"] != answer_text(q["count"]):
-        problems.append(
-            f"count_question at {q['start']:.3f}s: not answered once, after it, with {answer_text(q['count'])!r}"
-        )
     return problems

@@ -103,10 +103,7 @@ def picker(
 ) -> None:
     """Run the session picker: API keys, per-key quotas, placement on the engine with most free slots; writes
     the engines' endpoints for Envoy (docs/envoy.md)."""
-    from ..cli import _run_server, load_command_config
-    from ..envoy.eds import EndpointFiles
-    from ..process import serve_until_signal
-    from .server import PickerServer
+    from ..cli import _run_server
 
     if help_spec:
         typer.echo(fields_help(GatewaySpec))
@@ -118,56 +115,84 @@ def picker(
         typer.echo("duplex picker: --http-port and --realtime-eds-path go together (the Realtime endpoint)", err=True)
         raise typer.Exit(2)
     logs.setup()
+    spec, api, namespace = _picker_spec(config, set_, engines, engine_selector, engine_namespace, kubeconfig)
+    paths = {ENGINES_CLUSTER: eds_path}
+    if realtime_eds_path is not None:
+        paths[REALTIME_CLUSTER] = realtime_eds_path
+    _run_server("picker", _serve_picker(spec, port, bind, http_port, paths, api, namespace))
+
+
+def _picker_spec(
+    config: Path | None,
+    set_: list[str],
+    engines: str,
+    engine_selector: str | None,
+    engine_namespace: str | None,
+    kubeconfig: str | None,
+) -> tuple[GatewaySpec, ApiClient | None, str]:
+    """The picker's spec with the command line's overrides, and, when it watches EndpointSlices, the
+    Kubernetes API client and the namespace to watch (None and "" otherwise). Exits 2 naming what is wrong."""
+    from ..cli import load_command_config
+
     spec = load_command_config("picker", config, set_)["gateway"]
     assert isinstance(spec, GatewaySpec)
     if engines:
         spec = spec.model_copy(update={"engines": [e.strip() for e in engines.split(",") if e.strip()]})
     overrides = {"engine_selector": engine_selector, "engine_namespace": engine_namespace}
     spec = spec.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    api = None
-    namespace = ""
-    if spec.engine_selector:
-        from .watch import load_api_client, pod_namespace
+    if not spec.engine_selector:
+        return spec, None, ""
+    from .watch import load_api_client, pod_namespace
 
-        if spec.engines:
-            typer.echo("duplex picker: give --engines or --engine-selector, not both", err=True)
-            raise typer.Exit(2)
-        namespace = spec.engine_namespace or pod_namespace()
-        if not namespace:
-            typer.echo("duplex picker: --engine-selector needs --engine-namespace outside a pod", err=True)
-            raise typer.Exit(2)
-        try:
-            api = load_api_client(kubeconfig)
-        except Exception as e:  # the client's ConfigException, a missing or unreadable kubeconfig
-            typer.echo(f"duplex picker: no Kubernetes API configuration for the engine watch: {e}", err=True)
-            raise typer.Exit(2) from None
+    if spec.engines:
+        typer.echo("duplex picker: give --engines or --engine-selector, not both", err=True)
+        raise typer.Exit(2)
+    namespace = spec.engine_namespace or pod_namespace()
+    if not namespace:
+        typer.echo("duplex picker: --engine-selector needs --engine-namespace outside a pod", err=True)
+        raise typer.Exit(2)
+    try:
+        api = load_api_client(kubeconfig)
+    except Exception as e:  # the client's ConfigException, a missing or unreadable kubeconfig
+        typer.echo(f"duplex picker: no Kubernetes API configuration for the engine watch: {e}", err=True)
+        raise typer.Exit(2) from None
+    return spec, api, namespace
 
-    async def main() -> None:
-        server = PickerServer(spec, bind_port=port, bind_host=bind, http_bind_port=http_port)
-        paths = {ENGINES_CLUSTER: eds_path}
-        if realtime_eds_path is not None:
-            paths[REALTIME_CLUSTER] = realtime_eds_path
-        files = EndpointFiles(paths)
-        if realtime_eds_path is not None:
-            files.publish(REALTIME_CLUSTER, [])  # Envoy needs the file; the engines report their ports
-        files.publish(ENGINES_CLUSTER, spec.engines)  # Envoy's only source of engine addresses
-        bound = await server.start()
-        watch = None
-        if api is not None:
-            watch = watch_engines(server, files, api, namespace, spec.engine_selector)
-            source = f"EndpointSlices {spec.engine_selector} in {namespace}"
-        else:
-            source = f"{len(spec.engines)} engine(s)"
-        typer.echo(f"duplex picker: serving on {bind}:{bound}; {source} in {eds_path}")
-        ws = None
-        if realtime_eds_path is not None:
-            ws = asyncio.create_task(publish_websockets(server, files, spec.health_interval_s))
-        try:
-            await serve_until_signal(server.stop)
-        finally:
-            if ws is not None:
-                ws.cancel()
-            if watch is not None:
-                watch.stop(0)
 
-    _run_server("picker", main())
+async def _serve_picker(
+    spec: GatewaySpec,
+    port: int,
+    bind: str,
+    http_port: int | None,
+    paths: dict[str, Path],
+    api: ApiClient | None,
+    namespace: str,
+) -> None:
+    """Serve the picker until a signal: publish the endpoint files (``paths`` by Envoy cluster), then follow
+    the engines (EndpointSlices through ``api``, else the spec's fixed list) and their Realtime ports."""
+    from ..envoy.eds import EndpointFiles
+    from ..process import serve_until_signal
+    from .server import PickerServer
+
+    server = PickerServer(spec, bind_port=port, bind_host=bind, http_bind_port=http_port)
+    files = EndpointFiles(paths)
+    realtime = REALTIME_CLUSTER in paths
+    if realtime:
+        files.publish(REALTIME_CLUSTER, [])  # Envoy needs the file; the engines report their ports
+    files.publish(ENGINES_CLUSTER, spec.engines)  # Envoy's only source of engine addresses
+    bound = await server.start()
+    watch = None
+    if api is not None:
+        watch = watch_engines(server, files, api, namespace, spec.engine_selector)
+        source = f"EndpointSlices {spec.engine_selector} in {namespace}"
+    else:
+        source = f"{len(spec.engines)} engine(s)"
+    typer.echo(f"duplex picker: serving on {bind}:{bound}; {source} in {paths[ENGINES_CLUSTER]}")
+    ws = asyncio.create_task(publish_websockets(server, files, spec.health_interval_s)) if realtime else None
+    try:
+        await serve_until_signal(server.stop)
+    finally:
+        if ws is not None:
+            ws.cancel()
+        if watch is not None:
+            watch.stop(0)
