@@ -479,18 +479,24 @@ def apply_crds(cp: ControlPlane, crds: list[dict[str, Any]]) -> None:
 
 
 @contextlib.contextmanager
-def control_plane(crds: list[dict[str, Any]] | None = None, controllers: bool = True) -> Iterator[ControlPlane]:
-    """Start etcd + kube-apiserver (+ CRDs) + kube-controller-manager; stop them and remove the data after."""
+def control_plane(
+    crds: list[dict[str, Any]] | None = None, controllers: str = CONTROLLERS, feature_gates: str = ""
+) -> Iterator[ControlPlane]:
+    """Start etcd + kube-apiserver (+ CRDs) + kube-controller-manager running ``controllers`` (its
+    ``--controllers``; empty: no controller-manager); stop them and remove the data after.
+
+    ``feature_gates`` (``Name=true,...``) goes to both the API server and the controller-manager."""
     bins = ensure_binaries()
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # etcd fsyncs: tmpfs keeps tests fast
     workdir = Path(tempfile.mkdtemp(prefix="duplex-kube-", dir=base))
+    gates = [f"--feature-gates={feature_gates}"] if feature_gates else []
     cp: ControlPlane | None = None
     try:
-        cp = start_apiserver(workdir, bins)
+        cp = start_apiserver(workdir, bins, extra_args=gates)
         if crds:
             apply_crds(cp, crds)
         if controllers:
-            start_controller_manager(cp, bins)
+            start_controller_manager(cp, bins, controllers, extra_args=gates)
         yield cp
     finally:
         if cp is not None:
