@@ -18,8 +18,9 @@ session picker's next load poll): live + parked sessions stay within the N slots
 retried after the server's ``retry-after-ms`` and counted. The user keeps talking over the model, so
 ``USER_BARGE_IN`` events happen; their count is reported.
 
-Every ``--sample-s`` the server is sampled: RSS, open fds and threads of the engine process (``duplex up``) and
-of its Envoy child (psutil), and from the engine's /metrics ``duplex_engine_asyncio_tasks``,
+Every ``--sample-s`` the server is sampled: RSS, open fds and threads of the engine process (the process of
+``duplex up`` serving the engine's /metrics) and of its Envoy child (psutil), and from the engine's /metrics
+``duplex_engine_asyncio_tasks``,
 ``duplex_engine_slots_occupied``, ``duplex_engine_parked_sessions`` and the step counts by kind. Reported:
 RSS growth (mean over the last 2 minutes vs minutes 1–2; for runs under 4 minutes the last half vs the second
 quarter), fd / thread / task / slot counts at the start (after the baseline) and at the end (after the last
@@ -119,14 +120,14 @@ def scrape(port: int) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
 
-def envoy_process(up: psutil.Process, target: str) -> psutil.Process | None:
-    """The child of ``duplex up`` listening on the front door's port (Envoy) (its other children: the agent, Redis and
-    multiprocessing's resource tracker)."""
-    port = int(target.rsplit(":", 1)[1])
-    for child in up.children(recursive=True):
+def listener(up: psutil.Process, port: int) -> psutil.Process | None:
+    """The process of ``duplex up`` (itself or a child) listening on ``port``: the engine on its /metrics port,
+    Envoy on the front door's (the other children: the session picker, the agent, Redis and multiprocessing's
+    resource tracker)."""
+    for proc in [up, *up.children(recursive=True)]:
         with contextlib.suppress(psutil.Error):
-            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in child.connections("tcp")):
-                return child
+            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN for c in proc.connections("tcp")):
+                return proc
     return None
 
 
@@ -237,9 +238,14 @@ async def run_soak(
     """``n`` client slots for ``seconds`` (the baseline and the soak alike), then wait until the server holds
     no slot (parked sessions included)."""
     soak = Soak()
-    envoy = envoy_process(up, target)
+    envoy = listener(up, int(target.rsplit(":", 1)[1]))
+    engine = listener(up, metrics_port)
+    if engine is None:
+        raise RuntimeError(
+            f"no process of duplex up (pid {up.pid}) listens on the engine's /metrics port {metrics_port}"
+        )
     t0 = time.monotonic()
-    soak.samples.append(await asyncio.to_thread(sample, up, envoy, metrics_port, t0))
+    soak.samples.append(await asyncio.to_thread(sample, engine, envoy, metrics_port, t0))
     stop = asyncio.Event()
 
     async def sampler() -> None:
@@ -247,7 +253,7 @@ async def run_soak(
             try:
                 await asyncio.wait_for(stop.wait(), every_s)
             except TimeoutError:
-                soak.samples.append(await asyncio.to_thread(sample, up, envoy, metrics_port, t0))
+                soak.samples.append(await asyncio.to_thread(sample, engine, envoy, metrics_port, t0))
 
     watch = asyncio.create_task(sampler())
     lag = asyncio.create_task(lag_probe(stop, soak.lag_ms))
@@ -258,7 +264,7 @@ async def run_soak(
     await lag
     deadline = time.monotonic() + 30
     while True:  # the server frees the last slots once it has seen the last streams end (and graces expire)
-        last = await asyncio.to_thread(sample, up, envoy, metrics_port, t0)
+        last = await asyncio.to_thread(sample, engine, envoy, metrics_port, t0)
         if last.slots == 0 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.2)
@@ -408,7 +414,8 @@ def main() -> None:
             "soak_server",
             "Soak: the server at the start and the end",
             server,
-            'The run of "Soak": the engine process (`duplex up`) and its Envoy child (psutil), and the engine\'s '
+            'The run of "Soak": the engine process (the one of `duplex up` serving its /metrics) and its Envoy '
+            "child (psutil), and the engine's "
             f"/metrics, sampled every {args.sample_s:g} s; at the start (after the baseline) and the end (after the "
             "last session ended: slots must be 0).",
         )
