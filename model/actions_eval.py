@@ -56,8 +56,7 @@ def evaluate_offline(
     from .evaluate import stream_model
 
     _, texts = stream_model(model, codec, convs, chunk_ms, batch_invariant)
-    frame_s = model.cfg.frame_ms / 1000
-    return score_actions("duplex", convs, [said_offline(t, frame_s, chunk_ms / 1000) for t in texts])
+    return score_actions("duplex", convs, [said_offline(t, model.cfg, chunk_ms / 1000) for t in texts])
 
 
 def motion_bursts(frames: npt.NDArray[np.uint8]) -> int:

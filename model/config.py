@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .timespeak import WORDS
+
 
 class ModelError(ValueError):
     """Bad input to the model package: the message names the field or tensor that is wrong."""
@@ -64,8 +66,13 @@ class ModelConfig(BaseModel):
     audio_codes: int = Field(1024, ge=2)
     """Model audio codes per frame (the codec's codebook size). Code 0 is silence."""
     text_vocab: int = Field(260, ge=4)
-    """Text tokens: bytes 0-255, then PAD=256, EOT=257 (two reserved). Larger vocabularies are allowed
-    for planning presets."""
+    """Text tokens: bytes 0-255, then PAD=256, EOT=257, two reserved, then the ``text_words`` word tokens
+    (260, 261, …). Larger vocabularies are allowed for planning presets."""
+    text_words: int = Field(0, ge=0, le=len(WORDS))
+    """How many of the TimeSpeak words (``timespeak.WORDS``, in order) have a text token of their own (0 =
+    none: all text is bytes). A word token is the whole word in one frame: a timed word the model says is one
+    token at the frame its speech starts, which it reads back ``feedback_delay_frames`` later, instead of bytes
+    it cannot see itself write (ids ``first_word_token`` + k; ``text_vocab`` must hold them)."""
     silent_codes: int = Field(64, ge=1)
     """Audio codes [0, silent_codes) are silence (the codec's energy-0 codes); see ``decide``."""
     control_classes: int = Field(4, ge=2)
@@ -109,6 +116,12 @@ class ModelConfig(BaseModel):
             raise ModelError("agenda_tally needs an agenda (agenda_words > 0)")
         if self.text_vocab < 258:
             raise ModelError(f"text_vocab ({self.text_vocab}) must hold 256 bytes + PAD + EOT")
+        if self.text_words and self.text_vocab < self.first_word_token + self.text_words:
+            raise ModelError(
+                f"text_vocab ({self.text_vocab}) is too small for text_words={self.text_words}: the word tokens "
+                f"take ids {self.first_word_token}..{self.first_word_token + self.text_words - 1}, so text_vocab "
+                f"must be at least {self.first_word_token + self.text_words}"
+            )
         return self
 
     # --- derived ------------------------------------------------------------------------------------
@@ -134,6 +147,26 @@ class ModelConfig(BaseModel):
     @property
     def eot_token(self) -> int:
         return 257
+
+    @property
+    def first_word_token(self) -> int:
+        """Id of the first word token: after the 256 bytes, PAD, EOT and two reserved ids."""
+        return 260
+
+    def word_token(self, word: str) -> int | None:
+        """The text token of ``word`` (one of ``timespeak.WORDS``), None when the model has no token for it."""
+        k = WORDS.index(word) if word in WORDS else len(WORDS)
+        return self.first_word_token + k if k < self.text_words else None
+
+    def token_word(self, token: int) -> str | None:
+        """The TimeSpeak word a text token stands for, None for a byte, PAD, EOT or any other id."""
+        k = token - self.first_word_token
+        return WORDS[k] if 0 <= k < self.text_words else None
+
+    @property
+    def word_tokens(self) -> dict[int, str]:
+        """Each word token's id and the word it stands for ({} without word tokens)."""
+        return {self.first_word_token + k: WORDS[k] for k in range(self.text_words)}
 
     @property
     def video_patches(self) -> int:
@@ -209,8 +242,11 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-# ``tiny`` with an agenda for timed speech (TimeSpeak): 12 words, delays and periods up to 30 s.
-PRESETS["tiny-timed"] = PRESETS["tiny"].model_copy(update={"name": "tiny-timed", "agenda_words": 12})
+# ``tiny`` with an agenda for timed speech (TimeSpeak): 12 words, delays and periods up to 30 s, and a text token
+# for each of the 12 words (ids 260..271).
+PRESETS["tiny-timed"] = ModelConfig.model_validate(
+    PRESETS["tiny"].model_dump() | {"name": "tiny-timed", "agenda_words": 12, "text_words": 12, "text_vocab": 272}
+)
 
 
 def get_preset(name: str) -> ModelConfig:

@@ -8,7 +8,9 @@ A conversation directory (written by ``duplex corpus make``) holds ``user.wav`` 
   audio    the reference codec's code for the model track's frame;
   text     the model's words, each word's bytes laid out from the frame its speech starts (one byte per
            frame, PAD elsewhere, EOT after a turn's last byte) — an inner monologue in step with the audio;
-           a TimeSpeak ``timed_word`` is a turn of one word (speak, its bytes from its due moment, EOT);
+           a TimeSpeak ``timed_word`` is a turn of one word (speak, its bytes from its due moment, EOT) — or,
+           for a model with word tokens (``ModelConfig.text_words``), the word's one token at the frame its
+           speech starts, then EOT;
   text_in  input, not target: the bytes of every ``typed_text`` event, ``text_in_slots`` per frame from its
            first frame, as the engine feeds a chunk's queued typed text;
   video    input, not target (``video_input``): per chunk the frame shown at its start, on its first frame;
@@ -66,7 +68,7 @@ class Targets:
     audio: Tensor
     """(T,) int64 codec codes."""
     text: Tensor
-    """(T,) int64 bytes / PAD / EOT."""
+    """(T,) int64 bytes / PAD / EOT / word tokens."""
     weight: Tensor
     """(T,) float32 per-frame weight of the control loss."""
     text_in: Tensor | None = None
@@ -163,7 +165,12 @@ def targets(conv: Conversation, cfg: ModelConfig, codec: Codec) -> Targets:
         kind = ev["type"]
         if kind in ("model_turn", "timed_word"):
             control[_frames(ev["start"], ev["end"], cfg, T)] = Floor.SPEAK
-            _lay_out_words(text, ev.get("words", []), f, cfg.eot_token)
+            token = _word_token(ev, cfg)
+            if token is None:
+                _lay_out_words(text, ev.get("words", []), f, cfg.eot_token)
+            else:
+                at = int(ev["words"][0]["start"] / f)
+                text[at : at + 2] = torch.tensor([token, cfg.eot_token])[: max(0, T - at)]
         elif kind == "backchannel":
             control[_frames(ev["start"], ev["end"], cfg, T)] = Floor.BACKCHANNEL
         elif kind == "pause":
@@ -233,6 +240,14 @@ def _stop_end(events: list[dict[str, Any]], stop: float | None) -> float:
         if e["type"] in ("user_turn", "typed_text") and abs(float(e["start"]) - stop) < 1e-6:
             return float(e["end"])
     raise ModelError(f"no user turn or typed text starts at the stop ({stop} s)")
+
+
+def _word_token(ev: dict[str, Any], cfg: ModelConfig) -> int | None:
+    """The word token a ``timed_word`` turn is laid out as (its one word has a token); None: lay out bytes."""
+    words = ev.get("words", [])
+    if ev["type"] != "timed_word" or len(words) != 1:
+        return None
+    return cfg.word_token(words[0]["word"])
 
 
 def _lay_out_words(text: Tensor, words: list[dict[str, Any]], frame_s: float, eot: int) -> None:

@@ -5,6 +5,7 @@ them is committed, in the model and in the codec alike)."""
 from __future__ import annotations
 
 import codecs
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -33,18 +34,27 @@ class DuplexSlots:
 
 
 class ByteTextDecoder:
-    """The model's text tokens are UTF-8 bytes (values < 256) and an end-of-text token."""
+    """The model's text tokens are UTF-8 bytes (values < 256), an end-of-text token and, for a model with word
+    tokens (``ModelConfig.word_tokens``), one token per TimeSpeak word, decoded as the word."""
 
-    def __init__(self, eot_token: int) -> None:
+    def __init__(self, eot_token: int, words: Mapping[int, str] | None = None) -> None:
         self.eot_token = eot_token
+        self.words = dict(words or {})
         self.utf8 = codecs.getincrementaldecoder("utf-8")("replace")
 
     def feed(self, tokens: list[int]) -> tuple[str, bool]:
         final = self.eot_token in tokens
-        piece = bytes(t for t in tokens if t < 256)
-        if not piece and not final:
+        text: list[str] = []
+        piece = bytearray()
+        for t in tokens:
+            if t < 256:
+                piece.append(t)
+            elif t in self.words:  # a whole word: bytes before it that end mid-character are broken
+                text += [self.utf8.decode(bytes(piece), final=True), self.words[t]]
+                piece.clear()
+        if not text and not piece and not final:
             return "", False
-        return self.utf8.decode(piece, final=final), final
+        return "".join(text) + self.utf8.decode(bytes(piece), final=final), final
 
 
 class DuplexServed:
@@ -104,4 +114,4 @@ class DuplexServed:
         return list(text.encode())
 
     def text_decoder(self) -> ByteTextDecoder:
-        return ByteTextDecoder(self.cfg.eot_token)
+        return ByteTextDecoder(self.cfg.eot_token, self.cfg.word_tokens)

@@ -142,7 +142,11 @@ class DuplexModel(nn.Module):
         self.blocks = nn.ModuleList(self.layers)  # registers them; ``layers`` is the same objects, typed
         self.out_norm = RMSNorm(cfg.d_model)
         self.audio_head = Linear(cfg.d_model, cfg.audio_codes, bias=False)
-        self.text_head = Linear(cfg.d_model, cfg.text_vocab, bias=False)
+        # with word tokens the text head has a bias: what lets a text vocabulary grown for fine-tuning start its new
+        # tokens below the ones they copy (``train.grow_text``), so the grown model decides as it did
+        self.text_head = Linear(cfg.d_model, cfg.text_vocab, bias=cfg.text_words > 0)
+        if self.text_head.bias is not None:
+            nn.init.zeros_(self.text_head.bias)
         self.control_head = Linear(cfg.d_model, cfg.control_classes, bias=False)
         self.agenda_heads = nn.ModuleList(Linear(cfg.d_model, n, bias=False) for n in cfg.agenda_classes)
         for weight in self.agenda_heads.parameters():

@@ -44,7 +44,7 @@ def count_params(cfg: ModelConfig) -> ParamCount:
         embed += 3 * cfg.video_patch**2 * d + d + cfg.video_patches * d
     attn = 2 * d * cfg.n_heads * cfg.head_dim + 2 * d * cfg.n_kv_heads * cfg.head_dim
     layer_dense = 2 * d + attn + d * cfg.n_experts + 3 * d * cfg.shared_expert_hidden
-    heads = d * (cfg.audio_codes + cfg.text_vocab + cfg.control_classes)
+    heads = d * (cfg.audio_codes + cfg.text_vocab + cfg.control_classes) + (cfg.text_vocab if cfg.text_words else 0)
     dense = embed + L * layer_dense + d + heads
     per_expert = 3 * d * cfg.expert_hidden
     total = dense + L * cfg.n_experts * per_expert

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,11 +76,22 @@ def utterances(pieces: Iterable[Piece], gap_s: float = GAP_S) -> list[Utterance]
     return out
 
 
-def frame_pieces(tokens: Sequence[int], frame_s: float, offset_s: float, pad: int = 256, eot: int = 257) -> list[Piece]:
-    """The model's per-frame text tokens (bytes, PAD, EOT) as pieces: frame f at ``offset_s + f * frame_s``."""
-    return [
-        (offset_s + f * frame_s, bytes([v]) if v < pad else b"", v == eot) for f, v in enumerate(tokens) if v != pad
-    ]
+def frame_pieces(
+    tokens: Sequence[int],
+    frame_s: float,
+    offset_s: float,
+    pad: int = 256,
+    eot: int = 257,
+    words: Mapping[int, str] | None = None,
+) -> list[Piece]:
+    """The model's per-frame text tokens (bytes, PAD, EOT, and the word tokens ``words`` maps to their words:
+    ``ModelConfig.word_tokens``) as pieces: frame f at ``offset_s + f * frame_s``."""
+    words = words or {}
+
+    def text(v: int) -> bytes:
+        return bytes([v]) if v < pad else words[v].encode() if v in words else b""
+
+    return [(offset_s + f * frame_s, text(v), v == eot) for f, v in enumerate(tokens) if v != pad]
 
 
 def timeline_pieces(timeline: dict[str, Any]) -> list[Piece]:

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .codec import Codec
+from .config import ModelConfig
 from .data import Conversation
 from .detect import speech_segments
 from .model import DuplexModel
@@ -64,9 +65,12 @@ def score_timespeak(
     return metrics(system, len(convs), scores, on_time if tracks is not None else None)
 
 
-def said_offline(tokens: npt.NDArray[np.int64], frame_s: float, chunk_s: float) -> list[Utterance]:
-    """The utterances of a model's per-frame text tokens, each frame heard one chunk late."""
-    return utterances(frame_pieces([int(v) for v in tokens], frame_s, chunk_s))
+def said_offline(tokens: npt.NDArray[np.int64], cfg: ModelConfig, chunk_s: float) -> list[Utterance]:
+    """The utterances of a ``cfg`` model's per-frame text tokens (word tokens read as their words), each frame
+    heard one chunk late."""
+    frame_s = cfg.frame_ms / 1000
+    pieces = frame_pieces([int(v) for v in tokens], frame_s, chunk_s, cfg.pad_token, cfg.eot_token, cfg.word_tokens)
+    return utterances(pieces)
 
 
 def evaluate_offline(
@@ -76,8 +80,7 @@ def evaluate_offline(
     from .evaluate import stream_model
 
     tracks, texts = stream_model(model, codec, convs, chunk_ms, batch_invariant)
-    frame_s = model.cfg.frame_ms / 1000
-    said = [said_offline(t, frame_s, chunk_ms / 1000) for t in texts]
+    said = [said_offline(t, model.cfg, chunk_ms / 1000) for t in texts]
     return score_timespeak("duplex", convs, said, tracks)
 
 

@@ -29,6 +29,7 @@ from .config import ModelConfig, ModelError, get_preset
 from .data import Conversation, Targets, load_conversation, load_split, split_ids, targets, video_input
 from .evaluate import Metrics, score, stream_model
 from .family import Floor
+from .grow import grow_text, grows_text
 from .model import DuplexModel, delay
 from .timespeak_eval import said_offline, score_timespeak
 
@@ -305,8 +306,7 @@ def _validate(
     summary: dict[str, Any] = m.summary()
     timed = [k for k, c in enumerate(val_convs) if any(e["type"] == "timed_request" for e in c.events)]
     if model.cfg.agenda_classes and timed:  # an agenda model is also kept for its timed speech
-        frame_s = model.cfg.frame_ms / 1000
-        said = [said_offline(texts[k], frame_s, 0.2) for k in timed]
+        said = [said_offline(texts[k], model.cfg, 0.2) for k in timed]
         ts = score_timespeak("duplex", [val_convs[k] for k in timed], said)
         summary["timespeak_accuracy"] = ts.accuracy
         v += ts.accuracy
@@ -319,13 +319,18 @@ def _validate(
 def load_init(model: DuplexModel, path: Path) -> None:
     """Start from ``path``'s weights (fine-tuning). A checkpoint whose agenda is a part of the model's (none, or
     the timer without the tally), of the same shape otherwise, starts the larger agenda: the new agenda weights
-    stay as built (zero: no input, undecided)."""
+    stay as built (zero: no input, undecided). One whose text vocabulary lacks some of the model's word tokens
+    gets them grown (``grow.grow_text``: the grown model decides exactly as the checkpoint's)."""
     cfg = model.cfg
     src = checkpoint.read_config(path)
-    fields = ("agenda_words", "agenda_max_s", "agenda_tally")
-    part = src.agenda_classes == cfg.agenda_classes[: len(src.agenda_classes)]
-    expected = cfg.model_copy(update={k: getattr(src, k) for k in fields}) if part else cfg
-    result = model.load_state_dict(checkpoint.load(path, expected=expected).state_dict(), strict=False)
+    keep: dict[str, Any] = {}
+    if src.agenda_classes == cfg.agenda_classes[: len(src.agenda_classes)]:
+        keep |= {k: getattr(src, k) for k in ("agenda_words", "agenda_max_s", "agenda_tally")}
+    grows = grows_text(src, cfg)
+    if grows:
+        keep |= {"text_vocab": src.text_vocab, "text_words": src.text_words}
+    state = checkpoint.load(path, expected=cfg.model_copy(update=keep)).state_dict()
+    result = model.load_state_dict(grow_text(state, src, cfg) if grows else state, strict=False)
     missing = [k for k in result.missing_keys if "agenda" not in k]
     if missing or result.unexpected_keys:
         raise ModelError(f"{path} does not fit the {cfg.name!r} model: {missing or result.unexpected_keys}")
