@@ -40,6 +40,14 @@ Late-chunk policy (docs/serving.md has the long form):
     arrival phase, when that at least halves its wait.
 A cohort with no chunk at all at its deadline does not step: a conversation whose client pauses is paused.
 
+Prompt prefill (PersonaPlex's voice and persona). A session placed with a prompt is *prefilling* until the
+executor has run every piece of its prefill: its cohort's steps leave its row inactive and do not wait for it,
+its chunks wait in its queue, and each regular step adds one to what it owes, so once prefilled it catches its
+chunks up like a member after a stall (late, never lost). ``next_piece`` hands out one piece per turn of the step
+thread, only in a turn with no step due (unless steps were due at every turn for a whole period), of the first
+placed session's prefill: prefills are queued in placement order, not interleaved. A session that leaves
+mid-prefill drops it (``SlotDropPrefill``).
+
 End of input. A session whose client ended its input finishes once its last chunk is stepped — unless the model
 goes on after its input (``continues_after_input``: Hibiki still translates what it heard). Then the slot's
 input is marked ended (``SlotEndInput``) and a chunk of silence is queued whenever none is pending, stepped with
@@ -416,8 +424,8 @@ class StepPlanner:
 
     # ----- the next prefill piece, the next step ------------------------------------------------------
     def next_piece(self, now: float, step_due: bool) -> PlannedPiece | None:
-        """The prefill piece to run after this turn's step (``step_due``: a step runs first), if any: the next
-        piece of the first placed session whose prompt is not prefilled yet. A piece runs only in a turn with
+        """The prefill piece to run this turn (``step_due``: a step runs in it), if any: the next piece of the
+        first placed session whose prompt is not prefilled yet. A piece runs only in a turn with
         no step due, so a step waits for one piece at most (the one under way when it fell due); but when steps
         were due at every turn for a whole period (an overloaded step thread), one runs after the step anyway,
         so a prefill always finishes."""
