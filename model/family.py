@@ -112,8 +112,15 @@ class Prompted(Protocol):
         no prompt. Raises ``ModelError`` naming what is wrong."""
         ...
 
-    def prefill(self, state: Any, slot: int, prompt: Any, batch_invariant: bool = False) -> None:
-        """Make ``slot`` a fresh session that has consumed ``prompt``, touching no other slot."""
+    def prefill_start(self, state: Any, slot: int, prompt: Any) -> object:
+        """A resumable prefill job of ``prompt`` for ``slot``, on state of its own (no slot changes yet).
+        Dropping the job before it is done cancels it and frees that state."""
+        ...
+
+    def prefill_piece(self, state: Any, job: Any, slot: int, batch_invariant: bool = False) -> bool:
+        """Run ``job``'s next piece, touching no slot; after the last one ``slot`` (where the session lives now)
+        is a fresh session that has consumed the prompt. True = done. The engine runs at most one piece between
+        two steps, so a long prompt delays the other sessions' steps by one piece at a time."""
         ...
 
 

@@ -59,7 +59,8 @@ class EngineMetrics:
         )
         self.prompt_prefill_seconds = Histogram(
             "duplex_engine_prompt_prefill_seconds",
-            "A session's prompt (PersonaPlex voice and persona) prefilled into its slot before its first step",
+            "A session's prompt (PersonaPlex voice and persona) prefilled into its slot before its first step: "
+            "the compute of its pieces, summed (they run between the other sessions' steps)",
             buckets=_MS,
             registry=r,
         )

@@ -17,17 +17,19 @@ codebook, keeps the delayed codebooks of the last silence frame (NVIDIA's first 
 prompt's last frame before the user's first); the user's first frame follows it. Without a voice the sequence
 starts at 2, as NVIDIA's does.
 
-The prefill runs on a one-row staging block of upstream streaming state (``MoshiServed.prefill``): the forced
-steps as whole chunks of the LM's transformer (``PREFILL_CHUNK`` positions a forward), the frame after as one
+The prefill runs on a one-row staging block of upstream streaming state (``MoshiServed.prefill_start``), as a
+resumable job of pieces (``prefill_pieces``): the forced steps as whole chunks of the LM's transformer
+(``PREFILL_CHUNK`` positions a forward), then the finish — the ring of delayed tokens and the frame after as one
 ``LMGen.step``; the staging row is then copied into the session's slot, so the other rows of its block are
-never touched. PersonaPlex's depformer predicts both streams (``dep_q == n_q``): ``UserStreams`` puts the
-user's codes into the token ring and keeps them over the depformer's user half, as NVIDIA's generator does.
+never touched. The engine runs one piece between two steps (``MoshiServed.prefill_piece``). PersonaPlex's
+depformer predicts both streams (``dep_q == n_q``): ``UserStreams`` puts the user's codes into the token ring
+and keeps them over the depformer's user half, as NVIDIA's generator does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -225,23 +227,45 @@ class UserStreams:
         audio_tokens[:, n:] = cache[rows, ks, pos]  # what ``provide`` wrote there (or writes next frame)
 
 
+@dataclass(frozen=True)
+class PrefillPiece:
+    """One resumable piece of a prefill: a transformer chunk of the forced steps (``voice``: the stored input
+    embeddings ``start .. stop``; ``tokens``: the tokens' embeddings at positions ``start .. stop``), or the
+    ``finish``: the ring of delayed tokens and the frame after."""
+
+    kind: Literal["voice", "tokens", "finish"]
+    start: int = 0
+    stop: int = 0
+
+
+def prefill_pieces(prompt: SessionPrompt) -> tuple[PrefillPiece, ...]:
+    """The pieces of ``prompt``'s prefill, in order: ``PREFILL_CHUNK`` positions a forward, the voice's
+    embeddings first, then the tokens; the ``finish`` last."""
+    E = 0 if prompt.embeddings is None else int(prompt.embeddings.shape[0])
+    P = prompt.steps
+    voice = [PrefillPiece("voice", a, min(E, a + PREFILL_CHUNK)) for a in range(0, E, PREFILL_CHUNK)]
+    tokens = [PrefillPiece("tokens", a, min(P, a + PREFILL_CHUNK)) for a in range(E, P, PREFILL_CHUNK)]
+    return (*voice, *tokens, PrefillPiece("finish"))
+
+
 @torch.no_grad()
-def run_prefill(lm: Any, gen: Any, streams: UserStreams, prompt: SessionPrompt) -> None:
-    """Feed ``prompt`` to the fresh one-row streaming state installed in ``lm`` and ``gen`` (``MoshiServed``
-    swaps it in): the forced steps as transformer chunks, the ring of delayed tokens, the frame after."""
+def run_piece(lm: Any, gen: Any, streams: UserStreams, prompt: SessionPrompt, piece: PrefillPiece) -> None:
+    """Feed one piece of ``prompt`` to the one-row streaming state installed in ``lm`` and ``gen``
+    (``MoshiServed`` swaps it in around each piece, so other blocks may step between two pieces)."""
     state = gen._streaming_state
     if state is None or int(state.cache.shape[0]) != 1 or int(state.offsets[0]) != 0:
-        raise RuntimeError("the prefill runs on a fresh one-row streaming state")
+        raise RuntimeError("a prefill piece runs on a one-row streaming state whose prompt is not finished")
     device = state.cache.device
-    P = prompt.steps
-    tokens = prompt.tokens.to(device)
-    E = 0 if prompt.embeddings is None else int(prompt.embeddings.shape[0])
-    dtype = next(lm.parameters()).dtype
-    for a in range(0, E, PREFILL_CHUNK):  # the voice: its stored input embeddings
+    if piece.kind == "voice":  # the voice: its stored input embeddings
         assert prompt.embeddings is not None
-        lm.transformer(prompt.embeddings[a : min(E, a + PREFILL_CHUNK)].to(device, dtype)[None])
-    for a in range(E, P, PREFILL_CHUNK):  # silence, persona, silence: the tokens' embeddings
-        lm.forward_text(tokens[None, :, a : min(P, a + PREFILL_CHUNK)])
+        dtype = next(lm.parameters()).dtype
+        lm.transformer(prompt.embeddings[piece.start : piece.stop].to(device, dtype)[None])
+        return
+    tokens = prompt.tokens.to(device)
+    if piece.kind == "tokens":  # silence, persona, silence: the tokens' embeddings
+        lm.forward_text(tokens[None, :, piece.start : piece.stop])
+        return
+    P = prompt.steps
     # the delayed tokens still to come, into upstream's ring (positions P - 1 .. P + max_delay)
     ct = int(state.cache.shape[2])
     last = P + max(streams.delays)

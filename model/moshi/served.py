@@ -54,7 +54,7 @@ from ..family import FamilyStep, Floor, StreamFormat
 from . import CHUNKS_MS
 from .checkpoint import MoshiCheckpoint
 from .kernels import invariant_kernels
-from .prompt import PromptBuilder, SessionPrompt, UserStreams, run_prefill
+from .prompt import PrefillPiece, PromptBuilder, SessionPrompt, UserStreams, prefill_pieces, run_piece
 from .sampling import RowSampling, check_sampling, row_sampling
 
 SPEAK_HANGOVER_FRAMES = 8
@@ -170,6 +170,18 @@ class _Block:
     lm: dict[str, Any]
     """The LM's tree: per layer the KV ring and offsets (the depformer restarts each step, so has none)."""
     floor: FloorTracker
+
+
+@dataclasses.dataclass(eq=False)
+class PrefillJob:
+    """One session's prompt prefill in progress (``MoshiServed.prefill_start``)."""
+
+    prompt: SessionPrompt
+    block: _Block
+    """The one-row staging block the pieces feed."""
+    pieces: tuple[PrefillPiece, ...]
+    done: int = 0
+    """Pieces run so far."""
 
 
 class MoshiSlots:
@@ -491,21 +503,40 @@ class MoshiServed:
         default_persona = "" if self.default_prompt is None else self.default_prompt.persona
         return self.session_prompt(voice or self.default_voice, persona or default_persona)
 
-    @torch.no_grad()
-    def prefill(self, state: MoshiSlots, slot: int, prompt: SessionPrompt, batch_invariant: bool = False) -> None:
-        """Make ``slot`` a fresh session that has consumed ``prompt`` (``prompt.model_steps`` model steps, run on a
-        one-row staging block: no other row is touched)."""
+    def prefill_start(self, state: MoshiSlots, slot: int, prompt: SessionPrompt) -> PrefillJob:
+        """A resumable prefill of ``prompt`` for ``slot``: a fresh one-row staging block and the pieces to feed
+        it (``prefill_piece`` runs them). Dropping the job before it is done frees its staging block; the slot
+        is left as it was."""
         state._check(slot)
-        block = self._new_block(slot, 1)
+        return PrefillJob(prompt, self._new_block(slot, 1), prefill_pieces(prompt))
+
+    @torch.no_grad()
+    def prefill_piece(self, state: MoshiSlots, job: PrefillJob, slot: int, batch_invariant: bool = False) -> bool:
+        """Run ``job``'s next piece on its staging block (no other row is touched); after the last one the staging
+        row becomes the state of ``slot`` (where the session lives now). True = the prefill is done."""
+        state._check(slot)
+        if job.done >= len(job.pieces):
+            raise RuntimeError("the prefill is already done")
         with ExitStack() as stack:
-            stack.enter_context(self._swapped_in(block))
+            stack.enter_context(self._swapped_in(job.block))
             stack.enter_context(invariant_kernels(batch_invariant, self.device))
             stack.enter_context(row_sampling(self.gen, [state.sampling[slot]], self.default_sampling, TOP_K_TEXT))
             if self.device.type == "cpu":
                 stack.enter_context(no_compile())
             self._forced = None
-            run_prefill(self.lm, self.gen, self._streams, prompt)
-        state.install(block, slot)
+            run_piece(self.lm, self.gen, self._streams, job.prompt, job.pieces[job.done])
+        job.done += 1
+        if job.done < len(job.pieces):
+            return False
+        state.install(job.block, slot)
+        return True
+
+    def prefill(self, state: MoshiSlots, slot: int, prompt: SessionPrompt, batch_invariant: bool = False) -> None:
+        """Make ``slot`` a fresh session that has consumed ``prompt`` in one go (``prompt.model_steps`` model steps,
+        run on a one-row staging block: no other row is touched)."""
+        job = self.prefill_start(state, slot, prompt)
+        while not self.prefill_piece(state, job, slot, batch_invariant):
+            pass
 
     def sampling_for(self, temperature: float | None, top_k: int | None) -> RowSampling:
         """A session's own sampling settings over the engine's (None = the engine's); ``ModelError`` naming the

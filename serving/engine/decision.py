@@ -88,14 +88,21 @@ class MemberTake:
 
 
 # ----- is a step due ---------------------------------------------------------------------------------------
+def stepping(c: Cohort) -> list[SlotSession]:
+    """The members a step of ``c`` may take chunks from: all but those whose prompt is still being prefilled
+    (their chunks wait, and no step waits for them)."""
+    return [m for m in c.members if not m.prefilling]
+
+
 def idle_tick_passed(c: Cohort, now: float, grace: float) -> bool:
     """A tick's deadline passed with no chunk at all to step: it still counts (members stepped early by a split
     step come back to owing nothing; absent ones owe one more, up to the loss bound) and the tick moves on."""
-    return now > c.due + grace and not any(m.pending for m in c.members)
+    return now > c.due + grace and not any(m.pending for m in stepping(c))
 
 
 def owed_after_idle_tick(m: SlotSession, lost_after_chunks: int) -> int:
-    return min(m.owed + 1, lost_after_chunks)
+    """A prefilling member owes one more without bound (its chunks are waiting, none is lost)."""
+    return m.owed + 1 if m.prefilling else min(m.owed + 1, lost_after_chunks)
 
 
 def _tick_complete(c: Cohort, now: float, grace: float) -> tuple[bool, bool]:
@@ -108,9 +115,10 @@ def _tick_complete(c: Cohort, now: float, grace: float) -> tuple[bool, bool]:
     chunk alone is caught up, not a tick. And without every member in, it is not taken before the tick's own
     window (``due - grace``): else a member sending a burst would drive regular steps back to back and its
     cohort-mates, counted absent, would owe a chunk for each — and get silence for chunks they never sent."""
-    present = any(m.pending and m.owed <= 0 for m in c.members)
-    everyone = all(m.pending or m.owed < 0 for m in c.members)
-    absent_only = all(m.pending or m.owed != 0 or m.parked for m in c.members)
+    members = stepping(c)
+    present = any(m.pending and m.owed <= 0 for m in members)
+    everyone = all(m.pending or m.owed < 0 for m in members)
+    absent_only = all(m.pending or m.owed != 0 or m.parked for m in members)
     all_in = present and (everyone or (absent_only and now >= c.due - grace))
     return all_in, present and absent_only
 
@@ -120,7 +128,7 @@ def _catchup_due(c: Cohort, overdue_before: float) -> bool:
     before the previous deadline (it missed that step, or its session joined after it)."""
     return any(
         len(m.pending) >= 2 or (m.pending and (m.owed > 0 or m.pending[0].recv_mono < overdue_before))
-        for m in c.members
+        for m in stepping(c)
     )
 
 
@@ -128,17 +136,18 @@ def _can_split(c: Cohort, rules: StepRules, load: float) -> bool:
     """At most one split per tick, and none while a member is behind: then the cohort keeps to its regular
     deadline steps, which are what judge that member's chunks lost."""
     spare = load < rules.split_below_load
-    return rules.split_after > 0 and spare and c.split_for != c.due and all(m.owed <= 0 for m in c.members)
+    return rules.split_after > 0 and spare and c.split_for != c.due and all(m.owed <= 0 for m in stepping(c))
 
 
 def decide_cohort(c: Cohort, now: float, load: float, rules: StepRules) -> CohortDecision:
     """Which step of ``c`` is due at ``now`` (``load``: share of the last two periods the step thread was
     busy), or when to look again. Assumes an idle tick that passed has been applied (``idle_tick_passed``)."""
-    any_pending = any(m.pending for m in c.members)
+    members = stepping(c)
+    any_pending = any(m.pending for m in members)
     deadline = c.due + rules.grace
     all_in, early_ok = _tick_complete(c, now, rules.grace)
     catchup = _catchup_due(c, deadline - rules.period)
-    oldest = min((m.pending[0].recv_mono for m in c.members if m.pending), default=now)
+    oldest = min((m.pending[0].recv_mono for m in members if m.pending), default=now)
     split_at = oldest + rules.split_after
     can_split = _can_split(c, rules, load)
     split = any_pending and can_split and now >= split_at
@@ -180,6 +189,8 @@ def take_member(m: SlotSession, kind: StepKind, overdue_before: float, now: floa
     ``overdue_before``: the previous regular step's deadline (a chunk received before it missed that step)."""
     regular = kind == "regular"
     owed = m.owed + 1 if regular else m.owed  # every regular step expects one chunk from every member
+    if m.prefilling:  # an inactive row; its chunks wait for the end of its prefill
+        return MemberTake(False, False, m.next_seq, False, owed, m.next_seq, m.late_streak, m.wait_ema_s)
     if m.pending:
         return _take_chunk(m, regular, owed, overdue_before, now)
     if regular:
@@ -230,4 +241,4 @@ def wants_migration(m: SlotSession, rules: StepRules, n_cohorts: int) -> bool:
     """A member with chunks pending that missed ``migrate_after_misses`` regular steps in a row, or whose chunks
     wait on average more than P / (2C) for their step, looks for a better-phased cohort."""
     badly_phased = m.late_streak >= rules.migrate_after_misses or m.wait_ema_s > rules.period / (2 * n_cohorts)
-    return bool(m.pending) and badly_phased
+    return bool(m.pending) and badly_phased and not m.prefilling

@@ -18,7 +18,7 @@ import torch
 from duplex.model.detect import voiced_frames
 from duplex.model.family import InputEnds, Prompted, ServedModel, SessionSampling
 
-from .planner import PlannedRow, SlotEndInput, SlotMove, SlotOp, StepPlan
+from .planner import PlannedPiece, PlannedRow, SlotDropPrefill, SlotEndInput, SlotMove, SlotOp, StepPlan
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,36 @@ class StepResult:
     """The served model's step (model and codec) over the whole range."""
 
 
+@dataclass
+class _Prefill:
+    """A slot's prompt prefill: its prompt, and its job once the first piece started it."""
+
+    prompt: object
+    job: object | None = None
+    pieces: int = 0
+    seconds: float = 0.0
+    """Time its pieces took, summed."""
+    started: float = 0.0
+    """Monotonic time its first piece began."""
+
+
+@dataclass(frozen=True)
+class PieceResult:
+    """One prefill piece that ran."""
+
+    slot: int
+    done: bool
+    """The prefill is done: the slot holds the prompted session, ready to step."""
+    seconds: float
+    """This piece's time."""
+    pieces: int
+    """Pieces run for this prefill so far."""
+    total_seconds: float
+    """Time the prefill's pieces took so far, summed (the step thread's time spent on it)."""
+    elapsed_seconds: float
+    """From its first piece's start to this piece's end (other sessions' steps ran between its pieces)."""
+
+
 class StepExecutor:
     """The served model over the slot state of one replica."""
 
@@ -76,28 +106,52 @@ class StepExecutor:
         self.frames = chunk_samples // self.format.frame_samples
         self.state = served.new_slots(slots)
         self.batch_invariant = batch_invariant
+        self.prefills: dict[int, _Prefill] = {}
+        """Prompt prefills not done yet, by the slot of their session (they move with it)."""
 
-    def apply(self, ops: Sequence[SlotOp]) -> list[float]:
-        """Carry out the planner's slot moves, resets and input ends on the streaming state, in order; a reset
-        sets the session's own sampling settings when it has them, and with a prompt prefills it (on rows of its
-        own: no other slot changes). Returns the seconds each prefill took."""
-        prefills: list[float] = []
+    def apply(self, ops: Sequence[SlotOp]) -> None:
+        """Carry out the planner's slot moves, resets, input ends and dropped prefills on the streaming state,
+        in order. A reset sets the session's own sampling settings when it has them, and with a prompt queues
+        its prefill (``prefill_piece`` runs it, on state of its own); a prefill moves with its slot."""
         for op in ops:
             if isinstance(op, SlotMove):
                 self.state.move(op.src, op.dst)
+                moving = self.prefills.pop(op.src, None)
+                self.prefills.pop(op.dst, None)
+                if moving is not None:
+                    self.prefills[op.dst] = moving
             elif isinstance(op, SlotEndInput):
                 if not isinstance(self.state, InputEnds):
                     raise TypeError(f"{type(self.state).__name__} cannot end a slot's input")
                 self.state.end_input(op.slot)
+            elif isinstance(op, SlotDropPrefill):
+                self.prefills.pop(op.slot, None)  # its job, and the staging state it holds, go with it
             else:
                 self.state.reset(op.slot)
+                self.prefills.pop(op.slot, None)
                 if op.sampling is not None and isinstance(self.served, SessionSampling):
                     self.served.set_sampling(self.state, op.slot, op.sampling)
-                if op.prompt is not None and isinstance(self.served, Prompted):
-                    started = self.clock()
-                    self.served.prefill(self.state, op.slot, op.prompt, self.batch_invariant)
-                    prefills.append(self.clock() - started)
-        return prefills
+                if op.prompt is not None:
+                    if not isinstance(self.served, Prompted):
+                        raise TypeError(f"{type(self.served).__name__} takes no prompt")
+                    self.prefills[op.slot] = _Prefill(op.prompt)
+
+    def prefill_piece(self, piece: PlannedPiece) -> PieceResult:
+        """Run the next piece of the prefill of ``piece.slot`` (its first piece starts it)."""
+        prefill = self.prefills.get(piece.slot)
+        if prefill is None or not isinstance(self.served, Prompted):
+            raise RuntimeError(f"slot {piece.slot} has no prefill to run")
+        started = self.clock()
+        if prefill.job is None:
+            prefill.job = self.served.prefill_start(self.state, piece.slot, prefill.prompt)
+            prefill.started = started
+        done = self.served.prefill_piece(self.state, prefill.job, piece.slot, self.batch_invariant)
+        ended = self.clock()
+        prefill.pieces += 1
+        prefill.seconds += ended - started
+        if done:
+            del self.prefills[piece.slot]
+        return PieceResult(piece.slot, done, ended - started, prefill.pieces, prefill.seconds, ended - prefill.started)
 
     def run(self, plan: StepPlan) -> StepResult:
         started = self.clock()

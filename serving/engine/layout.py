@@ -64,11 +64,12 @@ class SlotMove:
 
 @dataclass(frozen=True)
 class SlotReset:
-    """Make ``slot`` a fresh session (prefilled with the session's prompt, when it has one)."""
+    """Make ``slot`` a fresh session (with a prompt: its prefill starts, run a piece at a time between steps
+    (``PlannedPiece``); the session is not stepped until it is done)."""
 
     slot: int
     prompt: object | None = None
-    """The family's prompt object (``MoshiServed.prefill``), None = none."""
+    """The family's prompt object (``Prompted.prefill_start``), None = none."""
     sampling: object | None = None
     """The session's own sampling settings (``SessionSampling.set_sampling``), None = the model's."""
 
@@ -81,7 +82,15 @@ class SlotEndInput:
     slot: int
 
 
-SlotOp = SlotMove | SlotReset | SlotEndInput
+@dataclass(frozen=True)
+class SlotDropPrefill:
+    """The session of ``slot`` left while its prompt was being prefilled: drop the prefill (and its staging
+    state); the slot is left as it was."""
+
+    slot: int
+
+
+SlotOp = SlotMove | SlotReset | SlotEndInput | SlotDropPrefill
 
 
 class CohortLayout:

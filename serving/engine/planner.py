@@ -40,6 +40,14 @@ Late-chunk policy (docs/serving.md has the long form):
     arrival phase, when that at least halves its wait.
 A cohort with no chunk at all at its deadline does not step: a conversation whose client pauses is paused.
 
+Prompt prefill (PersonaPlex's voice and persona). A session placed with a prompt is *prefilling* until the
+executor has run every piece of its prefill: its cohort's steps leave its row inactive and do not wait for it,
+its chunks wait in its queue, and each regular step adds one to what it owes, so once prefilled it catches its
+chunks up like a member after a stall (late, never lost). ``next_piece`` hands out one piece per turn of the step
+thread, only in a turn with no step due (unless steps were due at every turn for a whole period), of the first
+placed session's prefill: prefills are queued in placement order, not interleaved. A session that leaves
+mid-prefill drops it (``SlotDropPrefill``).
+
 End of input. A session whose client ended its input finishes once its last chunk is stepped — unless the model
 goes on after its input (``continues_after_input``: Hibiki still translates what it heard). Then the slot's
 input is marked ended (``SlotEndInput``) and a chunk of silence is queued whenever none is pending, stepped with
@@ -74,7 +82,17 @@ from .decision import (
     take_member,
     wants_migration,
 )
-from .layout import SEND_LEAD_S, Cohort, CohortLayout, PlacedBy, SlotEndInput, SlotMove, SlotOp, SlotReset
+from .layout import (
+    SEND_LEAD_S,
+    Cohort,
+    CohortLayout,
+    PlacedBy,
+    SlotDropPrefill,
+    SlotEndInput,
+    SlotMove,
+    SlotOp,
+    SlotReset,
+)
 from .session import Conversation, InputChunk, SlotSession
 
 __all__ = [
@@ -84,7 +102,9 @@ __all__ = [
     "Migration",
     "PlacedBy",
     "Placement",
+    "PlannedPiece",
     "PlannedRow",
+    "SlotDropPrefill",
     "SlotEndInput",
     "SlotMove",
     "SlotOp",
@@ -135,6 +155,17 @@ class StepPlan:
     @property
     def slots(self) -> slice:
         return slice(self.first_slot, self.first_slot + len(self.rows))
+
+
+@dataclass(frozen=True)
+class PlannedPiece:
+    """The next piece of a session's prompt prefill (``Prompted.prefill_piece``), run in a turn of the step
+    thread with no step due (``StepPlanner.next_piece``)."""
+
+    slot: int
+    """The session's slot now (its prefill is installed there when done)."""
+    session: SlotSession
+    """Whose prefill it is (``StepPlanner.prefilled`` when the piece says it is done)."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +241,11 @@ class StepPlanner:
         """Rows of the model and codec state."""
         self.unplaced: list[SlotSession] = []
         self.leaving: list[SlotSession] = []
+        self.prefill_queue: list[SlotSession] = []
+        """Placed sessions whose prompt is not prefilled yet, in placement order: one prefill at a time, the
+        first placed first (so one staging state exists at a time, and the first session starts soonest)."""
+        self.piece_since = 0.0
+        """When the last prefill piece was planned (or the queue last became non-empty)."""
 
     # ----- queries (no mutation) ------------------------------------------------------------------------
     def tick_after(self, phase: float, t: float) -> float:
@@ -290,6 +326,13 @@ class StepPlanner:
         """A step said the model's output is over after the session's input ended: finish it."""
         s.tail_done = True
 
+    def prefilled(self, s: SlotSession) -> None:
+        """The prefill of ``s``'s prompt is done: its chunks are stepped from now on (it owes the regular steps
+        of its cohort that passed meanwhile, so catch-up steps run for the chunks that came)."""
+        if s in self.prefill_queue:
+            self.prefill_queue.remove(s)
+        s.prefilling = False
+
     def leave(self, s: SlotSession) -> None:
         """Free the session's slot at the next housekeeping (idempotent)."""
         if not s.left:
@@ -310,6 +353,10 @@ class StepPlanner:
         for s in self.leaving:
             if s in self.unplaced:
                 self.unplaced.remove(s)
+            if s.prefilling:
+                self.prefill_queue.remove(s)
+                s.prefilling = False
+                out.slot_ops.append(SlotDropPrefill(s.slot))
             self.layout.release(s)
             out.slot_ops += self.layout.unplace(s)
         self.leaving.clear()
@@ -326,6 +373,11 @@ class StepPlanner:
             cohort, how = claimed
             self.unplaced.remove(s)
             reset = self.layout.join(s, cohort, now)
+            if s.prompt is not None:
+                if not self.prefill_queue:
+                    self.piece_since = now
+                s.prefilling = True
+                self.prefill_queue.append(s)
             out.placed.append(
                 Placement(s.conversation, cohort.index, how, s.arrival_phase_s, cohort.phase_s, len(cohort.members))
             )
@@ -334,6 +386,8 @@ class StepPlanner:
     def _finish_and_migrate(self, now: float, out: Housekeeping) -> None:
         for c in self.cohorts:
             for s in list(c.members):
+                if s.prefilling:
+                    continue
                 if s.ended and not s.pending and self.tail_chunk_samples and not s.tail_done:
                     out.slot_ops += self._feed_tail(s, now)
                 elif s.ended and not s.pending:
@@ -368,7 +422,19 @@ class StepPlanner:
         out.slot_ops += self.layout.move(s, target, phase, now)
         out.migrated.append(Migration(s.conversation, current.index, target.index, phase))
 
-    # ----- the next step -----------------------------------------------------------------------------
+    # ----- the next prefill piece, the next step ------------------------------------------------------
+    def next_piece(self, now: float, step_due: bool) -> PlannedPiece | None:
+        """The prefill piece to run this turn (``step_due``: a step runs in it), if any: the next piece of the
+        first placed session whose prompt is not prefilled yet. A piece runs only in a turn with
+        no step due, so a step waits for one piece at most (the one under way when it fell due); but when steps
+        were due at every turn for a whole period (an overloaded step thread), one runs after the step anyway,
+        so a prefill always finishes."""
+        if not self.prefill_queue or (step_due and now - self.piece_since < self.period):
+            return None
+        self.piece_since = now
+        s = self.prefill_queue[0]
+        return PlannedPiece(s.slot, s)
+
     def next_step(self, now: float, load: float) -> tuple[StepPlan | None, float | None]:
         """Plan the most urgent cohort step due at ``now`` and take its chunks (None: nothing is due), with
         the time to look again. ``load``: share of the last two periods the step thread was busy."""

@@ -10,7 +10,8 @@ too: a session whose stream dropped, and its return); the step thread owns the `
 protobuf message is built by the output stage on the event loop. The only lock guards the planner for the two
 questions the event loop asks it directly (a phase hint for a new session, and how many sessions are placed);
 it is never held while the model runs or events are built. One step runs at a time (torch releases the GIL
-while it computes).
+while it computes); a turn of the step thread runs the step due, or else one piece of a prompt prefill
+(``Turn``), so no step waits for more than the piece under way when it fell due.
 """
 
 from __future__ import annotations
@@ -32,9 +33,9 @@ from duplex.model.family import ServedModel
 
 from ..metrics import EngineMetrics
 from ..spec import EngineSpec
-from .executor import StepExecutor
+from .executor import PieceResult, StepExecutor, StepResult
 from .output import OutputStage
-from .planner import Cohort, Housekeeping, StepPlan, StepPlanner
+from .planner import Cohort, Housekeeping, PlannedPiece, StepPlan, StepPlanner
 from .session import Conversation, InputChunk
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ class Stop:
 
 
 InboxMessage = Chunk | Text | Video | End | Park | Resume | Leave | Stop
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one turn of the step thread did (``Scheduler.turn``): the model step due, or else a piece of a
+    prompt prefill (both only when steps were due for a whole period) — so a step waits for one piece at most,
+    never for a whole prompt."""
+
+    step: StepResult | None
+    piece: PieceResult | None
+    timeout: float | None
+    """How long to wait for the inbox before the next turn (None: until a message comes)."""
 
 
 def count_housekeeping(metrics: EngineMetrics, chores: Housekeeping) -> None:
@@ -152,7 +165,8 @@ class Scheduler:
         """Admitted sessions (event loop only)."""
         self.step_ms: collections.deque[float] = collections.deque(maxlen=200)
         self.trace: collections.deque[tuple[float, int, int, int, str, float]] = collections.deque(maxlen=2000)
-        """Recent steps: (start monotonic, cohort, rows, active rows, kind, compute ms) — for diagnosis."""
+        """Recent steps: (start monotonic, cohort, rows, active rows, kind, compute ms) — for diagnosis and the
+        load; a prefill piece is (start, -1, 1, 0, "prefill", ms)."""
         self._thread = threading.Thread(target=self._run, name="duplex-step", daemon=True)
         self.on_fatal: Callable[[BaseException], None] | None = None
         metrics.capacity.set(self.capacity)
@@ -235,40 +249,65 @@ class Scheduler:
             torch.set_num_threads(self.spec.torch_threads)
         try:
             timeout: float | None = None
-            while True:
-                messages = self._receive(timeout)
-                now = self.clock()
-                with self.planner_lock:
-                    stopping = self._apply(messages)
-                    if stopping:
-                        return
-                    chores = self.planner.housekeeping(now)
-                    plan, wake = self.planner.next_step(now, self._load(now))
-                count_housekeeping(self.metrics, chores)
-                count_step(self.metrics, plan)
-                for seconds in self.executor.apply(chores.slot_ops):
-                    self.metrics.prompt_prefill_seconds.observe(seconds)
-                    log.info("session prompt prefilled in %.1f ms", seconds * 1e3)
-                for conv in chores.finished:
-                    self.loop.call_soon_threadsafe(self.output.finish, conv)
-                if plan is None:
-                    timeout = None if wake is None else max(0.0, wake - self.clock())
-                    continue
-                result = self.executor.run(plan)
-                with self.planner_lock:
-                    for r in result.rows:
-                        if r.done:
-                            self.planner.tail_done(r.row.conversation.slot_session)
-                    self.step_ms.append(result.compute_ms)
-                    self.trace.append(
-                        (result.started, plan.cohort, len(plan.rows), len(result.rows), plan.kind, result.compute_ms)
-                    )
-                self.loop.call_soon_threadsafe(self.output.publish, result)
-                timeout = 0.0  # look again at once: another cohort may be due
+            while (turn := self.turn(self._receive(timeout))) is not None:
+                timeout = turn.timeout
         except BaseException as exc:  # a crashed step thread must not leave clients hanging
             log.exception("step thread crashed")
             if self.on_fatal is not None:
                 self.loop.call_soon_threadsafe(self.on_fatal, exc)
+
+    def turn(self, messages: list[InboxMessage]) -> Turn | None:
+        """One turn of the step thread: hand ``messages`` to the planner, carry out its housekeeping, run the
+        step due now, if any, or else one piece of a prompt prefill under way (``StepPlanner.next_piece``).
+        None = stop."""
+        now = self.clock()
+        with self.planner_lock:
+            if self._apply(messages):
+                return None
+            chores = self.planner.housekeeping(now)
+            plan, wake = self.planner.next_step(now, self._load(now))
+            piece = self.planner.next_piece(now, plan is not None)
+        count_housekeeping(self.metrics, chores)
+        count_step(self.metrics, plan)
+        self.executor.apply(chores.slot_ops)
+        for conv in chores.finished:
+            self.loop.call_soon_threadsafe(self.output.finish, conv)
+        result = None if plan is None else self._step(plan)
+        ran = None if piece is None else self._piece(piece)
+        if plan is not None or piece is not None:
+            return Turn(result, ran, 0.0)  # look again at once: another cohort or piece may be due
+        return Turn(None, None, None if wake is None else max(0.0, wake - self.clock()))
+
+    def _step(self, plan: StepPlan) -> StepResult:
+        result = self.executor.run(plan)
+        with self.planner_lock:
+            for r in result.rows:
+                if r.done:
+                    self.planner.tail_done(r.row.conversation.slot_session)
+            self.step_ms.append(result.compute_ms)
+            self.trace.append(
+                (result.started, plan.cohort, len(plan.rows), len(result.rows), plan.kind, result.compute_ms)
+            )
+        self.loop.call_soon_threadsafe(self.output.publish, result)
+        return result
+
+    def _piece(self, piece: PlannedPiece) -> PieceResult:
+        started = self.clock()
+        ran = self.executor.prefill_piece(piece)
+        with self.planner_lock:
+            if ran.done:
+                self.planner.prefilled(piece.session)
+            self.trace.append((started, -1, 1, 0, "prefill", ran.seconds * 1e3))
+        if ran.done:
+            self.metrics.prompt_prefill_seconds.observe(ran.total_seconds)
+            log.info(
+                "session prompt prefilled in %.1f ms over %d pieces (%.1f ms from its first piece)",
+                ran.total_seconds * 1e3,
+                ran.pieces,
+                ran.elapsed_seconds * 1e3,
+                extra={"session": piece.session.conversation.id},
+            )
+        return ran
 
     def _receive(self, timeout: float | None) -> list[InboxMessage]:
         """Wait up to ``timeout`` (None = until something arrives) for the inbox, then take all of it."""

@@ -204,6 +204,10 @@ class SlotSession:
     ``VideoFrame.seq``, frame (3, V, V)); at most one per chunk (a later frame before the same chunk replaces
     it), so no more wait than chunks do."""
     prompt: object | None = None
-    """The session's prompt (PersonaPlex: voice and persona), prefilled into its slot when it is placed."""
+    """The session's prompt (PersonaPlex: voice and persona), prefilled into its slot once it is placed."""
+    prefilling: bool = False
+    """Placed, and its prompt's prefill is not done: its chunks wait and its cohort's steps leave its row
+    inactive (they do not wait for it either); each regular step of its cohort adds one to ``owed``, so once
+    prefilled it catches up with the chunks that came meanwhile like a member after a stall."""
     sampling: object | None = None
     """The session's own sampling settings (the Moshi family), set on its slot when it is placed."""

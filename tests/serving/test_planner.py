@@ -12,6 +12,8 @@ from duplex.model.family_duplex import ByteTextDecoder
 from duplex.serving.engine.planner import (
     SEND_LEAD_S,
     Housekeeping,
+    PlannedPiece,
+    SlotDropPrefill,
     SlotEndInput,
     SlotMove,
     SlotReset,
@@ -549,3 +551,52 @@ def test_an_ended_member_is_finished_once_its_chunks_are_stepped() -> None:
     assert chores.finished == [a.conversation] and chores.slot_ops == [SlotMove(1, 0)]
     assert (a.cohort, a.slot, b.slot) == (None, -1, 0) and p.placed_count() == 1
     assert p.housekeeping(tick + p.grace).finished == [], "finished once"
+
+
+def test_a_prompted_member_is_not_stepped_until_prefilled_and_does_not_hold_back_its_cohort() -> None:
+    p = planner(max_sessions=4, cohorts=1, split_after_ms=0.0)
+    a, q = session("a"), session("q")
+    q.prompt = "q's prompt"  # the family's object: the planner only carries it
+    chunk(p, a, 0, T0 + 0.19)
+    chunk(p, q, 0, T0 + 0.19)
+    chores = p.housekeeping(T0 + 0.19)
+    assert chores.slot_ops == [SlotReset(a.slot), SlotReset(q.slot, "q's prompt")]
+    assert q.prefilling and p.prefill_queue == [q]
+    # a's chunk is in: its step runs at once, q's row inactive; a turn with a step due runs no piece ...
+    plan = step(p, T0 + 0.19)
+    assert plan.kind == "regular" and members(plan) == [a] and len(plan.rows) == 2
+    assert p.next_piece(T0 + 0.19, step_due=True) is None
+    # ... an idle turn does
+    assert p.next_piece(T0 + 0.19, step_due=False) == PlannedPiece(q.slot, q)
+    # the next tick does not wait for q either; q owes it, and its chunks wait
+    chunk(p, a, 1, T0 + 0.39)
+    chunk(p, q, 1, T0 + 0.39)
+    assert members(step(p, T0 + 0.39)) == [a]
+    assert (q.owed, len(q.pending), q.late_streak) == (2, 2, 0)
+    # steps due at every turn for a whole period: a piece runs after a step anyway
+    assert p.next_piece(T0 + 0.30, step_due=True) is None
+    assert p.next_piece(T0 + 0.40, step_due=True) == PlannedPiece(q.slot, q)
+    p.prefilled(q)
+    assert not q.prefilling and p.prefill_queue == [] and p.next_piece(T0 + 0.40, step_due=False) is None
+    # prefilled: its chunks are caught up at once, alone, reported late
+    for seq in (0, 1):
+        plan = step(p, T0 + 0.41)
+        assert (plan.kind, plan.first_slot, members(plan)) == ("catchup", q.slot, [q])
+        row = plan.rows[0]
+        assert row is not None and (row.seq, row.late) == (seq, True)
+    assert q.owed == 0 and not q.pending
+
+
+def test_a_member_that_leaves_mid_prefill_drops_its_prefill() -> None:
+    p = planner(max_sessions=4, cohorts=1)
+    q, a = session("q"), session("a")
+    q.prompt = "q's prompt"
+    chunk(p, q, 0, T0 + 0.19)
+    chunk(p, a, 0, T0 + 0.19)
+    p.housekeeping(T0 + 0.19)
+    assert (q.slot, a.slot) == (0, 1)
+    assert p.next_piece(T0 + 0.19, step_due=False) == PlannedPiece(0, q)
+    p.leave(q)
+    chores = p.housekeeping(T0 + 0.25)
+    assert chores.slot_ops == [SlotDropPrefill(0), SlotMove(1, 0)]
+    assert not q.prefilling and p.prefill_queue == [] and p.next_piece(T0 + 0.25, step_due=False) is None
