@@ -31,6 +31,11 @@ POD_UID=10001
 # torch first and pinned: a looser spec would pull a multi-GB CUDA build
 TORCH="torch==2.13.0"
 
+# The Moshi family's model library (docs/moshi.md), as scripts/setup.sh installs it on the host: without its
+# dependencies (its metadata caps torch below 2.13 and asks for packages the serving path never imports); the
+# imports it needs are the project's `moshi` extra, which "wheels" wheels and "install" installs with the rest.
+MOSHI="moshi==0.2.13"
+
 cmd="${1:-}"
 [ -n "$cmd" ] || { echo "usage: image-install.sh debs|wheels SRC OUT|project SRC OUT WHEELS|install WHEELS|install-project WHEELS PROJECT" >&2; exit 2; }
 shift
@@ -56,7 +61,8 @@ wheels)
   # image holds exactly the versions the test suite ran with and the resolver has nothing to search.
   # shellcheck disable=SC2086
   "$PY" -m pip wheel -q --wheel-dir "$out" --find-links "$out" ${CONSTRAINTS:+--constraint "$CONSTRAINTS"} \
-    "$TORCH" "$src"
+    "$TORCH" "$src[moshi]"
+  "$PY" -m pip wheel -q --no-deps --wheel-dir "$out" "$MOSHI"
   # pip runs from its own wheel inside the root filesystem: the image needs no pip package of its own. The
   # project's build requirements (pyproject's build-system.requires) let "project" build offline, fast.
   build_requires=$("$PY" -c 'import sys, tomllib; print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["build-system"]["requires"]))' "$src/pyproject.toml")
@@ -64,9 +70,10 @@ wheels)
   "$PY" -m pip download -q --only-binary=:all: --dest "$out" pip $build_requires
   # the project itself is wheeled apart ("project"): a source change must not invalidate the dependencies
   rm -f "$out"/duplex-*.whl
-  # what "install" installs: torch's pin and the project's runtime dependencies (not the project), so the base
-  # layer needs neither the project's wheel nor its sources
-  { echo "$TORCH"; "$PY" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$src/pyproject.toml"; } >"$out/requirements.txt"
+  # what "install" installs: torch's pin and the project's runtime dependencies with the `moshi` extra (not the
+  # project), so the base layer needs neither the project's wheel nor its sources; moshi itself apart (--no-deps)
+  { echo "$TORCH"; "$PY" -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["moshi"]))' "$src/pyproject.toml"; } >"$out/requirements.txt"
+  echo "$MOSHI" >"$out/requirements-no-deps.txt"
   ;;
 
 project)
@@ -100,6 +107,8 @@ install)
   # `duplex` and `python3 -m duplex.operator.probe` find them for any user.
   python3 "$pip_wheel/pip" install -q --no-index --no-cache-dir --break-system-packages \
     --disable-pip-version-check --root-user-action=ignore --find-links "$1" --requirement "$1/requirements.txt"
+  python3 "$pip_wheel/pip" install -q --no-index --no-cache-dir --break-system-packages --no-deps \
+    --disable-pip-version-check --root-user-action=ignore --find-links "$1" --requirement "$1/requirements-no-deps.txt"
   if ! getent passwd "$POD_UID" >/dev/null; then
     echo "duplex:x:$POD_UID:" >>/etc/group
     echo "duplex:x:$POD_UID:$POD_UID:duplex pods:/tmp:/usr/sbin/nologin" >>/etc/passwd

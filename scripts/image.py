@@ -129,12 +129,14 @@ def version() -> str:
 
 
 def dependency_spec() -> str:
-    """What the wheelhouse depends on in pyproject.toml: the runtime dependencies and the build system (not the
-    version, the tool settings or the dev extra, so editing those keeps the base)."""
+    """What the wheelhouse depends on in pyproject.toml: the runtime dependencies, the ``moshi`` extra (the upstream
+    package's imports, in the image too) and the build system (not the version, the tool settings or the dev
+    extra, so editing those keeps the base)."""
     data = pyproject()
     project = data["project"]
     assert isinstance(project, dict)
-    return json.dumps({"dependencies": project["dependencies"], "build-system": data["build-system"]})
+    moshi = project["optional-dependencies"]["moshi"]
+    return json.dumps({"dependencies": project["dependencies"], "moshi": moshi, "build-system": data["build-system"]})
 
 
 def bookworm_mirror() -> str:

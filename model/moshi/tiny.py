@@ -101,9 +101,11 @@ def published_state_dict(module: nn.Module) -> dict[str, Tensor]:
 
 
 def _save_safetensors(state: dict[str, Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
+    """Written as any other file (mode from the umask): safetensors' ``save_file`` makes the file readable by its
+    owner only, and a checkpoint on a node's disk is read by the engine pods' user, not by whoever wrote it."""
+    from safetensors.torch import save
 
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    path.write_bytes(save({k: v.contiguous() for k, v in state.items()}))
 
 
 # The tiny checkpoints: each family's published config.json keys, the LM and Mimi shrunk to run in milliseconds.

@@ -4,8 +4,10 @@ CPU DuplexModel with 2 shards x 1 replica rendezvousing without cluster DNS, ``d
 agent call through the cluster's Redis) and ``duplex loadtest`` from the host through the public Service's
 ClusterIP to Envoy (the session picker choosing the engine), a Realtime session with the official ``openai`` SDK
 through Envoy's second listener, an engine rank SIGKILLed mid-conversation
-(UNAVAILABLE at the client, the group restored, a new conversation served), and deleting the DuplexModel
-removing every child, then ``helm uninstall``.
+(UNAVAILABLE at the client, the group restored, a new conversation served), deleting the DuplexModel
+removing every child, then a Moshi-family model (examples/09-moshi-cpu-hostpath.yaml: a small random checkpoint
+written on the node by ``duplex model init --family moshi``, mounted read-only from a hostPath volume) answering
+``duplex talk`` through Envoy with 24 kHz audio and text, and ``helm uninstall``.
 
 The tests run in file order on one module-scoped installation; each later one needs the state the earlier ones
 made. Figures (image build, install, DuplexModel Ready, first answer, turn-taking p50, recovery) are printed
@@ -19,9 +21,11 @@ import asyncio
 import base64
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -59,6 +63,8 @@ CHUNK_MS = 200
 HTTP_PORT = 8081
 """The public Service's Realtime (WebSocket) port: Envoy's second listener."""
 pytestmark = pytest.mark.timeout(3600)  # a test's fixtures may build the image (up to ~17 min cold) first
+MOSHI_EXAMPLE = REPO / "examples" / "09-moshi-cpu-hostpath.yaml"
+MOSHI_SEED = 11
 FIGURES: dict[str, Any] = {}
 """Seconds (and a few counts) each phase took, printed and recorded at the end of the module."""
 
@@ -125,11 +131,11 @@ def wait_or_describe(node: NodeCluster, namespace: str, predicate: Any, timeout:
         raise AssertionError(f"{e}\n{describe(node, namespace)}") from None
 
 
-def front_target(node: NodeCluster, port_name: str = "grpc") -> str:
+def front_target(node: NodeCluster, port_name: str = "grpc", model: str = MODEL) -> str:
     """The public Service's ClusterIP:port (Envoy in the front pod) of its port ``port_name``, once kube-proxy
     routes it: a ready pod's endpoint reaches the proxy's rules a moment later (until then the ClusterIP refuses
     connections)."""
-    svc = node.kube().get("v1", "Service", MODELS_NS, MODEL)
+    svc = node.kube().get("v1", "Service", MODELS_NS, model)
     assert svc is not None, "the public Service"
     ip, port = svc["spec"]["clusterIP"], next(p["port"] for p in svc["spec"]["ports"] if p["name"] == port_name)
 
@@ -165,7 +171,26 @@ def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def images(node: NodeCluster) -> dict[str, Any]:
+def moshi_checkpoint() -> Iterator[tuple[Path, subprocess.Popen[str]]]:
+    """A node directory for examples/09-moshi-cpu-hostpath.yaml's hostPath, and the ``duplex model init --family
+    moshi`` writing the example's checkpoint into it: started before the image is built and imported (which it
+    overlaps), awaited by the test that serves it. The directory is readable by the engine pods' user (pytest's
+    tmp_path is its owner's only)."""
+    host_dir = Path(tempfile.mkdtemp(prefix="duplex-e2e-models-"))
+    host_dir.chmod(0o755)
+    uri = yaml.safe_load(MOSHI_EXAMPLE.read_text())["spec"]["model"]["uri"]
+    out = host_dir / Path(uri).name
+    argv = [*DUPLEX, "model", "init", "--family", "moshi", "--out", str(out), "--seed", str(MOSHI_SEED)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield host_dir, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    shutil.rmtree(host_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def images(node: NodeCluster, moshi_checkpoint: tuple[Path, subprocess.Popen[str]]) -> dict[str, Any]:
     """The project image (scripts/image.sh: built, or reused from the cache) and the Redis image, imported."""
     FIGURES["node up s"] = round(node.timings["total"], 1)
     t0 = time.monotonic()
@@ -288,9 +313,9 @@ def test_duplex_model_assembles_its_shard_group_without_dns_and_goes_ready(
     assert f"{rank0['status']['podIP']}:" in log.split("engine endpoints (", 1)[-1], log[-2000:]
 
 
-def picker_checks(node: NodeCluster) -> dict[str, float]:
+def picker_checks(node: NodeCluster, model: str = MODEL) -> dict[str, float]:
     """``duplex_picker_checks_total`` by code, from the front pod's /metrics (the host reaches pod IPs)."""
-    (front,) = pods(node, MODELS_NS, "app.kubernetes.io/component=front")
+    (front,) = pods(node, MODELS_NS, f"duplex.ai/model={model},app.kubernetes.io/component=front")
     url = f"http://{front['status']['podIP']}:9091/metrics"
     with urllib.request.urlopen(url, timeout=5) as r:
         text = r.read().decode()
@@ -486,9 +511,7 @@ CHILD_KINDS = [
 ]
 
 
-def test_deleting_the_model_removes_every_child_then_helm_uninstall(
-    node: NodeCluster, model: dict[str, Any], release: str
-) -> None:
+def test_deleting_the_model_removes_every_child(node: NodeCluster, model: dict[str, Any]) -> None:
     kube = node.kube()
     selector = f"duplex.ai/model={MODEL}"
     assert kube.list_objects("apps/v1", "StatefulSet", MODELS_NS, selector)  # there is something to remove
@@ -507,6 +530,71 @@ def test_deleting_the_model_removes_every_child_then_helm_uninstall(
     wait_or_describe(node, MODELS_NS, lambda: not leftovers(), 180, "every child of DuplexModel tiny gone")
     assert kube.get_model(MODELS_NS, MODEL) is None
 
+
+def test_moshi_checkpoint_on_a_host_path_answers_at_24_khz_with_text_through_envoy(
+    node: NodeCluster,
+    model: dict[str, Any],  # the models namespace (the tiny model itself is gone by now)
+    moshi_checkpoint: tuple[Path, subprocess.Popen[str]],
+    tmp_path: Path,
+) -> None:
+    """examples/09-moshi-cpu-hostpath.yaml with its hostPath on the checkpoint ``duplex model init`` wrote: the
+    engine pod mounts it read-only, loads it with the upstream moshi package of the image, goes Ready, and a
+    conversation through the public Service, Envoy and the picker gets Mimi's 24 kHz audio and the model's text.
+    (After the tiny model is gone: the 2-core node's CPU requests hold one model at a time.)"""
+    host_dir, init = moshi_checkpoint
+    t0 = time.monotonic()
+    written, _ = init.communicate(timeout=600)
+    FIGURES["moshi init wait s"] = round(time.monotonic() - t0, 1)  # what was left of it after the overlap
+    assert init.returncode == 0, written
+    doc: dict[str, Any] = yaml.safe_load(MOSHI_EXAMPLE.read_text())
+    name, uri = doc["metadata"]["name"], doc["spec"]["model"]["uri"]
+    doc["spec"]["checkpoint"]["hostPath"] = str(host_dir)
+    kube = node.kube()
+    t0 = time.monotonic()
+    kube.create(doc, MODELS_NS)
+
+    def ready() -> bool:
+        return bool(condition(kube.get_model(MODELS_NS, name), "Ready").get("status") == "True")
+
+    wait_or_describe(node, MODELS_NS, ready, READY_TIMEOUT_S, f"DuplexModel {name} Ready")
+    FIGURES["moshi DuplexModel Ready s"] = round(time.monotonic() - t0, 1)
+    (engine,) = pods(node, MODELS_NS, f"duplex.ai/model={name},app.kubernetes.io/component=engine")
+    volume = next(v for v in engine["spec"]["volumes"] if v["name"] == "checkpoint")
+    assert volume["hostPath"] == {"path": str(host_dir), "type": "Directory"}
+    mount = next(m for m in engine["spec"]["containers"][0]["volumeMounts"] if m["name"] == "checkpoint")
+    assert (mount["mountPath"], mount.get("readOnly")) == ("/models", True)
+
+    target = front_target(node, model=name)
+    checked = picker_checks(node, name).get("OK", 0.0)
+    wav, out, timeline = tmp_path / "in.wav", tmp_path / "out.wav", tmp_path / "timeline.json"
+    question = spoken("Hello there, how are you?", tmp_path, 24000)
+    write_wav(wav, np.concatenate([question, np.zeros(24000, np.int16)]), 24000)
+    t0 = time.monotonic()
+    r = run([*DUPLEX, "talk", "--target", target, "--input", str(wav), "--output", str(out), "--timeline",
+             str(timeline)], timeout=180)  # fmt: skip
+    FIGURES["moshi talk s"] = round(time.monotonic() - t0, 1)
+    assert r.returncode == 0, r.stdout + r.stderr + describe(node, MODELS_NS)
+    assert "converting" not in r.stdout, r.stdout  # the model's own rate: the WAV was sent as it is
+    tl = json.loads(timeline.read_text())
+    assert tl["status"] == "OK", tl["details"]
+    events = tl["events"]
+    (ready_event,) = [e["ready"] for e in events if "ready" in e]
+    assert ready_event["input_format"]["sample_rate"] == ready_event["output_format"]["sample_rate"] == 24000
+    assert (ready_event["chunk_ms"], ready_event["model"]) == (80, Path(uri).name)  # the volume's directory
+    audio = [e for e in events if "audio" in e]
+    assert len(audio) == -(-(question.size + 24000) // 1920), "an answer for every 80 ms chunk said"
+    assert sum(not e["audio"]["silent"] for e in audio) > len(audio) // 2, "Mimi's decoding of the model's codes"
+    text = "".join(e["text"].get("text", "") for e in events if "text" in e)
+    assert text.strip(), "the model's inner monologue as text events"
+    FIGURES["moshi text events"] = sum("text" in e for e in events)
+    heard = read_wav(out)
+    assert heard.rate == 24000 and float(np.abs(heard.samples).max()) > 0.0, "the model's audio is not silence"
+    assert picker_checks(node, name).get("OK", 0.0) == checked + 1  # Envoy asked the model's picker for it
+    kube.delete("duplex.ai/v1alpha1", "DuplexModel", MODELS_NS, name)  # its children go with it (owner references)
+
+
+def test_helm_uninstall_removes_the_chart(node: NodeCluster, release: str) -> None:
+    kube = node.kube()
     helm("uninstall", RELEASE, "-n", SYSTEM_NS, "--kubeconfig", str(node.kubeconfig))
     wait_or_describe(node, SYSTEM_NS, lambda: not pods(node, SYSTEM_NS, ""), 180, "chart pods gone")
     assert kube.list_objects("apps/v1", "Deployment", SYSTEM_NS, "") == []

@@ -128,6 +128,18 @@ def test_install_script_lists_only_runtime_debian_packages() -> None:
     assert not packages & {"gcc", "build-essential", "python3-dev", "python3-pip", "redis-server", "espeak-ng"}
 
 
+def test_image_installs_the_upstream_moshi_package_as_the_host_set_up_does() -> None:
+    """Both images carry the Moshi family's model library at the version set-up installs on the host, without
+    its dependencies (its metadata caps torch below the project's), and the ``moshi`` extra's imports."""
+    install = (ROOT / INSTALL).read_text()
+    pin = re.search(r'^MOSHI="(moshi==[0-9.]+)"$', install, re.M)
+    assert pin is not None, "image-install.sh pins moshi"
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    assert f"--no-deps {pin.group(1)}" in setup
+    assert re.search(r'pip wheel -q --no-deps --wheel-dir "\$out" "\$MOSHI"', install)
+    assert '"$TORCH" "$src[moshi]"' in install  # the extra's imports are wheeled with the dependencies
+
+
 def test_install_script_names_the_bad_command() -> None:
     proc = subprocess.run(["sh", str(ROOT / INSTALL), "bake"], capture_output=True, text=True)
     assert proc.returncode == 2

@@ -215,16 +215,44 @@ def test_shipped_checkpoint_is_in_the_image_and_loads(rootfs: Path) -> None:
     assert "RANDOM weights" not in proc.stderr
 
 
+def test_upstream_moshi_imports_and_a_tiny_moshi_checkpoint_loads(rootfs: Path) -> None:
+    """The Moshi family's model library is in the image (as setup.sh installs it on the host: moshi 0.2.13 without
+    its dependencies, plus the ``moshi`` extra's imports): as the pod user, ``duplex model init --family moshi``
+    writes a checkpoint on the pod's /tmp and the engine's loader loads it with the upstream package."""
+    init = in_image(rootfs, "duplex", "model", "init", "--family", "moshi", "--out", "/tmp/tiny-moshi", "--seed", "3")
+    assert init.returncode == 0, init.stdout + init.stderr
+    code = (
+        "import importlib.metadata as md, pathlib, moshi, einops, sentencepiece, huggingface_hub;"
+        "from duplex.model.moshi.checkpoint import load_checkpoint;"
+        "ck = load_checkpoint(pathlib.Path('/tmp/tiny-moshi'));"
+        "print(md.version('moshi'), ck.family, type(ck.lm).__module__, ck.mimi.sample_rate,"
+        " ck.text_tokenizer.vocab_size(), sum(p.numel() for p in ck.lm.parameters()))"
+    )
+    proc = in_image(rootfs, "python3", "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    version, family, lm_module, rate, vocab, params = proc.stdout.split()
+    assert (version, family, lm_module, rate) == ("0.2.13", "moshi", "moshi.models.lm", "24000")
+    assert int(vocab) > 0 and int(params) > 0
+
+
+def test_operator_plans_moshi_sessions_in_the_image(rootfs: Path) -> None:
+    """The operator's Moshi session plan builds the upstream modules on the meta device: with the package in the
+    image it runs there (docs/operator.md, "Session plan") instead of being skipped."""
+    proc = in_image(rootfs, "duplex", "model", "plan", "--family", "moshi", "--gpu-memory-gib", "80", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["sessions"] == 38
+
+
 def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def runtime_closure(dists: dict[str, Distribution], roots: list[str], python: str) -> set[str]:
+def runtime_closure(dists: dict[str, Distribution], roots: list[Requirement], python: str) -> set[str]:
     """The distributions ``roots`` need at run time: their Requires-Dist (markers evaluated for the image's
-    python version ``python``, no extras unless a requirement asks for one), transitively."""
+    python version ``python``, no extras unless a root or a requirement asks for one), transitively."""
     versions = {"python_full_version": python, "python_version": ".".join(python.split(".")[:2])}
     needed: set[str] = set()
-    todo = [(canonical(r), frozenset[str]()) for r in roots]
+    todo = [(canonical(r.name), frozenset(r.extras)) for r in roots]
     seen: set[tuple[str, frozenset[str]]] = set()
     while todo:
         name, extras = todo.pop()
@@ -242,10 +270,15 @@ def runtime_closure(dists: dict[str, Distribution], roots: list[str], python: st
 def test_only_runtime_dependencies_no_dev_tools_or_compilers(rootfs: Path) -> None:
     dists = {canonical(d.metadata["Name"]): d for d in distributions(path=[str(rootfs / SITE_PACKAGES)])}
     installed = set(dists)
-    assert {"duplex", "torch", "kserve", "kopf"} <= installed
-    # everything installed is needed by the project at run time: no dev extra, nothing left over
+    assert {"duplex", "torch", "kserve", "kopf", "moshi"} <= installed
+    # everything installed is needed by the project at run time: no dev extra, nothing left over. The roots: the
+    # project with its `moshi` extra (the upstream package's imports), and moshi itself, installed --no-deps
+    # (its metadata's pins are not the project's; of its Requires-Dist only what is installed counts: it must
+    # not pull sounddevice, sphn or bitsandbytes in, which the serving path never imports)
     python = in_image(rootfs, "python3", "-c", "import platform; print(platform.python_version())")
-    assert installed == runtime_closure(dists, ["duplex"], python.stdout.strip())
+    roots = [Requirement("duplex[moshi]"), Requirement("moshi")]
+    assert installed == runtime_closure(dists, roots, python.stdout.strip())
+    assert not installed & {"sounddevice", "sphn", "bitsandbytes"}
     # the dev extra's tools in particular (pytest itself is there only as locust's own runtime requirement)
     assert not installed & {"ruff", "mypy", "pytest-asyncio", "pytest-timeout", "hypothesis", "checkov", "playwright"}
     assert not installed & {"pip", "setuptools-scm"}  # pip ran from its wheel

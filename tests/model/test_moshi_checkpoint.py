@@ -12,6 +12,7 @@ import io
 import json
 import re
 import shutil
+import stat
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -467,6 +468,11 @@ def test_cli_init(written: dict[str, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "wrote a tiny random hibiki checkpoint (seed 7)" in flat(result.output)
     assert files(out) == files(written["hibiki"])  # the same seed writes the same bytes
+    # every file as the umask makes it (readable by the engine pods' user on a node's disk), weights included
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in out.iterdir() if f.is_file()}
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
     again = runner.invoke(app, ["model", "init", "--family", "hibiki", "--out", str(out)])
     assert again.exit_code == 2
     assert f"error: {out} exists and is not an empty directory" in flat(again.output)
