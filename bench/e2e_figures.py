@@ -2,14 +2,14 @@
 
     python bench/e2e_figures.py --since 2026-12-07T21:30:00Z [--exclude AT,AT] [--write]
 
-Each run of ``tests/e2e/test_platform.py`` appends one line of figures (seconds, from its own monotonic clocks)
-to ``$DUPLEX_CACHE/e2e-platform-timings.jsonl`` (default ``~/.cache/duplex``): cluster up, image build and
-import, operator and DuplexModel Ready, the first answer through Envoy, a Realtime turn with the ``openai``
-SDK, turn-taking through the Service (``duplex loadtest``, 2 users, 60 s), the kill of an engine rank and the
-recovery. This script takes the runs recorded at or after ``--since`` (less ``--exclude``, their ``at``
-stamps) and prints, per figure, the median, the range and how many runs measured it; ``--write`` puts the
-table into bench/results/e2e.json and docs/benchmarks.md. The image figures count only runs whose image was
-already built (a source change rebuilds the project layer: docs/e2e.md).
+Each run of ``tests/e2e/test_platform.py`` appends one line of figures (seconds, from its own monotonic clocks) to
+``$DUPLEX_CACHE/e2e-platform-timings.jsonl`` (default ``~/.cache/duplex``): cluster up, image build and import,
+operator and DuplexModel Ready, the first answer through Envoy, a Realtime turn with the ``openai`` SDK, turn-taking
+through the Service (``duplex loadtest``, 2 users, 60 s), the kill of an engine rank and the recovery, and a Moshi-
+family model served from a host-path checkpoint. This script takes the runs recorded at or after ``--since`` (less
+``--exclude``, their ``at`` stamps) and prints, per figure, the median, the range and how many runs measured it;
+``--write`` puts the table into bench/results/e2e.json and docs/benchmarks.md. The image figures count only runs
+whose image was already built (a source change rebuilds the project layer: docs/e2e.md).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ FIGURES = (
     ("turn-taking p95 s", "turn-taking p95, the same run"),
     ("kill to UNAVAILABLE s", "engine rank 0 SIGKILLed → the client's UNAVAILABLE (target ≤ 1 s)"),
     ("recovery after the kill s", "recovery: kill → both ranks ready, DuplexModel Ready"),
+    ("moshi DuplexModel Ready s", "Moshi-family DuplexModel (small random checkpoint, host path) created → Ready"),
+    ("moshi talk s", "`duplex talk` to it through Envoy (24 kHz, 80 ms chunks), start → end"),
 )
 
 
